@@ -1,0 +1,128 @@
+#![no_std]
+#![deny(missing_docs)]
+//! Types shared by crossprof's kernel programs (`probe-ebpf`) and its collector
+//! (`probe-user`).
+//!
+//! Every type that crosses the kernel/user boundary is `#[repr(C)]`, `Copy`, has its
+//! padding spelled out, uses no `bool`, and has its size pinned by a const assertion,
+//! so that a change on one side that the other side does not expect fails to compile.
+//!
+//! One module per runtime, mirrored in `probe-ebpf/src/` and `probe-user/src/`:
+//! [`native`] holds what every sample carries (ids, time, kernel and user stack).
+
+pub mod native;
+
+/// Tag in the first 4 bytes of every ring-buffer record, so that later record kinds
+/// (goroutine state, thread state, ...) can share the one ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A [`native::SampleHeader`] followed by its stack frames.
+    CpuSample = 1,
+}
+
+impl RecordKind {
+    /// Decodes a record tag; `None` for a tag this build does not know.
+    pub fn from_u32(tag: u32) -> Option<Self> {
+        match tag {
+            1 => Some(Self::CpuSample),
+            _ => None,
+        }
+    }
+}
+
+/// Run-time settings written into the kernel programs' `.rodata` before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Non-zero: only samples of tgids present in the `TARGETS` map are kept.
+    pub filter_pids: u32,
+    /// Non-zero: keep samples of the idle task (pid 0) too.
+    pub include_idle: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
+unsafe impl aya::Pod for Config {}
+
+/// Names of the maps and programs, shared so that neither side spells them twice.
+pub mod names {
+    /// The ring buffer every record travels on.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Hash set of target tgids (`u32 -> u8`).
+    pub const TARGETS: &str = "TARGETS";
+    /// The `.rodata` global holding the [`crate::Config`].
+    pub const CONFIG: &str = "CONFIG";
+    /// The perf_event program that samples on-CPU stacks.
+    pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
+}
+
+/// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
+/// At 999 Hz on 64 CPUs with 40-frame stacks that is ~1.5 s of samples, far more
+/// than the collector's 50 ms drain interval.
+pub const EVENTS_BYTES: u32 = 16 << 20;
+
+/// The collector is woken once this many bytes are waiting, not per record: below
+/// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains on its
+/// own timer.
+pub const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// Maximum number of target tgids.
+pub const MAX_TARGETS: u32 = 4096;
+
+/// Per-CPU event counters kept by the kernel programs. Indexes into `COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Samples that passed the pid filter (sent or dropped).
+    Samples = 0,
+    /// Samples written to the ring buffer.
+    Sent = 1,
+    /// Samples dropped because the ring buffer was full.
+    DropRingFull = 2,
+    /// Samples dropped because the per-CPU scratch buffer was unavailable.
+    DropNoScratch = 3,
+    /// Samples whose kernel stack could not be read (sent with no kernel frames).
+    KernelStackError = 4,
+    /// Samples whose user stack could not be read (sent with no user frames).
+    UserStackError = 5,
+    /// Samples of the idle task, skipped unless `include_idle` is set.
+    Idle = 6,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 7;
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+        Counter::Samples,
+        Counter::Sent,
+        Counter::DropRingFull,
+        Counter::DropNoScratch,
+        Counter::KernelStackError,
+        Counter::UserStackError,
+        Counter::Idle,
+    ];
+
+    /// A stable snake_case name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Samples => "samples",
+            Counter::Sent => "sent",
+            Counter::DropRingFull => "dropped_ring_full",
+            Counter::DropNoScratch => "dropped_no_scratch",
+            Counter::KernelStackError => "kernel_stack_errors",
+            Counter::UserStackError => "user_stack_errors",
+            Counter::Idle => "idle_skipped",
+        }
+    }
+
+    /// True for the counters that mean a sample was lost.
+    pub fn is_drop(self) -> bool {
+        matches!(self, Counter::DropRingFull | Counter::DropNoScratch)
+    }
+}

@@ -1,0 +1,59 @@
+//! The on-CPU sample: what every sample carries whatever the runtime.
+
+/// Most frames kept per stack (kernel and user each), as `perf` does.
+pub const MAX_FRAMES: usize = 127;
+
+/// `SampleHeader::flags`: the kernel stack could not be read.
+pub const FLAG_KERNEL_STACK_ERROR: u32 = 1 << 0;
+/// `SampleHeader::flags`: the user stack could not be read.
+pub const FLAG_USER_STACK_ERROR: u32 = 1 << 1;
+/// `SampleHeader::flags`: the user stack filled all [`MAX_FRAMES`] slots and may
+/// have been cut.
+pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
+/// `SampleHeader::flags`: the kernel stack filled all [`MAX_FRAMES`] slots.
+pub const FLAG_KERNEL_TRUNCATED: u32 = 1 << 3;
+
+/// Fixed part of a CPU sample record. On the ring buffer it is followed by
+/// `kernel_frames` kernel addresses and then `user_frames` user addresses, each a
+/// little-endian `u64`, leaf first. The record is only as long as its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleHeader {
+    /// [`crate::RecordKind::CpuSample`].
+    pub kind: u32,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// CPU the sample was taken on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` at the sample (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// The thread's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Number of kernel frames that follow.
+    pub kernel_frames: u16,
+    /// Number of user frames that follow the kernel frames.
+    pub user_frames: u16,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 48);
+
+/// The per-CPU scratch buffer a sample is assembled in before it is copied to the
+/// ring buffer: the header, then room for both stacks. Kernel frames are written at
+/// `ips[0..]`, user frames right after them, so the record is contiguous.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SampleScratch {
+    /// The fixed part.
+    pub header: SampleHeader,
+    /// Kernel frames, then user frames.
+    pub ips: [u64; 2 * MAX_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<SampleScratch>() == 48 + 2 * MAX_FRAMES * 8);
+
+/// Bytes of a record with `frames` frames in all.
+pub const fn record_len(frames: usize) -> usize {
+    core::mem::size_of::<SampleHeader>() + frames * 8
+}

@@ -1,0 +1,82 @@
+//! crossprof's kernel programs.
+//!
+//! One module per runtime, mirroring `probe-common` and `probe-user`: [`native`]
+//! samples every CPU and records the kernel and frame-pointer user stacks.
+//! This file holds what the runtimes share: the maps, the configuration and the
+//! counters.
+#![no_std]
+#![no_main]
+
+mod native;
+
+use aya_ebpf::{
+    macros::{map, perf_event},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::PerfEventContext,
+};
+use probe_common::{
+    COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_TARGETS, native::SampleScratch,
+};
+
+/// Overwritten by the collector before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    filter_pids: 0,
+    include_idle: 0,
+};
+
+/// Every record, of every kind, for the collector.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Per-CPU counters, see [`Counter`]. Per-CPU so that counting never contends.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Target tgids; consulted only when `CONFIG.filter_pids` is set.
+#[map]
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Where a sample is assembled before it is copied to the ring buffer. A record is
+/// too large for the 512-byte BPF stack, and the ring buffer only reserves
+/// constant sizes, so the variable-length record is built here first.
+#[map]
+static SCRATCH: PerCpuArray<SampleScratch> = PerCpuArray::with_max_entries(1, 0);
+
+fn config() -> Config {
+    // SAFETY: CONFIG is a plain-old-data global in .rodata; the volatile read keeps
+    // the compiler from folding in the default value the collector overrides.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Adds one to `counter` on this CPU and returns the new value.
+fn count(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
+        Some(slot) => {
+            // SAFETY: the slot is this CPU's own and perf_event programs do not nest
+            // on one CPU, so nothing else writes it meanwhile.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Samples the stacks of whatever runs on this CPU, at the perf event's frequency.
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    native::sample(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

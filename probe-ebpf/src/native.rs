@@ -1,0 +1,139 @@
+//! Native sampling: ids, time, comm, the kernel stack and the frame-pointer user
+//! stack of whatever runs on the CPU when the `CPU_CLOCK` software event fires.
+//!
+//! Both stacks come from `bpf_get_stack`, straight into the per-CPU scratch buffer
+//! (kernel frames first, user frames right after), and the record is copied to the
+//! ring buffer only as long as its frames.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_get_stack,
+    },
+    programs::PerfEventContext,
+};
+use aya_log_ebpf::warn;
+use probe_common::{
+    Counter, RecordKind, WAKEUP_BYTES,
+    native::{
+        FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+        MAX_FRAMES, record_len,
+    },
+};
+
+use crate::{EVENTS, SCRATCH, TARGETS, config, count};
+
+const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
+
+pub fn sample(ctx: &PerfEventContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let cfg = config();
+
+    if tid == 0 && cfg.include_idle == 0 {
+        count(Counter::Idle);
+        return;
+    }
+    // SAFETY: the value is only tested for presence, never read.
+    if cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none() {
+        return;
+    }
+    count(Counter::Samples);
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; perf_event programs do not nest on a CPU.
+    let scratch = unsafe { &mut *scratch };
+    let mut flags = 0u32;
+
+    // SAFETY: the buffer is STACK_BYTES long at the start of `ips`.
+    let kernel_bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.ips.as_mut_ptr().cast::<c_void>(),
+            STACK_BYTES,
+            0,
+        )
+    };
+    let mut kernel_frames = 0usize;
+    if kernel_bytes < 0 {
+        flags |= FLAG_KERNEL_STACK_ERROR;
+        count(Counter::KernelStackError);
+    } else {
+        kernel_frames = (kernel_bytes as usize) / 8;
+        if kernel_frames >= MAX_FRAMES {
+            kernel_frames = MAX_FRAMES;
+            flags |= FLAG_KERNEL_TRUNCATED;
+        }
+    }
+
+    // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
+    // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
+    let user_bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
+            STACK_BYTES,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    let mut user_frames = 0usize;
+    if user_bytes < 0 {
+        flags |= FLAG_USER_STACK_ERROR;
+        count(Counter::UserStackError);
+    } else {
+        user_frames = (user_bytes as usize) / 8;
+        if user_frames >= MAX_FRAMES {
+            user_frames = MAX_FRAMES;
+            flags |= FLAG_USER_TRUNCATED;
+        }
+    }
+
+    // SAFETY: plain helper call with no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let header = &mut scratch.header;
+    header.kind = RecordKind::CpuSample as u32;
+    header.pid = tgid;
+    header.tid = tid;
+    header.cpu = cpu;
+    // SAFETY: plain helper call with no arguments.
+    header.time_ns = unsafe { bpf_ktime_get_ns() };
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    header.kernel_frames = kernel_frames as u16;
+    header.user_frames = user_frames as u16;
+    header.flags = flags;
+
+    let len = record_len(kernel_frames + user_frames);
+    // SAFETY: len <= size_of::<SampleScratch>() because each stack has at most
+    // MAX_FRAMES frames, and the scratch slot lives for the whole program run.
+    let record = unsafe { core::slice::from_raw_parts(scratch as *const _ as *const u8, len) };
+
+    // Batched wakeups: the collector is only woken once WAKEUP_BYTES are waiting;
+    // otherwise it drains on its own timer.
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match EVENTS.output::<[u8]>(record, wakeup as u64) {
+        Ok(()) => {
+            count(Counter::Sent);
+        }
+        Err(_) => {
+            // Log the first drop on each CPU only: the counter says how many follow.
+            if count(Counter::DropRingFull) == 1 {
+                warn!(
+                    ctx,
+                    "ring buffer full on cpu {}: samples are being dropped", cpu
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Aggregation: identical stacks of a process are counted once, as [`FrameRef`]s
+//! (not yet names), so the hot path never waits for symbolization.
+
+use std::collections::{HashMap, HashSet};
+
+use probe_common::native::{
+    FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+};
+
+use crate::{
+    decode::Sample,
+    native::process::ProcessTable,
+    symbolize::{FrameRef, Marker},
+};
+
+/// A distinct stack of one process, root first: user frames, then kernel frames.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct StackKey {
+    /// The process.
+    pub pid: u32,
+    /// Frames, root first.
+    pub frames: Box<[FrameRef]>,
+}
+
+/// Counts per distinct stack, and the frames not yet sent for naming.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    stacks: HashMap<StackKey, u64>,
+    seen: HashSet<FrameRef>,
+    fresh: Vec<FrameRef>,
+    /// Samples added.
+    pub samples: u64,
+}
+
+impl Aggregator {
+    /// Counts one sample of `pid` with `frames` (root first).
+    pub fn add(&mut self, pid: u32, frames: Vec<FrameRef>) {
+        for &f in &frames {
+            if self.seen.insert(f) {
+                self.fresh.push(f);
+            }
+        }
+        *self
+            .stacks
+            .entry(StackKey {
+                pid,
+                frames: frames.into_boxed_slice(),
+            })
+            .or_insert(0) += 1;
+        self.samples += 1;
+    }
+
+    /// Frames seen for the first time since the last call.
+    pub fn take_fresh(&mut self) -> Vec<FrameRef> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Every distinct stack with its count.
+    pub fn stacks(&self) -> impl Iterator<Item = (&StackKey, u64)> {
+        self.stacks.iter().map(|(k, &n)| (k, n))
+    }
+
+    /// Number of distinct stacks.
+    pub fn distinct(&self) -> usize {
+        self.stacks.len()
+    }
+}
+
+/// The root-first frames of `sample`: its user stack (outermost first), then its
+/// kernel stack. Every return address is moved back by one byte so that it names the
+/// call, not the instruction after it (which may be the next function). A stack that
+/// could not be read, or was cut at the depth limit, carries a marker saying so.
+pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef> {
+    let mut frames = Vec::with_capacity(sample.user.len() + sample.kernel.len() + 2);
+    if sample.flags & FLAG_USER_STACK_ERROR != 0 {
+        frames.push(FrameRef::Marker(Marker::UserStackError));
+    } else {
+        if sample.flags & FLAG_USER_TRUNCATED != 0 {
+            frames.push(FrameRef::Marker(Marker::UserTruncated));
+        }
+        for (i, &ip) in sample.user.iter().enumerate().rev() {
+            frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
+        }
+    }
+    if sample.flags & FLAG_KERNEL_STACK_ERROR != 0 {
+        frames.push(FrameRef::Marker(Marker::KernelStackError));
+    } else {
+        if sample.flags & FLAG_KERNEL_TRUNCATED != 0 {
+            frames.push(FrameRef::Marker(Marker::KernelTruncated));
+        }
+        frames.extend(
+            sample
+                .kernel
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, &ip)| FrameRef::Kernel(call_site(i, ip))),
+        );
+    }
+    frames
+}
+
+/// Frame 0 is where the CPU was; every other frame is a return address.
+fn call_site(depth: usize, ip: u64) -> u64 {
+    if depth == 0 { ip } else { ip.saturating_sub(1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::ModuleId;
+
+    fn elf(offset: u64) -> FrameRef {
+        FrameRef::Elf {
+            module: ModuleId(0),
+            offset,
+        }
+    }
+
+    #[test]
+    fn identical_stacks_are_counted_once_and_fresh_frames_reported_once() {
+        let mut agg = Aggregator::default();
+        agg.add(7, vec![elf(1), elf(2)]);
+        agg.add(7, vec![elf(1), elf(2)]);
+        agg.add(8, vec![elf(1), elf(2)]);
+        agg.add(7, vec![elf(1), elf(3)]);
+        assert_eq!(agg.samples, 4);
+        assert_eq!(agg.distinct(), 3);
+        let key = StackKey {
+            pid: 7,
+            frames: vec![elf(1), elf(2)].into_boxed_slice(),
+        };
+        assert_eq!(agg.stacks().find(|(k, _)| **k == key).unwrap().1, 2);
+        assert_eq!(agg.take_fresh(), vec![elf(1), elf(2), elf(3)]);
+        agg.add(9, vec![elf(3), elf(4)]);
+        assert_eq!(agg.take_fresh(), vec![elf(4)]);
+    }
+
+    fn sample(flags: u32, kernel: Vec<u64>, user: Vec<u64>) -> Sample {
+        Sample {
+            pid: u32::MAX - 1, // never a live process: user frames become markers
+            tid: 1,
+            cpu: 0,
+            time_ns: 0,
+            comm: [0; 16],
+            flags,
+            kernel,
+            user,
+        }
+    }
+
+    #[test]
+    fn frames_are_root_first_user_then_kernel_with_call_sites() {
+        let mut procs = ProcessTable::default();
+        let s = sample(0, vec![0x10, 0x20], vec![0x1, 0x2, 0x3]);
+        let frames = sample_frames(&s, &mut procs);
+        let unknown = FrameRef::Marker(Marker::Unknown);
+        assert_eq!(
+            frames,
+            vec![
+                unknown,
+                unknown,
+                unknown,
+                FrameRef::Kernel(0x1f),
+                FrameRef::Kernel(0x10)
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_and_cut_stacks_are_marked() {
+        let mut procs = ProcessTable::default();
+        let s = sample(
+            FLAG_USER_STACK_ERROR | FLAG_KERNEL_TRUNCATED,
+            vec![0x10],
+            vec![],
+        );
+        assert_eq!(
+            sample_frames(&s, &mut procs),
+            vec![
+                FrameRef::Marker(Marker::UserStackError),
+                FrameRef::Marker(Marker::KernelTruncated),
+                FrameRef::Kernel(0x10)
+            ]
+        );
+        let s = sample(
+            FLAG_USER_TRUNCATED | FLAG_KERNEL_STACK_ERROR,
+            vec![],
+            vec![0x5],
+        );
+        assert_eq!(
+            sample_frames(&s, &mut procs),
+            vec![
+                FrameRef::Marker(Marker::UserTruncated),
+                FrameRef::Marker(Marker::Unknown),
+                FrameRef::Marker(Marker::KernelStackError)
+            ]
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The command line.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+/// crossprof: an eBPF profiler for services that mix .NET, Go and native code.
+#[derive(Debug, Parser)]
+#[command(name = "crossprof", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample on-CPU stacks and write folded stacks, an SVG flamegraph and a summary.
+    ///
+    /// Examples:
+    ///   crossprof record -- ./myserver --port 8080     profile a command until it exits
+    ///   crossprof record --pid 4242 --duration 30      profile a running process for 30 s
+    ///   crossprof record --duration 10 --freq 999      the whole system, 10 s at 999 Hz
+    #[command(verbatim_doc_comment)]
+    Record(RecordArgs),
+}
+
+/// `crossprof record` options.
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    /// Profile this process and all its threads; repeat for several (--pid 10 --pid 20).
+    /// Without --pid and without a command, the whole system is profiled.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Stop after this many seconds (decimals allowed: --duration 2.5). Default: until
+    /// Ctrl-C or SIGTERM, or until the command exits.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Samples per second on each CPU, e.g. --freq 999. At most the kernel's
+    /// perf_event_max_sample_rate.
+    #[arg(long, value_name = "HZ", default_value_t = 99)]
+    pub freq: u64,
+
+    /// Folder for profile.folded, flamegraph.svg and summary.json, e.g. -o /tmp/prof.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "DIR",
+        default_value = "flamegraphs"
+    )]
+    pub output: PathBuf,
+
+    /// Keep samples of idle CPUs (the swapper task) in whole-system profiles.
+    #[arg(long)]
+    pub include_idle: bool,
+
+    /// No live status line on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Command to start and profile until it exits, after `--`: crossprof record -- ./app arg.
+    /// crossprof exits with its exit status.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}

@@ -1,0 +1,193 @@
+//! Ring-buffer record decoding. The layouts are `probe_common`'s; this is the one
+//! place that reads them from bytes, with every length checked, so that a short or
+//! corrupt record is an error that gets counted, never a wrong sample.
+
+use bytes::Buf as _;
+use probe_common::{
+    RecordKind,
+    native::{MAX_FRAMES, SampleHeader},
+};
+
+/// A decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An on-CPU sample.
+    CpuSample(Sample),
+}
+
+/// An on-CPU sample with both stacks, leaf first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU.
+    pub cpu: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    /// The thread's comm, NUL padding removed.
+    pub comm: [u8; 16],
+    /// `probe_common::native::FLAG_*` bits.
+    pub flags: u32,
+    /// Kernel frames, leaf first.
+    pub kernel: Vec<u64>,
+    /// User frames, leaf first.
+    pub user: Vec<u64>,
+}
+
+impl Sample {
+    /// The comm as text, up to its first NUL.
+    pub fn comm_str(&self) -> String {
+        comm_to_string(&self.comm)
+    }
+}
+
+/// A NUL-padded comm as text.
+pub fn comm_to_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than its fixed part or than its frame counts say.
+    #[error("record of {len} bytes is too short: {need} needed")]
+    Short {
+        /// Bytes present.
+        len: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// A tag this build does not know.
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    /// More frames than the kernel side can ever write.
+    #[error("record claims {0} frames, more than the kernel side writes")]
+    TooManyFrames(usize),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
+    const HEADER: usize = size_of::<SampleHeader>();
+    if buf.len() < 4 {
+        return Err(DecodeError::Short {
+            len: buf.len(),
+            need: 4,
+        });
+    }
+    let len = buf.len();
+    let kind = (&buf[..4]).get_u32_le();
+    match RecordKind::from_u32(kind) {
+        Some(RecordKind::CpuSample) => {}
+        None => return Err(DecodeError::UnknownKind(kind)),
+    }
+    if len < HEADER {
+        return Err(DecodeError::Short { len, need: HEADER });
+    }
+    buf.advance(4);
+    let pid = buf.get_u32_le();
+    let tid = buf.get_u32_le();
+    let cpu = buf.get_u32_le();
+    let time_ns = buf.get_u64_le();
+    let mut comm = [0u8; 16];
+    buf.copy_to_slice(&mut comm);
+    let kernel_frames = usize::from(buf.get_u16_le());
+    let user_frames = usize::from(buf.get_u16_le());
+    let flags = buf.get_u32_le();
+    if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
+        return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
+    }
+    let need = HEADER + 8 * (kernel_frames + user_frames);
+    if len < need {
+        return Err(DecodeError::Short { len, need });
+    }
+    let mut frames = |n: usize| (0..n).map(|_| buf.get_u64_le()).collect::<Vec<_>>();
+    let kernel = frames(kernel_frames);
+    let user = frames(user_frames);
+    Ok(Record::CpuSample(Sample {
+        pid,
+        tid,
+        cpu,
+        time_ns,
+        comm,
+        flags,
+        kernel,
+        user,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_common::native::record_len;
+
+    use super::*;
+
+    /// Lays a record out the way the kernel program does (see
+    /// `probe_common::native::SampleHeader`).
+    fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&pid.to_le_bytes());
+        v.extend_from_slice(&(pid + 1).to_le_bytes());
+        v.extend_from_slice(&3u32.to_le_bytes());
+        v.extend_from_slice(&123_456_789u64.to_le_bytes());
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"chain");
+        v.extend_from_slice(&comm);
+        v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(user.len() as u16).to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        for ip in kernel.iter().chain(user) {
+            v.extend_from_slice(&ip.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn decodes_a_sample_with_both_stacks() {
+        let bytes = encode(
+            1,
+            42,
+            &[0xffff_ffff_8100_0000, 0xffff_ffff_8200_0000],
+            &[0x401000],
+            4,
+        );
+        assert_eq!(bytes.len(), record_len(3));
+        let Record::CpuSample(s) = decode(&bytes).unwrap();
+        assert_eq!((s.pid, s.tid, s.cpu, s.time_ns), (42, 43, 3, 123_456_789));
+        assert_eq!(s.comm_str(), "chain");
+        assert_eq!(s.kernel, vec![0xffff_ffff_8100_0000, 0xffff_ffff_8200_0000]);
+        assert_eq!(s.user, vec![0x401000]);
+        assert_eq!(s.flags, 4);
+    }
+
+    #[test]
+    fn header_layout_matches_the_kernel_struct() {
+        // The encoder above must agree with the #[repr(C)] header the kernel writes.
+        assert_eq!(encode(1, 1, &[], &[], 0).len(), size_of::<SampleHeader>());
+    }
+
+    #[test]
+    fn rejects_truncated_records() {
+        let bytes = encode(1, 42, &[1, 2], &[3, 4], 0);
+        for cut in [0, 3, 20, 47, bytes.len() - 1] {
+            assert!(
+                matches!(decode(&bytes[..cut]), Err(DecodeError::Short { .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_impossible_counts() {
+        assert_eq!(
+            decode(&encode(99, 1, &[], &[], 0)),
+            Err(DecodeError::UnknownKind(99))
+        );
+        let mut bytes = encode(1, 1, &[], &[], 0);
+        bytes[40..42].copy_from_slice(&500u16.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::TooManyFrames(500)));
+    }
+}

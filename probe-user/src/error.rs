@@ -1,0 +1,103 @@
+//! Errors. [`UsageError`]s are the user's to fix (exit status 2); anything else is
+//! crossprof's or the system's (exit status 1).
+
+use std::{io, path::PathBuf};
+
+/// Bad input: each message says what was wrong and what to do, on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Neither root nor CAP_BPF + CAP_PERFMON.
+    #[error(
+        "crossprof needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo"
+    )]
+    NotPrivileged,
+    /// No kernel BTF.
+    #[error(
+        "no kernel BTF at {}: crossprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (or set CROSSPROF_BTF to a BTF file for this kernel)",
+        path.display()
+    )]
+    NoBtf {
+        /// Where it looked.
+        path: PathBuf,
+    },
+    /// A `--pid` that does not exist.
+    #[error("no process with pid {0}: check it with `ps -p {0}`")]
+    NoSuchPid(u32),
+    /// A `--pid` that exited while crossprof attached.
+    #[error(
+        "process {0} exited before crossprof attached to it: start the recording while it runs"
+    )]
+    PidExited(u32),
+    /// The command after `--` cannot be started.
+    #[error("cannot start `{command}`: {reason}: check the command name and its PATH")]
+    Spawn {
+        /// The command as given.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+    /// The output folder cannot be created or written.
+    #[error("cannot write to output folder {}: {source}: pick a writable folder with -o DIR", path.display())]
+    OutputDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `--freq` out of range.
+    #[error(
+        "--freq {freq} is out of range: use 1 to {max} Hz (the kernel's perf_event_max_sample_rate)"
+    )]
+    Frequency {
+        /// What was asked.
+        freq: u64,
+        /// The kernel's limit.
+        max: u64,
+    },
+    /// `--duration` is not a positive number of seconds.
+    #[error("--duration {0} is not a positive number of seconds: use e.g. --duration 10")]
+    Duration(f64),
+    /// A command-line syntax error reported by clap.
+    #[error("{0}")]
+    Syntax(String),
+}
+
+/// Everything that can end a recording early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user's to fix.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// Loading or attaching the kernel programs failed.
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
+    /// Writing an output failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Any other I/O failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What crossprof was doing.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The process exit status this error ends crossprof with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Folded stacks, the contract between collapse and render that inferno and the
+//! FlameGraph tools share: one line per stack, `root;frame;...;leaf COUNT`.
+//!
+//! crossprof's root is the process name; user frames follow outermost first, then
+//! kernel frames, each annotated `_[k]` (inferno colours them as kernel code).
+//! Stacks that name the same way are merged, so processes of one program add up.
+
+use std::{collections::BTreeMap, io};
+
+use crate::{
+    aggregate::StackKey,
+    native::process::ModuleTable,
+    symbolize::{Names, sanitize},
+};
+
+/// inferno's annotation for kernel frames.
+pub const KERNEL_SUFFIX: &str = "_[k]";
+
+/// Folded lines (without counts) and their counts, sorted.
+pub type Folded = BTreeMap<String, u64>;
+
+/// Names every stack and merges those that read the same.
+pub fn fold<'a>(
+    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
+    process_name: impl Fn(u32) -> String,
+    names: &Names,
+    modules: &ModuleTable,
+) -> Folded {
+    let mut folded = Folded::new();
+    for (key, count) in stacks {
+        let mut line = sanitize(&process_name(key.pid)).into_owned();
+        if line.is_empty() {
+            line.push_str("[unknown]");
+        }
+        for &frame in key.frames.iter() {
+            line.push(';');
+            line.push_str(&names.display(frame, modules));
+            if frame.is_kernel() {
+                line.push_str(KERNEL_SUFFIX);
+            }
+        }
+        *folded.entry(line).or_insert(0) += count;
+    }
+    folded
+}
+
+/// Writes `folded` as text, one `stack COUNT` line each.
+pub fn write_folded(folded: &Folded, out: &mut impl io::Write) -> io::Result<()> {
+    for (stack, count) in folded {
+        writeln!(out, "{stack} {count}")?;
+    }
+    Ok(())
+}
+
+/// The lines as inferno reads them.
+pub fn lines(folded: &Folded) -> Vec<String> {
+    folded.iter().map(|(s, n)| format!("{s} {n}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::Aggregator,
+        symbolize::{FrameRef, Marker},
+    };
+
+    #[test]
+    fn lines_are_root_first_with_kernel_frames_annotated_and_merged() {
+        let mut agg = Aggregator::default();
+        let user = FrameRef::Marker(Marker::Unknown);
+        let kernel = FrameRef::Kernel(0xffff_ffff_8100_0000);
+        agg.add(10, vec![user, kernel]);
+        agg.add(11, vec![user, kernel]); // same program, other pid: merged
+        agg.add(12, vec![user]);
+        let folded = fold(
+            agg.stacks(),
+            |pid| {
+                if pid == 12 {
+                    "other;x".into()
+                } else {
+                    "app".into()
+                }
+            },
+            &Names::default(),
+            &ModuleTable::default(),
+        );
+        let mut out = Vec::new();
+        write_folded(&folded, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "app;[unknown];[unknown]_[k] 2\nother:x;[unknown] 1\n"
+        );
+        assert_eq!(
+            lines(&folded),
+            vec!["app;[unknown];[unknown]_[k] 2", "other:x;[unknown] 1"]
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! crossprof's collector: it loads the kernel programs, reads their records off the
+//! ring buffer and turns them into mixed-runtime flamegraphs.
+//!
+//! The pipeline, one module a stage, reads top to bottom:
+//!
+//! ```text
+//! sampler (load + attach) -> ring buffer -> decode -> process (maps at first sight)
+//!   -> aggregate (interned stacks) -> symbolize (own thread, long-lived caches)
+//!   -> fold -> render (SVG) / summary
+//! ```
+//!
+//! [`record`] drives it. Runtime-specific code lives in one module per runtime,
+//! mirrored in `probe-common` and `probe-ebpf`: [`native`] for now.
+#![deny(missing_docs)]
+
+pub mod aggregate;
+pub mod cli;
+pub mod decode;
+pub mod error;
+pub mod fold;
+pub mod native;
+pub mod preflight;
+pub mod record;
+pub mod render;
+pub mod sampler;
+pub mod status;
+pub mod summary;
+pub mod symbolize;

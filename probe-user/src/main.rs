@@ -1,0 +1,75 @@
+//! The `crossprof` command.
+
+use std::process::ExitCode;
+
+use clap::{Parser as _, error::ErrorKind};
+use crossprof::{
+    cli::{Cli, Command},
+    error::{Error, UsageError},
+    record::record,
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            _ => return fail(&Error::Usage(UsageError::Syntax(syntax_error(&e)))),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(source) => {
+            return fail(&Error::Io {
+                what: "start the async runtime",
+                source,
+            });
+        }
+    };
+    let result = match cli.command {
+        Command::Record(args) => runtime.block_on(record(args)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => fail(&e),
+    }
+}
+
+/// clap's message, on one line, with what to do.
+fn syntax_error(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    format!("{first}: see `crossprof record --help`")
+}
+
+/// One line on stderr, the error's exit status. Multi-line details (a verifier log)
+/// go to the debug log instead.
+fn fail(e: &Error) -> ExitCode {
+    let text = e.to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("unknown error");
+    if lines.next().is_some() {
+        log::debug!("{text}");
+        eprintln!("crossprof: error: {first} (RUST_LOG=debug shows the details)");
+    } else {
+        eprintln!("crossprof: error: {first}");
+    }
+    ExitCode::from(e.exit_code() as u8)
+}

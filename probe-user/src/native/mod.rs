@@ -1,0 +1,13 @@
+//! Native code: ELF objects mapped into processes, unwound by frame pointers in the
+//! kernel program (`probe-ebpf/src/native.rs`), and the kernel itself.
+//!
+//! - [`maps`] parses `/proc/PID/maps`;
+//! - [`process`] captures a process when it is first seen (name, exe, executable
+//!   mappings, an open handle on each mapped file) and turns its addresses into
+//!   [`FrameRef`](crate::symbolize::FrameRef)s that outlive it;
+//! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
+//!   kallsyms.
+
+pub mod maps;
+pub mod process;
+pub mod symbols;

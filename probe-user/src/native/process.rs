@@ -1,0 +1,287 @@
+//! Processes as first seen: their name, executable and executable mappings, each
+//! mapped file opened once and shared between processes that map the same file.
+//!
+//! Capturing at first sight matters: once a process exits its `/proc/PID` is gone,
+//! and a binary replaced on disk (an upgrade) is no longer the code that ran. An
+//! open handle (through `/proc/PID/map_files`) keeps the very file that was mapped,
+//! so symbolization works after the process exits or the file is deleted.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::maps::{MapEntry, parse_maps};
+use crate::symbolize::{FrameRef, Marker, ModuleId};
+
+/// A mapped file, shared by every process that maps it.
+#[derive(Debug)]
+pub struct Module {
+    /// The file's name, for display (`libc.so.6`).
+    pub name: String,
+    /// The path the process mapped it from.
+    pub path: PathBuf,
+    /// A path that opens the same file for as long as crossprof runs
+    /// (`/proc/self/fd/N` when a handle could be kept).
+    pub open_path: PathBuf,
+    _handle: Option<File>,
+}
+
+/// Interns mapped files by device and inode.
+#[derive(Debug, Default)]
+pub struct ModuleTable {
+    by_key: HashMap<(u32, u32, u64), ModuleId>,
+    modules: Vec<Module>,
+}
+
+impl ModuleTable {
+    /// The module for `entry`, opened through `pid`'s view of it on first sight.
+    fn intern(&mut self, pid: u32, entry: &MapEntry) -> ModuleId {
+        let key = (entry.dev_major, entry.dev_minor, entry.inode);
+        if let Some(&id) = self.by_key.get(&key) {
+            return id;
+        }
+        let path = PathBuf::from(entry.path.trim_end_matches(" (deleted)"));
+        let handle = [
+            PathBuf::from(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                entry.start, entry.end
+            )),
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path)),
+            path.clone(),
+        ]
+        .into_iter()
+        .find_map(|p| File::open(p).ok());
+        let open_path = match &handle {
+            Some(f) => PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+            None => path.clone(),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| entry.path.clone());
+        let id = ModuleId(self.modules.len() as u32);
+        self.modules.push(Module {
+            name,
+            path,
+            open_path,
+            _handle: handle,
+        });
+        self.by_key.insert(key, id);
+        id
+    }
+
+    /// The module behind `id`.
+    pub fn get(&self, id: ModuleId) -> &Module {
+        &self.modules[id.0 as usize]
+    }
+
+    /// Number of distinct files held.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// No module yet?
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Module(ModuleId),
+    Vdso,
+    /// Anonymous or non-file executable memory (JIT code, memfd).
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExecMapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    target: Target,
+}
+
+/// A process as captured.
+#[derive(Debug)]
+pub struct Process {
+    /// pid (tgid).
+    pub pid: u32,
+    /// The process name: its main thread's comm.
+    pub name: Arc<str>,
+    /// `/proc/PID/exe` at capture.
+    pub exe: Option<String>,
+    /// Samples seen.
+    pub samples: u64,
+    mappings: Vec<ExecMapping>,
+    captured: Instant,
+}
+
+impl Process {
+    fn lookup(&self, addr: u64) -> Option<ExecMapping> {
+        let i = self.mappings.partition_point(|m| m.start <= addr);
+        let m = *self.mappings.get(i.checked_sub(1)?)?;
+        (addr < m.end).then_some(m)
+    }
+}
+
+/// Re-reading a process's maps on an unknown address happens at most this often:
+/// an address outside every mapping is either new code (dlopen, exec) or garbage
+/// from a broken frame chain, and the latter must not cost a read per sample.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Every process seen so far.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+    /// The files they map.
+    pub modules: ModuleTable,
+}
+
+impl ProcessTable {
+    /// The process `pid`, captured now if this is its first sample. `fallback_name`
+    /// names it if it is already gone.
+    pub fn get_or_capture(&mut self, pid: u32, fallback_name: &str) -> &mut Process {
+        if !self.procs.contains_key(&pid) {
+            let mut p = Process {
+                pid,
+                name: fallback_name.into(),
+                exe: None,
+                samples: 0,
+                mappings: Vec::new(),
+                captured: Instant::now(),
+            };
+            Self::capture(&mut self.modules, &mut p);
+            self.procs.insert(pid, p);
+        }
+        self.procs.get_mut(&pid).expect("inserted above")
+    }
+
+    fn capture(modules: &mut ModuleTable, p: &mut Process) {
+        let pid = p.pid;
+        p.captured = Instant::now();
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            p.name = comm.trim_end().into();
+        }
+        p.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|e| e.to_string_lossy().into_owned());
+        let mut mappings: Vec<ExecMapping> = parse_maps(&text)
+            .iter()
+            .filter(|e| e.is_exec())
+            .map(|e| ExecMapping {
+                start: e.start,
+                end: e.end,
+                offset: e.offset,
+                target: if e.path == "[vdso]" {
+                    Target::Vdso
+                } else if e.is_file() && !e.path.starts_with("/memfd:") {
+                    Target::Module(modules.intern(pid, e))
+                } else {
+                    Target::Anonymous
+                },
+            })
+            .collect();
+        mappings.sort_by_key(|m| m.start);
+        p.mappings = mappings;
+    }
+
+    /// The frame for user address `addr` of `pid` (already captured). An address
+    /// outside every known mapping triggers one re-read of the maps (rate-limited),
+    /// then counts as unknown.
+    pub fn user_frame(&mut self, pid: u32, addr: u64) -> FrameRef {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return FrameRef::Marker(Marker::Unknown);
+        };
+        let mut found = p.lookup(addr);
+        if found.is_none() && p.captured.elapsed() >= REFRESH_INTERVAL {
+            Self::capture(&mut self.modules, p);
+            found = p.lookup(addr);
+        }
+        match found {
+            Some(ExecMapping {
+                start,
+                offset,
+                target: Target::Module(module),
+                ..
+            }) => FrameRef::Elf {
+                module,
+                offset: addr - start + offset,
+            },
+            Some(ExecMapping {
+                target: Target::Vdso,
+                ..
+            }) => FrameRef::Marker(Marker::Vdso),
+            Some(ExecMapping {
+                target: Target::Anonymous,
+                ..
+            })
+            | None => FrameRef::Marker(Marker::Unknown),
+        }
+    }
+
+    /// Every process seen, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    /// The process `pid`, if seen.
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_own_code_to_file_offsets_of_one_shared_module() {
+        let mut table = ProcessTable::default();
+        let me = std::process::id();
+        table.get_or_capture(me, "fallback");
+        let f = maps_own_code_to_file_offsets_of_one_shared_module as *const () as usize as u64;
+        let FrameRef::Elf { module, offset } = table.user_frame(me, f) else {
+            panic!("own code not in an ELF mapping");
+        };
+        assert!(offset < f, "file offset {offset:#x} of {f:#x}");
+        let m = table.modules.get(module);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(m.path, exe);
+        assert!(
+            m.open_path.starts_with("/proc/self/fd/"),
+            "{:?}",
+            m.open_path
+        );
+        // Capturing the same file again through another pid entry reuses the module.
+        let before = table.modules.len();
+        table.procs.remove(&me);
+        table.get_or_capture(me, "fallback");
+        assert_eq!(table.modules.len(), before);
+        // The name comes from /proc, not from the fallback.
+        assert_ne!(table.get(me).unwrap().name.as_ref(), "fallback");
+    }
+
+    #[test]
+    fn unknown_addresses_and_pids_are_markers() {
+        let mut table = ProcessTable::default();
+        assert_eq!(
+            table.user_frame(1, 0x1000),
+            FrameRef::Marker(Marker::Unknown)
+        );
+        let me = std::process::id();
+        table.get_or_capture(me, "x");
+        assert_eq!(
+            table.user_frame(me, 0x10),
+            FrameRef::Marker(Marker::Unknown)
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! Names for native frames: ELF files through blazesym (symtab, dynsym, DWARF when
+//! present), the kernel through kallsyms.
+
+use std::path::Path;
+
+use blazesym::{
+    MaybeDefault,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Elf, Kernel, Source},
+    },
+};
+
+/// A long-lived blazesym [`Symbolizer`]: it caches every parsed file and kallsyms, so
+/// it must be kept for the whole recording (it is not `Send`; it lives on the
+/// symbolizer thread).
+pub struct NativeSymbols {
+    symbolizer: Symbolizer,
+}
+
+impl Default for NativeSymbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NativeSymbols {
+    /// A symbolizer with demangling on and source lines off (names are all a
+    /// flamegraph shows; lines cost a DWARF line-table walk).
+    pub fn new() -> Self {
+        Self {
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .enable_demangling(true)
+                .build(),
+        }
+    }
+
+    /// Names for file offsets in one ELF file; `None` where no symbol covers one. A
+    /// file that is not ELF, or cannot be read, yields all `None`.
+    pub fn elf(&self, path: &Path, offsets: &[u64]) -> Vec<Option<String>> {
+        let src = Source::Elf(Elf::new(path));
+        names(
+            self.symbolizer.symbolize(&src, Input::FileOffset(offsets)),
+            offsets.len(),
+        )
+    }
+
+    /// Names for kernel addresses, from `/proc/kallsyms`.
+    pub fn kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
+        let src = Source::Kernel(Kernel {
+            kallsyms: MaybeDefault::Default,
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        });
+        names(
+            self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)),
+            addrs.len(),
+        )
+    }
+}
+
+fn names(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Option<String>> {
+    match result {
+        Ok(syms) => syms
+            .into_iter()
+            .map(|s| match s {
+                Symbolized::Sym(sym) => Some(sym.name.into_owned()),
+                Symbolized::Unknown(_) => None,
+            })
+            .collect(),
+        Err(e) => {
+            log::debug!("symbolization batch failed: {e}");
+            vec![None; n]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_with_a_name() -> u64 {
+        a_function_with_a_name as *const () as usize as u64
+    }
+
+    #[test]
+    fn names_own_code_by_file_offset() {
+        let addr = a_function_with_a_name();
+        let maps =
+            crate::native::maps::parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        let m = maps
+            .iter()
+            .find(|m| m.is_exec() && m.start <= addr && addr < m.end)
+            .unwrap();
+        let syms = NativeSymbols::new();
+        let names = syms.elf(Path::new(&m.path), &[addr - m.start + m.offset, u64::MAX]);
+        let name = names[0].as_deref().unwrap();
+        assert!(name.ends_with("a_function_with_a_name"), "{name}");
+        assert_eq!(names[1], None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_names_nothing() {
+        let syms = NativeSymbols::new();
+        assert_eq!(
+            syms.elf(Path::new("/etc/hostname"), &[0, 1]),
+            vec![None, None]
+        );
+    }
+}

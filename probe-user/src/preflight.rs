@@ -1,0 +1,242 @@
+//! Checks run before anything is loaded or written, so that bad input fails fast,
+//! with one clear line and nothing half-done.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::error::UsageError;
+
+/// Default location of the kernel's BTF.
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Environment variable that overrides [`DEFAULT_BTF`].
+pub const BTF_ENV: &str = "CROSSPROF_BTF";
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Root, or CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN (which implies both on kernels
+/// older than 5.8).
+pub fn check_privileges() -> Result<(), UsageError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = parse_cap_eff(&status).unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(UsageError::NotPrivileged)
+    }
+}
+
+/// The `CapEff:` bit set of a `/proc/PID/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The kernel's BTF must be readable: the later kernel programs (tp_btf, CO-RE) need it.
+pub fn check_btf() -> Result<PathBuf, UsageError> {
+    let path = std::env::var_os(BTF_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
+    match fs::File::open(&path) {
+        Ok(_) => Ok(path),
+        Err(_) => Err(UsageError::NoBtf { path }),
+    }
+}
+
+/// `perf_event_max_sample_rate`, the kernel's ceiling for sampling frequencies.
+pub fn max_sample_rate() -> u64 {
+    fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// 1 to [`max_sample_rate`] Hz.
+pub fn check_freq(freq: u64) -> Result<(), UsageError> {
+    let max = max_sample_rate();
+    if freq == 0 || freq > max {
+        return Err(UsageError::Frequency { freq, max });
+    }
+    Ok(())
+}
+
+/// A positive, finite number of seconds.
+pub fn check_duration(duration: Option<f64>) -> Result<(), UsageError> {
+    match duration {
+        Some(d) if !(d.is_finite() && d > 0.0) => Err(UsageError::Duration(d)),
+        _ => Ok(()),
+    }
+}
+
+/// Each pid must name a live process. A thread id is accepted and mapped to its
+/// process (its tgid), since the kernel filter works on processes.
+pub fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
+    let mut out = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|_| UsageError::NoSuchPid(pid))?;
+        let tgid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(pid);
+        if pid == 0 {
+            return Err(UsageError::NoSuchPid(pid));
+        }
+        if !out.contains(&tgid) {
+            out.push(tgid);
+        }
+    }
+    Ok(out)
+}
+
+/// Finds the program the way `execvp` will, so that a command that cannot start is
+/// reported before anything is loaded or created.
+pub fn resolve_command(program: &std::ffi::OsStr) -> Result<PathBuf, UsageError> {
+    let name = Path::new(program);
+    let spawn_err = |reason: &str| UsageError::Spawn {
+        command: name.display().to_string(),
+        reason: reason.to_owned(),
+    };
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.is_empty() {
+        return Err(spawn_err("empty command"));
+    }
+    if name.components().count() > 1 || name.is_absolute() {
+        if !name.exists() {
+            return Err(spawn_err("no such file"));
+        }
+        if !executable(name) {
+            return Err(spawn_err("not an executable file"));
+        }
+        return Ok(name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+        .ok_or_else(|| spawn_err("not found in PATH"))
+}
+
+/// An output folder that was checked writable. If crossprof created it and the
+/// recording fails before writing anything, [`OutputDir::discard`] removes it again.
+#[derive(Debug)]
+pub struct OutputDir {
+    /// The folder.
+    pub path: PathBuf,
+    created: bool,
+}
+
+impl OutputDir {
+    /// Creates `path` if needed and proves it writable with a temporary file.
+    pub fn prepare(path: &Path) -> Result<Self, UsageError> {
+        let err = |source: io::Error| UsageError::OutputDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        let created = !path.exists();
+        fs::create_dir_all(path).map_err(err)?;
+        let probe = path.join(format!(".crossprof-write-test-{}", std::process::id()));
+        let result = fs::File::create(&probe).and_then(|mut f| f.write_all(b"x"));
+        let _ = fs::remove_file(&probe);
+        let dir = Self {
+            path: path.to_path_buf(),
+            created,
+        };
+        if let Err(e) = result {
+            dir.discard();
+            return Err(err(e));
+        }
+        Ok(dir)
+    }
+
+    /// Removes the folder if crossprof created it and it is still empty.
+    pub fn discard(&self) {
+        if self.created {
+            let _ = fs::remove_dir(&self.path);
+        }
+    }
+
+    /// Writes `name` in the folder atomically: a temporary file, then a rename, so a
+    /// reader never sees half a file.
+    pub fn write_atomic(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
+    ) -> Result<PathBuf, crate::error::Error> {
+        let dest = self.path.join(name);
+        let tmp = self
+            .path
+            .join(format!(".{name}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
+            write(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_data()?;
+            fs::rename(&tmp, &dest)
+        })();
+        result.map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            crate::error::Error::Write {
+                path: dest.clone(),
+                source,
+            }
+        })?;
+        Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_is_parsed_from_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let caps = parse_cap_eff(status).unwrap();
+        assert_ne!(caps & (1 << CAP_BPF), 0);
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn frequency_bounds() {
+        assert!(check_freq(0).is_err());
+        assert!(check_freq(99).is_ok());
+        assert!(check_freq(max_sample_rate() + 1).is_err());
+    }
+
+    #[test]
+    fn duration_must_be_positive() {
+        assert!(check_duration(Some(0.0)).is_err());
+        assert!(check_duration(Some(f64::NAN)).is_err());
+        assert!(check_duration(Some(1.5)).is_ok());
+        assert!(check_duration(None).is_ok());
+    }
+
+    #[test]
+    fn commands_are_resolved_like_execvp() {
+        assert!(resolve_command("sh".as_ref()).is_ok());
+        assert!(resolve_command("/nonexistent/prog".as_ref()).is_err());
+        assert!(resolve_command("no-such-command-xyz".as_ref()).is_err());
+        let plain = std::env::temp_dir().join(format!("crossprof-not-exec-{}", std::process::id()));
+        fs::write(&plain, "data").unwrap();
+        fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+        let result = resolve_command(plain.as_os_str());
+        fs::remove_file(&plain).unwrap();
+        assert!(
+            matches!(result, Err(UsageError::Spawn { reason, .. }) if reason == "not an executable file")
+        );
+    }
+}

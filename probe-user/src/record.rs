@@ -1,0 +1,453 @@
+//! `crossprof record`: the pipeline, top to bottom.
+//!
+//! 1. Check the input (nothing loaded or written on bad input).
+//! 2. Load the kernel programs, fill the target set, attach to every CPU, start
+//!    the command if there is one (held before `exec` until its pid is a target).
+//! 3. Drain the ring buffer on wakeups and every [`DRAIN_EVERY`]: decode, capture
+//!    each process at first sight, aggregate, and send new frames for naming.
+//! 4. Stop on the duration, a signal, the command's exit, or the last target's exit.
+//! 5. Fold, render, and write the outputs atomically, then the summary.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    io::Write as _,
+    os::unix::process::ExitStatusExt as _,
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use probe_common::{COUNTER_SLOTS, Counter};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    aggregate::{Aggregator, sample_frames},
+    cli::RecordArgs,
+    decode::{Record, decode},
+    error::{Error, UsageError},
+    fold::{fold, write_folded},
+    native::process::ProcessTable,
+    preflight::{self, OutputDir},
+    render::render_svg,
+    sampler::{Sampler, SamplerConfig, register_self_in_child},
+    status::Status,
+    summary::{CollectorStats, KernelProgramStats, ProcessSummary, Summary},
+    symbolize::SymbolizerThread,
+};
+
+/// How often the ring buffer is drained when the kernel has not woken us (wakeups
+/// are batched, see `probe_common::WAKEUP_BYTES`).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// Output file names.
+pub const FOLDED_FILE: &str = "profile.folded";
+/// See [`FOLDED_FILE`].
+pub const SVG_FILE: &str = "flamegraph.svg";
+/// See [`FOLDED_FILE`].
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// Why the recording stopped.
+#[derive(Debug)]
+enum Stop {
+    Duration,
+    Signal(i32),
+    CommandExited(ExitStatus),
+    TargetsExited,
+}
+
+/// Everything downstream of the ring buffer.
+#[derive(Default)]
+struct Pipeline {
+    procs: ProcessTable,
+    agg: Aggregator,
+    symbolizer: SymbolizerThread,
+    decode_errors: u64,
+}
+
+impl Pipeline {
+    fn drain(&mut self, events: &mut RingBuf<MapData>) {
+        while let Some(item) = events.next() {
+            match decode(&item) {
+                Ok(Record::CpuSample(sample)) => {
+                    let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
+                    p.samples += 1;
+                    let frames = sample_frames(&sample, &mut self.procs);
+                    self.agg.add(sample.pid, frames);
+                }
+                Err(e) => {
+                    if self.decode_errors == 0 {
+                        log::warn!("undecodable record from the kernel: {e}");
+                    }
+                    self.decode_errors += 1;
+                }
+            }
+        }
+        let fresh = self.agg.take_fresh();
+        if !fresh.is_empty() {
+            self.symbolizer.submit(&fresh, &self.procs.modules);
+        }
+        self.symbolizer.poll();
+    }
+}
+
+/// Runs `crossprof record`; returns the exit status crossprof should end with.
+pub async fn record(args: RecordArgs) -> Result<i32, Error> {
+    // 1. Input.
+    preflight::check_duration(args.duration)?;
+    preflight::check_freq(args.freq)?;
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    let pids = preflight::resolve_pids(&args.pids)?;
+    let program = match args.command.first() {
+        Some(p) => Some(preflight::resolve_command(p)?),
+        None => None,
+    };
+    let out = OutputDir::prepare(&args.output)?;
+    raise_fd_limit();
+
+    let started = match start(&args, &pids, program.is_some()).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.discard();
+            return Err(e);
+        }
+    };
+    run(args, pids, started, out).await
+}
+
+struct Started {
+    sampler: Sampler,
+    events: RingBuf<MapData>,
+    child: Option<tokio::process::Child>,
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+// 2. Kernel side and command.
+async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Started, Error> {
+    let io = |what| move |source| Error::Io { what, source };
+    // Signals first: a Ctrl-C from here on stops the recording instead of killing it.
+    let sigint = signal(SignalKind::interrupt()).map_err(io("install the SIGINT handler"))?;
+    let sigterm = signal(SignalKind::terminate()).map_err(io("install the SIGTERM handler"))?;
+
+    let mut sampler = Sampler::load(SamplerConfig {
+        freq: args.freq,
+        filter_pids: !pids.is_empty() || has_command,
+        include_idle: args.include_idle,
+    })?;
+    for &pid in pids {
+        sampler.add_target(pid)?;
+    }
+    let events = sampler.take_events()?;
+    sampler.attach()?;
+    for &pid in pids {
+        if !alive(pid) {
+            return Err(UsageError::PidExited(pid).into());
+        }
+    }
+    let child = if has_command {
+        Some(spawn_registered(&args.command, &sampler)?)
+    } else {
+        None
+    };
+    Ok(Started {
+        sampler,
+        events,
+        child,
+        sigint,
+        sigterm,
+    })
+}
+
+/// Starts `command`; the child puts its own pid in the target set between `fork`
+/// and `exec`, so not one sample of it is missed.
+fn spawn_registered(
+    command: &[OsString],
+    sampler: &Sampler,
+) -> Result<tokio::process::Child, Error> {
+    let targets_fd = sampler.targets_fd();
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure only issues the bpf(2) syscall (async-signal-safe) on
+    // memory of its own stack.
+    unsafe {
+        cmd.pre_exec(move || register_self_in_child(targets_fd));
+    }
+    cmd.spawn().map_err(|e| {
+        UsageError::Spawn {
+            command: command[0].to_string_lossy().into_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let sent = unsafe { libc::kill(pid as i32, 0) } == 0;
+    sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Each mapped file is held open (see `native::process`): make room for many.
+fn raise_fd_limit() {
+    // SAFETY: get/setrlimit on a valid local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+// 3-5.
+async fn run(
+    args: RecordArgs,
+    pids: Vec<u32>,
+    started: Started,
+    out: OutputDir,
+) -> Result<i32, Error> {
+    let Started {
+        mut sampler,
+        events,
+        mut child,
+        mut sigint,
+        mut sigterm,
+    } = started;
+    let mut logger = sampler.take_logger();
+    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as long
+    // as the AsyncFd holds it.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| Error::Io {
+            what: "poll the ring buffer",
+            source: std::io::Error::from(e),
+        })?;
+    let mut pipeline = Pipeline::default();
+    let mut status = Status::new(args.quiet);
+    let start = Instant::now();
+    let deadline = args
+        .duration
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+
+    let stop = loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    pipeline.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                pipeline.drain(events.get_mut());
+                if let Some(l) = logger.as_mut() { l.flush(); }
+                let lost = drops(&sampler.counters()) + pipeline.decode_errors;
+                status.update(start.elapsed(), pipeline.agg.samples, lost);
+                if !pids.is_empty() && child.is_none() && !pids.iter().any(|&p| alive(p)) {
+                    break Stop::TargetsExited;
+                }
+            }
+            () = &mut until_deadline => break Stop::Duration,
+            _ = sigint.recv() => break Stop::Signal(libc::SIGINT),
+            _ = sigterm.recv() => break Stop::Signal(libc::SIGTERM),
+            exit = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
+                match exit {
+                    Ok(st) => break Stop::CommandExited(st),
+                    Err(_) => break Stop::CommandExited(ExitStatus::from_raw(1 << 8)),
+                }
+            }
+        }
+    };
+    let stopped_at = Instant::now();
+    let duration = stopped_at - start;
+    status.clear();
+
+    // What the kernel counted, then whatever is still in flight.
+    let counters = sampler.counters();
+    let program_stats = sampler.program_stats();
+    pipeline.drain(events.get_mut());
+    drop(events);
+    drop(sampler); // detaches the sampler from every CPU
+    if let Some(l) = logger.as_mut() {
+        l.flush();
+    }
+
+    // A command still running is asked to stop the way crossprof was.
+    let mut command_status = match &stop {
+        Stop::CommandExited(st) => Some(*st),
+        _ => None,
+    };
+    if let Some(c) = child.as_mut()
+        && command_status.is_none()
+        && let Some(pid) = c.id()
+    {
+        let sig = match stop {
+            Stop::Signal(s) => s,
+            _ => libc::SIGTERM,
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    // Names for the last frames, then fold and render.
+    let Pipeline {
+        procs,
+        agg,
+        mut symbolizer,
+        decode_errors,
+    } = pipeline;
+    symbolizer.finish();
+    let names = &symbolizer.names;
+    let folded = fold(
+        agg.stacks(),
+        |pid| {
+            procs
+                .get(pid)
+                .map(|p| p.name.to_string())
+                .unwrap_or_default()
+        },
+        names,
+        &procs.modules,
+    );
+    out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
+    let lost = drops(&counters) + decode_errors;
+    let title = title(&args, &pids);
+    let subtitle = format!(
+        "{} samples at {} Hz over {:.1} s, {} lost",
+        agg.samples,
+        args.freq,
+        duration.as_secs_f64(),
+        lost
+    );
+    let svg = out.write_atomic(SVG_FILE, |w| render_svg(&folded, &title, &subtitle, w))?;
+    let stop_to_svg = stopped_at.elapsed();
+
+    if let Some(c) = child.as_mut()
+        && command_status.is_none()
+    {
+        command_status = c.wait().await.ok();
+    }
+    let command_exit_status = command_status.map(exit_code);
+
+    let mut processes: Vec<ProcessSummary> = procs
+        .iter()
+        .filter(|p| p.samples > 0)
+        .map(|p| ProcessSummary {
+            pid: p.pid,
+            comm: p.name.to_string(),
+            exe: p.exe.clone(),
+            samples: p.samples,
+        })
+        .collect();
+    processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+    let summary = Summary {
+        duration_secs: duration.as_secs_f64(),
+        frequency_hz: args.freq,
+        samples: agg.samples,
+        lost,
+        decode_errors,
+        counters: Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), counters[c as usize]))
+            .collect::<BTreeMap<_, _>>(),
+        distinct_stacks: agg.distinct(),
+        unnamed_frames: names.unnamed,
+        processes,
+        collector: CollectorStats::now(),
+        kernel_program: program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
+            run_count,
+            run_time_ns,
+        }),
+        stop_to_svg_ms: stop_to_svg.as_secs_f64() * 1e3,
+        command_exit_status,
+    };
+    out.write_atomic(SUMMARY_FILE, |w| {
+        serde_json::to_writer_pretty(&mut *w, &summary)?;
+        writeln!(w)
+    })?;
+
+    eprintln!(
+        "crossprof: {} samples ({} lost) from {} process{} in {:.1} s at {} Hz -> {}",
+        summary.samples,
+        lost,
+        summary.processes.len(),
+        if summary.processes.len() == 1 {
+            ""
+        } else {
+            "es"
+        },
+        summary.duration_secs,
+        args.freq,
+        svg.display()
+    );
+    if lost > 0 {
+        eprintln!(
+            "crossprof: note: {lost} samples were lost ({} ring buffer full, {} undecodable); see summary.json",
+            counters[Counter::DropRingFull as usize],
+            decode_errors
+        );
+    }
+    Ok(match stop {
+        _ if command_exit_status.is_some() => command_exit_status.unwrap_or(0),
+        _ => 0,
+    })
+}
+
+fn drops(counters: &[u64; COUNTER_SLOTS as usize]) -> u64 {
+    Counter::ALL
+        .iter()
+        .filter(|c| c.is_drop())
+        .map(|&c| counters[c as usize])
+        .sum()
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that killed it.
+fn exit_code(st: ExitStatus) -> i32 {
+    st.code()
+        .or_else(|| st.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+fn title(args: &RecordArgs, pids: &[u32]) -> String {
+    if !args.command.is_empty() {
+        let cmd: Vec<_> = args.command.iter().map(|a| a.to_string_lossy()).collect();
+        format!("crossprof: {}", cmd.join(" "))
+    } else if !pids.is_empty() {
+        let p: Vec<_> = pids.iter().map(u32::to_string).collect();
+        format!("crossprof: pid {}", p.join(", "))
+    } else {
+        "crossprof: whole system".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(
+            exit_code(ExitStatus::from_raw(libc::SIGTERM)),
+            128 + libc::SIGTERM
+        );
+    }
+
+    #[test]
+    fn liveness_of_pids() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX / 2));
+    }
+}

@@ -1,0 +1,260 @@
+//! The kernel side, from user space: loading the programs, attaching the CPU
+//! sampler to every online CPU, the target set, and the kernel's counters.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent, ProgramError,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use probe_common::{COUNTER_SLOTS, Config, names};
+
+/// The kernel programs, built by `build.rs` from `probe-ebpf`.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+/// Failures of the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// The object did not load (verifier, missing kernel feature, memory).
+    #[error("cannot load crossprof's eBPF programs into the kernel: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program is not in the object.
+    #[error("eBPF program `{0}` is missing from crossprof's object file: rebuild crossprof")]
+    MissingProgram(&'static str),
+    /// Loading one program failed.
+    #[error("cannot load eBPF program `{name}`: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// perf_event_open or the attach failed on a CPU.
+    #[error("cannot attach the CPU sampler to cpu {cpu}: {source}")]
+    Attach {
+        /// The CPU.
+        cpu: u32,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing or of the wrong type.
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// `/sys/devices/system/cpu/online` unreadable.
+    #[error("cannot list the online CPUs: {0}")]
+    Cpus(#[source] io::Error),
+}
+
+/// What to sample.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplerConfig {
+    /// Samples per second per CPU.
+    pub freq: u64,
+    /// Keep only target processes.
+    pub filter_pids: bool,
+    /// Keep idle-task samples.
+    pub include_idle: bool,
+}
+
+/// The loaded kernel side.
+pub struct Sampler {
+    ebpf: Ebpf,
+    targets: BpfHashMap<MapData, u32, u8>,
+    /// A second handle on `TARGETS`, for [`register_self_in_child`].
+    targets_fd: MapFd,
+    counters: PerCpuArray<MapData, u64>,
+    freq: u64,
+}
+
+impl Sampler {
+    /// Loads the programs and maps (nothing runs until [`Sampler::attach`]).
+    pub fn load(cfg: SamplerConfig) -> Result<Self, SamplerError> {
+        let config = Config {
+            filter_pids: u32::from(cfg.filter_pids),
+            include_idle: u32::from(cfg.include_idle),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .load(PROBE_OBJECT)
+            .map_err(SamplerError::Load)?;
+        let map_err = |name| move |source| SamplerError::Map { name, source };
+        let targets = take_map(&mut ebpf, names::TARGETS)?;
+        let targets_fd = match &targets {
+            Map::HashMap(data) => data.info().and_then(|info| info.fd()),
+            _ => Err(MapError::InvalidName {
+                name: names::TARGETS.to_owned(),
+            }),
+        }
+        .map_err(map_err(names::TARGETS))?;
+        let targets = BpfHashMap::try_from(targets).map_err(map_err(names::TARGETS))?;
+        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        let counters = PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS))?;
+        let program: &mut PerfEvent = ebpf
+            .program_mut(names::CPU_SAMPLE_PROG)
+            .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
+            .try_into()
+            .map_err(|source| SamplerError::Program {
+                name: names::CPU_SAMPLE_PROG,
+                source,
+            })?;
+        program.load().map_err(|source| SamplerError::Program {
+            name: names::CPU_SAMPLE_PROG,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            targets,
+            targets_fd,
+            counters,
+            freq: cfg.freq,
+        })
+    }
+
+    /// Opens a `CPU_CLOCK` software event at the configured frequency on every
+    /// online CPU and attaches the sampler to each.
+    pub fn attach(&mut self) -> Result<(), SamplerError> {
+        let freq = self.freq;
+        let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(names::CPU_SAMPLE_PROG)
+            .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
+            .try_into()
+            .map_err(|source| SamplerError::Program {
+                name: names::CPU_SAMPLE_PROG,
+                source,
+            })?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(freq),
+                    false,
+                )
+                .map_err(|source| SamplerError::Attach { cpu, source })?;
+        }
+        Ok(())
+    }
+
+    /// Adds `pid` (a tgid) to the target set.
+    pub fn add_target(&mut self, pid: u32) -> Result<(), SamplerError> {
+        self.targets
+            .insert(pid, 1, 0)
+            .map_err(|source| SamplerError::Map {
+                name: names::TARGETS,
+                source,
+            })
+    }
+
+    /// The raw fd of the target set, for [`register_self_in_child`] in a forked child.
+    pub fn targets_fd(&self) -> RawFd {
+        self.targets_fd.as_fd().as_raw_fd()
+    }
+
+    /// The ring buffer every record arrives on (taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, SamplerError> {
+        let map = take_map(&mut self.ebpf, names::EVENTS)?;
+        RingBuf::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::EVENTS,
+            source,
+        })
+    }
+
+    /// The aya-log channel of the kernel programs, if they log.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// The kernel counters, summed over CPUs, indexed by `probe_common::Counter`.
+    pub fn counters(&self) -> [u64; COUNTER_SLOTS as usize] {
+        let mut out = [0u64; COUNTER_SLOTS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// `(run_count, run_time_ns)` of the sampler program, which the kernel keeps only
+    /// while `kernel.bpf_stats_enabled` is 1.
+    pub fn program_stats(&self) -> Option<(u64, u64)> {
+        let program: &PerfEvent = self.ebpf.program(names::CPU_SAMPLE_PROG)?.try_into().ok()?;
+        let info = program.info().ok()?;
+        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
+        stats_on.then(|| (info.run_count(), info.run_time().as_nanos() as u64))
+    }
+}
+
+/// Adds the calling process to the target set whose fd is `targets_fd`, with a raw
+/// `bpf(BPF_MAP_UPDATE_ELEM)`: async-signal-safe, so a forked child can run it
+/// between `fork` and `exec` and be sampled from its first instruction, without
+/// the parent having to learn its pid first (std's `spawn` only returns after
+/// `exec`).
+///
+/// Layout of the `bpf_attr` member for `BPF_MAP_*_ELEM` (include/uapi/linux/bpf.h):
+/// `u32 map_fd; (pad) u64 key; u64 value; u64 flags`.
+pub fn register_self_in_child(targets_fd: RawFd) -> io::Result<()> {
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let value = 1u8;
+    let attr = MapElemAttr {
+        map_fd: targets_fd as u32,
+        _pad: 0,
+        key: &pid as *const u32 as u64,
+        value: &value as *const u8 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` and the key and value it points to live across the call, and
+    // the size passed is the size of `attr`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const MapElemAttr,
+            size_of::<MapElemAttr>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, SamplerError> {
+    ebpf.take_map(name).ok_or(SamplerError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })
+}

@@ -1,0 +1,83 @@
+//! The run's summary: `summary.json` for scripts and the bench, and a few lines on
+//! stderr for people.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Everything `summary.json` holds.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Recording wall time.
+    pub duration_secs: f64,
+    /// Sampling frequency per CPU.
+    pub frequency_hz: u64,
+    /// Samples received and aggregated.
+    pub samples: u64,
+    /// Samples lost anywhere: dropped in the kernel or undecodable.
+    pub lost: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// The kernel counters by name (`probe_common::Counter::name`).
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Distinct stacks.
+    pub distinct_stacks: usize,
+    /// Frames no symbol covered (shown as `[module+0xoff]` or `[unknown]`).
+    pub unnamed_frames: u64,
+    /// Processes with samples, most samples first.
+    pub processes: Vec<ProcessSummary>,
+    /// The collector's own cost.
+    pub collector: CollectorStats,
+    /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
+    pub kernel_program: Option<KernelProgramStats>,
+    /// From the stop to a finished SVG.
+    pub stop_to_svg_ms: f64,
+    /// The command's exit status, if crossprof started one (128+N for signal N).
+    pub command_exit_status: Option<i32>,
+}
+
+/// One process.
+#[derive(Debug, Serialize)]
+pub struct ProcessSummary {
+    /// pid.
+    pub pid: u32,
+    /// Name (main thread's comm).
+    pub comm: String,
+    /// Executable, if it could be read.
+    pub exe: Option<String>,
+    /// Samples.
+    pub samples: u64,
+}
+
+/// The collector's resource use, from `getrusage(RUSAGE_SELF)`.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct CollectorStats {
+    /// User + system CPU time.
+    pub cpu_seconds: f64,
+    /// Peak resident set size.
+    pub peak_rss_bytes: u64,
+}
+
+impl CollectorStats {
+    /// This process's figures so far.
+    pub fn now() -> Self {
+        // SAFETY: getrusage fills the struct it is given and nothing else.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a valid, writable rusage.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        Self {
+            cpu_seconds: secs(ru.ru_utime) + secs(ru.ru_stime),
+            peak_rss_bytes: ru.ru_maxrss as u64 * 1024,
+        }
+    }
+}
+
+/// The sampler program's cost.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct KernelProgramStats {
+    /// Runs.
+    pub run_count: u64,
+    /// Total run time.
+    pub run_time_ns: u64,
+}

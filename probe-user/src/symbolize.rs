@@ -1,0 +1,277 @@
+//! Naming frames, off the hot path.
+//!
+//! Stacks are aggregated as [`FrameRef`]s: kernel addresses, offsets into mapped
+//! files, or markers. A frame is sent for naming the first time it is seen, to a
+//! dedicated thread that owns the long-lived symbol caches (blazesym's
+//! `Symbolizer` is not `Send`), so names are ready by the time the recording stops
+//! and stop-to-SVG stays short. Each runtime adds its own sources here.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    thread::JoinHandle,
+};
+
+use crate::native::{process::ModuleTable, symbols::NativeSymbols};
+
+/// Index of a mapped file in the [`ModuleTable`].
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ModuleId(pub u32);
+
+/// A frame that has no symbol to look up: it says why.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Marker {
+    /// An address in no known mapping, or in anonymous memory.
+    Unknown,
+    /// The vDSO.
+    Vdso,
+    /// The user stack could not be read at all.
+    UserStackError,
+    /// The user stack filled every slot; outer frames are missing.
+    UserTruncated,
+    /// The kernel stack could not be read.
+    KernelStackError,
+    /// The kernel stack filled every slot; outer frames are missing.
+    KernelTruncated,
+}
+
+impl Marker {
+    /// How the marker reads in a profile.
+    pub fn label(self) -> &'static str {
+        match self {
+            Marker::Unknown => "[unknown]",
+            Marker::Vdso => "[vdso]",
+            Marker::UserStackError => "[truncated: user stack unreadable]",
+            Marker::UserTruncated => "[truncated: user stack deeper than 127 frames]",
+            Marker::KernelStackError => "[truncated: kernel stack unreadable]",
+            Marker::KernelTruncated => "[truncated: kernel stack deeper than 127 frames]",
+        }
+    }
+}
+
+/// One frame of an aggregated stack, valid after its process is gone.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FrameRef {
+    /// A kernel address (return addresses already moved back into their call).
+    Kernel(u64),
+    /// An offset into a mapped file (likewise adjusted).
+    Elf {
+        /// The file.
+        module: ModuleId,
+        /// Offset in the file.
+        offset: u64,
+    },
+    /// No symbol to look up.
+    Marker(Marker),
+}
+
+impl FrameRef {
+    /// Kernel frames are annotated `_[k]` in folded stacks.
+    pub fn is_kernel(self) -> bool {
+        matches!(
+            self,
+            FrameRef::Kernel(_)
+                | FrameRef::Marker(Marker::KernelStackError | Marker::KernelTruncated)
+        )
+    }
+}
+
+/// Names found so far.
+#[derive(Debug, Default)]
+pub struct Names {
+    names: HashMap<FrameRef, Arc<str>>,
+    /// Frames looked up that no symbol covered.
+    pub unnamed: u64,
+}
+
+impl Names {
+    /// How `frame` reads: its symbol, or what is known of it (`[libc.so.6+0x1234]`,
+    /// `[unknown]`). Never empty, never with `;` or a line break (folded syntax).
+    pub fn display(&self, frame: FrameRef, modules: &ModuleTable) -> Cow<'_, str> {
+        if let Some(name) = self.names.get(&frame) {
+            return Cow::Borrowed(name);
+        }
+        match frame {
+            FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
+            FrameRef::Elf { module, offset } => {
+                Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
+            }
+            FrameRef::Marker(m) => Cow::Borrowed(m.label()),
+        }
+    }
+
+    fn insert(&mut self, frame: FrameRef, name: Option<String>) {
+        match name {
+            Some(name) if !name.is_empty() => {
+                self.names.insert(frame, sanitize(&name).into());
+            }
+            _ => self.unnamed += 1,
+        }
+    }
+
+    /// Number of named frames.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Nothing named yet?
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Makes a symbol safe for the folded format: `;` separates frames and a line
+/// break separates stacks.
+pub fn sanitize(name: &str) -> Cow<'_, str> {
+    if name.contains([';', '\n', '\r']) {
+        Cow::Owned(name.replace(';', ":").replace(['\n', '\r'], " "))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+enum Job {
+    Kernel(Vec<u64>),
+    Elf {
+        module: ModuleId,
+        path: PathBuf,
+        offsets: Vec<u64>,
+    },
+}
+
+type Batch = Vec<(FrameRef, Option<String>)>;
+
+/// The symbolizer thread and the names it has sent back.
+pub struct SymbolizerThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    results: mpsc::Receiver<Batch>,
+    handle: Option<JoinHandle<()>>,
+    /// What has come back.
+    pub names: Names,
+}
+
+impl Default for SymbolizerThread {
+    fn default() -> Self {
+        Self::spawn()
+    }
+}
+
+impl SymbolizerThread {
+    /// Starts the thread.
+    pub fn spawn() -> Self {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (result_tx, results) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("crossprof-sym".into())
+            .spawn(move || {
+                let native = NativeSymbols::new();
+                for job in job_rx {
+                    let batch: Batch = match job {
+                        Job::Kernel(addrs) => {
+                            let names = native.kernel(&addrs);
+                            addrs.into_iter().map(FrameRef::Kernel).zip(names).collect()
+                        }
+                        Job::Elf {
+                            module,
+                            path,
+                            offsets,
+                        } => {
+                            let names = native.elf(&path, &offsets);
+                            offsets
+                                .into_iter()
+                                .map(|offset| FrameRef::Elf { module, offset })
+                                .zip(names)
+                                .collect()
+                        }
+                    };
+                    if result_tx.send(batch).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the symbolizer thread");
+        Self {
+            jobs: Some(jobs),
+            results,
+            handle: Some(handle),
+            names: Names::default(),
+        }
+    }
+
+    /// Queues `frames` (each seen for the first time) for naming, one batch per file.
+    pub fn submit(&mut self, frames: &[FrameRef], modules: &ModuleTable) {
+        let Some(jobs) = &self.jobs else { return };
+        let mut kernel = Vec::new();
+        let mut per_module: BTreeMap<ModuleId, Vec<u64>> = BTreeMap::new();
+        for &f in frames {
+            match f {
+                FrameRef::Kernel(a) => kernel.push(a),
+                FrameRef::Elf { module, offset } => {
+                    per_module.entry(module).or_default().push(offset)
+                }
+                FrameRef::Marker(_) => {}
+            }
+        }
+        if !kernel.is_empty() {
+            let _ = jobs.send(Job::Kernel(kernel));
+        }
+        for (module, offsets) in per_module {
+            let path = modules.get(module).open_path.clone();
+            let _ = jobs.send(Job::Elf {
+                module,
+                path,
+                offsets,
+            });
+        }
+    }
+
+    /// Takes in whatever names are ready, without waiting.
+    pub fn poll(&mut self) {
+        while let Ok(batch) = self.results.try_recv() {
+            self.take(batch);
+        }
+    }
+
+    /// Waits for every queued job, then stops the thread.
+    pub fn finish(&mut self) {
+        self.jobs = None;
+        while let Ok(batch) = self.results.recv() {
+            self.take(batch);
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn take(&mut self, batch: Batch) {
+        for (frame, name) in batch {
+            self.names.insert(frame, name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_keeps_the_folded_syntax_intact() {
+        assert_eq!(sanitize("plain"), "plain");
+        assert_eq!(sanitize("a;b\nc"), "a:b c");
+    }
+
+    #[test]
+    fn unnamed_frames_say_what_is_known() {
+        let names = Names::default();
+        let modules = ModuleTable::default();
+        assert_eq!(names.display(FrameRef::Kernel(1), &modules), "[unknown]");
+        assert_eq!(
+            names.display(FrameRef::Marker(Marker::UserTruncated), &modules),
+            "[truncated: user stack deeper than 127 frames]"
+        );
+        assert!(FrameRef::Marker(Marker::KernelTruncated).is_kernel());
+        assert!(!FrameRef::Marker(Marker::Unknown).is_kernel());
+    }
+}

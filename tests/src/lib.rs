@@ -1,0 +1,137 @@
+//! Support for crossprof's end-to-end tests and for `cargo xtask bench`/`demo`:
+//! building the fixture programs, running the real `crossprof` binary, and reading
+//! what it wrote.
+//!
+//! Everything here runs real programs; nothing is mocked.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// The workspace root (the folder holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// cargo's target folder (`CARGO_TARGET_DIR` or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `crossprof` binary under test: `CROSSPROF_BIN`, or the release build.
+/// Panics with what to run when it is missing.
+pub fn crossprof_bin() -> PathBuf {
+    let bin = std::env::var_os("CROSSPROF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/crossprof"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo xtask test` (it builds crossprof first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Compiles the C fixture `tests/fixtures/<rel_src>` with gcc and `flags` into
+/// `target/fixtures/<stem>`, and returns the binary's path. The binary is rebuilt
+/// whenever the source is newer than it.
+pub fn build_c(rel_src: &str, flags: &[&str]) -> PathBuf {
+    let src = workspace_root().join("tests/fixtures").join(rel_src);
+    let stem = src
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("fixture source has a file name");
+    let out_dir = target_dir().join("fixtures");
+    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
+    let out = out_dir.join(stem);
+    let fresh = |o: &Path| -> Option<bool> {
+        Some(o.metadata().ok()?.modified().ok()? >= src.metadata().ok()?.modified().ok()?)
+    };
+    if fresh(&out) != Some(true) {
+        let status = Command::new("gcc")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run gcc (cargo xtask bootstrap installs it)");
+        assert!(status.success(), "gcc failed on {}", src.display());
+    }
+    out
+}
+
+/// One line of folded stacks: frames root first, and its count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldedStack {
+    /// Frames, root first (the first is the comm).
+    pub frames: Vec<String>,
+    /// Samples with this stack.
+    pub count: u64,
+}
+
+/// Parses folded stacks (`a;b;c N` per line). Panics on a malformed line: a test
+/// must never read past a broken output.
+pub fn parse_folded(text: &str) -> Vec<FoldedStack> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (stack, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("folded line without a count: {line:?}"));
+            FoldedStack {
+                frames: stack.split(';').map(str::to_owned).collect(),
+                count: count
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad count in folded line: {line:?}")),
+            }
+        })
+        .collect()
+}
+
+/// Reads and parses `dir/profile.folded`.
+pub fn read_folded(dir: &Path) -> Vec<FoldedStack> {
+    let path = dir.join("profile.folded");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    parse_folded(&text)
+}
+
+/// Reads `dir/summary.json`.
+pub fn read_summary(dir: &Path) -> serde_json::Value {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+impl FoldedStack {
+    /// True if `chain` appears in this stack as consecutive frames, in order.
+    pub fn contains_chain(&self, chain: &[&str]) -> bool {
+        !chain.is_empty()
+            && self
+                .frames
+                .windows(chain.len())
+                .any(|w| w.iter().zip(chain).all(|(f, c)| f == c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_folded_and_finds_chains() {
+        let stacks = parse_folded("chain;main;outer;middle;hot 7\nchain;main;hot 1\n");
+        assert_eq!(stacks.len(), 2);
+        assert_eq!(stacks[0].count, 7);
+        assert!(stacks[0].contains_chain(&["main", "outer", "middle", "hot"]));
+        assert!(!stacks[1].contains_chain(&["main", "outer"]));
+        assert!(!stacks[1].contains_chain(&[]));
+    }
+}
