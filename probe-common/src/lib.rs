@@ -39,8 +39,12 @@ pub struct Config {
     pub filter_pids: u32,
     /// Non-zero: keep samples of the idle task (pid 0) too.
     pub include_idle: u32,
+    /// The collector is woken once this many bytes wait in the ring buffer; below
+    /// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains
+    /// on its own timer.
+    pub wakeup_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
@@ -60,15 +64,22 @@ pub mod names {
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
 }
 
-/// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
-/// At 999 Hz on 64 CPUs with 40-frame stacks that is ~1.5 s of samples, far more
-/// than the collector's 50 ms drain interval.
-pub const EVENTS_BYTES: u32 = 16 << 20;
+/// Compiled-in size of the ring buffer; the collector sets the real size at load
+/// (`ring_bytes`), scaled to the number of CPUs.
+pub const EVENTS_BYTES: u32 = 1 << 20;
 
-/// The collector is woken once this many bytes are waiting, not per record: below
-/// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains on its
-/// own timer.
-pub const WAKEUP_BYTES: u64 = 256 << 10;
+/// Ring-buffer bytes for `cpus` CPUs: 512 KiB each (about 1.7 s of 999 Hz samples
+/// with 40-frame stacks, against a 50 ms drain interval), a power of two as the
+/// kernel requires, from 1 MiB to 64 MiB. The kernel maps the data area twice, and
+/// it counts in the collector's RSS, so bigger is not free.
+pub const fn ring_bytes(cpus: u32) -> u32 {
+    let want = (cpus as u64) * (512 << 10);
+    let mut size: u64 = 1 << 20;
+    while size < want && size < (64 << 20) {
+        size <<= 1;
+    }
+    size as u32
+}
 
 /// Maximum number of target tgids.
 pub const MAX_TARGETS: u32 = 4096;
@@ -124,5 +135,22 @@ impl Counter {
     /// True for the counters that mean a sample was lost.
     pub fn is_drop(self) -> bool {
         matches!(self, Counter::DropRingFull | Counter::DropNoScratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_scales_with_cpus_within_bounds() {
+        assert_eq!(ring_bytes(1), 1 << 20);
+        assert_eq!(ring_bytes(2), 1 << 20);
+        assert_eq!(ring_bytes(3), 2 << 20);
+        assert_eq!(ring_bytes(64), 32 << 20);
+        assert_eq!(ring_bytes(4096), 64 << 20);
+        for cpus in 1..300 {
+            assert!(ring_bytes(cpus).is_power_of_two());
+        }
     }
 }

@@ -23,6 +23,7 @@ use probe_common::{
 static CONFIG: Config = Config {
     filter_pids: 0,
     include_idle: 0,
+    wakeup_bytes: 0,
 };
 
 /// Every record, of every kind, for the collector.

@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
-/// are batched, see `probe_common::WAKEUP_BYTES`).
+/// are batched, see `probe_common::Config::wakeup_bytes`).
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// Output file names.
@@ -229,6 +229,7 @@ async fn run(
     let mut pipeline = Pipeline::default();
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
+    let cpu_at_start = CollectorStats::cpu_now();
     let deadline = args
         .duration
         .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
@@ -271,6 +272,7 @@ async fn run(
         }
     };
     let stopped_at = Instant::now();
+    let recording_cpu = CollectorStats::cpu_now() - cpu_at_start;
     let duration = stopped_at - start;
     status.clear();
 
@@ -365,7 +367,7 @@ async fn run(
         distinct_stacks: agg.distinct(),
         unnamed_frames: names.unnamed,
         processes,
-        collector: CollectorStats::now(),
+        collector: CollectorStats::now(recording_cpu),
         kernel_program: program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,

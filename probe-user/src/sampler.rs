@@ -15,7 +15,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use probe_common::{COUNTER_SLOTS, Config, names};
+use probe_common::{COUNTER_SLOTS, Config, names, ring_bytes};
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -85,11 +85,18 @@ pub struct Sampler {
 impl Sampler {
     /// Loads the programs and maps (nothing runs until [`Sampler::attach`]).
     pub fn load(cfg: SamplerConfig) -> Result<Self, SamplerError> {
+        let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
+        let ring = ring_bytes(cpus.len() as u32);
         let config = Config {
             filter_pids: u32::from(cfg.filter_pids),
             include_idle: u32::from(cfg.include_idle),
+            wakeup_bytes: u64::from(ring / 8),
         };
+        // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
+        // is not loaded: it was most of the collector's start-up time and memory.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .map_max_entries(names::EVENTS, ring)
             .override_global(names::CONFIG, &config, true)
             .load(PROBE_OBJECT)
             .map_err(SamplerError::Load)?;

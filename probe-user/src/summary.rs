@@ -52,15 +52,23 @@ pub struct ProcessSummary {
 /// The collector's resource use, from `getrusage(RUSAGE_SELF)`.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct CollectorStats {
-    /// User + system CPU time.
+    /// User + system CPU time of the whole run: start-up, recording and output.
     pub cpu_seconds: f64,
+    /// CPU time spent while recording only (draining, decoding, aggregating,
+    /// symbolizing as frames appear): the steady-state cost of leaving it on.
+    pub recording_cpu_seconds: f64,
     /// Peak resident set size.
     pub peak_rss_bytes: u64,
 }
 
 impl CollectorStats {
-    /// This process's figures so far.
-    pub fn now() -> Self {
+    /// This process's CPU time so far, in seconds.
+    pub fn cpu_now() -> f64 {
+        Self::now(0.0).cpu_seconds
+    }
+
+    /// This process's figures so far; `recording_cpu_seconds` as given.
+    pub fn now(recording_cpu_seconds: f64) -> Self {
         // SAFETY: getrusage fills the struct it is given and nothing else.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: `ru` is a valid, writable rusage.
@@ -68,6 +76,7 @@ impl CollectorStats {
         let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
         Self {
             cpu_seconds: secs(ru.ru_utime) + secs(ru.ru_stime),
+            recording_cpu_seconds,
             peak_rss_bytes: ru.ru_maxrss as u64 * 1024,
         }
     }
