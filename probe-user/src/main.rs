@@ -10,7 +10,8 @@ use crossprof::{
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    // inferno logs an error for an empty profile; crossprof says so itself.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,inferno=off"))
         .format_timestamp(None)
         .init();
     let cli = match Cli::try_parse() {

@@ -394,6 +394,12 @@ async fn run(
         args.freq,
         svg.display()
     );
+    if summary.samples == 0 {
+        eprintln!(
+            "crossprof: note: no samples: the target{} did not run on a CPU while recording",
+            if pids.len() > 1 { "s" } else { "" }
+        );
+    }
     if lost > 0 {
         eprintln!(
             "crossprof: note: {lost} samples were lost ({} ring buffer full, {} undecodable); see summary.json",
