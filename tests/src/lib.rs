@@ -5,8 +5,10 @@
 //! Everything here runs real programs; nothing is mocked.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
@@ -97,16 +99,16 @@ pub fn parse_folded(text: &str) -> Vec<FoldedStack> {
 /// Reads and parses `dir/profile.folded`.
 pub fn read_folded(dir: &Path) -> Vec<FoldedStack> {
     let path = dir.join("profile.folded");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     parse_folded(&text)
 }
 
 /// Reads `dir/summary.json`.
 pub fn read_summary(dir: &Path) -> serde_json::Value {
     let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
@@ -121,6 +123,123 @@ impl FoldedStack {
     }
 }
 
+/// Builds a fixture of `tests/fixtures/native/` the way the end-to-end tests need
+/// it: `-O0 -fno-omit-frame-pointer`, so every frame keeps its frame pointer (see
+/// the note in chain.c).
+pub fn native_fixture(name: &str) -> PathBuf {
+    build_c(
+        &format!("native/{name}.c"),
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    )
+}
+
+/// A fresh, empty folder `target/test-out/<name>` for one test's outputs.
+pub fn out_dir(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-out").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test output folder");
+    dir
+}
+
+/// What a finished `crossprof` run left.
+#[derive(Debug)]
+pub struct Run {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// A child process that is killed when dropped, so no test leaves one running.
+pub struct Guard(pub Child);
+
+impl Guard {
+    /// pid of the child.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits up to `limit` for the child; panics if it is still running then.
+    pub fn wait_for(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait().expect("wait for child") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "child {} still running after {limit:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `crossprof ARGS` with its stderr piped.
+pub fn spawn_crossprof(args: &[&str]) -> Guard {
+    Guard(
+        Command::new(crossprof_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start crossprof"),
+    )
+}
+
+/// Runs `crossprof ARGS` to the end (at most `limit`).
+pub fn run_crossprof(args: &[&str], limit: Duration) -> Run {
+    finish(spawn_crossprof(args), limit)
+}
+
+/// Waits for a crossprof started by [`spawn_crossprof`] and collects its stderr.
+pub fn finish(mut child: Guard, limit: Duration) -> Run {
+    let status = child.wait_for(limit);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    Run { status, stderr }
+}
+
+/// Starts the spinner fixture for `secs` seconds named `name`, and returns once it
+/// has renamed itself.
+pub fn spinner(secs: f64, name: &str) -> Guard {
+    let mut child = Command::new(native_fixture("spinner"))
+        .arg(secs.to_string())
+        .arg(name)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the spinner fixture");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the spinner's ready line");
+    assert_eq!(line.trim(), "ready");
+    Guard(child)
+}
+
+/// Samples of the stacks rooted at process `name`, and how many of them satisfy
+/// `pred`.
+pub fn count_where(
+    stacks: &[FoldedStack],
+    name: &str,
+    pred: impl Fn(&FoldedStack) -> bool,
+) -> (u64, u64) {
+    let mine = stacks.iter().filter(|s| s.frames[0] == name);
+    mine.fold((0, 0), |(hit, all), s| {
+        (hit + if pred(s) { s.count } else { 0 }, all + s.count)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +252,15 @@ mod tests {
         assert!(stacks[0].contains_chain(&["main", "outer", "middle", "hot"]));
         assert!(!stacks[1].contains_chain(&["main", "outer"]));
         assert!(!stacks[1].contains_chain(&[]));
+    }
+
+    #[test]
+    fn counts_samples_per_process() {
+        let stacks = parse_folded("a;main;hot 3\na;main 1\nb;main;hot 5\n");
+        assert_eq!(
+            count_where(&stacks, "a", |s| s.contains_chain(&["hot"])),
+            (3, 4)
+        );
+        assert_eq!(count_where(&stacks, "c", |_| true), (0, 0));
     }
 }

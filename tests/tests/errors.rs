@@ -1,0 +1,156 @@
+//! Bad input: one line on stderr that says what was wrong and what to do, exit
+//! status 2, and no output written.
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
+
+use crossprof_tests::{Run, crossprof_bin, out_dir, run_crossprof};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Exit 2, exactly one `crossprof: error: ` line that contains `needle`, and `dir`
+/// (when given) left without any file.
+fn assert_rejected(run: &Run, needle: &str, dir: Option<&Path>) {
+    assert_eq!(run.status.code(), Some(2), "stderr: {}", run.stderr);
+    let lines: Vec<_> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", run.stderr);
+    assert!(lines[0].starts_with("crossprof: error: "), "{:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{:?} does not mention {needle:?}",
+        lines[0]
+    );
+    if let Some(dir) = dir
+        && dir.exists()
+    {
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert!(files.is_empty(), "files written on bad input: {files:?}");
+    }
+}
+
+fn out(name: &str) -> (std::path::PathBuf, String) {
+    let dir = out_dir(name).join("out");
+    let s = dir.to_str().unwrap().to_owned();
+    (dir, s)
+}
+
+#[test]
+fn frequency_zero_or_above_the_kernel_limit() {
+    let (dir, d) = out("err_freq");
+    let run = run_crossprof(&["record", "--freq", "0", "-o", &d, "--", "true"], LIMIT);
+    assert_rejected(&run, "--freq 0", Some(&dir));
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let above = (max + 1).to_string();
+    let run = run_crossprof(&["record", "--freq", &above, "-o", &d, "--", "true"], LIMIT);
+    assert_rejected(&run, &format!("use 1 to {max} Hz"), Some(&dir));
+    assert!(!dir.exists(), "the output folder was created on bad input");
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    let (dir, d) = out("err_pid");
+    // A child that has exited and been reaped: its pid is free.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let run = run_crossprof(&["record", "--pid", &pid.to_string(), "-o", &d], LIMIT);
+    assert_rejected(&run, &format!("no process with pid {pid}"), Some(&dir));
+    let run = run_crossprof(&["record", "--pid", "4194305", "-o", &d], LIMIT);
+    assert_rejected(&run, "no process with pid 4194305", Some(&dir));
+}
+
+#[test]
+fn command_that_cannot_start() {
+    let (dir, d) = out("err_command");
+    let run = run_crossprof(&["record", "-o", &d, "--", "/nonexistent/prog"], LIMIT);
+    assert_rejected(&run, "cannot start `/nonexistent/prog`", Some(&dir));
+    let run = run_crossprof(&["record", "-o", &d, "--", "no-such-command-xp"], LIMIT);
+    assert_rejected(&run, "not found in PATH", Some(&dir));
+}
+
+#[test]
+fn output_folder_that_cannot_be_written() {
+    let base = out_dir("err_output");
+    let file = base.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under_file = file.join("sub");
+    let run = run_crossprof(
+        &["record", "-o", under_file.to_str().unwrap(), "--", "true"],
+        LIMIT,
+    );
+    assert_rejected(&run, "cannot write to output folder", None);
+    let run = run_crossprof(
+        &["record", "-o", "/proc/crossprof-test", "--", "true"],
+        LIMIT,
+    );
+    assert_rejected(&run, "/proc/crossprof-test", None);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn no_kernel_btf() {
+    let (dir, d) = out("err_btf");
+    let run = Command::new(crossprof_bin())
+        .env("CROSSPROF_BTF", "/nonexistent/vmlinux")
+        .args(["record", "-o", &d, "--", "true"])
+        .output()
+        .unwrap();
+    let run = Run {
+        status: run.status,
+        stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
+    };
+    assert_rejected(&run, "no kernel BTF at /nonexistent/vmlinux", Some(&dir));
+}
+
+#[test]
+fn not_root() {
+    // A copy of the binary that the unprivileged user can run, wherever target/ is.
+    let base = out_dir("err_not_root");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for a in base.ancestors().skip(1) {
+        let mode = a.metadata().unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            // A folder on the way that "other" cannot cross: use /tmp instead.
+            return not_root_from(&std::env::temp_dir().join("crossprof-not-root"));
+        }
+    }
+    not_root_from(&base);
+}
+
+fn not_root_from(base: &Path) {
+    std::fs::create_dir_all(base).unwrap();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = base.join("crossprof");
+    std::fs::copy(crossprof_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = base.join("out");
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args(["record", "-o", dir.to_str().unwrap(), "--", "true"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let run = Run {
+        status: output.status,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_rejected(&run, "needs root", Some(&dir));
+}
+
+#[test]
+fn syntax_errors_are_one_line_too() {
+    let run = run_crossprof(&["record", "--bogus"], LIMIT);
+    assert_rejected(&run, "--bogus", None);
+    let run = run_crossprof(&["record", "--duration", "-1"], LIMIT);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let run = run_crossprof(&["record", "--duration", "0", "--", "true"], LIMIT);
+    assert_rejected(&run, "--duration 0", None);
+}
