@@ -68,17 +68,12 @@ pub fn sample(ctx: &PerfEventContext) {
             )
         }
     };
-    let mut kernel_frames = 0usize;
-    if kernel_bytes < 0 {
-        flags |= FLAG_KERNEL_STACK_ERROR;
-        count(Counter::KernelStackError);
-    } else {
-        kernel_frames = (kernel_bytes as usize) / 8;
-        if kernel_frames >= MAX_FRAMES {
-            kernel_frames = MAX_FRAMES;
-            flags |= FLAG_KERNEL_TRUNCATED;
-        }
-    }
+    let kernel_frames = frames_in(
+        kernel_bytes,
+        &mut flags,
+        (FLAG_KERNEL_STACK_ERROR, Counter::KernelStackError),
+        FLAG_KERNEL_TRUNCATED,
+    );
 
     // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
     // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
@@ -90,17 +85,12 @@ pub fn sample(ctx: &PerfEventContext) {
             BPF_F_USER_STACK as u64,
         )
     };
-    let mut user_frames = 0usize;
-    if user_bytes < 0 {
-        flags |= FLAG_USER_STACK_ERROR;
-        count(Counter::UserStackError);
-    } else {
-        user_frames = (user_bytes as usize) / 8;
-        if user_frames >= MAX_FRAMES {
-            user_frames = MAX_FRAMES;
-            flags |= FLAG_USER_TRUNCATED;
-        }
-    }
+    let user_frames = frames_in(
+        user_bytes,
+        &mut flags,
+        (FLAG_USER_STACK_ERROR, Counter::UserStackError),
+        FLAG_USER_TRUNCATED,
+    );
 
     // SAFETY: plain helper call with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -141,6 +131,25 @@ pub fn sample(ctx: &PerfEventContext) {
                 );
             }
         }
+    }
+}
+
+/// Frames in a `bpf_get_stack` result, never more than [`MAX_FRAMES`] (the bound
+/// the verifier needs for the next write offset). A failure sets and counts
+/// `error`; a full buffer sets `truncated` (the stack may go deeper).
+#[inline(always)]
+fn frames_in(bytes: i64, flags: &mut u32, error: (u32, Counter), truncated: u32) -> usize {
+    if bytes < 0 {
+        *flags |= error.0;
+        count(error.1);
+        return 0;
+    }
+    let frames = (bytes as usize) / 8;
+    if frames >= MAX_FRAMES {
+        *flags |= truncated;
+        MAX_FRAMES
+    } else {
+        frames
     }
 }
 

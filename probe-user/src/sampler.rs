@@ -112,18 +112,12 @@ impl Sampler {
         let targets = BpfHashMap::try_from(targets).map_err(map_err(names::TARGETS))?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS))?;
-        let program: &mut PerfEvent = ebpf
-            .program_mut(names::CPU_SAMPLE_PROG)
-            .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
-            .try_into()
+        cpu_sample_program(&mut ebpf)?
+            .load()
             .map_err(|source| SamplerError::Program {
                 name: names::CPU_SAMPLE_PROG,
                 source,
             })?;
-        program.load().map_err(|source| SamplerError::Program {
-            name: names::CPU_SAMPLE_PROG,
-            source,
-        })?;
         Ok(Self {
             ebpf,
             targets,
@@ -138,15 +132,7 @@ impl Sampler {
     pub fn attach(&mut self) -> Result<(), SamplerError> {
         let freq = self.freq;
         let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
-        let program: &mut PerfEvent = self
-            .ebpf
-            .program_mut(names::CPU_SAMPLE_PROG)
-            .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
-            .try_into()
-            .map_err(|source| SamplerError::Program {
-                name: names::CPU_SAMPLE_PROG,
-                source,
-            })?;
+        let program = cpu_sample_program(&mut self.ebpf)?;
         for cpu in cpus {
             program
                 .attach(
@@ -255,6 +241,16 @@ pub fn register_self_in_child(targets_fd: RawFd) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+fn cpu_sample_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
+    ebpf.program_mut(names::CPU_SAMPLE_PROG)
+        .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
+        .try_into()
+        .map_err(|source| SamplerError::Program {
+            name: names::CPU_SAMPLE_PROG,
+            source,
+        })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, SamplerError> {
