@@ -1,0 +1,222 @@
+//! `cargo xtask bootstrap`: installs what building and testing crossprof need, and only
+//! what is missing, so that it takes well under a second on a machine that has it all.
+//!
+//! - the nightly toolchain's `rust-src` (the eBPF crate builds `core` with `-Z build-std`);
+//! - `bpf-linker`, built against the libLLVM that nightly rustc itself ships (Debian's
+//!   LLVM is too old to read the bitcode rustc emits), see `shared/ENVIRONMENT.md`;
+//! - the Debian packages the end-to-end tests use ([`APT_PACKAGES`]).
+
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, say};
+
+/// Debian packages the tests and fixtures need: gcc and libc headers build the C
+/// fixtures, util-linux has `setpriv` (tests run a target as another user), procps has
+/// `ps`/`pgrep`.
+pub const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "util-linux", "procps"];
+
+/// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The toolchain that builds the eBPF crate.
+const NIGHTLY: &str = "nightly";
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    let mut installed = Vec::new();
+    if rust_src()? {
+        installed.push("rust-src");
+    }
+    if bpf_linker()? {
+        installed.push("bpf-linker");
+    }
+    if apt_packages()? {
+        installed.push("Debian packages");
+    }
+    let took = start.elapsed().as_secs_f64();
+    if installed.is_empty() {
+        say!("bootstrap: everything needed is installed (checked in {took:.1} s)");
+    } else {
+        say!(
+            "bootstrap: installed {} in {took:.0} s",
+            installed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Adds nightly's `rust-src` unless it is there. Returns whether it installed it.
+fn rust_src() -> Result<bool> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .context(
+        "the nightly toolchain is needed to build the eBPF programs \
+         (install it with `rustup toolchain install nightly`)",
+    )?;
+    if installed
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-"))
+    {
+        return Ok(false);
+    }
+    say!("installing rust-src for the nightly toolchain (one time, ~20 s)...");
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    Ok(true)
+}
+
+/// Builds and installs bpf-linker unless a working one is on PATH. Returns whether it
+/// installed it.
+fn bpf_linker() -> Result<bool> {
+    // `--version` loads libLLVM through the rpath: it fails when the LLVM it was built
+    // against is gone (e.g. after a nightly update), and then we rebuild it.
+    if cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(false);
+    }
+    let sysroot =
+        cmd::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let (libllvm, major) = find_libllvm(&lib_dir)?;
+    let prefix = fake_llvm_prefix(&libllvm)?;
+    say!(
+        "installing bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (one time, ~3 min)..."
+    );
+    cmd::run(
+        cmd::cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix)
+            .stdin(Stdio::null()),
+    )?;
+    if !cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` fails: is {} on PATH?",
+            cmd::cargo_bin_dir()
+                .unwrap_or_else(|| "~/.cargo/bin".into())
+                .display()
+        );
+    }
+    Ok(true)
+}
+
+/// Nightly's `libLLVM.so.NN...` in `lib_dir`, and its LLVM major version NN.
+fn find_libllvm(lib_dir: &Path) -> Result<(PathBuf, u32)> {
+    let entries =
+        fs::read_dir(lib_dir).with_context(|| format!("cannot list {}", lib_dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(major) = name.to_str().and_then(llvm_major) {
+            return Ok((entry.path(), major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain looks incomplete",
+        lib_dir.display()
+    )
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` -> 22.
+fn llvm_major(file_name: &str) -> Option<u32> {
+    let version = file_name.strip_prefix("libLLVM.so.")?;
+    version.split(['.', '-']).next()?.parse().ok()
+}
+
+/// Makes `~/.cache/rust-llvm`, an LLVM prefix around `libllvm` that bpf-linker's build
+/// accepts: `lib/` links to the library and `bin/llvm-config` is a stub. bpf-linker
+/// keeps an rpath to `lib/`, so the folder must stay.
+fn fake_llvm_prefix(libllvm: &Path) -> Result<PathBuf> {
+    let prefix = cmd::home()
+        .context("HOME is not set")?
+        .join(".cache/rust-llvm");
+    let (bin, lib) = (prefix.join("bin"), prefix.join("lib"));
+    for dir in [&bin, &lib] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let llvm_config = bin.join("llvm-config");
+    fs::write(&llvm_config, "#!/bin/sh\nexit 1\n")
+        .with_context(|| format!("cannot write {}", llvm_config.display()))?;
+    fs::set_permissions(&llvm_config, fs::Permissions::from_mode(0o755))?;
+    let file_name = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", link.display())),
+        }
+        symlink(libllvm, &link).with_context(|| format!("cannot create {}", link.display()))?;
+    }
+    Ok(prefix)
+}
+
+/// Installs the missing [`APT_PACKAGES`]. Returns whether it installed any.
+fn apt_packages() -> Result<bool> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    if !cmd::is_root() {
+        bail!(
+            "Debian packages missing: {}; install them as root: \
+             apt-get install --no-install-recommends {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    say!("installing Debian packages {} ...", missing.join(", "));
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        c
+    };
+    cmd::run(&mut apt(&["update"]))?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
+    cmd::run(&mut install)?;
+    Ok(true)
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_llvm_major_from_the_library_name() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM.so.19"), Some(19));
+        assert_eq!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so"), None);
+        assert_eq!(llvm_major("librustc_driver.so"), None);
+    }
+}
