@@ -81,6 +81,9 @@ pub fn check_duration(duration: Option<f64>) -> Result<(), UsageError> {
 pub fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
     let mut out = Vec::with_capacity(pids.len());
     for &pid in pids {
+        if pid == 0 {
+            return Err(UsageError::NoSuchPid(pid));
+        }
         let status = fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|_| UsageError::NoSuchPid(pid))?;
         let tgid = status
@@ -88,9 +91,6 @@ pub fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
             .find_map(|l| l.strip_prefix("Tgid:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(pid);
-        if pid == 0 {
-            return Err(UsageError::NoSuchPid(pid));
-        }
         if !out.contains(&tgid) {
             out.push(tgid);
         }

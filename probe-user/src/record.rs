@@ -407,10 +407,7 @@ async fn run(
             decode_errors
         );
     }
-    Ok(match stop {
-        _ if command_exit_status.is_some() => command_exit_status.unwrap_or(0),
-        _ => 0,
-    })
+    Ok(command_exit_status.unwrap_or(0))
 }
 
 fn drops(counters: &[u64; COUNTER_SLOTS as usize]) -> u64 {

@@ -150,6 +150,15 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Self {
+        Run {
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// A child process that is killed when dropped, so no test leaves one running.
 pub struct Guard(pub Child);
 
@@ -225,6 +234,12 @@ pub fn spinner(secs: f64, name: &str) -> Guard {
         .expect("read the spinner's ready line");
     assert_eq!(line.trim(), "ready");
     Guard(child)
+}
+
+/// Samples of process `name` whose stack has a frame named `frame`, and all its
+/// samples.
+pub fn count_with_frame(stacks: &[FoldedStack], name: &str, frame: &str) -> (u64, u64) {
+    count_where(stacks, name, |st| st.frames.iter().any(|f| f == frame))
 }
 
 /// Samples of the stacks rooted at process `name`, and how many of them satisfy

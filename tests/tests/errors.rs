@@ -93,15 +93,12 @@ fn output_folder_that_cannot_be_written() {
 #[test]
 fn no_kernel_btf() {
     let (dir, d) = out("err_btf");
-    let run = Command::new(crossprof_bin())
+    let run: Run = Command::new(crossprof_bin())
         .env("CROSSPROF_BTF", "/nonexistent/vmlinux")
         .args(["record", "-o", &d, "--", "true"])
         .output()
-        .unwrap();
-    let run = Run {
-        status: run.status,
-        stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
-    };
+        .unwrap()
+        .into();
     assert_rejected(&run, "no kernel BTF at /nonexistent/vmlinux", Some(&dir));
 }
 
@@ -127,7 +124,7 @@ fn not_root_from(base: &Path) {
     std::fs::copy(crossprof_bin(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = base.join("out");
-    let output = Command::new("setpriv")
+    let run: Run = Command::new("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -137,11 +134,8 @@ fn not_root_from(base: &Path) {
         .arg(&bin)
         .args(["record", "-o", dir.to_str().unwrap(), "--", "true"])
         .output()
-        .expect("run setpriv (util-linux)");
-    let run = Run {
-        status: output.status,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+        .expect("run setpriv (util-linux)")
+        .into();
     assert_rejected(&run, "needs root", Some(&dir));
 }
 

@@ -4,8 +4,8 @@
 use std::{path::Path, time::Duration};
 
 use crossprof_tests::{
-    count_where, finish, native_fixture, out_dir, read_folded, read_summary, run_crossprof,
-    spawn_crossprof, spinner,
+    count_where, count_with_frame, finish, native_fixture, out_dir, read_folded, read_summary,
+    run_crossprof, spawn_crossprof, spinner,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -123,9 +123,7 @@ fn pid_filter_excludes_other_busy_processes() {
     );
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
-    let (spin, all) = count_where(&stacks, "xp-target", |st| {
-        st.frames.iter().any(|f| f == "spin")
-    });
+    let (spin, all) = count_with_frame(&stacks, "xp-target", "spin");
     assert!(all >= 100, "only {all} samples of the target in 2 s");
     assert!(spin * 100 >= all * 90, "spin in {spin} of {all}");
     assert!(
@@ -149,9 +147,7 @@ fn whole_system_sees_busy_processes() {
     let run = run_crossprof(&["record", "--duration", "2", "-o", s(&dir)], LIMIT);
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
-    let (spin, all) = count_where(&stacks, "xp-anyone", |st| {
-        st.frames.iter().any(|f| f == "spin")
-    });
+    let (spin, all) = count_with_frame(&stacks, "xp-anyone", "spin");
     assert!(all >= 100, "only {all} samples of a busy process in 2 s");
     assert!(spin * 100 >= all * 90, "spin in {spin} of {all}");
     // The idle task is not profiled unless asked.
