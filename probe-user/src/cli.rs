@@ -53,11 +53,13 @@ pub struct RecordArgs {
     )]
     pub output: PathBuf,
 
-    /// Keep samples of idle CPUs (the swapper task) in whole-system profiles.
+    /// Keep samples of idle CPUs (the swapper task) in whole-system profiles, e.g. to
+    /// see how busy the machine was: crossprof record --duration 5 --include-idle.
     #[arg(long)]
     pub include_idle: bool,
 
-    /// No live status line on stderr.
+    /// No live status line on stderr (the final summary line is still printed),
+    /// e.g. in scripts: crossprof record -q --duration 10.
     #[arg(short, long)]
     pub quiet: bool,
 
