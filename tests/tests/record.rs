@@ -266,3 +266,28 @@ fn duration_ending_first_stops_the_command() {
     );
     assert_outputs_whole(&dir);
 }
+
+#[test]
+fn idle_cpus_are_profiled_only_when_asked() {
+    let dir = out_dir("include_idle");
+    let run = run_crossprof(
+        &[
+            "record",
+            "--duration",
+            "1.5",
+            "--include-idle",
+            "-o",
+            s(&dir),
+        ],
+        LIMIT,
+    );
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    // A mostly idle machine: the idle tasks of all CPUs (pid 0) hold samples, under
+    // one root.
+    let stacks = read_folded(&dir);
+    let (_, idle) = count_where(&stacks, "swapper", |_| true);
+    assert!(!stacks.iter().any(|st| st.frames[0].starts_with("swapper/")));
+    assert!(idle > 0, "no idle samples with --include-idle");
+    let summary = read_summary(&dir);
+    assert_eq!(summary["counters"]["idle_skipped"].as_u64(), Some(0));
+}

@@ -148,9 +148,11 @@ impl ProcessTable {
     /// names it if it is already gone.
     pub fn get_or_capture(&mut self, pid: u32, fallback_name: &str) -> &mut Process {
         if !self.procs.contains_key(&pid) {
+            // pid 0 is every CPU's idle task (swapper/0, swapper/1, ...): one root.
+            let name = if pid == 0 { "swapper" } else { fallback_name };
             let mut p = Process {
                 pid,
-                name: fallback_name.into(),
+                name: name.into(),
                 exe: None,
                 samples: 0,
                 mappings: Vec::new(),
