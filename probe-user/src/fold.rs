@@ -2,19 +2,22 @@
 //! FlameGraph tools share: one line per stack, `root;frame;...;leaf COUNT`.
 //!
 //! crossprof's root is the process name; user frames follow outermost first, then
-//! kernel frames, each annotated `_[k]` (inferno colours them as kernel code).
+//! kernel frames, each annotated `_[k]` (inferno colours them as kernel code);
+//! managed .NET frames are annotated `_[j]` (JIT code).
 //! Stacks that name the same way are merged, so processes of one program add up.
 
 use std::{collections::BTreeMap, io};
 
 use crate::{
     aggregate::StackKey,
-    native::process::ModuleTable,
+    native::process::ProcessTable,
     symbolize::{Names, sanitize},
 };
 
 /// inferno's annotation for kernel frames.
 pub const KERNEL_SUFFIX: &str = "_[k]";
+/// inferno's annotation for JIT-compiled (managed) frames.
+pub const JIT_SUFFIX: &str = "_[j]";
 
 /// Folded lines (without counts) and their counts, sorted.
 pub type Folded = BTreeMap<String, u64>;
@@ -24,7 +27,7 @@ pub fn fold<'a>(
     stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
     process_name: impl Fn(u32) -> String,
     names: &Names,
-    modules: &ModuleTable,
+    procs: &ProcessTable,
 ) -> Folded {
     let mut folded = Folded::new();
     for (key, count) in stacks {
@@ -34,9 +37,11 @@ pub fn fold<'a>(
         }
         for &frame in key.frames.iter() {
             line.push(';');
-            line.push_str(&names.display(frame, modules));
+            line.push_str(&names.display(frame, procs));
             if frame.is_kernel() {
                 line.push_str(KERNEL_SUFFIX);
+            } else if frame.is_managed() {
+                line.push_str(JIT_SUFFIX);
             }
         }
         *folded.entry(line).or_insert(0) += count;
@@ -83,7 +88,7 @@ mod tests {
                 }
             },
             &Names::default(),
-            &ModuleTable::default(),
+            &ProcessTable::default(),
         );
         let mut out = Vec::new();
         write_folded(&folded, &mut out).unwrap();

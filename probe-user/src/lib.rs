@@ -10,12 +10,14 @@
 //! ```
 //!
 //! [`record`] drives it. Runtime-specific code lives in one module per runtime,
-//! mirrored in `probe-common` and `probe-ebpf`: [`native`] for now.
+//! mirrored in `probe-common` and `probe-ebpf`: [`native`] and [`dotnet`] (JIT
+//! method names from the perf map) so far.
 #![deny(missing_docs)]
 
 pub mod aggregate;
 pub mod cli;
 pub mod decode;
+pub mod dotnet;
 pub mod error;
 pub mod fold;
 pub mod native;

@@ -321,7 +321,7 @@ async fn run(
                 .unwrap_or_default()
         },
         names,
-        &procs.modules,
+        &procs,
     );
     out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
     let lost = drops(&counters) + decode_errors;
@@ -351,9 +351,26 @@ async fn run(
             comm: p.name.to_string(),
             exe: p.exe.clone(),
             samples: p.samples,
+            runtime: p
+                .dotnet
+                .as_ref()
+                .map(|d| format!("dotnet {}", d.runtime.version)),
         })
         .collect();
     processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+    let notes: Vec<String> = procs
+        .iter()
+        .filter(|p| p.samples > 0)
+        .filter_map(|p| {
+            let dn = p.dotnet.as_ref()?;
+            (!dn.perf_map_found).then(|| {
+                format!(
+                    "{} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]: start it with DOTNET_PerfMapEnabled=1",
+                    p.name, p.pid, dn.runtime.version
+                )
+            })
+        })
+        .collect();
     let summary = Summary {
         duration_secs: duration.as_secs_f64(),
         frequency_hz: args.freq,
@@ -374,6 +391,7 @@ async fn run(
         }),
         stop_to_svg_ms: stop_to_svg.as_secs_f64() * 1e3,
         command_exit_status,
+        notes,
     };
     out.write_atomic(SUMMARY_FILE, |w| {
         serde_json::to_writer_pretty(&mut *w, &summary)?;
@@ -394,6 +412,9 @@ async fn run(
         args.freq,
         svg.display()
     );
+    for note in &summary.notes {
+        eprintln!("crossprof: note: {note}");
+    }
     if summary.samples == 0 {
         eprintln!(
             "crossprof: note: no samples: the target{} did not run on a CPU while recording",

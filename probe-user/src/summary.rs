@@ -34,6 +34,8 @@ pub struct Summary {
     pub stop_to_svg_ms: f64,
     /// The command's exit status, if crossprof started one (128+N for signal N).
     pub command_exit_status: Option<i32>,
+    /// What could not be done, one line each (also printed on stderr).
+    pub notes: Vec<String>,
 }
 
 /// One process.
@@ -47,6 +49,8 @@ pub struct ProcessSummary {
     pub exe: Option<String>,
     /// Samples.
     pub samples: u64,
+    /// The managed runtime found in it (`dotnet 8.0.4`), if any.
+    pub runtime: Option<String>,
 }
 
 /// The collector's resource use, from `getrusage(RUSAGE_SELF)`.

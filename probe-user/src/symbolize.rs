@@ -14,7 +14,10 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::native::{process::ModuleTable, symbols::NativeSymbols};
+use crate::native::{
+    process::{ModuleTable, ProcessTable},
+    symbols::NativeSymbols,
+};
 
 /// Index of a mapped file in the [`ModuleTable`].
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,11 +66,19 @@ pub enum FrameRef {
         /// Offset in the file.
         offset: u64,
     },
+    /// A managed (.NET JIT) method, named when it was sampled; the index into
+    /// [`ProcessTable::managed_names`](crate::native::process::ProcessTable).
+    Managed(u32),
     /// No symbol to look up.
     Marker(Marker),
 }
 
 impl FrameRef {
+    /// Managed frames are annotated `_[j]` (inferno's JIT annotation).
+    pub fn is_managed(self) -> bool {
+        matches!(self, FrameRef::Managed(_))
+    }
+
     /// Kernel frames are annotated `_[k]` in folded stacks.
     pub fn is_kernel(self) -> bool {
         matches!(
@@ -89,11 +100,13 @@ pub struct Names {
 impl Names {
     /// How `frame` reads: its symbol, or what is known of it (`[libc.so.6+0x1234]`,
     /// `[unknown]`). Never empty, never with `;` or a line break (folded syntax).
-    pub fn display(&self, frame: FrameRef, modules: &ModuleTable) -> Cow<'_, str> {
+    pub fn display<'a>(&'a self, frame: FrameRef, procs: &'a ProcessTable) -> Cow<'a, str> {
         if let Some(name) = self.names.get(&frame) {
             return Cow::Borrowed(name);
         }
+        let modules = &procs.modules;
         match frame {
+            FrameRef::Managed(id) => Cow::Owned(sanitize(procs.managed_name(id)).into_owned()),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
             FrameRef::Elf { module, offset } => {
                 Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
@@ -211,7 +224,7 @@ impl SymbolizerThread {
                 FrameRef::Elf { module, offset } => {
                     per_module.entry(module).or_default().push(offset)
                 }
-                FrameRef::Marker(_) => {}
+                FrameRef::Managed(_) | FrameRef::Marker(_) => {}
             }
         }
         if !kernel.is_empty() {
@@ -265,10 +278,10 @@ mod tests {
     #[test]
     fn unnamed_frames_say_what_is_known() {
         let names = Names::default();
-        let modules = ModuleTable::default();
-        assert_eq!(names.display(FrameRef::Kernel(1), &modules), "[unknown]");
+        let procs = ProcessTable::default();
+        assert_eq!(names.display(FrameRef::Kernel(1), &procs), "[unknown]");
         assert_eq!(
-            names.display(FrameRef::Marker(Marker::UserTruncated), &modules),
+            names.display(FrameRef::Marker(Marker::UserTruncated), &procs),
             "[truncated: user stack deeper than 127 frames]"
         );
         assert!(FrameRef::Marker(Marker::KernelTruncated).is_kernel());

@@ -68,6 +68,40 @@ pub fn build_c(rel_src: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// Where `cargo xtask bootstrap` installs the .NET 8 runtime (pip `--target`).
+pub fn dotnet8_root() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/crossprof/dotnet8")
+}
+
+/// The .NET 8 host (`dotnet`); its folder is the `DOTNET_ROOT`.
+pub fn dotnet8_host() -> PathBuf {
+    dotnet8_root().join("dnv/net/runtime/.net/dotnet")
+}
+
+/// Compiles the C# fixture `tests/fixtures/dotnet/<name>.cs` with mcs into
+/// `target/fixtures/<name>.dll`, next to a runtimeconfig naming .NET 8.0.4, and
+/// returns the dll.
+pub fn dotnet_fixture(name: &str) -> PathBuf {
+    let src = workspace_root().join(format!("tests/fixtures/dotnet/{name}.cs"));
+    let out_dir = target_dir().join("fixtures");
+    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
+    let dll = out_dir.join(format!("{name}.dll"));
+    let status = Command::new("mcs")
+        .arg(format!("-out:{}", dll.display()))
+        .args(["-target:exe", "-optimize+"])
+        .arg(&src)
+        .status()
+        .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
+    assert!(status.success(), "mcs failed on {}", src.display());
+    std::fs::write(
+        out_dir.join(format!("{name}.runtimeconfig.json")),
+        r#"{"runtimeOptions":{"tfm":"net8.0","framework":{"name":"Microsoft.NETCore.App","version":"8.0.4"}}}"#,
+    )
+    .expect("write the runtimeconfig");
+    dll
+}
+
 /// One line of folded stacks: frames root first, and its count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoldedStack {

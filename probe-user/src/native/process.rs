@@ -16,7 +16,10 @@ use std::{
 };
 
 use super::maps::{MapEntry, parse_maps};
-use crate::symbolize::{FrameRef, Marker, ModuleId};
+use crate::{
+    dotnet::{self, perfmap::PerfMap},
+    symbolize::{FrameRef, Marker, ModuleId},
+};
 
 /// A mapped file, shared by every process that maps it.
 #[derive(Debug)]
@@ -118,8 +121,29 @@ pub struct Process {
     pub exe: Option<String>,
     /// Samples seen.
     pub samples: u64,
+    /// The .NET runtime, if the process runs one.
+    pub dotnet: Option<DotnetProcess>,
     mappings: Vec<ExecMapping>,
     captured: Instant,
+}
+
+/// What is kept of a .NET process.
+#[derive(Debug)]
+pub struct DotnetProcess {
+    /// Its runtime.
+    pub runtime: dotnet::Runtime,
+    /// Its perf map, read so far.
+    pub perf_map: PerfMap,
+    /// Whether the perf map could ever be read.
+    pub perf_map_found: bool,
+    refreshed: Instant,
+}
+
+/// Managed names interned once, so stacks carry a small id.
+#[derive(Debug, Default)]
+struct ManagedNames {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
 }
 
 impl Process {
@@ -135,12 +159,17 @@ impl Process {
 /// from a broken frame chain, and the latter must not cost a read per sample.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The perf map grows as methods are compiled; an unknown JIT address re-reads
+/// its tail at most this often.
+const PERF_MAP_REFRESH: Duration = Duration::from_millis(20);
+
 /// Every process seen so far.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     procs: HashMap<u32, Process>,
     /// The files they map.
     pub modules: ModuleTable,
+    managed: ManagedNames,
 }
 
 impl ProcessTable {
@@ -155,6 +184,7 @@ impl ProcessTable {
                 name: name.into(),
                 exe: None,
                 samples: 0,
+                dotnet: None,
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -176,7 +206,8 @@ impl ProcessTable {
         p.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|e| e.to_string_lossy().into_owned());
-        let mut mappings: Vec<ExecMapping> = parse_maps(&text)
+        let entries = parse_maps(&text);
+        let mut mappings: Vec<ExecMapping> = entries
             .iter()
             .filter(|e| e.is_exec())
             .map(|e| ExecMapping {
@@ -194,6 +225,51 @@ impl ProcessTable {
             .collect();
         mappings.sort_by_key(|m| m.start);
         p.mappings = mappings;
+        if p.dotnet.is_none()
+            && let Some(runtime) = dotnet::detect(
+                entries
+                    .iter()
+                    .filter(|e| e.is_exec())
+                    .map(|e| e.path.as_str()),
+            )
+        {
+            let mut perf_map = PerfMap::for_pid(pid);
+            let perf_map_found = perf_map.refresh();
+            p.dotnet = Some(DotnetProcess {
+                runtime,
+                perf_map,
+                perf_map_found,
+                refreshed: Instant::now(),
+            });
+        }
+    }
+
+    /// The managed method at `addr` of a .NET process, reading what the runtime
+    /// appended to its perf map when `addr` is not known yet (rate-limited).
+    fn managed_frame(p: &mut Process, managed: &mut ManagedNames, addr: u64) -> Option<u32> {
+        let dn = p.dotnet.as_mut()?;
+        if dn.perf_map.lookup(addr).is_none() && dn.refreshed.elapsed() >= PERF_MAP_REFRESH {
+            dn.perf_map_found |= dn.perf_map.refresh();
+            dn.refreshed = Instant::now();
+        }
+        let name = dn.perf_map.lookup(addr)?;
+        Some(match managed.ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = managed.names.len() as u32;
+                managed.names.push(name.clone());
+                managed.ids.insert(name.clone(), id);
+                id
+            }
+        })
+    }
+
+    /// The name behind a [`FrameRef::Managed`] id.
+    pub fn managed_name(&self, id: u32) -> &str {
+        self.managed
+            .names
+            .get(id as usize)
+            .map_or("[unknown]", |n| n)
     }
 
     /// The frame for user address `addr` of `pid` (already captured). An address
@@ -222,11 +298,13 @@ impl ProcessTable {
                 target: Target::Vdso,
                 ..
             }) => FrameRef::Marker(Marker::Vdso),
+            // JIT code: anonymous or memfd memory (W^X), named by the runtime.
             Some(ExecMapping {
                 target: Target::Anonymous,
                 ..
             })
-            | None => FrameRef::Marker(Marker::Unknown),
+            | None => Self::managed_frame(p, &mut self.managed, addr)
+                .map_or(FrameRef::Marker(Marker::Unknown), FrameRef::Managed),
         }
     }
 
