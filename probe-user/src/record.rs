@@ -282,6 +282,7 @@ async fn run(
     pipeline.drain(events.get_mut());
     drop(events);
     drop(sampler); // detaches the sampler from every CPU
+    pipeline.procs.release_dotnet();
     if let Some(l) = logger.as_mut() {
         l.flush();
     }
@@ -365,8 +366,14 @@ async fn run(
             let dn = p.dotnet.as_ref()?;
             (!dn.perf_map_found).then(|| {
                 format!(
-                    "{} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]: start it with DOTNET_PerfMapEnabled=1",
-                    p.name, p.pid, dn.runtime.version
+                    "{} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]{}: start it with DOTNET_PerfMapEnabled=1",
+                    p.name,
+                    p.pid,
+                    dn.runtime.version,
+                    dn.ipc_error
+                        .as_ref()
+                        .map(|e| format!(" (turning it on failed: {e})"))
+                        .unwrap_or_default()
                 )
             })
         })

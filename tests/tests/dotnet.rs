@@ -1,18 +1,19 @@
 //! .NET (CoreCLR 8.0.4): JIT-compiled methods named from the runtime's perf map,
 //! with W^X on (the default: JIT code runs from `/memfd:doublemapper` mappings).
 //!
-//! A first step of issue #3: the process is started with `DOTNET_PerfMapEnabled=1`.
-//! Turning the perf map on in a running process (diagnostics IPC) and unwinding
-//! frameless Tier-1 methods come next.
+//! A first step of issue #3. Unwinding frameless Tier-1 methods (their caller is
+//! skipped by frame pointers) comes next, so these tests assert the named pair
+//! `Outer;Hot`, not yet the whole chain from `Main`.
 
 use std::{path::Path, process::Command};
 
 use crossprof_tests::{
-    Run, count_where, crossprof_bin, dotnet_fixture, dotnet8_host, out_dir, read_folded,
-    read_summary,
+    Guard, Run, count_where, crossprof_bin, dotnet_fixture, dotnet8_host, out_dir, read_folded,
+    read_summary, run_crossprof,
 };
 
-fn record_dotnet(name: &str, perf_map: bool) -> (std::path::PathBuf, Run) {
+/// Records the chain fixture started with `env` as its only DOTNET_* settings.
+fn record_dotnet(name: &str, env: &[(&str, &str)]) -> (std::path::PathBuf, Run) {
     let dll = dotnet_fixture("chain");
     let host = dotnet8_host();
     let dir = out_dir(name);
@@ -24,9 +25,7 @@ fn record_dotnet(name: &str, perf_map: bool) -> (std::path::PathBuf, Run) {
         .arg(&dll)
         .arg("3")
         .env("DOTNET_ROOT", host.parent().unwrap());
-    if perf_map {
-        cmd.env("DOTNET_PerfMapEnabled", "1");
-    }
+    cmd.envs(env.iter().copied());
     let run: Run = cmd.output().expect("run crossprof").into();
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     (dir, run)
@@ -37,10 +36,9 @@ fn dotnet_process(dir: &Path) -> serde_json::Value {
     summary["processes"][0].clone()
 }
 
-#[test]
-fn jit_methods_are_named_from_the_perf_map_under_wx() {
-    let (dir, _) = record_dotnet("dotnet_perfmap", true);
-    let stacks = read_folded(&dir);
+/// `Program::Outer;Program::Hot` is named in at least 80% of the process's samples.
+fn assert_chain_named(dir: &Path) {
+    let stacks = read_folded(dir);
     let (named, all) = count_where(&stacks, "dotnet", |st| {
         st.contains_chain(&["Program::Outer_[j]", "Program::Hot_[j]"])
     });
@@ -60,17 +58,35 @@ fn jit_methods_are_named_from_the_perf_map_under_wx() {
             .all(|f| !f.contains("[OptimizedTier1]") && !f.contains("(int64)")),
         "tier or signature in a frame name"
     );
-    let p = dotnet_process(&dir);
-    assert_eq!(p["runtime"].as_str(), Some("dotnet 8.0.4"), "{p}");
-    // The runtime leaves its perf map behind: do not let it pile up in /tmp.
-    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", p["pid"]));
 }
 
 #[test]
-fn without_a_perf_map_jit_frames_are_unknown_and_a_note_says_why() {
+fn perf_map_is_turned_on_in_a_process_started_without_settings() {
+    // No DOTNET_* variable at all, W^X on: crossprof asks the runtime through the
+    // diagnostics IPC, and cleans up after itself.
+    let (dir, run) = record_dotnet("dotnet_ipc", &[]);
+    assert_chain_named(&dir);
+    let p = dotnet_process(&dir);
+    assert_eq!(p["runtime"].as_str(), Some("dotnet 8.0.4"), "{p}");
+    assert!(!run.stderr.contains("note"), "{}", run.stderr);
+    let map = format!("/tmp/perf-{}.map", p["pid"]);
+    assert!(!Path::new(&map).exists(), "{map} left behind");
+}
+
+#[test]
+fn a_perf_map_the_process_writes_itself_is_read() {
+    // The only way on .NET Core 3.1; here on 8.0.4.
+    let (dir, _) = record_dotnet("dotnet_env", &[("DOTNET_PerfMapEnabled", "1")]);
+    assert_chain_named(&dir);
+    // The runtime's own perf map is the user's: remove it here so /tmp stays clean.
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", dotnet_process(&dir)["pid"]));
+}
+
+#[test]
+fn without_diagnostics_jit_frames_are_unknown_and_a_note_says_why() {
     // A perf map left in /tmp by an earlier process with the same pid is older than
     // this process and is ignored (unit-tested in dotnet::perfmap).
-    let (dir, run) = record_dotnet("dotnet_no_perfmap", false);
+    let (dir, run) = record_dotnet("dotnet_no_ipc", &[("DOTNET_EnableDiagnostics", "0")]);
     let stacks = read_folded(&dir);
     assert!(
         stacks
@@ -79,11 +95,60 @@ fn without_a_perf_map_jit_frames_are_unknown_and_a_note_says_why() {
             .all(|f| !f.ends_with("_[j]")),
         "managed frames named without a perf map"
     );
-    let note = "without a perf map, so its JIT frames are [unknown]: start it with DOTNET_PerfMapEnabled=1";
+    let note = "without a perf map, so its JIT frames are [unknown] (turning it on failed: no diagnostics socket";
     assert!(run.stderr.contains(note), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("start it with DOTNET_PerfMapEnabled=1"),
+        "{}",
+        run.stderr
+    );
     let summary = read_summary(&dir);
     assert!(
         summary["notes"][0].as_str().unwrap_or("").contains(note),
         "{summary}"
     );
+}
+
+#[test]
+fn a_running_process_is_named_without_a_restart() {
+    let dll = dotnet_fixture("chain");
+    let host = dotnet8_host();
+    let target = Guard(
+        Command::new(&host)
+            .arg(&dll)
+            .arg("6")
+            .env("DOTNET_ROOT", host.parent().unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
+    let dir = out_dir("dotnet_pid");
+    let pid = target.pid().to_string();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (named, all) = count_where(&stacks, "dotnet", |st| {
+        st.contains_chain(&["Program::Outer_[j]", "Program::Hot_[j]"])
+    });
+    assert!(all >= 100, "only {all} samples in 2 s");
+    assert!(
+        named * 100 >= all * 80,
+        "Outer;Hot named in {named} of {all}"
+    );
+    // Turned off again and the file removed while the process still runs.
+    let map = format!("/tmp/perf-{pid}.map");
+    assert!(!Path::new(&map).exists(), "{map} left behind");
 }

@@ -9,13 +9,17 @@
 //! - JIT code lives in anonymous or memfd memory; with W^X on (the default since
 //!   .NET 7) the executable view is `/memfd:doublemapper (deleted)`. Such addresses
 //!   are never read as ELF: they are looked up in the perf map.
-//! - The perf map, `/tmp/perf-<pid>.map`, is written when `DOTNET_PerfMapEnabled`
-//!   is set (format in [`perfmap`]).
+//! - The perf map, `/tmp/perf-<pid>.map` (format in [`perfmap`]), is written when
+//!   `DOTNET_PerfMapEnabled` is set, or — on .NET 8+ — after crossprof asks for it
+//!   through the diagnostics IPC ([`ipc`]) when it first sees the process; it is
+//!   turned off again, and its file removed, when the recording ends. On enabling,
+//!   the runtime also writes the methods compiled before (checked on 8.0.4).
 //!
-//! Not done yet (issue #3): turning the perf map on in a running process through the
-//! diagnostics IPC, ReadyToRun framework code, stub names beyond the perf map's,
-//! `[gc]` samples, .NET Core 3.1 checks.
+//! Not done yet (issue #3): unwinding frameless Tier-1 methods (frame pointers
+//! alone skip their caller), ReadyToRun framework code, `[gc]` samples,
+//! .NET Core 3.1 checks, `--per-thread`.
 
+pub mod ipc;
 pub mod perfmap;
 
 /// The runtime found in a process.

@@ -127,6 +127,11 @@ impl PerfMap {
         }
     }
 
+    /// Where the map is read from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The method whose code holds `addr`.
     pub fn lookup(&self, addr: u64) -> Option<&Arc<str>> {
         let (_, (end, name)) = self.symbols.range(..=addr).next_back()?;

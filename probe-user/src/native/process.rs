@@ -136,6 +136,14 @@ pub struct DotnetProcess {
     pub perf_map: PerfMap,
     /// Whether the perf map could ever be read.
     pub perf_map_found: bool,
+    /// crossprof turned the perf map on through the diagnostics IPC (and turns it
+    /// off again at the end).
+    pub enabled_by_us: bool,
+    /// The perf map file as crossprof can reach it after the process exits (then
+    /// `/proc/PID/root` is gone), to remove it if crossprof caused it.
+    cleanup_path: PathBuf,
+    /// Why the perf map could not be turned on, if it was tried and failed.
+    pub ipc_error: Option<String>,
     refreshed: Instant,
 }
 
@@ -151,6 +159,18 @@ impl Process {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         let m = *self.mappings.get(i.checked_sub(1)?)?;
         (addr < m.end).then_some(m)
+    }
+}
+
+/// Does `pid` see the same root folder as crossprof (no container)?
+fn same_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/root/")),
+        std::fs::metadata("/"),
+    ) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -234,11 +254,30 @@ impl ProcessTable {
             )
         {
             let mut perf_map = PerfMap::for_pid(pid);
-            let perf_map_found = perf_map.refresh();
+            let mut perf_map_found = perf_map.refresh();
+            // No perf map: ask the runtime to start one (no restart, no setting).
+            let (mut enabled_by_us, mut ipc_error) = (false, None);
+            if !perf_map_found {
+                match dotnet::ipc::enable_perf_map(pid) {
+                    Ok(()) => {
+                        enabled_by_us = true;
+                        perf_map_found = perf_map.refresh();
+                    }
+                    Err(e) => ipc_error = Some(e.to_string()),
+                }
+            }
+            let cleanup_path = if same_root(pid) {
+                PathBuf::from(format!("/tmp/perf-{pid}.map"))
+            } else {
+                perf_map.path().to_path_buf()
+            };
             p.dotnet = Some(DotnetProcess {
                 runtime,
                 perf_map,
                 perf_map_found,
+                enabled_by_us,
+                cleanup_path,
+                ipc_error,
                 refreshed: Instant::now(),
             });
         }
@@ -262,6 +301,21 @@ impl ProcessTable {
                 id
             }
         })
+    }
+
+    /// Turns off every perf map crossprof turned on, and removes the file the
+    /// runtime wrote for it, leaving the process as it was.
+    pub fn release_dotnet(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(dn) = p.dotnet.as_mut()
+                && dn.enabled_by_us
+            {
+                // Fails harmlessly when the process has exited; the file goes either way.
+                let _ = dotnet::ipc::disable_perf_map(p.pid);
+                let _ = std::fs::remove_file(&dn.cleanup_path);
+                dn.enabled_by_us = false;
+            }
+        }
     }
 
     /// The name behind a [`FrameRef::Managed`] id.

@@ -1,0 +1,146 @@
+//! The runtime's diagnostics IPC, just enough to turn the perf map on and off in a
+//! process that started without `DOTNET_PerfMapEnabled`.
+//!
+//! Protocol (dotnet/runtime `src/native/eventpipe/ds-protocol.h` and
+//! `ds-process-protocol.h`, .NET 8; checked against 8.0.4 here): a Unix socket
+//! `dotnet-diagnostic-<pid>-<key>-socket` in the process's temp folder; each message
+//! is a 20-byte header — magic `DOTNET_IPC_V1\0` (14 bytes), `u16` total size,
+//! `u8` command set, `u8` command id, `u16` reserved — then the payload, all
+//! little-endian. The Process command set is 0x04; `EnablePerfMap` is 0x05 with a
+//! `u32` perf-map type payload (3 = perf map only), `DisablePerfMap` 0x06 with none.
+//! The reply's command set is 0xFF (server): id 0x00 is OK, 0xFF an error whose
+//! payload is a `u32` HRESULT. Runtimes before .NET 8 answer these ids with an error.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    time::Duration,
+};
+
+const MAGIC: &[u8; 14] = b"DOTNET_IPC_V1\0";
+const HEADER_LEN: usize = 20;
+const PROCESS_COMMAND_SET: u8 = 0x04;
+const ENABLE_PERF_MAP: u8 = 0x05;
+const DISABLE_PERF_MAP: u8 = 0x06;
+const SERVER_COMMAND_SET: u8 = 0xFF;
+const SERVER_OK: u8 = 0x00;
+/// `PerfMapType::PERFMAP` (src/coreclr/vm/perfmap.h): the perf map, no jitdump.
+const PERF_MAP_TYPE_PERFMAP: u32 = 3;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why an IPC command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// No diagnostics socket: diagnostics disabled (`DOTNET_EnableDiagnostics=0`)
+    /// or the process is gone.
+    #[error("no diagnostics socket (DOTNET_EnableDiagnostics=0, or the process exited)")]
+    NoSocket,
+    /// The socket did not answer as the protocol says.
+    #[error("diagnostics IPC: {0}")]
+    Io(#[from] io::Error),
+    /// The runtime refused the command (runtimes before .NET 8 do not know it).
+    #[error(
+        "the runtime refused the command (HRESULT {0:#010x}); .NET before 8 cannot turn the perf map on at run time"
+    )]
+    Refused(u32),
+}
+
+/// The diagnostics socket of `pid`, seen through the process's own root.
+pub fn socket_path(pid: u32) -> Option<PathBuf> {
+    let tmp = PathBuf::from(format!("/proc/{pid}/root/tmp"));
+    let prefix = format!("dotnet-diagnostic-{pid}-");
+    std::fs::read_dir(&tmp)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&prefix) && n.ends_with("-socket"))
+        .map(|n| tmp.join(n))
+}
+
+/// Asks the runtime of `pid` to write its perf map from now on.
+pub fn enable_perf_map(pid: u32) -> Result<(), IpcError> {
+    command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_PERFMAP.to_le_bytes())
+}
+
+/// Asks the runtime of `pid` to stop writing its perf map.
+pub fn disable_perf_map(pid: u32) -> Result<(), IpcError> {
+    command(pid, DISABLE_PERF_MAP, &[])
+}
+
+/// A request message.
+pub fn encode(command_set: u8, command_id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
+    msg.extend_from_slice(MAGIC);
+    msg.extend_from_slice(&((HEADER_LEN + payload.len()) as u16).to_le_bytes());
+    msg.push(command_set);
+    msg.push(command_id);
+    msg.extend_from_slice(&0u16.to_le_bytes());
+    msg.extend_from_slice(payload);
+    msg
+}
+
+/// Reads a reply: `Ok` for an OK, the HRESULT for an error.
+pub fn decode_reply(reply: &[u8]) -> Result<(), IpcError> {
+    let bad =
+        |what: &str| IpcError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()));
+    if reply.len() < HEADER_LEN || &reply[..14] != MAGIC {
+        return Err(bad("reply without the IPC header"));
+    }
+    if reply[16] != SERVER_COMMAND_SET {
+        return Err(bad("reply is not from the server command set"));
+    }
+    if reply[17] == SERVER_OK {
+        return Ok(());
+    }
+    let hresult = reply
+        .get(HEADER_LEN..HEADER_LEN + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0);
+    Err(IpcError::Refused(hresult))
+}
+
+fn command(pid: u32, command_id: u8, payload: &[u8]) -> Result<(), IpcError> {
+    let path = socket_path(pid).ok_or(IpcError::NoSocket)?;
+    let mut sock = UnixStream::connect(&path)?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.set_write_timeout(Some(TIMEOUT))?;
+    sock.write_all(&encode(PROCESS_COMMAND_SET, command_id, payload))?;
+    let mut header = [0u8; HEADER_LEN];
+    sock.read_exact(&mut header)?;
+    let total = usize::from(u16::from_le_bytes([header[14], header[15]]));
+    let mut reply = header.to_vec();
+    if total > HEADER_LEN {
+        let mut rest = vec![0u8; (total - HEADER_LEN).min(4096)];
+        sock.read_exact(&mut rest)?;
+        reply.extend_from_slice(&rest);
+    }
+    decode_reply(&reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_follow_the_ipc_header_layout() {
+        let msg = encode(PROCESS_COMMAND_SET, ENABLE_PERF_MAP, &3u32.to_le_bytes());
+        assert_eq!(&msg[..14], b"DOTNET_IPC_V1\0");
+        assert_eq!(u16::from_le_bytes([msg[14], msg[15]]), 24);
+        assert_eq!((msg[16], msg[17]), (0x04, 0x05));
+        assert_eq!(&msg[18..20], &[0, 0]);
+        assert_eq!(&msg[20..], &[3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn replies_are_ok_or_a_refusal_with_its_hresult() {
+        let ok = encode(SERVER_COMMAND_SET, SERVER_OK, &0u32.to_le_bytes());
+        assert!(decode_reply(&ok).is_ok());
+        let err = encode(SERVER_COMMAND_SET, 0xFF, &0x8013_1384u32.to_le_bytes());
+        assert!(matches!(
+            decode_reply(&err),
+            Err(IpcError::Refused(0x8013_1384))
+        ));
+        assert!(decode_reply(b"garbage").is_err());
+    }
+}
