@@ -362,21 +362,7 @@ async fn run(
     let notes: Vec<String> = procs
         .iter()
         .filter(|p| p.samples > 0)
-        .filter_map(|p| {
-            let dn = p.dotnet.as_ref()?;
-            (!dn.perf_map_found).then(|| {
-                format!(
-                    "{} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]{}: start it with DOTNET_PerfMapEnabled=1",
-                    p.name,
-                    p.pid,
-                    dn.runtime.version,
-                    dn.ipc_error
-                        .as_ref()
-                        .map(|e| format!(" (turning it on failed: {e})"))
-                        .unwrap_or_default()
-                )
-            })
-        })
+        .filter_map(|p| p.dotnet.as_ref()?.note(&p.name))
         .collect();
     let summary = Summary {
         duration_secs: duration.as_secs_f64(),

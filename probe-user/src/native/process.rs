@@ -17,7 +17,7 @@ use std::{
 
 use super::maps::{MapEntry, parse_maps};
 use crate::{
-    dotnet::{self, perfmap::PerfMap},
+    dotnet::{self, DotnetProcess},
     symbolize::{FrameRef, Marker, ModuleId},
 };
 
@@ -127,26 +127,6 @@ pub struct Process {
     captured: Instant,
 }
 
-/// What is kept of a .NET process.
-#[derive(Debug)]
-pub struct DotnetProcess {
-    /// Its runtime.
-    pub runtime: dotnet::Runtime,
-    /// Its perf map, read so far.
-    pub perf_map: PerfMap,
-    /// Whether the perf map could ever be read.
-    pub perf_map_found: bool,
-    /// crossprof turned the perf map on through the diagnostics IPC (and turns it
-    /// off again at the end).
-    pub enabled_by_us: bool,
-    /// The perf map file as crossprof can reach it after the process exits (then
-    /// `/proc/PID/root` is gone), to remove it if crossprof caused it.
-    cleanup_path: PathBuf,
-    /// Why the perf map could not be turned on, if it was tried and failed.
-    pub ipc_error: Option<String>,
-    refreshed: Instant,
-}
-
 /// Managed names interned once, so stacks carry a small id.
 #[derive(Debug, Default)]
 struct ManagedNames {
@@ -163,7 +143,7 @@ impl Process {
 }
 
 /// Does `pid` see the same root folder as crossprof (no container)?
-fn same_root(pid: u32) -> bool {
+pub(crate) fn same_root(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     match (
         std::fs::metadata(format!("/proc/{pid}/root/")),
@@ -178,10 +158,6 @@ fn same_root(pid: u32) -> bool {
 /// an address outside every mapping is either new code (dlopen, exec) or garbage
 /// from a broken frame chain, and the latter must not cost a read per sample.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The perf map grows as methods are compiled; an unknown JIT address re-reads
-/// its tail at most this often.
-const PERF_MAP_REFRESH: Duration = Duration::from_millis(20);
 
 /// Every process seen so far.
 #[derive(Debug, Default)]
@@ -253,45 +229,14 @@ impl ProcessTable {
                     .map(|e| e.path.as_str()),
             )
         {
-            let mut perf_map = PerfMap::for_pid(pid);
-            let mut perf_map_found = perf_map.refresh();
-            // No perf map: ask the runtime to start one (no restart, no setting).
-            let (mut enabled_by_us, mut ipc_error) = (false, None);
-            if !perf_map_found {
-                match dotnet::ipc::enable_perf_map(pid) {
-                    Ok(()) => {
-                        enabled_by_us = true;
-                        perf_map_found = perf_map.refresh();
-                    }
-                    Err(e) => ipc_error = Some(e.to_string()),
-                }
-            }
-            let cleanup_path = if same_root(pid) {
-                PathBuf::from(format!("/tmp/perf-{pid}.map"))
-            } else {
-                perf_map.path().to_path_buf()
-            };
-            p.dotnet = Some(DotnetProcess {
-                runtime,
-                perf_map,
-                perf_map_found,
-                enabled_by_us,
-                cleanup_path,
-                ipc_error,
-                refreshed: Instant::now(),
-            });
+            p.dotnet = Some(DotnetProcess::attach(pid, runtime));
         }
     }
 
     /// The managed method at `addr` of a .NET process, reading what the runtime
     /// appended to its perf map when `addr` is not known yet (rate-limited).
     fn managed_frame(p: &mut Process, managed: &mut ManagedNames, addr: u64) -> Option<u32> {
-        let dn = p.dotnet.as_mut()?;
-        if dn.perf_map.lookup(addr).is_none() && dn.refreshed.elapsed() >= PERF_MAP_REFRESH {
-            dn.perf_map_found |= dn.perf_map.refresh();
-            dn.refreshed = Instant::now();
-        }
-        let name = dn.perf_map.lookup(addr)?;
+        let name = p.dotnet.as_mut()?.lookup(addr)?;
         Some(match managed.ids.get(name) {
             Some(&id) => id,
             None => {
@@ -306,15 +251,8 @@ impl ProcessTable {
     /// Turns off every perf map crossprof turned on, and removes the file the
     /// runtime wrote for it, leaving the process as it was.
     pub fn release_dotnet(&mut self) {
-        for p in self.procs.values_mut() {
-            if let Some(dn) = p.dotnet.as_mut()
-                && dn.enabled_by_us
-            {
-                // Fails harmlessly when the process has exited; the file goes either way.
-                let _ = dotnet::ipc::disable_perf_map(p.pid);
-                let _ = std::fs::remove_file(&dn.cleanup_path);
-                dn.enabled_by_us = false;
-            }
+        for dn in self.procs.values_mut().filter_map(|p| p.dotnet.as_mut()) {
+            dn.release();
         }
     }
 
