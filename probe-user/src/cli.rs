@@ -58,6 +58,11 @@ pub struct RecordArgs {
     #[arg(long)]
     pub include_idle: bool,
 
+    /// Add a frame level under each process with the thread a sample ran on, as
+    /// `NAME (TID)`, e.g. `.NET TP Worker (4711)`: crossprof record --per-thread -- ./app.
+    #[arg(long)]
+    pub per_thread: bool,
+
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.
     #[arg(short, long)]

@@ -66,6 +66,8 @@ struct Pipeline {
     agg: Aggregator,
     symbolizer: SymbolizerThread,
     decode_errors: u64,
+    /// `--per-thread`: a thread frame under the process.
+    per_thread: bool,
 }
 
 impl Pipeline {
@@ -75,7 +77,10 @@ impl Pipeline {
                 Ok(Record::CpuSample(sample)) => {
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
                     p.samples += 1;
-                    let frames = sample_frames(&sample, &mut self.procs);
+                    let mut frames = sample_frames(&sample, &mut self.procs);
+                    if self.per_thread {
+                        frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
+                    }
                     self.agg.add(sample.pid, frames);
                 }
                 Err(e) => {
@@ -226,7 +231,10 @@ async fn run(
             what: "poll the ring buffer",
             source: std::io::Error::from(e),
         })?;
-    let mut pipeline = Pipeline::default();
+    let mut pipeline = Pipeline {
+        per_thread: args.per_thread,
+        ..Pipeline::default()
+    };
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
     let cpu_at_start = CollectorStats::cpu_now();
@@ -310,6 +318,7 @@ async fn run(
         agg,
         mut symbolizer,
         decode_errors,
+        per_thread: _,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;

@@ -69,6 +69,9 @@ pub enum FrameRef {
     /// A managed (.NET JIT) method, named when it was sampled; the index into
     /// [`ProcessTable::managed_names`](crate::native::process::ProcessTable).
     Managed(u32),
+    /// The thread a sample ran on (`--per-thread`): an index into the process
+    /// table's thread names.
+    Thread(u32),
     /// No symbol to look up.
     Marker(Marker),
 }
@@ -107,6 +110,7 @@ impl Names {
         let modules = &procs.modules;
         match frame {
             FrameRef::Managed(id) => Cow::Owned(sanitize(procs.managed_name(id)).into_owned()),
+            FrameRef::Thread(id) => Cow::Owned(sanitize(procs.thread_name(id)).into_owned()),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
             FrameRef::Elf { module, offset } => {
                 Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
@@ -224,7 +228,7 @@ impl SymbolizerThread {
                 FrameRef::Elf { module, offset } => {
                     per_module.entry(module).or_default().push(offset)
                 }
-                FrameRef::Managed(_) | FrameRef::Marker(_) => {}
+                FrameRef::Managed(_) | FrameRef::Thread(_) | FrameRef::Marker(_) => {}
             }
         }
         if !kernel.is_empty() {

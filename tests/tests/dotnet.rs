@@ -187,3 +187,63 @@ fn core31_without_the_setting_gets_a_one_line_note_naming_it() {
     let pid = dotnet_process(&dir)["pid"].clone();
     assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
 }
+
+#[test]
+fn per_thread_puts_each_thread_under_its_process_by_name_and_tid() {
+    let runtime = Dotnet::Net8;
+    let target = runtime.command(&runtime.fixture("pool"), &["3", "2"]);
+    let dir = out_dir("dotnet_per_thread");
+    let mut cmd = Command::new(crossprof_bin());
+    cmd.args(["record", "-q", "--per-thread", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(target.get_program())
+        .args(target.get_args());
+    for (k, v) in target.get_envs() {
+        cmd.env(k, v.expect("set, not removed"));
+    }
+    let run: Run = cmd.output().expect("run crossprof").into();
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    let stacks = read_folded(&dir);
+    // Every stack of the process has its thread right under the process: `NAME (TID)`.
+    let thread_of = |s: &crossprof_tests::FoldedStack| -> (String, u32) {
+        let frame = &s.frames[1];
+        let (name, tid) = frame
+            .rsplit_once(" (")
+            .unwrap_or_else(|| panic!("no thread frame in {s:?}"));
+        let tid = tid.trim_end_matches(')').parse().expect("a tid");
+        (name.to_owned(), tid)
+    };
+    let pid: u32 = dotnet_process(&dir)["pid"].as_u64().unwrap() as u32;
+    let spinning: Vec<(String, u32, u64)> = stacks
+        .iter()
+        .filter(|s| s.frames[0] == "dotnet")
+        .filter(|s| s.contains_chain(&["Program::Outer_[j]", "Program::Hot_[j]"]))
+        .map(|s| {
+            let (name, tid) = thread_of(s);
+            (name, tid, s.count)
+        })
+        .collect();
+    let named: u64 = spinning
+        .iter()
+        .filter(|(n, ..)| n == "crossprof-named")
+        .map(|t| t.2)
+        .sum();
+    let pool_tids: std::collections::BTreeSet<u32> = spinning
+        .iter()
+        .filter(|(n, ..)| n == ".NET TP Worker")
+        .map(|t| t.1)
+        .collect();
+    assert!(
+        named >= 50,
+        "named thread has {named} samples: {spinning:?}"
+    );
+    assert!(
+        pool_tids.len() >= 2,
+        "pool workers seen: {pool_tids:?} in {spinning:?}"
+    );
+    assert!(
+        !pool_tids.contains(&pid),
+        "a worker carries the process's tid"
+    );
+}

@@ -127,11 +127,27 @@ pub struct Process {
     captured: Instant,
 }
 
-/// Managed names interned once, so stacks carry a small id.
+/// Names interned once, so stacks carry a small id.
 #[derive(Debug, Default)]
-struct ManagedNames {
+struct Interner {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &Arc<str>) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("[unknown]", |n| n)
+    }
 }
 
 impl Process {
@@ -165,7 +181,10 @@ pub struct ProcessTable {
     procs: HashMap<u32, Process>,
     /// The files they map.
     pub modules: ModuleTable,
-    managed: ManagedNames,
+    managed: Interner,
+    /// `NAME (TID)` of threads, by (tid, comm at the sample).
+    threads: Interner,
+    thread_ids: HashMap<(u32, [u8; 16]), u32>,
 }
 
 impl ProcessTable {
@@ -235,17 +254,26 @@ impl ProcessTable {
 
     /// The managed method at `addr` of a .NET process, reading what the runtime
     /// appended to its perf map when `addr` is not known yet (rate-limited).
-    fn managed_frame(p: &mut Process, managed: &mut ManagedNames, addr: u64) -> Option<u32> {
+    fn managed_frame(p: &mut Process, managed: &mut Interner, addr: u64) -> Option<u32> {
         let name = p.dotnet.as_mut()?.lookup(addr)?;
-        Some(match managed.ids.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = managed.names.len() as u32;
-                managed.names.push(name.clone());
-                managed.ids.insert(name.clone(), id);
-                id
-            }
-        })
+        Some(managed.intern(name))
+    }
+
+    /// The `--per-thread` frame of thread `tid` named `comm` when it was sampled
+    /// (a thread renamed later appears under each name it ran with).
+    pub fn thread_frame(&mut self, tid: u32, comm: &[u8; 16]) -> FrameRef {
+        if let Some(&id) = self.thread_ids.get(&(tid, *comm)) {
+            return FrameRef::Thread(id);
+        }
+        let name: Arc<str> = format!("{} ({tid})", crate::decode::comm_to_string(comm)).into();
+        let id = self.threads.intern(&name);
+        self.thread_ids.insert((tid, *comm), id);
+        FrameRef::Thread(id)
+    }
+
+    /// The name behind a [`FrameRef::Thread`] id.
+    pub fn thread_name(&self, id: u32) -> &str {
+        self.threads.get(id)
     }
 
     /// Turns off every perf map crossprof turned on, and removes the file the
@@ -258,10 +286,7 @@ impl ProcessTable {
 
     /// The name behind a [`FrameRef::Managed`] id.
     pub fn managed_name(&self, id: u32) -> &str {
-        self.managed
-            .names
-            .get(id as usize)
-            .map_or("[unknown]", |n| n)
+        self.managed.get(id)
     }
 
     /// The frame for user address `addr` of `pid` (already captured). An address
