@@ -9,7 +9,7 @@
 //! 5. Fold, render, and write the outputs atomically, then the summary.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     ffi::OsString,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
@@ -28,6 +28,7 @@ use crate::{
     aggregate::{Aggregator, sample_frames},
     cli::RecordArgs,
     decode::{Record, decode},
+    dotnet::eventpipe::GC_EVENT_DELAY_NS,
     error::{Error, UsageError},
     fold::{fold, write_folded},
     native::process::ProcessTable,
@@ -35,8 +36,8 @@ use crate::{
     render::render_svg,
     sampler::{Sampler, SamplerConfig, register_self_in_child},
     status::Status,
-    summary::{CollectorStats, KernelProgramStats, ProcessSummary, Summary},
-    symbolize::SymbolizerThread,
+    summary::{CollectorStats, GcSummary, KernelProgramStats, ProcessSummary, Summary},
+    symbolize::{FrameRef, Marker, SymbolizerThread},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
@@ -68,6 +69,15 @@ struct Pipeline {
     decode_errors: u64,
     /// `--per-thread`: a thread frame under the process.
     per_thread: bool,
+    /// Samples of .NET processes waiting for the GC events of their time.
+    waiting: VecDeque<Waiting>,
+}
+
+/// A sample held until it is known whether its process was in a GC pause.
+struct Waiting {
+    pid: u32,
+    time_ns: u64,
+    frames: Vec<FrameRef>,
 }
 
 impl Pipeline {
@@ -77,11 +87,20 @@ impl Pipeline {
                 Ok(Record::CpuSample(sample)) => {
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
                     p.samples += 1;
+                    let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
                     if self.per_thread {
                         frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
                     }
-                    self.agg.add(sample.pid, frames);
+                    if dotnet {
+                        self.waiting.push_back(Waiting {
+                            pid: sample.pid,
+                            time_ns: sample.time_ns,
+                            frames,
+                        });
+                    } else {
+                        self.agg.add(sample.pid, frames);
+                    }
                 }
                 Err(e) => {
                     if self.decode_errors == 0 {
@@ -91,12 +110,44 @@ impl Pipeline {
                 }
             }
         }
+        self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
         let fresh = self.agg.take_fresh();
         if !fresh.is_empty() {
             self.symbolizer.submit(&fresh, &self.procs.modules);
         }
         self.symbolizer.poll();
     }
+}
+
+impl Pipeline {
+    /// Counts the waiting samples taken up to `until_ns`, each under a `[gc]` frame
+    /// if its process was in a GC pause then.
+    fn count_waiting(&mut self, until_ns: u64) {
+        while let Some(w) = self.waiting.front()
+            && w.time_ns <= until_ns
+        {
+            let mut w = self.waiting.pop_front().expect("front exists");
+            if let Some(p) = self.procs.get_mut(w.pid)
+                && let Some(dn) = p.dotnet.as_mut()
+                && dn.in_gc(w.time_ns) == Some(true)
+            {
+                p.gc_samples += 1;
+                w.frames.insert(0, FrameRef::Marker(Marker::Gc));
+            }
+            self.agg.add(w.pid, w.frames);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of sample times.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Runs `crossprof record`; returns the exit status crossprof should end with.
@@ -290,7 +341,8 @@ async fn run(
     pipeline.drain(events.get_mut());
     drop(events);
     drop(sampler); // detaches the sampler from every CPU
-    pipeline.procs.release_dotnet();
+    pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
+    pipeline.count_waiting(u64::MAX);
     if let Some(l) = logger.as_mut() {
         l.flush();
     }
@@ -319,6 +371,7 @@ async fn run(
         mut symbolizer,
         decode_errors,
         per_thread: _,
+        waiting: _,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;
@@ -365,13 +418,25 @@ async fn run(
                 .dotnet
                 .as_ref()
                 .map(|d| format!("dotnet {}", d.runtime.version)),
+            gc: p
+                .dotnet
+                .as_ref()
+                .and_then(|d| d.gc_stats())
+                .map(|g| GcSummary {
+                    collections: g.collections,
+                    pauses: g.pauses,
+                    pause_ms: g.pause_ms,
+                    samples: p.gc_samples,
+                    share: p.gc_samples as f64 / p.samples.max(1) as f64,
+                }),
         })
         .collect();
     processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
     let notes: Vec<String> = procs
         .iter()
         .filter(|p| p.samples > 0)
-        .filter_map(|p| p.dotnet.as_ref()?.note(&p.name))
+        .filter_map(|p| p.dotnet.as_ref().map(|d| d.notes(&p.name)))
+        .flatten()
         .collect();
     let summary = Summary {
         duration_secs: duration.as_secs_f64(),

@@ -51,6 +51,24 @@ pub struct ProcessSummary {
     pub samples: u64,
     /// The managed runtime found in it (`dotnet 8.0.4`), if any.
     pub runtime: Option<String>,
+    /// Garbage collection, for a .NET process whose GC events were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcSummary>,
+}
+
+/// Garbage collection in one process over the recording.
+#[derive(Debug, Serialize)]
+pub struct GcSummary {
+    /// Collections started.
+    pub collections: u64,
+    /// Pauses (the runtime's threads suspended for a collection).
+    pub pauses: u64,
+    /// Their total time, in milliseconds.
+    pub pause_ms: f64,
+    /// Samples taken in a pause (they carry a `[gc]` frame).
+    pub samples: u64,
+    /// `samples` / the process's samples.
+    pub share: f64,
 }
 
 /// The collector's resource use, from `getrusage(RUSAGE_SELF)`.

@@ -38,6 +38,8 @@ pub enum Marker {
     KernelStackError,
     /// The kernel stack filled every slot; outer frames are missing.
     KernelTruncated,
+    /// The sample's .NET process was in a garbage-collection pause.
+    Gc,
 }
 
 impl Marker {
@@ -50,6 +52,7 @@ impl Marker {
             Marker::UserTruncated => "[truncated: user stack deeper than 127 frames]",
             Marker::KernelStackError => "[truncated: kernel stack unreadable]",
             Marker::KernelTruncated => "[truncated: kernel stack deeper than 127 frames]",
+            Marker::Gc => "[gc]",
         }
     }
 }

@@ -246,6 +246,8 @@ pub struct Run {
     pub status: ExitStatus,
     /// Its stderr.
     pub stderr: String,
+    /// Its stdout (the profiled command's, when crossprof ran one).
+    pub stdout: String,
 }
 
 impl From<std::process::Output> for Run {
@@ -253,6 +255,7 @@ impl From<std::process::Output> for Run {
         Run {
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         }
     }
 }
@@ -314,7 +317,11 @@ pub fn finish(mut child: Guard, limit: Duration) -> Run {
     if let Some(mut e) = child.0.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
-    Run { status, stderr }
+    Run {
+        status,
+        stderr,
+        stdout: String::new(), // spawn_crossprof does not keep it
+    }
 }
 
 /// Starts the spinner fixture for `secs` seconds named `name`, and returns once it

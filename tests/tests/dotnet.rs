@@ -15,7 +15,18 @@ use crossprof_tests::{
 /// Records the chain fixture on `runtime`, started with `env` as its only
 /// DOTNET_*/COMPlus_* settings.
 fn record_dotnet(name: &str, runtime: Dotnet, env: &[(&str, &str)]) -> (std::path::PathBuf, Run) {
-    let dll = runtime.fixture("chain");
+    record_fixture(name, runtime, "chain", env)
+}
+
+/// Records `fixture` (3 s of work) on `runtime`, started with `env` as its only
+/// DOTNET_*/COMPlus_* settings.
+fn record_fixture(
+    name: &str,
+    runtime: Dotnet,
+    fixture: &str,
+    env: &[(&str, &str)],
+) -> (std::path::PathBuf, Run) {
+    let dll = runtime.fixture(fixture);
     let target = runtime.command(&dll, &["3"]);
     let dir = out_dir(name);
     let mut cmd = Command::new(crossprof_bin());
@@ -71,6 +82,15 @@ fn perf_map_is_turned_on_in_a_process_started_without_settings() {
     assert!(!run.stderr.contains("note"), "{}", run.stderr);
     let map = format!("/tmp/perf-{}.map", p["pid"]);
     assert!(!Path::new(&map).exists(), "{map} left behind");
+    // This fixture allocates nothing: GC events were read, and there were none.
+    assert_eq!(p["gc"]["collections"], 0, "{p}");
+    assert_eq!(p["gc"]["samples"], 0, "{p}");
+    assert!(
+        read_folded(&dir)
+            .iter()
+            .all(|s| !s.frames.contains(&"[gc]".into())),
+        "[gc] frames without a collection"
+    );
 }
 
 #[test]
@@ -246,4 +266,56 @@ fn per_thread_puts_each_thread_under_its_process_by_name_and_tid() {
         !pool_tids.contains(&pid),
         "a worker carries the process's tid"
     );
+}
+
+/// The gc fixture's collections are counted and its samples in GC pauses carry a
+/// `[gc]` frame under the process, mostly above the method that forced them.
+fn assert_gc_marked(dir: &Path, run: &Run) {
+    let forced: u64 = run
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("collections="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no collections=N in {:?}", run.stdout));
+    let p = dotnet_process(dir);
+    let gc = &p["gc"];
+    // Collections before crossprof's session began are not seen: at most a few.
+    let seen = gc["collections"].as_u64().unwrap();
+    assert!(
+        seen <= forced + 2 && seen * 10 >= forced * 7,
+        "{seen} GCs seen of {forced}: {p}"
+    );
+    // The fixture spends most of its time in forced full GCs.
+    let share = gc["share"].as_f64().unwrap();
+    assert!(share >= 0.5, "GC share {share}: {p}");
+    let stacks = read_folded(dir);
+    let (in_gc, _) = count_where(&stacks, "dotnet", |s| s.frames[1] == "[gc]");
+    assert_eq!(in_gc, gc["samples"].as_u64().unwrap(), "{p}");
+    let (from_churn, _) = count_where(&stacks, "dotnet", |s| {
+        s.frames[1] == "[gc]" && s.contains_chain(&["Program::Churn_[j]"])
+    });
+    assert!(
+        from_churn * 2 >= in_gc,
+        "only {from_churn} of {in_gc} [gc] samples under Program::Churn"
+    );
+}
+
+#[test]
+fn gc_pauses_are_marked_on_net8() {
+    let (dir, run) = record_fixture("dotnet_gc", Dotnet::Net8, "gc", &[]);
+    assert_gc_marked(&dir, &run);
+}
+
+#[test]
+fn gc_pauses_are_marked_on_core31() {
+    let (dir, run) = record_fixture(
+        "dotnet31_gc",
+        Dotnet::Core31,
+        "gc",
+        &[("COMPlus_PerfMapEnabled", "1")],
+    );
+    assert_gc_marked(&dir, &run);
+    let pid = dotnet_process(&dir)["pid"].clone();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let _ = std::fs::remove_file(format!("/tmp/perfinfo-{pid}.map"));
 }

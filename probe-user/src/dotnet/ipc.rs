@@ -19,7 +19,8 @@ use std::{
 };
 
 const MAGIC: &[u8; 14] = b"DOTNET_IPC_V1\0";
-const HEADER_LEN: usize = 20;
+/// Bytes of a message header.
+pub const HEADER_LEN: usize = 20;
 const PROCESS_COMMAND_SET: u8 = 0x04;
 const ENABLE_PERF_MAP: u8 = 0x05;
 const DISABLE_PERF_MAP: u8 = 0x06;
@@ -27,7 +28,8 @@ const SERVER_COMMAND_SET: u8 = 0xFF;
 const SERVER_OK: u8 = 0x00;
 /// `PerfMapType::PERFMAP` (src/coreclr/vm/perfmap.h): the perf map, no jitdump.
 const PERF_MAP_TYPE_PERFMAP: u32 = 3;
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may take to be answered.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an IPC command failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,11 @@ fn command(pid: u32, command_id: u8, payload: &[u8]) -> Result<(), IpcError> {
     sock.set_read_timeout(Some(TIMEOUT))?;
     sock.set_write_timeout(Some(TIMEOUT))?;
     sock.write_all(&encode(PROCESS_COMMAND_SET, command_id, payload))?;
+    decode_reply(&read_reply(&mut sock)?)
+}
+
+/// Reads one reply message (header and payload, at most 4 KiB of payload).
+pub fn read_reply(sock: &mut UnixStream) -> io::Result<Vec<u8>> {
     let mut header = [0u8; HEADER_LEN];
     sock.read_exact(&mut header)?;
     let total = usize::from(u16::from_le_bytes([header[14], header[15]]));
@@ -115,7 +122,7 @@ fn command(pid: u32, command_id: u8, payload: &[u8]) -> Result<(), IpcError> {
         sock.read_exact(&mut rest)?;
         reply.extend_from_slice(&rest);
     }
-    decode_reply(&reply)
+    Ok(reply)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! alone skip their caller), ReadyToRun framework code, `[gc]` samples,
 //! .NET Core 3.1 checks, `--per-thread`.
 
+pub mod eventpipe;
 pub mod ipc;
 pub mod perfmap;
 
@@ -29,6 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use eventpipe::{GcSession, TraceError};
 use ipc::IpcError;
 use perfmap::PerfMap;
 
@@ -85,12 +87,37 @@ const PERF_MAP_REFRESH: Duration = Duration::from_millis(20);
 enum Enabling {
     /// The process wrote its own map, or nothing was tried yet.
     NotNeeded,
-    /// The diagnostics IPC call runs on a thread of its own, so that a slow or hung
-    /// diagnostics server never stalls the pipeline that drains samples.
-    Pending(JoinHandle<Result<(), IpcError>>),
+    /// Asked for: waiting for the answer.
+    Pending,
     /// Turned on by crossprof: turned off again, and its file removed, at the end.
     On,
     /// Could not be turned on: why.
+    Failed(String),
+}
+
+/// GC figures of a process over the recording.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcStats {
+    /// Collections started (GCStart events).
+    pub collections: u64,
+    /// Pauses (the runtime's threads suspended for a GC).
+    pub pauses: u64,
+    /// Their total time.
+    pub pause_ms: f64,
+}
+
+/// What the diagnostics IPC thread of a process found: whether the perf map was
+/// turned on (if it was asked for), and the GC event session.
+type Connected = (Option<Result<(), IpcError>>, Result<GcSession, TraceError>);
+
+/// GC events of a process.
+#[derive(Debug)]
+enum Gc {
+    /// The session is being started.
+    Starting,
+    /// Events are read.
+    Traced(GcSession),
+    /// No GC events: why.
     Failed(String),
 }
 
@@ -104,6 +131,12 @@ pub struct DotnetProcess {
     /// Whether the perf map could ever be read.
     perf_map_found: bool,
     enabling: Enabling,
+    gc: Gc,
+    /// The diagnostics IPC calls run on a thread of their own, so that a slow or
+    /// hung diagnostics server never stalls the pipeline that drains samples.
+    connecting: Option<JoinHandle<Connected>>,
+    /// GC pauses seen, total pause time and collections, once the session ended.
+    gc_final: Option<GcStats>,
     /// The perf map file as crossprof can reach it after the process exits (then
     /// `/proc/PID/root` is gone), to remove it if crossprof caused it.
     cleanup_path: PathBuf,
@@ -116,7 +149,7 @@ impl DotnetProcess {
     pub fn attach(pid: u32, runtime: Runtime) -> Self {
         let mut perf_map = PerfMap::for_pid(pid);
         let perf_map_found = perf_map.refresh();
-        let enabling = if perf_map_found {
+        let mut enabling = if perf_map_found {
             Enabling::NotNeeded
         } else if !runtime.can_enable_perf_map() {
             Enabling::Failed(format!(
@@ -124,12 +157,22 @@ impl DotnetProcess {
                 runtime.version
             ))
         } else {
-            let spawned = std::thread::Builder::new()
-                .name(format!("dotnet-ipc-{pid}"))
-                .spawn(move || ipc::enable_perf_map(pid));
-            match spawned {
-                Ok(handle) => Enabling::Pending(handle),
-                Err(e) => Enabling::Failed(format!("cannot start a thread: {e}")),
+            Enabling::Pending
+        };
+        let enable = matches!(enabling, Enabling::Pending);
+        let spawned = std::thread::Builder::new()
+            .name(format!("dotnet-ipc-{pid}"))
+            .spawn(move || -> Connected {
+                let enabled = enable.then(|| ipc::enable_perf_map(pid));
+                (enabled, GcSession::start(pid))
+            });
+        let (connecting, gc) = match spawned {
+            Ok(handle) => (Some(handle), Gc::Starting),
+            Err(e) => {
+                if enable {
+                    enabling = Enabling::Failed(format!("cannot start a thread: {e}"));
+                }
+                (None, Gc::Failed(format!("cannot start a thread: {e}")))
             }
         };
         let cleanup_path = if crate::native::process::same_root(pid) {
@@ -143,32 +186,65 @@ impl DotnetProcess {
             perf_map,
             perf_map_found,
             enabling,
+            gc,
+            connecting,
+            gc_final: None,
             cleanup_path,
             refreshed: Instant::now(),
         }
     }
 
-    /// Collects the result of a finished IPC call, or waits for it if `wait`.
+    /// Collects the results of the IPC thread once it finished, or waits for it if
+    /// `wait`.
     fn settle(&mut self, wait: bool) {
-        let Enabling::Pending(handle) = &self.enabling else {
-            return;
-        };
-        if !wait && !handle.is_finished() {
+        if !wait
+            && !self
+                .connecting
+                .as_ref()
+                .is_some_and(JoinHandle::is_finished)
+        {
             return;
         }
-        let Enabling::Pending(handle) = std::mem::replace(&mut self.enabling, Enabling::NotNeeded)
-        else {
-            unreachable!("checked above")
+        let Some(handle) = self.connecting.take() else {
+            return;
         };
-        self.enabling = match handle.join() {
-            Ok(Ok(())) => {
+        let (enabled, gc) = match handle.join() {
+            Ok(results) => results,
+            Err(_) => (
+                Some(Err(IpcError::Io(std::io::Error::other(
+                    "the IPC thread panicked",
+                )))),
+                Err(TraceError::Format("the IPC thread panicked".into())),
+            ),
+        };
+        match enabled {
+            Some(Ok(())) => {
                 self.perf_map_found |= self.perf_map.refresh();
                 self.refreshed = Instant::now();
-                Enabling::On
+                self.enabling = Enabling::On;
             }
-            Ok(Err(e)) => Enabling::Failed(format!("turning it on failed: {e}")),
-            Err(_) => Enabling::Failed("turning it on failed: the IPC thread panicked".into()),
+            Some(Err(e)) => self.enabling = Enabling::Failed(format!("turning it on failed: {e}")),
+            None => {}
+        }
+        self.gc = match gc {
+            Ok(session) => Gc::Traced(session),
+            Err(e) => Gc::Failed(e.to_string()),
         };
+    }
+
+    /// Was the process in a GC pause at `time_ns` (CLOCK_MONOTONIC)? `None` when
+    /// its GC events are not read.
+    pub fn in_gc(&mut self, time_ns: u64) -> Option<bool> {
+        self.settle(false);
+        match &self.gc {
+            Gc::Traced(session) => Some(session.log().in_pause(time_ns)),
+            _ => None,
+        }
+    }
+
+    /// GC figures for the summary, once [`DotnetProcess::release`] ended the session.
+    pub fn gc_stats(&self) -> Option<&GcStats> {
+        self.gc_final.as_ref()
     }
 
     /// The method whose code holds `addr`, reading what the runtime appended to its
@@ -186,6 +262,19 @@ impl DotnetProcess {
     /// runtime wrote for it, leaving the process as it was.
     pub fn release(&mut self) {
         self.settle(true);
+        if let Gc::Traced(session) = &mut self.gc {
+            let broken = session.stop();
+            let log = session.log();
+            self.gc_final = Some(GcStats {
+                collections: log.collections,
+                pauses: log.pauses.len() as u64,
+                pause_ms: log.pause_ns() as f64 / 1e6,
+            });
+            drop(log);
+            if let Some(why) = broken {
+                self.gc = Gc::Failed(format!("the GC event stream broke: {why}"));
+            }
+        }
         if matches!(self.enabling, Enabling::On) {
             // Fails harmlessly when the process has exited; the file goes either way.
             let _ = ipc::disable_perf_map(self.pid);
@@ -194,8 +283,19 @@ impl DotnetProcess {
         }
     }
 
-    /// The one-line note for a process whose JIT frames could not be named, if so.
-    pub fn note(&self, name: &str) -> Option<String> {
+    /// One-line notes on what could not be had for this process.
+    pub fn notes(&self, name: &str) -> Vec<String> {
+        let mut notes: Vec<String> = self.perf_map_note(name).into_iter().collect();
+        if let Gc::Failed(why) = &self.gc {
+            notes.push(format!(
+                "{name} (pid {}): no [gc] marks, its GC events could not be read ({why})",
+                self.pid
+            ));
+        }
+        notes
+    }
+
+    fn perf_map_note(&self, name: &str) -> Option<String> {
         if self.perf_map_found {
             return None;
         }

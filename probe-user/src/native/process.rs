@@ -121,6 +121,8 @@ pub struct Process {
     pub exe: Option<String>,
     /// Samples seen.
     pub samples: u64,
+    /// Samples taken in a .NET GC pause.
+    pub gc_samples: u64,
     /// The .NET runtime, if the process runs one.
     pub dotnet: Option<DotnetProcess>,
     mappings: Vec<ExecMapping>,
@@ -199,6 +201,7 @@ impl ProcessTable {
                 name: name.into(),
                 exe: None,
                 samples: 0,
+                gc_samples: 0,
                 dotnet: None,
                 mappings: Vec::new(),
                 captured: Instant::now(),
@@ -333,6 +336,11 @@ impl ProcessTable {
     /// The process `pid`, if seen.
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
+    }
+
+    /// The process `pid`, if seen, to update.
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
+        self.procs.get_mut(&pid)
     }
 }
 
