@@ -7,7 +7,7 @@
 //! is a 20-byte header — magic `DOTNET_IPC_V1\0` (14 bytes), `u16` total size,
 //! `u8` command set, `u8` command id, `u16` reserved — then the payload, all
 //! little-endian. The Process command set is 0x04; `EnablePerfMap` is 0x05 with a
-//! `u32` perf-map type payload (3 = perf map only), `DisablePerfMap` 0x06 with none.
+//! `u32` perf-map type payload (1 = all: perf map, perfinfo and jitdump), `DisablePerfMap` 0x06 with none.
 //! The reply's command set is 0xFF (server): id 0x00 is OK, 0xFF an error whose
 //! payload is a `u32` HRESULT. Runtimes before .NET 8 answer these ids with an error.
 
@@ -26,8 +26,10 @@ const ENABLE_PERF_MAP: u8 = 0x05;
 const DISABLE_PERF_MAP: u8 = 0x06;
 const SERVER_COMMAND_SET: u8 = 0xFF;
 const SERVER_OK: u8 = 0x00;
-/// `PerfMapType::PERFMAP` (src/coreclr/vm/perfmap.h): the perf map, no jitdump.
-const PERF_MAP_TYPE_PERFMAP: u32 = 3;
+/// `PerfMapType::ALL` (src/coreclr/vm/perfmap.h): the perf map (JIT code), the
+/// perfinfo map (image loads) and the jitdump, the only one that lists ReadyToRun
+/// code (see [`super::jitdump`]).
+const PERF_MAP_TYPE_ALL: u32 = 1;
 /// How long a command may take to be answered.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,7 +64,7 @@ pub fn socket_path(pid: u32) -> Option<PathBuf> {
 
 /// Asks the runtime of `pid` to write its perf map from now on.
 pub fn enable_perf_map(pid: u32) -> Result<(), IpcError> {
-    command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_PERFMAP.to_le_bytes())
+    command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_ALL.to_le_bytes())
 }
 
 /// Asks the runtime of `pid` to stop writing its perf map.

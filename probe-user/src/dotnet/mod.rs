@@ -21,6 +21,7 @@
 
 pub mod eventpipe;
 pub mod ipc;
+pub mod jitdump;
 pub mod perfmap;
 
 use std::{
@@ -32,6 +33,7 @@ use std::{
 
 use eventpipe::{GcSession, TraceError};
 use ipc::IpcError;
+use jitdump::JitDump;
 use perfmap::PerfMap;
 
 /// The runtime found in a process.
@@ -128,6 +130,9 @@ pub struct DotnetProcess {
     /// Its runtime.
     pub runtime: Runtime,
     perf_map: PerfMap,
+    /// ReadyToRun code, named from the jitdump.
+    jitdump: JitDump,
+    jitdump_refreshed: Instant,
     /// Whether the perf map could ever be read.
     perf_map_found: bool,
     enabling: Enabling,
@@ -137,9 +142,9 @@ pub struct DotnetProcess {
     connecting: Option<JoinHandle<Connected>>,
     /// GC pauses seen, total pause time and collections, once the session ended.
     gc_final: Option<GcStats>,
-    /// The perf map file as crossprof can reach it after the process exits (then
-    /// `/proc/PID/root` is gone), to remove it if crossprof caused it.
-    cleanup_path: PathBuf,
+    /// The temp folder as crossprof can reach it after the process exits (then
+    /// `/proc/PID/root` is gone), to remove the files it caused.
+    tmp: PathBuf,
     refreshed: Instant,
 }
 
@@ -175,21 +180,23 @@ impl DotnetProcess {
                 (None, Gc::Failed(format!("cannot start a thread: {e}")))
             }
         };
-        let cleanup_path = if crate::native::process::same_root(pid) {
-            PathBuf::from(format!("/tmp/perf-{pid}.map"))
+        let tmp = if crate::native::process::same_root(pid) {
+            PathBuf::from("/tmp")
         } else {
-            perf_map.path().to_path_buf()
+            PathBuf::from(format!("/proc/{pid}/root/tmp"))
         };
         Self {
             pid,
             runtime,
             perf_map,
+            jitdump: JitDump::for_pid(pid),
+            jitdump_refreshed: Instant::now(),
             perf_map_found,
             enabling,
             gc,
             connecting,
             gc_final: None,
-            cleanup_path,
+            tmp,
             refreshed: Instant::now(),
         }
     }
@@ -258,7 +265,21 @@ impl DotnetProcess {
         self.perf_map.lookup(addr)
     }
 
-    /// Turns the perf map off if crossprof turned it on, and removes the file the
+    /// The ReadyToRun method whose precompiled code holds `addr` (an address in a
+    /// mapped `*.dll`), reading what the runtime appended to its jitdump when `addr`
+    /// is not known yet (rate-limited).
+    pub fn lookup_precompiled(&mut self, addr: u64) -> Option<&Arc<str>> {
+        self.settle(false);
+        if self.jitdump.lookup(addr).is_none()
+            && self.jitdump_refreshed.elapsed() >= PERF_MAP_REFRESH
+        {
+            self.jitdump.refresh();
+            self.jitdump_refreshed = Instant::now();
+        }
+        self.jitdump.lookup(addr)
+    }
+
+    /// Turns the perf map off if crossprof turned it on, and removes the files the
     /// runtime wrote for it, leaving the process as it was.
     pub fn release(&mut self) {
         self.settle(true);
@@ -278,7 +299,14 @@ impl DotnetProcess {
         if matches!(self.enabling, Enabling::On) {
             // Fails harmlessly when the process has exited; the file goes either way.
             let _ = ipc::disable_perf_map(self.pid);
-            let _ = std::fs::remove_file(&self.cleanup_path);
+            let pid = self.pid;
+            for file in [
+                format!("perf-{pid}.map"),
+                format!("perfinfo-{pid}.map"),
+                format!("jit-{pid}.dump"),
+            ] {
+                let _ = std::fs::remove_file(self.tmp.join(file));
+            }
             self.enabling = Enabling::NotNeeded;
         }
     }

@@ -97,6 +97,9 @@ impl ModuleTable {
 #[derive(Debug, Clone, Copy)]
 enum Target {
     Module(ModuleId),
+    /// A managed assembly (`*.dll`, a PE file) mapped by the .NET loader: its
+    /// ReadyToRun code is named by the runtime, not by ELF symbols.
+    Assembly(ModuleId),
     Vdso,
     /// Anonymous or non-file executable memory (JIT code, memfd).
     Anonymous,
@@ -234,6 +237,8 @@ impl ProcessTable {
                 offset: e.offset,
                 target: if e.path == "[vdso]" {
                     Target::Vdso
+                } else if e.is_file() && e.path.ends_with(".dll") {
+                    Target::Assembly(modules.intern(pid, e))
                 } else if e.is_file() && !e.path.starts_with("/memfd:") {
                     Target::Module(modules.intern(pid, e))
                 } else {
@@ -313,6 +318,20 @@ impl ProcessTable {
             }) => FrameRef::Elf {
                 module,
                 offset: addr - start + offset,
+            },
+            // ReadyToRun code: named by the runtime's jitdump, else shown as
+            // `[Assembly.dll+0xOFFSET]` (never read as ELF).
+            Some(ExecMapping {
+                start,
+                offset,
+                target: Target::Assembly(module),
+                ..
+            }) => match p.dotnet.as_mut().and_then(|d| d.lookup_precompiled(addr)) {
+                Some(name) => FrameRef::Managed(self.managed.intern(name)),
+                None => FrameRef::Elf {
+                    module,
+                    offset: addr - start + offset,
+                },
             },
             Some(ExecMapping {
                 target: Target::Vdso,
