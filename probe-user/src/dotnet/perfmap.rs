@@ -61,11 +61,10 @@ pub struct PerfMap {
 }
 
 impl PerfMap {
-    /// The perf map of `pid`, seen through the process's own root (containers).
-    pub fn for_pid(pid: u32) -> Self {
-        let mut map = Self::at(PathBuf::from(format!(
-            "/proc/{pid}/root/tmp/perf-{pid}.map"
-        )));
+    /// The perf map of `pid` in its temp folder `tmp` (as crossprof reaches it:
+    /// `/proc/PID/root/tmp` for a process in a container).
+    pub fn for_pid(pid: u32, tmp: &std::path::Path) -> Self {
+        let mut map = Self::at(tmp.join(format!("perf-{pid}.map")));
         map.not_before = process_start(pid);
         map
     }

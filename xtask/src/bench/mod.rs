@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: what crossprof costs the program it profiles and the machine.
 //!
-//! The workload is tests/fixtures/bench/cpu_bound.c: a fixed amount of CPU work that
-//! prints its own work time (CLOCK_MONOTONIC around the work only). Rounds alternate
+//! The native workload is tests/fixtures/bench/cpu_bound.c: a fixed amount of CPU
+//! work that prints its own work time (CLOCK_MONOTONIC around the work only). Rounds alternate
 //! plain runs and runs under `crossprof record --freq F` (F = 99 and 999 Hz, in a
 //! rotating order), and each figure is a median over the rounds:
 //!
@@ -14,6 +14,8 @@
 //! - samples received / expected, expected = F x the fixture's work seconds;
 //! - samples lost (summary.json `lost`);
 //! - stop to finished SVG (summary.json `stop_to_svg_ms`).
+//!
+//! The .NET figures come from [`dotnet`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -31,6 +33,8 @@ use crossprof_tests::{build_c, read_summary, target_dir};
 use serde_json::{Value, json};
 
 use crate::{build, cmd, say};
+
+mod dotnet;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -117,6 +121,8 @@ pub fn run(args: &Args) -> Result<()> {
     );
     let long = bench.profiled_rounds(FREQS[0], Some(LONG_RUN_ROUNDS))?;
 
+    let dotnet_figures = dotnet::figures(args.runs, &crossprof, &bench_dir)?;
+
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
     let long_cpu = long
@@ -148,6 +154,7 @@ pub fn run(args: &Args) -> Result<()> {
             goal: Goal::AtMost(64.0 * MIB),
         },
     );
+    figures.extend(dotnet_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();
@@ -346,6 +353,8 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
 enum Unit {
     /// A fraction shown as a signed percentage.
     Percent,
+    /// A share (0..1) shown as a percentage.
+    Share,
     /// A fraction of one core shown as a percentage.
     CorePercent,
     Ns,
@@ -359,6 +368,7 @@ impl Unit {
     fn show(self, v: f64) -> String {
         match self {
             Unit::Percent => format!("{:+.2}%", v * 100.0),
+            Unit::Share => format!("{:.1}%", v * 100.0),
             Unit::CorePercent => format!("{:.2}% of a core", v * 100.0),
             Unit::Ns => format!("{v:.0} ns"),
             Unit::Ms => format!("{v:.0} ms"),
@@ -370,7 +380,7 @@ impl Unit {
 
     fn name(self) -> &'static str {
         match self {
-            Unit::Percent => "fraction",
+            Unit::Percent | Unit::Share => "fraction",
             Unit::CorePercent => "cores",
             Unit::Ns => "ns",
             Unit::Ms => "ms",
@@ -383,6 +393,7 @@ impl Unit {
 
 enum Goal {
     AtMost(f64),
+    AtLeast(f64),
     Between(f64, f64),
     /// Reported for information, no goal.
     Info,
@@ -401,6 +412,7 @@ impl Figure {
         let v = self.measured;
         match self.goal {
             Goal::AtMost(max) => Some(v.is_some_and(|v| v <= max)),
+            Goal::AtLeast(min) => Some(v.is_some_and(|v| v >= min)),
             Goal::Between(lo, hi) => Some(v.is_some_and(|v| (lo..=hi).contains(&v))),
             Goal::Info => None,
         }
@@ -414,12 +426,13 @@ impl Figure {
     fn goal_text(&self) -> String {
         let show = |v: f64| match self.unit {
             // Goals read better without a sign.
-            Unit::Percent => format!("{:.0}%", v * 100.0),
+            Unit::Percent | Unit::Share => format!("{:.0}%", v * 100.0),
             Unit::MiB => format!("{:.0} MiB", v / MIB),
             unit => unit.show(v),
         };
         match self.goal {
             Goal::AtMost(max) => format!("<= {}", show(max)),
+            Goal::AtLeast(min) => format!(">= {}", show(min)),
             Goal::Between(lo, hi) => format!("{} .. {}", show(lo), show(hi)),
             Goal::Info => "(info)".to_owned(),
         }
@@ -436,6 +449,7 @@ impl Figure {
     fn to_json(&self) -> Value {
         let (max, min) = match self.goal {
             Goal::AtMost(max) => (Some(max), None),
+            Goal::AtLeast(min) => (None, Some(min)),
             Goal::Between(lo, hi) => (Some(hi), Some(lo)),
             Goal::Info => (None, None),
         };
