@@ -8,8 +8,10 @@
 //! so that a change on one side that the other side does not expect fails to compile.
 //!
 //! One module per runtime, mirrored in `probe-ebpf/src/` and `probe-user/src/`:
-//! [`native`] holds what every sample carries (ids, time, kernel and user stack).
+//! [`native`] holds what every sample carries (ids, time, kernel and user stack),
+//! [`dotnet`] how the kernel unwinds JIT-compiled .NET code.
 
+pub mod dotnet;
 pub mod native;
 
 /// Tag in the first 4 bytes of every ring-buffer record, so that later record kinds
@@ -62,6 +64,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     /// The perf_event program that samples on-CPU stacks.
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
+    /// `MANAGED_PIDS` (see [`crate::dotnet`]).
+    pub const MANAGED_PIDS: &str = "MANAGED_PIDS";
+    /// `CODE_PAGES` (see [`crate::dotnet`]).
+    pub const CODE_PAGES: &str = "CODE_PAGES";
 }
 
 /// Compiled-in size of the ring buffer; the collector sets the real size at load
@@ -102,10 +108,14 @@ pub enum Counter {
     UserStackError = 5,
     /// Samples of the idle task, skipped unless `include_idle` is set.
     Idle = 6,
+    /// User stacks walked with the JIT code table (.NET processes).
+    ManagedUnwinds = 7,
+    /// User stacks stopped after a leaf in a managed prolog or epilog.
+    ManagedLeafEdge = 8,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 9;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -117,6 +127,8 @@ impl Counter {
         Counter::KernelStackError,
         Counter::UserStackError,
         Counter::Idle,
+        Counter::ManagedUnwinds,
+        Counter::ManagedLeafEdge,
     ];
 
     /// A stable snake_case name for reports.
@@ -129,6 +141,8 @@ impl Counter {
             Counter::KernelStackError => "kernel_stack_errors",
             Counter::UserStackError => "user_stack_errors",
             Counter::Idle => "idle_skipped",
+            Counter::ManagedUnwinds => "managed_unwinds",
+            Counter::ManagedLeafEdge => "managed_leaf_in_prolog_or_epilog",
         }
     }
 

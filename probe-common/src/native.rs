@@ -12,6 +12,9 @@ pub const FLAG_USER_STACK_ERROR: u32 = 1 << 1;
 pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
 /// `SampleHeader::flags`: the kernel stack filled all [`MAX_FRAMES`] slots.
 pub const FLAG_KERNEL_TRUNCATED: u32 = 1 << 3;
+/// `SampleHeader::flags`: the user leaf was in a managed method's prolog or epilog,
+/// where its frame has no fixed shape; the stack stops after it.
+pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
 
 /// Fixed part of a CPU sample record. On the ring buffer it is followed by
 /// `kernel_frames` kernel addresses and then `user_frames` user addresses, each a

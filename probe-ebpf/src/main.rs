@@ -1,12 +1,14 @@
 //! crossprof's kernel programs.
 //!
 //! One module per runtime, mirroring `probe-common` and `probe-user`: [`native`]
-//! samples every CPU and records the kernel and frame-pointer user stacks.
+//! samples every CPU and records the kernel and frame-pointer user stacks;
+//! [`dotnet`] walks the user stacks of .NET processes through frameless JIT code.
 //! This file holds what the runtimes share: the maps, the configuration and the
 //! counters.
 #![no_std]
 #![no_main]
 
+mod dotnet;
 mod native;
 
 use aya_ebpf::{
@@ -44,6 +46,7 @@ static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 #[map]
 static SCRATCH: PerCpuArray<SampleScratch> = PerCpuArray::with_max_entries(1, 0);
 
+#[inline(always)]
 fn config() -> Config {
     // SAFETY: CONFIG is a plain-old-data global in .rodata; the volatile read keeps
     // the compiler from folding in the default value the collector overrides.
@@ -51,6 +54,7 @@ fn config() -> Config {
 }
 
 /// Adds one to `counter` on this CPU and returns the new value.
+#[inline(always)]
 fn count(counter: Counter) -> u64 {
     match COUNTERS.get_ptr_mut(counter as u32) {
         Some(slot) => {

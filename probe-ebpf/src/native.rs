@@ -55,7 +55,8 @@ pub fn sample(ctx: &PerfEventContext) {
 
     // A sample taken in user mode has no kernel stack: skip the helper call (and
     // the 1 KiB it zero-fills), a third of the program's cost.
-    let kernel_bytes = if in_user_mode(ctx) {
+    let in_user = in_user_mode(ctx);
+    let kernel_bytes = if in_user {
         0
     } else {
         // SAFETY: the buffer is STACK_BYTES long at the start of `ips`.
@@ -75,22 +76,39 @@ pub fn sample(ctx: &PerfEventContext) {
         FLAG_KERNEL_TRUNCATED,
     );
 
-    // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
-    // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
-    let user_bytes = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
-            STACK_BYTES,
-            BPF_F_USER_STACK as u64,
+    let user_frames = if crate::dotnet::is_managed(tgid) {
+        // JIT code: walked with the collector's table of frameless methods.
+        crate::dotnet::unwind_user(
+            ctx,
+            tgid,
+            in_user,
+            &mut scratch.ips,
+            kernel_frames,
+            &mut flags,
+        )
+    } else {
+        // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
+        // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
+        let user_bytes = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
+                STACK_BYTES,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        frames_in(
+            user_bytes,
+            &mut flags,
+            (FLAG_USER_STACK_ERROR, Counter::UserStackError),
+            FLAG_USER_TRUNCATED,
         )
     };
-    let user_frames = frames_in(
-        user_bytes,
-        &mut flags,
-        (FLAG_USER_STACK_ERROR, Counter::UserStackError),
-        FLAG_USER_TRUNCATED,
-    );
+    let user_frames = if user_frames > MAX_FRAMES {
+        MAX_FRAMES
+    } else {
+        user_frames
+    };
 
     // SAFETY: plain helper call with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use probe_common::native::{
-    FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+    FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR,
+    FLAG_USER_TRUNCATED,
 };
 
 use crate::{
@@ -77,6 +78,9 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
     } else {
         if sample.flags & FLAG_USER_TRUNCATED != 0 {
             frames.push(FrameRef::Marker(Marker::UserTruncated));
+        }
+        if sample.flags & FLAG_USER_LEAF_EDGE != 0 {
+            frames.push(FrameRef::Marker(Marker::LeafEdge));
         }
         for (i, &ip) in sample.user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));

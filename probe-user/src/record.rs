@@ -28,7 +28,7 @@ use crate::{
     aggregate::{Aggregator, sample_frames},
     cli::RecordArgs,
     decode::{Record, decode},
-    dotnet::eventpipe::GC_EVENT_DELAY_NS,
+    dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
     fold::{fold, write_folded},
     native::process::ProcessTable,
@@ -71,6 +71,10 @@ struct Pipeline {
     per_thread: bool,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
+    /// The kernel's tables for walking .NET stacks.
+    dotnet_tables: Option<KernelTables>,
+    /// The first failure to update them, reported once.
+    dotnet_tables_error: bool,
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
@@ -111,6 +115,13 @@ impl Pipeline {
             }
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
+        if let Some(tables) = self.dotnet_tables.as_mut()
+            && let Err(e) = self.procs.poll_dotnet_unwind(tables)
+            && !self.dotnet_tables_error
+        {
+            log::warn!("{e}: .NET stacks are walked by frame pointers only");
+            self.dotnet_tables_error = true;
+        }
         let fresh = self.agg.take_fresh();
         if !fresh.is_empty() {
             self.symbolizer.submit(&fresh, &self.procs.modules);
@@ -178,6 +189,7 @@ pub async fn record(args: RecordArgs) -> Result<i32, Error> {
 struct Started {
     sampler: Sampler,
     events: RingBuf<MapData>,
+    dotnet_tables: KernelTables,
     child: Option<tokio::process::Child>,
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
@@ -199,6 +211,7 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
         sampler.add_target(pid)?;
     }
     let events = sampler.take_events()?;
+    let dotnet_tables = sampler.take_dotnet_tables()?;
     sampler.attach()?;
     for &pid in pids {
         if !alive(pid) {
@@ -213,6 +226,7 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
     Ok(Started {
         sampler,
         events,
+        dotnet_tables,
         child,
         sigint,
         sigterm,
@@ -270,6 +284,7 @@ async fn run(
     let Started {
         mut sampler,
         events,
+        dotnet_tables,
         mut child,
         mut sigint,
         mut sigterm,
@@ -284,6 +299,7 @@ async fn run(
         })?;
     let mut pipeline = Pipeline {
         per_thread: args.per_thread,
+        dotnet_tables: Some(dotnet_tables),
         ..Pipeline::default()
     };
     let mut status = Status::new(args.quiet);
@@ -372,6 +388,8 @@ async fn run(
         decode_errors,
         per_thread: _,
         waiting: _,
+        dotnet_tables: _,
+        dotnet_tables_error: _,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;

@@ -170,6 +170,23 @@ impl Sampler {
         })
     }
 
+    /// The kernel's tables for walking .NET stacks (taken once).
+    pub fn take_dotnet_tables(
+        &mut self,
+    ) -> Result<crate::dotnet::unwind::KernelTables, SamplerError> {
+        let pids = take_map(&mut self.ebpf, names::MANAGED_PIDS)?;
+        let pages = take_map(&mut self.ebpf, names::CODE_PAGES)?;
+        let pids = BpfHashMap::try_from(pids).map_err(|source| SamplerError::Map {
+            name: names::MANAGED_PIDS,
+            source,
+        })?;
+        let pages = BpfHashMap::try_from(pages).map_err(|source| SamplerError::Map {
+            name: names::CODE_PAGES,
+            source,
+        })?;
+        Ok(crate::dotnet::unwind::KernelTables::new(pids, pages))
+    }
+
     /// The aya-log channel of the kernel programs, if they log.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()

@@ -40,6 +40,9 @@ pub enum Marker {
     KernelTruncated,
     /// The sample's .NET process was in a garbage-collection pause.
     Gc,
+    /// The user leaf was in a managed method's prolog or epilog: the stack stops
+    /// after it rather than guess.
+    LeafEdge,
 }
 
 impl Marker {
@@ -53,6 +56,7 @@ impl Marker {
             Marker::KernelStackError => "[truncated: kernel stack unreadable]",
             Marker::KernelTruncated => "[truncated: kernel stack deeper than 127 frames]",
             Marker::Gc => "[gc]",
+            Marker::LeafEdge => "[truncated: leaf in a managed prolog or epilog]",
         }
     }
 }

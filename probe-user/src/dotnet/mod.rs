@@ -32,8 +32,10 @@ pub mod eventpipe;
 pub mod ipc;
 pub mod jitdump;
 pub mod perfmap;
+pub mod unwind;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     thread::JoinHandle,
@@ -44,6 +46,7 @@ use eventpipe::{GcSession, TraceError};
 use ipc::IpcError;
 use jitdump::JitDump;
 use perfmap::PerfMap;
+use unwind::{CodeReader, CodeTable, KernelTables};
 
 /// The runtime found in a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,10 @@ pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Runtime> {
 /// its tail at most this often.
 const PERF_MAP_REFRESH: Duration = Duration::from_millis(20);
 
+/// New JIT methods are looked for, and their frame shapes given to the kernel, at
+/// most this often: the sooner, the fewer samples are walked without them.
+const UNWIND_POLL: Duration = Duration::from_millis(50);
+
 /// Whether crossprof turned a process's perf map on.
 #[derive(Debug)]
 enum Enabling {
@@ -139,6 +146,15 @@ pub struct DotnetProcess {
     /// Its runtime.
     pub runtime: Runtime,
     perf_map: PerfMap,
+    /// The frame shapes of its JIT methods, as given to the kernel.
+    code: CodeTable,
+    code_reader: CodeReader,
+    /// Methods whose prolog could not be read or decoded (unwound by `rbp`).
+    pub unknown_prologs: u64,
+    /// Frame sizes of each method's Tier-0 code, for the OSR code that replaces
+    /// it on the stack.
+    tier0_frames: HashMap<Arc<str>, Vec<u16>>,
+    unwind_polled: Instant,
     /// ReadyToRun code, named from the jitdump.
     jitdump: JitDump,
     jitdump_refreshed: Instant,
@@ -202,6 +218,11 @@ impl DotnetProcess {
             runtime,
             perf_map,
             jitdump: JitDump::at(tmp.join(format!("jit-{pid}.dump"))),
+            code: CodeTable::default(),
+            code_reader: CodeReader::open(pid),
+            unknown_prologs: 0,
+            tier0_frames: HashMap::new(),
+            unwind_polled: Instant::now() - UNWIND_POLL,
             jitdump_refreshed: Instant::now(),
             perf_map_found,
             enabling,
@@ -275,6 +296,54 @@ impl DotnetProcess {
             self.refreshed = Instant::now();
         }
         self.perf_map.lookup(addr)
+    }
+
+    /// Reads the methods the runtime compiled since the last call (rate-limited),
+    /// decodes their prologs and gives their frame shapes to the kernel.
+    pub fn poll_unwind(&mut self, tables: &mut KernelTables) -> Result<(), unwind::TableError> {
+        self.settle(false);
+        if self.unwind_polled.elapsed() < UNWIND_POLL {
+            return Ok(());
+        }
+        self.unwind_polled = Instant::now();
+        self.perf_map_found |= self.perf_map.refresh();
+        self.refreshed = Instant::now();
+        let mut changed = Vec::new();
+        for m in self.perf_map.take_fresh() {
+            let mut shape = self
+                .code_reader
+                .prolog(m.start, m.end - m.start)
+                .and_then(|code| unwind::decode_prolog(&code));
+            match shape {
+                Some(s) if m.tier0 && s.kind == unwind::Kind::Framed => {
+                    let sizes = self.tier0_frames.entry(m.name.clone()).or_default();
+                    if !sizes.contains(&s.body_cfa) {
+                        sizes.push(s.body_cfa);
+                    }
+                }
+                // OSR code runs on its Tier-0 frame: known only if that frame's
+                // size is one and only one.
+                Some(s) if s.kind == unwind::Kind::Osr => {
+                    shape = match self.tier0_frames.get(&m.name).map(Vec::as_slice) {
+                        Some(&[frame]) => unwind::osr_shape(s, frame),
+                        _ => None,
+                    };
+                }
+                _ => {}
+            }
+            match shape {
+                Some(shape) => changed.extend(self.code.add(m.start, m.end, shape)),
+                None => self.unknown_prologs += 1,
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        tables.write(self.pid, &self.code, &changed)
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The ReadyToRun method whose precompiled code holds `addr` (an address in a

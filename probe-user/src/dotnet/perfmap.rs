@@ -58,6 +58,22 @@ pub struct PerfMap {
     symbols: BTreeMap<u64, (u64, Arc<str>)>,
     /// Lines that did not parse (counted, never guessed at).
     pub bad_lines: u64,
+    /// Methods (not stubs) read since the last [`PerfMap::take_fresh`].
+    fresh: Vec<Method>,
+}
+
+/// A method's code as the perf map lists it.
+#[derive(Debug, Clone)]
+pub struct Method {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Its display name (see [`display_name`]).
+    pub name: Arc<str>,
+    /// Compiled at Tier 0 (`[QuickJitted]`, `[InstrumentedTier]`, `[MinOptJitted]`):
+    /// code an OSR method may replace on the stack.
+    pub tier0: bool,
 }
 
 impl PerfMap {
@@ -77,6 +93,7 @@ impl PerfMap {
             read_to: 0,
             symbols: BTreeMap::new(),
             bad_lines: 0,
+            fresh: Vec::new(),
         }
     }
 
@@ -115,15 +132,31 @@ impl PerfMap {
             let start = hex(fields.next()?)?;
             let size = hex(fields.next()?)?;
             let name = fields.next()?.trim();
-            (!name.is_empty() && size > 0).then(|| (start, start + size, display_name(name)))
+            (!name.is_empty() && size > 0).then(|| (start, start + size, name))
         })();
         match parsed {
-            Some((start, end, name)) => {
-                self.symbols.insert(start, (end, name.into()));
+            Some((start, end, raw)) => {
+                let name: Arc<str> = display_name(raw).into();
+                if !raw.starts_with("stub<") {
+                    self.fresh.push(Method {
+                        start,
+                        end,
+                        name: name.clone(),
+                        tier0: ["[QuickJitted]", "[InstrumentedTier]", "[MinOptJitted]"]
+                            .iter()
+                            .any(|t| raw.ends_with(t)),
+                    });
+                }
+                self.symbols.insert(start, (end, name));
             }
             None if line.trim().is_empty() => {}
             None => self.bad_lines += 1,
         }
+    }
+
+    /// The methods read since the last call (stubs left out).
+    pub fn take_fresh(&mut self) -> Vec<Method> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// Where the map is read from.

@@ -284,6 +284,22 @@ impl ProcessTable {
         self.threads.get(id)
     }
 
+    /// Gives the kernel the frame shapes of every .NET process's new JIT methods.
+    /// The first failure is returned (the rest are alike).
+    pub fn poll_dotnet_unwind(
+        &mut self,
+        tables: &mut crate::dotnet::unwind::KernelTables,
+    ) -> Result<(), crate::dotnet::unwind::TableError> {
+        let mut result = Ok(());
+        for dn in self.procs.values_mut().filter_map(|p| p.dotnet.as_mut()) {
+            let r = dn.poll_unwind(tables);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
     /// Turns off every perf map crossprof turned on, and removes the file the
     /// runtime wrote for it, leaving the process as it was.
     pub fn release_dotnet(&mut self) {
