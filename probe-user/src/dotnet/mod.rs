@@ -23,10 +23,14 @@
 //!   says why that mechanism); samples taken in one get a `[gc]` frame under the
 //!   process, and the summary has the process's GC figures.
 //!
-//! Not done yet (issue #3): unwinding frameless Tier-1 methods (frame pointers
-//! alone skip their caller: this needs the table-driven unwinder of issue #5, fed
-//! with the JIT's unwind info); ReadyToRun names on 3.1 and in processes whose
-//! maps the user turned on without the jitdump (parse the R2R image itself).
+//! - Unwinding: the JIT omits the frame pointer in small methods, and OSR code
+//!   runs on its Tier-0 frame; frame pointers alone then skip or invent callers.
+//!   The kernel walks .NET stacks with per-page tables of each JIT method's frame
+//!   shape, decoded here from its prolog ([`unwind`]).
+//!
+//! Not done yet (issue #3): ReadyToRun names on 3.1 and in processes whose maps
+//! the user turned on without the jitdump (parse the R2R image itself); names for
+//! the stripped runtime (`libcoreclr.so`), which need Microsoft's symbol files.
 
 pub mod eventpipe;
 pub mod ipc;
