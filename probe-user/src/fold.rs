@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, io};
 use crate::{
     aggregate::StackKey,
     native::process::ProcessTable,
-    symbolize::{Names, sanitize},
+    symbolize::{FrameRef, Names, sanitize},
 };
 
 /// inferno's annotation for kernel frames.
@@ -40,13 +40,19 @@ pub fn fold<'a>(
             line.push_str(&names.display(frame, procs));
             if frame.is_kernel() {
                 line.push_str(KERNEL_SUFFIX);
-            } else if frame.is_managed() {
+            } else if frame.is_managed() || is_named_assembly_code(frame, names, procs) {
                 line.push_str(JIT_SUFFIX);
             }
         }
         *folded.entry(line).or_insert(0) += count;
     }
     folded
+}
+
+/// ReadyToRun code named from its assembly: managed code like JIT code.
+fn is_named_assembly_code(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
+    matches!(frame, FrameRef::Elf { module, .. }
+        if procs.modules.get(module).is_assembly() && names.has(frame))
 }
 
 /// Writes `folded` as text, one `stack COUNT` line each.

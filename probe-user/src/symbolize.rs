@@ -14,9 +14,12 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::native::{
-    process::{ModuleTable, ProcessTable},
-    symbols::NativeSymbols,
+use crate::{
+    dotnet::r2r::R2rImage,
+    native::{
+        process::{ModuleTable, ProcessTable},
+        symbols::NativeSymbols,
+    },
 };
 
 /// Index of a mapped file in the [`ModuleTable`].
@@ -135,6 +138,11 @@ impl Names {
         }
     }
 
+    /// Was `frame` named?
+    pub fn has(&self, frame: FrameRef) -> bool {
+        self.names.contains_key(&frame)
+    }
+
     /// Number of named frames.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -159,6 +167,12 @@ pub fn sanitize(name: &str) -> Cow<'_, str> {
 enum Job {
     Kernel(Vec<u64>),
     Elf {
+        module: ModuleId,
+        path: PathBuf,
+        offsets: Vec<u64>,
+    },
+    /// A .NET assembly (PE file): its ReadyToRun code (see `dotnet::r2r`).
+    Assembly {
         module: ModuleId,
         path: PathBuf,
         offsets: Vec<u64>,
@@ -191,6 +205,7 @@ impl SymbolizerThread {
             .name("crossprof-sym".into())
             .spawn(move || {
                 let native = NativeSymbols::new();
+                let mut assemblies: HashMap<PathBuf, Option<R2rImage>> = HashMap::new();
                 for job in job_rx {
                     let batch: Batch = match job {
                         Job::Kernel(addrs) => {
@@ -207,6 +222,29 @@ impl SymbolizerThread {
                                 .into_iter()
                                 .map(|offset| FrameRef::Elf { module, offset })
                                 .zip(names)
+                                .collect()
+                        }
+                        Job::Assembly {
+                            module,
+                            path,
+                            offsets,
+                        } => {
+                            // Read once per file; a file that is not a ReadyToRun
+                            // image names nothing.
+                            let image = assemblies.entry(path).or_insert_with_key(|path| {
+                                std::fs::read(path)
+                                    .ok()
+                                    .and_then(|data| R2rImage::parse(&data).ok())
+                            });
+                            offsets
+                                .into_iter()
+                                .map(|offset| {
+                                    let name = image
+                                        .as_ref()
+                                        .and_then(|i| i.name_at_file_offset(offset))
+                                        .map(str::to_owned);
+                                    (FrameRef::Elf { module, offset }, name)
+                                })
                                 .collect()
                         }
                     };
@@ -242,12 +280,22 @@ impl SymbolizerThread {
             let _ = jobs.send(Job::Kernel(kernel));
         }
         for (module, offsets) in per_module {
-            let path = modules.get(module).open_path.clone();
-            let _ = jobs.send(Job::Elf {
-                module,
-                path,
-                offsets,
-            });
+            let m = modules.get(module);
+            let path = m.open_path.clone();
+            let job = if m.is_assembly() {
+                Job::Assembly {
+                    module,
+                    path,
+                    offsets,
+                }
+            } else {
+                Job::Elf {
+                    module,
+                    path,
+                    offsets,
+                }
+            };
+            let _ = jobs.send(job);
         }
     }
 

@@ -36,6 +36,7 @@ pub mod eventpipe;
 pub mod ipc;
 pub mod jitdump;
 pub mod perfmap;
+pub mod r2r;
 pub mod unwind;
 
 use std::{

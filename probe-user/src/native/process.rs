@@ -34,6 +34,13 @@ pub struct Module {
     _handle: Option<File>,
 }
 
+impl Module {
+    /// A .NET assembly (a PE `*.dll` the runtime maps), not an ELF object.
+    pub fn is_assembly(&self) -> bool {
+        self.name.ends_with(".dll")
+    }
+}
+
 /// Interns mapped files by device and inode.
 #[derive(Debug, Default)]
 pub struct ModuleTable {
