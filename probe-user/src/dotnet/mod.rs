@@ -11,7 +11,8 @@
 //!   .NET 7) the executable view is `/memfd:doublemapper (deleted)`. Such addresses
 //!   are never read as ELF: they are looked up in the perf map ([`perfmap`]).
 //! - ReadyToRun code runs from the framework's PE files (`*.dll` mappings); it is
-//!   named from the runtime's jitdump ([`jitdump`]), the only map that lists it.
+//!   named from the runtime's jitdump ([`jitdump`]), the only map that lists it,
+//!   and else from the assembly file itself ([`r2r`]; .NET Core 3.1).
 //! - The maps are written when `DOTNET_PerfMapEnabled` (`COMPlus_PerfMapEnabled`
 //!   before .NET 5) is set, or — on .NET 8+ — after crossprof asks for them through
 //!   the diagnostics IPC ([`ipc`]) when it first sees the process, on a thread of
@@ -28,9 +29,9 @@
 //!   The kernel walks .NET stacks with per-page tables of each JIT method's frame
 //!   shape, decoded here from its prolog ([`unwind`]).
 //!
-//! Not done yet (issue #3): ReadyToRun names on 3.1 and in processes whose maps
-//! the user turned on without the jitdump (parse the R2R image itself); names for
-//! the stripped runtime (`libcoreclr.so`), which need Microsoft's symbol files.
+//! Not done yet (issue #3): names for the stripped runtime (`libcoreclr.so`),
+//! which need Microsoft's symbol files; unwinding precompiled (R2R) code by its
+//! own unwind info (its frameless methods are walked by frame pointers).
 
 pub mod eventpipe;
 pub mod ipc;

@@ -19,10 +19,17 @@
 //!   its TypeDef (the type whose `MethodList` range holds it), nested types through
 //!   `NestedClass` as `Outer+Inner`, as the runtime's own maps print them.
 //!
-//! Methods of generic types live in section 109, a hash table of signatures; they
-//! are not read here, and an address in code this file cannot attribute to a
-//! method of section 103 stays unnamed (`[Assembly.dll+0xOFFSET]`), never given a
-//! neighbour's name.
+//! - Methods of generic types and generic methods live in section 109, a
+//!   NativeHashtable whose entries are R2R method signatures (flags, owner type,
+//!   MethodDef token, instantiation) followed by the same entry point: the
+//!   signature is skipped to reach it, and the MethodDef names it
+//!   (``System.Collections.Generic.List`1::AddWithResize``, without the
+//!   instantiation).
+//!
+//! An address in code no entry point claims (a funclet, a method named through a
+//! MemberRef) stays unnamed (`[Assembly.dll+0xOFFSET]`), never given a
+//! neighbour's name. Composite images (one `*.r2r.dll` for many assemblies) are
+//! not read.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -62,6 +69,7 @@ fn u32_at(d: &[u8], at: usize) -> Result<u32, R2rError> {
 const RTR_SIGNATURE: u32 = 0x0052_5452;
 const SECTION_RUNTIME_FUNCTIONS: u32 = 102;
 const SECTION_METHODDEF_ENTRYPOINTS: u32 = 103;
+const SECTION_INSTANCE_METHOD_ENTRYPOINTS: u32 = 109;
 
 impl R2rImage {
     /// Reads the assembly file `d`.
@@ -102,13 +110,14 @@ impl R2rImage {
             return Err(R2rError("no READYTORUN_HEADER"));
         }
         let n = u32_at(d, header + 12)? as usize;
-        let (mut functions, mut entry_points) = (None, None);
+        let (mut functions, mut entry_points, mut instances) = (None, None, None);
         for i in 0..n.min(256) {
             let s = header + 16 + 12 * i;
             let (kind, rva, size) = (u32_at(d, s)?, u32_at(d, s + 4)?, u32_at(d, s + 8)?);
             match kind {
                 SECTION_RUNTIME_FUNCTIONS => functions = Some((img.off(rva)?, size as usize / 12)),
                 SECTION_METHODDEF_ENTRYPOINTS => entry_points = Some(rva),
+                SECTION_INSTANCE_METHOD_ENTRYPOINTS => instances = Some(rva),
                 _ => {}
             }
         }
@@ -116,13 +125,18 @@ impl R2rImage {
         let entry_points = entry_points.ok_or(R2rError("no method entry points"))?;
         let names = MetadataNames::parse(d, metadata)?;
         let array = NativeArray::new(&img, d, entry_points)?;
-        for rid in 1..=names.method_count() {
-            let Some(mut at) = array.get(&img, d, rid - 1) else {
-                continue; // not precompiled
-            };
+        // (MethodDef rid, RVA of its entry-point blob), plain methods first, then
+        // generic instantiations.
+        let mut entries: Vec<(u32, u32)> = (1..=names.method_count())
+            .filter_map(|rid| Some((rid, array.get(&img, d, rid - 1)?)))
+            .collect();
+        if let Some(rva) = instances {
+            entries.extend(instance_entries(&img, d, rva)?);
+        }
+        for (rid, mut at) in entries {
             let id = decode_unsigned(&img, d, &mut at)?;
             let index = if id & 1 != 0 { id >> 2 } else { id >> 1 } as usize;
-            if index >= n_functions {
+            if index >= n_functions || rid == 0 || rid > names.method_count() {
                 continue;
             }
             let f = functions + 12 * index;
@@ -132,6 +146,7 @@ impl R2rImage {
             }
         }
         img.methods.sort_by_key(|m| m.0);
+        img.methods.dedup_by_key(|m| m.0);
         Ok(img)
     }
 
@@ -200,6 +215,188 @@ fn decode_unsigned(img: &R2rImage, d: &[u8], at: &mut u32) -> Result<u32, R2rErr
     };
     *at += len;
     Ok(value)
+}
+
+/// NativeFormat's signed variable-length integer at RVA `*at`.
+fn decode_signed(img: &R2rImage, d: &[u8], at: &mut u32) -> Result<i32, R2rError> {
+    let p = img.off(*at)?;
+    let b0 = u32::from(*d.get(p).ok_or(R2rError("truncated varint"))?);
+    let len = [1, 2, 3, 4, 5][(b0.trailing_ones() as usize).min(4)];
+    let mut at2 = *at;
+    let value = decode_unsigned(img, d, &mut at2)?;
+    *at = at2;
+    // Sign-extend from the value's width: 7, 14, 21, 28 or 32 bits.
+    let bits = [7, 14, 21, 28, 32][len - 1];
+    Ok(if bits == 32 {
+        value as i32
+    } else {
+        ((value << (32 - bits)) as i32) >> (32 - bits)
+    })
+}
+
+/// `(MethodDef rid, entry-point RVA)` of every method instantiation in the
+/// InstanceMethodEntryPoints hash table (NativeFormat `NativeHashtable`: a byte
+/// header, bucket offsets, then per bucket `u8 low hash, signed relative offset`
+/// entries, each pointing at an R2R method signature followed by the entry point).
+fn instance_entries(img: &R2rImage, d: &[u8], rva: u32) -> Result<Vec<(u32, u32)>, R2rError> {
+    let header = u32::from(
+        *d.get(img.off(rva)?)
+            .ok_or(R2rError("truncated hash table"))?,
+    );
+    let base = rva + 1;
+    let buckets = 1u32 << (header >> 2);
+    let index_size = 1u32 << (header & 3);
+    let bucket_at = |b: u32| -> Result<u32, R2rError> {
+        let p = img.off(base + b * index_size)?;
+        Ok(match index_size {
+            1 => u32::from(*d.get(p).ok_or(R2rError("truncated hash table"))?),
+            2 => u32::from(u16_at(d, p)?),
+            _ => u32_at(d, p)?,
+        })
+    };
+    let mut out = Vec::new();
+    for b in 0..buckets.min(1 << 24) {
+        let (mut at, end) = (base + bucket_at(b)?, base + bucket_at(b + 1)?);
+        while at < end {
+            at += 1; // low hash byte
+            let from = at;
+            let delta = decode_signed(img, d, &mut at)?;
+            let blob = from.wrapping_add_signed(delta);
+            let mut sig = Sig { img, d, at: blob };
+            if let Ok(Some(rid)) = sig.method() {
+                out.push((rid, sig.at));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An R2R method signature (`src/coreclr/inc/readytorun.h` ReadyToRunMethodSigFlags,
+/// ECMA-335 II.23.2 compressed integers and type signatures).
+struct Sig<'a> {
+    img: &'a R2rImage,
+    d: &'a [u8],
+    at: u32,
+}
+
+const SIG_METHOD_INSTANTIATION: u32 = 0x04;
+const SIG_SLOT_INSTEAD_OF_TOKEN: u32 = 0x08;
+const SIG_MEMBER_REF_TOKEN: u32 = 0x10;
+const SIG_CONSTRAINED: u32 = 0x20;
+const SIG_OWNER_TYPE: u32 = 0x40;
+const SIG_UPDATE_CONTEXT: u32 = 0x80;
+
+impl Sig<'_> {
+    fn byte(&mut self) -> Result<u8, R2rError> {
+        let b = *self
+            .d
+            .get(self.img.off(self.at)?)
+            .ok_or(R2rError("truncated signature"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    /// ECMA-335 compressed unsigned integer.
+    fn data(&mut self) -> Result<u32, R2rError> {
+        let b0 = u32::from(self.byte()?);
+        Ok(if b0 & 0x80 == 0 {
+            b0
+        } else if b0 & 0xC0 == 0x80 {
+            ((b0 & 0x3F) << 8) | u32::from(self.byte()?)
+        } else if b0 & 0xE0 == 0xC0 {
+            let mut v = b0 & 0x1F;
+            for _ in 0..3 {
+                v = (v << 8) | u32::from(self.byte()?);
+            }
+            v
+        } else {
+            return Err(R2rError("bad compressed integer"));
+        })
+    }
+
+    /// The MethodDef rid the signature names (None for a MemberRef or a slot),
+    /// leaving `at` on what follows it.
+    fn method(&mut self) -> Result<Option<u32>, R2rError> {
+        let flags = self.data()?;
+        if flags & SIG_UPDATE_CONTEXT != 0 {
+            self.data()?; // module
+        }
+        if flags & SIG_OWNER_TYPE != 0 {
+            self.skip_type(0)?;
+        }
+        let token = self.data()?;
+        if flags & SIG_METHOD_INSTANTIATION != 0 {
+            for _ in 0..self.data()?.min(64) {
+                self.skip_type(0)?;
+            }
+        }
+        if flags & SIG_CONSTRAINED != 0 {
+            self.skip_type(0)?;
+        }
+        let plain = flags & (SIG_SLOT_INSTEAD_OF_TOKEN | SIG_MEMBER_REF_TOKEN) == 0;
+        Ok(plain.then_some(token))
+    }
+
+    /// Skips one type signature.
+    fn skip_type(&mut self, depth: u32) -> Result<(), R2rError> {
+        if depth > 32 {
+            return Err(R2rError("signature nested too deep"));
+        }
+        match self.byte()? {
+            // void .. string, typedref, native ints, object; R2R's __Canon
+            0x01..=0x0E | 0x16 | 0x18 | 0x19 | 0x1C | 0x3E => {}
+            // pointer, byref, szarray, pinned; R2R's native value type
+            0x0F | 0x10 | 0x1D | 0x45 | 0x3D => self.skip_type(depth + 1)?,
+            // valuetype / class token
+            0x11 | 0x12 => {
+                self.data()?;
+            }
+            // generic parameter number
+            0x13 | 0x1E => {
+                self.data()?;
+            }
+            // array: type, rank, sizes, lower bounds
+            0x14 => {
+                self.skip_type(depth + 1)?;
+                self.data()?;
+                for _ in 0..2 {
+                    for _ in 0..self.data()?.min(64) {
+                        self.data()?;
+                    }
+                }
+            }
+            // generic instantiation: type, count, arguments
+            0x15 => {
+                self.skip_type(depth + 1)?;
+                for _ in 0..self.data()?.min(64) {
+                    self.skip_type(depth + 1)?;
+                }
+            }
+            // function pointer: calling convention, [generic count], count, return, params
+            0x1B => {
+                let conv = self.byte()?;
+                if conv & 0x10 != 0 {
+                    self.data()?;
+                }
+                let n = self.data()?.min(64);
+                for _ in 0..=n {
+                    self.skip_type(depth + 1)?;
+                }
+            }
+            // custom modifiers: token, then the type
+            0x1F | 0x20 => {
+                self.data()?;
+                self.skip_type(depth + 1)?;
+            }
+            // R2R's module override: module index, then the type
+            0x3F => {
+                self.data()?;
+                self.skip_type(depth + 1)?;
+            }
+            _ => return Err(R2rError("unknown element type")),
+        }
+        Ok(())
+    }
 }
 
 /// NativeFormat's sparse array: a block index, then a bit tree per 16 entries.
@@ -540,6 +737,9 @@ mod tests {
             "System.String::Concat",
             "System.Collections.HashHelpers::GetPrime",
             "System.Number::FormatInt32",
+            // Methods of generic types: only in InstanceMethodEntryPoints.
+            "System.Collections.Generic.List`1::AddWithResize",
+            "System.Collections.Generic.Dictionary`2::TryInsert",
         ] {
             assert!(names.contains(known), "{known} not named");
         }
