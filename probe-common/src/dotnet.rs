@@ -23,6 +23,9 @@ pub const CODE_FRAMED: u8 = 1 << 0;
 /// its Tier-0 frame: the CFA of that frame is `rbp + body_cfa`, with the return
 /// address at CFA - 8 and the caller's `rbp` at CFA - 16.
 pub const CODE_OSR: u8 = 1 << 1;
+/// `CodeEntry::flags`: the method started in an earlier page (prolog offsets are
+/// not from this entry's start).
+pub const CODE_CONT: u8 = 1 << 2;
 
 /// Key of `CODE_PAGES`.
 #[repr(C)]
@@ -56,10 +59,29 @@ pub struct CodeEntry {
     pub prolog_len: u8,
     /// `CODE_*` bits.
     pub flags: u8,
+    /// Offset from the method's start (0 when the prolog is in an earlier
+    /// page) of the end of its `sub rsp, N`, or 0 if none: a leaf in the prolog at
+    /// or after it has the whole frame below its CFA.
+    pub sub_end: u8,
     /// Always 0.
-    pub pad: u16,
+    pub pad: u8,
+    /// Offsets from the method's start of the end of each `push` in its prolog
+    /// (0 = none): a leaf in the prolog has 8 bytes below its CFA per push done.
+    pub push_ends: [u8; PROLOG_PUSHES],
+    /// Always 0.
+    pub pad2: u8,
 }
-const _: () = assert!(core::mem::size_of::<CodeEntry>() == 12);
+const _: () = assert!(core::mem::size_of::<CodeEntry>() == 20);
+
+/// Pushes of a prolog the kernel can replay.
+pub const PROLOG_PUSHES: usize = 7;
+
+/// Bytes of code per [`CodePage::slots`] element.
+pub const SLOT_SHIFT: u32 = 4;
+/// [`CodePage::slots`] elements: one per 16 bytes of the page.
+pub const PAGE_SLOTS: usize = 1 << (PAGE_SHIFT - SLOT_SHIFT);
+/// [`CodePage::slots`]: no entry starts in or before the slot.
+pub const NO_ENTRY: u8 = 0xFF;
 
 /// The methods of one page, sorted by `start`.
 #[repr(C)]
@@ -71,8 +93,13 @@ pub struct CodePage {
     pub pad: u32,
     /// `entries[..count]`, sorted by `start`, not overlapping.
     pub entries: [CodeEntry; PAGE_ENTRIES],
+    /// Per 16 bytes of the page, the last entry that starts before the slot's
+    /// end ([`NO_ENTRY`] if none): the entry holding an address is that one or
+    /// the one before it, found without a search (the kernel program has no
+    /// loop to spare).
+    pub slots: [u8; PAGE_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<CodePage>() == 8 + 12 * PAGE_ENTRIES);
+const _: () = assert!(core::mem::size_of::<CodePage>() == 8 + 20 * PAGE_ENTRIES + PAGE_SLOTS);
 
 impl Default for CodePage {
     fn default() -> Self {
@@ -80,6 +107,24 @@ impl Default for CodePage {
             count: 0,
             pad: 0,
             entries: [CodeEntry::default(); PAGE_ENTRIES],
+            slots: [NO_ENTRY; PAGE_SLOTS],
+        }
+    }
+}
+
+impl CodePage {
+    /// Recomputes [`CodePage::slots`] from the entries.
+    pub fn index_slots(&mut self) {
+        let n = (self.count as usize).min(PAGE_ENTRIES);
+        let mut e = 0usize;
+        let mut last = NO_ENTRY;
+        for (slot, value) in self.slots.iter_mut().enumerate() {
+            let slot_end = ((slot + 1) << SLOT_SHIFT) as u32;
+            while e < n && u32::from(self.entries[e].start) < slot_end {
+                last = e as u8;
+                e += 1;
+            }
+            *value = last;
         }
     }
 }

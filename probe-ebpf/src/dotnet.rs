@@ -24,8 +24,8 @@ use aya_ebpf::{
 use probe_common::{
     Counter,
     dotnet::{
-        CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, MAX_CODE_PAGES, MAX_MANAGED_PIDS, PAGE_ENTRIES,
-        PAGE_SHIFT, PageKey,
+        CODE_CONT, CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, MAX_CODE_PAGES, MAX_MANAGED_PIDS,
+        NO_ENTRY, PAGE_ENTRIES, PAGE_SHIFT, PAGE_SLOTS, PROLOG_PUSHES, PageKey, SLOT_SHIFT,
     },
     native::{FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES},
 };
@@ -89,6 +89,8 @@ struct Found {
     body_cfa: u64,
     bp_slot: u64,
     flags: u8,
+    /// The entry, for a leaf's prolog replay.
+    entry: &'static CodeEntry,
 }
 
 /// The listed method part holding `ip` of `tgid`, if any.
@@ -100,34 +102,51 @@ fn find(tgid: u32, ip: u64) -> Option<Found> {
         page: ip >> PAGE_SHIFT,
     };
     // SAFETY: the value is only read, field by field.
-    let page = unsafe { CODE_PAGES.get(key) }?;
+    let page: &'static CodePage = unsafe { CODE_PAGES.get(key) }?;
     let off = (ip & ((1 << PAGE_SHIFT) - 1)) as u32;
-    let count = page.count;
-    // The last entry that starts at or before `off` may hold it. A linear scan:
-    // the verifier checks it in one pass per entry, where a binary search's
-    // precise bounds multiply its states past its limit.
-    let mut hit = PAGE_ENTRIES;
-    for i in 0..PAGE_ENTRIES {
-        if i as u32 >= count || u32::from(page.entries[i].start) > off {
-            break;
-        }
-        hit = i;
-    }
-    if hit >= PAGE_ENTRIES {
+    // The slot index names the last entry starting before this 16-byte slot
+    // ends: it holds `off`, or, if it starts after `off`, the one before does.
+    let last = page.slots[(off >> SLOT_SHIFT) as usize & (PAGE_SLOTS - 1)];
+    if last == NO_ENTRY || u32::from(last) >= page.count {
         return None;
+    }
+    let mut hit = usize::from(last) & (PAGE_ENTRIES - 1);
+    if u32::from(page.entries[hit].start) > off {
+        if hit == 0 {
+            return None;
+        }
+        hit = (hit - 1) & (PAGE_ENTRIES - 1);
     }
     let e: &CodeEntry = &page.entries[hit];
     let start = u32::from(e.start);
     if off >= start + u32::from(e.len) {
         return None;
     }
+    let off = off - start;
     Some(Found {
-        off: off - start,
+        off,
         prolog_len: u32::from(e.prolog_len),
         body_cfa: u64::from(e.body_cfa),
         bp_slot: u64::from(e.bp_slot),
         flags: e.flags,
+        entry: e,
     })
+}
+
+/// Bytes a prolog has pushed or allocated before offset `off`: 8 per push that
+/// ended at or before it, or the whole frame once its `sub rsp` has.
+#[inline(always)]
+fn prolog_below(e: &CodeEntry, off: u32) -> u64 {
+    if e.sub_end != 0 && u32::from(e.sub_end) <= off {
+        return u64::from(e.body_cfa) - 8;
+    }
+    // Branch-free, so that the verifier sees one path, not one per push.
+    let mut pushes = 0u64;
+    for k in 0..PROLOG_PUSHES {
+        let end = u32::from(e.push_ends[k]);
+        pushes += u64::from(end != 0) & u64::from(end <= off);
+    }
+    8 * pushes
 }
 
 /// Is the instruction at `ip` part of an epilog: `ret`, a `pop`, `add rsp, N`,
@@ -144,6 +163,141 @@ fn at_epilog(ip: u64) -> bool {
         || (b0 == 0x48 && matches!(b1, 0x83 | 0x81) && b2 == 0xC4)
         || (b0 == 0x48 && b1 == 0x8D && (b2 & 0x38) == 0x20)
         || (b0 == 0xC5 && b1 == 0xF8 && b2 == 0x77)
+}
+
+/// Reads 32 code bytes at `addr`.
+#[inline(always)]
+fn code_bytes(addr: u64) -> Option<[u8; 32]> {
+    // SAFETY: the user-read helper checks the address and fails on a fault.
+    unsafe { bpf_probe_read_user(addr as *const [u8; 32]) }.ok()
+}
+
+/// The CFA of a leaf stopped at `ip` in an epilog (`[vzeroupper] [add rsp, N |
+/// lea rsp, [rbp + d]] pop... ret`), and where the caller's `rbp` was saved if
+/// a `pop rbp` is still to come.
+#[inline(always)]
+fn in_epilog(ip: u64, sp: u64, bp: u64) -> Option<(u64, Option<u64>)> {
+    let b = code_bytes(ip)?;
+    let mut pos = 0usize;
+    let mut base = sp;
+    if b[0] == 0xC5 && b[1] == 0xF8 && b[2] == 0x77 {
+        pos = 3;
+    }
+    let (b0, b1, b2) = (b[pos & 31], b[(pos + 1) & 31], b[(pos + 2) & 31]);
+    if b0 == 0x48 && b1 == 0x83 && b2 == 0xC4 {
+        base += u64::from(b[(pos + 3) & 31]);
+        pos += 4;
+    } else if b0 == 0x48 && b1 == 0x81 && b2 == 0xC4 {
+        let imm = u32::from_le_bytes([
+            b[(pos + 3) & 31],
+            b[(pos + 4) & 31],
+            b[(pos + 5) & 31],
+            b[(pos + 6) & 31],
+        ]);
+        base += u64::from(imm);
+        pos += 7;
+    } else if b0 == 0x48 && b1 == 0x8D && b2 == 0x65 {
+        // lea rsp, [rbp + disp8]
+        base = bp.wrapping_add(b[(pos + 3) & 31] as i8 as u64);
+        pos += 4;
+    }
+    let mut saved_bp = None;
+    for _ in 0..8 {
+        let (b0, b1) = (b[pos & 31], b[(pos + 1) & 31]);
+        if (0x58..=0x5F).contains(&b0) {
+            if b0 == 0x5D {
+                saved_bp = Some(base);
+            }
+            base += 8;
+            pos += 1;
+        } else if b0 == 0x41 && (0x58..=0x5F).contains(&b1) {
+            base += 8;
+            pos += 2;
+        } else {
+            break;
+        }
+        if pos >= 30 {
+            return None;
+        }
+    }
+    // The epilog must end here, returning (or tail-calling).
+    (b[pos & 31] == 0xC3 || b[pos & 31] == 0xE9).then_some((base + 8, saved_bp))
+}
+
+/// One step from a frame at `ip` (a return address unless `leaf`) with its `sp`
+/// and `bp` to its caller's `(ip, sp, bp)`; `None` ends the walk, and `Err(())`
+/// ends it flagged (a leaf in a prolog or epilog that cannot be replayed).
+#[inline(always)]
+fn step(tgid: u32, leaf: bool, ip: u64, sp: u64, bp: u64) -> Result<Option<(u64, u64, u64)>, ()> {
+    // A return address is the instruction after the call: look up the call.
+    let at = if leaf { ip } else { ip - 1 };
+    if let Some(e) = find(tgid, at) {
+        if e.flags & CODE_OSR != 0 {
+            // The Tier-0 frame under the OSR code: CFA from rbp.
+            let cfa = bp + e.body_cfa;
+            let (Some(ra), Some(saved_bp)) = (read_user(cfa - 8), read_user(cfa - 16)) else {
+                return Ok(None);
+            };
+            return Ok(Some((ra, cfa, saved_bp)));
+        }
+        if leaf {
+            // A leaf in a prolog or an epilog: its frame is half built or half
+            // torn down. Replay what the instructions did; give up, flagged,
+            // when they are not the JIT's usual ones.
+            let edge = if e.off < e.prolog_len {
+                // Prolog offsets are from the method's start: not known in a page
+                // the method only continues into.
+                if e.flags & CODE_CONT != 0 {
+                    return Err(());
+                }
+                Some((sp + prolog_below(e.entry, e.off) + 8, None))
+            } else if at_epilog(ip) {
+                match in_epilog(ip, sp, bp) {
+                    Some(found) => Some(found),
+                    None => return Err(()),
+                }
+            } else {
+                None
+            };
+            if let Some((cfa, saved_bp_at)) = edge {
+                let Some(ra) = read_user(cfa - 8) else {
+                    return Ok(None);
+                };
+                let bp = match saved_bp_at {
+                    Some(at) => match read_user(at) {
+                        Some(v) => v,
+                        None => return Ok(None),
+                    },
+                    None => bp,
+                };
+                return Ok(Some((ra, cfa, bp)));
+            }
+        }
+        if e.flags & CODE_FRAMED == 0 {
+            let cfa = sp + e.body_cfa;
+            let Some(ra) = read_user(cfa - 8) else {
+                return Ok(None);
+            };
+            let bp = if e.bp_slot != 0 {
+                match read_user(cfa - e.bp_slot) {
+                    Some(v) => v,
+                    None => return Ok(None),
+                }
+            } else {
+                bp
+            };
+            return Ok(Some((ra, cfa, bp)));
+        }
+    }
+    // The frame-pointer step: [bp] is the caller's bp, [bp + 8] the return
+    // address. A bp below sp or misaligned is not a frame: the walk ends.
+    if bp < sp || bp & 7 != 0 {
+        return Ok(None);
+    }
+    let (Some(ra), Some(next_bp)) = (read_user(bp + 8), read_user(bp)) else {
+        return Ok(None);
+    };
+    Ok(Some((ra, bp + 16, next_bp)))
 }
 
 /// Walks the user stack of `tgid` into `ips[first..]`, leaf first; returns the
@@ -163,60 +317,32 @@ pub fn unwind_user(
         count(Counter::UserStackError);
         return 0;
     };
-    let mut n = 0usize;
-    for i in 0..MAX_FRAMES {
+    if first >= MAX_FRAMES || ip == 0 {
+        return 0;
+    }
+    // The leaf, on its own: the prolog and epilog replays are checked once.
+    ips[first] = ip;
+    match step(tgid, true, ip, sp, bp) {
+        Ok(Some(next)) => (ip, sp, bp) = next,
+        Ok(None) => return 1,
+        Err(()) => {
+            *flags |= FLAG_USER_LEAF_EDGE;
+            count(Counter::ManagedLeafEdge);
+            return 1;
+        }
+    }
+    let mut n = 1usize;
+    for i in 1..MAX_FRAMES {
         let idx = first + i;
         if idx >= 2 * MAX_FRAMES || ip == 0 {
             return n;
         }
         ips[idx] = ip;
         n = i + 1;
-        // A return address is the instruction after the call: look up the call.
-        let at = if i == 0 { ip } else { ip - 1 };
-        if let Some(e) = find(tgid, at) {
-            if i == 0 && (e.off < e.prolog_len || at_epilog(ip)) {
-                *flags |= FLAG_USER_LEAF_EDGE;
-                count(Counter::ManagedLeafEdge);
-                return n;
-            }
-            if e.flags & CODE_OSR != 0 {
-                // The Tier-0 frame under the OSR code: CFA from rbp.
-                let cfa = bp + e.body_cfa;
-                let (Some(ra), Some(saved_bp)) = (read_user(cfa - 8), read_user(cfa - 16)) else {
-                    return n;
-                };
-                sp = cfa;
-                bp = saved_bp;
-                ip = ra;
-                continue;
-            }
-            if e.flags & CODE_FRAMED == 0 {
-                let cfa = sp + e.body_cfa;
-                let Some(ra) = read_user(cfa - 8) else {
-                    return n;
-                };
-                if e.bp_slot != 0 {
-                    match read_user(cfa - e.bp_slot) {
-                        Some(saved) => bp = saved,
-                        None => return n,
-                    }
-                }
-                sp = cfa;
-                ip = ra;
-                continue;
-            }
+        match step(tgid, false, ip, sp, bp) {
+            Ok(Some(next)) => (ip, sp, bp) = next,
+            _ => return n,
         }
-        // The frame-pointer step: [bp] is the caller's bp, [bp + 8] the return
-        // address. A bp below sp or misaligned is not a frame: the walk ends.
-        if bp < sp || bp & 7 != 0 {
-            return n;
-        }
-        let (Some(ra), Some(next_bp)) = (read_user(bp + 8), read_user(bp)) else {
-            return n;
-        };
-        sp = bp + 16;
-        bp = next_bp;
-        ip = ra;
     }
     *flags |= FLAG_USER_TRUNCATED;
     n

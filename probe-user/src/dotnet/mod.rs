@@ -347,6 +347,38 @@ impl DotnetProcess {
         tables.write(self.pid, &self.code, &changed)
     }
 
+    /// Gives the kernel the frame shapes of the precompiled methods of an assembly
+    /// whose file holds `data` and is mapped executable at `[start, end)` from file
+    /// offset `offset` (ReadyToRun code is the same JIT's output, with the same
+    /// prologs).
+    pub fn add_precompiled(
+        &mut self,
+        image: &r2r::R2rImage,
+        data: &[u8],
+        (start, end, offset): (u64, u64, u64),
+        tables: &mut KernelTables,
+    ) -> Result<(), unwind::TableError> {
+        let mut changed = Vec::new();
+        for (off, len) in image.method_code() {
+            if off < offset || off + u64::from(len) > offset + (end - start) {
+                continue; // not in this mapping
+            }
+            let code = &data[off as usize..(off as usize + len as usize).min(data.len())];
+            let code = &code[..code.len().min(unwind::PROLOG_BYTES)];
+            match unwind::decode_prolog(code) {
+                // OSR code is never precompiled: a match would be a misread.
+                Some(shape) if shape.kind != unwind::Kind::Osr => {
+                    let addr = start + (off - offset);
+                    changed.extend(self.code.add(addr, addr + u64::from(len), shape));
+                }
+                _ => self.unknown_prologs += 1,
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        tables.write(self.pid, &self.code, &changed)
+    }
+
     /// The pid.
     pub fn pid(&self) -> u32 {
         self.pid

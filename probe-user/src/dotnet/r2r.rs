@@ -179,6 +179,14 @@ impl R2rImage {
         (rva < *end).then_some(&**name)
     }
 
+    /// Every named method's code: `(file offset, bytes)`.
+    pub fn method_code(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.methods.iter().filter_map(|&(begin, end, _)| {
+            let off = self.off(begin).ok()?;
+            Some((off as u64, end.checked_sub(begin)?))
+        })
+    }
+
     /// Methods named.
     pub fn len(&self) -> usize {
         self.methods.len()

@@ -31,7 +31,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use probe_common::dotnet::{
-    CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, PAGE_ENTRIES, PAGE_SHIFT, PageKey,
+    CODE_CONT, CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, PAGE_ENTRIES, PAGE_SHIFT, PROLOG_PUSHES,
+    PageKey,
 };
 
 /// How a method's frame is built, from its prolog.
@@ -58,6 +59,10 @@ pub struct Shape {
     /// (0 until [`osr_shape`] fills it in). Framed: from `sp` after the prolog's
     /// pushes and `sub rsp` to the CFA (what an OSR frame above it needs).
     pub body_cfa: u16,
+    /// End offsets of the prolog's pushes (0 = none), for a leaf in the prolog.
+    pub push_ends: [u8; PROLOG_PUSHES],
+    /// End offset of its `sub rsp, N`, or 0.
+    pub sub_end: u8,
 }
 
 /// Longest prolog read.
@@ -73,9 +78,13 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
             kind: Kind::Osr,
             prolog_len: u8::try_from(lea).ok()?,
             body_cfa: 0,
+            push_ends: [0; PROLOG_PUSHES],
+            sub_end: 0,
         });
     }
     let mut at = 0usize;
+    let mut push_ends = [0u8; PROLOG_PUSHES];
+    let mut sub_end = 0u8;
     let mut pushes = 0u32;
     let mut sub = 0u32;
     let mut pushed_rbp = false;
@@ -120,7 +129,7 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
                 if pushed_rbp =>
             {
                 at += 3;
-                return framed(at, 8 * pushes + sub + 8);
+                return framed(at, 8 * pushes + sub + 8, push_ends, sub_end);
             }
             // lea rbp, [rsp + imm8 / imm32]
             (Some(0x48), Some(0x8D), Some(0x6C | 0xAC))
@@ -128,12 +137,19 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
             {
                 at += if b2 == Some(0x6C) { 5 } else { 8 };
                 code.get(at - 1)?;
-                return framed(at, 8 * pushes + sub + 8);
+                return framed(at, 8 * pushes + sub + 8, push_ends, sub_end);
             }
             _ => break,
         }
         if at > PROLOG_BYTES {
             return None;
+        }
+        // Where each push and the sub end, for a leaf sampled in the prolog.
+        let done = u8::try_from(at).ok()?;
+        if sub != 0 && sub_end == 0 {
+            sub_end = done;
+        } else if sub == 0 && pushes as usize > push_ends.iter().filter(|&&e| e != 0).count() {
+            *push_ends.get_mut(pushes as usize - 1)? = done;
         }
     }
     // rbp saved but never set up, or nothing recognised at all (OSR variants,
@@ -145,14 +161,18 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
         kind: Kind::Frameless,
         prolog_len: u8::try_from(at).ok()?,
         body_cfa: u16::try_from(8 * pushes + sub + 8).ok()?,
+        push_ends,
+        sub_end,
     })
 }
 
-fn framed(at: usize, frame: u32) -> Option<Shape> {
+fn framed(at: usize, frame: u32, push_ends: [u8; PROLOG_PUSHES], sub_end: u8) -> Option<Shape> {
     Some(Shape {
         kind: Kind::Framed,
         prolog_len: u8::try_from(at).ok()?,
         body_cfa: u16::try_from(frame).ok()?,
+        push_ends,
+        sub_end,
     })
 }
 
@@ -203,18 +223,28 @@ impl CodeTable {
             let from = start.max(page_start);
             let to = end.min(page_start + page_size);
             let prolog_end = start + u64::from(shape.prolog_len);
+            // Prolog offsets are from the method's start; in a later page the
+            // prolog is over (a method's prolog is far shorter than a page).
+            let first_page = from == start;
             let entry = CodeEntry {
                 start: (from - page_start) as u16,
                 len: (to - from) as u16,
                 body_cfa: shape.body_cfa,
                 bp_slot: 0,
                 prolog_len: prolog_end.saturating_sub(from).min(255) as u8,
+                sub_end: if first_page { shape.sub_end } else { 0 },
+                pad: 0,
+                push_ends: if first_page {
+                    shape.push_ends
+                } else {
+                    [0; PROLOG_PUSHES]
+                },
+                pad2: 0,
                 flags: match shape.kind {
                     Kind::Framed => CODE_FRAMED,
                     Kind::Frameless => 0,
                     Kind::Osr => CODE_OSR,
-                },
-                pad: 0,
+                } | if first_page { 0 } else { CODE_CONT },
             };
             let table = self.pages.entry(page).or_default();
             if insert(table, entry) {
@@ -256,6 +286,7 @@ fn insert(page: &mut CodePage, e: CodeEntry) -> bool {
     page.entries = [CodeEntry::default(); PAGE_ENTRIES];
     page.entries[..kept.len()].copy_from_slice(&kept);
     page.count = kept.len() as u32;
+    page.index_slots();
     true
 }
 
@@ -363,7 +394,9 @@ mod tests {
             Some(Shape {
                 kind: Kind::Framed,
                 prolog_len: 19,
-                body_cfa: 8 + 0x80 + 8
+                body_cfa: 8 + 0x80 + 8,
+                push_ends: [1, 0, 0, 0, 0, 0, 0],
+                sub_end: 8,
             })
         );
         // Tier-1 Outer: push rax (8-byte allocation); call [rip+..]: frameless.
@@ -373,7 +406,9 @@ mod tests {
             Some(Shape {
                 kind: Kind::Frameless,
                 prolog_len: 1,
-                body_cfa: 16
+                body_cfa: 16,
+                push_ends: [1, 0, 0, 0, 0, 0, 0],
+                sub_end: 0,
             })
         );
         // Tier-1 Hot: push rbp; mov rbp, rsp.
@@ -393,11 +428,10 @@ mod tests {
         let hot_osr = decode_prolog(&hex("48 8b 45 00 50 48 8b ec 48 8b 7d 20")).unwrap();
         assert_eq!((hot_osr.kind, hot_osr.prolog_len), (Kind::Osr, 8));
         // push rbx; push r14; sub rsp, 0x28: frameless, 8+8+0x28 below the RA.
-        let frameless = "53 41 56 48 83 ec 28 48 8b df";
-        assert_eq!(
-            decode_prolog(&hex(frameless)).map(|s| s.body_cfa),
-            Some(8 + 8 + 0x28 + 8)
-        );
+        let frameless = decode_prolog(&hex("53 41 56 48 83 ec 28 48 8b df")).unwrap();
+        assert_eq!(frameless.body_cfa, 8 + 8 + 0x28 + 8);
+        assert_eq!(frameless.push_ends, [1, 3, 0, 0, 0, 0, 0]);
+        assert_eq!((frameless.sub_end, frameless.prolog_len), (7, 7));
         // Nothing recognised, rbp saved but never set up, or cut short: unknown.
         assert_eq!(decode_prolog(&hex("48 8b c7 c3")), None);
         assert_eq!(decode_prolog(&hex("55 53 48 8b c7")), None);
@@ -418,6 +452,8 @@ mod tests {
             kind: Kind::Frameless,
             prolog_len: 5,
             body_cfa: 24,
+            push_ends: [1, 0, 0, 0, 0, 0, 0],
+            sub_end: 5,
         };
         assert_eq!(t.add(0x10_0100, 0x10_0180, shape), vec![0x100]);
         assert_eq!(t.add(0x10_0000, 0x10_0040, shape), vec![0x100]);
@@ -430,10 +466,17 @@ mod tests {
             .collect();
         assert_eq!(starts, vec![0x000, 0x100, 0xffe]);
         assert_eq!(p.entries[2].len, 2);
+        // Slot index: the last entry starting before each 16-byte slot ends.
+        assert_eq!(p.slots[0], 0);
+        assert_eq!(p.slots[0x0f], 0, "0x0f0..0x100: still the first entry's");
+        assert_eq!(p.slots[0x10], 1);
+        assert_eq!(p.slots[0xff], 2);
         let next = t.page(0x101).unwrap();
         assert_eq!(next.count, 1);
         assert_eq!((next.entries[0].start, next.entries[0].len), (0, 0x10));
         assert_eq!(next.entries[0].prolog_len, 3, "rest of the prolog");
+        assert_eq!(next.entries[0].flags & CODE_CONT, CODE_CONT);
+        assert_eq!(p.entries[2].push_ends[0], 1);
         // Code memory reused: the new method replaces what it overlaps.
         t.add(0x10_0120, 0x10_0200, shape);
         let p = t.page(0x100).unwrap();
@@ -451,6 +494,8 @@ mod tests {
             kind: Kind::Framed,
             prolog_len: 4,
             body_cfa: 0,
+            push_ends: [1, 0, 0, 0, 0, 0, 0],
+            sub_end: 0,
         };
         for i in 0..PAGE_ENTRIES as u64 {
             assert_eq!(t.add(0x2000 + i * 16, 0x2000 + i * 16 + 16, shape).len(), 1);

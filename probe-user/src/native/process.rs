@@ -135,6 +135,8 @@ pub struct Process {
     pub gc_samples: u64,
     /// The .NET runtime, if the process runs one.
     pub dotnet: Option<DotnetProcess>,
+    /// Assembly mappings (by start) whose precompiled code the kernel was given.
+    r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
     captured: Instant,
 }
@@ -213,6 +215,7 @@ impl ProcessTable {
                 samples: 0,
                 gc_samples: 0,
                 dotnet: None,
+                r2r_done: Default::default(),
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -298,8 +301,31 @@ impl ProcessTable {
         tables: &mut crate::dotnet::unwind::KernelTables,
     ) -> Result<(), crate::dotnet::unwind::TableError> {
         let mut result = Ok(());
-        for dn in self.procs.values_mut().filter_map(|p| p.dotnet.as_mut()) {
-            let r = dn.poll_unwind(tables);
+        for p in self.procs.values_mut() {
+            let Some(dn) = p.dotnet.as_mut() else {
+                continue;
+            };
+            let mut r = dn.poll_unwind(tables);
+            // Precompiled code, once per mapped assembly.
+            for m in &p.mappings {
+                let Target::Assembly(module) = m.target else {
+                    continue;
+                };
+                if !p.r2r_done.insert(m.start) {
+                    continue;
+                }
+                let path = &self.modules.get(module).open_path;
+                let Ok(data) = std::fs::read(path) else {
+                    continue;
+                };
+                let Ok(image) = crate::dotnet::r2r::R2rImage::parse(&data) else {
+                    continue; // IL only: its code is JIT'd, listed from the perf map
+                };
+                let added = dn.add_precompiled(&image, &data, (m.start, m.end, m.offset), tables);
+                if r.is_ok() {
+                    r = added;
+                }
+            }
             if result.is_ok() {
                 result = r;
             }
