@@ -9,6 +9,7 @@
 //! - slowdown = median(work under crossprof) / median(plain work) - 1. It includes
 //!   the runtime writing its perf map and jitdump, which crossprof turns on: for
 //!   every method compiled the runtime formats its name and writes it out;
+//! - the kernel program's cost per run while it walks .NET stacks itself;
 //! - share of the .NET samples whose every frame is named, and whose managed frames
 //!   (JIT code, ReadyToRun code, stubs) are: `[unknown]` and `[module+0x...]`
 //!   frames are not named. Kernel frames count too.
@@ -34,7 +35,7 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
         check_interrupted()?;
         work_ns(&out)
     };
-    let profiled = || -> Result<(u64, Shares)> {
+    let profiled = || -> Result<(u64, Shares, Option<(f64, f64)>)> {
         let target = runtime.command(&dll, &[]);
         let mut c = Command::new(crossprof);
         c.args(["record", "--quiet", "--freq", &FREQ.to_string(), "-o"])
@@ -50,16 +51,25 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
         let out = cmd::output(&mut c)?;
         check_interrupted()?;
         let folded = std::fs::read_to_string(out_dir.join("profile.folded"))?;
-        let _ = read_summary(&out_dir); // written, readable
-        Ok((work_ns(&out)?, Shares::of(&folded)))
+        let summary = read_summary(&out_dir);
+        let kernel = summary
+            .pointer("/kernel_program/run_time_ns")
+            .and_then(serde_json::Value::as_f64)
+            .zip(
+                summary
+                    .pointer("/kernel_program/run_count")
+                    .and_then(serde_json::Value::as_f64),
+            );
+        Ok((work_ns(&out)?, Shares::of(&folded), kernel))
     };
 
     say!("bench: .NET: warming up (one run of each kind, not counted)...");
     plain()?;
     profiled()?;
     let (mut plain_ns, mut profiled_ns, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut kernel_ns, mut kernel_runs) = (0.0, 0.0);
     for round in 0..runs {
-        let (p, (w, s)) = if round % 2 == 0 {
+        let (p, (w, s, k)) = if round % 2 == 0 {
             let p = plain()?;
             (p, profiled()?)
         } else {
@@ -73,6 +83,10 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             w as f64 / 1e9,
             s.fully_named() * 100.0
         );
+        if let Some((ns, runs)) = k {
+            kernel_ns += ns;
+            kernel_runs += runs;
+        }
         plain_ns.push(p);
         profiled_ns.push(w);
         shares.push(s);
@@ -86,6 +100,12 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
                 .zip(median(plain_ns.iter().map(|&n| n as f64)))
                 .map(|(with, without)| with / without - 1.0),
             unit: Unit::Percent,
+            goal: Goal::Info,
+        },
+        Figure {
+            name: format!("kernel program ns per run, .NET at {FREQ} Hz (own stack walk)"),
+            measured: (kernel_runs > 0.0).then(|| kernel_ns / kernel_runs),
+            unit: Unit::Ns,
             goal: Goal::Info,
         },
         Figure {
