@@ -35,7 +35,7 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
         check_interrupted()?;
         work_ns(&out)
     };
-    let profiled = || -> Result<(u64, Shares, Option<(f64, f64)>)> {
+    let profiled = || -> Result<Round> {
         let target = runtime.command(&dll, &[]);
         let mut c = Command::new(crossprof);
         c.args(["record", "--quiet", "--freq", &FREQ.to_string(), "-o"])
@@ -122,6 +122,10 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
         },
     ])
 }
+
+/// One run under crossprof: work time, named shares, and the kernel program's
+/// `(run_time_ns, run_count)` when the kernel kept them.
+type Round = (u64, Shares, Option<(f64, f64)>);
 
 /// How much of one profile's .NET samples is named.
 #[derive(Debug, Default, PartialEq)]
