@@ -11,11 +11,13 @@
 //! A leaf sampled in a listed method's prolog or epilog has no fixed frame shape:
 //! the walk stops after it, flagged, rather than guess.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::map,
     maps::HashMap,
@@ -30,7 +32,7 @@ use probe_common::{
     native::{FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES},
 };
 
-use crate::count;
+use crate::{SCRATCH, count};
 
 /// Processes whose user stacks are walked here.
 #[map]
@@ -331,19 +333,77 @@ pub fn unwind_user(
             return 1;
         }
     }
-    let mut n = 1usize;
-    for i in 1..MAX_FRAMES {
-        let idx = first + i;
-        if idx >= 2 * MAX_FRAMES || ip == 0 {
-            return n;
+    // The callers, under bpf_loop: the verifier checks one step, not 126, which
+    // keeps the program's load (verification) time small.
+    let mut walk = Walk {
+        ip,
+        sp,
+        bp,
+        tgid,
+        next: first as u32 + 1,
+        frames: 1,
+        done: 0,
+    };
+    // SAFETY: `next_frame` has the callback signature bpf_loop expects, and
+    // `walk` lives on this stack frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            (MAX_FRAMES - 1) as u32,
+            next_frame as *mut c_void,
+            (&mut walk as *mut Walk).cast::<c_void>(),
+            0,
+        );
+    }
+    if walk.done == 0 {
+        *flags |= FLAG_USER_TRUNCATED;
+    }
+    walk.frames as usize
+}
+
+/// The walk's state between `bpf_loop` steps.
+#[repr(C)]
+struct Walk {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    tgid: u32,
+    /// Index in the scratch `ips` of the next frame.
+    next: u32,
+    /// Frames written.
+    frames: u32,
+    /// Set when the walk ended before the frame limit.
+    done: u32,
+}
+
+/// One caller: records `ip` and steps to its caller. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn next_frame(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` unwind_user passed to bpf_loop.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let idx = w.next as usize;
+    if idx >= 2 * MAX_FRAMES || w.ip == 0 {
+        w.done = 1;
+        return 1;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        w.done = 1;
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot (perf_event programs do not nest on a
+    // CPU); idx < 2 * MAX_FRAMES was checked above.
+    unsafe { (*scratch).ips[idx] = w.ip };
+    w.next += 1;
+    w.frames += 1;
+    match step(w.tgid, false, w.ip, w.sp, w.bp) {
+        Ok(Some((ip, sp, bp))) => {
+            w.ip = ip;
+            w.sp = sp;
+            w.bp = bp;
+            0
         }
-        ips[idx] = ip;
-        n = i + 1;
-        match step(tgid, false, ip, sp, bp) {
-            Ok(Some(next)) => (ip, sp, bp) = next,
-            _ => return n,
+        _ => {
+            w.done = 1;
+            1
         }
     }
-    *flags |= FLAG_USER_TRUNCATED;
-    n
 }
