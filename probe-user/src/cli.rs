@@ -63,6 +63,12 @@ pub struct RecordArgs {
     #[arg(long)]
     pub per_thread: bool,
 
+    /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;
+    /// repeat for several: --debug-dir /opt/symbols. Next to each binary and
+    /// /usr/lib/debug are always searched.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.
     #[arg(short, long)]

@@ -55,6 +55,12 @@ pub enum UsageError {
         /// The kernel's limit.
         max: u64,
     },
+    /// A `--debug-dir` that cannot be listed.
+    #[error(
+        "--debug-dir {} is not a readable folder: give a folder that holds debug files, e.g. --debug-dir /usr/lib/debug",
+        .0.display()
+    )]
+    DebugDir(PathBuf),
     /// `--duration` is not a positive number of seconds.
     #[error("--duration {0} is not a positive number of seconds: use e.g. --duration 10")]
     Duration(f64),

@@ -68,7 +68,15 @@ pub fn check_freq(freq: u64) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// A positive, finite number of seconds.
+/// Each `--debug-dir` must be a folder crossprof can list.
+pub fn check_debug_dirs(dirs: &[PathBuf]) -> Result<(), UsageError> {
+    match dirs.iter().find(|d| fs::read_dir(d).is_err()) {
+        Some(bad) => Err(UsageError::DebugDir(bad.clone())),
+        None => Ok(()),
+    }
+}
+
+/// `--duration`, if given, must be a positive number of seconds.
 pub fn check_duration(duration: Option<f64>) -> Result<(), UsageError> {
     match duration {
         Some(d) if !(d.is_finite() && d > 0.0) => Err(UsageError::Duration(d)),

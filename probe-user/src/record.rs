@@ -166,6 +166,7 @@ pub async fn record(args: RecordArgs) -> Result<i32, Error> {
     // 1. Input.
     preflight::check_duration(args.duration)?;
     preflight::check_freq(args.freq)?;
+    preflight::check_debug_dirs(&args.debug_dirs)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pids = preflight::resolve_pids(&args.pids)?;
@@ -298,6 +299,7 @@ async fn run(
             source: std::io::Error::from(e),
         })?;
     let mut pipeline = Pipeline {
+        symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone()),
         per_thread: args.per_thread,
         dotnet_tables: Some(dotnet_tables),
         ..Pipeline::default()

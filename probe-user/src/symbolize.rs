@@ -192,19 +192,19 @@ pub struct SymbolizerThread {
 
 impl Default for SymbolizerThread {
     fn default() -> Self {
-        Self::spawn()
+        Self::spawn(Vec::new())
     }
 }
 
 impl SymbolizerThread {
-    /// Starts the thread.
-    pub fn spawn() -> Self {
+    /// Starts the thread; separate debug files are also looked for in `debug_dirs`.
+    pub fn spawn(debug_dirs: Vec<PathBuf>) -> Self {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (result_tx, results) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("crossprof-sym".into())
             .spawn(move || {
-                let native = NativeSymbols::new();
+                let native = NativeSymbols::new(&debug_dirs);
                 let mut assemblies: HashMap<PathBuf, Option<R2rImage>> = HashMap::new();
                 for job in job_rx {
                     let batch: Batch = match job {

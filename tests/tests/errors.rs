@@ -148,3 +148,25 @@ fn syntax_errors_are_one_line_too() {
     let run = run_crossprof(&["record", "--duration", "0", "--", "true"], LIMIT);
     assert_rejected(&run, "--duration 0", None);
 }
+
+#[test]
+fn a_debug_dir_that_is_not_a_folder() {
+    let (dir, d) = out("err_debug_dir");
+    let run = run_crossprof(
+        &[
+            "record",
+            "--debug-dir",
+            "/nonexistent/symbols",
+            "-o",
+            &d,
+            "--",
+            "true",
+        ],
+        LIMIT,
+    );
+    assert_rejected(
+        &run,
+        "--debug-dir /nonexistent/symbols is not a readable folder",
+        Some(&dir),
+    );
+}

@@ -1,7 +1,11 @@
 //! End to end: real C fixtures, profiled by the real `crossprof` binary on the real
 //! kernel. Run as root, one test at a time (`cargo xtask test` does both).
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use crossprof_tests::{
     count_where, count_with_frame, finish, native_fixture, out_dir, read_folded, read_summary,
@@ -290,4 +294,71 @@ fn idle_cpus_are_profiled_only_when_asked() {
     assert!(idle > 0, "no idle samples with --include-idle");
     let summary = read_summary(&dir);
     assert_eq!(summary["counters"]["idle_skipped"].as_u64(), Some(0));
+}
+
+/// The chain fixture stripped of every symbol, its symbols in a separate debug
+/// file named by `.gnu_debuglink` (what distributions and `dotnet-symbol` ship),
+/// in `debug_dir` or next to the binary. Returns the stripped binary.
+fn split_debug_chain(name: &str, debug_dir: Option<&Path>) -> PathBuf {
+    let full = native_fixture("chain");
+    let dir = out_dir(name);
+    let bin = dir.join("chain");
+    let debug = debug_dir.unwrap_or(&dir).join("chain.debug");
+    let tool = |args: &[&std::ffi::OsStr]| {
+        let st = Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .expect("binutils");
+        assert!(st.success(), "{args:?}");
+    };
+    tool(&[
+        "objcopy".as_ref(),
+        "--only-keep-debug".as_ref(),
+        full.as_os_str(),
+        debug.as_os_str(),
+    ]);
+    tool(&[
+        "strip".as_ref(),
+        "--strip-all".as_ref(),
+        "-o".as_ref(),
+        bin.as_os_str(),
+        full.as_os_str(),
+    ]);
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    tool(&["objcopy".as_ref(), link.as_ref(), bin.as_os_str()]);
+    bin
+}
+
+/// Records `bin` for 2 s with `extra` flags; the share of its samples with the
+/// named chain.
+fn named_chain_share(bin: &Path, name: &str, extra: &[&str]) -> (u64, u64) {
+    let dir = out_dir(name);
+    let mut args = vec!["record", "-q", "-o", s(&dir)];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", s(bin), "2"]);
+    let run = run_crossprof(&args, LIMIT);
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    count_where(&read_folded(&dir), "chain", |st| {
+        st.contains_chain(&["main", "outer", "middle", "hot"])
+    })
+}
+
+#[test]
+fn stripped_binaries_are_named_from_separate_debug_files() {
+    // Next to the binary: found through the mapped path.
+    let bin = split_debug_chain("split_debug_here", None);
+    let (hit, all) = named_chain_share(&bin, "split_debug_here_rec", &[]);
+    assert!(all >= 100 && hit * 100 >= all * 80, "{hit} of {all}");
+
+    // Elsewhere: found with --debug-dir; without it the frames stay unnamed, so
+    // the names above did come from the debug file.
+    let symbols = out_dir("split_debug_symbols");
+    let bin = split_debug_chain("split_debug_there", Some(&symbols));
+    let moved = symbols.join("chain.debug");
+    let (hit, all) = named_chain_share(&bin, "split_debug_none", &[]);
+    assert_eq!(hit, 0, "named without its debug file? ({all} samples)");
+    let dirs = symbols.to_str().unwrap();
+    assert!(moved.exists());
+    let (hit, all) = named_chain_share(&bin, "split_debug_dir", &["--debug-dir", dirs]);
+    assert!(all >= 100 && hit * 100 >= all * 80, "{hit} of {all}");
 }

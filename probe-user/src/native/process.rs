@@ -28,8 +28,9 @@ pub struct Module {
     pub name: String,
     /// The path the process mapped it from.
     pub path: PathBuf,
-    /// A path that opens the same file for as long as crossprof runs
-    /// (`/proc/self/fd/N` when a handle could be kept).
+    /// A path that opens the same file for as long as crossprof runs: the mapped
+    /// path itself while it is that file, else `/proc/self/fd/N` of the handle
+    /// kept open.
     pub open_path: PathBuf,
     _handle: Option<File>,
 }
@@ -38,6 +39,15 @@ impl Module {
     /// A .NET assembly (a PE `*.dll` the runtime maps), not an ELF object.
     pub fn is_assembly(&self) -> bool {
         self.name.ends_with(".dll")
+    }
+}
+
+/// Is `path` the file `f` has open?
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -66,7 +76,12 @@ impl ModuleTable {
         ]
         .into_iter()
         .find_map(|p| File::open(p).ok());
+        // Symbolize through the path the process mapped when it is still that
+        // very file: separate debug files (`.gnu_debuglink`) are looked for next
+        // to it. Otherwise (replaced, deleted, another mount namespace) through
+        // the handle kept open.
         let open_path = match &handle {
+            Some(f) if same_file(f, &path) => path.clone(),
             Some(f) => PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
             None => path.clone(),
         };

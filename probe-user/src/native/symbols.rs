@@ -1,7 +1,7 @@
 //! Names for native frames: ELF files through blazesym (symtab, dynsym, DWARF when
 //! present), the kernel through kallsyms.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use blazesym::{
     MaybeDefault,
@@ -20,19 +20,31 @@ pub struct NativeSymbols {
 
 impl Default for NativeSymbols {
     fn default() -> Self {
-        Self::new()
+        Self::new(&[])
     }
 }
 
+/// Where separate debug files are looked for after `--debug-dir`s: the usual
+/// places of distribution debug packages (their `.build-id/` trees included).
+const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
 impl NativeSymbols {
     /// A symbolizer with demangling on and source lines off (names are all a
-    /// flamegraph shows; lines cost a DWARF line-table walk).
-    pub fn new() -> Self {
+    /// flamegraph shows; lines cost a DWARF line-table walk). Separate debug files
+    /// (`.gnu_debuglink`, build id) are looked for next to each binary, then in
+    /// `debug_dirs`, then in the system's debug folders.
+    pub fn new(debug_dirs: &[PathBuf]) -> Self {
+        let dirs: Vec<PathBuf> = debug_dirs
+            .iter()
+            .cloned()
+            .chain(SYSTEM_DEBUG_DIRS.iter().map(PathBuf::from))
+            .collect();
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_code_info(false)
                 .enable_inlined_fns(false)
                 .enable_demangling(true)
+                .set_debug_dirs(Some(dirs))
                 .build(),
         }
     }
@@ -96,7 +108,7 @@ mod tests {
             .iter()
             .find(|m| m.is_exec() && m.start <= addr && addr < m.end)
             .unwrap();
-        let syms = NativeSymbols::new();
+        let syms = NativeSymbols::new(&[]);
         let names = syms.elf(Path::new(&m.path), &[addr - m.start + m.offset, u64::MAX]);
         let name = names[0].as_deref().unwrap();
         assert!(name.ends_with("a_function_with_a_name"), "{name}");
@@ -105,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_elf_names_nothing() {
-        let syms = NativeSymbols::new();
+        let syms = NativeSymbols::new(&[]);
         assert_eq!(
             syms.elf(Path::new("/etc/hostname"), &[0, 1]),
             vec![None, None]
