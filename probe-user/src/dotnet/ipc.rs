@@ -62,6 +62,28 @@ pub fn socket_path(pid: u32) -> Option<PathBuf> {
         .map(|n| tmp.join(n))
 }
 
+/// How long a process that was just started may take to open its diagnostics
+/// socket: crossprof can see a .NET process (libcoreclr.so mapped) before the
+/// runtime has created it (seen on 3.1.23, tens of milliseconds into start-up).
+pub const SOCKET_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits up to [`SOCKET_WAIT`] for `pid`'s diagnostics socket; `false` if it never
+/// appears (diagnostics disabled) or the process is gone.
+pub fn wait_for_socket(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + SOCKET_WAIT;
+    loop {
+        if socket_path(pid).is_some() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline
+            || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Asks the runtime of `pid` to write its perf map from now on.
 pub fn enable_perf_map(pid: u32) -> Result<(), IpcError> {
     command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_ALL.to_le_bytes())

@@ -207,6 +207,8 @@ impl DotnetProcess {
         let spawned = std::thread::Builder::new()
             .name(format!("dotnet-ipc-{pid}"))
             .spawn(move || -> Connected {
+                // A process caught early in its start-up may not listen yet.
+                ipc::wait_for_socket(pid);
                 let enabled = enable.then(|| ipc::enable_perf_map(pid));
                 (enabled, GcSession::start(pid))
             });
