@@ -40,8 +40,15 @@ pub struct SampleHeader {
     pub user_frames: u16,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// The first words at the user stack pointer (0 where unreadable): the return
+    /// address of a leaf that has not saved a frame pointer is among them, where a
+    /// frame-pointer walk cannot see it (see `probe-user`'s `aggregate.rs`).
+    pub stack_top: [u64; STACK_TOP_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 48 + 8 * STACK_TOP_WORDS);
+
+/// Words of [`SampleHeader::stack_top`].
+pub const STACK_TOP_WORDS: usize = 4;
 
 /// The per-CPU scratch buffer a sample is assembled in before it is copied to the
 /// ring buffer: the header, then room for both stacks. Kernel frames are written at
@@ -54,7 +61,10 @@ pub struct SampleScratch {
     /// Kernel frames, then user frames.
     pub ips: [u64; 2 * MAX_FRAMES],
 }
-const _: () = assert!(core::mem::size_of::<SampleScratch>() == 48 + 2 * MAX_FRAMES * 8);
+const _: () = assert!(
+    core::mem::size_of::<SampleScratch>()
+        == core::mem::size_of::<SampleHeader>() + 2 * MAX_FRAMES * 8
+);
 
 /// Bytes of a record with `frames` frames in all.
 pub const fn record_len(frames: usize) -> usize {

@@ -14,11 +14,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, pt_regs},
-    helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
-    },
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
     macros::map,
     maps::HashMap,
     programs::PerfEventContext,
@@ -48,31 +45,6 @@ static CODE_PAGES: HashMap<PageKey, CodePage> =
 pub fn is_managed(tgid: u32) -> bool {
     // SAFETY: only tested for presence.
     unsafe { MANAGED_PIDS.get(tgid) }.is_some()
-}
-
-/// The user registers the walk starts from: the sampled ones in user mode, else
-/// those saved at the kernel entry.
-#[inline(always)]
-fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<(u64, u64, u64)> {
-    if in_user {
-        // SAFETY: the perf_event context is readable directly.
-        let regs = unsafe { &(*ctx.ctx).regs };
-        return Some((regs.rip, regs.rsp, regs.rbp));
-    }
-    // SAFETY: the current task is valid for the whole program run, and its user
-    // registers sit at the top of its kernel stack.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    if regs.is_null() {
-        return None;
-    }
-    // SAFETY: reads through the kernel-read helper, which checks the address.
-    unsafe {
-        Some((
-            bpf_probe_read_kernel(&(*regs).rip).ok()?,
-            bpf_probe_read_kernel(&(*regs).rsp).ok()?,
-            bpf_probe_read_kernel(&(*regs).rbp).ok()?,
-        ))
-    }
 }
 
 #[inline(always)]
@@ -314,7 +286,7 @@ pub fn unwind_user(
     flags: &mut u32,
 ) -> usize {
     count(Counter::ManagedUnwinds);
-    let Some((mut ip, mut sp, mut bp)) = user_regs(ctx, in_user) else {
+    let Some((mut ip, mut sp, mut bp)) = crate::native::user_regs(ctx, in_user) else {
         *flags |= FLAG_USER_STACK_ERROR;
         count(Counter::UserStackError);
         return 0;

@@ -9,10 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::bpf_get_stack,
+        bpf_probe_read_kernel,
+        generated::{self, bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs},
     },
     programs::PerfEventContext,
 };
@@ -21,7 +24,7 @@ use probe_common::{
     Counter, RecordKind,
     native::{
         FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
-        MAX_FRAMES, record_len,
+        MAX_FRAMES, STACK_TOP_WORDS, record_len,
     },
 };
 
@@ -123,6 +126,19 @@ pub fn sample(ctx: &PerfEventContext) {
     header.kernel_frames = kernel_frames as u16;
     header.user_frames = user_frames as u16;
     header.flags = flags;
+    // The words at the user stack pointer, for a leaf without a frame record.
+    header.stack_top = [0; STACK_TOP_WORDS];
+    if let Some((_, sp, _)) = user_regs(ctx, in_user) {
+        // SAFETY: the user-read helper checks the address and writes at most the
+        // field's size into it (zeros on a fault).
+        unsafe {
+            generated::bpf_probe_read_user(
+                header.stack_top.as_mut_ptr().cast::<c_void>(),
+                (8 * STACK_TOP_WORDS) as u32,
+                sp as *const c_void,
+            );
+        }
+    }
 
     let len = record_len(kernel_frames + user_frames);
     // SAFETY: len <= size_of::<SampleScratch>() because each stack has at most
@@ -168,6 +184,31 @@ fn frames_in(bytes: i64, flags: &mut u32, error: (u32, Counter), truncated: u32)
         MAX_FRAMES
     } else {
         frames
+    }
+}
+
+/// The user registers the walk starts from: the sampled ones in user mode, else
+/// those saved at the kernel entry.
+#[inline(always)]
+pub(crate) fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<(u64, u64, u64)> {
+    if in_user {
+        // SAFETY: the perf_event context is readable directly.
+        let regs = unsafe { &(*ctx.ctx).regs };
+        return Some((regs.rip, regs.rsp, regs.rbp));
+    }
+    // SAFETY: the current task is valid for the whole program run, and its user
+    // registers sit at the top of its kernel stack.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return None;
+    }
+    // SAFETY: reads through the kernel-read helper, which checks the address.
+    unsafe {
+        Some((
+            bpf_probe_read_kernel(&(*regs).rip).ok()?,
+            bpf_probe_read_kernel(&(*regs).rsp).ok()?,
+            bpf_probe_read_kernel(&(*regs).rbp).ok()?,
+        ))
     }
 }
 

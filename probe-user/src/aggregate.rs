@@ -82,7 +82,20 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         if sample.flags & FLAG_USER_LEAF_EDGE != 0 {
             frames.push(FrameRef::Marker(Marker::LeafEdge));
         }
-        for (i, &ip) in sample.user.iter().enumerate().rev() {
+        // A Go leaf without a frame record: put back the caller the
+        // frame-pointer walk skipped.
+        let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
+        if let Some(&leaf) = sample.user.first()
+            && let Some(ra) = procs.missing_caller(
+                sample.pid,
+                leaf,
+                sample.user.get(1).copied(),
+                &sample.stack_top,
+            )
+        {
+            user.to_mut().insert(1, ra);
+        }
+        for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
         }
     }
@@ -148,6 +161,7 @@ mod tests {
             time_ns: 0,
             comm: [0; 16],
             flags,
+            stack_top: [0; 4],
             kernel,
             user,
         }

@@ -5,7 +5,7 @@
 use bytes::Buf as _;
 use probe_common::{
     RecordKind,
-    native::{MAX_FRAMES, SampleHeader},
+    native::{MAX_FRAMES, STACK_TOP_WORDS, SampleHeader},
 };
 
 /// A decoded record.
@@ -30,6 +30,8 @@ pub struct Sample {
     pub comm: [u8; 16],
     /// `probe_common::native::FLAG_*` bits.
     pub flags: u32,
+    /// The first words at the user stack pointer (0 where unreadable).
+    pub stack_top: [u64; STACK_TOP_WORDS],
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -96,6 +98,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let kernel_frames = usize::from(buf.get_u16_le());
     let user_frames = usize::from(buf.get_u16_le());
     let flags = buf.get_u32_le();
+    let mut stack_top = [0u64; STACK_TOP_WORDS];
+    for w in &mut stack_top {
+        *w = buf.get_u64_le();
+    }
     if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
         return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
     }
@@ -113,6 +119,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         time_ns,
         comm,
         flags,
+        stack_top,
         kernel,
         user,
     }))
@@ -139,6 +146,9 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
+        for w in [0x7ff0_0000_1000u64, 2, 3, 4] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
         for ip in kernel.iter().chain(user) {
             v.extend_from_slice(&ip.to_le_bytes());
         }
@@ -161,6 +171,7 @@ mod tests {
         assert_eq!(s.kernel, vec![0xffff_ffff_8100_0000, 0xffff_ffff_8200_0000]);
         assert_eq!(s.user, vec![0x401000]);
         assert_eq!(s.flags, 4);
+        assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
     }
 
     #[test]

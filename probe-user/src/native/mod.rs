@@ -1,6 +1,7 @@
 //! Native code: ELF objects mapped into processes, unwound by frame pointers in the
 //! kernel program (`probe-ebpf/src/native.rs`), and the kernel itself.
 //!
+//! - [`elf`] reads section and segment headers, for tables symbolizers do not read;
 //! - [`maps`] parses `/proc/PID/maps`;
 //! - [`process`] captures a process when it is first seen (name, exe, executable
 //!   mappings, an open handle on each mapped file) and turns its addresses into
@@ -8,6 +9,7 @@
 //! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
 //!   kallsyms.
 
+pub mod elf;
 pub mod maps;
 pub mod process;
 pub mod symbols;

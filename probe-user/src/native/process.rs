@@ -18,6 +18,7 @@ use std::{
 use super::maps::{MapEntry, parse_maps};
 use crate::{
     dotnet::{self, DotnetProcess},
+    go::pclntab::GoTable,
     symbolize::{FrameRef, Marker, ModuleId},
 };
 
@@ -56,6 +57,8 @@ fn same_file(f: &File, path: &Path) -> bool {
 pub struct ModuleTable {
     by_key: HashMap<(u32, u32, u64), ModuleId>,
     modules: Vec<Module>,
+    /// Go function tables, read when first needed (`None`: not Go).
+    go: HashMap<ModuleId, Option<Arc<GoTable>>>,
 }
 
 impl ModuleTable {
@@ -103,6 +106,18 @@ impl ModuleTable {
     /// The module behind `id`.
     pub fn get(&self, id: ModuleId) -> &Module {
         &self.modules[id.0 as usize]
+    }
+
+    /// The Go function table of `id`, if it is a Go binary (read once).
+    pub fn go_table(&mut self, id: ModuleId) -> Option<Arc<GoTable>> {
+        let path = &self.modules.get(id.0 as usize)?.open_path;
+        self.go
+            .entry(id)
+            .or_insert_with(|| {
+                let data = std::fs::read(path).ok()?;
+                GoTable::parse(data).ok().flatten().map(Arc::new)
+            })
+            .clone()
     }
 
     /// Number of distinct files held.
@@ -361,6 +376,29 @@ impl ProcessTable {
         self.managed.get(id)
     }
 
+    /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
+    /// Go code that has not saved a frame pointer (a frameless leaf, or a function
+    /// at its first instruction), the walk starts from the caller's frame record
+    /// and skips the caller, whose return address is still at `sp`. `next` is the
+    /// walk's first return address; `stack_top` the words at `sp`.
+    pub fn missing_caller(
+        &mut self,
+        pid: u32,
+        leaf: u64,
+        next: Option<u64>,
+        stack_top: &[u64],
+    ) -> Option<u64> {
+        let p = self.procs.get(&pid)?;
+        let m = p.lookup(leaf)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        let pc = table.vaddr(leaf - m.start + m.offset)?;
+        let ra = *stack_top.first()?;
+        (table.sp_delta(pc)? == 0 && ra != 0 && next != Some(ra)).then_some(ra)
+    }
+
     /// The frame for user address `addr` of `pid` (already captured). An address
     /// outside every known mapping triggers one re-read of the maps (rate-limited),
     /// then counts as unknown.
@@ -444,11 +482,9 @@ mod tests {
         let m = table.modules.get(module);
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(m.path, exe);
-        assert!(
-            m.open_path.starts_with("/proc/self/fd/"),
-            "{:?}",
-            m.open_path
-        );
+        // Still the very file that is mapped: symbolized through its own path, so
+        // that debug files next to it are found.
+        assert_eq!(m.open_path, exe);
         // Capturing the same file again through another pid entry reuses the module.
         let before = table.modules.len();
         table.procs.remove(&me);

@@ -1,0 +1,431 @@
+//! Go's own symbol table, `.gopclntab`: function names (and inlined calls) for
+//! every PC of a Go binary, present even when it is stripped (`-ldflags='-s -w'`)
+//! since the runtime needs it for tracebacks. blazesym does not read it.
+//!
+//! Layouts (golang/go `src/runtime/symtab.go`, `runtime2.go`, `symtabinl.go`,
+//! `debug/gosym/pclntab.go`, `cmd/link/internal/ld/pcln.go`; checked from go1.19.8
+//! to go1.23.5, and on binaries of the versions the tests build):
+//! - Header (`pcHeader`): `u32 magic` (0xfffffff0 for Go 1.18-1.19, 0xfffffff1
+//!   for 1.20 on), `u8 pad, pad, minLC (PC quantum), ptrSize`, then `nfunc`,
+//!   `nfiles`, `textStart`, and the offsets of `funcnametab`, `cutab`, `filetab`,
+//!   `pctab` and `pclntable` from the header, each pointer-sized.
+//! - `pclntable` starts with `nfunc + 1` pairs `{u32 entryoff, u32 funcoff}`
+//!   (entry relative to `textStart`, `_func` relative to `pclntable`), the last
+//!   one ending the last function.
+//! - `_func`: `u32 entryOff, i32 nameOff, i32 args, u32 deferreturn, u32 pcsp,
+//!   pcfile, pcln, npcdata, cuOffset`, (1.20+: `i32 startLine`), `u8 funcID, flag,
+//!   _, nfuncdata`, then `npcdata` u32 pctab offsets and `nfuncdata` u32 offsets
+//!   from `moduledata.gofunc`.
+//! - A pc-value table is a sequence of (zig-zag varint value delta, varint pc
+//!   delta × minLC) pairs starting from value -1 at the entry.
+//! - Inlining: `pcdata[2]` (PCDATA_InlTreeIndex) maps a PC to an index in the
+//!   inline tree `funcdata[3]` (FUNCDATA_InlTree); an entry is `{u8 funcID, 3 pad,
+//!   i32 nameOff, i32 parentPc, i32 startLine}` (1.20+) or `{i16 parent, u8
+//!   funcID, u8 pad, i32 file, i32 line, i32 nameOff, i32 parentPc}` (1.18-1.19);
+//!   the caller's position is `entry + parentPc`.
+//! - `textStart` is relocated in PIE binaries before 1.26 and always 0 from 1.26
+//!   (then `moduledata.text`, in `.go.module`); `moduledata` begins with a pointer
+//!   to the header, and holds `text` at +176 and `gofunc` at +320 (+304 in
+//!   1.18-1.19), read through the relative relocations in PIE binaries.
+//!
+//! A table that breaks these rules is refused whole ([`PclnError`]); frames that
+//! cannot be named stay `[module+0xOFFSET]`.
+
+use crate::native::elf::Elf;
+
+/// Why a Go symbol table could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unreadable .gopclntab: {0}")]
+pub struct PclnError(&'static str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Go 1.18 and 1.19.
+    Go118,
+    /// Go 1.20 and later.
+    Go120,
+}
+
+/// The function table of one Go binary.
+#[derive(Debug)]
+pub struct GoTable {
+    /// The whole file (the tables point into `.gopclntab` and `.rodata`).
+    file: Vec<u8>,
+    elf: Elf,
+    layout: Layout,
+    quantum: u64,
+    nfunc: usize,
+    text_start: u64,
+    funcnames: usize,
+    pctab: usize,
+    pclntable: usize,
+    /// `moduledata.gofunc` (virtual address), for the inline tree.
+    gofunc: Option<u64>,
+}
+
+/// One frame a PC stands for: the function, and whether it was inlined into its
+/// caller (the next frame out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoFrame {
+    /// `main.hot`, `net/http.(*conn).serve`, ...
+    pub name: String,
+    /// Inlined into the frame after it.
+    pub inlined: bool,
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
+const MAGIC_118: u32 = 0xFFFF_FFF0;
+const MAGIC_120: u32 = 0xFFFF_FFF1;
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+const MODULEDATA_TEXT: u64 = 176;
+
+impl GoTable {
+    /// Reads the table of the Go binary `file`; `Ok(None)` if it is not Go.
+    pub fn parse(file: Vec<u8>) -> Result<Option<Self>, PclnError> {
+        let Some(elf) = Elf::parse(&file) else {
+            return Ok(None);
+        };
+        let Some(section) = elf
+            .section(".gopclntab")
+            .or_else(|| elf.section(".data.rel.ro.gopclntab"))
+        else {
+            return Ok(None);
+        };
+        let base = section.offset as usize;
+        let bad = PclnError;
+        let magic = u32_at(&file, base).ok_or(bad("truncated header"))?;
+        let layout = match magic {
+            MAGIC_118 => Layout::Go118,
+            MAGIC_120 => Layout::Go120,
+            _ => return Err(bad("unknown magic (Go before 1.18, or newer than known)")),
+        };
+        let (quantum, ptr) = (file.get(base + 6).copied(), file.get(base + 7).copied());
+        if ptr != Some(8) {
+            return Err(bad("not a 64-bit table"));
+        }
+        let word = |i: usize| u64_at(&file, base + 8 + 8 * i).ok_or(bad("truncated header"));
+        let nfunc = word(0)? as usize;
+        let header_text = word(2)?;
+        let offset = |i: usize| -> Result<usize, PclnError> {
+            let o = word(i)? as usize;
+            (o < section.size as usize)
+                .then_some(base + o)
+                .ok_or(bad("offset outside the section"))
+        };
+        let (funcnames, pctab, pclntable) = (offset(3)?, offset(6)?, offset(7)?);
+        if nfunc == 0 || pclntable + 8 * (nfunc + 1) > base + section.size as usize {
+            return Err(bad("function table outside the section"));
+        }
+        let pcln_vaddr = section.addr;
+        // moduledata: `.go.module` (1.26+), else the data word that points at the
+        // header (a relocation in PIE).
+        let moduledata = elf.section(".go.module").map(|s| s.addr).or_else(|| {
+            elf.relocation_to(pcln_vaddr).or_else(|| {
+                let data = elf.section(".noptrdata")?;
+                let bytes = elf.section_data(&file, ".noptrdata")?;
+                (0..bytes.len() / 8)
+                    .find(|&i| u64_at(bytes, i * 8) == Some(pcln_vaddr))
+                    .map(|i| data.addr + 8 * i as u64)
+            })
+        });
+        // textStart: the header's, relocated in PIE; from 1.26, moduledata.text.
+        let text_start = if header_text != 0 {
+            header_text
+        } else {
+            elf.pointer(&file, pcln_vaddr + 24)
+                .filter(|&t| t != 0)
+                .or_else(|| elf.pointer(&file, moduledata? + MODULEDATA_TEXT))
+                .or_else(|| elf.section(".text").map(|s| s.addr))
+                .ok_or(bad("no text start"))?
+        };
+        // `moduledata.gofunc`: funcdata moved into `.gopclntab` in 1.26, with
+        // moduledata in `.go.module` and `gofunc` at +344 (read off a go1.27.3
+        // binary: +312 is `.go.func`, +336 `.rodata`, +344 inside `.gopclntab`).
+        let gofunc_at = match (layout, elf.section(".go.module").is_some()) {
+            (Layout::Go118, _) => 304,
+            (Layout::Go120, false) => 320,
+            (Layout::Go120, true) => 344,
+        };
+        let gofunc = moduledata.and_then(|m| elf.pointer(&file, m + gofunc_at));
+        Ok(Some(GoTable {
+            layout,
+            quantum: u64::from(quantum.unwrap_or(1).max(1)),
+            nfunc,
+            text_start,
+            funcnames,
+            pctab,
+            pclntable,
+            gofunc,
+            elf,
+            file,
+        }))
+    }
+
+    /// Functions in the table.
+    pub fn len(&self) -> usize {
+        self.nfunc
+    }
+
+    /// No function?
+    pub fn is_empty(&self) -> bool {
+        self.nfunc == 0
+    }
+
+    /// The virtual address of file offset `off`.
+    pub fn vaddr(&self, off: u64) -> Option<u64> {
+        self.elf.vaddr(off)
+    }
+
+    /// The `_func` holding `pc`: its file offset and entry PC.
+    fn func(&self, pc: u64) -> Option<(usize, u64)> {
+        let rel = u32::try_from(pc.checked_sub(self.text_start)?).ok()?;
+        let entry = |i: usize| u32_at(&self.file, self.pclntable + 8 * i);
+        // The last function whose entry is at or before pc (the final pair only
+        // ends the table).
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if entry(mid)? <= rel {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let i = lo.checked_sub(1)?;
+        if rel >= entry(self.nfunc)? {
+            return None;
+        }
+        let funcoff = u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
+        let f = self.pclntable + funcoff;
+        Some((f, self.text_start + u64::from(u32_at(&self.file, f)?)))
+    }
+
+    fn name(&self, name_off: i32) -> Option<String> {
+        let start = self.funcnames + usize::try_from(name_off).ok()?;
+        let s = self.file.get(start..)?;
+        let end = s.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&s[..end]).into_owned())
+    }
+
+    /// The value of pc-value table `table` at `pc`, for a function entered at
+    /// `entry`.
+    fn pcvalue(&self, table: u32, entry: u64, pc: u64) -> Option<i32> {
+        if table == 0 {
+            return None;
+        }
+        let mut at = self.pctab + table as usize;
+        let (mut val, mut cur) = (-1i32, entry);
+        let mut first = true;
+        loop {
+            let uvdelta = self.varint(&mut at)?;
+            if uvdelta == 0 && !first {
+                return None;
+            }
+            first = false;
+            let delta = -((uvdelta & 1) as i32) ^ (uvdelta >> 1) as i32;
+            val = val.wrapping_add(delta);
+            let pcdelta = self.varint(&mut at)?;
+            cur += u64::from(pcdelta) * self.quantum;
+            if pc < cur {
+                return Some(val);
+            }
+        }
+    }
+
+    fn varint(&self, at: &mut usize) -> Option<u32> {
+        let mut v = 0u32;
+        for shift in (0..35).step_by(7) {
+            let b = *self.file.get(*at)?;
+            *at += 1;
+            v |= u32::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The frames `pc` stands for, innermost first: inlined calls, then the
+    /// function they were inlined into. `leaf` is false for a return address
+    /// (then the call instruction, `pc - 1`, is looked up).
+    pub fn frames(&self, pc: u64, leaf: bool) -> Option<Vec<GoFrame>> {
+        let pc = if leaf { pc } else { pc.checked_sub(1)? };
+        let (f, entry) = self.func(pc)?;
+        let d = &self.file;
+        let name_off = u32_at(d, f + 4)? as i32;
+        let (npcdata_at, fixed) = match self.layout {
+            Layout::Go118 => (f + 28, 40),
+            Layout::Go120 => (f + 28, 44),
+        };
+        let npcdata = u32_at(d, npcdata_at)? as usize;
+        let nfuncdata = usize::from(*d.get(f + fixed - 1)?);
+        let mut frames = Vec::new();
+        if let Some(gofunc) = self.gofunc
+            && npcdata > PCDATA_INL_TREE_INDEX
+            && nfuncdata > FUNCDATA_INL_TREE
+        {
+            let table = u32_at(d, f + fixed + 4 * PCDATA_INL_TREE_INDEX)?;
+            let tree = u32_at(d, f + fixed + 4 * npcdata + 4 * FUNCDATA_INL_TREE)?;
+            if let Some(tree) = (tree != u32::MAX)
+                .then(|| self.elf.file_offset(gofunc + u64::from(tree)))
+                .flatten()
+            {
+                let tree = tree as usize;
+                let mut at_pc = pc;
+                for _ in 0..64 {
+                    let Some(idx) = self.pcvalue(table, entry, at_pc).filter(|&i| i >= 0) else {
+                        break;
+                    };
+                    let (name_off, parent_pc) = match self.layout {
+                        Layout::Go120 => {
+                            let e = tree + 16 * idx as usize;
+                            (u32_at(d, e + 4)? as i32, u32_at(d, e + 8)? as i32)
+                        }
+                        Layout::Go118 => {
+                            let e = tree + 20 * idx as usize;
+                            (u32_at(d, e + 12)? as i32, u32_at(d, e + 16)? as i32)
+                        }
+                    };
+                    // An entry that does not read: the function alone (never a
+                    // wrong inlined frame).
+                    let Some(name) = self.name(name_off) else {
+                        frames.clear();
+                        break;
+                    };
+                    frames.push(GoFrame {
+                        name,
+                        inlined: true,
+                    });
+                    let Some(next) = entry.checked_add_signed(i64::from(parent_pc)) else {
+                        frames.clear();
+                        break;
+                    };
+                    at_pc = next;
+                }
+            }
+        }
+        frames.push(GoFrame {
+            name: self.name(name_off)?,
+            inlined: false,
+        });
+        Some(frames)
+    }
+
+    /// How far `pc`'s function has moved the stack pointer below its entry value
+    /// there (its `pcsp` table): 0 means the return address is at `sp`.
+    pub fn sp_delta(&self, pc: u64) -> Option<i32> {
+        let (f, entry) = self.func(pc)?;
+        self.pcvalue(u32_at(&self.file, f + 16)?, entry, pc)
+    }
+
+    /// Every function: `(entry, end, name)`, in address order.
+    pub fn functions(&self) -> impl Iterator<Item = (u64, u64, String)> + '_ {
+        (0..self.nfunc).filter_map(|i| {
+            let entry = u32_at(&self.file, self.pclntable + 8 * i)?;
+            let end = u32_at(&self.file, self.pclntable + 8 * (i + 1))?;
+            let f = self.pclntable + u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
+            let name = self.name(u32_at(&self.file, f + 4)? as i32)?;
+            Some((
+                self.text_start + u64::from(entry),
+                self.text_start + u64::from(end),
+                name,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crossprof_tests::{Go, GoBuild};
+
+    use super::*;
+
+    fn table(go: Go, build: GoBuild) -> GoTable {
+        let bin = go.fixture("chain", build);
+        GoTable::parse(std::fs::read(&bin).unwrap())
+            .unwrap_or_else(|e| panic!("go {} {build:?}: {e}", go.version()))
+            .unwrap_or_else(|| panic!("go {} {build:?}: not read as Go", go.version()))
+    }
+
+    #[test]
+    fn names_functions_and_inlined_calls_of_every_version_and_build() {
+        for go in Go::ALL {
+            for build in GoBuild::ALL {
+                let what = format!("go {} {build:?}", go.version());
+                let t = table(go, build);
+                assert!(t.len() > 1000, "{what}: {} functions", t.len());
+                let (entry, end, _) = t
+                    .functions()
+                    .find(|f| f.2 == "main.hot")
+                    .unwrap_or_else(|| panic!("{what}: no main.hot"));
+                // Every PC of hot is hot, or mix inlined into it.
+                let mut inlined = false;
+                for pc in entry..end {
+                    let frames = t.frames(pc, true).unwrap();
+                    assert_eq!(frames.last().unwrap().name, "main.hot", "{what}");
+                    assert!(!frames.last().unwrap().inlined);
+                    if frames.len() == 2 {
+                        assert_eq!(
+                            frames[0],
+                            GoFrame {
+                                name: "main.mix".into(),
+                                inlined: true
+                            },
+                            "{what}"
+                        );
+                        inlined = true;
+                    }
+                }
+                assert!(inlined, "{what}: main.mix never seen inlined");
+                // hot is a leaf without a frame of its own: the return address
+                // stays at sp all through it.
+                assert_eq!(t.sp_delta(entry), Some(0), "{what}");
+                assert_eq!(t.sp_delta(entry + (end - entry) / 2), Some(0), "{what}");
+                // A return address is looked up at its call.
+                let (work, _, _) = t.functions().find(|f| f.2 == "main.work").unwrap();
+                assert_eq!(t.frames(work + 1, false).unwrap()[0].name, "main.work");
+                assert!(t.frames(entry - 1, true).unwrap()[0].name != "main.hot");
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_table_is_an_error_or_unnamed_never_a_panic() {
+        let bin = Go::Go123.fixture("chain", GoBuild::Stripped);
+        let file = std::fs::read(&bin).unwrap();
+        let elf = Elf::parse(&file).unwrap();
+        let s = elf.section(".gopclntab").unwrap();
+        // A bad magic: refused whole.
+        let mut bad = file.clone();
+        bad[s.offset as usize] ^= 0xFF;
+        assert_eq!(
+            GoTable::parse(bad).unwrap_err(),
+            PclnError("unknown magic (Go before 1.18, or newer than known)")
+        );
+        // Garbage through the table: lookups fail or name, never panic.
+        let mut junk = file.clone();
+        for i in (s.offset as usize + 64..(s.offset + s.size) as usize).step_by(7) {
+            junk[i] = junk[i].wrapping_mul(31).wrapping_add(7);
+        }
+        if let Ok(Some(t)) = GoTable::parse(junk) {
+            let (lo, hi) = (t.text_start, t.text_start + 0x20_0000);
+            for pc in (lo..hi).step_by(97) {
+                let _ = t.frames(pc, true);
+            }
+        }
+        // Not Go at all.
+        assert!(
+            GoTable::parse(std::fs::read("/proc/self/exe").unwrap())
+                .unwrap()
+                .is_none()
+        );
+        assert!(GoTable::parse(b"not even ELF".to_vec()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,158 @@
+//! Just enough ELF64 (little-endian) to find sections, turn virtual addresses into
+//! file offsets and back, and read the relative relocations that PIE binaries
+//! keep their pointers in (System V ABI, x86-64 supplement). blazesym reads ELF
+//! for symbols; this is for runtimes whose tables live in their own sections
+//! (Go's `.gopclntab`).
+
+use std::collections::HashMap;
+
+/// A section.
+#[derive(Debug, Clone, Copy)]
+pub struct Section {
+    /// Its virtual address (0 if not loaded).
+    pub addr: u64,
+    /// Its file offset.
+    pub offset: u64,
+    /// Its size in the file.
+    pub size: u64,
+    /// `SHT_NOBITS` (`.bss`): no bytes in the file.
+    pub nobits: bool,
+}
+
+/// A loadable segment.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    vaddr: u64,
+    offset: u64,
+    filesz: u64,
+}
+
+/// An ELF file's layout, read from its bytes.
+#[derive(Debug, Default)]
+pub struct Elf {
+    sections: HashMap<String, Section>,
+    segments: Vec<Segment>,
+    /// `R_X86_64_RELATIVE` relocations: where -> value (PIE pointers).
+    relative: HashMap<u64, u64>,
+}
+
+const R_X86_64_RELATIVE: u64 = 8;
+
+fn u16_at(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl Elf {
+    /// Reads the headers of `d`; `None` if it is not a little-endian ELF64 file.
+    pub fn parse(d: &[u8]) -> Option<Self> {
+        if d.get(..4)? != b"\x7fELF" || d.get(4)? != &2 || d.get(5)? != &1 {
+            return None;
+        }
+        let (phoff, shoff) = (u64_at(d, 0x20)? as usize, u64_at(d, 0x28)? as usize);
+        let (phentsize, phnum) = (usize::from(u16_at(d, 0x36)?), usize::from(u16_at(d, 0x38)?));
+        let (shentsize, shnum) = (usize::from(u16_at(d, 0x3A)?), usize::from(u16_at(d, 0x3C)?));
+        let shstrndx = usize::from(u16_at(d, 0x3E)?);
+        let mut elf = Elf::default();
+        for i in 0..phnum {
+            let p = phoff + i * phentsize;
+            if u32_at(d, p)? == 1 {
+                // PT_LOAD
+                elf.segments.push(Segment {
+                    offset: u64_at(d, p + 8)?,
+                    vaddr: u64_at(d, p + 16)?,
+                    filesz: u64_at(d, p + 32)?,
+                });
+            }
+        }
+        let header = |i: usize| -> Option<(u32, u32, Section)> {
+            let s = shoff + i * shentsize;
+            let kind = u32_at(d, s + 4)?;
+            Some((
+                u32_at(d, s)?,
+                kind,
+                Section {
+                    addr: u64_at(d, s + 16)?,
+                    offset: u64_at(d, s + 24)?,
+                    size: u64_at(d, s + 32)?,
+                    nobits: kind == 8,
+                },
+            ))
+        };
+        let names = header(shstrndx).map(|(_, _, s)| s);
+        for i in 0..shnum {
+            let Some((name_off, kind, section)) = header(i) else {
+                continue;
+            };
+            let name = names
+                .and_then(|n| d.get(n.offset as usize + name_off as usize..))
+                .and_then(|s| s.split(|&b| b == 0).next())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .unwrap_or_default();
+            if kind == 4 {
+                // SHT_RELA: keep the relative relocations.
+                let (at, n) = (section.offset as usize, section.size as usize / 24);
+                for r in 0..n {
+                    let e = at + r * 24;
+                    if let (Some(off), Some(info), Some(addend)) =
+                        (u64_at(d, e), u64_at(d, e + 8), u64_at(d, e + 16))
+                        && info & 0xFFFF_FFFF == R_X86_64_RELATIVE
+                    {
+                        elf.relative.insert(off, addend);
+                    }
+                }
+            }
+            elf.sections.insert(name, section);
+        }
+        Some(elf)
+    }
+
+    /// The section called `name`.
+    pub fn section(&self, name: &str) -> Option<Section> {
+        self.sections.get(name).copied()
+    }
+
+    /// The bytes of section `name` in `d`.
+    pub fn section_data<'a>(&self, d: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        let s = self.section(name).filter(|s| !s.nobits)?;
+        d.get(s.offset as usize..(s.offset + s.size) as usize)
+    }
+
+    /// The file offset of virtual address `vaddr`.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+            .map(|s| vaddr - s.vaddr + s.offset)
+    }
+
+    /// The virtual address of file offset `off`.
+    pub fn vaddr(&self, off: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| off >= s.offset && off - s.offset < s.filesz)
+            .map(|s| off - s.offset + s.vaddr)
+    }
+
+    /// The pointer stored at `vaddr`: the relocation's value in a PIE, else the
+    /// file's bytes.
+    pub fn pointer(&self, d: &[u8], vaddr: u64) -> Option<u64> {
+        if let Some(&v) = self.relative.get(&vaddr) {
+            return Some(v);
+        }
+        u64_at(d, self.file_offset(vaddr)? as usize)
+    }
+
+    /// Where a relative relocation stores `value`, if one does.
+    pub fn relocation_to(&self, value: u64) -> Option<u64> {
+        self.relative
+            .iter()
+            .find(|&(_, &v)| v == value)
+            .map(|(&at, _)| at)
+    }
+}
