@@ -426,6 +426,15 @@ async fn run(
     }
     let command_exit_status = command_status.map(exit_code);
 
+    let mut procs = procs;
+    let go_versions: BTreeMap<u32, String> = procs
+        .iter()
+        .filter(|p| p.samples > 0 && p.dotnet.is_none())
+        .map(|p| p.pid)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter_map(|pid| Some((pid, procs.go_version(pid)?)))
+        .collect();
     let mut processes: Vec<ProcessSummary> = procs
         .iter()
         .filter(|p| p.samples > 0)
@@ -437,7 +446,8 @@ async fn run(
             runtime: p
                 .dotnet
                 .as_ref()
-                .map(|d| format!("dotnet {}", d.runtime.version)),
+                .map(|d| format!("dotnet {}", d.runtime.version))
+                .or_else(|| go_versions.get(&p.pid).map(|v| v.replacen("go", "go ", 1))),
             gc: p
                 .dotnet
                 .as_ref()
@@ -457,6 +467,11 @@ async fn run(
         .filter(|p| p.samples > 0)
         .filter_map(|p| p.dotnet.as_ref().map(|d| d.notes(&p.name)))
         .flatten()
+        .chain(procs.modules.go_errors.iter().map(|(module, why)| {
+            format!(
+                "{module}: {why}: its Go frames are named from ELF symbols only, [{module}+0x...] where it has none"
+            )
+        }))
         .collect();
     let summary = Summary {
         duration_secs: duration.as_secs_f64(),

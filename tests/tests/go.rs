@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use crossprof_tests::{Go, GoBuild, Run, count_where, crossprof_bin, out_dir, read_folded};
+use crossprof_tests::{
+    Go, GoBuild, Run, count_where, crossprof_bin, out_dir, read_folded, read_summary,
+};
 
 #[test]
 fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
@@ -42,6 +44,64 @@ fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
                 inlined * 100 >= all * 50,
                 "{what}: main.hot;main.mix_[i] in {inlined} of {all}"
             );
+            // The Go version, from the binary's build info.
+            let summary = read_summary(&dir);
+            let runtime = summary["processes"][0]["runtime"].as_str().unwrap_or("");
+            assert!(
+                runtime.starts_with(&format!("go {}", go.version())),
+                "{what}: runtime {runtime:?}"
+            );
         }
     }
+}
+
+#[test]
+fn a_corrupt_gopclntab_gives_unnamed_frames_and_a_note_and_the_program_runs() {
+    let bin = Go::Go123.fixture("chain", GoBuild::Stripped);
+    let dir = out_dir("go_corrupt");
+    let broken = dir.join("chain");
+    let mut data = std::fs::read(&bin).unwrap();
+    // Break the table's header where only outside readers look: the offset of
+    // its function-name table (the runtime itself reads that from moduledata, and
+    // refuses to start on a bad magic or function table).
+    let at = find(&data, &[0xF1, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x01, 0x08]).expect("magic");
+    data[at + 32..at + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&broken, &data).unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.join("out");
+    let run: Run = Command::new(crossprof_bin())
+        .args(["record", "-q", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(&broken)
+        .arg("1")
+        .output()
+        .expect("run crossprof")
+        .into();
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("done false"),
+        "the program did not run: {}",
+        run.stdout
+    );
+    let note = "chain: unreadable .gopclntab: offset outside the section";
+    assert!(run.stderr.contains(note), "{}", run.stderr);
+    // Stripped and unreadable: no Go name is made up.
+    let stacks = read_folded(&out);
+    let (named, all) = count_where(&stacks, "chain", |s| {
+        s.frames.iter().any(|f| f.starts_with("main."))
+    });
+    assert!(all > 50, "only {all} samples");
+    assert_eq!(named, 0, "Go names without a table");
+    let (unnamed, _) = count_where(&stacks, "chain", |s| {
+        s.frames.iter().any(|f| f.starts_with("[chain+0x"))
+    });
+    assert!(
+        unnamed * 10 >= all * 9,
+        "{unnamed} of {all} with [chain+0x...] frames"
+    );
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -61,6 +61,8 @@ pub struct GoTable {
     pclntable: usize,
     /// `moduledata.gofunc` (virtual address), for the inline tree.
     gofunc: Option<u64>,
+    /// The Go version that built it (`go1.23.9`), from its build info.
+    pub version: Option<String>,
 }
 
 /// One frame a PC stands for: the function, and whether it was inlined into its
@@ -71,6 +73,31 @@ pub struct GoFrame {
     pub name: String,
     /// Inlined into the frame after it.
     pub inlined: bool,
+}
+
+/// The Go version in a `.go.buildinfo` section (cmd/link `buildinfo`,
+/// debug/buildinfo; Go 1.18+): the 14-byte magic `\xff Go buildinf:`, pointer
+/// size, flags (bit 1: pointer-free format), padding to 32 bytes, then the
+/// version as a uvarint-length string.
+pub fn build_info_version(d: &[u8]) -> Option<String> {
+    if d.get(..14)? != b"\xff Go buildinf:" || d.get(15)? & 2 == 0 {
+        return None;
+    }
+    let (mut len, mut at, mut shift) = (0usize, 32usize, 0);
+    loop {
+        let b = *d.get(at)?;
+        at += 1;
+        len |= usize::from(b & 0x7F) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
+    }
+    let v = std::str::from_utf8(d.get(at..at + len)?).ok()?;
+    v.starts_with("go").then(|| v.to_owned())
 }
 
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
@@ -154,7 +181,11 @@ impl GoTable {
             (Layout::Go120, true) => 344,
         };
         let gofunc = moduledata.and_then(|m| elf.pointer(&file, m + gofunc_at));
+        let version = elf
+            .section_data(&file, ".go.buildinfo")
+            .and_then(build_info_version);
         Ok(Some(GoTable {
+            version,
             layout,
             quantum: u64::from(quantum.unwrap_or(1).max(1)),
             nfunc,
@@ -361,6 +392,11 @@ mod tests {
                 let what = format!("go {} {build:?}", go.version());
                 let t = table(go, build);
                 assert!(t.len() > 1000, "{what}: {} functions", t.len());
+                let version = t.version.clone().unwrap_or_default();
+                assert!(
+                    version.starts_with(&format!("go{}", go.version())),
+                    "{what}: build info says {version:?}"
+                );
                 let (entry, end, _) = t
                     .functions()
                     .find(|f| f.2 == "main.hot")

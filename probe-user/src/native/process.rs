@@ -59,6 +59,8 @@ pub struct ModuleTable {
     modules: Vec<Module>,
     /// Go function tables, read when first needed (`None`: not Go).
     go: HashMap<ModuleId, Option<Arc<GoTable>>>,
+    /// Go binaries whose table could not be read: (file name, why).
+    pub go_errors: Vec<(String, String)>,
 }
 
 impl ModuleTable {
@@ -110,12 +112,19 @@ impl ModuleTable {
 
     /// The Go function table of `id`, if it is a Go binary (read once).
     pub fn go_table(&mut self, id: ModuleId) -> Option<Arc<GoTable>> {
-        let path = &self.modules.get(id.0 as usize)?.open_path;
+        let module = self.modules.get(id.0 as usize)?;
+        let errors = &mut self.go_errors;
         self.go
             .entry(id)
             .or_insert_with(|| {
-                let data = std::fs::read(path).ok()?;
-                GoTable::parse(data).ok().flatten().map(Arc::new)
+                let data = std::fs::read(&module.open_path).ok()?;
+                match GoTable::parse(data) {
+                    Ok(table) => table.map(Arc::new),
+                    Err(e) => {
+                        errors.push((module.name.clone(), e.to_string()));
+                        None
+                    }
+                }
             })
             .clone()
     }
@@ -374,6 +383,17 @@ impl ProcessTable {
     /// The name behind a [`FrameRef::Managed`] id.
     pub fn managed_name(&self, id: u32) -> &str {
         self.managed.get(id)
+    }
+
+    /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
+    pub fn go_version(&mut self, pid: u32) -> Option<String> {
+        let p = self.procs.get(&pid)?;
+        let exe = p.exe.as_deref()?;
+        let module = p.mappings.iter().find_map(|m| match m.target {
+            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
+            _ => None,
+        })?;
+        self.modules.go_table(module)?.version.clone()
     }
 
     /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
