@@ -9,9 +9,11 @@
 //!
 //! One module per runtime, mirrored in `probe-ebpf/src/` and `probe-user/src/`:
 //! [`native`] holds what every sample carries (ids, time, kernel and user stack),
-//! [`dotnet`] how the kernel unwinds JIT-compiled .NET code.
+//! [`dotnet`] how the kernel unwinds JIT-compiled .NET code, [`go`] how it reads
+//! the current goroutine.
 
 pub mod dotnet;
+pub mod go;
 pub mod native;
 
 /// Tag in the first 4 bytes of every ring-buffer record, so that later record kinds
@@ -68,6 +70,8 @@ pub mod names {
     pub const MANAGED_PIDS: &str = "MANAGED_PIDS";
     /// `CODE_PAGES` (see [`crate::dotnet`]).
     pub const CODE_PAGES: &str = "CODE_PAGES";
+    /// `GO_PIDS` (see [`crate::go`]).
+    pub const GO_PIDS: &str = "GO_PIDS";
 }
 
 /// Compiled-in size of the ring buffer; the collector sets the real size at load

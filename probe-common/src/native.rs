@@ -44,8 +44,11 @@ pub struct SampleHeader {
     /// address of a leaf that has not saved a frame pointer is among them, where a
     /// frame-pointer walk cannot see it (see `probe-user`'s `aggregate.rs`).
     pub stack_top: [u64; STACK_TOP_WORDS],
+    /// The goroutine running, for a Go process (see [`crate::go`]); 0 when none
+    /// or unknown.
+    pub goid: u64,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 48 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 56 + 8 * STACK_TOP_WORDS);
 
 /// Words of [`SampleHeader::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;

@@ -128,7 +128,10 @@ pub fn sample(ctx: &PerfEventContext) {
     header.flags = flags;
     // The words at the user stack pointer, for a leaf without a frame record.
     header.stack_top = [0; STACK_TOP_WORDS];
-    if let Some((_, sp, _)) = user_regs(ctx, in_user) {
+    header.goid = 0;
+    if let Some(r) = user_reg_ptr(ctx, in_user) {
+        header.goid = crate::go::goid(tgid, r.sp, r.r14);
+        let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
         unsafe {
@@ -191,10 +194,31 @@ fn frames_in(bytes: i64, flags: &mut u32, error: (u32, Counter), truncated: u32)
 /// those saved at the kernel entry.
 #[inline(always)]
 pub(crate) fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<(u64, u64, u64)> {
+    user_reg_ptr(ctx, in_user).map(|r| (r.ip, r.sp, r.bp))
+}
+
+/// The user registers a walk or a goroutine read starts from.
+#[derive(Clone, Copy)]
+pub(crate) struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub r14: u64,
+}
+
+/// The user registers: the sampled ones in user mode, else those saved at the
+/// kernel entry.
+#[inline(always)]
+pub(crate) fn user_reg_ptr(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
     if in_user {
         // SAFETY: the perf_event context is readable directly.
         let regs = unsafe { &(*ctx.ctx).regs };
-        return Some((regs.rip, regs.rsp, regs.rbp));
+        return Some(UserRegs {
+            ip: regs.rip,
+            sp: regs.rsp,
+            bp: regs.rbp,
+            r14: regs.r14,
+        });
     }
     // SAFETY: the current task is valid for the whole program run, and its user
     // registers sit at the top of its kernel stack.
@@ -204,11 +228,12 @@ pub(crate) fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<(u64, u
     }
     // SAFETY: reads through the kernel-read helper, which checks the address.
     unsafe {
-        Some((
-            bpf_probe_read_kernel(&(*regs).rip).ok()?,
-            bpf_probe_read_kernel(&(*regs).rsp).ok()?,
-            bpf_probe_read_kernel(&(*regs).rbp).ok()?,
-        ))
+        Some(UserRegs {
+            ip: bpf_probe_read_kernel(&(*regs).rip).ok()?,
+            sp: bpf_probe_read_kernel(&(*regs).rsp).ok()?,
+            bp: bpf_probe_read_kernel(&(*regs).rbp).ok()?,
+            r14: bpf_probe_read_kernel(&(*regs).r14).ok()?,
+        })
     }
 }
 

@@ -162,6 +162,7 @@ mod tests {
             comm: [0; 16],
             flags,
             stack_top: [0; 4],
+            goid: 0,
             kernel,
             user,
         }

@@ -26,6 +26,13 @@ pub enum Command {
     Record(RecordArgs),
 }
 
+/// A frame level `--group-by` adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// The goroutine of a Go process.
+    Goroutine,
+}
+
 /// `crossprof record` options.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
@@ -62,6 +69,12 @@ pub struct RecordArgs {
     /// `NAME (TID)`, e.g. `.NET TP Worker (4711)`: crossprof record --per-thread -- ./app.
     #[arg(long)]
     pub per_thread: bool,
+
+    /// Add a frame level under each process: `goroutine` puts each sample of a Go
+    /// process under its goroutine (`goroutine 18`, `[no goroutine]` on a system
+    /// stack): crossprof record --group-by goroutine -- ./server.
+    #[arg(long = "group-by", value_name = "LEVEL")]
+    pub group_by: Vec<GroupBy>,
 
     /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;
     /// repeat for several: --debug-dir /opt/symbols. Next to each binary and

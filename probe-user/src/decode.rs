@@ -32,6 +32,8 @@ pub struct Sample {
     pub flags: u32,
     /// The first words at the user stack pointer (0 where unreadable).
     pub stack_top: [u64; STACK_TOP_WORDS],
+    /// The goroutine, in a Go process (0: none or unknown).
+    pub goid: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -102,6 +104,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     for w in &mut stack_top {
         *w = buf.get_u64_le();
     }
+    let goid = buf.get_u64_le();
     if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
         return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
     }
@@ -120,6 +123,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         comm,
         flags,
         stack_top,
+        goid,
         kernel,
         user,
     }))
@@ -146,7 +150,7 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        for w in [0x7ff0_0000_1000u64, 2, 3, 4] {
+        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         for ip in kernel.iter().chain(user) {
@@ -172,6 +176,7 @@ mod tests {
         assert_eq!(s.user, vec![0x401000]);
         assert_eq!(s.flags, 4);
         assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
+        assert_eq!(s.goid, 17);
     }
 
     #[test]

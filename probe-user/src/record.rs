@@ -26,7 +26,7 @@ use tokio::{
 
 use crate::{
     aggregate::{Aggregator, sample_frames},
-    cli::RecordArgs,
+    cli::{GroupBy, RecordArgs},
     decode::{Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
@@ -69,6 +69,10 @@ struct Pipeline {
     decode_errors: u64,
     /// `--per-thread`: a thread frame under the process.
     per_thread: bool,
+    /// `--group-by goroutine`: a goroutine frame under the process (and thread).
+    per_goroutine: bool,
+    /// The kernel's table of Go processes.
+    go_pids: Option<aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
@@ -93,6 +97,11 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
+                    if self.per_goroutine
+                        && self.procs.get(sample.pid).is_some_and(|p| p.go_tracked)
+                    {
+                        frames.insert(0, FrameRef::Goroutine(sample.goid));
+                    }
                     if self.per_thread {
                         frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
                     }
@@ -115,6 +124,9 @@ impl Pipeline {
             }
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
+        if let Some(go_pids) = self.go_pids.as_mut() {
+            self.procs.poll_go(go_pids);
+        }
         if let Some(tables) = self.dotnet_tables.as_mut()
             && let Err(e) = self.procs.poll_dotnet_unwind(tables)
             && !self.dotnet_tables_error
@@ -191,6 +203,7 @@ struct Started {
     sampler: Sampler,
     events: RingBuf<MapData>,
     dotnet_tables: KernelTables,
+    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
     child: Option<tokio::process::Child>,
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
@@ -213,6 +226,7 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
     }
     let events = sampler.take_events()?;
     let dotnet_tables = sampler.take_dotnet_tables()?;
+    let go_pids = sampler.take_go_pids()?;
     sampler.attach()?;
     for &pid in pids {
         if !alive(pid) {
@@ -228,6 +242,7 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
         sampler,
         events,
         dotnet_tables,
+        go_pids,
         child,
         sigint,
         sigterm,
@@ -286,6 +301,7 @@ async fn run(
         mut sampler,
         events,
         dotnet_tables,
+        go_pids,
         mut child,
         mut sigint,
         mut sigterm,
@@ -302,6 +318,8 @@ async fn run(
         symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone()),
         per_thread: args.per_thread,
         dotnet_tables: Some(dotnet_tables),
+        go_pids: Some(go_pids),
+        per_goroutine: args.group_by.contains(&GroupBy::Goroutine),
         ..Pipeline::default()
     };
     let mut status = Status::new(args.quiet);
@@ -389,6 +407,8 @@ async fn run(
         mut symbolizer,
         decode_errors,
         per_thread: _,
+        per_goroutine: _,
+        go_pids: _,
         waiting: _,
         dotnet_tables: _,
         dotnet_tables_error: _,
@@ -467,6 +487,13 @@ async fn run(
         .filter(|p| p.samples > 0)
         .filter_map(|p| p.dotnet.as_ref().map(|d| d.notes(&p.name)))
         .flatten()
+        .chain(procs.iter().filter(|p| p.samples > 0).filter_map(|p| {
+            let version = p.go_note.as_ref()?;
+            Some(format!(
+                "{} (pid {}) runs {version}, whose goroutine layout crossprof does not know (it knows go1.19 to go1.27): its samples carry no goroutine",
+                p.name, p.pid
+            ))
+        }))
         .chain(procs.modules.go_errors.iter().map(|(module, why)| {
             format!(
                 "{module}: {why}: its Go frames are named from ELF symbols only, [{module}+0x...] where it has none"

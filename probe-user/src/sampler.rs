@@ -15,7 +15,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use probe_common::{COUNTER_SLOTS, Config, names, ring_bytes};
+use probe_common::{COUNTER_SLOTS, Config, go::GoOffsets, names, ring_bytes};
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -185,6 +185,15 @@ impl Sampler {
             source,
         })?;
         Ok(crate::dotnet::unwind::KernelTables::new(pids, pages))
+    }
+
+    /// The kernel's table of Go processes (taken once).
+    pub fn take_go_pids(&mut self) -> Result<BpfHashMap<MapData, u32, GoOffsets>, SamplerError> {
+        let map = take_map(&mut self.ebpf, names::GO_PIDS)?;
+        BpfHashMap::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::GO_PIDS,
+            source,
+        })
     }
 
     /// The aya-log channel of the kernel programs, if they log.

@@ -83,6 +83,9 @@ pub enum FrameRef {
     /// The thread a sample ran on (`--per-thread`): an index into the process
     /// table's thread names.
     Thread(u32),
+    /// The goroutine a sample of a Go process ran on (`--group-by goroutine`); 0
+    /// is a system stack, no goroutine.
+    Goroutine(u64),
     /// No symbol to look up.
     Marker(Marker),
 }
@@ -122,6 +125,8 @@ impl Names {
         match frame {
             FrameRef::Managed(id) => Cow::Owned(sanitize(procs.managed_name(id)).into_owned()),
             FrameRef::Thread(id) => Cow::Owned(sanitize(procs.thread_name(id)).into_owned()),
+            FrameRef::Goroutine(0) => Cow::Borrowed("[no goroutine]"),
+            FrameRef::Goroutine(id) => Cow::Owned(format!("goroutine {id}")),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
             FrameRef::Elf { module, offset } => {
                 Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
@@ -312,7 +317,10 @@ impl SymbolizerThread {
                 FrameRef::Elf { module, offset } => {
                     per_module.entry(module).or_default().push(offset)
                 }
-                FrameRef::Managed(_) | FrameRef::Thread(_) | FrameRef::Marker(_) => {}
+                FrameRef::Managed(_)
+                | FrameRef::Thread(_)
+                | FrameRef::Goroutine(_)
+                | FrameRef::Marker(_) => {}
             }
         }
         if !kernel.is_empty() {

@@ -46,10 +46,15 @@ fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
             );
             // The Go version, from the binary's build info.
             let summary = read_summary(&dir);
-            let runtime = summary["processes"][0]["runtime"].as_str().unwrap_or("");
+            let runtime = summary["processes"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["comm"] == "chain"))
+                .and_then(|p| p["runtime"].as_str())
+                .unwrap_or("");
             assert!(
                 runtime.starts_with(&format!("go {}", go.version())),
-                "{what}: runtime {runtime:?}"
+                "{what}: runtime {runtime:?} in {}",
+                summary["processes"]
             );
         }
     }
@@ -104,4 +109,62 @@ fn a_corrupt_gopclntab_gives_unnamed_frames_and_a_note_and_the_program_runs() {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn each_sample_carries_its_goroutine_in_every_version() {
+    for go in Go::ALL {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("goroutines", GoBuild::Stripped);
+        let dir = out_dir(&format!("go_goroutines_{}", go.version()));
+        let run: Run = Command::new(crossprof_bin())
+            .args(["record", "-q", "--group-by", "goroutine", "-o"])
+            .arg(&dir)
+            .arg("--")
+            .arg(&bin)
+            .args(["2", "4"])
+            .output()
+            .expect("run crossprof")
+            .into();
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        // The ids the goroutines printed are the ids the busy samples carry.
+        let printed: std::collections::BTreeSet<String> = run
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("goid "))
+            .map(|id| format!("goroutine {id}"))
+            .collect();
+        assert_eq!(printed.len(), 4, "{what}: {}", run.stdout);
+        let stacks = read_folded(&dir);
+        let busy: Vec<_> = stacks
+            .iter()
+            .filter(|s| s.frames[0] == "goroutines" && s.frames.iter().any(|f| f == "main.busy"))
+            .collect();
+        let total: u64 = busy.iter().map(|s| s.count).sum();
+        let seen: std::collections::BTreeSet<String> = busy
+            .iter()
+            .map(|s| s.frames[1].clone())
+            .filter(|f| f.starts_with("goroutine "))
+            .collect();
+        assert_eq!(seen, printed, "{what}: goroutine frames over main.busy");
+        // Only the first moments, before crossprof has read the binary's Go
+        // version, go without a goroutine.
+        let (without, _) = count_where(&stacks, "goroutines", |s| {
+            s.frames.iter().any(|f| f == "main.busy") && !s.frames[1].starts_with("goroutine ")
+        });
+        assert!(
+            without * 10 <= total,
+            "{what}: {without} of {total} busy samples without a goroutine"
+        );
+        // Each goroutine ran about a quarter of the busy time (2 cores, 4 busy
+        // goroutines: each gets its share).
+        for g in &printed {
+            let n: u64 = busy
+                .iter()
+                .filter(|s| &s.frames[1] == g)
+                .map(|s| s.count)
+                .sum();
+            assert!(n * 8 >= total, "{what}: {g} has {n} of {total} samples");
+        }
+    }
 }

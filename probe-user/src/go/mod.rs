@@ -1,8 +1,11 @@
 //! Go: symbolizing Go binaries from their own function table, stripped or not.
 //!
-//! First step of issue #4: [`pclntab`] names every PC of a Go binary, inlined
-//! calls included, from `.gopclntab` (Go 1.18 on), which `-ldflags='-s -w'` keeps.
-//! Not done yet: goroutine identity, labels and states, unwinding across the
-//! runtime's stack switches.
+//! Issue #4, first steps: [`pclntab`] names every PC of a Go binary, inlined
+//! calls included, from `.gopclntab` (Go 1.18 on), which `-ldflags='-s -w'` keeps;
+//! [`offsets`] tells the kernel where a Go version keeps the goroutine id, which
+//! it reads from the `g` in R14 (`probe-ebpf/src/go.rs`).
+//! Not done yet: goroutine labels and states, unwinding across the runtime's
+//! stack switches.
 
+pub mod offsets;
 pub mod pclntab;

@@ -174,6 +174,12 @@ pub struct Process {
     pub gc_samples: u64,
     /// The .NET runtime, if the process runs one.
     pub dotnet: Option<DotnetProcess>,
+    /// Checked for Go (goroutine offsets handed to the kernel if it is).
+    go_checked: bool,
+    /// A Go version whose goroutine layout is not known: no goroutine data.
+    pub go_note: Option<String>,
+    /// The kernel reads this Go process's goroutines.
+    pub go_tracked: bool,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
@@ -255,6 +261,9 @@ impl ProcessTable {
                 gc_samples: 0,
                 dotnet: None,
                 r2r_done: Default::default(),
+                go_checked: false,
+                go_note: None,
+                go_tracked: false,
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -383,6 +392,31 @@ impl ProcessTable {
     /// The name behind a [`FrameRef::Managed`] id.
     pub fn managed_name(&self, id: u32) -> &str {
         self.managed.get(id)
+    }
+
+    /// Gives the kernel the goroutine offsets of every Go process not seen yet.
+    pub fn poll_go(
+        &mut self,
+        go_pids: &mut aya::maps::HashMap<aya::maps::MapData, u32, probe_common::go::GoOffsets>,
+    ) {
+        let fresh: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| !p.go_checked && p.dotnet.is_none() && p.pid != 0)
+            .map(|p| p.pid)
+            .collect();
+        for pid in fresh {
+            let version = self.go_version(pid);
+            let p = self.procs.get_mut(&pid).expect("listed above");
+            p.go_checked = true;
+            let Some(version) = version else { continue };
+            match crate::go::offsets::for_version(&version) {
+                Some(offsets) => {
+                    p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
+                }
+                None => p.go_note = Some(version),
+            }
+        }
     }
 
     /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
