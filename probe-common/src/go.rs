@@ -17,8 +17,8 @@ pub const MAX_GO_PIDS: u32 = 4096;
 pub struct GoOffsets {
     /// `g.goid` (int64).
     pub goid: u32,
-    /// Always 0.
-    pub pad: u32,
+    /// `g.labels` (unsafe.Pointer to the goroutine's pprof labels).
+    pub labels: u32,
 }
 const _: () = assert!(core::mem::size_of::<GoOffsets>() == 8);
 

@@ -47,8 +47,11 @@ pub struct SampleHeader {
     /// The goroutine running, for a Go process (see [`crate::go`]); 0 when none
     /// or unknown.
     pub goid: u64,
+    /// That goroutine's `g.labels` pointer (its pprof labels, read by the
+    /// collector); 0 when none.
+    pub go_labels: u64,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 56 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 64 + 8 * STACK_TOP_WORDS);
 
 /// Words of [`SampleHeader::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;

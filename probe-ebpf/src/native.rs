@@ -129,8 +129,9 @@ pub fn sample(ctx: &PerfEventContext) {
     // The words at the user stack pointer, for a leaf without a frame record.
     header.stack_top = [0; STACK_TOP_WORDS];
     header.goid = 0;
+    header.go_labels = 0;
     if let Some(r) = user_reg_ptr(ctx, in_user) {
-        header.goid = crate::go::goid(tgid, r.sp, r.r14);
+        (header.goid, header.go_labels) = crate::go::goroutine(tgid, r.sp, r.r14);
         let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).

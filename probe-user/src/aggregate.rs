@@ -163,6 +163,7 @@ mod tests {
             flags,
             stack_top: [0; 4],
             goid: 0,
+            go_labels: 0,
             kernel,
             user,
         }

@@ -27,10 +27,24 @@ pub enum Command {
 }
 
 /// A frame level `--group-by` adds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupBy {
     /// The goroutine of a Go process.
     Goroutine,
+    /// The value of a Go pprof label.
+    Label(String),
+}
+
+fn parse_group_by(s: &str) -> Result<GroupBy, String> {
+    match s {
+        "goroutine" => Ok(GroupBy::Goroutine),
+        _ => match s.strip_prefix("label:") {
+            Some(key) if !key.is_empty() => Ok(GroupBy::Label(key.to_owned())),
+            _ => Err(format!(
+                "{s:?} is not a level: use goroutine or label:KEY, e.g. --group-by label:worker"
+            )),
+        },
+    }
 }
 
 /// `crossprof record` options.
@@ -70,10 +84,11 @@ pub struct RecordArgs {
     #[arg(long)]
     pub per_thread: bool,
 
-    /// Add a frame level under each process: `goroutine` puts each sample of a Go
-    /// process under its goroutine (`goroutine 18`, `[no goroutine]` on a system
-    /// stack): crossprof record --group-by goroutine -- ./server.
-    #[arg(long = "group-by", value_name = "LEVEL")]
+    /// Add a frame level under each process; repeat for several. `goroutine` puts
+    /// each sample of a Go process under its goroutine (`goroutine 18`, `[no
+    /// goroutine]` on a system stack); `label:KEY` under the value of its pprof
+    /// label KEY (`worker=w3`): crossprof record --group-by label:worker -- ./server.
+    #[arg(long = "group-by", value_name = "LEVEL", value_parser = parse_group_by)]
     pub group_by: Vec<GroupBy>,
 
     /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;

@@ -34,6 +34,8 @@ pub struct Sample {
     pub stack_top: [u64; STACK_TOP_WORDS],
     /// The goroutine, in a Go process (0: none or unknown).
     pub goid: u64,
+    /// Its `g.labels` pointer (0: none).
+    pub go_labels: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -105,6 +107,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         *w = buf.get_u64_le();
     }
     let goid = buf.get_u64_le();
+    let go_labels = buf.get_u64_le();
     if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
         return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
     }
@@ -124,6 +127,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         flags,
         stack_top,
         goid,
+        go_labels,
         kernel,
         user,
     }))
@@ -150,7 +154,7 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17] {
+        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         for ip in kernel.iter().chain(user) {
@@ -176,7 +180,7 @@ mod tests {
         assert_eq!(s.user, vec![0x401000]);
         assert_eq!(s.flags, 4);
         assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
-        assert_eq!(s.goid, 17);
+        assert_eq!((s.goid, s.go_labels), (17, 0xc000_0100));
     }
 
     #[test]

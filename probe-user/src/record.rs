@@ -69,8 +69,8 @@ struct Pipeline {
     decode_errors: u64,
     /// `--per-thread`: a thread frame under the process.
     per_thread: bool,
-    /// `--group-by goroutine`: a goroutine frame under the process (and thread).
-    per_goroutine: bool,
+    /// `--group-by`: frame levels under the process (and thread).
+    group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
     go_pids: Option<aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>>,
     /// Samples of .NET processes waiting for the GC events of their time.
@@ -97,10 +97,16 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
-                    if self.per_goroutine
-                        && self.procs.get(sample.pid).is_some_and(|p| p.go_tracked)
-                    {
-                        frames.insert(0, FrameRef::Goroutine(sample.goid));
+                    if self.procs.get(sample.pid).is_some_and(|p| p.go_tracked) {
+                        for level in self.group_by.iter().rev() {
+                            let frame = match level {
+                                GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
+                                GroupBy::Label(key) => {
+                                    self.procs.label_frame(sample.pid, sample.go_labels, key)
+                                }
+                            };
+                            frames.insert(0, frame);
+                        }
                     }
                     if self.per_thread {
                         frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
@@ -319,7 +325,7 @@ async fn run(
         per_thread: args.per_thread,
         dotnet_tables: Some(dotnet_tables),
         go_pids: Some(go_pids),
-        per_goroutine: args.group_by.contains(&GroupBy::Goroutine),
+        group_by: args.group_by.clone(),
         ..Pipeline::default()
     };
     let mut status = Status::new(args.quiet);
@@ -407,7 +413,7 @@ async fn run(
         mut symbolizer,
         decode_errors,
         per_thread: _,
-        per_goroutine: _,
+        group_by: _,
         go_pids: _,
         waiting: _,
         dotnet_tables: _,

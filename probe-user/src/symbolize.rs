@@ -86,6 +86,9 @@ pub enum FrameRef {
     /// The goroutine a sample of a Go process ran on (`--group-by goroutine`); 0
     /// is a system stack, no goroutine.
     Goroutine(u64),
+    /// A `--group-by label:KEY` level: an index into the process table's label
+    /// texts (`worker=w3`).
+    Label(u32),
     /// No symbol to look up.
     Marker(Marker),
 }
@@ -127,6 +130,7 @@ impl Names {
             FrameRef::Thread(id) => Cow::Owned(sanitize(procs.thread_name(id)).into_owned()),
             FrameRef::Goroutine(0) => Cow::Borrowed("[no goroutine]"),
             FrameRef::Goroutine(id) => Cow::Owned(format!("goroutine {id}")),
+            FrameRef::Label(id) => Cow::Owned(sanitize(procs.label_text(id)).into_owned()),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
             FrameRef::Elf { module, offset } => {
                 Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
@@ -320,6 +324,7 @@ impl SymbolizerThread {
                 FrameRef::Managed(_)
                 | FrameRef::Thread(_)
                 | FrameRef::Goroutine(_)
+                | FrameRef::Label(_)
                 | FrameRef::Marker(_) => {}
             }
         }

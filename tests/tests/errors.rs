@@ -170,3 +170,13 @@ fn a_debug_dir_that_is_not_a_folder() {
         Some(&dir),
     );
 }
+
+#[test]
+fn a_group_by_level_that_does_not_exist() {
+    let (dir, d) = out("err_group_by");
+    let run = run_crossprof(
+        &["record", "--group-by", "colour", "-o", &d, "--", "true"],
+        LIMIT,
+    );
+    assert_rejected(&run, "use goroutine or label:KEY", Some(&dir));
+}

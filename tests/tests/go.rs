@@ -168,3 +168,69 @@ fn each_sample_carries_its_goroutine_in_every_version() {
         }
     }
 }
+
+#[test]
+fn pprof_labels_are_a_frame_level_in_every_version() {
+    for go in Go::ALL {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("labels", GoBuild::Normal);
+        let dir = out_dir(&format!("go_labels_{}", go.version()));
+        let run: Run = Command::new(crossprof_bin())
+            .args([
+                "record",
+                "-q",
+                "--group-by",
+                "goroutine",
+                "--group-by",
+                "label:worker",
+                "-o",
+            ])
+            .arg(&dir)
+            .arg("--")
+            .arg(&bin)
+            .args(["2", "3"])
+            .output()
+            .expect("run crossprof")
+            .into();
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        // goroutine id -> its worker label, as the program printed them.
+        let printed: std::collections::BTreeMap<String, String> = run
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4 && f[0] == "goid")
+                    .then(|| (format!("goroutine {}", f[1]), format!("worker={}", f[3])))
+            })
+            .collect();
+        assert_eq!(printed.len(), 3, "{what}: {}", run.stdout);
+        let stacks = read_folded(&dir);
+        let mut seen = std::collections::BTreeMap::new();
+        let mut total = 0;
+        let mut labelled = 0;
+        for s in stacks
+            .iter()
+            .filter(|s| s.frames[0] == "labels" && s.frames.iter().any(|f| f == "main.busy"))
+        {
+            total += s.count;
+            if let Some(label) = printed.get(&s.frames[1]) {
+                if &s.frames[2] == label {
+                    labelled += s.count;
+                }
+                *seen.entry(s.frames[2].clone()).or_insert(0) += s.count;
+            }
+        }
+        // Every busy goroutine's samples carry its own label, and no other.
+        assert_eq!(
+            seen.keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            printed.values().cloned().collect(),
+            "{what}: labels over main.busy: {seen:?}"
+        );
+        assert!(
+            labelled * 10 >= total * 9,
+            "{what}: {labelled} of {total} busy samples labelled right"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 //! calls included, from `.gopclntab` (Go 1.18 on), which `-ldflags='-s -w'` keeps;
 //! [`offsets`] tells the kernel where a Go version keeps the goroutine id, which
 //! it reads from the `g` in R14 (`probe-ebpf/src/go.rs`).
-//! Not done yet: goroutine labels and states, unwinding across the runtime's
-//! stack switches.
+//! [`labels`] reads a goroutine's pprof labels behind the `g.labels` pointer
+//! the kernel sends. Not done yet: goroutine states, unwinding across the
+//! runtime's stack switches.
 
+pub mod labels;
 pub mod offsets;
 pub mod pclntab;

@@ -6,27 +6,58 @@
 //! - 152 again from 1.25 (`gobuf.ret` removed, CL 652276; OpenTelemetry eBPF
 //!   profiler `interpreter/go/offsets.go` agrees for 1.25 and 1.26).
 //!
+//! `g.labels`: 360 in 1.19-1.20; 344 in 1.21-1.22 (`parentGoid` added, trace fields
+//! removed); 352 in 1.23-1.24 (`syscallbp`); 344 in 1.25 (`gobuf.ret` removed); 352
+//! in 1.26 (OpenTelemetry's offsets.go; `secret`/`ditWanted` added).
+//!
+//! What `g.labels` points at (`runtime/pprof/label.go`): up to 1.23 a `*labelMap`,
+//! `labelMap` being a `map[string]string`; from 1.24 a `labelMap` holding a
+//! `[]label{key, value string}` sorted by key (CL 574516).
+//!
 //! 1.27 is taken to keep 1.26's layout (checked here end to end with go1.27.3: the
 //! goroutine ids the fixture prints are the ones read). A version outside the table
 //! gets no goroutine data, and a note, never a guess.
 
 use probe_common::go::GoOffsets;
 
-/// The offsets for Go `version` (`go1.23.9`, as in the build info), if known.
-pub fn for_version(version: &str) -> Option<GoOffsets> {
-    let minor: u32 = version
+/// How a Go version keeps pprof labels behind `g.labels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelLayout {
+    /// `*map[string]string` (Go 1.19-1.23).
+    Map,
+    /// A slice of `{key, value string}` sorted by key (Go 1.24 on).
+    Slice,
+}
+
+fn minor(version: &str) -> Option<u32> {
+    version
         .strip_prefix("go1.")?
         .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()
-        .ok()?;
-    let goid = match minor {
-        19..=22 => 152,
-        23..=24 => 160,
-        25..=27 => 152,
+        .ok()
+}
+
+/// The offsets for Go `version` (`go1.23.9`, as in the build info), if known.
+pub fn for_version(version: &str) -> Option<GoOffsets> {
+    let (goid, labels) = match minor(version)? {
+        19..=20 => (152, 360),
+        21..=22 => (152, 344),
+        23..=24 => (160, 352),
+        25 => (152, 344),
+        26..=27 => (152, 352),
         _ => return None,
     };
-    Some(GoOffsets { goid, pad: 0 })
+    Some(GoOffsets { goid, labels })
+}
+
+/// How Go `version` keeps its labels, if known.
+pub fn label_layout(version: &str) -> Option<LabelLayout> {
+    match minor(version)? {
+        19..=23 => Some(LabelLayout::Map),
+        24..=27 => Some(LabelLayout::Slice),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

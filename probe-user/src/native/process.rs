@@ -180,6 +180,8 @@ pub struct Process {
     pub go_note: Option<String>,
     /// The kernel reads this Go process's goroutines.
     pub go_tracked: bool,
+    /// Its goroutines' pprof labels.
+    go_labels: Option<crate::go::labels::Labels>,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
@@ -243,6 +245,8 @@ pub struct ProcessTable {
     managed: Interner,
     /// `NAME (TID)` of threads, by (tid, comm at the sample).
     threads: Interner,
+    /// `KEY=VALUE` texts of `--group-by label:KEY` frames.
+    label_texts: Interner,
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
 }
 
@@ -264,6 +268,7 @@ impl ProcessTable {
                 go_checked: false,
                 go_note: None,
                 go_tracked: false,
+                go_labels: None,
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -335,6 +340,27 @@ impl ProcessTable {
         let id = self.threads.intern(&name);
         self.thread_ids.insert((tid, *comm), id);
         FrameRef::Thread(id)
+    }
+
+    /// The `--group-by label:KEY` frame of a sample of `pid` whose goroutine's
+    /// `g.labels` is `ptr`: `KEY=VALUE`, or `[no KEY label]`.
+    pub fn label_frame(&mut self, pid: u32, ptr: u64, key: &str) -> FrameRef {
+        let value = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.go_labels.as_mut())
+            .and_then(|l| l.get(ptr))
+            .and_then(|set| set.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()));
+        let text: Arc<str> = match value {
+            Some(v) => format!("{key}={v}").into(),
+            None => format!("[no {key} label]").into(),
+        };
+        FrameRef::Label(self.label_texts.intern(&text))
+    }
+
+    /// The text behind a [`FrameRef::Label`] id.
+    pub fn label_text(&self, id: u32) -> &str {
+        self.label_texts.get(id)
     }
 
     /// The name behind a [`FrameRef::Thread`] id.
@@ -413,6 +439,8 @@ impl ProcessTable {
             match crate::go::offsets::for_version(&version) {
                 Some(offsets) => {
                     p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
+                    p.go_labels = crate::go::offsets::label_layout(&version)
+                        .map(|layout| crate::go::labels::Labels::open(pid, layout));
                 }
                 None => p.go_note = Some(version),
             }
