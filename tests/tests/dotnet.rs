@@ -42,6 +42,15 @@ fn record_fixture(
     (dir, run)
 }
 
+/// Removes the maps a runtime wrote because the test's settings asked it to (they
+/// are the user's, so crossprof leaves them): /tmp stays clean.
+fn remove_runtime_maps(dir: &Path) {
+    let pid = dotnet_process(dir)["pid"].clone();
+    for file in ["perf-{}.map", "perfinfo-{}.map", "jit-{}.dump"] {
+        let _ = std::fs::remove_file(format!("/tmp/{}", file.replace("{}", &pid.to_string())));
+    }
+}
+
 fn dotnet_process(dir: &Path) -> serde_json::Value {
     let summary = read_summary(dir);
     summary["processes"][0].clone()
@@ -107,7 +116,7 @@ fn a_perf_map_the_process_writes_itself_is_read() {
     );
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     // The runtime's own perf map is the user's: remove it here so /tmp stays clean.
-    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", dotnet_process(&dir)["pid"]));
+    remove_runtime_maps(&dir);
 }
 
 #[test]
@@ -189,8 +198,7 @@ fn core31_with_the_perf_map_setting_is_named() {
     let p = dotnet_process(&dir);
     assert_eq!(p["runtime"].as_str(), Some("dotnet 3.1.23"), "{p}");
     assert!(!run.stderr.contains("note"), "{}", run.stderr);
-    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", p["pid"]));
-    let _ = std::fs::remove_file(format!("/tmp/perfinfo-{}.map", p["pid"]));
+    remove_runtime_maps(&dir);
 }
 
 #[test]
@@ -322,9 +330,7 @@ fn gc_pauses_are_marked_on_core31() {
         &[("COMPlus_PerfMapEnabled", "1")],
     );
     assert_gc_marked(&dir, &run);
-    let pid = dotnet_process(&dir)["pid"].clone();
-    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
-    let _ = std::fs::remove_file(format!("/tmp/perfinfo-{pid}.map"));
+    remove_runtime_maps(&dir);
 }
 
 /// Framework-heavy code reads `System.*`, with under 2% of samples in unnamed
@@ -374,7 +380,5 @@ fn framework_readytorun_code_is_named_on_core31() {
         &[("COMPlus_PerfMapEnabled", "1")],
     );
     assert_framework_named(&dir);
-    let pid = dotnet_process(&dir)["pid"].clone();
-    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
-    let _ = std::fs::remove_file(format!("/tmp/perfinfo-{pid}.map"));
+    remove_runtime_maps(&dir);
 }

@@ -2,11 +2,26 @@
 //! stripped (`-s -w`) and PIE builds of Go 1.19 to 1.27 — with inlined calls as
 //! frames of their own.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use crossprof_tests::{
     Go, GoBuild, Run, count_where, crossprof_bin, out_dir, read_folded, read_summary,
 };
+
+/// `crossprof record -q FLAGS -o DIR -- BIN ARGS`, to the end.
+fn record(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
+    Command::new(crossprof_bin())
+        .args(["record", "-q"])
+        .args(flags)
+        .arg("-o")
+        .arg(dir)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .output()
+        .expect("run crossprof")
+        .into()
+}
 
 #[test]
 fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
@@ -15,15 +30,7 @@ fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
             let what = format!("go {} {build:?}", go.version());
             let bin = go.fixture("chain", build);
             let dir = out_dir(&format!("go_chain_{}_{build:?}", go.version()));
-            let run: Run = Command::new(crossprof_bin())
-                .args(["record", "-q", "-o"])
-                .arg(&dir)
-                .arg("--")
-                .arg(&bin)
-                .arg("2")
-                .output()
-                .expect("run crossprof")
-                .into();
+            let run = record(&dir, &[], &bin, &["2"]);
             assert!(run.status.success(), "{what}: {}", run.stderr);
             assert!(run.stdout.contains("done false"), "{what}: {}", run.stdout);
             let stacks = read_folded(&dir);
@@ -74,15 +81,7 @@ fn a_corrupt_gopclntab_gives_unnamed_frames_and_a_note_and_the_program_runs() {
     std::fs::write(&broken, &data).unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = dir.join("out");
-    let run: Run = Command::new(crossprof_bin())
-        .args(["record", "-q", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(&broken)
-        .arg("1")
-        .output()
-        .expect("run crossprof")
-        .into();
+    let run = record(&out, &[], &broken, &["1"]);
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
         run.stdout.contains("done false"),
@@ -117,15 +116,7 @@ fn each_sample_carries_its_goroutine_in_every_version() {
         let what = format!("go {}", go.version());
         let bin = go.fixture("goroutines", GoBuild::Stripped);
         let dir = out_dir(&format!("go_goroutines_{}", go.version()));
-        let run: Run = Command::new(crossprof_bin())
-            .args(["record", "-q", "--group-by", "goroutine", "-o"])
-            .arg(&dir)
-            .arg("--")
-            .arg(&bin)
-            .args(["2", "4"])
-            .output()
-            .expect("run crossprof")
-            .into();
+        let run = record(&dir, &["--group-by", "goroutine"], &bin, &["2", "4"]);
         assert!(run.status.success(), "{what}: {}", run.stderr);
         // The ids the goroutines printed are the ids the busy samples carry.
         let printed: std::collections::BTreeSet<String> = run
@@ -175,23 +166,12 @@ fn pprof_labels_are_a_frame_level_in_every_version() {
         let what = format!("go {}", go.version());
         let bin = go.fixture("labels", GoBuild::Normal);
         let dir = out_dir(&format!("go_labels_{}", go.version()));
-        let run: Run = Command::new(crossprof_bin())
-            .args([
-                "record",
-                "-q",
-                "--group-by",
-                "goroutine",
-                "--group-by",
-                "label:worker",
-                "-o",
-            ])
-            .arg(&dir)
-            .arg("--")
-            .arg(&bin)
-            .args(["2", "3"])
-            .output()
-            .expect("run crossprof")
-            .into();
+        let run = record(
+            &dir,
+            &["--group-by", "goroutine", "--group-by", "label:worker"],
+            &bin,
+            &["2", "3"],
+        );
         assert!(run.status.success(), "{what}: {}", run.stderr);
         // goroutine id -> its worker label, as the program printed them.
         let printed: std::collections::BTreeMap<String, String> = run

