@@ -18,7 +18,6 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_loop},
     macros::map,
     maps::HashMap,
-    programs::PerfEventContext,
 };
 use probe_common::{
     Counter,
@@ -29,7 +28,7 @@ use probe_common::{
     native::{FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES},
 };
 
-use crate::{SCRATCH, count};
+use crate::{SCRATCH, count, native::UserRegs};
 
 /// Processes whose user stacks are walked here.
 #[map]
@@ -278,15 +277,20 @@ fn step(tgid: u32, leaf: bool, ip: u64, sp: u64, bp: u64) -> Result<Option<(u64,
 /// number of frames and sets `FLAG_USER_*` bits in `flags`.
 #[inline(always)]
 pub fn unwind_user(
-    ctx: &PerfEventContext,
     tgid: u32,
-    in_user: bool,
+    regs: Option<UserRegs>,
     ips: &mut [u64; 2 * MAX_FRAMES],
     first: usize,
     flags: &mut u32,
 ) -> usize {
     count(Counter::ManagedUnwinds);
-    let Some((mut ip, mut sp, mut bp)) = crate::native::user_regs(ctx, in_user) else {
+    let Some(UserRegs {
+        mut ip,
+        mut sp,
+        mut bp,
+        ..
+    }) = regs
+    else {
         *flags |= FLAG_USER_STACK_ERROR;
         count(Counter::UserStackError);
         return 0;

@@ -79,16 +79,12 @@ pub fn sample(ctx: &PerfEventContext) {
         FLAG_KERNEL_TRUNCATED,
     );
 
+    // The user registers, read once: the .NET walk, the goroutine and the
+    // stack-top words all start from them.
+    let regs = user_regs(ctx, in_user);
     let user_frames = if crate::dotnet::is_managed(tgid) {
         // JIT code: walked with the collector's table of frameless methods.
-        crate::dotnet::unwind_user(
-            ctx,
-            tgid,
-            in_user,
-            &mut scratch.ips,
-            kernel_frames,
-            &mut flags,
-        )
+        crate::dotnet::unwind_user(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
     } else {
         // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
         // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
@@ -130,7 +126,7 @@ pub fn sample(ctx: &PerfEventContext) {
     header.stack_top = [0; STACK_TOP_WORDS];
     header.goid = 0;
     header.go_labels = 0;
-    if let Some(r) = user_reg_ptr(ctx, in_user) {
+    if let Some(r) = regs {
         (header.goid, header.go_labels) = crate::go::goroutine(tgid, r.sp, r.r14);
         let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
@@ -191,13 +187,6 @@ fn frames_in(bytes: i64, flags: &mut u32, error: (u32, Counter), truncated: u32)
     }
 }
 
-/// The user registers the walk starts from: the sampled ones in user mode, else
-/// those saved at the kernel entry.
-#[inline(always)]
-pub(crate) fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<(u64, u64, u64)> {
-    user_reg_ptr(ctx, in_user).map(|r| (r.ip, r.sp, r.bp))
-}
-
 /// The user registers a walk or a goroutine read starts from.
 #[derive(Clone, Copy)]
 pub(crate) struct UserRegs {
@@ -210,7 +199,7 @@ pub(crate) struct UserRegs {
 /// The user registers: the sampled ones in user mode, else those saved at the
 /// kernel entry.
 #[inline(always)]
-pub(crate) fn user_reg_ptr(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
+fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
     if in_user {
         // SAFETY: the perf_event context is readable directly.
         let regs = unsafe { &(*ctx.ctx).regs };
