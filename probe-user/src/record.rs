@@ -61,7 +61,6 @@ enum Stop {
 }
 
 /// Everything downstream of the ring buffer.
-#[derive(Default)]
 struct Pipeline {
     procs: ProcessTable,
     agg: Aggregator,
@@ -72,11 +71,11 @@ struct Pipeline {
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
-    go_pids: Option<aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>>,
+    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
-    dotnet_tables: Option<KernelTables>,
+    dotnet_tables: KernelTables,
     /// The first failure to update them, reported once.
     dotnet_tables_error: bool,
 }
@@ -130,11 +129,8 @@ impl Pipeline {
             }
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
-        if let Some(go_pids) = self.go_pids.as_mut() {
-            self.procs.poll_go(go_pids);
-        }
-        if let Some(tables) = self.dotnet_tables.as_mut()
-            && let Err(e) = self.procs.poll_dotnet_unwind(tables)
+        self.procs.poll_go(&mut self.go_pids);
+        if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
             && !self.dotnet_tables_error
         {
             log::warn!("{e}: .NET stacks are walked by frame pointers only");
@@ -320,13 +316,18 @@ async fn run(
             what: "poll the ring buffer",
             source: std::io::Error::from(e),
         })?;
+    let procs = ProcessTable::default();
     let mut pipeline = Pipeline {
-        symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone()),
+        symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
+        procs,
+        agg: Aggregator::default(),
+        decode_errors: 0,
         per_thread: args.per_thread,
-        dotnet_tables: Some(dotnet_tables),
-        go_pids: Some(go_pids),
         group_by: args.group_by.clone(),
-        ..Pipeline::default()
+        go_pids,
+        waiting: VecDeque::new(),
+        dotnet_tables,
+        dotnet_tables_error: false,
     };
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
@@ -500,7 +501,7 @@ async fn run(
                 p.name, p.pid
             ))
         }))
-        .chain(procs.modules.go_errors.iter().map(|(module, why)| {
+        .chain(procs.modules.go.errors().into_iter().map(|(module, why)| {
             format!(
                 "{module}: {why}: its Go frames are named from ELF symbols only, [{module}+0x...] where it has none"
             )

@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     dotnet::r2r::R2rImage,
-    go::pclntab::GoTable,
+    go::pclntab::{GoTable, GoTables},
     native::{
         process::{ModuleTable, ProcessTable},
         symbols::NativeSymbols,
@@ -224,15 +224,10 @@ pub struct SymbolizerThread {
     pub names: Names,
 }
 
-impl Default for SymbolizerThread {
-    fn default() -> Self {
-        Self::spawn(Vec::new())
-    }
-}
-
 impl SymbolizerThread {
-    /// Starts the thread; separate debug files are also looked for in `debug_dirs`.
-    pub fn spawn(debug_dirs: Vec<PathBuf>) -> Self {
+    /// Starts the thread; separate debug files are also looked for in `debug_dirs`,
+    /// and Go binaries are named from the tables in `go` (shared with the pipeline).
+    pub fn spawn(debug_dirs: Vec<PathBuf>, go: GoTables) -> Self {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (result_tx, results) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -240,7 +235,6 @@ impl SymbolizerThread {
             .spawn(move || {
                 let native = NativeSymbols::new(&debug_dirs);
                 let mut assemblies: HashMap<PathBuf, Option<R2rImage>> = HashMap::new();
-                let mut go_tables: HashMap<PathBuf, Option<GoTable>> = HashMap::new();
                 for job in job_rx {
                     let batch: Batch = match job {
                         Job::Kernel(addrs) => {
@@ -254,16 +248,10 @@ impl SymbolizerThread {
                         } => {
                             // A Go binary is named from its own table, stripped
                             // or not, inlined calls included.
-                            let go = go_tables
-                                .entry(path.clone())
-                                .or_insert_with_key(|p| {
-                                    std::fs::read(p)
-                                        .ok()
-                                        .and_then(|d| GoTable::parse(d).ok().flatten())
-                                })
-                                .as_ref();
-                            let names = match go {
-                                Some(table) => offsets.iter().map(|&o| go_name(table, o)).collect(),
+                            let names = match go.get(&path) {
+                                Some(table) => {
+                                    offsets.iter().map(|&o| go_name(&table, o)).collect()
+                                }
                                 None => native.elf(&path, &offsets),
                             };
                             offsets

@@ -31,7 +31,60 @@
 //! A table that breaks these rules is refused whole ([`PclnError`]); frames that
 //! cannot be named stay `[module+0xOFFSET]`.
 
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
 use crate::native::elf::Elf;
+
+/// What reading a file's Go table gave: the table, not Go (`None`), or why it
+/// could not be read.
+type Entry = Result<Option<Arc<GoTable>>, String>;
+
+/// Go function tables by file, shared by the pipeline (a frameless leaf's caller)
+/// and the symbolizer thread (names), so that each file is read and parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct GoTables(Arc<Mutex<HashMap<PathBuf, Entry>>>);
+
+impl GoTables {
+    /// The table of the binary at `path`, if it is Go and its table reads.
+    pub fn get(&self, path: &Path) -> Option<Arc<GoTable>> {
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = lock().get(path) {
+            return entry.clone().ok().flatten();
+        }
+        // Parsed without the lock held: the other thread never waits on a file.
+        let entry: Entry = match std::fs::read(path) {
+            Ok(data) => GoTable::parse(data)
+                .map(|t| t.map(Arc::new))
+                .map_err(|e| e.to_string()),
+            Err(_) => Ok(None),
+        };
+        lock()
+            .entry(path.to_path_buf())
+            .or_insert(entry)
+            .clone()
+            .ok()
+            .flatten()
+    }
+
+    /// Go binaries whose table could not be read: (file name, why).
+    pub fn errors(&self) -> Vec<(String, String)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors: Vec<(String, String)> = map
+            .iter()
+            .filter_map(|(path, entry)| {
+                let why = entry.as_ref().err()?;
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                Some((name, why.clone()))
+            })
+            .collect();
+        errors.sort();
+        errors
+    }
+}
 
 /// Why a Go symbol table could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::{
 use super::maps::{MapEntry, parse_maps};
 use crate::{
     dotnet::{self, DotnetProcess},
-    go::pclntab::GoTable,
+    go::pclntab::{GoTable, GoTables},
     symbolize::{FrameRef, Marker, ModuleId},
 };
 
@@ -57,10 +57,8 @@ fn same_file(f: &File, path: &Path) -> bool {
 pub struct ModuleTable {
     by_key: HashMap<(u32, u32, u64), ModuleId>,
     modules: Vec<Module>,
-    /// Go function tables, read when first needed (`None`: not Go).
-    go: HashMap<ModuleId, Option<Arc<GoTable>>>,
-    /// Go binaries whose table could not be read: (file name, why).
-    pub go_errors: Vec<(String, String)>,
+    /// Go function tables, read when first needed; shared with the symbolizer.
+    pub go: GoTables,
 }
 
 impl ModuleTable {
@@ -111,22 +109,8 @@ impl ModuleTable {
     }
 
     /// The Go function table of `id`, if it is a Go binary (read once).
-    pub fn go_table(&mut self, id: ModuleId) -> Option<Arc<GoTable>> {
-        let module = self.modules.get(id.0 as usize)?;
-        let errors = &mut self.go_errors;
-        self.go
-            .entry(id)
-            .or_insert_with(|| {
-                let data = std::fs::read(&module.open_path).ok()?;
-                match GoTable::parse(data) {
-                    Ok(table) => table.map(Arc::new),
-                    Err(e) => {
-                        errors.push((module.name.clone(), e.to_string()));
-                        None
-                    }
-                }
-            })
-            .clone()
+    pub fn go_table(&self, id: ModuleId) -> Option<Arc<GoTable>> {
+        self.go.get(&self.modules.get(id.0 as usize)?.open_path)
     }
 
     /// Number of distinct files held.
