@@ -23,6 +23,8 @@ pub mod native;
 pub enum RecordKind {
     /// A [`native::SampleHeader`] followed by its stack frames.
     CpuSample = 1,
+    /// A [`go::GoroutineEnd`]: a tracked goroutine ended.
+    GoroutineEnd = 2,
 }
 
 impl RecordKind {
@@ -30,6 +32,7 @@ impl RecordKind {
     pub fn from_u32(tag: u32) -> Option<Self> {
         match tag {
             1 => Some(Self::CpuSample),
+            2 => Some(Self::GoroutineEnd),
             _ => None,
         }
     }
@@ -72,6 +75,16 @@ pub mod names {
     pub const CODE_PAGES: &str = "CODE_PAGES";
     /// `GO_PIDS` (see [`crate::go`]).
     pub const GO_PIDS: &str = "GO_PIDS";
+    /// `GOROUTINES`: per-goroutine time per status (see [`crate::go::Goroutine`]).
+    pub const GOROUTINES: &str = "GOROUTINES";
+    /// The uprobe on `runtime.casgstatus`.
+    pub const GO_CASGSTATUS_PROG: &str = "go_casgstatus";
+    /// The uprobe on `runtime.newproc1`.
+    pub const GO_NEWPROC1_PROG: &str = "go_newproc1";
+    /// The uprobe on `runtime.reentersyscall` (Go 1.26+).
+    pub const GO_SYSCALL_ENTER_PROG: &str = "go_syscall_enter";
+    /// The uprobe on `runtime.exitsyscall` (Go 1.26+).
+    pub const GO_SYSCALL_EXIT_PROG: &str = "go_syscall_exit";
 }
 
 /// Compiled-in size of the ring buffer; the collector sets the real size at load
@@ -116,10 +129,16 @@ pub enum Counter {
     ManagedUnwinds = 7,
     /// User stacks stopped after a leaf in a managed prolog or epilog.
     ManagedLeafEdge = 8,
+    /// Goroutine status changes seen by the Go uprobes.
+    GoStatusChanges = 9,
+    /// Goroutines not tracked because the goroutine table was full.
+    GoroutinesUntracked = 10,
+    /// Ended goroutines whose record was lost because the ring buffer was full.
+    GoroutineEndsLost = 11,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 12;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -133,6 +152,9 @@ impl Counter {
         Counter::Idle,
         Counter::ManagedUnwinds,
         Counter::ManagedLeafEdge,
+        Counter::GoStatusChanges,
+        Counter::GoroutinesUntracked,
+        Counter::GoroutineEndsLost,
     ];
 
     /// A stable snake_case name for reports.
@@ -147,6 +169,9 @@ impl Counter {
             Counter::Idle => "idle_skipped",
             Counter::ManagedUnwinds => "managed_unwinds",
             Counter::ManagedLeafEdge => "managed_leaf_in_prolog_or_epilog",
+            Counter::GoStatusChanges => "go_status_changes",
+            Counter::GoroutinesUntracked => "goroutines_untracked",
+            Counter::GoroutineEndsLost => "goroutine_ends_lost",
         }
     }
 

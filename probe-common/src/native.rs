@@ -50,8 +50,13 @@ pub struct SampleHeader {
     /// That goroutine's `g.labels` pointer (its pprof labels, read by the
     /// collector); 0 when none.
     pub go_labels: u64,
+    /// That goroutine's status (`g.atomicstatus`, see [`crate::go::status`]):
+    /// running, or in a system call for a sample taken in the kernel.
+    pub go_status: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 64 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 72 + 8 * STACK_TOP_WORDS);
 
 /// Words of [`SampleHeader::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;

@@ -3,7 +3,7 @@
 //! One module per runtime, mirroring `probe-common` and `probe-user`: [`native`]
 //! samples every CPU and records the kernel and frame-pointer user stacks;
 //! [`dotnet`] walks the user stacks of .NET processes through frameless JIT code;
-//! [`go`] reads the goroutine a Go process runs.
+//! [`go`] reads the goroutine a Go process runs and follows goroutine states.
 //! This file holds what the runtimes share: the maps, the configuration and the
 //! counters.
 #![no_std]

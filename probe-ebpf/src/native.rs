@@ -126,8 +126,10 @@ pub fn sample(ctx: &PerfEventContext) {
     header.stack_top = [0; STACK_TOP_WORDS];
     header.goid = 0;
     header.go_labels = 0;
+    header.go_status = 0;
+    header._pad = 0;
     if let Some(r) = regs {
-        (header.goid, header.go_labels) = crate::go::goroutine(tgid, r.sp, r.r14);
+        (header.goid, header.go_labels, header.go_status) = crate::go::goroutine(tgid, r.sp, r.r14);
         let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).

@@ -164,6 +164,7 @@ mod tests {
             stack_top: [0; 4],
             goid: 0,
             go_labels: 0,
+            go_status: 0,
             kernel,
             user,
         }

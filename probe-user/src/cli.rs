@@ -33,15 +33,18 @@ pub enum GroupBy {
     Goroutine,
     /// The value of a Go pprof label.
     Label(String),
+    /// The goroutine's status at the sample (`[running]`, `[syscall]`).
+    State,
 }
 
 fn parse_group_by(s: &str) -> Result<GroupBy, String> {
     match s {
         "goroutine" => Ok(GroupBy::Goroutine),
+        "state" => Ok(GroupBy::State),
         _ => match s.strip_prefix("label:") {
             Some(key) if !key.is_empty() => Ok(GroupBy::Label(key.to_owned())),
             _ => Err(format!(
-                "{s:?} is not a level: use goroutine or label:KEY, e.g. --group-by label:worker"
+                "{s:?} is not a level: use goroutine, state or label:KEY, e.g. --group-by label:worker"
             )),
         },
     }
@@ -86,10 +89,22 @@ pub struct RecordArgs {
 
     /// Add a frame level under each process; repeat for several. `goroutine` puts
     /// each sample of a Go process under its goroutine (`goroutine 18`, `[no
-    /// goroutine]` on a system stack); `label:KEY` under the value of its pprof
-    /// label KEY (`worker=w3`): crossprof record --group-by label:worker -- ./server.
+    /// goroutine]` on a system stack); `state` under the goroutine's status
+    /// (`[running]`, `[syscall]` for a sample in a system call); `label:KEY` under
+    /// the value of its pprof label KEY (`worker=w3`):
+    /// crossprof record --group-by label:worker -- ./server.
     #[arg(long = "group-by", value_name = "LEVEL", value_parser = parse_group_by)]
     pub group_by: Vec<GroupBy>,
+
+    /// Follow every goroutine's state in Go processes (uprobes at the entry of
+    /// runtime.casgstatus and runtime.newproc1, never at a return) and report in
+    /// summary.json how each goroutine, and each creation site, spent its time:
+    /// running, runnable, in system calls, and waiting per reason (chan receive,
+    /// sleep, sync.Mutex.Lock, IO wait, ...). Costs about a microsecond per
+    /// goroutine switch in the target (see the README), so it is off unless asked:
+    /// crossprof record --go-states -- ./server.
+    #[arg(long)]
+    pub go_states: bool,
 
     /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;
     /// repeat for several: --debug-dir /opt/symbols. Next to each binary and

@@ -5,6 +5,7 @@
 use bytes::Buf as _;
 use probe_common::{
     RecordKind,
+    go::{Creation, Goroutine, GoroutineEnd, WAIT_SLOTS, slot},
     native::{MAX_FRAMES, STACK_TOP_WORDS, SampleHeader},
 };
 
@@ -13,6 +14,15 @@ use probe_common::{
 pub enum Record {
     /// An on-CPU sample.
     CpuSample(Sample),
+    /// A tracked goroutine ended.
+    GoroutineEnd {
+        /// Its process.
+        pid: u32,
+        /// When (CLOCK_MONOTONIC ns).
+        end_ns: u64,
+        /// Its time per status.
+        g: Goroutine,
+    },
 }
 
 /// An on-CPU sample with both stacks, leaf first.
@@ -36,6 +46,8 @@ pub struct Sample {
     pub goid: u64,
     /// Its `g.labels` pointer (0: none).
     pub go_labels: u64,
+    /// Its status (`probe_common::go::status`; 0 when there is no goroutine).
+    pub go_status: u32,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -87,6 +99,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let kind = (&buf[..4]).get_u32_le();
     match RecordKind::from_u32(kind) {
         Some(RecordKind::CpuSample) => {}
+        Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
         None => return Err(DecodeError::UnknownKind(kind)),
     }
     if len < HEADER {
@@ -108,6 +121,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     }
     let goid = buf.get_u64_le();
     let go_labels = buf.get_u64_le();
+    let go_status = buf.get_u32_le();
+    buf.advance(4);
     if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
         return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
     }
@@ -128,9 +143,55 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         stack_top,
         goid,
         go_labels,
+        go_status,
         kernel,
         user,
     }))
+}
+
+/// A [`GoroutineEnd`] record.
+fn decode_goroutine_end(mut buf: &[u8]) -> Result<Record, DecodeError> {
+    let need = size_of::<GoroutineEnd>();
+    if buf.len() < need {
+        return Err(DecodeError::Short {
+            len: buf.len(),
+            need,
+        });
+    }
+    buf.advance(4);
+    let pid = buf.get_u32_le();
+    let end_ns = buf.get_u64_le();
+    let mut g = Goroutine {
+        goid: buf.get_u64_le(),
+        creation: Creation {
+            parent_goid: buf.get_u64_le(),
+            create_pc: buf.get_u64_le(),
+            start_pc: buf.get_u64_le(),
+        },
+        since_ns: buf.get_u64_le(),
+        status: buf.get_u32_le(),
+        wait_reason: buf.get_u32_le(),
+        first_ns: buf.get_u64_le(),
+        first_status: buf.get_u32_le(),
+        first_reason: buf.get_u32_le(),
+        ns: [0; slot::COUNT],
+        wait_reasons: [0; WAIT_SLOTS],
+        _pad: [0; 2],
+        wait_ns: [0; WAIT_SLOTS],
+        wait_other_ns: 0,
+        changes: 0,
+    };
+    for n in &mut g.ns {
+        *n = buf.get_u64_le();
+    }
+    buf.copy_to_slice(&mut g.wait_reasons);
+    buf.advance(2);
+    for n in &mut g.wait_ns {
+        *n = buf.get_u64_le();
+    }
+    g.wait_other_ns = buf.get_u64_le();
+    g.changes = buf.get_u64_le();
+    Ok(Record::GoroutineEnd { pid, end_ns, g })
 }
 
 #[cfg(test)]
@@ -154,7 +215,7 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100] {
+        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100, 3] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         for ip in kernel.iter().chain(user) {
@@ -173,14 +234,16 @@ mod tests {
             4,
         );
         assert_eq!(bytes.len(), record_len(3));
-        let Record::CpuSample(s) = decode(&bytes).unwrap();
+        let Ok(Record::CpuSample(s)) = decode(&bytes) else {
+            panic!("not a sample")
+        };
         assert_eq!((s.pid, s.tid, s.cpu, s.time_ns), (42, 43, 3, 123_456_789));
         assert_eq!(s.comm_str(), "chain");
         assert_eq!(s.kernel, vec![0xffff_ffff_8100_0000, 0xffff_ffff_8200_0000]);
         assert_eq!(s.user, vec![0x401000]);
         assert_eq!(s.flags, 4);
         assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
-        assert_eq!((s.goid, s.go_labels), (17, 0xc000_0100));
+        assert_eq!((s.goid, s.go_labels, s.go_status), (17, 0xc000_0100, 3));
     }
 
     #[test]
@@ -209,5 +272,54 @@ mod tests {
         let mut bytes = encode(1, 1, &[], &[], 0);
         bytes[40..42].copy_from_slice(&500u16.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::TooManyFrames(500)));
+    }
+
+    #[test]
+    fn decodes_a_goroutine_end_laid_out_as_the_kernel_does() {
+        let g = Goroutine {
+            goid: 18,
+            creation: Creation {
+                parent_goid: 1,
+                create_pc: 0x4a_0000,
+                start_pc: 0x4b_0000,
+            },
+            since_ns: 10,
+            status: 6,
+            wait_reason: 0,
+            first_ns: 5,
+            first_status: 4,
+            first_reason: 19,
+            ns: [1, 2, 3, 4, 5],
+            wait_reasons: [19, 14, 0xff, 0xff, 0xff, 0xff],
+            _pad: [0; 2],
+            wait_ns: [100, 200, 0, 0, 0, 0],
+            wait_other_ns: 7,
+            changes: 9,
+        };
+        let end = GoroutineEnd {
+            kind: RecordKind::GoroutineEnd as u32,
+            pid: 42,
+            end_ns: 99,
+            g,
+        };
+        // SAFETY: GoroutineEnd is repr(C) plain old data without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &end as *const GoroutineEnd as *const u8,
+                size_of::<GoroutineEnd>(),
+            )
+        };
+        assert_eq!(
+            decode(bytes),
+            Ok(Record::GoroutineEnd {
+                pid: 42,
+                end_ns: 99,
+                g
+            })
+        );
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 }

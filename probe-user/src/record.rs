@@ -72,12 +72,29 @@ struct Pipeline {
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
     go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    /// `--go-states`: follow goroutine states in Go processes.
+    go_states: bool,
+    /// Go processes whose states could not be followed: (process, why).
+    go_states_failed: Vec<(String, String)>,
+    /// The command's Go executable, probed before it started.
+    go_preattached: Option<Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
     dotnet_tables: KernelTables,
     /// The first failure to update them, reported once.
     dotnet_tables_error: bool,
+}
+
+/// A Go executable whose state probes were attached before its process started
+/// (`record -- CMD`), so that every goroutine is seen from its creation.
+struct Preattached {
+    /// The executable, canonical.
+    exe: std::path::PathBuf,
+    /// When the probes were attached.
+    since_ns: u64,
+    /// Its wait-reason names.
+    reasons: Vec<String>,
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
@@ -103,6 +120,9 @@ impl Pipeline {
                                 GroupBy::Label(key) => {
                                     self.procs.label_frame(sample.pid, sample.go_labels, key)
                                 }
+                                GroupBy::State => self
+                                    .procs
+                                    .text_frame(go_status_text(sample.goid, sample.go_status)),
                             };
                             frames.insert(0, frame);
                         }
@@ -120,6 +140,11 @@ impl Pipeline {
                         self.agg.add(sample.pid, frames);
                     }
                 }
+                Ok(Record::GoroutineEnd { pid, end_ns: _, g }) => {
+                    if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go_states.as_mut()) {
+                        t.ended.push(g);
+                    }
+                }
                 Err(e) => {
                     if self.decode_errors == 0 {
                         log::warn!("undecodable record from the kernel: {e}");
@@ -129,7 +154,6 @@ impl Pipeline {
             }
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
-        self.procs.poll_go(&mut self.go_pids);
         if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
             && !self.dotnet_tables_error
         {
@@ -145,6 +169,56 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Hands the kernel the goroutine layout of Go processes seen for the first
+    /// time and, with `--go-states`, attaches their state probes.
+    fn poll_go(&mut self, sampler: &mut Sampler) {
+        for (pid, offsets, table) in self.procs.poll_go(&mut self.go_pids) {
+            if !self.go_states {
+                continue;
+            }
+            if let Some(pre) = &self.go_preattached
+                && let Some(p) = self.procs.get_mut(pid)
+                && p.exe.as_deref() == pre.exe.to_str()
+            {
+                p.go_states = Some(crate::go::states::Tracking {
+                    since_ns: pre.since_ns,
+                    reasons: pre.reasons.clone(),
+                    ..Default::default()
+                });
+                continue;
+            }
+            let Some(nz_pid) = std::num::NonZeroU32::new(pid) else {
+                continue;
+            };
+            let version = table.version.clone().unwrap_or_default();
+            let fast = crate::go::offsets::syscall_fast_path(&version);
+            let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+            let since_ns = monotonic_ns();
+            let attached = crate::go::states::ProbePoints::find(&table, fast)
+                .map_err(|e| format!("{e} in its function table"))
+                .and_then(|points| {
+                    sampler
+                        .attach_go_states(Some(nz_pid), &exe, &points, offsets)
+                        .map_err(|e| e.to_string())
+                });
+            let Some(p) = self.procs.get_mut(pid) else {
+                continue;
+            };
+            match attached {
+                Ok(()) => {
+                    p.go_states = Some(crate::go::states::Tracking {
+                        since_ns,
+                        reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
+                        ..Default::default()
+                    });
+                }
+                Err(why) => self
+                    .go_states_failed
+                    .push((format!("{} (pid {pid})", p.name), why)),
+            }
+        }
+    }
+
     /// Counts the waiting samples taken up to `until_ns`, each under a `[gc]` frame
     /// if its process was in a GC pause then.
     fn count_waiting(&mut self, until_ns: u64) {
@@ -161,6 +235,19 @@ impl Pipeline {
             }
             self.agg.add(w.pid, w.frames);
         }
+    }
+}
+
+/// The frame `--group-by state` gives a sample.
+fn go_status_text(goid: u64, status: u32) -> &'static str {
+    use probe_common::go::status;
+    match (goid, status) {
+        (0, _) => "[no goroutine]",
+        (_, status::RUNNING) => "[running]",
+        (_, status::SYSCALL) => "[syscall]",
+        (_, status::RUNNABLE) => "[runnable]",
+        (_, status::WAITING) => "[waiting]",
+        _ => "[other state]",
     }
 }
 
@@ -191,7 +278,7 @@ pub async fn record(args: RecordArgs) -> Result<i32, Error> {
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.is_some()).await {
+    let started = match start(&args, &pids, program.as_deref()).await {
         Ok(s) => s,
         Err(e) => {
             out.discard();
@@ -206,13 +293,20 @@ struct Started {
     events: RingBuf<MapData>,
     dotnet_tables: KernelTables,
     go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    procs: ProcessTable,
+    go_preattached: Result<Option<Preattached>, String>,
     child: Option<tokio::process::Child>,
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
 }
 
 // 2. Kernel side and command.
-async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Started, Error> {
+async fn start(
+    args: &RecordArgs,
+    pids: &[u32],
+    program: Option<&std::path::Path>,
+) -> Result<Started, Error> {
+    let has_command = program.is_some();
     let io = |what| move |source| Error::Io { what, source };
     // Signals first: a Ctrl-C from here on stops the recording instead of killing it.
     let sigint = signal(SignalKind::interrupt()).map_err(io("install the SIGINT handler"))?;
@@ -222,6 +316,7 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
         freq: args.freq,
         filter_pids: !pids.is_empty() || has_command,
         include_idle: args.include_idle,
+        go_states: args.go_states,
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
@@ -235,6 +330,11 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
             return Err(UsageError::PidExited(pid).into());
         }
     }
+    let procs = ProcessTable::default();
+    let go_preattached = match program {
+        Some(exe) if args.go_states => preattach_go(&mut sampler, &procs, exe),
+        _ => Ok(None),
+    };
     let child = if has_command {
         Some(spawn_registered(&args.command, &sampler)?)
     } else {
@@ -245,10 +345,43 @@ async fn start(args: &RecordArgs, pids: &[u32], has_command: bool) -> Result<Sta
         events,
         dotnet_tables,
         go_pids,
+        procs,
+        go_preattached,
         child,
         sigint,
         sigterm,
     })
+}
+
+/// With `--go-states`, attaches the state probes to the command's executable
+/// before it starts, if it is Go (`Ok(None)` if it is not).
+fn preattach_go(
+    sampler: &mut Sampler,
+    procs: &ProcessTable,
+    exe: &std::path::Path,
+) -> Result<Option<Preattached>, String> {
+    let Ok(exe) = exe.canonicalize() else {
+        return Ok(None);
+    };
+    let Some(table) = procs.modules.go.get(&exe) else {
+        return Ok(None);
+    };
+    let version = table.version.clone().unwrap_or_default();
+    let Some(offsets) = crate::go::offsets::for_version(&version) else {
+        return Ok(None);
+    };
+    let fast = crate::go::offsets::syscall_fast_path(&version);
+    let points = crate::go::states::ProbePoints::find(&table, fast)
+        .map_err(|e| format!("{e} in its function table"))?;
+    let since_ns = monotonic_ns();
+    sampler
+        .attach_go_states(None, &exe, &points, offsets)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Preattached {
+        exe,
+        since_ns,
+        reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
+    }))
 }
 
 /// Starts `command`; the child puts its own pid in the target set between `fork`
@@ -304,6 +437,8 @@ async fn run(
         events,
         dotnet_tables,
         go_pids,
+        procs,
+        go_preattached,
         mut child,
         mut sigint,
         mut sigterm,
@@ -316,7 +451,10 @@ async fn run(
             what: "poll the ring buffer",
             source: std::io::Error::from(e),
         })?;
-    let procs = ProcessTable::default();
+    let (go_preattached, go_states_failed) = match go_preattached {
+        Ok(pre) => (pre, Vec::new()),
+        Err(why) => (None, vec![(title(&args, &pids), why)]),
+    };
     let mut pipeline = Pipeline {
         symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
         procs,
@@ -325,10 +463,27 @@ async fn run(
         per_thread: args.per_thread,
         group_by: args.group_by.clone(),
         go_pids,
+        go_states: args.go_states,
+        go_states_failed,
+        go_preattached,
         waiting: VecDeque::new(),
         dotnet_tables,
         dotnet_tables_error: false,
     };
+    // Known Go targets are read now, not at their first sample: their goroutines
+    // (and states) are then followed from the start.
+    for pid in pids
+        .iter()
+        .copied()
+        .chain(child.as_ref().and_then(|c| c.id()))
+    {
+        let is_go = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| pipeline.procs.modules.go.get(&exe).is_some());
+        if is_go {
+            pipeline.procs.get_or_capture(pid, "[exited]");
+        }
+    }
+    pipeline.poll_go(&mut sampler);
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
     let cpu_at_start = CollectorStats::cpu_now();
@@ -352,9 +507,11 @@ async fn run(
                     pipeline.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
+                pipeline.poll_go(&mut sampler);
             }
             _ = tick.tick() => {
                 pipeline.drain(events.get_mut());
+                pipeline.poll_go(&mut sampler);
                 if let Some(l) = logger.as_mut() { l.flush(); }
                 let lost = drops(&sampler.counters()) + pipeline.decode_errors;
                 status.update(start.elapsed(), pipeline.agg.samples, lost);
@@ -381,7 +538,23 @@ async fn run(
     // What the kernel counted, then whatever is still in flight.
     let counters = sampler.counters();
     let program_stats = sampler.program_stats();
+    let go_program_stats = sampler.go_program_stats();
     pipeline.drain(events.get_mut());
+    let end_ns = monotonic_ns();
+    for (pid, g) in sampler.live_goroutines() {
+        if let Some(t) = pipeline
+            .procs
+            .get_mut(pid)
+            .and_then(|p| p.go_states.as_mut())
+        {
+            t.live.push(g);
+        }
+    }
+    for p in pipeline.procs.iter_mut() {
+        if let Some(t) = p.go_states.as_mut() {
+            t.end_ns = end_ns;
+        }
+    }
     drop(events);
     drop(sampler); // detaches the sampler from every CPU
     pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
@@ -416,6 +589,9 @@ async fn run(
         per_thread: _,
         group_by: _,
         go_pids: _,
+        go_states: _,
+        go_states_failed,
+        go_preattached: _,
         waiting: _,
         dotnet_tables: _,
         dotnet_tables_error: _,
@@ -456,7 +632,7 @@ async fn run(
     let mut procs = procs;
     let go_versions: BTreeMap<u32, String> = procs
         .iter()
-        .filter(|p| p.samples > 0 && p.dotnet.is_none())
+        .filter(|p| (p.samples > 0 || p.go_states.is_some()) && p.dotnet.is_none())
         .map(|p| p.pid)
         .collect::<Vec<_>>()
         .into_iter()
@@ -464,7 +640,7 @@ async fn run(
         .collect();
     let mut processes: Vec<ProcessSummary> = procs
         .iter()
-        .filter(|p| p.samples > 0)
+        .filter(|p| p.samples > 0 || p.go_states.is_some())
         .map(|p| ProcessSummary {
             pid: p.pid,
             comm: p.name.to_string(),
@@ -486,6 +662,9 @@ async fn run(
                     samples: p.gc_samples,
                     share: p.gc_samples as f64 / p.samples.max(1) as f64,
                 }),
+            goroutines: p.go_states.as_ref().map(|t| {
+                crate::go::states::summarize(t, |addr, leaf| procs.go_function(p.pid, addr, leaf))
+            }),
         })
         .collect();
     processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
@@ -500,6 +679,9 @@ async fn run(
                 "{} (pid {}) runs {version}, whose goroutine layout crossprof does not know (it knows go1.19 to go1.27): its samples carry no goroutine",
                 p.name, p.pid
             ))
+        }))
+        .chain(go_states_failed.into_iter().map(|(process, why)| {
+            format!("{process}: goroutine states not followed: {why}")
         }))
         .chain(procs.modules.go.errors().into_iter().map(|(module, why)| {
             format!(
@@ -522,6 +704,10 @@ async fn run(
         processes,
         collector: CollectorStats::now(recording_cpu),
         kernel_program: program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
+            run_count,
+            run_time_ns,
+        }),
+        go_state_probes: go_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,
         }),

@@ -3,19 +3,36 @@
 
 use std::{
     io,
+    num::NonZeroU32,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::Path,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError,
+        PerfEvent, ProgramError, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
     util::online_cpus,
 };
-use probe_common::{COUNTER_SLOTS, Config, go::GoOffsets, names, ring_bytes};
+use probe_common::{
+    COUNTER_SLOTS, Config,
+    go::{GKey, GoOffsets, Goroutine},
+    names, ring_bytes,
+};
+
+use crate::go::states::ProbePoints;
+
+/// The Go uprobe programs.
+const GO_PROGRAMS: [&str; 4] = [
+    names::GO_CASGSTATUS_PROG,
+    names::GO_NEWPROC1_PROG,
+    names::GO_SYSCALL_ENTER_PROG,
+    names::GO_SYSCALL_EXIT_PROG,
+];
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -56,6 +73,17 @@ pub enum SamplerError {
         #[source]
         source: MapError,
     },
+    /// A uprobe on a Go runtime function could not be attached.
+    #[error("cannot attach the goroutine-state probe `{name}` to {target}: {source}")]
+    Uprobe {
+        /// Program name.
+        name: &'static str,
+        /// The binary.
+        target: String,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
     /// `/sys/devices/system/cpu/online` unreadable.
     #[error("cannot list the online CPUs: {0}")]
     Cpus(#[source] io::Error),
@@ -70,6 +98,8 @@ pub struct SamplerConfig {
     pub filter_pids: bool,
     /// Keep idle-task samples.
     pub include_idle: bool,
+    /// Load the goroutine-state uprobes (`--go-states`).
+    pub go_states: bool,
 }
 
 /// The loaded kernel side.
@@ -118,6 +148,13 @@ impl Sampler {
                 name: names::CPU_SAMPLE_PROG,
                 source,
             })?;
+        if cfg.go_states {
+            for name in GO_PROGRAMS {
+                uprobe_program(&mut ebpf, name)?
+                    .load()
+                    .map_err(|source| SamplerError::Program { name, source })?;
+            }
+        }
         Ok(Self {
             ebpf,
             targets,
@@ -194,6 +231,81 @@ impl Sampler {
             name: names::GO_PIDS,
             source,
         })
+    }
+
+    /// Follows the goroutine states of the Go executable `exe` (a path the
+    /// kernel resolves, e.g. `/proc/PID/exe`): uprobes at the entry of `points`,
+    /// told the binary's `g` offsets through their cookie. With a `pid`, only
+    /// that process hits them; without, every process running `exe` does (and
+    /// the programs keep only the target set's).
+    pub fn attach_go_states(
+        &mut self,
+        pid: Option<NonZeroU32>,
+        exe: &Path,
+        points: &ProbePoints,
+        offsets: GoOffsets,
+    ) -> Result<(), SamplerError> {
+        let cookie = probe_common::go::cookie(offsets);
+        let scope = match pid {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let mut at = vec![(names::GO_CASGSTATUS_PROG, points.casgstatus)];
+        at.extend(points.newproc1.map(|o| (names::GO_NEWPROC1_PROG, o)));
+        if let Some((enter, exit)) = points.syscalls {
+            at.push((names::GO_SYSCALL_ENTER_PROG, enter));
+            at.push((names::GO_SYSCALL_EXIT_PROG, exit));
+        }
+        for (name, offset) in at {
+            uprobe_program(&mut self.ebpf, name)?
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie: Some(cookie),
+                    },
+                    exe,
+                    scope,
+                )
+                .map_err(|source| SamplerError::Uprobe {
+                    name,
+                    target: exe.display().to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The goroutines the kernel still tracks (alive), per process.
+    pub fn live_goroutines(&self) -> Vec<(u32, Goroutine)> {
+        let Some(map) = self.ebpf.map(names::GOROUTINES) else {
+            return Vec::new();
+        };
+        let Ok(map) = BpfHashMap::<_, GKey, Goroutine>::try_from(map) else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(k, g)| (k.tgid, g))
+            .collect()
+    }
+
+    /// `(run_count, run_time_ns)` summed over the Go uprobe programs, when
+    /// `kernel.bpf_stats_enabled` is 1.
+    pub fn go_program_stats(&self) -> Option<(u64, u64)> {
+        let mut total = (0, 0);
+        for name in GO_PROGRAMS {
+            let Some(program) = self.ebpf.program(name) else {
+                continue;
+            };
+            let Ok(program): Result<&UProbe, _> = program.try_into() else {
+                continue;
+            };
+            if let Ok(info) = program.info() {
+                total.0 += info.run_count();
+                total.1 += info.run_time().as_nanos() as u64;
+            }
+        }
+        (total.0 > 0).then_some(total)
     }
 
     /// The aya-log channel of the kernel programs, if they log.
@@ -277,6 +389,16 @@ fn cpu_sample_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
             name: names::CPU_SAMPLE_PROG,
             source,
         })
+}
+
+fn uprobe_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut UProbe, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program { name, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, SamplerError> {

@@ -30,6 +30,9 @@ pub struct Summary {
     pub collector: CollectorStats,
     /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
     pub kernel_program: Option<KernelProgramStats>,
+    /// The goroutine-state uprobe programs' cost (`--go-states`), likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_state_probes: Option<KernelProgramStats>,
     /// From the stop to a finished SVG.
     pub stop_to_svg_ms: f64,
     /// The command's exit status, if crossprof started one (128+N for signal N).
@@ -54,6 +57,76 @@ pub struct ProcessSummary {
     /// Garbage collection, for a .NET process whose GC events were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSummary>,
+    /// Goroutine states, for a Go process followed with `--go-states`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutines: Option<GoroutineStates>,
+}
+
+/// How a Go process's goroutines spent the recording.
+#[derive(Debug, Serialize)]
+pub struct GoroutineStates {
+    /// Goroutines seen.
+    pub seen: usize,
+    /// Of them, goroutines that ended while recording.
+    pub ended: usize,
+    /// Every goroutine, most time first, when there are at most
+    /// [`crate::go::states::MAX_LISTED`]; otherwise only `by_site` is given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_goroutine: Vec<GoroutineTime>,
+    /// Per creation site (the function that ran `go`, and the function
+    /// started), most time first.
+    pub by_site: Vec<SiteTime>,
+}
+
+/// One goroutine's time.
+#[derive(Debug, Serialize)]
+pub struct GoroutineTime {
+    /// Its id.
+    pub goid: u64,
+    /// The goroutine that created it (0: created before tracking began).
+    pub parent_goid: u64,
+    /// The function it runs (`main.main.func2`), `[unknown]` when created
+    /// before tracking began.
+    pub function: String,
+    /// The function whose `go` statement created it.
+    pub created_by: String,
+    /// Ended while recording.
+    pub ended: bool,
+    /// Its time per state.
+    #[serde(flatten)]
+    pub time: StateTimes,
+}
+
+/// The goroutines of one creation site.
+#[derive(Debug, Serialize)]
+pub struct SiteTime {
+    /// See [`GoroutineTime::function`].
+    pub function: String,
+    /// See [`GoroutineTime::created_by`].
+    pub created_by: String,
+    /// Goroutines.
+    pub goroutines: u64,
+    /// Their time per state, summed.
+    #[serde(flatten)]
+    pub time: StateTimes,
+}
+
+/// Time per goroutine state, in milliseconds.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct StateTimes {
+    /// Running Go code.
+    pub running_ms: f64,
+    /// Runnable, waiting for a thread.
+    pub runnable_ms: f64,
+    /// In a system call.
+    pub syscall_ms: f64,
+    /// Blocked, per wait reason (`chan receive`, `sleep`, `sync.Mutex.Lock`, ...).
+    pub waiting_ms: BTreeMap<String, f64>,
+    /// Other runtime states (stack copy, preempted).
+    pub other_ms: f64,
+    /// After a change the probes could not see (see
+    /// `probe_common::go::slot::UNOBSERVED`): not attributed.
+    pub unobserved_ms: f64,
 }
 
 /// Garbage collection in one process over the recording.

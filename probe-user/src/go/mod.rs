@@ -11,3 +11,4 @@
 pub mod labels;
 pub mod offsets;
 pub mod pclntab;
+pub mod states;

@@ -10,6 +10,13 @@
 //! removed); 352 in 1.23-1.24 (`syscallbp`); 344 in 1.25 (`gobuf.ret` removed); 352
 //! in 1.26 (OpenTelemetry's offsets.go; `secret`/`ditWanted` added).
 //!
+//! `g.atomicstatus` / `g.waitreason`: 144/176 in 1.19-1.22, 152/184 in 1.23-1.24
+//! (`syscallbp`), 144/176 from 1.25.
+//!
+//! Every figure above was checked against the DWARF of binaries built here by
+//! go1.19.8 (Debian), go1.21.13, go1.23.9, go1.25.5 and go1.27.3 (gdb
+//! `ptype/o struct 'runtime.g'`).
+//!
 //! What `g.labels` points at (`runtime/pprof/label.go`): up to 1.23 a `*labelMap`,
 //! `labelMap` being a `map[string]string`; from 1.24 a `labelMap` holding a
 //! `[]label{key, value string}` sorted by key (CL 574516).
@@ -40,15 +47,28 @@ fn minor(version: &str) -> Option<u32> {
 
 /// The offsets for Go `version` (`go1.23.9`, as in the build info), if known.
 pub fn for_version(version: &str) -> Option<GoOffsets> {
-    let (goid, labels) = match minor(version)? {
-        19..=20 => (152, 360),
-        21..=22 => (152, 344),
-        23..=24 => (160, 352),
-        25 => (152, 344),
-        26..=27 => (152, 352),
+    let (goid, labels, status, wait_reason) = match minor(version)? {
+        19..=20 => (152, 360, 144, 176),
+        21..=22 => (152, 344, 144, 176),
+        23..=24 => (160, 352, 152, 184),
+        25 => (152, 344, 144, 176),
+        26..=27 => (152, 352, 144, 176),
         _ => return None,
     };
-    Some(GoOffsets { goid, labels })
+    Some(GoOffsets {
+        goid,
+        labels,
+        status,
+        wait_reason,
+    })
+}
+
+/// Does Go `version` change a goroutine's status around system calls without
+/// `casgstatus` (a bare CAS on the fast path of `reentersyscall` and `exitsyscall`,
+/// read in go1.27.3's `proc.go`; go1.25.5 still calls `casgstatus`)? Taken to
+/// start with 1.26, the release that reworked syscall states.
+pub fn syscall_fast_path(version: &str) -> bool {
+    minor(version).is_some_and(|m| m >= 26)
 }
 
 /// How Go `version` keeps its labels, if known.

@@ -409,6 +409,29 @@ impl GoTable {
         self.pcvalue(u32_at(&self.file, f + 16)?, entry, pc)
     }
 
+    /// The file offset of virtual address `vaddr`.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.elf.file_offset(vaddr)
+    }
+
+    /// `len` bytes of the file at virtual address `vaddr`.
+    pub fn bytes(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let off = self.file_offset(vaddr)? as usize;
+        self.file.get(off..off.checked_add(len)?)
+    }
+
+    /// The pointer stored at `vaddr` (relocated in a PIE).
+    pub fn pointer(&self, vaddr: u64) -> Option<u64> {
+        self.elf.pointer(&self.file, vaddr)
+    }
+
+    /// `(entry, end)` of the function named `name`.
+    pub fn function(&self, name: &str) -> Option<(u64, u64)> {
+        self.functions()
+            .find(|(_, _, n)| n == name)
+            .map(|(entry, end, _)| (entry, end))
+    }
+
     /// Every function: `(entry, end, name)`, in address order.
     pub fn functions(&self) -> impl Iterator<Item = (u64, u64, String)> + '_ {
         (0..self.nfunc).filter_map(|i| {

@@ -166,6 +166,8 @@ pub struct Process {
     pub go_tracked: bool,
     /// Its goroutines' pprof labels.
     go_labels: Option<crate::go::labels::Labels>,
+    /// Its goroutine states, when followed (`--go-states`).
+    pub go_states: Option<crate::go::states::Tracking>,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
@@ -253,6 +255,7 @@ impl ProcessTable {
                 go_note: None,
                 go_tracked: false,
                 go_labels: None,
+                go_states: None,
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -342,6 +345,11 @@ impl ProcessTable {
         FrameRef::Label(self.label_texts.intern(&text))
     }
 
+    /// A frame level showing `text` as is (e.g. `[syscall]`).
+    pub fn text_frame(&mut self, text: &str) -> FrameRef {
+        FrameRef::Label(self.label_texts.intern(&Arc::from(text)))
+    }
+
     /// The text behind a [`FrameRef::Label`] id.
     pub fn label_text(&self, id: u32) -> &str {
         self.label_texts.get(id)
@@ -404,42 +412,69 @@ impl ProcessTable {
         self.managed.get(id)
     }
 
-    /// Gives the kernel the goroutine offsets of every Go process not seen yet.
+    /// Gives the kernel the goroutine offsets of every Go process not seen yet,
+    /// and returns those processes with their offsets and function table.
     pub fn poll_go(
         &mut self,
         go_pids: &mut aya::maps::HashMap<aya::maps::MapData, u32, probe_common::go::GoOffsets>,
-    ) {
+    ) -> Vec<(u32, probe_common::go::GoOffsets, Arc<GoTable>)> {
         let fresh: Vec<u32> = self
             .procs
             .values()
             .filter(|p| !p.go_checked && p.dotnet.is_none() && p.pid != 0)
             .map(|p| p.pid)
             .collect();
+        let mut tracked = Vec::new();
         for pid in fresh {
-            let version = self.go_version(pid);
+            let table = self.go_exe_table(pid);
             let p = self.procs.get_mut(&pid).expect("listed above");
             p.go_checked = true;
-            let Some(version) = version else { continue };
+            let Some(table) = table else { continue };
+            let Some(version) = table.version.clone() else {
+                continue;
+            };
             match crate::go::offsets::for_version(&version) {
                 Some(offsets) => {
                     p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
                     p.go_labels = crate::go::offsets::label_layout(&version)
                         .map(|layout| crate::go::labels::Labels::open(pid, layout));
+                    if p.go_tracked {
+                        tracked.push((pid, offsets, table));
+                    }
                 }
                 None => p.go_note = Some(version),
             }
         }
+        tracked
     }
 
     /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
     pub fn go_version(&mut self, pid: u32) -> Option<String> {
+        self.go_exe_table(pid)?.version.clone()
+    }
+
+    /// The Go function table of `pid`'s executable, if it is Go.
+    pub fn go_exe_table(&self, pid: u32) -> Option<Arc<GoTable>> {
         let p = self.procs.get(&pid)?;
         let exe = p.exe.as_deref()?;
         let module = p.mappings.iter().find_map(|m| match m.target {
             Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
             _ => None,
         })?;
-        self.modules.go_table(module)?.version.clone()
+        self.modules.go_table(module)
+    }
+
+    /// The Go function at address `addr` of `pid` (the innermost one where
+    /// calls were inlined); `leaf` is false for a return address.
+    pub fn go_function(&self, pid: u32, addr: u64, leaf: bool) -> Option<String> {
+        let p = self.procs.get(&pid)?;
+        let m = p.lookup(addr)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        let pc = table.vaddr(addr - m.start + m.offset)?;
+        Some(table.frames(pc, leaf)?.first()?.name.clone())
     }
 
     /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
@@ -518,6 +553,11 @@ impl ProcessTable {
     /// Every process seen, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &Process> {
         self.procs.values()
+    }
+
+    /// Every process captured, to update.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.procs.values_mut()
     }
 
     /// The process `pid`, if seen.

@@ -1,0 +1,430 @@
+//! Goroutine states over time (`--go-states`): where the uprobes go in a Go
+//! binary, the names of its wait reasons, and how a goroutine's record from the
+//! kernel (`probe_common::go::Goroutine`) becomes time per state.
+//!
+//! The kernel side (`probe-ebpf/src/go.rs`) probes function entries only — never
+//! a return: a uretprobe rewrites the return address on the goroutine's stack,
+//! and Go moves stacks.
+
+use std::collections::BTreeMap;
+
+use probe_common::go::{Goroutine, WAIT_SLOT_FREE, slot, status};
+
+use super::pclntab::GoTable;
+use crate::summary::{GoroutineStates, GoroutineTime, SiteTime, StateTimes};
+
+/// File offsets of the functions probed in one Go binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePoints {
+    /// `runtime.casgstatus`.
+    pub casgstatus: u64,
+    /// `runtime.newproc1` (creation sites), if found.
+    pub newproc1: Option<u64>,
+    /// `runtime.reentersyscall` and `runtime.exitsyscall`, on versions whose
+    /// syscall fast path bypasses `casgstatus`.
+    pub syscalls: Option<(u64, u64)>,
+}
+
+impl ProbePoints {
+    /// Finds them in `table` (names from `.gopclntab`, so stripped binaries
+    /// work too); `syscall_fast_path` from the binary's Go version.
+    pub fn find(table: &GoTable, syscall_fast_path: bool) -> Result<Self, &'static str> {
+        let at = |name: &str| {
+            let (entry, _) = table.function(name)?;
+            table.file_offset(entry)
+        };
+        let casgstatus = at("runtime.casgstatus").ok_or("no runtime.casgstatus")?;
+        let syscalls = if syscall_fast_path {
+            Some((
+                at("runtime.reentersyscall").ok_or("no runtime.reentersyscall")?,
+                at("runtime.exitsyscall").ok_or("no runtime.exitsyscall")?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            casgstatus,
+            newproc1: at("runtime.newproc1"),
+            syscalls,
+        })
+    }
+}
+
+/// The binary's own names of its wait reasons, indexed by `g.waitreason`.
+///
+/// The numbering changes between releases (reasons were added in 1.20, 1.21,
+/// 1.23 and 1.25, and 1.26 reordered them), so it is read from the binary rather
+/// than from a table per version: `runtime.waitReason.String` starts with
+/// `cmp al, N` (the count) and loads `runtime.waitReasonStrings` with a
+/// RIP-relative `lea` (seen in go1.19.8 and go1.27.3 builds alike). The array of
+/// `N` strings found there is accepted only if it reads as the runtime's:
+/// entry 0 empty and entry 2 `IO wait` (`waitReasonIOWait`, 2 in every release).
+pub fn wait_reasons(table: &GoTable) -> Option<Vec<String>> {
+    let (entry, end) = table.function("runtime.waitReason.String")?;
+    let code = table.bytes(entry, end.saturating_sub(entry).min(128) as usize)?;
+    let count = code[..code.len().min(8)]
+        .windows(2)
+        .find(|w| w[0] == 0x3c)
+        .map(|w| usize::from(w[1]))?;
+    (0..code.len().saturating_sub(6)).find_map(|i| {
+        // lea r64, [rip + disp32]: REX.W (48 or 4c), 8d, ModRM with mod 00 rm 101.
+        let is_lea = matches!(code[i], 0x48 | 0x4c) && code[i + 1] == 0x8d;
+        if !is_lea || code[i + 2] & 0xc7 != 0x05 {
+            return None;
+        }
+        let disp = i32::from_le_bytes(code[i + 3..i + 7].try_into().ok()?);
+        let target = (entry + i as u64 + 7).checked_add_signed(i64::from(disp))?;
+        string_array(table, target, count)
+    })
+}
+
+/// `n` Go strings (`{ptr, len}`) at `at`, if they read as wait reasons.
+fn string_array(table: &GoTable, at: u64, n: usize) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let header = at + 16 * i;
+        let len = u64::from_le_bytes(table.bytes(header + 8, 8)?.try_into().ok()?);
+        if len > 64 {
+            return None;
+        }
+        let text = if len == 0 {
+            String::new()
+        } else {
+            let bytes = table.bytes(table.pointer(header)?, len as usize)?;
+            let text = std::str::from_utf8(bytes).ok()?;
+            if !text.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+                return None;
+            }
+            text.to_owned()
+        };
+        out.push(text);
+    }
+    (out.first().is_some_and(String::is_empty) && out.get(2).is_some_and(|s| s == "IO wait"))
+        .then_some(out)
+}
+
+/// Where a wait reason's time goes when its number has no name.
+pub fn reason_name(reasons: &[String], reason: u32) -> String {
+    match reasons.get(reason as usize) {
+        Some(name) if !name.is_empty() => name.clone(),
+        _ => format!("wait reason {reason}"),
+    }
+}
+
+/// One process's goroutine states, as followed.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    /// When its probes were attached (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
+    /// Its wait-reason names ([`wait_reasons`]; empty if unreadable).
+    pub reasons: Vec<String>,
+    /// Goroutines that ended.
+    pub ended: Vec<Goroutine>,
+    /// Goroutines alive at the end, and when the end was.
+    pub live: Vec<Goroutine>,
+    /// When the recording ended.
+    pub end_ns: u64,
+}
+
+/// Wait-reason key of the time beyond the kernel's per-goroutine reason slots.
+pub const OTHER_REASONS: u32 = u32::MAX;
+
+/// A goroutine's time per state, in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Split {
+    /// Per [`slot`].
+    pub ns: [u64; slot::COUNT],
+    /// Waiting, per wait reason ([`OTHER_REASONS`]: reasons beyond the slots).
+    pub waiting: BTreeMap<u32, u64>,
+}
+
+impl Split {
+    /// Adds `other` into this one.
+    pub fn add(&mut self, other: &Split) {
+        for (a, b) in self.ns.iter_mut().zip(other.ns) {
+            *a += b;
+        }
+        for (&reason, &ns) in &other.waiting {
+            *self.waiting.entry(reason).or_default() += ns;
+        }
+    }
+
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.ns.iter().sum::<u64>() + self.waiting.values().sum::<u64>()
+    }
+
+    fn add_status(&mut self, status: u32, reason: u32, ns: u64) {
+        let s = match status {
+            status::WAITING => {
+                *self.waiting.entry(reason).or_default() += ns;
+                return;
+            }
+            status::RUNNING => slot::RUNNING,
+            status::RUNNABLE => slot::RUNNABLE,
+            status::SYSCALL => slot::SYSCALL,
+            _ => slot::OTHER,
+        };
+        self.ns[s] += ns;
+    }
+}
+
+/// The time per state of goroutine record `g`. `tracked_since_ns` is when its
+/// process's probes were attached: a goroutine first seen leaving a status had
+/// been in it at least since then. `open_until_ns` closes the current status of
+/// a goroutine still alive at the end (`None` for one that ended: the kernel
+/// closed it).
+pub fn split(g: &Goroutine, tracked_since_ns: u64, open_until_ns: Option<u64>) -> Split {
+    let mut out = Split {
+        ns: g.ns,
+        waiting: BTreeMap::new(),
+    };
+    for (&reason, &ns) in g.wait_reasons.iter().zip(&g.wait_ns) {
+        if reason != WAIT_SLOT_FREE {
+            *out.waiting.entry(u32::from(reason)).or_default() += ns;
+        }
+    }
+    if g.wait_other_ns > 0 {
+        *out.waiting.entry(OTHER_REASONS).or_default() += g.wait_other_ns;
+    }
+    if g.first_ns != 0 {
+        let before = g.first_ns.saturating_sub(tracked_since_ns);
+        out.add_status(g.first_status, g.first_reason, before);
+    }
+    if let Some(end) = open_until_ns
+        && g.status != status::DEAD
+    {
+        out.add_status(g.status, g.wait_reason, end.saturating_sub(g.since_ns));
+    }
+    out
+}
+
+/// Goroutines listed one by one in the summary at most; beyond, per site only.
+pub const MAX_LISTED: usize = 200;
+
+/// The summary of one process's goroutine states. `name(addr, leaf)` names a
+/// code address of the process.
+pub fn summarize(
+    tracking: &Tracking,
+    name: impl Fn(u64, bool) -> Option<String>,
+) -> GoroutineStates {
+    let unknown = || "[unknown]".to_owned();
+    let mut rows: Vec<(GoroutineTime, Split)> = tracking
+        .ended
+        .iter()
+        .map(|g| (g, None))
+        .chain(tracking.live.iter().map(|g| (g, Some(tracking.end_ns))))
+        .map(|(g, open)| {
+            let split = split(g, tracking.since_ns, open);
+            let c = &g.creation;
+            let function = (c.start_pc != 0)
+                .then(|| name(c.start_pc, true))
+                .flatten()
+                .unwrap_or_else(unknown);
+            let created_by = (c.create_pc != 0)
+                .then(|| name(c.create_pc, false))
+                .flatten()
+                .unwrap_or_else(unknown);
+            let row = GoroutineTime {
+                goid: g.goid,
+                parent_goid: c.parent_goid,
+                function,
+                created_by,
+                ended: open.is_none(),
+                time: times(&split, &tracking.reasons),
+            };
+            (row, split)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.goid.cmp(&b.0.goid)));
+    let mut sites: BTreeMap<(String, String), (u64, Split)> = BTreeMap::new();
+    for (row, split) in &rows {
+        let site = sites
+            .entry((row.function.clone(), row.created_by.clone()))
+            .or_default();
+        site.0 += 1;
+        site.1.add(split);
+    }
+    let mut by_site: Vec<(SiteTime, u64)> = sites
+        .into_iter()
+        .map(|((function, created_by), (n, split))| {
+            let site = SiteTime {
+                function,
+                created_by,
+                goroutines: n,
+                time: times(&split, &tracking.reasons),
+            };
+            (site, split.total())
+        })
+        .collect();
+    by_site.sort_by_key(|s| std::cmp::Reverse(s.1));
+    GoroutineStates {
+        seen: rows.len(),
+        ended: tracking.ended.len(),
+        by_goroutine: if rows.len() <= MAX_LISTED {
+            rows.into_iter().map(|(row, _)| row).collect()
+        } else {
+            Vec::new()
+        },
+        by_site: by_site.into_iter().map(|(site, _)| site).collect(),
+    }
+}
+
+fn times(split: &Split, reasons: &[String]) -> StateTimes {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    StateTimes {
+        running_ms: ms(split.ns[slot::RUNNING]),
+        runnable_ms: ms(split.ns[slot::RUNNABLE]),
+        syscall_ms: ms(split.ns[slot::SYSCALL]),
+        waiting_ms: split
+            .waiting
+            .iter()
+            .filter(|&(_, &ns)| ns > 0)
+            .map(|(&reason, &ns)| {
+                let name = if reason == OTHER_REASONS {
+                    "other reasons".to_owned()
+                } else {
+                    reason_name(reasons, reason)
+                };
+                (name, ms(ns))
+            })
+            .collect(),
+        other_ms: ms(split.ns[slot::OTHER]),
+        unobserved_ms: ms(split.ns[slot::UNOBSERVED]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crossprof_tests::{Go, GoBuild};
+    use probe_common::go::{Creation, WAIT_SLOTS};
+
+    use super::*;
+
+    fn record() -> Goroutine {
+        Goroutine {
+            goid: 7,
+            creation: Creation {
+                parent_goid: 1,
+                create_pc: 0x401000,
+                start_pc: 0x402000,
+            },
+            since_ns: 5_000,
+            status: status::WAITING,
+            wait_reason: 19,
+            first_ns: 0,
+            first_status: 0,
+            first_reason: 0,
+            ns: [100, 20, 3, 0, 0],
+            wait_reasons: [
+                19,
+                2,
+                WAIT_SLOT_FREE,
+                WAIT_SLOT_FREE,
+                WAIT_SLOT_FREE,
+                WAIT_SLOT_FREE,
+            ],
+            _pad: [0; 2],
+            wait_ns: [400, 50, 0, 0, 0, 0],
+            wait_other_ns: 9,
+            changes: 12,
+        }
+    }
+
+    #[test]
+    fn a_live_goroutine_keeps_its_open_state_until_the_end() {
+        let s = split(&record(), 0, Some(6_000));
+        assert_eq!(s.ns, [100, 20, 3, 0, 0]);
+        // 400 closed waits for reason 19, plus the open one: 6000 - 5000.
+        assert_eq!(s.waiting.get(&19), Some(&1_400));
+        assert_eq!(s.waiting.get(&2), Some(&50));
+        assert_eq!(s.waiting.get(&OTHER_REASONS), Some(&9));
+        assert_eq!(s.total(), 100 + 20 + 3 + 1_400 + 50 + 9);
+        assert_eq!(WAIT_SLOTS, 6);
+    }
+
+    #[test]
+    fn an_ended_goroutine_is_taken_as_the_kernel_closed_it() {
+        let mut g = record();
+        g.status = status::DEAD;
+        assert_eq!(split(&g, 0, Some(1_000_000)).waiting.get(&19), Some(&400));
+    }
+
+    #[test]
+    fn time_before_the_first_change_counts_from_when_tracking_began() {
+        let mut g = record();
+        g.first_ns = 3_000;
+        g.first_status = status::SYSCALL;
+        let s = split(&g, 1_000, None);
+        assert_eq!(s.ns[slot::SYSCALL], 3 + 2_000);
+        g.first_status = status::WAITING;
+        g.first_reason = 14;
+        // A goroutine first seen after tracking began was seen from its start.
+        assert_eq!(split(&g, 4_000, None).waiting.get(&14), Some(&0));
+        assert_eq!(split(&g, 1_000, None).waiting.get(&14), Some(&2_000));
+    }
+
+    #[test]
+    fn reason_names_fall_back_to_numbers() {
+        let reasons = vec![String::new(), "GC assist marking".into(), "IO wait".into()];
+        assert_eq!(reason_name(&reasons, 2), "IO wait");
+        assert_eq!(reason_name(&reasons, 0), "wait reason 0");
+        assert_eq!(reason_name(&reasons, 40), "wait reason 40");
+    }
+
+    /// The names and numbering of each release, read off its own binary, agree
+    /// with its `runtime2.go` (indices from the `waitReason` constants there).
+    #[test]
+    fn wait_reasons_are_read_from_every_version_and_build() {
+        for go in Go::ALL {
+            for build in GoBuild::ALL {
+                let what = format!("go {} {build:?}", go.version());
+                let bin = go.fixture("chain", build);
+                let table = GoTable::parse(std::fs::read(&bin).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let reasons = wait_reasons(&table).unwrap_or_else(|| panic!("{what}"));
+                let index = |name: &str| reasons.iter().position(|r| r == name);
+                let (count, chan_receive, sleep, mutex) = match go {
+                    Go::Go119 => (27, 14, 19, None),
+                    Go::Go121 => (32, 14, 19, Some(21)),
+                    Go::Go123 => (38, 14, 19, Some(21)),
+                    Go::Go125 => (47, 14, 20, Some(22)),
+                    Go::Go127 => (47, 19, 14, Some(22)),
+                };
+                assert_eq!(reasons.len(), count, "{what}: {reasons:?}");
+                assert_eq!(index("chan receive"), Some(chan_receive), "{what}");
+                assert_eq!(index("sleep"), Some(sleep), "{what}");
+                assert_eq!(index("sync.Mutex.Lock"), mutex, "{what}");
+                assert_eq!(index("IO wait"), Some(2), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn probe_points_are_found_in_stripped_and_pie_builds() {
+        for go in Go::ALL {
+            for build in GoBuild::ALL {
+                let what = format!("go {} {build:?}", go.version());
+                let table = GoTable::parse(std::fs::read(go.fixture("chain", build)).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let fast = matches!(go, Go::Go127);
+                let points =
+                    ProbePoints::find(&table, fast).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(points.newproc1.is_some(), "{what}");
+                assert_eq!(points.syscalls.is_some(), fast, "{what}");
+                // casgstatus is //go:nosplit: its first instruction is not the
+                // stack-bound check every splittable function starts with
+                // (`cmp rsp, [r14+16]`: 49 3b 66 10).
+                let (entry, _) = table.function("runtime.casgstatus").unwrap();
+                assert_eq!(table.file_offset(entry), Some(points.casgstatus), "{what}");
+                assert_ne!(
+                    table.bytes(entry, 4),
+                    Some(&[0x49, 0x3b, 0x66, 0x10][..]),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
