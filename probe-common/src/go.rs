@@ -23,8 +23,21 @@ pub struct GoOffsets {
     pub status: u32,
     /// `g.waitreason` (uint8).
     pub wait_reason: u32,
+    /// `m.curg`: the goroutine an M (thread) runs user code for.
+    pub m_curg: u32,
+    /// `g.sched.bp`: the frame pointer saved when the goroutine left its stack
+    /// (`g.sched.pc` is at 64 and `g.m` at 48 in every version).
+    pub sched_bp: u32,
 }
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 24);
+
+/// `g.m` (amd64, Go 1.19-1.27).
+pub const G_M: u64 = 48;
+/// `g.sched.pc` (amd64, Go 1.19-1.27).
+pub const G_SCHED_PC: u64 = 64;
+/// Most frames of the goroutine a system stack (g0) works for, appended to a
+/// sample taken on g0 (see `SampleHeader::go_switch_frames`).
+pub const MAX_SWITCH_FRAMES: usize = 48;
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, no implicit padding.
@@ -168,10 +181,20 @@ pub struct GoroutineEnd {
 const _: () = assert!(core::mem::size_of::<GoroutineEnd>() == 192);
 
 /// The uprobe cookie: where this binary's Go version keeps `g.goid` and
-/// `g.waitreason` (low and high 16 bits).
-pub const fn cookie(offsets: GoOffsets) -> u64 {
-    (offsets.goid as u64 & 0xffff) | ((offsets.wait_reason as u64 & 0xffff) << 16)
+/// `g.waitreason` (low and high 16 bits), and [`COOKIE_EVERY_PROCESS`] when the
+/// probe is attached for every process running the binary.
+pub const fn cookie(offsets: GoOffsets, every_process: bool) -> u64 {
+    let flag = if every_process {
+        COOKIE_EVERY_PROCESS
+    } else {
+        0
+    };
+    (offsets.goid as u64 & 0xffff) | ((offsets.wait_reason as u64 & 0xffff) << 16) | flag
 }
+
+/// Cookie bit: the probe fires in every process running the binary, so the
+/// program keeps only the target set's hits.
+pub const COOKIE_EVERY_PROCESS: u64 = 1 << 32;
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, no implicit padding.

@@ -53,8 +53,11 @@ pub struct SampleHeader {
     /// That goroutine's status (`g.atomicstatus`, see [`crate::go::status`]):
     /// running, or in a system call for a sample taken in the kernel.
     pub go_status: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// For a sample of Go code on a thread's system stack (g0): frames of the
+    /// goroutine it works for (`m.curg`, from its saved `g.sched` registers),
+    /// after the user frames. The collector appends them where the user stack
+    /// stops at the switch (`runtime.mcall`, `runtime.morestack`).
+    pub go_switch_frames: u32,
 }
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 72 + 8 * STACK_TOP_WORDS);
 

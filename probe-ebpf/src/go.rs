@@ -15,9 +15,10 @@ use aya_ebpf::{
 use probe_common::{
     Counter, RecordKind,
     go::{
-        Creation, GKey, GoOffsets, Goroutine, GoroutineEnd, MAX_GO_PIDS, MAX_GOROUTINES,
-        WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
+        COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, GKey, GoOffsets, Goroutine, GoroutineEnd,
+        MAX_GO_PIDS, MAX_GOROUTINES, MAX_SWITCH_FRAMES, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
+    native::MAX_FRAMES,
 };
 
 use crate::{EVENTS, TARGETS, config, count};
@@ -60,45 +61,120 @@ static FRESH: Goroutine = Goroutine {
     changes: 0,
 };
 
-/// The id, `labels` pointer and status of the goroutine `tgid` was running, from
-/// the candidate `g` in R14 and the user stack pointer `sp`; zeros when `tgid`
-/// is not Go, R14 is not a `g` whose stack holds `sp`, or the goroutine is a
-/// system stack's (g0).
+/// What a sample of a Go process learns from its `g`.
+pub struct GoSample {
+    /// The goroutine id; 0 on a system stack (g0, gsignal).
+    pub goid: u64,
+    /// Its `g.labels` pointer.
+    pub labels: u64,
+    /// Its status.
+    pub status: u32,
+    /// Frames of the goroutine a system stack works for, written into the
+    /// sample after its user frames.
+    pub switch_frames: usize,
+}
+
+/// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
+/// stack pointer `sp`; `None` when `tgid` is not Go or R14 is not a `g` whose
+/// stack holds `sp`. On a system stack (goid 0), the frames of the goroutine it
+/// works for are written to `ips` from `at` on (see [`switch_frames`]).
 #[inline(always)]
-pub fn goroutine(tgid: u32, sp: u64, r14: u64) -> (u64, u64, u32) {
+pub fn goroutine(
+    tgid: u32,
+    sp: u64,
+    r14: u64,
+    ips: &mut [u64; 2 * MAX_FRAMES],
+    at: usize,
+) -> Option<GoSample> {
     // SAFETY: the value is copied out field by field.
-    let Some(offsets) = (unsafe { GO_PIDS.get(tgid) }) else {
-        return (0, 0, 0);
-    };
+    let offsets = unsafe { GO_PIDS.get(tgid) }?;
     let (goid_off, labels_off, status_off) = (
         u64::from(offsets.goid),
         u64::from(offsets.labels),
         u64::from(offsets.status),
     );
+    let (m_curg, sched_bp) = (u64::from(offsets.m_curg), u64::from(offsets.sched_bp));
     if r14 == 0 {
-        return (0, 0, 0);
+        return None;
     }
-    // SAFETY: the user-read helper checks the addresses and fails on a fault.
-    let (lo, hi) = unsafe {
-        match (
-            bpf_probe_read_user(r14 as *const u64),
-            bpf_probe_read_user((r14 + 8) as *const u64),
-        ) {
-            (Ok(lo), Ok(hi)) => (lo, hi),
-            _ => return (0, 0, 0),
-        }
+    let read = |addr: u64| -> Option<u64> {
+        // SAFETY: the user-read helper checks the address and fails on a fault.
+        unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
     };
+    let (lo, hi) = (read(r14)?, read(r14 + 8)?);
     if !(lo <= sp && sp < hi) {
-        return (0, 0, 0);
+        return None;
     }
-    // SAFETY: as above.
-    unsafe {
-        (
-            bpf_probe_read_user((r14 + goid_off) as *const u64).unwrap_or(0),
-            bpf_probe_read_user((r14 + labels_off) as *const u64).unwrap_or(0),
-            bpf_probe_read_user((r14 + status_off) as *const u32).unwrap_or(0),
-        )
+    let goid = read(r14 + goid_off).unwrap_or(0);
+    let mut g = GoSample {
+        goid,
+        labels: read(r14 + labels_off).unwrap_or(0),
+        // SAFETY: as above.
+        status: unsafe { bpf_probe_read_user((r14 + status_off) as *const u32) }.unwrap_or(0),
+        switch_frames: 0,
+    };
+    if goid == 0 {
+        g.switch_frames = switch_frames(r14, m_curg, sched_bp, ips, at);
     }
+    Some(g)
+}
+
+/// On the system stack `g0` of a thread: where the frame-pointer chain stops at a
+/// stack switch (`runtime.mcall` clears BP from Go 1.25; `runtime.morestack`),
+/// the frames that logically call this code are those of the goroutine the thread
+/// works for (`m.curg`), from the PC and frame pointer the switch saved in its
+/// `g.sched`; with no goroutine (after `dropg`, in the scheduler), those of the
+/// thread's start (`g0.sched`, saved by `mstart1`). Writes them from `ips[at]`
+/// and returns how many; the collector decides whether they continue the stack.
+#[inline(always)]
+fn switch_frames(
+    g0: u64,
+    m_curg: u64,
+    sched_bp: u64,
+    ips: &mut [u64; 2 * MAX_FRAMES],
+    at: usize,
+) -> usize {
+    let read = |addr: u64| -> u64 {
+        // SAFETY: the user-read helper checks the address; 0 on a fault.
+        unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+    };
+    let m = read(g0 + G_M);
+    if m == 0 {
+        return 0;
+    }
+    let curg = read(m + m_curg);
+    let g = if curg != 0 && curg != g0 { curg } else { g0 };
+    let pc = read(g + G_SCHED_PC);
+    if pc == 0 || at >= ips.len() {
+        return 0;
+    }
+    ips[at] = pc;
+    let mut n = 1;
+    let mut bp = read(g + sched_bp);
+    for _ in 0..MAX_SWITCH_FRAMES {
+        if bp == 0 {
+            break;
+        }
+        let ra = read(bp + 8);
+        // Through a volatile read, so that the index the bound is checked on is
+        // the one the write uses (LLVM otherwise keeps a running pointer, which
+        // the verifier cannot bound).
+        let i = at + n;
+        // SAFETY: reads a local.
+        let i = unsafe { core::ptr::read_volatile(&i) };
+        if ra == 0 || i >= ips.len() {
+            break;
+        }
+        ips[i] = ra;
+        n += 1;
+        let next = read(bp);
+        // Frames only go up the stack: anything else is not a frame record.
+        if next <= bp {
+            break;
+        }
+        bp = next;
+    }
+    n
 }
 
 /// `runtime.casgstatus(gp, oldval, newval)`, at entry: RAX, EBX, ECX.
@@ -137,7 +213,8 @@ pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !targeted((pid_tgid >> 32) as u32) {
+    let cookie = cookie(&ctx);
+    if !targeted(cookie, (pid_tgid >> 32) as u32) {
         return 0;
     }
     // SAFETY: as in go_casgstatus.
@@ -145,7 +222,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
         let r = &*ctx.regs;
         (r.rax, r.rbx, r.rcx)
     };
-    let goid_off = cookie(&ctx).0;
+    let goid_off = cookie & 0xffff;
     // SAFETY: user reads through the checking helper.
     let creation = unsafe {
         Creation {
@@ -154,22 +231,26 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
             start_pc: bpf_probe_read_user(fnv as *const u64).unwrap_or(0),
         }
     };
-    let _ = CREATIONS.insert(&(pid_tgid as u32), &creation, 0);
+    let _ = CREATIONS.insert(pid_tgid as u32, creation, 0);
     0
 }
 
-/// `(goid offset, waitreason offset)` from the attach cookie.
+/// The attach cookie (see `probe_common::go::cookie`).
 #[inline(always)]
-fn cookie(ctx: &ProbeContext) -> (u64, u64) {
+fn cookie(ctx: &ProbeContext) -> u64 {
     // SAFETY: plain helper call on the program's own context.
-    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    (c & 0xffff, (c >> 16) & 0xffff)
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
+/// Does the probe's hit in `tgid` count? Probes attached to one process only
+/// ever fire in it; probes attached to a binary for every process (the command's,
+/// before it starts) fire in any process running it, and only targets count.
 #[inline(always)]
-fn targeted(tgid: u32) -> bool {
-    // SAFETY: only tested for presence.
-    config().filter_pids == 0 || unsafe { TARGETS.get(tgid) }.is_some()
+fn targeted(cookie: u64, tgid: u32) -> bool {
+    // SAFETY: the map value is only tested for presence.
+    cookie & COOKIE_EVERY_PROCESS == 0
+        || config().filter_pids == 0
+        || unsafe { TARGETS.get(tgid) }.is_some()
 }
 
 /// Goroutine `gp` of the current process goes from `old` to `new`.
@@ -177,11 +258,12 @@ fn targeted(tgid: u32) -> bool {
 fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if gp == 0 || !targeted(tgid) {
+    let cookie = cookie(ctx);
+    if gp == 0 || !targeted(cookie, tgid) {
         return;
     }
     count(Counter::GoStatusChanges);
-    let (goid_off, reason_off) = cookie(ctx);
+    let (goid_off, reason_off) = (cookie & 0xffff, (cookie >> 16) & 0xffff);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = GKey {
@@ -189,7 +271,7 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
         _pad: 0,
         g: gp,
     };
-    let g = match GOROUTINES.get_ptr_mut(&key) {
+    let g = match GOROUTINES.get_ptr_mut(key) {
         Some(g) => g,
         None => {
             // First sight. A `g` leaving idle or dead is a new goroutine; one
@@ -197,11 +279,14 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
             if new == status::DEAD {
                 return;
             }
-            if GOROUTINES.insert(&key, &FRESH, BPF_NOEXIST as u64).is_err() {
+            // By reference: a copy of the static would be built on the stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let inserted = GOROUTINES.insert(key, &FRESH, BPF_NOEXIST as u64);
+            if inserted.is_err() {
                 count(Counter::GoroutinesUntracked);
                 return;
             }
-            let Some(g) = GOROUTINES.get_ptr_mut(&key) else {
+            let Some(g) = GOROUTINES.get_ptr_mut(key) else {
                 return;
             };
             // SAFETY: the map value, just inserted, is only this thread's: the
@@ -210,11 +295,11 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
             if old == status::IDLE || old == status::DEAD {
                 let tid = pid_tgid as u32;
                 // SAFETY: copied out field by field.
-                if let Some(c) = unsafe { CREATIONS.get(&tid) } {
+                if let Some(c) = unsafe { CREATIONS.get(tid) } {
                     r.creation.parent_goid = c.parent_goid;
                     r.creation.create_pc = c.create_pc;
                     r.creation.start_pc = c.start_pc;
-                    let _ = CREATIONS.remove(&tid);
+                    let _ = CREATIONS.remove(tid);
                 }
             } else {
                 r.first_ns = now;
@@ -248,7 +333,7 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
     enter(r, gp, new, now, goid_off, reason_off);
     if new == status::DEAD {
         end(r, tgid, now);
-        let _ = GOROUTINES.remove(&key);
+        let _ = GOROUTINES.remove(key);
     }
 }
 
@@ -263,9 +348,13 @@ fn enter(r: &mut Goroutine, gp: u64, new: u32, now: u64, goid_off: u64, reason_o
     } else {
         0
     };
-    // SAFETY: user read through the checking helper.
-    if let Ok(goid) = unsafe { bpf_probe_read_user((gp + goid_off) as *const u64) } {
-        r.goid = goid;
+    // A goroutine's id is set once, in `newproc1`, around its first change (after
+    // it before Go 1.27, before it from 1.27); once it has run it is final.
+    if r.changes <= 3 {
+        // SAFETY: user read through the checking helper.
+        if let Ok(goid) = unsafe { bpf_probe_read_user((gp + goid_off) as *const u64) } {
+            r.goid = goid;
+        }
     }
 }
 

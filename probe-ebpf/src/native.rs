@@ -127,9 +127,15 @@ pub fn sample(ctx: &PerfEventContext) {
     header.goid = 0;
     header.go_labels = 0;
     header.go_status = 0;
-    header._pad = 0;
+    header.go_switch_frames = 0;
     if let Some(r) = regs {
-        (header.goid, header.go_labels, header.go_status) = crate::go::goroutine(tgid, r.sp, r.r14);
+        let at = kernel_frames + user_frames;
+        if let Some(g) = crate::go::goroutine(tgid, r.sp, r.r14, &mut scratch.ips, at) {
+            header.goid = g.goid;
+            header.go_labels = g.labels;
+            header.go_status = g.status;
+            header.go_switch_frames = g.switch_frames as u32;
+        }
         let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
@@ -142,7 +148,12 @@ pub fn sample(ctx: &PerfEventContext) {
         }
     }
 
-    let len = record_len(kernel_frames + user_frames);
+    let frames = kernel_frames + user_frames + header.go_switch_frames as usize;
+    let len = record_len(if frames > 2 * MAX_FRAMES {
+        2 * MAX_FRAMES
+    } else {
+        frames
+    });
     // SAFETY: len <= size_of::<SampleScratch>() because each stack has at most
     // MAX_FRAMES frames, and the scratch slot lives for the whole program run.
     let record = unsafe { core::slice::from_raw_parts(scratch as *const _ as *const u8, len) };

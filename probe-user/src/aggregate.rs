@@ -95,6 +95,17 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         {
             user.to_mut().insert(1, ra);
         }
+        // Go code on a thread's system stack whose frame-pointer chain stops at
+        // the switch: continue with the goroutine it works for (or the thread's
+        // start), as the kernel read them.
+        if !sample.go_switch.is_empty()
+            && let Some(&outer) = sample.user.last()
+            && procs
+                .go_function(sample.pid, outer, sample.user.len() == 1)
+                .is_some_and(|f| f == "runtime.mcall" || f == "runtime.morestack")
+        {
+            user.to_mut().extend_from_slice(&sample.go_switch);
+        }
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
         }
@@ -165,6 +176,7 @@ mod tests {
             goid: 0,
             go_labels: 0,
             go_status: 0,
+            go_switch: Vec::new(),
             kernel,
             user,
         }

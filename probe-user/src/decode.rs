@@ -5,7 +5,7 @@
 use bytes::Buf as _;
 use probe_common::{
     RecordKind,
-    go::{Creation, Goroutine, GoroutineEnd, WAIT_SLOTS, slot},
+    go::{Creation, Goroutine, GoroutineEnd, MAX_SWITCH_FRAMES, WAIT_SLOTS, slot},
     native::{MAX_FRAMES, STACK_TOP_WORDS, SampleHeader},
 };
 
@@ -48,6 +48,9 @@ pub struct Sample {
     pub go_labels: u64,
     /// Its status (`probe_common::go::status`; 0 when there is no goroutine).
     pub go_status: u32,
+    /// On a Go system stack: the frames of the goroutine it works for, leaf
+    /// first (see `SampleHeader::go_switch_frames`).
+    pub go_switch: Vec<u64>,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -122,17 +125,23 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let goid = buf.get_u64_le();
     let go_labels = buf.get_u64_le();
     let go_status = buf.get_u32_le();
-    buf.advance(4);
-    if kernel_frames > MAX_FRAMES || user_frames > MAX_FRAMES {
-        return Err(DecodeError::TooManyFrames(kernel_frames.max(user_frames)));
+    let switch_frames = buf.get_u32_le() as usize;
+    if kernel_frames > MAX_FRAMES
+        || user_frames > MAX_FRAMES
+        || switch_frames > MAX_SWITCH_FRAMES + 1
+    {
+        return Err(DecodeError::TooManyFrames(
+            kernel_frames.max(user_frames).max(switch_frames),
+        ));
     }
-    let need = HEADER + 8 * (kernel_frames + user_frames);
+    let need = HEADER + 8 * (kernel_frames + user_frames + switch_frames);
     if len < need {
         return Err(DecodeError::Short { len, need });
     }
     let mut frames = |n: usize| (0..n).map(|_| buf.get_u64_le()).collect::<Vec<_>>();
     let kernel = frames(kernel_frames);
     let user = frames(user_frames);
+    let go_switch = frames(switch_frames);
     Ok(Record::CpuSample(Sample {
         pid,
         tid,
@@ -144,6 +153,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         goid,
         go_labels,
         go_status,
+        go_switch,
         kernel,
         user,
     }))

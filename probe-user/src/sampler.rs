@@ -245,7 +245,7 @@ impl Sampler {
         points: &ProbePoints,
         offsets: GoOffsets,
     ) -> Result<(), SamplerError> {
-        let cookie = probe_common::go::cookie(offsets);
+        let cookie = probe_common::go::cookie(offsets, pid.is_none());
         let scope = match pid {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,

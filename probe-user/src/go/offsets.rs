@@ -10,6 +10,9 @@
 //! removed); 352 in 1.23-1.24 (`syscallbp`); 344 in 1.25 (`gobuf.ret` removed); 352
 //! in 1.26 (OpenTelemetry's offsets.go; `secret`/`ditWanted` added).
 //!
+//! `m.curg` / `g.sched.bp`: 192/104 up to 1.24, 184/96 from 1.25 (`g.m` 48 and
+//! `g.sched.pc` 64 throughout).
+//!
 //! `g.atomicstatus` / `g.waitreason`: 144/176 in 1.19-1.22, 152/184 in 1.23-1.24
 //! (`syscallbp`), 144/176 from 1.25.
 //!
@@ -47,7 +50,8 @@ fn minor(version: &str) -> Option<u32> {
 
 /// The offsets for Go `version` (`go1.23.9`, as in the build info), if known.
 pub fn for_version(version: &str) -> Option<GoOffsets> {
-    let (goid, labels, status, wait_reason) = match minor(version)? {
+    let minor = minor(version)?;
+    let (goid, labels, status, wait_reason) = match minor {
         19..=20 => (152, 360, 144, 176),
         21..=22 => (152, 344, 144, 176),
         23..=24 => (160, 352, 152, 184),
@@ -55,11 +59,16 @@ pub fn for_version(version: &str) -> Option<GoOffsets> {
         26..=27 => (152, 352, 144, 176),
         _ => return None,
     };
+    // `gobuf.ret` went in 1.25 (CL 652276): `g.sched.bp` moved from 56 + 48 to
+    // 56 + 40, and `m.curg` from 192 to 184.
+    let (m_curg, sched_bp) = if minor <= 24 { (192, 104) } else { (184, 96) };
     Some(GoOffsets {
         goid,
         labels,
         status,
         wait_reason,
+        m_curg,
+        sched_bp,
     })
 }
 

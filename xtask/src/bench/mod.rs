@@ -15,7 +15,7 @@
 //! - samples lost (summary.json `lost`);
 //! - stop to finished SVG (summary.json `stop_to_svg_ms`).
 //!
-//! The .NET figures come from [`dotnet`].
+//! The .NET figures come from [`dotnet`], the Go ones from [`go`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use crate::{build, cmd, say};
 
 mod dotnet;
+mod go;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,6 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
     let long = bench.profiled_rounds(FREQS[0], Some(LONG_RUN_ROUNDS))?;
 
     let dotnet_figures = dotnet::figures(args.runs, &crossprof, &bench_dir)?;
+    let go_figures = go::figures(args.runs, &crossprof, &bench_dir)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -155,6 +157,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
     );
     figures.extend(dotnet_figures);
+    figures.extend(go_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();
