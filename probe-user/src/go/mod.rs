@@ -5,8 +5,12 @@
 //! [`offsets`] tells the kernel where a Go version keeps the goroutine id, which
 //! it reads from the `g` in R14 (`probe-ebpf/src/go.rs`).
 //! [`labels`] reads a goroutine's pprof labels behind the `g.labels` pointer
-//! the kernel sends. Not done yet: goroutine states, unwinding across the
-//! runtime's stack switches.
+//! the kernel sends; [`states`] places the goroutine-state uprobes
+//! (`--go-states`), names wait reasons from the binary, and turns the kernel's
+//! per-goroutine records into time per state. Stacks that stop at a switch to
+//! the system stack are continued in `crate::aggregate` with the frames the
+//! kernel read from the goroutine's saved registers. Not done yet: signal
+//! handlers (`sigtramp`).
 
 pub mod labels;
 pub mod offsets;
