@@ -176,6 +176,9 @@ impl Pipeline {
             if !self.go_states {
                 continue;
             }
+            let version = table.version.clone().unwrap_or_default();
+            let allgs = crate::go::states::allgs_address(&table)
+                .and_then(|v| Some(v.wrapping_add(self.procs.go_exe_bias(pid)?)));
             if let Some(pre) = &self.go_preattached
                 && let Some(p) = self.procs.get_mut(pid)
                 && p.exe.as_deref() == pre.exe.to_str()
@@ -183,6 +186,8 @@ impl Pipeline {
                 p.go_states = Some(crate::go::states::Tracking {
                     since_ns: pre.since_ns,
                     reasons: pre.reasons.clone(),
+                    allgs,
+                    version,
                     ..Default::default()
                 });
                 continue;
@@ -190,7 +195,6 @@ impl Pipeline {
             let Some(nz_pid) = std::num::NonZeroU32::new(pid) else {
                 continue;
             };
-            let version = table.version.clone().unwrap_or_default();
             let fast = crate::go::offsets::syscall_fast_path(&version);
             let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
             let since_ns = monotonic_ns();
@@ -209,6 +213,8 @@ impl Pipeline {
                     p.go_states = Some(crate::go::states::Tracking {
                         since_ns,
                         reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
+                        allgs,
+                        version,
                         ..Default::default()
                     });
                 }
@@ -541,13 +547,35 @@ async fn run(
     let go_program_stats = sampler.go_program_stats();
     pipeline.drain(events.get_mut());
     let end_ns = monotonic_ns();
-    for (pid, g) in sampler.live_goroutines() {
+    // Every goroutine from the processes' own lists first, then the kernel's
+    // table: one that changes between the two reads is in the table.
+    let all_gs: Vec<(u32, Vec<(u64, probe_common::go::Goroutine)>)> = pipeline
+        .procs
+        .iter()
+        .filter_map(|p| {
+            let t = p.go_states.as_ref()?;
+            let all = crate::go::states::all_goroutines(p.pid, t.allgs?, &t.version, t.since_ns);
+            Some((p.pid, all))
+        })
+        .collect();
+    let mut seen: BTreeMap<u32, std::collections::HashMap<u64, usize>> = BTreeMap::new();
+    for (pid, g_addr, g) in sampler.live_goroutines() {
         if let Some(t) = pipeline
             .procs
             .get_mut(pid)
             .and_then(|p| p.go_states.as_mut())
         {
+            seen.entry(pid).or_default().insert(g_addr, t.live.len());
             t.live.push(g);
+        }
+    }
+    for (pid, all) in all_gs {
+        if let Some(t) = pipeline
+            .procs
+            .get_mut(pid)
+            .and_then(|p| p.go_states.as_mut())
+        {
+            t.add_unseen(all, &seen.remove(&pid).unwrap_or_default());
         }
     }
     for p in pipeline.procs.iter_mut() {

@@ -275,8 +275,9 @@ impl Sampler {
         Ok(())
     }
 
-    /// The goroutines the kernel still tracks (alive), per process.
-    pub fn live_goroutines(&self) -> Vec<(u32, Goroutine)> {
+    /// The goroutines the kernel still tracks (alive): process, `g` address,
+    /// record.
+    pub fn live_goroutines(&self) -> Vec<(u32, u64, Goroutine)> {
         let Some(map) = self.ebpf.map(names::GOROUTINES) else {
             return Vec::new();
         };
@@ -285,7 +286,7 @@ impl Sampler {
         };
         map.iter()
             .filter_map(Result::ok)
-            .map(|(k, g)| (k.tgid, g))
+            .map(|(k, g)| (k.tgid, k.g, g))
             .collect()
     }
 

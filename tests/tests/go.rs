@@ -308,10 +308,13 @@ fn goroutine_states_split_time_by_wait_reason_in_every_version_and_build() {
     }
 }
 
-/// Attached to a running process (`--pid`), mid-call: a goroutine making
-/// 200 ms system calls through the whole recording is counted in them from the
-/// moment the probes went in (its first change shows what it was doing); the
-/// process goes on and exits normally afterwards.
+/// Attached to a running process (`--pid`): goroutines blocked on a channel, a
+/// mutex and a sleep through the whole recording change no state, yet are
+/// listed (read through `runtime.allgs`, found in the stripped binary's code)
+/// as waiting for their reason the whole time, with their creation; the
+/// goroutine in 200 ms system calls is counted in them from the attach (its
+/// first change shows what it was doing). The process goes on and exits
+/// normally afterwards.
 #[test]
 fn goroutine_states_of_a_running_process_count_from_the_attach() {
     let bin = Go::Go125.fixture("states", GoBuild::Stripped);
@@ -339,15 +342,29 @@ fn goroutine_states_of_a_running_process_count_from_the_attach() {
     );
     let roles = roles(&stdout);
     let summary = read_summary(&dir);
+    let window_ms = summary["duration_secs"].as_f64().unwrap() * 1e3;
+    for (role, reason) in [
+        ("chan", "chan receive"),
+        ("mutex", "sync.Mutex.Lock"),
+        ("sleep", "sleep"),
+    ] {
+        let g = goroutine_row(&summary, "states", roles[role]);
+        within(
+            &format!("{role}, blocked through the recording: {g}"),
+            g["waiting_ms"][reason].as_f64().unwrap_or(0.0),
+            window_ms,
+        );
+        assert_eq!(g["ended"], false, "{g}");
+        assert_eq!(g["created_by"], "main.main", "{g}");
+        assert_eq!(g["parent_goid"], 1, "{g}");
+    }
     let g = goroutine_row(&summary, "states", roles["syscall"]);
     within(
         &format!("in system calls through the recording: {g}"),
         g["syscall_ms"].as_f64().unwrap_or(0.0),
-        summary["duration_secs"].as_f64().unwrap() * 1e3,
+        window_ms,
     );
-    assert_eq!(g["ended"], false, "{g}");
-    // Created before crossprof came: its creation is not made up.
-    assert_eq!(g["created_by"], "[unknown]", "{g}");
+    assert_eq!(g["created_by"], "main.main", "{g}");
 }
 
 /// A goroutine-switch-heavy program spends much of its time in the scheduler on

@@ -80,6 +80,21 @@ pub fn syscall_fast_path(version: &str) -> bool {
     minor(version).is_some_and(|m| m >= 26)
 }
 
+/// Where a Go version keeps a goroutine's creation in its `g`:
+/// `(parentGoid, gopc, startpc)`, read for goroutines that changed no state
+/// while followed. From DWARF (gdb `ptype/o`) of go1.19.8, 1.21.13, 1.23.9,
+/// 1.25.5 and 1.27.3; 1.22, 1.24 and 1.26 by the same shifts as the other fields
+/// (`syscallbp` +8 in 1.23, `gobuf.ret` -8 in 1.25, +8 in 1.26). 1.19 has no
+/// `parentGoid` (added in 1.21); 1.20 is not known.
+pub fn creation(version: &str) -> Option<(Option<u64>, u64, u64)> {
+    Some(match minor(version)? {
+        19 => (None, 296, 312),
+        21..=22 | 25 => (Some(272), 280, 296),
+        23..=24 | 26..=27 => (Some(280), 288, 304),
+        _ => return None,
+    })
+}
+
 /// How Go `version` keeps its labels, if known.
 pub fn label_layout(version: &str) -> Option<LabelLayout> {
     match minor(version)? {

@@ -111,9 +111,114 @@ pub fn reason_name(reasons: &[String], reason: u32) -> String {
     }
 }
 
+/// Where `runtime.allgs` (the slice of every `g`) is, as a virtual address of
+/// the binary: `runtime.forEachG` loads its pointer and its length with two
+/// RIP-relative `mov`s 8 bytes apart (`48 8b 0d`, `48 8b 15`: seen alike in
+/// go1.19.8 and go1.27.3 builds). The data symbol itself is gone from stripped
+/// binaries; what is found is checked against the process's memory before use.
+pub fn allgs_address(table: &GoTable) -> Option<u64> {
+    let (entry, end) = table.function("runtime.forEachG")?;
+    let code = table.bytes(entry, end.saturating_sub(entry).min(128) as usize)?;
+    let rip_mov = |i: usize| -> Option<u64> {
+        let w = code.get(i..i + 7)?;
+        if w[0] != 0x48 || w[1] != 0x8b || w[2] & 0xc7 != 0x05 {
+            return None;
+        }
+        let disp = i32::from_le_bytes(w[3..7].try_into().ok()?);
+        (entry + i as u64 + 7).checked_add_signed(i64::from(disp))
+    };
+    (0..code.len()).find_map(|i| {
+        let first = rip_mov(i)?;
+        // The next instruction stores the pointer (4 or 5 bytes), then the length.
+        (i + 7..i + 16).find_map(|j| (rip_mov(j)? == first + 8).then_some(first))
+    })
+}
+
+/// Every goroutine of process `pid` that is not dead, read from its memory
+/// (read-only) through `runtime.allgs` (at `allgs`, an address in the process),
+/// as `(g address, record)`: a record whose current status began at `since_ns`.
+/// Those the kernel never saw change (see `Tracking::add_unseen`) have been in
+/// that status since tracking began.
+pub fn all_goroutines(pid: u32, allgs: u64, version: &str, since_ns: u64) -> Vec<(u64, Goroutine)> {
+    use std::os::unix::fs::FileExt as _;
+    let (Some(offsets), Some((parent, gopc, startpc))) = (
+        super::offsets::for_version(version),
+        super::offsets::creation(version),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return Vec::new();
+    };
+    let word = |addr: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        mem.read_exact_at(&mut b, addr).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let (Some(ptr), Some(len), Some(cap)) = (word(allgs), word(allgs + 8), word(allgs + 16)) else {
+        return Vec::new();
+    };
+    // Not a slice of a sane size: the decoded address was wrong; say nothing.
+    if len == 0 || len > cap || cap > 10_000_000 {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; 8 * len as usize];
+    if mem.read_exact_at(&mut buf, ptr).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut g_bytes = vec![0u8; startpc as usize + 8];
+    for chunk in buf.chunks_exact(8) {
+        let g = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if g == 0 || mem.read_exact_at(&mut g_bytes, g).is_err() {
+            continue;
+        }
+        let at = |off: u64, n: usize| -> u64 {
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(&g_bytes[off as usize..off as usize + n]);
+            u64::from_le_bytes(w)
+        };
+        let status = at(u64::from(offsets.status), 4) as u32;
+        if !matches!(
+            status,
+            status::RUNNABLE | status::RUNNING | status::SYSCALL | status::WAITING
+        ) {
+            continue;
+        }
+        out.push((
+            g,
+            Goroutine {
+                goid: at(u64::from(offsets.goid), 8),
+                creation: probe_common::go::Creation {
+                    parent_goid: parent.map_or(0, |p| at(p, 8)),
+                    create_pc: at(gopc, 8),
+                    start_pc: at(startpc, 8),
+                },
+                since_ns,
+                status,
+                wait_reason: at(u64::from(offsets.wait_reason), 1) as u32,
+                first_ns: 0,
+                first_status: 0,
+                first_reason: 0,
+                ns: [0; slot::COUNT],
+                wait_reasons: [WAIT_SLOT_FREE; probe_common::go::WAIT_SLOTS],
+                _pad: [0; 2],
+                wait_ns: [0; probe_common::go::WAIT_SLOTS],
+                wait_other_ns: 0,
+                changes: 0,
+            },
+        ));
+    }
+    out
+}
+
 /// One process's goroutine states, as followed.
 #[derive(Debug, Default)]
 pub struct Tracking {
+    /// `runtime.allgs` in the process, if found (see [`allgs_address`]).
+    pub allgs: Option<u64>,
+    /// The binary's Go version.
+    pub version: String,
     /// When its probes were attached (CLOCK_MONOTONIC ns).
     pub since_ns: u64,
     /// Its wait-reason names ([`wait_reasons`]; empty if unreadable).
@@ -124,6 +229,29 @@ pub struct Tracking {
     pub live: Vec<Goroutine>,
     /// When the recording ended.
     pub end_ns: u64,
+}
+
+impl Tracking {
+    /// Adds the goroutines of `all` (read through `runtime.allgs` just before
+    /// the kernel's table was read) that the kernel never saw change: not in
+    /// `seen` (the `g` addresses it tracked, with their index in `live`). They
+    /// count as live, in their status since tracking began. A tracked goroutine
+    /// created before tracking began gets its creation from there.
+    pub fn add_unseen(
+        &mut self,
+        all: Vec<(u64, Goroutine)>,
+        seen: &std::collections::HashMap<u64, usize>,
+    ) {
+        for (g, record) in all {
+            match seen.get(&g).and_then(|&i| self.live.get_mut(i)) {
+                Some(live) if live.creation.create_pc == 0 && live.goid == record.goid => {
+                    live.creation = record.creation;
+                }
+                Some(_) => {}
+                None => self.live.push(record),
+            }
+        }
+    }
 }
 
 /// Wait-reason key of the time beyond the kernel's per-goroutine reason slots.
@@ -398,6 +526,35 @@ mod tests {
                 assert_eq!(index("sync.Mutex.Lock"), mutex, "{what}");
                 assert_eq!(index("IO wait"), Some(2), "{what}");
             }
+        }
+    }
+
+    /// `runtime.allgs` is found in every build, and where the normal build's
+    /// symbol table says it is (stripped builds lay data out a little apart; the
+    /// end-to-end tests read them).
+    #[test]
+    fn allgs_is_found_in_every_version_and_build() {
+        for go in Go::ALL {
+            let mut found = Vec::new();
+            for build in [GoBuild::Normal, GoBuild::Stripped, GoBuild::Pie] {
+                let what = format!("go {} {build:?}", go.version());
+                let table = GoTable::parse(std::fs::read(go.fixture("chain", build)).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let at = allgs_address(&table).unwrap_or_else(|| panic!("{what}"));
+                found.push(at);
+            }
+            // The normal build still names it: `go tool nm` agrees.
+            let nm = std::process::Command::new(go.go())
+                .args(["tool", "nm"])
+                .arg(go.fixture("chain", GoBuild::Normal))
+                .output()
+                .unwrap();
+            let symbol = String::from_utf8_lossy(&nm.stdout)
+                .lines()
+                .find(|l| l.ends_with(" runtime.allgs"))
+                .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok());
+            assert_eq!(Some(found[0]), symbol, "go {}", go.version());
         }
     }
 

@@ -464,6 +464,20 @@ impl ProcessTable {
         self.modules.go_table(module)
     }
 
+    /// How far `pid`'s executable is loaded from its link addresses (0 unless
+    /// it is position-independent).
+    pub fn go_exe_bias(&self, pid: u32) -> Option<u64> {
+        let p = self.procs.get(&pid)?;
+        let exe = p.exe.as_deref()?;
+        let table = self.go_exe_table(pid)?;
+        p.mappings.iter().find_map(|m| match m.target {
+            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => {
+                Some(m.start.wrapping_sub(table.vaddr(m.offset)?))
+            }
+            _ => None,
+        })
+    }
+
     /// The Go function at address `addr` of `pid` (the innermost one where
     /// calls were inlined); `leaf` is false for a return address.
     pub fn go_function(&self, pid: u32, addr: u64, leaf: bool) -> Option<String> {
