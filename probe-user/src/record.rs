@@ -187,7 +187,7 @@ impl Pipeline {
                     since_ns: pre.since_ns,
                     reasons: pre.reasons.clone(),
                     allgs,
-                    version,
+                    layout: crate::go::layout(&table),
                     ..Default::default()
                 });
                 continue;
@@ -214,7 +214,7 @@ impl Pipeline {
                         since_ns,
                         reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
                         allgs,
-                        version,
+                        layout: crate::go::layout(&table),
                         ..Default::default()
                     });
                 }
@@ -373,7 +373,7 @@ fn preattach_go(
         return Ok(None);
     };
     let version = table.version.clone().unwrap_or_default();
-    let Some(offsets) = crate::go::offsets::for_version(&version) else {
+    let Some(offsets) = crate::go::layout(&table).map(|l| l.offsets) else {
         return Ok(None);
     };
     let fast = crate::go::offsets::syscall_fast_path(&version);
@@ -554,7 +554,8 @@ async fn run(
         .iter()
         .filter_map(|p| {
             let t = p.go_states.as_ref()?;
-            let all = crate::go::states::all_goroutines(p.pid, t.allgs?, &t.version, t.since_ns);
+            let all =
+                crate::go::states::all_goroutines(p.pid, t.allgs?, t.layout.as_ref()?, t.since_ns);
             Some((p.pid, all))
         })
         .collect();
@@ -679,6 +680,12 @@ async fn run(
                 .as_ref()
                 .map(|d| format!("dotnet {}", d.runtime.version))
                 .or_else(|| go_versions.get(&p.pid).map(|v| v.replacen("go", "go ", 1))),
+            goroutine_layout: p
+                .go_tracked
+                .then(|| procs.go_exe_table(p.pid))
+                .flatten()
+                .and_then(|t| crate::go::layout(&t))
+                .map(|l| if l.from_dwarf { "dwarf" } else { "table" }),
             gc: p
                 .dotnet
                 .as_ref()

@@ -54,6 +54,10 @@ pub struct ProcessSummary {
     pub samples: u64,
     /// The managed runtime found in it (`dotnet 8.0.4`), if any.
     pub runtime: Option<String>,
+    /// For Go: where the goroutine layout came from, `dwarf` (the binary's
+    /// own) or `table` (crossprof's per-version table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_layout: Option<&'static str>,
     /// Garbage collection, for a .NET process whose GC events were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSummary>,

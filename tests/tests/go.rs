@@ -111,107 +111,125 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[test]
-fn each_sample_carries_its_goroutine_in_every_version() {
+fn each_sample_carries_its_goroutine_in_every_version_and_build() {
     for go in Go::ALL {
-        let what = format!("go {}", go.version());
-        let bin = go.fixture("goroutines", GoBuild::Stripped);
-        let dir = out_dir(&format!("go_goroutines_{}", go.version()));
-        let run = record(&dir, &["--group-by", "goroutine"], &bin, &["2", "4"]);
-        assert!(run.status.success(), "{what}: {}", run.stderr);
-        // The ids the goroutines printed are the ids the busy samples carry.
-        let printed: std::collections::BTreeSet<String> = run
-            .stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("goid "))
-            .map(|id| format!("goroutine {id}"))
-            .collect();
-        assert_eq!(printed.len(), 4, "{what}: {}", run.stdout);
-        let stacks = read_folded(&dir);
-        let busy: Vec<_> = stacks
-            .iter()
-            .filter(|s| s.frames[0] == "goroutines" && s.frames.iter().any(|f| f == "main.busy"))
-            .collect();
-        let total: u64 = busy.iter().map(|s| s.count).sum();
-        let seen: std::collections::BTreeSet<String> = busy
-            .iter()
-            .map(|s| s.frames[1].clone())
-            .filter(|f| f.starts_with("goroutine "))
-            .collect();
-        assert_eq!(seen, printed, "{what}: goroutine frames over main.busy");
-        // Only the first moments, before crossprof has read the binary's Go
-        // version, go without a goroutine.
-        let (without, _) = count_where(&stacks, "goroutines", |s| {
-            s.frames.iter().any(|f| f == "main.busy") && !s.frames[1].starts_with("goroutine ")
-        });
-        assert!(
-            without * 10 <= total,
-            "{what}: {without} of {total} busy samples without a goroutine"
-        );
-        // Each goroutine ran about a quarter of the busy time (2 cores, 4 busy
-        // goroutines: each gets its share).
-        for g in &printed {
-            let n: u64 = busy
+        for build in GoBuild::ALL {
+            let what = format!("go {} {build:?}", go.version());
+            let bin = go.fixture("goroutines", build);
+            let dir = out_dir(&format!("go_goroutines_{}_{build:?}", go.version()));
+            let run = record(&dir, &["--group-by", "goroutine"], &bin, &["1.5", "4"]);
+            assert!(run.status.success(), "{what}: {}", run.stderr);
+            // The ids the goroutines printed are the ids the busy samples carry.
+            let printed: std::collections::BTreeSet<String> = run
+                .stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("goid "))
+                .map(|id| format!("goroutine {id}"))
+                .collect();
+            assert_eq!(printed.len(), 4, "{what}: {}", run.stdout);
+            let stacks = read_folded(&dir);
+            let busy: Vec<_> = stacks
                 .iter()
-                .filter(|s| &s.frames[1] == g)
-                .map(|s| s.count)
-                .sum();
-            assert!(n * 8 >= total, "{what}: {g} has {n} of {total} samples");
+                .filter(|s| {
+                    s.frames[0] == "goroutines" && s.frames.iter().any(|f| f == "main.busy")
+                })
+                .collect();
+            let total: u64 = busy.iter().map(|s| s.count).sum();
+            let seen: std::collections::BTreeSet<String> = busy
+                .iter()
+                .map(|s| s.frames[1].clone())
+                .filter(|f| f.starts_with("goroutine "))
+                .collect();
+            assert_eq!(seen, printed, "{what}: goroutine frames over main.busy");
+            // The layout comes from the binary's DWARF where it has any.
+            let summary = read_summary(&dir);
+            let layout = summary["processes"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["comm"] == "goroutines"))
+                .map(|p| p["goroutine_layout"].clone());
+            let want = if build == GoBuild::Stripped {
+                "table"
+            } else {
+                "dwarf"
+            };
+            assert_eq!(layout, Some(want.into()), "{what}");
+            // Only the first moments, before crossprof has read the binary's Go
+            // version, go without a goroutine.
+            let (without, _) = count_where(&stacks, "goroutines", |s| {
+                s.frames.iter().any(|f| f == "main.busy") && !s.frames[1].starts_with("goroutine ")
+            });
+            assert!(
+                without * 10 <= total,
+                "{what}: {without} of {total} busy samples without a goroutine"
+            );
+            // Each goroutine ran about a quarter of the busy time (2 cores, 4 busy
+            // goroutines: each gets its share).
+            for g in &printed {
+                let n: u64 = busy
+                    .iter()
+                    .filter(|s| &s.frames[1] == g)
+                    .map(|s| s.count)
+                    .sum();
+                assert!(n * 8 >= total, "{what}: {g} has {n} of {total} samples");
+            }
         }
     }
 }
 
 #[test]
-fn pprof_labels_are_a_frame_level_in_every_version() {
+fn pprof_labels_are_a_frame_level_in_every_version_and_build() {
     for go in Go::ALL {
-        let what = format!("go {}", go.version());
-        let bin = go.fixture("labels", GoBuild::Normal);
-        let dir = out_dir(&format!("go_labels_{}", go.version()));
-        let run = record(
-            &dir,
-            &["--group-by", "goroutine", "--group-by", "label:worker"],
-            &bin,
-            &["2", "3"],
-        );
-        assert!(run.status.success(), "{what}: {}", run.stderr);
-        // goroutine id -> its worker label, as the program printed them.
-        let printed: std::collections::BTreeMap<String, String> = run
-            .stdout
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 4 && f[0] == "goid")
-                    .then(|| (format!("goroutine {}", f[1]), format!("worker={}", f[3])))
-            })
-            .collect();
-        assert_eq!(printed.len(), 3, "{what}: {}", run.stdout);
-        let stacks = read_folded(&dir);
-        let mut seen = std::collections::BTreeMap::new();
-        let mut total = 0;
-        let mut labelled = 0;
-        for s in stacks
-            .iter()
-            .filter(|s| s.frames[0] == "labels" && s.frames.iter().any(|f| f == "main.busy"))
-        {
-            total += s.count;
-            if let Some(label) = printed.get(&s.frames[1]) {
-                if &s.frames[2] == label {
-                    labelled += s.count;
+        for build in GoBuild::ALL {
+            let what = format!("go {} {build:?}", go.version());
+            let bin = go.fixture("labels", build);
+            let dir = out_dir(&format!("go_labels_{}_{build:?}", go.version()));
+            let run = record(
+                &dir,
+                &["--group-by", "goroutine", "--group-by", "label:worker"],
+                &bin,
+                &["1.5", "3"],
+            );
+            assert!(run.status.success(), "{what}: {}", run.stderr);
+            // goroutine id -> its worker label, as the program printed them.
+            let printed: std::collections::BTreeMap<String, String> = run
+                .stdout
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 4 && f[0] == "goid")
+                        .then(|| (format!("goroutine {}", f[1]), format!("worker={}", f[3])))
+                })
+                .collect();
+            assert_eq!(printed.len(), 3, "{what}: {}", run.stdout);
+            let stacks = read_folded(&dir);
+            let mut seen = std::collections::BTreeMap::new();
+            let mut total = 0;
+            let mut labelled = 0;
+            for s in stacks
+                .iter()
+                .filter(|s| s.frames[0] == "labels" && s.frames.iter().any(|f| f == "main.busy"))
+            {
+                total += s.count;
+                if let Some(label) = printed.get(&s.frames[1]) {
+                    if &s.frames[2] == label {
+                        labelled += s.count;
+                    }
+                    *seen.entry(s.frames[2].clone()).or_insert(0) += s.count;
                 }
-                *seen.entry(s.frames[2].clone()).or_insert(0) += s.count;
             }
+            // Every busy goroutine's samples carry its own label, and no other.
+            assert_eq!(
+                seen.keys()
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>(),
+                printed.values().cloned().collect(),
+                "{what}: labels over main.busy: {seen:?}"
+            );
+            assert!(
+                labelled * 10 >= total * 9,
+                "{what}: {labelled} of {total} busy samples labelled right"
+            );
         }
-        // Every busy goroutine's samples carry its own label, and no other.
-        assert_eq!(
-            seen.keys()
-                .cloned()
-                .collect::<std::collections::BTreeSet<_>>(),
-            printed.values().cloned().collect(),
-            "{what}: labels over main.busy: {seen:?}"
-        );
-        assert!(
-            labelled * 10 >= total * 9,
-            "{what}: {labelled} of {total} busy samples labelled right"
-        );
     }
 }
 

@@ -12,7 +12,24 @@
 //! kernel read from the goroutine's saved registers. Not done yet: signal
 //! handlers (`sigtramp`).
 
+pub mod dwarf;
 pub mod labels;
 pub mod offsets;
 pub mod pclntab;
 pub mod states;
+
+use pclntab::GoTable;
+
+/// The goroutine layout of a Go binary: from its own DWARF when it has DWARF,
+/// else from the per-version table. `None` for a Go version outside the table,
+/// DWARF or not: status numbers and label layouts are version semantics DWARF
+/// does not give, and an unknown version is never guessed.
+pub fn layout(table: &GoTable) -> Option<dwarf::Layout> {
+    let version = table.version.as_deref()?;
+    let known = offsets::for_version(version)?;
+    Some(table.dwarf_layout().unwrap_or(dwarf::Layout {
+        offsets: known,
+        creation: offsets::creation(version),
+        from_dwarf: false,
+    }))
+}

@@ -116,6 +116,8 @@ pub struct GoTable {
     gofunc: Option<u64>,
     /// The Go version that built it (`go1.23.9`), from its build info.
     pub version: Option<String>,
+    /// Its goroutine layout from DWARF, read when first asked.
+    dwarf: std::sync::OnceLock<Option<super::dwarf::Layout>>,
 }
 
 /// One frame a PC stands for: the function, and whether it was inlined into its
@@ -249,6 +251,7 @@ impl GoTable {
             gofunc,
             elf,
             file,
+            dwarf: std::sync::OnceLock::new(),
         }))
     }
 
@@ -412,6 +415,13 @@ impl GoTable {
     /// The file offset of virtual address `vaddr`.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.elf.file_offset(vaddr)
+    }
+
+    /// The goroutine layout its DWARF gives, if it has DWARF (read once).
+    pub fn dwarf_layout(&self) -> Option<super::dwarf::Layout> {
+        *self
+            .dwarf
+            .get_or_init(|| super::dwarf::layout(&self.file, &self.elf))
     }
 
     /// `len` bytes of the file at virtual address `vaddr`.

@@ -139,12 +139,14 @@ pub fn allgs_address(table: &GoTable) -> Option<u64> {
 /// as `(g address, record)`: a record whose current status began at `since_ns`.
 /// Those the kernel never saw change (see `Tracking::add_unseen`) have been in
 /// that status since tracking began.
-pub fn all_goroutines(pid: u32, allgs: u64, version: &str, since_ns: u64) -> Vec<(u64, Goroutine)> {
+pub fn all_goroutines(
+    pid: u32,
+    allgs: u64,
+    layout: &super::dwarf::Layout,
+    since_ns: u64,
+) -> Vec<(u64, Goroutine)> {
     use std::os::unix::fs::FileExt as _;
-    let (Some(offsets), Some((parent, gopc, startpc))) = (
-        super::offsets::for_version(version),
-        super::offsets::creation(version),
-    ) else {
+    let (offsets, Some((parent, gopc, startpc))) = (layout.offsets, layout.creation) else {
         return Vec::new();
     };
     let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
@@ -217,8 +219,8 @@ pub fn all_goroutines(pid: u32, allgs: u64, version: &str, since_ns: u64) -> Vec
 pub struct Tracking {
     /// `runtime.allgs` in the process, if found (see [`allgs_address`]).
     pub allgs: Option<u64>,
-    /// The binary's Go version.
-    pub version: String,
+    /// The binary's goroutine layout.
+    pub layout: Option<super::dwarf::Layout>,
     /// When its probes were attached (CLOCK_MONOTONIC ns).
     pub since_ns: u64,
     /// Its wait-reason names ([`wait_reasons`]; empty if unreadable).

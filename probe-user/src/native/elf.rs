@@ -17,6 +17,8 @@ pub struct Section {
     pub size: u64,
     /// `SHT_NOBITS` (`.bss`): no bytes in the file.
     pub nobits: bool,
+    /// `SHF_COMPRESSED`: the bytes are an `Elf64_Chdr` and a compressed stream.
+    pub compressed: bool,
 }
 
 /// A loadable segment.
@@ -37,6 +39,9 @@ pub struct Elf {
 }
 
 const R_X86_64_RELATIVE: u64 = 8;
+const SHF_COMPRESSED: u64 = 0x800;
+/// `Elf64_Chdr.ch_type` of a zlib stream.
+const ELFCOMPRESS_ZLIB: u32 = 1;
 
 fn u16_at(d: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
@@ -81,6 +86,7 @@ impl Elf {
                     offset: u64_at(d, s + 24)?,
                     size: u64_at(d, s + 32)?,
                     nobits: kind == 8,
+                    compressed: u64_at(d, s + 8)? & SHF_COMPRESSED != 0,
                 },
             ))
         };
@@ -121,6 +127,28 @@ impl Elf {
     pub fn section_data<'a>(&self, d: &'a [u8], name: &str) -> Option<&'a [u8]> {
         let s = self.section(name).filter(|s| !s.nobits)?;
         d.get(s.offset as usize..(s.offset + s.size) as usize)
+    }
+
+    /// The bytes of section `name` in `d`, decompressed if it is compressed
+    /// (zlib, as Go's linker writes its DWARF). At most `limit` bytes.
+    pub fn section_bytes<'a>(
+        &self,
+        d: &'a [u8],
+        name: &str,
+        limit: usize,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let s = self.section(name)?;
+        let data = self.section_data(d, name)?;
+        if !s.compressed {
+            return Some(std::borrow::Cow::Borrowed(data));
+        }
+        // Elf64_Chdr: ch_type, ch_reserved, ch_size, ch_addralign.
+        if u32_at(data, 0)? != ELFCOMPRESS_ZLIB || u64_at(data, 8)? as usize > limit {
+            return None;
+        }
+        miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data.get(24..)?, limit)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     }
 
     /// The file offset of virtual address `vaddr`.

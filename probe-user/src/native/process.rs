@@ -433,7 +433,7 @@ impl ProcessTable {
             let Some(version) = table.version.clone() else {
                 continue;
             };
-            match crate::go::offsets::for_version(&version) {
+            match crate::go::layout(&table).map(|l| l.offsets) {
                 Some(offsets) => {
                     p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
                     p.go_labels = crate::go::offsets::label_layout(&version)
