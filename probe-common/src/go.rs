@@ -28,8 +28,13 @@ pub struct GoOffsets {
     /// `g.sched.bp`: the frame pointer saved when the goroutine left its stack
     /// (`g.sched.pc` is at 64 and `g.m` at 48 in every version).
     pub sched_bp: u32,
+    /// `m.gsignal`: the thread's signal-handling `g`, whose stack a signal
+    /// handler runs on while R14 still holds the interrupted `g`.
+    pub m_gsignal: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 32);
 
 /// `g.m` (amd64, Go 1.19-1.27).
 pub const G_M: u64 = 48;

@@ -101,9 +101,19 @@ pub fn goroutine(
         // SAFETY: the user-read helper checks the address and fails on a fault.
         unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
     };
-    let (lo, hi) = (read(r14)?, read(r14 + 8)?);
-    if !(lo <= sp && sp < hi) {
-        return None;
+    let holds = |g: u64| -> Option<bool> {
+        let (lo, hi) = (read(g)?, read(g + 8)?);
+        Some(lo <= sp && sp < hi)
+    };
+    // R14 is the `g` whose stack holds SP; or, in a signal handler entered from
+    // Go code (before the handler switches R14), the interrupted `g`, while SP is
+    // on its thread's signal stack (`g.m.gsignal`).
+    if !holds(r14)? {
+        let m = read(r14 + G_M)?;
+        let gsignal = read(m + u64::from(offsets.m_gsignal))?;
+        if m == 0 || gsignal == 0 || !holds(gsignal)? {
+            return None;
+        }
     }
     let goid = read(r14 + goid_off).unwrap_or(0);
     let mut g = GoSample {

@@ -106,6 +106,11 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         {
             user.to_mut().extend_from_slice(&sample.go_switch);
         }
+        // Nothing calls a Go stack's root: frames past it are junk.
+        let keep = procs.go_stack_len(sample.pid, &user);
+        if keep < user.len() {
+            user.to_mut().truncate(keep);
+        }
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
         }

@@ -385,6 +385,54 @@ fn goroutine_states_of_a_running_process_count_from_the_attach() {
     assert_eq!(g["created_by"], "main.main", "{g}");
 }
 
+/// Samples in the runtime's signal handler (`runtime.sigtramp`, on the thread's
+/// signal stack) continue into the code the signal interrupted, and reach a root
+/// like any other: also when that code was the scheduler on the system stack
+/// (1.27: 19% of them stopped at `runtime.mcall` before the switch was followed
+/// from the signal stack too).
+#[test]
+fn stacks_in_signal_handlers_reach_a_root_in_every_version() {
+    for go in Go::ALL {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("signals", GoBuild::Normal);
+        let dir = out_dir(&format!("go_signals_{}", go.version()));
+        let run = record(&dir, &["--freq", "999"], &bin, &["1.5"]);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(
+            run.stdout.contains("received true\ndone"),
+            "{what}: {}",
+            run.stdout
+        );
+        let stacks = read_folded(&dir);
+        let rooted = |s: &crossprof_tests::FoldedStack| {
+            s.frames.get(1).is_some_and(|f| {
+                f == "runtime.goexit" || f.starts_with("runtime.mstart") || f == "runtime.rt0_go"
+            })
+        };
+        let (handler, handled_rooted) = stacks
+            .iter()
+            .filter(|s| {
+                s.frames[0] == "signals" && s.frames.iter().any(|f| f == "runtime.sigtramp")
+            })
+            .fold((0, 0), |(n, r), s| {
+                (n + s.count, r + if rooted(s) { s.count } else { 0 })
+            });
+        assert!(
+            handler >= 30,
+            "{what}: only {handler} samples in the signal handler"
+        );
+        assert!(
+            handled_rooted * 10 >= handler * 9,
+            "{what}: {handled_rooted} of {handler} signal-handler stacks reach a root"
+        );
+        let (all_rooted, all) = count_where(&stacks, "signals", rooted);
+        assert!(
+            all_rooted * 100 >= all * 95,
+            "{what}: {all_rooted} of {all} reach a root"
+        );
+    }
+}
+
 /// A goroutine-switch-heavy program spends much of its time in the scheduler on
 /// each thread's system stack (g0), entered through `runtime.mcall`, which from Go
 /// 1.25 clears the frame pointer: without following the switch, 18-26% of its

@@ -49,7 +49,7 @@ pub fn layout(file: &[u8], elf: &Elf) -> Option<Layout> {
                 "startpc",
             ],
         ),
-        ("runtime.m", &["curg"]),
+        ("runtime.m", &["curg", "gsignal"]),
         ("runtime.gobuf", &["pc", "bp"]),
     ];
     let types = members(file, elf, &wanted)?;
@@ -68,6 +68,8 @@ pub fn layout(file: &[u8], elf: &Elf) -> Option<Layout> {
             wait_reason: small(g("waitreason")?)?,
             m_curg: small(field("runtime.m", "curg")?)?,
             sched_bp: small(sched + field("runtime.gobuf", "bp")?)?,
+            m_gsignal: small(field("runtime.m", "gsignal")?)?,
+            _pad: 0,
         },
         creation: Some((g("parentGoid"), g("gopc")?, g("startpc")?)),
         from_dwarf: true,

@@ -10,8 +10,8 @@
 //! removed); 352 in 1.23-1.24 (`syscallbp`); 344 in 1.25 (`gobuf.ret` removed); 352
 //! in 1.26 (OpenTelemetry's offsets.go; `secret`/`ditWanted` added).
 //!
-//! `m.curg` / `g.sched.bp`: 192/104 up to 1.24, 184/96 from 1.25 (`g.m` 48 and
-//! `g.sched.pc` 64 throughout).
+//! `m.curg` / `g.sched.bp` / `m.gsignal`: 192/104/80 up to 1.24, 184/96/72 from
+//! 1.25 (`g.m` 48 and `g.sched.pc` 64 throughout).
 //!
 //! `g.atomicstatus` / `g.waitreason`: 144/176 in 1.19-1.22, 152/184 in 1.23-1.24
 //! (`syscallbp`), 144/176 from 1.25.
@@ -61,7 +61,11 @@ pub fn for_version(version: &str) -> Option<GoOffsets> {
     };
     // `gobuf.ret` went in 1.25 (CL 652276): `g.sched.bp` moved from 56 + 48 to
     // 56 + 40, and `m.curg` from 192 to 184.
-    let (m_curg, sched_bp) = if minor <= 24 { (192, 104) } else { (184, 96) };
+    let (m_curg, sched_bp, m_gsignal) = if minor <= 24 {
+        (192, 104, 80)
+    } else {
+        (184, 96, 72)
+    };
     Some(GoOffsets {
         goid,
         labels,
@@ -69,6 +73,8 @@ pub fn for_version(version: &str) -> Option<GoOffsets> {
         wait_reason,
         m_curg,
         sched_bp,
+        m_gsignal,
+        _pad: 0,
     })
 }
 

@@ -168,6 +168,11 @@ pub struct Process {
     go_labels: Option<crate::go::labels::Labels>,
     /// Its goroutine states, when followed (`--go-states`).
     pub go_states: Option<crate::go::states::Tracking>,
+    /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
+    /// `runtime.rt0_go`), as address ranges in the process: nothing is called
+    /// from outside them, so a frame-pointer walk that runs past one (a thread
+    /// whose first frame pointer was never zeroed) read junk.
+    go_roots: Vec<(u64, u64)>,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
@@ -256,6 +261,7 @@ impl ProcessTable {
                 go_tracked: false,
                 go_labels: None,
                 go_states: None,
+                go_roots: Vec::new(),
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -445,7 +451,35 @@ impl ProcessTable {
                 None => p.go_note = Some(version),
             }
         }
+        for (pid, _, table) in &tracked {
+            let bias = self.go_exe_bias(*pid).unwrap_or(0);
+            let roots: Vec<(u64, u64)> = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
+                .iter()
+                .filter_map(|name| table.function(name))
+                .map(|(start, end)| (start.wrapping_add(bias), end.wrapping_add(bias)))
+                .collect();
+            if let Some(p) = self.procs.get_mut(pid) {
+                p.go_roots = roots;
+            }
+        }
         tracked
+    }
+
+    /// How many of `user`'s frames (leaf first) to keep: up to and including
+    /// the first in a Go root function (see `Process::go_roots`), all if none.
+    pub fn go_stack_len(&self, pid: u32, user: &[u64]) -> usize {
+        let Some(p) = self.procs.get(&pid).filter(|p| !p.go_roots.is_empty()) else {
+            return user.len();
+        };
+        user.iter()
+            .enumerate()
+            .skip(1)
+            .find(|&(_, &ra)| {
+                p.go_roots
+                    .iter()
+                    .any(|&(start, end)| ra > start && ra <= end)
+            })
+            .map_or(user.len(), |(i, _)| i + 1)
     }
 
     /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
