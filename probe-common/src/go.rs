@@ -33,8 +33,23 @@ pub struct GoOffsets {
     pub m_gsignal: u32,
     /// Zero.
     pub _pad: u32,
+    /// `runtime.sigtramp` in this process: `[start, end)`, addresses. The
+    /// kernel enters a Go signal handler there (or at `cgo_sigtramp`), with
+    /// the interrupted registers in the `ucontext` RDX points to; `sigtrampgo`
+    /// spills that pointer to its argument slot, 32 bytes above its frame record
+    /// (go1.19.8 to go1.27.3 alike). 0 when unknown.
+    pub sigtramp: [u64; 2],
+    /// `runtime.cgoSigtramp`'s entry, the handler a binary with cgo installs.
+    pub cgo_sigtramp: u64,
 }
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 56);
+
+/// Where `uc_mcontext.rip` is in a Linux x86-64 `ucontext`: `uc_flags`,
+/// `uc_link`, `uc_stack` (24 bytes), then `sigcontext` whose `rip` is its 17th
+/// word (include/uapi/asm/sigcontext.h, ucontext.h).
+pub const UCONTEXT_RIP: u64 = 40 + 16 * 8;
+/// Frames looked through for the one `runtime.sigtramp` called.
+pub const MAX_SIGNAL_FRAMES: usize = 16;
 
 /// `g.m` (amd64, Go 1.19-1.27).
 pub const G_M: u64 = 48;

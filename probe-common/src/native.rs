@@ -58,8 +58,12 @@ pub struct SampleHeader {
     /// after the user frames. The collector appends them where the user stack
     /// stops at the switch (`runtime.mcall`, `runtime.morestack`).
     pub go_switch_frames: u32,
+    /// For a sample in a Go signal handler: the PC the signal interrupted
+    /// (from the handler's `ucontext`), which no frame-pointer walk sees; 0
+    /// otherwise.
+    pub go_signal_pc: u64,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 72 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 80 + 8 * STACK_TOP_WORDS);
 
 /// Words of [`SampleHeader::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;

@@ -16,12 +16,13 @@ use probe_common::{
     Counter, RecordKind,
     go::{
         COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, GKey, GoOffsets, Goroutine, GoroutineEnd,
-        MAX_GO_PIDS, MAX_GOROUTINES, MAX_SWITCH_FRAMES, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
+        MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES, UCONTEXT_RIP,
+        WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
     native::MAX_FRAMES,
 };
 
-use crate::{EVENTS, TARGETS, config, count};
+use crate::{EVENTS, TARGETS, config, count, native::UserRegs};
 
 /// Go processes, with the offsets of their Go version.
 #[map]
@@ -72,6 +73,8 @@ pub struct GoSample {
     /// Frames of the goroutine a system stack works for, written into the
     /// sample after its user frames.
     pub switch_frames: usize,
+    /// In a signal handler: the PC the signal interrupted.
+    pub signal_pc: u64,
 }
 
 /// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
@@ -81,11 +84,11 @@ pub struct GoSample {
 #[inline(always)]
 pub fn goroutine(
     tgid: u32,
-    sp: u64,
-    r14: u64,
+    regs: &UserRegs,
     ips: &mut [u64; 2 * MAX_FRAMES],
     at: usize,
 ) -> Option<GoSample> {
+    let (sp, r14) = (regs.sp, regs.r14);
     // SAFETY: the value is copied out field by field.
     let offsets = unsafe { GO_PIDS.get(tgid) }?;
     let (goid_off, labels_off, status_off) = (
@@ -108,13 +111,17 @@ pub fn goroutine(
     // R14 is the `g` whose stack holds SP; or, in a signal handler entered from
     // Go code (before the handler switches R14), the interrupted `g`, while SP is
     // on its thread's signal stack (`g.m.gsignal`).
+    let m_gsignal = u64::from(offsets.m_gsignal);
+    let mut on_signal_stack = false;
     if !holds(r14)? {
         let m = read(r14 + G_M)?;
-        let gsignal = read(m + u64::from(offsets.m_gsignal))?;
+        let gsignal = read(m + m_gsignal)?;
         if m == 0 || gsignal == 0 || !holds(gsignal)? {
             return None;
         }
+        on_signal_stack = true;
     }
+    let (sigtramp, cgo_sigtramp) = (offsets.sigtramp, offsets.cgo_sigtramp);
     let goid = read(r14 + goid_off).unwrap_or(0);
     let mut g = GoSample {
         goid,
@@ -122,15 +129,58 @@ pub fn goroutine(
         // SAFETY: as above.
         status: unsafe { bpf_probe_read_user((r14 + status_off) as *const u32) }.unwrap_or(0),
         switch_frames: 0,
+        signal_pc: 0,
     };
     if goid == 0 {
         g.switch_frames = switch_frames(r14, m_curg, sched_bp, ips, at);
+        // R14 may be the signal stack's own g (the handler's Go code).
+        on_signal_stack =
+            on_signal_stack || read(r14 + G_M).and_then(|m| read(m + m_gsignal)) == Some(r14);
+    }
+    if on_signal_stack && sigtramp[0] != 0 {
+        g.signal_pc = signal_pc(regs, sigtramp, cgo_sigtramp);
     }
     Some(g)
 }
 
-/// On the system stack `g0` of a thread: where the frame-pointer chain stops at a
-/// stack switch (`runtime.mcall` clears BP from Go 1.25; `runtime.morestack`),
+/// The PC a signal interrupted, for a sample in a Go signal handler: from the
+/// `ucontext` the kernel passed in RDX at the handler's entry, or, deeper in
+/// the handler, the copy `runtime.sigtrampgo` spilled to its argument slot (its
+/// frame record + 32), found by walking frame pointers up to the frame that
+/// `runtime.sigtramp` called. 0 when not found.
+#[inline(always)]
+fn signal_pc(regs: &UserRegs, sigtramp: [u64; 2], cgo_sigtramp: u64) -> u64 {
+    let read = |addr: u64| -> u64 {
+        // SAFETY: the user-read helper checks the address; 0 on a fault.
+        unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+    };
+    let mut uc = 0;
+    if regs.ip == sigtramp[0] || (cgo_sigtramp != 0 && regs.ip == cgo_sigtramp) {
+        uc = regs.rdx;
+    } else {
+        let mut bp = regs.bp;
+        for _ in 0..MAX_SIGNAL_FRAMES {
+            if bp == 0 {
+                break;
+            }
+            let ra = read(bp + 8);
+            if ra > sigtramp[0] && ra <= sigtramp[1] {
+                uc = read(bp + 32);
+                break;
+            }
+            let next = read(bp);
+            if next <= bp {
+                break;
+            }
+            bp = next;
+        }
+    }
+    if uc == 0 { 0 } else { read(uc + UCONTEXT_RIP) }
+}
+
+/// On a system stack (`g0` is m.g0, or m.gsignal in a signal handler): where
+/// the frame-pointer chain stops at a stack switch (`runtime.mcall` clears BP
+/// from Go 1.25; `runtime.morestack`),
 /// the frames that logically call this code are those of the goroutine the thread
 /// works for (`m.curg`), from the PC and frame pointer the switch saved in its
 /// `g.sched`; with no goroutine (after `dropg`, in the scheduler), those of the
@@ -152,8 +202,17 @@ fn switch_frames(
     if m == 0 {
         return 0;
     }
+    // With no goroutine, the thread's own start, saved in m.g0 (at 0 in every
+    // version) — also when this is the signal stack's g.
     let curg = read(m + m_curg);
-    let g = if curg != 0 && curg != g0 { curg } else { g0 };
+    let g = if curg != 0 && curg != g0 {
+        curg
+    } else {
+        read(m)
+    };
+    if g == 0 {
+        return 0;
+    }
     let pc = read(g + G_SCHED_PC);
     if pc == 0 || at >= ips.len() {
         return 0;

@@ -128,13 +128,15 @@ pub fn sample(ctx: &PerfEventContext) {
     header.go_labels = 0;
     header.go_status = 0;
     header.go_switch_frames = 0;
+    header.go_signal_pc = 0;
     if let Some(r) = regs {
         let at = kernel_frames + user_frames;
-        if let Some(g) = crate::go::goroutine(tgid, r.sp, r.r14, &mut scratch.ips, at) {
+        if let Some(g) = crate::go::goroutine(tgid, &r, &mut scratch.ips, at) {
             header.goid = g.goid;
             header.go_labels = g.labels;
             header.go_status = g.status;
             header.go_switch_frames = g.switch_frames as u32;
+            header.go_signal_pc = g.signal_pc;
         }
         let sp = r.sp;
         // SAFETY: the user-read helper checks the address and writes at most the
@@ -207,6 +209,7 @@ pub(crate) struct UserRegs {
     pub sp: u64,
     pub bp: u64,
     pub r14: u64,
+    pub rdx: u64,
 }
 
 /// The user registers: the sampled ones in user mode, else those saved at the
@@ -221,6 +224,7 @@ fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
             sp: regs.rsp,
             bp: regs.rbp,
             r14: regs.r14,
+            rdx: regs.rdx,
         });
     }
     // SAFETY: the current task is valid for the whole program run, and its user
@@ -236,6 +240,7 @@ fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
             sp: bpf_probe_read_kernel(&(*regs).rsp).ok()?,
             bp: bpf_probe_read_kernel(&(*regs).rbp).ok()?,
             r14: bpf_probe_read_kernel(&(*regs).r14).ok()?,
+            rdx: bpf_probe_read_kernel(&(*regs).rdx).ok()?,
         })
     }
 }

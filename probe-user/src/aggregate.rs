@@ -95,6 +95,28 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         {
             user.to_mut().insert(1, ra);
         }
+        // In a Go signal handler: the interrupted PC, which no frame record
+        // holds, goes right under the handler's entry (`runtime.sigtramp`).
+        // Stored one past it: every frame after the leaf is taken as a return
+        // address and moved back one byte (below).
+        if sample.go_signal_pc != 0
+            && let Some(i) = procs.go_signal_handler_frame(sample.pid, &user)
+        {
+            user.to_mut().insert(i + 1, sample.go_signal_pc + 1);
+        }
+        // A Go signal handler's return trampoline, met walking through it, is
+        // no caller.
+        if user
+            .iter()
+            .skip(1)
+            .any(|&ra| procs.is_go_restorer(sample.pid, ra))
+        {
+            let mut at = 0;
+            user.to_mut().retain(|&ra| {
+                at += 1;
+                at == 1 || !procs.is_go_restorer(sample.pid, ra)
+            });
+        }
         // Go code on a thread's system stack whose frame-pointer chain stops at
         // the switch: continue with the goroutine it works for (or the thread's
         // start), as the kernel read them.
@@ -182,6 +204,7 @@ mod tests {
             go_labels: 0,
             go_status: 0,
             go_switch: Vec::new(),
+            go_signal_pc: 0,
             kernel,
             user,
         }

@@ -51,6 +51,8 @@ pub struct Sample {
     /// On a Go system stack: the frames of the goroutine it works for, leaf
     /// first (see `SampleHeader::go_switch_frames`).
     pub go_switch: Vec<u64>,
+    /// In a Go signal handler: the PC the signal interrupted (0: none).
+    pub go_signal_pc: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -126,6 +128,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let go_labels = buf.get_u64_le();
     let go_status = buf.get_u32_le();
     let switch_frames = buf.get_u32_le() as usize;
+    let go_signal_pc = buf.get_u64_le();
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
         || switch_frames > MAX_SWITCH_FRAMES + 1
@@ -154,6 +157,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         go_labels,
         go_status,
         go_switch,
+        go_signal_pc,
         kernel,
         user,
     }))
@@ -225,7 +229,7 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100, 3] {
+        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100, 3, 0x45_1000] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         for ip in kernel.iter().chain(user) {
@@ -254,6 +258,7 @@ mod tests {
         assert_eq!(s.flags, 4);
         assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
         assert_eq!((s.goid, s.go_labels, s.go_status), (17, 0xc000_0100, 3));
+        assert_eq!((s.go_switch.len(), s.go_signal_pc), (0, 0x45_1000));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub fn layout(file: &[u8], elf: &Elf) -> Option<Layout> {
             sched_bp: small(sched + field("runtime.gobuf", "bp")?)?,
             m_gsignal: small(field("runtime.m", "gsignal")?)?,
             _pad: 0,
+            sigtramp: [0; 2],
+            cgo_sigtramp: 0,
         },
         creation: Some((g("parentGoid"), g("gopc")?, g("startpc")?)),
         from_dwarf: true,

@@ -75,6 +75,8 @@ pub fn for_version(version: &str) -> Option<GoOffsets> {
         sched_bp,
         m_gsignal,
         _pad: 0,
+        sigtramp: [0; 2],
+        cgo_sigtramp: 0,
     })
 }
 

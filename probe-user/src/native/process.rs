@@ -173,6 +173,13 @@ pub struct Process {
     /// from outside them, so a frame-pointer walk that runs past one (a thread
     /// whose first frame pointer was never zeroed) read junk.
     go_roots: Vec<(u64, u64)>,
+    /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
+    /// as address ranges.
+    go_sigtramps: Vec<(u64, u64)>,
+    /// The signal return trampoline its handlers return to
+    /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
+    /// its address is on the stack as if it were a return address.
+    go_restorer: Option<u64>,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
@@ -262,6 +269,8 @@ impl ProcessTable {
                 go_labels: None,
                 go_states: None,
                 go_roots: Vec::new(),
+                go_sigtramps: Vec::new(),
+                go_restorer: None,
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -439,8 +448,28 @@ impl ProcessTable {
             let Some(version) = table.version.clone() else {
                 continue;
             };
+            let bias = self.go_exe_bias(pid).unwrap_or(0);
+            let range = |name: &str| {
+                let (start, end) = table.function(name)?;
+                Some((start.wrapping_add(bias), end.wrapping_add(bias)))
+            };
+            let (sigtramp, cgo_sigtramp) =
+                (range("runtime.sigtramp"), range("runtime.cgoSigtramp"));
+            let restorer = range("runtime.sigreturn__sigaction")
+                .or_else(|| range("runtime.sigreturn"))
+                .map(|(start, _)| start);
+            let roots = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
+                .iter()
+                .filter_map(|name| range(name))
+                .collect();
+            let p = self.procs.get_mut(&pid).expect("listed above");
+            p.go_sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
+            p.go_roots = roots;
+            p.go_restorer = restorer;
             match crate::go::layout(&table).map(|l| l.offsets) {
-                Some(offsets) => {
+                Some(mut offsets) => {
+                    offsets.sigtramp = sigtramp.map_or([0; 2], |(s, e)| [s, e]);
+                    offsets.cgo_sigtramp = cgo_sigtramp.map_or(0, |(s, _)| s);
                     p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
                     p.go_labels = crate::go::offsets::label_layout(&version)
                         .map(|layout| crate::go::labels::Labels::open(pid, layout));
@@ -451,18 +480,30 @@ impl ProcessTable {
                 None => p.go_note = Some(version),
             }
         }
-        for (pid, _, table) in &tracked {
-            let bias = self.go_exe_bias(*pid).unwrap_or(0);
-            let roots: Vec<(u64, u64)> = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
-                .iter()
-                .filter_map(|name| table.function(name))
-                .map(|(start, end)| (start.wrapping_add(bias), end.wrapping_add(bias)))
-                .collect();
-            if let Some(p) = self.procs.get_mut(pid) {
-                p.go_roots = roots;
-            }
-        }
         tracked
+    }
+
+    /// Is `ra` the signal return trampoline of `pid` (not a call's return
+    /// address: a frame-pointer walk through a signal handler meets it)?
+    pub fn is_go_restorer(&self, pid: u32, ra: u64) -> bool {
+        self.procs
+            .get(&pid)
+            .is_some_and(|p| p.go_restorer == Some(ra))
+    }
+
+    /// The index of the frame in `user` (leaf first) that is a Go signal
+    /// handler's entry, if any.
+    pub fn go_signal_handler_frame(&self, pid: u32, user: &[u64]) -> Option<usize> {
+        let p = self.procs.get(&pid)?;
+        user.iter().enumerate().position(|(i, &a)| {
+            p.go_sigtramps.iter().any(|&(start, end)| {
+                if i == 0 {
+                    a >= start && a < end
+                } else {
+                    a > start && a <= end
+                }
+            })
+        })
     }
 
     /// How many of `user`'s frames (leaf first) to keep: up to and including
@@ -538,6 +579,14 @@ impl ProcessTable {
         stack_top: &[u64],
     ) -> Option<u64> {
         let p = self.procs.get(&pid)?;
+        // A signal handler's entry was not called: the word at SP is the
+        // signal frame's restorer, not a return address.
+        if p.go_sigtramps
+            .iter()
+            .any(|&(start, end)| leaf >= start && leaf < end)
+        {
+            return None;
+        }
         let m = p.lookup(leaf)?;
         let Target::Module(module) = m.target else {
             return None;
