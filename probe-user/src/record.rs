@@ -698,7 +698,11 @@ async fn run(
                     share: p.gc_samples as f64 / p.samples.max(1) as f64,
                 }),
             goroutines: p.go_states.as_ref().map(|t| {
-                crate::go::states::summarize(t, |addr, leaf| procs.go_function(p.pid, addr, leaf))
+                crate::go::states::summarize(
+                    t,
+                    |addr, leaf| procs.go_function(p.pid, addr, leaf),
+                    |addr| procs.go_start_function(p.pid, addr),
+                )
             }),
         })
         .collect();

@@ -435,6 +435,37 @@ impl GoTable {
         self.elf.pointer(&self.file, vaddr)
     }
 
+    /// The function a goroutine starting at `pc` really runs: `pc` itself,
+    /// unless it is a wrapper the compiler made for a `go f(args)` statement
+    /// (`main.main.gowrap1`, Go 1.22+), whose one call is to `f` (the first
+    /// `call rel32` in its body; the stack-growth call comes after its `ret`).
+    pub fn start_function(&self, pc: u64) -> Option<String> {
+        let name = self.frames(pc, true)?.first()?.name.clone();
+        let is_wrapper = name
+            .rsplit_once(".gowrap")
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_wrapper {
+            return Some(name);
+        }
+        let (_, entry) = self.func(pc)?;
+        let code = self.bytes(entry, 64)?;
+        let callee = (0..code.len().saturating_sub(4)).find_map(|i| {
+            if code[i] != 0xe8 {
+                return None;
+            }
+            let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().ok()?);
+            let target = (entry + i as u64 + 5).checked_add_signed(i64::from(rel))?;
+            let (_, callee_entry) = self.func(target)?;
+            (callee_entry == target).then_some(target)
+        });
+        Some(
+            match callee.and_then(|t| self.frames(t, true)?.first().cloned()) {
+                Some(f) => f.name,
+                None => name,
+            },
+        )
+    }
+
     /// `(entry, end)` of the function named `name`.
     pub fn function(&self, name: &str) -> Option<(u64, u64)> {
         self.functions()

@@ -333,10 +333,12 @@ pub fn split(g: &Goroutine, tracked_since_ns: u64, open_until_ns: Option<u64>) -
 pub const MAX_LISTED: usize = 200;
 
 /// The summary of one process's goroutine states. `name(addr, leaf)` names a
-/// code address of the process.
+/// code address of the process; `start(addr)` the function a goroutine
+/// starting there runs.
 pub fn summarize(
     tracking: &Tracking,
     name: impl Fn(u64, bool) -> Option<String>,
+    start: impl Fn(u64) -> Option<String>,
 ) -> GoroutineStates {
     let unknown = || "[unknown]".to_owned();
     let mut rows: Vec<(GoroutineTime, Split)> = tracking
@@ -348,7 +350,7 @@ pub fn summarize(
             let split = split(g, tracking.since_ns, open);
             let c = &g.creation;
             let function = (c.start_pc != 0)
-                .then(|| name(c.start_pc, true))
+                .then(|| start(c.start_pc))
                 .flatten()
                 .unwrap_or_else(unknown);
             let created_by = (c.create_pc != 0)

@@ -553,6 +553,18 @@ impl ProcessTable {
         })
     }
 
+    /// The function a goroutine of `pid` starting at `addr` runs (see
+    /// `GoTable::start_function`).
+    pub fn go_start_function(&self, pid: u32, addr: u64) -> Option<String> {
+        let p = self.procs.get(&pid)?;
+        let m = p.lookup(addr)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        table.start_function(table.vaddr(addr - m.start + m.offset)?)
+    }
+
     /// The Go function at address `addr` of `pid` (the innermost one where
     /// calls were inlined); `leaf` is false for a return address.
     pub fn go_function(&self, pid: u32, addr: u64, leaf: bool) -> Option<String> {
