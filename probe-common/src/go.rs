@@ -55,8 +55,11 @@ pub const MAX_SIGNAL_FRAMES: usize = 16;
 pub const G_M: u64 = 48;
 /// `g.sched.pc` (amd64, Go 1.19-1.27).
 pub const G_SCHED_PC: u64 = 64;
+/// `g.sched.sp` (amd64, Go 1.19-1.27).
+pub const G_SCHED_SP: u64 = 56;
 /// Most frames of the goroutine a system stack (g0) works for, appended to a
-/// sample taken on g0 (see `SampleHeader::go_switch_frames`).
+/// sample taken on g0 (see `SampleHeader::go_switch_frames`): its saved PC, the
+/// word at its saved SP, then up to this many from its frame pointer.
 pub const MAX_SWITCH_FRAMES: usize = 48;
 
 #[cfg(feature = "user")]

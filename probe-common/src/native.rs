@@ -55,8 +55,10 @@ pub struct SampleHeader {
     pub go_status: u32,
     /// For a sample of Go code on a thread's system stack (g0): frames of the
     /// goroutine it works for (`m.curg`, from its saved `g.sched` registers),
-    /// after the user frames. The collector appends them where the user stack
-    /// stops at the switch (`runtime.mcall`, `runtime.morestack`).
+    /// after the user frames: its saved PC, the word at its saved SP (a return
+    /// address after `runtime.morestack` only), then its frame-pointer chain.
+    /// The collector appends them where the user stack stops at the switch
+    /// (`runtime.mcall`, `runtime.morestack`).
     pub go_switch_frames: u32,
     /// For a sample in a Go signal handler: the PC the signal interrupted
     /// (from the handler's `ucontext`), which no frame-pointer walk sees; 0

@@ -15,9 +15,9 @@ use aya_ebpf::{
 use probe_common::{
     Counter, RecordKind,
     go::{
-        COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, GKey, GoOffsets, Goroutine, GoroutineEnd,
-        MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES, UCONTEXT_RIP,
-        WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
+        COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, G_SCHED_SP, GKey, GoOffsets, Goroutine,
+        GoroutineEnd, MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES,
+        UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
     native::MAX_FRAMES,
 };
@@ -214,11 +214,17 @@ fn switch_frames(
         return 0;
     }
     let pc = read(g + G_SCHED_PC);
-    if pc == 0 || at >= ips.len() {
+    if pc == 0 || at + 1 >= ips.len() {
         return 0;
     }
     ips[at] = pc;
-    let mut n = 1;
+    // The word at a goroutine's saved SP (0 for the thread's own start): after
+    // `runtime.morestack`, the return address into the caller of the function
+    // that grows its stack, whose frame record does not exist yet (its prologue
+    // checks the stack before pushing BP). The collector keeps it only then.
+    let sp = if g == curg { read(g + G_SCHED_SP) } else { 0 };
+    ips[at + 1] = if sp == 0 { 0 } else { read(sp) };
+    let mut n = 2;
     let mut bp = read(g + sched_bp);
     for _ in 0..MAX_SWITCH_FRAMES {
         if bp == 0 {

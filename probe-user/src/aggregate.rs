@@ -86,6 +86,18 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         // frame-pointer walk skipped.
         let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
         if let Some(&leaf) = sample.user.first()
+            && let Some([grower, caller]) =
+                procs.go_morestack_callers(sample.pid, leaf, sample.goid != 0, &sample.stack_top)
+        {
+            // In runtime.morestack itself: the function growing its stack and
+            // its caller are the words at SP (neither has a frame record).
+            let u = user.to_mut();
+            u.insert(1, caller);
+            u.insert(1, grower);
+            if u.get(3) == Some(&caller) {
+                u.remove(3);
+            }
+        } else if let Some(&leaf) = sample.user.first()
             && let Some(ra) = procs.missing_caller(
                 sample.pid,
                 leaf,
@@ -120,13 +132,21 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         // Go code on a thread's system stack whose frame-pointer chain stops at
         // the switch: continue with the goroutine it works for (or the thread's
         // start), as the kernel read them.
-        if !sample.go_switch.is_empty()
+        if sample.go_switch.len() >= 2
             && let Some(&outer) = sample.user.last()
-            && procs
-                .go_function(sample.pid, outer, sample.user.len() == 1)
-                .is_some_and(|f| f == "runtime.mcall" || f == "runtime.morestack")
+            && let Some(switch) = procs.go_function(sample.pid, outer, sample.user.len() == 1)
+            && (switch == "runtime.mcall" || switch == "runtime.morestack")
         {
-            user.to_mut().extend_from_slice(&sample.go_switch);
+            // [saved PC, word at saved SP, frame-pointer chain...]: the word is
+            // the grown function's return address after morestack, and nothing
+            // after mcall.
+            let s = &sample.go_switch;
+            let user = user.to_mut();
+            user.push(s[0]);
+            if switch == "runtime.morestack" && s[1] != 0 {
+                user.push(s[1]);
+            }
+            user.extend_from_slice(&s[2..]);
         }
         // Nothing calls a Go stack's root: frames past it are junk.
         let keep = procs.go_stack_len(sample.pid, &user);

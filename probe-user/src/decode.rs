@@ -131,7 +131,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let go_signal_pc = buf.get_u64_le();
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
-        || switch_frames > MAX_SWITCH_FRAMES + 1
+        || switch_frames > MAX_SWITCH_FRAMES + 2
     {
         return Err(DecodeError::TooManyFrames(
             kernel_frames.max(user_frames).max(switch_frames),

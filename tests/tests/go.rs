@@ -483,6 +483,54 @@ fn stacks_in_signal_handlers_reach_a_root_in_every_version() {
     }
 }
 
+/// Stack growth: `runtime.morestack` runs before the growing function has a
+/// frame record, so its caller is known only from the word at its saved SP.
+/// `main.grow` (which grows the stack) is called by `main.descend` only: the
+/// frames over `runtime.morestack` must read `main.descend;main.grow`, never
+/// `main.grow;main.grow` (a call that does not exist, which the frame-pointer
+/// chain alone gave), in every version.
+#[test]
+fn stack_growth_keeps_the_caller_of_the_growing_function_in_every_version() {
+    for go in Go::ALL {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("morestack", GoBuild::Normal);
+        let dir = out_dir(&format!("go_morestack_{}", go.version()));
+        let run = record(&dir, &["--freq", "999"], &bin, &["1"]);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(run.stdout.contains("done"), "{what}: {}", run.stdout);
+        let stacks = read_folded(&dir);
+        let (growing, right, wrong) = stacks
+            .iter()
+            .filter(|s| s.frames[0] == "morestack")
+            .filter_map(|s| {
+                let i = s.frames.iter().position(|f| f == "runtime.morestack")?;
+                let over = &s.frames[i.saturating_sub(2)..i];
+                Some((s.count, over))
+            })
+            .filter(|(_, over)| over.last().is_some_and(|f| f == "main.grow"))
+            .fold((0, 0, 0), |(n, r, w), (c, over)| {
+                let caller = over.first().map(String::as_str);
+                (
+                    n + c,
+                    r + if caller == Some("main.descend") { c } else { 0 },
+                    w + if caller == Some("main.grow") { c } else { 0 },
+                )
+            });
+        assert!(
+            growing >= 50,
+            "{what}: only {growing} samples growing main.grow's stack"
+        );
+        assert!(
+            right * 10 >= growing * 9,
+            "{what}: main.descend;main.grow in {right} of {growing}"
+        );
+        assert_eq!(
+            wrong, 0,
+            "{what}: main.grow;main.grow in {wrong} of {growing}"
+        );
+    }
+}
+
 /// A goroutine-switch-heavy program spends much of its time in the scheduler on
 /// each thread's system stack (g0), entered through `runtime.mcall`, which from Go
 /// 1.25 clears the frame pointer: without following the switch, 18-26% of its

@@ -483,6 +483,25 @@ impl ProcessTable {
         tracked
     }
 
+    /// For a sample whose leaf is `runtime.morestack` itself, still on the
+    /// goroutine's stack (`on_goroutine`: the kernel found the goroutine there):
+    /// the function growing its stack and its caller, the first two words at SP
+    /// (morestack has no frame; the grower has not pushed its frame pointer).
+    pub fn go_morestack_callers(
+        &self,
+        pid: u32,
+        leaf: u64,
+        on_goroutine: bool,
+        stack_top: &[u64],
+    ) -> Option<[u64; 2]> {
+        if !on_goroutine || stack_top.len() < 2 {
+            return None;
+        }
+        let name = self.go_function(pid, leaf, true)?;
+        (name == "runtime.morestack" || name == "runtime.morestack_noctxt")
+            .then_some([stack_top[0], stack_top[1]])
+    }
+
     /// Is `ra` the signal return trampoline of `pid` (not a call's return
     /// address: a frame-pointer walk through a signal handler meets it)?
     pub fn is_go_restorer(&self, pid: u32, ra: u64) -> bool {
