@@ -567,3 +567,103 @@ fn stacks_reach_a_root_across_the_switch_to_the_system_stack_in_every_version() 
         );
     }
 }
+
+/// Each sample carries its goroutine's status: a goroutine in a `syscall.Read`
+/// loop is `[syscall]` in the samples taken in the kernel under it, busy ones
+/// `[running]` (`--group-by goroutine --group-by state`), in every version.
+#[test]
+fn each_sample_carries_its_goroutine_status_in_every_version() {
+    for go in Go::ALL {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("syscalls", GoBuild::Stripped);
+        let dir = out_dir(&format!("go_syscalls_{}", go.version()));
+        let run = record(
+            &dir,
+            &["--group-by", "goroutine", "--group-by", "state"],
+            &bin,
+            &["1.5"],
+        );
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(run.stdout.contains("done"), "{what}: {}", run.stdout);
+        let reader = format!(
+            "goroutine {}",
+            run.stdout
+                .lines()
+                .find_map(|l| l.strip_suffix(" reader")?.strip_prefix("goid "))
+                .expect("the reader's id")
+        );
+        let stacks = read_folded(&dir);
+        let in_kernel = |s: &&crossprof_tests::FoldedStack| {
+            s.frames.last().is_some_and(|f| f.ends_with("_[k]"))
+        };
+        let (mut reading, mut syscall) = (0, 0);
+        let (mut busy, mut running) = (0, 0);
+        for s in stacks.iter().filter(|s| s.frames[0] == "syscalls") {
+            if s.frames[1] == reader && s.frames.iter().any(|f| f == "main.reader") && in_kernel(&s)
+            {
+                reading += s.count;
+                syscall += if s.frames[2] == "[syscall]" {
+                    s.count
+                } else {
+                    0
+                };
+            }
+            if s.frames.iter().any(|f| f == "main.busy") {
+                busy += s.count;
+                running += if s.frames[2] == "[running]" {
+                    s.count
+                } else {
+                    0
+                };
+            }
+        }
+        assert!(
+            reading >= 20,
+            "{what}: {reading} kernel samples of the reader"
+        );
+        assert!(
+            syscall * 10 >= reading * 8,
+            "{what}: [syscall] in {syscall} of {reading} kernel samples of the reader"
+        );
+        assert!(
+            running * 10 >= busy * 9,
+            "{what}: [running] in {running} of {busy} samples of main.busy"
+        );
+    }
+}
+
+/// A Go version crossprof does not know (here a build whose build info says
+/// go1.99.9) gets stacks, named, but no goroutine data, and one note saying why;
+/// the program runs as ever.
+#[test]
+fn an_unknown_go_version_gets_stacks_without_goroutines_and_a_note() {
+    let bin = Go::Go123.fixture("goroutines", GoBuild::Stripped);
+    let dir = out_dir("go_unknown_version");
+    let future = dir.join("goroutines");
+    let mut data = std::fs::read(&bin).unwrap();
+    // The version in .go.buildinfo (after its magic): what outside readers use.
+    let magic = find(&data, b"\xff Go buildinf:").expect("build info");
+    let at = magic + find(&data[magic..], b"go1.23.9").expect("version");
+    data[at..at + 8].copy_from_slice(b"go1.99.9");
+    std::fs::write(&future, &data).unwrap();
+    std::fs::set_permissions(&future, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.join("out");
+    let run = record(&out, &["--group-by", "goroutine"], &future, &["1", "2"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("done"), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("runs go1.99.9, whose goroutine layout crossprof does not know"),
+        "{}",
+        run.stderr
+    );
+    let stacks = read_folded(&out);
+    let (busy, all) = count_where(&stacks, "goroutines", |s| {
+        s.frames.iter().any(|f| f == "main.busy")
+    });
+    assert!(busy * 2 >= all && all > 50, "{busy} of {all} in main.busy");
+    let (with_goroutine, _) = count_where(&stacks, "goroutines", |s| {
+        s.frames[1].starts_with("goroutine ")
+    });
+    assert_eq!(with_goroutine, 0, "goroutine data for an unknown version");
+}

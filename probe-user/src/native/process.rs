@@ -176,6 +176,8 @@ pub struct Process {
     /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
     /// as address ranges.
     go_sigtramps: Vec<(u64, u64)>,
+    /// `runtime.morestack` and `runtime.morestack_noctxt`, as address ranges.
+    go_morestack: Vec<(u64, u64)>,
     /// The signal return trampoline its handlers return to
     /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
     /// its address is on the stack as if it were a return address.
@@ -271,6 +273,7 @@ impl ProcessTable {
                 go_roots: Vec::new(),
                 go_sigtramps: Vec::new(),
                 go_restorer: None,
+                go_morestack: Vec::new(),
                 mappings: Vec::new(),
                 captured: Instant::now(),
             };
@@ -458,6 +461,10 @@ impl ProcessTable {
             let restorer = range("runtime.sigreturn__sigaction")
                 .or_else(|| range("runtime.sigreturn"))
                 .map(|(start, _)| start);
+            let morestack = ["runtime.morestack", "runtime.morestack_noctxt"]
+                .iter()
+                .filter_map(|name| range(name))
+                .collect();
             let roots = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
                 .iter()
                 .filter_map(|name| range(name))
@@ -466,6 +473,7 @@ impl ProcessTable {
             p.go_sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
             p.go_roots = roots;
             p.go_restorer = restorer;
+            p.go_morestack = morestack;
             match crate::go::layout(&table).map(|l| l.offsets) {
                 Some(mut offsets) => {
                     offsets.sigtramp = sigtramp.map_or([0; 2], |(s, e)| [s, e]);
@@ -497,8 +505,11 @@ impl ProcessTable {
         if !on_goroutine || stack_top.len() < 2 {
             return None;
         }
-        let name = self.go_function(pid, leaf, true)?;
-        (name == "runtime.morestack" || name == "runtime.morestack_noctxt")
+        self.procs
+            .get(&pid)?
+            .go_morestack
+            .iter()
+            .any(|&(start, end)| leaf >= start && leaf < end)
             .then_some([stack_top[0], stack_top[1]])
     }
 
@@ -611,10 +622,15 @@ impl ProcessTable {
     ) -> Option<u64> {
         let p = self.procs.get(&pid)?;
         // A signal handler's entry was not called: the word at SP is the
-        // signal frame's restorer, not a return address.
+        // signal frame's restorer, not a return address. runtime.morestack
+        // switches SP to the system stack, so the word at SP is no return
+        // address either (see `go_morestack_callers` for before the switch).
         if p.go_sigtramps
             .iter()
             .any(|&(start, end)| leaf >= start && leaf < end)
+            || p.go_morestack
+                .iter()
+                .any(|&(start, end)| leaf >= start && leaf < end)
         {
             return None;
         }
