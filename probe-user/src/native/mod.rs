@@ -2,6 +2,8 @@
 //! kernel program (`probe-ebpf/src/native.rs`), and the kernel itself.
 //!
 //! - [`elf`] reads section and segment headers, for tables symbolizers do not read;
+//! - [`ehframe`] reads `.eh_frame` call-frame information, for unwinding code
+//!   without frame pointers (issue #5);
 //! - [`maps`] parses `/proc/PID/maps`;
 //! - [`process`] captures a process when it is first seen (name, exe, executable
 //!   mappings, an open handle on each mapped file) and turns its addresses into
@@ -9,6 +11,7 @@
 //! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
 //!   kallsyms.
 
+pub mod ehframe;
 pub mod elf;
 pub mod maps;
 pub mod process;
