@@ -75,6 +75,10 @@ pub mod names {
     pub const CODE_PAGES: &str = "CODE_PAGES";
     /// `GO_PIDS` (see [`crate::go`]).
     pub const GO_PIDS: &str = "GO_PIDS";
+    /// `UNWIND_ROWS`: every object's `.eh_frame` rows.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// `UNWIND_MAPS`: per process, its mappings with rows.
+    pub const UNWIND_MAPS: &str = "UNWIND_MAPS";
     /// `GOROUTINES`: per-goroutine time per status (see [`crate::go::Goroutine`]).
     pub const GOROUTINES: &str = "GOROUTINES";
     /// The uprobe on `runtime.casgstatus`.
@@ -135,10 +139,15 @@ pub enum Counter {
     GoroutinesUntracked = 10,
     /// Ended goroutines whose record was lost because the ring buffer was full.
     GoroutineEndsLost = 11,
+    /// User stacks walked with `.eh_frame` rules.
+    NativeUnwinds = 12,
+    /// Of them, walks that stopped at a frame with neither a rule nor a usable
+    /// frame pointer.
+    NativeUnwindStops = 13,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 14;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -155,6 +164,8 @@ impl Counter {
         Counter::GoStatusChanges,
         Counter::GoroutinesUntracked,
         Counter::GoroutineEndsLost,
+        Counter::NativeUnwinds,
+        Counter::NativeUnwindStops,
     ];
 
     /// A stable snake_case name for reports.
@@ -172,6 +183,8 @@ impl Counter {
             Counter::GoStatusChanges => "go_status_changes",
             Counter::GoroutinesUntracked => "goroutines_untracked",
             Counter::GoroutineEndsLost => "goroutine_ends_lost",
+            Counter::NativeUnwinds => "native_unwinds",
+            Counter::NativeUnwindStops => "native_unwind_stops",
         }
     }
 

@@ -12,6 +12,9 @@ pub const FLAG_USER_STACK_ERROR: u32 = 1 << 1;
 pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
 /// `SampleHeader::flags`: the kernel stack filled all [`MAX_FRAMES`] slots.
 pub const FLAG_KERNEL_TRUNCATED: u32 = 1 << 3;
+/// `SampleHeader::flags`: the user stack walk (by `.eh_frame` rules) stopped at
+/// a frame it had no rule for and whose frame pointer was not usable either.
+pub const FLAG_USER_NO_UNWIND_INFO: u32 = 1 << 5;
 /// `SampleHeader::flags`: the user leaf was in a managed method's prolog or epilog,
 /// where its frame has no fixed shape; the stack stops after it.
 pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
@@ -90,3 +93,90 @@ const _: () = assert!(
 pub const fn record_len(frames: usize) -> usize {
     core::mem::size_of::<SampleHeader>() + frames * 8
 }
+
+// --- Native code without frame pointers: `.eh_frame` rules for the kernel -------
+//
+// The collector reads each mapped object's `.eh_frame` (`probe-user/src/native/
+// ehframe.rs`) into rows sorted by PC, all objects' rows in one array
+// (`UNWIND_ROWS`), each object a contiguous range shared by every process that
+// maps it; per process, its mappings with where their rows are.
+
+/// Rows in `UNWIND_ROWS`, all objects together (8 bytes each: 8 MiB of kernel
+/// memory; libc has ~10,000, libcoreclr ~60,000).
+pub const MAX_UNWIND_ROWS: u32 = 1 << 20;
+/// Executable mappings with rules, per process.
+pub const MAX_UNWIND_MAPPINGS: usize = 64;
+/// Processes walked with `.eh_frame` rules.
+pub const MAX_UNWIND_PIDS: u32 = 4096;
+
+/// How to find the CFA, in [`UnwindRow::cfa_kind`].
+pub mod cfa_kind {
+    /// No rule: the walk falls back to the frame pointer, else stops.
+    pub const UNKNOWN: u8 = 0;
+    /// RSP + `cfa_off`.
+    pub const RSP: u8 = 1;
+    /// RBP + `cfa_off`.
+    pub const RBP: u8 = 2;
+    /// A PLT entry: RSP + 8, + 8 past the entry's 11th byte.
+    pub const PLT: u8 = 3;
+    /// The outermost frame: the stack is complete.
+    pub const OUTERMOST: u8 = 4;
+}
+
+/// [`UnwindRow::rbp`]: the caller's RBP is still in RBP.
+pub const RBP_SAME: i8 = 0;
+/// [`UnwindRow::rbp`]: the caller's RBP cannot be recovered.
+pub const RBP_UNKNOWN: i8 = i8::MIN;
+
+/// The rules from `pc` up to the next row's PC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UnwindRow {
+    /// Link-time address (low 32 bits; objects are smaller than 4 GiB).
+    pub pc: u32,
+    /// CFA offset from the register of `cfa_kind`.
+    pub cfa_off: i16,
+    /// See [`cfa_kind`].
+    pub cfa_kind: u8,
+    /// Where the caller's RBP is: saved at CFA + 8 * `rbp`, or [`RBP_SAME`] /
+    /// [`RBP_UNKNOWN`].
+    pub rbp: i8,
+}
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+
+/// One executable mapping of a process, and its object's rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UnwindMapping {
+    /// First address.
+    pub start: u64,
+    /// Past the last address.
+    pub end: u64,
+    /// Run-time address minus link-time address.
+    pub bias: u64,
+    /// Index of the object's first row in `UNWIND_ROWS`.
+    pub first: u32,
+    /// Its rows.
+    pub count: u32,
+}
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 32);
+
+/// A process's mappings with rules, sorted by `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindMappings {
+    /// Entries used.
+    pub count: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// The mappings.
+    pub entries: [UnwindMapping; MAX_UNWIND_MAPPINGS],
+}
+const _: () = assert!(core::mem::size_of::<UnwindMappings>() == 8 + 32 * MAX_UNWIND_MAPPINGS);
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, no implicit padding.
+unsafe impl aya::Pod for UnwindRow {}
+#[cfg(feature = "user")]
+// SAFETY: plain old data, no implicit padding.
+unsafe impl aya::Pod for UnwindMappings {}

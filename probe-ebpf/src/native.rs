@@ -14,17 +14,21 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-        generated::{self, bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs},
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{self, bpf_get_current_task_btf, bpf_get_stack, bpf_loop, bpf_task_pt_regs},
     },
+    macros::map,
+    maps::{Array, HashMap},
     programs::PerfEventContext,
 };
 use aya_log_ebpf::warn;
 use probe_common::{
     Counter, RecordKind,
     native::{
-        FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
-        MAX_FRAMES, STACK_TOP_WORDS, record_len,
+        FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_NO_UNWIND_INFO,
+        FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES, MAX_UNWIND_MAPPINGS,
+        MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UnwindMappings,
+        UnwindRow, cfa_kind, record_len,
     },
 };
 
@@ -85,6 +89,10 @@ pub fn sample(ctx: &PerfEventContext) {
     let user_frames = if crate::dotnet::is_managed(tgid) {
         // JIT code: walked with the collector's table of frameless methods.
         crate::dotnet::unwind_user(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
+    } else if has_unwind_rules(tgid) {
+        // Native code without frame pointers: its objects' .eh_frame rules.
+        // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
+        unwind_by_rules(tgid, regs, kernel_frames, &mut flags)
     } else {
         // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
         // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
@@ -259,4 +267,221 @@ fn in_user_mode(ctx: &PerfEventContext) -> bool {
 #[cfg(not(bpf_target_arch = "x86_64"))]
 fn in_user_mode(_ctx: &PerfEventContext) -> bool {
     false
+}
+
+// --- Walking native code by `.eh_frame` rules (see probe_common::native) -------
+
+/// Every object's rows.
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, 0);
+
+/// Per process: its executable mappings with rows.
+#[map]
+static UNWIND_MAPS: HashMap<u32, UnwindMappings> = HashMap::with_max_entries(MAX_UNWIND_PIDS, 0);
+
+/// Does `tgid` have rules (then its user stacks are walked by them)?
+#[inline(always)]
+pub fn has_unwind_rules(tgid: u32) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe { UNWIND_MAPS.get(tgid) }.is_some()
+}
+
+/// Walks the user stack of `tgid` by its objects' `.eh_frame` rules into the
+/// scratch `ips[first..]`, leaf first, falling back to the frame pointer where there is
+/// no rule; returns the number of frames and sets `FLAG_USER_*` bits.
+#[inline(always)]
+pub fn unwind_by_rules(tgid: u32, regs: Option<UserRegs>, first: usize, flags: &mut u32) -> usize {
+    count(Counter::NativeUnwinds);
+    let Some(r) = regs else {
+        *flags |= FLAG_USER_STACK_ERROR;
+        count(Counter::UserStackError);
+        return 0;
+    };
+    if first >= MAX_FRAMES || r.ip == 0 {
+        return 0;
+    }
+    let mut walk = RuleWalk {
+        ip: r.ip,
+        sp: r.sp,
+        bp: r.bp,
+        tgid,
+        next: first as u32,
+        frames: 0,
+        end: 0,
+    };
+    // SAFETY: `rule_step` has the callback signature bpf_loop expects, and
+    // `walk` lives on this stack frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            MAX_FRAMES as u32,
+            rule_step as *mut c_void,
+            (&mut walk as *mut RuleWalk).cast::<c_void>(),
+            0,
+        );
+    }
+    match walk.end {
+        0 => *flags |= FLAG_USER_TRUNCATED,
+        END_NO_RULE => {
+            *flags |= FLAG_USER_NO_UNWIND_INFO;
+            count(Counter::NativeUnwindStops);
+        }
+        _ => {}
+    }
+    walk.frames as usize
+}
+
+/// `RuleWalk::end`: the stack is complete (outermost frame, or no caller).
+const END_COMPLETE: u32 = 1;
+/// `RuleWalk::end`: a frame had neither a rule nor a usable frame pointer.
+const END_NO_RULE: u32 = 2;
+
+/// The rule walk's state between `bpf_loop` steps.
+#[repr(C)]
+struct RuleWalk {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    tgid: u32,
+    /// Index in the scratch `ips` of the next frame.
+    next: u32,
+    /// Frames written.
+    frames: u32,
+    /// Why the walk ended (0: the frame limit).
+    end: u32,
+}
+
+/// Records `ip` and steps to its caller. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `RuleWalk` unwind_by_rules passed to bpf_loop.
+    let w = unsafe { &mut *ctx.cast::<RuleWalk>() };
+    let idx = w.next as usize;
+    if idx >= 2 * MAX_FRAMES || w.ip == 0 {
+        w.end = END_COMPLETE;
+        return 1;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        w.end = END_NO_RULE;
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot; idx < 2 * MAX_FRAMES was checked above.
+    unsafe { (*scratch).ips[idx] = w.ip };
+    w.next += 1;
+    w.frames += 1;
+    // A return address is looked up one byte back: the call, not what follows.
+    let pc = if w.frames == 1 { w.ip } else { w.ip - 1 };
+    let row = rule_for(w.tgid, pc);
+    let read = |addr: u64| -> Option<u64> {
+        // SAFETY: the user-read helper checks the address and fails on a fault.
+        unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+    };
+    let cfa = match row.map(|(row, _)| row.cfa_kind) {
+        Some(cfa_kind::RSP) => {
+            w.sp.wrapping_add(row.map_or(0, |(r, _)| r.cfa_off as i64) as u64)
+        }
+        Some(cfa_kind::RBP) => {
+            w.bp.wrapping_add(row.map_or(0, |(r, _)| r.cfa_off as i64) as u64)
+        }
+        Some(cfa_kind::PLT) => {
+            let past = if (w.ip & 15) >= 11 { 8 } else { 0 };
+            w.sp + 8 + past
+        }
+        Some(cfa_kind::OUTERMOST) => {
+            w.end = END_COMPLETE;
+            return 1;
+        }
+        _ => {
+            // No rule (Go code, hand-written assembly, JIT code): the frame
+            // pointer, if it points up the stack.
+            if w.bp <= w.sp || w.bp - w.sp > (1 << 20) {
+                w.end = END_NO_RULE;
+                return 1;
+            }
+            let Some(saved) = read(w.bp) else {
+                w.end = END_NO_RULE;
+                return 1;
+            };
+            let cfa = w.bp + 16;
+            let Some(ra) = read(cfa - 8) else {
+                w.end = END_NO_RULE;
+                return 1;
+            };
+            w.ip = ra;
+            w.sp = cfa;
+            w.bp = saved;
+            if ra == 0 {
+                w.end = END_COMPLETE;
+                return 1;
+            }
+            return 0;
+        }
+    };
+    let Some(ra) = read(cfa.wrapping_sub(8)) else {
+        w.end = END_NO_RULE;
+        return 1;
+    };
+    let rbp = row.map_or(RBP_SAME, |(r, _)| r.rbp);
+    if rbp != RBP_SAME && rbp != RBP_UNKNOWN {
+        match read(cfa.wrapping_add((rbp as i64 * 8) as u64)) {
+            Some(bp) => w.bp = bp,
+            None => {
+                w.end = END_NO_RULE;
+                return 1;
+            }
+        }
+    }
+    if cfa <= w.sp {
+        // The stack only grows down: a CFA at or below SP is no caller's frame.
+        w.end = END_NO_RULE;
+        return 1;
+    }
+    w.sp = cfa;
+    w.ip = ra;
+    if ra == 0 {
+        w.end = END_COMPLETE;
+        return 1;
+    }
+    0
+}
+
+/// The rule for `pc` of `tgid`: its row and the mapping's bias, if an object
+/// with rules covers it.
+///
+/// Both searches are branch-free lower bounds with masked indexes and a fixed
+/// number of steps: a search whose bounds the verifier must track precisely
+/// (`if lo < hi`) multiplies its states past the 1M-instruction limit.
+#[inline(always)]
+fn rule_for(tgid: u32, pc: u64) -> Option<(UnwindRow, u64)> {
+    // SAFETY: the map value is read field by field.
+    let maps = unsafe { UNWIND_MAPS.get(tgid) }?;
+    const MAP_MASK: u32 = MAX_UNWIND_MAPPINGS as u32 - 1;
+    // The last mapping starting at or before pc (entries sorted by start).
+    let mut base = 0u32;
+    let mut len = maps.count & (2 * MAX_UNWIND_MAPPINGS as u32 - 1);
+    for _ in 0..7 {
+        let half = len / 2;
+        let start = maps.entries[((base + half) & MAP_MASK) as usize].start;
+        base += u32::from(start <= pc) * half;
+        len -= half;
+    }
+    let m = &maps.entries[(base & MAP_MASK) as usize];
+    if maps.count == 0 || pc < m.start || pc >= m.end || m.count == 0 {
+        return None;
+    }
+    let (first, count, bias) = (m.first, m.count, m.bias);
+    let link = pc.wrapping_sub(bias) as u32;
+    const ROW_MASK: u32 = MAX_UNWIND_ROWS - 1;
+    // The last row at or before the link-time pc.
+    let mut base = first;
+    let mut len = count & ROW_MASK;
+    for _ in 0..21 {
+        let half = len / 2;
+        let row_pc = UNWIND_ROWS
+            .get((base + half) & ROW_MASK)
+            .map_or(u32::MAX, |r| r.pc);
+        base += u32::from(row_pc <= link) * half;
+        len -= half;
+    }
+    let row = *UNWIND_ROWS.get(base & ROW_MASK)?;
+    (row.pc <= link).then_some((row, bias))
 }

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use probe_common::native::{
-    FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR,
-    FLAG_USER_TRUNCATED,
+    FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO,
+    FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
 };
 
 use crate::{
@@ -81,6 +81,9 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         }
         if sample.flags & FLAG_USER_LEAF_EDGE != 0 {
             frames.push(FrameRef::Marker(Marker::LeafEdge));
+        }
+        if sample.flags & FLAG_USER_NO_UNWIND_INFO != 0 {
+            frames.push(FrameRef::Marker(Marker::NoUnwindInfo));
         }
         // A Go leaf without a frame record: put back the caller the
         // frame-pointer walk skipped.

@@ -106,6 +106,14 @@ pub struct RecordArgs {
     #[arg(long)]
     pub go_states: bool,
 
+    /// Walk native stacks by frame pointers only, as perf does, instead of by
+    /// each object's `.eh_frame` rules (with frame pointers where an object has
+    /// none): a little cheaper, but stacks through code built without frame
+    /// pointers (gcc -O2, most distribution libraries) lose their callers.
+    /// For comparison: crossprof record --frame-pointers-only -- ./app.
+    #[arg(long)]
+    pub frame_pointers_only: bool,
+
     /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;
     /// repeat for several: --debug-dir /opt/symbols. Next to each binary and
     /// /usr/lib/debug are always searched.

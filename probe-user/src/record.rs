@@ -82,6 +82,12 @@ struct Pipeline {
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
     dotnet_tables: KernelTables,
+    /// The kernel's `.eh_frame` tables for native code.
+    unwind_tables: crate::native::unwind::UnwindTables,
+    /// The first failure to update them, reported once.
+    unwind_tables_error: Option<String>,
+    /// `--frame-pointers-only`: no rules given to the kernel.
+    frame_pointers_only: bool,
     /// The first failure to update them, reported once.
     dotnet_tables_error: bool,
 }
@@ -172,7 +178,15 @@ impl Pipeline {
     /// Hands the kernel the goroutine layout of Go processes seen for the first
     /// time and, with `--go-states`, attaches their state probes.
     fn poll_go(&mut self, sampler: &mut Sampler) {
-        for (pid, offsets, table) in self.procs.poll_go(&mut self.go_pids) {
+        let tracked = self.procs.poll_go(&mut self.go_pids);
+        if !self.frame_pointers_only
+            && let Err(e) = self.procs.poll_native_unwind(&mut self.unwind_tables)
+            && self.unwind_tables_error.is_none()
+        {
+            log::warn!("{e}");
+            self.unwind_tables_error = Some(e.to_string());
+        }
+        for (pid, offsets, table) in tracked {
             if !self.go_states {
                 continue;
             }
@@ -298,6 +312,7 @@ struct Started {
     sampler: Sampler,
     events: RingBuf<MapData>,
     dotnet_tables: KernelTables,
+    unwind_tables: crate::native::unwind::UnwindTables,
     go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
     procs: ProcessTable,
     go_preattached: Result<Option<Preattached>, String>,
@@ -329,6 +344,7 @@ async fn start(
     }
     let events = sampler.take_events()?;
     let dotnet_tables = sampler.take_dotnet_tables()?;
+    let unwind_tables = sampler.take_unwind_tables()?;
     let go_pids = sampler.take_go_pids()?;
     sampler.attach()?;
     for &pid in pids {
@@ -350,6 +366,7 @@ async fn start(
         sampler,
         events,
         dotnet_tables,
+        unwind_tables,
         go_pids,
         procs,
         go_preattached,
@@ -419,6 +436,22 @@ fn alive(pid: u32) -> bool {
     sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Waits (at most 30 ms) for a command that has just started to have mapped its
+/// libraries — its maps unchanged over 3 ms — so that the kernel gets their
+/// unwind rules before their code runs much.
+fn settle_maps(pid: u32) {
+    let read = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut last = read();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(3));
+        let now = read();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Each mapped file is held open (see `native::process`): make room for many.
 fn raise_fd_limit() {
     // SAFETY: get/setrlimit on a valid local struct.
@@ -442,6 +475,7 @@ async fn run(
         mut sampler,
         events,
         dotnet_tables,
+        unwind_tables,
         go_pids,
         procs,
         go_preattached,
@@ -475,21 +509,28 @@ async fn run(
         waiting: VecDeque::new(),
         dotnet_tables,
         dotnet_tables_error: false,
+        unwind_tables,
+        unwind_tables_error: None,
+        frame_pointers_only: args.frame_pointers_only,
     };
-    // Known Go targets are read now, not at their first sample: their goroutines
-    // (and states) are then followed from the start.
+    // Known targets are read now, not at their first sample: the kernel gets
+    // their unwind rules and Go layouts (and their goroutine states are followed)
+    // from the start. (A .NET runtime is found when its maps are re-read.)
     for pid in pids
         .iter()
         .copied()
         .chain(child.as_ref().and_then(|c| c.id()))
     {
-        let is_go = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .is_ok_and(|exe| pipeline.procs.modules.go.get(&exe).is_some());
-        if is_go {
-            pipeline.procs.get_or_capture(pid, "[exited]");
-        }
+        pipeline.procs.get_or_capture(pid, "[exited]");
     }
     pipeline.poll_go(&mut sampler);
+    // A command just started has only its executable and the dynamic loader
+    // mapped: read it again once its libraries are there.
+    if let Some(pid) = child.as_ref().and_then(|c| c.id()) {
+        settle_maps(pid);
+        pipeline.procs.recapture(pid);
+        pipeline.poll_go(&mut sampler);
+    }
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
     let cpu_at_start = CollectorStats::cpu_now();
@@ -624,6 +665,9 @@ async fn run(
         waiting: _,
         dotnet_tables: _,
         dotnet_tables_error: _,
+        unwind_tables,
+        unwind_tables_error,
+        frame_pointers_only: _,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;
@@ -719,6 +763,7 @@ async fn run(
                 p.name, p.pid
             ))
         }))
+        .chain(unwind_tables_error)
         .chain(go_states_failed.into_iter().map(|(process, why)| {
             format!("{process}: goroutine states not followed: {why}")
         }))
@@ -746,6 +791,7 @@ async fn run(
             run_count,
             run_time_ns,
         }),
+        unwind_table_rows: unwind_tables.rows_written,
         go_state_probes: go_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,

@@ -224,6 +224,23 @@ impl Sampler {
         Ok(crate::dotnet::unwind::KernelTables::new(pids, pages))
     }
 
+    /// The kernel's `.eh_frame` tables (taken once).
+    pub fn take_unwind_tables(
+        &mut self,
+    ) -> Result<crate::native::unwind::UnwindTables, SamplerError> {
+        let rows = take_map(&mut self.ebpf, names::UNWIND_ROWS)?;
+        let maps = take_map(&mut self.ebpf, names::UNWIND_MAPS)?;
+        let rows = aya::maps::Array::try_from(rows).map_err(|source| SamplerError::Map {
+            name: names::UNWIND_ROWS,
+            source,
+        })?;
+        let maps = BpfHashMap::try_from(maps).map_err(|source| SamplerError::Map {
+            name: names::UNWIND_MAPS,
+            source,
+        })?;
+        Ok(crate::native::unwind::UnwindTables::new(rows, maps))
+    }
+
     /// The kernel's table of Go processes (taken once).
     pub fn take_go_pids(&mut self) -> Result<BpfHashMap<MapData, u32, GoOffsets>, SamplerError> {
         let map = take_map(&mut self.ebpf, names::GO_PIDS)?;

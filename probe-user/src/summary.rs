@@ -30,6 +30,9 @@ pub struct Summary {
     pub collector: CollectorStats,
     /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
     pub kernel_program: Option<KernelProgramStats>,
+    /// Rows of `.eh_frame` rules given to the kernel (8 bytes each), for native
+    /// code walked without frame pointers.
+    pub unwind_table_rows: u64,
     /// The goroutine-state uprobe programs' cost (`--go-states`), likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_state_probes: Option<KernelProgramStats>,

@@ -47,6 +47,9 @@ pub enum Marker {
     /// The user leaf was in a managed method's prolog or epilog: the stack stops
     /// after it rather than guess.
     LeafEdge,
+    /// A native frame with no `.eh_frame` rule and no usable frame pointer:
+    /// the walk stopped there.
+    NoUnwindInfo,
 }
 
 impl Marker {
@@ -61,6 +64,7 @@ impl Marker {
             Marker::KernelTruncated => "[truncated: kernel stack deeper than 127 frames]",
             Marker::Gc => "[gc]",
             Marker::LeafEdge => "[truncated: leaf in a managed prolog or epilog]",
+            Marker::NoUnwindInfo => "[truncated: no unwind info]",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`process`] captures a process when it is first seen (name, exe, executable
 //!   mappings, an open handle on each mapped file) and turns its addresses into
 //!   [`FrameRef`](crate::symbolize::FrameRef)s that outlive it;
+//! - [`unwind`] gives the kernel those rules, per object and per process;
 //! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
 //!   kallsyms.
 
@@ -16,3 +17,4 @@ pub mod elf;
 pub mod maps;
 pub mod process;
 pub mod symbols;
+pub mod unwind;

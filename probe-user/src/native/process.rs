@@ -182,10 +182,13 @@ pub struct Process {
     /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
     /// its address is on the stack as if it were a return address.
     go_restorer: Option<u64>,
+    /// Checked for `.eh_frame` unwinding (the kernel given its objects' rules).
+    unwind_checked: bool,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
     mappings: Vec<ExecMapping>,
     captured: Instant,
+    first_captured: Instant,
 }
 
 /// Names interned once, so stacks carry a small id.
@@ -235,6 +238,10 @@ pub(crate) fn same_root(pid: u32) -> bool {
 /// an address outside every mapping is either new code (dlopen, exec) or garbage
 /// from a broken frame chain, and the latter must not cost a read per sample.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// In a process's first second (a command captured right after `exec`, before
+/// the dynamic loader has mapped its libraries), maps are re-read this often.
+const EARLY_REFRESH_INTERVAL: Duration = Duration::from_millis(5);
+const EARLY: Duration = Duration::from_secs(1);
 
 /// Every process seen so far.
 #[derive(Debug, Default)]
@@ -265,6 +272,7 @@ impl ProcessTable {
                 gc_samples: 0,
                 dotnet: None,
                 r2r_done: Default::default(),
+                unwind_checked: false,
                 go_checked: false,
                 go_note: None,
                 go_tracked: false,
@@ -276,6 +284,7 @@ impl ProcessTable {
                 go_morestack: Vec::new(),
                 mappings: Vec::new(),
                 captured: Instant::now(),
+                first_captured: Instant::now(),
             };
             Self::capture(&mut self.modules, &mut p);
             self.procs.insert(pid, p);
@@ -316,6 +325,8 @@ impl ProcessTable {
             .collect();
         mappings.sort_by_key(|m| m.start);
         p.mappings = mappings;
+        // New mappings (dlopen): the kernel's rules are refreshed.
+        p.unwind_checked = false;
         if p.dotnet.is_none()
             && let Some(runtime) = dotnet::detect(
                 entries
@@ -376,6 +387,42 @@ impl ProcessTable {
     /// The name behind a [`FrameRef::Thread`] id.
     pub fn thread_name(&self, id: u32) -> &str {
         self.threads.get(id)
+    }
+
+    /// Gives the kernel the `.eh_frame` rules of every native process seen for
+    /// the first time (after its Go check: Go and .NET processes are walked
+    /// their own way). The first failure is returned.
+    pub fn poll_native_unwind(
+        &mut self,
+        tables: &mut super::unwind::UnwindTables,
+    ) -> Result<(), super::unwind::UnwindTableError> {
+        let mut result = Ok(());
+        for p in self.procs.values_mut() {
+            if p.unwind_checked || !p.go_checked || p.go_tracked || p.dotnet.is_some() || p.pid == 0
+            {
+                continue;
+            }
+            p.unwind_checked = true;
+            let mappings: Vec<(u64, u64, u64, &Path)> = p
+                .mappings
+                .iter()
+                .filter_map(|m| match m.target {
+                    Target::Module(id) => Some((
+                        m.start,
+                        m.end,
+                        m.offset,
+                        self.modules.get(id).open_path.as_path(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            if let Err(e) = tables.add_process(p.pid, &mappings)
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// Gives the kernel the frame shapes of every .NET process's new JIT methods.
@@ -652,7 +699,12 @@ impl ProcessTable {
             return FrameRef::Marker(Marker::Unknown);
         };
         let mut found = p.lookup(addr);
-        if found.is_none() && p.captured.elapsed() >= REFRESH_INTERVAL {
+        let interval = if p.first_captured.elapsed() < EARLY {
+            EARLY_REFRESH_INTERVAL
+        } else {
+            REFRESH_INTERVAL
+        };
+        if found.is_none() && p.captured.elapsed() >= interval {
             Self::capture(&mut self.modules, p);
             found = p.lookup(addr);
         }
@@ -697,6 +749,14 @@ impl ProcessTable {
     /// Every process seen, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &Process> {
         self.procs.values()
+    }
+
+    /// Reads `pid`'s maps again now (a process captured before its libraries
+    /// were mapped).
+    pub fn recapture(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            Self::capture(&mut self.modules, p);
+        }
     }
 
     /// Every process captured, to update.

@@ -1,0 +1,245 @@
+//! The kernel's `.eh_frame` tables (see `probe_common::native`): each object's
+//! rules, read once per file ([`super::ehframe`]) and written once into the
+//! shared `UNWIND_ROWS` array, and per process the list of its mappings with
+//! where their rows are (`UNWIND_MAPS`).
+//!
+//! Rows are never freed: a run that maps more objects than fit gets no rules for
+//! the rest (their frames fall back to frame pointers, and a stack that cannot be
+//! walked further ends in `[truncated: no unwind info]`), and says so once.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use probe_common::native::{
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, UnwindMapping, UnwindMappings,
+    UnwindRow, cfa_kind,
+};
+
+use super::{
+    ehframe::{self, Cfa, Rbp},
+    elf::Elf,
+};
+
+/// Why the tables could not be updated.
+#[derive(Debug, thiserror::Error)]
+pub enum UnwindTableError {
+    /// A map update failed.
+    #[error("cannot update the kernel's unwind tables: {0}")]
+    Map(#[from] MapError),
+    /// The row array is full.
+    #[error(
+        "the kernel's unwind table is full ({MAX_UNWIND_ROWS} rows): objects mapped from now on are walked by frame pointers only"
+    )]
+    Full,
+}
+
+/// An object's rows in `UNWIND_ROWS`.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    first: u32,
+    count: u32,
+}
+
+/// The kernel's tables and what is in them.
+pub struct UnwindTables {
+    rows: Array<MapData, UnwindRow>,
+    maps: BpfHashMap<MapData, u32, UnwindMappings>,
+    /// By file (the path that opens it for as long as crossprof runs).
+    placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
+    next: u32,
+    /// Rows written, for the summary (memory: 8 bytes each).
+    pub rows_written: u64,
+}
+
+impl UnwindTables {
+    /// Wraps the kernel's maps.
+    pub fn new(
+        rows: Array<MapData, UnwindRow>,
+        maps: BpfHashMap<MapData, u32, UnwindMappings>,
+    ) -> Self {
+        Self {
+            rows,
+            maps,
+            placed: HashMap::new(),
+            next: 0,
+            rows_written: 0,
+        }
+    }
+
+    /// Gives the kernel the rules of `pid`'s executable mappings `(start, end,
+    /// file offset, path)`; its user stacks are walked by them from then on.
+    /// Returns how many mappings have rules.
+    pub fn add_process(
+        &mut self,
+        pid: u32,
+        mappings: &[(u64, u64, u64, &Path)],
+    ) -> Result<usize, UnwindTableError> {
+        let mut entries = Vec::new();
+        let mut full = false;
+        for &(start, end, offset, path) in mappings {
+            let placed = match self.place(path) {
+                Ok(p) => p,
+                Err(UnwindTableError::Full) => {
+                    full = true;
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let Some((placed, elf)) = placed else {
+                continue;
+            };
+            let Some(link) = elf.vaddr(offset) else {
+                continue;
+            };
+            entries.push(UnwindMapping {
+                start,
+                end,
+                bias: start.wrapping_sub(link),
+                first: placed.first,
+                count: placed.count,
+            });
+        }
+        entries.sort_by_key(|e| e.start);
+        entries.truncate(MAX_UNWIND_MAPPINGS);
+        if entries.is_empty() {
+            return if full {
+                Err(UnwindTableError::Full)
+            } else {
+                Ok(0)
+            };
+        }
+        let mut value = UnwindMappings {
+            count: entries.len() as u32,
+            _pad: 0,
+            entries: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
+        };
+        value.entries[..entries.len()].copy_from_slice(&entries);
+        self.maps.insert(pid, value, 0)?;
+        if full {
+            return Err(UnwindTableError::Full);
+        }
+        Ok(entries.len())
+    }
+
+    /// Stops walking `pid` by rules (it exited, or its maps changed).
+    pub fn remove_process(&mut self, pid: u32) {
+        let _ = self.maps.remove(&pid);
+    }
+
+    /// The object at `path`, placed in `UNWIND_ROWS` (once per file); `None`
+    /// if it has no `.eh_frame` rules.
+    fn place(&mut self, path: &Path) -> Result<Option<(Placed, Arc<Elf>)>, UnwindTableError> {
+        if let Some(p) = self.placed.get(path) {
+            return Ok(p.clone());
+        }
+        let read = std::fs::read(path)
+            .ok()
+            .and_then(|data| Some((Elf::parse(&data)?, data)));
+        let Some((elf, data)) = read else {
+            self.placed.insert(path.to_path_buf(), None);
+            return Ok(None);
+        };
+        let rows = match (
+            elf.section(".eh_frame"),
+            elf.section_data(&data, ".eh_frame"),
+        ) {
+            (Some(s), Some(bytes)) => ehframe::rows(bytes, s.addr).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
+        if rows.is_empty() {
+            self.placed.insert(path.to_path_buf(), None);
+            return Ok(None);
+        }
+        let count = rows.len() as u32;
+        if u64::from(self.next) + u64::from(count) > u64::from(MAX_UNWIND_ROWS) {
+            return Err(UnwindTableError::Full);
+        }
+        let first = self.next;
+        for (i, row) in rows.iter().enumerate() {
+            self.rows.set(first + i as u32, *row, 0)?;
+        }
+        self.next += count;
+        self.rows_written += u64::from(count);
+        let placed = Some((Placed { first, count }, Arc::new(elf)));
+        self.placed.insert(path.to_path_buf(), placed.clone());
+        Ok(placed)
+    }
+}
+
+/// The kernel's form of a rule: CFA offsets beyond 16 bits and RBP slots that
+/// are not 8-byte aligned within ±1 KiB of the CFA have no form there and
+/// become "no rule" (the frame pointer is tried instead).
+pub fn kernel_row(row: &ehframe::Row) -> UnwindRow {
+    let (kind, off) = match row.cfa {
+        Cfa::Rsp(o) => (cfa_kind::RSP, i16::try_from(o).ok()),
+        Cfa::Rbp(o) => (cfa_kind::RBP, i16::try_from(o).ok()),
+        Cfa::Plt => (cfa_kind::PLT, Some(0)),
+        Cfa::Outermost => (cfa_kind::OUTERMOST, Some(0)),
+        Cfa::Unknown => (cfa_kind::UNKNOWN, Some(0)),
+    };
+    let (kind, off) = match off {
+        Some(o) => (kind, o),
+        None => (cfa_kind::UNKNOWN, 0),
+    };
+    let rbp = match row.rbp {
+        Rbp::Same => RBP_SAME,
+        Rbp::Unknown => RBP_UNKNOWN,
+        Rbp::AtCfa(o) if o % 8 == 0 && o != 0 => i8::try_from(o / 8)
+            .ok()
+            .filter(|&v| v != RBP_UNKNOWN)
+            .unwrap_or(RBP_UNKNOWN),
+        Rbp::AtCfa(_) => RBP_UNKNOWN,
+    };
+    UnwindRow {
+        pc: row.pc as u32,
+        cfa_off: off,
+        cfa_kind: kind,
+        rbp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_take_their_kernel_form() {
+        let row = |cfa, rbp| ehframe::Row {
+            pc: 0x1_0000_1234,
+            cfa,
+            rbp,
+        };
+        assert_eq!(
+            kernel_row(&row(Cfa::Rsp(16), Rbp::AtCfa(-16))),
+            UnwindRow {
+                pc: 0x1234,
+                cfa_off: 16,
+                cfa_kind: cfa_kind::RSP,
+                rbp: -2
+            }
+        );
+        assert_eq!(
+            kernel_row(&row(Cfa::Rbp(16), Rbp::Same)),
+            UnwindRow {
+                pc: 0x1234,
+                cfa_off: 16,
+                cfa_kind: cfa_kind::RBP,
+                rbp: RBP_SAME
+            }
+        );
+        // Too far for the kernel's form: no rule, never a wrong one.
+        assert_eq!(
+            kernel_row(&row(Cfa::Rsp(70_000), Rbp::Same)).cfa_kind,
+            cfa_kind::UNKNOWN
+        );
+        assert_eq!(
+            kernel_row(&row(Cfa::Rsp(8), Rbp::AtCfa(-12))).rbp,
+            RBP_UNKNOWN
+        );
+        assert_eq!(
+            kernel_row(&row(Cfa::Outermost, Rbp::Same)).cfa_kind,
+            cfa_kind::OUTERMOST
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Native code without frame pointers (issue #5, fixture (c)): stacks walked by
+//! the objects' `.eh_frame` rules in the kernel, against the frame-pointer-only
+//! baseline of the same program.
+
+use std::{path::Path, process::Command};
+
+use crossprof_tests::{Run, build_c, count_where, crossprof_bin, out_dir, read_folded};
+
+fn record(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
+    Command::new(crossprof_bin())
+        .args(["record", "-q", "--freq", "999"])
+        .args(flags)
+        .arg("-o")
+        .arg(dir)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .output()
+        .expect("run crossprof")
+        .into()
+}
+
+/// `main -> outer -> middle -> hot` built with `-O2 -fomit-frame-pointer`: the
+/// chain, in order, and the process's root (`_start`, through libc's start-up
+/// code, itself without frame pointers) in >= 95% of samples; a frame-pointer
+/// walk of the same program (`--frame-pointers-only`) loses them, which the
+/// test prints beside.
+#[test]
+fn code_without_frame_pointers_is_walked_by_eh_frame_to_main() {
+    let bin = build_c("native/nofp.c", &["-O2", "-fomit-frame-pointer"]);
+    let mut shares = Vec::new();
+    for (what, flags) in [
+        ("eh_frame", &[][..]),
+        ("frame pointers only", &["--frame-pointers-only"][..]),
+    ] {
+        let dir = out_dir(&format!("nofp_{}", what.replace(' ', "_")));
+        let run = record(&dir, flags, &bin, &["1.5"]);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(run.stdout.starts_with("done"), "{what}: {}", run.stdout);
+        let stacks = read_folded(&dir);
+        let (chain, all) = count_where(&stacks, "nofp", |s| {
+            s.contains_chain(&["main", "outer", "middle", "hot"])
+        });
+        let (rooted, _) = count_where(&stacks, "nofp", |s| s.frames[1] == "_start");
+        assert!(all >= 500, "{what}: only {all} samples");
+        shares.push((
+            what,
+            chain as f64 / all as f64,
+            rooted as f64 / all as f64,
+            stacks,
+        ));
+    }
+    for (what, chain, rooted, _) in &shares {
+        println!(
+            "{what}: main;outer;middle;hot in {:.1}%, reaching _start in {:.1}%",
+            chain * 100.0,
+            rooted * 100.0
+        );
+    }
+    let (_, chain, rooted, stacks) = &shares[0];
+    assert!(
+        *chain >= 0.95,
+        "main;outer;middle;hot in {:.1}%:\n{stacks:#?}",
+        chain * 100.0
+    );
+    assert!(
+        *rooted >= 0.95,
+        "reaching _start in {:.1}%:\n{stacks:#?}",
+        rooted * 100.0
+    );
+    let (_, fp_chain, _, _) = &shares[1];
+    assert!(
+        *fp_chain < 0.5,
+        "the frame-pointer baseline should lose the chain in code without frame pointers: {:.1}%",
+        fp_chain * 100.0
+    );
+}
