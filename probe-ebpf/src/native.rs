@@ -271,9 +271,11 @@ fn in_user_mode(_ctx: &PerfEventContext) -> bool {
 
 // --- Walking native code by `.eh_frame` rules (see probe_common::native) -------
 
-/// Every object's rows.
+/// Every object's rows. Memory-mappable: the collector writes rows straight
+/// into it, not with one syscall per row.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, 0);
+static UNWIND_ROWS: Array<UnwindRow> =
+    Array::with_max_entries(MAX_UNWIND_ROWS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Per process: its executable mappings with rows.
 #[map]

@@ -228,17 +228,29 @@ impl Sampler {
     pub fn take_unwind_tables(
         &mut self,
     ) -> Result<crate::native::unwind::UnwindTables, SamplerError> {
-        let rows = take_map(&mut self.ebpf, names::UNWIND_ROWS)?;
+        let rows = match take_map(&mut self.ebpf, names::UNWIND_ROWS)? {
+            Map::Array(data) => data,
+            _ => {
+                return Err(SamplerError::Map {
+                    name: names::UNWIND_ROWS,
+                    source: MapError::InvalidName {
+                        name: names::UNWIND_ROWS.to_owned(),
+                    },
+                });
+            }
+        };
         let maps = take_map(&mut self.ebpf, names::UNWIND_MAPS)?;
-        let rows = aya::maps::Array::try_from(rows).map_err(|source| SamplerError::Map {
-            name: names::UNWIND_ROWS,
-            source,
-        })?;
         let maps = BpfHashMap::try_from(maps).map_err(|source| SamplerError::Map {
             name: names::UNWIND_MAPS,
             source,
         })?;
-        Ok(crate::native::unwind::UnwindTables::new(rows, maps))
+        crate::native::unwind::UnwindTables::new(rows, maps).map_err(|source| SamplerError::Map {
+            name: names::UNWIND_ROWS,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "mmap",
+                io_error: source,
+            }),
+        })
     }
 
     /// The kernel's table of Go processes (taken once).

@@ -7,9 +7,14 @@
 //! the rest (their frames fall back to frame pointers, and a stack that cannot be
 //! walked further ends in `[truncated: no unwind info]`), and says so once.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::Arc,
+};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use probe_common::native::{
     MAX_UNWIND_MAPPINGS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, UnwindMapping, UnwindMappings,
     UnwindRow, cfa_kind,
@@ -42,7 +47,9 @@ struct Placed {
 
 /// The kernel's tables and what is in them.
 pub struct UnwindTables {
-    rows: Array<MapData, UnwindRow>,
+    /// `UNWIND_ROWS`, kept open, and mapped at `rows` (`BPF_F_MMAPABLE`).
+    _rows_map: MapData,
+    rows: *mut UnwindRow,
     maps: BpfHashMap<MapData, u32, UnwindMappings>,
     /// By file (the path that opens it for as long as crossprof runs).
     placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
@@ -52,18 +59,35 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Wraps the kernel's maps.
+    /// Wraps the kernel's maps; the row array is mapped into memory.
     pub fn new(
-        rows: Array<MapData, UnwindRow>,
+        rows_map: MapData,
         maps: BpfHashMap<MapData, u32, UnwindMappings>,
-    ) -> Self {
-        Self {
-            rows,
+    ) -> std::io::Result<Self> {
+        let len = MAX_UNWIND_ROWS as usize * size_of::<UnwindRow>();
+        // SAFETY: a shared read-write mapping of the array map's fd, of exactly
+        // the array's size (a multiple of the page size); checked below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                rows_map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            _rows_map: rows_map,
+            rows: at.cast::<UnwindRow>(),
             maps,
             placed: HashMap::new(),
             next: 0,
             rows_written: 0,
-        }
+        })
     }
 
     /// Gives the kernel the rules of `pid`'s executable mappings `(start, end,
@@ -156,14 +180,25 @@ impl UnwindTables {
             return Err(UnwindTableError::Full);
         }
         let first = self.next;
-        for (i, row) in rows.iter().enumerate() {
-            self.rows.set(first + i as u32, *row, 0)?;
+        // SAFETY: `first + count <= MAX_UNWIND_ROWS` (checked above), so the
+        // copy stays inside the mapping; rows past `next` are not in any
+        // process's list yet, so the kernel does not read them meanwhile.
+        unsafe {
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.rows.add(first as usize), rows.len());
         }
         self.next += count;
         self.rows_written += u64::from(count);
         let placed = Some((Placed { first, count }, Arc::new(elf)));
         self.placed.insert(path.to_path_buf(), placed.clone());
         Ok(placed)
+    }
+}
+
+impl Drop for UnwindTables {
+    fn drop(&mut self) {
+        let len = MAX_UNWIND_ROWS as usize * size_of::<UnwindRow>();
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.rows.cast(), len) };
     }
 }
 
