@@ -1,12 +1,14 @@
 //! Go: the goroutine a sample ran on, and goroutine states over time (see
 //! `probe_common::go`).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        generated::{bpf_get_attach_cookie, bpf_loop},
     },
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
@@ -224,32 +226,68 @@ fn switch_frames(
     // checks the stack before pushing BP). The collector keeps it only then.
     let sp = if g == curg { read(g + G_SCHED_SP) } else { 0 };
     ips[at + 1] = if sp == 0 { 0 } else { read(sp) };
-    let mut n = 2;
-    let mut bp = read(g + sched_bp);
-    for _ in 0..MAX_SWITCH_FRAMES {
-        if bp == 0 {
-            break;
-        }
-        let ra = read(bp + 8);
-        // Through a volatile read, so that the index the bound is checked on is
-        // the one the write uses (LLVM otherwise keeps a running pointer, which
-        // the verifier cannot bound).
-        let i = at + n;
-        // SAFETY: reads a local.
-        let i = unsafe { core::ptr::read_volatile(&i) };
-        if ra == 0 || i >= ips.len() {
-            break;
-        }
-        ips[i] = ra;
-        n += 1;
-        let next = read(bp);
-        // Frames only go up the stack: anything else is not a frame record.
-        if next <= bp {
-            break;
-        }
-        bp = next;
+    // The frame-pointer chain, in steps under bpf_loop (the verifier checks
+    // one step rather than 48, which kept loading slow).
+    let mut walk = SwitchWalk {
+        bp: read(g + sched_bp),
+        next: (at + 2) as u32,
+        frames: 2,
+    };
+    // SAFETY: `switch_step` has the callback signature bpf_loop expects, and
+    // `walk` lives on this stack frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            MAX_SWITCH_FRAMES as u32,
+            switch_step as *mut c_void,
+            (&mut walk as *mut SwitchWalk).cast::<c_void>(),
+            0,
+        );
     }
-    n
+    walk.frames as usize
+}
+
+/// The switch walk's state between `bpf_loop` steps.
+#[repr(C)]
+struct SwitchWalk {
+    bp: u64,
+    /// Index in the scratch `ips` of the next frame.
+    next: u32,
+    /// Frames written.
+    frames: u32,
+}
+
+/// One frame record of the goroutine's chain. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn switch_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `SwitchWalk` switch_frames passed to bpf_loop.
+    let w = unsafe { &mut *ctx.cast::<SwitchWalk>() };
+    let idx = w.next as usize;
+    if w.bp == 0 || idx >= 2 * MAX_FRAMES {
+        return 1;
+    }
+    // SAFETY: user reads through the checking helper.
+    let (ra, next) = unsafe {
+        (
+            bpf_probe_read_user((w.bp + 8) as *const u64).unwrap_or(0),
+            bpf_probe_read_user(w.bp as *const u64).unwrap_or(0),
+        )
+    };
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    if ra == 0 {
+        return 1;
+    }
+    // SAFETY: this CPU's scratch slot; idx < 2 * MAX_FRAMES was checked above.
+    unsafe { (*scratch).ips[idx] = ra };
+    w.next += 1;
+    w.frames += 1;
+    // Frames only go up the stack: anything else is not a frame record.
+    if next <= w.bp {
+        return 1;
+    }
+    w.bp = next;
+    0
 }
 
 /// `runtime.casgstatus(gp, oldval, newval)`, at entry: RAX, EBX, ECX.

@@ -472,18 +472,47 @@ fn rule_for(tgid: u32, pc: u64) -> Option<(UnwindRow, u64)> {
     }
     let (first, count, bias) = (m.first, m.count, m.bias);
     let link = pc.wrapping_sub(bias) as u32;
-    const ROW_MASK: u32 = MAX_UNWIND_ROWS - 1;
-    // The last row at or before the link-time pc.
-    let mut base = first;
-    let mut len = count & ROW_MASK;
-    for _ in 0..21 {
-        let half = len / 2;
-        let row_pc = UNWIND_ROWS
-            .get((base + half) & ROW_MASK)
-            .map_or(u32::MAX, |r| r.pc);
-        base += u32::from(row_pc <= link) * half;
-        len -= half;
+    // The last row at or before the link-time pc, in steps under bpf_loop (the
+    // verifier checks one step, not 21).
+    let mut search = RowSearch {
+        base: first,
+        len: count & ROW_MASK,
+        link,
+    };
+    // SAFETY: `row_search_step` has the callback signature bpf_loop expects, and
+    // `search` lives on this stack frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            21,
+            row_search_step as *mut c_void,
+            (&mut search as *mut RowSearch).cast::<c_void>(),
+            0,
+        );
     }
-    let row = *UNWIND_ROWS.get(base & ROW_MASK)?;
+    let row = *UNWIND_ROWS.get(search.base & ROW_MASK)?;
     (row.pc <= link).then_some((row, bias))
+}
+
+const ROW_MASK: u32 = MAX_UNWIND_ROWS - 1;
+
+/// A lower-bound search over `UNWIND_ROWS[base..base + len]` for `link`.
+#[repr(C)]
+struct RowSearch {
+    base: u32,
+    len: u32,
+    link: u32,
+}
+
+/// One halving of a [`RowSearch`]; branch-free, so the verifier keeps one state.
+#[inline(never)]
+extern "C" fn row_search_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `RowSearch` rule_for passed to bpf_loop.
+    let s = unsafe { &mut *ctx.cast::<RowSearch>() };
+    let half = s.len / 2;
+    let row_pc = UNWIND_ROWS
+        .get((s.base + half) & ROW_MASK)
+        .map_or(u32::MAX, |r| r.pc);
+    s.base += u32::from(row_pc <= s.link) * half;
+    s.len -= half;
+    i64::from(s.len <= 1)
 }
