@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, io};
 use crate::{
     aggregate::StackKey,
     native::process::ProcessTable,
-    symbolize::{FrameRef, INLINE_SEPARATOR, Names, sanitize},
+    symbolize::{FrameRef, INLINE_SEPARATOR, Marker, Names, sanitize},
 };
 
 /// inferno's annotation for kernel frames.
@@ -51,6 +51,56 @@ pub fn fold<'a>(
         *folded.entry(line).or_insert(0) += count;
     }
     folded
+}
+
+/// Functions a thread's stack starts in: a process's entry (`_start`), a
+/// thread's (`clone3`/`clone`, glibc's `start_thread` above them), Go's
+/// goroutines and threads (`runtime.goexit`, `runtime.mstart*`,
+/// `runtime.rt0_go`).
+fn is_root(name: &str) -> bool {
+    matches!(
+        name,
+        "_start"
+            | "clone3"
+            | "clone"
+            | "__clone"
+            | "start_thread"
+            | "runtime.goexit"
+            | "runtime.rt0_go"
+    ) || name.starts_with("runtime.mstart")
+}
+
+/// Stack completeness per process: `(samples whose user stack starts at a
+/// thread root, samples with a user stack)`. A stack cut short (`[truncated:
+/// ...]`, `[unknown]` outermost) does not count as complete.
+pub fn completeness<'a>(
+    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
+    names: &Names,
+    procs: &ProcessTable,
+) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+    for (key, count) in stacks {
+        let outermost = key.frames.iter().find(|f| {
+            !matches!(
+                f,
+                FrameRef::Thread(_)
+                    | FrameRef::Goroutine(_)
+                    | FrameRef::Label(_)
+                    | FrameRef::Marker(Marker::Gc)
+            )
+        });
+        let Some(&frame) = outermost.filter(|f| !f.is_kernel()) else {
+            continue;
+        };
+        let name = names.display(frame, procs);
+        let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
+        let e = out.entry(key.pid).or_default();
+        e.1 += count;
+        if is_root(first.trim_end_matches("_[j]")) {
+            e.0 += count;
+        }
+    }
+    out
 }
 
 /// ReadyToRun code named from its assembly: managed code like JIT code.

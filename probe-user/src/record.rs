@@ -683,6 +683,7 @@ async fn run(
         &procs,
     );
     out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
+    let complete = crate::fold::completeness(agg.stacks(), names, &procs);
     let lost = drops(&counters) + decode_errors;
     let title = title(&args, &pids);
     let subtitle = format!(
@@ -741,6 +742,10 @@ async fn run(
                     samples: p.gc_samples,
                     share: p.gc_samples as f64 / p.samples.max(1) as f64,
                 }),
+            stacks_complete: complete
+                .get(&p.pid)
+                .filter(|c| c.1 > 0)
+                .map(|&(rooted, all)| rooted as f64 / all as f64),
             goroutines: p.go_states.as_ref().map(|t| {
                 crate::go::states::summarize(
                     t,
@@ -791,6 +796,12 @@ async fn run(
             run_count,
             run_time_ns,
         }),
+        stacks_complete: {
+            let (rooted, all) = complete
+                .values()
+                .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y));
+            (all > 0).then(|| rooted as f64 / all as f64)
+        },
         unwind_table_rows: unwind_tables.rows_written,
         go_state_probes: go_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,

@@ -30,6 +30,9 @@ pub struct Summary {
     pub collector: CollectorStats,
     /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
     pub kernel_program: Option<KernelProgramStats>,
+    /// Share of all samples with a user stack whose stack starts at a thread
+    /// root (see `ProcessSummary::stacks_complete`).
+    pub stacks_complete: Option<f64>,
     /// Rows of `.eh_frame` rules given to the kernel (8 bytes each), for native
     /// code walked without frame pointers.
     pub unwind_table_rows: u64,
@@ -64,6 +67,11 @@ pub struct ProcessSummary {
     /// Garbage collection, for a .NET process whose GC events were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSummary>,
+    /// Share of its samples with a user stack whose stack starts at a thread
+    /// root (`_start`, `clone3`, `runtime.goexit`, ...): how many stacks were
+    /// walked whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_complete: Option<f64>,
     /// Goroutine states, for a Go process followed with `--go-states`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutines: Option<GoroutineStates>,
