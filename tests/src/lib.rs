@@ -425,6 +425,22 @@ pub fn spawn_crossprof(args: &[&str]) -> Guard {
     )
 }
 
+/// `crossprof record -q FLAGS -o DIR -- BIN ARGS`, to the end, with the
+/// command's stdout.
+pub fn record_command(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
+    Command::new(crossprof_bin())
+        .args(["record", "-q"])
+        .args(flags)
+        .arg("-o")
+        .arg(dir)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .output()
+        .expect("run crossprof")
+        .into()
+}
+
 /// Runs `crossprof ARGS` to the end (at most `limit`).
 pub fn run_crossprof(args: &[&str], limit: Duration) -> Run {
     finish(spawn_crossprof(args), limit)

@@ -1,27 +1,14 @@
-//! Go (issue #4, first step): Go binaries named from `.gopclntab` — normal,
-//! stripped (`-s -w`) and PIE builds of Go 1.19 to 1.27 — with inlined calls as
-//! frames of their own.
+//! Go (issue #4): Go binaries named from `.gopclntab` — normal, stripped
+//! (`-s -w`) and PIE builds of Go 1.19 to 1.27 — with inlined calls as frames of
+//! their own; goroutine ids, labels and status per sample; goroutine states over
+//! time; stacks across the runtime's stack switches.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use crossprof_tests::{
     Go, GoBuild, Run, count_where, crossprof_bin, out_dir, read_folded, read_summary,
+    record_command as record,
 };
-
-/// `crossprof record -q FLAGS -o DIR -- BIN ARGS`, to the end.
-fn record(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
-    Command::new(crossprof_bin())
-        .args(["record", "-q"])
-        .args(flags)
-        .arg("-o")
-        .arg(dir)
-        .arg("--")
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("run crossprof")
-        .into()
-}
 
 #[test]
 fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {

@@ -2,23 +2,7 @@
 //! the objects' `.eh_frame` rules in the kernel, against the frame-pointer-only
 //! baseline of the same program.
 
-use std::{path::Path, process::Command};
-
-use crossprof_tests::{Run, build_c, count_where, crossprof_bin, out_dir, read_folded};
-
-fn record(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
-    Command::new(crossprof_bin())
-        .args(["record", "-q", "--freq", "999"])
-        .args(flags)
-        .arg("-o")
-        .arg(dir)
-        .arg("--")
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("run crossprof")
-        .into()
-}
+use crossprof_tests::{build_c, count_where, out_dir, read_folded, record_command};
 
 /// `main -> outer -> middle -> hot` built with `-O2 -fomit-frame-pointer`: the
 /// chain, in order, and the process's root (`_start`, through libc's start-up
@@ -34,7 +18,8 @@ fn code_without_frame_pointers_is_walked_by_eh_frame_to_main() {
         ("frame pointers only", &["--frame-pointers-only"][..]),
     ] {
         let dir = out_dir(&format!("nofp_{}", what.replace(' ', "_")));
-        let run = record(&dir, flags, &bin, &["1.5"]);
+        let flags = [&["--freq", "999"][..], flags].concat();
+        let run = record_command(&dir, &flags, &bin, &["1.5"]);
         assert!(run.status.success(), "{what}: {}", run.stderr);
         assert!(run.stdout.starts_with("done"), "{what}: {}", run.stdout);
         let stacks = read_folded(&dir);
