@@ -121,15 +121,13 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         }
         // A Go signal handler's return trampoline, met walking through it, is
         // no caller.
-        if user
-            .iter()
-            .skip(1)
-            .any(|&ra| procs.is_go_restorer(sample.pid, ra))
+        if let Some(restorer) = procs.go_restorer(sample.pid)
+            && user.iter().skip(1).any(|&ra| ra == restorer)
         {
             let mut at = 0;
             user.to_mut().retain(|&ra| {
                 at += 1;
-                at == 1 || !procs.is_go_restorer(sample.pid, ra)
+                at == 1 || ra != restorer
             });
         }
         // Go code on a thread's system stack whose frame-pointer chain stops at

@@ -99,8 +99,6 @@ struct Preattached {
     exe: std::path::PathBuf,
     /// When the probes were attached.
     since_ns: u64,
-    /// Its wait-reason names.
-    reasons: Vec<String>,
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
@@ -190,48 +188,25 @@ impl Pipeline {
             if !self.go_states {
                 continue;
             }
-            let version = table.version.clone().unwrap_or_default();
             let allgs = crate::go::states::allgs_address(&table)
                 .and_then(|v| Some(v.wrapping_add(self.procs.go_exe_bias(pid)?)));
             if let Some(pre) = &self.go_preattached
                 && let Some(p) = self.procs.get_mut(pid)
                 && p.exe.as_deref() == pre.exe.to_str()
             {
-                p.go_states = Some(crate::go::states::Tracking {
-                    since_ns: pre.since_ns,
-                    reasons: pre.reasons.clone(),
-                    allgs,
-                    layout: crate::go::layout(&table),
-                    ..Default::default()
-                });
+                p.go_states = Some(tracking(&table, pre.since_ns, allgs));
                 continue;
             }
             let Some(nz_pid) = std::num::NonZeroU32::new(pid) else {
                 continue;
             };
-            let fast = crate::go::offsets::syscall_fast_path(&version);
             let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-            let since_ns = monotonic_ns();
-            let attached = crate::go::states::ProbePoints::find(&table, fast)
-                .map_err(|e| format!("{e} in its function table"))
-                .and_then(|points| {
-                    sampler
-                        .attach_go_states(Some(nz_pid), &exe, &points, offsets)
-                        .map_err(|e| e.to_string())
-                });
+            let attached = attach_go_states(sampler, &table, Some(nz_pid), &exe, offsets);
             let Some(p) = self.procs.get_mut(pid) else {
                 continue;
             };
             match attached {
-                Ok(()) => {
-                    p.go_states = Some(crate::go::states::Tracking {
-                        since_ns,
-                        reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
-                        allgs,
-                        layout: crate::go::layout(&table),
-                        ..Default::default()
-                    });
-                }
+                Ok(since_ns) => p.go_states = Some(tracking(&table, since_ns, allgs)),
                 Err(why) => self
                     .go_states_failed
                     .push((format!("{} (pid {pid})", p.name), why)),
@@ -389,22 +364,47 @@ fn preattach_go(
     let Some(table) = procs.modules.go.get(&exe) else {
         return Ok(None);
     };
-    let version = table.version.clone().unwrap_or_default();
     let Some(offsets) = crate::go::layout(&table).map(|l| l.offsets) else {
         return Ok(None);
     };
-    let fast = crate::go::offsets::syscall_fast_path(&version);
-    let points = crate::go::states::ProbePoints::find(&table, fast)
+    let since_ns = attach_go_states(sampler, &table, None, &exe, offsets)?;
+    Ok(Some(Preattached { exe, since_ns }))
+}
+
+/// Attaches the goroutine-state probes to the Go binary `table` was read from
+/// (`exe`), for process `pid` only or for every process running it; returns
+/// when they went in (CLOCK_MONOTONIC ns).
+fn attach_go_states(
+    sampler: &mut Sampler,
+    table: &crate::go::pclntab::GoTable,
+    pid: Option<std::num::NonZeroU32>,
+    exe: &std::path::Path,
+    offsets: probe_common::go::GoOffsets,
+) -> Result<u64, String> {
+    let version = table.version.as_deref().unwrap_or_default();
+    let fast = crate::go::offsets::syscall_fast_path(version);
+    let points = crate::go::states::ProbePoints::find(table, fast)
         .map_err(|e| format!("{e} in its function table"))?;
     let since_ns = monotonic_ns();
     sampler
-        .attach_go_states(None, &exe, &points, offsets)
+        .attach_go_states(pid, exe, &points, offsets)
         .map_err(|e| e.to_string())?;
-    Ok(Some(Preattached {
-        exe,
+    Ok(since_ns)
+}
+
+/// A Go process's goroutine states, followed since `since_ns`.
+fn tracking(
+    table: &crate::go::pclntab::GoTable,
+    since_ns: u64,
+    allgs: Option<u64>,
+) -> crate::go::states::Tracking {
+    crate::go::states::Tracking {
         since_ns,
-        reasons: crate::go::states::wait_reasons(&table).unwrap_or_default(),
-    }))
+        reasons: crate::go::states::wait_reasons(table).unwrap_or_default(),
+        allgs,
+        layout: crate::go::layout(table),
+        ..Default::default()
+    }
 }
 
 /// Starts `command`; the child puts its own pid in the target set between `fork`

@@ -560,12 +560,11 @@ impl ProcessTable {
             .then_some([stack_top[0], stack_top[1]])
     }
 
-    /// Is `ra` the signal return trampoline of `pid` (not a call's return
-    /// address: a frame-pointer walk through a signal handler meets it)?
-    pub fn is_go_restorer(&self, pid: u32, ra: u64) -> bool {
-        self.procs
-            .get(&pid)
-            .is_some_and(|p| p.go_restorer == Some(ra))
+    /// The signal return trampoline of `pid`'s Go signal handlers, if known: a
+    /// frame-pointer walk through a handler meets its address where a return
+    /// address would be, though nothing called from there.
+    pub fn go_restorer(&self, pid: u32) -> Option<u64> {
+        self.procs.get(&pid)?.go_restorer
     }
 
     /// The index of the frame in `user` (leaf first) that is a Go signal
