@@ -121,6 +121,20 @@ pub mod cfa_kind {
     pub const PLT: u8 = 3;
     /// The outermost frame: the stack is complete.
     pub const OUTERMOST: u8 = 4;
+    /// Go code (from the binary's `.gopclntab`, in a Go binary that also has
+    /// `.eh_frame` rows for its C parts): Go keeps frame pointers, so the
+    /// caller is found by RBP, and the frame record may be on another stack
+    /// (`runtime.cgocallback` and `runtime.systemstack` run on the system
+    /// stack and call onto the goroutine's, or back).
+    pub const GO_FRAME_POINTER: u8 = 5;
+    /// The return address of C code into `runtime.asmcgocall`, which called it
+    /// on the system stack: the goroutine's stack pointer at asmcgocall's entry
+    /// (after its own frame record, if it has one) is kept in asmcgocall's
+    /// frame as a depth below `g.stack.hi` (word at RSP + `cfa_off`; g at the
+    /// word after; when that g is 0 the word is the stack pointer itself).
+    /// [`super::UnwindRow::rbp`] is 1 if a frame record (saved RBP) is at that
+    /// stack pointer, before the return address, else 0.
+    pub const GO_CGO_CALL: u8 = 6;
 }
 
 /// [`UnwindRow::rbp`]: the caller's RBP is still in RBP.

@@ -392,10 +392,62 @@ extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
             w.end = END_COMPLETE;
             return 1;
         }
-        _ => {
-            // No rule (Go code, hand-written assembly, JIT code): the frame
-            // pointer, if it points up the stack.
-            if w.bp <= w.sp || w.bp - w.sp > (1 << 20) {
+        Some(cfa_kind::GO_CGO_CALL) => {
+            // Back from the system stack to the goroutine's (asmcgocall's
+            // saved depth and g; see probe_common::native::cfa_kind).
+            let at =
+                w.sp.wrapping_add(row.map_or(0, |(r, _)| r.cfa_off as i64) as u64);
+            let (Some(word), Some(g)) = (read(at), read(at + 8)) else {
+                w.end = END_NO_RULE;
+                return 1;
+            };
+            let sp = if g == 0 {
+                word
+            } else {
+                match read(g + 8) {
+                    Some(hi) => hi.wrapping_sub(word),
+                    None => {
+                        w.end = END_NO_RULE;
+                        return 1;
+                    }
+                }
+            };
+            let record = row.map_or(0, |(r, _)| r.rbp) == 1;
+            let sp = if record {
+                match read(sp) {
+                    Some(bp) => w.bp = bp,
+                    None => {
+                        w.end = END_NO_RULE;
+                        return 1;
+                    }
+                }
+                sp + 8
+            } else {
+                sp
+            };
+            let Some(ra) = read(sp) else {
+                w.end = END_NO_RULE;
+                return 1;
+            };
+            w.ip = ra;
+            w.sp = sp + 8;
+            if ra == 0 {
+                w.end = END_COMPLETE;
+                return 1;
+            }
+            return 0;
+        }
+        kind => {
+            // No rule (hand-written assembly, JIT code): the frame pointer, if
+            // it points up the stack. Go code keeps frame pointers, and its
+            // frame records may be on another stack.
+            let go = kind == Some(cfa_kind::GO_FRAME_POINTER);
+            if go && w.bp == 0 {
+                // Go zeroes RBP at a goroutine's and a thread's first frame.
+                w.end = END_COMPLETE;
+                return 1;
+            }
+            if w.bp == 0 || (!go && (w.bp <= w.sp || w.bp - w.sp > (1 << 20))) {
                 w.end = END_NO_RULE;
                 return 1;
             }

@@ -238,8 +238,18 @@ impl Go {
     /// Builds `tests/fixtures/go/<name>.go` into
     /// `target/fixtures/go/<version>-<mode>/<name>` (once per test run; Go's build
     /// cache makes a rebuild cheap) and returns it.
+    ///
+    /// A fixture that is a folder (`tests/fixtures/go/<name>/`, a module with
+    /// its own `go.mod`) is a cgo program: built there with `CGO_ENABLED=1`
+    /// (gcc compiles its C files; the C linker links it).
     pub fn fixture(self, name: &str, build: GoBuild) -> PathBuf {
-        let src = workspace_root().join(format!("tests/fixtures/go/{name}.go"));
+        let dir = workspace_root().join(format!("tests/fixtures/go/{name}"));
+        let cgo = dir.is_dir();
+        let src = if cgo {
+            PathBuf::from(".")
+        } else {
+            workspace_root().join(format!("tests/fixtures/go/{name}.go"))
+        };
         let mode = match build {
             GoBuild::Normal => "normal",
             GoBuild::Stripped => "stripped",
@@ -269,7 +279,10 @@ impl Go {
             .env("GOPATH", target_dir().join("go-path"))
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "-buildvcs=false")
-            .env("CGO_ENABLED", "0");
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" });
+        if cgo {
+            cmd.current_dir(&dir);
+        }
         let out_put = cmd.output().unwrap_or_else(|e| {
             panic!(
                 "run {} (cargo xtask bootstrap installs it): {e}",
@@ -331,6 +344,13 @@ pub fn read_summary(dir: &Path) -> serde_json::Value {
 }
 
 impl FoldedStack {
+    /// Does the stack hold each of `frames`, in this order (other frames may
+    /// come between)?
+    pub fn contains_in_order(&self, frames: &[&str]) -> bool {
+        let mut rest = self.frames.iter();
+        frames.iter().all(|want| rest.any(|f| f == want))
+    }
+
     /// True if `chain` appears in this stack as consecutive frames, in order.
     pub fn contains_chain(&self, chain: &[&str]) -> bool {
         !chain.is_empty()

@@ -12,6 +12,7 @@
 //! kernel read from the goroutine's saved registers. Not done yet: signal
 //! handlers (`sigtramp`).
 
+pub mod cgo;
 pub mod dwarf;
 pub mod labels;
 pub mod offsets;

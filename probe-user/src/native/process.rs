@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::maps::{MapEntry, parse_maps};
+use super::{
+    maps::{MapEntry, parse_maps},
+    unwind::ObjectMapping,
+};
 use crate::{
     dotnet::{self, DotnetProcess},
     go::pclntab::{GoTable, GoTables},
@@ -390,32 +393,63 @@ impl ProcessTable {
     }
 
     /// Gives the kernel the `.eh_frame` rules of every native process seen for
-    /// the first time (after its Go check: Go and .NET processes are walked
-    /// their own way). The first failure is returned.
+    /// the first time (after its Go check), and of every Go process with C
+    /// parts (cgo; Go binaries without `.eh_frame` keep the frame-pointer
+    /// walk). .NET processes are walked their own way. The first failure is
+    /// returned.
     pub fn poll_native_unwind(
         &mut self,
         tables: &mut super::unwind::UnwindTables,
     ) -> Result<(), super::unwind::UnwindTableError> {
         let mut result = Ok(());
         for p in self.procs.values_mut() {
-            if p.unwind_checked || !p.go_checked || p.go_tracked || p.dotnet.is_some() || p.pid == 0
-            {
+            if p.unwind_checked || !p.go_checked || p.dotnet.is_some() || p.pid == 0 {
                 continue;
             }
             p.unwind_checked = true;
-            let mappings: Vec<(u64, u64, u64, &Path)> = p
+            let go_tables: Vec<_> = p
                 .mappings
                 .iter()
-                .filter_map(|m| match m.target {
-                    Target::Module(id) => Some((
-                        m.start,
-                        m.end,
-                        m.offset,
-                        self.modules.get(id).open_path.as_path(),
-                    )),
+                .map(|m| match m.target {
+                    Target::Module(id) => self.modules.go_table(id),
                     _ => None,
                 })
                 .collect();
+            let mappings: Vec<ObjectMapping<'_>> = p
+                .mappings
+                .iter()
+                .zip(&go_tables)
+                .filter_map(|(m, go)| match m.target {
+                    Target::Module(id) => Some(ObjectMapping {
+                        start: m.start,
+                        end: m.end,
+                        offset: m.offset,
+                        path: self.modules.get(id).open_path.as_path(),
+                        go: go.as_deref(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            if p.go_tracked {
+                let cgo = mappings
+                    .iter()
+                    .filter(|m| m.go.is_some())
+                    .try_fold(false, |any, m| {
+                        Ok::<_, super::unwind::UnwindTableError>(
+                            any || tables.has_rules(m.path, m.go)?,
+                        )
+                    });
+                match cgo {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Err(e) = tables.add_process(p.pid, &mappings)
                 && result.is_ok()
             {

@@ -24,6 +24,7 @@ use super::{
     ehframe::{self, Cfa, Rbp},
     elf::Elf,
 };
+use crate::go::pclntab::GoTable;
 
 /// Why the tables could not be updated.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,22 @@ pub enum UnwindTableError {
         "the kernel's unwind table is full ({MAX_UNWIND_ROWS} rows): objects mapped from now on are walked by frame pointers only"
     )]
     Full,
+}
+
+/// One executable mapping of a process, for [`UnwindTables::add_process`].
+#[derive(Clone, Copy)]
+pub struct ObjectMapping<'a> {
+    /// First address.
+    pub start: u64,
+    /// Past the last address.
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The file.
+    pub path: &'a Path,
+    /// Its Go function table, if it is a Go binary (rows for its Go code are
+    /// added when it has C parts: see [`crate::go::cgo`]).
+    pub go: Option<&'a GoTable>,
 }
 
 /// An object's rows in `UNWIND_ROWS`.
@@ -96,12 +113,19 @@ impl UnwindTables {
     pub fn add_process(
         &mut self,
         pid: u32,
-        mappings: &[(u64, u64, u64, &Path)],
+        mappings: &[ObjectMapping<'_>],
     ) -> Result<usize, UnwindTableError> {
         let mut entries = Vec::new();
         let mut full = false;
-        for &(start, end, offset, path) in mappings {
-            let placed = match self.place(path) {
+        for &ObjectMapping {
+            start,
+            end,
+            offset,
+            path,
+            go,
+        } in mappings
+        {
+            let placed = match self.place(path, go) {
                 Ok(p) => p,
                 Err(UnwindTableError::Full) => {
                     full = true;
@@ -145,6 +169,15 @@ impl UnwindTables {
         Ok(entries.len())
     }
 
+    /// Does the object at `path` have rules (placing them if not done yet)?
+    pub fn has_rules(
+        &mut self,
+        path: &Path,
+        go: Option<&GoTable>,
+    ) -> Result<bool, UnwindTableError> {
+        Ok(self.place(path, go)?.is_some())
+    }
+
     /// Stops walking `pid` by rules (it exited, or its maps changed).
     pub fn remove_process(&mut self, pid: u32) {
         let _ = self.maps.remove(&pid);
@@ -152,7 +185,11 @@ impl UnwindTables {
 
     /// The object at `path`, placed in `UNWIND_ROWS` (once per file); `None`
     /// if it has no `.eh_frame` rules.
-    fn place(&mut self, path: &Path) -> Result<Option<(Placed, Arc<Elf>)>, UnwindTableError> {
+    fn place(
+        &mut self,
+        path: &Path,
+        go: Option<&GoTable>,
+    ) -> Result<Option<(Placed, Arc<Elf>)>, UnwindTableError> {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
         }
@@ -170,7 +207,14 @@ impl UnwindTables {
             (Some(s), Some(bytes)) => ehframe::rows(bytes, s.addr).unwrap_or_default(),
             _ => Vec::new(),
         };
-        let rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
+        let mut rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
+        // A Go binary with C parts (cgo): rows for the Go side too. A Go
+        // binary without `.eh_frame` keeps its frame-pointer walk.
+        if !rows.is_empty()
+            && let Some(table) = go
+        {
+            rows = merge_ranges(rows, &crate::go::cgo::rows(table));
+        }
         if rows.is_empty() {
             self.placed.insert(path.to_path_buf(), None);
             return Ok(None);
@@ -200,6 +244,53 @@ impl Drop for UnwindTables {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.rows.cast(), len) };
     }
+}
+
+/// `rows` (sorted by PC) with `ranges` (sorted `(start, end, row)` link-time
+/// ranges, e.g. Go functions) laid over them: inside a range its row rules,
+/// after it whatever rule `rows` had there.
+pub fn merge_ranges(rows: Vec<UnwindRow>, ranges: &[(u64, u64, UnwindRow)]) -> Vec<UnwindRow> {
+    let inside = |pc: u64| {
+        let i = ranges.partition_point(|r| r.0 <= pc);
+        i > 0 && pc < ranges[i - 1].1
+    };
+    let rule_at = |pc: u64| {
+        let i = rows.partition_point(|r| u64::from(r.pc) <= pc);
+        i.checked_sub(1).map_or(
+            UnwindRow {
+                pc: 0,
+                cfa_off: 0,
+                cfa_kind: cfa_kind::UNKNOWN,
+                rbp: RBP_UNKNOWN,
+            },
+            |i| rows[i],
+        )
+    };
+    // (pc, priority, row): a range's first row and the original rows come
+    // before the row that resumes the original rule at a range's end.
+    let mut all: Vec<(u32, u8, UnwindRow)> = Vec::with_capacity(rows.len() + 2 * ranges.len());
+    for &(start, end, row) in ranges {
+        let (Ok(s), Ok(e)) = (u32::try_from(start), u32::try_from(end)) else {
+            continue;
+        };
+        all.push((s, 0, UnwindRow { pc: s, ..row }));
+        all.push((
+            e,
+            1,
+            UnwindRow {
+                pc: e,
+                ..rule_at(end)
+            },
+        ));
+    }
+    all.extend(
+        rows.iter()
+            .filter(|r| !inside(u64::from(r.pc)))
+            .map(|&r| (r.pc, 0, r)),
+    );
+    all.sort_by_key(|&(pc, prio, _)| (pc, prio));
+    all.dedup_by_key(|&mut (pc, _, _)| pc);
+    all.into_iter().map(|(_, _, r)| r).collect()
 }
 
 /// The kernel's form of a rule: CFA offsets beyond 16 bits and RBP slots that
@@ -237,6 +328,49 @@ pub fn kernel_row(row: &ehframe::Row) -> UnwindRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(pc: u32, kind: u8, off: i16) -> UnwindRow {
+        UnwindRow {
+            pc,
+            cfa_off: off,
+            cfa_kind: kind,
+            rbp: RBP_SAME,
+        }
+    }
+
+    #[test]
+    fn ranges_laid_over_rows_rule_inside_and_give_back_after() {
+        // C code at 0x100-0x140 and 0x300-0x310; Go functions 0x200-0x240 and
+        // 0x240-0x280 between, and a range over a stray row at 0x2a0.
+        let rows = vec![
+            row(0x100, cfa_kind::RSP, 8),
+            row(0x140, cfa_kind::UNKNOWN, 0),
+            row(0x2a0, cfa_kind::RSP, 16),
+            row(0x300, cfa_kind::RSP, 24),
+            row(0x310, cfa_kind::UNKNOWN, 0),
+        ];
+        let go = row(0, cfa_kind::GO_FRAME_POINTER, 0);
+        let ranges = [(0x200, 0x240, go), (0x240, 0x280, go), (0x290, 0x2b0, go)];
+        let merged: Vec<(u32, u8, i16)> = merge_ranges(rows, &ranges)
+            .iter()
+            .map(|r| (r.pc, r.cfa_kind, r.cfa_off))
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                (0x100, cfa_kind::RSP, 8),
+                (0x140, cfa_kind::UNKNOWN, 0),
+                (0x200, cfa_kind::GO_FRAME_POINTER, 0),
+                (0x240, cfa_kind::GO_FRAME_POINTER, 0),
+                // After a range: the rule the rows had there.
+                (0x280, cfa_kind::UNKNOWN, 0),
+                (0x290, cfa_kind::GO_FRAME_POINTER, 0),
+                (0x2b0, cfa_kind::RSP, 16),
+                (0x300, cfa_kind::RSP, 24),
+                (0x310, cfa_kind::UNKNOWN, 0),
+            ]
+        );
+    }
 
     #[test]
     fn rules_take_their_kernel_form() {
