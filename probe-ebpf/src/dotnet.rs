@@ -46,6 +46,12 @@ pub fn is_managed(tgid: u32) -> bool {
     unsafe { MANAGED_PIDS.get(tgid) }.is_some()
 }
 
+/// Is `ip` in a managed method of `tgid` the collector has described?
+#[inline(always)]
+pub fn is_managed_code(tgid: u32, ip: u64) -> bool {
+    find(tgid, ip).is_some()
+}
+
 #[inline(always)]
 fn read_user(addr: u64) -> Option<u64> {
     // SAFETY: the user-read helper checks the address and fails on a fault.
@@ -201,7 +207,13 @@ fn in_epilog(ip: u64, sp: u64, bp: u64) -> Option<(u64, Option<u64>)> {
 /// and `bp` to its caller's `(ip, sp, bp)`; `None` ends the walk, and `Err(())`
 /// ends it flagged (a leaf in a prolog or epilog that cannot be replayed).
 #[inline(always)]
-fn step(tgid: u32, leaf: bool, ip: u64, sp: u64, bp: u64) -> Result<Option<(u64, u64, u64)>, ()> {
+pub(crate) fn step(
+    tgid: u32,
+    leaf: bool,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+) -> Result<Option<(u64, u64, u64)>, ()> {
     // A return address is the instruction after the call: look up the call.
     let at = if leaf { ip } else { ip - 1 };
     if let Some(e) = find(tgid, at) {

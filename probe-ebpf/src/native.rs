@@ -25,10 +25,10 @@ use aya_log_ebpf::warn;
 use probe_common::{
     Counter, RecordKind,
     native::{
-        FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_NO_UNWIND_INFO,
-        FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES, MAX_UNWIND_MAPPINGS,
-        MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UnwindMappings,
-        UnwindRow, cfa_kind, record_len,
+        FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE,
+        FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES,
+        MAX_UNWIND_MAPPINGS, MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
+        STACK_TOP_WORDS, UnwindMappings, UnwindRow, cfa_kind, record_len,
     },
 };
 
@@ -86,13 +86,14 @@ pub fn sample(ctx: &PerfEventContext) {
     // The user registers, read once: the .NET walk, the goroutine and the
     // stack-top words all start from them.
     let regs = user_regs(ctx, in_user);
-    let user_frames = if crate::dotnet::is_managed(tgid) {
+    let user_frames = if has_unwind_rules(tgid) {
+        // Native code without frame pointers: its objects' .eh_frame rules;
+        // JIT code in between by the collector's table of its methods' frames.
+        // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
+        unwind_by_rules(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
+    } else if crate::dotnet::is_managed(tgid) {
         // JIT code: walked with the collector's table of frameless methods.
         crate::dotnet::unwind_user(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
-    } else if has_unwind_rules(tgid) {
-        // Native code without frame pointers: its objects' .eh_frame rules.
-        // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
-        unwind_by_rules(tgid, regs, kernel_frames, &mut flags)
     } else {
         // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
         // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
@@ -292,7 +293,13 @@ pub fn has_unwind_rules(tgid: u32) -> bool {
 /// scratch `ips[first..]`, leaf first, falling back to the frame pointer where there is
 /// no rule; returns the number of frames and sets `FLAG_USER_*` bits.
 #[inline(always)]
-pub fn unwind_by_rules(tgid: u32, regs: Option<UserRegs>, first: usize, flags: &mut u32) -> usize {
+pub fn unwind_by_rules(
+    tgid: u32,
+    regs: Option<UserRegs>,
+    ips: &mut [u64; 2 * MAX_FRAMES],
+    first: usize,
+    flags: &mut u32,
+) -> usize {
     count(Counter::NativeUnwinds);
     let Some(r) = regs else {
         *flags |= FLAG_USER_STACK_ERROR;
@@ -302,6 +309,7 @@ pub fn unwind_by_rules(tgid: u32, regs: Option<UserRegs>, first: usize, flags: &
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
+    let managed = crate::dotnet::is_managed(tgid);
     let mut walk = RuleWalk {
         ip: r.ip,
         sp: r.sp,
@@ -310,7 +318,29 @@ pub fn unwind_by_rules(tgid: u32, regs: Option<UserRegs>, first: usize, flags: &
         next: first as u32,
         frames: 0,
         end: 0,
+        managed: u32::from(managed),
     };
+    // A managed leaf may be in its prolog or epilog, which the .NET walk's
+    // leaf step knows; the loop below steps from callers only.
+    if managed && crate::dotnet::is_managed_code(tgid, r.ip) {
+        count(Counter::ManagedUnwinds);
+        ips[first] = r.ip;
+        match crate::dotnet::step(tgid, true, r.ip, r.sp, r.bp) {
+            Ok(Some((ip, sp, bp))) => {
+                walk.ip = ip;
+                walk.sp = sp;
+                walk.bp = bp;
+                walk.next += 1;
+                walk.frames = 1;
+            }
+            Ok(None) => return 1,
+            Err(()) => {
+                *flags |= FLAG_USER_LEAF_EDGE;
+                count(Counter::ManagedLeafEdge);
+                return 1;
+            }
+        }
+    }
     // SAFETY: `rule_step` has the callback signature bpf_loop expects, and
     // `walk` lives on this stack frame for the whole loop.
     unsafe {
@@ -350,6 +380,8 @@ struct RuleWalk {
     frames: u32,
     /// Why the walk ended (0: the frame limit).
     end: u32,
+    /// 1 in a .NET process: code without rules may be JIT code.
+    managed: u32,
 }
 
 /// Records `ip` and steps to its caller. Returns 1 to stop.
@@ -442,12 +474,33 @@ extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
             // it points up the stack. Go code keeps frame pointers, and its
             // frame records may be on another stack.
             let go = kind == Some(cfa_kind::GO_FRAME_POINTER);
-            if go && w.bp == 0 {
-                // Go zeroes RBP at a goroutine's and a thread's first frame.
+            if !go && w.managed != 0 {
+                // JIT code by its method's frame, else the frame pointer.
+                return match crate::dotnet::step(w.tgid, false, w.ip, w.sp, w.bp) {
+                    Ok(Some((ip, sp, bp))) => {
+                        w.ip = ip;
+                        w.sp = sp;
+                        w.bp = bp;
+                        if ip == 0 {
+                            w.end = END_COMPLETE;
+                            return 1;
+                        }
+                        0
+                    }
+                    _ => {
+                        w.end = if w.bp == 0 { END_COMPLETE } else { END_NO_RULE };
+                        1
+                    }
+                };
+            }
+            if w.bp == 0 {
+                // The outermost frame: the x86-64 psABI has the first frame
+                // (`_start`, a thread's start) zero RBP, and Go zeroes it at a
+                // goroutine's and a thread's first frame.
                 w.end = END_COMPLETE;
                 return 1;
             }
-            if w.bp == 0 || (!go && (w.bp <= w.sp || w.bp - w.sp > (1 << 20))) {
+            if !go && (w.bp <= w.sp || w.bp - w.sp > (1 << 20)) {
                 w.end = END_NO_RULE;
                 return 1;
             }

@@ -192,6 +192,9 @@ pub enum GoBuild {
     Stripped,
     /// `go build -buildmode=pie`.
     Pie,
+    /// `go build -buildmode=c-shared`: a shared library (`lib<name>.so`) with
+    /// the package's `//export`ed functions, for C or .NET to call.
+    CShared,
 }
 
 impl GoBuild {
@@ -254,12 +257,17 @@ impl Go {
             GoBuild::Normal => "normal",
             GoBuild::Stripped => "stripped",
             GoBuild::Pie => "pie",
+            GoBuild::CShared => "c-shared",
         };
         let out_dir = target_dir()
             .join("fixtures/go")
             .join(format!("{}-{mode}", self.version()));
         std::fs::create_dir_all(&out_dir).expect("create target/fixtures/go");
-        let out = out_dir.join(name);
+        let out = out_dir.join(if build == GoBuild::CShared {
+            format!("lib{name}.so")
+        } else {
+            name.to_owned()
+        });
         let mut cmd = Command::new(self.go());
         cmd.arg("build").arg("-o").arg(&out);
         match build {
@@ -269,6 +277,9 @@ impl Go {
             }
             GoBuild::Pie => {
                 cmd.arg("-buildmode=pie");
+            }
+            GoBuild::CShared => {
+                cmd.arg("-buildmode=c-shared");
             }
         }
         cmd.arg(&src)

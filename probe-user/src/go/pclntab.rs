@@ -168,6 +168,41 @@ const PCDATA_INL_TREE_INDEX: usize = 2;
 const FUNCDATA_INL_TREE: usize = 3;
 const MODULEDATA_TEXT: u64 = 176;
 
+/// A Go shared library (`-buildmode=c-shared`) has no `.gopclntab` section:
+/// the linker merges the table into `.data.rel.ro`. A Go library is one with
+/// `.go.buildinfo`; the table is where its header is (`runtime.pclntab`), found
+/// by its magic and checked by its offsets. The "section" returned runs from
+/// there to the end of `.data.rel.ro`.
+fn shared_library_table(elf: &Elf, file: &[u8]) -> Option<crate::native::elf::Section> {
+    elf.section(".go.buildinfo")?;
+    let data = elf.section(".data.rel.ro")?;
+    let bytes = elf.section_data(file, ".data.rel.ro")?;
+    let plausible = |at: usize| -> bool {
+        let word = |i: usize| u64_at(bytes, at + 8 + 8 * i);
+        let rest = (bytes.len() - at) as u64;
+        // nfunc, then the offsets of funcnametab, cutab, filetab, pctab and
+        // pclntable, in order and inside the rest of the section.
+        let offsets: Option<Vec<u64>> = (3..8).map(word).collect();
+        matches!(word(0), Some(n) if n > 0 && n < 1 << 24)
+            && offsets.is_some_and(|o| o.windows(2).all(|w| w[0] <= w[1]) && o[4] < rest)
+    };
+    let at = (0..bytes.len().saturating_sub(64)).step_by(8).find(|&at| {
+        let magic = u32_at(bytes, at);
+        matches!(magic, Some(MAGIC_118 | MAGIC_120))
+            && bytes[at + 4..at + 6] == [0, 0]
+            && matches!(bytes[at + 6], 1 | 2 | 4)
+            && bytes[at + 7] == 8
+            && plausible(at)
+    })?;
+    Some(crate::native::elf::Section {
+        addr: data.addr + at as u64,
+        offset: data.offset + at as u64,
+        size: data.size - at as u64,
+        nobits: false,
+        compressed: false,
+    })
+}
+
 impl GoTable {
     /// Reads the table of the Go binary `file`; `Ok(None)` if it is not Go.
     pub fn parse(file: Vec<u8>) -> Result<Option<Self>, PclnError> {
@@ -177,6 +212,7 @@ impl GoTable {
         let Some(section) = elf
             .section(".gopclntab")
             .or_else(|| elf.section(".data.rel.ro.gopclntab"))
+            .or_else(|| shared_library_table(&elf, &file))
         else {
             return Ok(None);
         };

@@ -53,6 +53,37 @@ fn u64_at(d: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The file offset of an executable's entry point (`e_entry`, `_start`), read
+/// from the start of the file (its ELF and program headers); `None` for a file
+/// that is not an executable (a shared library has no interpreter).
+pub fn entry_file_offset(head: &[u8]) -> Option<u64> {
+    if head.get(..4)? != b"\x7fELF" || head.get(4)? != &2 || head.get(5)? != &1 {
+        return None;
+    }
+    let (kind, entry) = (u16_at(head, 0x10)?, u64_at(head, 0x18)?);
+    let phoff = u64_at(head, 0x20)? as usize;
+    let (phentsize, phnum) = (
+        usize::from(u16_at(head, 0x36)?),
+        usize::from(u16_at(head, 0x38)?),
+    );
+    let headers = (0..phnum).map(|i| phoff + i * phentsize);
+    // ET_EXEC, or ET_DYN with an interpreter (PIE).
+    let executable = kind == 2 || headers.clone().any(|p| u32_at(head, p) == Some(3));
+    if !executable || entry == 0 {
+        return None;
+    }
+    headers
+        .filter(|&p| u32_at(head, p) == Some(1))
+        .find_map(|p| {
+            let (offset, vaddr, filesz) = (
+                u64_at(head, p + 8)?,
+                u64_at(head, p + 16)?,
+                u64_at(head, p + 32)?,
+            );
+            (vaddr <= entry && entry < vaddr + filesz).then(|| entry - vaddr + offset)
+        })
+}
+
 impl Elf {
     /// Reads the headers of `d`; `None` if it is not a little-endian ELF64 file.
     pub fn parse(d: &[u8]) -> Option<Self> {
@@ -182,5 +213,25 @@ impl Elf {
             .iter()
             .find(|&(_, &v)| v == value)
             .map(|(&at, _)| at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_executables_entry_is_its_start_code() {
+        let head = std::fs::read("/proc/self/exe").unwrap();
+        let entry = entry_file_offset(&head).unwrap() as usize;
+        // `_start`: (endbr64,) xor %ebp,%ebp.
+        let code = &head[entry..entry + 6];
+        assert!(
+            code.starts_with(&[0x31, 0xed]) || code[4..] == [0x31, 0xed],
+            "{code:x?}"
+        );
+        // A library (no interpreter) has no entry of its own.
+        let lib = std::fs::read("/lib/x86_64-linux-gnu/libm.so.6").unwrap();
+        assert_eq!(entry_file_offset(&lib), None);
     }
 }

@@ -403,7 +403,7 @@ impl ProcessTable {
     ) -> Result<(), super::unwind::UnwindTableError> {
         let mut result = Ok(());
         for p in self.procs.values_mut() {
-            if p.unwind_checked || !p.go_checked || p.dotnet.is_some() || p.pid == 0 {
+            if p.unwind_checked || !p.go_checked || p.pid == 0 {
                 continue;
             }
             p.unwind_checked = true;

@@ -53,10 +53,22 @@ impl NativeSymbols {
     /// file that is not ELF, or cannot be read, yields all `None`.
     pub fn elf(&self, path: &Path, offsets: &[u64]) -> Vec<Option<String>> {
         let src = Source::Elf(Elf::new(path));
-        names(
+        let mut names = names(
             self.symbolizer.symbolize(&src, Input::FileOffset(offsets)),
             offsets.len(),
-        )
+        );
+        // A stripped executable's entry point is still `_start` (its ELF
+        // header says where): the root of its main thread's stack.
+        if names.iter().any(Option::is_none)
+            && let Some(entry) = entry_of(path)
+        {
+            for (name, &off) in names.iter_mut().zip(offsets) {
+                if name.is_none() && (entry..entry + START_LEN).contains(&off) {
+                    *name = Some("_start".to_owned());
+                }
+            }
+        }
+        names
     }
 
     /// Names for kernel addresses, from `/proc/kallsyms`.
@@ -72,6 +84,19 @@ impl NativeSymbols {
             addrs.len(),
         )
     }
+}
+
+/// The length of `_start` assumed where no symbol says: glibc's x86-64
+/// `_start` (crt1.o) is 0x26 bytes, its call to `__libc_start_main` ends at
+/// +0x22; musl's and Go-free C runtimes' are shorter.
+const START_LEN: u64 = 0x30;
+
+/// The file offset of `path`'s entry point, if it is an executable.
+fn entry_of(path: &Path) -> Option<u64> {
+    use std::io::Read as _;
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    super::elf::entry_file_offset(&head[..n])
 }
 
 fn names(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Option<String>> {
