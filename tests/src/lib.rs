@@ -192,6 +192,9 @@ pub enum GoBuild {
     Stripped,
     /// `go build -buildmode=pie`.
     Pie,
+    /// `go build` with cgo on (`CGO_ENABLED=1`, needs a C compiler): for
+    /// fixtures with C code. Not in [`GoBuild::ALL`].
+    Cgo,
 }
 
 impl GoBuild {
@@ -244,6 +247,7 @@ impl Go {
             GoBuild::Normal => "normal",
             GoBuild::Stripped => "stripped",
             GoBuild::Pie => "pie",
+            GoBuild::Cgo => "cgo",
         };
         let out_dir = target_dir()
             .join("fixtures/go")
@@ -260,6 +264,7 @@ impl Go {
             GoBuild::Pie => {
                 cmd.arg("-buildmode=pie");
             }
+            GoBuild::Cgo => {}
         }
         cmd.arg(&src)
             .env(
@@ -269,7 +274,7 @@ impl Go {
             .env("GOPATH", target_dir().join("go-path"))
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "-buildvcs=false")
-            .env("CGO_ENABLED", "0");
+            .env("CGO_ENABLED", if build == GoBuild::Cgo { "1" } else { "0" });
         let out_put = cmd.output().unwrap_or_else(|e| {
             panic!(
                 "run {} (cargo xtask bootstrap installs it): {e}",
