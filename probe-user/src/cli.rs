@@ -120,6 +120,18 @@ pub struct RecordArgs {
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
 
+    /// After the recording, print on stdout a table of calls across runtimes
+    /// (where a stack crosses with `[cgo]` or `[P/Invoke]`) with their samples,
+    /// most first: `Prog::Main (managed) -> main.AddInts (Go)`. The caller is the
+    /// last frame before the crossing and the callee the first after it, glue
+    /// (`runtime.cgocall`, IL stubs) skipped; a sample counts once per distinct
+    /// edge in its stack. The folded stacks, SVG and summary.json (which always
+    /// lists the edges as `transitions`) are still written, and the usual final
+    /// line still goes to stderr, so stdout holds the table alone:
+    /// crossprof record --only-transitions -- ./app > edges.txt.
+    #[arg(long)]
+    pub only_transitions: bool,
+
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.
     #[arg(short, long)]

@@ -2,15 +2,30 @@
 //! FlameGraph tools share: one line per stack, `root;frame;...;leaf COUNT`.
 //!
 //! crossprof's root is the process name; user frames follow outermost first, then
-//! kernel frames, each annotated `_[k]` (inferno colours them as kernel code);
-//! managed .NET frames are annotated `_[j]` (JIT code); calls a compiler inlined
-//! are frames of their own, annotated `_[i]`.
+//! kernel frames. Frames carry the annotations inferno's palettes know (inferno
+//! 0.12 knows `_[k]`, `_[j]` and `_[i]`, and strips them from the label):
+//! - kernel frames `_[k]`;
+//! - managed .NET frames (JIT code, named ReadyToRun code) `_[j]`;
+//! - calls a compiler inlined are frames of their own, `_[i]`.
+//!
+//! Go, native and transition frames are not annotated: inferno has no
+//! annotation for them, and one of its own would show in every label. Their
+//! kind travels beside the lines instead ([`Folded::kinds`], see
+//! [`crate::kinds`]) for the SVG's colours. Where a stack crosses runtimes a
+//! marker frame is inserted right before the callee, `[cgo]` (Go <-> native) or
+//! `[P/Invoke]` (.NET -> native), so a folded file shows its crossings too (rules
+//! in [`crate::kinds`]).
+//!
 //! Stacks that name the same way are merged, so processes of one program add up.
 
-use std::{collections::BTreeMap, io};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+};
 
 use crate::{
     aggregate::StackKey,
+    kinds::{Classifier, Crossing, Edge, FrameKind, count_edges},
     native::process::ProcessTable,
     symbolize::{FrameRef, INLINE_SEPARATOR, Marker, Names, sanitize},
 };
@@ -20,36 +35,64 @@ pub const KERNEL_SUFFIX: &str = "_[k]";
 /// inferno's annotation for JIT-compiled (managed) frames.
 pub const JIT_SUFFIX: &str = "_[j]";
 
-/// Folded lines (without counts) and their counts, sorted.
-pub type Folded = BTreeMap<String, u64>;
+/// Folded stacks and what folding learnt about their frames.
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// Folded lines (without counts) and their counts, sorted.
+    pub stacks: BTreeMap<String, u64>,
+    /// The kind of each frame text the lines hold (`None`: not code, e.g. the
+    /// process root or a goroutine level). A text shown by frames of two kinds
+    /// keeps the first kind seen.
+    pub kinds: HashMap<String, Option<FrameKind>>,
+    /// Calls from one runtime into another, most samples first.
+    pub edges: Vec<Edge>,
+}
 
-/// Names every stack and merges those that read the same.
+impl Folded {
+    /// Notes that `text` is a frame of kind `kind`.
+    fn note(&mut self, text: &str, kind: Option<FrameKind>) {
+        match self.kinds.get_mut(text) {
+            Some(known) => {
+                if known.is_none() {
+                    *known = kind;
+                }
+            }
+            None => {
+                self.kinds.insert(text.to_owned(), kind);
+            }
+        }
+    }
+}
+
+/// Names every stack, marks where it crosses runtimes, and merges those that
+/// read the same.
 pub fn fold<'a>(
     stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
     process_name: impl Fn(u32) -> String,
     names: &Names,
     procs: &ProcessTable,
 ) -> Folded {
-    let mut folded = Folded::new();
+    let mut folded = Folded::default();
+    let mut classifier = Classifier::new(names, procs);
+    let mut crossings: Vec<(Vec<Crossing>, u64)> = Vec::new();
     for (key, count) in stacks {
         let mut line = sanitize(&process_name(key.pid)).into_owned();
         if line.is_empty() {
             line.push_str("[unknown]");
         }
-        for &frame in key.frames.iter() {
+        folded.note(&line, None);
+        let shown = classifier.show(&key.frames);
+        for frame in &shown.frames {
             line.push(';');
-            // One address may stand for several frames (calls inlined into it).
-            for c in names.display(frame, procs).chars() {
-                line.push(if c == INLINE_SEPARATOR { ';' } else { c });
-            }
-            if frame.is_kernel() {
-                line.push_str(KERNEL_SUFFIX);
-            } else if frame.is_managed() || is_named_assembly_code(frame, names, procs) {
-                line.push_str(JIT_SUFFIX);
-            }
+            line.push_str(&frame.text);
+            folded.note(&frame.text, frame.kind);
         }
-        *folded.entry(line).or_insert(0) += count;
+        *folded.stacks.entry(line).or_insert(0) += count;
+        if !shown.crossings.is_empty() {
+            crossings.push((shown.crossings, count));
+        }
     }
+    folded.edges = count_edges(crossings.iter().map(|(c, n)| (c.as_slice(), *n)));
     folded
 }
 
@@ -57,7 +100,7 @@ pub fn fold<'a>(
 /// thread's (`clone3`/`clone`, glibc's `start_thread` above them), Go's
 /// goroutines and threads (`runtime.goexit`, `runtime.mstart*`,
 /// `runtime.rt0_go`).
-fn is_root(name: &str) -> bool {
+pub(crate) fn is_root(name: &str) -> bool {
     matches!(
         name,
         "_start"
@@ -103,15 +146,9 @@ pub fn completeness<'a>(
     out
 }
 
-/// ReadyToRun code named from its assembly: managed code like JIT code.
-fn is_named_assembly_code(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
-    matches!(frame, FrameRef::Elf { module, .. }
-        if procs.modules.get(module).is_assembly() && names.has(frame))
-}
-
 /// Writes `folded` as text, one `stack COUNT` line each.
 pub fn write_folded(folded: &Folded, out: &mut impl io::Write) -> io::Result<()> {
-    for (stack, count) in folded {
+    for (stack, count) in &folded.stacks {
         writeln!(out, "{stack} {count}")?;
     }
     Ok(())
@@ -119,7 +156,11 @@ pub fn write_folded(folded: &Folded, out: &mut impl io::Write) -> io::Result<()>
 
 /// The lines as inferno reads them.
 pub fn lines(folded: &Folded) -> Vec<String> {
-    folded.iter().map(|(s, n)| format!("{s} {n}")).collect()
+    folded
+        .stacks
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,6 +170,76 @@ mod tests {
         aggregate::Aggregator,
         symbolize::{FrameRef, Marker},
     };
+
+    #[test]
+    fn a_cgo_call_is_marked_once_right_before_the_c_code() {
+        let functions = [
+            "main.main",
+            "main.inner",
+            "main._Cfunc_cfunc",
+            "runtime.cgocall",
+            "runtime.asmcgocall",
+            "cfunc",
+            "cspin",
+        ];
+        let (bin, offsets) = crate::kinds::cgo_fixture(&functions);
+        let mut procs = ProcessTable::default();
+        let module = procs.modules.add_file(&bin);
+        let table = procs.modules.go_table(module).unwrap();
+        let frames: Vec<FrameRef> = offsets
+            .iter()
+            .map(|&offset| FrameRef::Elf { module, offset })
+            .collect();
+        // Named as the symbolizer thread names them.
+        let mut names = Names::default();
+        let found = crate::symbolize::elf_names(
+            Some(&table),
+            &crate::native::symbols::NativeSymbols::new(&[]),
+            &bin,
+            &offsets,
+        );
+        for (&f, name) in frames.iter().zip(found) {
+            names.insert(f, name);
+        }
+        let mut agg = Aggregator::default();
+        agg.add(1, frames.clone());
+        agg.add(2, frames[..2].to_vec()); // pure Go: no marker
+        let folded = fold(agg.stacks(), |_| "cgo".into(), &names, &procs);
+        let shown: Vec<String> = frames
+            .iter()
+            .map(|&f| names.display(f, &procs).into_owned())
+            .collect();
+        assert_eq!(shown[5], "cfunc", "C code named from the ELF symbols");
+        let crossing = format!(
+            "cgo;{};[cgo];{}",
+            shown[..5].join(";"),
+            shown[5..].join(";")
+        );
+        let plain = format!("cgo;{}", shown[..2].join(";"));
+        assert_eq!(
+            folded.stacks,
+            BTreeMap::from([(crossing, 1), (plain, 1)]),
+            "{shown:?}"
+        );
+        let kind = |text: &str| folded.kinds[text];
+        assert_eq!(kind("cgo"), None);
+        assert_eq!(kind(&shown[1]), Some(FrameKind::Go));
+        assert_eq!(kind(&shown[2]), Some(FrameKind::Transition));
+        assert_eq!(kind(&shown[3]), Some(FrameKind::Transition));
+        assert_eq!(kind("[cgo]"), Some(FrameKind::Transition));
+        assert_eq!(kind("cfunc"), Some(FrameKind::Native));
+        assert_eq!(kind("cspin"), Some(FrameKind::Native));
+        assert_eq!(
+            folded.edges,
+            [Edge {
+                caller: "main.inner".into(),
+                callee: "cfunc".into(),
+                caller_kind: FrameKind::Go,
+                callee_kind: FrameKind::Native,
+                samples: 1,
+            }]
+        );
+    }
 
     #[test]
     fn lines_are_root_first_with_kernel_frames_annotated_and_merged() {

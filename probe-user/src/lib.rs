@@ -12,7 +12,9 @@
 //! [`record`] drives it. Runtime-specific code lives in one module per runtime,
 //! mirrored in `probe-common` and `probe-ebpf`: [`native`], [`dotnet`] (names from
 //! the runtime's maps and assemblies, its stack walk, GC events) and [`go`]
-//! (names from `.gopclntab`) so far.
+//! (names from `.gopclntab`) so far. [`kinds`] says whose code each frame is
+//! (kernel, managed .NET, Go, native, or glue between runtimes) and where a
+//! stack crosses runtimes: fold marks the crossings, render colours by kind.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -22,6 +24,7 @@ pub mod dotnet;
 pub mod error;
 pub mod fold;
 pub mod go;
+pub mod kinds;
 pub mod native;
 pub mod preflight;
 pub mod record;

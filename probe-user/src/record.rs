@@ -807,6 +807,7 @@ async fn run(
             run_count,
             run_time_ns,
         }),
+        transitions: folded.edges.clone(),
         stop_to_svg_ms: stop_to_svg.as_secs_f64() * 1e3,
         command_exit_status,
         notes,
@@ -816,6 +817,14 @@ async fn run(
         writeln!(w)
     })?;
 
+    if args.only_transitions {
+        crate::kinds::write_edges(&summary.transitions, &mut std::io::stdout().lock()).map_err(
+            |source| Error::Write {
+                path: "stdout".into(),
+                source,
+            },
+        )?;
+    }
     eprintln!(
         "crossprof: {} samples ({} lost) from {} process{} in {:.1} s at {} Hz -> {}",
         summary.samples,

@@ -39,6 +39,10 @@ pub struct Summary {
     /// The goroutine-state uprobe programs' cost (`--go-states`), likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_state_probes: Option<KernelProgramStats>,
+    /// Calls from one runtime into another (`[cgo]`, `[P/Invoke]` crossings),
+    /// most samples first; empty when none was sampled. A sample counts once
+    /// per distinct edge in its stack.
+    pub transitions: Vec<crate::kinds::Edge>,
     /// From the stop to a finished SVG.
     pub stop_to_svg_ms: f64,
     /// The command's exit status, if crossprof started one (128+N for signal N).

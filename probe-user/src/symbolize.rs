@@ -9,7 +9,7 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, mpsc},
     thread::JoinHandle,
 };
@@ -50,6 +50,12 @@ pub enum Marker {
     /// A native frame with no `.eh_frame` rule and no usable frame pointer:
     /// the walk stopped there.
     NoUnwindInfo,
+    /// Inserted by [`crate::fold`] where Go code calls native code or native
+    /// code calls Go (see [`crate::kinds`]).
+    Cgo,
+    /// Inserted by [`crate::fold`] where managed .NET code calls native code
+    /// that is not the .NET runtime itself (see [`crate::kinds`]).
+    PInvoke,
 }
 
 impl Marker {
@@ -65,6 +71,8 @@ impl Marker {
             Marker::Gc => "[gc]",
             Marker::LeafEdge => "[truncated: leaf in a managed prolog or epilog]",
             Marker::NoUnwindInfo => "[truncated: no unwind info]",
+            Marker::Cgo => "[cgo]",
+            Marker::PInvoke => "[P/Invoke]",
         }
     }
 }
@@ -143,7 +151,8 @@ impl Names {
         }
     }
 
-    fn insert(&mut self, frame: FrameRef, name: Option<String>) {
+    /// Records `frame`'s name (`None`: no symbol covered it).
+    pub(crate) fn insert(&mut self, frame: FrameRef, name: Option<String>) {
         match name {
             Some(name) if !name.is_empty() => {
                 self.names.insert(frame, sanitize(&name).into());
@@ -219,6 +228,35 @@ fn go_name(table: &GoTable, offset: u64) -> Option<String> {
     Some(name)
 }
 
+/// Names of file offsets `offsets` of the ELF file at `path`. A Go binary
+/// (`go` is its table) is named from its own table, stripped or not, inlined
+/// calls included; what the table does not cover, the C functions linked into
+/// a binary built with cgo, from the ELF symbols like any other file.
+pub(crate) fn elf_names(
+    go: Option<&GoTable>,
+    native: &NativeSymbols,
+    path: &Path,
+    offsets: &[u64],
+) -> Vec<Option<String>> {
+    let Some(table) = go else {
+        return native.elf(path, offsets);
+    };
+    let mut names: Vec<Option<String>> = offsets.iter().map(|&o| go_name(table, o)).collect();
+    let outside: Vec<u64> = offsets
+        .iter()
+        .zip(&names)
+        .filter(|(_, name)| name.is_none())
+        .map(|(&o, _)| o)
+        .collect();
+    if !outside.is_empty() {
+        let mut found = native.elf(path, &outside).into_iter();
+        for name in names.iter_mut().filter(|n| n.is_none()) {
+            *name = found.next().flatten();
+        }
+    }
+    names
+}
+
 /// The symbolizer thread and the names it has sent back.
 pub struct SymbolizerThread {
     jobs: Option<mpsc::Sender<Job>>,
@@ -250,14 +288,8 @@ impl SymbolizerThread {
                             path,
                             offsets,
                         } => {
-                            // A Go binary is named from its own table, stripped
-                            // or not, inlined calls included.
-                            let names = match go.get(&path) {
-                                Some(table) => {
-                                    offsets.iter().map(|&o| go_name(&table, o)).collect()
-                                }
-                                None => native.elf(&path, &offsets),
-                            };
+                            let names =
+                                elf_names(go.get(&path).as_deref(), &native, &path, &offsets);
                             offsets
                                 .into_iter()
                                 .map(|offset| FrameRef::Elf { module, offset })
@@ -376,6 +408,19 @@ mod tests {
     fn sanitize_keeps_the_folded_syntax_intact() {
         assert_eq!(sanitize("plain"), "plain");
         assert_eq!(sanitize("a;b\nc"), "a:b c");
+    }
+
+    #[test]
+    fn c_code_of_a_go_binary_built_with_cgo_is_named_from_its_elf_symbols() {
+        let names = ["main.inner", "runtime.cgocall", "cfunc", "cspin"];
+        let (bin, offsets) = crate::kinds::cgo_fixture(&names);
+        let table = GoTable::parse(std::fs::read(&bin).unwrap())
+            .unwrap()
+            .unwrap();
+        let got = elf_names(Some(&table), &NativeSymbols::new(&[]), &bin, &offsets);
+        assert_eq!(got, names.map(|n| Some(n.to_owned())));
+        // Its Go table alone leaves the C functions unnamed.
+        assert_eq!(go_name(&table, offsets[2]), None);
     }
 
     #[test]

@@ -243,16 +243,19 @@ impl Go {
     /// cache makes a rebuild cheap) and returns it.
     ///
     /// A fixture that is a folder (`tests/fixtures/go/<name>/`, a module with
-    /// its own `go.mod`) is a cgo program: built there with `CGO_ENABLED=1`
-    /// (gcc compiles its C files; the C linker links it).
+    /// its own `go.mod`), or a file that imports "C", is a cgo program: built
+    /// with `CGO_ENABLED=1` (gcc compiles its C code; the C linker links it).
     pub fn fixture(self, name: &str, build: GoBuild) -> PathBuf {
         let dir = workspace_root().join(format!("tests/fixtures/go/{name}"));
-        let cgo = dir.is_dir();
-        let src = if cgo {
+        let package = dir.is_dir();
+        let src = if package {
             PathBuf::from(".")
         } else {
             workspace_root().join(format!("tests/fixtures/go/{name}.go"))
         };
+        // A single file with C in its preamble is a cgo program too.
+        let cgo = package
+            || std::fs::read_to_string(&src).is_ok_and(|text| text.contains("\nimport \"C\"\n"));
         let mode = match build {
             GoBuild::Normal => "normal",
             GoBuild::Stripped => "stripped",
@@ -291,7 +294,7 @@ impl Go {
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "-buildvcs=false")
             .env("CGO_ENABLED", if cgo { "1" } else { "0" });
-        if cgo {
+        if package {
             cmd.current_dir(&dir);
         }
         let out_put = cmd.output().unwrap_or_else(|e| {

@@ -306,6 +306,12 @@ impl GoTable {
         self.elf.vaddr(off)
     }
 
+    /// Is `pc` in a Go function? In a binary built with cgo, the C functions
+    /// linked in (outside `runtime.text`..`runtime.etext`) are not.
+    pub fn covers(&self, pc: u64) -> bool {
+        self.func(pc).is_some()
+    }
+
     /// The `_func` holding `pc`: its file offset and entry PC.
     fn func(&self, pc: u64) -> Option<(usize, u64)> {
         let rel = u32::try_from(pc.checked_sub(self.text_start)?).ok()?;

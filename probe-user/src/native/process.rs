@@ -106,6 +106,23 @@ impl ModuleTable {
         id
     }
 
+    /// The module of the file at `path`, for tests that classify or name
+    /// frames of a file no process maps.
+    #[cfg(test)]
+    pub(crate) fn add_file(&mut self, path: &Path) -> ModuleId {
+        let id = ModuleId(self.modules.len() as u32);
+        self.modules.push(Module {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            open_path: path.to_path_buf(),
+            _handle: None,
+        });
+        id
+    }
+
     /// The module behind `id`.
     pub fn get(&self, id: ModuleId) -> &Module {
         &self.modules[id.0 as usize]

@@ -53,10 +53,20 @@ impl NativeSymbols {
     /// file that is not ELF, or cannot be read, yields all `None`.
     pub fn elf(&self, path: &Path, offsets: &[u64]) -> Vec<Option<String>> {
         let src = Source::Elf(Elf::new(path));
-        let mut names = names(
-            self.symbolizer.symbolize(&src, Input::FileOffset(offsets)),
-            offsets.len(),
-        );
+        let result = match self.symbolizer.symbolize(&src, Input::FileOffset(offsets)) {
+            Ok(syms) => Ok(syms),
+            // DWARF blazesym cannot read here (zlib-compressed sections, as
+            // the Go linker writes them: this build has no zlib): the symbol
+            // tables still name every function.
+            Err(e) => {
+                log::debug!("{}: {e}; named from its symbol tables", path.display());
+                let mut elf = Elf::new(path);
+                elf.debug_syms = false;
+                self.symbolizer
+                    .symbolize(&Source::Elf(elf), Input::FileOffset(offsets))
+            }
+        };
+        let mut names = names(result, offsets.len());
         // A stripped executable's entry point is still `_start` (its ELF
         // header says where): the root of its main thread's stack.
         if names.iter().any(Option::is_none)
