@@ -25,6 +25,8 @@ pub enum RecordKind {
     CpuSample = 1,
     /// A [`go::GoroutineEnd`]: a tracked goroutine ended.
     GoroutineEnd = 2,
+    /// A [`native::MapsChanged`]: a process mapped new code.
+    MapsChanged = 3,
 }
 
 impl RecordKind {
@@ -33,6 +35,7 @@ impl RecordKind {
         match tag {
             1 => Some(Self::CpuSample),
             2 => Some(Self::GoroutineEnd),
+            3 => Some(Self::MapsChanged),
             _ => None,
         }
     }
@@ -79,6 +82,11 @@ pub mod names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// `UNWIND_MAPS`: per process, its mappings with rows.
     pub const UNWIND_MAPS: &str = "UNWIND_MAPS";
+    /// The tracepoint programs at the entry and exit of `mmap` (see
+    /// [`crate::native::MapsChanged`]).
+    pub const MMAP_ENTER_PROG: &str = "mmap_enter";
+    /// See [`MMAP_ENTER_PROG`].
+    pub const MMAP_EXIT_PROG: &str = "mmap_exit";
     /// `GOROUTINES`: per-goroutine time per status (see [`crate::go::Goroutine`]).
     pub const GOROUTINES: &str = "GOROUTINES";
     /// The uprobe on `runtime.casgstatus`.

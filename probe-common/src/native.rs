@@ -194,3 +194,21 @@ unsafe impl aya::Pod for UnwindRow {}
 #[cfg(feature = "user")]
 // SAFETY: plain old data, no implicit padding.
 unsafe impl aya::Pod for UnwindMappings {}
+
+/// A ring-buffer record (`RecordKind::MapsChanged`): a process whose stacks
+/// are walked by rules (or a .NET process) mapped a file's code (`mmap` with
+/// `PROT_EXEC` returned; `dlopen` does this), so the collector reads its maps
+/// and gives the kernel the new object's rules now rather than when a sample
+/// first lands there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MapsChanged {
+    /// `RecordKind::MapsChanged`.
+    pub kind: u32,
+    /// The process.
+    pub pid: u32,
+}
+const _: () = assert!(core::mem::size_of::<MapsChanged>() == 8);
+
+/// Threads in an `mmap` of code, between the tracepoints at its entry and exit.
+pub const MAX_MMAP_THREADS: u32 = 1024;

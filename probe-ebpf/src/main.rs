@@ -14,9 +14,9 @@ mod go;
 mod native;
 
 use aya_ebpf::{
-    macros::{map, perf_event},
+    macros::{map, perf_event, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::PerfEventContext,
+    programs::{PerfEventContext, TracePointContext},
 };
 use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_TARGETS, native::SampleScratch,
@@ -75,6 +75,20 @@ fn count(counter: Counter) -> u64 {
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     native::sample(&ctx);
+    0
+}
+
+/// `syscalls:sys_enter_mmap`: notes a thread mapping a file's code.
+#[tracepoint]
+pub fn mmap_enter(ctx: TracePointContext) -> u32 {
+    native::mmap_enter(&ctx);
+    0
+}
+
+/// `syscalls:sys_exit_mmap`: tells the collector the mapping is there.
+#[tracepoint]
+pub fn mmap_exit(ctx: TracePointContext) -> u32 {
+    native::mmap_exit(&ctx);
     0
 }
 

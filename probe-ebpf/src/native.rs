@@ -19,7 +19,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{Array, HashMap},
-    programs::PerfEventContext,
+    programs::{PerfEventContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use probe_common::{
@@ -27,8 +27,8 @@ use probe_common::{
     native::{
         FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE,
         FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES,
-        MAX_UNWIND_MAPPINGS, MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
-        STACK_TOP_WORDS, UnwindMappings, UnwindRow, cfa_kind, record_len,
+        MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, MapsChanged,
+        RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UnwindMappings, UnwindRow, cfa_kind, record_len,
     },
 };
 
@@ -620,4 +620,55 @@ extern "C" fn row_search_step(_i: u64, ctx: *mut c_void) -> i64 {
     s.base += u32::from(row_pc <= s.link) * half;
     s.len -= half;
     i64::from(s.len <= 1)
+}
+
+// --- New code mapped (dlopen): the collector re-reads the process's maps ----
+
+/// Threads inside an `mmap` of a file's code: tid -> tgid.
+#[map]
+static MMAP_EXEC: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MMAP_THREADS, 0);
+
+/// `PROT_EXEC` (`<sys/mman.h>`).
+const PROT_EXEC: u64 = 4;
+
+/// At `mmap`'s entry: a process walked by rules (or a .NET process, which
+/// will be) mapping a file with `PROT_EXEC` is remembered by thread. The
+/// `sys_enter_mmap` format (`/sys/kernel/tracing/events/syscalls/
+/// sys_enter_mmap/format`): 8 bytes of common fields, the syscall number (8
+/// with padding), then the six arguments as 8-byte words: addr @16, len @24,
+/// prot @32, flags @40, fd @48, off @56.
+#[inline(always)]
+pub fn mmap_enter(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !has_unwind_rules(tgid) && !crate::dotnet::is_managed(tgid) {
+        return;
+    }
+    // SAFETY: reads of the tracepoint record at the offsets of its format.
+    let (prot, fd) = unsafe { (ctx.read_at::<u64>(32), ctx.read_at::<i64>(48)) };
+    if prot.is_ok_and(|p| p & PROT_EXEC != 0) && fd.is_ok_and(|fd| fd >= 0) {
+        let _ = MMAP_EXEC.insert(&(pid_tgid as u32), &tgid, 0);
+    }
+}
+
+/// At `mmap`'s exit (return value @16): if the thread was mapping code and it
+/// worked, a [`MapsChanged`] record, with a wakeup.
+#[inline(always)]
+pub fn mmap_exit(ctx: &TracePointContext) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(&tgid) = (unsafe { MMAP_EXEC.get(&tid) }) else {
+        return;
+    };
+    let _ = MMAP_EXEC.remove(&tid);
+    // SAFETY: a read of the tracepoint record at its return value's offset.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if (-4095..0).contains(&ret) {
+        return;
+    }
+    let record = MapsChanged {
+        kind: RecordKind::MapsChanged as u32,
+        pid: tgid,
+    };
+    let _ = EVENTS.output::<MapsChanged>(&record, BPF_RB_FORCE_WAKEUP as u64);
 }

@@ -23,6 +23,11 @@ pub enum Record {
         /// Its time per status.
         g: Goroutine,
     },
+    /// A process mapped a file's code (`dlopen`): its maps are read again.
+    MapsChanged {
+        /// The process.
+        pid: u32,
+    },
 }
 
 /// An on-CPU sample with both stacks, leaf first.
@@ -105,6 +110,16 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     match RecordKind::from_u32(kind) {
         Some(RecordKind::CpuSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
+        Some(RecordKind::MapsChanged) => {
+            let need = size_of::<probe_common::native::MapsChanged>();
+            if len < need {
+                return Err(DecodeError::Short { len, need });
+            }
+            buf.advance(4);
+            return Ok(Record::MapsChanged {
+                pid: buf.get_u32_le(),
+            });
+        }
         None => return Err(DecodeError::UnknownKind(kind)),
     }
     if len < HEADER {

@@ -110,6 +110,7 @@ struct Waiting {
 
 impl Pipeline {
     fn drain(&mut self, events: &mut RingBuf<MapData>) {
+        let mut maps_changed = std::collections::BTreeSet::new();
         while let Some(item) = events.next() {
             match decode(&item) {
                 Ok(Record::CpuSample(sample)) => {
@@ -144,6 +145,12 @@ impl Pipeline {
                         self.agg.add(sample.pid, frames);
                     }
                 }
+                Ok(Record::MapsChanged { pid }) => {
+                    // Read once the ring is drained (a dlopen maps several
+                    // segments; the record is sent when mmap returns, so the
+                    // mapping exists).
+                    maps_changed.insert(pid);
+                }
                 Ok(Record::GoroutineEnd { pid, end_ns: _, g }) => {
                     if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go_states.as_mut()) {
                         t.ended.push(g);
@@ -156,6 +163,13 @@ impl Pipeline {
                     self.decode_errors += 1;
                 }
             }
+        }
+        // New code mapped: its rules now, before more of its samples come.
+        for &pid in &maps_changed {
+            self.procs.recapture(pid);
+        }
+        if !maps_changed.is_empty() {
+            self.poll_native_unwind();
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
         if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
@@ -173,10 +187,9 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// Hands the kernel the goroutine layout of Go processes seen for the first
-    /// time and, with `--go-states`, attaches their state probes.
-    fn poll_go(&mut self, sampler: &mut Sampler) {
-        let tracked = self.procs.poll_go(&mut self.go_pids);
+    /// Gives the kernel the `.eh_frame` rules of processes seen for the first
+    /// time or whose maps changed (unless `--frame-pointers-only`).
+    fn poll_native_unwind(&mut self) {
         if !self.frame_pointers_only
             && let Err(e) = self.procs.poll_native_unwind(&mut self.unwind_tables)
             && self.unwind_tables_error.is_none()
@@ -184,6 +197,13 @@ impl Pipeline {
             log::warn!("{e}");
             self.unwind_tables_error = Some(e.to_string());
         }
+    }
+
+    /// Hands the kernel the goroutine layout of Go processes seen for the first
+    /// time and, with `--go-states`, attaches their state probes.
+    fn poll_go(&mut self, sampler: &mut Sampler) {
+        let tracked = self.procs.poll_go(&mut self.go_pids);
+        self.poll_native_unwind();
         for (pid, offsets, table) in tracked {
             if !self.go_states {
                 continue;
@@ -322,6 +342,13 @@ async fn start(
     let unwind_tables = sampler.take_unwind_tables()?;
     let go_pids = sampler.take_go_pids()?;
     sampler.attach()?;
+    // Without them, new libraries get their rules when a sample first lands
+    // in them (one maps re-read, rate-limited): a few stacks short meanwhile.
+    if !args.frame_pointers_only
+        && let Err(e) = sampler.attach_mmap_tracepoints()
+    {
+        log::warn!("{e}: libraries loaded while recording are unwound from their first samples on");
+    }
     for &pid in pids {
         if !alive(pid) {
             return Err(UsageError::PidExited(pid).into());

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError, UProbe,
+        PerfEvent, ProgramError, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
@@ -84,6 +84,15 @@ pub enum SamplerError {
         #[source]
         source: ProgramError,
     },
+    /// A tracepoint could not be attached.
+    #[error("cannot attach the tracepoint program `{name}`: {source}")]
+    Tracepoint {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
     /// `/sys/devices/system/cpu/online` unreadable.
     #[error("cannot list the online CPUs: {0}")]
     Cpus(#[source] io::Error),
@@ -148,6 +157,11 @@ impl Sampler {
                 name: names::CPU_SAMPLE_PROG,
                 source,
             })?;
+        for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
+            tracepoint_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| SamplerError::Program { name, source })?;
+        }
         if cfg.go_states {
             for name in GO_PROGRAMS {
                 uprobe_program(&mut ebpf, name)?
@@ -179,6 +193,21 @@ impl Sampler {
                     false,
                 )
                 .map_err(|source| SamplerError::Attach { cpu, source })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the tracepoints at the entry and exit of `mmap`, which tell
+    /// the collector when a process it walks by rules maps new code.
+    pub fn attach_mmap_tracepoints(&mut self) -> Result<(), SamplerError> {
+        mount_tracefs();
+        for (name, event) in [
+            (names::MMAP_ENTER_PROG, "sys_enter_mmap"),
+            (names::MMAP_EXIT_PROG, "sys_exit_mmap"),
+        ] {
+            tracepoint_program(&mut self.ebpf, name)?
+                .attach("syscalls", event)
+                .map_err(|source| SamplerError::Tracepoint { name, source })?;
         }
         Ok(())
     }
@@ -419,6 +448,40 @@ fn cpu_sample_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
             name: names::CPU_SAMPLE_PROG,
             source,
         })
+}
+
+/// Tracepoints are attached by their ids under tracefs, which some systems
+/// do not mount at boot: mount it where the kernel documents it
+/// (`/sys/kernel/tracing`) if neither it nor debugfs's copy is there. A
+/// failure shows in the attach that follows.
+fn mount_tracefs() {
+    let mounted = |dir: &str| std::path::Path::new(dir).join("events").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return;
+    }
+    // SAFETY: plain mount(2) with NUL-terminated constant strings.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        log::info!("mounted tracefs at /sys/kernel/tracing");
+    }
+}
+
+fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut TracePoint, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program { name, source })
 }
 
 fn uprobe_program<'a>(

@@ -358,13 +358,6 @@ pub fn read_summary(dir: &Path) -> serde_json::Value {
 }
 
 impl FoldedStack {
-    /// Does the stack hold each of `frames`, in this order (other frames may
-    /// come between)?
-    pub fn contains_in_order(&self, frames: &[&str]) -> bool {
-        let mut rest = self.frames.iter();
-        frames.iter().all(|want| rest.any(|f| f == want))
-    }
-
     /// True if `chain` appears in this stack as consecutive frames, in order.
     pub fn contains_chain(&self, chain: &[&str]) -> bool {
         !chain.is_empty()
