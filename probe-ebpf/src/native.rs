@@ -647,7 +647,7 @@ pub fn mmap_enter(ctx: &TracePointContext) {
     // SAFETY: reads of the tracepoint record at the offsets of its format.
     let (prot, fd) = unsafe { (ctx.read_at::<u64>(32), ctx.read_at::<i64>(48)) };
     if prot.is_ok_and(|p| p & PROT_EXEC != 0) && fd.is_ok_and(|fd| fd >= 0) {
-        let _ = MMAP_EXEC.insert(&(pid_tgid as u32), &tgid, 0);
+        let _ = MMAP_EXEC.insert(pid_tgid as u32, tgid, 0);
     }
 }
 
@@ -657,10 +657,10 @@ pub fn mmap_enter(ctx: &TracePointContext) {
 pub fn mmap_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(&tgid) = (unsafe { MMAP_EXEC.get(&tid) }) else {
+    let Some(&tgid) = (unsafe { MMAP_EXEC.get(tid) }) else {
         return;
     };
-    let _ = MMAP_EXEC.remove(&tid);
+    let _ = MMAP_EXEC.remove(tid);
     // SAFETY: a read of the tracepoint record at its return value's offset.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
     if (-4095..0).contains(&ret) {
