@@ -830,6 +830,15 @@ async fn run(
             (all > 0).then(|| rooted as f64 / all as f64)
         },
         unwind_table_rows: unwind_tables.rows_written,
+        unwind_objects: unwind_tables
+            .objects()
+            .into_iter()
+            .map(|(path, rows)| crate::summary::UnwindObject {
+                path,
+                rows,
+                bytes: u64::from(rows) * size_of::<probe_common::native::UnwindRow>() as u64,
+            })
+            .collect(),
         go_state_probes: go_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,

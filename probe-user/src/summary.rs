@@ -36,6 +36,9 @@ pub struct Summary {
     /// Rows of `.eh_frame` rules given to the kernel (8 bytes each), for native
     /// code walked without frame pointers.
     pub unwind_table_rows: u64,
+    /// The objects in that table, largest first: what each costs in kernel
+    /// memory (rows are shared by every process that maps the object).
+    pub unwind_objects: Vec<UnwindObject>,
     /// The goroutine-state uprobe programs' cost (`--go-states`), likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_state_probes: Option<KernelProgramStats>,
@@ -203,4 +206,16 @@ pub struct KernelProgramStats {
     pub run_count: u64,
     /// Total run time.
     pub run_time_ns: u64,
+}
+
+/// One object's share of the kernel's unwind table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnwindObject {
+    /// The file (as opened: `/proc/PID/root/...` or `/proc/PID/map_files/...`
+    /// for a process in another mount namespace or a deleted file).
+    pub path: String,
+    /// Its rows.
+    pub rows: u32,
+    /// Their kernel memory (8 bytes a row).
+    pub bytes: u64,
 }

@@ -81,6 +81,16 @@ fn assert_chain_named(dir: &Path, min_samples: u64) {
             .all(|f| !f.contains("[OptimizedTier1]") && !f.contains("(int64)")),
         "tier or signature in a frame name"
     );
+    // Walked by the runtime's and libc's `.eh_frame` rules between managed
+    // frames, the stacks reach the thread's root (issue #5; 0% before).
+    let complete = dotnet_process(dir)["stacks_complete"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        complete >= 0.95,
+        "stacks complete {:.1}%:\n{stacks:#?}",
+        complete * 100.0
+    );
 }
 
 #[test]

@@ -301,6 +301,12 @@ impl GoTable {
         self.nfunc == 0
     }
 
+    /// The link-time address of a code mapping starting at file offset `off`
+    /// (see [`Elf::mapping_vaddr`]).
+    pub fn mapping_vaddr(&self, off: u64) -> Option<u64> {
+        self.elf.mapping_vaddr(off)
+    }
+
     /// The virtual address of file offset `off`.
     pub fn vaddr(&self, off: u64) -> Option<u64> {
         self.elf.vaddr(off)

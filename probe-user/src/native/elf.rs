@@ -27,6 +27,8 @@ struct Segment {
     vaddr: u64,
     offset: u64,
     filesz: u64,
+    /// `PF_X`.
+    exec: bool,
 }
 
 /// An ELF file's layout, read from its bytes.
@@ -103,6 +105,7 @@ impl Elf {
                     offset: u64_at(d, p + 8)?,
                     vaddr: u64_at(d, p + 16)?,
                     filesz: u64_at(d, p + 32)?,
+                    exec: u32_at(d, p + 4)? & 1 != 0,
                 });
             }
         }
@@ -190,6 +193,22 @@ impl Elf {
             .map(|s| vaddr - s.vaddr + s.offset)
     }
 
+    /// The link-time address of an executable mapping that starts at file
+    /// offset `off` (page-aligned, as in `/proc/PID/maps`). The mapping's
+    /// segment may start inside the page (lld aligns segments in memory but
+    /// not in the file: libcoreclr's code segment is at file offset 0x1a8020,
+    /// address 0x1a9020, and its mapping starts at offset 0x1a8000, which
+    /// [`Elf::vaddr`] would place in the segment before, 0x1000 off).
+    pub fn mapping_vaddr(&self, off: u64) -> Option<u64> {
+        const PAGE: u64 = 4096;
+        self.segments
+            .iter()
+            .filter(|s| s.exec)
+            .find(|s| s.offset & !(PAGE - 1) <= off && off < s.offset + s.filesz)
+            .map(|s| s.vaddr.wrapping_sub(s.offset - off))
+            .or_else(|| self.vaddr(off))
+    }
+
     /// The virtual address of file offset `off`.
     pub fn vaddr(&self, off: u64) -> Option<u64> {
         self.segments
@@ -230,6 +249,26 @@ mod tests {
             code.starts_with(&[0x31, 0xed]) || code[4..] == [0x31, 0xed],
             "{code:x?}"
         );
+        // The mapping of a code segment that starts inside its page.
+        let elf = Elf {
+            segments: vec![
+                Segment {
+                    vaddr: 0,
+                    offset: 0,
+                    filesz: 0x1a801c,
+                    exec: false,
+                },
+                Segment {
+                    vaddr: 0x1a9020,
+                    offset: 0x1a8020,
+                    filesz: 0x4b67e0,
+                    exec: true,
+                },
+            ],
+            ..Elf::default()
+        };
+        assert_eq!(elf.mapping_vaddr(0x1a8000), Some(0x1a9000));
+        assert_eq!(elf.vaddr(0x1a8000), Some(0x1a8000));
         // A library (no interpreter) has no entry of its own.
         let lib = std::fs::read("/lib/x86_64-linux-gnu/libm.so.6").unwrap();
         assert_eq!(entry_file_offset(&lib), None);

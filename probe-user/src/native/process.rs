@@ -674,7 +674,7 @@ impl ProcessTable {
         let table = self.go_exe_table(pid)?;
         p.mappings.iter().find_map(|m| match m.target {
             Target::Module(id) if self.modules.get(id).path == Path::new(exe) => {
-                Some(m.start.wrapping_sub(table.vaddr(m.offset)?))
+                Some(m.start.wrapping_sub(table.mapping_vaddr(m.offset)?))
             }
             _ => None,
         })

@@ -136,7 +136,7 @@ impl UnwindTables {
             let Some((placed, elf)) = placed else {
                 continue;
             };
-            let Some(link) = elf.vaddr(offset) else {
+            let Some(link) = elf.mapping_vaddr(offset) else {
                 continue;
             };
             entries.push(UnwindMapping {
@@ -176,6 +176,18 @@ impl UnwindTables {
         go: Option<&GoTable>,
     ) -> Result<bool, UnwindTableError> {
         Ok(self.place(path, go)?.is_some())
+    }
+
+    /// Every object with rows in the kernel's table and how many, largest
+    /// first (8 bytes each; `path` as crossprof opened it).
+    pub fn objects(&self) -> Vec<(String, u32)> {
+        let mut objects: Vec<(String, u32)> = self
+            .placed
+            .iter()
+            .filter_map(|(path, p)| Some((path.display().to_string(), p.as_ref()?.0.count)))
+            .collect();
+        objects.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        objects
     }
 
     /// Stops walking `pid` by rules (it exited, or its maps changed).

@@ -15,7 +15,8 @@
 //! - samples lost (summary.json `lost`);
 //! - stop to finished SVG (summary.json `stop_to_svg_ms`).
 //!
-//! The .NET figures come from [`dotnet`], the Go ones from [`go`].
+//! The .NET figures come from [`dotnet`], the Go ones from [`go`], the mixed
+//! .NET/Go/C stacks' from [`mixed`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -36,6 +37,7 @@ use crate::{build, cmd, say};
 
 mod dotnet;
 mod go;
+mod mixed;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -124,6 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     let dotnet_figures = dotnet::figures(args.runs, &crossprof, &bench_dir)?;
     let go_figures = go::figures(args.runs, &crossprof, &bench_dir)?;
+    let mixed_figures = mixed::figures(args.runs, &crossprof, &bench_dir)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -158,6 +161,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     figures.extend(dotnet_figures);
     figures.extend(go_figures);
+    figures.extend(mixed_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();
