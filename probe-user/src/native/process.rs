@@ -420,7 +420,8 @@ impl ProcessTable {
     ) -> Result<(), super::unwind::UnwindTableError> {
         let mut result = Ok(());
         for p in self.procs.values_mut() {
-            if p.unwind_checked || !p.go_checked || p.pid == 0 {
+            // A .NET process is never Go-checked: its runtime was found first.
+            if p.unwind_checked || p.pid == 0 || (!p.go_checked && p.dotnet.is_none()) {
                 continue;
             }
             p.unwind_checked = true;
