@@ -468,6 +468,27 @@ pub fn record_command(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> 
         .into()
 }
 
+/// Runs `crossprof record -q FLAGS -o DIR -- TARGET` to the end, `target`'s
+/// environment settings included (a .NET command's `DOTNET_ROOT`, a library
+/// path).
+pub fn record_target(dir: &Path, flags: &[&str], target: &Command) -> Run {
+    let mut cmd = Command::new(crossprof_bin());
+    cmd.args(["record", "-q"])
+        .args(flags)
+        .arg("-o")
+        .arg(dir)
+        .arg("--")
+        .arg(target.get_program())
+        .args(target.get_args());
+    for (k, v) in target.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.output().expect("run crossprof").into()
+}
+
 /// Runs `crossprof ARGS` to the end (at most `limit`).
 pub fn run_crossprof(args: &[&str], limit: Duration) -> Run {
     finish(spawn_crossprof(args), limit)

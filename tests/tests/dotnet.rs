@@ -3,10 +3,10 @@
 //! mappings), unwound through frameless and OSR methods, ReadyToRun code, GC
 //! pauses, threads.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use crossprof_tests::{
-    Dotnet, Guard, Run, count_where, crossprof_bin, out_dir, read_folded, read_summary,
+    Dotnet, Guard, Run, count_where, out_dir, read_folded, read_summary, record_target,
     run_crossprof,
 };
 
@@ -25,19 +25,10 @@ fn record_fixture(
     env: &[(&str, &str)],
 ) -> (std::path::PathBuf, Run) {
     let dll = runtime.fixture(fixture);
-    let target = runtime.command(&dll, &["3"]);
+    let mut target = runtime.command(&dll, &["3"]);
+    target.envs(env.iter().copied());
     let dir = out_dir(name);
-    let mut cmd = Command::new(crossprof_bin());
-    cmd.args(["record", "-q", "-o"])
-        .arg(&dir)
-        .arg("--")
-        .arg(target.get_program())
-        .args(target.get_args());
-    for (k, v) in target.get_envs() {
-        cmd.env(k, v.expect("set, not removed"));
-    }
-    cmd.envs(env.iter().copied());
-    let run: Run = cmd.output().expect("run crossprof").into();
+    let run = record_target(&dir, &[], &target);
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     (dir, run)
 }
@@ -238,16 +229,7 @@ fn per_thread_puts_each_thread_under_its_process_by_name_and_tid() {
     let runtime = Dotnet::Net8;
     let target = runtime.command(&runtime.fixture("pool"), &["3", "2"]);
     let dir = out_dir("dotnet_per_thread");
-    let mut cmd = Command::new(crossprof_bin());
-    cmd.args(["record", "-q", "--per-thread", "-o"])
-        .arg(&dir)
-        .arg("--")
-        .arg(target.get_program())
-        .args(target.get_args());
-    for (k, v) in target.get_envs() {
-        cmd.env(k, v.expect("set, not removed"));
-    }
-    let run: Run = cmd.output().expect("run crossprof").into();
+    let run = record_target(&dir, &["--per-thread"], &target);
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
     // Every stack of the process has its thread right under the process: `NAME (TID)`.

@@ -9,8 +9,8 @@
 use std::{path::Path, process::Command};
 
 use crossprof_tests::{
-    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, crossprof_bin, out_dir, read_folded,
-    read_summary,
+    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, out_dir, read_folded, read_summary,
+    record_target,
 };
 
 /// Does `stack` hold `chain` in order (other frames between), a call the Go
@@ -39,20 +39,11 @@ struct Measured {
 fn record_both(name: &str, target: &Command, comm: &str, chain: &[&str]) -> [Measured; 2] {
     ["rules", "frame-pointers-only"].map(|how| {
         let dir = out_dir(&format!("{name}_{how}"));
-        let mut cmd = Command::new(crossprof_bin());
-        cmd.args(["record", "-q", "--freq", "499", "--only-transitions"]);
+        let mut flags = vec!["--freq", "499", "--only-transitions"];
         if how != "rules" {
-            cmd.arg("--frame-pointers-only");
+            flags.push("--frame-pointers-only");
         }
-        cmd.arg("-o")
-            .arg(&dir)
-            .arg("--")
-            .arg(target.get_program())
-            .args(target.get_args());
-        for (k, v) in target.get_envs() {
-            cmd.env(k, v.expect("set, not removed"));
-        }
-        let run: Run = cmd.output().expect("run crossprof").into();
+        let run = record_target(&dir, &flags, target);
         assert!(run.status.success(), "{name} {how}: {}", run.stderr);
         let stacks = read_folded(&dir);
         let in_spin = |s: &FoldedStack| s.frames.iter().any(|f| f == "main.spin");
