@@ -653,6 +653,7 @@ async fn run(
         }
     }
     drop(events);
+    sampler.detach_mmap_tracepoints_in_background();
     drop(sampler); // detaches the sampler from every CPU
     pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
     pipeline.count_waiting(u64::MAX);

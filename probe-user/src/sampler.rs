@@ -119,6 +119,8 @@ pub struct Sampler {
     targets_fd: MapFd,
     counters: PerCpuArray<MapData, u64>,
     freq: u64,
+    /// The `mmap` tracepoints, once attached.
+    mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
 }
 
 impl Sampler {
@@ -175,6 +177,7 @@ impl Sampler {
             targets_fd,
             counters,
             freq: cfg.freq,
+            mmap_links: Vec::new(),
         })
     }
 
@@ -205,11 +208,26 @@ impl Sampler {
             (names::MMAP_ENTER_PROG, "sys_enter_mmap"),
             (names::MMAP_EXIT_PROG, "sys_exit_mmap"),
         ] {
-            tracepoint_program(&mut self.ebpf, name)?
+            let program = tracepoint_program(&mut self.ebpf, name)?;
+            let link = program
                 .attach("syscalls", event)
+                .and_then(|id| program.take_link(id))
                 .map_err(|source| SamplerError::Tracepoint { name, source })?;
+            self.mmap_links.push(link);
         }
         Ok(())
+    }
+
+    /// Detaches the `mmap` tracepoints on a thread of their own: closing a
+    /// tracepoint's perf event waits for an RCU grace period (~60 ms each here),
+    /// which the stop-to-SVG path need not wait for.
+    pub fn detach_mmap_tracepoints_in_background(&mut self) {
+        let links = std::mem::take(&mut self.mmap_links);
+        if !links.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("crossprof-detach".into())
+                .spawn(move || drop(links));
+        }
     }
 
     /// Adds `pid` (a tgid) to the target set.
