@@ -82,6 +82,8 @@ pub mod names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// `UNWIND_MAPS`: per process, its mappings with rows.
     pub const UNWIND_MAPS: &str = "UNWIND_MAPS";
+    /// `UNWIND_PAGES`: every object's page index into its rows.
+    pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
     /// The tracepoint programs at the entry and exit of `mmap` (see
     /// [`crate::native::MapsChanged`]).
     pub const MMAP_ENTER_PROG: &str = "mmap_enter";

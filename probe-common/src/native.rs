@@ -18,6 +18,9 @@ pub const FLAG_USER_NO_UNWIND_INFO: u32 = 1 << 5;
 /// `SampleHeader::flags`: the user leaf was in a managed method's prolog or epilog,
 /// where its frame has no fixed shape; the stack stops after it.
 pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
+/// [`SampleHeader::fp_outermost`] and `fp_frames` hold a frame-pointer walk of
+/// the same stack.
+pub const FLAG_FP_BASELINE: u32 = 1 << 6;
 
 /// Fixed part of a CPU sample record. On the ring buffer it is followed by
 /// `kernel_frames` kernel addresses and then `user_frames` user addresses, each a
@@ -67,8 +70,21 @@ pub struct SampleHeader {
     /// (from the handler's `ucontext`), which no frame-pointer walk sees; 0
     /// otherwise.
     pub go_signal_pc: u64,
+    /// For one sample in [`FP_BASELINE_EVERY`] of those walked by rules
+    /// ([`FLAG_FP_BASELINE`] set): the outermost frame a frame-pointer walk of
+    /// the same stack reached (`bpf_get_stack`, as perf walks), for the
+    /// frame-pointer baseline of stack completeness; 0 if it found none.
+    pub fp_outermost: u64,
+    /// That walk's frame count.
+    pub fp_frames: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 80 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 96 + 8 * STACK_TOP_WORDS);
+
+/// One sample in this many of those walked by rules also gets a frame-pointer
+/// walk, for the baseline (about 1 µs each).
+pub const FP_BASELINE_EVERY: u64 = 8;
 
 /// Words of [`SampleHeader::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;
@@ -99,7 +115,10 @@ pub const fn record_len(frames: usize) -> usize {
 // The collector reads each mapped object's `.eh_frame` (`probe-user/src/native/
 // ehframe.rs`) into rows sorted by PC, all objects' rows in one array
 // (`UNWIND_ROWS`), each object a contiguous range shared by every process that
-// maps it; per process, its mappings with where their rows are.
+// maps it; per process, its mappings with where their rows are. A page index
+// per object (`UNWIND_PAGES`: for each 4 KiB page of its code, its last row at
+// or before the page's start) narrows the search for a PC's row to the rows of
+// its page (a few dozen at most) instead of the whole object's.
 
 /// Rows in `UNWIND_ROWS`, all objects together (8 bytes each: 8 MiB of kernel
 /// memory; libc has ~10,000, libcoreclr ~60,000).
@@ -172,8 +191,38 @@ pub struct UnwindMapping {
     pub first: u32,
     /// Its rows.
     pub count: u32,
+    /// Index of the object's page index in `UNWIND_PAGES`.
+    pub pages_first: u32,
+    /// Entries of its page index: one per page of its code, from its first
+    /// row's page to its last row's.
+    pub pages: u32,
+    /// The link-time page (address >> [`UNWIND_PAGE_SHIFT`]) of its first row.
+    pub page_base: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 32);
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 48);
+
+/// One page of an object's code in the page index: its rows (indexes from the
+/// object's first row) are among `lo..=hi` — `lo` the last row at or before
+/// the page's start, `hi` the last at or before the next page's. 8 bytes, as
+/// the kernel lays array elements out (a `u32` element would take 8 bytes in
+/// the memory-mapped array anyway).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UnwindPage {
+    /// First candidate row.
+    pub lo: u32,
+    /// Last candidate row.
+    pub hi: u32,
+}
+const _: () = assert!(core::mem::size_of::<UnwindPage>() == 8);
+
+/// Page size of the row index: rows are found by page, then by a short search.
+pub const UNWIND_PAGE_SHIFT: u32 = 12;
+/// Entries in `UNWIND_PAGES`, all objects together (8 bytes each: one per 4 KiB
+/// of code; libcoreclr ~1,200).
+pub const MAX_UNWIND_PAGES: u32 = 1 << 18;
 
 /// A process's mappings with rules, sorted by `start`.
 #[repr(C)]
@@ -186,7 +235,7 @@ pub struct UnwindMappings {
     /// The mappings.
     pub entries: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
-const _: () = assert!(core::mem::size_of::<UnwindMappings>() == 8 + 32 * MAX_UNWIND_MAPPINGS);
+const _: () = assert!(core::mem::size_of::<UnwindMappings>() == 8 + 48 * MAX_UNWIND_MAPPINGS);
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, no implicit padding.

@@ -226,6 +226,7 @@ mod tests {
             go_status: 0,
             go_switch: Vec::new(),
             go_signal_pc: 0,
+            fp_baseline: None,
             kernel,
             user,
         }

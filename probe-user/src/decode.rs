@@ -6,7 +6,7 @@ use bytes::Buf as _;
 use probe_common::{
     RecordKind,
     go::{Creation, Goroutine, GoroutineEnd, MAX_SWITCH_FRAMES, WAIT_SLOTS, slot},
-    native::{MAX_FRAMES, STACK_TOP_WORDS, SampleHeader},
+    native::{FLAG_FP_BASELINE, MAX_FRAMES, STACK_TOP_WORDS, SampleHeader},
 };
 
 /// A decoded record.
@@ -58,6 +58,10 @@ pub struct Sample {
     pub go_switch: Vec<u64>,
     /// In a Go signal handler: the PC the signal interrupted (0: none).
     pub go_signal_pc: u64,
+    /// A frame-pointer walk of the same stack, for the baseline (one sample
+    /// in `FP_BASELINE_EVERY` of those walked by rules): its outermost frame
+    /// (0 if none) and its frame count.
+    pub fp_baseline: Option<(u64, u32)>,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -144,6 +148,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let go_status = buf.get_u32_le();
     let switch_frames = buf.get_u32_le() as usize;
     let go_signal_pc = buf.get_u64_le();
+    let fp_outermost = buf.get_u64_le();
+    let fp_frames = buf.get_u32_le();
+    buf.advance(4);
+    let fp_baseline = (flags & FLAG_FP_BASELINE != 0).then_some((fp_outermost, fp_frames));
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
         || switch_frames > MAX_SWITCH_FRAMES + 2
@@ -173,6 +181,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         go_status,
         go_switch,
         go_signal_pc,
+        fp_baseline,
         kernel,
         user,
     }))
@@ -244,7 +253,18 @@ mod tests {
         v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        for w in [0x7ff0_0000_1000u64, 2, 3, 4, 17, 0xc000_0100, 3, 0x45_1000] {
+        for w in [
+            0x7ff0_0000_1000u64,
+            2,
+            3,
+            4,
+            17,
+            0xc000_0100,
+            3,
+            0x45_1000,
+            0x40_1000,
+            9,
+        ] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         for ip in kernel.iter().chain(user) {
@@ -274,6 +294,13 @@ mod tests {
         assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
         assert_eq!((s.goid, s.go_labels, s.go_status), (17, 0xc000_0100, 3));
         assert_eq!((s.go_switch.len(), s.go_signal_pc), (0, 0x45_1000));
+        assert_eq!(s.fp_baseline, None, "flag not set");
+        let mut bytes = encode(1, 42, &[], &[0x401000], FLAG_FP_BASELINE);
+        bytes.truncate(record_len(1));
+        let Ok(Record::CpuSample(s)) = decode(&bytes) else {
+            panic!("not a sample")
+        };
+        assert_eq!(s.fp_baseline, Some((0x40_1000, 9)));
     }
 
     #[test]

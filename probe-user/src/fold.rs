@@ -135,15 +135,20 @@ pub fn completeness<'a>(
         let Some(&frame) = outermost.filter(|f| !f.is_kernel()) else {
             continue;
         };
-        let name = names.display(frame, procs);
-        let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
         let e = out.entry(key.pid).or_default();
         e.1 += count;
-        if is_root(first.trim_end_matches("_[j]")) {
+        if frame_is_root(frame, names, procs) {
             e.0 += count;
         }
     }
     out
+}
+
+/// Is `frame` (a user stack's outermost) in a thread root function?
+pub fn frame_is_root(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
+    let name = names.display(frame, procs);
+    let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
+    is_root(first.trim_end_matches("_[j]"))
 }
 
 /// Writes `folded` as text, one `stack COUNT` line each.

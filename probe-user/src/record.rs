@@ -9,7 +9,7 @@
 //! 5. Fold, render, and write the outputs atomically, then the summary.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     ffi::OsString,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
@@ -90,6 +90,10 @@ struct Pipeline {
     frame_pointers_only: bool,
     /// The first failure to update them, reported once.
     dotnet_tables_error: bool,
+    /// The frame-pointer baseline: per process, the outermost frames a
+    /// frame-pointer walk of the same stacks reached (one sample in
+    /// `FP_BASELINE_EVERY` of those walked by rules).
+    fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
 }
 
 /// A Go executable whose state probes were attached before its process started
@@ -118,6 +122,9 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
+                    if let Some((outermost, n)) = sample.fp_baseline {
+                        self.add_fp_baseline(sample.pid, outermost, n);
+                    }
                     if self.procs.get(sample.pid).is_some_and(|p| p.go_tracked) {
                         for level in self.group_by.iter().rev() {
                             let frame = match level {
@@ -187,6 +194,26 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Counts a frame-pointer walk's outermost frame for the baseline, and has
+    /// it named (a walk cut at the frame limit, or of no frame, is not rooted).
+    fn add_fp_baseline(&mut self, pid: u32, outermost: u64, frames: u32) {
+        let frame = if outermost == 0 || frames as usize >= probe_common::native::MAX_FRAMES {
+            FrameRef::Marker(Marker::UserTruncated)
+        } else {
+            self.procs.user_frame(pid, outermost.saturating_sub(1))
+        };
+        let seen = self.fp_baseline.values().any(|m| m.contains_key(&frame));
+        *self
+            .fp_baseline
+            .entry(pid)
+            .or_default()
+            .entry(frame)
+            .or_insert(0) += 1;
+        if !seen {
+            self.symbolizer.submit(&[frame], &self.procs.modules);
+        }
+    }
+
     /// Gives the kernel the `.eh_frame` rules of processes seen for the first
     /// time or whose maps changed (unless `--frame-pointers-only`).
     fn poll_native_unwind(&mut self) {
@@ -539,6 +566,7 @@ async fn run(
         unwind_tables,
         unwind_tables_error: None,
         frame_pointers_only: args.frame_pointers_only,
+        fp_baseline: HashMap::new(),
     };
     // Known targets are read now, not at their first sample: the kernel gets
     // their unwind rules and Go layouts (and their goroutine states are followed)
@@ -696,6 +724,7 @@ async fn run(
         unwind_tables,
         unwind_tables_error,
         frame_pointers_only: _,
+        fp_baseline,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;
@@ -712,6 +741,18 @@ async fn run(
     );
     out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
     let complete = crate::fold::completeness(agg.stacks(), names, &procs);
+    // Per process: (rooted, walked) of the frame-pointer walks of the same run.
+    let fp_complete: HashMap<u32, (u64, u64)> = fp_baseline
+        .iter()
+        .map(|(&pid, frames)| {
+            let rooted = frames
+                .iter()
+                .filter(|(f, _)| crate::fold::frame_is_root(**f, names, &procs))
+                .map(|(_, n)| n)
+                .sum();
+            (pid, (rooted, frames.values().sum()))
+        })
+        .collect();
     let lost = drops(&counters) + decode_errors;
     let title = title(&args, &pids);
     let subtitle = format!(
@@ -774,6 +815,10 @@ async fn run(
                 .get(&p.pid)
                 .filter(|c| c.1 > 0)
                 .map(|&(rooted, all)| rooted as f64 / all as f64),
+            stacks_complete_frame_pointers: fp_complete
+                .get(&p.pid)
+                .filter(|c| c.1 > 0)
+                .map(|&(rooted, all)| rooted as f64 / all as f64),
             goroutines: p.go_states.as_ref().map(|t| {
                 crate::go::states::summarize(
                     t,
@@ -830,6 +875,15 @@ async fn run(
                 .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y));
             (all > 0).then(|| rooted as f64 / all as f64)
         },
+        frame_pointer_baseline: {
+            let (rooted, all) = fp_complete
+                .values()
+                .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y));
+            (all > 0).then(|| crate::summary::FpBaseline {
+                samples: all,
+                stacks_complete: rooted as f64 / all as f64,
+            })
+        },
         unwind_table_rows: unwind_tables.rows_written,
         unwind_objects: unwind_tables
             .objects()
@@ -876,6 +930,14 @@ async fn run(
         args.freq,
         svg.display()
     );
+    if let (Some(complete), Some(fp)) = (summary.stacks_complete, &summary.frame_pointer_baseline) {
+        eprintln!(
+            "crossprof: stacks complete: {:.1}% (frame pointers only, same run, {} samples: {:.1}%)",
+            complete * 100.0,
+            fp.samples,
+            fp.stacks_complete * 100.0
+        );
+    }
     for note in &summary.notes {
         eprintln!("crossprof: note: {note}");
     }

@@ -275,28 +275,30 @@ impl Sampler {
     pub fn take_unwind_tables(
         &mut self,
     ) -> Result<crate::native::unwind::UnwindTables, SamplerError> {
-        let rows = match take_map(&mut self.ebpf, names::UNWIND_ROWS)? {
-            Map::Array(data) => data,
-            _ => {
-                return Err(SamplerError::Map {
-                    name: names::UNWIND_ROWS,
-                    source: MapError::InvalidName {
-                        name: names::UNWIND_ROWS.to_owned(),
-                    },
-                });
-            }
+        let mut array = |name: &'static str| match take_map(&mut self.ebpf, name)? {
+            Map::Array(data) => Ok(data),
+            _ => Err(SamplerError::Map {
+                name,
+                source: MapError::InvalidName {
+                    name: name.to_owned(),
+                },
+            }),
         };
+        let rows = array(names::UNWIND_ROWS)?;
+        let pages = array(names::UNWIND_PAGES)?;
         let maps = take_map(&mut self.ebpf, names::UNWIND_MAPS)?;
         let maps = BpfHashMap::try_from(maps).map_err(|source| SamplerError::Map {
             name: names::UNWIND_MAPS,
             source,
         })?;
-        crate::native::unwind::UnwindTables::new(rows, maps).map_err(|source| SamplerError::Map {
-            name: names::UNWIND_ROWS,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "mmap",
-                io_error: source,
-            }),
+        crate::native::unwind::UnwindTables::new(rows, pages, maps).map_err(|source| {
+            SamplerError::Map {
+                name: names::UNWIND_ROWS,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error: source,
+                }),
+            }
         })
     }
 

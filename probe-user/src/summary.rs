@@ -33,6 +33,10 @@ pub struct Summary {
     /// Share of all samples with a user stack whose stack starts at a thread
     /// root (see `ProcessSummary::stacks_complete`).
     pub stacks_complete: Option<f64>,
+    /// The frame-pointer baseline of the same run, when stacks were walked
+    /// by rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_pointer_baseline: Option<FpBaseline>,
     /// Rows of `.eh_frame` rules given to the kernel (8 bytes each), for native
     /// code walked without frame pointers.
     pub unwind_table_rows: u64,
@@ -79,6 +83,11 @@ pub struct ProcessSummary {
     /// walked whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks_complete: Option<f64>,
+    /// The same share for a frame-pointer walk of the same stacks (sampled:
+    /// one in `FP_BASELINE_EVERY` of those walked by rules), as perf would
+    /// have walked them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks_complete_frame_pointers: Option<f64>,
     /// Goroutine states, for a Go process followed with `--go-states`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutines: Option<GoroutineStates>,
@@ -218,4 +227,13 @@ pub struct UnwindObject {
     pub rows: u32,
     /// Their kernel memory (8 bytes a row).
     pub bytes: u64,
+}
+
+/// Stack completeness had the same stacks been walked by frame pointers only.
+#[derive(Debug, Clone, Serialize)]
+pub struct FpBaseline {
+    /// Samples walked both ways.
+    pub samples: u64,
+    /// Share of them whose frame-pointer walk reached a thread root.
+    pub stacks_complete: f64,
 }

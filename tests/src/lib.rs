@@ -41,15 +41,21 @@ pub fn crossprof_bin() -> PathBuf {
 }
 
 /// Compiles the C fixture `tests/fixtures/<rel_src>` with gcc and `flags` into
-/// `target/fixtures/<stem>`, and returns the binary's path. The binary is rebuilt
-/// whenever the source is newer than it.
+/// `target/fixtures/c-<flags>/<stem>` (one folder per set of flags, so one source
+/// built two ways keeps both, under its own name), and returns the binary's
+/// path. The binary is rebuilt whenever the source is newer than it.
 pub fn build_c(rel_src: &str, flags: &[&str]) -> PathBuf {
     let src = workspace_root().join("tests/fixtures").join(rel_src);
     let stem = src
         .file_stem()
         .and_then(|s| s.to_str())
         .expect("fixture source has a file name");
-    let out_dir = target_dir().join("fixtures");
+    let folder: String = flags
+        .join("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let out_dir = target_dir().join("fixtures").join(format!("c-{folder}"));
     std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
     let out = out_dir.join(stem);
     let fresh = |o: &Path| -> Option<bool> {

@@ -1,6 +1,7 @@
 //! Native code without frame pointers (issue #5, fixture (c)): stacks walked by
-//! the objects' `.eh_frame` rules in the kernel, against the frame-pointer-only
-//! baseline of the same program.
+//! the objects' `.eh_frame` rules in the kernel (or `.debug_frame`'s, for code
+//! built without unwind tables), against the frame-pointer-only baseline of the
+//! same program.
 
 use crossprof_tests::{build_c, count_where, out_dir, read_folded, record_command};
 
@@ -58,5 +59,43 @@ fn code_without_frame_pointers_is_walked_by_eh_frame_to_main() {
         *fp_chain < 0.5,
         "the frame-pointer baseline should lose the chain in code without frame pointers: {:.1}%",
         fp_chain * 100.0
+    );
+}
+
+/// The same chain built with `-g -fno-asynchronous-unwind-tables`: the
+/// fixture's own functions have no `.eh_frame`, only `.debug_frame` (the C
+/// runtime's start-up code keeps its `.eh_frame`). Walked by `.debug_frame`'s
+/// rules where `.eh_frame` is silent: the chain in >= 95% of samples.
+#[test]
+fn code_with_only_debug_frame_is_walked_by_it() {
+    let flags = [
+        "-O2",
+        "-fomit-frame-pointer",
+        "-g",
+        "-fno-asynchronous-unwind-tables",
+    ];
+    let bin = build_c("native/nofp.c", &flags);
+    let sections = std::process::Command::new("readelf")
+        .args(["-SW"])
+        .arg(&bin)
+        .output()
+        .expect("run readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(sections.contains(".debug_frame"), "{sections}");
+    let dir = out_dir("nofp_debug_frame");
+    let run = record_command(&dir, &["--freq", "999"], &bin, &["1.5"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (chain, all) = count_where(&stacks, "nofp", |s| {
+        s.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= 500, "only {all} samples");
+    println!(
+        ".debug_frame only: main;outer;middle;hot in {:.1}%",
+        100.0 * chain as f64 / all as f64
+    );
+    assert!(
+        chain * 100 >= all * 95,
+        "main;outer;middle;hot in {chain} of {all}:\n{stacks:#?}"
     );
 }

@@ -201,6 +201,37 @@ enum Ra {
 /// does not read is skipped (its PCs stay unknown); the section as a whole fails
 /// only if it cannot be walked at all.
 pub fn rows(eh: &[u8], vaddr: u64) -> Result<Vec<Row>, EhError> {
+    read_rows(eh, vaddr, Format::EhFrame)
+}
+
+/// The same for `.debug_frame` (DWARF's own form, which `gcc -g` writes when
+/// unwind tables are off, e.g. `-fno-asynchronous-unwind-tables`, and which
+/// separate debug files carry): CIEs are marked by an all-ones id, an FDE
+/// points at its CIE by section offset, addresses are absolute 8-byte words,
+/// and a version 4 CIE says its address and segment sizes.
+pub fn debug_frame_rows(debug_frame: &[u8]) -> Result<Vec<Row>, EhError> {
+    read_rows(debug_frame, 0, Format::DebugFrame)
+}
+
+/// Which of the two forms of call-frame information a section holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    EhFrame,
+    DebugFrame,
+}
+
+impl Format {
+    /// The id a CIE has (32-bit lengths; the 64-bit form's id is 8 bytes).
+    fn is_cie(self, id: u64, wide: bool) -> bool {
+        match self {
+            Format::EhFrame => id == 0,
+            Format::DebugFrame if wide => id == u64::MAX,
+            Format::DebugFrame => id == u64::from(u32::MAX),
+        }
+    }
+}
+
+fn read_rows(eh: &[u8], vaddr: u64, format: Format) -> Result<Vec<Row>, EhError> {
     let mut cies: std::collections::HashMap<usize, Cie> = Default::default();
     let mut out: Vec<Row> = Vec::new();
     let mut at = 0usize;
@@ -208,9 +239,14 @@ pub fn rows(eh: &[u8], vaddr: u64) -> Result<Vec<Row>, EhError> {
         let mut r = Reader { d: eh, at };
         let mut len = u64::from(r.u32().ok_or(EhError::Truncated(at))?);
         if len == 0 {
+            if format == Format::DebugFrame {
+                at += 4; // padding, not a terminator
+                continue;
+            }
             break; // terminator
         }
-        if len == 0xffff_ffff {
+        let wide = len == 0xffff_ffff;
+        if wide {
             len = r.u64().ok_or(EhError::Truncated(at))?;
         }
         let body = r.at;
@@ -219,21 +255,30 @@ pub fn rows(eh: &[u8], vaddr: u64) -> Result<Vec<Row>, EhError> {
             .filter(|&e| e <= eh.len())
             .ok_or(EhError::Truncated(at))?;
         let id_at = r.at;
-        let id = r.u32().ok_or(EhError::Truncated(at))?;
+        let id = if wide && format == Format::DebugFrame {
+            r.u64()
+        } else {
+            r.u32().map(u64::from)
+        }
+        .ok_or(EhError::Truncated(at))?;
         let entry = Reader {
             d: &eh[..end],
             at: r.at,
         };
-        if id == 0 {
-            if let Some(cie) = read_cie(entry, vaddr) {
+        if format.is_cie(id, wide) {
+            if let Some(cie) = read_cie(entry, vaddr, format) {
                 cies.insert(at, cie);
             }
         } else {
-            let cie_at = id_at.checked_sub(id as usize).ok_or(EhError::NoCie(at))?;
+            let cie_at = match format {
+                Format::EhFrame => id_at.checked_sub(id as usize),
+                Format::DebugFrame => usize::try_from(id).ok(),
+            }
+            .ok_or(EhError::NoCie(at))?;
             let cie = match cies.get(&cie_at) {
                 Some(c) => c.clone(),
                 // A CIE after its FDE (allowed, rare): read it where it is.
-                None => read_entry_cie(eh, cie_at, vaddr).ok_or(EhError::NoCie(at))?,
+                None => read_entry_cie(eh, cie_at, vaddr, format).ok_or(EhError::NoCie(at))?,
             };
             if let Ok(Some(fde_rows)) = read_fde(entry, &cie, eh, vaddr) {
                 out.extend(fde_rows);
@@ -259,11 +304,11 @@ pub fn rows(eh: &[u8], vaddr: u64) -> Result<Vec<Row>, EhError> {
     Ok(merged)
 }
 
-fn read_entry_cie(eh: &[u8], at: usize, vaddr: u64) -> Option<Cie> {
+fn read_entry_cie(eh: &[u8], at: usize, vaddr: u64, format: Format) -> Option<Cie> {
     let mut r = Reader { d: eh, at };
     let len = r.u32()? as usize;
     let end = r.at.checked_add(len)?;
-    if r.u32()? != 0 {
+    if !format.is_cie(u64::from(r.u32()?), false) {
         return None;
     }
     read_cie(
@@ -272,14 +317,22 @@ fn read_entry_cie(eh: &[u8], at: usize, vaddr: u64) -> Option<Cie> {
             at: r.at,
         },
         vaddr,
+        format,
     )
 }
 
-fn read_cie(mut r: Reader, vaddr: u64) -> Option<Cie> {
+fn read_cie(mut r: Reader, vaddr: u64, format: Format) -> Option<Cie> {
     let version = r.u8()?;
     let aug = r.cstr()?;
     if aug.windows(2).any(|w| w == b"eh") {
         r.u64()?;
+    }
+    if format == Format::DebugFrame && version >= 4 {
+        // address_size, segment_selector_size: 8-byte addresses, no segments.
+        let (address_size, segment_size) = (r.u8()?, r.u8()?);
+        if address_size != 8 || segment_size != 0 {
+            return None;
+        }
     }
     let code_align = r.uleb()?;
     let data_align = r.sleb()?;

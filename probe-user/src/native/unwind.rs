@@ -16,8 +16,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use probe_common::native::{
-    MAX_UNWIND_MAPPINGS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, UnwindMapping, UnwindMappings,
-    UnwindRow, cfa_kind,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
+    UNWIND_PAGE_SHIFT, UnwindMapping, UnwindMappings, UnwindPage, UnwindRow, cfa_kind,
 };
 
 use super::{
@@ -34,7 +34,7 @@ pub enum UnwindTableError {
     Map(#[from] MapError),
     /// The row array is full.
     #[error(
-        "the kernel's unwind table is full ({MAX_UNWIND_ROWS} rows): objects mapped from now on are walked by frame pointers only"
+        "the kernel's unwind table is full ({MAX_UNWIND_ROWS} rows, {MAX_UNWIND_PAGES} pages of code): objects mapped from now on are walked by frame pointers only"
     )]
     Full,
 }
@@ -55,42 +55,35 @@ pub struct ObjectMapping<'a> {
     pub go: Option<&'a GoTable>,
 }
 
-/// An object's rows in `UNWIND_ROWS`.
+/// An object's rows in `UNWIND_ROWS` and its page index in `UNWIND_PAGES`.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     first: u32,
     count: u32,
+    pages_first: u32,
+    pages: u32,
+    page_base: u32,
 }
 
-/// The kernel's tables and what is in them.
-pub struct UnwindTables {
-    /// `UNWIND_ROWS`, kept open, and mapped at `rows` (`BPF_F_MMAPABLE`).
-    _rows_map: MapData,
-    rows: *mut UnwindRow,
-    maps: BpfHashMap<MapData, u32, UnwindMappings>,
-    /// By file (the path that opens it for as long as crossprof runs).
-    placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
-    next: u32,
-    /// Rows written, for the summary (memory: 8 bytes each).
-    pub rows_written: u64,
+/// A memory-mapped `BPF_F_MMAPABLE` array map of `len` `T`s.
+struct Mapped<T> {
+    _map: MapData,
+    at: *mut T,
+    len: usize,
 }
 
-impl UnwindTables {
-    /// Wraps the kernel's maps; the row array is mapped into memory.
-    pub fn new(
-        rows_map: MapData,
-        maps: BpfHashMap<MapData, u32, UnwindMappings>,
-    ) -> std::io::Result<Self> {
-        let len = MAX_UNWIND_ROWS as usize * size_of::<UnwindRow>();
+impl<T> Mapped<T> {
+    fn new(map: MapData, len: usize) -> std::io::Result<Self> {
+        let bytes = len * size_of::<T>();
         // SAFETY: a shared read-write mapping of the array map's fd, of exactly
         // the array's size (a multiple of the page size); checked below.
         let at = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                rows_map.fd().as_fd().as_raw_fd(),
+                map.fd().as_fd().as_raw_fd(),
                 0,
             )
         };
@@ -98,11 +91,82 @@ impl UnwindTables {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Self {
-            _rows_map: rows_map,
-            rows: at.cast::<UnwindRow>(),
+            _map: map,
+            at: at.cast::<T>(),
+            len,
+        })
+    }
+
+    /// Copies `values` to index `first` on; the caller has checked the bounds.
+    fn write(&mut self, first: usize, values: &[T]) {
+        assert!(first + values.len() <= self.len, "write past the map");
+        // SAFETY: inside the mapping (asserted); entries past what processes
+        // were given are not read by the kernel meanwhile.
+        unsafe {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.at.add(first), values.len());
+        }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.at.cast(), self.len * size_of::<T>()) };
+    }
+}
+
+/// The page index of `rows` (sorted, link-time PCs): `(page_base, pages)`,
+/// one [`UnwindPage`] per page from the first row's to the last row's, whose
+/// `lo..=hi` holds the row of every PC in the page.
+pub fn page_index(rows: &[UnwindRow]) -> (u32, Vec<UnwindPage>) {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return (0, Vec::new());
+    };
+    let base = first.pc >> UNWIND_PAGE_SHIFT;
+    let pages = (last.pc >> UNWIND_PAGE_SHIFT) - base + 1;
+    // The last row at or before the start of page `base + i` (0 if none).
+    let bound = |i: u32| {
+        let start = u64::from(base + i) << UNWIND_PAGE_SHIFT;
+        rows.partition_point(|r| u64::from(r.pc) <= start)
+            .saturating_sub(1) as u32
+    };
+    let entries = (0..pages)
+        .map(|i| UnwindPage {
+            lo: bound(i),
+            hi: bound(i + 1),
+        })
+        .collect();
+    (base, entries)
+}
+
+/// The kernel's tables and what is in them.
+pub struct UnwindTables {
+    /// `UNWIND_ROWS` and `UNWIND_PAGES`, memory-mapped (`BPF_F_MMAPABLE`).
+    rows: Mapped<UnwindRow>,
+    pages: Mapped<UnwindPage>,
+    maps: BpfHashMap<MapData, u32, UnwindMappings>,
+    /// By file (the path that opens it for as long as crossprof runs).
+    placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
+    next: u32,
+    next_page: u32,
+    /// Rows written, for the summary (memory: 8 bytes each).
+    pub rows_written: u64,
+}
+
+impl UnwindTables {
+    /// Wraps the kernel's maps; the row and page arrays are mapped into memory.
+    pub fn new(
+        rows_map: MapData,
+        pages_map: MapData,
+        maps: BpfHashMap<MapData, u32, UnwindMappings>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            rows: Mapped::new(rows_map, MAX_UNWIND_ROWS as usize)?,
+            pages: Mapped::new(pages_map, MAX_UNWIND_PAGES as usize)?,
             maps,
             placed: HashMap::new(),
             next: 0,
+            next_page: 0,
             rows_written: 0,
         })
     }
@@ -145,6 +209,10 @@ impl UnwindTables {
                 bias: start.wrapping_sub(link),
                 first: placed.first,
                 count: placed.count,
+                pages_first: placed.pages_first,
+                pages: placed.pages,
+                page_base: placed.page_base,
+                _pad: 0,
             });
         }
         entries.sort_by_key(|e| e.start);
@@ -220,42 +288,79 @@ impl UnwindTables {
             _ => Vec::new(),
         };
         let mut rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
-        // A Go binary with C parts (cgo): rows for the Go side too. A Go
-        // binary without `.eh_frame` keeps its frame-pointer walk.
-        if !rows.is_empty()
-            && let Some(table) = go
-        {
-            rows = merge_ranges(rows, &crate::go::cgo::rows(table));
+        match go {
+            // A Go binary with C parts (cgo): rows for the Go side too. A Go
+            // binary without `.eh_frame` keeps its frame-pointer walk (its
+            // `.debug_frame` is Go's, for the Go code frame pointers walk).
+            Some(table) => {
+                if !rows.is_empty() {
+                    rows = merge_ranges(rows, &crate::go::cgo::rows(table));
+                }
+            }
+            // Code `.eh_frame` leaves out but `.debug_frame` covers (built
+            // with `-g -fno-asynchronous-unwind-tables`).
+            None => {
+                let debug = elf
+                    .section_bytes(&data, ".debug_frame", 64 << 20)
+                    .and_then(|bytes| ehframe::debug_frame_rows(&bytes).ok())
+                    .unwrap_or_default();
+                if !debug.is_empty() {
+                    let debug: Vec<UnwindRow> = debug.iter().map(kernel_row).collect();
+                    rows = merge_ranges(rows.clone(), &gaps_filled_by(&rows, &debug));
+                }
+            }
         }
         if rows.is_empty() {
             self.placed.insert(path.to_path_buf(), None);
             return Ok(None);
         }
         let count = rows.len() as u32;
-        if u64::from(self.next) + u64::from(count) > u64::from(MAX_UNWIND_ROWS) {
+        let (page_base, index) = page_index(&rows);
+        if u64::from(self.next) + u64::from(count) > u64::from(MAX_UNWIND_ROWS)
+            || self.next_page as usize + index.len() > MAX_UNWIND_PAGES as usize
+        {
             return Err(UnwindTableError::Full);
         }
-        let first = self.next;
-        // SAFETY: `first + count <= MAX_UNWIND_ROWS` (checked above), so the
-        // copy stays inside the mapping; rows past `next` are not in any
-        // process's list yet, so the kernel does not read them meanwhile.
-        unsafe {
-            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.rows.add(first as usize), rows.len());
-        }
+        let (first, pages_first) = (self.next, self.next_page);
+        // Written before any process's list points at them, so the kernel
+        // does not read them meanwhile.
+        self.rows.write(first as usize, &rows);
+        self.pages.write(pages_first as usize, &index);
         self.next += count;
+        self.next_page += index.len() as u32;
         self.rows_written += u64::from(count);
-        let placed = Some((Placed { first, count }, Arc::new(elf)));
+        let placed = Some((
+            Placed {
+                first,
+                count,
+                pages_first,
+                pages: index.len() as u32,
+                page_base,
+            },
+            Arc::new(elf),
+        ));
         self.placed.insert(path.to_path_buf(), placed.clone());
         Ok(placed)
     }
 }
 
-impl Drop for UnwindTables {
-    fn drop(&mut self) {
-        let len = MAX_UNWIND_ROWS as usize * size_of::<UnwindRow>();
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.rows.cast(), len) };
-    }
+/// The rules of `other` (rows sorted by PC) for the PCs `rows` has none for,
+/// as ranges for [`merge_ranges`]: `.debug_frame` where `.eh_frame` is silent.
+pub fn gaps_filled_by(rows: &[UnwindRow], other: &[UnwindRow]) -> Vec<(u64, u64, UnwindRow)> {
+    let unknown_at = |pc: u32| {
+        let i = rows.partition_point(|r| r.pc <= pc);
+        i == 0 || rows[i - 1].cfa_kind == cfa_kind::UNKNOWN
+    };
+    let no_row_inside = |start: u32, end: u32| {
+        let i = rows.partition_point(|r| r.pc <= start);
+        rows.get(i).is_none_or(|r| r.pc >= end)
+    };
+    other
+        .windows(2)
+        .filter(|w| w[0].cfa_kind != cfa_kind::UNKNOWN && w[0].pc < w[1].pc)
+        .filter(|w| unknown_at(w[0].pc) && no_row_inside(w[0].pc, w[1].pc))
+        .map(|w| (u64::from(w[0].pc), u64::from(w[1].pc), w[0]))
+        .collect()
 }
 
 /// `rows` (sorted by PC) with `ranges` (sorted `(start, end, row)` link-time
@@ -348,6 +453,58 @@ mod tests {
             cfa_kind: kind,
             rbp: RBP_SAME,
         }
+    }
+
+    #[test]
+    fn debug_frame_fills_only_what_eh_frame_leaves_out() {
+        // .eh_frame: 0x100-0x140 (crt code); .debug_frame: 0x100-0x140 too
+        // (must not override) and 0x200-0x260 (two rows).
+        let eh = vec![
+            row(0x100, cfa_kind::RSP, 8),
+            row(0x140, cfa_kind::UNKNOWN, 0),
+        ];
+        let debug = vec![
+            row(0x100, cfa_kind::RBP, 16),
+            row(0x140, cfa_kind::UNKNOWN, 0),
+            row(0x200, cfa_kind::RSP, 8),
+            row(0x204, cfa_kind::RSP, 32),
+            row(0x260, cfa_kind::UNKNOWN, 0),
+        ];
+        let merged: Vec<(u32, u8, i16)> = merge_ranges(eh.clone(), &gaps_filled_by(&eh, &debug))
+            .iter()
+            .map(|r| (r.pc, r.cfa_kind, r.cfa_off))
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                (0x100, cfa_kind::RSP, 8),
+                (0x140, cfa_kind::UNKNOWN, 0),
+                (0x200, cfa_kind::RSP, 8),
+                (0x204, cfa_kind::RSP, 32),
+                (0x260, cfa_kind::UNKNOWN, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_page_index_brackets_each_pcs_row() {
+        let rows: Vec<UnwindRow> = [0x1000, 0x1010, 0x2500, 0x3000, 0x4800]
+            .iter()
+            .map(|&pc| row(pc, cfa_kind::RSP, 8))
+            .collect();
+        let (base, index) = page_index(&rows);
+        let pairs: Vec<(u32, u32)> = index.iter().map(|p| (p.lo, p.hi)).collect();
+        assert_eq!(
+            (base, pairs.as_slice()),
+            (1, &[(0, 1), (1, 3), (3, 3), (3, 4)][..])
+        );
+        // Every PC's row (the last at or before it) lies in its page's range.
+        for pc in 0x1000u32..0x4900 {
+            let want = rows.partition_point(|r| r.pc <= pc) as u32 - 1;
+            let page = &index[((pc >> UNWIND_PAGE_SHIFT) - base) as usize];
+            assert!((page.lo..=page.hi).contains(&want), "{pc:#x}");
+        }
+        assert_eq!(page_index(&[]), (0, Vec::new()));
     }
 
     #[test]

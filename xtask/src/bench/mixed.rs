@@ -13,7 +13,8 @@
 //!   filter drops (a few dozen ns each), so this is an upper bound;
 //! - frames per sample (user and kernel, markers and the process name left
 //!   out), for scale;
-//! - stack completeness, and the same program with `--frame-pointers-only`;
+//! - stack completeness, the frame-pointer baseline crossprof measures in the
+//!   same run, and the same program with `--frame-pointers-only`;
 //! - the unwind table's kernel memory for libc, libcoreclr and the Go library
 //!   (summary.json `unwind_objects`), and for every object the process maps.
 
@@ -135,7 +136,17 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             goal: Goal::AtLeast(0.95),
         },
         Figure {
-            name: "  the same, --frame-pointers-only".into(),
+            name: "  frame-pointer baseline measured in the same runs".into(),
+            measured: median(measured.iter().filter_map(|r| {
+                r.summary
+                    .pointer("/frame_pointer_baseline/stacks_complete")
+                    .and_then(Value::as_f64)
+            })),
+            unit: Unit::Share,
+            goal: Goal::Info,
+        },
+        Figure {
+            name: "  the same program run with --frame-pointers-only".into(),
             measured: fp.complete,
             unit: Unit::Share,
             goal: Goal::Info,
