@@ -80,8 +80,10 @@ pub mod names {
     pub const GO_PIDS: &str = "GO_PIDS";
     /// `UNWIND_ROWS`: every object's `.eh_frame` rows.
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
-    /// `UNWIND_MAPS`: per process, its mappings with rows.
+    /// `UNWIND_MAPS`: per slot, a process's mappings with rows.
     pub const UNWIND_MAPS: &str = "UNWIND_MAPS";
+    /// `UNWIND_SLOTS`: per process walked by rules, its slot in `UNWIND_MAPS`.
+    pub const UNWIND_SLOTS: &str = "UNWIND_SLOTS";
     /// `UNWIND_PAGES`: every object's page index into its rows.
     pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
     /// The tracepoint programs at the entry and exit of `mmap` (see

@@ -330,15 +330,29 @@ static UNWIND_ROWS: Array<UnwindRow> =
 static UNWIND_PAGES: Array<UnwindPage> =
     Array::with_max_entries(MAX_UNWIND_PAGES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// Per process: its executable mappings with rows.
+/// Per slot: a process's executable mappings with rows. An array, looked up
+/// once per frame: the verifier inlines array lookups, not hash lookups.
 #[map]
-static UNWIND_MAPS: HashMap<u32, UnwindMappings> = HashMap::with_max_entries(MAX_UNWIND_PIDS, 0);
+static UNWIND_MAPS: Array<UnwindMappings> = Array::with_max_entries(MAX_UNWIND_PIDS, 0);
 
-/// Does `tgid` have rules (then its user stacks are walked by them)?
+/// Per process walked by rules: its slot in `UNWIND_MAPS` (looked up once per
+/// sample).
+#[map]
+static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PIDS, 0);
+
+const SLOT_MASK: u32 = MAX_UNWIND_PIDS - 1;
+
+/// `tgid`'s slot, if it has rules (then its user stacks are walked by them).
+#[inline(always)]
+fn unwind_slot(tgid: u32) -> Option<u32> {
+    // SAFETY: the value is copied out.
+    unsafe { UNWIND_SLOTS.get(tgid) }.copied()
+}
+
+/// Does `tgid` have rules?
 #[inline(always)]
 pub fn has_unwind_rules(tgid: u32) -> bool {
-    // SAFETY: only tested for presence.
-    unsafe { UNWIND_MAPS.get(tgid) }.is_some()
+    unwind_slot(tgid).is_some()
 }
 
 /// Walks the user stack of `tgid` by its objects' `.eh_frame` rules into the
@@ -361,8 +375,12 @@ pub fn unwind_by_rules(
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
+    let Some(slot) = unwind_slot(tgid) else {
+        return 0;
+    };
     let managed = crate::dotnet::is_managed(tgid);
     let mut walk = RuleWalk {
+        slot,
         ip: r.ip,
         sp: r.sp,
         bp: r.bp,
@@ -422,6 +440,8 @@ const END_NO_RULE: u32 = 2;
 /// The rule walk's state between `bpf_loop` steps.
 #[repr(C)]
 struct RuleWalk {
+    /// The process's slot in `UNWIND_MAPS`.
+    slot: u32,
     ip: u64,
     sp: u64,
     bp: u64,
@@ -456,7 +476,7 @@ extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
     w.frames += 1;
     // A return address is looked up one byte back: the call, not what follows.
     let pc = if w.frames == 1 { w.ip } else { w.ip - 1 };
-    let row = rule_for(w.tgid, pc);
+    let row = rule_for(w.slot, pc);
     let read = |addr: u64| -> Option<u64> {
         // SAFETY: the user-read helper checks the address and fails on a fault.
         unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
@@ -610,9 +630,8 @@ extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
 /// number of steps: a search whose bounds the verifier must track precisely
 /// (`if lo < hi`) multiplies its states past the 1M-instruction limit.
 #[inline(always)]
-fn rule_for(tgid: u32, pc: u64) -> Option<(UnwindRow, u64)> {
-    // SAFETY: the map value is read field by field.
-    let maps = unsafe { UNWIND_MAPS.get(tgid) }?;
+fn rule_for(slot: u32, pc: u64) -> Option<(UnwindRow, u64)> {
+    let maps = UNWIND_MAPS.get(slot & SLOT_MASK)?;
     const MAP_MASK: u32 = MAX_UNWIND_MAPPINGS as u32 - 1;
     // The last mapping starting at or before pc (entries sorted by start).
     let mut base = 0u32;
@@ -648,15 +667,18 @@ fn rule_for(tgid: u32, pc: u64) -> Option<(UnwindRow, u64)> {
         len: len & ROW_MASK,
         link,
     };
-    // SAFETY: `row_search_step` has the callback signature bpf_loop expects, and
-    // `search` lives on this stack frame for the whole loop.
-    unsafe {
-        bpf_loop(
-            21,
-            row_search_step as *mut c_void,
-            (&mut search as *mut RowSearch).cast::<c_void>(),
-            0,
-        );
+    // A page with one candidate row needs no search.
+    if search.len > 1 {
+        // SAFETY: `row_search_step` has the callback signature bpf_loop
+        // expects, and `search` lives on this stack frame for the whole loop.
+        unsafe {
+            bpf_loop(
+                21,
+                row_search_step as *mut c_void,
+                (&mut search as *mut RowSearch).cast::<c_void>(),
+                0,
+            );
+        }
     }
     let row = *UNWIND_ROWS.get(search.base & ROW_MASK)?;
     (row.pc <= link).then_some((row, bias))

@@ -287,11 +287,16 @@ impl Sampler {
         let rows = array(names::UNWIND_ROWS)?;
         let pages = array(names::UNWIND_PAGES)?;
         let maps = take_map(&mut self.ebpf, names::UNWIND_MAPS)?;
-        let maps = BpfHashMap::try_from(maps).map_err(|source| SamplerError::Map {
+        let maps = aya::maps::Array::try_from(maps).map_err(|source| SamplerError::Map {
             name: names::UNWIND_MAPS,
             source,
         })?;
-        crate::native::unwind::UnwindTables::new(rows, pages, maps).map_err(|source| {
+        let slots = take_map(&mut self.ebpf, names::UNWIND_SLOTS)?;
+        let slots = BpfHashMap::try_from(slots).map_err(|source| SamplerError::Map {
+            name: names::UNWIND_SLOTS,
+            source,
+        })?;
+        crate::native::unwind::UnwindTables::new(rows, pages, maps, slots).map_err(|source| {
             SamplerError::Map {
                 name: names::UNWIND_ROWS,
                 source: MapError::SyscallError(aya::sys::SyscallError {

@@ -14,9 +14,9 @@ use std::{
     sync::Arc,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, MapError};
 use probe_common::native::{
-    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
     UNWIND_PAGE_SHIFT, UnwindMapping, UnwindMappings, UnwindPage, UnwindRow, cfa_kind,
 };
 
@@ -144,7 +144,15 @@ pub struct UnwindTables {
     /// `UNWIND_ROWS` and `UNWIND_PAGES`, memory-mapped (`BPF_F_MMAPABLE`).
     rows: Mapped<UnwindRow>,
     pages: Mapped<UnwindPage>,
-    maps: BpfHashMap<MapData, u32, UnwindMappings>,
+    /// `UNWIND_MAPS` (per slot) and `UNWIND_SLOTS` (pid -> slot).
+    maps: BpfArray<MapData, UnwindMappings>,
+    slots: BpfHashMap<MapData, u32, u32>,
+    /// Our copy of the slots given out, and those free again (oldest first:
+    /// a slot is reused as late as possible, in case a walk of its previous
+    /// process is still running).
+    slot_of: HashMap<u32, u32>,
+    free_slots: std::collections::VecDeque<u32>,
+    next_slot: u32,
     /// By file (the path that opens it for as long as crossprof runs).
     placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
     next: u32,
@@ -158,12 +166,17 @@ impl UnwindTables {
     pub fn new(
         rows_map: MapData,
         pages_map: MapData,
-        maps: BpfHashMap<MapData, u32, UnwindMappings>,
+        maps: BpfArray<MapData, UnwindMappings>,
+        slots: BpfHashMap<MapData, u32, u32>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             rows: Mapped::new(rows_map, MAX_UNWIND_ROWS as usize)?,
             pages: Mapped::new(pages_map, MAX_UNWIND_PAGES as usize)?,
             maps,
+            slots,
+            slot_of: HashMap::new(),
+            free_slots: std::collections::VecDeque::new(),
+            next_slot: 0,
             placed: HashMap::new(),
             next: 0,
             next_page: 0,
@@ -230,7 +243,25 @@ impl UnwindTables {
             entries: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         };
         value.entries[..entries.len()].copy_from_slice(&entries);
-        self.maps.insert(pid, value, 0)?;
+        let slot = match self.slot_of.get(&pid) {
+            Some(&slot) => slot,
+            None => {
+                let slot = match self.free_slots.pop_front() {
+                    Some(slot) => slot,
+                    None if self.next_slot < MAX_UNWIND_PIDS => {
+                        self.next_slot += 1;
+                        self.next_slot - 1
+                    }
+                    None => return Err(UnwindTableError::Full),
+                };
+                self.slot_of.insert(pid, slot);
+                slot
+            }
+        };
+        // The mappings first, then the slot: the kernel never sees a slot
+        // without its mappings.
+        self.maps.set(slot, value, 0)?;
+        self.slots.insert(pid, slot, 0)?;
         if full {
             return Err(UnwindTableError::Full);
         }
@@ -260,7 +291,10 @@ impl UnwindTables {
 
     /// Stops walking `pid` by rules (it exited, or its maps changed).
     pub fn remove_process(&mut self, pid: u32) {
-        let _ = self.maps.remove(&pid);
+        if let Some(slot) = self.slot_of.remove(&pid) {
+            let _ = self.slots.remove(&pid);
+            self.free_slots.push_back(slot);
+        }
     }
 
     /// The object at `path`, placed in `UNWIND_ROWS` (once per file); `None`
@@ -314,6 +348,11 @@ impl UnwindTables {
             self.placed.insert(path.to_path_buf(), None);
             return Ok(None);
         }
+        // Runs of one rule are one row: Go code (a row per function, all
+        // alike) becomes a few, and a page's search a step or none.
+        rows.dedup_by(|next, prev| {
+            (next.cfa_kind, next.cfa_off, next.rbp) == (prev.cfa_kind, prev.cfa_off, prev.rbp)
+        });
         let count = rows.len() as u32;
         let (page_base, index) = page_index(&rows);
         if u64::from(self.next) + u64::from(count) > u64::from(MAX_UNWIND_ROWS)
