@@ -368,7 +368,12 @@ async fn start(
     let dotnet_tables = sampler.take_dotnet_tables()?;
     let unwind_tables = sampler.take_unwind_tables()?;
     let go_pids = sampler.take_go_pids()?;
-    sampler.attach()?;
+    // A command is sampled from its exec on. Running targets (--pid) and the
+    // whole system are sampled once the targets' unwind rules are in (see
+    // `run`): their first samples are not walked without them.
+    if has_command {
+        sampler.attach()?;
+    }
     // Without them, new libraries get their rules when a sample first lands
     // in them (one maps re-read, rate-limited): a few stacks short meanwhile.
     if !args.frame_pointers_only
@@ -585,6 +590,9 @@ async fn run(
         settle_maps(pid);
         pipeline.procs.recapture(pid);
         pipeline.poll_go(&mut sampler);
+    }
+    if child.is_none() {
+        sampler.attach()?;
     }
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
