@@ -90,11 +90,18 @@ pub fn sample(ctx: &PerfEventContext) {
     // The user registers, read once: the .NET walk, the goroutine and the
     // stack-top words all start from them.
     let regs = user_regs(ctx, in_user);
-    let user_frames = if has_unwind_rules(tgid) {
+    let user_frames = if let Some(slot) = unwind_slot(tgid) {
         // Native code without frame pointers: its objects' .eh_frame rules;
         // JIT code in between by the collector's table of its methods' frames.
         // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
-        unwind_by_rules(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
+        unwind_by_rules(
+            tgid,
+            slot,
+            regs,
+            &mut scratch.ips,
+            kernel_frames,
+            &mut flags,
+        )
     } else if crate::dotnet::is_managed(tgid) {
         // JIT code: walked with the collector's table of frameless methods.
         crate::dotnet::unwind_user(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
@@ -355,12 +362,14 @@ pub fn has_unwind_rules(tgid: u32) -> bool {
     unwind_slot(tgid).is_some()
 }
 
-/// Walks the user stack of `tgid` by its objects' `.eh_frame` rules into the
-/// scratch `ips[first..]`, leaf first, falling back to the frame pointer where there is
-/// no rule; returns the number of frames and sets `FLAG_USER_*` bits.
+/// Walks the user stack of `tgid` (at `slot` in `UNWIND_MAPS`) by its objects'
+/// `.eh_frame` rules into the scratch `ips[first..]`, leaf first, falling back
+/// to the frame pointer where there is no rule; returns the number of frames
+/// and sets `FLAG_USER_*` bits.
 #[inline(always)]
 pub fn unwind_by_rules(
     tgid: u32,
+    slot: u32,
     regs: Option<UserRegs>,
     ips: &mut [u64; 2 * MAX_FRAMES],
     first: usize,
@@ -375,9 +384,6 @@ pub fn unwind_by_rules(
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
-    let Some(slot) = unwind_slot(tgid) else {
-        return 0;
-    };
     let managed = crate::dotnet::is_managed(tgid);
     let mut walk = RuleWalk {
         slot,

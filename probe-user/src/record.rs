@@ -819,14 +819,8 @@ async fn run(
                     samples: p.gc_samples,
                     share: p.gc_samples as f64 / p.samples.max(1) as f64,
                 }),
-            stacks_complete: complete
-                .get(&p.pid)
-                .filter(|c| c.1 > 0)
-                .map(|&(rooted, all)| rooted as f64 / all as f64),
-            stacks_complete_frame_pointers: fp_complete
-                .get(&p.pid)
-                .filter(|c| c.1 > 0)
-                .map(|&(rooted, all)| rooted as f64 / all as f64),
+            stacks_complete: complete.get(&p.pid).and_then(share),
+            stacks_complete_frame_pointers: fp_complete.get(&p.pid).and_then(share),
             goroutines: p.go_states.as_ref().map(|t| {
                 crate::go::states::summarize(
                     t,
@@ -877,19 +871,12 @@ async fn run(
             run_count,
             run_time_ns,
         }),
-        stacks_complete: {
-            let (rooted, all) = complete
-                .values()
-                .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y));
-            (all > 0).then(|| rooted as f64 / all as f64)
-        },
+        stacks_complete: share(&total(complete.values())),
         frame_pointer_baseline: {
-            let (rooted, all) = fp_complete
-                .values()
-                .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y));
-            (all > 0).then(|| crate::summary::FpBaseline {
-                samples: all,
-                stacks_complete: rooted as f64 / all as f64,
+            let counts = total(fp_complete.values());
+            share(&counts).map(|stacks_complete| crate::summary::FpBaseline {
+                samples: counts.1,
+                stacks_complete,
             })
         },
         unwind_table_rows: unwind_tables.rows_written,
@@ -990,6 +977,18 @@ fn title(args: &RecordArgs, pids: &[u32]) -> String {
     } else {
         "crossprof: whole system".to_owned()
     }
+}
+
+/// `rooted / all` of `(rooted, all)` stack counts, when there are any.
+fn share(&(rooted, all): &(u64, u64)) -> Option<f64> {
+    (all > 0).then(|| rooted as f64 / all as f64)
+}
+
+/// Per-process `(rooted, all)` stack counts added up.
+fn total<'a>(counts: impl IntoIterator<Item = &'a (u64, u64)>) -> (u64, u64) {
+    counts
+        .into_iter()
+        .fold((0, 0), |(r, a), &(x, y)| (r + x, a + y))
 }
 
 #[cfg(test)]

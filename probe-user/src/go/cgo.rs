@@ -63,10 +63,10 @@ pub fn rows(table: &GoTable) -> Vec<(u64, u64, UnwindRow)> {
 
 /// `crosscall2`'s rows, by stack-pointer offset (its `pcsp` table). C calls
 /// it without a frame pointer in RBP, so its frame record links to junk (from
-/// Go 1.21 the assembler adds a second record on top, whose "return address"
+/// Go 1.23 the assembler adds a second record on top, whose "return address"
 /// is the C caller's RBP): the CFA is RSP-based, and the caller's RBP is the
-/// first one saved, at CFA - 16 (`PUSHQ BP` at entry from 1.21, `MOVQ BP,
-/// off(SP)` right after `ADJSP` before).
+/// first one saved, at CFA - 16 (`PUSHQ BP` at entry from 1.23, `MOVQ BP,
+/// off(SP)` right after `ADJSP` up to 1.21; objdump of each toolchain's build).
 fn crosscall2_rows(table: &GoTable, entry: u64, end: u64) -> Option<Vec<(u64, u64, UnwindRow)>> {
     let code = table.bytes(entry, usize::try_from(end.checked_sub(entry)?).ok()?)?;
     // Where the caller's RBP is saved, and from which PC on.

@@ -409,11 +409,10 @@ impl ProcessTable {
         self.threads.get(id)
     }
 
-    /// Gives the kernel the `.eh_frame` rules of every native process seen for
-    /// the first time (after its Go check), and of every Go process with C
-    /// parts (cgo; Go binaries without `.eh_frame` keep the frame-pointer
-    /// walk). .NET processes are walked their own way. The first failure is
-    /// returned.
+    /// Gives the kernel the `.eh_frame` rules of every process seen for the
+    /// first time or whose maps changed: native and .NET processes, and Go
+    /// processes with C parts (cgo; Go binaries without `.eh_frame` keep the
+    /// frame-pointer walk). The first failure is returned.
     pub fn poll_native_unwind(
         &mut self,
         tables: &mut super::unwind::UnwindTables,

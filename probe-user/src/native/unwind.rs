@@ -1,7 +1,8 @@
 //! The kernel's `.eh_frame` tables (see `probe_common::native`): each object's
 //! rules, read once per file ([`super::ehframe`]) and written once into the
-//! shared `UNWIND_ROWS` array, and per process the list of its mappings with
-//! where their rows are (`UNWIND_MAPS`).
+//! shared `UNWIND_ROWS` array with a page index (`UNWIND_PAGES`), and per
+//! process the list of its mappings with where their rows are (`UNWIND_MAPS`,
+//! at the process's slot in `UNWIND_SLOTS`).
 //!
 //! Rows are never freed: a run that maps more objects than fit gets no rules for
 //! the rest (their frames fall back to frame pointers, and a stack that cannot be
@@ -340,7 +341,8 @@ impl UnwindTables {
                     .unwrap_or_default();
                 if !debug.is_empty() {
                     let debug: Vec<UnwindRow> = debug.iter().map(kernel_row).collect();
-                    rows = merge_ranges(rows.clone(), &gaps_filled_by(&rows, &debug));
+                    let gaps = gaps_filled_by(&rows, &debug);
+                    rows = merge_ranges(rows, &gaps);
                 }
             }
         }
