@@ -206,6 +206,8 @@ fn in_epilog(ip: u64, sp: u64, bp: u64) -> Option<(u64, Option<u64>)> {
 /// One step from a frame at `ip` (a return address unless `leaf`) with its `sp`
 /// and `bp` to its caller's `(ip, sp, bp)`; `None` ends the walk, and `Err(())`
 /// ends it flagged (a leaf in a prolog or epilog that cannot be replayed).
+/// Stack words come from `read` (of two words, the lower is read first: the
+/// rule walk's reader brings in a window upwards from the address asked).
 #[inline(always)]
 pub(crate) fn step(
     tgid: u32,
@@ -213,6 +215,7 @@ pub(crate) fn step(
     ip: u64,
     sp: u64,
     bp: u64,
+    read: &mut impl FnMut(u64) -> Option<u64>,
 ) -> Result<Option<(u64, u64, u64)>, ()> {
     // A return address is the instruction after the call: look up the call.
     let at = if leaf { ip } else { ip - 1 };
@@ -220,7 +223,7 @@ pub(crate) fn step(
         if e.flags & CODE_OSR != 0 {
             // The Tier-0 frame under the OSR code: CFA from rbp.
             let cfa = bp + e.body_cfa;
-            let (Some(ra), Some(saved_bp)) = (read_user(cfa - 8), read_user(cfa - 16)) else {
+            let (Some(saved_bp), Some(ra)) = (read(cfa - 16), read(cfa - 8)) else {
                 return Ok(None);
             };
             return Ok(Some((ra, cfa, saved_bp)));
@@ -245,31 +248,31 @@ pub(crate) fn step(
                 None
             };
             if let Some((cfa, saved_bp_at)) = edge {
-                let Some(ra) = read_user(cfa - 8) else {
-                    return Ok(None);
-                };
                 let bp = match saved_bp_at {
-                    Some(at) => match read_user(at) {
+                    Some(at) => match read(at) {
                         Some(v) => v,
                         None => return Ok(None),
                     },
                     None => bp,
+                };
+                let Some(ra) = read(cfa - 8) else {
+                    return Ok(None);
                 };
                 return Ok(Some((ra, cfa, bp)));
             }
         }
         if e.flags & CODE_FRAMED == 0 {
             let cfa = sp + e.body_cfa;
-            let Some(ra) = read_user(cfa - 8) else {
-                return Ok(None);
-            };
             let bp = if e.bp_slot != 0 {
-                match read_user(cfa - e.bp_slot) {
+                match read(cfa - e.bp_slot) {
                     Some(v) => v,
                     None => return Ok(None),
                 }
             } else {
                 bp
+            };
+            let Some(ra) = read(cfa - 8) else {
+                return Ok(None);
             };
             return Ok(Some((ra, cfa, bp)));
         }
@@ -279,7 +282,7 @@ pub(crate) fn step(
     if bp < sp || bp & 7 != 0 {
         return Ok(None);
     }
-    let (Some(ra), Some(next_bp)) = (read_user(bp + 8), read_user(bp)) else {
+    let (Some(next_bp), Some(ra)) = (read(bp), read(bp + 8)) else {
         return Ok(None);
     };
     Ok(Some((ra, bp + 16, next_bp)))
@@ -312,7 +315,7 @@ pub fn unwind_user(
     }
     // The leaf, on its own: the prolog and epilog replays are checked once.
     ips[first] = ip;
-    match step(tgid, true, ip, sp, bp) {
+    match step(tgid, true, ip, sp, bp, &mut read_user) {
         Ok(Some(next)) => (ip, sp, bp) = next,
         Ok(None) => return 1,
         Err(()) => {
@@ -382,7 +385,7 @@ extern "C" fn next_frame(_i: u64, ctx: *mut c_void) -> i64 {
     unsafe { (*scratch).ips[idx] = w.ip };
     w.next += 1;
     w.frames += 1;
-    match step(w.tgid, false, w.ip, w.sp, w.bp) {
+    match step(w.tgid, false, w.ip, w.sp, w.bp, &mut read_user) {
         Ok(Some((ip, sp, bp))) => {
             w.ip = ip;
             w.sp = sp;

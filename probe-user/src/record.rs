@@ -883,10 +883,11 @@ async fn run(
         unwind_objects: unwind_tables
             .objects()
             .into_iter()
-            .map(|(path, rows)| crate::summary::UnwindObject {
+            .map(|(path, rows, pages)| crate::summary::UnwindObject {
                 path,
                 rows,
-                bytes: u64::from(rows) * size_of::<probe_common::native::UnwindRow>() as u64,
+                bytes: u64::from(rows) * size_of::<probe_common::native::UnwindRow>() as u64
+                    + u64::from(pages) * size_of::<probe_common::native::UnwindPage>() as u64,
             })
             .collect(),
         go_state_probes: go_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {

@@ -225,7 +225,7 @@ pub struct UnwindObject {
     pub path: String,
     /// Its rows.
     pub rows: u32,
-    /// Their kernel memory (8 bytes a row).
+    /// Their kernel memory: 8 bytes a row and 8 a page-index entry.
     pub bytes: u64,
 }
 

@@ -278,13 +278,16 @@ impl UnwindTables {
         Ok(self.place(path, go)?.is_some())
     }
 
-    /// Every object with rows in the kernel's table and how many, largest
-    /// first (8 bytes each; `path` as crossprof opened it).
-    pub fn objects(&self) -> Vec<(String, u32)> {
-        let mut objects: Vec<(String, u32)> = self
+    /// Every object with rows in the kernel's table: its rows and page index
+    /// entries (8 bytes each), largest first (`path` as crossprof opened it).
+    pub fn objects(&self) -> Vec<(String, u32, u32)> {
+        let mut objects: Vec<(String, u32, u32)> = self
             .placed
             .iter()
-            .filter_map(|(path, p)| Some((path.display().to_string(), p.as_ref()?.0.count)))
+            .filter_map(|(path, p)| {
+                let placed = &p.as_ref()?.0;
+                Some((path.display().to_string(), placed.count, placed.pages))
+            })
             .collect();
         objects.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         objects
@@ -529,7 +532,9 @@ mod tests {
 
     #[test]
     fn the_page_index_brackets_each_pcs_row() {
-        let rows: Vec<UnwindRow> = [0x1000, 0x1010, 0x2500, 0x3000, 0x4800]
+        // Rows at pages 1, 1, 2.5, 3 and 4.5.
+        let page = 1u32 << UNWIND_PAGE_SHIFT;
+        let rows: Vec<UnwindRow> = [page, page + 0x10, page * 5 / 2, page * 3, page * 9 / 2]
             .iter()
             .map(|&pc| row(pc, cfa_kind::RSP, 8))
             .collect();
@@ -540,7 +545,7 @@ mod tests {
             (1, &[(0, 1), (1, 3), (3, 3), (3, 4)][..])
         );
         // Every PC's row (the last at or before it) lies in its page's range.
-        for pc in 0x1000u32..0x4900 {
+        for pc in page..page * 5 {
             let want = rows.partition_point(|r| r.pc <= pc) as u32 - 1;
             let page = &index[((pc >> UNWIND_PAGE_SHIFT) - base) as usize];
             assert!((page.lo..=page.hi).contains(&want), "{pc:#x}");
