@@ -15,6 +15,7 @@
 pub mod dotnet;
 pub mod go;
 pub mod native;
+pub mod offcpu;
 
 /// Tag in the first 4 bytes of every ring-buffer record, so that later record kinds
 /// (goroutine state, thread state, ...) can share the one ring buffer.
@@ -27,6 +28,9 @@ pub enum RecordKind {
     GoroutineEnd = 2,
     /// A [`native::MapsChanged`]: a process mapped new code.
     MapsChanged = 3,
+    /// A [`native::SampleHeader`] and its frames, taken when a thread that had
+    /// left the CPU runs again (see [`offcpu`]).
+    OffCpuSample = 4,
 }
 
 impl RecordKind {
@@ -36,6 +40,7 @@ impl RecordKind {
             1 => Some(Self::CpuSample),
             2 => Some(Self::GoroutineEnd),
             3 => Some(Self::MapsChanged),
+            4 => Some(Self::OffCpuSample),
             _ => None,
         }
     }
@@ -53,8 +58,10 @@ pub struct Config {
     /// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains
     /// on its own timer.
     pub wakeup_bytes: u64,
+    /// Off-CPU spans shorter than this are dropped in the kernel (`--min-block`).
+    pub min_block_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
@@ -72,6 +79,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     /// The perf_event program that samples on-CPU stacks.
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
+    /// The `sched_switch` program that notes a thread leaving the CPU.
+    pub const OFF_CPU_START_PROG: &str = "off_cpu_start";
+    /// The `sys_exit` raw tracepoint program that ends an off-CPU span.
+    pub const OFF_CPU_END_PROG: &str = "off_cpu_end";
     /// `MANAGED_PIDS` (see [`crate::dotnet`]).
     pub const MANAGED_PIDS: &str = "MANAGED_PIDS";
     /// `CODE_PAGES` (see [`crate::dotnet`]).
@@ -133,7 +144,8 @@ pub enum Counter {
     Sent = 1,
     /// Samples dropped because the ring buffer was full.
     DropRingFull = 2,
-    /// Samples dropped because the per-CPU scratch buffer was unavailable.
+    /// Samples dropped because the per-CPU scratch buffer was unavailable (or in
+    /// use by the off-CPU program the sample interrupted).
     DropNoScratch = 3,
     /// Samples whose kernel stack could not be read (sent with no kernel frames).
     KernelStackError = 4,
@@ -156,10 +168,17 @@ pub enum Counter {
     /// Of them, walks that stopped at a frame with neither a rule nor a usable
     /// frame pointer.
     NativeUnwindStops = 13,
+    /// Off-CPU spans of target threads that ended (the thread ran again).
+    OffCpuSpans = 14,
+    /// Of them, spans shorter than `--min-block`, dropped in the kernel.
+    OffCpuShort = 15,
+    /// Threads that left the CPU untracked: the table of threads off the CPU
+    /// was full (their blocking is missing from the profile).
+    OffCpuUntracked = 16,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 14;
+pub const COUNTER_SLOTS: u32 = 17;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -178,6 +197,9 @@ impl Counter {
         Counter::GoroutineEndsLost,
         Counter::NativeUnwinds,
         Counter::NativeUnwindStops,
+        Counter::OffCpuSpans,
+        Counter::OffCpuShort,
+        Counter::OffCpuUntracked,
     ];
 
     /// A stable snake_case name for reports.
@@ -197,12 +219,18 @@ impl Counter {
             Counter::GoroutineEndsLost => "goroutine_ends_lost",
             Counter::NativeUnwinds => "native_unwinds",
             Counter::NativeUnwindStops => "native_unwind_stops",
+            Counter::OffCpuSpans => "off_cpu_spans",
+            Counter::OffCpuShort => "off_cpu_short_dropped",
+            Counter::OffCpuUntracked => "off_cpu_untracked",
         }
     }
 
     /// True for the counters that mean a sample was lost.
     pub fn is_drop(self) -> bool {
-        matches!(self, Counter::DropRingFull | Counter::DropNoScratch)
+        matches!(
+            self,
+            Counter::DropRingFull | Counter::DropNoScratch | Counter::OffCpuUntracked
+        )
     }
 }
 

@@ -77,10 +77,16 @@ pub struct SampleHeader {
     pub fp_outermost: u64,
     /// That walk's frame count.
     pub fp_frames: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// For an off-CPU record ([`crate::RecordKind::OffCpuSample`]): the
+    /// thread's state when it left the CPU (see [`crate::offcpu`]); 0 otherwise.
+    pub off_cpu_state: u16,
+    /// For an off-CPU record: the system call the thread was in, plus one (0:
+    /// none, e.g. preempted in user mode or a page fault).
+    pub off_cpu_syscall: u16,
+    /// For an off-CPU record: nanoseconds from leaving the CPU to running again.
+    pub off_cpu_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 96 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 104 + 8 * STACK_TOP_WORDS);
 
 /// One sample in this many of those walked by rules also gets a frame-pointer
 /// walk, for the baseline (about 1 µs each).

@@ -3,7 +3,8 @@
 //! One module per runtime, mirroring `probe-common` and `probe-user`: [`native`]
 //! samples every CPU and records the kernel and frame-pointer user stacks;
 //! [`dotnet`] walks the user stacks of .NET processes through frameless JIT code;
-//! [`go`] reads the goroutine a Go process runs and follows goroutine states.
+//! [`go`] reads the goroutine a Go process runs and follows goroutine states;
+//! [`offcpu`] weighs the stacks of threads that left the CPU by the time away.
 //! This file holds what the runtimes share: the maps, the configuration and the
 //! counters.
 #![no_std]
@@ -12,11 +13,12 @@
 mod dotnet;
 mod go;
 mod native;
+mod offcpu;
 
 use aya_ebpf::{
-    macros::{map, perf_event, tracepoint},
+    macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, TracePointContext},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_TARGETS, native::SampleScratch,
@@ -28,6 +30,7 @@ static CONFIG: Config = Config {
     filter_pids: 0,
     include_idle: 0,
     wakeup_bytes: 0,
+    min_block_ns: 0,
 };
 
 /// Every record, of every kind, for the collector.
@@ -47,6 +50,31 @@ static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 /// constant sizes, so the variable-length record is built here first.
 #[map]
 static SCRATCH: PerCpuArray<SampleScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: non-zero while the off-CPU program assembles a record in `SCRATCH`
+/// and the walk's per-CPU buffers. It runs in a thread's context, where the
+/// CPU sampler can interrupt it (BPF only keeps a program from interrupting
+/// itself); a sample that finds this set is dropped (`DropNoScratch`).
+#[map]
+static SCRATCH_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Is this CPU's scratch in use by the off-CPU program?
+#[inline(always)]
+fn scratch_busy() -> bool {
+    // SAFETY: this CPU's slot, read once.
+    SCRATCH_BUSY
+        .get_ptr(0)
+        .is_some_and(|b| unsafe { core::ptr::read_volatile(b) } != 0)
+}
+
+/// Marks this CPU's scratch in use (or free again).
+#[inline(always)]
+fn set_scratch_busy(busy: bool) {
+    if let Some(b) = SCRATCH_BUSY.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { core::ptr::write_volatile(b, u64::from(busy)) };
+    }
+}
 
 #[inline(always)]
 fn config() -> Config {
@@ -89,6 +117,21 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     native::mmap_exit(&ctx);
+    0
+}
+
+/// `sched:sched_switch` (BTF-typed): a target thread leaves the CPU.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn off_cpu_start(ctx: BtfTracePointContext) -> i32 {
+    offcpu::switch_out(&ctx);
+    0
+}
+
+/// `raw_syscalls:sys_exit` (raw): a target thread that blocked in this system
+/// call returns from it; its off-CPU span ends.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn off_cpu_end(ctx: RawTracePointContext) -> i32 {
+    offcpu::syscall_exit(&ctx);
     0
 }
 

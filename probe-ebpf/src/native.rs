@@ -40,10 +40,9 @@ const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
 pub fn sample(ctx: &PerfEventContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let tid = pid_tgid as u32;
     let cfg = config();
 
-    if tid == 0 && cfg.include_idle == 0 {
+    if pid_tgid as u32 == 0 && cfg.include_idle == 0 {
         count(Counter::Idle);
         return;
     }
@@ -52,7 +51,61 @@ pub fn sample(ctx: &PerfEventContext) {
         return;
     }
     count(Counter::Samples);
+    if crate::scratch_busy() {
+        // This CPU interrupted the off-CPU program in the middle of a record.
+        count(Counter::DropNoScratch);
+        return;
+    }
+    // A sample taken in user mode has no kernel stack: skip the helper call (and
+    // the 1 KiB it zero-fills), a third of the program's cost.
+    let in_user = in_user_mode(ctx);
+    record(
+        ctx.as_ptr(),
+        pid_tgid,
+        !in_user,
+        || {
+            if in_user {
+                // SAFETY: the perf_event context is readable directly.
+                let regs = unsafe { &(*ctx.ctx).regs };
+                Some(UserRegs {
+                    ip: regs.rip,
+                    sp: regs.rsp,
+                    bp: regs.rbp,
+                    r14: regs.r14,
+                    rdx: regs.rdx,
+                })
+            } else {
+                saved_user_regs()
+            }
+        },
+        None,
+    );
+}
 
+/// What an off-CPU record adds to a sample (see `probe_common::offcpu`).
+#[derive(Clone, Copy)]
+pub(crate) struct OffCpu {
+    pub ns: u64,
+    pub state: u16,
+    pub syscall: u16,
+}
+
+/// Sends the stacks of the current thread (`pid_tgid`): the kernel stack of
+/// `ctx` if `kernel`, and the user stack from the registers `user_regs` gives
+/// (asked for after the kernel stack: the verifier checks the program in half
+/// the time than with them live across it); an on-CPU sample, or the end of
+/// an off-CPU span when `off_cpu` is set.
+#[inline(always)]
+pub(crate) fn record(
+    ctx: *mut c_void,
+    pid_tgid: u64,
+    kernel: bool,
+    user_regs: impl FnOnce() -> Option<UserRegs>,
+    off_cpu: Option<OffCpu>,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let cfg = config();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return;
@@ -61,16 +114,13 @@ pub fn sample(ctx: &PerfEventContext) {
     let scratch = unsafe { &mut *scratch };
     let mut flags = 0u32;
 
-    // A sample taken in user mode has no kernel stack: skip the helper call (and
-    // the 1 KiB it zero-fills), a third of the program's cost.
-    let in_user = in_user_mode(ctx);
-    let kernel_bytes = if in_user {
+    let kernel_bytes = if !kernel {
         0
     } else {
         // SAFETY: the buffer is STACK_BYTES long at the start of `ips`.
         unsafe {
             bpf_get_stack(
-                ctx.as_ptr(),
+                ctx,
                 scratch.ips.as_mut_ptr().cast::<c_void>(),
                 STACK_BYTES,
                 0,
@@ -89,11 +139,10 @@ pub fn sample(ctx: &PerfEventContext) {
     unsafe {
         core::ptr::write_volatile(&mut scratch.header.fp_outermost, 0);
         core::ptr::write_volatile(&mut scratch.header.fp_frames, 0);
-        core::ptr::write_volatile(&mut scratch.header._pad, 0);
     }
     // The user registers, read once: the .NET walk, the goroutine and the
     // stack-top words all start from them.
-    let regs = user_regs(ctx, in_user);
+    let regs = user_regs();
     let user_frames = if let Some(slot) = unwind_slot(tgid) {
         // Native code without frame pointers: its objects' .eh_frame rules;
         // JIT code in between by the collector's table of its methods' frames.
@@ -114,7 +163,7 @@ pub fn sample(ctx: &PerfEventContext) {
         // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
         let user_bytes = unsafe {
             bpf_get_stack(
-                ctx.as_ptr(),
+                ctx,
                 scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
                 STACK_BYTES,
                 BPF_F_USER_STACK as u64,
@@ -136,7 +185,18 @@ pub fn sample(ctx: &PerfEventContext) {
     // SAFETY: plain helper call with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let header = &mut scratch.header;
-    header.kind = RecordKind::CpuSample as u32;
+    header.kind = match off_cpu {
+        None => RecordKind::CpuSample as u32,
+        Some(_) => RecordKind::OffCpuSample as u32,
+    };
+    let off = off_cpu.unwrap_or(OffCpu {
+        ns: 0,
+        state: 0,
+        syscall: 0,
+    });
+    header.off_cpu_ns = off.ns;
+    header.off_cpu_state = off.state;
+    header.off_cpu_syscall = off.syscall;
     header.pid = tgid;
     header.tid = tid;
     header.cpu = cpu;
@@ -239,14 +299,14 @@ static FP_SCRATCH: PerCpuArray<[u64; MAX_FRAMES]> = PerCpuArray::with_max_entrie
 /// A frame-pointer walk of the sampled user stack, as perf does it: its
 /// outermost frame (0 if none) and its frame count.
 #[inline(always)]
-fn frame_pointer_baseline(ctx: &PerfEventContext) -> (u64, u32) {
+fn frame_pointer_baseline(ctx: *mut c_void) -> (u64, u32) {
     let Some(buf) = FP_SCRATCH.get_ptr_mut(0) else {
         return (0, 0);
     };
     // SAFETY: this CPU's slot, STACK_BYTES long.
     let bytes = unsafe {
         bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             buf.cast::<c_void>(),
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
@@ -293,21 +353,9 @@ pub(crate) struct UserRegs {
     pub rdx: u64,
 }
 
-/// The user registers: the sampled ones in user mode, else those saved at the
-/// kernel entry.
+/// The user registers saved at the current thread's kernel entry.
 #[inline(always)]
-fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
-    if in_user {
-        // SAFETY: the perf_event context is readable directly.
-        let regs = unsafe { &(*ctx.ctx).regs };
-        return Some(UserRegs {
-            ip: regs.rip,
-            sp: regs.rsp,
-            bp: regs.rbp,
-            r14: regs.r14,
-            rdx: regs.rdx,
-        });
-    }
+pub(crate) fn saved_user_regs() -> Option<UserRegs> {
     // SAFETY: the current task is valid for the whole program run, and its user
     // registers sit at the top of its kernel stack.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
@@ -323,6 +371,23 @@ fn user_regs(ctx: &PerfEventContext, in_user: bool) -> Option<UserRegs> {
             r14: bpf_probe_read_kernel(&(*regs).r14).ok()?,
             rdx: bpf_probe_read_kernel(&(*regs).rdx).ok()?,
         })
+    }
+}
+
+/// The system call the current thread is in, plus one (0: none): `orig_ax`
+/// of its saved user registers holds the number from the syscall entry, and
+/// is negative for an interrupt or exception.
+#[inline(always)]
+pub(crate) fn current_syscall() -> u16 {
+    // SAFETY: as in `saved_user_regs`.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return 0;
+    }
+    // SAFETY: read through the kernel-read helper, which checks the address.
+    match unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) } {
+        Ok(nr) if (nr as i64) >= 0 && nr < u64::from(u16::MAX) => nr as u16 + 1,
+        _ => 0,
     }
 }
 

@@ -36,6 +36,12 @@ pub struct Aggregator {
 impl Aggregator {
     /// Counts one sample of `pid` with `frames` (root first).
     pub fn add(&mut self, pid: u32, frames: Vec<FrameRef>) {
+        self.add_weighted(pid, frames, 1);
+    }
+
+    /// Counts one sample of `pid` with `frames` (root first) as `weight`
+    /// (microseconds in the off-CPU and wall modes).
+    pub fn add_weighted(&mut self, pid: u32, frames: Vec<FrameRef>, weight: u64) {
         for &f in &frames {
             if self.seen.insert(f) {
                 self.fresh.push(f);
@@ -47,7 +53,7 @@ impl Aggregator {
                 pid,
                 frames: frames.into_boxed_slice(),
             })
-            .or_insert(0) += 1;
+            .or_insert(0) += weight;
         self.samples += 1;
     }
 
@@ -227,6 +233,7 @@ mod tests {
             go_switch: Vec::new(),
             go_signal_pc: 0,
             fp_baseline: None,
+            off_cpu: None,
             kernel,
             user,
         }

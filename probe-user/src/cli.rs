@@ -50,9 +50,37 @@ fn parse_group_by(s: &str) -> Result<GroupBy, String> {
     }
 }
 
+/// What a profile weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// On-CPU samples (counts of samples).
+    Cpu,
+    /// Off-CPU time: each stack a thread left the CPU with, weighted by the
+    /// microseconds until it ran again, under its blocking state.
+    Offcpu,
+    /// Wall-clock time: on-CPU samples (one sample period each, under
+    /// `[running]`) and off-CPU time together, per thread, in microseconds.
+    Wall,
+}
+
 /// `crossprof record` options.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
+    /// What to profile: cpu (on-CPU samples), offcpu (time threads spend
+    /// blocked or sleeping, in microseconds, with the stack they blocked in and
+    /// a leaf such as `[blocked: futex]`, `[sleep]`, `[blocked: io]`; time spent
+    /// runnable, waiting for a CPU, is not counted), or wall (both, per thread,
+    /// in microseconds, on-CPU stacks under `[running]`):
+    /// crossprof record --mode offcpu -- ./server.
+    #[arg(long, value_enum, default_value_t = Mode::Cpu)]
+    pub mode: Mode,
+
+    /// With --mode offcpu or wall: drop off-CPU spans shorter than this many
+    /// microseconds, in the kernel (counted in summary.json as
+    /// off_cpu_short_dropped), e.g. --min-block 1000 for waits of 1 ms and more.
+    #[arg(long, value_name = "USECS", default_value_t = 1)]
+    pub min_block: u64,
+
     /// Profile this process and all its threads; repeat for several (--pid 10 --pid 20).
     /// Without --pid and without a command, the whole system is profiled.
     #[arg(long = "pid", value_name = "PID")]

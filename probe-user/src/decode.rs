@@ -12,7 +12,8 @@ use probe_common::{
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// An on-CPU sample.
+    /// An on-CPU sample, or the stacks of a thread that ran again after an
+    /// off-CPU span (`Sample::off_cpu`).
     CpuSample(Sample),
     /// A tracked goroutine ended.
     GoroutineEnd {
@@ -28,6 +29,17 @@ pub enum Record {
         /// The process.
         pid: u32,
     },
+}
+
+/// An off-CPU span, as its end record tells it (see `probe_common::offcpu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    /// Nanoseconds away from the CPU.
+    pub ns: u64,
+    /// The thread's state bits when it left (`probe_common::offcpu`).
+    pub state: u16,
+    /// The system call it was in, plus one (0: none).
+    pub syscall: u16,
 }
 
 /// An on-CPU sample with both stacks, leaf first.
@@ -62,6 +74,9 @@ pub struct Sample {
     /// in `FP_BASELINE_EVERY` of those walked by rules): its outermost frame
     /// (0 if none) and its frame count.
     pub fp_baseline: Option<(u64, u32)>,
+    /// For the end of an off-CPU span (`--mode offcpu`, `wall`): how long the
+    /// thread was away and why; `None` for an on-CPU sample.
+    pub off_cpu: Option<OffCpu>,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -112,7 +127,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let len = buf.len();
     let kind = (&buf[..4]).get_u32_le();
     match RecordKind::from_u32(kind) {
-        Some(RecordKind::CpuSample) => {}
+        Some(RecordKind::CpuSample | RecordKind::OffCpuSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
         Some(RecordKind::MapsChanged) => {
             let need = size_of::<probe_common::native::MapsChanged>();
@@ -150,7 +165,14 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let go_signal_pc = buf.get_u64_le();
     let fp_outermost = buf.get_u64_le();
     let fp_frames = buf.get_u32_le();
-    buf.advance(4);
+    let off_cpu_state = buf.get_u16_le();
+    let off_cpu_syscall = buf.get_u16_le();
+    let off_cpu_ns = buf.get_u64_le();
+    let off_cpu = (kind == RecordKind::OffCpuSample as u32).then_some(OffCpu {
+        ns: off_cpu_ns,
+        state: off_cpu_state,
+        syscall: off_cpu_syscall,
+    });
     let fp_baseline = (flags & FLAG_FP_BASELINE != 0).then_some((fp_outermost, fp_frames));
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
@@ -182,6 +204,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         go_switch,
         go_signal_pc,
         fp_baseline,
+        off_cpu,
         kernel,
         user,
     }))
@@ -263,7 +286,10 @@ mod tests {
             3,
             0x45_1000,
             0x40_1000,
-            9,
+            // fp_frames 9, off_cpu_state 1, off_cpu_syscall 231 (nanosleep + 1)
+            9 | (1 << 32) | (231 << 48),
+            // off_cpu_ns
+            2_000_000_000,
         ] {
             v.extend_from_slice(&w.to_le_bytes());
         }
@@ -301,6 +327,24 @@ mod tests {
             panic!("not a sample")
         };
         assert_eq!(s.fp_baseline, Some((0x40_1000, 9)));
+        assert_eq!(s.off_cpu, None, "an on-CPU sample");
+    }
+
+    #[test]
+    fn decodes_the_end_of_an_off_cpu_span() {
+        let bytes = encode(RecordKind::OffCpuSample as u32, 42, &[], &[0x401000], 0);
+        let Ok(Record::CpuSample(s)) = decode(&bytes) else {
+            panic!("not a sample")
+        };
+        assert_eq!(
+            s.off_cpu,
+            Some(OffCpu {
+                ns: 2_000_000_000,
+                state: 1,
+                syscall: 231
+            })
+        );
+        assert_eq!(s.user, vec![0x401000]);
     }
 
     #[test]

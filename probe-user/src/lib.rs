@@ -26,6 +26,7 @@ pub mod fold;
 pub mod go;
 pub mod kinds;
 pub mod native;
+pub mod offcpu;
 pub mod preflight;
 pub mod record;
 pub mod render;

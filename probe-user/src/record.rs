@@ -26,7 +26,7 @@ use tokio::{
 
 use crate::{
     aggregate::{Aggregator, sample_frames},
-    cli::{GroupBy, RecordArgs},
+    cli::{GroupBy, Mode, RecordArgs},
     decode::{Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
@@ -66,8 +66,15 @@ struct Pipeline {
     agg: Aggregator,
     symbolizer: SymbolizerThread,
     decode_errors: u64,
-    /// `--per-thread`: a thread frame under the process.
+    /// `--per-thread` (and `--mode wall`): a thread frame under the process.
     per_thread: bool,
+    /// `--mode`.
+    mode: Mode,
+    /// Weight of an on-CPU sample: 1 (a sample), or in wall mode the sample
+    /// period in microseconds.
+    cpu_weight: u64,
+    /// Microseconds of off-CPU time counted.
+    off_cpu_us: u64,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
@@ -110,6 +117,7 @@ struct Waiting {
     pid: u32,
     time_ns: u64,
     frames: Vec<FrameRef>,
+    weight: u64,
 }
 
 impl Pipeline {
@@ -118,10 +126,27 @@ impl Pipeline {
         while let Some(item) = events.next() {
             match decode(&item) {
                 Ok(Record::CpuSample(sample)) => {
+                    let weight = match sample.off_cpu {
+                        Some(off) => off.ns / 1000,
+                        None => self.cpu_weight,
+                    };
+                    if weight == 0 {
+                        continue; // a span under a microsecond (--min-block 0)
+                    }
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
+                    match &sample.off_cpu {
+                        Some(off) => {
+                            self.off_cpu_us += weight;
+                            frames.push(self.procs.text_frame(&crate::offcpu::reason(off)));
+                        }
+                        None if self.mode == Mode::Wall => {
+                            frames.push(self.procs.text_frame("[running]"));
+                        }
+                        None => {}
+                    }
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
                     }
@@ -147,9 +172,10 @@ impl Pipeline {
                             pid: sample.pid,
                             time_ns: sample.time_ns,
                             frames,
+                            weight,
                         });
                     } else {
-                        self.agg.add(sample.pid, frames);
+                        self.agg.add_weighted(sample.pid, frames, weight);
                     }
                 }
                 Ok(Record::MapsChanged { pid }) => {
@@ -275,7 +301,7 @@ impl Pipeline {
                 p.gc_samples += 1;
                 w.frames.insert(0, FrameRef::Marker(Marker::Gc));
             }
-            self.agg.add(w.pid, w.frames);
+            self.agg.add_weighted(w.pid, w.frames, w.weight);
         }
     }
 }
@@ -360,6 +386,9 @@ async fn start(
         filter_pids: !pids.is_empty() || has_command,
         include_idle: args.include_idle,
         go_states: args.go_states,
+        on_cpu: args.mode != Mode::Offcpu,
+        off_cpu: args.mode != Mode::Cpu,
+        min_block_ns: args.min_block.saturating_mul(1000),
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
@@ -559,7 +588,13 @@ async fn run(
         procs,
         agg: Aggregator::default(),
         decode_errors: 0,
-        per_thread: args.per_thread,
+        per_thread: args.per_thread || args.mode == Mode::Wall,
+        mode: args.mode,
+        cpu_weight: match args.mode {
+            Mode::Wall => (1_000_000 / args.freq.max(1)).max(1),
+            _ => 1,
+        },
+        off_cpu_us: 0,
         group_by: args.group_by.clone(),
         go_pids,
         go_states: args.go_states,
@@ -721,6 +756,9 @@ async fn run(
         mut symbolizer,
         decode_errors,
         per_thread: _,
+        mode: _,
+        cpu_weight: _,
+        off_cpu_us,
         group_by: _,
         go_pids: _,
         go_states: _,
@@ -763,14 +801,37 @@ async fn run(
         .collect();
     let lost = drops(&counters) + decode_errors;
     let title = title(&args, &pids);
-    let subtitle = format!(
-        "{} samples at {} Hz over {:.1} s, {} lost",
-        agg.samples,
-        args.freq,
-        duration.as_secs_f64(),
-        lost
-    );
-    let svg = out.write_atomic(SVG_FILE, |w| render_svg(&folded, &title, &subtitle, w))?;
+    let subtitle = match args.mode {
+        Mode::Cpu => format!(
+            "{} samples at {} Hz over {:.1} s, {} lost",
+            agg.samples,
+            args.freq,
+            duration.as_secs_f64(),
+            lost
+        ),
+        Mode::Offcpu => format!(
+            "off-CPU time in µs: {:.3} s in {} spans of {} µs or more over {:.1} s, {} lost",
+            off_cpu_us as f64 / 1e6,
+            agg.samples,
+            args.min_block,
+            duration.as_secs_f64(),
+            lost
+        ),
+        Mode::Wall => format!(
+            "wall-clock time in µs per thread: on-CPU samples at {} Hz and off-CPU spans over {:.1} s, {} lost",
+            args.freq,
+            duration.as_secs_f64(),
+            lost
+        ),
+    };
+    let count_name = if args.mode == Mode::Cpu {
+        "samples"
+    } else {
+        "µs"
+    };
+    let svg = out.write_atomic(SVG_FILE, |w| {
+        render_svg(&folded, &title, &subtitle, count_name, w)
+    })?;
     let stop_to_svg = stopped_at.elapsed();
 
     if let Some(c) = child.as_mut()
@@ -854,6 +915,12 @@ async fn run(
         }))
         .collect();
     let summary = Summary {
+        mode: match args.mode {
+            Mode::Cpu => "cpu",
+            Mode::Offcpu => "offcpu",
+            Mode::Wall => "wall",
+        },
+        off_cpu_us: (args.mode != Mode::Cpu).then_some(off_cpu_us),
         duration_secs: duration.as_secs_f64(),
         frequency_hz: args.freq,
         samples: agg.samples,
@@ -911,6 +978,15 @@ async fn run(
                 source,
             },
         )?;
+    }
+    if args.mode != Mode::Cpu {
+        eprintln!(
+            "crossprof: {:.3} s off-CPU in {} spans of {} µs or more",
+            off_cpu_us as f64 / 1e6,
+            counters[Counter::OffCpuSpans as usize]
+                .saturating_sub(counters[Counter::OffCpuShort as usize]),
+            args.min_block
+        );
     }
     eprintln!(
         "crossprof: {} samples ({} lost) from {} process{} in {:.1} s at {} Hz -> {}",

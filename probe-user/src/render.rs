@@ -34,11 +34,13 @@ const FONT_WIDTH: f64 = 0.59;
 const XPAD: usize = 10;
 
 /// Writes an interactive SVG of `folded`, frames coloured by kind, with a
-/// legend of the kinds present.
+/// legend of the kinds present; `count_name` is what the counts are
+/// (`samples`, `µs`).
 pub fn render_svg(
     folded: &Folded,
     title: &str,
     subtitle: &str,
+    count_name: &str,
     mut out: impl io::Write,
 ) -> io::Result<()> {
     let mut palette = PaletteMap::default();
@@ -48,7 +50,7 @@ pub fn render_svg(
     let mut opts = Options::default();
     opts.title = title.to_owned();
     opts.subtitle = Some(subtitle.to_owned());
-    opts.count_name = "samples".to_owned();
+    opts.count_name = count_name.to_owned();
     // For a frame missing from the map (none should be): inferno's colours.
     opts.colors = Palette::Multi(MultiPalette::Java);
     opts.hash = true;
@@ -205,7 +207,7 @@ mod tests {
         folded.stacks.insert("app;main;hot".into(), 3);
         folded.stacks.insert("app;main;read;sys_read_[k]".into(), 1);
         let mut svg = Vec::new();
-        render_svg(&folded, "t", "s", &mut svg).unwrap();
+        render_svg(&folded, "t", "s", "samples", &mut svg).unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(
@@ -248,7 +250,7 @@ mod tests {
 
     fn render(folded: &Folded) -> String {
         let mut svg = Vec::new();
-        render_svg(folded, "t", "s", &mut svg).unwrap();
+        render_svg(folded, "t", "s", "samples", &mut svg).unwrap();
         String::from_utf8(svg).unwrap()
     }
 
@@ -408,7 +410,7 @@ mod tests {
     #[test]
     fn an_empty_profile_still_renders_a_whole_svg() {
         let mut svg = Vec::new();
-        render_svg(&Folded::default(), "t", "s", &mut svg).unwrap();
+        render_svg(&Folded::default(), "t", "s", "samples", &mut svg).unwrap();
         assert!(
             String::from_utf8(svg)
                 .unwrap()

@@ -93,6 +93,15 @@ pub enum SamplerError {
         #[source]
         source: ProgramError,
     },
+    /// The off-CPU programs could not be loaded or attached.
+    #[error("cannot follow off-CPU time: {what}: {source}")]
+    OffCpu {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
     /// `/sys/devices/system/cpu/online` unreadable.
     #[error("cannot list the online CPUs: {0}")]
     Cpus(#[source] io::Error),
@@ -109,6 +118,12 @@ pub struct SamplerConfig {
     pub include_idle: bool,
     /// Load the goroutine-state uprobes (`--go-states`).
     pub go_states: bool,
+    /// Sample on-CPU stacks (every mode but `offcpu`).
+    pub on_cpu: bool,
+    /// Follow off-CPU spans (`--mode offcpu`, `wall`).
+    pub off_cpu: bool,
+    /// Off-CPU spans shorter than this are dropped in the kernel.
+    pub min_block_ns: u64,
 }
 
 /// The loaded kernel side.
@@ -119,6 +134,8 @@ pub struct Sampler {
     targets_fd: MapFd,
     counters: PerCpuArray<MapData, u64>,
     freq: u64,
+    on_cpu: bool,
+    off_cpu: bool,
     /// The `mmap` tracepoints, once attached.
     mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
 }
@@ -132,6 +149,7 @@ impl Sampler {
             filter_pids: u32::from(cfg.filter_pids),
             include_idle: u32::from(cfg.include_idle),
             wakeup_bytes: u64::from(ring / 8),
+            min_block_ns: cfg.min_block_ns,
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.
@@ -153,12 +171,17 @@ impl Sampler {
         let targets = BpfHashMap::try_from(targets).map_err(map_err(names::TARGETS))?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS))?;
-        cpu_sample_program(&mut ebpf)?
-            .load()
-            .map_err(|source| SamplerError::Program {
-                name: names::CPU_SAMPLE_PROG,
-                source,
-            })?;
+        if cfg.on_cpu {
+            cpu_sample_program(&mut ebpf)?
+                .load()
+                .map_err(|source| SamplerError::Program {
+                    name: names::CPU_SAMPLE_PROG,
+                    source,
+                })?;
+        }
+        if cfg.off_cpu {
+            crate::offcpu::load(&mut ebpf)?;
+        }
         for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
             tracepoint_program(&mut ebpf, name)?
                 .load()
@@ -177,13 +200,22 @@ impl Sampler {
             targets_fd,
             counters,
             freq: cfg.freq,
+            on_cpu: cfg.on_cpu,
+            off_cpu: cfg.off_cpu,
             mmap_links: Vec::new(),
         })
     }
 
     /// Opens a `CPU_CLOCK` software event at the configured frequency on every
-    /// online CPU and attaches the sampler to each.
+    /// online CPU and attaches the sampler to each; attaches the off-CPU
+    /// programs if asked.
     pub fn attach(&mut self) -> Result<(), SamplerError> {
+        if self.off_cpu {
+            crate::offcpu::attach(&mut self.ebpf)?;
+        }
+        if !self.on_cpu {
+            return Ok(());
+        }
         let freq = self.freq;
         let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
         let program = cpu_sample_program(&mut self.ebpf)?;

@@ -8,6 +8,12 @@ use serde::Serialize;
 /// Everything `summary.json` holds.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// `--mode`: `cpu`, `offcpu` or `wall`; the profile's counts are samples
+    /// in `cpu` mode, microseconds otherwise.
+    pub mode: &'static str,
+    /// Off-CPU time in the profile, in microseconds (`offcpu` and `wall` modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off_cpu_us: Option<u64>,
     /// Recording wall time.
     pub duration_secs: f64,
     /// Sampling frequency per CPU.

@@ -38,6 +38,7 @@ use crate::{build, cmd, say};
 mod dotnet;
 mod go;
 mod mixed;
+mod offcpu;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -127,6 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
     let dotnet_figures = dotnet::figures(args.runs, &crossprof, &bench_dir)?;
     let go_figures = go::figures(args.runs, &crossprof, &bench_dir)?;
     let mixed_figures = mixed::figures(args.runs, &crossprof, &bench_dir)?;
+    let offcpu_figures = offcpu::figures(args.runs, &crossprof, &bench_dir)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -162,6 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
     figures.extend(dotnet_figures);
     figures.extend(go_figures);
     figures.extend(mixed_figures);
+    figures.extend(offcpu_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();

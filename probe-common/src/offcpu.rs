@@ -1,0 +1,36 @@
+//! Off-CPU time: when a target thread blocks in a system call and when the
+//! call returns.
+//!
+//! At `sched_switch` the kernel program notes a thread that blocks inside a
+//! system call (time, state, call; the first block of the call); when the call
+//! returns (`raw_syscalls:sys_exit`, in the thread's own context, so its user
+//! stack is still the one it made the call with) it sends an
+//! [`crate::RecordKind::OffCpuSample`]: a [`crate::native::SampleHeader`] with
+//! `off_cpu_*` set and both stacks, if the span lasted `Config::min_block_ns`.
+//! Not followed: preemption (waiting for a CPU while runnable) and waits
+//! outside system calls (page faults). Kernels without kprobes and with
+//! lockdown (this machine's: fentry/fexit are refused) still have both
+//! tracepoints.
+
+/// Threads blocked in a system call tracked at once (all targets together;
+/// least recently used out first); a failed insert is `Counter::OffCpuUntracked`.
+pub const MAX_OFF_CPU_THREADS: u32 = 1 << 16;
+
+/// The thread state bits kept (`prev_state` of the `sched_switch` tracepoint).
+pub const STATE_MASK: u16 = 0x7fff;
+
+/// Thread state bits, from the kernel's `include/linux/sched.h` (Linux 5.18 to
+/// 6.18; stable since 5.14 except for `TASK_FREEZABLE`, which is not kept).
+pub mod state {
+    /// `TASK_INTERRUPTIBLE`: a sleep a signal can end (most waits).
+    pub const INTERRUPTIBLE: u16 = 0x1;
+    /// `TASK_UNINTERRUPTIBLE`: a sleep a signal cannot end (disk I/O, some locks).
+    pub const UNINTERRUPTIBLE: u16 = 0x2;
+    /// `__TASK_STOPPED`: stopped by a signal.
+    pub const STOPPED: u16 = 0x4;
+    /// `__TASK_TRACED`: stopped by a tracer.
+    pub const TRACED: u16 = 0x8;
+    /// `EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD`: the thread is exiting and will not
+    /// run again, so it is not tracked.
+    pub const EXITING: u16 = 0x10 | 0x20 | 0x80;
+}

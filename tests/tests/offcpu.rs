@@ -1,0 +1,116 @@
+//! Off-CPU time (issue #6): `--mode offcpu` weighs the stack a thread blocked
+//! in by the time until it ran again, under its blocking state.
+
+use crossprof_tests::{build_c, out_dir, read_folded, read_summary, record_command};
+
+/// `sleeper.c`: a thread sleeps 2 s in `nap` (nanosleep) while main waits for
+/// it in pthread_join. The sleeping thread's off-CPU time under
+/// `sleeper;nap;...;[sleep]` is within 5% of 2 s, its leaf is `[sleep]`; main's
+/// join is `[blocked: futex]` for about as long; and nothing else is called
+/// sleep.
+#[test]
+fn a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack() {
+    let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
+    let dir = out_dir("offcpu_sleeper");
+    let run = record_command(&dir, &["--mode", "offcpu"], &bin, &["2"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.starts_with("done"), "{}", run.stdout);
+    let stacks = read_folded(&dir);
+    let weight = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|s| s.frames[0] == "sleeper" && pred(&s.frames))
+            .map(|s| s.count)
+            .sum()
+    };
+    let has = |frames: &[String], name: &str| frames.iter().any(|f| f == name);
+    let leaf = |frames: &[String]| frames.last().cloned().unwrap_or_default();
+    let slept = weight(&|f| has(f, "nap") && has(f, "sleeper") && leaf(f) == "[sleep]");
+    let all_sleep = weight(&|f| leaf(f) == "[sleep]");
+    let joined = weight(&|f| has(f, "main") && leaf(f) == "[blocked: futex]");
+    println!("nap [sleep]: {slept} µs; any [sleep]: {all_sleep} µs; main join: {joined} µs");
+    assert!(
+        (1_900_000..=2_100_000).contains(&slept),
+        "nap slept {slept} µs, not 2 s ± 5%:\n{stacks:#?}"
+    );
+    assert_eq!(
+        slept, all_sleep,
+        "[sleep] outside nap's stack:\n{stacks:#?}"
+    );
+    assert!(
+        (1_800_000..=2_200_000).contains(&joined),
+        "main waited {joined} µs in pthread_join, not ~2 s:\n{stacks:#?}"
+    );
+    let summary = read_summary(&dir);
+    assert_eq!(summary["mode"], "offcpu");
+    let total = summary["off_cpu_us"].as_u64().expect("off_cpu_us");
+    assert!(total >= slept + joined, "summary total {total} µs");
+}
+
+/// `--min-block` drops shorter spans in the kernel: with a 3 s minimum the
+/// 2 s sleep is not in the profile, and the kernel counted what it dropped.
+#[test]
+fn spans_shorter_than_min_block_are_dropped_in_the_kernel() {
+    let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
+    let dir = out_dir("offcpu_min_block");
+    let run = record_command(
+        &dir,
+        &["--mode", "offcpu", "--min-block", "3000000"],
+        &bin,
+        &["1"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    assert!(
+        stacks
+            .iter()
+            .all(|s| s.frames.last().is_none_or(|l| l != "[sleep]")),
+        "{stacks:#?}"
+    );
+    let summary = read_summary(&dir);
+    assert!(
+        summary["counters"]["off_cpu_short_dropped"].as_u64() >= Some(2),
+        "{summary:#}"
+    );
+}
+
+/// `--mode wall`: the sleeper thread spins 1 s, then sleeps 1 s. Its wall
+/// profile (one level per thread) has about 1 s under `spin;[running]` (99 Hz
+/// samples of 10,101 µs each) and 1 s ± 5% under `nap;[sleep]`.
+#[test]
+fn wall_mode_weighs_running_and_blocked_time_per_thread() {
+    let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
+    let dir = out_dir("offcpu_wall");
+    let run = record_command(&dir, &["--mode", "wall"], &bin, &["1", "1"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let weight = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|s| s.frames[0] == "sleeper" && pred(&s.frames))
+            .map(|s| s.count)
+            .sum()
+    };
+    let has = |frames: &[String], name: &str| frames.iter().any(|f| f == name);
+    let leaf = |frames: &[String]| frames.last().cloned().unwrap_or_default();
+    let running = weight(&|f| has(f, "spin") && leaf(f) == "[running]");
+    let slept = weight(&|f| has(f, "nap") && leaf(f) == "[sleep]");
+    println!("spin [running]: {running} µs; nap [sleep]: {slept} µs");
+    assert!(
+        (850_000..=1_150_000).contains(&running),
+        "spin ran {running} µs, not ~1 s:\n{stacks:#?}"
+    );
+    assert!(
+        (950_000..=1_050_000).contains(&slept),
+        "nap slept {slept} µs, not 1 s ± 5%:\n{stacks:#?}"
+    );
+    // One level per thread under the process: the sleeper thread's frames
+    // are apart from main's.
+    let threads: std::collections::BTreeSet<&str> = stacks
+        .iter()
+        .filter(|s| s.frames[0] == "sleeper")
+        .map(|s| s.frames[1].as_str())
+        .collect();
+    assert!(threads.len() >= 2, "{threads:?}");
+    assert_eq!(read_summary(&dir)["mode"], "wall");
+}
