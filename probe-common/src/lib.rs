@@ -31,6 +31,10 @@ pub enum RecordKind {
     /// A [`native::SampleHeader`] and its frames, taken when a thread that had
     /// left the CPU runs again (see [`offcpu`]).
     OffCpuSample = 4,
+    /// A [`native::SampleHeader`] and the frames of a parked goroutine, taken
+    /// when it is made runnable again (`--mode goblock`, see [`go`]):
+    /// `off_cpu_ns` is how long it waited, `go_status` its wait reason.
+    GoBlockSample = 5,
 }
 
 impl RecordKind {
@@ -41,6 +45,7 @@ impl RecordKind {
             2 => Some(Self::GoroutineEnd),
             3 => Some(Self::MapsChanged),
             4 => Some(Self::OffCpuSample),
+            5 => Some(Self::GoBlockSample),
             _ => None,
         }
     }
@@ -58,10 +63,16 @@ pub struct Config {
     /// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains
     /// on its own timer.
     pub wakeup_bytes: u64,
-    /// Off-CPU spans shorter than this are dropped in the kernel (`--min-block`).
+    /// Off-CPU spans and goroutine waits shorter than this are dropped in the
+    /// kernel (`--min-block`).
     pub min_block_ns: u64,
+    /// Non-zero: a goroutine made runnable after waiting sends its stack and
+    /// wait (`--mode goblock`; needs the goroutine-state probes).
+    pub go_block: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
@@ -175,10 +186,16 @@ pub enum Counter {
     /// Threads that left the CPU untracked: the table of threads off the CPU
     /// was full (their blocking is missing from the profile).
     OffCpuUntracked = 16,
+    /// Goroutine waits sent (`--mode goblock`).
+    GoBlocks = 17,
+    /// Goroutine waits shorter than `--min-block`, dropped in the kernel.
+    GoBlocksShort = 18,
+    /// Goroutine waits lost: no `GO_PIDS` entry or the ring buffer was full.
+    GoBlocksLost = 19,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 17;
+pub const COUNTER_SLOTS: u32 = 20;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -200,6 +217,9 @@ impl Counter {
         Counter::OffCpuSpans,
         Counter::OffCpuShort,
         Counter::OffCpuUntracked,
+        Counter::GoBlocks,
+        Counter::GoBlocksShort,
+        Counter::GoBlocksLost,
     ];
 
     /// A stable snake_case name for reports.
@@ -222,6 +242,9 @@ impl Counter {
             Counter::OffCpuSpans => "off_cpu_spans",
             Counter::OffCpuShort => "off_cpu_short_dropped",
             Counter::OffCpuUntracked => "off_cpu_untracked",
+            Counter::GoBlocks => "go_blocks",
+            Counter::GoBlocksShort => "go_blocks_short_dropped",
+            Counter::GoBlocksLost => "go_blocks_lost",
         }
     }
 
@@ -229,7 +252,10 @@ impl Counter {
     pub fn is_drop(self) -> bool {
         matches!(
             self,
-            Counter::DropRingFull | Counter::DropNoScratch | Counter::OffCpuUntracked
+            Counter::DropRingFull
+                | Counter::DropNoScratch
+                | Counter::OffCpuUntracked
+                | Counter::GoBlocksLost
         )
     }
 }

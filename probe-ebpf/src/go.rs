@@ -7,8 +7,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_loop},
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{self, bpf_get_attach_cookie, bpf_loop},
     },
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
@@ -21,7 +21,7 @@ use probe_common::{
         GoroutineEnd, MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES,
         UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
-    native::MAX_FRAMES,
+    native::{FLAG_USER_TRUNCATED, MAX_FRAMES, STACK_TOP_WORDS, SampleScratch, record_len},
 };
 
 use crate::{EVENTS, TARGETS, config, count, native::UserRegs};
@@ -434,6 +434,9 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
         r.ns[slot::UNOBSERVED] += spent;
     } else if old == status::WAITING {
         add_wait(r, r.wait_reason, spent);
+        if new == status::RUNNABLE && config().go_block != 0 {
+            block(tgid, pid_tgid as u32, gp, r.goid, r.wait_reason, spent, now);
+        }
     } else {
         let s = match old {
             status::RUNNING => slot::RUNNING,
@@ -447,6 +450,106 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
     if new == status::DEAD {
         end(r, tgid, now);
         let _ = GOROUTINES.remove(key);
+    }
+}
+
+/// `--mode goblock`: goroutine `gp` (id `goid`) of `tgid` is made runnable
+/// after waiting `ns` for `reason`, by thread `tid`. Its stack is still as it
+/// parked (`g.sched`: the PC after `mcall` in `gopark`, and the frame-pointer
+/// chain from there), so it is read now and sent with the wait, in a
+/// `GoBlockSample` record built in this CPU's scratch. (A uprobe program and
+/// the CPU sampler never interrupt each other on a CPU.)
+#[inline(always)]
+fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64) {
+    if ns < config().min_block_ns {
+        count(Counter::GoBlocksShort);
+        return;
+    }
+    // SAFETY: the value is copied out field by field.
+    let Some(offsets) = (unsafe { GO_PIDS.get(tgid) }) else {
+        count(Counter::GoBlocksLost);
+        return;
+    };
+    let (sched_bp, labels_off) = (u64::from(offsets.sched_bp), u64::from(offsets.labels));
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        count(Counter::GoBlocksLost);
+        return;
+    };
+    // SAFETY: this CPU's scratch slot (see above).
+    let scratch = unsafe { &mut *scratch };
+    let read = |addr: u64| -> u64 {
+        // SAFETY: the user-read helper checks the address; 0 on a fault.
+        unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+    };
+    let pc = read(gp + G_SCHED_PC);
+    if pc == 0 {
+        count(Counter::GoBlocksLost);
+        return;
+    }
+    scratch.ips[0] = pc;
+    let mut walk = SwitchWalk {
+        bp: read(gp + sched_bp),
+        next: 1,
+        frames: 1,
+    };
+    // SAFETY: `switch_step` has the callback signature bpf_loop expects, and
+    // `walk` lives on this stack frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            MAX_SWITCH_FRAMES as u32,
+            switch_step as *mut c_void,
+            (&mut walk as *mut SwitchWalk).cast::<c_void>(),
+            0,
+        );
+    }
+    let frames = (walk.frames as usize).min(MAX_FRAMES);
+    let h = &mut scratch.header;
+    h.kind = RecordKind::GoBlockSample as u32;
+    h.pid = tgid;
+    h.tid = tid;
+    // SAFETY: plain helper calls; the comm helper writes at most 16 bytes
+    // (zeros on failure) into the 16-byte field.
+    unsafe {
+        h.cpu = bpf_get_smp_processor_id();
+        generated::bpf_get_current_comm(h.comm.as_mut_ptr().cast::<c_void>(), 16);
+    }
+    h.time_ns = now;
+    h.kernel_frames = 0;
+    h.user_frames = frames as u16;
+    h.flags = if frames > MAX_SWITCH_FRAMES {
+        FLAG_USER_TRUNCATED
+    } else {
+        0
+    };
+    // Volatile: plain stores of adjacent zeros become a `memset` call.
+    // SAFETY: fields of this CPU's scratch slot.
+    unsafe {
+        for w in 0..STACK_TOP_WORDS {
+            core::ptr::write_volatile(&mut h.stack_top[w], 0);
+        }
+        core::ptr::write_volatile(&mut h.go_switch_frames, 0);
+        core::ptr::write_volatile(&mut h.go_signal_pc, 0);
+        core::ptr::write_volatile(&mut h.fp_outermost, 0);
+        core::ptr::write_volatile(&mut h.fp_frames, 0);
+        core::ptr::write_volatile(&mut h.off_cpu_state, 0);
+        core::ptr::write_volatile(&mut h.off_cpu_syscall, 0);
+    }
+    h.goid = goid;
+    h.go_labels = read(gp + labels_off);
+    h.go_status = reason;
+    h.off_cpu_ns = ns;
+    let len = record_len(frames);
+    // SAFETY: len <= size_of::<SampleScratch>() (frames <= MAX_FRAMES), and the
+    // scratch slot lives for the whole program run.
+    let record =
+        unsafe { core::slice::from_raw_parts(scratch as *const SampleScratch as *const u8, len) };
+    match EVENTS.output::<[u8]>(record, 0) {
+        Ok(()) => {
+            count(Counter::GoBlocks);
+        }
+        Err(_) => {
+            count(Counter::GoBlocksLost);
+        }
     }
 }
 

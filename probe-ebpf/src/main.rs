@@ -31,6 +31,8 @@ static CONFIG: Config = Config {
     include_idle: 0,
     wakeup_bytes: 0,
     min_block_ns: 0,
+    go_block: 0,
+    _pad: 0,
 };
 
 /// Every record, of every kind, for the collector.

@@ -234,6 +234,7 @@ mod tests {
             go_signal_pc: 0,
             fp_baseline: None,
             off_cpu: None,
+            go_block: None,
             kernel,
             user,
         }

@@ -61,6 +61,11 @@ pub enum Mode {
     /// Wall-clock time: on-CPU samples (one sample period each, under
     /// `[running]`) and off-CPU time together, per thread, in microseconds.
     Wall,
+    /// Goroutine blocking in Go processes: each goroutine that parked (on a
+    /// channel, a mutex, a sleep, I/O, ...), with the stack it parked in,
+    /// weighted by the microseconds until it was made runnable, under
+    /// `[wait: REASON]`.
+    Goblock,
 }
 
 /// `crossprof record` options.
@@ -69,15 +74,19 @@ pub struct RecordArgs {
     /// What to profile: cpu (on-CPU samples), offcpu (time threads spend
     /// blocked or sleeping, in microseconds, with the stack they blocked in and
     /// a leaf such as `[blocked: futex]`, `[sleep]`, `[blocked: io]`; time spent
-    /// runnable, waiting for a CPU, is not counted), or wall (both, per thread,
-    /// in microseconds, on-CPU stacks under `[running]`):
+    /// runnable, waiting for a CPU, is not counted), wall (both, per thread,
+    /// in microseconds, on-CPU stacks under `[running]`), or goblock (Go
+    /// goroutines parked: the stack each parked in, weighted by the
+    /// microseconds until it was made runnable, under `[wait: chan receive]`,
+    /// `[wait: sync.Mutex.Lock]`, ...; uses the --go-states probes):
     /// crossprof record --mode offcpu -- ./server.
     #[arg(long, value_enum, default_value_t = Mode::Cpu)]
     pub mode: Mode,
 
-    /// With --mode offcpu or wall: drop off-CPU spans shorter than this many
-    /// microseconds, in the kernel (counted in summary.json as
-    /// off_cpu_short_dropped), e.g. --min-block 1000 for waits of 1 ms and more.
+    /// With --mode offcpu, wall or goblock: drop off-CPU spans and goroutine
+    /// waits shorter than this many microseconds, in the kernel (counted in
+    /// summary.json as off_cpu_short_dropped and go_blocks_short_dropped), e.g.
+    /// --min-block 1000 for waits of 1 ms and more.
     #[arg(long, value_name = "USECS", default_value_t = 1)]
     pub min_block: u64,
 
@@ -159,6 +168,14 @@ pub struct RecordArgs {
     /// crossprof record --only-transitions -- ./app > edges.txt.
     #[arg(long)]
     pub only_transitions: bool,
+
+    /// Also write DIR/timeline.json in the Chrome trace event format (open it in
+    /// ui.perfetto.dev or chrome://tracing): per process and thread, its samples
+    /// and running spans, its blocked spans with their reason (with --mode
+    /// offcpu or wall), and the GC pauses of .NET processes:
+    /// crossprof record --mode wall --timeline -- ./server.
+    #[arg(long)]
+    pub timeline: bool,
 
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.

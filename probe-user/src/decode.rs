@@ -42,6 +42,15 @@ pub struct OffCpu {
     pub syscall: u16,
 }
 
+/// A goroutine's wait, as its end record tells it (`probe_common::go`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoBlock {
+    /// Nanoseconds from parking to being made runnable.
+    pub ns: u64,
+    /// Its wait reason (`g.waitreason`, numbered per Go release).
+    pub reason: u32,
+}
+
 /// An on-CPU sample with both stacks, leaf first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
@@ -77,6 +86,9 @@ pub struct Sample {
     /// For the end of an off-CPU span (`--mode offcpu`, `wall`): how long the
     /// thread was away and why; `None` for an on-CPU sample.
     pub off_cpu: Option<OffCpu>,
+    /// For a goroutine made runnable after waiting (`--mode goblock`): how
+    /// long and why; its frames are those it parked in (in `user`).
+    pub go_block: Option<GoBlock>,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames, leaf first.
@@ -127,7 +139,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let len = buf.len();
     let kind = (&buf[..4]).get_u32_le();
     match RecordKind::from_u32(kind) {
-        Some(RecordKind::CpuSample | RecordKind::OffCpuSample) => {}
+        Some(RecordKind::CpuSample | RecordKind::OffCpuSample | RecordKind::GoBlockSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
         Some(RecordKind::MapsChanged) => {
             let need = size_of::<probe_common::native::MapsChanged>();
@@ -173,6 +185,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         state: off_cpu_state,
         syscall: off_cpu_syscall,
     });
+    let go_block = (kind == RecordKind::GoBlockSample as u32).then_some(GoBlock {
+        ns: off_cpu_ns,
+        reason: go_status,
+    });
     let fp_baseline = (flags & FLAG_FP_BASELINE != 0).then_some((fp_outermost, fp_frames));
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
@@ -205,6 +221,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         go_signal_pc,
         fp_baseline,
         off_cpu,
+        go_block,
         kernel,
         user,
     }))

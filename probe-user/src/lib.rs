@@ -34,3 +34,4 @@ pub mod sampler;
 pub mod status;
 pub mod summary;
 pub mod symbolize;
+pub mod timeline;

@@ -75,6 +75,8 @@ struct Pipeline {
     cpu_weight: u64,
     /// Microseconds of off-CPU time counted.
     off_cpu_us: u64,
+    /// `--timeline`: the events kept for it.
+    timeline: Option<crate::timeline::Timeline>,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
@@ -126,9 +128,10 @@ impl Pipeline {
         while let Some(item) = events.next() {
             match decode(&item) {
                 Ok(Record::CpuSample(sample)) => {
-                    let weight = match sample.off_cpu {
-                        Some(off) => off.ns / 1000,
-                        None => self.cpu_weight,
+                    let weight = match (sample.off_cpu, sample.go_block) {
+                        (Some(off), _) => off.ns / 1000,
+                        (_, Some(b)) => b.ns / 1000,
+                        _ => self.cpu_weight,
                     };
                     if weight == 0 {
                         continue; // a span under a microsecond (--min-block 0)
@@ -137,15 +140,41 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
-                    match &sample.off_cpu {
-                        Some(off) => {
-                            self.off_cpu_us += weight;
-                            frames.push(self.procs.text_frame(&crate::offcpu::reason(off)));
-                        }
-                        None if self.mode == Mode::Wall => {
-                            frames.push(self.procs.text_frame("[running]"));
-                        }
-                        None => {}
+                    if let Some(off) = &sample.off_cpu {
+                        self.off_cpu_us += weight;
+                        frames.push(self.procs.text_frame(&crate::offcpu::reason(off)));
+                    }
+                    if let Some(b) = &sample.go_block {
+                        self.off_cpu_us += weight;
+                        let reasons = self
+                            .procs
+                            .get(sample.pid)
+                            .and_then(|p| p.go_states.as_ref())
+                            .map(|t| t.reasons.as_slice())
+                            .unwrap_or_default();
+                        let name = crate::go::states::reason_name(reasons, b.reason);
+                        frames.push(self.procs.text_frame(&format!("[wait: {name}]")));
+                    }
+                    if let Some(t) = self.timeline.as_mut() {
+                        t.add(
+                            sample.pid,
+                            sample.tid,
+                            &sample.comm_str(),
+                            sample.time_ns,
+                            sample
+                                .off_cpu
+                                .map(|o| o.ns)
+                                .or(sample.go_block.map(|b| b.ns))
+                                .unwrap_or(0),
+                            sample.goid,
+                            &frames,
+                        );
+                    }
+                    if sample.off_cpu.is_none()
+                        && sample.go_block.is_none()
+                        && self.mode == Mode::Wall
+                    {
+                        frames.push(self.procs.text_frame("[running]"));
                     }
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
@@ -385,10 +414,11 @@ async fn start(
         freq: args.freq,
         filter_pids: !pids.is_empty() || has_command,
         include_idle: args.include_idle,
-        go_states: args.go_states,
-        on_cpu: args.mode != Mode::Offcpu,
-        off_cpu: args.mode != Mode::Cpu,
+        go_states: args.go_states || args.mode == Mode::Goblock,
+        on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
+        off_cpu: matches!(args.mode, Mode::Offcpu | Mode::Wall),
         min_block_ns: args.min_block.saturating_mul(1000),
+        go_block: args.mode == Mode::Goblock,
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
@@ -417,7 +447,9 @@ async fn start(
     }
     let procs = ProcessTable::default();
     let go_preattached = match program {
-        Some(exe) if args.go_states => preattach_go(&mut sampler, &procs, exe),
+        Some(exe) if args.go_states || args.mode == Mode::Goblock => {
+            preattach_go(&mut sampler, &procs, exe)
+        }
         _ => Ok(None),
     };
     let child = if has_command {
@@ -595,9 +627,12 @@ async fn run(
             _ => 1,
         },
         off_cpu_us: 0,
+        timeline: args
+            .timeline
+            .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
         group_by: args.group_by.clone(),
         go_pids,
-        go_states: args.go_states,
+        go_states: args.go_states || args.mode == Mode::Goblock,
         go_states_failed,
         go_preattached,
         waiting: VecDeque::new(),
@@ -759,6 +794,7 @@ async fn run(
         mode: _,
         cpu_weight: _,
         off_cpu_us,
+        timeline,
         group_by: _,
         go_pids: _,
         go_states: _,
@@ -820,6 +856,14 @@ async fn run(
         Mode::Wall => format!(
             "wall-clock time in µs per thread: on-CPU samples at {} Hz and off-CPU spans over {:.1} s, {} lost",
             args.freq,
+            duration.as_secs_f64(),
+            lost
+        ),
+        Mode::Goblock => format!(
+            "goroutine waits in µs: {:.3} s in {} waits of {} µs or more over {:.1} s, {} lost",
+            off_cpu_us as f64 / 1e6,
+            agg.samples,
+            args.min_block,
             duration.as_secs_f64(),
             lost
         ),
@@ -914,11 +958,37 @@ async fn run(
             )
         }))
         .collect();
+    if let Some(t) = &timeline {
+        let gc: BTreeMap<u32, Vec<(u64, u64)>> = procs
+            .iter()
+            .filter_map(|p| {
+                let stats = p.dotnet.as_ref()?.gc_stats()?;
+                Some((p.pid, stats.pause_spans.clone()))
+            })
+            .collect();
+        let trace = t.to_json(
+            names,
+            &procs,
+            |pid| {
+                procs
+                    .get(pid)
+                    .map(|p| p.name.to_string())
+                    .unwrap_or_default()
+            },
+            &gc,
+        );
+        out.write_atomic(crate::timeline::FILE, |w| {
+            serde_json::to_writer(&mut *w, &trace)?;
+            writeln!(w)
+        })?;
+    }
     let summary = Summary {
+        timeline_events_dropped: timeline.as_ref().map(|t| t.dropped),
         mode: match args.mode {
             Mode::Cpu => "cpu",
             Mode::Offcpu => "offcpu",
             Mode::Wall => "wall",
+            Mode::Goblock => "goblock",
         },
         off_cpu_us: (args.mode != Mode::Cpu).then_some(off_cpu_us),
         duration_secs: duration.as_secs_f64(),
@@ -979,14 +1049,21 @@ async fn run(
             },
         )?;
     }
-    if args.mode != Mode::Cpu {
-        eprintln!(
+    match args.mode {
+        Mode::Offcpu | Mode::Wall => eprintln!(
             "crossprof: {:.3} s off-CPU in {} spans of {} µs or more",
             off_cpu_us as f64 / 1e6,
             counters[Counter::OffCpuSpans as usize]
                 .saturating_sub(counters[Counter::OffCpuShort as usize]),
             args.min_block
-        );
+        ),
+        Mode::Goblock => eprintln!(
+            "crossprof: {:.3} s of goroutine waits in {} waits of {} µs or more",
+            off_cpu_us as f64 / 1e6,
+            counters[Counter::GoBlocks as usize],
+            args.min_block
+        ),
+        Mode::Cpu => {}
     }
     eprintln!(
         "crossprof: {} samples ({} lost) from {} process{} in {:.1} s at {} Hz -> {}",

@@ -122,8 +122,11 @@ pub struct SamplerConfig {
     pub on_cpu: bool,
     /// Follow off-CPU spans (`--mode offcpu`, `wall`).
     pub off_cpu: bool,
-    /// Off-CPU spans shorter than this are dropped in the kernel.
+    /// Off-CPU spans and goroutine waits shorter than this are dropped in the
+    /// kernel.
     pub min_block_ns: u64,
+    /// Send goroutine waits (`--mode goblock`; with `go_states`).
+    pub go_block: bool,
 }
 
 /// The loaded kernel side.
@@ -150,6 +153,8 @@ impl Sampler {
             include_idle: u32::from(cfg.include_idle),
             wakeup_bytes: u64::from(ring / 8),
             min_block_ns: cfg.min_block_ns,
+            go_block: u32::from(cfg.go_block),
+            _pad: 0,
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.

@@ -14,6 +14,9 @@ pub struct Summary {
     /// Off-CPU time in the profile, in microseconds (`offcpu` and `wall` modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub off_cpu_us: Option<u64>,
+    /// `--timeline`: events past its limit, counted and left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline_events_dropped: Option<u64>,
     /// Recording wall time.
     pub duration_secs: f64,
     /// Sampling frequency per CPU.

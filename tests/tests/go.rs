@@ -328,6 +328,54 @@ fn goroutine_states_split_time_by_wait_reason_in_every_version_and_build() {
     }
 }
 
+/// `--mode goblock` (issue #6): each goroutine of the states fixture that
+/// parks for 1 s (channel receive, contended `sync.Mutex`, `time.Sleep`) has
+/// 1 s ± 10% of waiting under the stack it parked in, from `runtime.goexit`
+/// through its own function to `runtime.gopark`, topped by its wait reason;
+/// the program's result is unchanged. Every version, normal and PIE builds.
+#[test]
+fn goroutine_waits_are_a_profile_of_their_stacks_in_every_version() {
+    for go in Go::ALL {
+        for build in [GoBuild::Normal, GoBuild::Pie] {
+            let what = format!("go {} {build:?}", go.version());
+            let bin = go.fixture("states", build);
+            let dir = out_dir(&format!("go_block_{}_{build:?}", go.version()));
+            let run = record(&dir, &["--mode", "goblock"], &bin, &["1"]);
+            assert!(run.status.success(), "{what}: {}", run.stderr);
+            assert!(
+                run.stdout.contains("sum 10\ndone"),
+                "{what}: the program's result changed: {}",
+                run.stdout
+            );
+            let stacks = read_folded(&dir);
+            // Go 1.19 parks a contended sync.Mutex as plain "semacquire".
+            let mutex = if go == Go::Go119 {
+                "[wait: semacquire]"
+            } else {
+                "[wait: sync.Mutex.Lock]"
+            };
+            for (function, leaf) in [
+                ("main.chanWaiter", "[wait: chan receive]"),
+                ("main.mutexWaiter", mutex),
+                ("main.sleeper", "[wait: sleep]"),
+            ] {
+                let (us, _) = count_where(&stacks, "states", |s| {
+                    s.frames.iter().any(|f| f == function)
+                        && s.frames.last().is_some_and(|l| l == leaf)
+                        && s.frames[1] == "runtime.goexit"
+                        && s.frames[s.frames.len() - 2] == "runtime.gopark"
+                });
+                within(
+                    &format!("{what}: {function} under {leaf}:\n{stacks:#?}"),
+                    us as f64 / 1000.0,
+                    1000.0,
+                );
+            }
+            assert_eq!(read_summary(&dir)["mode"], "goblock", "{what}");
+        }
+    }
+}
+
 /// Attached to a running process (`--pid`): goroutines blocked on a channel, a
 /// mutex and a sleep through the whole recording change no state, yet are
 /// listed (read through `runtime.allgs`, found in the stripped binary's code)

@@ -128,6 +128,9 @@ pub struct GcStats {
     pub pauses: u64,
     /// Their total time.
     pub pause_ms: f64,
+    /// Each pause, `(start_ns, end_ns)` (CLOCK_MONOTONIC), for the timeline.
+    #[serde(skip)]
+    pub pause_spans: Vec<(u64, u64)>,
 }
 
 /// What the diagnostics IPC thread of a process found: whether the perf map was
@@ -411,6 +414,7 @@ impl DotnetProcess {
                 collections: log.collections,
                 pauses: log.pauses.len() as u64,
                 pause_ms: log.pause_ns() as f64 / 1e6,
+                pause_spans: log.pauses.iter().map(|p| (p.start_ns, p.end_ns)).collect(),
             });
             drop(log);
             if let Some(why) = broken {

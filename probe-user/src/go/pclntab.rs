@@ -56,11 +56,14 @@ impl GoTables {
             return entry.clone().ok().flatten();
         }
         // Parsed without the lock held: the other thread never waits on a file.
-        let entry: Entry = match std::fs::read(path) {
-            Ok(data) => GoTable::parse(data)
+        // Most files are not Go: their headers say so without reading them.
+        let go = crate::native::elf::MappedFile::open(path)
+            .is_some_and(|file| Elf::parse(file.bytes()).is_some_and(|elf| may_be_go(&elf)));
+        let entry: Entry = match go.then(|| std::fs::read(path)) {
+            Some(Ok(data)) => GoTable::parse(data)
                 .map(|t| t.map(Arc::new))
                 .map_err(|e| e.to_string()),
-            Err(_) => Ok(None),
+            _ => Ok(None),
         };
         lock()
             .entry(path.to_path_buf())
@@ -173,6 +176,13 @@ const MODULEDATA_TEXT: u64 = 176;
 /// `.go.buildinfo`; the table is where its header is (`runtime.pclntab`), found
 /// by its magic and checked by its offsets. The "section" returned runs from
 /// there to the end of `.data.rel.ro`.
+/// Could `elf` hold a Go table ([`GoTable::parse`] looks no further)?
+fn may_be_go(elf: &Elf) -> bool {
+    [".gopclntab", ".data.rel.ro.gopclntab", ".go.buildinfo"]
+        .iter()
+        .any(|name| elf.section(name).is_some())
+}
+
 fn shared_library_table(elf: &Elf, file: &[u8]) -> Option<crate::native::elf::Section> {
     elf.section(".go.buildinfo")?;
     let data = elf.section(".data.rel.ro")?;

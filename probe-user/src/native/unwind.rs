@@ -311,16 +311,16 @@ impl UnwindTables {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
         }
-        let read = std::fs::read(path)
-            .ok()
-            .and_then(|data| Some((Elf::parse(&data)?, data)));
-        let Some((elf, data)) = read else {
+        let read = crate::native::elf::MappedFile::open(path)
+            .and_then(|file| Some((Elf::parse(file.bytes())?, file)));
+        let Some((elf, file)) = read else {
             self.placed.insert(path.to_path_buf(), None);
             return Ok(None);
         };
+        let data = file.bytes();
         let rows = match (
             elf.section(".eh_frame"),
-            elf.section_data(&data, ".eh_frame"),
+            elf.section_data(data, ".eh_frame"),
         ) {
             (Some(s), Some(bytes)) => ehframe::rows(bytes, s.addr).unwrap_or_default(),
             _ => Vec::new(),
@@ -339,7 +339,7 @@ impl UnwindTables {
             // with `-g -fno-asynchronous-unwind-tables`).
             None => {
                 let debug = elf
-                    .section_bytes(&data, ".debug_frame", 64 << 20)
+                    .section_bytes(data, ".debug_frame", 64 << 20)
                     .and_then(|bytes| ehframe::debug_frame_rows(&bytes).ok())
                     .unwrap_or_default();
                 if !debug.is_empty() {

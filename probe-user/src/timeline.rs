@@ -1,0 +1,188 @@
+//! `--timeline`: `DIR/timeline.json` in the Chrome trace event format, which
+//! Perfetto (ui.perfetto.dev) and chrome://tracing open.
+//!
+//! One track per thread, grouped by process: its on-CPU samples (instant
+//! events with the stack in their args) and `running` spans (consecutive
+//! samples of the thread merged), the spans it spent blocked, named by the
+//! wait (`[sleep]`, `[blocked: futex]`, ... — with `--mode offcpu` or
+//! `wall`), and per .NET process a `GC` track of its pauses. Times are
+//! microseconds from the start of the recording.
+//!
+//! Events are kept in memory until the end, at most [`MAX_EVENTS`]; the
+//! rest are counted (`timeline_events_dropped` in summary.json), never
+//! silently lost.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::{
+    kinds::Classifier,
+    native::process::ProcessTable,
+    symbolize::{FrameRef, Names},
+};
+
+/// The file, in the output folder.
+pub const FILE: &str = "timeline.json";
+
+/// Events kept for the timeline (samples and blocked spans together).
+pub const MAX_EVENTS: usize = 1 << 20;
+
+/// A sample or a blocked span of one thread.
+struct Event {
+    pid: u32,
+    tid: u32,
+    /// End of a blocked span, or the sample's time (CLOCK_MONOTONIC ns).
+    time_ns: u64,
+    /// The span's length; 0 for a sample.
+    dur_ns: u64,
+    goid: u64,
+    /// Root first; a blocked span's last frame names the wait.
+    frames: Box<[FrameRef]>,
+}
+
+/// The timeline being recorded.
+pub struct Timeline {
+    start_ns: u64,
+    /// Samples further apart than this on one thread end a `running` span.
+    gap_ns: u64,
+    events: Vec<Event>,
+    threads: BTreeMap<(u32, u32), String>,
+    /// Events past [`MAX_EVENTS`].
+    pub dropped: u64,
+}
+
+impl Timeline {
+    /// A timeline starting at `start_ns`, of samples taken at `freq` Hz.
+    pub fn new(start_ns: u64, freq: u64) -> Self {
+        Self {
+            start_ns,
+            gap_ns: 3 * 1_000_000_000 / freq.max(1) / 2,
+            events: Vec::new(),
+            threads: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Keeps an on-CPU sample (`dur_ns` 0) or a blocked span ending at
+    /// `time_ns` of thread `tid` (named `comm`) of `pid`, with its stack.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        comm: &str,
+        time_ns: u64,
+        dur_ns: u64,
+        goid: u64,
+        frames: &[FrameRef],
+    ) {
+        if self.events.len() >= MAX_EVENTS {
+            self.dropped += 1;
+            return;
+        }
+        self.threads
+            .entry((pid, tid))
+            .or_insert_with(|| comm.to_owned());
+        self.events.push(Event {
+            pid,
+            tid,
+            time_ns,
+            dur_ns,
+            goid,
+            frames: frames.into(),
+        });
+    }
+
+    fn us(&self, ns: u64) -> f64 {
+        ns.saturating_sub(self.start_ns) as f64 / 1e3
+    }
+
+    /// The trace: process and thread names, samples, running and blocked
+    /// spans, and the GC pauses of `gc` (per process, `(start_ns, end_ns)`).
+    pub fn to_json(
+        &self,
+        names: &Names,
+        procs: &ProcessTable,
+        process_name: impl Fn(u32) -> String,
+        gc: &BTreeMap<u32, Vec<(u64, u64)>>,
+    ) -> Value {
+        let mut out = Vec::new();
+        let mut pids: Vec<u32> = self.threads.keys().map(|&(pid, _)| pid).collect();
+        pids.extend(gc.keys());
+        pids.sort_unstable();
+        pids.dedup();
+        for &pid in &pids {
+            out.push(
+                json!({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+                "args": {"name": format!("{} ({pid})", process_name(pid))}}),
+            );
+        }
+        for (&(pid, tid), comm) in &self.threads {
+            out.push(
+                json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                "args": {"name": format!("{comm} ({tid})")}}),
+            );
+        }
+        let mut classifier = Classifier::new(names, procs);
+        // Consecutive samples of a thread, merged: (pid, tid) -> (first, last).
+        let mut running: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
+        let mut samples: Vec<&Event> = self.events.iter().filter(|e| e.dur_ns == 0).collect();
+        samples.sort_by_key(|e| e.time_ns);
+        let span = |out: &mut Vec<Value>, (pid, tid): (u32, u32), (first, last): (u64, u64)| {
+            let end = last + self.gap_ns * 2 / 3; // a sample stands for its period
+            out.push(json!({"name": "running", "cat": "running", "ph": "X",
+                "pid": pid, "tid": tid, "ts": self.us(first), "dur": (end - first) as f64 / 1e3}));
+        };
+        for e in &samples {
+            let key = (e.pid, e.tid);
+            match running.get_mut(&key) {
+                Some(r) if e.time_ns.saturating_sub(r.1) <= self.gap_ns => r.1 = e.time_ns,
+                Some(r) => {
+                    let done = *r;
+                    *r = (e.time_ns, e.time_ns);
+                    span(&mut out, key, done);
+                }
+                None => {
+                    running.insert(key, (e.time_ns, e.time_ns));
+                }
+            }
+        }
+        for (key, r) in running {
+            span(&mut out, key, r);
+        }
+        for e in &self.events {
+            let shown = classifier.show(&e.frames);
+            let texts: Vec<&str> = shown.frames.iter().map(|f| f.text.as_str()).collect();
+            let leaf = texts.last().copied().unwrap_or("[unknown]");
+            let mut args = json!({"stack": texts.join(";")});
+            if e.goid != 0 {
+                args["goroutine"] = json!(e.goid);
+            }
+            if e.dur_ns == 0 {
+                out.push(json!({"name": leaf, "cat": "sample", "ph": "i", "s": "t",
+                    "pid": e.pid, "tid": e.tid, "ts": self.us(e.time_ns), "args": args}));
+            } else {
+                let start = e.time_ns.saturating_sub(e.dur_ns);
+                out.push(json!({"name": leaf, "cat": "blocked", "ph": "X",
+                    "pid": e.pid, "tid": e.tid, "ts": self.us(start),
+                    "dur": e.dur_ns as f64 / 1e3, "args": args}));
+            }
+        }
+        for (&pid, pauses) in gc {
+            // Track 0 of the process: its GC pauses (all its threads stopped).
+            out.push(
+                json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": 0,
+                "args": {"name": "GC"}}),
+            );
+            for &(start, end) in pauses {
+                out.push(
+                    json!({"name": "GC pause", "cat": "gc", "ph": "X", "pid": pid,
+                    "tid": 0, "ts": self.us(start), "dur": end.saturating_sub(start) as f64 / 1e3}),
+                );
+            }
+        }
+        json!({"traceEvents": out, "displayTimeUnit": "ms",
+            "otherData": {"tool": "crossprof", "events_dropped": self.dropped}})
+    }
+}

@@ -1,0 +1,120 @@
+//! `--timeline` (issue #6): `timeline.json` is a valid Chrome trace event file
+//! with the span kinds the profile knows.
+
+use crossprof_tests::{Dotnet, build_c, out_dir, read_summary, record_command, record_target};
+use serde_json::Value;
+
+fn read_timeline(dir: &std::path::Path) -> Vec<Value> {
+    let path = dir.join("timeline.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let trace: Value = serde_json::from_str(&text).expect("timeline.json is JSON");
+    let events = trace["traceEvents"]
+        .as_array()
+        .expect("a traceEvents array")
+        .clone();
+    // Every event has what the format asks of its phase.
+    for e in &events {
+        let ph = e["ph"].as_str().expect("ph");
+        assert!(e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
+        assert!(e["name"].is_string(), "{e}");
+        match ph {
+            "M" => assert!(e["args"]["name"].is_string(), "{e}"),
+            "X" => assert!(
+                e["ts"].as_f64().is_some() && e["dur"].as_f64() >= Some(0.0),
+                "{e}"
+            ),
+            "i" => assert!(e["ts"].as_f64().is_some(), "{e}"),
+            _ => panic!("unexpected phase: {e}"),
+        }
+    }
+    events
+}
+
+/// `--mode wall --timeline` of sleeper.c (a thread spins 1 s, then sleeps 1 s):
+/// on the sleeper thread's track, running spans covering ~1 s, samples in
+/// `spin`, and one `[sleep]` span of 1 s ± 5% that starts after the running
+/// ends; the thread and process are named.
+#[test]
+fn a_wall_timeline_has_running_samples_and_blocked_spans_per_thread() {
+    let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
+    let dir = out_dir("timeline_wall");
+    let run = record_command(&dir, &["--mode", "wall", "--timeline"], &bin, &["1", "1"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let events = read_timeline(&dir);
+    let sleep = events
+        .iter()
+        .find(|e| e["cat"] == "blocked" && e["name"] == "[sleep]")
+        .unwrap_or_else(|| panic!("no [sleep] span in {events:#?}"));
+    let tid = sleep["tid"].as_u64().unwrap();
+    let dur = sleep["dur"].as_f64().unwrap();
+    assert!((950_000.0..=1_050_000.0).contains(&dur), "{sleep}");
+    assert!(
+        sleep["args"]["stack"]
+            .as_str()
+            .is_some_and(|s| s.contains("nap")),
+        "{sleep}"
+    );
+    let on_thread = |cat: &'static str| {
+        events
+            .iter()
+            .filter(move |e| e["cat"] == cat && e["tid"].as_u64() == Some(tid))
+    };
+    let running: f64 = on_thread("running").filter_map(|e| e["dur"].as_f64()).sum();
+    assert!(
+        (800_000.0..=1_200_000.0).contains(&running),
+        "running {running} µs"
+    );
+    let last_run_end = on_thread("running")
+        .filter_map(|e| Some(e["ts"].as_f64()? + e["dur"].as_f64()?))
+        .fold(0.0, f64::max);
+    let sleep_start = sleep["ts"].as_f64().unwrap();
+    assert!(
+        sleep_start >= last_run_end - 20_000.0,
+        "the sleep ({sleep_start}) starts before the spinning ends ({last_run_end})"
+    );
+    let in_spin = on_thread("sample").filter(|e| e["name"] == "spin").count();
+    assert!(in_spin >= 50, "{in_spin} samples named spin");
+    assert!(
+        events.iter().any(|e| e["ph"] == "M"
+            && e["name"] == "thread_name"
+            && e["tid"].as_u64() == Some(tid)),
+        "the sleeper thread is not named"
+    );
+    assert_eq!(read_summary(&dir)["timeline_events_dropped"], 0);
+}
+
+/// The .NET gc fixture's pauses are a `GC` track: as many spans as the summary
+/// counts pauses, inside the recording.
+#[test]
+fn a_dotnet_timeline_has_its_gc_pauses() {
+    let runtime = Dotnet::Net8;
+    let dll = runtime.fixture("gc");
+    let target = runtime.command(&dll, &["3"]);
+    let dir = out_dir("timeline_gc");
+    let run = record_target(&dir, &["--timeline"], &target);
+    assert!(run.status.success(), "{}", run.stderr);
+    let events = read_timeline(&dir);
+    let pauses: Vec<&Value> = events.iter().filter(|e| e["cat"] == "gc").collect();
+    let summary = read_summary(&dir);
+    let counted = summary["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["gc"]["pauses"].as_u64())
+        .expect("GC figures in the summary");
+    assert!(counted > 0, "{summary:#}");
+    assert_eq!(pauses.len() as u64, counted, "{pauses:#?}");
+    assert!(
+        pauses
+            .iter()
+            .all(|e| e["ts"].as_f64() >= Some(0.0) && e["dur"].as_f64() > Some(0.0)),
+        "{pauses:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["cat"] == "sample" && e["pid"] == pauses[0]["pid"]),
+        "no samples of the .NET process"
+    );
+}
