@@ -158,7 +158,9 @@ impl Pipeline {
                     if let Some(t) = self.timeline.as_mut() {
                         t.add(
                             sample.pid,
-                            sample.tid,
+                            // A goroutine's wait is sent by the thread that
+                            // woke it: it goes on the goroutine's track only.
+                            sample.go_block.is_none().then_some(sample.tid),
                             &sample.comm_str(),
                             sample.time_ns,
                             sample

@@ -1,18 +1,19 @@
 //! `--timeline`: `DIR/timeline.json` in the Chrome trace event format, which
 //! Perfetto (ui.perfetto.dev) and chrome://tracing open.
 //!
-//! One track per thread, grouped by process: its on-CPU samples (instant
-//! events with the stack in their args) and `running` spans (consecutive
-//! samples of the thread merged), the spans it spent blocked, named by the
-//! wait (`[sleep]`, `[blocked: futex]`, ... — with `--mode offcpu` or
-//! `wall`), and per .NET process a `GC` track of its pauses. Times are
+//! One track per thread and one per goroutine, grouped by process: its
+//! on-CPU samples (instant events with the stack in their args) and `running`
+//! spans (consecutive samples merged), the spans it spent blocked or waiting,
+//! named by the wait (`[sleep]`, `[blocked: futex]` with `--mode offcpu` or
+//! `wall`; `[wait: chan receive]` on a goroutine's track with `--mode
+//! goblock`), and per .NET process a `GC` track of its pauses. Times are
 //! microseconds from the start of the recording.
 //!
 //! Events are kept in memory until the end, at most [`MAX_EVENTS`]; the
 //! rest are counted (`timeline_events_dropped` in summary.json), never
 //! silently lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
@@ -28,14 +29,21 @@ pub const FILE: &str = "timeline.json";
 /// Events kept for the timeline (samples and blocked spans together).
 pub const MAX_EVENTS: usize = 1 << 20;
 
-/// A sample or a blocked span of one thread.
+/// Goroutine `N`'s track is `GOROUTINE_TRACK + N` (Chrome trace tracks are
+/// numbered like threads; this keeps them apart from any thread id).
+pub const GOROUTINE_TRACK: u64 = 1 << 32;
+
+/// A sample or a blocked span.
 struct Event {
     pid: u32,
-    tid: u32,
+    /// The thread it belongs on, if any (a goroutine's wait, sent by the
+    /// thread that woke it, belongs on the goroutine's track only).
+    tid: Option<u32>,
     /// End of a blocked span, or the sample's time (CLOCK_MONOTONIC ns).
     time_ns: u64,
     /// The span's length; 0 for a sample.
     dur_ns: u64,
+    /// The goroutine (0: none).
     goid: u64,
     /// Root first; a blocked span's last frame names the wait.
     frames: Box<[FrameRef]>,
@@ -44,7 +52,7 @@ struct Event {
 /// The timeline being recorded.
 pub struct Timeline {
     start_ns: u64,
-    /// Samples further apart than this on one thread end a `running` span.
+    /// Samples further apart than this on one track end a `running` span.
     gap_ns: u64,
     events: Vec<Event>,
     threads: BTreeMap<(u32, u32), String>,
@@ -65,12 +73,13 @@ impl Timeline {
     }
 
     /// Keeps an on-CPU sample (`dur_ns` 0) or a blocked span ending at
-    /// `time_ns` of thread `tid` (named `comm`) of `pid`, with its stack.
+    /// `time_ns`, of `pid`, on the track of thread `tid` (named `comm`) if
+    /// given and of goroutine `goid` if not 0, with its stack.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         pid: u32,
-        tid: u32,
+        tid: Option<u32>,
         comm: &str,
         time_ns: u64,
         dur_ns: u64,
@@ -81,9 +90,11 @@ impl Timeline {
             self.dropped += 1;
             return;
         }
-        self.threads
-            .entry((pid, tid))
-            .or_insert_with(|| comm.to_owned());
+        if let Some(tid) = tid {
+            self.threads
+                .entry((pid, tid))
+                .or_insert_with(|| comm.to_owned());
+        }
         self.events.push(Event {
             pid,
             tid,
@@ -98,8 +109,9 @@ impl Timeline {
         ns.saturating_sub(self.start_ns) as f64 / 1e3
     }
 
-    /// The trace: process and thread names, samples, running and blocked
-    /// spans, and the GC pauses of `gc` (per process, `(start_ns, end_ns)`).
+    /// The trace: process, thread and goroutine track names, samples, running
+    /// and blocked spans, and the GC pauses of `gc` (per process,
+    /// `(start_ns, end_ns)`).
     pub fn to_json(
         &self,
         names: &Names,
@@ -108,7 +120,7 @@ impl Timeline {
         gc: &BTreeMap<u32, Vec<(u64, u64)>>,
     ) -> Value {
         let mut out = Vec::new();
-        let mut pids: Vec<u32> = self.threads.keys().map(|&(pid, _)| pid).collect();
+        let mut pids: Vec<u32> = self.events.iter().map(|e| e.pid).collect();
         pids.extend(gc.keys());
         pids.sort_unstable();
         pids.dedup();
@@ -124,33 +136,46 @@ impl Timeline {
                 "args": {"name": format!("{comm} ({tid})")}}),
             );
         }
-        let mut classifier = Classifier::new(names, procs);
-        // Consecutive samples of a thread, merged: (pid, tid) -> (first, last).
-        let mut running: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
+        let goroutines: BTreeSet<(u32, u64)> = self
+            .events
+            .iter()
+            .filter(|e| e.goid != 0)
+            .map(|e| (e.pid, e.goid))
+            .collect();
+        for &(pid, goid) in &goroutines {
+            out.push(json!({"name": "thread_name", "ph": "M", "pid": pid,
+                "tid": GOROUTINE_TRACK + goid, "args": {"name": format!("goroutine {goid}")}}));
+        }
+        // Each event on its thread's track and its goroutine's.
+        let tracks = |e: &Event| {
+            let goroutine = (e.goid != 0).then_some(GOROUTINE_TRACK + e.goid);
+            e.tid.map(u64::from).into_iter().chain(goroutine)
+        };
+        // Consecutive samples of a track, merged into running spans.
         let mut samples: Vec<&Event> = self.events.iter().filter(|e| e.dur_ns == 0).collect();
         samples.sort_by_key(|e| e.time_ns);
-        let span = |out: &mut Vec<Value>, (pid, tid): (u32, u32), (first, last): (u64, u64)| {
-            let end = last + self.gap_ns * 2 / 3; // a sample stands for its period
-            out.push(json!({"name": "running", "cat": "running", "ph": "X",
-                "pid": pid, "tid": tid, "ts": self.us(first), "dur": (end - first) as f64 / 1e3}));
-        };
+        let mut running: BTreeMap<(u32, u64), Vec<(u64, u64)>> = BTreeMap::new();
         for e in &samples {
-            let key = (e.pid, e.tid);
-            match running.get_mut(&key) {
-                Some(r) if e.time_ns.saturating_sub(r.1) <= self.gap_ns => r.1 = e.time_ns,
-                Some(r) => {
-                    let done = *r;
-                    *r = (e.time_ns, e.time_ns);
-                    span(&mut out, key, done);
-                }
-                None => {
-                    running.insert(key, (e.time_ns, e.time_ns));
+            for track in tracks(e) {
+                let spans = running.entry((e.pid, track)).or_default();
+                match spans.last_mut() {
+                    Some(last) if e.time_ns.saturating_sub(last.1) <= self.gap_ns => {
+                        last.1 = e.time_ns;
+                    }
+                    _ => spans.push((e.time_ns, e.time_ns)),
                 }
             }
         }
-        for (key, r) in running {
-            span(&mut out, key, r);
+        // A sample stands for its period.
+        let period = self.gap_ns * 2 / 3;
+        for ((pid, track), spans) in running {
+            for (first, last) in spans {
+                out.push(json!({"name": "running", "cat": "running", "ph": "X",
+                    "pid": pid, "tid": track, "ts": self.us(first),
+                    "dur": (last + period - first) as f64 / 1e3}));
+            }
         }
+        let mut classifier = Classifier::new(names, procs);
         for e in &self.events {
             let shown = classifier.show(&e.frames);
             let texts: Vec<&str> = shown.frames.iter().map(|f| f.text.as_str()).collect();
@@ -159,14 +184,16 @@ impl Timeline {
             if e.goid != 0 {
                 args["goroutine"] = json!(e.goid);
             }
-            if e.dur_ns == 0 {
-                out.push(json!({"name": leaf, "cat": "sample", "ph": "i", "s": "t",
-                    "pid": e.pid, "tid": e.tid, "ts": self.us(e.time_ns), "args": args}));
-            } else {
-                let start = e.time_ns.saturating_sub(e.dur_ns);
-                out.push(json!({"name": leaf, "cat": "blocked", "ph": "X",
-                    "pid": e.pid, "tid": e.tid, "ts": self.us(start),
-                    "dur": e.dur_ns as f64 / 1e3, "args": args}));
+            for track in tracks(e) {
+                if e.dur_ns == 0 {
+                    out.push(json!({"name": leaf, "cat": "sample", "ph": "i", "s": "t",
+                        "pid": e.pid, "tid": track, "ts": self.us(e.time_ns), "args": args}));
+                } else {
+                    let start = e.time_ns.saturating_sub(e.dur_ns);
+                    out.push(json!({"name": leaf, "cat": "blocked", "ph": "X",
+                        "pid": e.pid, "tid": track, "ts": self.us(start),
+                        "dur": e.dur_ns as f64 / 1e3, "args": args}));
+                }
             }
         }
         for (&pid, pauses) in gc {

@@ -118,3 +118,36 @@ fn a_dotnet_timeline_has_its_gc_pauses() {
         "no samples of the .NET process"
     );
 }
+
+/// `--mode goblock --timeline` of the Go states fixture: each goroutine has a
+/// track of its own, and the one that waits 1 s on a channel shows it as one
+/// `[wait: chan receive]` span of 1 s ± 10% there, with its function in the
+/// stack.
+#[test]
+fn a_goroutine_timeline_has_a_track_per_goroutine_with_its_waits() {
+    let bin = crossprof_tests::Go::Go123.fixture("states", crossprof_tests::GoBuild::Normal);
+    let dir = out_dir("timeline_goblock");
+    let run = record_command(&dir, &["--mode", "goblock", "--timeline"], &bin, &["1"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let events = read_timeline(&dir);
+    let wait = events
+        .iter()
+        .find(|e| {
+            e["cat"] == "blocked"
+                && e["name"] == "[wait: chan receive]"
+                && e["args"]["stack"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("main.chanWaiter"))
+        })
+        .unwrap_or_else(|| panic!("no chan receive wait in {events:#?}"));
+    let dur = wait["dur"].as_f64().unwrap();
+    assert!((900_000.0..=1_100_000.0).contains(&dur), "{wait}");
+    let goid = wait["args"]["goroutine"].as_u64().expect("the goroutine");
+    let track = wait["tid"].as_u64().unwrap();
+    assert!(
+        events.iter().any(|e| e["ph"] == "M"
+            && e["tid"].as_u64() == Some(track)
+            && e["args"]["name"] == format!("goroutine {goid}")),
+        "no track named goroutine {goid}"
+    );
+}
