@@ -9,7 +9,7 @@
 //! 5. Fold, render, and write the outputs atomically, then the summary.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     ffi::OsString,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
@@ -77,6 +77,9 @@ struct Pipeline {
     off_cpu_us: u64,
     /// `--timeline`: the events kept for it.
     timeline: Option<crate::timeline::Timeline>,
+    /// Frames a rules walk ended at as the stack's outermost
+    /// (`FLAG_USER_COMPLETE`): thread roots, named or not.
+    walked_roots: HashSet<FrameRef>,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
@@ -140,6 +143,11 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
+                    if sample.flags & probe_common::native::FLAG_USER_COMPLETE != 0
+                        && let Some(root) = crate::fold::outermost_user(&frames)
+                    {
+                        self.walked_roots.insert(root);
+                    }
                     if let Some(off) = &sample.off_cpu {
                         self.off_cpu_us += weight;
                         frames.push(self.procs.text_frame(&crate::offcpu::reason(off)));
@@ -632,6 +640,7 @@ async fn run(
         timeline: args
             .timeline
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
+        walked_roots: HashSet::new(),
         group_by: args.group_by.clone(),
         go_pids,
         go_states: args.go_states || args.mode == Mode::Goblock,
@@ -797,6 +806,7 @@ async fn run(
         cpu_weight: _,
         off_cpu_us,
         timeline,
+        walked_roots,
         group_by: _,
         go_pids: _,
         go_states: _,
@@ -824,14 +834,16 @@ async fn run(
         &procs,
     );
     out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
-    let complete = crate::fold::completeness(agg.stacks(), names, &procs);
+    let complete = crate::fold::completeness(agg.stacks(), names, &procs, &walked_roots);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
     let fp_complete: HashMap<u32, (u64, u64)> = fp_baseline
         .iter()
         .map(|(&pid, frames)| {
             let rooted = frames
                 .iter()
-                .filter(|(f, _)| crate::fold::frame_is_root(**f, names, &procs))
+                .filter(|(f, _)| {
+                    walked_roots.contains(*f) || crate::fold::frame_is_root(**f, names, &procs)
+                })
                 .map(|(_, n)| n)
                 .sum();
             (pid, (rooted, frames.values().sum()))
