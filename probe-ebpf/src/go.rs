@@ -228,10 +228,17 @@ fn switch_frames(
     ips[at + 1] = if sp == 0 { 0 } else { read(sp) };
     // The frame-pointer chain, in steps under bpf_loop (the verifier checks
     // one step rather than 48, which kept loading slow).
+    frame_chain(read(g + sched_bp), at + 2, 2)
+}
+
+/// Walks the frame-pointer chain from `bp` into the scratch `ips[next..]`
+/// (at most [`MAX_SWITCH_FRAMES`] frames); returns `frames` plus those written.
+#[inline(always)]
+fn frame_chain(bp: u64, next: usize, frames: u32) -> usize {
     let mut walk = SwitchWalk {
-        bp: read(g + sched_bp),
-        next: (at + 2) as u32,
-        frames: 2,
+        bp,
+        next: next as u32,
+        frames,
     };
     // SAFETY: `switch_step` has the callback signature bpf_loop expects, and
     // `walk` lives on this stack frame for the whole loop.
@@ -487,22 +494,7 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
         return;
     }
     scratch.ips[0] = pc;
-    let mut walk = SwitchWalk {
-        bp: read(gp + sched_bp),
-        next: 1,
-        frames: 1,
-    };
-    // SAFETY: `switch_step` has the callback signature bpf_loop expects, and
-    // `walk` lives on this stack frame for the whole loop.
-    unsafe {
-        bpf_loop(
-            MAX_SWITCH_FRAMES as u32,
-            switch_step as *mut c_void,
-            (&mut walk as *mut SwitchWalk).cast::<c_void>(),
-            0,
-        );
-    }
-    let frames = (walk.frames as usize).min(MAX_FRAMES);
+    let frames = frame_chain(read(gp + sched_bp), 1, 1).min(MAX_FRAMES);
     let h = &mut scratch.header;
     h.kind = RecordKind::GoBlockSample as u32;
     h.pid = tgid;

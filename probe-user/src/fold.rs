@@ -268,9 +268,15 @@ mod tests {
         agg.add(7, vec![other]);
         let (names, procs) = (Names::default(), ProcessTable::default());
         let none = std::collections::HashSet::new();
-        assert_eq!(completeness(agg.stacks(), &names, &procs, &none)[&7], (0, 2));
+        assert_eq!(
+            completeness(agg.stacks(), &names, &procs, &none)[&7],
+            (0, 2)
+        );
         let roots = std::collections::HashSet::from([clone3]);
-        assert_eq!(completeness(agg.stacks(), &names, &procs, &roots)[&7], (1, 2));
+        assert_eq!(
+            completeness(agg.stacks(), &names, &procs, &roots)[&7],
+            (1, 2)
+        );
     }
 
     #[test]

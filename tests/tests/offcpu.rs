@@ -1,7 +1,24 @@
 //! Off-CPU time (issue #6): `--mode offcpu` weighs the stack a thread blocked
 //! in by the time until it ran again, under its blocking state.
 
-use crossprof_tests::{build_c, out_dir, read_folded, read_summary, record_command};
+use crossprof_tests::{FoldedStack, build_c, out_dir, read_folded, read_summary, record_command};
+
+/// Microseconds of the sleeper fixture's stacks that `pred` accepts.
+fn weight(stacks: &[FoldedStack], pred: &dyn Fn(&[String]) -> bool) -> u64 {
+    stacks
+        .iter()
+        .filter(|s| s.frames[0] == "sleeper" && pred(&s.frames))
+        .map(|s| s.count)
+        .sum()
+}
+
+fn has(frames: &[String], name: &str) -> bool {
+    frames.iter().any(|f| f == name)
+}
+
+fn leaf(frames: &[String]) -> &str {
+    frames.last().map_or("", String::as_str)
+}
 
 /// `sleeper.c`: a thread sleeps 2 s in `nap` (nanosleep) while main waits for
 /// it in pthread_join. The sleeping thread's off-CPU time under
@@ -16,15 +33,7 @@ fn a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack() {
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stdout.starts_with("done"), "{}", run.stdout);
     let stacks = read_folded(&dir);
-    let weight = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
-        stacks
-            .iter()
-            .filter(|s| s.frames[0] == "sleeper" && pred(&s.frames))
-            .map(|s| s.count)
-            .sum()
-    };
-    let has = |frames: &[String], name: &str| frames.iter().any(|f| f == name);
-    let leaf = |frames: &[String]| frames.last().cloned().unwrap_or_default();
+    let weight = |pred: &dyn Fn(&[String]) -> bool| weight(&stacks, pred);
     let slept = weight(&|f| has(f, "nap") && has(f, "sleeper") && leaf(f) == "[sleep]");
     let all_sleep = weight(&|f| leaf(f) == "[sleep]");
     let joined = weight(&|f| has(f, "main") && leaf(f) == "[blocked: futex]");
@@ -84,15 +93,7 @@ fn wall_mode_weighs_running_and_blocked_time_per_thread() {
     let run = record_command(&dir, &["--mode", "wall"], &bin, &["1", "1"]);
     assert!(run.status.success(), "{}", run.stderr);
     let stacks = read_folded(&dir);
-    let weight = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
-        stacks
-            .iter()
-            .filter(|s| s.frames[0] == "sleeper" && pred(&s.frames))
-            .map(|s| s.count)
-            .sum()
-    };
-    let has = |frames: &[String], name: &str| frames.iter().any(|f| f == name);
-    let leaf = |frames: &[String]| frames.last().cloned().unwrap_or_default();
+    let weight = |pred: &dyn Fn(&[String]) -> bool| weight(&stacks, pred);
     let running = weight(&|f| has(f, "spin") && leaf(f) == "[running]");
     let slept = weight(&|f| has(f, "nap") && leaf(f) == "[sleep]");
     println!("spin [running]: {running} µs; nap [sleep]: {slept} µs");
