@@ -14,6 +14,7 @@
 
 pub mod dotnet;
 pub mod go;
+pub mod http;
 pub mod native;
 pub mod offcpu;
 
@@ -35,6 +36,11 @@ pub enum RecordKind {
     /// when it is made runnable again (`--mode goblock`, see [`go`]):
     /// `off_cpu_ns` is how long it waited, `go_status` its wait reason.
     GoBlockSample = 5,
+    /// An [`http::HttpEvent`]: a target read the start of an HTTP request.
+    HttpRequest = 6,
+    /// An [`http::HttpEvent`] without its bytes: a target wrote the start of an
+    /// HTTP response.
+    HttpResponse = 7,
 }
 
 impl RecordKind {
@@ -46,6 +52,8 @@ impl RecordKind {
             3 => Some(Self::MapsChanged),
             4 => Some(Self::OffCpuSample),
             5 => Some(Self::GoBlockSample),
+            6 => Some(Self::HttpRequest),
+            7 => Some(Self::HttpResponse),
             _ => None,
         }
     }
@@ -69,8 +77,9 @@ pub struct Config {
     /// Non-zero: a goroutine made runnable after waiting sends its stack and
     /// wait (`--mode goblock`; needs the goroutine-state probes).
     pub go_block: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Non-zero: HTTP request starts and response starts are sent
+    /// (`--group-by trace`).
+    pub http: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 
@@ -82,6 +91,12 @@ unsafe impl aya::Pod for Config {}
 pub mod names {
     /// The ring buffer every record travels on.
     pub const EVENTS: &str = "EVENTS";
+    /// The `sys_enter_read` program (request attribution).
+    pub const HTTP_READ_ENTER_PROG: &str = "http_read_enter";
+    /// The `sys_exit_read` program.
+    pub const HTTP_READ_EXIT_PROG: &str = "http_read_exit";
+    /// The `sys_enter_write` program.
+    pub const HTTP_WRITE_ENTER_PROG: &str = "http_write_enter";
     /// Per-CPU counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Hash set of target tgids (`u32 -> u8`).
@@ -192,10 +207,13 @@ pub enum Counter {
     GoBlocksShort = 18,
     /// Goroutine waits lost: no `GO_PIDS` entry or the ring buffer was full.
     GoBlocksLost = 19,
+    /// HTTP request and response starts lost: the ring buffer was full (their
+    /// requests are not attributed).
+    HttpEventsLost = 20,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 20;
+pub const COUNTER_SLOTS: u32 = 21;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -220,6 +238,7 @@ impl Counter {
         Counter::GoBlocks,
         Counter::GoBlocksShort,
         Counter::GoBlocksLost,
+        Counter::HttpEventsLost,
     ];
 
     /// A stable snake_case name for reports.
@@ -245,6 +264,7 @@ impl Counter {
             Counter::GoBlocks => "go_blocks",
             Counter::GoBlocksShort => "go_blocks_short_dropped",
             Counter::GoBlocksLost => "go_blocks_lost",
+            Counter::HttpEventsLost => "http_events_lost",
         }
     }
 
@@ -256,6 +276,7 @@ impl Counter {
                 | Counter::DropNoScratch
                 | Counter::OffCpuUntracked
                 | Counter::GoBlocksLost
+                | Counter::HttpEventsLost
         )
     }
 }

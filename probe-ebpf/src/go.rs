@@ -79,6 +79,22 @@ pub struct GoSample {
     pub signal_pc: u64,
 }
 
+/// The goroutine the current thread of `tgid` runs (0: none, or not Go), from
+/// its user registers saved at the kernel entry (in a system call: the
+/// goroutine that made it). Uses this CPU's scratch: for programs the CPU
+/// sampler cannot interrupt (tracepoints, uprobes).
+#[inline(always)]
+pub fn current_goid(tgid: u32) -> u64 {
+    let Some(regs) = crate::native::saved_user_regs() else {
+        return 0;
+    };
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot (see above).
+    goroutine(tgid, &regs, unsafe { &mut (*scratch).ips }, 0).map_or(0, |g| g.goid)
+}
+
 /// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
 /// stack pointer `sp`; `None` when `tgid` is not Go or R14 is not a `g` whose
 /// stack holds `sp`. On a system stack (goid 0), the frames of the goroutine it

@@ -12,6 +12,7 @@
 
 mod dotnet;
 mod go;
+mod http;
 mod native;
 mod offcpu;
 
@@ -32,7 +33,7 @@ static CONFIG: Config = Config {
     wakeup_bytes: 0,
     min_block_ns: 0,
     go_block: 0,
-    _pad: 0,
+    http: 0,
 };
 
 /// Every record, of every kind, for the collector.
@@ -119,6 +120,27 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     native::mmap_exit(&ctx);
+    0
+}
+
+/// `syscalls:sys_enter_read`: a target may be reading an HTTP request.
+#[tracepoint]
+pub fn http_read_enter(ctx: TracePointContext) -> u32 {
+    http::read_enter(&ctx);
+    0
+}
+
+/// `syscalls:sys_exit_read`: what it read, if a request starts there.
+#[tracepoint]
+pub fn http_read_exit(ctx: TracePointContext) -> u32 {
+    http::read_exit(&ctx);
+    0
+}
+
+/// `syscalls:sys_enter_write`: a target may be writing an HTTP response.
+#[tracepoint]
+pub fn http_write_enter(ctx: TracePointContext) -> u32 {
+    http::write_enter(&ctx);
     0
 }
 

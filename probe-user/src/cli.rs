@@ -35,16 +35,20 @@ pub enum GroupBy {
     Label(String),
     /// The goroutine's status at the sample (`[running]`, `[syscall]`).
     State,
+    /// The W3C trace id of the HTTP request the goroutine or thread was
+    /// serving (`trace <id>`, `[no trace]`).
+    Trace,
 }
 
 fn parse_group_by(s: &str) -> Result<GroupBy, String> {
     match s {
         "goroutine" => Ok(GroupBy::Goroutine),
         "state" => Ok(GroupBy::State),
+        "trace" => Ok(GroupBy::Trace),
         _ => match s.strip_prefix("label:") {
             Some(key) if !key.is_empty() => Ok(GroupBy::Label(key.to_owned())),
             _ => Err(format!(
-                "{s:?} is not a level: use goroutine, state or label:KEY, e.g. --group-by label:worker"
+                "{s:?} is not a level: use goroutine, state, trace or label:KEY, e.g. --group-by label:worker"
             )),
         },
     }
@@ -128,7 +132,10 @@ pub struct RecordArgs {
     /// each sample of a Go process under its goroutine (`goroutine 18`, `[no
     /// goroutine]` on a system stack); `state` under the goroutine's status
     /// (`[running]`, `[syscall]` for a sample in a system call); `label:KEY` under
-    /// the value of its pprof label KEY (`worker=w3`):
+    /// the value of its pprof label KEY (`worker=w3`); `trace` (any process)
+    /// under the W3C trace id of the plaintext HTTP/1.x request the goroutine
+    /// (Go) or thread was serving, from reading the request (its `traceparent`
+    /// header) to writing the response (`trace 0af7...`, `[no trace]`):
     /// crossprof record --group-by label:worker -- ./server.
     #[arg(long = "group-by", value_name = "LEVEL", value_parser = parse_group_by)]
     pub group_by: Vec<GroupBy>,

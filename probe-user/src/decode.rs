@@ -24,6 +24,18 @@ pub enum Record {
         /// Its time per status.
         g: Goroutine,
     },
+    /// A target read the start of an HTTP request (`bytes`), or wrote the start
+    /// of a response (`bytes` empty).
+    Http {
+        /// Process.
+        pid: u32,
+        /// Thread.
+        tid: u32,
+        /// Goroutine (0: none).
+        goid: u64,
+        /// A request's first bytes; `None` for a response.
+        request: Option<Vec<u8>>,
+    },
     /// A process mapped a file's code (`dlopen`): its maps are read again.
     MapsChanged {
         /// The process.
@@ -141,6 +153,28 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     match RecordKind::from_u32(kind) {
         Some(RecordKind::CpuSample | RecordKind::OffCpuSample | RecordKind::GoBlockSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
+        Some(kind @ (RecordKind::HttpRequest | RecordKind::HttpResponse)) => {
+            let need = probe_common::http::HTTP_HEADER_BYTES;
+            if len < need {
+                return Err(DecodeError::Short { len, need });
+            }
+            buf.advance(4);
+            let pid = buf.get_u32_le();
+            let tid = buf.get_u32_le();
+            let n = buf.get_u32_le() as usize;
+            let _time_ns = buf.get_u64_le();
+            let goid = buf.get_u64_le();
+            let request = (kind == RecordKind::HttpRequest).then(|| {
+                let n = n.min(probe_common::http::HTTP_BYTES).min(buf.len());
+                buf[..n].to_vec()
+            });
+            return Ok(Record::Http {
+                pid,
+                tid,
+                goid,
+                request,
+            });
+        }
         Some(RecordKind::MapsChanged) => {
             let need = size_of::<probe_common::native::MapsChanged>();
             if len < need {

@@ -24,6 +24,7 @@ pub mod dotnet;
 pub mod error;
 pub mod fold;
 pub mod go;
+pub mod http;
 pub mod kinds;
 pub mod native;
 pub mod offcpu;

@@ -77,6 +77,8 @@ struct Pipeline {
     off_cpu_us: u64,
     /// `--timeline`: the events kept for it.
     timeline: Option<crate::timeline::Timeline>,
+    /// `--group-by trace`: the requests in flight.
+    requests: crate::http::Requests,
     /// Frames a rules walk ended at as the stack's outermost
     /// (`FLAG_USER_COMPLETE`): thread roots, named or not.
     walked_roots: HashSet<FrameRef>,
@@ -189,19 +191,28 @@ impl Pipeline {
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
                     }
-                    if self.procs.get(sample.pid).is_some_and(|p| p.go_tracked) {
-                        for level in self.group_by.iter().rev() {
-                            let frame = match level {
-                                GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
-                                GroupBy::Label(key) => {
-                                    self.procs.label_frame(sample.pid, sample.go_labels, key)
-                                }
-                                GroupBy::State => self
-                                    .procs
-                                    .text_frame(go_status_text(sample.goid, sample.go_status)),
-                            };
-                            frames.insert(0, frame);
-                        }
+                    let go = self.procs.get(sample.pid).is_some_and(|p| p.go_tracked);
+                    for level in self.group_by.iter().rev() {
+                        let frame = match level {
+                            GroupBy::Trace => {
+                                let trace =
+                                    self.requests.trace(sample.pid, sample.tid, sample.goid);
+                                let text = match trace {
+                                    Some(trace) => format!("trace {trace}"),
+                                    None => "[no trace]".to_owned(),
+                                };
+                                self.procs.text_frame(&text)
+                            }
+                            _ if !go => continue,
+                            GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
+                            GroupBy::Label(key) => {
+                                self.procs.label_frame(sample.pid, sample.go_labels, key)
+                            }
+                            GroupBy::State => self
+                                .procs
+                                .text_frame(go_status_text(sample.goid, sample.go_status)),
+                        };
+                        frames.insert(0, frame);
                     }
                     if self.per_thread {
                         frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
@@ -217,6 +228,17 @@ impl Pipeline {
                         self.agg.add_weighted(sample.pid, frames, weight);
                     }
                 }
+                Ok(Record::Http {
+                    pid,
+                    tid,
+                    goid,
+                    request,
+                }) => match request {
+                    Some(bytes) => self
+                        .requests
+                        .request(crate::http::Worker::of(pid, tid, goid), &bytes),
+                    None => self.requests.response(pid, tid, goid),
+                },
                 Ok(Record::MapsChanged { pid }) => {
                     // Read once the ring is drained (a dlopen maps several
                     // segments; the record is sent when mmap returns, so the
@@ -429,6 +451,7 @@ async fn start(
         off_cpu: matches!(args.mode, Mode::Offcpu | Mode::Wall),
         min_block_ns: args.min_block.saturating_mul(1000),
         go_block: args.mode == Mode::Goblock,
+        http: args.group_by.contains(&GroupBy::Trace),
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
@@ -641,6 +664,7 @@ async fn run(
             .timeline
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
         walked_roots: HashSet::new(),
+        requests: Default::default(),
         group_by: args.group_by.clone(),
         go_pids,
         go_states: args.go_states || args.mode == Mode::Goblock,
@@ -807,6 +831,7 @@ async fn run(
         off_cpu_us,
         timeline,
         walked_roots,
+        requests,
         group_by: _,
         go_pids: _,
         go_states: _,
@@ -998,6 +1023,13 @@ async fn run(
     }
     let summary = Summary {
         timeline_events_dropped: timeline.as_ref().map(|t| t.dropped),
+        http_requests: args.group_by.contains(&GroupBy::Trace).then(|| {
+            BTreeMap::from([
+                ("traced", requests.traced),
+                ("untraced", requests.untraced),
+                ("overflow", requests.overflow),
+            ])
+        }),
         mode: match args.mode {
             Mode::Cpu => "cpu",
             Mode::Offcpu => "offcpu",

@@ -26,6 +26,13 @@ use probe_common::{
 
 use crate::go::states::ProbePoints;
 
+/// The request-attribution programs and their `syscalls` tracepoints.
+const HTTP_TRACEPOINTS: [(&str, &str); 3] = [
+    (names::HTTP_READ_ENTER_PROG, "sys_enter_read"),
+    (names::HTTP_READ_EXIT_PROG, "sys_exit_read"),
+    (names::HTTP_WRITE_ENTER_PROG, "sys_enter_write"),
+];
+
 /// The Go uprobe programs.
 const GO_PROGRAMS: [&str; 4] = [
     names::GO_CASGSTATUS_PROG,
@@ -127,6 +134,8 @@ pub struct SamplerConfig {
     pub min_block_ns: u64,
     /// Send goroutine waits (`--mode goblock`; with `go_states`).
     pub go_block: bool,
+    /// Follow HTTP requests (`--group-by trace`).
+    pub http: bool,
 }
 
 /// The loaded kernel side.
@@ -139,6 +148,7 @@ pub struct Sampler {
     freq: u64,
     on_cpu: bool,
     off_cpu: bool,
+    http: bool,
     /// The `mmap` tracepoints, once attached.
     mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
 }
@@ -154,7 +164,7 @@ impl Sampler {
             wakeup_bytes: u64::from(ring / 8),
             min_block_ns: cfg.min_block_ns,
             go_block: u32::from(cfg.go_block),
-            _pad: 0,
+            http: u32::from(cfg.http),
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.
@@ -187,7 +197,11 @@ impl Sampler {
         if cfg.off_cpu {
             crate::offcpu::load(&mut ebpf)?;
         }
-        for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
+        let http = HTTP_TRACEPOINTS.iter().map(|(name, _)| *name);
+        for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG]
+            .into_iter()
+            .chain(http.filter(|_| cfg.http))
+        {
             tracepoint_program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| SamplerError::Program { name, source })?;
@@ -207,6 +221,7 @@ impl Sampler {
             freq: cfg.freq,
             on_cpu: cfg.on_cpu,
             off_cpu: cfg.off_cpu,
+            http: cfg.http,
             mmap_links: Vec::new(),
         })
     }
@@ -217,6 +232,14 @@ impl Sampler {
     pub fn attach(&mut self) -> Result<(), SamplerError> {
         if self.off_cpu {
             crate::offcpu::attach(&mut self.ebpf)?;
+        }
+        if self.http {
+            mount_tracefs();
+            for (name, event) in HTTP_TRACEPOINTS {
+                tracepoint_program(&mut self.ebpf, name)?
+                    .attach("syscalls", event)
+                    .map_err(|source| SamplerError::Tracepoint { name, source })?;
+            }
         }
         if !self.on_cpu {
             return Ok(());

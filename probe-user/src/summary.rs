@@ -14,6 +14,11 @@ pub struct Summary {
     /// Off-CPU time in the profile, in microseconds (`offcpu` and `wall` modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub off_cpu_us: Option<u64>,
+    /// `--group-by trace`: HTTP requests seen with a valid `traceparent`
+    /// (`traced`), without one (`untraced`, their time unattributed), and not
+    /// followed because too many were in flight (`overflow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_requests: Option<BTreeMap<&'static str, u64>>,
     /// `--timeline`: events past its limit, counted and left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline_events_dropped: Option<u64>,

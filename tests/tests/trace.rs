@@ -1,0 +1,68 @@
+//! Request attribution (issue #6): `--group-by trace` puts what a goroutine or
+//! thread does while serving a plaintext HTTP/1.x request under the request's
+//! W3C trace id.
+
+use crossprof_tests::{Go, GoBuild, out_dir, read_folded, read_summary, record_command};
+
+/// `traced.go`: a net/http server and a client in one program; 10 requests,
+/// each with its own traceparent, each handler burning 100 ms of CPU. At 999 Hz,
+/// each request from the second on has ~100 samples of `main.work` under
+/// `trace <its id>` (within 20%); no client frame (`main.main`) is under a
+/// trace; the first request (during the process's start, before its
+/// goroutines are known) is partly `[no trace]` — unattributed, never under
+/// another trace; every request was seen with its trace (summary.json).
+/// Normal and PIE builds of the newest and oldest toolchains.
+#[test]
+fn each_request_s_work_is_under_its_trace_id() {
+    for (go, build) in [
+        (Go::Go119, GoBuild::Normal),
+        (Go::Go127, GoBuild::Normal),
+        (Go::Go127, GoBuild::Pie),
+    ] {
+        let what = format!("go {} {build:?}", go.version());
+        let bin = go.fixture("traced", build);
+        let dir = out_dir(&format!("trace_{}_{build:?}", go.version()));
+        let run = record_command(
+            &dir,
+            &["--freq", "999", "--group-by", "trace"],
+            &bin,
+            &["10", "100"],
+        );
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(run.stdout.ends_with("done\n"), "{what}: {}", run.stdout);
+        let stacks = read_folded(&dir);
+        let work = |level: &str| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| s.frames[1] == level && s.frames.iter().any(|f| f == "main.work"))
+                .map(|s| s.count)
+                .sum()
+        };
+        for i in 2..=10u32 {
+            let n = work(&format!("trace {i:032x}"));
+            assert!(
+                (80..=120).contains(&n),
+                "{what}: request {i}: {n} samples of main.work under its trace:\n{stacks:#?}"
+            );
+        }
+        let first = work(&format!("trace {:032x}", 1));
+        let unattributed = work("[no trace]");
+        assert!(
+            first + unattributed >= 80 && unattributed <= 120,
+            "{what}: first request {first} + [no trace] {unattributed}"
+        );
+        assert!(
+            !stacks
+                .iter()
+                .any(|s| s.frames[1].starts_with("trace ")
+                    && s.frames.iter().any(|f| f == "main.main")),
+            "{what}: the client's frames under a trace"
+        );
+        let summary = read_summary(&dir);
+        assert_eq!(
+            summary["http_requests"]["traced"], 10,
+            "{what}: {summary:#}"
+        );
+        assert_eq!(summary["counters"]["http_events_lost"], 0, "{what}");
+    }
+}
