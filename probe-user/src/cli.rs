@@ -72,6 +72,17 @@ pub enum Mode {
     Goblock,
 }
 
+fn parse_trace_id(s: &str) -> Result<String, String> {
+    let hex = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if hex && s.bytes().any(|b| b != b'0') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a trace id: give the 32 lower-case hex digits of a traceparent's trace-id, e.g. --trace-id 0af7651916cd43dd8448eb211c80319c"
+        ))
+    }
+}
+
 /// `crossprof record` options.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
@@ -183,6 +194,14 @@ pub struct RecordArgs {
     /// crossprof record --mode wall --timeline -- ./server.
     #[arg(long)]
     pub timeline: bool,
+
+    /// Write the wall-clock profile of one request: only what the goroutines
+    /// and threads serving the HTTP request with this W3C trace id did, across
+    /// every target process, under `trace ID` (implies --group-by trace, and
+    /// --mode wall unless another mode is given):
+    /// crossprof record --trace-id 0af7651916cd43dd8448eb211c80319c --pid 10 --pid 20.
+    #[arg(long, value_name = "ID", value_parser = parse_trace_id)]
+    pub trace_id: Option<String>,
 
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.

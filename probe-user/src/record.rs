@@ -79,6 +79,8 @@ struct Pipeline {
     timeline: Option<crate::timeline::Timeline>,
     /// `--group-by trace`: the requests in flight.
     requests: crate::http::Requests,
+    /// `--trace-id`: only what works for this trace is kept.
+    only_trace: Option<String>,
     /// Frames a rules walk ended at as the stack's outermost
     /// (`FLAG_USER_COMPLETE`): thread roots, named or not.
     walked_roots: HashSet<FrameRef>,
@@ -140,6 +142,12 @@ impl Pipeline {
                     };
                     if weight == 0 {
                         continue; // a span under a microsecond (--min-block 0)
+                    }
+                    if let Some(want) = &self.only_trace
+                        && self.requests.trace(sample.pid, sample.tid, sample.goid)
+                            != Some(want.as_str())
+                    {
+                        continue;
                     }
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
                     p.samples += 1;
@@ -392,7 +400,16 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Runs `crossprof record`; returns the exit status crossprof should end with.
-pub async fn record(args: RecordArgs) -> Result<i32, Error> {
+pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
+    // One request's profile: wall-clock time, by trace.
+    if args.trace_id.is_some() {
+        if args.mode == Mode::Cpu {
+            args.mode = Mode::Wall;
+        }
+        if !args.group_by.contains(&GroupBy::Trace) {
+            args.group_by.insert(0, GroupBy::Trace);
+        }
+    }
     // 1. Input.
     preflight::check_duration(args.duration)?;
     preflight::check_freq(args.freq)?;
@@ -665,6 +682,7 @@ async fn run(
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
         walked_roots: HashSet::new(),
         requests: Default::default(),
+        only_trace: args.trace_id.clone(),
         group_by: args.group_by.clone(),
         go_pids,
         go_states: args.go_states || args.mode == Mode::Goblock,
@@ -832,6 +850,7 @@ async fn run(
         timeline,
         walked_roots,
         requests,
+        only_trace: _,
         group_by: _,
         go_pids: _,
         go_states: _,

@@ -180,3 +180,17 @@ fn a_group_by_level_that_does_not_exist() {
     );
     assert_rejected(&run, "use goroutine, state, trace or label:KEY", Some(&dir));
 }
+
+#[test]
+fn a_trace_id_that_is_not_one() {
+    let (dir, d) = out("err_trace_id");
+    let run = run_crossprof(
+        &["record", "--trace-id", "0AF7", "-o", &d, "--", "true"],
+        LIMIT,
+    );
+    assert_rejected(
+        &run,
+        "is not a trace id: give the 32 lower-case hex digits",
+        Some(&dir),
+    );
+}

@@ -66,3 +66,32 @@ fn each_request_s_work_is_under_its_trace_id() {
         assert_eq!(summary["counters"]["http_events_lost"], 0, "{what}");
     }
 }
+
+/// `--trace-id` of the fifth request: the profile holds that request's work
+/// only — every stack under `trace <its id>`, wall-clock microseconds of
+/// `main.work` within 25% of its 100 ms, and nothing of the other requests.
+#[test]
+fn one_request_s_wall_clock_profile() {
+    let bin = Go::Go127.fixture("traced", GoBuild::Normal);
+    let dir = out_dir("trace_id");
+    let id = format!("{:032x}", 5);
+    let run = record_command(&dir, &["--trace-id", &id], &bin, &["10", "100"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    assert!(!stacks.is_empty());
+    let level = format!("trace {id}");
+    assert!(
+        stacks.iter().all(|s| s.frames.contains(&level)),
+        "a stack of another request:\n{stacks:#?}"
+    );
+    let work: u64 = stacks
+        .iter()
+        .filter(|s| s.frames.iter().any(|f| f == "main.work"))
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        (75_000..=125_000).contains(&work),
+        "{work} µs of main.work:\n{stacks:#?}"
+    );
+    assert_eq!(read_summary(&dir)["mode"], "wall");
+}
