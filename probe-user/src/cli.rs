@@ -203,6 +203,14 @@ pub struct RecordArgs {
     #[arg(long, value_name = "ID", value_parser = parse_trace_id)]
     pub trace_id: Option<String>,
 
+    /// List in summary.json (`slow_requests`) the traced HTTP requests that took
+    /// this many milliseconds or more, each with its time by cause (`[running]`,
+    /// `[blocked: io]`, `[wait: sync.Mutex.Lock]`, ...; implies --group-by
+    /// trace, and --mode wall unless another mode is given; goroutine waits need
+    /// --mode goblock): crossprof record --slow-ms 200 --mode goblock --pid 10.
+    #[arg(long, value_name = "MS")]
+    pub slow_ms: Option<u64>,
+
     /// No live status line on stderr (the final summary line is still printed),
     /// e.g. in scripts: crossprof record -q --duration 10.
     #[arg(short, long)]

@@ -35,6 +35,8 @@ pub enum Record {
         goid: u64,
         /// A request's first bytes; `None` for a response.
         request: Option<Vec<u8>>,
+        /// When (CLOCK_MONOTONIC ns).
+        time_ns: u64,
     },
     /// A process mapped a file's code (`dlopen`): its maps are read again.
     MapsChanged {
@@ -162,7 +164,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             let pid = buf.get_u32_le();
             let tid = buf.get_u32_le();
             let n = buf.get_u32_le() as usize;
-            let _time_ns = buf.get_u64_le();
+            let time_ns = buf.get_u64_le();
             let goid = buf.get_u64_le();
             let request = (kind == RecordKind::HttpRequest).then(|| {
                 let n = n.min(probe_common::http::HTTP_BYTES).min(buf.len());
@@ -173,6 +175,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 tid,
                 goid,
                 request,
+                time_ns,
             });
         }
         Some(RecordKind::MapsChanged) => {

@@ -61,10 +61,46 @@ impl Worker {
     }
 }
 
+/// A request in flight.
+#[derive(Debug)]
+struct InFlight {
+    trace: String,
+    pid: u32,
+    start_ns: u64,
+}
+
+/// A request slower than `--slow-ms`, with where its time went.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SlowRequest {
+    /// Its trace id.
+    pub trace_id: String,
+    /// The process that served it.
+    pub pid: u32,
+    /// From reading the request to writing the response.
+    pub ms: f64,
+    /// Its time by cause, most first (at most 5): the leaf label of what its
+    /// worker was doing (`[running]`, `[blocked: io]`, `[wait: sync.Mutex.Lock]`,
+    /// ...), in ms (wall, off-CPU and goroutine-wait profiles).
+    pub causes: Vec<(String, f64)>,
+}
+
+/// Slow requests kept (the slowest).
+pub const MAX_SLOW: usize = 100;
+
 /// The requests in flight.
 #[derive(Debug, Default)]
 pub struct Requests {
-    current: HashMap<Worker, String>,
+    current: HashMap<Worker, InFlight>,
+    /// `--slow-ms`, in ns (0: off).
+    pub slow_ns: u64,
+    /// Processes seen running goroutines: their thread-keyed requests (read
+    /// before the process was known to be Go) are dropped, and threads there
+    /// work for no trace (an M runs many goroutines).
+    go: std::collections::HashSet<u32>,
+    /// Per trace in flight: µs by cause (with `slow_ns` only).
+    causes: HashMap<String, HashMap<String, u64>>,
+    /// Requests slower than `slow_ns`, slowest first.
+    pub slow: Vec<SlowRequest>,
     /// Requests seen, with a valid traceparent.
     pub traced: u64,
     /// Requests seen without one (their time stays unattributed).
@@ -74,14 +110,32 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// `worker` read the start of a request.
-    pub fn request(&mut self, worker: Worker, bytes: &[u8]) {
+    /// Requests followed, slow ones kept from `slow_ns` (0: none).
+    pub fn new(slow_ns: u64) -> Self {
+        Self {
+            slow_ns,
+            ..Default::default()
+        }
+    }
+
+    /// `worker` read the start of a request at `time_ns`.
+    pub fn request(&mut self, worker: Worker, bytes: &[u8], time_ns: u64) {
+        let pid = match worker {
+            Worker::Goroutine(pid, _) | Worker::Thread(pid, _) => pid,
+        };
         match traceparent(bytes) {
             Some(trace)
                 if self.current.len() < MAX_IN_FLIGHT || self.current.contains_key(&worker) =>
             {
                 self.traced += 1;
-                self.current.insert(worker, trace);
+                self.current.insert(
+                    worker,
+                    InFlight {
+                        trace,
+                        pid,
+                        start_ns: time_ns,
+                    },
+                );
             }
             Some(_) => self.overflow += 1,
             None => {
@@ -93,21 +147,75 @@ impl Requests {
     }
 
     /// Thread `tid` of `pid`, running goroutine `goid`, wrote the start of a
-    /// response: its request is done (also one its thread read before the
-    /// process was known to be Go, when its goroutine was not known).
-    pub fn response(&mut self, pid: u32, tid: u32, goid: u64) {
-        self.current.remove(&Worker::of(pid, tid, goid));
-        self.current.remove(&Worker::Thread(pid, tid));
+    /// response at `time_ns`: its request is done (also one its thread read
+    /// before the process was known to be Go, when its goroutine was not known).
+    pub fn response(&mut self, pid: u32, tid: u32, goid: u64, time_ns: u64) {
+        self.seen(pid, goid);
+        if let Some(done) = self.current.remove(&Worker::of(pid, tid, goid)) {
+            self.done(done, time_ns);
+        }
+    }
+
+    /// A record of `pid` with goroutine `goid`: once a process shows a
+    /// goroutine, requests its threads read before are dropped (their
+    /// goroutine was not known; their time stays unattributed, never given to
+    /// whatever else the thread runs).
+    fn seen(&mut self, pid: u32, goid: u64) {
+        if goid != 0 && self.go.insert(pid) {
+            let before = self.current.len();
+            self.current
+                .retain(|w, _| !matches!(w, Worker::Thread(p, _) if *p == pid));
+            self.untraced += (before - self.current.len()) as u64;
+        }
+    }
+
+    /// A request ended: kept if slow, its causes dropped otherwise.
+    fn done(&mut self, r: InFlight, end_ns: u64) {
+        let causes = self.causes.remove(&r.trace).unwrap_or_default();
+        let ns = end_ns.saturating_sub(r.start_ns);
+        if self.slow_ns == 0 || ns < self.slow_ns {
+            return;
+        }
+        let mut causes: Vec<(String, f64)> = causes
+            .into_iter()
+            .map(|(cause, us)| (cause, us as f64 / 1e3))
+            .collect();
+        causes.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        causes.truncate(5);
+        self.slow.push(SlowRequest {
+            trace_id: r.trace,
+            pid: r.pid,
+            ms: ns as f64 / 1e6,
+            causes,
+        });
+        self.slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        self.slow.truncate(MAX_SLOW);
+    }
+
+    /// Counts `us` of `cause` for `trace` (with `--slow-ms`).
+    pub fn attribute(&mut self, trace: &str, cause: &str, us: u64) {
+        if self.slow_ns == 0 {
+            return;
+        }
+        *self
+            .causes
+            .entry(trace.to_owned())
+            .or_default()
+            .entry(cause.to_owned())
+            .or_insert(0) += us;
     }
 
     /// The trace thread `tid` of `pid` works for now, running goroutine
-    /// `goid`: its goroutine's, else its thread's (a request read in the first
-    /// moments of a Go process, before its goroutines are known).
-    pub fn trace(&self, pid: u32, tid: u32, goid: u64) -> Option<&str> {
+    /// `goid` (0: none): its goroutine's in a Go process (a thread on its
+    /// system stack works for none), else its thread's.
+    pub fn trace(&mut self, pid: u32, tid: u32, goid: u64) -> Option<&str> {
+        self.seen(pid, goid);
+        if goid == 0 && self.go.contains(&pid) {
+            return None;
+        }
         self.current
             .get(&Worker::of(pid, tid, goid))
-            .or_else(|| self.current.get(&Worker::Thread(pid, tid)))
-            .map(String::as_str)
+            .map(|r| r.trace.as_str())
     }
 }
 
@@ -162,7 +270,7 @@ mod tests {
     fn a_worker_works_for_its_request_until_its_response() {
         let mut r = Requests::default();
         let traced = || request(&format!("traceparent: 00-{TRACE}-b7ad6b7169203331-01"));
-        r.request(Worker::of(1, 10, 7), &traced());
+        r.request(Worker::of(1, 10, 7), &traced(), 0);
         assert_eq!(r.trace(1, 10, 7), Some(TRACE));
         assert_eq!(
             r.trace(1, 10, 8),
@@ -174,17 +282,51 @@ mod tests {
             Some(TRACE),
             "the goroutine on another thread"
         );
-        r.response(1, 11, 7);
+        r.response(1, 11, 7, 0);
         assert_eq!(r.trace(1, 10, 7), None);
         // A request without a trace ends the previous one's attribution.
-        r.request(Worker::of(1, 10, 7), &traced());
-        r.request(Worker::of(1, 10, 7), &request("accept: x"));
-        assert_eq!((r.trace(1, 10, 7), r.traced, r.untraced), (None, 2, 1));
-        // Read by a thread before its goroutine was known: the thread's, until
-        // the response.
-        r.request(Worker::of(1, 12, 0), &traced());
-        assert_eq!(r.trace(1, 12, 9), Some(TRACE));
-        r.response(1, 12, 9);
-        assert_eq!(r.trace(1, 12, 9), None);
+        r.request(Worker::of(1, 10, 7), &traced(), 0);
+        r.request(Worker::of(1, 10, 7), &request("accept: x"), 0);
+        assert_eq!(r.trace(1, 10, 7), None);
+        assert_eq!((r.traced, r.untraced), (2, 1));
+        // A thread's request in a process not (yet) known to be Go is the
+        // thread's; once the process shows goroutines it is dropped, never
+        // given to what else the thread runs, and its system stack works for
+        // no trace.
+        r.request(Worker::of(2, 12, 0), &traced(), 0);
+        assert_eq!(r.trace(2, 12, 0), Some(TRACE));
+        assert_eq!(r.trace(2, 12, 9), None);
+        assert_eq!(r.trace(2, 12, 0), None);
+        assert_eq!(r.untraced, 2);
+    }
+
+    #[test]
+    fn slow_requests_are_kept_with_their_causes() {
+        let mut r = Requests {
+            slow_ns: 200_000_000,
+            ..Default::default()
+        };
+        let traced = |t: char| {
+            let id: String = std::iter::repeat_n(t, 32).collect();
+            request(&format!("traceparent: 00-{id}-b7ad6b7169203331-01"))
+        };
+        r.request(Worker::of(1, 10, 7), &traced('1'), 1_000_000_000);
+        r.request(Worker::of(1, 11, 8), &traced('2'), 1_000_000_000);
+        let one: String = std::iter::repeat_n('1', 32).collect();
+        let two: String = std::iter::repeat_n('2', 32).collect();
+        r.attribute(&one, "[running]", 100_000);
+        r.attribute(&one, "[wait: sleep]", 300_000);
+        r.attribute(&two, "[running]", 100_000);
+        r.response(1, 10, 7, 1_400_000_000); // 400 ms: slow
+        r.response(1, 11, 8, 1_100_000_000); // 100 ms: not
+        assert_eq!(
+            r.slow,
+            [SlowRequest {
+                trace_id: one,
+                pid: 1,
+                ms: 400.0,
+                causes: vec![("[wait: sleep]".into(), 300.0), ("[running]".into(), 100.0)],
+            }]
+        );
     }
 }

@@ -158,9 +158,13 @@ impl Pipeline {
                     {
                         self.walked_roots.insert(root);
                     }
+                    // What the time went to, for --slow-ms.
+                    let mut cause = None;
                     if let Some(off) = &sample.off_cpu {
                         self.off_cpu_us += weight;
-                        frames.push(self.procs.text_frame(&crate::offcpu::reason(off)));
+                        let reason = crate::offcpu::reason(off);
+                        frames.push(self.procs.text_frame(&reason));
+                        cause = Some(reason);
                     }
                     if let Some(b) = &sample.go_block {
                         self.off_cpu_us += weight;
@@ -171,7 +175,9 @@ impl Pipeline {
                             .map(|t| t.reasons.as_slice())
                             .unwrap_or_default();
                         let name = crate::go::states::reason_name(reasons, b.reason);
-                        frames.push(self.procs.text_frame(&format!("[wait: {name}]")));
+                        let wait = format!("[wait: {name}]");
+                        frames.push(self.procs.text_frame(&wait));
+                        cause = Some(wait);
                     }
                     if let Some(t) = self.timeline.as_mut() {
                         t.add(
@@ -195,6 +201,15 @@ impl Pipeline {
                         && self.mode == Mode::Wall
                     {
                         frames.push(self.procs.text_frame("[running]"));
+                        cause = Some("[running]".to_owned());
+                    }
+                    if let Some(cause) = cause
+                        && let Some(trace) = self
+                            .requests
+                            .trace(sample.pid, sample.tid, sample.goid)
+                            .map(str::to_owned)
+                    {
+                        self.requests.attribute(&trace, &cause, weight);
                     }
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
@@ -241,11 +256,14 @@ impl Pipeline {
                     tid,
                     goid,
                     request,
+                    time_ns,
                 }) => match request {
-                    Some(bytes) => self
-                        .requests
-                        .request(crate::http::Worker::of(pid, tid, goid), &bytes),
-                    None => self.requests.response(pid, tid, goid),
+                    Some(bytes) => self.requests.request(
+                        crate::http::Worker::of(pid, tid, goid),
+                        &bytes,
+                        time_ns,
+                    ),
+                    None => self.requests.response(pid, tid, goid, time_ns),
                 },
                 Ok(Record::MapsChanged { pid }) => {
                     // Read once the ring is drained (a dlopen maps several
@@ -402,7 +420,7 @@ fn monotonic_ns() -> u64 {
 /// Runs `crossprof record`; returns the exit status crossprof should end with.
 pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     // One request's profile: wall-clock time, by trace.
-    if args.trace_id.is_some() {
+    if args.trace_id.is_some() || args.slow_ms.is_some() {
         if args.mode == Mode::Cpu {
             args.mode = Mode::Wall;
         }
@@ -681,7 +699,9 @@ async fn run(
             .timeline
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
         walked_roots: HashSet::new(),
-        requests: Default::default(),
+        requests: crate::http::Requests::new(
+            args.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
+        ),
         only_trace: args.trace_id.clone(),
         group_by: args.group_by.clone(),
         go_pids,
@@ -1042,6 +1062,7 @@ async fn run(
     }
     let summary = Summary {
         timeline_events_dropped: timeline.as_ref().map(|t| t.dropped),
+        slow_requests: args.slow_ms.map(|_| requests.slow.clone()),
         http_requests: args.group_by.contains(&GroupBy::Trace).then(|| {
             BTreeMap::from([
                 ("traced", requests.traced),

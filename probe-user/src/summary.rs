@@ -19,6 +19,10 @@ pub struct Summary {
     /// followed because too many were in flight (`overflow`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_requests: Option<BTreeMap<&'static str, u64>>,
+    /// `--slow-ms`: requests slower than that, slowest first (at most 100),
+    /// each with its time by cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_requests: Option<Vec<crate::http::SlowRequest>>,
     /// `--timeline`: events past its limit, counted and left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline_events_dropped: Option<u64>,

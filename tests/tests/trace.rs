@@ -95,3 +95,29 @@ fn one_request_s_wall_clock_profile() {
     );
     assert_eq!(read_summary(&dir)["mode"], "wall");
 }
+
+/// `--slow-ms 200 --mode goblock`: of six requests (50 ms of work each), the
+/// third also sleeps 300 ms; it alone is listed as slow, at 350 ms ± 20%,
+/// with `[wait: sleep]` as its first cause at 300 ms ± 10%.
+#[test]
+fn slow_requests_are_listed_with_their_causes() {
+    let bin = Go::Go127.fixture("traced", GoBuild::Normal);
+    let dir = out_dir("trace_slow");
+    let run = record_command(
+        &dir,
+        &["--slow-ms", "200", "--mode", "goblock"],
+        &bin,
+        &["6", "50", "3", "300"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let summary = read_summary(&dir);
+    let slow = summary["slow_requests"].as_array().expect("slow_requests");
+    assert_eq!(slow.len(), 1, "{slow:#?}");
+    assert_eq!(slow[0]["trace_id"], format!("{:032x}", 3));
+    let ms = slow[0]["ms"].as_f64().unwrap();
+    assert!((280.0..=420.0).contains(&ms), "{ms} ms");
+    let cause = &slow[0]["causes"][0];
+    assert_eq!(cause[0], "[wait: sleep]", "{slow:#?}");
+    let waited = cause[1].as_f64().unwrap();
+    assert!((270.0..=330.0).contains(&waited), "{waited} ms asleep");
+}
