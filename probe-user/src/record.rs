@@ -135,19 +135,29 @@ impl Pipeline {
         while let Some(item) = events.next() {
             match decode(&item) {
                 Ok(Record::CpuSample(sample)) => {
-                    let weight = match (sample.off_cpu, sample.go_block) {
-                        (Some(off), _) => off.ns / 1000,
-                        (_, Some(b)) => b.ns / 1000,
-                        _ => self.cpu_weight,
-                    };
+                    // Time away from the CPU (off-CPU span, goroutine wait).
+                    let away_ns = sample
+                        .off_cpu
+                        .map(|o| o.ns)
+                        .or(sample.go_block.map(|b| b.ns));
+                    let weight = away_ns.map_or(self.cpu_weight, |ns| ns / 1000);
                     if weight == 0 {
                         continue; // a span under a microsecond (--min-block 0)
                     }
-                    if let Some(want) = &self.only_trace
-                        && self.requests.trace(sample.pid, sample.tid, sample.goid)
-                            != Some(want.as_str())
-                    {
+                    // The request it works for, looked up once (with
+                    // --group-by trace only).
+                    let trace = if self.group_by.contains(&GroupBy::Trace) {
+                        self.requests
+                            .trace(sample.pid, sample.tid, sample.goid)
+                            .map(str::to_owned)
+                    } else {
+                        None
+                    };
+                    if self.only_trace.is_some() && trace != self.only_trace {
                         continue;
+                    }
+                    if away_ns.is_some() {
+                        self.off_cpu_us += weight;
                     }
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
                     p.samples += 1;
@@ -161,13 +171,11 @@ impl Pipeline {
                     // What the time went to, for --slow-ms.
                     let mut cause = None;
                     if let Some(off) = &sample.off_cpu {
-                        self.off_cpu_us += weight;
                         let reason = crate::offcpu::reason(off);
                         frames.push(self.procs.text_frame(&reason));
                         cause = Some(reason);
                     }
                     if let Some(b) = &sample.go_block {
-                        self.off_cpu_us += weight;
                         let reasons = self
                             .procs
                             .get(sample.pid)
@@ -187,29 +195,17 @@ impl Pipeline {
                             sample.go_block.is_none().then_some(sample.tid),
                             &sample.comm_str(),
                             sample.time_ns,
-                            sample
-                                .off_cpu
-                                .map(|o| o.ns)
-                                .or(sample.go_block.map(|b| b.ns))
-                                .unwrap_or(0),
+                            away_ns.unwrap_or(0),
                             sample.goid,
                             &frames,
                         );
                     }
-                    if sample.off_cpu.is_none()
-                        && sample.go_block.is_none()
-                        && self.mode == Mode::Wall
-                    {
+                    if away_ns.is_none() && self.mode == Mode::Wall {
                         frames.push(self.procs.text_frame("[running]"));
                         cause = Some("[running]".to_owned());
                     }
-                    if let Some(cause) = cause
-                        && let Some(trace) = self
-                            .requests
-                            .trace(sample.pid, sample.tid, sample.goid)
-                            .map(str::to_owned)
-                    {
-                        self.requests.attribute(&trace, &cause, weight);
+                    if let (Some(cause), Some(trace)) = (&cause, &trace) {
+                        self.requests.attribute(trace, cause, weight);
                     }
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
@@ -218,9 +214,7 @@ impl Pipeline {
                     for level in self.group_by.iter().rev() {
                         let frame = match level {
                             GroupBy::Trace => {
-                                let trace =
-                                    self.requests.trace(sample.pid, sample.tid, sample.goid);
-                                let text = match trace {
+                                let text = match &trace {
                                     Some(trace) => format!("trace {trace}"),
                                     None => "[no trace]".to_owned(),
                                 };
