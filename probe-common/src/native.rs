@@ -21,12 +21,6 @@ pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
 /// [`SampleHeader::fp_outermost`] and `fp_frames` hold a frame-pointer walk of
 /// the same stack.
 pub const FLAG_FP_BASELINE: u32 = 1 << 6;
-/// `SampleHeader::flags`: the user stack walk (by `.eh_frame` rules) ended at
-/// the stack's outermost frame: a CFI rule saying so (glibc's `clone3` and
-/// `_start` have one), a zero return address, or RBP = 0 where no rule applies
-/// (the x86-64 psABI's mark of the first frame). Its function is a thread root
-/// whatever its name (in a stripped libc, `clone3` has none).
-pub const FLAG_USER_COMPLETE: u32 = 1 << 7;
 
 /// Fixed part of a CPU sample record. On the ring buffer it is followed by
 /// `kernel_frames` kernel addresses and then `user_frames` user addresses, each a

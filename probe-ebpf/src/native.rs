@@ -25,11 +25,11 @@ use aya_log_ebpf::warn;
 use probe_common::{
     Counter, RecordKind,
     native::{
-        FLAG_FP_BASELINE, FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_COMPLETE,
-        FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
-        FP_BASELINE_EVERY, MAX_FRAMES, MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES,
-        MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS,
-        UNWIND_PAGE_SHIFT, UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
+        FLAG_FP_BASELINE, FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE,
+        FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, FP_BASELINE_EVERY,
+        MAX_FRAMES, MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_PIDS,
+        MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UNWIND_PAGE_SHIFT,
+        UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
     },
 };
 
@@ -510,7 +510,7 @@ pub fn unwind_by_rules(
             *flags |= FLAG_USER_NO_UNWIND_INFO;
             count(Counter::NativeUnwindStops);
         }
-        _ => *flags |= FLAG_USER_COMPLETE,
+        _ => {}
     }
     // Through memory: the caller's use of the count as a size would make the
     // verifier track `frames` precisely back into the loop, and check each of

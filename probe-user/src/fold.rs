@@ -120,28 +120,10 @@ pub fn completeness<'a>(
     stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
     names: &Names,
     procs: &ProcessTable,
-    roots: &std::collections::HashSet<FrameRef>,
 ) -> std::collections::BTreeMap<u32, (u64, u64)> {
     let mut out = std::collections::BTreeMap::<u32, (u64, u64)>::new();
     for (key, count) in stacks {
-        let Some(frame) = outermost_user(&key.frames) else {
-            continue;
-        };
-        let e = out.entry(key.pid).or_default();
-        e.1 += count;
-        if roots.contains(&frame) || frame_is_root(frame, names, procs) {
-            e.0 += count;
-        }
-    }
-    out
-}
-
-/// The outermost user frame of `frames` (root first), past the grouping
-/// levels; `None` if the stack has no user frame.
-pub fn outermost_user(frames: &[FrameRef]) -> Option<FrameRef> {
-    frames
-        .iter()
-        .find(|f| {
+        let outermost = key.frames.iter().find(|f| {
             !matches!(
                 f,
                 FrameRef::Thread(_)
@@ -149,14 +131,20 @@ pub fn outermost_user(frames: &[FrameRef]) -> Option<FrameRef> {
                     | FrameRef::Label(_)
                     | FrameRef::Marker(Marker::Gc)
             )
-        })
-        .copied()
-        .filter(|f| !f.is_kernel())
+        });
+        let Some(&frame) = outermost.filter(|f| !f.is_kernel()) else {
+            continue;
+        };
+        let e = out.entry(key.pid).or_default();
+        e.1 += count;
+        if frame_is_root(frame, names, procs) {
+            e.0 += count;
+        }
+    }
+    out
 }
 
-/// Is `frame` (a user stack's outermost) in a thread root function, by name?
-/// (Completeness also counts the frames a rules walk ended at as roots, see
-/// `FLAG_USER_COMPLETE`.)
+/// Is `frame` (a user stack's outermost) in a thread root function?
 pub fn frame_is_root(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
     let name = names.display(frame, procs);
     let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
@@ -255,27 +243,6 @@ mod tests {
                 callee_kind: FrameKind::Native,
                 samples: 1,
             }]
-        );
-    }
-
-    #[test]
-    fn stacks_ending_where_a_walk_found_the_outermost_frame_are_complete() {
-        // Unnamed frames (no symbol, like clone3 in a stripped libc): only the
-        // walk's word makes the first a root.
-        let mut agg = Aggregator::default();
-        let (clone3, other) = (FrameRef::Managed(1), FrameRef::Managed(2));
-        agg.add(7, vec![clone3, other]);
-        agg.add(7, vec![other]);
-        let (names, procs) = (Names::default(), ProcessTable::default());
-        let none = std::collections::HashSet::new();
-        assert_eq!(
-            completeness(agg.stacks(), &names, &procs, &none)[&7],
-            (0, 2)
-        );
-        let roots = std::collections::HashSet::from([clone3]);
-        assert_eq!(
-            completeness(agg.stacks(), &names, &procs, &roots)[&7],
-            (1, 2)
         );
     }
 

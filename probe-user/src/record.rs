@@ -9,7 +9,7 @@
 //! 5. Fold, render, and write the outputs atomically, then the summary.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     ffi::OsString,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
@@ -81,9 +81,6 @@ struct Pipeline {
     requests: crate::http::Requests,
     /// `--trace-id`: only what works for this trace is kept.
     only_trace: Option<String>,
-    /// Frames a rules walk ended at as the stack's outermost
-    /// (`FLAG_USER_COMPLETE`): thread roots, named or not.
-    walked_roots: HashSet<FrameRef>,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
@@ -163,11 +160,6 @@ impl Pipeline {
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
-                    if sample.flags & probe_common::native::FLAG_USER_COMPLETE != 0
-                        && let Some(root) = crate::fold::outermost_user(&frames)
-                    {
-                        self.walked_roots.insert(root);
-                    }
                     // What the time went to, for --slow-ms.
                     let mut cause = None;
                     if let Some(off) = &sample.off_cpu {
@@ -692,7 +684,6 @@ async fn run(
         timeline: args
             .timeline
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
-        walked_roots: HashSet::new(),
         requests: crate::http::Requests::new(
             args.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
         ),
@@ -862,7 +853,6 @@ async fn run(
         cpu_weight: _,
         off_cpu_us,
         timeline,
-        walked_roots,
         requests,
         only_trace: _,
         group_by: _,
@@ -892,16 +882,14 @@ async fn run(
         &procs,
     );
     out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
-    let complete = crate::fold::completeness(agg.stacks(), names, &procs, &walked_roots);
+    let complete = crate::fold::completeness(agg.stacks(), names, &procs);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
     let fp_complete: HashMap<u32, (u64, u64)> = fp_baseline
         .iter()
         .map(|(&pid, frames)| {
             let rooted = frames
                 .iter()
-                .filter(|(f, _)| {
-                    walked_roots.contains(*f) || crate::fold::frame_is_root(**f, names, &procs)
-                })
+                .filter(|(f, _)| crate::fold::frame_is_root(**f, names, &procs))
                 .map(|(_, n)| n)
                 .sum();
             (pid, (rooted, frames.values().sum()))
