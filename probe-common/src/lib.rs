@@ -41,6 +41,12 @@ pub enum RecordKind {
     /// An [`http::HttpEvent`] without its bytes: a target wrote the start of an
     /// HTTP response.
     HttpResponse = 7,
+    /// An [`http::HttpEvent`]: a target wrote the start of an HTTP request (a
+    /// client sending it).
+    HttpRequestSent = 8,
+    /// An [`http::HttpEvent`] without its bytes: a target read the start of an
+    /// HTTP response (a client receiving it).
+    HttpResponseRead = 9,
 }
 
 impl RecordKind {
@@ -54,6 +60,8 @@ impl RecordKind {
             5 => Some(Self::GoBlockSample),
             6 => Some(Self::HttpRequest),
             7 => Some(Self::HttpResponse),
+            8 => Some(Self::HttpRequestSent),
+            9 => Some(Self::HttpResponseRead),
             _ => None,
         }
     }
@@ -91,12 +99,8 @@ unsafe impl aya::Pod for Config {}
 pub mod names {
     /// The ring buffer every record travels on.
     pub const EVENTS: &str = "EVENTS";
-    /// The `sys_enter_read` program (request attribution).
-    pub const HTTP_READ_ENTER_PROG: &str = "http_read_enter";
-    /// The `sys_exit_read` program.
-    pub const HTTP_READ_EXIT_PROG: &str = "http_read_exit";
-    /// The `sys_enter_write` program.
-    pub const HTTP_WRITE_ENTER_PROG: &str = "http_write_enter";
+    /// The `sys_exit` raw tracepoint program of request attribution.
+    pub const HTTP_SYS_EXIT_PROG: &str = "http_sys_exit";
     /// Per-CPU counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Hash set of target tgids (`u32 -> u8`).

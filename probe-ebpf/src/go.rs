@@ -5,7 +5,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{self, bpf_get_attach_cookie, bpf_loop},
@@ -79,20 +79,31 @@ pub struct GoSample {
     pub signal_pc: u64,
 }
 
-/// The goroutine the current thread of `tgid` runs (0: none, or not Go), from
-/// its user registers saved at the kernel entry (in a system call: the
-/// goroutine that made it). Uses this CPU's scratch: for programs the CPU
-/// sampler cannot interrupt (tracepoints, uprobes).
+/// The goroutine that made the system call the current thread of `tgid` is
+/// returning from (0: none, or not Go), from `regs`, its user registers saved
+/// at the kernel entry: R14 is the `g`, if its stack holds SP (Go makes system
+/// calls on the goroutine's own stack). Two kernel and two user reads, not a
+/// sample's whole [`goroutine`]: request attribution asks on every request.
 #[inline(always)]
-pub fn current_goid(tgid: u32) -> u64 {
-    let Some(regs) = crate::native::saved_user_regs() else {
+pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
+    // SAFETY: the value is copied out.
+    let Some(goid_off) = (unsafe { GO_PIDS.get(tgid) }).map(|o| u64::from(o.goid)) else {
         return 0;
     };
-    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's scratch slot (see above).
-    goroutine(tgid, &regs, unsafe { &mut (*scratch).ips }, 0).map_or(0, |g| g.goid)
+    // SAFETY: `regs` is a BTF-typed kernel pointer (loads are checked by the
+    // verifier); user reads through the helper, which checks the addresses.
+    unsafe {
+        let (g, sp) = (
+            core::ptr::read_volatile(&(*regs).r14),
+            core::ptr::read_volatile(&(*regs).rsp),
+        );
+        match bpf_probe_read_user(g as *const [u64; 2]) {
+            Ok([lo, hi]) if g != 0 && lo <= sp && sp < hi => {
+                bpf_probe_read_user((g + goid_off) as *const u64).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
@@ -644,5 +655,5 @@ fn end(r: &Goroutine, tgid: u32, now: u64) {
         g.wait_other_ns = r.wait_other_ns;
         g.changes = r.changes;
     }
-    entry.submit(0);
+    entry.submit(crate::wakeup_flags());
 }

@@ -4,7 +4,8 @@
 //! samples every CPU and records the kernel and frame-pointer user stacks;
 //! [`dotnet`] walks the user stacks of .NET processes through frameless JIT code;
 //! [`go`] reads the goroutine a Go process runs and follows goroutine states;
-//! [`offcpu`] weighs the stacks of threads that left the CPU by the time away.
+//! [`offcpu`] weighs the stacks of threads that left the CPU by the time away;
+//! [`http`] sees HTTP requests and responses start, for request attribution.
 //! This file holds what the runtimes share: the maps, the configuration and the
 //! counters.
 #![no_std]
@@ -17,6 +18,7 @@ mod native;
 mod offcpu;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
@@ -86,6 +88,19 @@ fn config() -> Config {
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
+/// The ring-buffer flags for a record about to be written: the collector is
+/// woken once `wakeup_bytes` wait; below that it drains on its own timer
+/// (batched wakeups: a wakeup per record would cost more than the record).
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config().wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    flags as u64
+}
+
 /// Adds one to `counter` on this CPU and returns the new value.
 #[inline(always)]
 fn count(counter: Counter) -> u64 {
@@ -123,24 +138,11 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `syscalls:sys_enter_read`: a target may be reading an HTTP request.
-#[tracepoint]
-pub fn http_read_enter(ctx: TracePointContext) -> u32 {
-    http::read_enter(&ctx);
-    0
-}
-
-/// `syscalls:sys_exit_read`: what it read, if a request starts there.
-#[tracepoint]
-pub fn http_read_exit(ctx: TracePointContext) -> u32 {
-    http::read_exit(&ctx);
-    0
-}
-
-/// `syscalls:sys_enter_write`: a target may be writing an HTTP response.
-#[tracepoint]
-pub fn http_write_enter(ctx: TracePointContext) -> u32 {
-    http::write_enter(&ctx);
+/// `raw_syscalls:sys_exit` (BTF-typed): a target's `read`/`write`-like call
+/// may have moved the start of an HTTP request or response.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    http::sys_exit(&ctx);
     0
 }
 

@@ -9,9 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{
-        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -105,7 +103,6 @@ pub(crate) fn record(
 ) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    let cfg = config();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return;
@@ -269,14 +266,7 @@ pub(crate) fn record(
     // MAX_FRAMES frames, and the scratch slot lives for the whole program run.
     let record = unsafe { core::slice::from_raw_parts(scratch as *const _ as *const u8, len) };
 
-    // Batched wakeups: the collector is only woken once `wakeup_bytes` are waiting;
-    // otherwise it drains on its own timer.
-    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    match EVENTS.output::<[u8]>(record, wakeup as u64) {
+    match EVENTS.output::<[u8]>(record, crate::wakeup_flags()) {
         Ok(()) => {
             count(Counter::Sent);
         }

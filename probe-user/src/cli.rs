@@ -63,13 +63,22 @@ pub enum Mode {
     /// microseconds until it ran again, under its blocking state.
     Offcpu,
     /// Wall-clock time: on-CPU samples (one sample period each, under
-    /// `[running]`) and off-CPU time together, per thread, in microseconds.
+    /// `[running]`) and off-CPU time together, per thread, in microseconds;
+    /// in Go processes also goroutine waits, per goroutine (`goroutine N`).
     Wall,
     /// Goroutine blocking in Go processes: each goroutine that parked (on a
     /// channel, a mutex, a sleep, I/O, ...), with the stack it parked in,
     /// weighted by the microseconds until it was made runnable, under
     /// `[wait: REASON]`.
     Goblock,
+}
+
+impl Mode {
+    /// Are goroutine waits part of this profile (with the goroutine-state
+    /// probes they need)?
+    pub fn goroutine_waits(self) -> bool {
+        matches!(self, Mode::Goblock | Mode::Wall)
+    }
 }
 
 fn parse_trace_id(s: &str) -> Result<String, String> {

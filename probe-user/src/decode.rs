@@ -24,8 +24,7 @@ pub enum Record {
         /// Its time per status.
         g: Goroutine,
     },
-    /// A target read the start of an HTTP request (`bytes`), or wrote the start
-    /// of a response (`bytes` empty).
+    /// A target read or wrote the start of an HTTP request or response.
     Http {
         /// Process.
         pid: u32,
@@ -33,8 +32,8 @@ pub enum Record {
         tid: u32,
         /// Goroutine (0: none).
         goid: u64,
-        /// A request's first bytes; `None` for a response.
-        request: Option<Vec<u8>>,
+        /// Which, with a request's first bytes.
+        what: HttpWhat,
         /// When (CLOCK_MONOTONIC ns).
         time_ns: u64,
     },
@@ -43,6 +42,19 @@ pub enum Record {
         /// The process.
         pid: u32,
     },
+}
+
+/// What an [`Record::Http`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpWhat {
+    /// A server read the start of a request (its first bytes).
+    Request(Vec<u8>),
+    /// A server wrote the start of its response.
+    Response,
+    /// A client wrote the start of a request (its first bytes).
+    RequestSent(Vec<u8>),
+    /// A client read the start of the response.
+    ResponseRead,
 }
 
 /// An off-CPU span, as its end record tells it (see `probe_common::offcpu`).
@@ -155,7 +167,12 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     match RecordKind::from_u32(kind) {
         Some(RecordKind::CpuSample | RecordKind::OffCpuSample | RecordKind::GoBlockSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
-        Some(kind @ (RecordKind::HttpRequest | RecordKind::HttpResponse)) => {
+        Some(
+            kind @ (RecordKind::HttpRequest
+            | RecordKind::HttpResponse
+            | RecordKind::HttpRequestSent
+            | RecordKind::HttpResponseRead),
+        ) => {
             let need = probe_common::http::HTTP_HEADER_BYTES;
             if len < need {
                 return Err(DecodeError::Short { len, need });
@@ -166,15 +183,18 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             let n = buf.get_u32_le() as usize;
             let time_ns = buf.get_u64_le();
             let goid = buf.get_u64_le();
-            let request = (kind == RecordKind::HttpRequest).then(|| {
-                let n = n.min(probe_common::http::HTTP_BYTES).min(buf.len());
-                buf[..n].to_vec()
-            });
+            let bytes = || buf[..n.min(probe_common::http::HTTP_BYTES).min(buf.len())].to_vec();
+            let what = match kind {
+                RecordKind::HttpRequest => HttpWhat::Request(bytes()),
+                RecordKind::HttpRequestSent => HttpWhat::RequestSent(bytes()),
+                RecordKind::HttpResponseRead => HttpWhat::ResponseRead,
+                _ => HttpWhat::Response,
+            };
             return Ok(Record::Http {
                 pid,
                 tid,
                 goid,
-                request,
+                what,
                 time_ns,
             });
         }

@@ -1,6 +1,12 @@
 //! Request attribution (`--group-by trace`, see `probe_common::http`): which
-//! W3C trace each Go goroutine or thread works for, from the requests it reads
-//! until the response it writes.
+//! W3C trace each Go goroutine or thread works for: a server's from the request
+//! it reads until the response it writes, a client's from the request it sends
+//! until it reads the response.
+//!
+//! A client is followed on the thread (or goroutine) that sends: a synchronous
+//! call (.NET's `HttpClient.Send`, a blocking socket) sends and waits on the same
+//! thread. An asynchronous one hands the wait to another thread, whose time is
+//! then unattributed (never attributed to a wrong trace).
 
 use std::collections::HashMap;
 
@@ -61,12 +67,38 @@ impl Worker {
     }
 }
 
+/// A request that ended: its span, for the timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Who worked for it.
+    pub worker: Worker,
+    /// Its trace id.
+    pub trace: String,
+    /// Read (or sent, by a client) at.
+    pub start_ns: u64,
+    /// Its response written (or read, by a client) at.
+    pub end_ns: u64,
+    /// Sent by the worker, not received.
+    pub client: bool,
+}
+
+impl Finished {
+    /// Its process.
+    pub fn pid(&self) -> u32 {
+        match self.worker {
+            Worker::Goroutine(pid, _) | Worker::Thread(pid, _) => pid,
+        }
+    }
+}
+
 /// A request in flight.
 #[derive(Debug)]
 struct InFlight {
     trace: String,
     pid: u32,
     start_ns: u64,
+    /// Sent by its worker (a client waiting for the response), not received.
+    client: bool,
 }
 
 /// A request slower than `--slow-ms`, with where its time went.
@@ -74,9 +106,12 @@ struct InFlight {
 pub struct SlowRequest {
     /// Its trace id.
     pub trace_id: String,
-    /// The process that served it.
+    /// The process that served it (or sent it: `client`).
     pub pid: u32,
-    /// From reading the request to writing the response.
+    /// The client's view: from sending the request to reading the response.
+    pub client: bool,
+    /// From reading the request to writing the response (client: from sending
+    /// it to reading the response).
     pub ms: f64,
     /// Its time by cause, most first (at most 5): the leaf label of what its
     /// worker was doing (`[running]`, `[blocked: io]`, `[wait: sync.Mutex.Lock]`,
@@ -97,16 +132,21 @@ pub struct Requests {
     /// before the process was known to be Go) are dropped, and threads there
     /// work for no trace (an M runs many goroutines).
     go: std::collections::HashSet<u32>,
-    /// Per trace in flight: µs by cause (with `slow_ns` only).
-    causes: HashMap<String, HashMap<String, u64>>,
+    /// Per (process, trace) in flight: µs by cause (with `slow_ns` only).
+    causes: HashMap<(u32, String), HashMap<String, u64>>,
     /// Requests slower than `slow_ns`, slowest first.
     pub slow: Vec<SlowRequest>,
     /// Requests seen, with a valid traceparent.
     pub traced: u64,
     /// Requests seen without one (their time stays unattributed).
     pub untraced: u64,
+    /// Of those, requests whose headers did not end in the bytes of their
+    /// first read (split across reads): a `traceparent` may have come later.
+    pub partial: u64,
     /// Requests not followed: too many in flight.
     pub overflow: u64,
+    /// Requests sent with a valid traceparent (clients).
+    pub sent: u64,
 }
 
 impl Requests {
@@ -134,6 +174,7 @@ impl Requests {
                         trace,
                         pid,
                         start_ns: time_ns,
+                        client: false,
                     },
                 );
             }
@@ -141,19 +182,76 @@ impl Requests {
             None => {
                 // A request without a trace ends whatever the worker did before.
                 self.untraced += 1;
+                let ends = bytes.windows(4).any(|w| w == b"\r\n\r\n");
+                if !ends && bytes.len() < probe_common::http::HTTP_BYTES {
+                    self.partial += 1;
+                }
                 self.current.remove(&worker);
             }
         }
     }
 
+    /// `worker` sent the start of a request at `time_ns`: with a traceparent,
+    /// it works for that trace until it reads the response — unless it serves a
+    /// request already (a server calling downstream works for its own request
+    /// throughout; an untraced call changes nothing either).
+    pub fn request_sent(&mut self, worker: Worker, bytes: &[u8], time_ns: u64) {
+        let Some(trace) = traceparent(bytes) else {
+            return;
+        };
+        let pid = match worker {
+            Worker::Goroutine(pid, _) | Worker::Thread(pid, _) => pid,
+        };
+        match self.current.get(&worker) {
+            Some(r) if !r.client => return,
+            Some(_) => {}
+            None if self.current.len() >= MAX_IN_FLIGHT => {
+                self.overflow += 1;
+                return;
+            }
+            None => {}
+        }
+        self.sent += 1;
+        self.current.insert(
+            worker,
+            InFlight {
+                trace,
+                pid,
+                start_ns: time_ns,
+                client: true,
+            },
+        );
+    }
+
+    /// Thread `tid` of `pid`, running goroutine `goid`, read the start of a
+    /// response at `time_ns`: the request it sent is done.
+    pub fn response_read(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        goid: u64,
+        time_ns: u64,
+    ) -> Option<Finished> {
+        self.seen(pid, goid);
+        let worker = Worker::of(pid, tid, goid);
+        if !self.current.get(&worker)?.client {
+            return None;
+        }
+        let done = self.current.remove(&worker)?;
+        Some(self.done(worker, done, time_ns))
+    }
+
     /// Thread `tid` of `pid`, running goroutine `goid`, wrote the start of a
     /// response at `time_ns`: its request is done (also one its thread read
     /// before the process was known to be Go, when its goroutine was not known).
-    pub fn response(&mut self, pid: u32, tid: u32, goid: u64, time_ns: u64) {
+    pub fn response(&mut self, pid: u32, tid: u32, goid: u64, time_ns: u64) -> Option<Finished> {
         self.seen(pid, goid);
-        if let Some(done) = self.current.remove(&Worker::of(pid, tid, goid)) {
-            self.done(done, time_ns);
+        let worker = Worker::of(pid, tid, goid);
+        if self.current.get(&worker)?.client {
+            return None; // a client's request ends when it reads the response
         }
+        let done = self.current.remove(&worker)?;
+        Some(self.done(worker, done, time_ns))
     }
 
     /// A record of `pid` with goroutine `goid`: once a process shows a
@@ -170,11 +268,21 @@ impl Requests {
     }
 
     /// A request ended: kept if slow, its causes dropped otherwise.
-    fn done(&mut self, r: InFlight, end_ns: u64) {
-        let causes = self.causes.remove(&r.trace).unwrap_or_default();
+    fn done(&mut self, worker: Worker, r: InFlight, end_ns: u64) -> Finished {
+        let causes = self
+            .causes
+            .remove(&(r.pid, r.trace.clone()))
+            .unwrap_or_default();
+        let finished = Finished {
+            worker,
+            trace: r.trace.clone(),
+            start_ns: r.start_ns,
+            end_ns,
+            client: r.client,
+        };
         let ns = end_ns.saturating_sub(r.start_ns);
         if self.slow_ns == 0 || ns < self.slow_ns {
-            return;
+            return finished;
         }
         let mut causes: Vec<(String, f64)> = causes
             .into_iter()
@@ -185,21 +293,23 @@ impl Requests {
         self.slow.push(SlowRequest {
             trace_id: r.trace,
             pid: r.pid,
+            client: r.client,
             ms: ns as f64 / 1e6,
             causes,
         });
         self.slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
         self.slow.truncate(MAX_SLOW);
+        finished
     }
 
-    /// Counts `us` of `cause` for `trace` (with `--slow-ms`).
-    pub fn attribute(&mut self, trace: &str, cause: &str, us: u64) {
+    /// Counts `us` of `cause` for `trace` in `pid` (with `--slow-ms`).
+    pub fn attribute(&mut self, pid: u32, trace: &str, cause: &str, us: u64) {
         if self.slow_ns == 0 {
             return;
         }
         *self
             .causes
-            .entry(trace.to_owned())
+            .entry((pid, trace.to_owned()))
             .or_default()
             .entry(cause.to_owned())
             .or_insert(0) += us;
@@ -288,7 +398,13 @@ mod tests {
         r.request(Worker::of(1, 10, 7), &traced(), 0);
         r.request(Worker::of(1, 10, 7), &request("accept: x"), 0);
         assert_eq!(r.trace(1, 10, 7), None);
-        assert_eq!((r.traced, r.untraced), (2, 1));
+        assert_eq!((r.traced, r.untraced, r.partial), (2, 1, 0));
+        // A request split across reads, its traceparent in the second: no
+        // trace, counted as partial.
+        r.request(Worker::of(1, 10, 7), &traced(), 0);
+        r.request(Worker::of(1, 10, 7), b"GET /x HTTP/1.1\r\nHost: a\r\n", 0);
+        assert_eq!(r.trace(1, 10, 7), None);
+        assert_eq!((r.traced, r.untraced, r.partial), (3, 2, 1));
         // A thread's request in a process not (yet) known to be Go is the
         // thread's; once the process shows goroutines it is dropped, never
         // given to what else the thread runs, and its system stack works for
@@ -297,7 +413,7 @@ mod tests {
         assert_eq!(r.trace(2, 12, 0), Some(TRACE));
         assert_eq!(r.trace(2, 12, 9), None);
         assert_eq!(r.trace(2, 12, 0), None);
-        assert_eq!(r.untraced, 2);
+        assert_eq!(r.untraced, 3);
     }
 
     #[test]
@@ -314,9 +430,11 @@ mod tests {
         r.request(Worker::of(1, 11, 8), &traced('2'), 1_000_000_000);
         let one: String = std::iter::repeat_n('1', 32).collect();
         let two: String = std::iter::repeat_n('2', 32).collect();
-        r.attribute(&one, "[running]", 100_000);
-        r.attribute(&one, "[wait: sleep]", 300_000);
-        r.attribute(&two, "[running]", 100_000);
+        r.attribute(1, &one, "[running]", 100_000);
+        r.attribute(1, &one, "[wait: sleep]", 300_000);
+        r.attribute(1, &two, "[running]", 100_000);
+        // The same trace's time in its client (another process) is the client's.
+        r.attribute(2, &one, "[blocked: io]", 390_000);
         r.response(1, 10, 7, 1_400_000_000); // 400 ms: slow
         r.response(1, 11, 8, 1_100_000_000); // 100 ms: not
         assert_eq!(
@@ -324,9 +442,44 @@ mod tests {
             [SlowRequest {
                 trace_id: one,
                 pid: 1,
+                client: false,
                 ms: 400.0,
                 causes: vec![("[wait: sleep]".into(), 300.0), ("[running]".into(), 100.0)],
             }]
         );
+    }
+
+    #[test]
+    fn a_client_works_for_the_request_it_sent_until_it_reads_the_response() {
+        let mut r = Requests::new(1);
+        let traced = |t: char| {
+            let id: String = std::iter::repeat_n(t, 32).collect();
+            request(&format!("traceparent: 00-{id}-b7ad6b7169203331-01"))
+        };
+        let one: String = std::iter::repeat_n('1', 32).collect();
+        // A .NET thread sends request 1 and waits for its response.
+        r.request_sent(Worker::of(3, 30, 0), &traced('1'), 0);
+        assert_eq!(r.trace(3, 30, 0), Some(one.as_str()));
+        // A response written (not read) by the thread is not the end.
+        r.response(3, 30, 0, 1);
+        assert_eq!(r.trace(3, 30, 0), Some(one.as_str()));
+        r.attribute(3, &one, "[blocked: io]", 5_000);
+        r.response_read(3, 30, 0, 7_000_000);
+        assert_eq!(r.trace(3, 30, 0), None);
+        assert_eq!(r.slow.len(), 1);
+        assert!(r.slow[0].client);
+        assert_eq!(r.slow[0].causes, [("[blocked: io]".to_owned(), 5.0)]);
+        // A goroutine serving request 2 calls downstream, with or without
+        // forwarding the trace: it works for request 2 until its response,
+        // and reading the downstream's response does not end it.
+        let two: String = std::iter::repeat_n('2', 32).collect();
+        r.request(Worker::of(4, 40, 9), &traced('2'), 0);
+        r.request_sent(Worker::of(4, 40, 9), &request("accept: x"), 0);
+        r.request_sent(Worker::of(4, 40, 9), &traced('3'), 0);
+        r.response_read(4, 40, 9, 0);
+        assert_eq!(r.trace(4, 40, 9), Some(two.as_str()));
+        r.response(4, 40, 9, 0);
+        assert_eq!(r.trace(4, 40, 9), None);
+        assert_eq!((r.traced, r.sent), (1, 1));
     }
 }

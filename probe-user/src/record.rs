@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     aggregate::{Aggregator, sample_frames},
     cli::{GroupBy, Mode, RecordArgs},
-    decode::{Record, decode},
+    decode::{HttpWhat, Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
     fold::{fold, write_folded},
@@ -73,8 +73,10 @@ struct Pipeline {
     /// Weight of an on-CPU sample: 1 (a sample), or in wall mode the sample
     /// period in microseconds.
     cpu_weight: u64,
-    /// Microseconds of off-CPU time counted.
+    /// Microseconds of thread off-CPU time counted.
     off_cpu_us: u64,
+    /// Microseconds of goroutine waits counted.
+    go_wait_us: u64,
     /// `--timeline`: the events kept for it.
     timeline: Option<crate::timeline::Timeline>,
     /// `--group-by trace`: the requests in flight.
@@ -153,7 +155,9 @@ impl Pipeline {
                     if self.only_trace.is_some() && trace != self.only_trace {
                         continue;
                     }
-                    if away_ns.is_some() {
+                    if sample.go_block.is_some() {
+                        self.go_wait_us += weight;
+                    } else if away_ns.is_some() {
                         self.off_cpu_us += weight;
                     }
                     let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
@@ -197,7 +201,7 @@ impl Pipeline {
                         cause = Some("[running]".to_owned());
                     }
                     if let (Some(cause), Some(trace)) = (&cause, &trace) {
-                        self.requests.attribute(trace, cause, weight);
+                        self.requests.attribute(sample.pid, trace, cause, weight);
                     }
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
@@ -224,7 +228,15 @@ impl Pipeline {
                         frames.insert(0, frame);
                     }
                     if self.per_thread {
-                        frames.insert(0, self.procs.thread_frame(sample.tid, &sample.comm));
+                        // A goroutine's wait is sent by the thread that woke
+                        // it: its level is the goroutine's.
+                        frames.insert(
+                            0,
+                            match sample.go_block {
+                                Some(_) => FrameRef::Goroutine(sample.goid),
+                                None => self.procs.thread_frame(sample.tid, &sample.comm),
+                            },
+                        );
                     }
                     if dotnet {
                         self.waiting.push_back(Waiting {
@@ -241,16 +253,28 @@ impl Pipeline {
                     pid,
                     tid,
                     goid,
-                    request,
+                    what,
                     time_ns,
-                }) => match request {
-                    Some(bytes) => self.requests.request(
-                        crate::http::Worker::of(pid, tid, goid),
-                        &bytes,
-                        time_ns,
-                    ),
-                    None => self.requests.response(pid, tid, goid, time_ns),
-                },
+                }) => {
+                    let worker = crate::http::Worker::of(pid, tid, goid);
+                    let finished = match what {
+                        HttpWhat::Request(bytes) => {
+                            self.requests.request(worker, &bytes, time_ns);
+                            None
+                        }
+                        HttpWhat::RequestSent(bytes) => {
+                            self.requests.request_sent(worker, &bytes, time_ns);
+                            None
+                        }
+                        HttpWhat::Response => self.requests.response(pid, tid, goid, time_ns),
+                        HttpWhat::ResponseRead => {
+                            self.requests.response_read(pid, tid, goid, time_ns)
+                        }
+                    };
+                    if let (Some(done), Some(t)) = (finished, self.timeline.as_mut()) {
+                        t.request(done);
+                    }
+                }
                 Ok(Record::MapsChanged { pid }) => {
                     // Read once the ring is drained (a dlopen maps several
                     // segments; the record is sent when mmap returns, so the
@@ -467,11 +491,11 @@ async fn start(
         freq: args.freq,
         filter_pids: !pids.is_empty() || has_command,
         include_idle: args.include_idle,
-        go_states: args.go_states || args.mode == Mode::Goblock,
+        go_states: args.go_states || args.mode.goroutine_waits(),
         on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
         off_cpu: matches!(args.mode, Mode::Offcpu | Mode::Wall),
         min_block_ns: args.min_block.saturating_mul(1000),
-        go_block: args.mode == Mode::Goblock,
+        go_block: args.mode.goroutine_waits(),
         http: args.group_by.contains(&GroupBy::Trace),
     })?;
     for &pid in pids {
@@ -501,7 +525,7 @@ async fn start(
     }
     let procs = ProcessTable::default();
     let go_preattached = match program {
-        Some(exe) if args.go_states || args.mode == Mode::Goblock => {
+        Some(exe) if args.go_states || args.mode.goroutine_waits() => {
             preattach_go(&mut sampler, &procs, exe)
         }
         _ => Ok(None),
@@ -681,6 +705,7 @@ async fn run(
             _ => 1,
         },
         off_cpu_us: 0,
+        go_wait_us: 0,
         timeline: args
             .timeline
             .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
@@ -690,7 +715,7 @@ async fn run(
         only_trace: args.trace_id.clone(),
         group_by: args.group_by.clone(),
         go_pids,
-        go_states: args.go_states || args.mode == Mode::Goblock,
+        go_states: args.go_states || args.mode.goroutine_waits(),
         go_states_failed,
         go_preattached,
         waiting: VecDeque::new(),
@@ -777,6 +802,7 @@ async fn run(
     let counters = sampler.counters();
     let program_stats = sampler.program_stats();
     let go_program_stats = sampler.go_program_stats();
+    let http_program_stats = sampler.http_program_stats();
     pipeline.drain(events.get_mut());
     let end_ns = monotonic_ns();
     // Every goroutine from the processes' own lists first, then the kernel's
@@ -852,6 +878,7 @@ async fn run(
         mode: _,
         cpu_weight: _,
         off_cpu_us,
+        go_wait_us,
         timeline,
         requests,
         only_trace: _,
@@ -914,14 +941,14 @@ async fn run(
             lost
         ),
         Mode::Wall => format!(
-            "wall-clock time in µs per thread: on-CPU samples at {} Hz and off-CPU spans over {:.1} s, {} lost",
+            "wall-clock time in µs per thread (and goroutine): on-CPU samples at {} Hz, off-CPU spans and goroutine waits over {:.1} s, {} lost",
             args.freq,
             duration.as_secs_f64(),
             lost
         ),
         Mode::Goblock => format!(
             "goroutine waits in µs: {:.3} s in {} waits of {} µs or more over {:.1} s, {} lost",
-            off_cpu_us as f64 / 1e6,
+            go_wait_us as f64 / 1e6,
             agg.samples,
             args.min_block,
             duration.as_secs_f64(),
@@ -1049,7 +1076,9 @@ async fn run(
             BTreeMap::from([
                 ("traced", requests.traced),
                 ("untraced", requests.untraced),
+                ("partial", requests.partial),
                 ("overflow", requests.overflow),
+                ("sent", requests.sent),
             ])
         }),
         mode: match args.mode {
@@ -1058,7 +1087,8 @@ async fn run(
             Mode::Wall => "wall",
             Mode::Goblock => "goblock",
         },
-        off_cpu_us: (args.mode != Mode::Cpu).then_some(off_cpu_us),
+        off_cpu_us: matches!(args.mode, Mode::Offcpu | Mode::Wall).then_some(off_cpu_us),
+        go_wait_us: args.mode.goroutine_waits().then_some(go_wait_us),
         duration_secs: duration.as_secs_f64(),
         frequency_hz: args.freq,
         samples: agg.samples,
@@ -1099,6 +1129,10 @@ async fn run(
             run_count,
             run_time_ns,
         }),
+        http_program: http_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
+            run_count,
+            run_time_ns,
+        }),
         transitions: folded.edges.clone(),
         stop_to_svg_ms: stop_to_svg.as_secs_f64() * 1e3,
         command_exit_status,
@@ -1117,21 +1151,22 @@ async fn run(
             },
         )?;
     }
-    match args.mode {
-        Mode::Offcpu | Mode::Wall => eprintln!(
+    if matches!(args.mode, Mode::Offcpu | Mode::Wall) {
+        eprintln!(
             "crossprof: {:.3} s off-CPU in {} spans of {} µs or more",
             off_cpu_us as f64 / 1e6,
             counters[Counter::OffCpuSpans as usize]
                 .saturating_sub(counters[Counter::OffCpuShort as usize]),
             args.min_block
-        ),
-        Mode::Goblock => eprintln!(
+        );
+    }
+    if args.mode.goroutine_waits() && go_wait_us > 0 {
+        eprintln!(
             "crossprof: {:.3} s of goroutine waits in {} waits of {} µs or more",
-            off_cpu_us as f64 / 1e6,
+            go_wait_us as f64 / 1e6,
             counters[Counter::GoBlocks as usize],
             args.min_block
-        ),
-        Mode::Cpu => {}
+        );
     }
     eprintln!(
         "crossprof: {} samples ({} lost) from {} process{} in {:.1} s at {} Hz -> {}",

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, ProgramError, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
@@ -25,13 +25,6 @@ use probe_common::{
 };
 
 use crate::go::states::ProbePoints;
-
-/// The request-attribution programs and their `syscalls` tracepoints.
-const HTTP_TRACEPOINTS: [(&str, &str); 3] = [
-    (names::HTTP_READ_ENTER_PROG, "sys_enter_read"),
-    (names::HTTP_READ_EXIT_PROG, "sys_exit_read"),
-    (names::HTTP_WRITE_ENTER_PROG, "sys_enter_write"),
-];
 
 /// The Go uprobe programs.
 const GO_PROGRAMS: [&str; 4] = [
@@ -197,13 +190,19 @@ impl Sampler {
         if cfg.off_cpu {
             crate::offcpu::load(&mut ebpf)?;
         }
-        let http = HTTP_TRACEPOINTS.iter().map(|(name, _)| *name);
-        for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG]
-            .into_iter()
-            .chain(http.filter(|_| cfg.http))
-        {
+        for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
             tracepoint_program(&mut ebpf, name)?
                 .load()
+                .map_err(|source| SamplerError::Program { name, source })?;
+        }
+        if cfg.http {
+            let name = names::HTTP_SYS_EXIT_PROG;
+            let btf = aya::Btf::from_sys_fs().map_err(|e| SamplerError::Program {
+                name,
+                source: ProgramError::Btf(e),
+            })?;
+            http_program(&mut ebpf)?
+                .load("sys_exit", &btf)
                 .map_err(|source| SamplerError::Program { name, source })?;
         }
         if cfg.go_states {
@@ -234,12 +233,10 @@ impl Sampler {
             crate::offcpu::attach(&mut self.ebpf)?;
         }
         if self.http {
-            mount_tracefs();
-            for (name, event) in HTTP_TRACEPOINTS {
-                tracepoint_program(&mut self.ebpf, name)?
-                    .attach("syscalls", event)
-                    .map_err(|source| SamplerError::Tracepoint { name, source })?;
-            }
+            let name = names::HTTP_SYS_EXIT_PROG;
+            http_program(&mut self.ebpf)?
+                .attach()
+                .map_err(|source| SamplerError::Tracepoint { name, source })?;
         }
         if !self.on_cpu {
             return Ok(());
@@ -452,6 +449,18 @@ impl Sampler {
         (total.0 > 0).then_some(total)
     }
 
+    /// What the request-attribution program cost (with `kernel.bpf_stats_enabled`):
+    /// (run count, run time in ns).
+    pub fn http_program_stats(&self) -> Option<(u64, u64)> {
+        let program: &BtfTracePoint = self
+            .ebpf
+            .program(names::HTTP_SYS_EXIT_PROG)?
+            .try_into()
+            .ok()?;
+        let info = program.info().ok()?;
+        (info.run_count() > 0).then(|| (info.run_count(), info.run_time().as_nanos() as u64))
+    }
+
     /// The aya-log channel of the kernel programs, if they log.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
@@ -563,6 +572,15 @@ fn tracepoint_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut TracePoint, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program { name, source })
+}
+
+/// The request-attribution program (`raw_syscalls:sys_exit`, BTF-typed).
+fn http_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
+    let name = names::HTTP_SYS_EXIT_PROG;
     ebpf.program_mut(name)
         .ok_or(SamplerError::MissingProgram(name))?
         .try_into()

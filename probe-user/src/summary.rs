@@ -8,15 +8,21 @@ use serde::Serialize;
 /// Everything `summary.json` holds.
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    /// `--mode`: `cpu`, `offcpu` or `wall`; the profile's counts are samples
+    /// `--mode`: `cpu`, `offcpu`, `wall` or `goblock`; the profile's counts are samples
     /// in `cpu` mode, microseconds otherwise.
     pub mode: &'static str,
-    /// Off-CPU time in the profile, in microseconds (`offcpu` and `wall` modes).
+    /// Threads' off-CPU time in the profile, in microseconds (`offcpu` and
+    /// `wall` modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub off_cpu_us: Option<u64>,
+    /// Goroutines' waits in the profile, in microseconds (`goblock` and `wall`
+    /// modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_wait_us: Option<u64>,
     /// `--group-by trace`: HTTP requests seen with a valid `traceparent`
-    /// (`traced`), without one (`untraced`, their time unattributed), and not
-    /// followed because too many were in flight (`overflow`).
+    /// (`traced`), without one (`untraced`, their time unattributed; `partial`
+    /// of them had headers split across reads), not followed because too many
+    /// were in flight (`overflow`), and sent by clients with one (`sent`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_requests: Option<BTreeMap<&'static str, u64>>,
     /// `--slow-ms`: requests slower than that, slowest first (at most 100),
@@ -64,6 +70,10 @@ pub struct Summary {
     /// The goroutine-state uprobe programs' cost (`--go-states`), likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_state_probes: Option<KernelProgramStats>,
+    /// The request-attribution program's cost (`--group-by trace`), likewise:
+    /// it runs at every system call's exit on the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_program: Option<KernelProgramStats>,
     /// Calls from one runtime into another (`[cgo]`, `[P/Invoke]` crossings),
     /// most samples first; empty when none was sampled. A sample counts once
     /// per distinct edge in its stack.

@@ -6,8 +6,10 @@
 //! spans (consecutive samples merged), the spans it spent blocked or waiting,
 //! named by the wait (`[sleep]`, `[blocked: futex]` with `--mode offcpu` or
 //! `wall`; `[wait: chan receive]` on a goroutine's track with `--mode
-//! goblock`), and per .NET process a `GC` track of its pauses. Times are
-//! microseconds from the start of the recording.
+//! goblock`), per .NET process a `GC` track of its pauses, and with
+//! `--group-by trace` the requests each thread or goroutine served or sent
+//! (`request <trace id>` spans, category `request`). Times are microseconds
+//! from the start of the recording.
 //!
 //! Events are kept in memory until the end, at most [`MAX_EVENTS`]; the
 //! rest are counted (`timeline_events_dropped` in summary.json), never
@@ -18,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::{
+    http::Worker,
     kinds::Classifier,
     native::process::ProcessTable,
     symbolize::{FrameRef, Names},
@@ -55,6 +58,7 @@ pub struct Timeline {
     /// Samples further apart than this on one track end a `running` span.
     gap_ns: u64,
     events: Vec<Event>,
+    requests: Vec<crate::http::Finished>,
     threads: BTreeMap<(u32, u32), String>,
     /// Events past [`MAX_EVENTS`].
     pub dropped: u64,
@@ -67,6 +71,7 @@ impl Timeline {
             start_ns,
             gap_ns: 3 * 1_000_000_000 / freq.max(1) / 2,
             events: Vec::new(),
+            requests: Vec::new(),
             threads: BTreeMap::new(),
             dropped: 0,
         }
@@ -86,7 +91,7 @@ impl Timeline {
         goid: u64,
         frames: &[FrameRef],
     ) {
-        if self.events.len() >= MAX_EVENTS {
+        if self.events.len() + self.requests.len() >= MAX_EVENTS {
             self.dropped += 1;
             return;
         }
@@ -105,6 +110,15 @@ impl Timeline {
         });
     }
 
+    /// Keeps a request's span on its worker's track.
+    pub fn request(&mut self, done: crate::http::Finished) {
+        if self.events.len() + self.requests.len() >= MAX_EVENTS {
+            self.dropped += 1;
+            return;
+        }
+        self.requests.push(done);
+    }
+
     fn us(&self, ns: u64) -> f64 {
         ns.saturating_sub(self.start_ns) as f64 / 1e3
     }
@@ -121,6 +135,7 @@ impl Timeline {
     ) -> Value {
         let mut out = Vec::new();
         let mut pids: Vec<u32> = self.events.iter().map(|e| e.pid).collect();
+        pids.extend(self.requests.iter().map(|r| r.pid()));
         pids.extend(gc.keys());
         pids.sort_unstable();
         pids.dedup();
@@ -136,11 +151,16 @@ impl Timeline {
                 "args": {"name": format!("{comm} ({tid})")}}),
             );
         }
+        let request_goroutines = self.requests.iter().filter_map(|r| match r.worker {
+            Worker::Goroutine(pid, goid) => Some((pid, goid)),
+            Worker::Thread(..) => None,
+        });
         let goroutines: BTreeSet<(u32, u64)> = self
             .events
             .iter()
             .filter(|e| e.goid != 0)
             .map(|e| (e.pid, e.goid))
+            .chain(request_goroutines)
             .collect();
         for &(pid, goid) in &goroutines {
             out.push(json!({"name": "thread_name", "ph": "M", "pid": pid,
@@ -195,6 +215,18 @@ impl Timeline {
                         "dur": e.dur_ns as f64 / 1e3, "args": args}));
                 }
             }
+        }
+        for r in &self.requests {
+            let (pid, track) = match r.worker {
+                Worker::Goroutine(pid, goid) => (pid, GOROUTINE_TRACK + goid),
+                Worker::Thread(pid, tid) => (pid, u64::from(tid)),
+            };
+            out.push(
+                json!({"name": format!("request {}", r.trace), "cat": "request",
+                "ph": "X", "pid": pid, "tid": track, "ts": self.us(r.start_ns),
+                "dur": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e3,
+                "args": {"trace_id": r.trace, "side": if r.client { "client" } else { "server" }}}),
+            );
         }
         for (&pid, pauses) in gc {
             // Track 0 of the process: its GC pauses (all its threads stopped).

@@ -150,11 +150,33 @@ impl Dotnet {
     /// `target/fixtures/<runtime>/<name>.dll`, next to a runtimeconfig naming this
     /// runtime, and returns the dll.
     pub fn fixture(self, name: &str) -> PathBuf {
+        self.fixture_with(name, &[])
+    }
+
+    /// Like [`Dotnet::fixture`], compiled against this runtime's own
+    /// assemblies (`-nostdlib`) with `assemblies` (e.g. `System.Net.Http`)
+    /// besides its core library, for APIs that Debian's mono has no reference
+    /// assembly for.
+    pub fn fixture_with(self, name: &str, assemblies: &[&str]) -> PathBuf {
         let src = workspace_root().join(format!("tests/fixtures/dotnet/{name}.cs"));
         let out_dir = target_dir().join("fixtures").join(self.tfm());
         std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
         let dll = out_dir.join(format!("{name}.dll"));
-        let status = Command::new("mcs")
+        let mut mcs = Command::new("mcs");
+        if !assemblies.is_empty() {
+            let shared = self
+                .host()
+                .with_file_name("shared/Microsoft.NETCore.App")
+                .join(self.version());
+            mcs.args(["-nostdlib", "-nowarn:1702"]);
+            for a in ["System.Private.CoreLib", "System.Runtime"]
+                .iter()
+                .chain(assemblies)
+            {
+                mcs.arg(format!("-r:{}", shared.join(format!("{a}.dll")).display()));
+            }
+        }
+        let status = mcs
             .arg(format!("-out:{}", dll.display()))
             .args(["-target:exe", "-optimize+"])
             .arg(&src)
@@ -493,6 +515,33 @@ pub fn record_target(dir: &Path, flags: &[&str], target: &Command) -> Run {
         };
     }
     cmd.output().expect("run crossprof").into()
+}
+
+/// Waits (at most `limit`) until process `pid` holds a BPF link of
+/// `link_type` (as `/proc/PID/fdinfo` names it: `raw_tracepoint`, `perf`,
+/// ...): a crossprof started in the background has attached that program.
+/// Panics when it does not within `limit`.
+pub fn wait_for_link(pid: u32, link_type: &str, limit: Duration) {
+    let start = Instant::now();
+    let want = format!("link_type:\t{link_type}");
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.lines().any(|l| l.trim_end() == want))
+            });
+        if found {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "process {pid} has no {link_type} link after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `crossprof ARGS` to the end (at most `limit`).

@@ -16,7 +16,8 @@
 //! - stop to finished SVG (summary.json `stop_to_svg_ms`).
 //!
 //! The .NET figures come from [`dotnet`], the Go ones from [`go`], the mixed
-//! .NET/Go/C stacks' from [`mixed`].
+//! .NET/Go/C stacks' from [`mixed`], the off-CPU ones from [`offcpu`], request
+//! attribution's from [`http`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -37,6 +38,7 @@ use crate::{build, cmd, say};
 
 mod dotnet;
 mod go;
+mod http;
 mod mixed;
 mod offcpu;
 
@@ -48,6 +50,10 @@ pub struct Args {
     /// Exit non-zero when a figure misses its goal.
     #[arg(long)]
     strict: bool,
+    /// Only this part's figures (for working on one): dotnet, go, mixed,
+    /// offcpu or http.
+    #[arg(long, value_parser = ["dotnet", "go", "mixed", "offcpu", "http"])]
+    only: Option<String>,
 }
 
 /// The sampling frequencies measured; the first is crossprof's default.
@@ -77,6 +83,18 @@ pub fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("cannot create {}", bench_dir.display()))?;
     catch_sigint();
     let _stats = BpfStats::enable()?;
+    if let Some(part) = &args.only {
+        let figures = match part.as_str() {
+            "dotnet" => dotnet::figures(args.runs, &crossprof, &bench_dir)?,
+            "go" => go::figures(args.runs, &crossprof, &bench_dir)?,
+            "mixed" => mixed::figures(args.runs, &crossprof, &bench_dir)?,
+            "offcpu" => offcpu::figures(args.runs, &crossprof, &bench_dir)?,
+            _ => http::figures(args.runs, &crossprof, &bench_dir)?,
+        };
+        println!();
+        print!("{}", table(&figures));
+        return Ok(());
+    }
 
     let bench = Bench {
         fixture: &fixture,
@@ -129,6 +147,7 @@ pub fn run(args: &Args) -> Result<()> {
     let go_figures = go::figures(args.runs, &crossprof, &bench_dir)?;
     let mixed_figures = mixed::figures(args.runs, &crossprof, &bench_dir)?;
     let offcpu_figures = offcpu::figures(args.runs, &crossprof, &bench_dir)?;
+    let http_figures = http::figures(args.runs, &crossprof, &bench_dir)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -165,6 +184,7 @@ pub fn run(args: &Args) -> Result<()> {
     figures.extend(go_figures);
     figures.extend(mixed_figures);
     figures.extend(offcpu_figures);
+    figures.extend(http_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();
