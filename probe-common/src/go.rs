@@ -188,6 +188,25 @@ pub struct Goroutine {
 }
 const _: () = assert!(core::mem::size_of::<Goroutine>() == 176);
 
+/// A ring-buffer record: a goroutine created by another one got its id
+/// (`RecordKind::GoroutineStart`), sent only with request attribution: the
+/// collector lets it work for the request its creator works for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineStart {
+    /// `RecordKind::GoroutineStart`.
+    pub kind: u32,
+    /// Process.
+    pub pid: u32,
+    /// Its id.
+    pub goid: u64,
+    /// Its creator's id.
+    pub parent_goid: u64,
+    /// When (CLOCK_MONOTONIC ns).
+    pub time_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoroutineStart>() == 32);
+
 /// A ring-buffer record: a goroutine ended (`RecordKind::GoroutineEnd`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

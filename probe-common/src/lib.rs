@@ -47,6 +47,9 @@ pub enum RecordKind {
     /// An [`http::HttpEvent`] without its bytes: a target read the start of an
     /// HTTP response (a client receiving it).
     HttpResponseRead = 9,
+    /// A [`go::GoroutineStart`]: a goroutine's id became known, with its
+    /// creator's (with request attribution and the goroutine-state probes).
+    GoroutineStart = 10,
 }
 
 impl RecordKind {
@@ -62,6 +65,7 @@ impl RecordKind {
             7 => Some(Self::HttpResponse),
             8 => Some(Self::HttpRequestSent),
             9 => Some(Self::HttpResponseRead),
+            10 => Some(Self::GoroutineStart),
             _ => None,
         }
     }

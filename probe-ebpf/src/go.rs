@@ -18,8 +18,8 @@ use probe_common::{
     Counter, RecordKind,
     go::{
         COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, G_SCHED_SP, GKey, GoOffsets, Goroutine,
-        GoroutineEnd, MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES,
-        UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
+        GoroutineEnd, GoroutineStart, MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES,
+        MAX_SWITCH_FRAMES, UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
     native::{FLAG_USER_TRUNCATED, MAX_FRAMES, STACK_TOP_WORDS, SampleScratch, record_len},
 };
@@ -457,7 +457,7 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
                     0
                 };
             }
-            enter(r, gp, new, now, goid_off, reason_off);
+            enter(r, tgid, gp, new, now, goid_off, reason_off);
             return;
         }
     };
@@ -480,7 +480,7 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
         };
         r.ns[s] += spent;
     }
-    enter(r, gp, new, now, goid_off, reason_off);
+    enter(r, tgid, gp, new, now, goid_off, reason_off);
     if new == status::DEAD {
         end(r, tgid, now);
         let _ = GOROUTINES.remove(key);
@@ -562,7 +562,7 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
     // scratch slot lives for the whole program run.
     let record =
         unsafe { core::slice::from_raw_parts(scratch as *const SampleScratch as *const u8, len) };
-    match EVENTS.output::<[u8]>(record, 0) {
+    match EVENTS.output::<[u8]>(record, crate::wakeup_flags()) {
         Ok(()) => {
             count(Counter::GoBlocks);
         }
@@ -572,9 +572,17 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
     }
 }
 
-/// The goroutine enters `new` at `now`.
+/// The goroutine `gp` of `tgid` enters `new` at `now`.
 #[inline(always)]
-fn enter(r: &mut Goroutine, gp: u64, new: u32, now: u64, goid_off: u64, reason_off: u64) {
+fn enter(
+    r: &mut Goroutine,
+    tgid: u32,
+    gp: u64,
+    new: u32,
+    now: u64,
+    goid_off: u64,
+    reason_off: u64,
+) {
     r.status = new;
     r.since_ns = now;
     r.changes += 1;
@@ -588,8 +596,30 @@ fn enter(r: &mut Goroutine, gp: u64, new: u32, now: u64, goid_off: u64, reason_o
     if r.changes <= 3 {
         // SAFETY: user read through the checking helper.
         if let Ok(goid) = unsafe { bpf_probe_read_user((gp + goid_off) as *const u64) } {
+            if r.goid == 0 && goid != 0 && r.creation.parent_goid != 0 && config().http != 0 {
+                started(tgid, goid, r.creation.parent_goid, now);
+            }
             r.goid = goid;
         }
+    }
+}
+
+/// Tells the collector goroutine `goid` of `tgid`, created by `parent_goid`,
+/// has its id (request attribution: it works for its creator's request).
+#[inline(always)]
+fn started(tgid: u32, goid: u64, parent_goid: u64, now: u64) {
+    let record = GoroutineStart {
+        kind: RecordKind::GoroutineStart as u32,
+        pid: tgid,
+        goid,
+        parent_goid,
+        time_ns: now,
+    };
+    if EVENTS
+        .output::<GoroutineStart>(&record, crate::wakeup_flags())
+        .is_err()
+    {
+        count(Counter::HttpEventsLost);
     }
 }
 

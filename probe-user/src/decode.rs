@@ -37,6 +37,15 @@ pub enum Record {
         /// When (CLOCK_MONOTONIC ns).
         time_ns: u64,
     },
+    /// A goroutine created by another one got its id (request attribution).
+    GoroutineStart {
+        /// Its process.
+        pid: u32,
+        /// Its id.
+        goid: u64,
+        /// Its creator's id.
+        parent_goid: u64,
+    },
     /// A process mapped a file's code (`dlopen`): its maps are read again.
     MapsChanged {
         /// The process.
@@ -167,6 +176,21 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     match RecordKind::from_u32(kind) {
         Some(RecordKind::CpuSample | RecordKind::OffCpuSample | RecordKind::GoBlockSample) => {}
         Some(RecordKind::GoroutineEnd) => return decode_goroutine_end(buf),
+        Some(RecordKind::GoroutineStart) => {
+            let need = size_of::<probe_common::go::GoroutineStart>();
+            if len < need {
+                return Err(DecodeError::Short { len, need });
+            }
+            buf.advance(4);
+            let pid = buf.get_u32_le();
+            let goid = buf.get_u64_le();
+            let parent_goid = buf.get_u64_le();
+            return Ok(Record::GoroutineStart {
+                pid,
+                goid,
+                parent_goid,
+            });
+        }
         Some(
             kind @ (RecordKind::HttpRequest
             | RecordKind::HttpResponse

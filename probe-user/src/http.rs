@@ -99,6 +99,11 @@ struct InFlight {
     start_ns: u64,
     /// Sent by its worker (a client waiting for the response), not received.
     client: bool,
+    /// For a goroutine created while its creator worked for the request: the
+    /// worker that read it (its time ends with that worker's).
+    root: Option<Worker>,
+    /// For the worker that read it: the goroutines working for it too.
+    heirs: Vec<Worker>,
 }
 
 /// A request slower than `--slow-ms`, with where its time went.
@@ -147,6 +152,9 @@ pub struct Requests {
     pub overflow: u64,
     /// Requests sent with a valid traceparent (clients).
     pub sent: u64,
+    /// Goroutines that worked for the request of the goroutine that created
+    /// them.
+    pub inherited: u64,
 }
 
 impl Requests {
@@ -168,15 +176,18 @@ impl Requests {
                 if self.current.len() < MAX_IN_FLIGHT || self.current.contains_key(&worker) =>
             {
                 self.traced += 1;
-                self.current.insert(
+                let old = self.current.insert(
                     worker,
                     InFlight {
                         trace,
                         pid,
                         start_ns: time_ns,
                         client: false,
+                        root: None,
+                        heirs: Vec::new(),
                     },
                 );
+                self.drop_heirs(worker, old.as_ref());
             }
             Some(_) => self.overflow += 1,
             None => {
@@ -186,7 +197,26 @@ impl Requests {
                 if !ends && bytes.len() < probe_common::http::HTTP_BYTES {
                     self.partial += 1;
                 }
-                self.current.remove(&worker);
+                let old = self.current.remove(&worker);
+                self.drop_heirs(worker, old.as_ref());
+            }
+        }
+    }
+
+    /// `worker` no longer works for `old`'s request: nor do its heirs.
+    fn drop_heirs(&mut self, worker: Worker, old: Option<&InFlight>) {
+        let Some(old) = old else {
+            return;
+        };
+        for heir in &old.heirs {
+            // Only an heir still working for it (goroutine ids are never
+            // reused, but an heir may have read a request of its own).
+            if self
+                .current
+                .get(heir)
+                .is_some_and(|h| h.root == Some(worker) && h.trace == old.trace)
+            {
+                self.current.remove(heir);
             }
         }
     }
@@ -219,8 +249,51 @@ impl Requests {
                 pid,
                 start_ns: time_ns,
                 client: true,
+                root: None,
+                heirs: Vec::new(),
             },
         );
+    }
+
+    /// Goroutine `goid` of `pid` was created by `parent_goid`: if the creator
+    /// works for a request, so does it (a handler's fan-out, a helper it waits
+    /// on), until the request ends or the goroutine does.
+    pub fn goroutine_started(&mut self, pid: u32, goid: u64, parent_goid: u64) {
+        let parent = Worker::Goroutine(pid, parent_goid);
+        let Some(p) = self.current.get(&parent) else {
+            return;
+        };
+        if self.current.len() >= MAX_IN_FLIGHT {
+            self.overflow += 1;
+            return;
+        }
+        let (trace, start_ns) = (p.trace.clone(), p.start_ns);
+        let root = p.root.unwrap_or(parent);
+        let child = Worker::Goroutine(pid, goid);
+        let Some(r) = self.current.get_mut(&root) else {
+            return;
+        };
+        r.heirs.push(child);
+        self.inherited += 1;
+        self.current.insert(
+            child,
+            InFlight {
+                trace,
+                pid,
+                start_ns,
+                client: false,
+                root: Some(root),
+                heirs: Vec::new(),
+            },
+        );
+    }
+
+    /// Goroutine `goid` of `pid` ended: it works for no request any more.
+    pub fn goroutine_ended(&mut self, pid: u32, goid: u64) {
+        let w = Worker::Goroutine(pid, goid);
+        if self.current.get(&w).is_some_and(|r| r.root.is_some()) {
+            self.current.remove(&w);
+        }
     }
 
     /// Thread `tid` of `pid`, running goroutine `goid`, read the start of a
@@ -247,8 +320,11 @@ impl Requests {
     pub fn response(&mut self, pid: u32, tid: u32, goid: u64, time_ns: u64) -> Option<Finished> {
         self.seen(pid, goid);
         let worker = Worker::of(pid, tid, goid);
-        if self.current.get(&worker)?.client {
-            return None; // a client's request ends when it reads the response
+        let r = self.current.get(&worker)?;
+        if r.client || r.root.is_some() {
+            // A client's request ends when it reads the response; an heir's
+            // with its root's.
+            return None;
         }
         let done = self.current.remove(&worker)?;
         Some(self.done(worker, done, time_ns))
@@ -269,6 +345,7 @@ impl Requests {
 
     /// A request ended: kept if slow, its causes dropped otherwise.
     fn done(&mut self, worker: Worker, r: InFlight, end_ns: u64) -> Finished {
+        self.drop_heirs(worker, Some(&r));
         let causes = self
             .causes
             .remove(&(r.pid, r.trace.clone()))
@@ -481,5 +558,40 @@ mod tests {
         r.response(4, 40, 9, 0);
         assert_eq!(r.trace(4, 40, 9), None);
         assert_eq!((r.traced, r.sent), (1, 1));
+    }
+
+    #[test]
+    fn goroutines_created_for_a_request_work_for_it_until_it_ends() {
+        let mut r = Requests::default();
+        let traced = |t: char| {
+            let id: String = std::iter::repeat_n(t, 32).collect();
+            request(&format!("traceparent: 00-{id}-b7ad6b7169203331-01"))
+        };
+        let one: String = std::iter::repeat_n('1', 32).collect();
+        r.request(Worker::of(1, 10, 7), &traced('1'), 0);
+        // Created by the handler, and by its child: both work for request 1.
+        r.goroutine_started(1, 20, 7);
+        r.goroutine_started(1, 21, 20);
+        // Created by a goroutine working for nothing: nothing.
+        r.goroutine_started(1, 22, 99);
+        assert_eq!(r.trace(1, 11, 20), Some(one.as_str()));
+        assert_eq!(r.trace(1, 11, 21), Some(one.as_str()));
+        assert_eq!(r.trace(1, 11, 22), None);
+        // An heir writing a response does not end the request.
+        assert_eq!(r.response(1, 11, 20, 1), None);
+        // An heir that ends works for nothing; the others go on.
+        r.goroutine_ended(1, 21);
+        assert_eq!(r.trace(1, 11, 21), None);
+        assert_eq!(r.trace(1, 11, 20), Some(one.as_str()));
+        // The request's end is its heirs'.
+        assert!(r.response(1, 10, 7, 2).is_some());
+        assert_eq!(r.trace(1, 11, 20), None);
+        assert_eq!(r.inherited, 2);
+        // A request replaced by the next one on the same goroutine takes its
+        // heirs with it.
+        r.request(Worker::of(1, 10, 7), &traced('1'), 3);
+        r.goroutine_started(1, 30, 7);
+        r.request(Worker::of(1, 10, 7), &traced('2'), 4);
+        assert_eq!(r.trace(1, 11, 30), None);
     }
 }

@@ -281,7 +281,13 @@ impl Pipeline {
                     // mapping exists).
                     maps_changed.insert(pid);
                 }
+                Ok(Record::GoroutineStart {
+                    pid,
+                    goid,
+                    parent_goid,
+                }) => self.requests.goroutine_started(pid, goid, parent_goid),
                 Ok(Record::GoroutineEnd { pid, end_ns: _, g }) => {
+                    self.requests.goroutine_ended(pid, g.goid);
                     if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go_states.as_mut()) {
                         t.ended.push(g);
                     }
@@ -1079,6 +1085,7 @@ async fn run(
                 ("partial", requests.partial),
                 ("overflow", requests.overflow),
                 ("sent", requests.sent),
+                ("inherited", requests.inherited),
             ])
         }),
         mode: match args.mode {

@@ -466,3 +466,51 @@ fn a_thousand_concurrent_connections_are_each_followed() {
         }
     }
 }
+
+/// Work a request hands to a goroutine: with `fan` on, each handler of
+/// `traced.go` burns its 100 ms in a goroutine it creates (`main.helper`) and
+/// waits for it. In wall mode (goroutine-state probes on), each request from
+/// the second on has 100 ms ± 20% of `main.helper;main.burn` under its own
+/// trace, and its handler's wait for it (`main.work`, `[wait: chan receive]`)
+/// too; every helper was counted as inheriting its creator's request.
+#[test]
+fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
+    let bin = Go::Go127.fixture("traced", GoBuild::Normal);
+    let dir = out_dir("trace_fanout");
+    let run = record_command(
+        &dir,
+        &["--group-by", "trace", "--mode", "wall"],
+        &bin,
+        &["10", "100", "0", "0", "1"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let us = |level: &str, pred: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|s| s.frames.iter().any(|f| f == level) && pred(&s.frames))
+            .map(|s| s.count)
+            .sum()
+    };
+    for i in 2..=10u32 {
+        let level = format!("trace {i:032x}");
+        let helper = us(&level, &|f| f.iter().any(|f| f == "main.helper"));
+        assert!(
+            (80_000..=120_000).contains(&helper),
+            "request {i}: {helper} µs of main.helper under its trace:\n{stacks:#?}"
+        );
+        let waited = us(&level, &|f| {
+            f.iter().any(|f| f == "main.work")
+                && f.last().is_some_and(|l| l == "[wait: chan receive]")
+        });
+        assert!(
+            (80_000..=120_000).contains(&waited),
+            "request {i}: {waited} µs of main.work waiting for its helper"
+        );
+    }
+    let summary = read_summary(&dir);
+    assert!(
+        summary["http_requests"]["inherited"].as_u64().unwrap() >= 9,
+        "{summary:#}"
+    );
+}
