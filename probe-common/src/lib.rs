@@ -92,8 +92,13 @@ pub struct Config {
     /// Non-zero: HTTP request starts and response starts are sent
     /// (`--group-by trace`).
     pub http: u32,
+    /// Non-zero: an off-CPU span carries the kernel stack its thread blocked
+    /// with (`--kernel-waits`).
+    pub off_cpu_kernel: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.

@@ -6,7 +6,10 @@
 //! returns (`raw_syscalls:sys_exit`, in the thread's own context, so its user
 //! stack is still the one it made the call with) it sends an
 //! [`crate::RecordKind::OffCpuSample`]: a [`crate::native::SampleHeader`] with
-//! `off_cpu_*` set and both stacks, if the span lasted `Config::min_block_ns`.
+//! `off_cpu_*` set and both stacks, if the span lasted `Config::min_block_ns`:
+//! the user stack read then (unchanged since the call), the kernel stack taken
+//! at the switch (where the thread waited; at the call's return it is only the
+//! exit path).
 //! Not followed: preemption (waiting for a CPU while runnable) and waits
 //! outside system calls (page faults). Kernels without kprobes and with
 //! lockdown (this machine's: fentry/fexit are refused) still have both
@@ -15,6 +18,15 @@
 /// Threads blocked in a system call tracked at once (all targets together;
 /// least recently used out first); a failed insert is `Counter::OffCpuUntracked`.
 pub const MAX_OFF_CPU_THREADS: u32 = 1 << 16;
+
+/// Kernel frames kept of a blocked thread's stack, taken as it leaves the CPU
+/// (`schedule` and the call's path into it).
+pub const MAX_OFF_CPU_KERNEL_FRAMES: usize = 32;
+
+/// Blocked threads whose kernel stack is kept at once (least recently used
+/// out first; a span whose stack was evicted is sent without it, counted as
+/// `Counter::KernelStackError`).
+pub const MAX_OFF_CPU_KERNEL_STACKS: u32 = 1 << 13;
 
 /// The thread state bits kept (`prev_state` of the `sched_switch` tracepoint).
 pub const STATE_MASK: u16 = 0x7fff;

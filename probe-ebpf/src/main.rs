@@ -36,6 +36,8 @@ static CONFIG: Config = Config {
     min_block_ns: 0,
     go_block: 0,
     http: 0,
+    off_cpu_kernel: 0,
+    _pad: 0,
 };
 
 /// Every record, of every kind, for the collector.

@@ -29,6 +29,7 @@ use probe_common::{
         MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UNWIND_PAGE_SHIFT,
         UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
     },
+    offcpu::MAX_OFF_CPU_KERNEL_FRAMES,
 };
 
 use crate::{EVENTS, SCRATCH, TARGETS, config, count};
@@ -60,7 +61,11 @@ pub fn sample(ctx: &PerfEventContext) {
     record(
         ctx.as_ptr(),
         pid_tgid,
-        !in_user,
+        if in_user {
+            Kernel::None
+        } else {
+            Kernel::Current
+        },
         || {
             if in_user {
                 // SAFETY: the perf_event context is readable directly.
@@ -93,11 +98,22 @@ pub(crate) struct OffCpu {
 /// (asked for after the kernel stack: the verifier checks the program in half
 /// the time than with them live across it); an on-CPU sample, or the end of
 /// an off-CPU span when `off_cpu` is set.
+/// Where a record's kernel frames come from.
+pub(crate) enum Kernel {
+    /// None (a sample taken in user mode).
+    None,
+    /// The current kernel stack.
+    Current,
+    /// A stack kept earlier (an off-CPU span's, from its switch-out); null
+    /// when it was not kept (a `KernelStackError`).
+    Saved(*const crate::offcpu::KernelStack),
+}
+
 #[inline(always)]
 pub(crate) fn record(
     ctx: *mut c_void,
     pid_tgid: u64,
-    kernel: bool,
+    kernel: Kernel,
     user_regs: impl FnOnce() -> Option<UserRegs>,
     off_cpu: Option<OffCpu>,
 ) {
@@ -111,17 +127,35 @@ pub(crate) fn record(
     let scratch = unsafe { &mut *scratch };
     let mut flags = 0u32;
 
-    let kernel_bytes = if !kernel {
-        0
-    } else {
+    let kernel_bytes = match kernel {
+        Kernel::None => 0,
         // SAFETY: the buffer is STACK_BYTES long at the start of `ips`.
-        unsafe {
+        Kernel::Current => unsafe {
             bpf_get_stack(
                 ctx,
                 scratch.ips.as_mut_ptr().cast::<c_void>(),
                 STACK_BYTES,
                 0,
             )
+        },
+        Kernel::Saved(stack) if stack.is_null() => -1,
+        Kernel::Saved(stack) => {
+            // One fixed-size copy, not a loop over the frames: a loop's exits
+            // would each be a state for the verifier to walk the rest with.
+            // SAFETY: a map value of the caller's, valid for this run; the
+            // destination is the start of `ips`, longer than the source.
+            let n = unsafe {
+                generated::bpf_probe_read_kernel(
+                    scratch.ips.as_mut_ptr().cast::<c_void>(),
+                    (MAX_OFF_CPU_KERNEL_FRAMES * 8) as u32,
+                    (*stack).ips.as_ptr().cast::<c_void>(),
+                );
+                (*stack).frames
+            };
+            // A mask, not a comparison: one bounded state for the verifier to
+            // walk the rest of the record with (`frames` is at most 32 already:
+            // `bpf_get_stack` filled at most that many).
+            ((n & (2 * MAX_OFF_CPU_KERNEL_FRAMES as u64 - 1)) * 8) as i64
         }
     };
     let kernel_frames = frames_in(

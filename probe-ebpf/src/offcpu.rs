@@ -6,14 +6,17 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::map,
     maps::LruHashMap,
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use probe_common::{
     Counter,
-    offcpu::{MAX_OFF_CPU_THREADS, STATE_MASK, state},
+    offcpu::{
+        MAX_OFF_CPU_KERNEL_FRAMES, MAX_OFF_CPU_KERNEL_STACKS, MAX_OFF_CPU_THREADS, STATE_MASK,
+        state,
+    },
 };
 
 use crate::{
@@ -36,6 +39,26 @@ struct Away {
 /// first to go when the table is full.
 #[map]
 static AWAY: LruHashMap<u32, Away> = LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
+
+/// A blocked thread's kernel stack as it left the CPU: frames, then how many.
+#[repr(C)]
+pub struct KernelStack {
+    pub ips: [u64; MAX_OFF_CPU_KERNEL_FRAMES],
+    pub frames: u64,
+}
+
+/// The kernel stacks of target threads blocked in a system call, by thread id
+/// (LRU, smaller than [`AWAY`]: a span whose stack was evicted goes without).
+#[map]
+pub static AWAY_STACKS: LruHashMap<u32, KernelStack> =
+    LruHashMap::with_max_entries(MAX_OFF_CPU_KERNEL_STACKS, 0);
+
+/// What a new [`AWAY_STACKS`] entry starts from (inserted, then filled in
+/// place by `bpf_get_stack`: 264 bytes are too many for the BPF stack).
+static EMPTY_STACK: KernelStack = KernelStack {
+    ips: [0; MAX_OFF_CPU_KERNEL_FRAMES],
+    frames: 0,
+};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct
 /// *next, unsigned int prev_state)` (the tracepoint's arguments since Linux
@@ -77,11 +100,42 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
     // The first block of the call is kept (a call may block several times:
     // a futex woken early, a read that waits again).
     match AWAY.insert(tid, away, u64::from(BPF_NOEXIST)) {
+        Ok(()) if cfg.off_cpu_kernel != 0 => keep_kernel_stack(ctx, tid),
         Ok(()) => {}
         Err(-17) => {} // EEXIST: already blocked in this call
         Err(_) => {
             count(Counter::OffCpuUntracked);
         }
+    }
+}
+
+/// Frames of the kernel stack at the switch that are this program's own call
+/// (`bpf_prog_..._off_cpu_start` and `bpf_trace_run4`, called straight from
+/// `__schedule` on Linux 6.x: the stack then starts at `__schedule`).
+const OWN_FRAMES: u64 = 2;
+
+/// Keeps the kernel stack `tid` blocks with (this program runs in its context,
+/// in `__schedule`), for [`syscall_exit`] to send.
+#[inline(always)]
+fn keep_kernel_stack(ctx: &BtfTracePointContext, tid: u32) {
+    // By reference: a copy of the static would be built on the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if AWAY_STACKS.insert(tid, &EMPTY_STACK, 0).is_err() {
+        return;
+    }
+    let Some(stack) = AWAY_STACKS.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: the map value is this thread's (only its own switch-out and
+    // call return touch it); the helper writes at most the array's size.
+    unsafe {
+        let n = generated::bpf_get_stack(
+            ctx.as_ptr(),
+            (*stack).ips.as_mut_ptr().cast(),
+            (MAX_OFF_CPU_KERNEL_FRAMES * 8) as u32,
+            OWN_FRAMES,
+        );
+        (*stack).frames = if n > 0 { n as u64 / 8 } else { 0 };
     }
 }
 
@@ -102,15 +156,21 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(away.since_ns);
     if ns < config().min_block_ns {
         count(Counter::OffCpuShort);
+        let _ = AWAY_STACKS.remove(tid);
         return;
     }
-    // No kernel stack: at the call's return it is the exit path and this
-    // program, not where the thread waited (the leaf names the call instead).
+    // The kernel stack kept at the switch (`--kernel-waits`): at the call's
+    // return it is only the exit path and this program.
+    let kernel = if config().off_cpu_kernel != 0 {
+        native::Kernel::Saved(AWAY_STACKS.get_ptr(tid).unwrap_or(core::ptr::null()))
+    } else {
+        native::Kernel::None
+    };
     crate::set_scratch_busy(true);
     native::record(
         ctx.as_ptr(),
         pid_tgid,
-        false,
+        kernel,
         native::saved_user_regs,
         Some(OffCpu {
             ns,
@@ -119,4 +179,5 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         }),
     );
     crate::set_scratch_busy(false);
+    let _ = AWAY_STACKS.remove(tid);
 }

@@ -64,6 +64,9 @@ pub enum UsageError {
     /// `--duration` is not a positive number of seconds.
     #[error("--duration {0} is not a positive number of seconds: use e.g. --duration 10")]
     Duration(f64),
+    /// `--kernel-waits` without off-CPU spans to give them to.
+    #[error("--kernel-waits needs off-CPU spans: add --mode offcpu or --mode wall")]
+    KernelWaits,
     /// A command-line syntax error reported by clap.
     #[error("{0}")]
     Syntax(String),

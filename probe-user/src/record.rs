@@ -448,6 +448,9 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     preflight::check_duration(args.duration)?;
     preflight::check_freq(args.freq)?;
     preflight::check_debug_dirs(&args.debug_dirs)?;
+    if args.kernel_waits && !matches!(args.mode, Mode::Offcpu | Mode::Wall) {
+        return Err(UsageError::KernelWaits.into());
+    }
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pids = preflight::resolve_pids(&args.pids)?;
@@ -503,6 +506,7 @@ async fn start(
         min_block_ns: args.min_block.saturating_mul(1000),
         go_block: args.mode.goroutine_waits(),
         http: args.group_by.contains(&GroupBy::Trace),
+        off_cpu_kernel: args.kernel_waits,
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;

@@ -129,6 +129,8 @@ pub struct SamplerConfig {
     pub go_block: bool,
     /// Follow HTTP requests (`--group-by trace`).
     pub http: bool,
+    /// Keep each off-CPU span's kernel stack (`--kernel-waits`).
+    pub off_cpu_kernel: bool,
 }
 
 /// The loaded kernel side.
@@ -158,6 +160,8 @@ impl Sampler {
             min_block_ns: cfg.min_block_ns,
             go_block: u32::from(cfg.go_block),
             http: u32::from(cfg.http),
+            off_cpu_kernel: u32::from(cfg.off_cpu_kernel),
+            _pad: 0,
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.

@@ -194,3 +194,14 @@ fn a_trace_id_that_is_not_one() {
         Some(&dir),
     );
 }
+
+#[test]
+fn kernel_waits_without_off_cpu_spans() {
+    let (dir, d) = out("err_kernel_waits");
+    let run = run_crossprof(&["record", "--kernel-waits", "-o", &d, "--", "true"], LIMIT);
+    assert_rejected(
+        &run,
+        "--kernel-waits needs off-CPU spans: add --mode offcpu or --mode wall",
+        Some(&dir),
+    );
+}

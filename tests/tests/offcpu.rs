@@ -22,20 +22,27 @@ fn leaf(frames: &[String]) -> &str {
 
 /// `sleeper.c`: a thread sleeps 2 s in `nap` (nanosleep) while main waits for
 /// it in pthread_join. The sleeping thread's off-CPU time under
-/// `sleeper;nap;...;[sleep]` is within 5% of 2 s, its leaf is `[sleep]`; main's
-/// join is `[blocked: futex]` for about as long; and nothing else is called
-/// sleep.
+/// `sleeper;nap;...;[sleep]` is within 5% of 2 s, its leaf is `[sleep]`, with
+/// (`--kernel-waits`) the kernel stack it waited in (taken at the switch: the
+/// nanosleep path down to `__schedule`, none of crossprof's own frames); main's join is
+/// `[blocked: futex]` for about as long; and nothing else is called sleep.
 #[test]
 fn a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack() {
     let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
     let dir = out_dir("offcpu_sleeper");
-    let run = record_command(&dir, &["--mode", "offcpu"], &bin, &["2"]);
+    let run = record_command(&dir, &["--mode", "offcpu", "--kernel-waits"], &bin, &["2"]);
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stdout.starts_with("done"), "{}", run.stdout);
     let stacks = read_folded(&dir);
     let weight = |pred: &dyn Fn(&[String]) -> bool| weight(&stacks, pred);
     let slept = weight(&|f| has(f, "nap") && has(f, "sleeper") && leaf(f) == "[sleep]");
     let all_sleep = weight(&|f| leaf(f) == "[sleep]");
+    let in_kernel = weight(&|f| {
+        leaf(f) == "[sleep]"
+            && has(f, "do_nanosleep_[k]")
+            && f[f.len() - 2] == "__schedule_[k]"
+            && !f.iter().any(|f| f.starts_with("bpf_"))
+    });
     let joined = weight(&|f| has(f, "main") && leaf(f) == "[blocked: futex]");
     println!("nap [sleep]: {slept} µs; any [sleep]: {all_sleep} µs; main join: {joined} µs");
     assert!(
@@ -45,6 +52,10 @@ fn a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack() {
     assert_eq!(
         slept, all_sleep,
         "[sleep] outside nap's stack:\n{stacks:#?}"
+    );
+    assert_eq!(
+        in_kernel, slept,
+        "the sleep without its kernel stack:\n{stacks:#?}"
     );
     assert!(
         (1_800_000..=2_200_000).contains(&joined),
@@ -85,7 +96,8 @@ fn spans_shorter_than_min_block_are_dropped_in_the_kernel() {
 
 /// `--mode wall`: the sleeper thread spins 1 s, then sleeps 1 s. Its wall
 /// profile (one level per thread) has about 1 s under `spin;[running]` (99 Hz
-/// samples of 10,101 µs each) and 1 s ± 5% under `nap;[sleep]`.
+/// samples of 10,101 µs each) and 1 s ± 5% under `nap;[sleep]` (without
+/// `--kernel-waits`: no kernel frame above the user stack).
 #[test]
 fn wall_mode_weighs_running_and_blocked_time_per_thread() {
     let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
@@ -96,6 +108,8 @@ fn wall_mode_weighs_running_and_blocked_time_per_thread() {
     let weight = |pred: &dyn Fn(&[String]) -> bool| weight(&stacks, pred);
     let running = weight(&|f| has(f, "spin") && leaf(f) == "[running]");
     let slept = weight(&|f| has(f, "nap") && leaf(f) == "[sleep]");
+    let kernel = weight(&|f| leaf(f) == "[sleep]" && f.iter().any(|f| f.ends_with("_[k]")));
+    assert_eq!(kernel, 0, "kernel frames without --kernel-waits");
     println!("spin [running]: {running} µs; nap [sleep]: {slept} µs");
     assert!(
         (850_000..=1_150_000).contains(&running),
