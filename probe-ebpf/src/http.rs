@@ -1,5 +1,6 @@
 //! Request attribution (see `probe_common::http`): the start of an HTTP
-//! request read by a target, and the start of a response it writes.
+//! request or response a target reads or writes — a server receiving a request
+//! and answering it, a client sending one and receiving the answer.
 
 use aya_ebpf::{
     bindings::pt_regs,
