@@ -128,15 +128,21 @@ fn keep_kernel_stack(ctx: &BtfTracePointContext, tid: u32) {
     };
     // SAFETY: the map value is this thread's (only its own switch-out and
     // call return touch it); the helper writes at most the array's size.
-    unsafe {
-        let n = generated::bpf_get_stack(
+    let n = unsafe {
+        generated::bpf_get_stack(
             ctx.as_ptr(),
             (*stack).ips.as_mut_ptr().cast(),
             (MAX_OFF_CPU_KERNEL_FRAMES * 8) as u32,
             OWN_FRAMES,
-        );
-        (*stack).frames = if n > 0 { n as u64 / 8 } else { 0 };
+        )
+    };
+    if n <= 0 {
+        // Unreadable: the span goes without, marked as such (no entry).
+        let _ = AWAY_STACKS.remove(tid);
+        return;
     }
+    // SAFETY: as above.
+    unsafe { (*stack).frames = n as u64 / 8 };
 }
 
 /// `sys_exit` (raw tracepoint: no event record is filled), in the thread's
