@@ -116,6 +116,8 @@ pub mod names {
     pub const TARGETS: &str = "TARGETS";
     /// The `.rodata` global holding the [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
+    /// Off-CPU records built at the switch, by thread (`MAX_OFF_CPU_STASHED`).
+    pub const OFF_CPU_STASH: &str = "OFF_CPU_STASH";
     /// The perf_event program that samples on-CPU stacks.
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
     /// The `sched_switch` program that notes a thread leaving the CPU.

@@ -28,6 +28,12 @@ pub const MAX_OFF_CPU_KERNEL_FRAMES: usize = 32;
 /// `Counter::KernelStackError`).
 pub const MAX_OFF_CPU_KERNEL_STACKS: u32 = 1 << 13;
 
+/// Blocked threads whose off-CPU record is built at the switch and kept until
+/// the call returns (least recently used out first; a thread without one is
+/// walked at the return instead, as before). Each holds a whole record
+/// (~2 KiB); only `--mode offcpu`/`wall` load the table at this size.
+pub const MAX_OFF_CPU_STASHED: u32 = 1 << 12;
+
 /// The thread state bits kept (`prev_state` of the `sched_switch` tracepoint).
 pub const STATE_MASK: u16 = 0x7fff;
 

@@ -26,8 +26,8 @@ use probe_common::{
         FLAG_FP_BASELINE, FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE,
         FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, FP_BASELINE_EVERY,
         MAX_FRAMES, MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_PIDS,
-        MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, UNWIND_PAGE_SHIFT,
-        UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
+        MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, SampleScratch,
+        UNWIND_PAGE_SHIFT, UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
     },
     offcpu::MAX_OFF_CPU_KERNEL_FRAMES,
 };
@@ -82,6 +82,7 @@ pub fn sample(ctx: &PerfEventContext) {
             }
         },
         None,
+        Output::Ring,
     );
 }
 
@@ -109,6 +110,15 @@ pub(crate) enum Kernel {
     Saved(*const crate::offcpu::KernelStack),
 }
 
+/// Where a built record goes.
+pub(crate) enum Output {
+    /// The ring buffer, now.
+    Ring,
+    /// The off-CPU stash of the current thread, to be sent when its system
+    /// call returns (see `offcpu::syscall_exit`).
+    Stash,
+}
+
 #[inline(always)]
 pub(crate) fn record(
     ctx: *mut c_void,
@@ -116,6 +126,7 @@ pub(crate) fn record(
     kernel: Kernel,
     user_regs: impl FnOnce() -> Option<UserRegs>,
     off_cpu: Option<OffCpu>,
+    output: Output,
 ) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -290,16 +301,25 @@ pub(crate) fn record(
         header.fp_outermost = outermost;
         header.fp_frames = n;
     }
-    let frames = kernel_frames + user_frames + header.go_switch_frames as usize;
+    match output {
+        Output::Ring => send(ctx, scratch),
+        Output::Stash => crate::offcpu::stash(tid, scratch),
+    }
+}
+
+/// Sends the record built in `scratch` (its length from its frame counts).
+#[inline(always)]
+pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch) {
+    let h = &scratch.header;
+    let frames = h.kernel_frames as usize + h.user_frames as usize + h.go_switch_frames as usize;
     let len = record_len(if frames > 2 * MAX_FRAMES {
         2 * MAX_FRAMES
     } else {
         frames
     });
-    // SAFETY: len <= size_of::<SampleScratch>() because each stack has at most
-    // MAX_FRAMES frames, and the scratch slot lives for the whole program run.
+    // SAFETY: len <= size_of::<SampleScratch>() (at most 2 * MAX_FRAMES
+    // frames), and the record lives for the whole program run.
     let record = unsafe { core::slice::from_raw_parts(scratch as *const _ as *const u8, len) };
-
     match EVENTS.output::<[u8]>(record, crate::wakeup_flags()) {
         Ok(()) => {
             count(Counter::Sent);
@@ -309,7 +329,7 @@ pub(crate) fn record(
             if count(Counter::DropRingFull) == 1 {
                 warn!(
                     ctx,
-                    "ring buffer full on cpu {}: samples are being dropped", cpu
+                    "ring buffer full on cpu {}: samples are being dropped", h.cpu
                 );
             }
         }

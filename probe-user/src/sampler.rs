@@ -168,6 +168,14 @@ impl Sampler {
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .map_max_entries(names::EVENTS, ring)
+            .map_max_entries(
+                names::OFF_CPU_STASH,
+                if cfg.off_cpu {
+                    probe_common::offcpu::MAX_OFF_CPU_STASHED
+                } else {
+                    1
+                },
+            )
             .override_global(names::CONFIG, &config, true)
             .load(PROBE_OBJECT)
             .map_err(SamplerError::Load)?;
