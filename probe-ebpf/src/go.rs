@@ -139,16 +139,28 @@ pub fn goroutine(
     };
     // R14 is the `g` whose stack holds SP; or, in a signal handler entered from
     // Go code (before the handler switches R14), the interrupted `g`, while SP is
-    // on its thread's signal stack (`g.m.gsignal`).
+    // on its thread's signal stack (`g.m.gsignal`); or the goroutine itself,
+    // still `m.curg`, while SP is on its thread's `g0` stack: a vDSO call
+    // (`runtime.nanotime1`/`walltime` move SP to g0 and leave R14), whose
+    // samples were `[no trace]`/goroutine 0 before.
     let m_gsignal = u64::from(offsets.m_gsignal);
     let mut on_signal_stack = false;
     if !holds(r14)? {
         let m = read(r14 + G_M)?;
-        let gsignal = read(m + m_gsignal)?;
-        if m == 0 || gsignal == 0 || !holds(gsignal)? {
+        if m == 0 {
             return None;
         }
-        on_signal_stack = true;
+        // `m.g0` is the first field of `runtime.m` (runtime/runtime2.go, Go
+        // 1.19 to 1.27).
+        let g0 = read(m)?;
+        let on_g0 = g0 != 0 && read(m + m_curg) == Some(r14) && holds(g0)?;
+        if !on_g0 {
+            let gsignal = read(m + m_gsignal)?;
+            if gsignal == 0 || !holds(gsignal)? {
+                return None;
+            }
+            on_signal_stack = true;
+        }
     }
     let (sigtramp, cgo_sigtramp) = (offsets.sigtramp, offsets.cgo_sigtramp);
     let goid = read(r14 + goid_off).unwrap_or(0);

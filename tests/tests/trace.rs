@@ -20,8 +20,10 @@ use crossprof_tests::{
 /// `trace <its id>` (within 20%); no client frame (`main.main`) is under a
 /// trace; the first request (during the process's start, before its
 /// goroutines are known) is partly `[no trace]` — unattributed, never under
-/// another trace; every request was seen with its trace (summary.json).
-/// Normal and PIE builds of the newest and oldest toolchains.
+/// another trace; every request was seen with its trace (summary.json); the
+/// samples in the vDSO (`time.Now`, run on the thread's g0 stack with R14 still
+/// the goroutine) keep their goroutine, so most are under a trace too. Normal
+/// and PIE builds of the newest and oldest toolchains.
 #[test]
 fn each_request_s_work_is_under_its_trace_id() {
     for (go, build) in [
@@ -67,6 +69,22 @@ fn each_request_s_work_is_under_its_trace_id() {
                 .any(|s| s.frames[1].starts_with("trace ")
                     && s.frames.iter().any(|f| f == "main.main")),
             "{what}: the client's frames under a trace"
+        );
+        let vdso = |traced: bool| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| {
+                    s.frames.iter().any(|f| f == "main.work")
+                        && s.frames.iter().any(|f| f == "[vdso]")
+                        && s.frames[1].starts_with("trace ") == traced
+                })
+                .map(|s| s.count)
+                .sum()
+        };
+        let (in_vdso, lost) = (vdso(true), vdso(false));
+        assert!(
+            in_vdso >= 5 && in_vdso > lost,
+            "{what}: vDSO samples of main.work: {in_vdso} under a trace, {lost} not"
         );
         let summary = read_summary(&dir);
         assert_eq!(
