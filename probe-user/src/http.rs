@@ -225,7 +225,16 @@ impl Requests {
     /// it works for that trace until it reads the response — unless it serves a
     /// request already (a server calling downstream works for its own request
     /// throughout; an untraced call changes nothing either).
+    ///
+    /// Threads only: a Go client does not wait where it sends (net/http's
+    /// `writeLoop` goroutine writes every request of a connection and then
+    /// parks until the next one, while `readLoop` reads the response), so a
+    /// goroutine that sends would keep the trace while it waits for the next
+    /// request, the time of which it is not.
     pub fn request_sent(&mut self, worker: Worker, bytes: &[u8], time_ns: u64) {
+        if matches!(worker, Worker::Goroutine(..)) {
+            return;
+        }
         let Some(trace) = traceparent(bytes) else {
             return;
         };
@@ -549,6 +558,9 @@ mod tests {
         // A goroutine serving request 2 calls downstream, with or without
         // forwarding the trace: it works for request 2 until its response,
         // and reading the downstream's response does not end it.
+        // A goroutine sending a request works for nothing by sending it.
+        r.request_sent(Worker::of(4, 41, 10), &traced('4'), 0);
+        assert_eq!(r.trace(4, 41, 10), None);
         let two: String = std::iter::repeat_n('2', 32).collect();
         r.request(Worker::of(4, 40, 9), &traced('2'), 0);
         r.request_sent(Worker::of(4, 40, 9), &request("accept: x"), 0);
