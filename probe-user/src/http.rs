@@ -155,6 +155,8 @@ pub struct Requests {
     /// Goroutines that worked for the request of the goroutine that created
     /// them.
     pub inherited: u64,
+    /// Times a cause was not kept: too many (process, trace) pairs had causes.
+    pub causes_dropped: u64,
 }
 
 impl Requests {
@@ -389,13 +391,22 @@ impl Requests {
     }
 
     /// Counts `us` of `cause` for `trace` in `pid` (with `--slow-ms`).
+    ///
+    /// At most [`MAX_IN_FLIGHT`] (process, trace) pairs are kept: a request that
+    /// ends without its response (replaced, dropped) leaves its causes behind,
+    /// and past the bound new ones are not kept (counted in `causes_dropped`).
     pub fn attribute(&mut self, pid: u32, trace: &str, cause: &str, us: u64) {
         if self.slow_ns == 0 {
             return;
         }
+        let key = (pid, trace.to_owned());
+        if self.causes.len() >= MAX_IN_FLIGHT && !self.causes.contains_key(&key) {
+            self.causes_dropped += 1;
+            return;
+        }
         *self
             .causes
-            .entry((pid, trace.to_owned()))
+            .entry(key)
             .or_default()
             .entry(cause.to_owned())
             .or_insert(0) += us;
@@ -605,5 +616,18 @@ mod tests {
         r.goroutine_started(1, 30, 7);
         r.request(Worker::of(1, 10, 7), &traced('2'), 4);
         assert_eq!(r.trace(1, 11, 30), None);
+    }
+
+    #[test]
+    fn causes_are_bounded() {
+        let mut r = Requests::new(1);
+        for i in 0..MAX_IN_FLIGHT as u32 + 10 {
+            r.attribute(i, "t", "[running]", 1);
+        }
+        assert_eq!(r.causes.len(), MAX_IN_FLIGHT);
+        assert_eq!(r.causes_dropped, 10);
+        // A pair already kept still counts.
+        r.attribute(0, "t", "[running]", 1);
+        assert_eq!(r.causes[&(0, "t".to_owned())]["[running]"], 2);
     }
 }

@@ -1090,6 +1090,7 @@ async fn run(
                 ("overflow", requests.overflow),
                 ("sent", requests.sent),
                 ("inherited", requests.inherited),
+                ("causes_dropped", requests.causes_dropped),
             ])
         }),
         mode: match args.mode {
