@@ -22,7 +22,9 @@ pub struct Summary {
     /// `--group-by trace`: HTTP requests seen with a valid `traceparent`
     /// (`traced`), without one (`untraced`, their time unattributed; `partial`
     /// of them had headers split across reads), not followed because too many
-    /// were in flight (`overflow`), and sent by clients with one (`sent`).
+    /// were in flight (`overflow`), sent by client threads with one (`sent`);
+    /// goroutines that worked for their creator's request (`inherited`), and
+    /// slow-request causes not kept past their bound (`causes_dropped`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_requests: Option<BTreeMap<&'static str, u64>>,
     /// `--slow-ms`: requests slower than that, slowest first (at most 100),
