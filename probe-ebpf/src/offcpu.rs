@@ -128,19 +128,33 @@ static OFF_CPU_STASH: LruHashMap<u32, SampleScratch> = LruHashMap::with_max_entr
 /// walk at the return, where every message waited for it).
 #[inline(always)]
 fn build_at_switch(ctx: &BtfTracePointContext, pid_tgid: u64, away: &Away) {
+    record_span(ctx.as_ptr(), pid_tgid, away, 0, native::Output::Stash);
+}
+
+/// Builds the record of thread `pid_tgid`'s span `away` (`ns` long, 0 when not
+/// known yet) with its user stack and, with `--kernel-waits`, the kernel stack
+/// kept at the switch, into `output`.
+#[inline(always)]
+fn record_span(
+    ctx: *mut core::ffi::c_void,
+    pid_tgid: u64,
+    away: &Away,
+    ns: u64,
+    output: native::Output,
+) {
     let kernel = kernel_frames(pid_tgid as u32);
     crate::set_scratch_busy(true);
     native::record(
-        ctx.as_ptr(),
+        ctx,
         pid_tgid,
         kernel,
         native::saved_user_regs,
         Some(OffCpu {
-            ns: 0,
+            ns,
             state: away.state,
             syscall: away.syscall,
         }),
-        native::Output::Stash,
+        output,
     );
     crate::set_scratch_busy(false);
 }
@@ -244,23 +258,9 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         let _ = AWAY_STACKS.remove(tid);
         return;
     }
-    // Not built at the switch (the stash was full): walked now. The kernel
-    // stack kept at the switch (`--kernel-waits`): at the call's return it is
-    // only the exit path and this program.
-    let kernel = kernel_frames(tid);
-    crate::set_scratch_busy(true);
-    native::record(
-        ctx.as_ptr(),
-        pid_tgid,
-        kernel,
-        native::saved_user_regs,
-        Some(OffCpu {
-            ns,
-            state: away.state,
-            syscall: away.syscall,
-        }),
-        native::Output::Ring,
-    );
-    crate::set_scratch_busy(false);
+    // Not built at the switch (the stash was full), or a long block: walked
+    // now. The kernel stack is the one kept at the switch (`--kernel-waits`):
+    // at the call's return it is only the exit path and this program.
+    record_span(ctx.as_ptr(), pid_tgid, &away, ns, native::Output::Ring);
     let _ = AWAY_STACKS.remove(tid);
 }
