@@ -24,6 +24,49 @@ pub enum Command {
     ///   crossprof record --duration 10 --freq 999      the whole system, 10 s at 999 Hz
     #[command(verbatim_doc_comment)]
     Record(RecordArgs),
+    /// Draw a differential flamegraph of two profiles (folded stacks or pprof):
+    /// red grew, blue shrank, both normalised to the same total.
+    ///
+    /// Example:
+    ///   crossprof diff before/profile.pb.gz after/profile.pb.gz -o diff.svg
+    #[command(verbatim_doc_comment)]
+    Diff(DiffArgs),
+}
+
+/// `crossprof diff` options.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The earlier profile: a folded stacks file or a pprof profile.
+    #[arg(value_name = "BEFORE")]
+    pub before: PathBuf,
+    /// The later profile; the graph shows its stacks.
+    #[arg(value_name = "AFTER")]
+    pub after: PathBuf,
+    /// The SVG to write, e.g. -o diff.svg.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "diff.svg"
+    )]
+    pub output: PathBuf,
+    /// The graph's title.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+/// An output format of `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Folded stacks, `profile.folded` (inferno's and FlameGraph's input).
+    Folded,
+    /// An SVG flamegraph, `flamegraph.svg`.
+    Svg,
+    /// A gzipped pprof profile, `profile.pb.gz` (`go tool pprof`, Parca,
+    /// Pyroscope, Grafana).
+    Pprof,
+    /// speedscope's JSON file format, `profile.speedscope.json`.
+    Speedscope,
 }
 
 /// A frame level `--group-by` adds.
@@ -135,7 +178,18 @@ pub struct RecordArgs {
     #[arg(long, value_name = "HZ", default_value_t = 99)]
     pub freq: u64,
 
-    /// Folder for profile.folded, flamegraph.svg and summary.json, e.g. -o /tmp/prof.
+    /// What to write besides summary.json; repeat or separate with commas:
+    /// --format pprof,speedscope. Default: folded, svg and pprof.
+    #[arg(
+        long = "format",
+        value_name = "FORMAT",
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [Format::Folded, Format::Svg, Format::Pprof]
+    )]
+    pub formats: Vec<Format>,
+
+    /// Folder for the profile files (see --format) and summary.json, e.g. -o /tmp/prof.
     #[arg(
         short = 'o',
         long = "output",

@@ -67,6 +67,14 @@ pub enum UsageError {
     /// `--kernel-waits` without off-CPU spans to give them to.
     #[error("--kernel-waits needs off-CPU spans: add --mode offcpu or --mode wall")]
     KernelWaits,
+    /// A profile `diff` cannot read.
+    #[error("{}: {why}: give a folded stacks file (profile.folded) or a pprof profile (profile.pb.gz)", path.display())]
+    Profile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
     /// A command-line syntax error reported by clap.
     #[error("{0}")]
     Syntax(String),

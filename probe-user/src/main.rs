@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Record(args) => runtime.block_on(record(args)),
+        Command::Diff(args) => crossprof::diff::diff(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -57,7 +58,7 @@ fn syntax_error(e: &clap::Error) -> String {
         .next()
         .unwrap_or("invalid arguments")
         .trim_start_matches("error: ");
-    format!("{first}: see `crossprof record --help`")
+    format!("{first}: see `crossprof --help`")
 }
 
 /// One line on stderr, the error's exit status. Multi-line details (a verifier log)

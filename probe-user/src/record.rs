@@ -26,7 +26,7 @@ use tokio::{
 
 use crate::{
     aggregate::{Aggregator, sample_frames},
-    cli::{GroupBy, Mode, RecordArgs},
+    cli::{Format, GroupBy, Mode, RecordArgs},
     decode::{HttpWhat, Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
@@ -759,6 +759,9 @@ async fn run(
     }
     let mut status = Status::new(args.quiet);
     let start = Instant::now();
+    let started_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
     let cpu_at_start = CollectorStats::cpu_now();
     let deadline = args
         .duration
@@ -918,7 +921,32 @@ async fn run(
         names,
         &procs,
     );
-    out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
+    if args.formats.contains(&Format::Folded) {
+        out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
+    }
+    if args.formats.contains(&Format::Pprof) {
+        let kind = match args.mode {
+            Mode::Cpu => crate::pprof::Kind::Cpu { freq: args.freq },
+            Mode::Offcpu => crate::pprof::Kind::OffCpu,
+            Mode::Goblock => crate::pprof::Kind::GoWait,
+            Mode::Wall => crate::pprof::Kind::Wall { freq: args.freq },
+        };
+        let span = crate::pprof::Span {
+            start_unix_ns: started_unix_ns,
+            duration_ns: (stopped_at - start).as_nanos() as i64,
+        };
+        let profile = crate::pprof::build(
+            agg.stacks(),
+            names,
+            &procs,
+            &mut crate::pprof::BuildIds::default(),
+            kind,
+            span,
+        );
+        out.write_atomic(crate::pprof::FILE, |w| {
+            w.write_all(&crate::pprof::gzip(&profile))
+        })?;
+    }
     let complete = crate::fold::completeness(agg.stacks(), names, &procs);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
     let fp_complete: HashMap<u32, (u64, u64)> = fp_baseline
@@ -970,9 +998,23 @@ async fn run(
     } else {
         "µs"
     };
-    let svg = out.write_atomic(SVG_FILE, |w| {
-        render_svg(&folded, &title, &subtitle, count_name, w)
-    })?;
+    if args.formats.contains(&Format::Speedscope) {
+        let unit = if args.mode == Mode::Cpu {
+            "none"
+        } else {
+            "microseconds"
+        };
+        out.write_atomic(crate::speedscope::FILE, |w| {
+            crate::speedscope::write(&folded, &title, unit, w)
+        })?;
+    }
+    let svg = if args.formats.contains(&Format::Svg) {
+        out.write_atomic(SVG_FILE, |w| {
+            render_svg(&folded, &title, &subtitle, count_name, w)
+        })?
+    } else {
+        args.output.clone()
+    };
     let stop_to_svg = stopped_at.elapsed();
 
     if let Some(c) = child.as_mut()

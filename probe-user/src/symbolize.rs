@@ -121,10 +121,16 @@ impl FrameRef {
     }
 }
 
+/// A frame's source file and line.
+pub type Source = (Arc<str>, u32);
+
 /// Names found so far.
 #[derive(Debug, Default)]
 pub struct Names {
     names: HashMap<FrameRef, Arc<str>>,
+    /// Source lines where known: one per function the frame's name holds
+    /// (outermost first, as [`INLINE_SEPARATOR`] splits it).
+    sources: HashMap<FrameRef, Arc<[Option<Source>]>>,
     /// Frames looked up that no symbol covered.
     pub unnamed: u64,
 }
@@ -159,6 +165,19 @@ impl Names {
             }
             _ => self.unnamed += 1,
         }
+    }
+
+    /// The source lines of `frame`, one per function its name holds
+    /// (outermost first), if any is known.
+    pub fn sources(&self, frame: FrameRef) -> Option<&[Option<Source>]> {
+        self.sources.get(&frame).map(|s| &s[..])
+    }
+
+    /// Forgets every name (the agent's bound on memory: what is still sampled
+    /// is named again).
+    pub fn clear(&mut self) {
+        self.names.clear();
+        self.sources.clear();
     }
 
     /// Was `frame` named?
@@ -202,7 +221,7 @@ enum Job {
     },
 }
 
-type Batch = Vec<(FrameRef, Option<String>)>;
+type Batch = Vec<(FrameRef, Option<String>, Option<Arc<[Option<Source>]>>)>;
 
 /// Separates the frames one address stands for (a Go function and the calls
 /// inlined into it) in a name; [`crate::fold`] turns it into `;`.
@@ -210,6 +229,23 @@ pub const INLINE_SEPARATOR: char = '\u{1f}';
 
 /// inferno's annotation for inlined frames.
 pub const INLINE_SUFFIX: &str = "_[i]";
+
+/// The source lines of Go file offset `offset`, outermost first as in
+/// [`go_name`]; `None` if no line is known.
+fn go_sources(table: &GoTable, offset: u64) -> Option<Arc<[Option<Source>]>> {
+    let frames = table.frames(table.vaddr(offset)?, true)?;
+    frames.iter().any(|f| f.source.is_some()).then(|| {
+        frames
+            .iter()
+            .rev()
+            .map(|f| {
+                f.source
+                    .as_ref()
+                    .map(|(file, line)| (Arc::from(file.as_str()), *line))
+            })
+            .collect()
+    })
+}
 
 /// The name of Go file offset `offset`: the function, then each call inlined into
 /// it, outermost first, the inlined ones annotated `_[i]`.
@@ -281,19 +317,28 @@ impl SymbolizerThread {
                     let batch: Batch = match job {
                         Job::Kernel(addrs) => {
                             let names = native.kernel(&addrs);
-                            addrs.into_iter().map(FrameRef::Kernel).zip(names).collect()
+                            addrs
+                                .into_iter()
+                                .map(FrameRef::Kernel)
+                                .zip(names)
+                                .map(|(f, n)| (f, n, None))
+                                .collect()
                         }
                         Job::Elf {
                             module,
                             path,
                             offsets,
                         } => {
-                            let names =
-                                elf_names(go.get(&path).as_deref(), &native, &path, &offsets);
+                            let table = go.get(&path);
+                            let names = elf_names(table.as_deref(), &native, &path, &offsets);
                             offsets
                                 .into_iter()
-                                .map(|offset| FrameRef::Elf { module, offset })
                                 .zip(names)
+                                .map(|(offset, name)| {
+                                    let sources =
+                                        table.as_deref().and_then(|t| go_sources(t, offset));
+                                    (FrameRef::Elf { module, offset }, name, sources)
+                                })
                                 .collect()
                         }
                         Job::Assembly {
@@ -315,7 +360,7 @@ impl SymbolizerThread {
                                         .as_ref()
                                         .and_then(|i| i.name_at_file_offset(offset))
                                         .map(str::to_owned);
-                                    (FrameRef::Elf { module, offset }, name)
+                                    (FrameRef::Elf { module, offset }, name, None)
                                 })
                                 .collect()
                         }
@@ -394,8 +439,11 @@ impl SymbolizerThread {
     }
 
     fn take(&mut self, batch: Batch) {
-        for (frame, name) in batch {
+        for (frame, name, sources) in batch {
             self.names.insert(frame, name);
+            if let Some(s) = sources {
+                self.names.sources.insert(frame, s);
+            }
         }
     }
 }

@@ -113,6 +113,10 @@ pub struct GoTable {
     nfunc: usize,
     text_start: u64,
     funcnames: usize,
+    /// `cutab`: per compilation unit, its files' offsets into `filetab`.
+    cutab: usize,
+    /// `filetab`: NUL-terminated source paths.
+    filetab: usize,
     pctab: usize,
     pclntable: usize,
     /// `moduledata.gofunc` (virtual address), for the inline tree.
@@ -131,6 +135,9 @@ pub struct GoFrame {
     pub name: String,
     /// Inlined into the frame after it.
     pub inlined: bool,
+    /// Its source file and line at the PC (for an inlined call's caller, the
+    /// line of the call), from the function's `pcfile` and `pcln` tables.
+    pub source: Option<(String, u32)>,
 }
 
 /// The Go version in a `.go.buildinfo` section (cmd/link `buildinfo`,
@@ -247,7 +254,8 @@ impl GoTable {
                 .then_some(base + o)
                 .ok_or(bad("offset outside the section"))
         };
-        let (funcnames, pctab, pclntable) = (offset(3)?, offset(6)?, offset(7)?);
+        let (funcnames, cutab, filetab, pctab, pclntable) =
+            (offset(3)?, offset(4)?, offset(5)?, offset(6)?, offset(7)?);
         if nfunc == 0 || pclntable + 8 * (nfunc + 1) > base + section.size as usize {
             return Err(bad("function table outside the section"));
         }
@@ -292,6 +300,8 @@ impl GoTable {
             nfunc,
             text_start,
             funcnames,
+            cutab,
+            filetab,
             pctab,
             pclntable,
             gofunc,
@@ -412,6 +422,8 @@ impl GoTable {
         let npcdata = u32_at(d, npcdata_at)? as usize;
         let nfuncdata = usize::from(*d.get(f + fixed - 1)?);
         let mut frames = Vec::new();
+        // The PC each frame is at: `pc`, then each inlined call's site.
+        let mut at_pc = pc;
         if let Some(gofunc) = self.gofunc
             && npcdata > PCDATA_INL_TREE_INDEX
             && nfuncdata > FUNCDATA_INL_TREE
@@ -423,7 +435,6 @@ impl GoTable {
                 .flatten()
             {
                 let tree = tree as usize;
-                let mut at_pc = pc;
                 for _ in 0..64 {
                     let Some(idx) = self.pcvalue(table, entry, at_pc).filter(|&i| i >= 0) else {
                         break;
@@ -442,14 +453,17 @@ impl GoTable {
                     // wrong inlined frame).
                     let Some(name) = self.name(name_off) else {
                         frames.clear();
+                        at_pc = pc;
                         break;
                     };
                     frames.push(GoFrame {
                         name,
                         inlined: true,
+                        source: self.source(f, entry, at_pc),
                     });
                     let Some(next) = entry.checked_add_signed(i64::from(parent_pc)) else {
                         frames.clear();
+                        at_pc = pc;
                         break;
                     };
                     at_pc = next;
@@ -459,8 +473,31 @@ impl GoTable {
         frames.push(GoFrame {
             name: self.name(name_off)?,
             inlined: false,
+            source: self.source(f, entry, at_pc),
         });
         Some(frames)
+    }
+
+    /// The source file and line of `_func` `f` (entered at `entry`) at `pc`:
+    /// `pcfile` (+20) indexes the unit's files (`cutab[cuOffset + n]`, cuOffset
+    /// at +32) into `filetab`, `pcln` (+24) is the line (runtime/symtab.go's
+    /// `_func`, the same offsets in Go 1.18 to 1.27).
+    fn source(&self, f: usize, entry: u64, pc: u64) -> Option<(String, u32)> {
+        let d = &self.file;
+        let fileno = self.pcvalue(u32_at(d, f + 20)?, entry, pc)?;
+        let line = self.pcvalue(u32_at(d, f + 24)?, entry, pc)?;
+        let cu = u32_at(d, f + 32)? as usize;
+        let at = self.cutab + 4 * (cu + usize::try_from(fileno).ok()?);
+        let name_off = u32_at(d, at)?;
+        if name_off == u32::MAX {
+            return None;
+        }
+        let s = d.get(self.filetab + name_off as usize..)?;
+        let end = s.iter().position(|&b| b == 0)?;
+        Some((
+            String::from_utf8_lossy(&s[..end]).into_owned(),
+            u32::try_from(line).ok()?,
+        ))
     }
 
     /// How far `pc`'s function has moved the stack pointer below its entry value
@@ -562,6 +599,12 @@ mod tests {
 
     #[test]
     fn names_functions_and_inlined_calls_of_every_version_and_build() {
+        let src = std::fs::read_to_string(
+            crossprof_tests::workspace_root().join("tests/fixtures/go/chain.go"),
+        )
+        .unwrap();
+        let line_of = |text: &str| 1 + src.lines().position(|l| l.contains(text)).unwrap() as u32;
+        let (mix_at, call_at) = (line_of("func mix("), line_of("x = mix("));
         for go in Go::ALL {
             for build in GoBuild::ALL {
                 let what = format!("go {} {build:?}", go.version());
@@ -587,11 +630,18 @@ mod tests {
                             frames[0],
                             GoFrame {
                                 name: "main.mix".into(),
-                                inlined: true
+                                inlined: true,
+                                source: frames[0].source.clone(),
                             },
                             "{what}"
                         );
                         inlined = true;
+                        // Source lines: mix's body, and hot's line is the call.
+                        let (file, line) = frames[0].source.clone().expect("mix's source");
+                        assert!(file.ends_with("/chain.go"), "{what}: {file}");
+                        assert!((mix_at + 1..mix_at + 8).contains(&line), "{what}: {line}");
+                        let hot = frames[1].source.clone().expect("hot's source");
+                        assert_eq!(hot.1, call_at, "{what}: main.hot at the call");
                     }
                 }
                 assert!(inlined, "{what}: main.mix never seen inlined");

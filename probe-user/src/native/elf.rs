@@ -235,6 +235,73 @@ impl Elf {
     }
 }
 
+/// The build id of the ELF file at `path`: its GNU build id (`NT_GNU_BUILD_ID`,
+/// hex, what `perf`, debuginfod and pprof key on), else a Go binary's own
+/// (`.note.go.buildid`, type 4, a string). Read from the `PT_NOTE` segments.
+pub fn build_id(path: &std::path::Path) -> Option<String> {
+    let file = MappedFile::open(path)?;
+    let d = file.bytes();
+    if d.get(..4)? != b"\x7fELF" || d.get(4)? != &2 || d.get(5)? != &1 {
+        return None;
+    }
+    let phoff = u64_at(d, 0x20)? as usize;
+    let (phentsize, phnum) = (usize::from(u16_at(d, 0x36)?), usize::from(u16_at(d, 0x38)?));
+    let mut go = None;
+    for i in 0..phnum {
+        let p = phoff + i * phentsize;
+        if u32_at(d, p)? != 4 {
+            continue; // PT_NOTE
+        }
+        let (off, size) = (u64_at(d, p + 8)? as usize, u64_at(d, p + 32)? as usize);
+        let notes = d.get(off..off.checked_add(size)?)?;
+        match notes_build_id(notes) {
+            Some(BuildId::Gnu(id)) => return Some(id),
+            Some(BuildId::Go(id)) => go = Some(id),
+            None => {}
+        }
+    }
+    go
+}
+
+/// A build id found in ELF notes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BuildId {
+    /// `NT_GNU_BUILD_ID`, as hex.
+    Gnu(String),
+    /// The Go toolchain's (`"Go"`, type 4).
+    Go(String),
+}
+
+/// The build id in a run of ELF notes (a `PT_NOTE` segment, or the kernel's
+/// `/sys/kernel/notes`): each is namesz, descsz, type (4 bytes each), then the
+/// name and the descriptor, each padded to 4 bytes. A GNU id wins over Go's.
+pub fn notes_build_id(mut notes: &[u8]) -> Option<BuildId> {
+    let pad = |n: usize| n.checked_add(3).map(|n| n & !3);
+    let mut go = None;
+    while notes.len() >= 12 {
+        let namesz = u32_at(notes, 0)? as usize;
+        let descsz = u32_at(notes, 4)? as usize;
+        let kind = u32_at(notes, 8)?;
+        let name_end = 12 + pad(namesz)?;
+        let desc = notes.get(name_end..name_end.checked_add(descsz)?)?;
+        let name = notes.get(12..12 + namesz)?;
+        match (name, kind) {
+            (b"GNU\0", 3) => {
+                return Some(BuildId::Gnu(
+                    desc.iter().map(|b| format!("{b:02x}")).collect(),
+                ));
+            }
+            (b"Go\0\0" | b"Go\0", 4) => {
+                let text = desc.split(|&b| b == 0).next().unwrap_or_default();
+                go = Some(BuildId::Go(String::from_utf8_lossy(text).into_owned()));
+            }
+            _ => {}
+        }
+        notes = notes.get(name_end + pad(descsz)?..).unwrap_or_default();
+    }
+    go
+}
+
 /// A file mapped read-only: its pages are read as they are touched, so finding
 /// that a 30 MB data library (libicudata) has no unwind or Go table costs its
 /// headers, not the 13 ms of reading it whole — time the rules of a library
@@ -287,6 +354,22 @@ impl Drop for MappedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_ids_of_c_and_go_binaries_and_the_kernel() {
+        let c = crossprof_tests::build_c("native/spinner.c", &["-O0"]);
+        let id = build_id(&c).expect("gcc writes a GNU build id");
+        assert!(
+            id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        let go = crossprof_tests::Go::Go123.fixture("chain", crossprof_tests::GoBuild::Stripped);
+        let id = build_id(&go).expect("the Go linker writes its own build id");
+        assert_eq!(id.matches('/').count(), 3, "Go's action/content ids: {id}");
+        let kernel = std::fs::read("/sys/kernel/notes").unwrap();
+        assert!(matches!(notes_build_id(&kernel), Some(BuildId::Gnu(id)) if id.len() == 40));
+        assert_eq!(notes_build_id(&[1, 0, 0]), None);
+    }
 
     #[test]
     fn an_executables_entry_is_its_start_code() {

@@ -1,0 +1,861 @@
+//! pprof's `profile.proto`, the format `go tool pprof`, Parca, Pyroscope and
+//! Grafana read: written from aggregated stacks, and read back (for `crossprof
+//! diff`). The message and field numbers are those of google/pprof's
+//! `proto/profile.proto` (the schema is public; no code of it is used): a
+//! profile is sample types, samples (location ids leaf first, one value per
+//! sample type, labels), mappings, locations (an address and its lines,
+//! innermost inlined function first), functions and a string table whose entry
+//! 0 is "".
+//!
+//! What crossprof puts in it:
+//! - a location per distinct frame: an offset into a mapped file (the mapping is
+//!   that file, from offset 0, with its build id), a kernel address (mapping
+//!   `[kernel.kallsyms]` with the running kernel's build id), a .NET JIT
+//!   method or a marker (`[unknown]`, `[wait: chan receive]`, ...), which have
+//!   no mapping. Every location is already named (`has_functions`); Go frames
+//!   carry file and line (from `.gopclntab`), inlined calls as lines of one
+//!   location;
+//! - the levels a recording adds above a stack become labels, not frames: `pid`
+//!   and `comm` of the process, its `runtime` (go, dotnet, native), `thread`,
+//!   `goroutine`, `trace_id`, `state`, and each Go pprof label `key=value` as
+//!   `key`;
+//! - values: see [`Kind`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    sync::Arc,
+};
+
+use crate::{
+    aggregate::StackKey,
+    native::{elf, process::ProcessTable},
+    symbolize::{FrameRef, INLINE_SEPARATOR, INLINE_SUFFIX, ModuleId, Names},
+};
+
+/// The file `record` writes.
+pub const FILE: &str = "profile.pb.gz";
+
+/// What a profile's values mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// On-CPU samples at `freq` Hz: `samples`/count and `cpu`/nanoseconds, as
+    /// Go's own CPU profile.
+    Cpu {
+        /// Sampling frequency.
+        freq: u64,
+    },
+    /// Off-CPU spans: `off_cpu`/nanoseconds (the weights are microseconds).
+    OffCpu,
+    /// Goroutine waits: `go_wait`/nanoseconds.
+    GoWait,
+    /// Wall-clock stacks (on-CPU ones under a `[running]` leaf weighing one
+    /// period each, off-CPU spans and goroutine waits under their cause):
+    /// `samples`, `cpu`, `off_cpu` and `go_wait`, each stack in its own column.
+    Wall {
+        /// Sampling frequency of the on-CPU samples.
+        freq: u64,
+    },
+}
+
+impl Kind {
+    fn sample_types(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Kind::Cpu { .. } => &[("samples", "count"), ("cpu", "nanoseconds")],
+            Kind::OffCpu => &[("off_cpu", "nanoseconds")],
+            Kind::GoWait => &[("go_wait", "nanoseconds")],
+            Kind::Wall { .. } => &[
+                ("samples", "count"),
+                ("cpu", "nanoseconds"),
+                ("off_cpu", "nanoseconds"),
+                ("go_wait", "nanoseconds"),
+            ],
+        }
+    }
+
+    fn period_ns(self) -> i64 {
+        match self {
+            Kind::Cpu { freq } | Kind::Wall { freq } => (1_000_000_000 / freq.max(1)) as i64,
+            Kind::OffCpu | Kind::GoWait => 1,
+        }
+    }
+
+    /// The values of a stack that weighs `weight` and ends in `leaf`.
+    fn values(self, weight: u64, leaf: &str) -> Vec<i64> {
+        let w = weight as i64;
+        match self {
+            Kind::Cpu { .. } => vec![w, w.saturating_mul(self.period_ns())],
+            Kind::OffCpu | Kind::GoWait => vec![w.saturating_mul(1000)],
+            Kind::Wall { freq } => {
+                let ns = w.saturating_mul(1000);
+                if leaf == "[running]" {
+                    let period_us = (1_000_000 / freq.max(1)).max(1) as i64;
+                    vec![(w / period_us).max(1), ns, 0, 0]
+                } else if leaf.starts_with("[wait: ") {
+                    vec![0, 0, 0, ns]
+                } else {
+                    vec![0, 0, ns, 0]
+                }
+            }
+        }
+    }
+}
+
+/// When and how long a profile was taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_unix_ns: i64,
+    /// Length in nanoseconds.
+    pub duration_ns: i64,
+}
+
+/// Build ids of the files frames are in, read once per file (kept by the
+/// agent across windows: a binary deleted after an upgrade keeps the id it had
+/// when first seen, its file being held open by the module table).
+#[derive(Debug, Default)]
+pub struct BuildIds {
+    modules: HashMap<ModuleId, Option<Arc<str>>>,
+    kernel: Option<Option<Arc<str>>>,
+}
+
+impl BuildIds {
+    fn module(&mut self, id: ModuleId, procs: &ProcessTable) -> Option<Arc<str>> {
+        self.modules
+            .entry(id)
+            .or_insert_with(|| {
+                let m = procs.modules.get(id);
+                if m.is_assembly() {
+                    return None;
+                }
+                elf::build_id(&m.open_path).map(Arc::from)
+            })
+            .clone()
+    }
+
+    fn kernel(&mut self) -> Option<Arc<str>> {
+        self.kernel
+            .get_or_insert_with(|| {
+                let notes = std::fs::read("/sys/kernel/notes").ok()?;
+                match elf::notes_build_id(&notes)? {
+                    elf::BuildId::Gnu(id) | elf::BuildId::Go(id) => Some(Arc::from(id)),
+                }
+            })
+            .clone()
+    }
+}
+
+/// Builds the profile of `stacks` and returns it encoded (not compressed).
+pub fn build<'a>(
+    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
+    names: &Names,
+    procs: &ProcessTable,
+    build_ids: &mut BuildIds,
+    kind: Kind,
+    span: Span,
+) -> Vec<u8> {
+    let mut b = Builder::default();
+    b.string(""); // entry 0
+    let mut runtimes: HashMap<u32, &'static str> = HashMap::new();
+    for (key, weight) in stacks {
+        let frames = &key.frames[..];
+        let levels = frames
+            .iter()
+            .take_while(|&&f| level(f, names, procs).is_some())
+            .count();
+        // A stack of levels alone (a marker leaf, no code) keeps its last one.
+        let levels = levels.min(frames.len().saturating_sub(1));
+        let mut labels: Vec<(i64, Label)> = Vec::new();
+        let p = procs.get(key.pid);
+        let pid = b.string("pid");
+        labels.push((pid, Label::Num(i64::from(key.pid))));
+        let comm = p.map(|p| p.name.to_string()).unwrap_or_default();
+        if !comm.is_empty() {
+            let k = b.string("comm");
+            let v = b.string(&comm);
+            labels.push((k, Label::Str(v)));
+        }
+        let runtime = *runtimes.entry(key.pid).or_insert_with(|| match p {
+            Some(p) if p.dotnet.is_some() => "dotnet",
+            Some(_) if procs.go_exe_table(key.pid).is_some() => "go",
+            Some(_) => "native",
+            None => "unknown",
+        });
+        let k = b.string("runtime");
+        let v = b.string(runtime);
+        labels.push((k, Label::Str(v)));
+        for &f in &frames[..levels] {
+            if let Some((key, value)) = level(f, names, procs) {
+                let k = b.string(&key);
+                labels.push((
+                    k,
+                    match value {
+                        Value::Num(n) => Label::Num(n),
+                        Value::Str(s) => Label::Str(b.string(&s)),
+                    },
+                ));
+            }
+        }
+        let code = &frames[levels..];
+        let leaf = code
+            .last()
+            .map(|&f| names.display(f, procs))
+            .unwrap_or_default();
+        let values = kind.values(weight, &leaf);
+        let locations: Vec<u64> = code
+            .iter()
+            .rev()
+            .map(|&f| b.location(f, names, procs, build_ids))
+            .collect();
+        b.samples.push(Sample {
+            locations,
+            values,
+            labels,
+        });
+    }
+    b.encode(kind, span)
+}
+
+/// What a level frame says as a label.
+enum Value {
+    Num(i64),
+    Str(String),
+}
+
+/// The label a frame stands for, if it is one of the levels a recording puts
+/// above a stack (`--per-thread`, `--group-by`).
+fn level(frame: FrameRef, names: &Names, procs: &ProcessTable) -> Option<(String, Value)> {
+    match frame {
+        FrameRef::Thread(_) => Some((
+            "thread".into(),
+            Value::Str(names.display(frame, procs).into_owned()),
+        )),
+        FrameRef::Goroutine(g) => Some(("goroutine".into(), Value::Num(g as i64))),
+        FrameRef::Label(_) => {
+            let text = names.display(frame, procs);
+            label_of_level(&text).map(|(k, v)| (k.to_owned(), Value::Str(v.to_owned())))
+        }
+        _ => None,
+    }
+}
+
+/// A level's text as a label: `trace <id>` (`--group-by trace`; `[no trace]`
+/// is no label), a goroutine status (`--group-by state`), `key=value` (a Go
+/// pprof label, `--group-by label:key`).
+fn label_of_level(text: &str) -> Option<(&str, &str)> {
+    if let Some(id) = text.strip_prefix("trace ") {
+        return Some(("trace_id", id));
+    }
+    if text == "[no trace]" {
+        return Some(("trace_id", ""));
+    }
+    if matches!(
+        text,
+        "[running]" | "[runnable]" | "[syscall]" | "[waiting]" | "[no goroutine]" | "[dead]"
+    ) {
+        return Some(("state", text.trim_matches(['[', ']'])));
+    }
+    let (key, value) = text.split_once('=')?;
+    (!key.is_empty() && !key.contains([' ', '['])).then_some((key, value))
+}
+
+#[derive(Debug)]
+enum Label {
+    Str(i64),
+    Num(i64),
+}
+
+#[derive(Debug)]
+struct Sample {
+    locations: Vec<u64>,
+    values: Vec<i64>,
+    labels: Vec<(i64, Label)>,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    limit: u64,
+    file: i64,
+    build_id: i64,
+    lines: bool,
+}
+
+#[derive(Debug)]
+struct Location {
+    mapping: u64,
+    address: u64,
+    /// (function id, line), innermost first.
+    lines: Vec<(u64, i64)>,
+}
+
+#[derive(Debug, Default)]
+struct Builder {
+    strings: Vec<String>,
+    string_ids: HashMap<String, i64>,
+    functions: Vec<(i64, i64)>,
+    function_ids: HashMap<(i64, i64), u64>,
+    mappings: Vec<Mapping>,
+    mapping_ids: HashMap<Option<ModuleId>, u64>,
+    locations: Vec<Location>,
+    location_ids: HashMap<FrameRef, u64>,
+    samples: Vec<Sample>,
+}
+
+impl Builder {
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.string_ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as i64;
+        self.strings.push(s.to_owned());
+        self.string_ids.insert(s.to_owned(), i);
+        i
+    }
+
+    fn function(&mut self, name: &str, file: &str) -> u64 {
+        let key = (self.string(name), self.string(file));
+        if let Some(&id) = self.function_ids.get(&key) {
+            return id;
+        }
+        self.functions.push(key);
+        let id = self.functions.len() as u64;
+        self.function_ids.insert(key, id);
+        id
+    }
+
+    /// The mapping of a module (`None`: the kernel).
+    fn mapping(
+        &mut self,
+        module: Option<ModuleId>,
+        procs: &ProcessTable,
+        build_ids: &mut BuildIds,
+        lines: bool,
+    ) -> u64 {
+        if let Some(&id) = self.mapping_ids.get(&module) {
+            if lines {
+                self.mappings[id as usize - 1].lines = true;
+            }
+            return id;
+        }
+        let (file, limit, build_id) = match module {
+            Some(m) => {
+                let module = procs.modules.get(m);
+                let limit = std::fs::metadata(&module.open_path).map_or(u64::MAX, |md| md.len());
+                (
+                    module.path.to_string_lossy().into_owned(),
+                    limit,
+                    build_ids.module(m, procs),
+                )
+            }
+            None => ("[kernel.kallsyms]".to_owned(), u64::MAX, build_ids.kernel()),
+        };
+        let file = self.string(&file);
+        let build_id = self.string(build_id.as_deref().unwrap_or(""));
+        self.mappings.push(Mapping {
+            limit,
+            file,
+            build_id,
+            lines,
+        });
+        let id = self.mappings.len() as u64;
+        self.mapping_ids.insert(module, id);
+        id
+    }
+
+    fn location(
+        &mut self,
+        frame: FrameRef,
+        names: &Names,
+        procs: &ProcessTable,
+        build_ids: &mut BuildIds,
+    ) -> u64 {
+        if let Some(&id) = self.location_ids.get(&frame) {
+            return id;
+        }
+        let name = names.display(frame, procs);
+        let sources = names.sources(frame);
+        // Outermost first in the name; innermost first in a location.
+        let mut lines: Vec<(u64, i64)> = name
+            .split(INLINE_SEPARATOR)
+            .enumerate()
+            .map(|(i, part)| {
+                let part = part.strip_suffix(INLINE_SUFFIX).unwrap_or(part);
+                let source = sources.and_then(|s| s.get(i)).and_then(Option::as_ref);
+                let (file, line) = source.map_or(("", 0), |(f, l)| (&**f, i64::from(*l)));
+                (self.function(part, file), line)
+            })
+            .collect();
+        lines.reverse();
+        let (mapping, address) = match frame {
+            FrameRef::Elf { module, offset } => (
+                self.mapping(Some(module), procs, build_ids, sources.is_some()),
+                offset,
+            ),
+            FrameRef::Kernel(addr) => (self.mapping(None, procs, build_ids, false), addr),
+            _ => (0, 0),
+        };
+        self.locations.push(Location {
+            mapping,
+            address,
+            lines,
+        });
+        let id = self.locations.len() as u64;
+        self.location_ids.insert(frame, id);
+        id
+    }
+
+    fn encode(&self, kind: Kind, span: Span) -> Vec<u8> {
+        let mut strings = self.strings.clone();
+        let mut intern = |s: &str| -> i64 {
+            match strings.iter().position(|t| t == s) {
+                Some(i) => i as i64,
+                None => {
+                    strings.push(s.to_owned());
+                    strings.len() as i64 - 1
+                }
+            }
+        };
+        let types: Vec<(i64, i64)> = kind
+            .sample_types()
+            .iter()
+            .map(|(t, u)| (intern(t), intern(u)))
+            .collect();
+        let period_type = (intern(kind.sample_types()[0].0), intern("nanoseconds"));
+        let period_type = match kind {
+            Kind::Cpu { .. } | Kind::Wall { .. } => (intern("cpu"), period_type.1),
+            _ => period_type,
+        };
+        let comment = intern("crossprof");
+        let default_type = match kind {
+            Kind::Cpu { .. } | Kind::Wall { .. } => intern("cpu"),
+            _ => 0,
+        };
+
+        let mut out = Vec::new();
+        for (t, u) in &types {
+            let mut m = Vec::new();
+            put_int(&mut m, 1, *t as u64);
+            put_int(&mut m, 2, *u as u64);
+            put_bytes(&mut out, 1, &m);
+        }
+        for s in &self.samples {
+            let mut m = Vec::new();
+            put_packed(&mut m, 1, s.locations.iter().copied());
+            put_packed(&mut m, 2, s.values.iter().map(|&v| v as u64));
+            for (k, v) in &s.labels {
+                let mut l = Vec::new();
+                put_int(&mut l, 1, *k as u64);
+                match v {
+                    Label::Str(s) => put_int(&mut l, 2, *s as u64),
+                    Label::Num(n) => put_int(&mut l, 3, *n as u64),
+                }
+                put_bytes(&mut m, 3, &l);
+            }
+            put_bytes(&mut out, 2, &m);
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            let mut e = Vec::new();
+            put_int(&mut e, 1, i as u64 + 1);
+            put_int(&mut e, 3, m.limit);
+            put_int(&mut e, 5, m.file as u64);
+            put_int(&mut e, 6, m.build_id as u64);
+            put_int(&mut e, 7, 1); // has_functions
+            put_int(&mut e, 8, u64::from(m.lines)); // has_filenames
+            put_int(&mut e, 9, u64::from(m.lines)); // has_line_numbers
+            put_int(&mut e, 10, 1); // has_inline_frames
+            put_bytes(&mut out, 3, &e);
+        }
+        for (i, l) in self.locations.iter().enumerate() {
+            let mut e = Vec::new();
+            put_int(&mut e, 1, i as u64 + 1);
+            put_int(&mut e, 2, l.mapping);
+            put_int(&mut e, 3, l.address);
+            for &(f, line) in &l.lines {
+                let mut li = Vec::new();
+                put_int(&mut li, 1, f);
+                put_int(&mut li, 2, line as u64);
+                put_bytes(&mut e, 4, &li);
+            }
+            put_bytes(&mut out, 4, &e);
+        }
+        for (i, &(name, file)) in self.functions.iter().enumerate() {
+            let mut e = Vec::new();
+            put_int(&mut e, 1, i as u64 + 1);
+            put_int(&mut e, 2, name as u64);
+            put_int(&mut e, 3, name as u64);
+            put_int(&mut e, 4, file as u64);
+            put_bytes(&mut out, 5, &e);
+        }
+        for s in &strings {
+            put_bytes(&mut out, 6, s.as_bytes());
+        }
+        put_int(&mut out, 9, span.start_unix_ns as u64);
+        put_int(&mut out, 10, span.duration_ns as u64);
+        let mut pt = Vec::new();
+        put_int(&mut pt, 1, period_type.0 as u64);
+        put_int(&mut pt, 2, period_type.1 as u64);
+        put_bytes(&mut out, 11, &pt);
+        put_int(&mut out, 12, kind.period_ns() as u64);
+        put_packed(&mut out, 13, [comment as u64]);
+        put_int(&mut out, 14, default_type as u64);
+        out
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A varint field; zero (proto3's default) is left out.
+fn put_int(out: &mut Vec<u8>, field: u64, v: u64) {
+    if v != 0 {
+        put_varint(out, field << 3);
+        put_varint(out, v);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_packed(out: &mut Vec<u8>, field: u64, vs: impl IntoIterator<Item = u64>) {
+    let mut b = Vec::new();
+    for v in vs {
+        put_varint(&mut b, v);
+    }
+    if !b.is_empty() {
+        put_bytes(out, field, &b);
+    }
+}
+
+/// `data` gzipped (RFC 1952: header, raw deflate, CRC-32 and length), as pprof
+/// files are.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    out.write_all(&crc.finalize().to_le_bytes()).expect("vec");
+    out.write_all(&(data.len() as u32).to_le_bytes())
+        .expect("vec");
+    out
+}
+
+/// `data` un-gzipped if it is gzip (one member), else as it is.
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
+    if data.get(..2) != Some(&[0x1f, 0x8b]) {
+        return Ok(data.to_vec());
+    }
+    let flags = *data.get(3).ok_or("truncated gzip header")?;
+    let mut at = 10;
+    if flags & 4 != 0 {
+        let xlen = u16::from_le_bytes([data[at], data[at + 1]]) as usize;
+        at += 2 + xlen;
+    }
+    for bit in [8, 16] {
+        if flags & bit != 0 {
+            at += 1 + data
+                .get(at..)
+                .and_then(|d| d.iter().position(|&b| b == 0))
+                .ok_or("truncated gzip header")?;
+        }
+    }
+    if flags & 2 != 0 {
+        at += 2;
+    }
+    miniz_oxide::inflate::decompress_to_vec_with_limit(data.get(at..).unwrap_or_default(), 1 << 30)
+        .map_err(|e| format!("corrupt gzip data ({e:?})"))
+}
+
+/// A profile read back: its sample types and stacks, folded (root first, each
+/// inlined call its own frame), with one value per sample type.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// `(type, unit)` per value column.
+    pub sample_types: Vec<(String, String)>,
+    /// The default sample type's column.
+    pub default_column: usize,
+    /// Folded stack -> values.
+    pub stacks: BTreeMap<String, Vec<i64>>,
+}
+
+/// Reads a pprof profile (gzipped or not).
+pub fn read(data: &[u8]) -> Result<Read, String> {
+    let data = gunzip(data)?;
+    let mut strings = Vec::new();
+    let mut types = Vec::new();
+    let mut samples = Vec::new();
+    let mut locations: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut functions: HashMap<u64, u64> = HashMap::new();
+    let mut default_type = 0;
+    for field in Fields(&data) {
+        match field? {
+            (1, Field::Bytes(b)) => {
+                let mut t = (0, 0);
+                for f in Fields(b) {
+                    match f? {
+                        (1, Field::Int(v)) => t.0 = v,
+                        (2, Field::Int(v)) => t.1 = v,
+                        _ => {}
+                    }
+                }
+                types.push(t);
+            }
+            (2, Field::Bytes(b)) => {
+                let (mut locs, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+                for f in Fields(b) {
+                    match f? {
+                        (3, Field::Bytes(l)) => {
+                            let (mut k, mut v) = (0, 0);
+                            for lf in Fields(l) {
+                                match lf? {
+                                    (1, Field::Int(x)) => k = x,
+                                    (2, Field::Int(x)) => v = x,
+                                    _ => {}
+                                }
+                            }
+                            labels.push((k, v));
+                        }
+                        (1, Field::Int(v)) => locs.push(v),
+                        (1, Field::Bytes(p)) => locs.extend(packed(p)?),
+                        (2, Field::Int(v)) => values.push(v as i64),
+                        (2, Field::Bytes(p)) => values.extend(packed(p)?.map(|v| v as i64)),
+                        _ => {}
+                    }
+                }
+                samples.push((locs, values, labels));
+            }
+            (4, Field::Bytes(b)) => {
+                let (mut id, mut funcs) = (0, Vec::new());
+                for f in Fields(b) {
+                    match f? {
+                        (1, Field::Int(v)) => id = v,
+                        (4, Field::Bytes(line)) => {
+                            for lf in Fields(line) {
+                                if let (1, Field::Int(v)) = lf? {
+                                    funcs.push(v);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                locations.insert(id, funcs);
+            }
+            (5, Field::Bytes(b)) => {
+                let (mut id, mut name) = (0, 0);
+                for f in Fields(b) {
+                    match f? {
+                        (1, Field::Int(v)) => id = v,
+                        (2, Field::Int(v)) => name = v,
+                        _ => {}
+                    }
+                }
+                functions.insert(id, name);
+            }
+            (6, Field::Bytes(b)) => strings.push(String::from_utf8_lossy(b).into_owned()),
+            (14, Field::Int(v)) => default_type = v,
+            _ => {}
+        }
+    }
+    let string = |i: u64| strings.get(i as usize).cloned().unwrap_or_default();
+    let mut out = Read {
+        sample_types: types.iter().map(|&(t, u)| (string(t), string(u))).collect(),
+        ..Read::default()
+    };
+    out.default_column = types
+        .iter()
+        .position(|&(t, _)| t == default_type && default_type != 0)
+        .unwrap_or(types.len().saturating_sub(1));
+    let comm_key = strings.iter().position(|s| s == "comm").map(|i| i as u64);
+    for (locs, values, labels) in samples {
+        let mut frames: Vec<String> = Vec::new();
+        // crossprof's own profiles: the process is the root, as in its
+        // folded stacks.
+        if let Some(&(_, v)) = labels.iter().find(|&&(k, _)| Some(k) == comm_key) {
+            frames.push(crate::symbolize::sanitize(&string(v)).into_owned());
+        }
+        for id in locs.iter().rev() {
+            let funcs = locations.get(id).ok_or(format!(
+                "sample names location {id}, which the profile does not have"
+            ))?;
+            for f in funcs.iter().rev() {
+                let name = functions.get(f).map(|&n| string(n)).unwrap_or_default();
+                frames.push(if name.is_empty() {
+                    "[unknown]".to_owned()
+                } else {
+                    crate::symbolize::sanitize(&name).into_owned()
+                });
+            }
+        }
+        let line = if frames.is_empty() {
+            "[unknown]".to_owned()
+        } else {
+            frames.join(";")
+        };
+        let e = out
+            .stacks
+            .entry(line)
+            .or_insert_with(|| vec![0; values.len()]);
+        for (a, v) in e.iter_mut().zip(&values) {
+            *a += v;
+        }
+    }
+    Ok(out)
+}
+
+enum Field<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+/// The fields of one protobuf message.
+struct Fields<'a>(&'a [u8]);
+
+fn varint(d: &mut &[u8]) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = d.split_first().ok_or("truncated varint")?;
+        *d = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u64, Field<'a>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut field = || -> Result<(u64, Field<'a>), String> {
+            let key = varint(&mut self.0)?;
+            let value = match key & 7 {
+                0 => Field::Int(varint(&mut self.0)?),
+                1 => {
+                    let (b, rest) = self.0.split_at_checked(8).ok_or("truncated fixed64")?;
+                    self.0 = rest;
+                    Field::Int(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                }
+                2 => {
+                    let len = varint(&mut self.0)? as usize;
+                    let (b, rest) = self.0.split_at_checked(len).ok_or("truncated field")?;
+                    self.0 = rest;
+                    Field::Bytes(b)
+                }
+                5 => {
+                    let (b, rest) = self.0.split_at_checked(4).ok_or("truncated fixed32")?;
+                    self.0 = rest;
+                    Field::Int(u64::from(u32::from_le_bytes(
+                        b.try_into().expect("4 bytes"),
+                    )))
+                }
+                w => return Err(format!("wire type {w} is not protobuf's")),
+            };
+            Ok((key >> 3, value))
+        };
+        let r = field();
+        if r.is_err() {
+            self.0 = &[];
+        }
+        Some(r)
+    }
+}
+
+fn packed(mut b: &[u8]) -> Result<impl Iterator<Item = u64>, String> {
+    let mut v = Vec::new();
+    while !b.is_empty() {
+        v.push(varint(&mut b)?);
+    }
+    Ok(v.into_iter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_are_protobufs() {
+        let mut b = Vec::new();
+        put_varint(&mut b, 300);
+        assert_eq!(b, [0xac, 0x02]);
+        assert_eq!(varint(&mut &b[..]).unwrap(), 300);
+        put_int(&mut b, 1, 0);
+        assert_eq!(b.len(), 2, "zero fields are left out");
+    }
+
+    #[test]
+    fn levels_become_labels() {
+        assert_eq!(label_of_level("trace 0af7"), Some(("trace_id", "0af7")));
+        assert_eq!(label_of_level("worker=w3"), Some(("worker", "w3")));
+        assert_eq!(label_of_level("[syscall]"), Some(("state", "syscall")));
+        assert_eq!(label_of_level("[blocked: futex]"), None);
+        assert_eq!(label_of_level("[wait: a=b]"), None);
+    }
+
+    #[test]
+    fn a_built_profile_reads_back_with_its_stacks_lines_and_labels() {
+        let mut procs = ProcessTable::default();
+        let main = procs.text_frame("main");
+        let hot = procs.text_frame("hot");
+        let trace = procs.text_frame("trace 0af7651916cd43dd8448eb211c80319c");
+        let running = procs.text_frame("[running]");
+        let names = Names::default();
+        let key = |frames: Vec<FrameRef>| StackKey {
+            pid: 42,
+            frames: frames.into_boxed_slice(),
+        };
+        let a = key(vec![trace, FrameRef::Goroutine(7), main, hot, running]);
+        let b = key(vec![trace, main, procs.text_frame("[blocked: futex]")]);
+        let stacks = [(&a, 20_000u64), (&b, 5_000)];
+        let span = Span {
+            start_unix_ns: 1,
+            duration_ns: 2,
+        };
+        let data = build(
+            stacks.iter().map(|(k, n)| (*k, *n)),
+            &names,
+            &procs,
+            &mut BuildIds::default(),
+            Kind::Wall { freq: 100 },
+            span,
+        );
+        let text = String::from_utf8_lossy(&data);
+        assert!(text.contains("trace_id") && text.contains("goroutine"));
+        let got = read(&gzip(&data)).unwrap();
+        assert_eq!(
+            got.sample_types[1],
+            ("cpu".to_owned(), "nanoseconds".to_owned())
+        );
+        assert_eq!(got.default_column, 1);
+        // The levels are labels, not frames; [running] samples are CPU time.
+        // (No comm: process 42 is not in the table.)
+        assert_eq!(got.stacks["main;hot;[running]"], [2, 20_000_000, 0, 0]);
+        assert_eq!(got.stacks["main;[blocked: futex]"], [0, 0, 5_000_000, 0]);
+        assert!(
+            read(&[0x0a, 0x05]).is_err(),
+            "a truncated profile is an error"
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let data: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let z = gzip(&data);
+        assert!(z.len() < data.len() / 4);
+        assert_eq!(gunzip(&z).unwrap(), data);
+        assert!(gunzip(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff]).is_err());
+    }
+}
