@@ -57,6 +57,24 @@ impl Aggregator {
         self.samples += 1;
     }
 
+    /// Moves the stacks counted so far (and their sample count) into a new
+    /// aggregator, and starts counting afresh: the agent's window cut. Frames
+    /// already seen stay seen (they are named once).
+    pub fn take_stacks(&mut self) -> Aggregator {
+        Aggregator {
+            stacks: std::mem::take(&mut self.stacks),
+            samples: std::mem::take(&mut self.samples),
+            ..Aggregator::default()
+        }
+    }
+
+    /// Forgets which frames were seen (they are sent for naming again when
+    /// next counted): bounds memory in a long run, with [`crate::symbolize::Names::clear`].
+    pub fn forget_seen(&mut self) {
+        self.seen = HashSet::new();
+        self.fresh.clear();
+    }
+
     /// Frames seen for the first time since the last call.
     pub fn take_fresh(&mut self) -> Vec<FrameRef> {
         std::mem::take(&mut self.fresh)

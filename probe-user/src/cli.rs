@@ -31,6 +31,124 @@ pub enum Command {
     ///   crossprof diff before/profile.pb.gz after/profile.pb.gz -o diff.svg
     #[command(verbatim_doc_comment)]
     Diff(DiffArgs),
+    /// Profile continuously: the whole host (or --pid targets) at 19 Hz, cut
+    /// into windows written to --dir as pprof and folded stacks, served over
+    /// HTTP (a pprof scrape endpoint, an SVG per window, a live page).
+    ///
+    /// Examples:
+    ///   crossprof agent --dir /var/lib/crossprof
+    ///   crossprof agent --off-cpu --window 30s --retain 6h --max-disk 200MB
+    ///   crossprof agent --listen 0.0.0.0:7070 --token-file /etc/crossprof/token
+    ///   go tool pprof http://127.0.0.1:7070/debug/pprof/profile?seconds=10
+    #[command(verbatim_doc_comment)]
+    Agent(AgentArgs),
+}
+
+/// A duration: seconds, or a number with s, m, h or d (`90`, `30s`, `5m`, `24h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use e.g. 30s, 5m, 24h or 2d");
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return Err(bad()),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// A size: bytes, or a number with KB, MB, GB (powers of 1024; `K`, `M`,
+/// `G`, `KiB`... also read).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size: use e.g. 500MB or 1GB");
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "TB" | "TIB" => 1024.0f64.powi(4),
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// `crossprof agent` options.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Profile only this process (and its threads); repeat for several.
+    /// Without it, the whole host, processes that start later included.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Samples per second on each CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 19)]
+    pub freq: u64,
+
+    /// Also profile off-CPU time (threads blocked in system calls, and
+    /// goroutine waits in Go processes) as wall-clock time: the pprof
+    /// profiles then carry cpu, off_cpu and go_wait values.
+    #[arg(long)]
+    pub off_cpu: bool,
+
+    /// With --off-cpu: leave out waits shorter than this many microseconds
+    /// (dropped in the kernel).
+    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    pub min_block: u64,
+
+    /// Length of a window: 60s, 5m, ...
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub window: std::time::Duration,
+
+    /// Folder the windows are written to (created 0700; files 0600).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/crossprof")]
+    pub dir: PathBuf,
+
+    /// Delete windows older than this: 24h, 7d, ...
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+    pub retain: std::time::Duration,
+
+    /// Keep the folder's windows under this size, oldest deleted first: 1GB, 200MB, ...
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1GB")]
+    pub max_disk: u64,
+
+    /// Address of the HTTP server. Anything but a loopback address needs
+    /// --token-file.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+
+    /// File whose first line is the bearer token every HTTP request must
+    /// carry (Authorization: Bearer TOKEN); required off loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Write the log here instead of stderr; SIGHUP reopens it (for logrotate).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Add a thread level (`NAME (TID)`, the `thread` label in pprof).
+    #[arg(long)]
+    pub per_thread: bool,
+
+    /// Also look for separate debug files here; repeat for several.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// `crossprof diff` options.

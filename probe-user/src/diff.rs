@@ -27,25 +27,20 @@ const SCALE: f64 = 1_000_000.0;
 pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
     let before = load(&args.before)?;
     let after = load(&args.after)?;
-    let lines = differential_lines(&before, &after);
-    let mut opts = Options::default();
-    opts.title = args
+    let title = args
         .title
         .clone()
         .unwrap_or_else(|| "Differential flamegraph".to_owned());
-    opts.subtitle = Some(format!(
+    let subtitle = format!(
         "{} -> {}: red grew, blue shrank (self share, both normalised to the same total)",
         args.before.display(),
         args.after.display()
-    ));
-    opts.count_name = "millionths".to_owned();
+    );
     let mut svg = Vec::new();
-    flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg).map_err(
-        |source| Error::Write {
-            path: args.output.clone(),
-            source,
-        },
-    )?;
+    render(&before, &after, &title, &subtitle, &mut svg).map_err(|source| Error::Write {
+        path: args.output.clone(),
+        source,
+    })?;
     let write = |path: &Path| -> std::io::Result<()> {
         let mut f = std::fs::File::create(path)?;
         f.write_all(&svg)
@@ -63,6 +58,26 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
         args.output.display()
     );
     Ok(0)
+}
+
+/// Draws the differential flamegraph of `before` -> `after` (folded stacks).
+pub fn render(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    title: &str,
+    subtitle: &str,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let lines = differential_lines(before, after);
+    let mut opts = Options::default();
+    opts.title = title.to_owned();
+    opts.subtitle = Some(subtitle.to_owned());
+    opts.count_name = "millionths".to_owned();
+    match flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut *out) {
+        // inferno still writes a complete SVG that says there was no input.
+        Err(e) if lines.is_empty() && e.kind() == std::io::ErrorKind::InvalidData => Ok(()),
+        other => other,
+    }
 }
 
 /// The folded stacks of the profile at `path`.
@@ -112,7 +127,7 @@ fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
 }
 
 /// A folded stack without inferno's annotations.
-fn strip(stack: &str) -> String {
+pub fn strip(stack: &str) -> String {
     stack
         .split(';')
         .map(|f| {

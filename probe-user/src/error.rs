@@ -75,6 +75,37 @@ pub enum UsageError {
         /// What was wrong.
         why: String,
     },
+    /// `--token-file` unusable.
+    #[error("--token-file {}: {why}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+    /// A non-loopback `--listen` without a token.
+    #[error(
+        "--listen {0} is reachable from other hosts: give --token-file FILE (a secret of 16 characters or more), or listen on 127.0.0.1"
+    )]
+    TokenNeeded(std::net::SocketAddr),
+    /// The HTTP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}: pick another --listen address or port")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `--log-file` cannot be opened.
+    #[error("cannot open --log-file {}: {source}: give a writable file", path.display())]
+    LogFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A command-line syntax error reported by clap.
     #[error("{0}")]
     Syntax(String),

@@ -17,6 +17,7 @@
 //! stack crosses runtimes: fold marks the crossings, render colours by kind.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod aggregate;
 pub mod cli;
 pub mod decode;

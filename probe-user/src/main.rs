@@ -10,10 +10,6 @@ use crossprof::{
 };
 
 fn main() -> ExitCode {
-    // inferno logs an error for an empty profile; crossprof says so itself.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,inferno=off"))
-        .format_timestamp(None)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match e.kind() {
@@ -28,6 +24,20 @@ fn main() -> ExitCode {
             _ => return fail(&Error::Usage(UsageError::Syntax(syntax_error(&e)))),
         },
     };
+    // The agent's log may go to a file (reopened on SIGHUP).
+    if let Command::Agent(args) = &cli.command
+        && let Some(path) = &args.log_file
+        && let Err(e) = crossprof::agent::logfile::open(path)
+    {
+        return fail(&Error::Usage(e));
+    }
+    // inferno logs an error for an empty profile; crossprof says so itself.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,inferno=off"))
+        .format_timestamp(None)
+        .target(env_logger::Target::Pipe(Box::new(
+            crossprof::agent::logfile::Sink,
+        )))
+        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Record(args) => runtime.block_on(record(args)),
         Command::Diff(args) => crossprof::diff::diff(&args),
+        Command::Agent(args) => runtime.block_on(crossprof::agent::agent(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -587,6 +587,12 @@ pub struct Read {
 
 /// Reads a pprof profile (gzipped or not).
 pub fn read(data: &[u8]) -> Result<Read, String> {
+    read_pid(data, None)
+}
+
+/// Reads a pprof profile (gzipped or not), only the samples of process `pid`
+/// (its `pid` label) if given.
+pub fn read_pid(data: &[u8], pid: Option<u32>) -> Result<Read, String> {
     let data = gunzip(data)?;
     let mut strings = Vec::new();
     let mut types = Vec::new();
@@ -612,15 +618,16 @@ pub fn read(data: &[u8]) -> Result<Read, String> {
                 for f in Fields(b) {
                     match f? {
                         (3, Field::Bytes(l)) => {
-                            let (mut k, mut v) = (0, 0);
+                            let (mut k, mut v, mut num) = (0, 0, None);
                             for lf in Fields(l) {
                                 match lf? {
                                     (1, Field::Int(x)) => k = x,
                                     (2, Field::Int(x)) => v = x,
+                                    (3, Field::Int(x)) => num = Some(x),
                                     _ => {}
                                 }
                             }
-                            labels.push((k, v));
+                            labels.push((k, v, num));
                         }
                         (1, Field::Int(v)) => locs.push(v),
                         (1, Field::Bytes(p)) => locs.extend(packed(p)?),
@@ -674,11 +681,21 @@ pub fn read(data: &[u8]) -> Result<Read, String> {
         .position(|&(t, _)| t == default_type && default_type != 0)
         .unwrap_or(types.len().saturating_sub(1));
     let comm_key = strings.iter().position(|s| s == "comm").map(|i| i as u64);
+    let pid_key = strings.iter().position(|s| s == "pid").map(|i| i as u64);
     for (locs, values, labels) in samples {
+        if let Some(pid) = pid {
+            let of = labels
+                .iter()
+                .find(|l| Some(l.0) == pid_key)
+                .and_then(|l| l.2);
+            if of != Some(u64::from(pid)) {
+                continue;
+            }
+        }
         let mut frames: Vec<String> = Vec::new();
         // crossprof's own profiles: the process is the root, as in its
         // folded stacks.
-        if let Some(&(_, v)) = labels.iter().find(|&&(k, _)| Some(k) == comm_key) {
+        if let Some(&(_, v, _)) = labels.iter().find(|l| Some(l.0) == comm_key) {
             frames.push(crate::symbolize::sanitize(&string(v)).into_owned());
         }
         for id in locs.iter().rev() {
@@ -839,7 +856,9 @@ mod tests {
         );
         assert_eq!(got.default_column, 1);
         // The levels are labels, not frames; [running] samples are CPU time.
-        // (No comm: process 42 is not in the table.)
+        // (No comm: process 42 is not in the table.) Only process 42's.
+        assert_eq!(read_pid(&data, Some(42)).unwrap().stacks.len(), 2);
+        assert!(read_pid(&data, Some(43)).unwrap().stacks.is_empty());
         assert_eq!(got.stacks["main;hot;[running]"], [2, 20_000_000, 0, 0]);
         assert_eq!(got.stacks["main;[blocked: futex]"], [0, 0, 5_000_000, 0]);
         assert!(

@@ -61,59 +61,110 @@ enum Stop {
 }
 
 /// Everything downstream of the ring buffer.
-struct Pipeline {
-    procs: ProcessTable,
-    agg: Aggregator,
-    symbolizer: SymbolizerThread,
-    decode_errors: u64,
+pub(crate) struct Pipeline {
+    pub(crate) procs: ProcessTable,
+    pub(crate) agg: Aggregator,
+    pub(crate) symbolizer: SymbolizerThread,
+    pub(crate) decode_errors: u64,
     /// `--per-thread` (and `--mode wall`): a thread frame under the process.
-    per_thread: bool,
+    pub(crate) per_thread: bool,
     /// `--mode`.
-    mode: Mode,
+    pub(crate) mode: Mode,
     /// Weight of an on-CPU sample: 1 (a sample), or in wall mode the sample
     /// period in microseconds.
-    cpu_weight: u64,
+    pub(crate) cpu_weight: u64,
     /// Microseconds of thread off-CPU time counted.
-    off_cpu_us: u64,
+    pub(crate) off_cpu_us: u64,
     /// Microseconds of goroutine waits counted.
-    go_wait_us: u64,
+    pub(crate) go_wait_us: u64,
     /// `--timeline`: the events kept for it.
-    timeline: Option<crate::timeline::Timeline>,
+    pub(crate) timeline: Option<crate::timeline::Timeline>,
     /// `--group-by trace`: the requests in flight.
-    requests: crate::http::Requests,
+    pub(crate) requests: crate::http::Requests,
     /// `--trace-id`: only what works for this trace is kept.
-    only_trace: Option<String>,
+    pub(crate) only_trace: Option<String>,
     /// `--group-by`: frame levels under the process (and thread).
-    group_by: Vec<GroupBy>,
+    pub(crate) group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
-    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    pub(crate) go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
     /// `--go-states`: follow goroutine states in Go processes.
-    go_states: bool,
+    pub(crate) go_states: bool,
     /// Go processes whose states could not be followed: (process, why).
-    go_states_failed: Vec<(String, String)>,
+    pub(crate) go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
-    go_preattached: Option<Preattached>,
+    pub(crate) go_preattached: Option<Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
-    waiting: VecDeque<Waiting>,
+    pub(crate) waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
-    dotnet_tables: KernelTables,
+    pub(crate) dotnet_tables: KernelTables,
     /// The kernel's `.eh_frame` tables for native code.
-    unwind_tables: crate::native::unwind::UnwindTables,
+    pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
     /// The first failure to update them, reported once.
-    unwind_tables_error: Option<String>,
+    pub(crate) unwind_tables_error: Option<String>,
     /// `--frame-pointers-only`: no rules given to the kernel.
-    frame_pointers_only: bool,
+    pub(crate) frame_pointers_only: bool,
     /// The first failure to update them, reported once.
-    dotnet_tables_error: bool,
+    pub(crate) dotnet_tables_error: bool,
     /// The frame-pointer baseline: per process, the outermost frames a
     /// frame-pointer walk of the same stacks reached (one sample in
     /// `FP_BASELINE_EVERY` of those walked by rules).
-    fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
+    pub(crate) fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
+    /// Aggregators every counted stack also goes to (the agent's on-demand
+    /// captures).
+    pub(crate) taps: Vec<Aggregator>,
+}
+
+impl Pipeline {
+    /// The pipeline of a recording with `args`, over the kernel's tables.
+    pub(crate) fn new(
+        args: &RecordArgs,
+        procs: ProcessTable,
+        go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+        dotnet_tables: KernelTables,
+        unwind_tables: crate::native::unwind::UnwindTables,
+        go_states_failed: Vec<(String, String)>,
+        go_preattached: Option<Preattached>,
+    ) -> Self {
+        Pipeline {
+            symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
+            procs,
+            agg: Aggregator::default(),
+            decode_errors: 0,
+            per_thread: args.per_thread || args.mode == Mode::Wall,
+            mode: args.mode,
+            cpu_weight: match args.mode {
+                Mode::Wall => (1_000_000 / args.freq.max(1)).max(1),
+                _ => 1,
+            },
+            off_cpu_us: 0,
+            go_wait_us: 0,
+            timeline: args
+                .timeline
+                .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
+            requests: crate::http::Requests::new(
+                args.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
+            ),
+            only_trace: args.trace_id.clone(),
+            group_by: args.group_by.clone(),
+            go_pids,
+            go_states: args.go_states || args.mode.goroutine_waits(),
+            go_states_failed,
+            go_preattached,
+            waiting: VecDeque::new(),
+            dotnet_tables,
+            dotnet_tables_error: false,
+            unwind_tables,
+            unwind_tables_error: None,
+            frame_pointers_only: args.frame_pointers_only,
+            fp_baseline: HashMap::new(),
+            taps: Vec::new(),
+        }
+    }
 }
 
 /// A Go executable whose state probes were attached before its process started
 /// (`record -- CMD`), so that every goroutine is seen from its creation.
-struct Preattached {
+pub(crate) struct Preattached {
     /// The executable, canonical.
     exe: std::path::PathBuf,
     /// When the probes were attached.
@@ -121,7 +172,7 @@ struct Preattached {
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
-struct Waiting {
+pub(crate) struct Waiting {
     pid: u32,
     time_ns: u64,
     frames: Vec<FrameRef>,
@@ -129,7 +180,7 @@ struct Waiting {
 }
 
 impl Pipeline {
-    fn drain(&mut self, events: &mut RingBuf<MapData>) {
+    pub(crate) fn drain(&mut self, events: &mut RingBuf<MapData>) {
         let mut maps_changed = std::collections::BTreeSet::new();
         while let Some(item) = events.next() {
             match decode(&item) {
@@ -246,7 +297,7 @@ impl Pipeline {
                             weight,
                         });
                     } else {
-                        self.agg.add_weighted(sample.pid, frames, weight);
+                        self.count(sample.pid, frames, weight);
                     }
                 }
                 Ok(Record::Http {
@@ -357,7 +408,7 @@ impl Pipeline {
 
     /// Hands the kernel the goroutine layout of Go processes seen for the first
     /// time and, with `--go-states`, attaches their state probes.
-    fn poll_go(&mut self, sampler: &mut Sampler) {
+    pub(crate) fn poll_go(&mut self, sampler: &mut Sampler) {
         let tracked = self.procs.poll_go(&mut self.go_pids);
         self.poll_native_unwind();
         for (pid, offsets, table) in tracked {
@@ -392,7 +443,7 @@ impl Pipeline {
 
     /// Counts the waiting samples taken up to `until_ns`, each under a `[gc]` frame
     /// if its process was in a GC pause then.
-    fn count_waiting(&mut self, until_ns: u64) {
+    pub(crate) fn count_waiting(&mut self, until_ns: u64) {
         while let Some(w) = self.waiting.front()
             && w.time_ns <= until_ns
         {
@@ -404,8 +455,27 @@ impl Pipeline {
                 p.gc_samples += 1;
                 w.frames.insert(0, FrameRef::Marker(Marker::Gc));
             }
-            self.agg.add_weighted(w.pid, w.frames, w.weight);
+            self.count(w.pid, w.frames, w.weight);
         }
+    }
+
+    /// Counts one stack, in the profile and in every tap.
+    fn count(&mut self, pid: u32, frames: Vec<FrameRef>, weight: u64) {
+        for tap in &mut self.taps {
+            tap.add_weighted(pid, frames.clone(), weight);
+        }
+        self.agg.add_weighted(pid, frames, weight);
+    }
+
+    /// Forgets process `pid` (exited): its entry, and its rows in the
+    /// kernel's tables (native unwind rules, .NET code pages, Go layout), so
+    /// that a long run's churn of processes leaves nothing behind.
+    pub(crate) fn release(&mut self, pid: u32) {
+        self.unwind_tables.remove_process(pid);
+        self.dotnet_tables.release(pid);
+        let _ = self.go_pids.remove(&pid);
+        self.fp_baseline.remove(&pid);
+        self.procs.forget(pid);
     }
 }
 
@@ -423,7 +493,7 @@ fn go_status_text(goid: u64, status: u32) -> &'static str {
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock of sample times.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -471,21 +541,21 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     run(args, pids, started, out).await
 }
 
-struct Started {
-    sampler: Sampler,
-    events: RingBuf<MapData>,
-    dotnet_tables: KernelTables,
-    unwind_tables: crate::native::unwind::UnwindTables,
-    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
-    procs: ProcessTable,
-    go_preattached: Result<Option<Preattached>, String>,
-    child: Option<tokio::process::Child>,
-    sigint: tokio::signal::unix::Signal,
-    sigterm: tokio::signal::unix::Signal,
+pub(crate) struct Started {
+    pub(crate) sampler: Sampler,
+    pub(crate) events: RingBuf<MapData>,
+    pub(crate) dotnet_tables: KernelTables,
+    pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
+    pub(crate) go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    pub(crate) procs: ProcessTable,
+    pub(crate) go_preattached: Result<Option<Preattached>, String>,
+    pub(crate) child: Option<tokio::process::Child>,
+    pub(crate) sigint: tokio::signal::unix::Signal,
+    pub(crate) sigterm: tokio::signal::unix::Signal,
 }
 
 // 2. Kernel side and command.
-async fn start(
+pub(crate) async fn start(
     args: &RecordArgs,
     pids: &[u32],
     program: Option<&std::path::Path>,
@@ -638,7 +708,7 @@ fn spawn_registered(
     })
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let sent = unsafe { libc::kill(pid as i32, 0) } == 0;
     sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -661,7 +731,7 @@ fn settle_maps(pid: u32) {
 }
 
 /// Each mapped file is held open (see `native::process`): make room for many.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     // SAFETY: get/setrlimit on a valid local struct.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
@@ -703,39 +773,15 @@ async fn run(
         Ok(pre) => (pre, Vec::new()),
         Err(why) => (None, vec![(title(&args, &pids), why)]),
     };
-    let mut pipeline = Pipeline {
-        symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
+    let mut pipeline = Pipeline::new(
+        &args,
         procs,
-        agg: Aggregator::default(),
-        decode_errors: 0,
-        per_thread: args.per_thread || args.mode == Mode::Wall,
-        mode: args.mode,
-        cpu_weight: match args.mode {
-            Mode::Wall => (1_000_000 / args.freq.max(1)).max(1),
-            _ => 1,
-        },
-        off_cpu_us: 0,
-        go_wait_us: 0,
-        timeline: args
-            .timeline
-            .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
-        requests: crate::http::Requests::new(
-            args.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
-        ),
-        only_trace: args.trace_id.clone(),
-        group_by: args.group_by.clone(),
         go_pids,
-        go_states: args.go_states || args.mode.goroutine_waits(),
+        dotnet_tables,
+        unwind_tables,
         go_states_failed,
         go_preattached,
-        waiting: VecDeque::new(),
-        dotnet_tables,
-        dotnet_tables_error: false,
-        unwind_tables,
-        unwind_tables_error: None,
-        frame_pointers_only: args.frame_pointers_only,
-        fp_baseline: HashMap::new(),
-    };
+    );
     // Known targets are read now, not at their first sample: the kernel gets
     // their unwind rules and Go layouts (and their goroutine states are followed)
     // from the start. (A .NET runtime is found when its maps are re-read.)
@@ -907,6 +953,7 @@ async fn run(
         unwind_tables_error,
         frame_pointers_only: _,
         fp_baseline,
+        taps: _,
     } = pipeline;
     symbolizer.finish();
     let names = &symbolizer.names;
@@ -1263,7 +1310,7 @@ async fn run(
     Ok(command_exit_status.unwrap_or(0))
 }
 
-fn drops(counters: &[u64; COUNTER_SLOTS as usize]) -> u64 {
+pub(crate) fn drops(counters: &[u64; COUNTER_SLOTS as usize]) -> u64 {
     Counter::ALL
         .iter()
         .filter(|c| c.is_drop())

@@ -296,6 +296,8 @@ pub(crate) fn elf_names(
 /// The symbolizer thread and the names it has sent back.
 pub struct SymbolizerThread {
     jobs: Option<mpsc::Sender<Job>>,
+    /// Jobs sent whose batch has not come back.
+    pending: usize,
     results: mpsc::Receiver<Batch>,
     handle: Option<JoinHandle<()>>,
     /// What has come back.
@@ -373,6 +375,7 @@ impl SymbolizerThread {
             .expect("spawn the symbolizer thread");
         Self {
             jobs: Some(jobs),
+            pending: 0,
             results,
             handle: Some(handle),
             names: Names::default(),
@@ -397,8 +400,8 @@ impl SymbolizerThread {
                 | FrameRef::Marker(_) => {}
             }
         }
-        if !kernel.is_empty() {
-            let _ = jobs.send(Job::Kernel(kernel));
+        if !kernel.is_empty() && jobs.send(Job::Kernel(kernel)).is_ok() {
+            self.pending += 1;
         }
         for (module, offsets) in per_module {
             let m = modules.get(module);
@@ -416,7 +419,19 @@ impl SymbolizerThread {
                     offsets,
                 }
             };
-            let _ = jobs.send(job);
+            if jobs.send(job).is_ok() {
+                self.pending += 1;
+            }
+        }
+    }
+
+    /// Waits for every queued job's names (the thread keeps running).
+    pub fn flush(&mut self) {
+        while self.pending > 0 {
+            match self.results.recv() {
+                Ok(batch) => self.take(batch),
+                Err(_) => break,
+            }
         }
     }
 
@@ -439,6 +454,7 @@ impl SymbolizerThread {
     }
 
     fn take(&mut self, batch: Batch) {
+        self.pending = self.pending.saturating_sub(1);
         for (frame, name, sources) in batch {
             self.names.insert(frame, name);
             if let Some(s) = sources {

@@ -4,6 +4,9 @@
 //!
 //! Everything here runs real programs; nothing is mocked.
 
+pub mod http;
+pub mod webdriver;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},

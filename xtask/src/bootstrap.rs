@@ -23,7 +23,9 @@ use crate::{cmd, say};
 /// fixtures, util-linux has `setpriv` (tests run a target as another user), procps has
 /// `ps`/`pgrep`.
 /// mono-mcs compiles the C# fixtures (they run on CoreCLR, not Mono).
-/// golang-go is Debian's Go 1.19, the oldest Go the tests build with.
+/// golang-go is Debian's Go 1.19, the oldest Go the tests build with, and its
+/// `go tool pprof` is the reference pprof reader. chromium and chromium-driver
+/// drive the agent's live page in the browser test (WebDriver).
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -31,6 +33,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "mono-mcs",
     "golang-go",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).

@@ -366,6 +366,17 @@ impl ProcessTable {
         Some(managed.intern(name))
     }
 
+    /// Forgets process `pid` (it exited): its maps, runtime state and .NET
+    /// event session go with it; the modules it mapped stay (other processes
+    /// share them, and frames already counted name offsets in them).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(mut p) = self.procs.remove(&pid)
+            && let Some(dn) = p.dotnet.as_mut()
+        {
+            dn.release();
+        }
+    }
+
     /// The `--per-thread` frame of thread `tid` named `comm` when it was sampled
     /// (a thread renamed later appears under each name it ran with).
     pub fn thread_frame(&mut self, tid: u32, comm: &[u8; 16]) -> FrameRef {

@@ -1,0 +1,416 @@
+//! `crossprof agent`: continuous profiling.
+//!
+//! The recording pipeline of [`crate::record`] (same kernel programs, same
+//! decode -> aggregate -> symbolize stages), run without end and cut into
+//! windows: every `--window`, the stacks counted so far are taken out of the
+//! aggregator, named (the symbolizer is flushed), folded per process and
+//! turned into a pprof profile, then handed to the [`store`] (disk, retention,
+//! the latest in memory). The [`server`] answers HTTP from the store, and asks
+//! the loop for on-demand captures (`/debug/pprof/profile?seconds=N`: an extra
+//! aggregator every stack also goes to until its end).
+//!
+//! Processes that start later are sampled from their first sample on (the
+//! whole host), named and unwound as in `record` (.NET and Go are recognised
+//! when first seen); processes that exit are forgotten, with their rows in
+//! the kernel's tables, after the window that holds their last samples is
+//! written. Names are dropped and looked up again when more than
+//! [`NAMES_CAP`] are held, so memory stays bounded under churn.
+//!
+//! SIGTERM and SIGINT write the current (partial) window and stop; SIGHUP
+//! reopens `--log-file`.
+
+pub mod logfile;
+pub mod server;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::{
+    server::{Capture, Shared},
+    store::{ProcessMeta, Store, Window, WindowMeta, unix_ms, window_id},
+};
+use crate::{
+    aggregate::{Aggregator, StackKey},
+    cli::{AgentArgs, Format, Mode, RecordArgs},
+    error::{Error, UsageError},
+    fold::{Folded, fold},
+    pprof::{self, BuildIds, Kind},
+    preflight,
+    record::{self, Pipeline},
+};
+
+/// Names held before they are dropped and looked up again.
+pub const NAMES_CAP: usize = 200_000;
+/// How often exited processes are looked for.
+const EXIT_CHECK: Duration = Duration::from_secs(5);
+
+/// The `record` settings the agent runs the pipeline with.
+fn record_args(args: &AgentArgs) -> RecordArgs {
+    RecordArgs {
+        mode: if args.off_cpu { Mode::Wall } else { Mode::Cpu },
+        min_block: args.min_block,
+        kernel_waits: false,
+        pids: args.pids.clone(),
+        duration: None,
+        freq: args.freq,
+        formats: vec![Format::Pprof],
+        output: args.dir.clone(),
+        include_idle: false,
+        per_thread: args.per_thread,
+        group_by: Vec::new(),
+        go_states: false,
+        frame_pointers_only: false,
+        debug_dirs: args.debug_dirs.clone(),
+        only_transitions: false,
+        timeline: false,
+        trace_id: None,
+        slow_ms: None,
+        quiet: true,
+        command: Vec::new(),
+    }
+}
+
+/// The bearer token in `path`'s first line.
+fn read_token(path: &std::path::Path) -> Result<String, UsageError> {
+    let bad = |why: String| UsageError::TokenFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.len() < 16 {
+        return Err(bad(
+            "its first line must hold a token of at least 16 characters".into(),
+        ));
+    }
+    Ok(token)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
+    // 1. Input.
+    preflight::check_freq(args.freq)?;
+    preflight::check_debug_dirs(&args.debug_dirs)?;
+    let token = match &args.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        return Err(UsageError::TokenNeeded(args.listen).into());
+    }
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    let pids = preflight::resolve_pids(&args.pids)?;
+    let store = Store::open(&args.dir, args.retain, args.max_disk)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| UsageError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    record::raise_fd_limit();
+    let rargs = record_args(&args);
+
+    // 2. Kernel side.
+    let started = record::start(&rargs, &pids, None).await?;
+    let record::Started {
+        mut sampler,
+        events,
+        dotnet_tables,
+        unwind_tables,
+        go_pids,
+        procs,
+        go_preattached: _,
+        child: _,
+        mut sigint,
+        mut sigterm,
+    } = started;
+    let io = |what| move |source| Error::Io { what, source };
+    let mut sighup = signal(SignalKind::hangup()).map_err(io("install the SIGHUP handler"))?;
+    let mut kernel_log = sampler.take_logger();
+    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as
+    // long as the AsyncFd holds it.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| Error::Io {
+            what: "poll the ring buffer",
+            source: std::io::Error::from(e),
+        })?;
+    let mut pipeline = Pipeline::new(
+        &rargs,
+        procs,
+        go_pids,
+        dotnet_tables,
+        unwind_tables,
+        Vec::new(),
+        None,
+    );
+    for &pid in &pids {
+        pipeline.procs.get_or_capture(pid, "[exited]");
+    }
+    pipeline.poll_go(&mut sampler);
+    sampler.attach()?;
+
+    // 3. The server.
+    let (captures_tx, mut captures_rx) = mpsc::unbounded_channel::<Capture>();
+    let shared = Arc::new(Shared {
+        store: Mutex::new(store),
+        captures: captures_tx,
+        token,
+        mode: if args.off_cpu { "wall" } else { "cpu" },
+        freq: args.freq,
+        status: Mutex::new(server::AgentStatus::default()),
+    });
+    tokio::spawn(server::serve(listener, shared.clone()));
+    let kind = if args.off_cpu {
+        Kind::Wall { freq: args.freq }
+    } else {
+        Kind::Cpu { freq: args.freq }
+    };
+    logfile::say(&format!(
+        "agent: profiling {} at {} Hz{}, windows of {:?} in {}, serving http://{}/",
+        if pids.is_empty() {
+            "the whole host".to_owned()
+        } else {
+            format!("pid {pids:?}")
+        },
+        args.freq,
+        if args.off_cpu {
+            " with off-CPU time"
+        } else {
+            ""
+        },
+        args.window,
+        args.dir.display(),
+        args.listen
+    ));
+
+    // 4. Windows.
+    let mut cutter = Cutter {
+        kind,
+        build_ids: BuildIds::default(),
+        start_ms: unix_ms(),
+        start: tokio::time::Instant::now(),
+        exited: Vec::new(),
+        lost_before: 0,
+        windows: 0,
+    };
+    let mut captures: Vec<(tokio::time::Instant, f64, Capture)> = Vec::new();
+    let mut tick = tokio::time::interval(record::DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut windows = tokio::time::interval_at(cutter.start + args.window, args.window);
+    windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_exit_check = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    pipeline.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                pipeline.poll_go(&mut sampler);
+            }
+            _ = tick.tick() => {
+                pipeline.drain(events.get_mut());
+                pipeline.poll_go(&mut sampler);
+                if let Some(l) = kernel_log.as_mut() { l.flush(); }
+                let now = tokio::time::Instant::now();
+                while let Some(i) = captures.iter().position(|(end, _, _)| *end <= now) {
+                    let (_, secs, capture) = captures.remove(i);
+                    let tap = pipeline.taps.remove(i);
+                    let data = cutter.capture(&mut pipeline, &tap, secs);
+                    let _ = capture.reply.send(data);
+                }
+                if now - last_exit_check >= EXIT_CHECK {
+                    last_exit_check = now;
+                    cutter.note_exits(&pipeline);
+                }
+            }
+            _ = windows.tick() => {
+                pipeline.drain(events.get_mut());
+                let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
+                cutter.cut(&mut pipeline, &shared.store, lost, !captures.is_empty());
+                *shared.status.lock().expect("status") = server::AgentStatus {
+                    processes: pipeline.procs.iter().count(),
+                    names: pipeline.symbolizer.names.len(),
+                    rss_kib: rss_kib(),
+                    cpu_seconds: crate::summary::CollectorStats::cpu_now(),
+                    lost,
+                    windows: cutter.windows,
+                };
+            }
+            Some(capture) = captures_rx.recv() => {
+                let end = tokio::time::Instant::now() + Duration::from_secs_f64(capture.seconds);
+                pipeline.taps.push(Aggregator::default());
+                captures.push((end, capture.seconds, capture));
+            }
+            _ = sighup.recv() => logfile::reopen(),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // 5. The last window, partial, and what captures had.
+    pipeline.drain(events.get_mut());
+    pipeline.count_waiting(u64::MAX);
+    let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
+    for (i, (_, secs, capture)) in captures.into_iter().enumerate() {
+        let tap = std::mem::take(&mut pipeline.taps[i]);
+        let data = cutter.capture(&mut pipeline, &tap, secs);
+        let _ = capture.reply.send(data);
+    }
+    cutter.cut(&mut pipeline, &shared.store, lost, false);
+    drop(events);
+    sampler.detach_mmap_tracepoints_in_background();
+    drop(sampler);
+    pipeline.procs.release_dotnet();
+    logfile::say("agent: stopped; the last window is written");
+    Ok(0)
+}
+
+/// Cuts windows and captures out of the pipeline.
+struct Cutter {
+    kind: Kind,
+    build_ids: BuildIds,
+    /// The current window's start.
+    start_ms: u64,
+    start: tokio::time::Instant,
+    /// Processes that exited, forgotten after the next window.
+    exited: Vec<u32>,
+    /// Samples lost before the current window.
+    lost_before: u64,
+    /// Windows cut.
+    windows: u64,
+}
+
+/// This process's resident memory, KiB (`/proc/self/statm`).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+impl Cutter {
+    /// Notes the processes that exited since the last look.
+    fn note_exits(&mut self, pipeline: &Pipeline) {
+        for p in pipeline.procs.iter() {
+            if p.pid != 0 && !record::alive(p.pid) && !self.exited.contains(&p.pid) {
+                self.exited.push(p.pid);
+            }
+        }
+    }
+
+    /// A capture's gzipped pprof profile.
+    fn capture(&mut self, pipeline: &mut Pipeline, tap: &Aggregator, secs: f64) -> Vec<u8> {
+        pipeline.symbolizer.flush();
+        let span = pprof::Span {
+            start_unix_ns: (unix_ms().saturating_sub((secs * 1000.0) as u64) * 1_000_000) as i64,
+            duration_ns: (secs * 1e9) as i64,
+        };
+        let data = pprof::build(
+            tap.stacks(),
+            &pipeline.symbolizer.names,
+            &pipeline.procs,
+            &mut self.build_ids,
+            self.kind,
+            span,
+        );
+        pprof::gzip(&data)
+    }
+
+    /// Ends the current window: names, folds, profiles and stores it, then
+    /// forgets exited processes (unless a capture still counts their stacks).
+    fn cut(&mut self, pipeline: &mut Pipeline, store: &Mutex<Store>, lost: u64, capturing: bool) {
+        let end_ms = unix_ms();
+        let agg = pipeline.agg.take_stacks();
+        pipeline.symbolizer.flush();
+        let names = &pipeline.symbolizer.names;
+        let procs = &pipeline.procs;
+        let mut per_pid: BTreeMap<u32, Vec<(&StackKey, u64)>> = BTreeMap::new();
+        for (key, n) in agg.stacks() {
+            per_pid.entry(key.pid).or_default().push((key, n));
+        }
+        let name_of = |pid: u32| {
+            procs
+                .get(pid)
+                .map(|p| p.name.to_string())
+                .unwrap_or_default()
+        };
+        let mut by_pid: BTreeMap<u32, Folded> = BTreeMap::new();
+        let mut processes = Vec::new();
+        let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
+        for (&pid, stacks) in &per_pid {
+            let folded = fold(stacks.iter().copied(), name_of, names, procs);
+            let dotnet = procs.get(pid).is_some_and(|p| p.dotnet.is_some());
+            processes.push(ProcessMeta {
+                pid,
+                comm: name_of(pid),
+                runtime: server::runtime_of(&folded, dotnet),
+                samples: stacks.iter().map(|(_, n)| n).sum(),
+            });
+            by_pid.insert(pid, folded);
+        }
+        for f in by_pid.values() {
+            for (line, &n) in &f.stacks {
+                *lines.entry(line.as_str()).or_insert(0) += n;
+            }
+        }
+        let mut folded_text = Vec::new();
+        for (line, n) in lines {
+            folded_text.extend_from_slice(format!("{line} {n}\n").as_bytes());
+        }
+        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+        let span = pprof::Span {
+            start_unix_ns: (self.start_ms * 1_000_000) as i64,
+            duration_ns: (self.start.elapsed().as_nanos()) as i64,
+        };
+        let profile = pprof::build(
+            agg.stacks(),
+            names,
+            procs,
+            &mut self.build_ids,
+            self.kind,
+            span,
+        );
+        let window = Window {
+            meta: WindowMeta {
+                id: window_id(self.start_ms),
+                start_unix_ms: self.start_ms,
+                end_unix_ms: end_ms,
+                samples: agg.samples,
+                lost: lost.saturating_sub(self.lost_before),
+                processes,
+                bytes: 0,
+                on_disk: false,
+                in_memory: false,
+            },
+            by_pid,
+            pprof: pprof::gzip(&profile),
+            folded: folded_text,
+        };
+        store.lock().expect("store").add(window);
+        self.lost_before = lost;
+        self.windows += 1;
+        self.start_ms = end_ms;
+        self.start = tokio::time::Instant::now();
+        // Bounded memory: exited processes go, and names when too many.
+        if !capturing {
+            for pid in std::mem::take(&mut self.exited) {
+                pipeline.release(pid);
+            }
+            if pipeline.symbolizer.names.len() > NAMES_CAP {
+                pipeline.symbolizer.names.clear();
+                pipeline.agg.forget_seen();
+            }
+        }
+    }
+}

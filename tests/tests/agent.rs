@@ -1,0 +1,682 @@
+//! End to end: `crossprof agent` on the real kernel, profiling real fixtures:
+//! its scrape endpoint read by `go tool pprof`, its windows on disk
+//! (privacy, retention, a full disk, SIGTERM), its bearer token, a deleted
+//! binary, its live page in headless Chromium, and a soak under process churn.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crossprof_tests::{
+    Dotnet, Go, GoBuild, Guard, crossprof_bin,
+    http::{free_port, get},
+    native_fixture, out_dir,
+    webdriver::Browser,
+};
+use serde_json::Value;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A running agent.
+struct Agent {
+    guard: Guard,
+    addr: String,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `crossprof agent --dir DIR --listen 127.0.0.1:PORT EXTRA`
+    /// (the folder is left for the agent to create), and waits for its
+    /// server.
+    fn start(name: &str, extra: &[&str]) -> Agent {
+        let out = out_dir(name);
+        let dir = out.join("windows");
+        let log = out.join("agent.log");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let guard = Guard(
+            Command::new(crossprof_bin())
+                .args([
+                    "agent",
+                    "--dir",
+                    s(&dir),
+                    "--listen",
+                    &addr,
+                    "--log-file",
+                    s(&log),
+                ])
+                .args(extra)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start crossprof agent"),
+        );
+        let mut agent = Agent {
+            guard,
+            addr,
+            dir,
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while get(&self.addr, "/api/windows", &[]).is_none() {
+            if let Some(st) = self.guard.0.try_wait().unwrap() {
+                panic!("agent exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent not serving"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn windows(&self) -> Value {
+        get(&self.addr, "/api/windows", &[])
+            .expect("/api/windows")
+            .json()
+    }
+
+    /// Waits until `/api/windows` lists `n` windows with samples of `pid`.
+    fn wait_windows_of(&self, pid: u32, n: usize, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.windows();
+            let with = v["windows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| {
+                    w["processes"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["pid"] == pid))
+                })
+                .count();
+            if with >= n {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{n} windows of {pid} not there: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.guard.pid() as i32, libc::SIGTERM) };
+        self.guard.wait_for(Duration::from_secs(30))
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Guard {
+    Guard(cmd.stdout(Stdio::null()).spawn().expect("start a fixture"))
+}
+
+fn go_chain(secs: &str) -> Guard {
+    spawn(Command::new(Go::Go123.fixture("chain", GoBuild::Normal)).arg(secs))
+}
+
+/// `go tool pprof ARGS`'s stdout; panics if it fails.
+fn pprof(args: &[&str]) -> String {
+    let out = Command::new(Go::Go119.go())
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn go_tool_pprof_scrapes_the_agent_and_windows_are_private_pprof_and_folded_files() {
+    let target = go_chain("40");
+    let pid = target.pid();
+    let agent = Agent::start("agent_scrape", &["--window", "2s"]);
+    let url = format!("http://{}/debug/pprof/profile?seconds=2", agent.addr);
+
+    // The reference reader scrapes it as it would a Go program.
+    let raw = pprof(&["-raw", &url]);
+    assert!(
+        raw.contains("main.hot"),
+        "no main.hot in the scrape:\n{raw}"
+    );
+    assert!(
+        raw.contains(&format!("pid:[{pid}]")),
+        "no pid label:\n{raw}"
+    );
+    let top = pprof(&["-top", &url]);
+    assert!(
+        top.contains("Type: cpu") && top.contains("main.mix"),
+        "{top}"
+    );
+
+    // Windows, written as they end: pprof + folded, 0600 in a 0700 folder.
+    let v = agent.wait_windows_of(pid, 2, Duration::from_secs(30));
+    let windows = v["windows"].as_array().unwrap();
+    let w = windows
+        .iter()
+        .rev()
+        .find(|w| w["on_disk"] == true)
+        .expect("a written window");
+    let p = w["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap();
+    assert_eq!(p["runtime"], "go", "{p}");
+    assert_eq!(p["comm"], "chain");
+    let id = w["id"].as_str().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.dir), 0o700);
+    let pb = agent.dir.join(format!("{id}.pb.gz"));
+    assert_eq!(mode(&pb), 0o600);
+    assert_eq!(mode(&agent.dir.join(format!("{id}.folded"))), 0o600);
+    let folded = std::fs::read_to_string(agent.dir.join(format!("{id}.folded"))).unwrap();
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.starts_with("chain;") && l.contains("main.hot")),
+        "{folded}"
+    );
+    let tags = pprof(&["-tags", s(&pb)]);
+    assert!(
+        tags.contains("runtime: Total") && tags.contains("chain"),
+        "{tags}"
+    );
+
+    // The window as an SVG, this process only.
+    let svg = get(
+        &agent.addr,
+        &format!("/flamegraph.svg?window={id}&pid={pid}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(svg.status, 200);
+    assert!(svg.text().contains("main.hot"));
+    let other = get(
+        &agent.addr,
+        &format!("/flamegraph.svg?window={id}&pid=1"),
+        &[],
+    )
+    .unwrap();
+    assert!(
+        !other.text().contains("main.hot"),
+        "pid 1's graph has the fixture"
+    );
+    let bad = get(
+        &agent.addr,
+        "/flamegraph.svg?window=..%2F..%2Fetc%2Fpasswd",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(bad.status, 404);
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn sigterm_writes_the_current_window() {
+    let target = go_chain("30");
+    let agent = Agent::start(
+        "agent_sigterm",
+        &["--window", "1h", "--pid", &target.pid().to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        std::fs::read_dir(&agent.dir).unwrap().count(),
+        0,
+        "no window before the hour"
+    );
+    let dir = agent.dir.clone();
+    assert!(agent.stop().success());
+    let pb: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| s(p).ends_with(".pb.gz"))
+        .collect();
+    assert_eq!(pb.len(), 1, "{pb:?}");
+    let top = pprof(&["-top", s(&pb[0])]);
+    assert!(
+        top.contains("main.mix") || top.contains("main.hot"),
+        "{top}"
+    );
+    // About three seconds of one busy thread at 19 Hz.
+    let samples: u64 = std::fs::read_to_string(s(&pb[0]).replace(".pb.gz", ".folded"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        (40..=90).contains(&samples),
+        "{samples} samples in ~3 s at 19 Hz"
+    );
+}
+
+#[test]
+fn off_loopback_every_endpoint_wants_the_token() {
+    let out = out_dir("agent_auth");
+    let port = free_port();
+    let any = format!("0.0.0.0:{port}");
+    // Without a token: refused at the start.
+    let run = Command::new(crossprof_bin())
+        .args(["agent", "--dir", s(&out.join("w")), "--listen", &any])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+
+    let token = "s3cret-token-0123456789abcdef";
+    let token_file = out.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut agent = Agent {
+        guard: Guard(
+            Command::new(crossprof_bin())
+                .args([
+                    "agent",
+                    "--window",
+                    "1s",
+                    "--dir",
+                    s(&out.join("w")),
+                    "--listen",
+                    &any,
+                ])
+                .args(["--token-file", s(&token_file)])
+                .spawn()
+                .unwrap(),
+        ),
+        addr: format!("127.0.0.1:{port}"),
+        dir: out.join("w"),
+        log: out.join("none"),
+    };
+    let start = Instant::now();
+    while get(&agent.addr, "/api/windows", &[]).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // a window exists
+    let bearer = format!("Bearer {token}");
+    for path in [
+        "/",
+        "/api/windows",
+        "/flamegraph.svg?window=latest",
+        "/debug/pprof/profile?seconds=1",
+    ] {
+        let r = get(&agent.addr, path, &[]).unwrap();
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert!(
+            r.body.len() < 100 && !r.text().contains("window"),
+            "{path}: {}",
+            r.text()
+        );
+        let r = get(
+            &agent.addr,
+            path,
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+        let r = get(&agent.addr, path, &[("Authorization", &bearer)]).unwrap();
+        assert_eq!(r.status, 200, "{path} with the token: {}", r.text());
+    }
+    agent.wait_ready();
+}
+
+#[test]
+fn many_short_windows_never_exceed_max_disk() {
+    let target = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let max = 6 * 1024;
+    let agent = Agent::start(
+        "agent_retention",
+        &[
+            "--window",
+            "0.5s",
+            "--max-disk",
+            "6KB",
+            "--freq",
+            "99",
+            "--pid",
+            &target.pid().to_string(),
+        ],
+    );
+    let start = Instant::now();
+    let mut peak = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let used: u64 = std::fs::read_dir(&agent.dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        peak = peak.max(used);
+        assert!(
+            used <= max,
+            "{used} bytes in the folder, --max-disk is {max}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = agent.windows();
+    let cut = v["agent"]["windows"].as_u64().unwrap();
+    let on_disk = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["on_disk"] == true)
+        .count();
+    assert!(cut >= 15, "{cut} windows in 10 s of 0.5 s");
+    assert!(
+        (2..cut as usize).contains(&on_disk),
+        "{on_disk} of {cut} kept"
+    );
+    assert!(peak > max / 2, "the folder filled up to {peak} bytes");
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_full_disk_keeps_the_agent_profiling_from_memory() {
+    let out = out_dir("agent_full_disk");
+    let dir = out.join("windows");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A 4 KiB tmpfs: full after a window or two.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", s(&dir)])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let target = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let pid = target.pid();
+    let log = out.join("agent.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut agent = Agent {
+        guard: Guard(
+            Command::new(crossprof_bin())
+                .args([
+                    "agent",
+                    "--window",
+                    "0.5s",
+                    "--freq",
+                    "99",
+                    "--dir",
+                    s(&dir),
+                ])
+                .args([
+                    "--listen",
+                    &addr,
+                    "--log-file",
+                    s(&log),
+                    "--pid",
+                    &pid.to_string(),
+                ])
+                .spawn()
+                .unwrap(),
+        ),
+        addr,
+        dir,
+        log,
+    };
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_secs(8));
+    let v = agent.windows();
+    let windows = v["windows"].as_array().unwrap();
+    let memory_only = windows
+        .iter()
+        .filter(|w| w["on_disk"] == false && w["in_memory"] == true)
+        .count();
+    assert!(
+        memory_only >= 5,
+        "{memory_only} windows held in memory: {v}"
+    );
+    let latest = windows.last().unwrap();
+    assert!(
+        latest["samples"].as_u64().unwrap() > 20,
+        "still profiling: {latest}"
+    );
+    let svg = get(&agent.addr, "/flamegraph.svg?window=latest", &[]).unwrap();
+    assert!(
+        svg.status == 200 && svg.text().contains("hot"),
+        "served from memory"
+    );
+    let log = agent.log_text();
+    let reports = log.matches("still profiling").count();
+    assert_eq!(reports, 1, "one report a minute, not one a window:\n{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_binary_deleted_while_it_runs_is_still_named() {
+    let out = out_dir("agent_deleted");
+    let copy = out.join("chain-v1");
+    std::fs::copy(Go::Go123.fixture("chain", GoBuild::Stripped), &copy).unwrap();
+    let target = spawn(Command::new(&copy).arg("30"));
+    let pid = target.pid();
+    let agent = Agent::start(
+        "agent_deleted_agent",
+        &["--window", "1s", "--pid", &pid.to_string()],
+    );
+    agent.wait_windows_of(pid, 1, Duration::from_secs(20));
+    // An upgrade: the file is replaced, the process runs on.
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::write(&copy, b"not the same program").unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(s(&exe).ends_with("(deleted)"), "{exe:?}");
+    let seen = agent.windows()["agent"]["windows"].as_u64().unwrap();
+    let start = Instant::now();
+    while agent.windows()["agent"]["windows"].as_u64().unwrap() < seen + 2 {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let svg = get(
+        &agent.addr,
+        &format!("/flamegraph.svg?window=latest&pid={pid}"),
+        &[],
+    )
+    .unwrap();
+    assert!(
+        svg.text().contains("main.hot"),
+        "the deleted binary's code is unnamed"
+    );
+    let url = format!("http://{}/debug/pprof/profile?seconds=1", agent.addr);
+    assert!(
+        pprof(&["-top", &url]).contains("main."),
+        "a capture after the deletion"
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn the_live_page_zooms_on_click_and_highlights_a_search_in_chromium() {
+    // alpha and beta, half the time each.
+    let target = spawn(Command::new(native_fixture("twofuncs")).args(["60", "1", "1"]));
+    let pid = target.pid();
+    let agent = Agent::start("agent_browser", &["--window", "2s"]);
+    agent.wait_windows_of(pid, 2, Duration::from_secs(30));
+    let out = out_dir("agent_browser_page");
+    let browser = Browser::start(&out.join("profile"));
+    browser.goto(&format!("http://{}/", agent.addr));
+    // The page lists the fixture in its process picker; pick it.
+    browser.wait_for(
+        &format!("return [...document.querySelectorAll('#process option')].some(o => o.value === '{pid}')"),
+        Duration::from_secs(20),
+    );
+    browser.click(&browser.find("#follow")); // hold the window still
+    browser.click(&browser.find(&format!("#process option[value='{pid}']")));
+    let graph_ready = format!(
+        "const f = document.getElementById('graph'); const d = f.contentDocument; \
+         return f.src.includes('pid={pid}') && d && d.readyState === 'complete' && \
+         d.querySelectorAll('#frames > g').length > 3"
+    );
+    browser.wait_for(&graph_ready, Duration::from_secs(20));
+    let iframe = browser.find("#graph");
+    browser.frame(Some(&iframe));
+    let width = |name: &str| -> f64 {
+        browser
+            .execute(
+                "for (const g of document.querySelectorAll('#frames > g')) { \
+                   if (g.querySelector('title').textContent.startsWith(arguments[0] + ' (')) \
+                     return g.querySelector('rect').getBoundingClientRect().width; } return 0;",
+                serde_json::json!([name]),
+            )
+            .as_f64()
+            .unwrap()
+    };
+    let before = width("alpha");
+    let hidden = "return document.getElementById('unzoom').classList.contains('hide')";
+    assert_eq!(browser.execute(hidden, serde_json::json!([])), true);
+    // A click on alpha: it fills the width.
+    let alpha = browser
+        .find("//*[local-name()='g'][*[local-name()='title'][starts-with(text(), 'alpha ')]]");
+    browser.click(&alpha);
+    assert_eq!(
+        browser.execute(hidden, serde_json::json!([])),
+        false,
+        "no Reset Zoom"
+    );
+    let after = width("alpha");
+    let svg_width = browser
+        .execute(
+            "return document.documentElement.getBoundingClientRect().width",
+            serde_json::json!([]),
+        )
+        .as_f64()
+        .unwrap();
+    assert!(
+        before < svg_width * 0.8 && after > svg_width * 0.9,
+        "zoom: {before} -> {after} of {svg_width}"
+    );
+    // Search from the page: matches highlighted in the graph.
+    browser.frame(None);
+    browser.type_into(&browser.find("#search"), "^burn");
+    browser.click(&browser.find("#search-go"));
+    browser.frame(Some(&browser.find("#graph")));
+    let matched = browser.wait_for(
+        "const m = document.getElementById('matched'); \
+         return !m.classList.contains('hide') && m.textContent",
+        Duration::from_secs(5),
+    );
+    assert!(
+        matched.as_str().unwrap().starts_with("Matched:"),
+        "{matched}"
+    );
+    let highlighted = browser
+        .execute(
+            "return [...document.querySelectorAll('#frames rect')].filter(r => \
+               r.getAttribute('fill') === searchcolor).length",
+            serde_json::json!([]),
+        )
+        .as_u64()
+        .unwrap();
+    assert!(highlighted >= 1, "no frame highlighted");
+    browser.frame(None);
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(out.join("live-page.png"), &png).unwrap();
+    drop(browser);
+    assert!(agent.stop().success());
+}
+
+/// Starts a short-lived process of `kind` (0 C, 1 Go, 2 .NET).
+fn short_lived(kind: usize, dll: &Path) -> Guard {
+    match kind {
+        0 => spawn(Command::new(native_fixture("chain")).arg("0.3")),
+        1 => spawn(Command::new(Go::Go123.fixture("chain", GoBuild::Normal)).arg("0.3")),
+        _ => spawn(&mut Dotnet::Net8.command(dll, &["0.3"])),
+    }
+}
+
+/// `CROSSPROF_SOAK_SECS` (CI sets 1200), else 90 seconds.
+fn soak_secs() -> u64 {
+    std::env::var("CROSSPROF_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90)
+}
+
+#[test]
+fn soak_under_process_churn_keeps_memory_flat_and_loses_no_sample() {
+    let secs = soak_secs();
+    let every = Duration::from_secs((secs / 20).clamp(5, 60));
+    let dll = Dotnet::Net8.fixture("chain");
+    // Build everything before the clock starts.
+    drop(short_lived(0, &dll));
+    drop(short_lived(1, &dll));
+    let agent = Agent::start("agent_soak", &["--window", "10s"]);
+    let start = Instant::now();
+    let mut rss: Vec<u64> = Vec::new();
+    let mut next_sample = start + every;
+    let mut started = 0;
+    let mut running: Vec<Guard> = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        running.retain_mut(|g| g.0.try_wait().ok().flatten().is_none());
+        while running.len() < 3 {
+            running.push(short_lived(started % 3, &dll));
+            started += 1;
+        }
+        if Instant::now() >= next_sample {
+            next_sample += every;
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", agent.guard.pid())).unwrap();
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap();
+            rss.push(kib);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(running);
+    let v = agent.windows();
+    let a = &v["agent"];
+    eprintln!(
+        "soak: {secs} s, {started} processes started, RSS KiB every {every:?}: {rss:?}, agent {a}"
+    );
+    assert!(
+        started >= secs as usize,
+        "only {started} processes in {secs} s"
+    );
+    // After warm-up (the first quarter), the last RSS within 10% of the first.
+    let warm = rss[rss.len() / 4];
+    let last = *rss.last().unwrap();
+    assert!(
+        last as f64 <= warm as f64 * 1.10,
+        "RSS grew from {warm} to {last} KiB under churn: {rss:?}"
+    );
+    assert_eq!(a["lost"], 0, "samples lost: {a}");
+    let windows = v["windows"].as_array().unwrap();
+    assert!(windows.iter().all(|w| w["lost"] == 0), "{v}");
+    // Exited processes are forgotten.
+    assert!(a["processes"].as_u64().unwrap() < 200, "{a}");
+    assert!(agent.stop().success());
+}
