@@ -176,7 +176,7 @@ pub fn build<'a>(
             labels.push((k, Label::Str(v)));
         }
         let runtime = *runtimes.entry(key.pid).or_insert_with(|| match p {
-            Some(p) if p.dotnet.is_some() => "dotnet",
+            Some(_) if procs.is_dotnet(key.pid) => "dotnet",
             Some(_) if procs.go_exe_table(key.pid).is_some() => "go",
             Some(_) => "native",
             None => "unknown",

@@ -467,13 +467,20 @@ impl Pipeline {
         self.agg.add_weighted(pid, frames, weight);
     }
 
-    /// Forgets process `pid` (exited): its entry, and its rows in the
-    /// kernel's tables (native unwind rules, .NET code pages, Go layout), so
-    /// that a long run's churn of processes leaves nothing behind.
-    pub(crate) fn release(&mut self, pid: u32) {
+    /// Lets go of process `pid` (exited): its rows in the kernel's tables
+    /// (native unwind rules, .NET code pages, Go layout) and its .NET state;
+    /// its name stays for the stacks not yet folded (see [`Self::forget`]).
+    pub(crate) fn retire(&mut self, pid: u32) {
         self.unwind_tables.remove_process(pid);
         self.dotnet_tables.release(pid);
         let _ = self.go_pids.remove(&pid);
+        self.procs.retire(pid);
+    }
+
+    /// Forgets process `pid` (exited, retired, its stacks folded), so that a
+    /// long run's churn of processes leaves nothing behind.
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.retire(pid);
         self.fp_baseline.remove(&pid);
         self.procs.forget(pid);
     }

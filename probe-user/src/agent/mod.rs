@@ -52,7 +52,13 @@ use crate::{
 /// Names held before they are dropped and looked up again.
 pub const NAMES_CAP: usize = 200_000;
 /// How often exited processes are looked for.
-const EXIT_CHECK: Duration = Duration::from_secs(5);
+const EXIT_CHECK: Duration = Duration::from_secs(1);
+/// A .NET process's precompiled (ReadyToRun) code is given to the kernel once
+/// it has run this long: a framework's tens of thousands of methods cost
+/// ~20 ms of the agent's CPU per process, which processes that live a moment
+/// (a few dozen samples at 19 Hz) are not worth. Their samples in
+/// precompiled code are walked by frame pointers meanwhile.
+const PRECOMPILED_AFTER: Duration = Duration::from_secs(2);
 
 /// The `record` settings the agent runs the pipeline with.
 fn record_args(args: &AgentArgs) -> RecordArgs {
@@ -154,6 +160,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         Vec::new(),
         None,
     );
+    pipeline.procs.precompiled_after = PRECOMPILED_AFTER;
     for &pid in &pids {
         pipeline.procs.get_or_capture(pid, "[exited]");
     }
@@ -232,7 +239,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 }
                 if now - last_exit_check >= EXIT_CHECK {
                     last_exit_check = now;
-                    cutter.note_exits(&pipeline);
+                    cutter.note_exits(&mut pipeline);
                 }
             }
             _ = windows.tick() => {
@@ -300,12 +307,18 @@ pub fn rss_kib() -> u64 {
 }
 
 impl Cutter {
-    /// Notes the processes that exited since the last look.
-    fn note_exits(&mut self, pipeline: &Pipeline) {
-        for p in pipeline.procs.iter() {
-            if p.pid != 0 && !record::alive(p.pid) && !self.exited.contains(&p.pid) {
-                self.exited.push(p.pid);
-            }
+    /// Retires the processes that exited since the last look (their state
+    /// but their name goes now; they are forgotten after the next window).
+    fn note_exits(&mut self, pipeline: &mut Pipeline) {
+        let gone: Vec<u32> = pipeline
+            .procs
+            .iter()
+            .map(|p| p.pid)
+            .filter(|&pid| pid != 0 && !record::alive(pid) && !self.exited.contains(&pid))
+            .collect();
+        for pid in gone {
+            pipeline.retire(pid);
+            self.exited.push(pid);
         }
     }
 
@@ -350,7 +363,7 @@ impl Cutter {
         let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
         for (&pid, stacks) in &per_pid {
             let folded = fold(stacks.iter().copied(), name_of, names, procs);
-            let dotnet = procs.get(pid).is_some_and(|p| p.dotnet.is_some());
+            let dotnet = procs.is_dotnet(pid);
             processes.push(ProcessMeta {
                 pid,
                 comm: name_of(pid),
@@ -405,7 +418,7 @@ impl Cutter {
         // Bounded memory: exited processes go, and names when too many.
         if !capturing {
             for pid in std::mem::take(&mut self.exited) {
-                pipeline.release(pid);
+                pipeline.forget(pid);
             }
             if pipeline.symbolizer.names.len() > NAMES_CAP {
                 pipeline.symbolizer.names.clear();

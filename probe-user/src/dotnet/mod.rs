@@ -148,6 +148,28 @@ enum Gc {
     Failed(String),
 }
 
+/// A precompiled (ReadyToRun) method: its file offset, length, and frame
+/// shape (`None`: a prolog not understood).
+pub type Precompiled = (u64, u32, Option<unwind::Shape>);
+
+/// The precompiled methods of an assembly file holding `data`, with their
+/// frame shapes: decoded once per file and shared by every process mapping it
+/// (a long-running agent sees hundreds of processes map the same framework).
+pub fn precompiled_shapes(image: &r2r::R2rImage, data: &[u8]) -> Vec<Precompiled> {
+    image
+        .method_code()
+        .map(|(off, len)| {
+            let code = data
+                .get(off as usize..(off as usize + len as usize).min(data.len()))
+                .unwrap_or_default();
+            let code = &code[..code.len().min(unwind::PROLOG_BYTES)];
+            // OSR code is never precompiled: a match would be a misread.
+            let shape = unwind::decode_prolog(code).filter(|s| s.kind != unwind::Kind::Osr);
+            (off, len, shape)
+        })
+        .collect()
+}
+
 /// What is kept of a .NET process.
 #[derive(Debug)]
 pub struct DotnetProcess {
@@ -352,31 +374,27 @@ impl DotnetProcess {
         tables.write(self.pid, &self.code, &changed)
     }
 
-    /// Gives the kernel the frame shapes of the precompiled methods of an assembly
-    /// whose file holds `data` and is mapped executable at `[start, end)` from file
-    /// offset `offset` (ReadyToRun code is the same JIT's output, with the same
-    /// prologs).
+    /// Gives the kernel the frame shapes of the precompiled methods of an
+    /// assembly (`methods`, from [`precompiled_shapes`]) mapped executable at
+    /// `[start, end)` from file offset `offset` (ReadyToRun code is the same
+    /// JIT's output, with the same prologs).
     pub fn add_precompiled(
         &mut self,
-        image: &r2r::R2rImage,
-        data: &[u8],
+        methods: &[Precompiled],
         (start, end, offset): (u64, u64, u64),
         tables: &mut KernelTables,
     ) -> Result<(), unwind::TableError> {
         let mut changed = Vec::new();
-        for (off, len) in image.method_code() {
+        for &(off, len, shape) in methods {
             if off < offset || off + u64::from(len) > offset + (end - start) {
                 continue; // not in this mapping
             }
-            let code = &data[off as usize..(off as usize + len as usize).min(data.len())];
-            let code = &code[..code.len().min(unwind::PROLOG_BYTES)];
-            match unwind::decode_prolog(code) {
-                // OSR code is never precompiled: a match would be a misread.
-                Some(shape) if shape.kind != unwind::Kind::Osr => {
+            match shape {
+                Some(shape) => {
                     let addr = start + (off - offset);
                     changed.extend(self.code.add(addr, addr + u64::from(len), shape));
                 }
-                _ => self.unknown_prologs += 1,
+                None => self.unknown_prologs += 1,
             }
         }
         changed.sort_unstable();

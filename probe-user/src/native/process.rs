@@ -46,6 +46,20 @@ impl Module {
     }
 }
 
+/// A .NET jitdump (`/tmp/jit-PID.dump`): the runtime maps it executable, as
+/// perf's convention wants, but it holds no code. Not a module: each process
+/// has its own, and holding each open would keep every exited process's file.
+fn is_jitdump(path: &str) -> bool {
+    let name = path
+        .trim_end_matches(" (deleted)")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    name.strip_prefix("jit-")
+        .and_then(|n| n.strip_suffix(".dump"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Is `path` the file `f` has open?
 fn same_file(f: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -178,6 +192,8 @@ pub struct Process {
     pub gc_samples: u64,
     /// The .NET runtime, if the process runs one.
     pub dotnet: Option<DotnetProcess>,
+    /// It ran .NET, and exited ([`ProcessTable::retire`] let go of its state).
+    pub was_dotnet: bool,
     /// Checked for Go (goroutine offsets handed to the kernel if it is).
     go_checked: bool,
     /// A Go version whose goroutine layout is not known: no goroutine data.
@@ -275,6 +291,12 @@ pub struct ProcessTable {
     /// `KEY=VALUE` texts of `--group-by label:KEY` frames.
     label_texts: Interner,
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
+    /// A .NET process's precompiled code is given to the kernel once it is this
+    /// old (the agent: short-lived processes are not worth the cost; `record`: 0).
+    pub precompiled_after: Duration,
+    /// Per assembly file, its precompiled methods (`None`: IL only, or
+    /// unreadable), decoded once.
+    precompiled: HashMap<ModuleId, Option<Arc<[crate::dotnet::Precompiled]>>>,
 }
 
 impl ProcessTable {
@@ -291,6 +313,7 @@ impl ProcessTable {
                 samples: 0,
                 gc_samples: 0,
                 dotnet: None,
+                was_dotnet: false,
                 r2r_done: Default::default(),
                 unwind_checked: false,
                 go_checked: false,
@@ -336,7 +359,7 @@ impl ProcessTable {
                     Target::Vdso
                 } else if e.is_file() && e.path.ends_with(".dll") {
                     Target::Assembly(modules.intern(pid, e))
-                } else if e.is_file() && !e.path.starts_with("/memfd:") {
+                } else if e.is_file() && !e.path.starts_with("/memfd:") && !is_jitdump(&e.path) {
                     Target::Module(modules.intern(pid, e))
                 } else {
                     Target::Anonymous
@@ -348,6 +371,7 @@ impl ProcessTable {
         // New mappings (dlopen): the kernel's rules are refreshed.
         p.unwind_checked = false;
         if p.dotnet.is_none()
+            && !p.was_dotnet
             && let Some(runtime) = dotnet::detect(
                 entries
                     .iter()
@@ -366,15 +390,32 @@ impl ProcessTable {
         Some(managed.intern(name))
     }
 
-    /// Forgets process `pid` (it exited): its maps, runtime state and .NET
-    /// event session go with it; the modules it mapped stay (other processes
-    /// share them, and frames already counted name offsets in them).
-    pub fn forget(&mut self, pid: u32) {
-        if let Some(mut p) = self.procs.remove(&pid)
-            && let Some(dn) = p.dotnet.as_mut()
+    /// Lets go of the state of process `pid` (it exited) but its name and
+    /// runtime: its .NET state (code tables, perf map, open files, event
+    /// session) goes now, the rest with [`ProcessTable::forget`] once its
+    /// last stacks are folded.
+    pub fn retire(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && let Some(mut dn) = p.dotnet.take()
         {
             dn.release();
+            p.was_dotnet = true;
+            p.r2r_done.clear();
         }
+    }
+
+    /// Is process `pid` a .NET process (running, or exited)?
+    pub fn is_dotnet(&self, pid: u32) -> bool {
+        self.procs
+            .get(&pid)
+            .is_some_and(|p| p.dotnet.is_some() || p.was_dotnet)
+    }
+
+    /// Forgets process `pid` (it exited); the modules it mapped stay (other
+    /// processes share them, and frames already counted name offsets in them).
+    pub fn forget(&mut self, pid: u32) {
+        self.retire(pid);
+        self.procs.remove(&pid);
     }
 
     /// The `--per-thread` frame of thread `tid` named `comm` when it was sampled
@@ -494,27 +535,31 @@ impl ProcessTable {
         tables: &mut crate::dotnet::unwind::KernelTables,
     ) -> Result<(), crate::dotnet::unwind::TableError> {
         let mut result = Ok(());
+        let (modules, precompiled) = (&self.modules, &mut self.precompiled);
         for p in self.procs.values_mut() {
             let Some(dn) = p.dotnet.as_mut() else {
                 continue;
             };
             let mut r = dn.poll_unwind(tables);
             // Precompiled code, once per mapped assembly.
-            for m in &p.mappings {
+            let young = p.first_captured.elapsed() < self.precompiled_after;
+            for m in p.mappings.iter().filter(|_| !young) {
                 let Target::Assembly(module) = m.target else {
                     continue;
                 };
                 if !p.r2r_done.insert(m.start) {
                     continue;
                 }
-                let path = &self.modules.get(module).open_path;
-                let Ok(data) = std::fs::read(path) else {
+                let methods = precompiled.entry(module).or_insert_with(|| {
+                    let data = std::fs::read(&modules.get(module).open_path).ok()?;
+                    // IL only: its code is JIT'd, listed from the perf map.
+                    let image = crate::dotnet::r2r::R2rImage::parse(&data).ok()?;
+                    Some(crate::dotnet::precompiled_shapes(&image, &data).into())
+                });
+                let Some(methods) = methods else {
                     continue;
                 };
-                let Ok(image) = crate::dotnet::r2r::R2rImage::parse(&data) else {
-                    continue; // IL only: its code is JIT'd, listed from the perf map
-                };
-                let added = dn.add_precompiled(&image, &data, (m.start, m.end, m.offset), tables);
+                let added = dn.add_precompiled(methods, (m.start, m.end, m.offset), tables);
                 if r.is_ok() {
                     r = added;
                 }
@@ -839,6 +884,14 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitdumps_are_not_modules() {
+        assert!(is_jitdump("/tmp/jit-4242.dump"));
+        assert!(is_jitdump("/tmp/jit-4242.dump (deleted)"));
+        assert!(!is_jitdump("/usr/lib/jit-tools.dump"));
+        assert!(!is_jitdump("/usr/lib/libjit.so"));
+    }
 
     #[test]
     fn maps_own_code_to_file_offsets_of_one_shared_module() {

@@ -17,7 +17,7 @@
 //!
 //! The .NET figures come from [`dotnet`], the Go ones from [`go`], the mixed
 //! .NET/Go/C stacks' from [`mixed`], the off-CPU ones from [`offcpu`], request
-//! attribution's from [`http`].
+//! attribution's from [`http`], the always-on agent's from [`agent`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 
 use crate::{build, cmd, say};
 
+mod agent;
 mod dotnet;
 mod go;
 mod http;
@@ -51,8 +52,8 @@ pub struct Args {
     #[arg(long)]
     strict: bool,
     /// Only this part's figures (for working on one): dotnet, go, mixed,
-    /// offcpu or http.
-    #[arg(long, value_parser = ["dotnet", "go", "mixed", "offcpu", "http"])]
+    /// offcpu, http or agent.
+    #[arg(long, value_parser = ["dotnet", "go", "mixed", "offcpu", "http", "agent"])]
     only: Option<String>,
 }
 
@@ -89,6 +90,7 @@ pub fn run(args: &Args) -> Result<()> {
             "go" => go::figures(args.runs, &crossprof, &bench_dir)?,
             "mixed" => mixed::figures(args.runs, &crossprof, &bench_dir)?,
             "offcpu" => offcpu::figures(args.runs, &crossprof, &bench_dir)?,
+            "agent" => agent::figures(args.runs, &crossprof, &bench_dir)?,
             _ => http::figures(args.runs, &crossprof, &bench_dir)?,
         };
         println!();
@@ -148,6 +150,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mixed_figures = mixed::figures(args.runs, &crossprof, &bench_dir)?;
     let offcpu_figures = offcpu::figures(args.runs, &crossprof, &bench_dir)?;
     let http_figures = http::figures(args.runs, &crossprof, &bench_dir)?;
+    let agent_figures = agent::figures(args.runs, &crossprof, &bench_dir)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -185,6 +188,7 @@ pub fn run(args: &Args) -> Result<()> {
     figures.extend(mixed_figures);
     figures.extend(offcpu_figures);
     figures.extend(http_figures);
+    figures.extend(agent_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();
