@@ -95,8 +95,8 @@ pub struct Config {
     /// Non-zero: an off-CPU span carries the kernel stack its thread blocked
     /// with (`--kernel-waits`).
     pub off_cpu_kernel: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Non-zero: this tgid (the agent itself) is never sampled.
+    pub skip_tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
 

@@ -37,7 +37,7 @@ static CONFIG: Config = Config {
     go_block: 0,
     http: 0,
     off_cpu_kernel: 0,
-    _pad: 0,
+    skip_tgid: 0,
 };
 
 /// Every record, of every kind, for the collector.

@@ -46,7 +46,9 @@ pub fn sample(ctx: &PerfEventContext) {
         return;
     }
     // SAFETY: the value is only tested for presence, never read.
-    if cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none() {
+    if (cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none())
+        || (cfg.skip_tgid != 0 && tgid == cfg.skip_tgid)
+    {
         return;
     }
     count(Counter::Samples);

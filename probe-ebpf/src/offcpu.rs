@@ -74,7 +74,9 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
     }
     let cfg = config();
     // SAFETY: the value is only tested for presence, never read.
-    if cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none() {
+    if (cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none())
+        || (cfg.skip_tgid != 0 && tgid == cfg.skip_tgid)
+    {
         return;
     }
     let preempt: u64 = ctx.arg(0);

@@ -538,7 +538,7 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.as_deref()).await {
+    let started = match start(&args, &pids, program.as_deref(), false).await {
         Ok(s) => s,
         Err(e) => {
             out.discard();
@@ -566,6 +566,7 @@ pub(crate) async fn start(
     args: &RecordArgs,
     pids: &[u32],
     program: Option<&std::path::Path>,
+    skip_self: bool,
 ) -> Result<Started, Error> {
     let has_command = program.is_some();
     let io = |what| move |source| Error::Io { what, source };
@@ -584,6 +585,7 @@ pub(crate) async fn start(
         go_block: args.mode.goroutine_waits(),
         http: args.group_by.contains(&GroupBy::Trace),
         off_cpu_kernel: args.kernel_waits,
+        skip_self,
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;

@@ -131,6 +131,8 @@ pub struct SamplerConfig {
     pub http: bool,
     /// Keep each off-CPU span's kernel stack (`--kernel-waits`).
     pub off_cpu_kernel: bool,
+    /// Never sample crossprof itself (the agent, profiling the whole host).
+    pub skip_self: bool,
 }
 
 /// The loaded kernel side.
@@ -161,7 +163,7 @@ impl Sampler {
             go_block: u32::from(cfg.go_block),
             http: u32::from(cfg.http),
             off_cpu_kernel: u32::from(cfg.off_cpu_kernel),
-            _pad: 0,
+            skip_tgid: if cfg.skip_self { std::process::id() } else { 0 },
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.

@@ -128,7 +128,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let rargs = record_args(&args);
 
     // 2. Kernel side.
-    let started = record::start(&rargs, &pids, None).await?;
+    let started = record::start(&rargs, &pids, None, true).await?;
     let record::Started {
         mut sampler,
         events,

@@ -460,7 +460,10 @@ impl Figure {
     fn goal_text(&self) -> String {
         let show = |v: f64| match self.unit {
             // Goals read better without a sign.
-            Unit::Percent | Unit::Share => format!("{:.0}%", v * 100.0),
+            Unit::Percent | Unit::Share if (v * 100.0).fract() == 0.0 => {
+                format!("{:.0}%", v * 100.0)
+            }
+            Unit::Percent | Unit::Share => format!("{:.1}%", v * 100.0),
             Unit::MiB => format!("{:.0} MiB", v / MIB),
             unit => unit.show(v),
         };
