@@ -97,8 +97,14 @@ pub struct Config {
     pub off_cpu_kernel: u32,
     /// Non-zero: this tgid (the agent itself) is never sampled.
     pub skip_tgid: u32,
+    /// Non-zero (with `filter_pids`): threads in a cgroup of `CGROUPS` are
+    /// targets too (`--cgroup`).
+    pub filter_cgroups: u32,
+    /// Non-zero: a process whose name after `exec` is in `COMMS` becomes a
+    /// target (`--comm`).
+    pub select_comms: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
@@ -114,6 +120,14 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Hash set of target tgids (`u32 -> u8`).
     pub const TARGETS: &str = "TARGETS";
+    /// Hash set of the process names `--comm` selects (`[u8; 16] -> u8`, the
+    /// kernel's comm, zero-padded).
+    pub const COMMS: &str = "COMMS";
+    /// Hash set of the cgroup (v2) ids `--cgroup` selects (`u64 -> u8`).
+    pub const CGROUPS: &str = "CGROUPS";
+    /// The `sched_process_exec` raw tracepoint program that adds processes
+    /// whose new name is in `COMMS` to `TARGETS`.
+    pub const PROCESS_EXEC_PROG: &str = "process_exec";
     /// The `.rodata` global holding the [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
     /// Off-CPU records built at the switch, by thread (`MAX_OFF_CPU_STASHED`).
@@ -174,6 +188,8 @@ pub const fn ring_bytes(cpus: u32) -> u32 {
 
 /// Maximum number of target tgids.
 pub const MAX_TARGETS: u32 = 4096;
+/// Maximum number of `--comm` names and of `--cgroup` ids.
+pub const MAX_SELECTORS: u32 = 64;
 
 /// Per-CPU event counters kept by the kernel programs. Indexes into `COUNTERS`.
 #[repr(u32)]

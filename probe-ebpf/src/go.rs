@@ -24,7 +24,7 @@ use probe_common::{
     native::{FLAG_USER_TRUNCATED, MAX_FRAMES, STACK_TOP_WORDS, SampleScratch, record_len},
 };
 
-use crate::{EVENTS, TARGETS, config, count, native::UserRegs};
+use crate::{EVENTS, config, count, native::UserRegs};
 
 /// Go processes, with the offsets of their Go version.
 #[map]
@@ -407,9 +407,7 @@ fn cookie(ctx: &ProbeContext) -> u64 {
 #[inline(always)]
 fn targeted(cookie: u64, tgid: u32) -> bool {
     // SAFETY: the map value is only tested for presence.
-    cookie & COOKIE_EVERY_PROCESS == 0
-        || config().filter_pids == 0
-        || unsafe { TARGETS.get(tgid) }.is_some()
+    cookie & COOKIE_EVERY_PROCESS == 0 || crate::selected(tgid)
 }
 
 /// Goroutine `gp` of the current process goes from `old` to `new`.

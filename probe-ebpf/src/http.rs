@@ -12,14 +12,12 @@ use probe_common::{
     http::{HTTP_BYTES, HTTP_HEADER_BYTES, HttpEvent},
 };
 
-use crate::{EVENTS, TARGETS, config, count};
+use crate::{EVENTS, config, count};
 
 /// Is the current process followed for requests?
 #[inline(always)]
 fn followed(tgid: u32) -> bool {
-    let cfg = config();
-    // SAFETY: the value is only tested for presence, never read.
-    cfg.http != 0 && (cfg.filter_pids == 0 || unsafe { TARGETS.get(tgid) }.is_some())
+    config().http != 0 && crate::selected(tgid)
 }
 
 /// x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).

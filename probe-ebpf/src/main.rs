@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use probe_common::{
-    COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_TARGETS, native::SampleScratch,
+    COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS, native::SampleScratch,
 };
 
 /// Overwritten by the collector before load (`EbpfLoader::override_global`).
@@ -38,6 +38,8 @@ static CONFIG: Config = Config {
     http: 0,
     off_cpu_kernel: 0,
     skip_tgid: 0,
+    filter_cgroups: 0,
+    select_comms: 0,
 };
 
 /// Every record, of every kind, for the collector.
@@ -51,6 +53,36 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// Target tgids; consulted only when `CONFIG.filter_pids` is set.
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Process names (`--comm`) whose `exec` makes the process a target.
+#[map]
+static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_SELECTORS, 0);
+
+/// Cgroup ids (`--cgroup`) whose threads are targets.
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SELECTORS, 0);
+
+/// Is the current thread, of process `tgid`, one to follow? Everything
+/// without a filter; else a target tgid (`--pid`, a command, a `--comm`
+/// match), or a thread in a selected cgroup; never the agent itself.
+#[inline(always)]
+fn selected(tgid: u32) -> bool {
+    let cfg = config();
+    if cfg.skip_tgid != 0 && tgid == cfg.skip_tgid {
+        return false;
+    }
+    if cfg.filter_pids == 0 {
+        return true;
+    }
+    // SAFETY: the values are only tested for presence, never read.
+    unsafe {
+        TARGETS.get(tgid).is_some()
+            || (cfg.filter_cgroups != 0
+                && CGROUPS
+                    .get(aya_ebpf::helpers::bpf_get_current_cgroup_id())
+                    .is_some())
+    }
+}
 
 /// Where a sample is assembled before it is copied to the ring buffer. A record is
 /// too large for the 512-byte BPF stack, and the ring buffer only reserves
@@ -160,6 +192,24 @@ pub fn off_cpu_start(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn off_cpu_end(ctx: RawTracePointContext) -> i32 {
     offcpu::syscall_exit(&ctx);
+    0
+}
+
+/// `sched_process_exec`: a process whose new name is one `--comm` selects
+/// becomes a target from its first instruction on.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
+    if config().select_comms == 0 {
+        return 0;
+    }
+    let Ok(comm) = aya_ebpf::helpers::bpf_get_current_comm() else {
+        return 0;
+    };
+    // SAFETY: the value is only tested for presence.
+    if unsafe { COMMS.get(comm) }.is_some() {
+        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = TARGETS.insert(tgid, 1, 0);
+    }
     0
 }
 

@@ -32,7 +32,7 @@ use probe_common::{
     offcpu::MAX_OFF_CPU_KERNEL_FRAMES,
 };
 
-use crate::{EVENTS, SCRATCH, TARGETS, config, count};
+use crate::{EVENTS, SCRATCH, config, count};
 
 const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
 
@@ -46,9 +46,7 @@ pub fn sample(ctx: &PerfEventContext) {
         return;
     }
     // SAFETY: the value is only tested for presence, never read.
-    if (cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none())
-        || (cfg.skip_tgid != 0 && tgid == cfg.skip_tgid)
-    {
+    if !crate::selected(tgid) {
         return;
     }
     count(Counter::Samples);

@@ -21,7 +21,7 @@ use probe_common::{
 };
 
 use crate::{
-    TARGETS, config, count,
+    config, count,
     native::{self, OffCpu},
 };
 
@@ -73,10 +73,7 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
         return;
     }
     let cfg = config();
-    // SAFETY: the value is only tested for presence, never read.
-    if (cfg.filter_pids != 0 && unsafe { TARGETS.get(tgid) }.is_none())
-        || (cfg.skip_tgid != 0 && tgid == cfg.skip_tgid)
-    {
+    if !crate::selected(tgid) {
         return;
     }
     let preempt: u64 = ctx.arg(0);

@@ -93,9 +93,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Profile only this process (and its threads); repeat for several.
-    /// Without it, the whole host, processes that start later included.
+    /// Without --pid, --comm or --cgroup, the whole host, processes that
+    /// start later included.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Profile the processes with this name (as `ps -o comm` shows it, at
+    /// most 15 characters): those running now, and those that `exec` it
+    /// later (selected in the kernel); repeat for several: --comm nginx.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Profile the threads in this cgroup (v2; its folder, e.g.
+    /// /sys/fs/cgroup/system.slice/app.service; not its sub-cgroups),
+    /// selected in the kernel; repeat for several.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
 
     /// Samples per second on each CPU.
     #[arg(long, value_name = "HZ", default_value_t = 19)]

@@ -75,6 +75,19 @@ pub enum UsageError {
         /// What was wrong.
         why: String,
     },
+    /// A `--comm` name the kernel cannot hold.
+    #[error(
+        "--comm {0:?} is longer than 15 bytes, the kernel's limit for process names: give the name as `ps -o comm` shows it"
+    )]
+    CommTooLong(String),
+    /// A `--cgroup` that is not a cgroup v2 folder.
+    #[error("--cgroup {}: {why}: give a cgroup v2 folder, e.g. /sys/fs/cgroup/system.slice/app.service", path.display())]
+    Cgroup {
+        /// The path.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
     /// `--token-file` unusable.
     #[error("--token-file {}: {why}", path.display())]
     TokenFile {

@@ -538,7 +538,7 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.as_deref(), false).await {
+    let started = match start(&args, &pids, program.as_deref(), &Select::default()).await {
         Ok(s) => s,
         Err(e) => {
             out.discard();
@@ -546,6 +546,17 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         }
     };
     run(args, pids, started, out).await
+}
+
+/// What the agent selects beyond `--pid`.
+#[derive(Debug, Default)]
+pub(crate) struct Select {
+    /// Never sample crossprof itself.
+    pub(crate) skip_self: bool,
+    /// Process names whose `exec` makes a target (`--comm`).
+    pub(crate) comms: Vec<String>,
+    /// Cgroup (v2) ids whose threads are targets (`--cgroup`).
+    pub(crate) cgroups: Vec<u64>,
 }
 
 pub(crate) struct Started {
@@ -566,7 +577,7 @@ pub(crate) async fn start(
     args: &RecordArgs,
     pids: &[u32],
     program: Option<&std::path::Path>,
-    skip_self: bool,
+    select: &Select,
 ) -> Result<Started, Error> {
     let has_command = program.is_some();
     let io = |what| move |source| Error::Io { what, source };
@@ -576,7 +587,10 @@ pub(crate) async fn start(
 
     let mut sampler = Sampler::load(SamplerConfig {
         freq: args.freq,
-        filter_pids: !pids.is_empty() || has_command,
+        filter_pids: !pids.is_empty()
+            || has_command
+            || !select.comms.is_empty()
+            || !select.cgroups.is_empty(),
         include_idle: args.include_idle,
         go_states: args.go_states || args.mode.goroutine_waits(),
         on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
@@ -585,10 +599,18 @@ pub(crate) async fn start(
         go_block: args.mode.goroutine_waits(),
         http: args.group_by.contains(&GroupBy::Trace),
         off_cpu_kernel: args.kernel_waits,
-        skip_self,
+        skip_self: select.skip_self,
+        filter_cgroups: !select.cgroups.is_empty(),
+        select_comms: !select.comms.is_empty(),
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
+    }
+    for comm in &select.comms {
+        sampler.select_comm(comm)?;
+    }
+    for &id in &select.cgroups {
+        sampler.select_cgroup(id)?;
     }
     let events = sampler.take_events()?;
     let dotnet_tables = sampler.take_dotnet_tables()?;

@@ -133,6 +133,11 @@ pub struct SamplerConfig {
     pub off_cpu_kernel: bool,
     /// Never sample crossprof itself (the agent, profiling the whole host).
     pub skip_self: bool,
+    /// Threads in the cgroups given to [`Sampler::select_cgroup`] are targets.
+    pub filter_cgroups: bool,
+    /// Processes whose name after `exec` was given to
+    /// [`Sampler::select_comm`] become targets.
+    pub select_comms: bool,
 }
 
 /// The loaded kernel side.
@@ -146,6 +151,7 @@ pub struct Sampler {
     on_cpu: bool,
     off_cpu: bool,
     http: bool,
+    select_comms: bool,
     /// The `mmap` tracepoints, once attached.
     mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
 }
@@ -164,6 +170,8 @@ impl Sampler {
             http: u32::from(cfg.http),
             off_cpu_kernel: u32::from(cfg.off_cpu_kernel),
             skip_tgid: if cfg.skip_self { std::process::id() } else { 0 },
+            filter_cgroups: u32::from(cfg.filter_cgroups),
+            select_comms: u32::from(cfg.select_comms),
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.
@@ -219,6 +227,12 @@ impl Sampler {
                 .load("sys_exit", &btf)
                 .map_err(|source| SamplerError::Program { name, source })?;
         }
+        if cfg.select_comms {
+            let name = names::PROCESS_EXEC_PROG;
+            exec_program(&mut ebpf)?
+                .load()
+                .map_err(|source| SamplerError::Program { name, source })?;
+        }
         if cfg.go_states {
             for name in GO_PROGRAMS {
                 uprobe_program(&mut ebpf, name)?
@@ -235,6 +249,7 @@ impl Sampler {
             on_cpu: cfg.on_cpu,
             off_cpu: cfg.off_cpu,
             http: cfg.http,
+            select_comms: cfg.select_comms,
             mmap_links: Vec::new(),
         })
     }
@@ -243,6 +258,12 @@ impl Sampler {
     /// online CPU and attaches the sampler to each; attaches the off-CPU
     /// programs if asked.
     pub fn attach(&mut self) -> Result<(), SamplerError> {
+        if self.select_comms {
+            let name = names::PROCESS_EXEC_PROG;
+            exec_program(&mut self.ebpf)?
+                .attach("sched_process_exec")
+                .map_err(|source| SamplerError::Tracepoint { name, source })?;
+        }
         if self.off_cpu {
             crate::offcpu::attach(&mut self.ebpf)?;
         }
@@ -309,6 +330,45 @@ impl Sampler {
                 name: names::TARGETS,
                 source,
             })
+    }
+
+    /// Stops following `pid` (it exited), so that the target set never fills.
+    pub fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// Processes named `comm` (the kernel's name, at most 15 bytes) when they
+    /// `exec` become targets.
+    pub fn select_comm(&mut self, comm: &str) -> Result<(), SamplerError> {
+        let mut key = [0u8; 16];
+        let n = comm.len().min(15);
+        key[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        let name = names::COMMS;
+        let mut map: BpfHashMap<&mut MapData, [u8; 16], u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut(name).ok_or(SamplerError::Map {
+                name,
+                source: MapError::InvalidName {
+                    name: name.to_owned(),
+                },
+            })?)
+            .map_err(|source| SamplerError::Map { name, source })?;
+        map.insert(key, 1, 0)
+            .map_err(|source| SamplerError::Map { name, source })
+    }
+
+    /// Threads in cgroup (v2) `id` are targets.
+    pub fn select_cgroup(&mut self, id: u64) -> Result<(), SamplerError> {
+        let name = names::CGROUPS;
+        let mut map: BpfHashMap<&mut MapData, u64, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut(name).ok_or(SamplerError::Map {
+                name,
+                source: MapError::InvalidName {
+                    name: name.to_owned(),
+                },
+            })?)
+            .map_err(|source| SamplerError::Map { name, source })?;
+        map.insert(id, 1, 0)
+            .map_err(|source| SamplerError::Map { name, source })
     }
 
     /// The raw fd of the target set, for [`register_self_in_child`] in a forked child.
@@ -580,6 +640,15 @@ fn mount_tracefs() {
     if rc == 0 {
         log::info!("mounted tracefs at /sys/kernel/tracing");
     }
+}
+
+/// The `--comm` program (`sched_process_exec`, a raw tracepoint).
+fn exec_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, SamplerError> {
+    let name = names::PROCESS_EXEC_PROG;
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program { name, source })
 }
 
 fn tracepoint_program<'a>(

@@ -332,16 +332,31 @@ impl SymbolizerThread {
                             offsets,
                         } => {
                             let table = go.get(&path);
-                            let names = elf_names(table.as_deref(), &native, &path, &offsets);
-                            offsets
-                                .into_iter()
-                                .zip(names)
-                                .map(|(offset, name)| {
-                                    let sources =
-                                        table.as_deref().and_then(|t| go_sources(t, offset));
-                                    (FrameRef::Elf { module, offset }, name, sources)
-                                })
-                                .collect()
+                            if table.is_none() {
+                                // Native: names and, where DWARF says, lines.
+                                let named = native.elf_sourced(&path, &offsets);
+                                offsets
+                                    .into_iter()
+                                    .zip(named)
+                                    .map(|(offset, (name, source))| {
+                                        let sources = source.map(|(file, line)| {
+                                            Arc::from([Some((Arc::from(file.as_str()), line))])
+                                        });
+                                        (FrameRef::Elf { module, offset }, name, sources)
+                                    })
+                                    .collect()
+                            } else {
+                                let names = elf_names(table.as_deref(), &native, &path, &offsets);
+                                offsets
+                                    .into_iter()
+                                    .zip(names)
+                                    .map(|(offset, name)| {
+                                        let sources =
+                                            table.as_deref().and_then(|t| go_sources(t, offset));
+                                        (FrameRef::Elf { module, offset }, name, sources)
+                                    })
+                                    .collect()
+                            }
                         }
                         Job::Assembly {
                             module,

@@ -680,3 +680,98 @@ fn soak_under_process_churn_keeps_memory_flat_and_loses_no_sample() {
     assert!(a["processes"].as_u64().unwrap() < 200, "{a}");
     assert!(agent.stop().success());
 }
+
+/// The comms of the processes in the windows so far.
+fn comms_seen(agent: &Agent) -> Vec<(String, u64)> {
+    let v = agent.windows();
+    let mut out: Vec<(String, u64)> = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["processes"].as_array().cloned().unwrap_or_default())
+        .map(|p| {
+            (
+                p["comm"].as_str().unwrap().to_owned(),
+                p["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn comm_selects_processes_running_and_started_later_in_the_kernel() {
+    let before = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let other = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
+    let agent = Agent::start("agent_comm", &["--comm", "chain", "--window", "1s"]);
+    // Started after the agent: picked up at its exec.
+    let later = go_chain("30");
+    agent.wait_windows_of(later.pid(), 2, Duration::from_secs(30));
+    agent.wait_windows_of(before.pid(), 2, Duration::from_secs(30));
+    let seen = comms_seen(&agent);
+    assert!(seen.iter().all(|(c, _)| c == "chain"), "{seen:?}");
+    assert!(!seen.iter().any(|&(_, p)| p == u64::from(other.pid())));
+    assert!(agent.stop().success());
+
+    // Bad names: one line, exit 2.
+    let out = out_dir("agent_comm_bad");
+    let run = Command::new(crossprof_bin())
+        .args(["agent", "--dir", s(&out), "--comm", "a-name-longer-than-15"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("longer than 15 bytes") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn cgroup_selects_the_threads_in_it_in_the_kernel() {
+    let root = Path::new("/sys/fs/cgroup/unified");
+    let root = if root.join("cgroup.controllers").exists() || root.join("cgroup.procs").exists() {
+        root.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let cg = root.join(format!("crossprof-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(cg.clone());
+    let inside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
+    std::fs::write(cg.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    let outside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
+    let agent = Agent::start("agent_cgroup", &["--cgroup", s(&cg), "--window", "1s"]);
+    agent.wait_windows_of(inside.pid(), 2, Duration::from_secs(30));
+    let seen = comms_seen(&agent);
+    assert!(
+        seen.iter().all(|&(_, p)| p == u64::from(inside.pid())),
+        "only pid {} (outside: {}): {seen:?}",
+        inside.pid(),
+        outside.pid()
+    );
+    assert!(agent.stop().success());
+    drop(inside); // the cgroup empties, and goes
+
+    let run = Command::new(crossprof_bin())
+        .args([
+            "agent",
+            "--dir",
+            s(&out_dir("agent_cgroup_bad")),
+            "--cgroup",
+            "/tmp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("not a cgroup folder"), "{err}");
+}

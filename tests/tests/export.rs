@@ -186,6 +186,29 @@ fn a_c_programs_pprof_has_its_gnu_build_id_and_hot_function() {
     let p = dir.join("profile.pb.gz");
     let top = top_rows(&pprof(&["-top", s(&p)]));
     assert_eq!(top.first().map(|r| r.1.as_str()), Some("hot"), "{top:?}");
+    // Lines from the fixture's DWARF (-g): hot's loop.
+    let src = std::fs::read_to_string(
+        crossprof_tests::workspace_root().join("tests/fixtures/native/chain.c"),
+    )
+    .unwrap();
+    let hot_at = 1 + src
+        .lines()
+        .position(|l| l.contains("6364136223846793005UL"))
+        .unwrap();
+    let lines = pprof(&["-top", "-lines", s(&p)]);
+    let first = lines
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default();
+    // The loop's two lines (its header and the multiply) share the time.
+    assert!(
+        first.contains("hot ")
+            && [hot_at - 1, hot_at]
+                .iter()
+                .any(|n| format!("{first} ").contains(&format!("chain.c:{n} "))),
+        "hot not first at chain.c:{hot_at}:\n{lines}"
+    );
     let notes = Command::new("readelf")
         .args(["-n", s(&bin)])
         .output()

@@ -86,6 +86,57 @@ fn record_args(args: &AgentArgs) -> RecordArgs {
     }
 }
 
+/// The `--comm` names, checked.
+fn check_comms(comms: &[String]) -> Result<Vec<String>, UsageError> {
+    comms
+        .iter()
+        .map(|c| {
+            if c.len() > 15 || c.is_empty() {
+                Err(UsageError::CommTooLong(c.clone()))
+            } else {
+                Ok(c.clone())
+            }
+        })
+        .collect()
+}
+
+/// The id of the cgroup (v2) at `path`: its folder's inode number, which is
+/// what `bpf_get_current_cgroup_id` returns for a thread in it.
+fn cgroup_id(path: &std::path::Path) -> Result<u64, UsageError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let bad = |why: String| UsageError::Cgroup {
+        path: path.to_path_buf(),
+        why,
+    };
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !md.is_dir() || !path.join("cgroup.procs").exists() {
+        return Err(bad("not a cgroup folder (it has no cgroup.procs)".into()));
+    }
+    // cgroup v1 folders have cgroup.procs too; v2 ones have cgroup.controllers.
+    if !path.join("cgroup.controllers").exists() {
+        return Err(bad("a cgroup v1 folder; crossprof needs cgroup v2".into()));
+    }
+    Ok(md.ino())
+}
+
+/// Processes running now whose name is one of `comms`.
+fn running_with_names(comms: &[String]) -> Vec<u32> {
+    if comms.is_empty() {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| comms.iter().any(|n| n == c.trim_end_matches('\n')))
+        })
+        .collect()
+}
+
 /// The bearer token in `path`'s first line.
 fn read_token(path: &std::path::Path) -> Result<String, UsageError> {
     let bad = |why: String| UsageError::TokenFile {
@@ -117,6 +168,15 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pids = preflight::resolve_pids(&args.pids)?;
+    let select = record::Select {
+        skip_self: true,
+        comms: check_comms(&args.comms)?,
+        cgroups: args
+            .cgroups
+            .iter()
+            .map(|p| cgroup_id(p))
+            .collect::<Result<_, _>>()?,
+    };
     let store = Store::open(&args.dir, args.retain, args.max_disk)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -128,7 +188,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let rargs = record_args(&args);
 
     // 2. Kernel side.
-    let started = record::start(&rargs, &pids, None, true).await?;
+    let started = record::start(&rargs, &pids, None, &select).await?;
     let record::Started {
         mut sampler,
         events,
@@ -161,6 +221,13 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         None,
     );
     pipeline.procs.precompiled_after = PRECOMPILED_AFTER;
+    // Processes already running under a --comm name: targets now (later ones
+    // become targets at their exec, in the kernel).
+    let mut pids = pids;
+    for pid in running_with_names(&select.comms) {
+        sampler.add_target(pid)?;
+        pids.push(pid);
+    }
     for &pid in &pids {
         pipeline.procs.get_or_capture(pid, "[exited]");
     }
@@ -185,10 +252,13 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     };
     logfile::say(&format!(
         "agent: profiling {} at {} Hz{}, windows of {:?} in {}, serving http://{}/",
-        if pids.is_empty() {
+        if args.pids.is_empty() && select.comms.is_empty() && select.cgroups.is_empty() {
             "the whole host".to_owned()
         } else {
-            format!("pid {pids:?}")
+            format!(
+                "pids {:?}, names {:?}, cgroups {:?}",
+                args.pids, select.comms, args.cgroups
+            )
         },
         args.freq,
         if args.off_cpu {
@@ -239,7 +309,9 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 }
                 if now - last_exit_check >= EXIT_CHECK {
                     last_exit_check = now;
-                    cutter.note_exits(&mut pipeline);
+                    for pid in cutter.note_exits(&mut pipeline) {
+                        sampler.remove_target(pid);
+                    }
                 }
             }
             _ = windows.tick() => {
@@ -308,18 +380,20 @@ pub fn rss_kib() -> u64 {
 
 impl Cutter {
     /// Retires the processes that exited since the last look (their state
-    /// but their name goes now; they are forgotten after the next window).
-    fn note_exits(&mut self, pipeline: &mut Pipeline) {
+    /// but their name goes now; they are forgotten after the next window);
+    /// returns them.
+    fn note_exits(&mut self, pipeline: &mut Pipeline) -> Vec<u32> {
         let gone: Vec<u32> = pipeline
             .procs
             .iter()
             .map(|p| p.pid)
             .filter(|&pid| pid != 0 && !record::alive(pid) && !self.exited.contains(&pid))
             .collect();
-        for pid in gone {
+        for &pid in &gone {
             pipeline.retire(pid);
             self.exited.push(pid);
         }
+        gone
     }
 
     /// A capture's gzipped pprof profile.
@@ -425,5 +499,10 @@ impl Cutter {
                 pipeline.agg.forget_seen();
             }
         }
+        // What the window and exited processes freed goes back to the system
+        // (glibc keeps freed heap pages otherwise: the RSS would ratchet up
+        // with every burst of new processes).
+        // SAFETY: malloc_trim only walks and trims the allocator's own arenas.
+        unsafe { libc::malloc_trim(0) };
     }
 }

@@ -29,8 +29,9 @@ impl Default for NativeSymbols {
 const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
 impl NativeSymbols {
-    /// A symbolizer with demangling on and source lines off (names are all a
-    /// flamegraph shows; lines cost a DWARF line-table walk). Separate debug files
+    /// A symbolizer with demangling on, and source lines where a file has
+    /// DWARF (pprof shows them; a file's line table is read once, on the
+    /// symbolizer thread, off the hot path). Separate debug files
     /// (`.gnu_debuglink`, build id) are looked for next to each binary, then in
     /// `debug_dirs`, then in the system's debug folders.
     pub fn new(debug_dirs: &[PathBuf]) -> Self {
@@ -41,7 +42,7 @@ impl NativeSymbols {
             .collect();
         Self {
             symbolizer: Symbolizer::builder()
-                .enable_code_info(false)
+                .enable_code_info(true)
                 .enable_inlined_fns(false)
                 .enable_demangling(true)
                 .set_debug_dirs(Some(dirs))
@@ -52,6 +53,15 @@ impl NativeSymbols {
     /// Names for file offsets in one ELF file; `None` where no symbol covers one. A
     /// file that is not ELF, or cannot be read, yields all `None`.
     pub fn elf(&self, path: &Path, offsets: &[u64]) -> Vec<Option<String>> {
+        self.elf_sourced(path, offsets)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Like [`NativeSymbols::elf`], with each name's source file and line
+    /// where the file's DWARF says.
+    pub fn elf_sourced(&self, path: &Path, offsets: &[u64]) -> Vec<Named> {
         let src = Source::Elf(Elf::new(path));
         let result = match self.symbolizer.symbolize(&src, Input::FileOffset(offsets)) {
             Ok(syms) => Ok(syms),
@@ -66,13 +76,13 @@ impl NativeSymbols {
                     .symbolize(&Source::Elf(elf), Input::FileOffset(offsets))
             }
         };
-        let mut names = names(result, offsets.len());
+        let mut names = sourced(result, offsets.len());
         // A stripped executable's entry point is still `_start` (its ELF
         // header says where): the root of its main thread's stack.
-        if names.iter().any(Option::is_none)
+        if names.iter().any(|n| n.0.is_none())
             && let Some(entry) = entry_of(path)
         {
-            for (name, &off) in names.iter_mut().zip(offsets) {
+            for ((name, _), &off) in names.iter_mut().zip(offsets) {
                 if name.is_none() && (entry..entry + START_LEN).contains(&off) {
                     *name = Some("_start".to_owned());
                 }
@@ -107,6 +117,31 @@ fn entry_of(path: &Path) -> Option<u64> {
     let mut head = vec![0u8; 4096];
     let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
     super::elf::entry_file_offset(&head[..n])
+}
+
+/// A name, and its source file and line if known.
+pub type Named = (Option<String>, Option<(String, u32)>);
+
+fn sourced(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Named> {
+    match result {
+        Ok(syms) => {
+            syms.into_iter()
+                .map(|s| match s {
+                    Symbolized::Sym(sym) => {
+                        let source = sym.code_info.as_ref().and_then(|c| {
+                            Some((c.to_path().to_string_lossy().into_owned(), c.line?))
+                        });
+                        (Some(sym.name.into_owned()), source)
+                    }
+                    Symbolized::Unknown(_) => (None, None),
+                })
+                .collect()
+        }
+        Err(e) => {
+            log::debug!("symbolization batch failed: {e}");
+            vec![(None, None); n]
+        }
+    }
 }
 
 fn names(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Option<String>> {
