@@ -343,32 +343,22 @@ impl Sampler {
         let mut key = [0u8; 16];
         let n = comm.len().min(15);
         key[..n].copy_from_slice(&comm.as_bytes()[..n]);
-        let name = names::COMMS;
-        let mut map: BpfHashMap<&mut MapData, [u8; 16], u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut(name).ok_or(SamplerError::Map {
-                name,
-                source: MapError::InvalidName {
-                    name: name.to_owned(),
-                },
-            })?)
-            .map_err(|source| SamplerError::Map { name, source })?;
-        map.insert(key, 1, 0)
-            .map_err(|source| SamplerError::Map { name, source })
+        self.select(names::COMMS, key)
     }
 
     /// Threads in cgroup (v2) `id` are targets.
     pub fn select_cgroup(&mut self, id: u64) -> Result<(), SamplerError> {
-        let name = names::CGROUPS;
-        let mut map: BpfHashMap<&mut MapData, u64, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut(name).ok_or(SamplerError::Map {
-                name,
-                source: MapError::InvalidName {
-                    name: name.to_owned(),
-                },
-            })?)
-            .map_err(|source| SamplerError::Map { name, source })?;
-        map.insert(id, 1, 0)
-            .map_err(|source| SamplerError::Map { name, source })
+        self.select(names::CGROUPS, id)
+    }
+
+    /// Puts `key` in the selector set `name` (`COMMS`, `CGROUPS`).
+    fn select<K: aya::Pod>(&mut self, name: &'static str, key: K) -> Result<(), SamplerError> {
+        let err = |source| SamplerError::Map { name, source };
+        let map = self.ebpf.map_mut(name).ok_or(err(MapError::InvalidName {
+            name: name.to_owned(),
+        }))?;
+        let mut set: BpfHashMap<&mut MapData, K, u8> = BpfHashMap::try_from(map).map_err(err)?;
+        set.insert(key, 1, 0).map_err(err)
     }
 
     /// The raw fd of the target set, for [`register_self_in_child`] in a forked child.

@@ -8,30 +8,14 @@ use std::{
     time::Duration,
 };
 
-use crossprof_tests::{Go, GoBuild, native_fixture, out_dir, record_command, run_crossprof};
+use crossprof_tests::{
+    Go, GoBuild, go_tool_pprof as pprof, native_fixture, out_dir, record_command, run_crossprof,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// `go tool pprof ARGS` (Debian's Go), its stdout; panics if it fails.
-pub fn pprof(args: &[&str]) -> String {
-    let out = Command::new(Go::Go119.go())
-        .args(["tool", "pprof"])
-        .args(args)
-        // pprof wants a home for its cache of fetched profiles.
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("run go tool pprof");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// `go tool pprof -top`'s rows: (flat share %, function).
