@@ -602,6 +602,25 @@ pub fn count_where(
     })
 }
 
+/// `go tool pprof ARGS` (Debian's Go 1.19, the reference pprof reader), its
+/// stdout; panics if it fails.
+pub fn go_tool_pprof(args: &[&str]) -> String {
+    let out = Command::new(Go::Go119.go())
+        .args(["tool", "pprof"])
+        .args(args)
+        // Where pprof keeps the profiles it fetched.
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,23 +644,4 @@ mod tests {
         );
         assert_eq!(count_where(&stacks, "c", |_| true), (0, 0));
     }
-}
-
-/// `go tool pprof ARGS` (Debian's Go 1.19, the reference pprof reader), its
-/// stdout; panics if it fails.
-pub fn go_tool_pprof(args: &[&str]) -> String {
-    let out = Command::new(Go::Go119.go())
-        .args(["tool", "pprof"])
-        .args(args)
-        // Where pprof keeps the profiles it fetched.
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("run go tool pprof");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }

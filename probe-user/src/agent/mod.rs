@@ -185,6 +185,15 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             source,
         })?;
     record::raise_fd_limit();
+    // Large buffers (a file read to be parsed, a table built and dropped)
+    // come from mmap and go back when freed: glibc otherwise raises its mmap
+    // threshold after the first such free and serves the next ones from the
+    // heap, where a burst leaves the RSS high for good.
+    // SAFETY: mallopt only sets the allocator's parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
     let rargs = record_args(&args);
 
     // 2. Kernel side.
