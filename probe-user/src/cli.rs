@@ -159,6 +159,13 @@ pub struct AgentArgs {
     #[arg(long)]
     pub per_thread: bool,
 
+    /// Add a level, as `record --group-by` does, that pprof shows as a label:
+    /// `trace` (`trace_id`, the W3C trace id of the HTTP request served),
+    /// `goroutine`, `state`, `label:KEY` (a Go pprof label); repeat for
+    /// several: --group-by trace --group-by label:worker.
+    #[arg(long = "group-by", value_name = "LEVEL", value_parser = parse_group_by)]
+    pub group_by: Vec<GroupBy>,
+
     /// Also look for separate debug files here; repeat for several.
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,

@@ -366,9 +366,15 @@ impl SymbolizerThread {
                             // Read once per file; a file that is not a ReadyToRun
                             // image names nothing.
                             let image = assemblies.entry(path).or_insert_with_key(|path| {
-                                std::fs::read(path)
+                                let image = std::fs::read(path)
                                     .ok()
-                                    .and_then(|data| R2rImage::parse(&data).ok())
+                                    .and_then(|data| R2rImage::parse(&data).ok());
+                                log::debug!(
+                                    "{}: {} ReadyToRun methods named",
+                                    path.display(),
+                                    image.as_ref().map_or(0, R2rImage::len)
+                                );
+                                image
                             });
                             offsets
                                 .into_iter()

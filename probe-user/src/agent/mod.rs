@@ -73,7 +73,7 @@ fn record_args(args: &AgentArgs) -> RecordArgs {
         output: args.dir.clone(),
         include_idle: false,
         per_thread: args.per_thread,
-        group_by: Vec::new(),
+        group_by: args.group_by.clone(),
         go_states: false,
         frame_pointers_only: false,
         debug_dirs: args.debug_dirs.clone(),
