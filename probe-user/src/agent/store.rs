@@ -146,7 +146,10 @@ impl Store {
     /// Adds a window: written to the folder (within the limits), kept in memory.
     pub fn add(&mut self, mut w: Window) {
         let bytes = (w.pprof.len() + w.folded.len()) as u64;
-        if bytes > self.max_disk {
+        let oldest_kept = unix_ms().saturating_sub(self.retain.as_millis() as u64);
+        if w.meta.start_unix_ms < oldest_kept {
+            // Already older than --retain (a clock set back): not written.
+        } else if bytes > self.max_disk {
             self.fail(format!(
                 "a window of {bytes} bytes is larger than --max-disk {}",
                 self.max_disk
@@ -158,6 +161,9 @@ impl Store {
                     w.meta.on_disk = true;
                     w.meta.bytes = bytes;
                     self.disk.push_back((w.meta.id.clone(), bytes));
+                    // Kept in time order (a window from a clock set back
+                    // sorts first, and goes first).
+                    self.disk.make_contiguous().sort();
                     if self.failure.take().is_some() {
                         log::warn!("{}: windows are written again", self.dir.display());
                     }
@@ -466,7 +472,7 @@ mod tests {
         assert_eq!(list.last().unwrap().id, window_id(now + 19_000));
         let f = dir.join(format!("{}.pb.gz", window_id(now + 19_000)));
         assert_eq!(fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
-        // Too old: gone at the next window.
+        // Already older than --retain: not written.
         let old = window(now - 90_000_000, 10);
         store.add(old);
         assert!(
