@@ -130,12 +130,7 @@ fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
 pub fn strip(stack: &str) -> String {
     stack
         .split(';')
-        .map(|f| {
-            ["_[k]", "_[j]", "_[i]"]
-                .iter()
-                .find_map(|s| f.strip_suffix(s))
-                .unwrap_or(f)
-        })
+        .map(crate::fold::strip_annotation)
         .collect::<Vec<_>>()
         .join(";")
 }

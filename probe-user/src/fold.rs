@@ -35,6 +35,14 @@ pub const KERNEL_SUFFIX: &str = "_[k]";
 /// inferno's annotation for JIT-compiled (managed) frames.
 pub const JIT_SUFFIX: &str = "_[j]";
 
+/// A folded frame's name without inferno's annotation (`_[k]`, `_[j]`, `_[i]`).
+pub fn strip_annotation(frame: &str) -> &str {
+    [KERNEL_SUFFIX, JIT_SUFFIX, crate::symbolize::INLINE_SUFFIX]
+        .iter()
+        .find_map(|s| frame.strip_suffix(s))
+        .unwrap_or(frame)
+}
+
 /// Folded stacks and what folding learnt about their frames.
 #[derive(Debug, Default)]
 pub struct Folded {

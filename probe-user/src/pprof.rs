@@ -59,6 +59,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a profile recorded in `mode` at `freq` Hz.
+    pub fn of(mode: crate::cli::Mode, freq: u64) -> Self {
+        match mode {
+            crate::cli::Mode::Cpu => Kind::Cpu { freq },
+            crate::cli::Mode::Offcpu => Kind::OffCpu,
+            crate::cli::Mode::Goblock => Kind::GoWait,
+            crate::cli::Mode::Wall => Kind::Wall { freq },
+        }
+    }
+
     fn sample_types(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Kind::Cpu { .. } => &[("samples", "count"), ("cpu", "nanoseconds")],
@@ -175,12 +185,9 @@ pub fn build<'a>(
             let v = b.string(&comm);
             labels.push((k, Label::Str(v)));
         }
-        let runtime = *runtimes.entry(key.pid).or_insert_with(|| match p {
-            Some(_) if procs.is_dotnet(key.pid) => "dotnet",
-            Some(_) if procs.go_exe_table(key.pid).is_some() => "go",
-            Some(_) => "native",
-            None => "unknown",
-        });
+        let runtime = *runtimes
+            .entry(key.pid)
+            .or_insert_with(|| procs.runtime(key.pid));
         let k = b.string("runtime");
         let v = b.string(runtime);
         labels.push((k, Label::Str(v)));
@@ -404,32 +411,20 @@ impl Builder {
         id
     }
 
-    fn encode(&self, kind: Kind, span: Span) -> Vec<u8> {
-        let mut strings = self.strings.clone();
-        let mut intern = |s: &str| -> i64 {
-            match strings.iter().position(|t| t == s) {
-                Some(i) => i as i64,
-                None => {
-                    strings.push(s.to_owned());
-                    strings.len() as i64 - 1
-                }
-            }
-        };
+    fn encode(mut self, kind: Kind, span: Span) -> Vec<u8> {
         let types: Vec<(i64, i64)> = kind
             .sample_types()
             .iter()
-            .map(|(t, u)| (intern(t), intern(u)))
+            .map(|(t, u)| (self.string(t), self.string(u)))
             .collect();
-        let period_type = (intern(kind.sample_types()[0].0), intern("nanoseconds"));
-        let period_type = match kind {
-            Kind::Cpu { .. } | Kind::Wall { .. } => (intern("cpu"), period_type.1),
-            _ => period_type,
+        // CPU time is what a profile with samples is read for (as Go's);
+        // otherwise its one value.
+        let (period_type, default_type) = match kind {
+            Kind::Cpu { .. } | Kind::Wall { .. } => (self.string("cpu"), self.string("cpu")),
+            Kind::OffCpu | Kind::GoWait => (types[0].0, 0),
         };
-        let comment = intern("crossprof");
-        let default_type = match kind {
-            Kind::Cpu { .. } | Kind::Wall { .. } => intern("cpu"),
-            _ => 0,
-        };
+        let period_type = (period_type, self.string("nanoseconds"));
+        let comment = self.string("crossprof");
 
         let mut out = Vec::new();
         for (t, u) in &types {
@@ -486,7 +481,7 @@ impl Builder {
             put_int(&mut e, 4, file as u64);
             put_bytes(&mut out, 5, &e);
         }
-        for s in &strings {
+        for s in &self.strings {
             put_bytes(&mut out, 6, s.as_bytes());
         }
         put_int(&mut out, 9, span.start_unix_ns as u64);

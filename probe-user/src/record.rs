@@ -67,48 +67,48 @@ pub(crate) struct Pipeline {
     pub(crate) symbolizer: SymbolizerThread,
     pub(crate) decode_errors: u64,
     /// `--per-thread` (and `--mode wall`): a thread frame under the process.
-    pub(crate) per_thread: bool,
+    per_thread: bool,
     /// `--mode`.
-    pub(crate) mode: Mode,
+    mode: Mode,
     /// Weight of an on-CPU sample: 1 (a sample), or in wall mode the sample
     /// period in microseconds.
-    pub(crate) cpu_weight: u64,
+    cpu_weight: u64,
     /// Microseconds of thread off-CPU time counted.
-    pub(crate) off_cpu_us: u64,
+    off_cpu_us: u64,
     /// Microseconds of goroutine waits counted.
-    pub(crate) go_wait_us: u64,
+    go_wait_us: u64,
     /// `--timeline`: the events kept for it.
-    pub(crate) timeline: Option<crate::timeline::Timeline>,
+    timeline: Option<crate::timeline::Timeline>,
     /// `--group-by trace`: the requests in flight.
-    pub(crate) requests: crate::http::Requests,
+    requests: crate::http::Requests,
     /// `--trace-id`: only what works for this trace is kept.
-    pub(crate) only_trace: Option<String>,
+    only_trace: Option<String>,
     /// `--group-by`: frame levels under the process (and thread).
-    pub(crate) group_by: Vec<GroupBy>,
+    group_by: Vec<GroupBy>,
     /// The kernel's table of Go processes.
-    pub(crate) go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
     /// `--go-states`: follow goroutine states in Go processes.
-    pub(crate) go_states: bool,
+    go_states: bool,
     /// Go processes whose states could not be followed: (process, why).
-    pub(crate) go_states_failed: Vec<(String, String)>,
+    go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
-    pub(crate) go_preattached: Option<Preattached>,
+    go_preattached: Option<Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
-    pub(crate) waiting: VecDeque<Waiting>,
+    waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
-    pub(crate) dotnet_tables: KernelTables,
+    dotnet_tables: KernelTables,
     /// The kernel's `.eh_frame` tables for native code.
-    pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
+    unwind_tables: crate::native::unwind::UnwindTables,
     /// The first failure to update them, reported once.
-    pub(crate) unwind_tables_error: Option<String>,
+    unwind_tables_error: Option<String>,
     /// `--frame-pointers-only`: no rules given to the kernel.
-    pub(crate) frame_pointers_only: bool,
+    frame_pointers_only: bool,
     /// The first failure to update them, reported once.
-    pub(crate) dotnet_tables_error: bool,
+    dotnet_tables_error: bool,
     /// The frame-pointer baseline: per process, the outermost frames a
     /// frame-pointer walk of the same stacks reached (one sample in
     /// `FP_BASELINE_EVERY` of those walked by rules).
-    pub(crate) fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
+    fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
     /// Aggregators every counted stack also goes to (the agent's on-demand
     /// captures).
     pub(crate) taps: Vec<Aggregator>,
@@ -172,7 +172,7 @@ pub(crate) struct Preattached {
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
-pub(crate) struct Waiting {
+struct Waiting {
     pid: u32,
     time_ns: u64,
     frames: Vec<FrameRef>,
@@ -1003,12 +1003,7 @@ async fn run(
         out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
     }
     if args.formats.contains(&Format::Pprof) {
-        let kind = match args.mode {
-            Mode::Cpu => crate::pprof::Kind::Cpu { freq: args.freq },
-            Mode::Offcpu => crate::pprof::Kind::OffCpu,
-            Mode::Goblock => crate::pprof::Kind::GoWait,
-            Mode::Wall => crate::pprof::Kind::Wall { freq: args.freq },
-        };
+        let kind = crate::pprof::Kind::of(args.mode, args.freq);
         let span = crate::pprof::Span {
             start_unix_ns: started_unix_ns,
             duration_ns: (stopped_at - start).as_nanos() as i64,

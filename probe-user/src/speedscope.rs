@@ -7,7 +7,7 @@ use std::{collections::HashMap, io};
 
 use serde_json::{Value, json};
 
-use crate::fold::Folded;
+use crate::fold::{Folded, strip_annotation};
 
 /// The file `record --format speedscope` writes.
 pub const FILE: &str = "profile.speedscope.json";
@@ -66,16 +66,6 @@ pub fn write(folded: &Folded, name: &str, unit: &str, w: &mut dyn io::Write) -> 
     });
     serde_json::to_writer(&mut *w, &doc)?;
     writeln!(w)
-}
-
-/// A folded frame's name without inferno's annotation.
-fn strip_annotation(frame: &str) -> &str {
-    for suffix in ["_[k]", "_[j]", "_[i]"] {
-        if let Some(name) = frame.strip_suffix(suffix) {
-            return name;
-        }
-    }
-    frame
 }
 
 #[cfg(test)]

@@ -254,11 +254,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         status: Mutex::new(server::AgentStatus::default()),
     });
     tokio::spawn(server::serve(listener, shared.clone()));
-    let kind = if args.off_cpu {
-        Kind::Wall { freq: args.freq }
-    } else {
-        Kind::Cpu { freq: args.freq }
-    };
+    let kind = Kind::of(rargs.mode, args.freq);
     logfile::say(&format!(
         "agent: profiling {} at {} Hz{}, windows of {:?} in {}, serving http://{}/",
         if args.pids.is_empty() && select.comms.is_empty() && select.cgroups.is_empty() {
@@ -446,11 +442,10 @@ impl Cutter {
         let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
         for (&pid, stacks) in &per_pid {
             let folded = fold(stacks.iter().copied(), name_of, names, procs);
-            let dotnet = procs.is_dotnet(pid);
             processes.push(ProcessMeta {
                 pid,
                 comm: name_of(pid),
-                runtime: server::runtime_of(&folded, dotnet),
+                runtime: procs.runtime(pid),
                 samples: stacks.iter().map(|(_, n)| n).sum(),
             });
             by_pid.insert(pid, folded);

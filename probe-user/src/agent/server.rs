@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use super::store::Store;
-use crate::{fold::Folded, kinds::FrameKind};
+use crate::fold::Folded;
 
 /// The live page.
 const PAGE: &str = include_str!("page.html");
@@ -446,18 +446,6 @@ fn flamegraph(req: &Request, shared: &Shared) -> Response {
     match result {
         Ok(()) => Response::ok("image/svg+xml", svg),
         Err(e) => Response::error(500, &e.to_string()),
-    }
-}
-
-/// The runtime a window's process is shown with, from its frames' kinds.
-pub fn runtime_of(folded: &Folded, dotnet: bool) -> &'static str {
-    if dotnet {
-        return "dotnet";
-    }
-    if folded.kinds.values().any(|k| *k == Some(FrameKind::Go)) {
-        "go"
-    } else {
-        "native"
     }
 }
 

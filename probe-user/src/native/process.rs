@@ -404,11 +404,15 @@ impl ProcessTable {
         }
     }
 
-    /// Is process `pid` a .NET process (running, or exited)?
-    pub fn is_dotnet(&self, pid: u32) -> bool {
-        self.procs
-            .get(&pid)
-            .is_some_and(|p| p.dotnet.is_some() || p.was_dotnet)
+    /// The runtime process `pid` is labelled with: `dotnet` (running, or
+    /// exited), `go` (a Go executable), `native`, or `unknown` (never seen).
+    pub fn runtime(&self, pid: u32) -> &'static str {
+        match self.procs.get(&pid) {
+            Some(p) if p.dotnet.is_some() || p.was_dotnet => "dotnet",
+            Some(_) if self.go_exe_table(pid).is_some() => "go",
+            Some(_) => "native",
+            None => "unknown",
+        }
     }
 
     /// Forgets process `pid` (it exited); the modules it mapped stay (other

@@ -99,10 +99,13 @@ impl NativeSymbols {
             debug_syms: false,
             ..Kernel::default()
         });
-        names(
+        sourced(
             self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)),
             addrs.len(),
         )
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 
@@ -140,22 +143,6 @@ fn sourced(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Named
         Err(e) => {
             log::debug!("symbolization batch failed: {e}");
             vec![(None, None); n]
-        }
-    }
-}
-
-fn names(result: blazesym::Result<Vec<Symbolized<'_>>>, n: usize) -> Vec<Option<String>> {
-    match result {
-        Ok(syms) => syms
-            .into_iter()
-            .map(|s| match s {
-                Symbolized::Sym(sym) => Some(sym.name.into_owned()),
-                Symbolized::Unknown(_) => None,
-            })
-            .collect(),
-        Err(e) => {
-            log::debug!("symbolization batch failed: {e}");
-            vec![None; n]
         }
     }
 }
