@@ -486,17 +486,15 @@ pub fn spawn_crossprof(args: &[&str]) -> Guard {
 /// `crossprof record -q FLAGS -o DIR -- BIN ARGS`, to the end, with the
 /// command's stdout.
 pub fn record_command(dir: &Path, flags: &[&str], bin: &Path, args: &[&str]) -> Run {
-    Command::new(crossprof_bin())
-        .args(["record", "-q"])
+    let mut cmd = Command::new(crossprof_bin());
+    cmd.args(["record", "-q"])
         .args(flags)
         .arg("-o")
         .arg(dir)
         .arg("--")
         .arg(bin)
-        .args(args)
-        .output()
-        .expect("run crossprof")
-        .into()
+        .args(args);
+    output_within(&mut cmd, RECORD_LIMIT)
 }
 
 /// Runs `crossprof record -q FLAGS -o DIR -- TARGET` to the end, `target`'s
@@ -517,7 +515,92 @@ pub fn record_target(dir: &Path, flags: &[&str], target: &Command) -> Run {
             None => cmd.env_remove(k),
         };
     }
-    cmd.output().expect("run crossprof").into()
+    output_within(&mut cmd, RECORD_LIMIT)
+}
+
+/// The longest a `record` of a test may take: the targets run seconds, so
+/// one still running after this is hung (a target that never ends fails its
+/// test here instead of running into CI's time limit).
+pub const RECORD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to the end with its stdout and stderr; past `limit`, kills it
+/// and every process it started, and panics naming what was still running.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run crossprof");
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|r| Box::new(r) as _));
+    let stderr = read(child.stderr.take().map(|r| Box::new(r) as _));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for crossprof") {
+            break st;
+        }
+        if start.elapsed() >= limit {
+            let stuck = descendants(child.id());
+            let names: Vec<String> = stuck
+                .iter()
+                .map(|p| {
+                    let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    format!(
+                        "{p}: {}",
+                        String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                    )
+                })
+                .collect();
+            for p in stuck.iter().chain([&child.id()]) {
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {limit:?}; killed it and {names:?}\nstderr so far: {}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Every process below `pid` (children, grandchildren, ...).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                found.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    found
 }
 
 /// Waits (at most `limit`) until process `pid` holds a BPF link of

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use crossprof_tests::{
-    Dotnet, Guard, Run, count_where, out_dir, read_folded, read_summary, record_target,
-    run_crossprof,
+    Dotnet, Guard, Run, count_where, finish, out_dir, read_folded, read_summary, record_target,
+    run_crossprof, spawn_crossprof, wait_for_link,
 };
 
 /// Records the chain fixture on `runtime`, started with `env` as its only
@@ -116,7 +116,15 @@ fn a_perf_map_the_process_writes_itself_is_read() {
         &[("DOTNET_PerfMapEnabled", "1")],
     );
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
-    // The runtime's own perf map is the user's: remove it here so /tmp stays clean.
+    // The runtime's own perf map is the user's: crossprof, which saw the
+    // process before its runtime wrote it, neither took it over nor removed it.
+    let pid = dotnet_process(&dir)["pid"].clone();
+    let map = format!("/tmp/perf-{pid}.map");
+    assert!(
+        Path::new(&map).exists(),
+        "{map}, the process's own, was removed"
+    );
+    // Removed here so /tmp stays clean.
     remove_runtime_maps(&dir);
 }
 
@@ -183,6 +191,93 @@ fn a_running_process_is_named_without_a_restart() {
     assert_chain_named(&dir, 100); // 2 s at 99 Hz
     // Turned off again and the file removed while the process still runs.
     let map = format!("/tmp/perf-{pid}.map");
+    assert!(!Path::new(&map).exists(), "{map} left behind");
+}
+
+/// Sends `ResumeRuntime` (Process command set 0x04, id 0x01; dotnet/runtime
+/// `ds-process-protocol.h`) to the runtime of `pid`, held at start-up by
+/// `DOTNET_DefaultDiagnosticPortSuspend=1`.
+fn resume_runtime(pid: u32) {
+    use std::io::{Read as _, Write as _};
+    let prefix = format!("dotnet-diagnostic-{pid}-");
+    let socket = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with("-socket")
+        })
+        .expect("the held process's diagnostics socket");
+    let mut sock = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let mut msg = b"DOTNET_IPC_V1\0".to_vec();
+    msg.extend_from_slice(&20u16.to_le_bytes());
+    msg.extend_from_slice(&[0x04, 0x01, 0, 0]);
+    sock.write_all(&msg).expect("send ResumeRuntime");
+    let mut reply = [0u8; 24];
+    sock.read_exact(&mut reply[..20])
+        .expect("ResumeRuntime reply");
+    assert_eq!(reply[16..18], [0xFF, 0x00], "ResumeRuntime refused");
+}
+
+#[test]
+fn a_process_held_at_start_up_is_not_asked_for_its_perf_map_too_early() {
+    // `DOTNET_DefaultDiagnosticPortSuspend=1` holds the runtime just after it
+    // opened its diagnostics socket and before it set up its perf map: an
+    // EnablePerfMap sent there crashes .NET 8 (dotnet/runtime#122472; before
+    // the fix crossprof sent it at once and this process died of SIGSEGV).
+    // The same window, a few milliseconds wide, is open in every .NET process
+    // crossprof sees start (record -- CMD, the agent's --comm / whole host).
+    let runtime = Dotnet::Net8;
+    let mut target = Guard(
+        runtime
+            .command(&runtime.fixture("chain"), &["3"])
+            .env("DOTNET_DefaultDiagnosticPortSuspend", "1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    let pid = target.pid();
+    let socket_seen = (0..250).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::read_dir("/tmp").unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("dotnet-diagnostic-{pid}-"))
+        })
+    });
+    assert!(socket_seen, "no diagnostics socket for {pid}");
+    let dir = out_dir("dotnet_held");
+    let crossprof = spawn_crossprof(&[
+        "record",
+        "-q",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "15",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    wait_for_link(crossprof.pid(), "perf", std::time::Duration::from_secs(30));
+    // crossprof follows the held process (its GC session is open) but leaves
+    // its perf map alone until start-up goes on.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let map = format!("/tmp/perf-{pid}.map");
+    assert!(
+        !Path::new(&map).exists(),
+        "perf map turned on before the runtime set it up"
+    );
+    assert!(
+        target.0.try_wait().unwrap().is_none(),
+        "the held process died"
+    );
+    resume_runtime(pid);
+    let status = target.wait_for(std::time::Duration::from_secs(60));
+    assert!(status.success(), "the .NET process ended with {status}");
+    let run = finish(crossprof, std::time::Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    // Asked for once start-up was past it: the JIT frames are named.
+    assert_chain_named(&dir, 150);
     assert!(!Path::new(&map).exists(), "{map} left behind");
 }
 

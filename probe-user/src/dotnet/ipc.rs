@@ -10,6 +10,19 @@
 //! `u32` perf-map type payload (1 = all: perf map, perfinfo and jitdump), `DisablePerfMap` 0x06 with none.
 //! The reply's command set is 0xFF (server): id 0x00 is OK, 0xFF an error whose
 //! payload is a `u32` HRESULT. Runtimes before .NET 8 answer these ids with an error.
+//!
+//! **`EnablePerfMap` must not arrive before the runtime initialised its perf
+//! map.** The runtime opens its diagnostics socket early in `EEStartupHelper`
+//! (`DiagnosticServerAdapter::Initialize`) and only later runs
+//! `PerfMap::Initialize`, which sets up the lock `PerfMap::Enable` takes
+//! (dotnet/runtime `src/coreclr/vm/ceemain.cpp`, .NET 8). A command in between
+//! takes an uninitialised lock that start-up then initialises again: the
+//! process crashes or hangs (dotnet/runtime#122472, fixed in .NET 10 servicing
+//! by moving `PerfMap::Initialize` first). Reproduced here on 8.0.4: a process
+//! held at that point with `DOTNET_DefaultDiagnosticPortSuspend=1` segfaults
+//! as soon as crossprof enables its perf map. So crossprof waits until the
+//! runtime has mapped `System.Private.CoreLib.dll`, which start-up does well
+//! after `PerfMap::Initialize` ([`wait_for_startup`]).
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -43,6 +56,12 @@ pub enum IpcError {
     /// The socket did not answer as the protocol says.
     #[error("diagnostics IPC: {0}")]
     Io(#[from] io::Error),
+    /// The runtime had not loaded its core library yet, so the perf map was not
+    /// asked for (asking earlier can crash .NET 8: see the module's notes).
+    #[error(
+        "the runtime had not finished starting (System.Private.CoreLib not loaded after {0:?}); asking for the perf map earlier can crash .NET 8"
+    )]
+    NotStarted(Duration),
     /// The runtime refused the command (runtimes before .NET 8 do not know it).
     #[error(
         "the runtime refused the command (HRESULT {0:#010x}); .NET before 8 cannot turn the perf map on at run time"
@@ -84,7 +103,41 @@ pub fn wait_for_socket(pid: u32) -> bool {
     }
 }
 
-/// Asks the runtime of `pid` to write its perf map from now on.
+/// How long a runtime's start-up may take to load its core library before
+/// crossprof gives up asking for its perf map. A process held at start-up by
+/// `DOTNET_DiagnosticPorts=...,suspend` waits for its monitor meanwhile.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Has the runtime of `pid` mapped `System.Private.CoreLib.dll` (start-up is
+/// then past `PerfMap::Initialize`)? `None` when the process is gone.
+pub fn runtime_started(pid: u32) -> Option<bool> {
+    let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+    Some(
+        maps.split(|&b| b == b'\n')
+            .any(|line| line.ends_with(b"/System.Private.CoreLib.dll")),
+    )
+}
+
+/// Waits until the runtime of `pid` has started far enough for
+/// [`enable_perf_map`] (see the module's notes), polling its maps; gives up
+/// after [`STARTUP_WAIT`], when the process is gone, or when `cancel` is set.
+pub fn wait_for_startup(pid: u32, cancel: &std::sync::atomic::AtomicBool) -> Result<(), IpcError> {
+    let start = std::time::Instant::now();
+    loop {
+        match runtime_started(pid) {
+            Some(true) => return Ok(()),
+            None => return Err(IpcError::NoSocket),
+            Some(false) => {}
+        }
+        if start.elapsed() >= STARTUP_WAIT || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(IpcError::NotStarted(start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asks the runtime of `pid` to write its perf map from now on; call
+/// [`wait_for_startup`] first.
 pub fn enable_perf_map(pid: u32) -> Result<(), IpcError> {
     command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_ALL.to_le_bytes())
 }

@@ -15,8 +15,9 @@
 //!   and else from the assembly file itself ([`r2r`]; .NET Core 3.1).
 //! - The maps are written when `DOTNET_PerfMapEnabled` (`COMPlus_PerfMapEnabled`
 //!   before .NET 5) is set, or — on .NET 8+ — after crossprof asks for them through
-//!   the diagnostics IPC ([`ipc`]) when it first sees the process, on a thread of
-//!   its own; they are turned off again, and their files removed, when the
+//!   the diagnostics IPC ([`ipc`]) when it first sees the process (once its
+//!   runtime has started far enough: asking earlier crashes .NET 8, see [`ipc`]),
+//!   on a thread of its own; they are turned off again, and their files removed, when the
 //!   recording ends. On enabling, the runtime also writes the methods compiled
 //!   before (checked on 8.0.4). .NET Core 3.1 has no such command: a note names
 //!   the setting.
@@ -43,7 +44,10 @@ pub mod unwind;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -115,6 +119,8 @@ enum Enabling {
     Pending,
     /// Turned on by crossprof: turned off again, and its file removed, at the end.
     On,
+    /// Asked for, but no answer came: maybe on (cleaned up as if); why.
+    Unanswered(String),
     /// Could not be turned on: why.
     Failed(String),
 }
@@ -135,7 +141,11 @@ pub struct GcStats {
 
 /// What the diagnostics IPC thread of a process found: whether the perf map was
 /// turned on (if it was asked for), and the GC event session.
-type Connected = (Option<Result<(), IpcError>>, Result<GcSession, TraceError>);
+/// `Ok(true)`: turned on by crossprof; `Ok(false)`: the process writes its own.
+type Connected = (
+    Option<Result<bool, IpcError>>,
+    Result<GcSession, TraceError>,
+);
 
 /// GC events of a process.
 #[derive(Debug)]
@@ -196,6 +206,8 @@ pub struct DotnetProcess {
     /// The diagnostics IPC calls run on a thread of their own, so that a slow or
     /// hung diagnostics server never stalls the pipeline that drains samples.
     connecting: Option<JoinHandle<Connected>>,
+    /// Set to stop the IPC thread waiting for the runtime's start-up.
+    cancel: Arc<AtomicBool>,
     /// GC pauses seen, total pause time and collections, once the session ended.
     gc_final: Option<GcStats>,
     /// The temp folder as crossprof can reach it after the process exits (then
@@ -229,13 +241,28 @@ impl DotnetProcess {
             Enabling::Pending
         };
         let enable = matches!(enabling, Enabling::Pending);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
+        let tmp_seen = tmp.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("dotnet-ipc-{pid}"))
             .spawn(move || -> Connected {
                 // A process caught early in its start-up may not listen yet.
                 ipc::wait_for_socket(pid);
-                let enabled = enable.then(|| ipc::enable_perf_map(pid));
-                (enabled, GcSession::start(pid))
+                // The GC session may start at once (EventPipe is up before the
+                // socket); the perf map only once start-up is past its set-up.
+                let gc = GcSession::start(pid);
+                let enabled = enable.then(|| {
+                    ipc::wait_for_startup(pid, &cancelled)?;
+                    // A process caught before its runtime read its settings may
+                    // write its own map (DOTNET_PerfMapEnabled): then it is the
+                    // user's, left on and in place at the end.
+                    if PerfMap::for_pid(pid, &tmp_seen).refresh() {
+                        return Ok(false);
+                    }
+                    ipc::enable_perf_map(pid).map(|()| true)
+                });
+                (enabled, gc)
             });
         let (connecting, gc) = match spawned {
             Ok(handle) => (Some(handle), Gc::Starting),
@@ -261,6 +288,7 @@ impl DotnetProcess {
             enabling,
             gc,
             connecting,
+            cancel,
             gc_final: None,
             tmp,
             refreshed: Instant::now(),
@@ -290,14 +318,19 @@ impl DotnetProcess {
                 Err(TraceError::Format("the IPC thread panicked".into())),
             ),
         };
-        match enabled {
-            Some(Ok(())) => {
-                self.perf_map_found |= self.perf_map.refresh();
-                self.refreshed = Instant::now();
-                self.enabling = Enabling::On;
-            }
-            Some(Err(e)) => self.enabling = Enabling::Failed(format!("turning it on failed: {e}")),
-            None => {}
+        if let Some(result) = &enabled {
+            self.perf_map_found |= self.perf_map.refresh();
+            self.refreshed = Instant::now();
+            self.enabling = match result {
+                Ok(true) => Enabling::On,
+                Ok(false) => Enabling::NotNeeded,
+                // Sent, but the answer broke off (the process exiting as it
+                // was asked): the map may be on, so it is cleaned up as if.
+                Err(e @ IpcError::Io(_)) => {
+                    Enabling::Unanswered(format!("turning it on failed: {e}"))
+                }
+                Err(e) => Enabling::Failed(format!("turning it on failed: {e}")),
+            };
         }
         self.gc = match gc {
             Ok(session) => Gc::Traced(session),
@@ -424,6 +457,7 @@ impl DotnetProcess {
     /// Turns the perf map off if crossprof turned it on, and removes the files the
     /// runtime wrote for it, leaving the process as it was.
     pub fn release(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         self.settle(true);
         if let Gc::Traced(session) = &mut self.gc {
             let broken = session.stop();
@@ -439,7 +473,7 @@ impl DotnetProcess {
                 self.gc = Gc::Failed(format!("the GC event stream broke: {why}"));
             }
         }
-        if matches!(self.enabling, Enabling::On) {
+        if matches!(self.enabling, Enabling::On | Enabling::Unanswered(_)) {
             // Fails harmlessly when the process has exited; the file goes either way.
             let _ = ipc::disable_perf_map(self.pid);
             let pid = self.pid;
@@ -471,7 +505,7 @@ impl DotnetProcess {
             return None;
         }
         let why = match &self.enabling {
-            Enabling::Failed(why) => format!(" ({why})"),
+            Enabling::Failed(why) | Enabling::Unanswered(why) => format!(" ({why})"),
             _ => String::new(),
         };
         Some(format!(
