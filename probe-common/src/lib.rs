@@ -83,9 +83,12 @@ pub struct Config {
     /// it, records are published with `BPF_RB_NO_WAKEUP` and the collector drains
     /// on its own timer.
     pub wakeup_bytes: u64,
-    /// Off-CPU spans and goroutine waits shorter than this are dropped in the
-    /// kernel (`--min-block`).
+    /// Off-CPU spans shorter than this are dropped in the kernel
+    /// (`--min-block`).
     pub min_block_ns: u64,
+    /// Goroutine waits shorter than this are dropped in the kernel
+    /// (`--min-go-wait`).
+    pub min_go_wait_ns: u64,
     /// Non-zero: a goroutine made runnable after waiting sends its stack and
     /// wait (`--mode goblock`; needs the goroutine-state probes).
     pub go_block: u32,
@@ -104,7 +107,7 @@ pub struct Config {
     /// target (`--comm`).
     pub select_comms: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.

@@ -505,7 +505,7 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
 /// the CPU sampler never interrupt each other on a CPU.)
 #[inline(always)]
 fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64) {
-    if ns < config().min_block_ns {
+    if ns < config().min_go_wait_ns {
         count(Counter::GoBlocksShort);
         return;
     }

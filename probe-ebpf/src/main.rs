@@ -34,6 +34,7 @@ static CONFIG: Config = Config {
     include_idle: 0,
     wakeup_bytes: 0,
     min_block_ns: 0,
+    min_go_wait_ns: 0,
     go_block: 0,
     http: 0,
     off_cpu_kernel: 0,

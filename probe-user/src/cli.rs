@@ -114,16 +114,29 @@ pub struct AgentArgs {
     #[arg(long, value_name = "HZ", default_value_t = 19)]
     pub freq: u64,
 
-    /// Also profile off-CPU time (threads blocked in system calls, and
-    /// goroutine waits in Go processes) as wall-clock time: the pprof
-    /// profiles then carry cpu, off_cpu and go_wait values.
+    /// Also profile off-CPU time: each stack a thread blocked with (a system
+    /// call, a lock, a sleep), weighted by the time until it ran again, under
+    /// its cause (`[blocked: futex]`, `[sleep]`, ...): the pprof profiles
+    /// then carry an off_cpu value beside cpu.
     #[arg(long)]
     pub off_cpu: bool,
 
-    /// With --off-cpu: leave out waits shorter than this many microseconds
-    /// (dropped in the kernel).
+    /// With --off-cpu: leave out off-CPU spans shorter than this many
+    /// microseconds (dropped in the kernel).
     #[arg(long, value_name = "USECS", default_value_t = 1000)]
     pub min_block: u64,
+
+    /// Also profile goroutine waits in Go processes: each goroutine that
+    /// parked (on a channel, a mutex, a sleep, I/O), with the stack it parked
+    /// in, weighted by the time until it was made runnable, under
+    /// `[wait: REASON]`: the pprof profiles then carry a go_wait value.
+    #[arg(long)]
+    pub go_waits: bool,
+
+    /// With --go-waits: leave out goroutine waits shorter than this many
+    /// microseconds (dropped in the kernel).
+    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    pub min_go_wait: u64,
 
     /// Length of a window: 60s, 5m, ...
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
@@ -295,6 +308,12 @@ pub struct RecordArgs {
     #[arg(long, value_name = "USECS", default_value_t = 1)]
     pub min_block: u64,
 
+    /// With --mode wall or goblock: a threshold of its own for goroutine
+    /// waits, in microseconds (default: --min-block's), e.g. --min-block 1000
+    /// --min-go-wait 100.
+    #[arg(long, value_name = "USECS")]
+    pub min_go_wait: Option<u64>,
+
     /// With --mode offcpu or wall: also show where in the kernel each wait
     /// happened (the kernel stack the thread blocked with, e.g.
     /// do_nanosleep;schedule). Costs about 1.2 µs per block.
@@ -427,4 +446,31 @@ pub struct RecordArgs {
     /// crossprof exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+
+    /// The agent's wall-clock profile without off-CPU spans (its
+    /// `--go-waits` alone); `record` follows both.
+    #[arg(skip)]
+    pub without_off_cpu: bool,
+
+    /// The agent's wall-clock profile without goroutine waits (its
+    /// `--off-cpu` alone).
+    #[arg(skip)]
+    pub without_go_waits: bool,
+}
+
+impl RecordArgs {
+    /// Are off-CPU spans followed?
+    pub fn off_cpu(&self) -> bool {
+        matches!(self.mode, Mode::Offcpu | Mode::Wall) && !self.without_off_cpu
+    }
+
+    /// Are goroutine waits followed (with the goroutine-state probes)?
+    pub fn go_waits(&self) -> bool {
+        self.mode.goroutine_waits() && !self.without_go_waits
+    }
+
+    /// Goroutine waits shorter than this many microseconds are dropped.
+    pub fn min_go_wait(&self) -> u64 {
+        self.min_go_wait.unwrap_or(self.min_block)
+    }
 }

@@ -51,41 +51,58 @@ pub enum Kind {
     GoWait,
     /// Wall-clock stacks (on-CPU ones under a `[running]` leaf weighing one
     /// period each, off-CPU spans and goroutine waits under their cause):
-    /// `samples`, `cpu`, `off_cpu` and `go_wait`, each stack in its own column.
+    /// `samples` and `cpu`, then `off_cpu` and `go_wait` for the sources
+    /// followed, each stack in its own column.
     Wall {
         /// Sampling frequency of the on-CPU samples.
         freq: u64,
+        /// Off-CPU spans are followed (an `off_cpu` column).
+        off_cpu: bool,
+        /// Goroutine waits are followed (a `go_wait` column).
+        go_wait: bool,
     },
 }
 
+/// Sample types of CPU samples, as Go's CPU profile names them.
+const CPU_TYPES: [(&str, &str); 2] = [("samples", "count"), ("cpu", "nanoseconds")];
+const OFF_CPU_TYPE: (&str, &str) = ("off_cpu", "nanoseconds");
+const GO_WAIT_TYPE: (&str, &str) = ("go_wait", "nanoseconds");
+
 impl Kind {
-    /// The kind of a profile recorded in `mode` at `freq` Hz.
-    pub fn of(mode: crate::cli::Mode, freq: u64) -> Self {
-        match mode {
+    /// The kind of a profile recorded with `args`.
+    pub fn of(args: &crate::cli::RecordArgs) -> Self {
+        let freq = args.freq;
+        match args.mode {
             crate::cli::Mode::Cpu => Kind::Cpu { freq },
             crate::cli::Mode::Offcpu => Kind::OffCpu,
             crate::cli::Mode::Goblock => Kind::GoWait,
-            crate::cli::Mode::Wall => Kind::Wall { freq },
+            crate::cli::Mode::Wall => Kind::Wall {
+                freq,
+                off_cpu: args.off_cpu(),
+                go_wait: args.go_waits(),
+            },
         }
     }
 
-    fn sample_types(self) -> &'static [(&'static str, &'static str)] {
+    fn sample_types(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            Kind::Cpu { .. } => &[("samples", "count"), ("cpu", "nanoseconds")],
-            Kind::OffCpu => &[("off_cpu", "nanoseconds")],
-            Kind::GoWait => &[("go_wait", "nanoseconds")],
-            Kind::Wall { .. } => &[
-                ("samples", "count"),
-                ("cpu", "nanoseconds"),
-                ("off_cpu", "nanoseconds"),
-                ("go_wait", "nanoseconds"),
-            ],
+            Kind::Cpu { .. } => CPU_TYPES.to_vec(),
+            Kind::OffCpu => vec![OFF_CPU_TYPE],
+            Kind::GoWait => vec![GO_WAIT_TYPE],
+            Kind::Wall {
+                off_cpu, go_wait, ..
+            } => {
+                let mut types = CPU_TYPES.to_vec();
+                types.extend(off_cpu.then_some(OFF_CPU_TYPE));
+                types.extend(go_wait.then_some(GO_WAIT_TYPE));
+                types
+            }
         }
     }
 
     fn period_ns(self) -> i64 {
         match self {
-            Kind::Cpu { freq } | Kind::Wall { freq } => (1_000_000_000 / freq.max(1)) as i64,
+            Kind::Cpu { freq } | Kind::Wall { freq, .. } => (1_000_000_000 / freq.max(1)) as i64,
             Kind::OffCpu | Kind::GoWait => 1,
         }
     }
@@ -96,16 +113,27 @@ impl Kind {
         match self {
             Kind::Cpu { .. } => vec![w, w.saturating_mul(self.period_ns())],
             Kind::OffCpu | Kind::GoWait => vec![w.saturating_mul(1000)],
-            Kind::Wall { freq } => {
+            Kind::Wall {
+                freq,
+                off_cpu,
+                go_wait,
+            } => {
                 let ns = w.saturating_mul(1000);
-                if leaf == "[running]" {
+                let running = leaf == "[running]";
+                let waiting = leaf.starts_with("[wait: ");
+                let mut values = if running {
                     let period_us = (1_000_000 / freq.max(1)).max(1) as i64;
-                    vec![(w / period_us).max(1), ns, 0, 0]
-                } else if leaf.starts_with("[wait: ") {
-                    vec![0, 0, 0, ns]
+                    vec![(w / period_us).max(1), ns]
                 } else {
-                    vec![0, 0, ns, 0]
+                    vec![0, 0]
+                };
+                if off_cpu {
+                    values.push(if running || waiting { 0 } else { ns });
                 }
+                if go_wait {
+                    values.push(if waiting { ns } else { 0 });
+                }
+                values
             }
         }
     }
@@ -797,6 +825,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_wall_profile_has_a_column_per_source_followed() {
+        let wall = |off_cpu, go_wait| Kind::Wall {
+            freq: 100,
+            off_cpu,
+            go_wait,
+        };
+        let names = |k: Kind| k.sample_types().iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(
+            names(wall(true, true)),
+            ["samples", "cpu", "off_cpu", "go_wait"]
+        );
+        assert_eq!(names(wall(false, true)), ["samples", "cpu", "go_wait"]);
+        assert_eq!(names(wall(true, false)), ["samples", "cpu", "off_cpu"]);
+        // Each stack's values line up with the columns: a 10 ms period.
+        let k = wall(false, true);
+        assert_eq!(k.values(20_000, "[running]"), [2, 20_000_000, 0]);
+        assert_eq!(k.values(5_000, "[wait: chan receive]"), [0, 0, 5_000_000]);
+        let k = wall(true, false);
+        assert_eq!(k.values(5_000, "[blocked: futex]"), [0, 0, 5_000_000]);
+        assert_eq!(k.values(20_000, "[running]"), [2, 20_000_000, 0]);
+    }
+
+    #[test]
     fn varints_are_protobufs() {
         let mut b = Vec::new();
         put_varint(&mut b, 300);
@@ -839,7 +890,11 @@ mod tests {
             &names,
             &procs,
             &mut BuildIds::default(),
-            Kind::Wall { freq: 100 },
+            Kind::Wall {
+                freq: 100,
+                off_cpu: true,
+                go_wait: true,
+            },
             span,
         );
         let text = String::from_utf8_lossy(&data);

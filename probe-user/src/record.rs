@@ -147,7 +147,7 @@ impl Pipeline {
             only_trace: args.trace_id.clone(),
             group_by: args.group_by.clone(),
             go_pids,
-            go_states: args.go_states || args.mode.goroutine_waits(),
+            go_states: args.go_states || args.go_waits(),
             go_states_failed,
             go_preattached,
             waiting: VecDeque::new(),
@@ -592,11 +592,12 @@ pub(crate) async fn start(
             || !select.comms.is_empty()
             || !select.cgroups.is_empty(),
         include_idle: args.include_idle,
-        go_states: args.go_states || args.mode.goroutine_waits(),
+        go_states: args.go_states || args.go_waits(),
         on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
-        off_cpu: matches!(args.mode, Mode::Offcpu | Mode::Wall),
+        off_cpu: args.off_cpu(),
         min_block_ns: args.min_block.saturating_mul(1000),
-        go_block: args.mode.goroutine_waits(),
+        min_go_wait_ns: args.min_go_wait().saturating_mul(1000),
+        go_block: args.go_waits(),
         http: args.group_by.contains(&GroupBy::Trace),
         off_cpu_kernel: args.kernel_waits,
         skip_self: select.skip_self,
@@ -636,9 +637,7 @@ pub(crate) async fn start(
     }
     let procs = ProcessTable::default();
     let go_preattached = match program {
-        Some(exe) if args.go_states || args.mode.goroutine_waits() => {
-            preattach_go(&mut sampler, &procs, exe)
-        }
+        Some(exe) if args.go_states || args.go_waits() => preattach_go(&mut sampler, &procs, exe),
         _ => Ok(None),
     };
     let child = if has_command {
@@ -1003,7 +1002,7 @@ async fn run(
         out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
     }
     if args.formats.contains(&Format::Pprof) {
-        let kind = crate::pprof::Kind::of(args.mode, args.freq);
+        let kind = crate::pprof::Kind::of(&args);
         let span = crate::pprof::Span {
             start_unix_ns: started_unix_ns,
             duration_ns: (stopped_at - start).as_nanos() as i64,
@@ -1061,7 +1060,7 @@ async fn run(
             "goroutine waits in µs: {:.3} s in {} waits of {} µs or more over {:.1} s, {} lost",
             go_wait_us as f64 / 1e6,
             agg.samples,
-            args.min_block,
+            args.min_go_wait(),
             duration.as_secs_f64(),
             lost
         ),
@@ -1214,8 +1213,8 @@ async fn run(
             Mode::Wall => "wall",
             Mode::Goblock => "goblock",
         },
-        off_cpu_us: matches!(args.mode, Mode::Offcpu | Mode::Wall).then_some(off_cpu_us),
-        go_wait_us: args.mode.goroutine_waits().then_some(go_wait_us),
+        off_cpu_us: args.off_cpu().then_some(off_cpu_us),
+        go_wait_us: args.go_waits().then_some(go_wait_us),
         duration_secs: duration.as_secs_f64(),
         frequency_hz: args.freq,
         samples: agg.samples,
@@ -1278,7 +1277,7 @@ async fn run(
             },
         )?;
     }
-    if matches!(args.mode, Mode::Offcpu | Mode::Wall) {
+    if args.off_cpu() {
         eprintln!(
             "crossprof: {:.3} s off-CPU in {} spans of {} µs or more",
             off_cpu_us as f64 / 1e6,
@@ -1287,12 +1286,12 @@ async fn run(
             args.min_block
         );
     }
-    if args.mode.goroutine_waits() && go_wait_us > 0 {
+    if args.go_waits() && go_wait_us > 0 {
         eprintln!(
             "crossprof: {:.3} s of goroutine waits in {} waits of {} µs or more",
             go_wait_us as f64 / 1e6,
             counters[Counter::GoBlocks as usize],
-            args.min_block
+            args.min_go_wait()
         );
     }
     eprintln!(

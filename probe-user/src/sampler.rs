@@ -122,9 +122,10 @@ pub struct SamplerConfig {
     pub on_cpu: bool,
     /// Follow off-CPU spans (`--mode offcpu`, `wall`).
     pub off_cpu: bool,
-    /// Off-CPU spans and goroutine waits shorter than this are dropped in the
-    /// kernel.
+    /// Off-CPU spans shorter than this are dropped in the kernel.
     pub min_block_ns: u64,
+    /// Goroutine waits shorter than this are dropped in the kernel.
+    pub min_go_wait_ns: u64,
     /// Send goroutine waits (`--mode goblock`; with `go_states`).
     pub go_block: bool,
     /// Follow HTTP requests (`--group-by trace`).
@@ -166,6 +167,7 @@ impl Sampler {
             include_idle: u32::from(cfg.include_idle),
             wakeup_bytes: u64::from(ring / 8),
             min_block_ns: cfg.min_block_ns,
+            min_go_wait_ns: cfg.min_go_wait_ns,
             go_block: u32::from(cfg.go_block),
             http: u32::from(cfg.http),
             off_cpu_kernel: u32::from(cfg.off_cpu_kernel),

@@ -890,3 +890,154 @@ fn group_by_trace_puts_each_requests_trace_id_in_the_pprof_labels() {
     let found = want.iter().filter(|w| ids.contains(*w)).count();
     assert!(found >= 8, "trace ids in the windows' labels: {ids:?}");
 }
+
+/// Each of the agent's opt-in sources over the states fixture (its goroutines
+/// wait 2 s on a channel, a mutex and a sleep; one makes nanosleep system
+/// calls for 2 s: a thread off the CPU): `(flags, off-CPU expected, goroutine
+/// waits expected)`.
+const SOURCES: [(&[&str], bool, bool); 4] = [
+    // Goroutine waits alone: no off-CPU span is even sent.
+    (&["--go-waits"], false, true),
+    // Off-CPU time alone: no goroutine-state probe is loaded.
+    (&["--off-cpu"], true, false),
+    // Both, each with its own threshold: waits under 10 s are dropped, spans
+    // of 1 µs are kept.
+    (
+        &[
+            "--off-cpu",
+            "--go-waits",
+            "--min-block",
+            "1",
+            "--min-go-wait",
+            "10000000",
+        ],
+        true,
+        false,
+    ),
+    // And the other way round.
+    (
+        &[
+            "--off-cpu",
+            "--go-waits",
+            "--min-block",
+            "10000000",
+            "--min-go-wait",
+            "1",
+        ],
+        false,
+        true,
+    ),
+];
+
+#[test]
+fn off_cpu_and_goroutine_waits_are_opted_in_each_with_its_own_threshold() {
+    let bin = Go::Go123.fixture("states", GoBuild::Normal);
+    for (i, (flags, off_cpu, go_waits)) in SOURCES.into_iter().enumerate() {
+        let what = format!("agent {flags:?}");
+        // The goroutines start waiting after 4 s: the agent, started
+        // meanwhile, sees every wait from its start.
+        let mut target = spawn(Command::new(&bin).args(["2", "4"]));
+        let started = Instant::now();
+        let pid = target.pid().to_string();
+        let mut args = vec!["--window", "1h", "--pid", &pid];
+        args.extend_from_slice(flags);
+        let agent = Agent::start(&format!("agent_sources_{i}"), &args);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{what}: the agent took {:?} to start, past the fixture's delay",
+            started.elapsed()
+        );
+        assert!(target.wait_for(Duration::from_secs(30)).success());
+        let v = agent.windows();
+        let dir = agent.dir.clone();
+        assert!(agent.stop().success(), "{what}");
+        // The page offers the profiles the agent follows.
+        let sources: Vec<&str> = v["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut want = vec!["cpu"];
+        if flags.contains(&"--off-cpu") {
+            want.push("offcpu");
+        }
+        if flags.contains(&"--go-waits") {
+            want.push("goblock");
+        }
+        assert_eq!(sources, want, "{what}");
+
+        // The window SIGTERM wrote.
+        let file = |ext: &str| {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| s(p).ends_with(ext))
+                .unwrap_or_else(|| panic!("{what}: no {ext} window"))
+        };
+        let folded = std::fs::read_to_string(file(".folded")).unwrap();
+        let stacks = crossprof_tests::parse_folded(&folded);
+        let weight = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| pred(&s.frames))
+                .map(|s| s.count)
+                .sum()
+        };
+        let leaf = |f: &[String]| f.last().cloned().unwrap_or_default();
+        // Off-CPU: the syscall goroutine's thread sleeps 2 s in nanosleep
+        // (weights are microseconds).
+        let slept = weight(&|f| f.iter().any(|x| x == "main.syscaller") && leaf(f) == "[sleep]");
+        let off_leaves = weight(&|f| {
+            let l = leaf(f);
+            l == "[sleep]" || l.starts_with("[blocked")
+        });
+        // Goroutine waits: the channel receive of 2 s.
+        let chan = weight(&|f| {
+            f.iter().any(|x| x == "main.chanWaiter") && leaf(f) == "[wait: chan receive]"
+        });
+        let waits = weight(&|f| leaf(f).starts_with("[wait: "));
+        if off_cpu {
+            assert!(
+                (1_800_000..=2_300_000).contains(&slept),
+                "{what}: main.syscaller slept {slept} µs:\n{folded}"
+            );
+        } else {
+            assert_eq!(off_leaves, 0, "{what}: off-CPU stacks:\n{folded}");
+        }
+        if go_waits {
+            assert!(
+                (1_800_000..=2_300_000).contains(&chan),
+                "{what}: main.chanWaiter waited {chan} µs:\n{folded}"
+            );
+        } else {
+            assert_eq!(waits, 0, "{what}: goroutine waits:\n{folded}");
+        }
+
+        // The pprof carries the CPU columns (the fixture hardly runs, so
+        // they are near empty) and one per source followed, as `go tool
+        // pprof` reads it.
+        let raw = pprof(&["-raw", s(&file(".pb.gz"))]);
+        let types = raw
+            .lines()
+            .skip_while(|l| !l.starts_with("Samples:"))
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            types.contains("off_cpu/nanoseconds"),
+            flags.contains(&"--off-cpu"),
+            "{what}: {types}"
+        );
+        assert_eq!(
+            types.contains("go_wait/nanoseconds"),
+            flags.contains(&"--go-waits"),
+            "{what}: {types}"
+        );
+        assert!(
+            types.starts_with("samples/count cpu/nanoseconds"),
+            "{what}: {types}"
+        );
+    }
+}

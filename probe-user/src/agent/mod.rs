@@ -63,8 +63,17 @@ const PRECOMPILED_AFTER: Duration = Duration::from_secs(2);
 /// The `record` settings the agent runs the pipeline with.
 fn record_args(args: &AgentArgs) -> RecordArgs {
     RecordArgs {
-        mode: if args.off_cpu { Mode::Wall } else { Mode::Cpu },
+        // Either source makes a wall-clock profile (CPU samples weigh one
+        // period each); the other one is left out.
+        mode: if args.off_cpu || args.go_waits {
+            Mode::Wall
+        } else {
+            Mode::Cpu
+        },
         min_block: args.min_block,
+        min_go_wait: Some(args.min_go_wait),
+        without_off_cpu: !args.off_cpu,
+        without_go_waits: !args.go_waits,
         kernel_waits: false,
         pids: args.pids.clone(),
         duration: None,
@@ -249,12 +258,24 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         store: Mutex::new(store),
         captures: captures_tx,
         token,
-        mode: if args.off_cpu { "wall" } else { "cpu" },
+        mode: if rargs.mode == Mode::Wall {
+            "wall"
+        } else {
+            "cpu"
+        },
+        sources: [
+            Some("cpu"),
+            args.off_cpu.then_some("offcpu"),
+            args.go_waits.then_some("goblock"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         freq: args.freq,
         status: Mutex::new(server::AgentStatus::default()),
     });
     tokio::spawn(server::serve(listener, shared.clone()));
-    let kind = Kind::of(rargs.mode, args.freq);
+    let kind = Kind::of(&rargs);
     logfile::say(&format!(
         "agent: profiling {} at {} Hz{}, windows of {:?} in {}, serving http://{}/",
         if args.pids.is_empty() && select.comms.is_empty() && select.cgroups.is_empty() {
@@ -266,10 +287,11 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             )
         },
         args.freq,
-        if args.off_cpu {
-            " with off-CPU time"
-        } else {
-            ""
+        match (args.off_cpu, args.go_waits) {
+            (true, true) => " with off-CPU time and goroutine waits",
+            (true, false) => " with off-CPU time",
+            (false, true) => " with goroutine waits",
+            (false, false) => "",
         },
         args.window,
         args.dir.display(),

@@ -56,8 +56,11 @@ pub struct Shared {
     pub captures: mpsc::UnboundedSender<Capture>,
     /// The bearer token every request must carry, if any.
     pub token: Option<String>,
-    /// What the profiles weigh (`cpu`, or `wall`: CPU and off-CPU).
+    /// What the profiles weigh (`cpu`, or `wall`: CPU and the sources below).
     pub mode: &'static str,
+    /// The profiles a window holds: `cpu`, and `offcpu` (`--off-cpu`) and
+    /// `goblock` (`--go-waits`) when followed.
+    pub sources: Vec<&'static str>,
     /// Sampling frequency.
     pub freq: u64,
     /// How the agent itself is doing, as of the last window.
@@ -300,6 +303,7 @@ fn windows(shared: &Shared) -> Response {
     let body = serde_json::json!({
         "agent": status,
         "mode": shared.mode,
+        "sources": shared.sources,
         "frequency_hz": shared.freq,
         "disk_bytes": store.disk_bytes(),
         "windows": store.list(),
