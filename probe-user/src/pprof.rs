@@ -409,13 +409,21 @@ impl Builder {
         }
         let name = names.display(frame, procs);
         let sources = names.sources(frame);
+        // A .NET method's line comes with its frame.
+        let managed = match frame {
+            FrameRef::Managed(id) => procs.managed_source(id),
+            _ => None,
+        };
         // Outermost first in the name; innermost first in a location.
         let mut lines: Vec<(u64, i64)> = name
             .split(INLINE_SEPARATOR)
             .enumerate()
             .map(|(i, part)| {
                 let part = part.strip_suffix(INLINE_SUFFIX).unwrap_or(part);
-                let source = sources.and_then(|s| s.get(i)).and_then(Option::as_ref);
+                let source = sources
+                    .and_then(|s| s.get(i))
+                    .and_then(Option::as_ref)
+                    .or(managed);
                 let (file, line) = source.map_or(("", 0), |(f, l)| (&**f, i64::from(*l)));
                 (self.function(part, file), line)
             })

@@ -635,7 +635,9 @@ pub(crate) async fn start(
             return Err(UsageError::PidExited(pid).into());
         }
     }
-    let procs = ProcessTable::default();
+    let mut procs = ProcessTable::default();
+    // Source lines of .NET methods are for the pprof output.
+    procs.dotnet_lines = args.formats.contains(&Format::Pprof);
     let go_preattached = match program {
         Some(exe) if args.go_states || args.go_waits() => preattach_go(&mut sampler, &procs, exe),
         _ => Ok(None),

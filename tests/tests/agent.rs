@@ -1041,3 +1041,57 @@ fn off_cpu_and_goroutine_waits_are_opted_in_each_with_its_own_threshold() {
         );
     }
 }
+
+#[test]
+fn dotnet_frames_in_the_windows_carry_source_lines() {
+    // A .NET service built with its portable PDB: once it has run 2 s the
+    // agent follows its JIT events (a rundown first), and the windows'
+    // pprof name Program::Hot's loop line.
+    let runtime = Dotnet::Net8;
+    let dll = runtime.roslyn_fixture("chain");
+    let target = spawn(&mut runtime.command(&dll, &["12"]));
+    let pid = target.pid();
+    let agent = Agent::start(
+        "agent_dotnet_lines",
+        &["--window", "2s", "--pid", &pid.to_string()],
+    );
+    let src = std::fs::read_to_string(
+        crossprof_tests::workspace_root().join("tests/fixtures/dotnet/chain.cs"),
+    )
+    .unwrap();
+    let body = 1 + src
+        .lines()
+        .position(|l| l.contains("x = x * 6364"))
+        .unwrap();
+    let want = format!("chain.cs:{body}");
+    let start = Instant::now();
+    let found = loop {
+        let v = agent.windows();
+        let found = v["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["on_disk"] == true)
+            .map(|w| {
+                agent
+                    .dir
+                    .join(format!("{}.pb.gz", w["id"].as_str().unwrap()))
+            })
+            .filter(|pb| pb.exists())
+            .map(|pb| pprof(&["-lines", "-top", s(&pb)]))
+            .find(|top| {
+                top.lines()
+                    .any(|l| l.contains("Program::Hot") && l.trim_end().ends_with(&want))
+            });
+        if found.is_some() || start.elapsed() > Duration::from_secs(10) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        found.is_some(),
+        "no window with Program::Hot at {want}: {}",
+        agent.log_text()
+    );
+    assert!(agent.stop().success());
+}

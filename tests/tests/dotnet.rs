@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use crossprof_tests::{
-    Dotnet, Guard, Run, count_where, finish, out_dir, read_folded, read_summary, record_target,
-    run_crossprof, spawn_crossprof, wait_for_link,
+    Dotnet, Guard, Run, count_where, finish, go_tool_pprof, out_dir, read_folded, read_summary,
+    record_target, run_crossprof, spawn_crossprof, wait_for_link, workspace_root,
 };
 
 /// Records the chain fixture on `runtime`, started with `env` as its only
@@ -468,4 +468,181 @@ fn framework_readytorun_code_is_named_on_core31() {
     );
     assert_framework_named(&dir);
     remove_runtime_maps(&dir);
+}
+
+/// `go tool pprof -lines -top` of a profile: `(function, file:line or "",
+/// flat seconds)` per row.
+fn pprof_lines(pb: &Path) -> Vec<(String, String, f64)> {
+    let top = go_tool_pprof(&["-lines", "-top", "-nodecount=1000", pb.to_str().unwrap()]);
+    top.lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // flat flat% sum% cum cum% NAME [FILE:LINE]
+            let flat = seconds(cols.first()?)?;
+            let name = cols.get(5)?.to_string();
+            let at = cols.get(6).map_or(String::new(), |s| s.to_string());
+            Some((name, at, flat))
+        })
+        .collect()
+}
+
+/// A duration as `go tool pprof` prints it (`1.46s`, `940ms`, `0`).
+fn seconds(text: &str) -> Option<f64> {
+    let (num, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+            .unwrap_or(text.len()),
+    );
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "" => 1.0,
+        _ => return None,
+    };
+    Some(num.parse::<f64>().ok()? * scale)
+}
+
+/// The line numbers of the chain fixture's source that hold `needle`.
+fn chain_line(needle: &str) -> u32 {
+    let src = std::fs::read_to_string(workspace_root().join("tests/fixtures/dotnet/chain.cs"))
+        .expect("chain.cs");
+    1 + src
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in chain.cs")) as u32
+}
+
+/// The lines of `Program::Hot` in a profile of the Roslyn-built chain
+/// fixture: most of its time on the lines of its loop, named from the PDB,
+/// and its callers on their call lines.
+fn assert_chain_lines(what: &str, pb: &Path) {
+    let rows = pprof_lines(pb);
+    let (for_line, body) = (chain_line("for (int i = 0;"), chain_line("x = x * 6364"));
+    let at = |l: u32| format!("chain.cs:{l}");
+    let hot: f64 = rows
+        .iter()
+        .filter(|r| r.0 == "Program::Hot")
+        .map(|r| r.2)
+        .sum();
+    let hot_lined: f64 = rows
+        .iter()
+        .filter(|r| {
+            r.0 == "Program::Hot" && (r.1.ends_with(&at(for_line)) || r.1.ends_with(&at(body)))
+        })
+        .map(|r| r.2)
+        .sum();
+    assert!(
+        hot >= 1.0,
+        "{what}: only {hot} s of Program::Hot: {rows:#?}"
+    );
+    assert!(
+        hot_lined >= 0.85 * hot,
+        "{what}: {hot_lined} of {hot} s of Program::Hot on its loop's lines {for_line}/{body}: {rows:#?}"
+    );
+    // No line of Hot outside its body; the file is the fixture's source.
+    let body_lines = for_line..=chain_line("return x;");
+    for r in rows
+        .iter()
+        .filter(|r| r.0 == "Program::Hot" && !r.1.is_empty())
+    {
+        let (file, line) = r.1.rsplit_once(':').expect("file:line");
+        assert!(
+            file.ends_with("tests/fixtures/dotnet/chain.cs"),
+            "{what}: {r:?}"
+        );
+        assert!(
+            body_lines.contains(&line.parse::<u32>().unwrap()),
+            "{what}: {r:?}"
+        );
+    }
+    // The callers, at their calls (-lines shows each caller line once).
+    let top = go_tool_pprof(&["-lines", "-traces", pb.to_str().unwrap()]);
+    for (caller, line) in [
+        ("Program::Outer", chain_line("static long Outer")),
+        ("Program::Main", chain_line("x = Outer(x);")),
+    ] {
+        assert!(
+            top.lines()
+                .any(|l| l.contains(caller) && l.ends_with(&at(line))),
+            "{what}: no {caller} at line {line}:\n{top}"
+        );
+    }
+}
+
+#[test]
+fn jit_frames_carry_file_and_line_from_the_portable_pdb() {
+    // Built by Roslyn with its portable PDB, as `dotnet build` does; the
+    // runtime's IL-to-native maps come over EventPipe.
+    let runtime = Dotnet::Net8;
+    let dll = runtime.roslyn_fixture("chain");
+    let dir = out_dir("dotnet_lines");
+    let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_chain_lines("record -- dotnet", &dir.join("profile.pb.gz"));
+}
+
+#[test]
+fn a_running_process_gets_its_lines_from_the_rundown() {
+    // Everything compiled before crossprof came: the lines come from the
+    // rundown of a short session (the live one sees no new method).
+    let runtime = Dotnet::Net8;
+    let dll = runtime.roslyn_fixture("chain");
+    let target = Guard(
+        runtime
+            .command(&dll, &["6"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // tiered up
+    let dir = out_dir("dotnet_lines_pid");
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &target.pid().to_string(),
+            "--duration",
+            "2.5",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_chain_lines("record --pid", &dir.join("profile.pb.gz"));
+}
+
+#[test]
+fn a_pdb_of_another_build_gives_no_lines_and_a_note() {
+    // The next version of the source (two lines added at the top) built
+    // too, and its PDB put beside the first build's assembly (a stale PDB
+    // after a redeploy): its lines would be two off. crossprof shows none,
+    // and says why.
+    let runtime = Dotnet::Net8;
+    let out = out_dir("dotnet_stale_pdb");
+    let src = workspace_root().join("tests/fixtures/dotnet/chain.cs");
+    let first = runtime.roslyn_build(&src, &out.join("first"));
+    let next = out.join("next/chain.cs");
+    std::fs::create_dir_all(next.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(&next, format!("// v2\n// v2\n{text}")).unwrap();
+    let second = runtime.roslyn_build(&next, &out.join("second"));
+    std::fs::copy(second.with_extension("pdb"), first.with_extension("pdb")).unwrap();
+    let dir = out.join("profile");
+    let run = record_target(&dir, &[], &runtime.command(&first, &["2"]));
+    assert!(run.status.success(), "{}", run.stderr);
+    let rows = pprof_lines(&dir.join("profile.pb.gz"));
+    let hot: Vec<_> = rows.iter().filter(|r| r.0 == "Program::Hot").collect();
+    assert!(!hot.is_empty(), "no Program::Hot: {rows:#?}");
+    assert!(
+        hot.iter().all(|r| r.1.is_empty()),
+        "lines from a stale PDB: {hot:#?}"
+    );
+    assert!(
+        run.stderr.contains("chain.dll") && run.stderr.contains("does not match"),
+        "no note on the stale PDB: {}",
+        run.stderr
+    );
 }

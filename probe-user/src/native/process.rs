@@ -227,28 +227,48 @@ pub struct Process {
     first_captured: Instant,
 }
 
-/// Names interned once, so stacks carry a small id.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+/// Names (or names with what else a frame carries) interned once, so stacks
+/// carry a small id.
+#[derive(Debug)]
+struct Interner<T = Arc<str>> {
+    ids: HashMap<T, u32>,
+    items: Vec<T>,
 }
 
-impl Interner {
-    fn intern(&mut self, name: &Arc<str>) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            ids: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone + std::hash::Hash + Eq> Interner<T> {
+    fn intern(&mut self, item: &T) -> u32 {
+        if let Some(&id) = self.ids.get(item) {
             return id;
         }
-        let id = self.names.len() as u32;
-        self.names.push(name.clone());
-        self.ids.insert(name.clone(), id);
+        let id = self.items.len() as u32;
+        self.items.push(item.clone());
+        self.ids.insert(item.clone(), id);
         id
     }
 
-    fn get(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("[unknown]", |n| n)
+    fn item(&self, id: u32) -> Option<&T> {
+        self.items.get(id as usize)
     }
 }
+
+impl Interner {
+    fn get(&self, id: u32) -> &str {
+        self.item(id).map_or("[unknown]", |n| n)
+    }
+}
+
+/// A managed method's name, and the source line of the sampled address in it
+/// when its assembly has a PDB (a method has a frame per line sampled).
+type ManagedFrame = (Arc<str>, Option<crate::symbolize::Source>);
 
 impl Process {
     fn lookup(&self, addr: u64) -> Option<ExecMapping> {
@@ -285,15 +305,18 @@ pub struct ProcessTable {
     procs: HashMap<u32, Process>,
     /// The files they map.
     pub modules: ModuleTable,
-    managed: Interner,
+    managed: Interner<ManagedFrame>,
     /// `NAME (TID)` of threads, by (tid, comm at the sample).
     threads: Interner,
     /// `KEY=VALUE` texts of `--group-by label:KEY` frames.
     label_texts: Interner,
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
-    /// A .NET process's precompiled code is given to the kernel once it is this
-    /// old (the agent: short-lived processes are not worth the cost; `record`: 0).
+    /// A .NET process's precompiled code is given to the kernel, and its JIT
+    /// events followed for source lines, once it is this old (the agent:
+    /// short-lived processes are not worth the cost; `record`: 0).
     pub precompiled_after: Duration,
+    /// Follow .NET processes' JIT events for source lines (pprof output).
+    pub dotnet_lines: bool,
     /// Per assembly file, its precompiled methods (`None`: IL only, or
     /// unreadable), decoded once.
     precompiled: HashMap<ModuleId, Option<Arc<[crate::dotnet::Precompiled]>>>,
@@ -329,13 +352,16 @@ impl ProcessTable {
                 captured: Instant::now(),
                 first_captured: Instant::now(),
             };
-            Self::capture(&mut self.modules, &mut p);
+            let lines_now = self.dotnet_lines_now();
+            Self::capture(&mut self.modules, &mut p, lines_now);
             self.procs.insert(pid, p);
         }
         self.procs.get_mut(&pid).expect("inserted above")
     }
 
-    fn capture(modules: &mut ModuleTable, p: &mut Process) {
+    /// With `dotnet_lines_now`, a .NET process found follows its JIT events
+    /// for source lines from the start.
+    fn capture(modules: &mut ModuleTable, p: &mut Process, dotnet_lines_now: bool) {
         let pid = p.pid;
         p.captured = Instant::now();
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
@@ -379,15 +405,21 @@ impl ProcessTable {
                     .map(|e| e.path.as_str()),
             )
         {
-            p.dotnet = Some(DotnetProcess::attach(pid, runtime));
+            p.dotnet = Some(DotnetProcess::attach(pid, runtime, dotnet_lines_now));
         }
     }
 
     /// The managed method at `addr` of a .NET process, reading what the runtime
     /// appended to its perf map when `addr` is not known yet (rate-limited).
-    fn managed_frame(p: &mut Process, managed: &mut Interner, addr: u64) -> Option<u32> {
-        let name = p.dotnet.as_mut()?.lookup(addr)?;
-        Some(managed.intern(name))
+    fn managed_frame(
+        p: &mut Process,
+        managed: &mut Interner<ManagedFrame>,
+        addr: u64,
+    ) -> Option<u32> {
+        let dotnet = p.dotnet.as_mut()?;
+        let name = dotnet.lookup(addr)?.clone();
+        let source = dotnet.source(addr);
+        Some(managed.intern(&(name, source)))
     }
 
     /// Lets go of the state of process `pid` (it exited) but its name and
@@ -547,6 +579,9 @@ impl ProcessTable {
             let mut r = dn.poll_unwind(tables);
             // Precompiled code, once per mapped assembly.
             let young = p.first_captured.elapsed() < self.precompiled_after;
+            if self.dotnet_lines && !young {
+                dn.follow_lines();
+            }
             for m in p.mappings.iter().filter(|_| !young) {
                 let Target::Assembly(module) = m.target else {
                     continue;
@@ -583,9 +618,21 @@ impl ProcessTable {
         }
     }
 
+    /// Do .NET processes follow their JIT events for source lines from the
+    /// moment they are found (`record`), or once they are
+    /// [`ProcessTable::precompiled_after`] old (the agent)?
+    fn dotnet_lines_now(&self) -> bool {
+        self.dotnet_lines && self.precompiled_after.is_zero()
+    }
+
     /// The name behind a [`FrameRef::Managed`] id.
     pub fn managed_name(&self, id: u32) -> &str {
-        self.managed.get(id)
+        self.managed.item(id).map_or("[unknown]", |(name, _)| name)
+    }
+
+    /// The source line of a [`FrameRef::Managed`] id, if known.
+    pub fn managed_source(&self, id: u32) -> Option<&crate::symbolize::Source> {
+        self.managed.item(id)?.1.as_ref()
     }
 
     /// Gives the kernel the goroutine offsets of every Go process not seen yet,
@@ -805,6 +852,7 @@ impl ProcessTable {
     /// outside every known mapping triggers one re-read of the maps (rate-limited),
     /// then counts as unknown.
     pub fn user_frame(&mut self, pid: u32, addr: u64) -> FrameRef {
+        let lines_now = self.dotnet_lines_now();
         let Some(p) = self.procs.get_mut(&pid) else {
             return FrameRef::Marker(Marker::Unknown);
         };
@@ -815,7 +863,7 @@ impl ProcessTable {
             REFRESH_INTERVAL
         };
         if found.is_none() && p.captured.elapsed() >= interval {
-            Self::capture(&mut self.modules, p);
+            Self::capture(&mut self.modules, p, lines_now);
             found = p.lookup(addr);
         }
         match found {
@@ -836,7 +884,7 @@ impl ProcessTable {
                 target: Target::Assembly(module),
                 ..
             }) => match p.dotnet.as_mut().and_then(|d| d.lookup_precompiled(addr)) {
-                Some(name) => FrameRef::Managed(self.managed.intern(name)),
+                Some(name) => FrameRef::Managed(self.managed.intern(&(name.clone(), None))),
                 None => FrameRef::Elf {
                     module,
                     offset: addr - start + offset,
@@ -864,8 +912,9 @@ impl ProcessTable {
     /// Reads `pid`'s maps again now (a process captured before its libraries
     /// were mapped).
     pub fn recapture(&mut self, pid: u32) {
+        let lines_now = self.dotnet_lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(&mut self.modules, p);
+            Self::capture(&mut self.modules, p, lines_now);
         }
     }
 
