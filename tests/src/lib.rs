@@ -186,14 +186,18 @@ impl Dotnet {
             .status()
             .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
         assert!(status.success(), "mcs failed on {}", src.display());
+        self.write_runtimeconfig(&out_dir.join(format!("{name}.runtimeconfig.json")));
+        dll
+    }
+
+    /// Writes the runtimeconfig that makes an assembly run on this runtime.
+    fn write_runtimeconfig(self, path: &Path) {
         let config = format!(
             r#"{{"runtimeOptions":{{"tfm":"{}","framework":{{"name":"Microsoft.NETCore.App","version":"{}"}}}}}}"#,
             self.tfm(),
             self.version()
         );
-        std::fs::write(out_dir.join(format!("{name}.runtimeconfig.json")), config)
-            .expect("write the runtimeconfig");
-        dll
+        std::fs::write(path, config).expect("write the runtimeconfig");
     }
 
     /// Compiles `tests/fixtures/dotnet/<name>.cs` with Roslyn (see [`Roslyn`])
@@ -238,13 +242,7 @@ impl Dotnet {
             src.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let config = format!(
-            r#"{{"runtimeOptions":{{"tfm":"{}","framework":{{"name":"Microsoft.NETCore.App","version":"{}"}}}}}}"#,
-            self.tfm(),
-            self.version()
-        );
-        std::fs::write(out_dir.join(format!("{name}.runtimeconfig.json")), config)
-            .expect("write the runtimeconfig");
+        self.write_runtimeconfig(&out_dir.join(format!("{name}.runtimeconfig.json")));
         dll
     }
 }
