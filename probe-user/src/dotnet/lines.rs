@@ -19,6 +19,7 @@
 //!   The rundown writes them the other way round (seen on 8.0.4: each
 //!   `MethodDCEndILToNativeMap` just before its `MethodDCEndVerbose`), so a
 //!   rundown map waits for the next load of its method on its thread.
+//! - `MethodUnloadVerbose` (event 144, same layout): the code is freed.
 //! - `ModuleLoad` (event 152, keyword Loader 0x8): `u64 ModuleID, u64
 //!   AssemblyID, u32 ModuleFlags, u32 Reserved1, ModuleILPath` (UTF-16, NUL).
 //! - A session asked for with `requestRundown` writes, when it stops, the
@@ -49,6 +50,7 @@ use crate::symbolize::Source;
 pub const KEYWORDS: u64 = 0x10 | 0x8 | 0x2_0000;
 
 const METHOD_LOAD_VERBOSE: u32 = 143;
+const METHOD_UNLOAD_VERBOSE: u32 = 144;
 const METHOD_IL_TO_NATIVE_MAP: u32 = 190;
 const MODULE_LOAD: u32 = 152;
 const METHOD_DC_END_VERBOSE: u32 = 144;
@@ -148,7 +150,7 @@ impl EventSink for MethodLog {
                     self.last_load.insert(ev.thread_id, (method_id, start));
                     Vec::new()
                 };
-                self.code.insert(
+                self.insert(
                     start,
                     Code {
                         end: start + u64::from(size),
@@ -157,6 +159,13 @@ impl EventSink for MethodLog {
                         map,
                     },
                 );
+            }
+            (Provider::Runtime, METHOD_UNLOAD_VERBOSE) => {
+                // Its code is freed (a collectible assembly unloaded, a
+                // dynamic method collected): the memory may hold another's.
+                if let Some(start) = u64_at(ev.payload, 16) {
+                    self.code.remove(&start);
+                }
             }
             (Provider::Runtime, METHOD_IL_TO_NATIVE_MAP)
             | (Provider::Rundown, METHOD_DC_END_IL_TO_NATIVE_MAP) => {
@@ -209,6 +218,21 @@ impl EventSink for MethodLog {
 }
 
 impl MethodLog {
+    /// Adds a code version, dropping any older one its range overlaps (code
+    /// memory freed and reused without an unload event seen).
+    fn insert(&mut self, start: u64, code: Code) {
+        let inside: Vec<u64> = self.code.range(start..code.end).map(|(&s, _)| s).collect();
+        for s in inside {
+            self.code.remove(&s);
+        }
+        if let Some((&s, before)) = self.code.range(..start).next_back()
+            && before.end > start
+        {
+            self.code.remove(&s);
+        }
+        self.code.insert(start, code);
+    }
+
     /// Where `addr` is in its method: `(module's IL path, method token, IL
     /// offset)`, if a code version with a map holds it.
     pub fn il_at(&self, addr: u64) -> Option<(Arc<str>, u32, u32)> {
@@ -422,6 +446,22 @@ mod tests {
         assert_eq!(
             at_in(&log, 0x3001),
             Some(("/app/chain.dll".into(), 0x0600_0002, 3))
+        );
+        // Freed code is forgotten; code written over another's range
+        // replaces it.
+        let unload = load(200, 7, 0x3000, 0x10, 0x0600_0002);
+        log.event(&ev(Provider::Runtime, METHOD_UNLOAD_VERBOSE, 3, &unload));
+        assert_eq!(at_in(&log, 0x3001), None);
+        let over = load(300, 7, 0x1ff8, 0x20, 0x0600_0003);
+        log.event(&ev(Provider::Runtime, METHOD_LOAD_VERBOSE, 4, &over));
+        assert_eq!(
+            at_in(&log, 0x2008),
+            None,
+            "tier 1's range now holds another"
+        );
+        assert_eq!(
+            at_in(&log, 0x1021),
+            Some(("/app/chain.dll".into(), 0x0600_0001, 5))
         );
         // Truncated payloads are ignored, not a panic.
         for cut in 0..t0_map.len() {
