@@ -199,16 +199,7 @@ fn a_running_process_is_named_without_a_restart() {
 /// `DOTNET_DefaultDiagnosticPortSuspend=1`.
 fn resume_runtime(pid: u32) {
     use std::io::{Read as _, Write as _};
-    let prefix = format!("dotnet-diagnostic-{pid}-");
-    let socket = std::fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with("-socket")
-        })
-        .expect("the held process's diagnostics socket");
+    let socket = diagnostics_socket(pid);
     let mut sock = std::os::unix::net::UnixStream::connect(socket).expect("connect");
     let mut msg = b"DOTNET_IPC_V1\0".to_vec();
     msg.extend_from_slice(&20u16.to_le_bytes());
@@ -218,6 +209,16 @@ fn resume_runtime(pid: u32) {
     sock.read_exact(&mut reply[..20])
         .expect("ResumeRuntime reply");
     assert_eq!(reply[16..18], [0xFF, 0x00], "ResumeRuntime refused");
+}
+
+/// The diagnostics socket of `pid`: named by the process's start time
+/// (`/proc/PID/stat` field 22), unlike the stale ones of earlier processes
+/// that had its pid.
+fn diagnostics_socket(pid: u32) -> std::path::PathBuf {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process's stat");
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let start = after_comm.split(' ').nth(19).unwrap();
+    std::path::PathBuf::from(format!("/tmp/dotnet-diagnostic-{pid}-{start}-socket"))
 }
 
 #[test]
@@ -240,11 +241,7 @@ fn a_process_held_at_start_up_is_not_asked_for_its_perf_map_too_early() {
     let pid = target.pid();
     let socket_seen = (0..250).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::read_dir("/tmp").unwrap().flatten().any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("dotnet-diagnostic-{pid}-"))
-        })
+        diagnostics_socket(pid).exists()
     });
     assert!(socket_seen, "no diagnostics socket for {pid}");
     let dir = out_dir("dotnet_held");
@@ -645,4 +642,63 @@ fn a_pdb_of_another_build_gives_no_lines_and_a_note() {
         "no note on the stale PDB: {}",
         run.stderr
     );
+}
+
+#[test]
+fn stale_sockets_of_earlier_processes_with_the_same_pid_are_not_used() {
+    // A .NET process killed leaves its diagnostics socket in /tmp; a later
+    // process given the same pid has a socket of its own, named by its start
+    // time. Fifty stale ones (a listener bound, then closed: "connection
+    // refused") beside the live one: crossprof must talk to the live one.
+    let runtime = Dotnet::Net8;
+    let target = Guard(
+        runtime
+            .command(&runtime.fixture("chain"), &["6"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    let pid = target.pid();
+    struct Stale(Vec<std::path::PathBuf>);
+    impl Drop for Stale {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let stale = Stale(
+        (1..=50)
+            .map(|k| {
+                let p =
+                    std::path::PathBuf::from(format!("/tmp/dotnet-diagnostic-{pid}-{k}-socket"));
+                drop(std::os::unix::net::UnixListener::bind(&p).expect("bind a stale socket"));
+                p
+            })
+            .collect(),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
+    let dir = out_dir("dotnet_stale_sockets");
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "2",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(!run.stderr.contains("note"), "{}", run.stderr);
+    assert_chain_named(&dir, 100);
+    assert_eq!(
+        dotnet_process(&dir)["gc"]["collections"],
+        0,
+        "GC events read"
+    );
+    drop(stale);
 }

@@ -69,16 +69,18 @@ pub enum IpcError {
     Refused(u32),
 }
 
-/// The diagnostics socket of `pid`, seen through the process's own root.
+/// The diagnostics socket of `pid`, seen through the process's own root, if
+/// it is there. Its name holds the process's start time as its
+/// disambiguation key (`dotnet-diagnostic-PID-STARTTICKS-socket`, checked on
+/// 8.0.4 and 3.1.23: `/proc/PID/stat` field 22): a process killed leaves its
+/// socket behind, and one of a process that had the same pid before answers
+/// "connection refused" (found by CI: /tmp held 127 such sockets).
 pub fn socket_path(pid: u32) -> Option<PathBuf> {
-    let tmp = PathBuf::from(format!("/proc/{pid}/root/tmp"));
-    let prefix = format!("dotnet-diagnostic-{pid}-");
-    std::fs::read_dir(&tmp)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with(&prefix) && n.ends_with("-socket"))
-        .map(|n| tmp.join(n))
+    let start = super::start_ticks(pid)?;
+    let path = PathBuf::from(format!(
+        "/proc/{pid}/root/tmp/dotnet-diagnostic-{pid}-{start}-socket"
+    ));
+    path.exists().then_some(path)
 }
 
 /// How long a process that was just started may take to open its diagnostics

@@ -61,6 +61,16 @@ use lines::{MethodLog, Pdbs};
 use perfmap::PerfMap;
 use unwind::{CodeReader, CodeTable, KernelTables};
 
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`
+/// field 22): what the runtime names its diagnostics socket and temp files
+/// by.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm, which may hold spaces, start after the last ')'.
+    let after_comm = stat.get(stat.rfind(')')? + 2..)?;
+    after_comm.split(' ').nth(19)?.parse().ok()
+}
+
 /// The runtime found in a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {

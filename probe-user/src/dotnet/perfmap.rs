@@ -185,10 +185,7 @@ impl PerfMap {
 /// (starttime, ticks since boot) and `btime` in `/proc/stat`, less a second of
 /// slack for the clock's granularity.
 fn process_start(pid: u32) -> Option<SystemTime> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the comm, which may hold spaces, start after the last ')'.
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    let start_ticks: u64 = after_comm.split(' ').nth(19)?.parse().ok()?;
+    let start_ticks = super::start_ticks(pid)?;
     let btime: u64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
