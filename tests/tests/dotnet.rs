@@ -161,33 +161,45 @@ fn without_diagnostics_jit_frames_are_unknown_and_a_note_says_why() {
     );
 }
 
-#[test]
-fn a_running_process_is_named_without_a_restart() {
-    let runtime = Dotnet::Net8;
-    let target = Guard(
+/// Starts `dll` on `runtime` for `secs` seconds, its output discarded.
+fn spawn_dotnet(runtime: Dotnet, dll: &Path, secs: &str) -> Guard {
+    Guard(
         runtime
-            .command(&runtime.fixture("chain"), &["6"])
+            .command(dll, &[secs])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start the .NET fixture"),
-    );
-    std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
-    let dir = out_dir("dotnet_pid");
-    let pid = target.pid().to_string();
+    )
+}
+
+/// `crossprof record -q --pid PID --duration SECS` into `out_dir(name)`, to its
+/// end (it must succeed).
+fn record_pid(name: &str, pid: &str, secs: &str) -> (std::path::PathBuf, Run) {
+    let dir = out_dir(name);
     let run = run_crossprof(
         &[
             "record",
             "-q",
             "--pid",
-            &pid,
+            pid,
             "--duration",
-            "2",
+            secs,
             "-o",
             dir.to_str().unwrap(),
         ],
         std::time::Duration::from_secs(60),
     );
     assert!(run.status.success(), "{}", run.stderr);
+    (dir, run)
+}
+
+#[test]
+fn a_running_process_is_named_without_a_restart() {
+    let runtime = Dotnet::Net8;
+    let target = spawn_dotnet(runtime, &runtime.fixture("chain"), "6");
+    std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
+    let pid = target.pid().to_string();
+    let (dir, _) = record_pid("dotnet_pid", &pid, "2");
     assert_chain_named(&dir, 100); // 2 s at 99 Hz
     // Turned off again and the file removed while the process still runs.
     let map = format!("/tmp/perf-{pid}.map");
@@ -585,29 +597,9 @@ fn a_running_process_gets_its_lines_from_the_rundown() {
     // rundown of a short session (the live one sees no new method).
     let runtime = Dotnet::Net8;
     let dll = runtime.roslyn_fixture("chain");
-    let target = Guard(
-        runtime
-            .command(&dll, &["6"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the .NET fixture"),
-    );
+    let target = spawn_dotnet(runtime, &dll, "6");
     std::thread::sleep(std::time::Duration::from_millis(1500)); // tiered up
-    let dir = out_dir("dotnet_lines_pid");
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            &target.pid().to_string(),
-            "--duration",
-            "2.5",
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        std::time::Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", run.stderr);
+    let (dir, _) = record_pid("dotnet_lines_pid", &target.pid().to_string(), "2.5");
     assert_chain_lines("record --pid", &dir.join("profile.pb.gz"));
 }
 
@@ -651,13 +643,7 @@ fn stale_sockets_of_earlier_processes_with_the_same_pid_are_not_used() {
     // time. Fifty stale ones (a listener bound, then closed: "connection
     // refused") beside the live one: crossprof must talk to the live one.
     let runtime = Dotnet::Net8;
-    let target = Guard(
-        runtime
-            .command(&runtime.fixture("chain"), &["6"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the .NET fixture"),
-    );
+    let target = spawn_dotnet(runtime, &runtime.fixture("chain"), "6");
     let pid = target.pid();
     struct Stale(Vec<std::path::PathBuf>);
     impl Drop for Stale {
@@ -678,21 +664,7 @@ fn stale_sockets_of_earlier_processes_with_the_same_pid_are_not_used() {
             .collect(),
     );
     std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
-    let dir = out_dir("dotnet_stale_sockets");
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            "2",
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        std::time::Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", run.stderr);
+    let (dir, run) = record_pid("dotnet_stale_sockets", &pid.to_string(), "2");
     assert!(!run.stderr.contains("note"), "{}", run.stderr);
     assert_chain_named(&dir, 100);
     assert_eq!(
