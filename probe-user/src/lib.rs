@@ -28,6 +28,7 @@ pub mod fold;
 pub mod go;
 pub mod http;
 pub mod kinds;
+pub mod le;
 pub mod native;
 pub mod offcpu;
 pub mod pprof;

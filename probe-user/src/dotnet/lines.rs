@@ -43,7 +43,10 @@ use super::{
     eventpipe::{self, Event, EventSink, Provider, Session, TraceError},
     pdb::{PdbError, PortablePdb},
 };
-use crate::symbolize::Source;
+use crate::{
+    le::{u16_at, u32_at, u64_at},
+    symbolize::Source,
+};
 
 /// Keywords of the live session: JIT (0x10), Loader (0x8) and
 /// JittedMethodILToNativeMap (0x20000).
@@ -319,18 +322,6 @@ fn in_root(pid: u32, path: &str) -> PathBuf {
     } else {
         Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
     }
-}
-
-fn u16_at(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(p: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(p: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// A NUL-terminated UTF-16LE string at `at`.

@@ -37,7 +37,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::native::elf::Elf;
+use crate::{
+    le::{u32_at, u64_at},
+    native::elf::Elf,
+};
 
 /// What reading a file's Go table gave: the table, not Go (`None`), or why it
 /// could not be read.
@@ -163,13 +166,6 @@ pub fn build_info_version(d: &[u8]) -> Option<String> {
     }
     let v = std::str::from_utf8(d.get(at..at + len)?).ok()?;
     v.starts_with("go").then(|| v.to_owned())
-}
-
-fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
 }
 
 const MAGIC_118: u32 = 0xFFFF_FFF0;

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use crate::le::{u16_at, u32_at, u64_at};
+
 /// A section.
 #[derive(Debug, Clone, Copy)]
 pub struct Section {
@@ -44,16 +46,6 @@ const R_X86_64_RELATIVE: u64 = 8;
 const SHF_COMPRESSED: u64 = 0x800;
 /// `Elf64_Chdr.ch_type` of a zlib stream.
 const ELFCOMPRESS_ZLIB: u32 = 1;
-
-fn u16_at(d: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
-}
 
 /// The file offset of an executable's entry point (`e_entry`, `_start`), read
 /// from the start of the file (its ELF and program headers); `None` for a file
