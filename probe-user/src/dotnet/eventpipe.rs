@@ -596,15 +596,22 @@ impl<'a> Cursor<'a> {
     }
     /// A NUL-terminated UTF-16LE string.
     fn utf16z(&mut self) -> Option<String> {
-        let mut units = Vec::new();
-        loop {
-            let u = self.u16().ok()?;
-            if u == 0 {
-                return Some(String::from_utf16_lossy(&units));
-            }
-            units.push(u);
-        }
+        let (text, len) = utf16z(self.b.get(self.at..)?)?;
+        self.at += len;
+        Some(text)
     }
+}
+
+/// The NUL-terminated UTF-16LE string `b` starts with (event payloads'
+/// strings), and the bytes it took with its NUL; `None` without a NUL.
+pub fn utf16z(b: &[u8]) -> Option<(String, usize)> {
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let len = 2 * (units.len() + 1);
+    (len <= b.len()).then(|| (String::from_utf16_lossy(&units), len))
 }
 
 #[cfg(test)]

@@ -209,7 +209,7 @@ impl EventSink for MethodLog {
                 let Some(module_id) = u64_at(ev.payload, 0) else {
                     return;
                 };
-                if let Some(path) = utf16z_at(ev.payload, 24)
+                if let Some((path, _)) = ev.payload.get(24..).and_then(eventpipe::utf16z)
                     && !path.is_empty()
                 {
                     self.modules.insert(module_id, path.into());
@@ -322,17 +322,6 @@ fn in_root(pid: u32, path: &str) -> PathBuf {
     } else {
         Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
     }
-}
-
-/// A NUL-terminated UTF-16LE string at `at`.
-fn utf16z_at(p: &[u8], at: usize) -> Option<String> {
-    let units: Vec<u16> = p
-        .get(at..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Some(String::from_utf16_lossy(&units))
 }
 
 #[cfg(test)]
