@@ -137,6 +137,9 @@ pub mod names {
     pub const OFF_CPU_STASH: &str = "OFF_CPU_STASH";
     /// The perf_event program that samples on-CPU stacks.
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
+    /// The perf_event program that samples on-CPU stacks by frame pointers
+    /// only, for kernels without what the other walks need.
+    pub const CPU_SAMPLE_FP_PROG: &str = "cpu_sample_fp";
     /// The `sched_switch` program that notes a thread leaving the CPU.
     pub const OFF_CPU_START_PROG: &str = "off_cpu_start";
     /// The `sys_exit` raw tracepoint program that ends an off-CPU span.

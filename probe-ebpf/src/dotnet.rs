@@ -94,7 +94,10 @@ fn find(tgid: u32, ip: u64) -> Option<Found> {
         if hit == 0 {
             return None;
         }
-        hit = (hit - 1) & (PAGE_ENTRIES - 1);
+        // Masked after an opaque copy: LLVM knows `hit - 1` is in 0..63 here
+        // and drops a plain mask, and Linux 6.1's verifier, which learns
+        // nothing from `hit != 0`, then sees an index that may be -1.
+        hit = crate::opaque((hit - 1) as u64) as usize & (PAGE_ENTRIES - 1);
     }
     let e: &CodeEntry = &page.entries[hit];
     let start = u32::from(e.start);
@@ -288,28 +291,32 @@ pub(crate) fn step(
     Ok(Some((ra, bp + 16, next_bp)))
 }
 
-/// Walks the user stack of `tgid` into `ips[first..]`, leaf first; returns the
+/// Walks the user stack of `tgid` into `ips[first..]`, leaf first, from the
+/// registers in the CPU's walk state (none if `!have_regs`); returns the
 /// number of frames and sets `FLAG_USER_*` bits in `flags`.
 #[inline(always)]
 pub fn unwind_user(
     tgid: u32,
-    regs: Option<UserRegs>,
+    have_regs: bool,
     ips: &mut [u64; 2 * MAX_FRAMES],
     first: usize,
     flags: &mut u32,
 ) -> usize {
     count(Counter::ManagedUnwinds);
-    let Some(UserRegs {
+    let Some(walks) = crate::native::walks() else {
+        return 0;
+    };
+    if !have_regs {
+        *flags |= FLAG_USER_STACK_ERROR;
+        count(Counter::UserStackError);
+        return 0;
+    }
+    let UserRegs {
         mut ip,
         mut sp,
         mut bp,
         ..
-    }) = regs
-    else {
-        *flags |= FLAG_USER_STACK_ERROR;
-        count(Counter::UserStackError);
-        return 0;
-    };
+    } = walks.regs;
     if first >= MAX_FRAMES || ip == 0 {
         return 0;
     }
@@ -326,22 +333,21 @@ pub fn unwind_user(
     }
     // The callers, under bpf_loop: the verifier checks one step, not 126, which
     // keeps the program's load (verification) time small.
-    let mut walk = Walk {
-        ip,
-        sp,
-        bp,
-        tgid,
-        next: first as u32 + 1,
-        frames: 1,
-        done: 0,
-    };
-    // SAFETY: `next_frame` has the callback signature bpf_loop expects, and
-    // `walk` lives on this stack frame for the whole loop.
+    let walk = &mut walks.managed;
+    walk.ip = ip;
+    walk.sp = sp;
+    walk.bp = bp;
+    walk.tgid = tgid;
+    walk.next = first as u32 + 1;
+    walk.frames = 1;
+    walk.done = 0;
+    // SAFETY: `next_frame` has the callback signature bpf_loop expects; it
+    // finds its state in this CPU's walk state.
     unsafe {
         bpf_loop(
             (MAX_FRAMES - 1) as u32,
             next_frame as *mut c_void,
-            (&mut walk as *mut Walk).cast::<c_void>(),
+            core::ptr::null_mut(),
             0,
         );
     }
@@ -351,9 +357,10 @@ pub fn unwind_user(
     walk.frames as usize
 }
 
-/// The walk's state between `bpf_loop` steps.
+/// The walk's state between `bpf_loop` steps (in the CPU's walk state, see
+/// `native::Walks`).
 #[repr(C)]
-struct Walk {
+pub(crate) struct Walk {
     ip: u64,
     sp: u64,
     bp: u64,
@@ -368,9 +375,11 @@ struct Walk {
 
 /// One caller: records `ip` and steps to its caller. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn next_frame(_i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` unwind_user passed to bpf_loop.
-    let w = unsafe { &mut *ctx.cast::<Walk>() };
+extern "C" fn next_frame(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walks) = crate::native::walks() else {
+        return 1;
+    };
+    let w = &mut walks.managed;
     let idx = w.next as usize;
     if idx >= 2 * MAX_FRAMES || w.ip == 0 {
         w.done = 1;

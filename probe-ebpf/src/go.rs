@@ -64,21 +64,6 @@ static FRESH: Goroutine = Goroutine {
     changes: 0,
 };
 
-/// What a sample of a Go process learns from its `g`.
-pub struct GoSample {
-    /// The goroutine id; 0 on a system stack (g0, gsignal).
-    pub goid: u64,
-    /// Its `g.labels` pointer.
-    pub labels: u64,
-    /// Its status.
-    pub status: u32,
-    /// Frames of the goroutine a system stack works for, written into the
-    /// sample after its user frames.
-    pub switch_frames: usize,
-    /// In a signal handler: the PC the signal interrupted.
-    pub signal_pc: u64,
-}
-
 /// The goroutine that made the system call the current thread of `tgid` is
 /// returning from (0: none, or not Go), from `regs`, its user registers saved
 /// at the kernel entry: R14 is the `g`, if its stack holds SP (Go makes system
@@ -106,17 +91,64 @@ pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
     }
 }
 
+/// The goroutine fields of the record being built in this CPU's scratch, for
+/// a sample of `tgid` whose frames end at `ips[at]`: the goroutine it ran, from
+/// the candidate `g` in R14 and the user stack pointer (both in the CPU's walk
+/// state); nothing when `tgid` is not Go or R14 is not a `g` whose stack holds
+/// SP. On a system stack (goid 0), the frames of the goroutine it works for
+/// are written from `ips[at]` on (see [`switch_frames`]).
+///
+/// A subprogram (a call, not inlined): its frame exists only while it runs.
+#[inline(never)]
+pub fn sample_fields(tgid: u32, at: u32) -> u32 {
+    let Some(walks) = crate::native::walks() else {
+        return 0;
+    };
+    let regs = walks.regs;
+    // Bounded again, opaquely: the verifier checks a subprogram with what its
+    // arguments' types say, and LLVM turns a plain bound into comparisons
+    // Linux 6.1 learns nothing from.
+    let at = crate::opaque(u64::from(at)) as usize;
+    if at >= 2 * MAX_FRAMES {
+        return 0;
+    }
+    let Some(g) = goroutine(tgid, &regs, at) else {
+        return 0;
+    };
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot (see `native::record`).
+    let h = unsafe { &mut (*scratch).header };
+    h.goid = g.goid;
+    h.go_labels = g.labels;
+    h.go_status = g.status;
+    h.go_switch_frames = g.switch_frames as u32;
+    h.go_signal_pc = g.signal_pc;
+    1
+}
+
+/// What a sample of a Go process learns from its `g`.
+struct GoSample {
+    /// The goroutine id; 0 on a system stack (g0, gsignal).
+    goid: u64,
+    /// Its `g.labels` pointer.
+    labels: u64,
+    /// Its status.
+    status: u32,
+    /// Frames of the goroutine a system stack works for, written into the
+    /// sample after its user frames.
+    switch_frames: usize,
+    /// In a signal handler: the PC the signal interrupted.
+    signal_pc: u64,
+}
+
 /// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
 /// stack pointer `sp`; `None` when `tgid` is not Go or R14 is not a `g` whose
 /// stack holds `sp`. On a system stack (goid 0), the frames of the goroutine it
-/// works for are written to `ips` from `at` on (see [`switch_frames`]).
+/// works for are written to the scratch `ips` from `at` on.
 #[inline(always)]
-pub fn goroutine(
-    tgid: u32,
-    regs: &UserRegs,
-    ips: &mut [u64; 2 * MAX_FRAMES],
-    at: usize,
-) -> Option<GoSample> {
+fn goroutine(tgid: u32, regs: &UserRegs, at: usize) -> Option<GoSample> {
     let (sp, r14) = (regs.sp, regs.r14);
     // SAFETY: the value is copied out field by field.
     let offsets = unsafe { GO_PIDS.get(tgid) }?;
@@ -173,7 +205,7 @@ pub fn goroutine(
         signal_pc: 0,
     };
     if goid == 0 {
-        g.switch_frames = switch_frames(r14, m_curg, sched_bp, ips, at);
+        g.switch_frames = switch_frames(r14, m_curg, sched_bp, at);
         // R14 may be the signal stack's own g (the handler's Go code).
         on_signal_stack =
             on_signal_stack || read(r14 + G_M).and_then(|m| read(m + m_gsignal)) == Some(r14);
@@ -228,13 +260,7 @@ fn signal_pc(regs: &UserRegs, sigtramp: [u64; 2], cgo_sigtramp: u64) -> u64 {
 /// thread's start (`g0.sched`, saved by `mstart1`). Writes them from `ips[at]`
 /// and returns how many; the collector decides whether they continue the stack.
 #[inline(always)]
-fn switch_frames(
-    g0: u64,
-    m_curg: u64,
-    sched_bp: u64,
-    ips: &mut [u64; 2 * MAX_FRAMES],
-    at: usize,
-) -> usize {
+fn switch_frames(g0: u64, m_curg: u64, sched_bp: u64, at: usize) -> usize {
     let read = |addr: u64| -> u64 {
         // SAFETY: the user-read helper checks the address; 0 on a fault.
         unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
@@ -255,7 +281,13 @@ fn switch_frames(
         return 0;
     }
     let pc = read(g + G_SCHED_PC);
-    if pc == 0 || at + 1 >= ips.len() {
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot (see `native::record`).
+    let ips = unsafe { &mut (*scratch).ips };
+    let at = crate::opaque(at as u64) as usize;
+    if pc == 0 || at >= ips.len() - 1 {
         return 0;
     }
     ips[at] = pc;
@@ -274,27 +306,30 @@ fn switch_frames(
 /// (at most [`MAX_SWITCH_FRAMES`] frames); returns `frames` plus those written.
 #[inline(always)]
 fn frame_chain(bp: u64, next: usize, frames: u32) -> usize {
-    let mut walk = SwitchWalk {
-        bp,
-        next: next as u32,
-        frames,
+    let Some(walks) = crate::native::walks() else {
+        return 0;
     };
-    // SAFETY: `switch_step` has the callback signature bpf_loop expects, and
-    // `walk` lives on this stack frame for the whole loop.
+    let walk = &mut walks.switch;
+    walk.bp = bp;
+    walk.next = next as u32;
+    walk.frames = frames;
+    // SAFETY: `switch_step` has the callback signature bpf_loop expects; it
+    // finds its state in this CPU's walk state.
     unsafe {
         bpf_loop(
             MAX_SWITCH_FRAMES as u32,
             switch_step as *mut c_void,
-            (&mut walk as *mut SwitchWalk).cast::<c_void>(),
+            core::ptr::null_mut(),
             0,
         );
     }
     walk.frames as usize
 }
 
-/// The switch walk's state between `bpf_loop` steps.
+/// The switch walk's state between `bpf_loop` steps (in the CPU's walk state,
+/// see `native::Walks`).
 #[repr(C)]
-struct SwitchWalk {
+pub(crate) struct SwitchWalk {
     bp: u64,
     /// Index in the scratch `ips` of the next frame.
     next: u32,
@@ -304,9 +339,11 @@ struct SwitchWalk {
 
 /// One frame record of the goroutine's chain. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn switch_step(_i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `SwitchWalk` switch_frames passed to bpf_loop.
-    let w = unsafe { &mut *ctx.cast::<SwitchWalk>() };
+extern "C" fn switch_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walks) = crate::native::walks() else {
+        return 1;
+    };
+    let w = &mut walks.switch;
     let idx = w.next as usize;
     if w.bp == 0 || idx >= 2 * MAX_FRAMES {
         return 1;

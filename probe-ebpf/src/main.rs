@@ -116,6 +116,18 @@ fn set_scratch_busy(busy: bool) {
     }
 }
 
+/// `v`, which the compiler can no longer reason about: a bound applied to the
+/// result (a mask) stays in the code, where LLVM would drop one it can prove
+/// redundant, and older verifiers, which learn less from the comparisons
+/// before it, need it (Linux 6.1). A volatile copy through the stack: one
+/// store and one load.
+#[inline(always)]
+fn opaque(v: u64) -> u64 {
+    let slot = v;
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&slot) }
+}
+
 #[inline(always)]
 fn config() -> Config {
     // SAFETY: CONFIG is a plain-old-data global in .rodata; the volatile read keeps
@@ -156,6 +168,14 @@ fn count(counter: Counter) -> u64 {
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     native::sample(&ctx);
+    0
+}
+
+/// The CPU sampler of kernels without what the other walks need: frame
+/// pointers only (see `native::sample_frame_pointers`).
+#[perf_event]
+pub fn cpu_sample_fp(ctx: PerfEventContext) -> u32 {
+    native::sample_frame_pointers(&ctx);
     0
 }
 

@@ -36,6 +36,37 @@ use crate::{EVENTS, SCRATCH, config, count};
 
 const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
 
+/// Per CPU: the state of the walks of the record being built in `SCRATCH`
+/// (same discipline: perf_event programs do not nest on a CPU, and the
+/// off-CPU programs mark the scratch busy while they build).
+///
+/// Kept in a map, not on the BPF stack: before Linux 6.13 the frames of a call
+/// chain share 512 bytes, `bpf_loop` callbacks included, and the sampler's
+/// frame with its walks' callbacks went past that (6.12: "combined stack size
+/// of 3 calls is 528"). Callbacks find it here (`bpf_loop` passes them a
+/// pointer to the stack only, and crossprof passes none).
+#[repr(C)]
+pub(crate) struct Walks {
+    /// The user registers the walks start from.
+    pub regs: UserRegs,
+    /// The `.eh_frame` rule walk.
+    pub rule: RuleWalk,
+    /// The .NET walk (processes without rules).
+    pub managed: crate::dotnet::Walk,
+    /// A Go frame-pointer chain on another stack.
+    pub switch: crate::go::SwitchWalk,
+}
+
+#[map]
+static WALKS: PerCpuArray<Walks> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Walks`].
+#[inline(always)]
+pub(crate) fn walks() -> Option<&'static mut Walks> {
+    // SAFETY: this CPU's slot, used by one program at a time (see `Walks`).
+    WALKS.get_ptr_mut(0).map(|w| unsafe { &mut *w })
+}
+
 pub fn sample(ctx: &PerfEventContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -45,7 +76,6 @@ pub fn sample(ctx: &PerfEventContext) {
         count(Counter::Idle);
         return;
     }
-    // SAFETY: the value is only tested for presence, never read.
     if !crate::selected(tgid) {
         return;
     }
@@ -66,20 +96,10 @@ pub fn sample(ctx: &PerfEventContext) {
         } else {
             Kernel::Current
         },
-        || {
-            if in_user {
-                // SAFETY: the perf_event context is readable directly.
-                let regs = unsafe { &(*ctx.ctx).regs };
-                Some(UserRegs {
-                    ip: regs.rip,
-                    sp: regs.rsp,
-                    bp: regs.rbp,
-                    r14: regs.r14,
-                    rdx: regs.rdx,
-                })
-            } else {
-                saved_user_regs()
-            }
+        if in_user {
+            Regs::Sampled(ctx)
+        } else {
+            Regs::Saved
         },
         None,
         Output::Ring,
@@ -94,11 +114,6 @@ pub(crate) struct OffCpu {
     pub syscall: u16,
 }
 
-/// Sends the stacks of the current thread (`pid_tgid`): the kernel stack of
-/// `ctx` if `kernel`, and the user stack from the registers `user_regs` gives
-/// (asked for after the kernel stack: the verifier checks the program in half
-/// the time than with them live across it); an on-CPU sample, or the end of
-/// an off-CPU span when `off_cpu` is set.
 /// Where a record's kernel frames come from.
 pub(crate) enum Kernel {
     /// None (a sample taken in user mode).
@@ -110,6 +125,14 @@ pub(crate) enum Kernel {
     Saved(*const crate::offcpu::KernelStack),
 }
 
+/// Where a record's user registers come from.
+pub(crate) enum Regs<'a> {
+    /// The perf event's own (a sample taken in user mode).
+    Sampled(&'a PerfEventContext),
+    /// Those saved at the thread's kernel entry.
+    Saved,
+}
+
 /// Where a built record goes.
 pub(crate) enum Output {
     /// The ring buffer, now.
@@ -119,12 +142,19 @@ pub(crate) enum Output {
     Stash,
 }
 
+/// Builds the record of the current thread (`pid_tgid`): the kernel stack of
+/// `ctx` as `kernel` says, the user stack from the registers `regs` names; an
+/// on-CPU sample, or an off-CPU span when `off_cpu` is set; and sends or
+/// stashes it.
+///
+/// The walks are subprograms of their own ([`user_stack`], [`go_fields`]): their
+/// frames come and go, and this one keeps only what lives across them.
 #[inline(always)]
 pub(crate) fn record(
     ctx: *mut c_void,
     pid_tgid: u64,
     kernel: Kernel,
-    user_regs: impl FnOnce() -> Option<UserRegs>,
+    regs: Regs,
     off_cpu: Option<OffCpu>,
     output: Output,
 ) {
@@ -136,6 +166,10 @@ pub(crate) fn record(
     };
     // SAFETY: this CPU's scratch slot; perf_event programs do not nest on a CPU.
     let scratch = unsafe { &mut *scratch };
+    let Some(walks) = walks() else {
+        count(Counter::DropNoScratch);
+        return;
+    };
     let mut flags = 0u32;
 
     let kernel_bytes = match kernel {
@@ -176,118 +210,49 @@ pub(crate) fn record(
         FLAG_KERNEL_TRUNCATED,
     );
 
-    // Volatile: see the Go fields below.
-    // SAFETY: fields of this CPU's scratch slot.
-    unsafe {
-        core::ptr::write_volatile(&mut scratch.header.fp_outermost, 0);
-        core::ptr::write_volatile(&mut scratch.header.fp_frames, 0);
-    }
-    // The user registers, read once: the .NET walk, the goroutine and the
+    // The user registers, read once: the walks, the goroutine and the
     // stack-top words all start from them.
-    let regs = user_regs();
-    let user_frames = if let Some(slot) = unwind_slot(tgid) {
-        // Native code without frame pointers: its objects' .eh_frame rules;
-        // JIT code in between by the collector's table of its methods' frames.
-        // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
-        unwind_by_rules(
-            tgid,
-            slot,
-            regs,
-            &mut scratch.ips,
-            kernel_frames,
-            &mut flags,
-        )
-    } else if crate::dotnet::is_managed(tgid) {
-        // JIT code: walked with the collector's table of frameless methods.
-        crate::dotnet::unwind_user(tgid, regs, &mut scratch.ips, kernel_frames, &mut flags)
-    } else {
-        // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that starts
-        // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
-        let user_bytes = unsafe {
-            bpf_get_stack(
-                ctx,
-                scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
-                STACK_BYTES,
-                BPF_F_USER_STACK as u64,
-            )
-        };
-        frames_in(
-            user_bytes,
-            &mut flags,
-            (FLAG_USER_STACK_ERROR, Counter::UserStackError),
-            FLAG_USER_TRUNCATED,
-        )
+    let have_regs = match regs {
+        Regs::Sampled(perf) => {
+            // SAFETY: the perf_event context is readable directly.
+            let r = unsafe { &(*perf.ctx).regs };
+            walks.regs.ip = r.rip;
+            walks.regs.sp = r.rsp;
+            walks.regs.bp = r.rbp;
+            walks.regs.r14 = r.r14;
+            walks.regs.rdx = r.rdx;
+            true
+        }
+        Regs::Saved => saved_user_regs(&mut walks.regs),
     };
+    let walked = user_stack(ctx, tgid, kernel_frames as u32, u32::from(have_regs));
+    flags |= (walked >> 32) as u32;
+    let user_frames = walked as u32 as usize;
     let user_frames = if user_frames > MAX_FRAMES {
         MAX_FRAMES
     } else {
         user_frames
     };
 
-    // SAFETY: plain helper call with no arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
     let header = &mut scratch.header;
-    header.kind = match off_cpu {
-        None => RecordKind::CpuSample as u32,
-        Some(_) => RecordKind::OffCpuSample as u32,
-    };
-    let off = off_cpu.unwrap_or(OffCpu {
-        ns: 0,
-        state: 0,
-        syscall: 0,
-    });
-    header.off_cpu_ns = off.ns;
-    header.off_cpu_state = off.state;
-    header.off_cpu_syscall = off.syscall;
-    header.pid = tgid;
-    header.tid = tid;
-    header.cpu = cpu;
-    // SAFETY: plain helper call with no arguments.
-    header.time_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the helper writes at most 16 bytes (zeros on failure) into the
-    // field, which is 16 bytes long.
-    unsafe {
-        generated::bpf_get_current_comm(header.comm.as_mut_ptr().cast::<c_void>(), 16);
-    }
-    header.kernel_frames = kernel_frames as u16;
-    header.user_frames = user_frames as u16;
-    header.flags = flags;
-    // Volatile: plain stores of adjacent zeros become a byte-wise `memset`
-    // call (~1 ns a byte).
-    // SAFETY: fields of this CPU's scratch slot.
-    unsafe {
-        core::ptr::write_volatile(&mut header.goid, 0);
-        core::ptr::write_volatile(&mut header.go_labels, 0);
-        core::ptr::write_volatile(&mut header.go_status, 0);
-        core::ptr::write_volatile(&mut header.go_switch_frames, 0);
-        core::ptr::write_volatile(&mut header.go_signal_pc, 0);
-    }
+    fill_header(header, pid_tgid, kernel_frames, user_frames, flags, off_cpu);
     // The words at the user stack pointer, for a leaf without a frame record
     // (zeros where unreadable: the read zero-fills on a fault).
-    if regs.is_none() {
-        for w in 0..STACK_TOP_WORDS {
-            // SAFETY: a field of this CPU's scratch slot.
-            unsafe { core::ptr::write_volatile(&mut header.stack_top[w], 0) };
-        }
-    }
-    if let Some(r) = regs {
-        let at = kernel_frames + user_frames;
-        if let Some(g) = crate::go::goroutine(tgid, &r, &mut scratch.ips, at) {
-            header.goid = g.goid;
-            header.go_labels = g.labels;
-            header.go_status = g.status;
-            header.go_switch_frames = g.switch_frames as u32;
-            header.go_signal_pc = g.signal_pc;
-        }
-        let sp = r.sp;
+    if have_regs {
+        crate::go::sample_fields(tgid, (kernel_frames + user_frames) as u32);
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
         unsafe {
             generated::bpf_probe_read_user(
                 header.stack_top.as_mut_ptr().cast::<c_void>(),
                 (8 * STACK_TOP_WORDS) as u32,
-                sp as *const c_void,
+                walks.regs.sp as *const c_void,
             );
+        }
+    } else {
+        for w in 0..STACK_TOP_WORDS {
+            // SAFETY: a field of this CPU's scratch slot.
+            unsafe { core::ptr::write_volatile(&mut header.stack_top[w], 0) };
         }
     }
 
@@ -305,6 +270,191 @@ pub(crate) fn record(
         Output::Ring => send(ctx, scratch),
         Output::Stash => crate::offcpu::stash(tid, scratch),
     }
+}
+
+/// The fields every record has: kind (an on-CPU sample, or an off-CPU span
+/// when `off_cpu` is set), ids, CPU, time, comm, frame counts and flags; the
+/// Go fields zeroed (set after, by `go::sample_fields`).
+#[inline(always)]
+fn fill_header(
+    header: &mut probe_common::native::SampleHeader,
+    pid_tgid: u64,
+    kernel_frames: usize,
+    user_frames: usize,
+    flags: u32,
+    off_cpu: Option<OffCpu>,
+) {
+    header.kind = match off_cpu {
+        None => RecordKind::CpuSample as u32,
+        Some(_) => RecordKind::OffCpuSample as u32,
+    };
+    let off = off_cpu.unwrap_or(OffCpu {
+        ns: 0,
+        state: 0,
+        syscall: 0,
+    });
+    header.off_cpu_ns = off.ns;
+    header.off_cpu_state = off.state;
+    header.off_cpu_syscall = off.syscall;
+    header.pid = (pid_tgid >> 32) as u32;
+    header.tid = pid_tgid as u32;
+    // SAFETY: plain helper calls with no arguments.
+    unsafe {
+        header.cpu = bpf_get_smp_processor_id();
+        header.time_ns = bpf_ktime_get_ns();
+    }
+    // SAFETY: the helper writes at most 16 bytes (zeros on failure) into the
+    // field, which is 16 bytes long.
+    unsafe {
+        generated::bpf_get_current_comm(header.comm.as_mut_ptr().cast::<c_void>(), 16);
+    }
+    header.kernel_frames = kernel_frames as u16;
+    header.user_frames = user_frames as u16;
+    header.flags = flags;
+    // Volatile: plain stores of adjacent zeros become a byte-wise `memset`
+    // call (~1 ns a byte).
+    // SAFETY: fields of a map value of the caller's.
+    unsafe {
+        core::ptr::write_volatile(&mut header.goid, 0);
+        core::ptr::write_volatile(&mut header.go_labels, 0);
+        core::ptr::write_volatile(&mut header.go_status, 0);
+        core::ptr::write_volatile(&mut header.go_switch_frames, 0);
+        core::ptr::write_volatile(&mut header.go_signal_pc, 0);
+        core::ptr::write_volatile(&mut header.fp_outermost, 0);
+        core::ptr::write_volatile(&mut header.fp_frames, 0);
+    }
+}
+
+/// The frame-pointer-only sampler (`cpu_sample_fp`), for kernels without
+/// what the other walks need (`bpf_loop`: 5.17; kernel BTF, for
+/// `bpf_get_current_task_btf`: 5.11; `bpf_task_pt_regs`: 5.15), such as
+/// Ubuntu 22.04's 5.15: both stacks from `bpf_get_stack`, as perf takes them,
+/// and none of the helpers those kernels lack. No goroutine fields (R14 of a
+/// sample taken in the kernel is only in the task's saved registers).
+pub fn sample_frame_pointers(ctx: &PerfEventContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 == 0 && config().include_idle == 0 {
+        count(Counter::Idle);
+        return;
+    }
+    if !crate::selected(tgid) {
+        return;
+    }
+    count(Counter::Samples);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; perf_event programs do not nest on a CPU.
+    let scratch = unsafe { &mut *scratch };
+    let in_user = in_user_mode(ctx);
+    let mut flags = 0u32;
+    let kernel_bytes = if in_user {
+        0
+    } else {
+        // SAFETY: the buffer is STACK_BYTES long at the start of `ips`.
+        unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                scratch.ips.as_mut_ptr().cast::<c_void>(),
+                STACK_BYTES,
+                0,
+            )
+        }
+    };
+    let kernel_frames = frames_in(
+        kernel_bytes,
+        &mut flags,
+        (FLAG_KERNEL_STACK_ERROR, Counter::KernelStackError),
+        FLAG_KERNEL_TRUNCATED,
+    );
+    // SAFETY: kernel_frames <= MAX_FRAMES, so the STACK_BYTES window that
+    // starts there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
+    let user_bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.ips.as_mut_ptr().add(kernel_frames).cast::<c_void>(),
+            STACK_BYTES,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    let user_frames = frames_in(
+        user_bytes,
+        &mut flags,
+        (FLAG_USER_STACK_ERROR, Counter::UserStackError),
+        FLAG_USER_TRUNCATED,
+    );
+    let header = &mut scratch.header;
+    fill_header(header, pid_tgid, kernel_frames, user_frames, flags, None);
+    // The words at the user stack pointer, for a leaf without a frame
+    // record: known only for a sample taken in user mode.
+    // SAFETY: the perf_event context is readable directly; the user-read
+    // helper writes at most the field's size (zeros on a fault).
+    unsafe {
+        if in_user {
+            generated::bpf_probe_read_user(
+                header.stack_top.as_mut_ptr().cast::<c_void>(),
+                (8 * STACK_TOP_WORDS) as u32,
+                (*ctx.ctx).regs.rsp as *const c_void,
+            );
+        } else {
+            for w in 0..STACK_TOP_WORDS {
+                core::ptr::write_volatile(&mut header.stack_top[w], 0);
+            }
+        }
+    }
+    send(ctx.as_ptr(), scratch);
+}
+
+/// The user stack of `tgid` into the scratch `ips[first..]`, from the
+/// registers in [`Walks::regs`] (`have_regs` 0: none could be read): by
+/// `.eh_frame` rules in a process that has them, by the .NET walk in a .NET
+/// process without, else by `bpf_get_stack`'s frame pointers. Returns the
+/// frames, and `FLAG_USER_*` bits in the high 32 bits.
+///
+/// A subprogram (a call, not inlined): its frame exists only while it runs.
+#[inline(never)]
+fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
+    let mut flags = 0u32;
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot (see `record`).
+    let scratch = unsafe { &mut *scratch };
+    // Bounded again here: the verifier checks a subprogram with what its
+    // arguments' types say, and a scalar argument's range may be lost.
+    let first = crate::opaque(u64::from(first)) as usize;
+    if first > MAX_FRAMES {
+        return 0;
+    }
+    let frames = if let Some(slot) = unwind_slot(tgid) {
+        // Native code without frame pointers: its objects' .eh_frame rules;
+        // JIT code in between by the collector's table of its methods' frames.
+        // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
+        unwind_by_rules(tgid, slot, have_regs != 0, first, &mut flags)
+    } else if crate::dotnet::is_managed(tgid) {
+        // JIT code: walked with the collector's table of frameless methods.
+        crate::dotnet::unwind_user(tgid, have_regs != 0, &mut scratch.ips, first, &mut flags)
+    } else {
+        // SAFETY: first <= MAX_FRAMES, so the STACK_BYTES window that starts
+        // there ends at or before the end of `ips` (2 * MAX_FRAMES slots).
+        let user_bytes = unsafe {
+            bpf_get_stack(
+                ctx,
+                scratch.ips.as_mut_ptr().add(first).cast::<c_void>(),
+                STACK_BYTES,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        frames_in(
+            user_bytes,
+            &mut flags,
+            (FLAG_USER_STACK_ERROR, Counter::UserStackError),
+            FLAG_USER_TRUNCATED,
+        )
+    };
+    (frames as u64) | (u64::from(flags) << 32)
 }
 
 /// Sends the record built in `scratch` (its length from its frame counts).
@@ -388,6 +538,7 @@ fn frames_in(bytes: i64, flags: &mut u32, error: (u32, Counter), truncated: u32)
 }
 
 /// The user registers a walk or a goroutine read starts from.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct UserRegs {
     pub ip: u64,
@@ -397,25 +548,35 @@ pub(crate) struct UserRegs {
     pub rdx: u64,
 }
 
-/// The user registers saved at the current thread's kernel entry.
+/// Reads the user registers saved at the current thread's kernel entry into
+/// `out`; false if they cannot be read.
 #[inline(always)]
-pub(crate) fn saved_user_regs() -> Option<UserRegs> {
+pub(crate) fn saved_user_regs(out: &mut UserRegs) -> bool {
     // SAFETY: the current task is valid for the whole program run, and its user
     // registers sit at the top of its kernel stack.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     if regs.is_null() {
-        return None;
+        return false;
     }
     // SAFETY: reads through the kernel-read helper, which checks the address.
     unsafe {
-        Some(UserRegs {
-            ip: bpf_probe_read_kernel(&(*regs).rip).ok()?,
-            sp: bpf_probe_read_kernel(&(*regs).rsp).ok()?,
-            bp: bpf_probe_read_kernel(&(*regs).rbp).ok()?,
-            r14: bpf_probe_read_kernel(&(*regs).r14).ok()?,
-            rdx: bpf_probe_read_kernel(&(*regs).rdx).ok()?,
-        })
+        let read = |field: &u64| bpf_probe_read_kernel(field).ok();
+        let (Some(ip), Some(sp), Some(bp), Some(r14), Some(rdx)) = (
+            read(&(*regs).rip),
+            read(&(*regs).rsp),
+            read(&(*regs).rbp),
+            read(&(*regs).r14),
+            read(&(*regs).rdx),
+        ) else {
+            return false;
+        };
+        out.ip = ip;
+        out.sp = sp;
+        out.bp = bp;
+        out.r14 = r14;
+        out.rdx = rdx;
     }
+    true
 }
 
 /// The system call the current thread is in, plus one (0: none): `orig_ax`
@@ -491,34 +652,43 @@ pub fn has_unwind_rules(tgid: u32) -> bool {
 }
 
 /// Walks the user stack of `tgid` (at `slot` in `UNWIND_MAPS`) by its objects'
-/// `.eh_frame` rules into the scratch `ips[first..]`, leaf first, falling back
-/// to the frame pointer where there is no rule; returns the number of frames
-/// and sets `FLAG_USER_*` bits.
+/// `.eh_frame` rules into the scratch `ips[first..]`, leaf first, from the
+/// registers in [`Walks::regs`] (none if `!have_regs`), falling back to the
+/// frame pointer where there is no rule; returns the number of frames and sets
+/// `FLAG_USER_*` bits.
 #[inline(always)]
 pub fn unwind_by_rules(
     tgid: u32,
     slot: u32,
-    regs: Option<UserRegs>,
-    ips: &mut [u64; 2 * MAX_FRAMES],
+    have_regs: bool,
     first: usize,
     flags: &mut u32,
 ) -> usize {
     count(Counter::NativeUnwinds);
-    let Some(r) = regs else {
+    let Some(walks) = walks() else {
+        return 0;
+    };
+    if !have_regs {
         *flags |= FLAG_USER_STACK_ERROR;
         count(Counter::UserStackError);
         return 0;
-    };
+    }
+    let r = walks.regs;
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
     let managed = crate::dotnet::is_managed(tgid);
-    let mut walk = RuleWalk::new(slot, tgid, &r, first as u32, u32::from(managed));
+    let walk = &mut walks.rule;
+    walk.start(slot, tgid, &r, first as u32, u32::from(managed));
     // A managed leaf may be in its prolog or epilog, which the .NET walk's
     // leaf step knows; the loop below steps from callers only.
     if managed && crate::dotnet::is_managed_code(tgid, r.ip) {
         count(Counter::ManagedUnwinds);
-        ips[first] = r.ip;
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return 0;
+        };
+        // SAFETY: this CPU's scratch slot; first < MAX_FRAMES.
+        unsafe { (*scratch).ips[first] = r.ip };
         match crate::dotnet::step(tgid, true, r.ip, r.sp, r.bp, &mut |a| {
             read_stack(&mut walk.window, a)
         }) {
@@ -538,13 +708,13 @@ pub fn unwind_by_rules(
             }
         }
     }
-    // SAFETY: `rule_step` has the callback signature bpf_loop expects, and
-    // `walk` lives on this stack frame for the whole loop.
+    // SAFETY: `rule_step` has the callback signature bpf_loop expects; it
+    // finds its state in this CPU's `Walks`.
     unsafe {
         bpf_loop(
             MAX_FRAMES as u32,
             rule_step as *mut c_void,
-            (&mut walk as *mut RuleWalk).cast::<c_void>(),
+            core::ptr::null_mut(),
             0,
         );
     }
@@ -640,9 +810,9 @@ const END_COMPLETE: u32 = 1;
 /// `RuleWalk::end`: a frame had neither a rule nor a usable frame pointer.
 const END_NO_RULE: u32 = 2;
 
-/// The rule walk's state between `bpf_loop` steps.
+/// The rule walk's state between `bpf_loop` steps (in [`Walks`]).
 #[repr(C)]
-struct RuleWalk {
+pub(crate) struct RuleWalk {
     /// The process's slot in `UNWIND_MAPS`.
     slot: u32,
     ip: u64,
@@ -671,45 +841,36 @@ struct RuleWalk {
 }
 
 impl RuleWalk {
-    /// A walk from `r`, its first frame at `ips[next]`.
-    ///
-    /// Field by field with volatile stores: a struct literal's zero fields
-    /// become a byte-wise `memset` call (~1 ns a byte, run per sample).
+    /// Starts a walk from `r`, its first frame at `ips[next]`.
     #[inline(always)]
-    fn new(slot: u32, tgid: u32, r: &UserRegs, next: u32, managed: u32) -> Self {
-        let mut walk = core::mem::MaybeUninit::<RuleWalk>::uninit();
-        let w = walk.as_mut_ptr();
-        // SAFETY: every field is written before `assume_init`; the pointers are
-        // to fields of `walk`.
-        unsafe {
-            use core::ptr::{addr_of_mut, write_volatile as set};
-            set(addr_of_mut!((*w).slot), slot);
-            set(addr_of_mut!((*w).ip), r.ip);
-            set(addr_of_mut!((*w).sp), r.sp);
-            set(addr_of_mut!((*w).bp), r.bp);
-            set(addr_of_mut!((*w).tgid), tgid);
-            set(addr_of_mut!((*w).next), next);
-            set(addr_of_mut!((*w).frames), 0);
-            set(addr_of_mut!((*w).end), 0);
-            set(addr_of_mut!((*w).managed), managed);
-            set(addr_of_mut!((*w).window), NO_WINDOW);
-            set(addr_of_mut!((*w).back), 0);
-            set(addr_of_mut!((*w).row.pc), 0);
-            set(addr_of_mut!((*w).row.cfa_off), 0);
-            set(addr_of_mut!((*w).row.cfa_kind), 0);
-            set(addr_of_mut!((*w).row.rbp), 0);
-            set(addr_of_mut!((*w).row_lo), 0);
-            set(addr_of_mut!((*w).row_hi), 0);
-            walk.assume_init()
-        }
+    fn start(&mut self, slot: u32, tgid: u32, r: &UserRegs, next: u32, managed: u32) {
+        self.slot = slot;
+        self.ip = r.ip;
+        self.sp = r.sp;
+        self.bp = r.bp;
+        self.tgid = tgid;
+        self.next = next;
+        self.frames = 0;
+        self.end = 0;
+        self.managed = managed;
+        self.window = NO_WINDOW;
+        self.back = 0;
+        self.row.pc = 0;
+        self.row.cfa_off = 0;
+        self.row.cfa_kind = 0;
+        self.row.rbp = 0;
+        self.row_lo = 0;
+        self.row_hi = 0;
     }
 }
 
 /// Records `ip` and steps to its caller. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn rule_step(_i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `RuleWalk` unwind_by_rules passed to bpf_loop.
-    let w = unsafe { &mut *ctx.cast::<RuleWalk>() };
+extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walks) = walks() else {
+        return 1;
+    };
+    let w = &mut walks.rule;
     let idx = w.next as usize;
     if idx >= 2 * MAX_FRAMES || w.ip == 0 {
         w.end = END_COMPLETE;

@@ -147,7 +147,7 @@ fn record_span(
         ctx,
         pid_tgid,
         kernel,
-        native::saved_user_regs,
+        native::Regs::Saved,
         Some(OffCpu {
             ns,
             state: away.state,

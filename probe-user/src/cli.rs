@@ -42,6 +42,27 @@ pub enum Command {
     ///   go tool pprof http://127.0.0.1:7070/debug/pprof/profile?seconds=10
     #[command(verbatim_doc_comment)]
     Agent(AgentArgs),
+    /// Say what this kernel offers crossprof and which modes run here; with
+    /// --load, load every program (nothing is attached) and print what the
+    /// verifier made of it.
+    ///
+    /// Examples:
+    ///   crossprof check
+    ///   crossprof check --load --json
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
+}
+
+/// `crossprof check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also load every program and print its verified instructions, stack and
+    /// load time (exit 2 if the kernel refuses one).
+    #[arg(long)]
+    pub load: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A duration: seconds, or a number with s, m, h or d (`90`, `30s`, `5m`, `24h`).

@@ -11,15 +11,9 @@ pub enum UsageError {
         "crossprof needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo"
     )]
     NotPrivileged,
-    /// No kernel BTF.
-    #[error(
-        "no kernel BTF at {}: crossprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (or set CROSSPROF_BTF to a BTF file for this kernel)",
-        path.display()
-    )]
-    NoBtf {
-        /// Where it looked.
-        path: PathBuf,
-    },
+    /// The kernel lacks what the run needs.
+    #[error("{0}")]
+    Kernel(crate::kernel::Refusal),
     /// A `--pid` that does not exist.
     #[error("no process with pid {0}: check it with `ps -p {0}`")]
     NoSuchPid(u32),
@@ -158,6 +152,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            // A kernel that refuses a program is the user's kernel: the
+            // message names it, the cause, and the log to report.
+            Error::Sampler(crate::sampler::SamplerError::Refused { .. }) => 2,
             _ => 1,
         }
     }

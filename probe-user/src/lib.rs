@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod decode;
 pub mod diff;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fold;
 pub mod go;
 pub mod http;
+pub mod kernel;
 pub mod kinds;
 pub mod le;
 pub mod native;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         Command::Record(args) => runtime.block_on(record(args)),
         Command::Diff(args) => crossprof::diff::diff(&args),
         Command::Agent(args) => runtime.block_on(crossprof::agent::agent(args)),
+        Command::Check(args) => crossprof::check::check(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

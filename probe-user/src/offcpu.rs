@@ -46,10 +46,10 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), SamplerError> {
     })?;
     start_program(ebpf)?
         .load("sched_switch", &btf)
-        .map_err(err("load the sched_switch program"))?;
+        .map_err(|e| crate::sampler::load_failed(names::OFF_CPU_START_PROG, e))?;
     end_program(ebpf)?
         .load()
-        .map_err(err("load the sys_exit program"))?;
+        .map_err(|e| crate::sampler::load_failed(names::OFF_CPU_END_PROG, e))?;
     Ok(())
 }
 

@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::error::UsageError;
+use crate::{
+    error::UsageError,
+    kernel::{Kernel, Needs, Plan, Walk},
+};
 
 /// Default location of the kernel's BTF.
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -40,14 +43,56 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
-/// The kernel's BTF must be readable: the later kernel programs (tp_btf, CO-RE) need it.
-pub fn check_btf() -> Result<PathBuf, UsageError> {
-    let path = std::env::var_os(BTF_ENV)
+/// Where the kernel's BTF is read: [`BTF_ENV`] if set, else [`DEFAULT_BTF`].
+pub fn btf_path() -> PathBuf {
+    std::env::var_os(BTF_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
-    match fs::File::open(&path) {
-        Ok(_) => Ok(path),
-        Err(_) => Err(UsageError::NoBtf { path }),
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BTF))
+}
+
+/// How a run that `needs` this goes on the running kernel (`what` names the
+/// run in a refusal): every walk, or frame pointers only (said in a note), or
+/// a one-line refusal naming the kernel, what it lacks, the kernel that has
+/// it, and what runs here.
+pub fn check_kernel(needs: Needs, what: &str) -> Result<KernelPlan, UsageError> {
+    let kernel = Kernel::probe(&btf_path());
+    let plan = kernel.plan(needs, what).map_err(UsageError::Kernel)?;
+    Ok(KernelPlan {
+        release: kernel.release,
+        plan,
+    })
+}
+
+/// The running kernel and how a run goes on it.
+#[derive(Clone, Debug)]
+pub struct KernelPlan {
+    /// `uname -r`.
+    pub release: String,
+    /// The walk, and what the kernel lacks.
+    pub plan: Plan,
+}
+
+impl KernelPlan {
+    /// The note of a degraded run.
+    pub fn note(&self) -> Option<String> {
+        self.plan.note(&self.release)
+    }
+
+    /// What summary.json says of the kernel.
+    pub fn summary(&self) -> crate::summary::KernelSummary {
+        crate::summary::KernelSummary {
+            release: self.release.clone(),
+            walk: match self.plan.walk {
+                Walk::Full => "full",
+                Walk::FramePointers => "frame pointers only",
+            },
+            missing: self
+                .plan
+                .missing
+                .iter()
+                .map(|f| format!("{} (Linux {})", f.name(), f.since()))
+                .collect(),
+        }
     }
 }
 

@@ -529,7 +529,10 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         return Err(UsageError::KernelWaits.into());
     }
     preflight::check_privileges()?;
-    preflight::check_btf()?;
+    let kernel = preflight::check_kernel(kernel_needs(&args), &kernel_request(&args))?;
+    if kernel.plan.walk == crate::kernel::Walk::FramePointers {
+        args.frame_pointers_only = true;
+    }
     let pids = preflight::resolve_pids(&args.pids)?;
     let program = match args.command.first() {
         Some(p) => Some(preflight::resolve_command(p)?),
@@ -538,7 +541,7 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.as_deref(), &Select::default()).await {
+    let started = match start(&args, &pids, program.as_deref(), &Select::default(), kernel).await {
         Ok(s) => s,
         Err(e) => {
             out.discard();
@@ -546,6 +549,36 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         }
     };
     run(args, pids, started, out).await
+}
+
+/// What a run with `args` asks of the kernel.
+pub(crate) fn kernel_needs(args: &RecordArgs) -> crate::kernel::Needs {
+    crate::kernel::Needs {
+        on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
+        off_cpu: args.off_cpu(),
+        go_probes: args.go_states || args.go_waits(),
+        http: args.group_by.contains(&GroupBy::Trace),
+    }
+}
+
+/// How a refusal names a run with `args`: `--mode offcpu --group-by trace`.
+pub(crate) fn kernel_request(args: &RecordArgs) -> String {
+    let mut parts = vec![format!(
+        "--mode {}",
+        match args.mode {
+            Mode::Cpu => "cpu",
+            Mode::Offcpu => "offcpu",
+            Mode::Wall => "wall",
+            Mode::Goblock => "goblock",
+        }
+    )];
+    if args.go_states {
+        parts.push("--go-states".into());
+    }
+    if args.group_by.contains(&GroupBy::Trace) {
+        parts.push("--group-by trace".into());
+    }
+    parts.join(" ")
 }
 
 /// What the agent selects beyond `--pid`.
@@ -570,6 +603,8 @@ pub(crate) struct Started {
     pub(crate) child: Option<tokio::process::Child>,
     pub(crate) sigint: tokio::signal::unix::Signal,
     pub(crate) sigterm: tokio::signal::unix::Signal,
+    /// The kernel, and how stacks are walked on it.
+    pub(crate) kernel: preflight::KernelPlan,
 }
 
 // 2. Kernel side and command.
@@ -578,6 +613,7 @@ pub(crate) async fn start(
     pids: &[u32],
     program: Option<&std::path::Path>,
     select: &Select,
+    kernel: preflight::KernelPlan,
 ) -> Result<Started, Error> {
     let has_command = program.is_some();
     let io = |what| move |source| Error::Io { what, source };
@@ -603,6 +639,7 @@ pub(crate) async fn start(
         skip_self: select.skip_self,
         filter_cgroups: !select.cgroups.is_empty(),
         select_comms: !select.comms.is_empty(),
+        walk: kernel.plan.walk,
     })?;
     for &pid in pids {
         sampler.add_target(pid)?;
@@ -658,6 +695,7 @@ pub(crate) async fn start(
         child,
         sigint,
         sigterm,
+        kernel,
     })
 }
 
@@ -792,6 +830,7 @@ async fn run(
         mut child,
         mut sigint,
         mut sigterm,
+        kernel,
     } = started;
     let mut logger = sampler.take_logger();
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as long
@@ -1161,6 +1200,7 @@ async fn run(
                 p.name, p.pid
             ))
         }))
+        .chain(kernel.note())
         .chain(unwind_tables_error)
         .chain(go_states_failed.into_iter().map(|(process, why)| {
             format!("{process}: goroutine states not followed: {why}")
@@ -1219,6 +1259,7 @@ async fn run(
         go_wait_us: args.go_waits().then_some(go_wait_us),
         duration_secs: duration.as_secs_f64(),
         frequency_hz: args.freq,
+        kernel: kernel.summary(),
         samples: agg.samples,
         lost,
         decode_errors,

@@ -34,8 +34,37 @@ const GO_PROGRAMS: [&str; 4] = [
     names::GO_SYSCALL_EXIT_PROG,
 ];
 
+/// The error of a program that did not load: a verifier's refusal becomes
+/// [`SamplerError::Refused`] (the cause from the log's end, the whole log
+/// saved to a file), anything else stays [`SamplerError::Program`].
+pub(crate) fn load_failed(name: &'static str, source: ProgramError) -> SamplerError {
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &source
+    else {
+        return SamplerError::Program { name, source };
+    };
+    let log = verifier_log.to_string();
+    if log.trim().is_empty() {
+        log::debug!("loading {name}: {io_error} with no verifier log");
+        return SamplerError::Program { name, source };
+    }
+    let saved = match crate::kernel::verifier::save(name, &log) {
+        Ok(path) => path.display().to_string(),
+        Err(e) => format!("no file ({e}; RUST_LOG=debug prints it)"),
+    };
+    log::debug!("the verifier's log for {name}:\n{log}");
+    SamplerError::Refused {
+        program: name,
+        release: crate::kernel::release(),
+        cause: crate::kernel::verifier::cause(&log, 3),
+        log: saved,
+    }
+}
+
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
-static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+pub static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
 
 /// Failures of the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +75,21 @@ pub enum SamplerError {
     /// A program is not in the object.
     #[error("eBPF program `{0}` is missing from crossprof's object file: rebuild crossprof")]
     MissingProgram(&'static str),
+    /// The verifier refused a program: which, on which kernel, why (the
+    /// log's last words), and where the whole log is.
+    #[error(
+        "the kernel ({release}) refused crossprof's eBPF program `{program}`: {cause}; the verifier's whole log is in {log}; please report it with that file"
+    )]
+    Refused {
+        /// The program.
+        program: &'static str,
+        /// `uname -r`.
+        release: String,
+        /// What the verifier said last.
+        cause: crate::kernel::verifier::Cause,
+        /// Where the whole log was written (or why it could not be).
+        log: String,
+    },
     /// Loading one program failed.
     #[error("cannot load eBPF program `{name}`: {source}")]
     Program {
@@ -139,6 +183,9 @@ pub struct SamplerConfig {
     /// Processes whose name after `exec` was given to
     /// [`Sampler::select_comm`] become targets.
     pub select_comms: bool,
+    /// How user stacks are walked (frame pointers only on a kernel without
+    /// what the other walks need, see [`crate::kernel`]).
+    pub walk: crate::kernel::Walk,
 }
 
 /// The loaded kernel side.
@@ -153,6 +200,8 @@ pub struct Sampler {
     off_cpu: bool,
     http: bool,
     select_comms: bool,
+    /// The on-CPU program loaded (`cpu_sample`, or `cpu_sample_fp`).
+    cpu_program: &'static str,
     /// The `mmap` tracepoints, once attached.
     mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
 }
@@ -203,13 +252,14 @@ impl Sampler {
         let targets = BpfHashMap::try_from(targets).map_err(map_err(names::TARGETS))?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS))?;
+        let cpu_program = match cfg.walk {
+            crate::kernel::Walk::Full => names::CPU_SAMPLE_PROG,
+            crate::kernel::Walk::FramePointers => names::CPU_SAMPLE_FP_PROG,
+        };
         if cfg.on_cpu {
-            cpu_sample_program(&mut ebpf)?
+            cpu_sample_program(&mut ebpf, cpu_program)?
                 .load()
-                .map_err(|source| SamplerError::Program {
-                    name: names::CPU_SAMPLE_PROG,
-                    source,
-                })?;
+                .map_err(|source| load_failed(cpu_program, source))?;
         }
         if cfg.off_cpu {
             crate::offcpu::load(&mut ebpf)?;
@@ -217,7 +267,7 @@ impl Sampler {
         for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
             tracepoint_program(&mut ebpf, name)?
                 .load()
-                .map_err(|source| SamplerError::Program { name, source })?;
+                .map_err(|source| load_failed(name, source))?;
         }
         if cfg.http {
             let name = names::HTTP_SYS_EXIT_PROG;
@@ -227,19 +277,19 @@ impl Sampler {
             })?;
             http_program(&mut ebpf)?
                 .load("sys_exit", &btf)
-                .map_err(|source| SamplerError::Program { name, source })?;
+                .map_err(|source| load_failed(name, source))?;
         }
         if cfg.select_comms {
             let name = names::PROCESS_EXEC_PROG;
             exec_program(&mut ebpf)?
                 .load()
-                .map_err(|source| SamplerError::Program { name, source })?;
+                .map_err(|source| load_failed(name, source))?;
         }
         if cfg.go_states {
             for name in GO_PROGRAMS {
                 uprobe_program(&mut ebpf, name)?
                     .load()
-                    .map_err(|source| SamplerError::Program { name, source })?;
+                    .map_err(|source| load_failed(name, source))?;
             }
         }
         Ok(Self {
@@ -252,6 +302,7 @@ impl Sampler {
             off_cpu: cfg.off_cpu,
             http: cfg.http,
             select_comms: cfg.select_comms,
+            cpu_program,
             mmap_links: Vec::new(),
         })
     }
@@ -280,7 +331,7 @@ impl Sampler {
         }
         let freq = self.freq;
         let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
-        let program = cpu_sample_program(&mut self.ebpf)?;
+        let program = cpu_sample_program(&mut self.ebpf, self.cpu_program)?;
         for cpu in cpus {
             program
                 .attach(
@@ -546,7 +597,7 @@ impl Sampler {
     /// `(run_count, run_time_ns)` of the sampler program, which the kernel keeps only
     /// while `kernel.bpf_stats_enabled` is 1.
     pub fn program_stats(&self) -> Option<(u64, u64)> {
-        let program: &PerfEvent = self.ebpf.program(names::CPU_SAMPLE_PROG)?.try_into().ok()?;
+        let program: &PerfEvent = self.ebpf.program(self.cpu_program)?.try_into().ok()?;
         let info = program.info().ok()?;
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .map(|s| s.trim() == "1")
@@ -600,14 +651,128 @@ pub fn register_self_in_child(targets_fd: RawFd) -> io::Result<()> {
     }
 }
 
-fn cpu_sample_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
-    ebpf.program_mut(names::CPU_SAMPLE_PROG)
-        .ok_or(SamplerError::MissingProgram(names::CPU_SAMPLE_PROG))?
+/// Every program in crossprof's object, in the order `crossprof check` lists
+/// them.
+pub const ALL_PROGRAMS: [&str; 12] = [
+    names::CPU_SAMPLE_PROG,
+    names::CPU_SAMPLE_FP_PROG,
+    names::OFF_CPU_START_PROG,
+    names::OFF_CPU_END_PROG,
+    names::MMAP_ENTER_PROG,
+    names::MMAP_EXIT_PROG,
+    names::HTTP_SYS_EXIT_PROG,
+    names::PROCESS_EXEC_PROG,
+    names::GO_CASGSTATUS_PROG,
+    names::GO_NEWPROC1_PROG,
+    names::GO_SYSCALL_ENTER_PROG,
+    names::GO_SYSCALL_EXIT_PROG,
+];
+
+/// What loading one program cost, and what the verifier made of it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadFigures {
+    /// Instructions the verifier processed (Linux 5.16+).
+    pub verified_insns: Option<u32>,
+    /// CPU time of the load (the verifier runs in the calling thread).
+    pub cpu_ns: u64,
+    /// Wall time of the load.
+    pub wall_ns: u64,
+}
+
+/// Loads each of `programs` (names in [`ALL_PROGRAMS`]) from one fresh
+/// object, as a run would (off-CPU stash at its off-CPU size): what each
+/// cost, or why the kernel refused it. Nothing is attached.
+pub fn load_each(programs: &[&'static str]) -> Result<Vec<(&'static str, Result<LoadFigures, SamplerError>)>, SamplerError> {
+    let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .map_max_entries(names::EVENTS, ring_bytes(cpus.len() as u32))
+        .map_max_entries(
+            names::OFF_CPU_STASH,
+            probe_common::offcpu::MAX_OFF_CPU_STASHED,
+        )
+        .load(PROBE_OBJECT)
+        .map_err(SamplerError::Load)?;
+    let btf = aya::Btf::from_sys_fs().ok();
+    let mut out = Vec::new();
+    for &name in programs {
+        let started = (thread_cpu_ns(), std::time::Instant::now());
+        let loaded = load_one(&mut ebpf, name, btf.as_ref()).map(|()| {
+            let (cpu, wall) = (thread_cpu_ns(), started.1.elapsed());
+            LoadFigures {
+                verified_insns: ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count()),
+                cpu_ns: cpu.saturating_sub(started.0),
+                wall_ns: wall.as_nanos() as u64,
+            }
+        });
+        out.push((name, loaded));
+    }
+    Ok(out)
+}
+
+/// Loads program `name` of `ebpf` by its kind.
+fn load_one(ebpf: &mut Ebpf, name: &'static str, btf: Option<&aya::Btf>) -> Result<(), SamplerError> {
+    let no_btf = || SamplerError::Program {
+        name,
+        source: ProgramError::Btf(aya::BtfError::FileError {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            error: io::Error::from(io::ErrorKind::NotFound),
+        }),
+    };
+    let loaded = match name {
+        names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => cpu_sample_program(ebpf, name)?.load(),
+        names::OFF_CPU_START_PROG => {
+            let btf = btf.ok_or_else(no_btf)?;
+            let p: &mut BtfTracePoint = program(ebpf, name)?;
+            p.load("sched_switch", btf)
+        }
+        names::HTTP_SYS_EXIT_PROG => {
+            let btf = btf.ok_or_else(no_btf)?;
+            http_program(ebpf)?.load("sys_exit", btf)
+        }
+        names::OFF_CPU_END_PROG | names::PROCESS_EXEC_PROG => {
+            let p: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
+            p.load()
+        }
+        names::MMAP_ENTER_PROG | names::MMAP_EXIT_PROG => tracepoint_program(ebpf, name)?.load(),
+        _ => uprobe_program(ebpf, name)?.load(),
+    };
+    loaded.map_err(|source| load_failed(name, source))
+}
+
+/// Program `name` of `ebpf` as its type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SamplerError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
         .try_into()
-        .map_err(|source| SamplerError::Program {
-            name: names::CPU_SAMPLE_PROG,
-            source,
-        })
+        .map_err(|source| SamplerError::Program { name, source })
+}
+
+/// This thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn cpu_sample_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut PerfEvent, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program { name, source })
 }
 
 /// Tracepoints are attached by their ids under tracefs, which some systems

@@ -38,6 +38,8 @@ pub struct Summary {
     pub duration_secs: f64,
     /// Sampling frequency per CPU.
     pub frequency_hz: u64,
+    /// The kernel, and how user stacks were walked on it.
+    pub kernel: KernelSummary,
     /// Samples received and aggregated.
     pub samples: u64,
     /// Samples lost anywhere: dropped in the kernel or undecodable.
@@ -257,6 +259,18 @@ pub struct UnwindObject {
     pub rows: u32,
     /// Their kernel memory: 8 bytes a row and 8 a page-index entry.
     pub bytes: u64,
+}
+
+/// The kernel a recording ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSummary {
+    /// `uname -r`.
+    pub release: String,
+    /// `full`, or `frame pointers only` on a kernel without what the other
+    /// walks need.
+    pub walk: &'static str,
+    /// What it lacks, each with the kernel that has it.
+    pub missing: Vec<String>,
 }
 
 /// Stack completeness had the same stacks been walked by frame pointers only.

@@ -43,6 +43,24 @@ pub fn crossprof_bin() -> PathBuf {
     bin
 }
 
+/// True in the VM tier (`cargo xtask vmtest` sets `CROSSPROF_TEST_EMULATED`):
+/// the guest runs under software emulation, where a timer interrupt lands
+/// only at the start of a translated block (a sampled leaf PC is biased
+/// towards branch targets, so which line of a loop is hot is not measured
+/// there) and everything runs 5-10x slower (a run's start-up is a larger share
+/// of it). Properties that depend on those are checked on the host only.
+pub fn emulated() -> bool {
+    std::env::var_os("CROSSPROF_TEST_EMULATED").is_some_and(|v| !v.is_empty())
+}
+
+/// How long a fixture should run, as its argument: `secs`, three times as
+/// long under emulation (see [`emulated`]), so that its start-up stays a
+/// small share of the run.
+pub fn fixture_secs(secs: f64) -> String {
+    let secs = if emulated() { secs * 3.0 } else { secs };
+    format!("{secs}")
+}
+
 /// Compiles the C fixture `tests/fixtures/<rel_src>` with gcc and `flags` into
 /// `target/fixtures/c-<flags>/<stem>` (one folder per set of flags, so one source
 /// built two ways keeps both, under its own name), and returns the binary's
@@ -305,11 +323,50 @@ pub enum GoBuild {
 impl GoBuild {
     /// Every build mode the tests use.
     pub const ALL: [GoBuild; 3] = [GoBuild::Normal, GoBuild::Stripped, GoBuild::Pie];
+
+    /// The build modes the end-to-end tests run: all, or those named in
+    /// `CROSSPROF_TEST_GO_BUILDS` (`normal,stripped,pie`; the VM tier keeps one,
+    /// everything runs ~5-10x slower there).
+    pub fn tested() -> Vec<GoBuild> {
+        let name = |b: GoBuild| match b {
+            GoBuild::Normal => "normal",
+            GoBuild::Stripped => "stripped",
+            GoBuild::Pie => "pie",
+            GoBuild::CShared => "c-shared",
+        };
+        match std::env::var("CROSSPROF_TEST_GO_BUILDS") {
+            Ok(list) if !list.is_empty() => {
+                let picked: Vec<GoBuild> = Self::ALL
+                    .into_iter()
+                    .filter(|b| list.split(',').any(|n| n.trim() == name(*b)))
+                    .collect();
+                assert!(!picked.is_empty(), "CROSSPROF_TEST_GO_BUILDS={list} names no build mode");
+                picked
+            }
+            _ => Self::ALL.to_vec(),
+        }
+    }
 }
 
 impl Go {
     /// Every toolchain the tests use.
     pub const ALL: [Go; 5] = [Go::Go119, Go::Go121, Go::Go123, Go::Go125, Go::Go127];
+
+    /// The toolchains the end-to-end tests run: all, or those named in
+    /// `CROSSPROF_TEST_GO` (`1.19,1.27.3`; the VM tier runs two).
+    pub fn tested() -> Vec<Go> {
+        match std::env::var("CROSSPROF_TEST_GO") {
+            Ok(list) if !list.is_empty() => {
+                let picked: Vec<Go> = Self::ALL
+                    .into_iter()
+                    .filter(|g| list.split(',').any(|v| v.trim() == g.version()))
+                    .collect();
+                assert!(!picked.is_empty(), "CROSSPROF_TEST_GO={list} names no Go version");
+                picked
+            }
+            _ => Self::ALL.to_vec(),
+        }
+    }
 
     /// The version, as `go version` prints it after `go`.
     pub fn version(self) -> &'static str {

@@ -3,7 +3,7 @@
 //! built without unwind tables), against the frame-pointer-only baseline of the
 //! same program.
 
-use crossprof_tests::{build_c, count_where, out_dir, read_folded, record_command};
+use crossprof_tests::{build_c, count_where, fixture_secs, out_dir, read_folded, record_command};
 
 /// `main -> outer -> middle -> hot` built with `-O2 -fomit-frame-pointer`: the
 /// chain, in order, and the process's root (`_start`, through libc's start-up
@@ -20,7 +20,7 @@ fn code_without_frame_pointers_is_walked_by_eh_frame_to_main() {
     ] {
         let dir = out_dir(&format!("nofp_{}", what.replace(' ', "_")));
         let flags = [&["--freq", "999"][..], flags].concat();
-        let run = record_command(&dir, &flags, &bin, &["1.5"]);
+        let run = record_command(&dir, &flags, &bin, &[&fixture_secs(1.5)]);
         assert!(run.status.success(), "{what}: {}", run.stderr);
         assert!(run.stdout.starts_with("done"), "{what}: {}", run.stdout);
         let stacks = read_folded(&dir);

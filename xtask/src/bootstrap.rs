@@ -28,7 +28,9 @@ use crate::{cmd, say};
 /// golang-go is Debian's Go 1.19, the oldest Go the tests build with, and its
 /// `go tool pprof` is the reference pprof reader. chromium and chromium-driver
 /// drive the agent's live page in the browser test (WebDriver). (Node.js and
-/// npm, which fetch Roslyn, come with the machine.)
+/// npm, which fetch Roslyn, come with the machine.) qemu-system-x86,
+/// busybox-static, kmod and xz-utils boot Debian's kernels for `cargo xtask
+/// vmtest` (the guest's initramfs is busybox and the kernel's own modules).
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -38,6 +40,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "golang-go",
     "chromium",
     "chromium-driver",
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
 ];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).

@@ -72,6 +72,24 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     String::from_utf8(stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
 
+/// Runs `cmd` quietly and returns its stdout as bytes; fails (with its stderr)
+/// unless it exits 0.
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let line = line(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// True if `cmd` can be started and exits 0 (its output is discarded).
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdin(Stdio::null())

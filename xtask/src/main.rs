@@ -6,6 +6,8 @@
 //! - `demo`: profiles a small C program and prints where its flamegraph is.
 //! - `gallery`: regenerates the checked-in SVGs in `flamegraphs/gallery/`.
 //! - `bench`: measures crossprof's overhead and prints each figure beside its goal.
+//! - `vmtest`: the representative end-to-end tests on Debian 12's 6.1 and 6.12
+//!   kernels, booted under qemu.
 
 mod bench;
 mod bootstrap;
@@ -13,6 +15,7 @@ mod build;
 mod cmd;
 mod demo;
 mod test;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -43,6 +46,8 @@ enum Task {
     Gallery,
     /// Measure crossprof's overhead and cost; print a table and write target/bench/bench.json.
     Bench(bench::Args),
+    /// Run the representative end-to-end tests on Debian 12's 6.1 and 6.12 kernels under qemu.
+    Vmtest(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run_demo(),
         Task::Gallery => demo::run_gallery(),
         Task::Bench(args) => bench::run(&args),
+        Task::Vmtest(args) => vmtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

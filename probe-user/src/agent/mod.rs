@@ -175,7 +175,17 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         return Err(UsageError::TokenNeeded(args.listen).into());
     }
     preflight::check_privileges()?;
-    preflight::check_btf()?;
+    let mut rargs = record_args(&args);
+    let kernel = preflight::check_kernel(
+        record::kernel_needs(&rargs),
+        &format!("crossprof agent ({})", record::kernel_request(&rargs)),
+    )?;
+    if kernel.plan.walk == crate::kernel::Walk::FramePointers {
+        rargs.frame_pointers_only = true;
+    }
+    if let Some(note) = kernel.note() {
+        log::warn!("{note}");
+    }
     let pids = preflight::resolve_pids(&args.pids)?;
     let select = record::Select {
         skip_self: true,
@@ -203,10 +213,9 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
     }
-    let rargs = record_args(&args);
 
     // 2. Kernel side.
-    let started = record::start(&rargs, &pids, None, &select).await?;
+    let started = record::start(&rargs, &pids, None, &select, kernel).await?;
     let record::Started {
         mut sampler,
         events,
@@ -218,6 +227,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         child: _,
         mut sigint,
         mut sigterm,
+        kernel: _,
     } = started;
     let io = |what| move |source| Error::Io { what, source };
     let mut sighup = signal(SignalKind::hangup()).map_err(io("install the SIGHUP handler"))?;
