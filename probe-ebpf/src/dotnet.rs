@@ -28,7 +28,7 @@ use probe_common::{
     native::{FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES},
 };
 
-use crate::{SCRATCH, count, native::UserRegs};
+use crate::{SCRATCH, count};
 
 /// Processes whose user stacks are walked here.
 #[map]
@@ -185,6 +185,11 @@ fn in_epilog(ip: u64, sp: u64, bp: u64) -> Option<(u64, Option<u64>)> {
     }
     let mut saved_bp = None;
     for _ in 0..8 {
+        // Forgotten at each step: with `pos` a known constant on every path
+        // the verifier walked each sequence of one- and two-byte pops apart
+        // (2^8 of them, ~12k instructions of the sampler's load).
+        let pos_now = crate::native::forget(pos as u64) as usize;
+        pos = pos_now;
         let (b0, b1) = (b[pos & 31], b[(pos + 1) & 31]);
         if (0x58..=0x5F).contains(&b0) {
             if b0 == 0x5D {
@@ -291,6 +296,52 @@ pub(crate) fn step(
     Ok(Some((ra, bp + 16, next_bp)))
 }
 
+/// The outcome of [`leaf_step`], in [`Stepped::outcome`].
+pub(crate) mod outcome {
+    /// The walk ends after the leaf.
+    pub const STOPPED: u64 = 0;
+    /// The caller's registers are in the [`super::Stepped`].
+    pub const STEPPED: u64 = 1;
+    /// The leaf is in a prolog or epilog that cannot be replayed: the walk
+    /// ends after it, flagged.
+    pub const EDGE: u64 = 2;
+}
+
+/// What [`leaf_step`] left in the CPU's walk state.
+#[repr(C)]
+pub(crate) struct Stepped {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// One of [`outcome`].
+    pub outcome: u64,
+}
+
+/// The step from a managed leaf, at the registers in the CPU's walk state, to
+/// its caller, left in [`Stepped`]: a subprogram whose results go through map
+/// memory. Its prolog and epilog replays end in many ways, each with its own
+/// register values; returned in registers (inlined), the verifier checked the
+/// rest of the walk once for each (~29k instructions of the sampler's 63k,
+/// ~20% of its load time); read back from memory they are one unknown state.
+#[inline(never)]
+pub(crate) fn leaf_step(tgid: u32) -> u32 {
+    let Some(walks) = crate::native::walks() else {
+        return 0;
+    };
+    let r = walks.regs;
+    let (kind, (ip, sp, bp)) = match step(tgid, true, r.ip, r.sp, r.bp, &mut read_user) {
+        Ok(Some(next)) => (outcome::STEPPED, next),
+        Ok(None) => (outcome::STOPPED, (0, 0, 0)),
+        Err(()) => (outcome::EDGE, (0, 0, 0)),
+    };
+    let s = &mut walks.stepped;
+    s.ip = ip;
+    s.sp = sp;
+    s.bp = bp;
+    s.outcome = kind;
+    0
+}
+
 /// Walks the user stack of `tgid` into `ips[first..]`, leaf first, from the
 /// registers in the CPU's walk state (none if `!have_regs`); returns the
 /// number of frames and sets `FLAG_USER_*` bits in `flags`.
@@ -311,26 +362,26 @@ pub fn unwind_user(
         count(Counter::UserStackError);
         return 0;
     }
-    let UserRegs {
-        mut ip,
-        mut sp,
-        mut bp,
-        ..
-    } = walks.regs;
+    let ip = walks.regs.ip;
     if first >= MAX_FRAMES || ip == 0 {
         return 0;
     }
     // The leaf, on its own: the prolog and epilog replays are checked once.
     ips[first] = ip;
-    match step(tgid, true, ip, sp, bp, &mut read_user) {
-        Ok(Some(next)) => (ip, sp, bp) = next,
-        Ok(None) => return 1,
-        Err(()) => {
+    leaf_step(tgid);
+    let Some(walks) = crate::native::walks() else {
+        return 1;
+    };
+    match walks.stepped.outcome {
+        outcome::STEPPED => {}
+        outcome::EDGE => {
             *flags |= FLAG_USER_LEAF_EDGE;
             count(Counter::ManagedLeafEdge);
             return 1;
         }
+        _ => return 1,
     }
+    let (ip, sp, bp) = (walks.stepped.ip, walks.stepped.sp, walks.stepped.bp);
     // The callers, under bpf_loop: the verifier checks one step, not 126, which
     // keeps the program's load (verification) time small.
     let walk = &mut walks.managed;

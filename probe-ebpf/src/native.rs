@@ -55,6 +55,8 @@ pub(crate) struct Walks {
     pub managed: crate::dotnet::Walk,
     /// A Go frame-pointer chain on another stack.
     pub switch: crate::go::SwitchWalk,
+    /// A managed leaf's step to its caller.
+    pub stepped: crate::dotnet::Stepped,
 }
 
 #[map]
@@ -665,7 +667,7 @@ pub fn unwind_by_rules(
     flags: &mut u32,
 ) -> usize {
     count(Counter::NativeUnwinds);
-    let Some(walks) = walks() else {
+    let Some(state) = walks() else {
         return 0;
     };
     if !have_regs {
@@ -673,13 +675,14 @@ pub fn unwind_by_rules(
         count(Counter::UserStackError);
         return 0;
     }
-    let r = walks.regs;
+    let r = state.regs;
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
     let managed = crate::dotnet::is_managed(tgid);
-    let walk = &mut walks.rule;
-    walk.start(slot, tgid, &r, first as u32, u32::from(managed));
+    state
+        .rule
+        .start(slot, tgid, &r, first as u32, u32::from(managed));
     // A managed leaf may be in its prolog or epilog, which the .NET walk's
     // leaf step knows; the loop below steps from callers only.
     if managed && crate::dotnet::is_managed_code(tgid, r.ip) {
@@ -689,25 +692,32 @@ pub fn unwind_by_rules(
         };
         // SAFETY: this CPU's scratch slot; first < MAX_FRAMES.
         unsafe { (*scratch).ips[first] = r.ip };
-        match crate::dotnet::step(tgid, true, r.ip, r.sp, r.bp, &mut |a| {
-            read_stack(&mut walk.window, a)
-        }) {
-            Ok(Some((ip, sp, bp))) => {
-                walk.ip = ip;
-                walk.sp = sp;
-                walk.bp = bp;
+        crate::dotnet::leaf_step(tgid);
+        let Some(state) = walks() else {
+            return 1;
+        };
+        match state.stepped.outcome {
+            crate::dotnet::outcome::STEPPED => {
+                let walk = &mut state.rule;
+                walk.ip = state.stepped.ip;
+                walk.sp = state.stepped.sp;
+                walk.bp = state.stepped.bp;
                 walk.next += 1;
                 walk.frames = 1;
                 walk.back = 1;
             }
-            Ok(None) => return 1,
-            Err(()) => {
+            crate::dotnet::outcome::EDGE => {
                 *flags |= FLAG_USER_LEAF_EDGE;
                 count(Counter::ManagedLeafEdge);
                 return 1;
             }
+            _ => return 1,
         }
     }
+    let Some(state) = walks() else {
+        return 0;
+    };
+    let walk = &mut state.rule;
     // SAFETY: `rule_step` has the callback signature bpf_loop expects; it
     // finds its state in this CPU's `Walks`.
     unsafe {
@@ -735,7 +745,7 @@ pub fn unwind_by_rules(
 /// `v`, through this CPU's window memory: the verifier knows nothing of the
 /// result (an unknown scalar to bound again), and so tracks nothing back.
 #[inline(always)]
-fn forget(v: u64) -> u64 {
+pub(crate) fn forget(v: u64) -> u64 {
     let Some(window) = STACK_WINDOW.get_ptr_mut(0) else {
         return 0;
     };

@@ -64,7 +64,8 @@ pub(crate) fn load_failed(name: &'static str, source: ProgramError) -> SamplerEr
 }
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
-pub static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
 
 /// Failures of the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -682,7 +683,9 @@ pub struct LoadFigures {
 /// Loads each of `programs` (names in [`ALL_PROGRAMS`]) from one fresh
 /// object, as a run would (off-CPU stash at its off-CPU size): what each
 /// cost, or why the kernel refused it. Nothing is attached.
-pub fn load_each(programs: &[&'static str]) -> Result<Vec<(&'static str, Result<LoadFigures, SamplerError>)>, SamplerError> {
+pub fn load_each(
+    programs: &[&'static str],
+) -> Result<Vec<(&'static str, Result<LoadFigures, SamplerError>)>, SamplerError> {
     let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
     let mut ebpf = EbpfLoader::new()
         .btf(None)
@@ -714,7 +717,11 @@ pub fn load_each(programs: &[&'static str]) -> Result<Vec<(&'static str, Result<
 }
 
 /// Loads program `name` of `ebpf` by its kind.
-fn load_one(ebpf: &mut Ebpf, name: &'static str, btf: Option<&aya::Btf>) -> Result<(), SamplerError> {
+fn load_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), SamplerError> {
     let no_btf = || SamplerError::Program {
         name,
         source: ProgramError::Btf(aya::BtfError::FileError {
@@ -723,7 +730,9 @@ fn load_one(ebpf: &mut Ebpf, name: &'static str, btf: Option<&aya::Btf>) -> Resu
         }),
     };
     let loaded = match name {
-        names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => cpu_sample_program(ebpf, name)?.load(),
+        names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => {
+            cpu_sample_program(ebpf, name)?.load()
+        }
         names::OFF_CPU_START_PROG => {
             let btf = btf.ok_or_else(no_btf)?;
             let p: &mut BtfTracePoint = program(ebpf, name)?;

@@ -340,7 +340,10 @@ impl GoBuild {
                     .into_iter()
                     .filter(|b| list.split(',').any(|n| n.trim() == name(*b)))
                     .collect();
-                assert!(!picked.is_empty(), "CROSSPROF_TEST_GO_BUILDS={list} names no build mode");
+                assert!(
+                    !picked.is_empty(),
+                    "CROSSPROF_TEST_GO_BUILDS={list} names no build mode"
+                );
                 picked
             }
             _ => Self::ALL.to_vec(),
@@ -361,7 +364,10 @@ impl Go {
                     .into_iter()
                     .filter(|g| list.split(',').any(|v| v.trim() == g.version()))
                     .collect();
-                assert!(!picked.is_empty(), "CROSSPROF_TEST_GO={list} names no Go version");
+                assert!(
+                    !picked.is_empty(),
+                    "CROSSPROF_TEST_GO={list} names no Go version"
+                );
                 picked
             }
             _ => Self::ALL.to_vec(),

@@ -91,18 +91,6 @@ fn output_folder_that_cannot_be_written() {
 }
 
 #[test]
-fn no_kernel_btf() {
-    let (dir, d) = out("err_btf");
-    let run: Run = Command::new(crossprof_bin())
-        .env("CROSSPROF_BTF", "/nonexistent/vmlinux")
-        .args(["record", "-o", &d, "--", "true"])
-        .output()
-        .unwrap()
-        .into();
-    assert_rejected(&run, "no kernel BTF at /nonexistent/vmlinux", Some(&dir));
-}
-
-#[test]
 fn not_root() {
     // A copy of the binary that the unprivileged user can run, wherever target/ is.
     let base = out_dir("err_not_root");

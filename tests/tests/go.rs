@@ -6,8 +6,8 @@
 use std::process::Command;
 
 use crossprof_tests::{
-    Go, GoBuild, Run, count_where, crossprof_bin, emulated, out_dir, read_folded, read_summary,
-    record_command as record,
+    Go, GoBuild, Run, count_where, crossprof_bin, emulated, fixture_secs, out_dir, read_folded,
+    read_summary, record_command as record,
 };
 
 #[test]
@@ -105,7 +105,12 @@ fn each_sample_carries_its_goroutine_in_every_version_and_build() {
             let what = format!("go {} {build:?}", go.version());
             let bin = go.fixture("goroutines", build);
             let dir = out_dir(&format!("go_goroutines_{}_{build:?}", go.version()));
-            let run = record(&dir, &["--group-by", "goroutine"], &bin, &["1.5", "4"]);
+            let run = record(
+                &dir,
+                &["--group-by", "goroutine"],
+                &bin,
+                &[&fixture_secs(1.5), "4"],
+            );
             assert!(run.status.success(), "{what}: {}", run.stderr);
             // The ids the goroutines printed are the ids the busy samples carry.
             let printed: std::collections::BTreeSet<String> = run

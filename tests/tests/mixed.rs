@@ -9,8 +9,8 @@
 use std::{path::Path, process::Command};
 
 use crossprof_tests::{
-    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, out_dir, read_folded, read_summary,
-    record_target,
+    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, emulated, out_dir, read_folded,
+    read_summary, record_target,
 };
 
 /// Does `stack` hold `chain` in order (other frames between), a call the Go
@@ -89,8 +89,12 @@ fn assert_one_stack(name: &str, [rules, fp]: &[Measured; 2], min_samples: u64) {
         rules.chain * 100.0,
         rules.stacks
     );
+    // Of the whole process's samples (the chain above starts at its root).
+    // Under emulation (see `emulated`) the runtime's seconds-long start-up,
+    // walked before its libraries' rules are in, is most of them: the chain's
+    // root is what the VM tier checks.
     assert!(
-        rules.complete >= 0.95,
+        emulated() || rules.complete >= 0.95,
         "{name}: stacks complete {:.1}%",
         rules.complete * 100.0
     );

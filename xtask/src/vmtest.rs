@@ -61,23 +61,56 @@ pub const TESTS: &[(&str, &str)] = &[
     // Native code: frame pointers, then `.eh_frame` rules.
     ("record", "call_chain_is_in_order_in_most_samples"),
     ("record", "kernel_frames_sit_on_top_of_user_frames"),
-    ("native", "code_without_frame_pointers_is_walked_by_eh_frame_to_main"),
+    (
+        "native",
+        "code_without_frame_pointers_is_walked_by_eh_frame_to_main",
+    ),
     // Go: names, goroutine ids and states, goroutine waits.
-    ("go", "go_chain_and_inlined_call_are_named_in_every_version_and_build"),
-    ("go", "each_sample_carries_its_goroutine_in_every_version_and_build"),
-    ("go", "goroutine_states_split_time_by_wait_reason_in_every_version_and_build"),
-    ("go", "goroutine_waits_are_a_profile_of_their_stacks_in_every_version"),
+    (
+        "go",
+        "go_chain_and_inlined_call_are_named_in_every_version_and_build",
+    ),
+    (
+        "go",
+        "each_sample_carries_its_goroutine_in_every_version_and_build",
+    ),
+    (
+        "go",
+        "goroutine_states_split_time_by_wait_reason_in_every_version_and_build",
+    ),
+    (
+        "go",
+        "goroutine_waits_are_a_profile_of_their_stacks_in_every_version",
+    ),
     // .NET JIT code named, and one stack across C#, Go and C.
-    ("dotnet", "perf_map_is_turned_on_in_a_process_started_without_settings"),
-    ("mixed", "csharp_to_go_to_c_to_go_is_one_stack_with_every_go_version"),
+    (
+        "dotnet",
+        "perf_map_is_turned_on_in_a_process_started_without_settings",
+    ),
+    (
+        "mixed",
+        "csharp_to_go_to_c_to_go_is_one_stack_with_every_go_version",
+    ),
     // Off-CPU and wall-clock time, the timeline.
-    ("offcpu", "a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack"),
-    ("offcpu", "wall_mode_weighs_running_and_blocked_time_per_thread"),
-    ("timeline", "a_wall_timeline_has_running_samples_and_blocked_spans_per_thread"),
+    (
+        "offcpu",
+        "a_two_second_sleep_is_two_seconds_off_cpu_under_its_stack",
+    ),
+    (
+        "offcpu",
+        "wall_mode_weighs_running_and_blocked_time_per_thread",
+    ),
+    (
+        "timeline",
+        "a_wall_timeline_has_running_samples_and_blocked_spans_per_thread",
+    ),
     // Request attribution.
     ("trace", "each_request_s_work_is_under_its_trace_id"),
     // The agent, scraped by go tool pprof.
-    ("agent", "go_tool_pprof_scrapes_the_agent_and_windows_are_private_pprof_and_folded_files"),
+    (
+        "agent",
+        "go_tool_pprof_scrapes_the_agent_and_windows_are_private_pprof_and_folded_files",
+    ),
 ];
 
 /// The Go toolchains the tests use in a guest (`CROSSPROF_TEST_GO`): the oldest
@@ -138,7 +171,8 @@ pub fn run(args: &Args) -> Result<()> {
     for kernel in &kernels {
         let outcome = run_tests(kernel, &tests, args)?;
         let _ = writeln!(report, "kernel {} ({}):", kernel.short, outcome.release);
-        let check = fs::read_to_string(outcome.console.with_file_name("check.txt")).unwrap_or_default();
+        let check =
+            fs::read_to_string(outcome.console.with_file_name("check.txt")).unwrap_or_default();
         for line in check.lines() {
             let _ = writeln!(report, "  | {line}");
         }
@@ -163,7 +197,14 @@ pub fn run(args: &Args) -> Result<()> {
     if !failed.is_empty() {
         bail!("vmtest: {} failed: {}", failed.len(), failed.join("; "));
     }
-    say!("vmtest: every test passed on {}", kernels.iter().map(|k| k.short).collect::<Vec<_>>().join(" and "));
+    say!(
+        "vmtest: every test passed on {}",
+        kernels
+            .iter()
+            .map(|k| k.short)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
     Ok(())
 }
 
@@ -222,7 +263,10 @@ fn run_tests(kernel: &Kernel, tests: &[(String, PathBuf, String)], args: &Args) 
             ("CROSSPROF_TEST_EMULATED", "1"),
             (
                 "CROSSPROF_BIN",
-                &target_dir().join("vmtest/bin/crossprof").display().to_string(),
+                &target_dir()
+                    .join("vmtest/bin/crossprof")
+                    .display()
+                    .to_string(),
             ),
         ],
         args.memory,
@@ -276,8 +320,14 @@ fn snapshot(binaries: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, Pat
 fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
     say!("vmtest: building the test binaries...");
     let mut c = cmd::cargo();
-    c.args(["test", "--release", "--workspace", "--no-run", "--message-format=json"])
-        .args(build::EXCLUDE);
+    c.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .args(build::EXCLUDE);
     build::locked_in_ci(&mut c);
     let out = cmd::output(&mut c)?;
     let mut found = BTreeMap::new();
@@ -329,35 +379,48 @@ pub fn boot(
     // access, and SMAP then faults it (the guest kernel oopses: "supervisor read
     // access in user mode"); CoreCLR restores contexts with `iretq`, so every
     // .NET process died at start-up.
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max,-smap", "-smp", "2"])
-        .args(["-m", &memory_mib.to_string()])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&vmlinuz)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=3 mitigations=off \
+    qemu.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max,-smap",
+        "-smp",
+        "2",
+    ])
+    .args(["-m", &memory_mib.to_string()])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&vmlinuz)
+    .arg("-initrd")
+    .arg(&initramfs)
+    .arg("-append")
+    .arg(format!(
+        "console=ttyS0 panic=-1 loglevel=3 mitigations=off \
              crossprof.target={} crossprof.script={}",
-            target.display(),
-            script_path.display()
-        ))
-        .args([
-            "-fsdev",
-            "local,id=root,path=/,readonly=on,security_model=none,multidevs=remap",
-            "-device",
-            "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
-        ])
-        .arg("-fsdev")
-        .arg(format!(
-            "local,id=target,path={},security_model=none,multidevs=remap",
-            target.display()
-        ))
-        .args(["-device", "virtio-9p-pci,fsdev=target,mount_tag=target"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        target.display(),
+        script_path.display()
+    ))
+    .args([
+        "-fsdev",
+        "local,id=root,path=/,readonly=on,security_model=none,multidevs=remap",
+        "-device",
+        "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+    ])
+    .arg("-fsdev")
+    .arg(format!(
+        "local,id=target,path={},security_model=none,multidevs=remap",
+        target.display()
+    ))
+    .args(["-device", "virtio-9p-pci,fsdev=target,mount_tag=target"])
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     let mut child = qemu
         .spawn()
         .context("cannot start qemu-system-x86_64 (cargo xtask bootstrap installs it)")?;
@@ -395,7 +458,10 @@ fn only_entry(dir: &Path) -> Result<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     if names.len() != 1 {
-        bail!("{} should hold one kernel release, holds {names:?}", dir.display());
+        bail!(
+            "{} should hold one kernel release, holds {names:?}",
+            dir.display()
+        );
     }
     Ok(names.remove(0))
 }
@@ -425,9 +491,9 @@ fn kernel_tree(kernel: &Kernel) -> Result<PathBuf> {
     let deb = fs::read_dir(&downloads)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{}_", kernel.package)) && n.ends_with(".deb"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("{}_", kernel.package)) && n.ends_with(".deb")
+            })
         })
         .with_context(|| format!("apt-get download left no {}_*.deb", kernel.package))?;
     let _ = fs::remove_dir_all(&tree);
@@ -483,12 +549,12 @@ $B poweroff -f
 fn write_initramfs(tree: &Path, release: &str, out: &Path) -> Result<()> {
     let mut modules: Vec<PathBuf> = Vec::new();
     for m in MODULES {
-        let deps = cmd::output(
-            Command::new("modprobe")
-                .arg("-d")
-                .arg(tree)
-                .args(["-S", release, "--show-depends", m]),
-        )?;
+        let deps = cmd::output(Command::new("modprobe").arg("-d").arg(tree).args([
+            "-S",
+            release,
+            "--show-depends",
+            m,
+        ]))?;
         for line in deps.lines() {
             if let Some(path) = line.strip_prefix("insmod ") {
                 let path = PathBuf::from(path.trim());
@@ -499,7 +565,9 @@ fn write_initramfs(tree: &Path, release: &str, out: &Path) -> Result<()> {
         }
     }
     let mut cpio = Cpio::default();
-    for dir in ["bin", "dev", "proc", "sys", "modules", "newroot", "host", "rw"] {
+    for dir in [
+        "bin", "dev", "proc", "sys", "modules", "newroot", "host", "rw",
+    ] {
         cpio.dir(dir);
     }
     cpio.file("init", INIT.as_bytes(), 0o755);

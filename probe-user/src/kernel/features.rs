@@ -276,8 +276,12 @@ mod tests {
 
     #[test]
     fn a_refused_helper_is_told_from_refused_arguments() {
-        assert!(helper_refused("0: R1=ctx()\n5: (85) call unknown#181\ninvalid func unknown#181\n"));
-        assert!(helper_refused("program of this type cannot use helper bpf_loop#181"));
+        assert!(helper_refused(
+            "0: R1=ctx()\n5: (85) call unknown#181\ninvalid func unknown#181\n"
+        ));
+        assert!(helper_refused(
+            "program of this type cannot use helper bpf_loop#181"
+        ));
         assert!(!helper_refused(
             "5: (85) call bpf_loop#181\nR2 type=scalar expected=func\n"
         ));

@@ -361,15 +361,11 @@ fn names(features: &[Feature]) -> String {
 
 /// The newest of the kernels that brought `features`.
 fn newest_since(features: &[Feature]) -> Version {
-    features
-        .iter()
-        .map(|f| f.since())
-        .max()
-        .unwrap_or(Version {
-            major: 0,
-            minor: 0,
-            patch: 0,
-        })
+    features.iter().map(|f| f.since()).max().unwrap_or(Version {
+        major: 0,
+        minor: 0,
+        patch: 0,
+    })
 }
 
 #[cfg(test)]
@@ -429,7 +425,14 @@ mod tests {
             }
             assert_eq!(
                 k.modes_that_work(),
-                ["cpu", "offcpu", "wall", "goblock", "--go-states", "--group-by trace"]
+                [
+                    "cpu",
+                    "offcpu",
+                    "wall",
+                    "goblock",
+                    "--go-states",
+                    "--group-by trace"
+                ]
             );
         }
     }
@@ -437,7 +440,9 @@ mod tests {
     #[test]
     fn ubuntu_22_04_samples_by_frame_pointers_and_names_what_it_lacks() {
         let k = stock("5.15.0-91-generic");
-        let plan = k.plan(needs(true, false, false, false), "--mode cpu").unwrap();
+        let plan = k
+            .plan(needs(true, false, false, false), "--mode cpu")
+            .unwrap();
         assert_eq!(plan.walk, Walk::FramePointers);
         assert_eq!(plan.missing, vec![Feature::BpfLoop]);
         let note = plan.note(&k.release).unwrap();
@@ -445,7 +450,9 @@ mod tests {
         assert!(note.contains("frame pointers only"), "{note}");
         // Off-CPU spans need sched_switch's prev_state (5.18): refused, with
         // what works instead.
-        let refusal = k.plan(needs(false, true, false, false), "--mode offcpu").unwrap_err();
+        let refusal = k
+            .plan(needs(false, true, false, false), "--mode offcpu")
+            .unwrap_err();
         assert_eq!(refusal.feature, Feature::SchedSwitchPrevState);
         assert_eq!(
             refusal.to_string(),
@@ -454,7 +461,9 @@ mod tests {
              --group-by trace (frame pointers only)"
         );
         // The goroutine probes walk the parked goroutine's frames with bpf_loop.
-        let refusal = k.plan(needs(false, false, true, false), "--mode goblock").unwrap_err();
+        let refusal = k
+            .plan(needs(false, false, true, false), "--mode goblock")
+            .unwrap_err();
         assert_eq!(refusal.feature, Feature::BpfLoop);
     }
 
@@ -462,10 +471,14 @@ mod tests {
     fn a_kernel_without_btf_samples_by_frame_pointers_and_refuses_off_cpu() {
         let mut k = stock("6.18.0");
         k.probed.insert(Feature::Btf, false);
-        let plan = k.plan(needs(true, false, false, false), "--mode cpu").unwrap();
+        let plan = k
+            .plan(needs(true, false, false, false), "--mode cpu")
+            .unwrap();
         assert_eq!(plan.walk, Walk::FramePointers);
         assert_eq!(plan.missing, vec![Feature::Btf]);
-        let refusal = k.plan(needs(true, true, false, false), "--mode wall").unwrap_err();
+        let refusal = k
+            .plan(needs(true, true, false, false), "--mode wall")
+            .unwrap_err();
         assert_eq!(refusal.feature, Feature::Btf);
         assert!(refusal.works.contains(&"goblock".to_owned()), "{refusal}");
     }
@@ -473,9 +486,16 @@ mod tests {
     #[test]
     fn a_kernel_without_a_ring_buffer_runs_nothing() {
         let k = stock("5.4.0-150-generic");
-        let refusal = k.plan(needs(true, false, false, false), "--mode cpu").unwrap_err();
+        let refusal = k
+            .plan(needs(true, false, false, false), "--mode cpu")
+            .unwrap_err();
         assert_eq!(refusal.feature, Feature::RingBuffer);
-        assert!(refusal.to_string().ends_with("nothing crossprof does runs here"), "{refusal}");
+        assert!(
+            refusal
+                .to_string()
+                .ends_with("nothing crossprof does runs here"),
+            "{refusal}"
+        );
     }
 
     #[test]
@@ -485,7 +505,9 @@ mod tests {
         k.probed.insert(Feature::BpfLoop, true);
         k.probed.insert(Feature::TaskPtRegs, true);
         k.probed.insert(Feature::AttachCookie, true);
-        let plan = k.plan(needs(true, false, true, false), "--go-states").unwrap();
+        let plan = k
+            .plan(needs(true, false, true, false), "--go-states")
+            .unwrap();
         assert_eq!(plan.walk, Walk::Full);
     }
 }

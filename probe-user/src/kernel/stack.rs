@@ -161,7 +161,13 @@ fn depth(insns: &[bpf_insn]) -> u32 {
                 let op = insn.code & 0xf0;
                 let uses_reg = insn.code & 0x08 != 0;
                 match (op, uses_reg) {
-                    (0xb0, true) => from_r10[dst] = if src == 10 { Some(0) } else { src.lt(&11).then(|| from_r10[src]).flatten() },
+                    (0xb0, true) => {
+                        from_r10[dst] = if src == 10 {
+                            Some(0)
+                        } else {
+                            src.lt(&11).then(|| from_r10[src]).flatten()
+                        }
+                    }
                     (0x00, false) => {
                         from_r10[dst] = from_r10[dst].map(|o| o + i64::from(insn.imm));
                         if let Some(o) = from_r10[dst] {

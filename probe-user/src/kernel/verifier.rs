@@ -85,7 +85,11 @@ pub fn cause(log: &str, max: usize) -> Cause {
         .collect();
     // Drop the statistics at the end.
     let mut end = lines.len();
-    while end > 0 && STATS.iter().any(|s| lines[end - 1].trim_start().starts_with(s)) {
+    while end > 0
+        && STATS
+            .iter()
+            .any(|s| lines[end - 1].trim_start().starts_with(s))
+    {
         end -= 1;
     }
     let mut said: Vec<String> = Vec::new();
@@ -164,11 +168,19 @@ mod tests {
         let c = cause(&log, 3);
         assert_eq!(
             c.said.last().map(String::as_str),
-            Some("math between map_value pointer and register with unbounded min value is not allowed"),
+            Some(
+                "math between map_value pointer and register with unbounded min value is not allowed"
+            ),
             "{c:?}"
         );
-        assert!(c.said.iter().all(|l| !l.contains("reg type unsupported")), "{c:?}");
-        assert!(c.insn.as_deref().is_some_and(|i| i.ends_with("r3 += r2")), "{c:?}");
+        assert!(
+            c.said.iter().all(|l| !l.contains("reg type unsupported")),
+            "{c:?}"
+        );
+        assert!(
+            c.insn.as_deref().is_some_and(|i| i.ends_with("r3 += r2")),
+            "{c:?}"
+        );
     }
 
     #[test]

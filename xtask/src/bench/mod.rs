@@ -17,7 +17,8 @@
 //!
 //! The .NET figures come from [`dotnet`], the Go ones from [`go`], the mixed
 //! .NET/Go/C stacks' from [`mixed`], the off-CPU ones from [`offcpu`], request
-//! attribution's from [`http`], the always-on agent's from [`agent`].
+//! attribution's from [`http`], the always-on agent's from [`agent`], the
+//! programs' verification on this kernel and on Debian 12's from [`load`].
 //!
 //! Prints `figure | measured | goal | ok?` and writes target/bench/bench.json.
 
@@ -40,6 +41,7 @@ mod agent;
 mod dotnet;
 mod go;
 mod http;
+mod load;
 mod mixed;
 mod offcpu;
 
@@ -52,8 +54,8 @@ pub struct Args {
     #[arg(long)]
     strict: bool,
     /// Only this part's figures (for working on one): dotnet, go, mixed,
-    /// offcpu, http or agent.
-    #[arg(long, value_parser = ["dotnet", "go", "mixed", "offcpu", "http", "agent"])]
+    /// offcpu, http, agent or load.
+    #[arg(long, value_parser = ["dotnet", "go", "mixed", "offcpu", "http", "agent", "load"])]
     only: Option<String>,
 }
 
@@ -91,6 +93,7 @@ pub fn run(args: &Args) -> Result<()> {
             "mixed" => mixed::figures(args.runs, &crossprof, &bench_dir)?,
             "offcpu" => offcpu::figures(args.runs, &crossprof, &bench_dir)?,
             "agent" => agent::figures(args.runs, &crossprof, &bench_dir)?,
+            "load" => load::figures(&crossprof, true)?,
             _ => http::figures(args.runs, &crossprof, &bench_dir)?,
         };
         println!();
@@ -151,6 +154,7 @@ pub fn run(args: &Args) -> Result<()> {
     let offcpu_figures = offcpu::figures(args.runs, &crossprof, &bench_dir)?;
     let http_figures = http::figures(args.runs, &crossprof, &bench_dir)?;
     let agent_figures = agent::figures(args.runs, &crossprof, &bench_dir)?;
+    let load_figures = load::figures(&crossprof, true)?;
 
     let mut missing = Vec::new();
     let mut figures = figures(&plain, &profiled, &mut missing);
@@ -189,6 +193,7 @@ pub fn run(args: &Args) -> Result<()> {
     figures.extend(offcpu_figures);
     figures.extend(http_figures);
     figures.extend(agent_figures);
+    figures.extend(load_figures);
     println!();
     print!("{}", table(&figures));
     let met = figures.iter().filter(|f| f.ok() == Some(true)).count();

@@ -1,0 +1,214 @@
+//! The kernel crossprof runs on (issue #17): what it says before loading
+//! anything on a kernel that lacks what a mode needs, the frame-pointer walk it
+//! falls back to where the other walks would not load, and every program's
+//! budget (stack and instructions), checked here so that a change that would
+//! break Linux 6.1 or 6.12 fails on this kernel too. The programs themselves
+//! run on 6.1 and 6.12 in `cargo xtask vmtest`.
+//!
+//! A kernel without a feature is played by `CROSSPROF_ASSUME_MISSING` (the
+//! preflight believes the kernel lacks the features it names) and, for BTF, by
+//! `CROSSPROF_BTF` pointing nowhere.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use crossprof_tests::{
+    Run, count_where, crossprof_bin, native_fixture, out_dir, output_within, read_folded,
+    read_summary,
+};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `uname -r`.
+fn release() -> String {
+    let out = Command::new("uname").arg("-r").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `crossprof ARGS` with `env`.
+fn crossprof(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut cmd = Command::new(crossprof_bin());
+    cmd.args(args).envs(env.iter().copied());
+    output_within(&mut cmd, LIMIT)
+}
+
+/// Records the frame-pointer C chain for 3 s on a kernel that lacks what
+/// `env` says: the chain is whole in >= 80% of samples, the summary says
+/// how stacks were walked and what the kernel lacks, and one note says so.
+fn assert_frame_pointer_run(name: &str, env: &[(&str, &str)], missing: &str) {
+    let chain = native_fixture("chain");
+    let dir = out_dir(name);
+    let run = crossprof(env, &["record", "-o", s(&dir), "--", s(&chain), "3"]);
+    assert!(run.status.success(), "{name}: {}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (hit, all) = count_where(&stacks, "chain", |st| {
+        st.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= 150, "{name}: only {all} samples");
+    assert!(
+        hit * 100 >= all * 80,
+        "{name}: main;outer;middle;hot in {hit} of {all}:\n{stacks:#?}"
+    );
+    let summary = read_summary(&dir);
+    assert_eq!(summary["kernel"]["walk"], "frame pointers only", "{name}");
+    assert_eq!(summary["kernel"]["release"], release().as_str(), "{name}");
+    let lacks: Vec<&str> = summary["kernel"]["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert!(
+        lacks.iter().any(|m| m.contains(missing)),
+        "{name}: {lacks:?}"
+    );
+    // The rules walk never ran: the frame-pointer program was loaded instead.
+    assert_eq!(summary["counters"]["native_unwinds"], 0, "{name}");
+    let notes: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("frame pointers only"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{name}: {}", run.stderr);
+    assert!(notes[0].contains(missing), "{name}: {}", notes[0]);
+}
+
+/// Ubuntu 22.04's 5.15 has no `bpf_loop`: cpu profiles by frame pointers.
+#[test]
+fn a_kernel_without_bpf_loop_samples_by_frame_pointers_and_says_so() {
+    assert_frame_pointer_run(
+        "kernel_no_bpf_loop",
+        &[("CROSSPROF_ASSUME_MISSING", "bpf_loop")],
+        "the bpf_loop helper (Linux 5.17)",
+    );
+}
+
+/// A kernel built without BTF: cpu profiles by frame pointers, modes that
+/// need BTF are refused before anything is loaded, naming what runs.
+#[test]
+fn a_kernel_without_btf_samples_by_frame_pointers_and_refuses_off_cpu() {
+    let no_btf = [("CROSSPROF_BTF", "/nonexistent/vmlinux")];
+    assert_frame_pointer_run("kernel_no_btf", &no_btf, "kernel BTF");
+    let dir = out_dir("kernel_no_btf_offcpu").join("out");
+    let run = crossprof(
+        &no_btf,
+        &["record", "--mode", "offcpu", "-o", s(&dir), "--", "true"],
+    );
+    assert_refused(
+        &run,
+        &dir,
+        &[
+            "--mode offcpu needs kernel BTF (CONFIG_DEBUG_INFO_BTF), which Linux has from 5.4",
+            &format!("this kernel is {}", release()),
+            "what runs here: cpu (frame pointers only), goblock",
+        ],
+    );
+}
+
+/// A kernel older than 5.18 (sched_switch without `prev_state`): off-CPU
+/// modes are refused in one line, before anything is written.
+#[test]
+fn off_cpu_on_a_kernel_without_it_is_refused_in_one_line() {
+    let env = [("CROSSPROF_ASSUME_MISSING", "sched_switch_prev_state")];
+    for (mode, what) in [("offcpu", "--mode offcpu"), ("wall", "--mode wall")] {
+        let dir = out_dir(&format!("kernel_refused_{mode}")).join("out");
+        let run = crossprof(
+            &env,
+            &["record", "--mode", mode, "-o", s(&dir), "--", "true"],
+        );
+        assert_refused(
+            &run,
+            &dir,
+            &[
+                &format!(
+                    "{what} needs sched_switch's prev_state argument, which Linux has from 5.18"
+                ),
+                &format!("this kernel is {}", release()),
+                "what runs here: cpu, goblock, --go-states, --group-by trace",
+            ],
+        );
+    }
+    // The agent too.
+    let dir = out_dir("kernel_refused_agent").join("store");
+    let run = crossprof(
+        &env,
+        &[
+            "agent",
+            "--off-cpu",
+            "--dir",
+            s(&dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_refused(
+        &run,
+        &dir,
+        &["crossprof agent (--mode wall) needs sched_switch's prev_state argument"],
+    );
+}
+
+/// Exit 2, one line with every one of `needles`, no output folder.
+fn assert_refused(run: &Run, dir: &Path, needles: &[&str]) {
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {}", run.stderr);
+    for n in needles {
+        assert!(lines[0].contains(n), "{:?} lacks {n:?}", lines[0]);
+    }
+    assert!(!dir.exists(), "{} written on a refusal", dir.display());
+}
+
+/// Every program loads here within the budget that also fits Linux 6.1 and
+/// 6.12: each call chain's stack (the verifier sums a chain's frames, 512
+/// bytes at most before 6.13's private stacks) and the instructions the
+/// verifier processes (6.1 and 6.12 process ~2.4x this kernel's count for the
+/// sampler, under the 1M limit everywhere only with room to spare).
+#[test]
+fn every_program_loads_within_the_budget_of_every_kernel() {
+    let run = crossprof(&[], &["check", "--load", "--json"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["release"], release().as_str());
+    let programs = report["programs"].as_array().unwrap();
+    assert_eq!(programs.len(), 12, "{programs:#?}");
+    for p in programs {
+        let name = p["name"].as_str().unwrap();
+        assert!(p["refused"].is_null(), "{name} refused: {}", p["refused"]);
+        let stack = p["stack"].as_u64().unwrap();
+        assert!(
+            stack <= 480,
+            "{name}: stack {stack} bytes, budget 480 (limit 512)"
+        );
+        let insns = p["verified_insns"].as_u64().unwrap();
+        let budget = match name {
+            "cpu_sample" | "off_cpu_start" | "off_cpu_end" => 150_000,
+            _ => 20_000,
+        };
+        assert!(
+            insns <= budget,
+            "{name}: {insns} instructions verified, budget {budget}"
+        );
+    }
+    // Every mode runs here.
+    let modes: Vec<&str> = report["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            "cpu",
+            "offcpu",
+            "wall",
+            "goblock",
+            "--go-states",
+            "--group-by trace"
+        ]
+    );
+}
