@@ -324,7 +324,8 @@ pub(crate) struct Stepped {
 /// rest of the walk once for each (~29k instructions of the sampler's 63k,
 /// ~20% of its load time); read back from memory they are one unknown state.
 #[inline(never)]
-pub(crate) fn leaf_step(tgid: u32) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn crossprof_leaf_step(tgid: u32) -> u32 {
     let Some(walks) = crate::native::walks() else {
         return 0;
     };
@@ -368,7 +369,7 @@ pub fn unwind_user(
     }
     // The leaf, on its own: the prolog and epilog replays are checked once.
     ips[first] = ip;
-    leaf_step(tgid);
+    crossprof_leaf_step(tgid);
     let Some(walks) = crate::native::walks() else {
         return 1;
     };

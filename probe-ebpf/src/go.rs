@@ -100,7 +100,8 @@ pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
 ///
 /// A subprogram (a call, not inlined): its frame exists only while it runs.
 #[inline(never)]
-pub fn sample_fields(tgid: u32, at: u32) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn crossprof_go_sample_fields(tgid: u32, at: u32) -> u32 {
     let Some(walks) = crate::native::walks() else {
         return 0;
     };

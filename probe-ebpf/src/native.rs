@@ -241,7 +241,7 @@ pub(crate) fn record(
     // The words at the user stack pointer, for a leaf without a frame record
     // (zeros where unreadable: the read zero-fills on a fault).
     if have_regs {
-        crate::go::sample_fields(tgid, (kernel_frames + user_frames) as u32);
+        crate::go::crossprof_go_sample_fields(tgid, (kernel_frames + user_frames) as u32);
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
         unsafe {
@@ -692,7 +692,7 @@ pub fn unwind_by_rules(
         };
         // SAFETY: this CPU's scratch slot; first < MAX_FRAMES.
         unsafe { (*scratch).ips[first] = r.ip };
-        crate::dotnet::leaf_step(tgid);
+        crate::dotnet::crossprof_leaf_step(tgid);
         let Some(state) = walks() else {
             return 1;
         };

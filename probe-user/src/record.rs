@@ -359,12 +359,7 @@ impl Pipeline {
             self.poll_native_unwind();
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
-        if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
-            && !self.dotnet_tables_error
-        {
-            log::warn!("{e}: .NET stacks are walked by frame pointers only");
-            self.dotnet_tables_error = true;
-        }
+        self.poll_dotnet_unwind_now();
         let fresh = self.agg.take_fresh();
         if !fresh.is_empty() {
             self.symbolizer.submit(&fresh, &self.procs.modules);
@@ -391,6 +386,16 @@ impl Pipeline {
             .or_insert(0) += 1;
         if !seen {
             self.symbolizer.submit(&[frame], &self.procs.modules);
+        }
+    }
+
+    /// Gives the kernel the frame shapes of .NET processes' new JIT methods.
+    pub(crate) fn poll_dotnet_unwind_now(&mut self) {
+        if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
+            && !self.dotnet_tables_error
+        {
+            log::warn!("{e}: .NET stacks are walked by frame pointers only");
+            self.dotnet_tables_error = true;
         }
     }
 
@@ -580,6 +585,9 @@ pub(crate) fn kernel_request(args: &RecordArgs) -> String {
     }
     parts.join(" ")
 }
+
+/// How long sampling a running .NET target waits for its perf map (see `run`).
+const DOTNET_ATTACH_WAIT: Duration = Duration::from_secs(2);
 
 /// What the agent selects beyond `--pid`.
 #[derive(Debug, Default)]
@@ -872,6 +880,21 @@ async fn run(
         pipeline.poll_go(&mut sampler);
     }
     if child.is_none() {
+        // A running .NET target's JIT code is walked by the frame shapes
+        // read from its perf map, which the runtime writes once asked (over
+        // its diagnostics socket, on a thread): sampling starts once they are
+        // in the kernel, or its first samples in frameless methods lose their
+        // callers. At most 2 s; the duration counts from the attach.
+        let wait = Instant::now();
+        if pipeline.procs.dotnet_pending(&pids) {
+            while pipeline.procs.dotnet_pending(&pids) && wait.elapsed() < DOTNET_ATTACH_WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Past the shapes' own rate limit (50 ms), so that this poll reads
+            // the map the runtime has just started writing.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            pipeline.poll_dotnet_unwind_now();
+        }
         sampler.attach()?;
     }
     let mut status = Status::new(args.quiet);

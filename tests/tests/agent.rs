@@ -610,7 +610,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap()
 }
 
-/// `CROSSPROF_SOAK_SECS` (CI sets 1200), else 150 seconds; a quarter of it,
+/// `CROSSPROF_SOAK_SECS` (CI sets 600), else 150 seconds; a quarter of it,
 /// at least a minute, is warm-up.
 fn soak_secs() -> u64 {
     std::env::var("CROSSPROF_SOAK_SECS")

@@ -9,8 +9,8 @@
 use std::{path::Path, process::Command};
 
 use crossprof_tests::{
-    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, emulated, out_dir, read_folded,
-    read_summary, record_target,
+    Dotnet, FoldedStack, Go, GoBuild, Run, count_where, emulated, fixture_secs, out_dir,
+    read_folded, read_summary, record_target,
 };
 
 /// Does `stack` hold `chain` in order (other frames between), a call the Go
@@ -194,7 +194,7 @@ fn csharp_to_go_to_c_to_go_is_one_stack_with_every_go_version() {
     for go in Go::tested() {
         let lib = go.fixture("cgo", GoBuild::CShared);
         let name = format!("pinvoke_go{}", go.version());
-        let mut target = runtime.command(&dll, &["3"]);
+        let mut target = runtime.command(&dll, &[&fixture_secs(3.0)]);
         target.env("LD_LIBRARY_PATH", lib.parent().unwrap_or(Path::new(".")));
         let measured = record_both(&name, &target, "dotnet", &chain);
         assert_one_stack(&name, &measured, 400);

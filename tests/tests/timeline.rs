@@ -1,7 +1,9 @@
 //! `--timeline` (issue #6): `timeline.json` is a valid Chrome trace event file
 //! with the span kinds the profile knows.
 
-use crossprof_tests::{Dotnet, build_c, out_dir, read_summary, record_command, record_target};
+use crossprof_tests::{
+    Dotnet, build_c, emulated, out_dir, read_summary, record_command, record_target,
+};
 use serde_json::Value;
 
 fn read_timeline(dir: &std::path::Path) -> Vec<Value> {
@@ -61,8 +63,11 @@ fn a_wall_timeline_has_running_samples_and_blocked_spans_per_thread() {
             .filter(move |e| e["cat"] == cat && e["tid"].as_u64() == Some(tid))
     };
     let running: f64 = on_thread("running").filter_map(|e| e["dur"].as_f64()).sum();
+    // Running spans are merged from samples: under emulation (see
+    // `emulated`) the guest's timer delivers fewer, and gaps split them.
+    let low = if emulated() { 500_000.0 } else { 800_000.0 };
     assert!(
-        (800_000.0..=1_200_000.0).contains(&running),
+        (low..=1_200_000.0).contains(&running),
         "running {running} µs"
     );
     let last_run_end = on_thread("running")

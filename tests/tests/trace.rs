@@ -51,19 +51,20 @@ fn each_request_s_work_is_under_its_trace_id() {
                 .sum()
         };
         // 100 ms of work at 999 Hz: 100 samples. Under emulation (the VM
-        // tier, see `emulated`) the guest's timer delivers fewer: each
-        // request's share is then judged against the requests' median.
+        // tier, see `emulated`) the guest's timer delivers fewer, and fewer
+        // still while the host is busy: each request must then be there, under
+        // its own trace, with a fair share of the requests' median.
         let per_request: Vec<u64> = (2..=10u32)
             .map(|i| work(&format!("trace {i:032x}")))
             .collect();
-        let expected = if emulated() {
+        let (lo, hi) = if emulated() {
             let mut sorted = per_request.clone();
             sorted.sort_unstable();
-            sorted[sorted.len() / 2].max(25)
+            let median = sorted[sorted.len() / 2].max(20);
+            (median / 4, median * 2)
         } else {
-            100
+            (80, 120)
         };
-        let (lo, hi) = (expected * 8 / 10, expected * 12 / 10);
         for (i, &n) in (2..).zip(&per_request) {
             assert!(
                 (lo..=hi).contains(&n),

@@ -394,6 +394,13 @@ impl DotnetProcess {
         }
     }
 
+    /// Has the process's perf map been read, or has asking for one ended
+    /// (either way: what can be known of its JIT code is known)?
+    pub fn perf_map_settled(&mut self) -> bool {
+        self.settle(false);
+        self.perf_map_found || !matches!(self.enabling, Enabling::Pending)
+    }
+
     /// Starts following the JIT events for source lines now (the agent, once
     /// a process has lived long enough to be worth it), on a thread of its
     /// own; once only.

@@ -564,6 +564,17 @@ impl ProcessTable {
         result
     }
 
+    /// Is one of `pids` a .NET process whose perf map is still being asked
+    /// for (see [`crate::dotnet::DotnetProcess::perf_map_settled`])?
+    pub fn dotnet_pending(&mut self, pids: &[u32]) -> bool {
+        pids.iter().any(|pid| {
+            self.procs
+                .get_mut(pid)
+                .and_then(|p| p.dotnet.as_mut())
+                .is_some_and(|d| !d.perf_map_settled())
+        })
+    }
+
     /// Gives the kernel the frame shapes of every .NET process's new JIT methods.
     /// The first failure is returned (the rest are alike).
     pub fn poll_dotnet_unwind(
