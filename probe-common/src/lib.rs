@@ -247,14 +247,10 @@ pub enum Counter {
     /// HTTP request and response starts lost: the ring buffer was full (their
     /// requests are not attributed).
     HttpEventsLost = 20,
-    /// Off-CPU spans that ended without the record built when they began: the
-    /// table of built records was full (more threads blocked at once than it
-    /// holds); their time is missing from the profile.
-    OffCpuNotBuilt = 21,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 22;
+pub const COUNTER_SLOTS: u32 = 21;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -280,7 +276,6 @@ impl Counter {
         Counter::GoBlocksShort,
         Counter::GoBlocksLost,
         Counter::HttpEventsLost,
-        Counter::OffCpuNotBuilt,
     ];
 
     /// A stable snake_case name for reports.
@@ -307,7 +302,6 @@ impl Counter {
             Counter::GoBlocksShort => "go_blocks_short_dropped",
             Counter::GoBlocksLost => "go_blocks_lost",
             Counter::HttpEventsLost => "http_events_lost",
-            Counter::OffCpuNotBuilt => "off_cpu_not_built",
         }
     }
 
@@ -320,7 +314,6 @@ impl Counter {
                 | Counter::OffCpuUntracked
                 | Counter::GoBlocksLost
                 | Counter::HttpEventsLost
-                | Counter::OffCpuNotBuilt
         )
     }
 }

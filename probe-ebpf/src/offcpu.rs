@@ -120,34 +120,51 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
 static OFF_CPU_STASH: LruHashMap<u32, SampleScratch> = LruHashMap::with_max_entries(1, 0);
 
 /// Builds the blocking thread's record now, as it leaves the CPU (its user
-/// stack is the one the call will return to), with, under `--kernel-waits`,
-/// the kernel stack kept just before; and keeps it for [`syscall_exit`],
-/// which only stamps the time away and sends it. The walk happens here, off
-/// the path of the thread that woke it: when the call returns, the woken
-/// thread goes on at once (the ping-pong bench: +8% with the walk at the
-/// return, where every message waited for it).
+/// stack is the one the call will return to), and keeps it for
+/// [`syscall_exit`], which only stamps the time away and sends it. The walk
+/// happens here, off the path of the thread that woke it: when the call
+/// returns, the woken thread goes on at once (the ping-pong bench: +8% with the
+/// walk at the return, where every message waited for it).
 #[inline(always)]
 fn build_at_switch(ctx: &BtfTracePointContext, pid_tgid: u64, away: &Away) {
+    record_span(ctx.as_ptr(), pid_tgid, away, 0, native::Output::Stash);
+}
+
+/// Builds the record of thread `pid_tgid`'s span `away` (`ns` long, 0 when not
+/// known yet) with its user stack and, with `--kernel-waits`, the kernel stack
+/// kept at the switch, into `output`.
+#[inline(always)]
+fn record_span(
+    ctx: *mut core::ffi::c_void,
+    pid_tgid: u64,
+    away: &Away,
+    ns: u64,
+    output: native::Output,
+) {
     let kernel = kernel_frames(pid_tgid as u32);
     crate::set_scratch_busy(true);
     native::record(
-        ctx.as_ptr(),
+        ctx,
         pid_tgid,
         kernel,
         native::Regs::Saved,
         Some(OffCpu {
-            ns: 0,
+            ns,
             state: away.state,
             syscall: away.syscall,
         }),
-        native::Output::Stash,
+        output,
     );
     crate::set_scratch_busy(false);
 }
 
+/// Blocks this long or longer are walked again at the call's return (see
+/// [`syscall_exit`]).
+const REWALK_NS: u64 = 1_000_000;
+
 /// Keeps the record built in `scratch` for thread `tid` (see
 /// [`build_at_switch`]); when the table is full the least recently used goes,
-/// and that span is counted as not built when it ends.
+/// and that thread is walked at its return instead.
 #[inline(always)]
 pub(crate) fn stash(tid: u32, scratch: &SampleScratch) {
     let _ = OFF_CPU_STASH.insert(tid, scratch, 0);
@@ -221,11 +238,14 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         let _ = OFF_CPU_STASH.remove(tid);
         return;
     }
-    // Built at the switch: stamped and sent. Nothing is walked here: the
-    // user stack has not changed while the thread was away, and a walk here
-    // would make this program as costly to verify as the sampler (it was
-    // ~150 ms of a wall run's start on 6.18, ~125k instructions on 6.1).
-    if let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) {
+    // Built at the switch: stamp and send — for a short block. A long one is
+    // walked again now: the collector's unwind tables may have grown since
+    // (a process that blocked before its rules were placed, JIT code
+    // registered meanwhile), and at one walk per long block the cost is
+    // nothing.
+    if ns >= REWALK_NS {
+        let _ = OFF_CPU_STASH.remove(tid);
+    } else if let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) {
         // SAFETY: the map value is this thread's (only its own switch-out and
         // call return touch it), valid for this run.
         unsafe {
@@ -234,9 +254,12 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
             native::send(ctx.as_ptr(), &*record);
         }
         let _ = OFF_CPU_STASH.remove(tid);
-    } else {
-        // Evicted: more threads blocked at once than the table holds.
-        count(Counter::OffCpuNotBuilt);
+        let _ = AWAY_STACKS.remove(tid);
+        return;
     }
+    // Not built at the switch (the stash was full), or a long block: walked
+    // now. The kernel stack is the one kept at the switch (`--kernel-waits`):
+    // at the call's return it is only the exit path and this program.
+    record_span(ctx.as_ptr(), pid_tgid, &away, ns, native::Output::Ring);
     let _ = AWAY_STACKS.remove(tid);
 }
