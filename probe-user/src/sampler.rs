@@ -680,12 +680,13 @@ pub struct LoadFigures {
     pub wall_ns: u64,
 }
 
+/// A program's name, and what loading it cost or why it did not load.
+pub type ProgramLoad = (&'static str, Result<LoadFigures, SamplerError>);
+
 /// Loads each of `programs` (names in [`ALL_PROGRAMS`]) from one fresh
 /// object, as a run would (off-CPU stash at its off-CPU size): what each
 /// cost, or why the kernel refused it. Nothing is attached.
-pub fn load_each(
-    programs: &[&'static str],
-) -> Result<Vec<(&'static str, Result<LoadFigures, SamplerError>)>, SamplerError> {
+pub fn load_each(programs: &[&'static str]) -> Result<Vec<ProgramLoad>, SamplerError> {
     let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
     let mut ebpf = EbpfLoader::new()
         .btf(None)

@@ -178,10 +178,8 @@ fn depth(insns: &[bpf_insn]) -> u32 {
                 }
             }
             _ => {
-                if class == 0x01 || class == 0x04 || class == 0x00 {
-                    if dst < 11 {
-                        from_r10[dst] = None;
-                    }
+                if (class == 0x01 || class == 0x04 || class == 0x00) && dst < 11 {
+                    from_r10[dst] = None;
                 }
                 if class == 0x05 && insn.code == BPF_JMP_CALL {
                     // A call clobbers R0-R5.
