@@ -688,7 +688,16 @@ pub(crate) async fn start(
         _ => Ok(None),
     };
     let child = if has_command {
-        Some(spawn_registered(&args.command, &sampler)?)
+        // A Go command's goroutine layout goes into the kernel from the child
+        // itself, before exec: its first samples carry their goroutine (and
+        // trace) as later ones do, however long reading its binary takes.
+        let go = program.and_then(|exe| go_offsets_before_exec(&procs, exe));
+        let go = go.map(|offsets| {
+            use aya::maps::IterableMap;
+            use std::os::fd::{AsFd, AsRawFd};
+            (go_pids.map().fd().as_fd().as_raw_fd(), offsets)
+        });
+        Some(spawn_registered(&args.command, &sampler, go)?)
     } else {
         None
     };
@@ -763,19 +772,44 @@ fn tracking(
     }
 }
 
-/// Starts `command`; the child puts its own pid in the target set between `fork`
-/// and `exec`, so not one sample of it is missed.
+/// The goroutine offsets the kernel needs for the Go executable `exe`, known
+/// before it runs: its layout, and, when it is not position-independent (Go's
+/// default on amd64), where its signal trampolines are. `None` when `exe` is
+/// not Go or its version is not known. `poll_go` later writes the same entry
+/// with the trampolines of a position-independent one.
+fn go_offsets_before_exec(
+    procs: &ProcessTable,
+    exe: &std::path::Path,
+) -> Option<probe_common::go::GoOffsets> {
+    let exe = exe.canonicalize().ok()?;
+    let table = procs.modules.go.get(&exe)?;
+    let mut offsets = crate::go::layout(&table)?.offsets;
+    if crate::native::elf::is_fixed_address(&exe) {
+        if let Some((start, end)) = table.function("runtime.sigtramp") {
+            offsets.sigtramp = [start, end];
+        }
+        if let Some((start, _)) = table.function("runtime.cgoSigtramp") {
+            offsets.cgo_sigtramp = start;
+        }
+    }
+    Some(offsets)
+}
+
+/// Starts `command`; the child puts its own pid in the target set (and, with
+/// `go`, its goroutine offsets in the kernel's Go table) between `fork` and
+/// `exec`, so not one sample of it is missed.
 fn spawn_registered(
     command: &[OsString],
     sampler: &Sampler,
+    go: Option<(std::os::fd::RawFd, probe_common::go::GoOffsets)>,
 ) -> Result<tokio::process::Child, Error> {
     let targets_fd = sampler.targets_fd();
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: the closure only issues the bpf(2) syscall (async-signal-safe) on
-    // memory of its own stack.
+    // memory of its own stack and copied plain data.
     unsafe {
-        cmd.pre_exec(move || register_self_in_child(targets_fd));
+        cmd.pre_exec(move || register_self_in_child(targets_fd, go));
     }
     cmd.spawn().map_err(|e| {
         UsageError::Spawn {

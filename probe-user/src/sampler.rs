@@ -611,11 +611,28 @@ impl Sampler {
 /// `bpf(BPF_MAP_UPDATE_ELEM)`: async-signal-safe, so a forked child can run it
 /// between `fork` and `exec` and be sampled from its first instruction, without
 /// the parent having to learn its pid first (std's `spawn` only returns after
-/// `exec`).
+/// `exec`). With `go`, the child also puts its goroutine layout in the kernel's
+/// Go table (`go_pids`'s fd, the offsets its binary needs), so that its first
+/// samples carry their goroutine too.
+pub fn register_self_in_child(
+    targets_fd: RawFd,
+    go: Option<(RawFd, GoOffsets)>,
+) -> io::Result<()> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    update_elem(targets_fd, &pid, &1u8)?;
+    if let Some((fd, offsets)) = go {
+        update_elem(fd, &pid, &offsets)?;
+    }
+    Ok(())
+}
+
+/// `bpf(BPF_MAP_UPDATE_ELEM, map_fd, key, value, BPF_ANY)`, nothing else (no
+/// allocation, no lock: callable between `fork` and `exec`).
 ///
 /// Layout of the `bpf_attr` member for `BPF_MAP_*_ELEM` (include/uapi/linux/bpf.h):
 /// `u32 map_fd; (pad) u64 key; u64 value; u64 flags`.
-pub fn register_self_in_child(targets_fd: RawFd) -> io::Result<()> {
+fn update_elem<K, V>(map_fd: RawFd, key: &K, value: &V) -> io::Result<()> {
     #[repr(C)]
     struct MapElemAttr {
         map_fd: u32,
@@ -625,14 +642,11 @@ pub fn register_self_in_child(targets_fd: RawFd) -> io::Result<()> {
         flags: u64,
     }
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() } as u32;
-    let value = 1u8;
     let attr = MapElemAttr {
-        map_fd: targets_fd as u32,
+        map_fd: map_fd as u32,
         _pad: 0,
-        key: &pid as *const u32 as u64,
-        value: &value as *const u8 as u64,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
         flags: 0,
     };
     // SAFETY: `attr` and the key and value it points to live across the call, and

@@ -18,9 +18,8 @@ use crossprof_tests::{
 /// each with its own traceparent, each handler burning 100 ms of CPU. At 999 Hz,
 /// each request from the second on has ~100 samples of `main.work` under
 /// `trace <its id>` (within 20%); no client frame (`main.main`) is under a
-/// trace; the first request (during the process's start, before its
-/// goroutines are known) is partly `[no trace]` — unattributed, never under
-/// another trace; every request was seen with its trace (summary.json); the
+/// trace, the first one too (the goroutine layout is in the kernel before the
+/// command runs); next to nothing is `[no trace]`; every request was seen with its trace (summary.json); the
 /// samples in the vDSO (`time.Now`, run on the thread's g0 stack with R14 still
 /// the goroutine) keep their goroutine, so most are under a trace too. Normal
 /// and PIE builds of the newest and oldest toolchains.
@@ -53,30 +52,30 @@ fn each_request_s_work_is_under_its_trace_id() {
         // 100 ms of work at 999 Hz: 100 samples. Under emulation (the VM
         // tier, see `emulated`) the guest's timer delivers fewer, and fewer
         // still while the host is busy: each request must then be there, under
-        // its own trace, with a fair share of the requests' median.
-        let per_request: Vec<u64> = (2..=10u32)
+        // its own trace, with a fair share of the requests' median (a
+        // request's count varies up to 2.5 times its median there).
+        let per_request: Vec<u64> = (1..=10u32)
             .map(|i| work(&format!("trace {i:032x}")))
             .collect();
         let (lo, hi) = if emulated() {
             let mut sorted = per_request.clone();
             sorted.sort_unstable();
             let median = sorted[sorted.len() / 2].max(20);
-            (median / 4, median * 2)
+            (median / 4, median * 3)
         } else {
             (80, 120)
         };
-        for (i, &n) in (2..).zip(&per_request) {
+        for (i, &n) in (1..).zip(&per_request) {
             assert!(
                 (lo..=hi).contains(&n),
                 "{what}: request {i}: {n} samples of main.work under its trace, \
                  expected {lo} to {hi}:\n{stacks:#?}"
             );
         }
-        let first = work(&format!("trace {:032x}", 1));
         let unattributed = work("[no trace]");
         assert!(
-            first + unattributed >= lo && unattributed <= hi,
-            "{what}: first request {first} + [no trace] {unattributed}"
+            unattributed * 20 <= lo * 4,
+            "{what}: {unattributed} samples of main.work under [no trace]"
         );
         assert!(
             !stacks

@@ -78,6 +78,22 @@ pub fn entry_file_offset(head: &[u8]) -> Option<u64> {
         })
 }
 
+/// Whether the ELF file `head` starts (its first 18 bytes) is loaded at the
+/// addresses it names (`ET_EXEC`): then its symbols are its addresses in any
+/// process, known before it runs.
+pub fn is_fixed_address_head(head: &[u8]) -> bool {
+    head.get(..4) == Some(b"\x7fELF") && u16_at(head, 0x10) == Some(2)
+}
+
+/// [`is_fixed_address_head`] of the file at `path` (false if unreadable).
+pub fn is_fixed_address(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 18];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| is_fixed_address_head(&head))
+}
+
 impl Elf {
     /// Reads the headers of `d`; `None` if it is not a little-endian ELF64 file.
     pub fn parse(d: &[u8]) -> Option<Self> {
@@ -346,6 +362,16 @@ impl Drop for MappedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_et_exec_files_are_at_fixed_addresses() {
+        let mut head = *b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0";
+        assert!(is_fixed_address_head(&head));
+        head[16] = 3; // ET_DYN: a PIE or a library
+        assert!(!is_fixed_address_head(&head));
+        assert!(!is_fixed_address_head(&head[..17]));
+        assert!(!is_fixed_address_head(b"#!/bin/sh\nexec true\n"));
+    }
 
     #[test]
     fn build_ids_of_c_and_go_binaries_and_the_kernel() {
