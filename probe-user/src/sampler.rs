@@ -614,10 +614,7 @@ impl Sampler {
 /// `exec`). With `go`, the child also puts its goroutine layout in the kernel's
 /// Go table (`go_pids`'s fd, the offsets its binary needs), so that its first
 /// samples carry their goroutine too.
-pub fn register_self_in_child(
-    targets_fd: RawFd,
-    go: Option<(RawFd, GoOffsets)>,
-) -> io::Result<()> {
+pub fn register_self_in_child(targets_fd: RawFd, go: Option<(RawFd, GoOffsets)>) -> io::Result<()> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     update_elem(targets_fd, &pid, &1u8)?;
