@@ -305,7 +305,9 @@ impl Counter {
         }
     }
 
-    /// True for the counters that mean a sample was lost.
+    /// True for the counters that mean a sample (an on-CPU sample, an
+    /// off-CPU span, a goroutine wait) was lost. (HTTP events lost are not
+    /// samples: `http_events_lost` counts them apart.)
     pub fn is_drop(self) -> bool {
         matches!(
             self,
@@ -313,8 +315,18 @@ impl Counter {
                 | Counter::DropNoScratch
                 | Counter::OffCpuUntracked
                 | Counter::GoBlocksLost
-                | Counter::HttpEventsLost
         )
+    }
+
+    /// How the final line names a loss this counter counts.
+    pub fn lost_as(self) -> &'static str {
+        match self {
+            Counter::DropRingFull => "ring buffer full",
+            Counter::DropNoScratch => "while the CPU's record buffer was taken",
+            Counter::OffCpuUntracked => "off-CPU spans untracked (table full)",
+            Counter::GoBlocksLost => "goroutine waits",
+            other => other.name(),
+        }
     }
 }
 

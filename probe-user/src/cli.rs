@@ -107,8 +107,41 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if !(bytes.is_finite() && bytes >= 1.0) {
         return Err(bad());
     }
+    // A size past what a disk holds is a typo, not a limit: said, never
+    // saturated into "no limit".
+    if bytes > MAX_SIZE as f64 {
+        return Err(format!(
+            "{s:?} is more than {} PiB: give a size a disk can hold, e.g. 1GB",
+            MAX_SIZE >> 50
+        ));
+    }
+    if bytes < MIN_SIZE as f64 {
+        return Err(format!(
+            "{s:?} cannot hold a window: give at least {MIN_SIZE} bytes (4KB)"
+        ));
+    }
     Ok(bytes as u64)
 }
+
+/// The largest size [`parse_size`] takes (1 EiB).
+pub const MAX_SIZE: u64 = 1 << 60;
+/// The smallest (a window's files take a few KiB).
+pub const MIN_SIZE: u64 = 4096;
+
+/// `--window`: a duration (see [`parse_duration`]) of at least
+/// [`MIN_WINDOW`]: each window is two files written and synced.
+pub fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_WINDOW {
+        return Err(format!(
+            "{s:?} is shorter than {MIN_WINDOW:?}: each window is two files on disk; give e.g. 10s"
+        ));
+    }
+    Ok(d)
+}
+
+/// The shortest `--window`.
+pub const MIN_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `crossprof agent` options.
 #[derive(Debug, Clone, Args)]
@@ -116,7 +149,7 @@ pub struct AgentArgs {
     /// Profile only this process (and its threads); repeat for several.
     /// Without --pid, --comm or --cgroup, the whole host, processes that
     /// start later included.
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(allow_negative_numbers = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
     /// Profile the processes with this name (as `ps -o comm` shows it, at
@@ -132,7 +165,7 @@ pub struct AgentArgs {
     pub cgroups: Vec<PathBuf>,
 
     /// Samples per second on each CPU.
-    #[arg(long, value_name = "HZ", default_value_t = 19)]
+    #[arg(allow_negative_numbers = true, long, value_name = "HZ", default_value_t = 19)]
     pub freq: u64,
 
     /// Also profile off-CPU time: each stack a thread blocked with (a system
@@ -144,7 +177,7 @@ pub struct AgentArgs {
 
     /// With --off-cpu: leave out off-CPU spans shorter than this many
     /// microseconds (dropped in the kernel).
-    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1000)]
     pub min_block: u64,
 
     /// Also profile goroutine waits in Go processes: each goroutine that
@@ -156,11 +189,11 @@ pub struct AgentArgs {
 
     /// With --go-waits: leave out goroutine waits shorter than this many
     /// microseconds (dropped in the kernel).
-    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1000)]
     pub min_go_wait: u64,
 
     /// Length of a window: 60s, 5m, ...
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    #[arg(allow_hyphen_values = true, long, value_name = "DURATION", value_parser = parse_window, default_value = "60s")]
     pub window: std::time::Duration,
 
     /// Folder the windows are written to (created 0700; files 0600).
@@ -168,11 +201,11 @@ pub struct AgentArgs {
     pub dir: PathBuf,
 
     /// Delete windows older than this: 24h, 7d, ...
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+    #[arg(allow_hyphen_values = true, long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
     pub retain: std::time::Duration,
 
     /// Keep the folder's windows under this size, oldest deleted first: 1GB, 200MB, ...
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1GB")]
+    #[arg(allow_hyphen_values = true, long, value_name = "SIZE", value_parser = parse_size, default_value = "1GB")]
     pub max_disk: u64,
 
     /// Address of the HTTP server. Anything but a loopback address needs
@@ -326,13 +359,13 @@ pub struct RecordArgs {
     /// waits shorter than this many microseconds, in the kernel (counted in
     /// summary.json as off_cpu_short_dropped and go_blocks_short_dropped), e.g.
     /// --min-block 1000 for waits of 1 ms and more.
-    #[arg(long, value_name = "USECS", default_value_t = 1)]
+    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1)]
     pub min_block: u64,
 
     /// With --mode wall or goblock: a threshold of its own for goroutine
     /// waits, in microseconds (default: --min-block's), e.g. --min-block 1000
     /// --min-go-wait 100.
-    #[arg(long, value_name = "USECS")]
+    #[arg(allow_negative_numbers = true, long, value_name = "USECS")]
     pub min_go_wait: Option<u64>,
 
     /// With --mode offcpu or wall: also show where in the kernel each wait
@@ -343,17 +376,17 @@ pub struct RecordArgs {
 
     /// Profile this process and all its threads; repeat for several (--pid 10 --pid 20).
     /// Without --pid and without a command, the whole system is profiled.
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(allow_negative_numbers = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
     /// Stop after this many seconds (decimals allowed: --duration 2.5). Default: until
     /// Ctrl-C or SIGTERM, or until the command exits.
-    #[arg(long, value_name = "SECS")]
+    #[arg(allow_negative_numbers = true, long, value_name = "SECS")]
     pub duration: Option<f64>,
 
     /// Samples per second on each CPU, e.g. --freq 999. At most the kernel's
     /// perf_event_max_sample_rate.
-    #[arg(long, value_name = "HZ", default_value_t = 99)]
+    #[arg(allow_negative_numbers = true, long, value_name = "HZ", default_value_t = 99)]
     pub freq: u64,
 
     /// What to write besides summary.json; repeat or separate with commas:
@@ -455,7 +488,7 @@ pub struct RecordArgs {
     /// `[blocked: io]`, `[wait: sync.Mutex.Lock]`, ...; implies --group-by
     /// trace, and --mode wall unless another mode is given; goroutine waits need
     /// --mode goblock): crossprof record --slow-ms 200 --mode goblock --pid 10.
-    #[arg(long, value_name = "MS")]
+    #[arg(allow_negative_numbers = true, long, value_name = "MS")]
     pub slow_ms: Option<u64>,
 
     /// No live status line on stderr (the final summary line is still printed),

@@ -41,11 +41,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
         path: args.output.clone(),
         source,
     })?;
-    let write = |path: &Path| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(path)?;
-        f.write_all(&svg)
-    };
-    write(&args.output).map_err(|source| {
+    write_output(&args.output, &svg).map_err(|source| {
         Error::Usage(UsageError::OutputDir {
             path: args.output.clone(),
             source,
@@ -59,6 +55,34 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
     );
     Ok(0)
 }
+
+/// Writes `data` to `path` as [`crate::files`] writes outputs: a new private
+/// file of a name no one can guess in `path`'s folder, renamed into place (a
+/// full disk leaves nothing half-written; a link planted at `path` is
+/// replaced, not written through).
+fn write_output(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let folder = crate::files::OutFolder::open(dir)?;
+    let (mut f, tmp) = folder.create_temp(name)?;
+    let written = f.write_all(data).and_then(|()| f.sync_data());
+    match written.and_then(|()| folder.rename(&tmp, name)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = folder.remove(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The largest profile `diff` reads.
+const MAX_INPUT: u64 = 1 << 30;
 
 /// Draws the differential flamegraph of `before` -> `after` (folded stacks).
 pub fn render(
@@ -86,7 +110,7 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, u64>, UsageError> {
         path: path.to_path_buf(),
         why,
     };
-    let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let data = read_bounded(path).map_err(|e| bad(e.to_string()))?;
     if data.is_empty() {
         return Err(bad("the file is empty".into()));
     }
@@ -110,18 +134,52 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, u64>, UsageError> {
             (v > 0).then(|| (strip(&stack), v as u64))
         })
         .fold(BTreeMap::new(), |mut m, (k, v)| {
-            *m.entry(k).or_insert(0) += v;
+            let total = m.entry(k).or_insert(0u64);
+            *total = total.saturating_add(v);
             m
         }))
 }
 
+/// Reads `path`: a regular file (a FIFO would block), at most
+/// [`MAX_INPUT`] bytes.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_INPUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_INPUT >> 20),
+        ));
+    }
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT), &mut data)?;
+    Ok(data)
+}
+
 /// Folded lines (`a;b;c 12`), annotations dropped; `None` if a line is not one.
-fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
+pub fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let (stack, count) = line.trim_end().rsplit_once(' ')?;
         let count: u64 = count.parse().ok()?;
-        *out.entry(strip(stack)).or_insert(0) += count;
+        // Each frame as crossprof's own outputs have it (no control
+        // character reaches the SVG).
+        let frames: Vec<_> = strip(stack)
+            .split(';')
+            .map(|f| crate::symbolize::sanitize(f).into_owned())
+            .collect();
+        let total = out.entry(frames.join(";")).or_insert(0u64);
+        *total = total.saturating_add(count);
     }
     (!out.is_empty()).then_some(out)
 }
@@ -142,7 +200,9 @@ pub fn differential_lines(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> Vec<String> {
-    let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>().max(1) as f64;
+    let total = |m: &BTreeMap<String, u64>| {
+        m.values().fold(0u64, |a, &v| a.saturating_add(v)).max(1) as f64
+    };
     let (tb, ta) = (total(before), total(after));
     let mut stacks: Vec<&String> = before.keys().chain(after.keys()).collect();
     stacks.sort();

@@ -58,6 +58,11 @@ pub enum UsageError {
     /// `--duration` is not a positive number of seconds.
     #[error("--duration {0} is not a positive number of seconds: use e.g. --duration 10")]
     Duration(f64),
+    /// `--duration` too long for the clock.
+    #[error(
+        "--duration {0} is longer than a hundred years: give a shorter one, or none to record until the command exits or Ctrl-C"
+    )]
+    DurationTooLong(f64),
     /// `--kernel-waits` without off-CPU spans to give them to.
     #[error("--kernel-waits needs off-CPU spans: add --mode offcpu or --mode wall")]
     KernelWaits,
@@ -74,6 +79,24 @@ pub enum UsageError {
         "--comm {0:?} is longer than 15 bytes, the kernel's limit for process names: give the name as `ps -o comm` shows it"
     )]
     CommTooLong(String),
+    /// An empty `--comm`.
+    #[error("--comm \"\" is empty: give a process name as `ps -o comm` shows it")]
+    CommEmpty,
+    /// `record --` with nothing after it.
+    #[error(
+        "nothing after --: give the command to profile after it, or leave -- out to profile the whole system"
+    )]
+    NoCommand,
+    /// A `--pid` that is a zombie.
+    #[error(
+        "process {0} is a zombie (it exited; its parent has not collected it): there is nothing of it to profile"
+    )]
+    Zombie(u32),
+    /// A `--pid` that is a kernel thread.
+    #[error(
+        "process {0} is a kernel thread ({1}): --pid takes user processes; record the whole system (no --pid) to see the kernel's work"
+    )]
+    KernelThread(u32, String),
     /// A `--cgroup` that is not a cgroup v2 folder.
     #[error("--cgroup {}: {why}: give a cgroup v2 folder, e.g. /sys/fs/cgroup/system.slice/app.service", path.display())]
     Cgroup {
@@ -136,6 +159,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The outputs could not be written (a full disk): none were kept.
+    #[error(
+        "cannot write {}: {source}: no output was kept (free some space, or pick another folder with -o){}",
+        path.display(),
+        command_status.map_or(String::new(), |s| format!("; the command exited with status {s}"))
+    )]
+    Outputs {
+        /// The file that failed.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+        /// The command's exit status, if there was one.
+        command_status: Option<i32>,
+    },
     /// Any other I/O failure.
     #[error("{what}: {source}")]
     Io {
@@ -152,6 +190,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            // The user's to fix (a full disk), and nothing half-written left.
+            Error::Outputs { .. } => 2,
             // A kernel that refuses a program is the user's kernel: the
             // message names it, the cause, and the log to report.
             Error::Sampler(crate::sampler::SamplerError::Refused { .. }) => 2,

@@ -578,6 +578,9 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The most a profile may hold once decompressed: a gzip bomb stops here.
+pub const MAX_GUNZIP: usize = 256 << 20;
+
 /// `data` un-gzipped if it is gzip (one member), else as it is.
 pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
     if data.get(..2) != Some(&[0x1f, 0x8b]) {
@@ -586,8 +589,8 @@ pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
     let flags = *data.get(3).ok_or("truncated gzip header")?;
     let mut at = 10;
     if flags & 4 != 0 {
-        let xlen = u16::from_le_bytes([data[at], data[at + 1]]) as usize;
-        at += 2 + xlen;
+        let x = data.get(at..at + 2).ok_or("truncated gzip header")?;
+        at += 2 + u16::from_le_bytes([x[0], x[1]]) as usize;
     }
     for bit in [8, 16] {
         if flags & bit != 0 {
@@ -600,8 +603,13 @@ pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
     if flags & 2 != 0 {
         at += 2;
     }
-    miniz_oxide::inflate::decompress_to_vec_with_limit(data.get(at..).unwrap_or_default(), 1 << 30)
-        .map_err(|e| format!("corrupt gzip data ({e:?})"))
+    miniz_oxide::inflate::decompress_to_vec_with_limit(data.get(at..).unwrap_or_default(), MAX_GUNZIP)
+        .map_err(|e| match e.status {
+            miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                format!("more than {} MiB once decompressed", MAX_GUNZIP >> 20)
+            }
+            _ => format!("corrupt gzip data ({e:?})"),
+        })
 }
 
 /// A profile read back: its sample types and stacks, folded (root first, each

@@ -121,12 +121,32 @@ pub fn check_debug_dirs(dirs: &[PathBuf]) -> Result<(), UsageError> {
     }
 }
 
-/// `--duration`, if given, must be a positive number of seconds.
+/// The longest `--duration`: a hundred years (longer overflows the clock's
+/// arithmetic; "until stopped" is no `--duration` at all).
+pub const MAX_DURATION_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// `--duration`, if given, must be a positive number of seconds, at most
+/// [`MAX_DURATION_SECS`].
 pub fn check_duration(duration: Option<f64>) -> Result<(), UsageError> {
     match duration {
         Some(d) if !(d.is_finite() && d > 0.0) => Err(UsageError::Duration(d)),
+        Some(d) if d > MAX_DURATION_SECS => Err(UsageError::DurationTooLong(d)),
         _ => Ok(()),
     }
+}
+
+/// Is `pid` a kernel thread (`PF_KTHREAD` in the flags of `/proc/PID/stat`,
+/// field 9; include/linux/sched.h)?
+pub fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The name (field 2) may hold spaces and parentheses: fields count from
+    // the last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// Each pid must name a live process. A thread id is accepted and mapped to its
@@ -139,11 +159,20 @@ pub fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
         }
         let status = fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|_| UsageError::NoSuchPid(pid))?;
-        let tgid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(pid);
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("")
+        };
+        let tgid = field("Tgid:").parse().unwrap_or(pid);
+        if field("State:").starts_with('Z') {
+            return Err(UsageError::Zombie(pid));
+        }
+        if is_kernel_thread(tgid) {
+            return Err(UsageError::KernelThread(pid, field("Name:").to_owned()));
+        }
         if !out.contains(&tgid) {
             out.push(tgid);
         }
@@ -183,32 +212,61 @@ pub fn resolve_command(program: &std::ffi::OsStr) -> Result<PathBuf, UsageError>
         .ok_or_else(|| spawn_err("not found in PATH"))
 }
 
-/// An output folder that was checked writable. If crossprof created it and the
-/// recording fails before writing anything, [`OutputDir::discard`] removes it again.
+/// An output folder that was checked writable. Every file goes in through a
+/// new, private temporary file renamed into place (see [`crate::files`]); if
+/// writing the outputs fails, [`OutputDir::abandon`] removes those written, and
+/// the folder if crossprof made it: the outputs are whole or absent.
 #[derive(Debug)]
 pub struct OutputDir {
     /// The folder.
     pub path: PathBuf,
+    folder: crate::files::OutFolder,
     created: bool,
+    /// The files written so far.
+    written: std::cell::RefCell<Vec<String>>,
 }
 
 impl OutputDir {
-    /// Creates `path` if needed and proves it writable with a temporary file.
+    /// Creates `path` if needed (mode 0700, with its missing parents) and
+    /// proves it writable with a temporary file of a name no one can guess.
     pub fn prepare(path: &Path) -> Result<Self, UsageError> {
+        use std::os::unix::fs::DirBuilderExt as _;
         let err = |source: io::Error| UsageError::OutputDir {
             path: path.to_path_buf(),
             source,
         };
-        let created = !path.exists();
-        fs::create_dir_all(path).map_err(err)?;
-        let probe = path.join(format!(".crossprof-write-test-{}", std::process::id()));
-        let result = fs::File::create(&probe).and_then(|mut f| f.write_all(b"x"));
-        let _ = fs::remove_file(&probe);
+        let created = fs::symlink_metadata(path).is_err();
+        if created {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(err)?;
+        }
+        let folder = match crate::files::OutFolder::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                if created {
+                    let _ = fs::remove_dir(path);
+                }
+                return Err(err(e));
+            }
+        };
+        if created {
+            folder.chown_to_invoker();
+        }
         let dir = Self {
             path: path.to_path_buf(),
+            folder,
             created,
+            written: Default::default(),
         };
-        if let Err(e) = result {
+        let probe = dir.folder.create_temp("write-test").and_then(|(mut f, name)| {
+            let wrote = f.write_all(b"x");
+            let _ = dir.folder.remove(&name);
+            wrote
+        });
+        if let Err(e) = probe {
             dir.discard();
             return Err(err(e));
         }
@@ -222,32 +280,51 @@ impl OutputDir {
         }
     }
 
-    /// Writes `name` in the folder atomically: a temporary file, then a rename, so a
-    /// reader never sees half a file.
+    /// Writes `name` in the folder: a new private temporary file, then a
+    /// rename, so a reader never sees half a file, and no link or existing
+    /// file is ever written through.
     pub fn write_atomic(
         &self,
         name: &str,
         write: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
     ) -> Result<PathBuf, crate::error::Error> {
         let dest = self.path.join(name);
-        let tmp = self
-            .path
-            .join(format!(".{name}.tmp-{}", std::process::id()));
+        let mut tmp_name = None;
         let result = (|| {
-            let mut out = io::BufWriter::new(fs::File::create(&tmp)?);
+            let (file, tmp) = self.folder.create_temp(name)?;
+            tmp_name = Some(tmp.clone());
+            let mut out = io::BufWriter::new(file);
             write(&mut out)?;
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_data()?;
-            fs::rename(&tmp, &dest)
+            self.folder.rename(&tmp, name)
         })();
-        result.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            crate::error::Error::Write {
-                path: dest.clone(),
-                source,
+        if let Err(source) = result {
+            if let Some(tmp) = tmp_name {
+                let _ = self.folder.remove(&tmp);
             }
-        })?;
+            return Err(crate::error::Error::Write { path: dest, source });
+        }
+        self.written.borrow_mut().push(name.to_owned());
+        self.folder.sync();
         Ok(dest)
+    }
+
+    /// After a failed write (`e`): removes what was written, and the folder if
+    /// crossprof made it, and says so, with the command's exit status.
+    pub fn abandon(&self, e: crate::error::Error, command_status: Option<i32>) -> crate::error::Error {
+        for name in self.written.borrow_mut().drain(..) {
+            let _ = self.folder.remove(&name);
+        }
+        self.discard();
+        match e {
+            crate::error::Error::Write { path, source } => crate::error::Error::Outputs {
+                path,
+                source,
+                command_status,
+            },
+            other => other,
+        }
     }
 }
 

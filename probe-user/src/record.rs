@@ -43,6 +43,10 @@ use crate::{
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
 /// are batched, see `probe_common::Config::wakeup_bytes`).
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// The most time one drain takes records off the ring (see `Pipeline::drain`).
+const DRAIN_BUDGET: Duration = Duration::from_millis(25);
+/// A process's maps are re-read for new code at most this often.
+const MAPS_REREAD_EVERY: Duration = Duration::from_millis(20);
 
 /// Output file names.
 pub const FOLDED_FILE: &str = "profile.folded";
@@ -112,6 +116,8 @@ pub(crate) struct Pipeline {
     /// Aggregators every counted stack also goes to (the agent's on-demand
     /// captures).
     pub(crate) taps: Vec<Aggregator>,
+    /// Processes that mapped new code, whose maps are still to be re-read.
+    maps_pending: std::collections::BTreeSet<u32>,
 }
 
 impl Pipeline {
@@ -158,6 +164,7 @@ impl Pipeline {
             frame_pointers_only: args.frame_pointers_only,
             fp_baseline: HashMap::new(),
             taps: Vec::new(),
+            maps_pending: Default::default(),
         }
     }
 }
@@ -181,9 +188,53 @@ struct Waiting {
 
 impl Pipeline {
     pub(crate) fn drain(&mut self, events: &mut RingBuf<MapData>) {
-        let mut maps_changed = std::collections::BTreeSet::new();
+        let mut maps_changed = std::mem::take(&mut self.maps_pending);
+        // At most DRAIN_BUDGET of records per call: whatever the rate they
+        // come at (a whole-system recording at 100 kHz), the event loop gets
+        // back to its signals, deadline and timers; records left in the ring
+        // wait for the next drain (and a full ring drops and counts them).
+        let budget = Instant::now() + DRAIN_BUDGET;
+        let mut taken = 0u32;
         while let Some(item) = events.next() {
-            match decode(&item) {
+            taken += 1;
+            if taken % 64 == 0 && Instant::now() >= budget {
+                // This record is taken; the rest wait.
+                self.drain_record(&item, &mut maps_changed);
+                break;
+            }
+            self.drain_record(&item, &mut maps_changed);
+        }
+        // New code mapped: its rules now, before more of its samples come (at
+        // most one re-read of a process's maps per MAPS_REREAD_EVERY; the
+        // others wait for the next drain).
+        let mut reread = false;
+        for pid in maps_changed {
+            if self.procs.recapture_rate_limited(pid, MAPS_REREAD_EVERY) {
+                reread = true;
+            } else {
+                self.maps_pending.insert(pid);
+            }
+        }
+        if reread {
+            self.poll_native_unwind();
+        }
+        self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
+        self.poll_dotnet_unwind_now();
+        let fresh = self.agg.take_fresh();
+        if !fresh.is_empty() {
+            self.symbolizer.submit(&fresh, &self.procs.modules);
+        }
+        self.symbolizer.poll();
+    }
+
+    /// Takes one record off the ring.
+    fn drain_record(
+        &mut self,
+        item: &[u8],
+        maps_changed: &mut std::collections::BTreeSet<u32>,
+    ) {
+        {
+            match decode(item) {
                 Ok(Record::CpuSample(sample)) => {
                     // Time away from the CPU (off-CPU span, goroutine wait).
                     let away_ns = sample
@@ -351,20 +402,6 @@ impl Pipeline {
                 }
             }
         }
-        // New code mapped: its rules now, before more of its samples come.
-        for &pid in &maps_changed {
-            self.procs.recapture(pid);
-        }
-        if !maps_changed.is_empty() {
-            self.poll_native_unwind();
-        }
-        self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
-        self.poll_dotnet_unwind_now();
-        let fresh = self.agg.take_fresh();
-        if !fresh.is_empty() {
-            self.symbolizer.submit(&fresh, &self.procs.modules);
-        }
-        self.symbolizer.poll();
     }
 }
 
@@ -527,6 +564,11 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         }
     }
     // 1. Input.
+    // `record --` and nothing: clap gives an empty command, as for no `--` at
+    // all (the whole system); the user meant a command.
+    if args.command.is_empty() && std::env::args_os().last().is_some_and(|a| a == "--") {
+        return Err(UsageError::NoCommand.into());
+    }
     preflight::check_duration(args.duration)?;
     preflight::check_freq(args.freq)?;
     preflight::check_debug_dirs(&args.debug_dirs)?;
@@ -939,7 +981,7 @@ async fn run(
     let cpu_at_start = CollectorStats::cpu_now();
     let deadline = args
         .duration
-        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+        .and_then(|d| tokio::time::Instant::now().checked_add(Duration::try_from_secs_f64(d).ok()?));
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let until_deadline = async {
@@ -1082,7 +1124,19 @@ async fn run(
         frame_pointers_only: _,
         fp_baseline,
         taps: _,
+        maps_pending: _,
     } = pipeline;
+    // The command's status first: a failure to write the outputs still
+    // reports it.
+    if let Some(c) = child.as_mut()
+        && command_status.is_none()
+    {
+        command_status = c.wait().await.ok();
+    }
+    let command_exit_status = command_status.map(exit_code);
+    // A failed write (a full disk) takes back what was written: outputs are
+    // whole or absent.
+    let failed = |e: Error| out.abandon(e, command_exit_status);
     symbolizer.finish();
     let names = &symbolizer.names;
     let folded = fold(
@@ -1097,7 +1151,8 @@ async fn run(
         &procs,
     );
     if args.formats.contains(&Format::Folded) {
-        out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))?;
+        out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))
+        .map_err(failed)?;
     }
     if args.formats.contains(&Format::Pprof) {
         let kind = crate::pprof::Kind::of(&args);
@@ -1115,7 +1170,8 @@ async fn run(
         );
         out.write_atomic(crate::pprof::FILE, |w| {
             w.write_all(&crate::pprof::gzip(&profile))
-        })?;
+        })
+        .map_err(failed)?;
     }
     let complete = crate::fold::completeness(agg.stacks(), names, &procs);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
@@ -1176,23 +1232,19 @@ async fn run(
         };
         out.write_atomic(crate::speedscope::FILE, |w| {
             crate::speedscope::write(&folded, &title, unit, w)
-        })?;
+        })
+        .map_err(failed)?;
     }
     let svg = if args.formats.contains(&Format::Svg) {
         out.write_atomic(SVG_FILE, |w| {
             render_svg(&folded, &title, &subtitle, count_name, w)
-        })?
+        })
+        .map_err(failed)?
     } else {
         args.output.clone()
     };
     let stop_to_svg = stopped_at.elapsed();
 
-    if let Some(c) = child.as_mut()
-        && command_status.is_none()
-    {
-        command_status = c.wait().await.ok();
-    }
-    let command_exit_status = command_status.map(exit_code);
 
     let mut procs = procs;
     let go_versions: BTreeMap<u32, String> = procs
@@ -1290,7 +1342,8 @@ async fn run(
         out.write_atomic(crate::timeline::FILE, |w| {
             serde_json::to_writer(&mut *w, &trace)?;
             writeln!(w)
-        })?;
+        })
+        .map_err(failed)?;
     }
     let summary = Summary {
         timeline_events_dropped: timeline.as_ref().map(|t| t.dropped),
@@ -1367,7 +1420,8 @@ async fn run(
     out.write_atomic(SUMMARY_FILE, |w| {
         serde_json::to_writer_pretty(&mut *w, &summary)?;
         writeln!(w)
-    })?;
+    })
+        .map_err(failed)?;
 
     if args.only_transitions {
         crate::kinds::write_edges(&summary.transitions, &mut std::io::stdout().lock()).map_err(
@@ -1427,12 +1481,26 @@ async fn run(
     }
     if lost > 0 {
         eprintln!(
-            "crossprof: note: {lost} samples were lost ({} ring buffer full, {} undecodable); see summary.json",
-            counters[Counter::DropRingFull as usize],
-            decode_errors
+            "crossprof: note: {lost} samples were lost ({}); see summary.json",
+            lost_breakdown(&counters, decode_errors)
         );
     }
     Ok(command_exit_status.unwrap_or(0))
+}
+
+/// What the lost samples were, each cause that lost any: `12 ring buffer
+/// full, 3 while the CPU's buffer was taken`.
+pub(crate) fn lost_breakdown(counters: &[u64; COUNTER_SLOTS as usize], undecodable: u64) -> String {
+    let mut parts: Vec<String> = Counter::ALL
+        .iter()
+        .filter(|c| c.is_drop())
+        .filter(|&&c| counters[c as usize] > 0)
+        .map(|&c| format!("{} {}", counters[c as usize], c.lost_as()))
+        .collect();
+    if undecodable > 0 {
+        parts.push(format!("{undecodable} undecodable"));
+    }
+    parts.join(", ")
 }
 
 pub(crate) fn drops(counters: &[u64; COUNTER_SLOTS as usize]) -> u64 {

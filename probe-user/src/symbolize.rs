@@ -150,9 +150,10 @@ impl Names {
             FrameRef::Goroutine(id) => Cow::Owned(format!("goroutine {id}")),
             FrameRef::Label(id) => Cow::Owned(sanitize(procs.label_text(id)).into_owned()),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
-            FrameRef::Elf { module, offset } => {
-                Cow::Owned(format!("[{}+{offset:#x}]", modules.get(module).name))
-            }
+            FrameRef::Elf { module, offset } => Cow::Owned(format!(
+                "[{}+{offset:#x}]",
+                sanitize(&modules.get(module).name)
+            )),
             FrameRef::Marker(m) => Cow::Borrowed(m.label()),
         }
     }
@@ -161,7 +162,11 @@ impl Names {
     pub(crate) fn insert(&mut self, frame: FrameRef, name: Option<String>) {
         match name {
             Some(name) if !name.is_empty() => {
-                self.names.insert(frame, sanitize(&name).into());
+                // Each frame of an inlined chain on its own: the separator
+                // is crossprof's, a control character inside a name is not.
+                let clean: Vec<Cow<'_, str>> = name.split(INLINE_SEPARATOR).map(sanitize).collect();
+                self.names
+                    .insert(frame, clean.join(&INLINE_SEPARATOR.to_string()).into());
             }
             _ => self.unnamed += 1,
         }
@@ -196,14 +201,32 @@ impl Names {
     }
 }
 
-/// Makes a symbol safe for the folded format: `;` separates frames and a line
-/// break separates stacks.
+/// Makes a name safe for every output: for the folded format (`;` separates
+/// frames, a line break separates stacks), for XML 1.0 (the SVG: it forbids
+/// every control character but tab, line feed and carriage return, and
+/// U+FFFE/U+FFFF), and for a terminal (escape sequences). Names come from
+/// targets (`prctl` names, symbols, perf maps): each such character becomes a
+/// visible `\xNN` (`\u{fffe}` for the two non-characters).
 pub fn sanitize(name: &str) -> Cow<'_, str> {
-    if name.contains([';', '\n', '\r']) {
-        Cow::Owned(name.replace(';', ":").replace(['\n', '\r'], " "))
-    } else {
-        Cow::Borrowed(name)
+    let bad = |c: char| {
+        c == ';' || (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}'
+    };
+    if !name.contains(bad) {
+        return Cow::Borrowed(name);
     }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            ';' => out.push(':'),
+            '\n' | '\r' => out.push(' '),
+            c if (c as u32) < 0x100 && bad(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 enum Job {
@@ -493,6 +516,22 @@ mod tests {
     fn sanitize_keeps_the_folded_syntax_intact() {
         assert_eq!(sanitize("plain"), "plain");
         assert_eq!(sanitize("a;b\nc"), "a:b c");
+        assert_eq!(sanitize("tab\there"), "tab\there");
+    }
+
+    #[test]
+    fn sanitize_leaves_nothing_xml_or_a_terminal_would_choke_on() {
+        assert_eq!(sanitize("evil\x01\x1b[31m"), "evil\\x01\\x1b[31m");
+        assert_eq!(sanitize("nul\0del\x7f"), "nul\\x00del\\x7f");
+        assert_eq!(sanitize("x\u{fffe}\u{85}"), "x\\u{fffe}\\x85");
+        for c in (0u32..0x110000).filter_map(char::from_u32) {
+            let out = sanitize(&c.to_string()).into_owned();
+            assert!(
+                out.chars().all(|o| o == '\t'
+                    || (!o.is_control() && o != ';' && o != '\u{fffe}' && o != '\u{ffff}')),
+                "{c:?} -> {out:?}"
+            );
+        }
     }
 
     #[test]

@@ -100,7 +100,9 @@ fn check_comms(comms: &[String]) -> Result<Vec<String>, UsageError> {
     comms
         .iter()
         .map(|c| {
-            if c.len() > 15 || c.is_empty() {
+            if c.is_empty() {
+                Err(UsageError::CommEmpty)
+            } else if c.len() > 15 {
                 Err(UsageError::CommTooLong(c.clone()))
             } else {
                 Ok(c.clone())
@@ -152,7 +154,28 @@ fn read_token(path: &std::path::Path) -> Result<String, UsageError> {
         path: path.to_path_buf(),
         why,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    // Not through a link, not blocking, and private: a token others can read
+    // is no secret.
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".into()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "other users can read or write it (mode {:o}): chmod 600 {}",
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 4096), &mut text)
+        .map_err(|e| bad(e.to_string()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.len() < 16 {
         return Err(bad(
@@ -203,6 +226,8 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             addr: args.listen,
             source,
         })?;
+    // The address served, as bound (`--listen 127.0.0.1:0` picks a port).
+    let listening = listener.local_addr().unwrap_or(args.listen);
     record::raise_fd_limit();
     // Large buffers (a file read to be parsed, a table built and dropped)
     // come from mmap and go back when freed: glibc otherwise raises its mmap
@@ -283,6 +308,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         .collect(),
         freq: args.freq,
         status: Mutex::new(server::AgentStatus::default()),
+        captures_running: Default::default(),
     });
     tokio::spawn(server::serve(listener, shared.clone()));
     let kind = Kind::of(&rargs);
@@ -305,7 +331,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         },
         args.window,
         args.dir.display(),
-        args.listen
+        listening
     ));
 
     // 4. Windows.
@@ -338,6 +364,13 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 pipeline.poll_go(&mut sampler);
                 if let Some(l) = kernel_log.as_mut() { l.flush(); }
                 let now = tokio::time::Instant::now();
+                // A capture whose client hung up is dropped at once: its
+                // stacks are no one's (an abandoned 600 s capture kept every
+                // sample's frames and held back the agent's memory bounds).
+                while let Some(i) = captures.iter().position(|(_, _, c)| c.reply.is_closed()) {
+                    captures.remove(i);
+                    pipeline.taps.remove(i);
+                }
                 while let Some(i) = captures.iter().position(|(end, _, _)| *end <= now) {
                     let (_, secs, capture) = captures.remove(i);
                     let tap = pipeline.taps.remove(i);

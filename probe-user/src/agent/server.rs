@@ -65,6 +65,8 @@ pub struct Shared {
     pub freq: u64,
     /// How the agent itself is doing, as of the last window.
     pub status: Mutex<AgentStatus>,
+    /// Captures running (at most [`MAX_CAPTURES`]).
+    pub captures_running: std::sync::atomic::AtomicUsize,
 }
 
 /// The agent's own figures, in `/api/windows` (`agent`).
@@ -149,7 +151,23 @@ async fn connection(
     };
     let response = match tokio::time::timeout(Duration::from_secs(10), read).await {
         Ok(Ok(())) => match Request::parse(&head) {
-            Some(req) => respond(&req, shared).await,
+            Some(req) => {
+                // Answered while the client is there: a client that hangs up
+                // (read returns 0) drops the answer being made, and with it
+                // a capture's claim on the agent.
+                let mut probe = [0u8; 256];
+                tokio::select! {
+                    r = respond(&req, shared) => r,
+                    _ = async {
+                        loop {
+                            match stream.read(&mut probe).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            }
+                        }
+                    } => return Ok(()),
+                }
+            }
             None => Response::error(400, "bad request"),
         },
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -162,7 +180,9 @@ async fn connection(
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -192,6 +212,8 @@ struct Request {
     /// The `crossprof_token` cookie (the live page's way to pass the token to
     /// the SVG it loads).
     cookie_token: Option<String>,
+    /// The `Host` header.
+    host: Option<String>,
 }
 
 impl Request {
@@ -234,6 +256,7 @@ impl Request {
             query,
             authorization,
             cookie_token,
+            host: header("host").map(str::to_owned),
         })
     }
 }
@@ -268,7 +291,33 @@ fn same_token(given: &str, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Is `host` (a `Host` header) a loopback name or address, with or without a
+/// port: `localhost`, `127.0.0.1:7070`, `[::1]:7070`?
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+    };
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn respond(req: &Request, shared: &Shared) -> Response {
+    // Without a token the agent serves loopback only, and only to requests
+    // made to a loopback name: a web page whose host name rebinds to
+    // 127.0.0.1 (DNS rebinding) sends its own name, and is refused.
+    if shared.token.is_none() && req.host.as_deref().is_some_and(|h| !loopback_host(h)) {
+        return Response::error(
+            403,
+            "forbidden: without a token the agent answers requests to localhost or a loopback address only",
+        );
+    }
     if let Some(token) = &shared.token {
         let given = req
             .authorization
@@ -324,6 +373,13 @@ async fn profile(req: &Request, shared: &Shared) -> Response {
             );
         }
     };
+    // A few at a time: each keeps a copy of every stack for its seconds.
+    let Some(_slot) = CaptureSlot::take(&shared.captures_running) else {
+        return Response::error(
+            429,
+            &format!("{MAX_CAPTURES} captures are running: try again when one ends"),
+        );
+    };
     let (tx, rx) = oneshot::channel();
     if shared
         .captures
@@ -342,6 +398,31 @@ async fn profile(req: &Request, shared: &Shared) -> Response {
             r
         }
         Err(_) => Response::error(503, "the agent stopped before the capture ended"),
+    }
+}
+
+/// Captures that may run at once.
+pub const MAX_CAPTURES: usize = 4;
+
+/// A running capture's place among [`MAX_CAPTURES`], given back when dropped
+/// (its answer sent, or its client gone).
+struct CaptureSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CaptureSlot<'a> {
+    fn take(running: &'a std::sync::atomic::AtomicUsize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CAPTURES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(running))
+    }
+}
+
+impl Drop for CaptureSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

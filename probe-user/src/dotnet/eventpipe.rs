@@ -267,12 +267,10 @@ impl<L: EventSink> Session<L> {
         name: &str,
         log: Arc<Mutex<L>>,
     ) -> Result<Self, TraceError> {
-        let path = ipc::socket_path(pid).ok_or(IpcError::NoSocket)?;
-        let mut sock = UnixStream::connect(&path)?;
-        sock.set_write_timeout(Some(ipc::TIMEOUT))?;
-        sock.set_read_timeout(Some(ipc::TIMEOUT))?;
+        let deadline = std::time::Instant::now() + ipc::TIMEOUT;
+        let mut sock = ipc::connect(pid, deadline)?;
         sock.write_all(request)?;
-        let reply = ipc::read_reply(&mut sock)?;
+        let reply = ipc::read_reply(&mut sock, deadline)?;
         ipc::decode_reply(&reply)?;
         let session_id = reply
             .get(ipc::HEADER_LEN..ipc::HEADER_LEN + 8)
@@ -319,16 +317,15 @@ impl<L: EventSink> Session<L> {
     pub fn stop_within(&mut self, wait: Duration) -> Option<String> {
         let reader = self.reader.take()?;
         let stopped = (|| -> Result<(), TraceError> {
-            let path = ipc::socket_path(self.pid).ok_or(IpcError::NoSocket)?;
-            let mut sock = UnixStream::connect(path)?;
-            sock.set_read_timeout(Some(ipc::TIMEOUT))?;
-            sock.set_write_timeout(Some(ipc::TIMEOUT))?;
+            // Sessions stop as crossprof stops: never more than a second each.
+            let deadline = std::time::Instant::now() + ipc::STOP_TIMEOUT;
+            let mut sock = ipc::connect(self.pid, deadline)?;
             sock.write_all(&ipc::encode(
                 EVENTPIPE_COMMAND_SET,
                 STOP_TRACING,
                 &self.session_id.to_le_bytes(),
             ))?;
-            ipc::decode_reply(&ipc::read_reply(&mut sock)?)?;
+            ipc::decode_reply(&ipc::read_reply(&mut sock, deadline)?)?;
             Ok(())
         })();
         if stopped.is_err() && !reader.is_finished() {

@@ -26,10 +26,11 @@
 
 use std::{
     io::{self, Read as _, Write as _},
-    os::unix::net::UnixStream,
-    path::PathBuf,
-    time::Duration,
+    os::{fd::FromRawFd as _, unix::net::UnixStream},
+    time::{Duration, Instant},
 };
+
+use crate::files::{Refused, TargetDir};
 
 const MAGIC: &[u8; 14] = b"DOTNET_IPC_V1\0";
 /// Bytes of a message header.
@@ -43,8 +44,13 @@ const SERVER_OK: u8 = 0x00;
 /// perfinfo map (image loads) and the jitdump, the only one that lists ReadyToRun
 /// code (see [`super::jitdump`]).
 const PERF_MAP_TYPE_ALL: u32 = 1;
-/// How long a command may take to be answered.
+/// How long an exchange (connect, request, whole reply) may take, all told: a
+/// peer that trickles its reply a byte at a time is cut off here, not after
+/// each byte's own timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// The same while crossprof stops: stopping never waits on one exchange for
+/// longer.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why an IPC command failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,10 @@ pub enum IpcError {
     /// The socket did not answer as the protocol says.
     #[error("diagnostics IPC: {0}")]
     Io(#[from] io::Error),
+    /// What is at the socket's name is not the process's socket (a link, a
+    /// file, another user's socket): not connected to.
+    #[error("{0}: not connected to")]
+    Planted(String),
     /// The runtime had not loaded its core library yet, so the perf map was not
     /// asked for (asking earlier can crash .NET 8: see the module's notes).
     #[error(
@@ -69,18 +79,94 @@ pub enum IpcError {
     Refused(u32),
 }
 
-/// The diagnostics socket of `pid`, seen through the process's own root, if
-/// it is there. Its name holds the process's start time as its
-/// disambiguation key (`dotnet-diagnostic-PID-STARTTICKS-socket`, checked on
-/// 8.0.4 and 3.1.23: `/proc/PID/stat` field 22): a process killed leaves its
-/// socket behind, and one of a process that had the same pid before answers
-/// "connection refused" (found by CI: /tmp held 127 such sockets).
-pub fn socket_path(pid: u32) -> Option<PathBuf> {
+/// The diagnostics socket's name in the temp folder of `pid`. It holds the
+/// process's start time as its disambiguation key
+/// (`dotnet-diagnostic-PID-STARTTICKS-socket`, checked on 8.0.4 and 3.1.23:
+/// `/proc/PID/stat` field 22): a process killed leaves its socket behind, and
+/// one of a process that had the same pid before answers "connection refused"
+/// (found by CI: /tmp held 127 such sockets).
+pub fn socket_name(pid: u32) -> Option<String> {
     let start = super::start_ticks(pid)?;
-    let path = PathBuf::from(format!(
-        "/proc/{pid}/root/tmp/dotnet-diagnostic-{pid}-{start}-socket"
-    ));
-    path.exists().then_some(path)
+    Some(format!("dotnet-diagnostic-{pid}-{start}-socket"))
+}
+
+/// Is the diagnostics socket of `pid` there, a socket of the process's own
+/// user (see [`connect`])?
+pub fn socket_ready(pid: u32) -> Result<(), IpcError> {
+    let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
+    let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
+    dir.check(&name, libc::S_IFSOCK).map_err(|r| refused(&name, r))
+}
+
+fn refused(name: &str, r: Refused) -> IpcError {
+    match r {
+        Refused::Missing => IpcError::NoSocket,
+        other => IpcError::Planted(format!("/tmp/{name}: {other}")),
+    }
+}
+
+/// Connects to the diagnostics socket of `pid`, found in its temp folder
+/// through its own root (as [`crate::files`] finds a target's files): only a
+/// socket of the process's user, never through a link (a link planted there
+/// would have root connect to any socket on the machine), and never waiting
+/// for a listener whose backlog is full. The stream's timeouts are set to
+/// what is left of `deadline`.
+pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
+    let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
+    let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
+    dir.check(&name, libc::S_IFSOCK).map_err(|r| refused(&name, r))?;
+    // The path through the folder's descriptor: resolved in the folder
+    // checked above, whatever its path is made of.
+    let path = dir.fd_path(&name);
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(IpcError::Io(io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(IpcError::NoSocket);
+    }
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: a valid sockaddr_un of the size passed.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        // EAGAIN: the listener's backlog is full; not waited on.
+        return Err(IpcError::Io(io::Error::last_os_error()));
+    }
+    sock.set_nonblocking(false)?;
+    set_deadline(&sock, deadline)?;
+    Ok(sock)
+}
+
+/// Sets `sock`'s timeouts to what is left before `deadline` (failing once it
+/// is past).
+fn set_deadline(sock: &UnixStream, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "the exchange took too long"));
+    }
+    sock.set_read_timeout(Some(left))?;
+    sock.set_write_timeout(Some(left))
 }
 
 /// How long a process that was just started may take to open its diagnostics
@@ -93,7 +179,7 @@ pub const SOCKET_WAIT: Duration = Duration::from_secs(2);
 pub fn wait_for_socket(pid: u32) -> bool {
     let deadline = std::time::Instant::now() + SOCKET_WAIT;
     loop {
-        if socket_path(pid).is_some() {
+        if socket_ready(pid).is_ok() {
             return true;
         }
         if std::time::Instant::now() >= deadline
@@ -141,12 +227,18 @@ pub fn wait_for_startup(pid: u32, cancel: &std::sync::atomic::AtomicBool) -> Res
 /// Asks the runtime of `pid` to write its perf map from now on; call
 /// [`wait_for_startup`] first.
 pub fn enable_perf_map(pid: u32) -> Result<(), IpcError> {
-    command(pid, ENABLE_PERF_MAP, &PERF_MAP_TYPE_ALL.to_le_bytes())
+    command(
+        pid,
+        ENABLE_PERF_MAP,
+        &PERF_MAP_TYPE_ALL.to_le_bytes(),
+        Instant::now() + TIMEOUT,
+    )
 }
 
-/// Asks the runtime of `pid` to stop writing its perf map.
+/// Asks the runtime of `pid` to stop writing its perf map (crossprof is
+/// stopping: at most [`STOP_TIMEOUT`]).
 pub fn disable_perf_map(pid: u32) -> Result<(), IpcError> {
-    command(pid, DISABLE_PERF_MAP, &[])
+    command(pid, DISABLE_PERF_MAP, &[], Instant::now() + STOP_TIMEOUT)
 }
 
 /// A request message.
@@ -181,24 +273,37 @@ pub fn decode_reply(reply: &[u8]) -> Result<(), IpcError> {
     Err(IpcError::Refused(hresult))
 }
 
-fn command(pid: u32, command_id: u8, payload: &[u8]) -> Result<(), IpcError> {
-    let path = socket_path(pid).ok_or(IpcError::NoSocket)?;
-    let mut sock = UnixStream::connect(&path)?;
-    sock.set_read_timeout(Some(TIMEOUT))?;
-    sock.set_write_timeout(Some(TIMEOUT))?;
+fn command(pid: u32, command_id: u8, payload: &[u8], deadline: Instant) -> Result<(), IpcError> {
+    let mut sock = connect(pid, deadline)?;
     sock.write_all(&encode(PROCESS_COMMAND_SET, command_id, payload))?;
-    decode_reply(&read_reply(&mut sock)?)
+    decode_reply(&read_reply(&mut sock, deadline)?)
 }
 
-/// Reads one reply message (header and payload, at most 4 KiB of payload).
-pub fn read_reply(sock: &mut UnixStream) -> io::Result<Vec<u8>> {
+/// Reads exactly `buf.len()` bytes, before `deadline`.
+fn read_exact_by(sock: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        set_deadline(sock, deadline)?;
+        match sock.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one reply message (header and payload, at most 4 KiB of payload),
+/// all of it before `deadline`.
+pub fn read_reply(sock: &mut UnixStream, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut header = [0u8; HEADER_LEN];
-    sock.read_exact(&mut header)?;
+    read_exact_by(sock, &mut header, deadline)?;
     let total = usize::from(u16::from_le_bytes([header[14], header[15]]));
     let mut reply = header.to_vec();
     if total > HEADER_LEN {
         let mut rest = vec![0u8; (total - HEADER_LEN).min(4096)];
-        sock.read_exact(&mut rest)?;
+        read_exact_by(sock, &mut rest, deadline)?;
         reply.extend_from_slice(&rest);
     }
     Ok(reply)

@@ -15,29 +15,31 @@
 //! timestamp` + body. `JIT_CODE_LOAD` (id 0): `u32 pid, u32 tid, u64 vma, u64
 //! code address, u64 code size, u64 code index`, the NUL-terminated name, then the
 //! code bytes. Only whole records are read; the file is read on from where the last
-//! read stopped.
+//! read stopped. It is the target's file: opened as [`crate::files`] opens a
+//! target's files, at most [`MAX_READ`] bytes a refresh; a record larger than
+//! [`MAX_RECORD`] (no method's code is) is skipped, not read.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::{Read as _, Seek as _, SeekFrom},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::perfmap::display_name;
+use crate::files::{TargetFile, read_at_most};
 
 const MAGIC: u32 = 0x4A69_5444;
 const JIT_CODE_LOAD: u32 = 0;
 const RECORD_PREFIX: usize = 16;
 const CODE_LOAD_FIXED: usize = RECORD_PREFIX + 40;
-/// A record larger than this is corruption, not code.
-const MAX_RECORD: u32 = 64 << 20;
+/// A record larger than this is skipped unread (a method's code is a few KiB).
+pub const MAX_RECORD: u32 = 1 << 20;
+/// The most read in one refresh.
+pub const MAX_READ: u64 = 16 << 20;
 
 /// One process's jitdump, R2R entries read so far.
 #[derive(Debug)]
 pub struct JitDump {
-    path: PathBuf,
+    /// The file (none: fed by [`JitDump::parse`] only).
+    file: Option<TargetFile>,
+    /// Records larger than [`MAX_RECORD`], skipped.
+    pub skipped: u64,
     read_to: u64,
     header_ok: bool,
     /// The file broke the format: stop reading it (counted in the note).
@@ -47,17 +49,11 @@ pub struct JitDump {
 }
 
 impl JitDump {
-    /// The jitdump of `pid`, seen through the process's own root.
-    pub fn for_pid(pid: u32) -> Self {
-        Self::at(PathBuf::from(format!(
-            "/proc/{pid}/root/tmp/jit-{pid}.dump"
-        )))
-    }
-
-    /// A jitdump at `path`.
-    pub fn at(path: PathBuf) -> Self {
+    /// A jitdump at `file`.
+    pub fn at(file: Option<TargetFile>) -> Self {
         Self {
-            path,
+            file,
+            skipped: 0,
             read_to: 0,
             header_ok: false,
             broken: false,
@@ -70,22 +66,19 @@ impl JitDump {
         if self.broken {
             return;
         }
-        let Ok(mut f) = File::open(&self.path) else {
+        let Some(Ok(mut f)) = self.file.as_ref().map(TargetFile::open) else {
             return;
         };
-        if f.seek(SeekFrom::Start(self.read_to)).is_err() {
+        let Ok(buf) = read_at_most(&mut f, self.read_to, MAX_READ) else {
             return;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return;
-        }
+        };
         let consumed = self.parse(&buf);
-        self.read_to += consumed as u64;
+        self.read_to = self.read_to.saturating_add(consumed as u64);
     }
 
-    /// Parses whole records of `buf`; returns the bytes consumed.
-    fn parse(&mut self, buf: &[u8]) -> usize {
+    /// Parses whole records of `buf`; returns the bytes consumed (past its end
+    /// when a record too large to read is skipped).
+    pub fn parse(&mut self, buf: &[u8]) -> usize {
         let u32_at = |at: usize| -> Option<u32> {
             Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?))
         };
@@ -108,11 +101,16 @@ impl JitDump {
             at = size as usize;
         }
         while let (Some(id), Some(size)) = (u32_at(at), u32_at(at + 4)) {
-            if (size as usize) < RECORD_PREFIX || size > MAX_RECORD {
+            if (size as usize) < RECORD_PREFIX {
                 self.broken = true;
                 break;
             }
             let end = at + size as usize;
+            if size > MAX_RECORD {
+                self.skipped += 1;
+                at = end;
+                break;
+            }
             if end > buf.len() {
                 break; // half-written: read again next time
             }
@@ -193,7 +191,7 @@ mod tests {
         let cut = file.len();
         file.extend(code_load(0x3000, 0x20, "void [S] S.T::M()[PreJIT]"));
 
-        let mut dump = JitDump::at(PathBuf::new());
+        let mut dump = JitDump::at(None);
         let first = dump.parse(&file[..cut + 30]);
         assert_eq!(first, cut, "a half-written record was consumed");
         assert_eq!(
@@ -209,13 +207,27 @@ mod tests {
 
     #[test]
     fn a_corrupt_file_is_left_alone() {
-        let mut dump = JitDump::at(PathBuf::new());
+        let mut dump = JitDump::at(None);
         assert_eq!(dump.parse(b"not a jitdump at all, no magic here......"), 0);
         assert!(dump.is_broken());
         let mut file = header();
         file.extend_from_slice(&[0, 0, 0, 0, 3, 0, 0, 0]); // record of 3 bytes
-        let mut dump = JitDump::at(PathBuf::new());
+        let mut dump = JitDump::at(None);
         dump.parse(&file);
         assert!(dump.is_broken());
+    }
+
+    #[test]
+    fn a_record_too_large_is_skipped_unread() {
+        let mut file = header();
+        let big = MAX_RECORD as usize + 100;
+        file.extend_from_slice(&JIT_CODE_LOAD.to_le_bytes());
+        file.extend_from_slice(&(big as u32).to_le_bytes());
+        file.extend_from_slice(&[0; 8]);
+        let mut dump = JitDump::at(None);
+        // Consumed past the buffer: the next read starts after it.
+        assert_eq!(dump.parse(&file), 40 + big);
+        assert_eq!(dump.skipped, 1);
+        assert!(!dump.is_broken());
     }
 }

@@ -282,8 +282,8 @@ impl Pdbs {
             .by_path
             .entry(path.clone())
             .or_insert_with(|| {
-                let file = in_root(pid, path);
-                match super::pdb::for_assembly(&file) {
+                let read = |p: &Path| crate::files::read_in_root(pid, p, MAX_ASSEMBLY);
+                match super::pdb::for_assembly(Path::new(&**path), read) {
                     Ok(pdb) => Some(Arc::new(pdb)),
                     Err(e) => {
                         if !is_absent(&e) {
@@ -315,14 +315,9 @@ fn is_absent(e: &PdbError) -> bool {
     }
 }
 
-/// `path` as process `pid` sees it, from crossprof's side.
-fn in_root(pid: u32, path: &str) -> PathBuf {
-    if crate::native::process::same_root(pid) {
-        PathBuf::from(path)
-    } else {
-        Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
-    }
-}
+/// The largest assembly or PDB read for source lines (the framework's
+/// largest, System.Private.CoreLib, is ~15 MB).
+const MAX_ASSEMBLY: u64 = 256 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -138,6 +138,35 @@ enum Enabling {
     Failed(String),
 }
 
+/// The files `EnablePerfMap` makes the runtime write in its temp folder.
+fn map_files(pid: u32) -> [String; 3] {
+    [
+        format!("perf-{pid}.map"),
+        format!("perfinfo-{pid}.map"),
+        format!("jit-{pid}.dump"),
+    ]
+}
+
+/// Before the runtime of `pid` is asked to write its maps: each of its files
+/// in `dir` must be absent (then made, empty, the process's user's: see
+/// `DotnetProcess::attach`) or a plain file of the process's user.
+fn prepare_map_files(dir: &crate::files::TargetDir, pid: u32) -> Result<(), IpcError> {
+    for name in map_files(pid) {
+        match dir.check(&name, libc::S_IFREG) {
+            Ok(()) => {}
+            Err(crate::files::Refused::Missing) => dir
+                .create_for_owner(&name)
+                .map_err(|r| IpcError::Planted(format!("/tmp/{name}: {r}")))?,
+            Err(why) => {
+                return Err(IpcError::Planted(format!(
+                    "/tmp/{name}: {why}; the runtime would write through it"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// GC figures of a process over the recording.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GcStats {
@@ -236,9 +265,9 @@ pub struct DotnetProcess {
     pdbs: Pdbs,
     /// GC pauses seen, total pause time and collections, once the session ended.
     gc_final: Option<GcStats>,
-    /// The temp folder as crossprof can reach it after the process exits (then
-    /// `/proc/PID/root` is gone), to remove the files it caused.
-    tmp: PathBuf,
+    /// The temp folder, held open: its files are read and, at the end, those
+    /// crossprof caused removed, also after the process exited.
+    tmp: Option<Arc<crate::files::TargetDir>>,
     refreshed: Instant,
 }
 
@@ -249,15 +278,12 @@ impl DotnetProcess {
     /// With `lines`, it also follows the runtime's JIT events for source
     /// lines ([`lines`]).
     pub fn attach(pid: u32, runtime: Runtime, lines: bool) -> Self {
-        // The process's temp folder, as crossprof reaches it: straight in /tmp when
-        // both see the same root, so that its files are still read in the last
-        // drain after it exited (then /proc/PID/root is gone).
-        let tmp = if crate::native::process::same_root(pid) {
-            PathBuf::from("/tmp")
-        } else {
-            PathBuf::from(format!("/proc/{pid}/root/tmp"))
-        };
-        let mut perf_map = PerfMap::for_pid(pid, &tmp);
+        // The process's temp folder, opened once through its own root and held
+        // (its files are still read in the last drain after it exited, when
+        // /proc/PID/root is gone): the runtime's files are read as
+        // `crate::files` reads a target's files.
+        let tmp = crate::files::TargetDir::open(pid).ok().map(Arc::new);
+        let mut perf_map = PerfMap::for_pid(pid, tmp.as_ref());
         let perf_map_found = perf_map.refresh();
         let mut enabling = if perf_map_found {
             Enabling::NotNeeded
@@ -287,9 +313,18 @@ impl DotnetProcess {
                     // A process caught before its runtime read its settings may
                     // write its own map (DOTNET_PerfMapEnabled): then it is the
                     // user's, left on and in place at the end.
-                    if PerfMap::for_pid(pid, &tmp_seen).refresh() {
+                    if PerfMap::for_pid(pid, tmp_seen.as_ref()).refresh() {
                         return Ok(false);
                     }
+                    // The runtime will create its three files in its temp
+                    // folder, following any link planted there (as its own
+                    // user, then crossprof reads them as root): each must be
+                    // absent or a plain file of the process's user. The
+                    // absent ones are made now, empty, the process's own: a
+                    // link cannot be planted in their place afterwards (the
+                    // sticky /tmp lets only their owner remove them).
+                    let dir = tmp_seen.as_ref().ok_or(IpcError::NoSocket)?;
+                    prepare_map_files(dir, pid)?;
                     ipc::enable_perf_map(pid).map(|()| true)
                 });
                 Connected { enabled, gc, lines }
@@ -307,7 +342,10 @@ impl DotnetProcess {
             pid,
             runtime,
             perf_map,
-            jitdump: JitDump::at(tmp.join(format!("jit-{pid}.dump"))),
+            jitdump: JitDump::at(tmp.as_ref().map(|dir| crate::files::TargetFile {
+                dir: dir.clone(),
+                name: format!("jit-{pid}.dump"),
+            })),
             code: CodeTable::default(),
             code_reader: CodeReader::open(pid),
             unknown_prologs: 0,
@@ -330,9 +368,33 @@ impl DotnetProcess {
         }
     }
 
-    /// Collects the results of the IPC thread once it finished, or waits for it if
-    /// `wait`.
+    /// Collects the results of the IPC thread once it finished; if `wait`
+    /// (crossprof stopping), waits for it, but never more than
+    /// [`ipc::STOP_TIMEOUT`]: a thread still in an exchange then is left to end
+    /// on its own (its socket's deadline ends it), unanswered.
     fn settle(&mut self, wait: bool) {
+        if wait {
+            let deadline = Instant::now() + ipc::STOP_TIMEOUT;
+            let busy = |h: &Option<JoinHandle<_>>| h.as_ref().is_some_and(|h| !h.is_finished());
+            while (busy(&self.connecting) || busy(&self.lines_connecting)) && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if busy(&self.connecting) {
+                self.connecting = None;
+                if matches!(self.enabling, Enabling::Pending) {
+                    self.enabling = Enabling::Unanswered(format!(
+                        "the runtime did not answer within {:?}",
+                        ipc::STOP_TIMEOUT
+                    ));
+                }
+                self.gc = Gc::Failed("its diagnostics socket did not answer".into());
+            }
+            if busy(&self.lines_connecting) {
+                self.lines_connecting = None;
+                self.lines_failed = Some("its diagnostics socket did not answer".into());
+            }
+        }
         if self
             .lines_connecting
             .as_ref()
@@ -570,13 +632,12 @@ impl DotnetProcess {
         if matches!(self.enabling, Enabling::On | Enabling::Unanswered(_)) {
             // Fails harmlessly when the process has exited; the file goes either way.
             let _ = ipc::disable_perf_map(self.pid);
-            let pid = self.pid;
-            for file in [
-                format!("perf-{pid}.map"),
-                format!("perfinfo-{pid}.map"),
-                format!("jit-{pid}.dump"),
-            ] {
-                let _ = std::fs::remove_file(self.tmp.join(file));
+            // Only what is still a plain file of the process's user: never a
+            // link, never another user's file that took the name since.
+            if let Some(dir) = &self.tmp {
+                for name in map_files(self.pid) {
+                    let _ = dir.remove(&name);
+                }
             }
             self.enabling = Enabling::NotNeeded;
         }
@@ -607,6 +668,12 @@ impl DotnetProcess {
     }
 
     fn perf_map_note(&self, name: &str) -> Option<String> {
+        if let (Some(why), Some(file)) = (&self.perf_map.refused, self.perf_map.name()) {
+            return Some(format!(
+                "{name} (pid {}): its /tmp/{file} was not read: {why} (not one the runtime wrote: another user's?); its JIT frames are [unknown]",
+                self.pid
+            ));
+        }
         if self.perf_map_found {
             return None;
         }

@@ -655,12 +655,18 @@ fn matching(data: &[u8], cv: &CodeView) -> Result<PortablePdb, PdbError> {
 ///
 /// Also looked for: the CodeView path's file name in the assembly's folder (the
 /// PDB copied along with a `.dll` whose PDB was named differently).
-pub fn for_assembly(dll: &Path) -> Result<PortablePdb, PdbError> {
+///
+/// Files are read with `read` (the process's view of its files: every path
+/// here, the CodeView one included, comes from the process).
+pub fn for_assembly(
+    dll: &Path,
+    read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<PortablePdb, PdbError> {
     let in_file = |path: &Path, e: PdbError| PdbError::File {
         path: path.to_path_buf(),
         error: Box::new(e),
     };
-    let pe = std::fs::read(dll).map_err(|e| in_file(dll, e.into()))?;
+    let pe = read(dll).map_err(|e| in_file(dll, e.into()))?;
     let cv = codeview_entry(&pe).map_err(|e| in_file(dll, e))?;
     let dir = dll.parent().unwrap_or(Path::new(""));
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -684,7 +690,7 @@ pub fn for_assembly(dll: &Path) -> Result<PortablePdb, PdbError> {
     }
     let mut failure = None;
     for path in &candidates {
-        let result = match std::fs::read(path) {
+        let result = match read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => Err(e.into()),
             Ok(data) => matching(&data, &cv),

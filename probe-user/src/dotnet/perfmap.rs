@@ -15,15 +15,25 @@
 //! Addresses and sizes are hex, with or without `0x`. The file is read
 //! incrementally from where the last read stopped, and only whole lines are taken:
 //! the last line may be half-written when it is read.
+//!
+//! The file is the target's, in its temp folder: opened as [`crate::files`]
+//! opens a target's files (no link, no FIFO, its user's only), at most
+//! [`MAX_READ`] bytes a refresh, and a line longer than [`MAX_LINE`] is no
+//! method's: skipped to its end and counted, never held.
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{Read as _, Seek as _, SeekFrom},
-    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
+
+use crate::files::{Refused, TargetFile, read_at_most};
+
+/// The longest line taken (a method's line is a few hundred bytes; generic
+/// signatures reach ~1 KiB).
+pub const MAX_LINE: usize = 4096;
+/// The most read in one refresh (the rest is read by the next ones).
+pub const MAX_READ: u64 = 16 << 20;
 
 /// How a method reads in a profile: `Namespace.Type::Method`, tier and signature
 /// dropped so that every tier of one method is one frame; runtime stubs as
@@ -49,7 +59,13 @@ pub fn display_name(raw: &str) -> String {
 /// One process's perf map, read so far.
 #[derive(Debug)]
 pub struct PerfMap {
-    path: PathBuf,
+    file: Option<TargetFile>,
+    /// Why the file was refused, if it was (a link, a FIFO, another user's).
+    pub refused: Option<String>,
+    /// Lines longer than [`MAX_LINE`], skipped.
+    pub long_lines: u64,
+    /// Inside such a line (its end not read yet).
+    skipping: bool,
     /// A file last written before this is a leftover of an earlier process that had
     /// the same pid, and is not read.
     not_before: Option<SystemTime>,
@@ -77,18 +93,23 @@ pub struct Method {
 }
 
 impl PerfMap {
-    /// The perf map of `pid` in its temp folder `tmp` (as crossprof reaches it:
-    /// `/proc/PID/root/tmp` for a process in a container).
-    pub fn for_pid(pid: u32, tmp: &std::path::Path) -> Self {
-        let mut map = Self::at(tmp.join(format!("perf-{pid}.map")));
+    /// The perf map of `pid` in its temp folder `tmp` (none: nothing to read).
+    pub fn for_pid(pid: u32, tmp: Option<&Arc<crate::files::TargetDir>>) -> Self {
+        let mut map = Self::at(tmp.map(|dir| TargetFile {
+            dir: dir.clone(),
+            name: format!("perf-{pid}.map"),
+        }));
         map.not_before = process_start(pid);
         map
     }
 
-    /// A perf map at `path` (read on [`PerfMap::refresh`]).
-    pub fn at(path: PathBuf) -> Self {
+    /// A perf map at `file` (read on [`PerfMap::refresh`]).
+    pub fn at(file: Option<TargetFile>) -> Self {
         Self {
-            path,
+            file,
+            refused: None,
+            long_lines: 0,
+            skipping: false,
             not_before: None,
             read_to: 0,
             symbols: BTreeMap::new(),
@@ -100,8 +121,16 @@ impl PerfMap {
     /// Reads the lines appended since the last call. Returns whether the file
     /// could be read.
     pub fn refresh(&mut self) -> bool {
-        let Ok(mut f) = File::open(&self.path) else {
+        let Some(file) = &self.file else {
             return false;
+        };
+        let mut f = match file.open() {
+            Ok(f) => f,
+            Err(Refused::Missing) => return false,
+            Err(e) => {
+                self.refused = Some(e.to_string());
+                return false;
+            }
         };
         if let (Some(not_before), Ok(written)) =
             (self.not_before, f.metadata().and_then(|m| m.modified()))
@@ -109,20 +138,46 @@ impl PerfMap {
         {
             return false;
         }
-        if f.seek(SeekFrom::Start(self.read_to)).is_err() {
+        let Ok(buf) = read_at_most(&mut f, self.read_to, MAX_READ) else {
             return false;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return false;
-        }
-        // Only whole lines: a half-written last line is read again next time.
-        let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        self.read_to += whole as u64;
-        for line in String::from_utf8_lossy(&buf[..whole]).lines() {
-            self.add_line(line);
-        }
+        };
+        let consumed = self.ingest(&buf);
+        self.read_to += consumed as u64;
         true
+    }
+
+    /// Takes the whole lines of `buf` (bytes from where the last read
+    /// stopped); returns how many bytes it consumed. A half-written last line
+    /// is left to be read again; a line longer than [`MAX_LINE`] is skipped to
+    /// its end, however many reads that takes.
+    pub fn ingest(&mut self, buf: &[u8]) -> usize {
+        let mut at = 0;
+        while at < buf.len() {
+            let rest = &buf[at..];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    if self.skipping {
+                        self.skipping = false;
+                    } else if end > MAX_LINE {
+                        self.long_lines += 1;
+                    } else {
+                        self.add_line(&String::from_utf8_lossy(&rest[..end]));
+                    }
+                    at += end + 1;
+                }
+                None => {
+                    if rest.len() > MAX_LINE {
+                        if !self.skipping {
+                            self.long_lines += 1;
+                            self.skipping = true;
+                        }
+                        at = buf.len();
+                    }
+                    break;
+                }
+            }
+        }
+        at
     }
 
     fn add_line(&mut self, line: &str) {
@@ -132,7 +187,8 @@ impl PerfMap {
             let start = hex(fields.next()?)?;
             let size = hex(fields.next()?)?;
             let name = fields.next()?.trim();
-            (!name.is_empty() && size > 0).then(|| (start, start + size, name))
+            let end = start.checked_add(size)?;
+            (!name.is_empty() && size > 0).then_some((start, end, name))
         })();
         match parsed {
             Some((start, end, raw)) => {
@@ -159,9 +215,9 @@ impl PerfMap {
         std::mem::take(&mut self.fresh)
     }
 
-    /// Where the map is read from.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+    /// Its name in the target's temp folder.
+    pub fn name(&self) -> Option<&str> {
+        self.file.as_ref().map(|f| f.name.as_str())
     }
 
     /// The method whose code holds `addr`.
@@ -201,15 +257,31 @@ fn process_start(pid: u32) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
+    use std::{fs::File, io::Write as _, os::unix::fs::symlink, path::PathBuf};
 
     use super::*;
+    use crate::files::TargetDir;
+
+    /// A perf map named `name` in a scratch folder of this test's, which
+    /// belongs to this process's user; and the folder.
+    fn scratch(name: &str) -> (TargetFile, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("crossprof-perfmap-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let file = TargetFile {
+            dir: Arc::new(TargetDir::at(&dir, me).unwrap()),
+            name: "perf-1.map".into(),
+        };
+        (file, dir)
+    }
 
     #[test]
     fn a_perf_map_older_than_its_process_is_a_leftover_and_not_read() {
-        let path = std::env::temp_dir().join(format!("crossprof-stale-{}", std::process::id()));
-        std::fs::write(&path, "0x1000 10 int32 [P] P::A()[QuickJitted]\n").unwrap();
-        let mut map = PerfMap::at(path.clone());
+        let (file, dir) = scratch("stale");
+        std::fs::write(dir.join("perf-1.map"), "0x1000 10 int32 [P] P::A()[QuickJitted]\n").unwrap();
+        let mut map = PerfMap::at(Some(file));
         map.not_before = Some(SystemTime::now() + Duration::from_secs(60));
         assert!(!map.refresh());
         assert!(map.is_empty());
@@ -217,7 +289,7 @@ mod tests {
         assert!(map.not_before.is_some_and(|t| t <= SystemTime::now()));
         assert!(map.refresh());
         assert_eq!(map.len(), 1);
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -241,14 +313,15 @@ mod tests {
 
     #[test]
     fn reads_incrementally_and_never_a_half_written_line() {
-        let path = std::env::temp_dir().join(format!("crossprof-perfmap-{}", std::process::id()));
+        let (file, dir) = scratch("incremental");
+        let path = dir.join("perf-1.map");
         let mut f = File::create(&path).unwrap();
         write!(
             f,
             "0x1000 10 int32 [P] P::A()[QuickJitted]\n2000 20 int32 [P] P::B()[Optimized"
         )
         .unwrap();
-        let mut map = PerfMap::at(path.clone());
+        let mut map = PerfMap::at(Some(file));
         assert!(map.refresh());
         assert_eq!(map.len(), 1);
         assert_eq!(map.lookup(0x1005).map(|n| &**n), Some("P::A"));
@@ -266,5 +339,47 @@ mod tests {
         assert_eq!(map.bad_lines, 1);
         std::fs::remove_file(&path).unwrap();
         assert!(!map.refresh());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_too_long_is_skipped_to_its_end_across_reads_and_never_held() {
+        let mut map = PerfMap::at(Some(scratch("long").0));
+        let head = b"0x1000 10 int32 [P] P::A()[QuickJitted]\n".to_vec();
+        let mut buf = head.clone();
+        buf.extend(std::iter::repeat_n(b'x', MAX_LINE * 3));
+        // The long line's start: consumed, not held for the next read.
+        assert_eq!(map.ingest(&buf), buf.len());
+        assert_eq!(map.long_lines, 1);
+        // Its end, then a good line.
+        let mut tail = vec![b'y'; 100];
+        tail.extend(b"\n0x2000 10 int32 [P] P::B()[QuickJitted]\n");
+        assert_eq!(map.ingest(&tail), tail.len());
+        assert_eq!(map.long_lines, 1);
+        assert_eq!(map.lookup(0x2001).map(|n| &**n), Some("P::B"));
+        assert_eq!(map.bad_lines, 0);
+        // start + size past the end of the address space is no method.
+        map.ingest(b"0xffffffffffffff00 1000 int32 [P] P::C()[QuickJitted]\n");
+        assert_eq!(map.bad_lines, 1);
+    }
+
+    #[test]
+    fn a_planted_link_or_fifo_is_refused_not_followed_or_waited_on() {
+        let (file, dir) = scratch("planted");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0x1000 10 int32 [P] P::Secret()[QuickJitted]\n").unwrap();
+        symlink(&secret, dir.join("perf-1.map")).unwrap();
+        let mut map = PerfMap::at(Some(file.clone()));
+        assert!(!map.refresh());
+        assert!(map.is_empty(), "read through a link");
+        assert_eq!(map.refused.as_deref(), Some("it is a symbolic link"));
+        std::fs::remove_file(dir.join("perf-1.map")).unwrap();
+        let c = std::ffi::CString::new(dir.join("perf-1.map").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut map = PerfMap::at(Some(file));
+        assert!(!map.refresh(), "a FIFO was read");
+        assert!(map.refused.as_deref().is_some_and(|r| r.contains("FIFO")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

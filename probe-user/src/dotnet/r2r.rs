@@ -525,7 +525,14 @@ impl MetadataNames {
         let mut offsets = [0usize; 0x2A];
         for (t, slot) in offsets.iter_mut().enumerate() {
             *slot = at;
-            at += sizes.row(t)? * rows[t] as usize;
+            // Every table inside the file: row counts are the file's word, and
+            // later loops run over them.
+            at = sizes
+                .row(t)?
+                .checked_mul(rows[t] as usize)
+                .and_then(|n| n.checked_add(at))
+                .filter(|&end| end <= d.len())
+                .ok_or(R2rError("a metadata table runs past the file"))?;
         }
         let table = |t: usize| -> Result<Table, R2rError> {
             Ok(Table {

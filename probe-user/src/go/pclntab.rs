@@ -252,7 +252,13 @@ impl GoTable {
         };
         let (funcnames, cutab, filetab, pctab, pclntable) =
             (offset(3)?, offset(4)?, offset(5)?, offset(6)?, offset(7)?);
-        if nfunc == 0 || pclntable + 8 * (nfunc + 1) > base + section.size as usize {
+        // Checked arithmetic: a count from the file must not wrap past the
+        // bound (2^61 functions would then pass it and loop for ever).
+        let table_end = nfunc
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|n| n.checked_add(pclntable));
+        if nfunc == 0 || table_end.is_none_or(|end| end > base + section.size as usize) {
             return Err(bad("function table outside the section"));
         }
         let pcln_vaddr = section.addr;

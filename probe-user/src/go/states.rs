@@ -134,6 +134,10 @@ pub fn allgs_address(table: &GoTable) -> Option<u64> {
     })
 }
 
+/// The most of a `g` read (its layout's largest offset, from DWARF, is taken
+/// as said only below this).
+const MAX_G_BYTES: u64 = 64 * 1024;
+
 /// Every goroutine of process `pid` that is not dead, read from its memory
 /// (read-only) through `runtime.allgs` (at `allgs`, an address in the process),
 /// as `(g address, record)`: a record whose current status began at `since_ns`.
@@ -169,15 +173,25 @@ pub fn all_goroutines(
         return Vec::new();
     }
     let mut out = Vec::new();
+    // Offsets come from the binary's DWARF: a `g` is a few hundred bytes.
+    if startpc > MAX_G_BYTES {
+        return Vec::new();
+    }
     let mut g_bytes = vec![0u8; startpc as usize + 8];
     for chunk in buf.chunks_exact(8) {
         let g = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         if g == 0 || mem.read_exact_at(&mut g_bytes, g).is_err() {
             continue;
         }
+        // A field the DWARF places outside what was read reads as 0.
         let at = |off: u64, n: usize| -> u64 {
             let mut w = [0u8; 8];
-            w[..n].copy_from_slice(&g_bytes[off as usize..off as usize + n]);
+            let field = usize::try_from(off)
+                .ok()
+                .and_then(|o| g_bytes.get(o..o.checked_add(n)?));
+            if let Some(b) = field {
+                w[..n].copy_from_slice(b);
+            }
             u64::from_le_bytes(w)
         };
         let status = at(u64::from(offsets.status), 4) as u32;

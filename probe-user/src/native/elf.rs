@@ -144,13 +144,18 @@ impl Elf {
                 .unwrap_or_default();
             if kind == 4 {
                 // SHT_RELA: keep the relative relocations.
-                let (at, n) = (section.offset as usize, section.size as usize / 24);
+                // Only the entries inside the file: a section header can say
+                // anything (a size of 2^64 would loop for ever).
+                let at = section.offset as usize;
+                let n = (section.size as usize / 24).min(d.len().saturating_sub(at) / 24);
                 for r in 0..n {
                     let e = at + r * 24;
-                    if let (Some(off), Some(info), Some(addend)) =
+                    let (Some(off), Some(info), Some(addend)) =
                         (u64_at(d, e), u64_at(d, e + 8), u64_at(d, e + 16))
-                        && info & 0xFFFF_FFFF == R_X86_64_RELATIVE
-                    {
+                    else {
+                        break;
+                    };
+                    if info & 0xFFFF_FFFF == R_X86_64_RELATIVE {
                         elf.relative.insert(off, addend);
                     }
                 }

@@ -78,6 +78,19 @@ pub struct ModuleTable {
     pub go: GoTables,
 }
 
+/// Opens `path` to read it if it is a regular file: never blocking (the path
+/// of a mapping can be replaced by a FIFO after it was mapped, and a blocking
+/// open of one with no writer never returns).
+fn open_regular(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    f.metadata().ok()?.is_file().then_some(f)
+}
+
 impl ModuleTable {
     /// The module for `entry`, opened through `pid`'s view of it on first sight.
     fn intern(&mut self, pid: u32, entry: &MapEntry) -> ModuleId {
@@ -95,7 +108,7 @@ impl ModuleTable {
             path.clone(),
         ]
         .into_iter()
-        .find_map(|p| File::open(p).ok());
+        .find_map(|p| open_regular(&p));
         // Symbolize through the path the process mapped when it is still that
         // very file: separate debug files (`.gnu_debuglink`) are looked for next
         // to it. Otherwise (replaced, deleted, another mount namespace) through
@@ -368,7 +381,8 @@ impl ProcessTable {
             return;
         };
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            p.name = comm.trim_end().into();
+            // The process names itself (prctl): escaped for every output.
+            p.name = crate::symbolize::sanitize(comm.trim_end_matches('\n')).into();
         }
         p.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
@@ -926,6 +940,21 @@ impl ProcessTable {
         let lines_now = self.dotnet_lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
             Self::capture(&mut self.modules, p, lines_now);
+        }
+    }
+
+    /// Reads `pid`'s maps again, unless they were read less than `every`
+    /// ago; returns whether it did.
+    pub fn recapture_rate_limited(&mut self, pid: u32, every: Duration) -> bool {
+        let lines_now = self.dotnet_lines_now();
+        match self.procs.get_mut(&pid) {
+            Some(p) if p.captured.elapsed() >= every => {
+                Self::capture(&mut self.modules, p, lines_now);
+                true
+            }
+            Some(_) => false,
+            // Gone, or not seen yet: nothing to re-read.
+            None => true,
         }
     }
 

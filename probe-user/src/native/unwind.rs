@@ -4,9 +4,13 @@
 //! process the list of its mappings with where their rows are (`UNWIND_MAPS`,
 //! at the process's slot in `UNWIND_SLOTS`).
 //!
-//! Rows are never freed: a run that maps more objects than fit gets no rules for
-//! the rest (their frames fall back to frame pointers, and a stack that cannot be
-//! walked further ends in `[truncated: no unwind info]`), and says so once.
+//! A file's rows stay while a process whose walks use them lives, and are
+//! given back when the last one is gone (a long-running agent sees a browser
+//! come and go: its rows must not keep the table full for what starts after).
+//! A file that does not fit even then gets no rules (its frames fall back to
+//! frame pointers, and a stack that cannot be walked further ends in
+//! `[truncated: no unwind info]`), is counted (`unwind_files_refused`), and is
+//! tried again once room is freed.
 
 use std::{
     collections::HashMap,
@@ -124,7 +128,12 @@ pub fn page_index(rows: &[UnwindRow]) -> (u32, Vec<UnwindPage>) {
         return (0, Vec::new());
     };
     let base = first.pc >> UNWIND_PAGE_SHIFT;
+    // An index larger than the kernel's table would not fit anyway: none is
+    // built (the caller refuses the file) rather than 2^24 entries first.
     let pages = (last.pc >> UNWIND_PAGE_SHIFT) - base + 1;
+    if pages > MAX_UNWIND_PAGES {
+        return (base, Vec::new());
+    }
     // The last row at or before the start of page `base + i` (0 if none).
     let bound = |i: u32| {
         let start = u64::from(base + i) << UNWIND_PAGE_SHIFT;
@@ -156,10 +165,43 @@ pub struct UnwindTables {
     next_slot: u32,
     /// By file (the path that opens it for as long as crossprof runs).
     placed: HashMap<std::path::PathBuf, Option<(Placed, Arc<Elf>)>>,
+    /// The processes whose walks use each placed file's rows: a file no live
+    /// process maps gives its rows back.
+    users: HashMap<std::path::PathBuf, std::collections::BTreeSet<u32>>,
+    /// Per process, the files its walks use.
+    objects_of: HashMap<u32, Vec<std::path::PathBuf>>,
     next: u32,
     next_page: u32,
+    /// Ranges of rows and of page entries given back, `(first, count)`.
+    free_rows: Vec<(u32, u32)>,
+    free_pages: Vec<(u32, u32)>,
+    /// Files refused for lack of room, not tried again until room is freed.
+    refused: std::collections::HashSet<std::path::PathBuf>,
     /// Rows written, for the summary (memory: 8 bytes each).
     pub rows_written: u64,
+    /// Rows given back by files no live process maps any more.
+    pub rows_freed: u64,
+    /// Files whose rules did not fit (their code is walked by frame
+    /// pointers: `[truncated: no unwind info]` where it has none).
+    pub files_refused: u64,
+}
+
+/// The first `n` entries free in `free` (first fit; what is left of a range
+/// stays free), else at `*next` if `next + n <= max`.
+fn allocate(free: &mut Vec<(u32, u32)>, next: &mut u32, max: u32, n: u32) -> Option<u32> {
+    if let Some(i) = free.iter().position(|&(_, len)| len >= n) {
+        let (first, len) = free[i];
+        if len == n {
+            free.swap_remove(i);
+        } else {
+            free[i] = (first + n, len - n);
+        }
+        return Some(first);
+    }
+    let end = next.checked_add(n).filter(|&e| e <= max)?;
+    let first = *next;
+    *next = end;
+    Some(first)
 }
 
 impl UnwindTables {
@@ -179,9 +221,16 @@ impl UnwindTables {
             free_slots: std::collections::VecDeque::new(),
             next_slot: 0,
             placed: HashMap::new(),
+            users: HashMap::new(),
+            objects_of: HashMap::new(),
             next: 0,
             next_page: 0,
+            free_rows: Vec::new(),
+            free_pages: Vec::new(),
+            refused: std::collections::HashSet::new(),
             rows_written: 0,
+            rows_freed: 0,
+            files_refused: 0,
         })
     }
 
@@ -194,6 +243,7 @@ impl UnwindTables {
         mappings: &[ObjectMapping<'_>],
     ) -> Result<usize, UnwindTableError> {
         let mut entries = Vec::new();
+        let mut used = Vec::new();
         let mut full = false;
         for &ObjectMapping {
             start,
@@ -217,6 +267,9 @@ impl UnwindTables {
             let Some(link) = elf.mapping_vaddr(offset) else {
                 continue;
             };
+            if !used.iter().any(|p: &std::path::PathBuf| p == path) {
+                used.push(path.to_path_buf());
+            }
             entries.push(UnwindMapping {
                 start,
                 end,
@@ -263,6 +316,7 @@ impl UnwindTables {
         // without its mappings.
         self.maps.set(slot, value, 0)?;
         self.slots.insert(pid, slot, 0)?;
+        self.set_objects(pid, used);
         if full {
             return Err(UnwindTableError::Full);
         }
@@ -293,12 +347,54 @@ impl UnwindTables {
         objects
     }
 
-    /// Stops walking `pid` by rules (it exited, or its maps changed).
+    /// Stops walking `pid` by rules (it exited, or its maps changed); the
+    /// rows of files no other process uses are given back.
     pub fn remove_process(&mut self, pid: u32) {
         if let Some(slot) = self.slot_of.remove(&pid) {
             let _ = self.slots.remove(&pid);
             self.free_slots.push_back(slot);
         }
+        self.set_objects(pid, Vec::new());
+    }
+
+    /// Records that `pid`'s walks use the files `now` (and no others): a
+    /// file left without a user gives its rows and page entries back. (Its
+    /// process's slot no longer points at them: the slot was removed or
+    /// rewritten first.)
+    fn set_objects(&mut self, pid: u32, now: Vec<std::path::PathBuf>) {
+        let before = self.objects_of.remove(&pid).unwrap_or_default();
+        for path in before.iter().filter(|p| !now.contains(p)) {
+            let Some(users) = self.users.get_mut(path) else {
+                continue;
+            };
+            users.remove(&pid);
+            if !users.is_empty() {
+                continue;
+            }
+            self.users.remove(path);
+            if let Some(Some((placed, _))) = self.placed.remove(path) {
+                self.free_rows.push((placed.first, placed.count));
+                self.free_pages.push((placed.pages_first, placed.pages));
+                self.rows_freed += u64::from(placed.count);
+                // Room again: files refused for lack of it may fit now.
+                self.refused.clear();
+            }
+        }
+        for path in &now {
+            self.users.entry(path.clone()).or_default().insert(pid);
+        }
+        if !now.is_empty() {
+            self.objects_of.insert(pid, now);
+        }
+    }
+
+    /// Rows in use now.
+    pub fn rows_in_use(&self) -> u64 {
+        self.placed
+            .values()
+            .filter_map(|p| p.as_ref())
+            .map(|(p, _)| u64::from(p.count))
+            .sum()
     }
 
     /// The object at `path`, placed in `UNWIND_ROWS` (once per file); `None`
@@ -310,6 +406,9 @@ impl UnwindTables {
     ) -> Result<Option<(Placed, Arc<Elf>)>, UnwindTableError> {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
+        }
+        if self.refused.contains(path) {
+            return Err(UnwindTableError::Full);
         }
         let read = crate::native::elf::MappedFile::open(path)
             .and_then(|file| Some((Elf::parse(file.bytes())?, file)));
@@ -360,18 +459,31 @@ impl UnwindTables {
         });
         let count = rows.len() as u32;
         let (page_base, index) = page_index(&rows);
-        if u64::from(self.next) + u64::from(count) > u64::from(MAX_UNWIND_ROWS)
-            || self.next_page as usize + index.len() > MAX_UNWIND_PAGES as usize
-        {
-            return Err(UnwindTableError::Full);
+        let refuse = |t: &mut Self| {
+            t.refused.insert(path.to_path_buf());
+            t.files_refused += 1;
+            Err(UnwindTableError::Full)
+        };
+        if u64::from(count) > u64::from(MAX_UNWIND_ROWS) || index.len() > MAX_UNWIND_PAGES as usize {
+            return refuse(self);
         }
-        let (first, pages_first) = (self.next, self.next_page);
+        let Some(first) = allocate(&mut self.free_rows, &mut self.next, MAX_UNWIND_ROWS, count)
+        else {
+            return refuse(self);
+        };
+        let Some(pages_first) = allocate(
+            &mut self.free_pages,
+            &mut self.next_page,
+            MAX_UNWIND_PAGES,
+            index.len() as u32,
+        ) else {
+            self.free_rows.push((first, count));
+            return refuse(self);
+        };
         // Written before any process's list points at them, so the kernel
         // does not read them meanwhile.
         self.rows.write(first as usize, &rows);
         self.pages.write(pages_first as usize, &index);
-        self.next += count;
-        self.next_page += index.len() as u32;
         self.rows_written += u64::from(count);
         let placed = Some((
             Placed {

@@ -1,0 +1,587 @@
+//! Files crossprof touches as root beside other users' processes, each guarded
+//! against what those users can plant.
+//!
+//! **A target's files** (its perf map, jitdump, diagnostics socket: what the
+//! .NET runtime writes in its temp folder) are reached through the target's
+//! own root, found once as a folder handle (`openat2` with `RESOLVE_IN_ROOT`:
+//! a link there cannot lead out of the target's root), then opened relative to
+//! it with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` and checked with `fstat`: a
+//! regular file (a FIFO would block an `open` or a `read`; a link is refused
+//! by the open), owned by the target's user (or root for a root target: a
+//! file another user planted is not the runtime's). Reads are bounded.
+//!
+//! **Outputs** go into a folder a user named, which others may be able to
+//! write: each file is created under a random name with `O_CREAT | O_EXCL |
+//! O_NOFOLLOW` (never an existing file, never through a link), mode 0600, and
+//! renamed into place relative to the folder's handle (a rename replaces a
+//! planted link or hard link, never writes through it).
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{self, Read as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+/// Why a target's file was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// It does not exist (yet).
+    #[error("it does not exist")]
+    Missing,
+    /// It is a symbolic link (planted: the runtime writes plain files).
+    #[error("it is a symbolic link")]
+    Link,
+    /// It is not a regular file (a FIFO, a device, a folder...).
+    #[error("it is not a regular file ({0})")]
+    NotRegular(&'static str),
+    /// Another user owns it.
+    #[error("it belongs to uid {found}, not to the process's user (uid {expected})")]
+    Owner {
+        /// Its owner.
+        found: u32,
+        /// The target's user.
+        expected: u32,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// `struct open_how` (include/uapi/linux/openat2.h).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `RESOLVE_IN_ROOT`: resolve as if the folder were `/` (absolute links and
+/// `..` stay inside it). Linux 5.6.
+const RESOLVE_IN_ROOT: u64 = 0x10;
+/// `RESOLVE_NO_MAGICLINKS`: no `/proc/PID/fd`-style links on the way.
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+/// `openat2(dir, path, how)`.
+fn openat2(dir: RawFd, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: a NUL-terminated path and an `open_how` of the size passed,
+    // both alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `openat(dir, name, flags)` for one component.
+fn openat(dir: RawFd, name: &str, flags: i32, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated name alive for the call.
+    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstat(fd)`.
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat fills the struct it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the entry itself, never what it
+/// points to.
+fn lstatat(dir: RawFd, name: &str) -> io::Result<libc::stat> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fstatat fills the struct it is given; the name is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The kind of a file mode, for messages.
+fn kind(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "folder",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        _ => "unknown kind",
+    }
+}
+
+/// The user a process's files belong to: its filesystem uid (`Uid:` in
+/// `/proc/PID/status`, fourth field), which the kernel gives the files it
+/// creates.
+pub fn process_fsuid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// A target process's temp folder, opened once through its own root.
+#[derive(Debug)]
+pub struct TargetDir {
+    dir: OwnedFd,
+    /// The process's user: its files must be theirs.
+    pub owner: u32,
+}
+
+impl TargetDir {
+    /// The temp folder (`/tmp`) of process `pid`, inside its root.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let owner = process_fsuid(pid)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such process"))?;
+        let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+        let dir = openat2(
+            root.as_raw_fd(),
+            Path::new("tmp"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )?;
+        Ok(Self { dir, owner })
+    }
+
+    /// A folder at `path` whose files must belong to `owner` (tests, and
+    /// folders crossprof is told about).
+    pub fn at(path: &Path, owner: u32) -> io::Result<Self> {
+        let dir = openat2(
+            libc::AT_FDCWD,
+            path,
+            libc::O_PATH | libc::O_DIRECTORY,
+            RESOLVE_NO_MAGICLINKS,
+        )?;
+        Ok(Self { dir, owner })
+    }
+
+    /// `/proc/self/fd/N` of the folder: a path to files in it that no link
+    /// can redirect (for the calls that only take paths, such as `connect`).
+    pub fn fd_path(&self, name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", self.dir.as_raw_fd()))
+    }
+
+    /// Checks `name` as a file of the target's: not a link, the kind `want`
+    /// (`S_IFREG`, `S_IFSOCK`), the target's user's (or root's for a root
+    /// target).
+    pub fn check(&self, name: &str, want: libc::mode_t) -> Result<(), Refused> {
+        let st = match lstatat(self.dir.as_raw_fd(), name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refused::Missing),
+            Err(e) => return Err(Refused::Io(e)),
+        };
+        self.judge(&st, want)
+    }
+
+    fn judge(&self, st: &libc::stat, want: libc::mode_t) -> Result<(), Refused> {
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => Err(Refused::Link),
+            m if m != want => Err(Refused::NotRegular(kind(st.st_mode))),
+            _ if st.st_uid != self.owner => Err(Refused::Owner {
+                found: st.st_uid,
+                expected: self.owner,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens `name` to read it: never through a link, never blocking (a FIFO
+    /// is refused, not waited on), only a regular file of the target's user.
+    pub fn open_file(&self, name: &str) -> Result<File, Refused> {
+        let fd = match openat(
+            self.dir.as_raw_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refused::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Refused::Link),
+            Err(e) => return Err(Refused::Io(e)),
+        };
+        let st = fstat(fd.as_raw_fd())?;
+        self.judge(&st, libc::S_IFREG)?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates `name`, empty, as a file of the target's user (mode 0600):
+    /// never over an existing entry, never through a link.
+    pub fn create_for_owner(&self, name: &str) -> Result<(), Refused> {
+        let fd = match openat(
+            self.dir.as_raw_fd(),
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Refused::Link),
+            Err(e) => return Err(Refused::Io(e)),
+        };
+        // SAFETY: fchown of the descriptor just made; -1 keeps the group.
+        if unsafe { libc::fchown(fd.as_raw_fd(), self.owner, u32::MAX) } != 0 {
+            let e = io::Error::last_os_error();
+            let _ = self.remove_any(name);
+            return Err(Refused::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Removes the entry `name` (a file crossprof just made).
+    fn remove_any(&self, name: &str) -> io::Result<()> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated name alive for the call.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes `name` if it is still a regular file of the target's user (a
+    /// file crossprof caused; never a link, never someone else's).
+    pub fn remove(&self, name: &str) -> Result<(), Refused> {
+        self.check(name, libc::S_IFREG)?;
+        Ok(self.remove_any(name)?)
+    }
+}
+
+/// What a process may read: its user, its groups.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl Reader {
+    /// Process `pid`'s filesystem uid and its groups (`/proc/PID/status`).
+    pub fn of(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |key: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        let uid = *field("Uid:").get(3)?;
+        let mut gids = field("Groups:");
+        gids.extend(field("Gid:").get(3));
+        Some(Self { uid, gids })
+    }
+
+    /// Could this process read a file of these owner and mode bits? Root
+    /// reads all.
+    pub fn may_read(&self, st: &libc::stat) -> bool {
+        self.uid == 0
+            || (st.st_uid == self.uid && st.st_mode & libc::S_IRUSR != 0)
+            || (self.gids.contains(&st.st_gid) && st.st_mode & libc::S_IRGRP != 0)
+            || st.st_mode & libc::S_IROTH != 0
+    }
+}
+
+/// Reads the file a process names at `path` (its assemblies, their PDBs:
+/// paths that come from the process itself), as the process sees it: resolved
+/// inside its root (no link leads out), a regular file (never a FIFO or a
+/// device: `/dev/zero` named as a PDB is refused, not read), one the process
+/// itself could read, at most `max` bytes.
+pub fn read_in_root(pid: u32, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let reader = Reader::of(pid).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+    let fd = openat2(
+        root.as_raw_fd(),
+        path,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )?;
+    let st = fstat(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({})", kind(st.st_mode)),
+        ));
+    }
+    if !reader.may_read(&st) {
+        return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+    }
+    if st.st_size as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    read_at_most(&mut File::from(fd), 0, max)
+}
+
+/// A file in a target's folder.
+#[derive(Debug, Clone)]
+pub struct TargetFile {
+    /// The folder.
+    pub dir: std::sync::Arc<TargetDir>,
+    /// The file's name in it.
+    pub name: String,
+}
+
+impl TargetFile {
+    /// Opens it (see [`TargetDir::open_file`]).
+    pub fn open(&self) -> Result<File, Refused> {
+        self.dir.open_file(&self.name)
+    }
+}
+
+/// Reads from `file` at `offset` at most `max` bytes.
+pub fn read_at_most(file: &mut File, offset: u64, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Seek as _;
+    file.seek(io::SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// 16 random bytes as hex, for names no one can guess ahead.
+pub fn random_name() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most the buffer's length into it.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // No entropy source: the time and pid still make a name O_EXCL
+        // protects (a guessed name only fails the create).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An output folder, held open: files are created and renamed relative to it.
+#[derive(Debug)]
+pub struct OutFolder {
+    dir: OwnedFd,
+    /// The folder as the user named it.
+    pub path: std::path::PathBuf,
+    /// Who gets the files (`SUDO_UID`/`SUDO_GID` when run through sudo, so
+    /// that the user who asked can open them; else root keeps them).
+    owner: Option<(u32, u32)>,
+}
+
+impl OutFolder {
+    /// Opens the folder `path` (which must exist), not through a link whose
+    /// final component another user owns.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.file_type().is_symlink() {
+            use std::os::unix::fs::MetadataExt as _;
+            let (uid, mine) = (meta.uid(), invoking_uid());
+            if uid != 0 && Some(uid) != mine {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("it is a symbolic link owned by uid {uid}, another user"),
+                ));
+            }
+        }
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated path alive for the call.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a new descriptor nothing else owns.
+            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+            owner: sudo_owner(),
+        })
+    }
+
+    /// Creates a new file under a random name (mode 0600, never an existing
+    /// file, never through a link) for writing; returns it with its name.
+    pub fn create_temp(&self, stem: &str) -> io::Result<(File, String)> {
+        for _ in 0..8 {
+            let name = format!(".{stem}.{}.tmp", random_name());
+            match openat(
+                self.dir.as_raw_fd(),
+                &name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            ) {
+                Ok(fd) => {
+                    if let Some((uid, gid)) = self.owner {
+                        // SAFETY: plain fchown of the descriptor just made.
+                        unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
+                    }
+                    return Ok((File::from(fd), name));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::from(io::ErrorKind::AlreadyExists))
+    }
+
+    /// Renames `from` to `to` inside the folder (replacing whatever entry
+    /// `to` was: a planted link or hard link is replaced, not written through).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (
+            CString::new(from).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            CString::new(to).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        );
+        let d = self.dir.as_raw_fd();
+        // SAFETY: NUL-terminated names alive for the call.
+        if unsafe { libc::renameat(d, a.as_ptr(), d, b.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes the entry `name` of the folder (never what a link points to).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated name alive for the call.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Makes the folder's own entries durable (after renames).
+    pub fn sync(&self) {
+        if let Ok(fd) = openat(self.dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            // SAFETY: fsync of a descriptor of ours.
+            unsafe { libc::fsync(fd.as_raw_fd()) };
+        }
+    }
+
+    /// Gives the folder to the sudo user, like its files (see `owner`).
+    pub fn chown_to_invoker(&self) {
+        if let Some((uid, gid)) = self.owner
+            && let Ok(fd) = openat(self.dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        {
+            // SAFETY: plain fchown of a descriptor of ours.
+            unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
+        }
+    }
+}
+
+/// The user who ran crossprof: `SUDO_UID` under sudo, else the real uid.
+fn invoking_uid() -> Option<u32> {
+    std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        // SAFETY: getuid cannot fail.
+        .or_else(|| Some(unsafe { libc::getuid() }))
+}
+
+/// `SUDO_UID`/`SUDO_GID`, when crossprof runs as root through sudo.
+fn sudo_owner() -> Option<(u32, u32)> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("crossprof-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn temp_files_are_new_private_and_renamed_into_place() {
+        let d = scratch("out");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // A link planted where the output goes is replaced, not written through.
+        symlink(&victim, d.join("profile.folded")).unwrap();
+        let out = OutFolder::open(&d).unwrap();
+        let (mut f, tmp) = out.create_temp("profile.folded").unwrap();
+        std::io::Write::write_all(&mut f, b"a;b 1\n").unwrap();
+        out.rename(&tmp, "profile.folded").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let written = d.join("profile.folded");
+        assert!(!std::fs::symlink_metadata(&written).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "a;b 1\n");
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_ne!(random_name(), random_name());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_targets_links_fifos_and_others_files_are_refused() {
+        let pid = std::process::id();
+        let t = TargetDir::open(pid).unwrap();
+        let d = std::env::temp_dir();
+        let name = |what: &str| format!("crossprof-files-{what}-{pid}");
+        let _ = std::fs::remove_file(d.join(name("link")));
+        symlink("/etc/hostname", d.join(name("link"))).unwrap();
+        assert!(matches!(t.open_file(&name("link")), Err(Refused::Link)));
+        let fifo = d.join(name("fifo"));
+        let _ = std::fs::remove_file(&fifo);
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Refused at once, never waited on.
+        assert!(matches!(t.open_file(&name("fifo")), Err(Refused::NotRegular("FIFO"))));
+        std::fs::write(d.join(name("mine")), "x").unwrap();
+        assert!(t.open_file(&name("mine")).is_ok());
+        assert!(matches!(t.open_file(&name("none")), Err(Refused::Missing)));
+        // A file of another user's, as a root target sees one.
+        let other = TargetDir {
+            dir: t.dir.try_clone().unwrap(),
+            owner: t.owner + 1,
+        };
+        assert!(matches!(other.open_file(&name("mine")), Err(Refused::Owner { .. })));
+        assert!(matches!(other.remove(&name("mine")), Err(Refused::Owner { .. })));
+        t.remove(&name("mine")).unwrap();
+        for n in ["link", "fifo"] {
+            let _ = std::fs::remove_file(d.join(name(n)));
+        }
+    }
+}
