@@ -25,6 +25,7 @@ pub mod decode;
 pub mod diff;
 pub mod dotnet;
 pub mod error;
+pub mod files;
 pub mod fold;
 pub mod go;
 pub mod http;

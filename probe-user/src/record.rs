@@ -196,13 +196,11 @@ impl Pipeline {
         let budget = Instant::now() + DRAIN_BUDGET;
         let mut taken = 0u32;
         while let Some(item) = events.next() {
+            self.drain_record(&item, &mut maps_changed);
             taken += 1;
             if taken % 64 == 0 && Instant::now() >= budget {
-                // This record is taken; the rest wait.
-                self.drain_record(&item, &mut maps_changed);
                 break;
             }
-            self.drain_record(&item, &mut maps_changed);
         }
         // New code mapped: its rules now, before more of its samples come (at
         // most one re-read of a process's maps per MAPS_REREAD_EVERY; the
@@ -243,7 +241,7 @@ impl Pipeline {
                         .or(sample.go_block.map(|b| b.ns));
                     let weight = away_ns.map_or(self.cpu_weight, |ns| ns / 1000);
                     if weight == 0 {
-                        continue; // a span under a microsecond (--min-block 0)
+                        return; // a span under a microsecond (--min-block 0)
                     }
                     // The request it works for, looked up once (with
                     // --group-by trace only).
@@ -255,7 +253,7 @@ impl Pipeline {
                         None
                     };
                     if self.only_trace.is_some() && trace != self.only_trace {
-                        continue;
+                        return;
                     }
                     if sample.go_block.is_some() {
                         self.go_wait_us += weight;

@@ -40,7 +40,6 @@
 use std::{
     collections::HashMap,
     io::{self, Read, Write as _},
-    os::unix::net::UnixStream,
     sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Duration,

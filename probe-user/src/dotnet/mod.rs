@@ -45,7 +45,6 @@ pub mod unwind;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -375,8 +374,11 @@ impl DotnetProcess {
     fn settle(&mut self, wait: bool) {
         if wait {
             let deadline = Instant::now() + ipc::STOP_TIMEOUT;
-            let busy = |h: &Option<JoinHandle<_>>| h.as_ref().is_some_and(|h| !h.is_finished());
-            while (busy(&self.connecting) || busy(&self.lines_connecting)) && Instant::now() < deadline
+            fn busy<T>(h: &Option<JoinHandle<T>>) -> bool {
+                h.as_ref().is_some_and(|h| !h.is_finished())
+            }
+            while (busy(&self.connecting) || busy(&self.lines_connecting))
+                && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(10));
             }

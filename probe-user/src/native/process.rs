@@ -291,18 +291,6 @@ impl Process {
     }
 }
 
-/// Does `pid` see the same root folder as crossprof (no container)?
-pub(crate) fn same_root(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (
-        std::fs::metadata(format!("/proc/{pid}/root/")),
-        std::fs::metadata("/"),
-    ) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
-}
-
 /// Re-reading a process's maps on an unknown address happens at most this often:
 /// an address outside every mapping is either new code (dlopen, exec) or garbage
 /// from a broken frame chain, and the latter must not cost a read per sample.
