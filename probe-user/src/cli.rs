@@ -165,7 +165,12 @@ pub struct AgentArgs {
     pub cgroups: Vec<PathBuf>,
 
     /// Samples per second on each CPU.
-    #[arg(allow_negative_numbers = true, long, value_name = "HZ", default_value_t = 19)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "HZ",
+        default_value_t = 19
+    )]
     pub freq: u64,
 
     /// Also profile off-CPU time: each stack a thread blocked with (a system
@@ -177,7 +182,12 @@ pub struct AgentArgs {
 
     /// With --off-cpu: leave out off-CPU spans shorter than this many
     /// microseconds (dropped in the kernel).
-    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1000)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "USECS",
+        default_value_t = 1000
+    )]
     pub min_block: u64,
 
     /// Also profile goroutine waits in Go processes: each goroutine that
@@ -189,7 +199,12 @@ pub struct AgentArgs {
 
     /// With --go-waits: leave out goroutine waits shorter than this many
     /// microseconds (dropped in the kernel).
-    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1000)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "USECS",
+        default_value_t = 1000
+    )]
     pub min_go_wait: u64,
 
     /// Length of a window: 60s, 5m, ...
@@ -359,7 +374,12 @@ pub struct RecordArgs {
     /// waits shorter than this many microseconds, in the kernel (counted in
     /// summary.json as off_cpu_short_dropped and go_blocks_short_dropped), e.g.
     /// --min-block 1000 for waits of 1 ms and more.
-    #[arg(allow_negative_numbers = true, long, value_name = "USECS", default_value_t = 1)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "USECS",
+        default_value_t = 1
+    )]
     pub min_block: u64,
 
     /// With --mode wall or goblock: a threshold of its own for goroutine
@@ -386,7 +406,12 @@ pub struct RecordArgs {
 
     /// Samples per second on each CPU, e.g. --freq 999. At most the kernel's
     /// perf_event_max_sample_rate.
-    #[arg(allow_negative_numbers = true, long, value_name = "HZ", default_value_t = 99)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "HZ",
+        default_value_t = 99
+    )]
     pub freq: u64,
 
     /// What to write besides summary.json; repeat or separate with commas:

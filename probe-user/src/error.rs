@@ -15,7 +15,7 @@ pub enum UsageError {
     #[error("{0}")]
     Kernel(crate::kernel::Refusal),
     /// A `--pid` that does not exist.
-    #[error("no process with pid {0}: check it with `ps -p {0}`")]
+    #[error("--pid {0}: no process has that id: check it with `ps -p {0}`")]
     NoSuchPid(u32),
     /// A `--pid` that exited while crossprof attached.
     #[error(

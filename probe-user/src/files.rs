@@ -97,7 +97,14 @@ fn openat2(dir: RawFd, path: &Path, flags: i32, resolve: u64) -> io::Result<Owne
 fn openat(dir: RawFd, name: &str, flags: i32, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a NUL-terminated name alive for the call.
-    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -296,7 +303,11 @@ impl Reader {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let uid = *field("Uid:").get(3)?;
@@ -418,7 +429,12 @@ impl OutFolder {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: a NUL-terminated path alive for the call.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -482,7 +498,12 @@ impl OutFolder {
 
     /// Makes the folder's own entries durable (after renames).
     pub fn sync(&self) {
-        if let Ok(fd) = openat(self.dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        if let Ok(fd) = openat(
+            self.dir.as_raw_fd(),
+            ".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) {
             // SAFETY: fsync of a descriptor of ours.
             unsafe { libc::fsync(fd.as_raw_fd()) };
         }
@@ -491,7 +512,12 @@ impl OutFolder {
     /// Gives the folder to the sudo user, like its files (see `owner`).
     pub fn chown_to_invoker(&self) {
         if let Some((uid, gid)) = self.owner
-            && let Ok(fd) = openat(self.dir.as_raw_fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            && let Ok(fd) = openat(
+                self.dir.as_raw_fd(),
+                ".",
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
         {
             // SAFETY: plain fchown of a descriptor of ours.
             unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
@@ -545,7 +571,12 @@ mod tests {
         out.rename(&tmp, "profile.folded").unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         let written = d.join("profile.folded");
-        assert!(!std::fs::symlink_metadata(&written).unwrap().file_type().is_symlink());
+        assert!(
+            !std::fs::symlink_metadata(&written)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(std::fs::read_to_string(&written).unwrap(), "a;b 1\n");
         let mode = std::fs::metadata(&written).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -568,7 +599,10 @@ mod tests {
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Refused at once, never waited on.
-        assert!(matches!(t.open_file(&name("fifo")), Err(Refused::NotRegular("FIFO"))));
+        assert!(matches!(
+            t.open_file(&name("fifo")),
+            Err(Refused::NotRegular("FIFO"))
+        ));
         std::fs::write(d.join(name("mine")), "x").unwrap();
         assert!(t.open_file(&name("mine")).is_ok());
         assert!(matches!(t.open_file(&name("none")), Err(Refused::Missing)));
@@ -577,8 +611,14 @@ mod tests {
             dir: t.dir.try_clone().unwrap(),
             owner: t.owner + 1,
         };
-        assert!(matches!(other.open_file(&name("mine")), Err(Refused::Owner { .. })));
-        assert!(matches!(other.remove(&name("mine")), Err(Refused::Owner { .. })));
+        assert!(matches!(
+            other.open_file(&name("mine")),
+            Err(Refused::Owner { .. })
+        ));
+        assert!(matches!(
+            other.remove(&name("mine")),
+            Err(Refused::Owner { .. })
+        ));
         t.remove(&name("mine")).unwrap();
         for n in ["link", "fifo"] {
             let _ = std::fs::remove_file(d.join(name(n)));

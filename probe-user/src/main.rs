@@ -10,6 +10,7 @@ use crossprof::{
 };
 
 fn main() -> ExitCode {
+    crossprof::crash::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match e.kind() {

@@ -603,13 +603,16 @@ pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
     if flags & 2 != 0 {
         at += 2;
     }
-    miniz_oxide::inflate::decompress_to_vec_with_limit(data.get(at..).unwrap_or_default(), MAX_GUNZIP)
-        .map_err(|e| match e.status {
-            miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
-                format!("more than {} MiB once decompressed", MAX_GUNZIP >> 20)
-            }
-            _ => format!("corrupt gzip data ({e:?})"),
-        })
+    miniz_oxide::inflate::decompress_to_vec_with_limit(
+        data.get(at..).unwrap_or_default(),
+        MAX_GUNZIP,
+    )
+    .map_err(|e| match e.status {
+        miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+            format!("more than {} MiB once decompressed", MAX_GUNZIP >> 20)
+        }
+        _ => format!("corrupt gzip data ({e:?})"),
+    })
 }
 
 /// A profile read back: its sample types and stacks, folded (root first, each

@@ -261,11 +261,14 @@ impl OutputDir {
             created,
             written: Default::default(),
         };
-        let probe = dir.folder.create_temp("write-test").and_then(|(mut f, name)| {
-            let wrote = f.write_all(b"x");
-            let _ = dir.folder.remove(&name);
-            wrote
-        });
+        let probe = dir
+            .folder
+            .create_temp("write-test")
+            .and_then(|(mut f, name)| {
+                let wrote = f.write_all(b"x");
+                let _ = dir.folder.remove(&name);
+                wrote
+            });
         if let Err(e) = probe {
             dir.discard();
             return Err(err(e));
@@ -312,7 +315,11 @@ impl OutputDir {
 
     /// After a failed write (`e`): removes what was written, and the folder if
     /// crossprof made it, and says so, with the command's exit status.
-    pub fn abandon(&self, e: crate::error::Error, command_status: Option<i32>) -> crate::error::Error {
+    pub fn abandon(
+        &self,
+        e: crate::error::Error,
+        command_status: Option<i32>,
+    ) -> crate::error::Error {
         for name in self.written.borrow_mut().drain(..) {
             let _ = self.folder.remove(&name);
         }

@@ -198,7 +198,7 @@ impl Pipeline {
         while let Some(item) = events.next() {
             self.drain_record(&item, &mut maps_changed);
             taken += 1;
-            if taken % 64 == 0 && Instant::now() >= budget {
+            if taken.is_multiple_of(64) && Instant::now() >= budget {
                 break;
             }
         }
@@ -226,11 +226,7 @@ impl Pipeline {
     }
 
     /// Takes one record off the ring.
-    fn drain_record(
-        &mut self,
-        item: &[u8],
-        maps_changed: &mut std::collections::BTreeSet<u32>,
-    ) {
+    fn drain_record(&mut self, item: &[u8], maps_changed: &mut std::collections::BTreeSet<u32>) {
         {
             match decode(item) {
                 Ok(Record::CpuSample(sample)) => {
@@ -851,13 +847,17 @@ fn spawn_registered(
     unsafe {
         cmd.pre_exec(move || register_self_in_child(targets_fd, go));
     }
-    cmd.spawn().map_err(|e| {
+    let child = cmd.spawn().map_err(|e| -> Error {
         UsageError::Spawn {
             command: command[0].to_string_lossy().into_owned(),
             reason: e.to_string(),
         }
         .into()
-    })
+    })?;
+    if let Some(pid) = child.id() {
+        crate::crash::started(pid);
+    }
+    Ok(child)
 }
 
 pub(crate) fn alive(pid: u32) -> bool {
@@ -977,9 +977,9 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
     let cpu_at_start = CollectorStats::cpu_now();
-    let deadline = args
-        .duration
-        .and_then(|d| tokio::time::Instant::now().checked_add(Duration::try_from_secs_f64(d).ok()?));
+    let deadline = args.duration.and_then(|d| {
+        tokio::time::Instant::now().checked_add(Duration::try_from_secs_f64(d).ok()?)
+    });
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let until_deadline = async {
@@ -1020,6 +1020,9 @@ async fn run(
             }
         }
     };
+    if matches!(stop, Stop::CommandExited(_)) {
+        crate::crash::ended(); // reaped: its pid may be another's now
+    }
     let stopped_at = Instant::now();
     let recording_cpu = CollectorStats::cpu_now() - cpu_at_start;
     let duration = stopped_at - start;
@@ -1131,6 +1134,7 @@ async fn run(
     {
         command_status = c.wait().await.ok();
     }
+    crate::crash::ended();
     let command_exit_status = command_status.map(exit_code);
     // A failed write (a full disk) takes back what was written: outputs are
     // whole or absent.
@@ -1150,7 +1154,7 @@ async fn run(
     );
     if args.formats.contains(&Format::Folded) {
         out.write_atomic(FOLDED_FILE, |w| write_folded(&folded, w))
-        .map_err(failed)?;
+            .map_err(failed)?;
     }
     if args.formats.contains(&Format::Pprof) {
         let kind = crate::pprof::Kind::of(&args);
@@ -1242,7 +1246,6 @@ async fn run(
         args.output.clone()
     };
     let stop_to_svg = stopped_at.elapsed();
-
 
     let mut procs = procs;
     let go_versions: BTreeMap<u32, String> = procs
@@ -1419,7 +1422,7 @@ async fn run(
         serde_json::to_writer_pretty(&mut *w, &summary)?;
         writeln!(w)
     })
-        .map_err(failed)?;
+    .map_err(failed)?;
 
     if args.only_transitions {
         crate::kinds::write_edges(&summary.transitions, &mut std::io::stdout().lock()).map_err(

@@ -208,9 +208,8 @@ impl Names {
 /// targets (`prctl` names, symbols, perf maps): each such character becomes a
 /// visible `\xNN` (`\u{fffe}` for the two non-characters).
 pub fn sanitize(name: &str) -> Cow<'_, str> {
-    let bad = |c: char| {
-        c == ';' || (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}'
-    };
+    let bad =
+        |c: char| c == ';' || (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}';
     if !name.contains(bad) {
         return Cow::Borrowed(name);
     }

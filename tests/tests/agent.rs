@@ -277,6 +277,8 @@ fn off_loopback_every_endpoint_wants_the_token() {
     let token = "s3cret-token-0123456789abcdef";
     let token_file = out.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    // A token others can read is refused (tests/tests/errors.rs).
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut agent = Agent {
         guard: Guard(
             Command::new(crossprof_bin())

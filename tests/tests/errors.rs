@@ -57,9 +57,13 @@ fn pid_that_does_not_exist() {
     let pid = child.id();
     child.wait().unwrap();
     let run = run_crossprof(&["record", "--pid", &pid.to_string(), "-o", &d], LIMIT);
-    assert_rejected(&run, &format!("no process with pid {pid}"), Some(&dir));
+    assert_rejected(
+        &run,
+        &format!("--pid {pid}: no process has that id"),
+        Some(&dir),
+    );
     let run = run_crossprof(&["record", "--pid", "4194305", "-o", &d], LIMIT);
-    assert_rejected(&run, "no process with pid 4194305", Some(&dir));
+    assert_rejected(&run, "--pid 4194305: no process has that id", Some(&dir));
 }
 
 #[test]
@@ -192,4 +196,111 @@ fn kernel_waits_without_off_cpu_spans() {
         "--kernel-waits needs off-CPU spans: add --mode offcpu or --mode wall",
         Some(&dir),
     );
+}
+
+/// Every numeric or parsed flag of `record`, `agent` and `diff`, given a bad
+/// value (zero where zero means nothing, negative, huge, not a number, empty,
+/// past the type's range): exit 2 and one line that names the flag, never a
+/// panic (101) or the panic hook's 70, and nothing started or written.
+#[test]
+fn every_flag_with_a_bad_value_is_one_line_naming_it() {
+    let huge = "99999999999999999999999";
+    let common: &[&str] = &["-1", "abc", "", huge];
+    let table: &[(&str, &str, &[&str])] = &[
+        ("record", "--freq", &["0"]),
+        (
+            "record",
+            "--duration",
+            &[
+                "0",
+                "1e19",
+                "1e300",
+                "18446744073709551616",
+                "nan",
+                "inf",
+                "-0.5",
+            ],
+        ),
+        ("record", "--pid", &["0", "99999999999"]),
+        ("record", "--min-block", &[]),
+        ("record", "--min-go-wait", &[]),
+        ("record", "--slow-ms", &[]),
+        ("agent", "--freq", &["0"]),
+        ("agent", "--pid", &["0"]),
+        ("agent", "--min-block", &[]),
+        ("agent", "--window", &["0", "0.001s", "1e300s", "-5s"]),
+        ("agent", "--retain", &["0", "-5m"]),
+        (
+            "agent",
+            "--max-disk",
+            &["0", "99999999999999999999GB", "1e300GB"],
+        ),
+        ("agent", "--listen", &["1.2.3.4:99999", "localhost"]),
+        ("agent", "--comm", &["", "a-name-longer-than-15-bytes"]),
+    ];
+    let (dir, d) = out("err_table");
+    let marker = dir.with_file_name("command-ran");
+    let _ = std::fs::remove_file(&marker);
+    let marker_s = marker.to_str().unwrap().to_owned();
+    for (command, flag, values) in table {
+        let values = values
+            .iter()
+            .chain(if *flag == "--comm" || *flag == "--listen" {
+                [].iter()
+            } else {
+                common.iter()
+            });
+        for value in values {
+            let assigned = format!("{flag}={value}");
+            let mut args = vec![*command, assigned.as_str()];
+            match *command {
+                "record" => args.extend(["-o", &d, "--", "touch", &marker_s]),
+                _ => args.extend(["--dir", &d]),
+            }
+            let run = run_crossprof(&args, LIMIT);
+            assert_ne!(
+                run.status.code(),
+                Some(101),
+                "{args:?} panicked: {}",
+                run.stderr
+            );
+            assert_ne!(
+                run.status.code(),
+                Some(70),
+                "{args:?} panicked: {}",
+                run.stderr
+            );
+            assert_rejected(&run, flag, Some(&dir));
+            assert!(!marker.exists(), "{args:?} started its command");
+        }
+    }
+}
+
+/// `record --` with nothing after it is a mistake, not a whole-system
+/// recording.
+#[test]
+fn a_bare_double_dash_names_the_missing_command() {
+    let (dir, d) = out("err_bare_dash");
+    let run = run_crossprof(&["record", "-o", &d, "--"], LIMIT);
+    assert_rejected(&run, "command", Some(&dir));
+}
+
+/// The agent's token is a secret: a token file others can read is refused.
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    let (dir, d) = out("err_token_mode");
+    let token = dir.with_file_name("token");
+    std::fs::write(&token, "s3cret-token-for-the-test\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = run_crossprof(
+        &[
+            "agent",
+            "--dir",
+            &d,
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_rejected(&run, "--token-file", None);
 }

@@ -95,7 +95,8 @@ pub fn socket_name(pid: u32) -> Option<String> {
 pub fn socket_ready(pid: u32) -> Result<(), IpcError> {
     let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
     let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
-    dir.check(&name, libc::S_IFSOCK).map_err(|r| refused(&name, r))
+    dir.check(&name, libc::S_IFSOCK)
+        .map_err(|r| refused(&name, r))
 }
 
 fn refused(name: &str, r: Refused) -> IpcError {
@@ -114,7 +115,8 @@ fn refused(name: &str, r: Refused) -> IpcError {
 pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
     let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
     let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
-    dir.check(&name, libc::S_IFSOCK).map_err(|r| refused(&name, r))?;
+    dir.check(&name, libc::S_IFSOCK)
+        .map_err(|r| refused(&name, r))?;
     // The path through the folder's descriptor: resolved in the folder
     // checked above, whatever its path is made of.
     let path = dir.fd_path(&name);
@@ -163,7 +165,10 @@ pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
 fn set_deadline(sock: &UnixStream, deadline: Instant) -> io::Result<()> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "the exchange took too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the exchange took too long",
+        ));
     }
     sock.set_read_timeout(Some(left))?;
     sock.set_write_timeout(Some(left))

@@ -265,7 +265,8 @@ mod tests {
     /// A perf map named `name` in a scratch folder of this test's, which
     /// belongs to this process's user; and the folder.
     fn scratch(name: &str) -> (TargetFile, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("crossprof-perfmap-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("crossprof-perfmap-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // SAFETY: geteuid cannot fail.
@@ -280,7 +281,11 @@ mod tests {
     #[test]
     fn a_perf_map_older_than_its_process_is_a_leftover_and_not_read() {
         let (file, dir) = scratch("stale");
-        std::fs::write(dir.join("perf-1.map"), "0x1000 10 int32 [P] P::A()[QuickJitted]\n").unwrap();
+        std::fs::write(
+            dir.join("perf-1.map"),
+            "0x1000 10 int32 [P] P::A()[QuickJitted]\n",
+        )
+        .unwrap();
         let mut map = PerfMap::at(Some(file));
         map.not_before = Some(SystemTime::now() + Duration::from_secs(60));
         assert!(!map.refresh());

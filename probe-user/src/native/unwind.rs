@@ -464,7 +464,8 @@ impl UnwindTables {
             t.files_refused += 1;
             Err(UnwindTableError::Full)
         };
-        if u64::from(count) > u64::from(MAX_UNWIND_ROWS) || index.len() > MAX_UNWIND_PAGES as usize {
+        if u64::from(count) > u64::from(MAX_UNWIND_ROWS) || index.len() > MAX_UNWIND_PAGES as usize
+        {
             return refuse(self);
         }
         let Some(first) = allocate(&mut self.free_rows, &mut self.next, MAX_UNWIND_ROWS, count)

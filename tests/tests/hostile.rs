@@ -1,0 +1,359 @@
+//! A hostile neighbour: another user plants links, FIFOs and names with
+//! control characters where root crossprof looks, or a user asks for the
+//! absurd. Each test is one defect found by trying (issue 18) and asserts what
+//! must hold: no root file changed, nothing of one published, the recording
+//! stops on time, outputs whole, private and well formed, the exit status as
+//! documented.
+//!
+//! "Another user" is `nobody` (uid 65534): the links and FIFOs are made by a
+//! process running as it, as an attacker's would be. This machine runs with
+//! `fs.protected_symlinks = 0`, so the kernel itself would follow them.
+
+use std::{
+    os::unix::{
+        fs::{MetadataExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crossprof_tests::{
+    Dotnet, Guard, Run, out_dir, output_within, parse_folded, read_summary, run_crossprof, spinner,
+};
+
+const NOBODY: u32 = 65534;
+
+/// Runs `program args` as `nobody`; it must succeed.
+fn as_nobody(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .expect("run a command as nobody");
+    assert!(status.success(), "{program} {args:?} as nobody");
+}
+
+/// A root-only (0600) file holding `text`, in a root-only folder: what an
+/// attacker aims a link at.
+fn victim(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Every file of an output folder, as text.
+fn outputs(dir: &Path) -> Vec<(PathBuf, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            (p, text)
+        })
+        .collect()
+}
+
+/// A running .NET 8 target (root, no perf map setting), given a second to
+/// start.
+fn dotnet_target(secs: &str) -> Guard {
+    let runtime = Dotnet::Net8;
+    let target = Guard(
+        runtime
+            .command(&runtime.fixture("chain"), &[secs])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    target
+}
+
+fn record_pid(dir: &Path, pid: u32, secs: &str) -> Run {
+    run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            secs,
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    )
+}
+
+/// Defects 1 and 2: links planted at the names a root .NET process's runtime
+/// writes (`/tmp/perf-PID.map`, `perfinfo-PID.map`, `jit-PID.dump`), aimed at
+/// root-only files. crossprof must not turn the maps on (the runtime would
+/// write through the links as root), must not read the link that poses as a
+/// perf map (its target's content would become frame names in 0644 files),
+/// must leave the links alone, and must say why in a note.
+#[test]
+fn links_planted_for_a_dotnet_targets_maps_are_neither_written_through_nor_read() {
+    let secret = "SECRET-ROOT-ONLY";
+    let victims = out_dir("hostile_links_victims");
+    let target = dotnet_target("6");
+    let pid = target.pid();
+    let names = [
+        format!("perf-{pid}.map"),
+        format!("perfinfo-{pid}.map"),
+        format!("jit-{pid}.dump"),
+    ];
+    let mut planted = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // A perf map line covering every address: were it read, each JIT frame
+        // would be named after the secret.
+        let text = format!("0 7fffffffffff {secret}-{i}\n");
+        let v = victim(&victims, &format!("victim-{i}"), &text);
+        let link = PathBuf::from("/tmp").join(name);
+        let _ = std::fs::remove_file(&link);
+        as_nobody("ln", &["-s", v.to_str().unwrap(), link.to_str().unwrap()]);
+        planted.push((link, v, text));
+    }
+    let dir = out_dir("hostile_links");
+    let run = record_pid(&dir, pid, "2");
+    let cleanup = || {
+        for (link, ..) in &planted {
+            let _ = std::fs::remove_file(link);
+        }
+    };
+    if !run.status.success() {
+        cleanup();
+        panic!("{}", run.stderr);
+    }
+    let seen: Vec<(bool, String)> = planted
+        .iter()
+        .map(|(link, v, _)| {
+            let meta = std::fs::symlink_metadata(link);
+            (
+                meta.is_ok_and(|m| m.file_type().is_symlink()),
+                std::fs::read_to_string(v).unwrap(),
+            )
+        })
+        .collect();
+    cleanup();
+    for ((link, v, text), (still, now)) in planted.iter().zip(seen) {
+        assert!(still, "{} was removed or replaced", link.display());
+        assert_eq!(&now, text, "{} was written through", v.display());
+    }
+    for (path, text) in outputs(&dir) {
+        assert!(
+            !text.contains(secret),
+            "{} publishes the root-only file",
+            path.display()
+        );
+    }
+    let notes = read_summary(&dir)["notes"].to_string();
+    assert!(
+        notes.contains(&format!("/tmp/perf-{pid}.map")) && notes.contains("symbolic link"),
+        "no note names the planted link: {notes}"
+    );
+}
+
+/// Defect 4: a FIFO planted as a .NET target's perf map. Opening it for
+/// reading would block until someone writes: crossprof must not wait on it
+/// (the recording ends on time, SIGTERM is honoured) and must say why.
+#[test]
+fn a_fifo_planted_as_a_perf_map_does_not_hang_the_recording() {
+    let target = dotnet_target("8");
+    let pid = target.pid();
+    let fifo = format!("/tmp/perf-{pid}.map");
+    let _ = std::fs::remove_file(&fifo);
+    as_nobody("mkfifo", &["-m", "0666", &fifo]);
+    let dir = out_dir("hostile_fifo");
+    let started = Instant::now();
+    let run = record_pid(&dir, pid, "2");
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&fifo);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        took < Duration::from_secs(10),
+        "a 2 s recording took {took:?}"
+    );
+    let notes = read_summary(&dir)["notes"].to_string();
+    assert!(
+        notes.contains(&fifo) && notes.contains("not a regular file"),
+        "no note names the FIFO: {notes}"
+    );
+}
+
+/// Defect 5: a whole-system recording at 100 kHz (the kernel's default
+/// maximum) with two busy processes: the collector must keep its deadline
+/// (asked 1 s: done well within 10 s with its outputs written), and a SIGTERM
+/// must stop it within 2 s.
+#[test]
+fn a_whole_system_recording_at_100_khz_keeps_its_deadline_and_signals() {
+    let _busy = [spinner(30.0, "busy-a"), spinner(30.0, "busy-b")];
+    let dir = out_dir("hostile_100khz");
+    let started = Instant::now();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--freq",
+            "100000",
+            "--duration",
+            "1",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        took < Duration::from_secs(10),
+        "a 1 s recording took {took:?}"
+    );
+    assert!(dir.join("summary.json").is_file());
+
+    let dir = out_dir("hostile_100khz_term");
+    let mut child = Command::new(crossprof_tests::crossprof_bin());
+    child.args([
+        "record",
+        "-q",
+        "--freq",
+        "100000",
+        "--duration",
+        "60",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let child = Guard(
+        child
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Instant::now();
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+    let mut child = child;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "SIGTERM not honoured within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dir.join("summary.json").is_file());
+}
+
+/// Defect 7: a process named with control characters (prctl lets any user
+/// do it) must leave the SVG well formed (no character XML 1.0 forbids) and
+/// the folded file parseable, the name shown escaped.
+#[test]
+fn control_characters_in_a_process_name_keep_the_outputs_well_formed() {
+    let target = spinner(4.0, "ev\u{1}il\u{1b}[31m");
+    let dir = out_dir("hostile_comm");
+    let run = record_pid(&dir, target.pid(), "1");
+    assert!(run.status.success(), "{}", run.stderr);
+    let svg = std::fs::read(dir.join("flamegraph.svg")).unwrap();
+    let bad: Vec<u8> = svg
+        .iter()
+        .copied()
+        .filter(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+        .collect();
+    assert!(bad.is_empty(), "the SVG holds control bytes {bad:?}");
+    let folded = std::fs::read_to_string(dir.join("profile.folded")).unwrap();
+    assert!(
+        !folded.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters in profile.folded"
+    );
+    let stacks = parse_folded(&folded);
+    let named: u64 = stacks
+        .iter()
+        .filter(|s| s.frames[0].starts_with("ev\\x01il\\x1b[31m"))
+        .map(|s| s.count)
+        .sum();
+    assert!(named > 50, "the process is not named, escaped: {folded}");
+}
+
+/// Defects 3 and 14: an output folder another user can write, with links
+/// planted at the names crossprof writes: the links are replaced, never
+/// followed (the root files they aim at are unchanged), and every output is
+/// private (0600 files, a 0700 folder when crossprof creates it).
+#[test]
+fn links_in_the_output_folder_are_replaced_not_followed_and_outputs_are_private() {
+    let victims = out_dir("hostile_out_victims");
+    let dir = out_dir("hostile_out");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut planted = Vec::new();
+    for name in [
+        "summary.json",
+        "profile.folded",
+        "flamegraph.svg",
+        "profile.pb.gz",
+    ] {
+        let v = victim(&victims, name, "root's own content\n");
+        as_nobody(
+            "ln",
+            &["-s", v.to_str().unwrap(), dir.join(name).to_str().unwrap()],
+        );
+        planted.push(v);
+    }
+    let target = spinner(3.0, "outputs");
+    let run = record_pid(&dir, target.pid(), "1");
+    assert!(run.status.success(), "{}", run.stderr);
+    for v in &planted {
+        assert_eq!(
+            std::fs::read_to_string(v).unwrap(),
+            "root's own content\n",
+            "{} was written through a link",
+            v.display()
+        );
+    }
+    for (path, _) in outputs(&dir) {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file(), "{} is not a regular file", path.display());
+        assert_eq!(
+            meta.mode() & 0o777,
+            0o600,
+            "{} is not private",
+            path.display()
+        );
+    }
+    // A folder crossprof makes is private too.
+    let fresh = out_dir("hostile_out_fresh").join("made");
+    let target = spinner(3.0, "outputs");
+    let run = record_pid(&fresh, target.pid(), "1");
+    assert!(run.status.success(), "{}", run.stderr);
+    let mode = std::fs::metadata(&fresh).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the output folder is {mode:o}");
+}
+
+/// Defect 6: a `--duration` past what a clock can add is refused before the
+/// command starts, in one line, exit 2 (it panicked, leaving the command
+/// running unprofiled).
+#[test]
+fn a_duration_past_the_clock_is_refused_before_the_command_starts() {
+    let dir = out_dir("hostile_duration");
+    let marker = dir.join("ran");
+    for value in ["1e19", "18446744073709551616", "1e300"] {
+        let mut cmd = Command::new(crossprof_tests::crossprof_bin());
+        cmd.args(["record", "--duration", value, "-o"])
+            .arg(dir.join("out"))
+            .args(["--", "touch"])
+            .arg(&marker);
+        let run = output_within(&mut cmd, Duration::from_secs(30));
+        assert_eq!(run.status.code(), Some(2), "{value}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("--duration"), "{}", run.stderr);
+        assert!(!marker.exists(), "--duration {value}: the command ran");
+    }
+}
