@@ -355,14 +355,14 @@ fn decode_goroutine_end(mut buf: &[u8]) -> Result<Record, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use probe_common::native::record_len;
 
     use super::*;
 
     /// Lays a record out the way the kernel program does (see
     /// `probe_common::native::SampleHeader`).
-    fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
+    pub(crate) fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&kind.to_le_bytes());
         v.extend_from_slice(&pid.to_le_bytes());

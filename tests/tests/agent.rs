@@ -1099,3 +1099,45 @@ fn dotnet_frames_in_the_windows_carry_source_lines() {
     );
     assert!(agent.stop().success());
 }
+
+/// A loopback agent without a token answers only requests whose `Host:` is a
+/// loopback name or address: a web page served from `evil.example` that
+/// rebinds that name to 127.0.0.1 sends `Host: evil.example` and must not read
+/// profiles (DNS rebinding).
+#[test]
+fn a_loopback_agent_without_a_token_refuses_foreign_host_names() {
+    use std::io::{Read as _, Write as _};
+    let agent = Agent::start("agent_host", &["--window", "1s"]);
+    let port = agent.addr.rsplit(':').next().unwrap().to_owned();
+    let status = |host: &str| -> u16 {
+        let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET /api/windows HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = String::new();
+        let _ = s.read_to_string(&mut head);
+        head.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".into(),
+        "10.1.2.3".into(),
+    ] {
+        assert_eq!(status(&host), 403, "Host: {host}");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".into(),
+    ] {
+        assert_eq!(status(&host), 200, "Host: {host}");
+    }
+    assert!(agent.stop().success());
+}

@@ -8,12 +8,14 @@
 //! - `bench`: measures crossprof's overhead and prints each figure beside its goal.
 //! - `vmtest`: the representative end-to-end tests on Debian 12's 6.1 and 6.12
 //!   kernels, booted under qemu.
+//! - `fuzz`: every parser of untrusted bytes under random mutations, N seconds each.
 
 mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod test;
 mod vmtest;
 
@@ -48,6 +50,8 @@ enum Task {
     Bench(bench::Args),
     /// Run the representative end-to-end tests on Debian 12's 6.1 and 6.12 kernels under qemu.
     Vmtest(vmtest::Args),
+    /// Fuzz every parser of untrusted bytes for a while (no root needed).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Task::Gallery => demo::run_gallery(),
         Task::Bench(args) => bench::run(&args),
         Task::Vmtest(args) => vmtest::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

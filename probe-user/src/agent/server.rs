@@ -204,7 +204,7 @@ async fn connection(
 
 /// A parsed request head.
 #[derive(Debug)]
-struct Request {
+pub(crate) struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
@@ -217,7 +217,7 @@ struct Request {
 }
 
 impl Request {
-    fn parse(head: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(head: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(head).ok()?;
         let mut lines = text.split("\r\n");
         let mut first = lines.next()?.split(' ');

@@ -611,7 +611,7 @@ pub fn utf16z(b: &[u8]) -> Option<(String, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A NetTrace stream writer for the tests: the layout the runtime writes.
@@ -701,7 +701,7 @@ mod tests {
         Ok(log)
     }
 
-    fn sample_stream() -> Vec<u8> {
+    pub(crate) fn sample_stream() -> Vec<u8> {
         let mut w = Writer::new();
         let mut meta = Vec::new();
         event(

@@ -147,10 +147,10 @@ impl JitDump {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header() -> Vec<u8> {
+    pub(crate) fn header() -> Vec<u8> {
         let mut h = Vec::new();
         for v in [MAGIC, 1, 40, 62, 0, 42] {
             h.extend_from_slice(&v.to_le_bytes());
@@ -159,7 +159,7 @@ mod tests {
         h
     }
 
-    fn code_load(addr: u64, size: u64, name: &str) -> Vec<u8> {
+    pub(crate) fn code_load(addr: u64, size: u64, name: &str) -> Vec<u8> {
         let total = CODE_LOAD_FIXED + name.len() + 1 + size as usize;
         let mut r = Vec::new();
         r.extend_from_slice(&JIT_CODE_LOAD.to_le_bytes());

@@ -148,22 +148,29 @@ fn map_files(pid: u32) -> [String; 3] {
 
 /// Before the runtime of `pid` is asked to write its maps: each of its files
 /// in `dir` must be absent (then made, empty, the process's user's: see
-/// `DotnetProcess::attach`) or a plain file of the process's user.
-fn prepare_map_files(dir: &crate::files::TargetDir, pid: u32) -> Result<(), IpcError> {
+/// `DotnetProcess::attach`) or a plain file of the process's user. Returns
+/// the files it made (removed again if the runtime is not turned on); on a
+/// refusal, removes them and says which file and why.
+fn prepare_map_files(dir: &crate::files::TargetDir, pid: u32) -> Result<Vec<String>, IpcError> {
+    let mut made = Vec::new();
     for name in map_files(pid) {
-        match dir.check(&name, libc::S_IFREG) {
-            Ok(()) => {}
-            Err(crate::files::Refused::Missing) => dir
-                .create_for_owner(&name)
-                .map_err(|r| IpcError::Planted(format!("/tmp/{name}: {r}")))?,
-            Err(why) => {
-                return Err(IpcError::Planted(format!(
-                    "/tmp/{name}: {why}; the runtime would write through it"
-                )));
-            }
+        let refused = match dir.check(&name, libc::S_IFREG) {
+            Ok(()) => continue,
+            Err(crate::files::Refused::Missing) => match dir.create_for_owner(&name) {
+                Ok(()) => {
+                    made.push(name);
+                    continue;
+                }
+                Err(r) => format!("/tmp/{name}: {r}"),
+            },
+            Err(why) => format!("/tmp/{name}: {why}; the runtime would write through it"),
+        };
+        for made in &made {
+            let _ = dir.remove(made);
         }
+        return Err(IpcError::Planted(refused));
     }
-    Ok(())
+    Ok(made)
 }
 
 /// GC figures of a process over the recording.
@@ -323,8 +330,19 @@ impl DotnetProcess {
                     // link cannot be planted in their place afterwards (the
                     // sticky /tmp lets only their owner remove them).
                     let dir = tmp_seen.as_ref().ok_or(IpcError::NoSocket)?;
-                    prepare_map_files(dir, pid)?;
-                    ipc::enable_perf_map(pid).map(|()| true)
+                    // No socket, no files: nothing is made for a runtime that
+                    // cannot be asked.
+                    ipc::socket_ready(pid)?;
+                    let made = prepare_map_files(dir, pid)?;
+                    let asked = ipc::enable_perf_map(pid);
+                    if asked.is_err() {
+                        // Not turned on: the empty files made for it go (an
+                        // empty perf map would read as the runtime's own).
+                        for name in made {
+                            let _ = dir.remove(&name);
+                        }
+                    }
+                    asked.map(|()| true)
                 });
                 Connected { enabled, gc, lines }
             });

@@ -709,7 +709,7 @@ pub fn for_assembly(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// ECMA-335 §II.23.2 unsigned compressed integer.
@@ -807,7 +807,7 @@ mod tests {
 
     /// A standalone portable PDB: three documents, four methods; `wide` makes the
     /// #GUID and #Blob indices 4 bytes.
-    fn sample(wide: bool) -> Vec<u8> {
+    pub(crate) fn sample(wide: bool) -> Vec<u8> {
         let mut blobs = BlobHeap(vec![0]);
         let doc1 = blobs.document("/", &["", "src", "app", "Program.cs"]);
         let doc2 = blobs.document("\\", &["C:", "src", "Other.cs"]);
@@ -1035,7 +1035,7 @@ mod tests {
 
     /// A minimal PE32 file: one section holding a debug directory of a
     /// Reproducible entry, a Windows CodeView entry and a portable one.
-    fn sample_pe() -> Vec<u8> {
+    pub(crate) fn sample_pe() -> Vec<u8> {
         let mut d = vec![0u8; 0x400];
         d[..2].copy_from_slice(b"MZ");
         d[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());

@@ -659,11 +659,11 @@ fn is_plt_expression(e: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A hand-made CIE + FDE: push rbp; mov rbp,rsp; ...; the usual prologue.
-    fn framed() -> Vec<u8> {
+    pub(crate) fn framed() -> Vec<u8> {
         let mut cie = vec![];
         cie.extend_from_slice(&0u32.to_le_bytes()); // CIE id
         cie.push(1); // version
