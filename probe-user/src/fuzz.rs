@@ -23,6 +23,7 @@
 //! with a fixed seed; `cargo xtask fuzz [--secs N]` runs each for N seconds
 //! (CI: 5) from a seed of the clock, which it prints.
 
+#[cfg(test)]
 use std::{
     ops::Range,
     panic::AssertUnwindSafe,
@@ -32,21 +33,27 @@ use std::{
 
 /// One fuzz target.
 pub struct Target {
+    /// What `cargo xtask fuzz TARGET` and the harness in `fuzz/` call it.
     pub name: &'static str,
     /// Its seeds (built once per run).
+    #[cfg(test)]
     pub seeds: fn() -> Vec<Seed>,
     /// The code under test.
     pub run: fn(&[u8]),
 }
 
+#[cfg(test)]
 /// A starting input, and the bytes of it the parser reads most (mutations go
 /// there 7 times in 8).
 #[derive(Clone)]
 pub struct Seed {
+    /// The input.
     pub bytes: Vec<u8>,
+    /// Where in it mutations go most.
     pub focus: Range<usize>,
 }
 
+#[cfg(test)]
 impl Seed {
     fn whole(bytes: Vec<u8>) -> Self {
         let focus = 0..bytes.len();
@@ -54,9 +61,11 @@ impl Seed {
     }
 }
 
+#[cfg(test)]
 /// xorshift64*: enough randomness for mutations, reproducible from a seed.
 struct Rng(u64);
 
+#[cfg(test)]
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -74,6 +83,7 @@ impl Rng {
     }
 }
 
+#[cfg(test)]
 /// Values that break length and offset arithmetic.
 const INTERESTING: [u64; 14] = [
     0,
@@ -92,11 +102,13 @@ const INTERESTING: [u64; 14] = [
     u64::MAX,
 ];
 
+#[cfg(test)]
 /// The longest a mutated input grows to: twice its seed, at least 64 KiB.
 fn size_limit(seed: &Seed) -> usize {
     (seed.bytes.len() * 2).max(64 << 10)
 }
 
+#[cfg(test)]
 /// Applies 1-8 random edits to `input` (a copy of `seed`).
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seed: &Seed, others: &[Seed]) {
     for _ in 0..1 + rng.below(8) {
@@ -167,12 +179,15 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seed: &Seed, others: &[Seed]) {
     input.truncate(size_limit(seed));
 }
 
+#[cfg(test)]
 /// What one target's run found.
 #[derive(Debug)]
 pub struct Ran {
+    /// Inputs tried.
     pub rounds: u64,
 }
 
+#[cfg(test)]
 /// Runs `target` for `time` from `seed_value`; on a panic or a slow round,
 /// saves the input under `crashes` and returns why, with the file.
 pub fn run(
@@ -227,12 +242,14 @@ pub fn run(
     Ok(Ran { rounds })
 }
 
+#[cfg(test)]
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
         (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
+#[cfg(test)]
 /// The part of an ELF file that is section `name` (all of it if none).
 fn section_focus(bytes: &[u8], name: &str) -> Range<usize> {
     crate::native::elf::Elf::parse(bytes)
@@ -242,20 +259,24 @@ fn section_focus(bytes: &[u8], name: &str) -> Range<usize> {
         .unwrap_or(0..bytes.len())
 }
 
+#[cfg(test)]
 fn elf_section(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
     let r = section_focus(bytes, name);
     (r.len() < bytes.len()).then(|| bytes[r].to_vec())
 }
 
+#[cfg(test)]
 fn system_elf() -> Vec<u8> {
     std::fs::read("/bin/true").expect("/bin/true")
 }
 
+#[cfg(test)]
 fn go_binary() -> Vec<u8> {
     let path = crossprof_tests::Go::Go123.fixture("chain", crossprof_tests::GoBuild::Stripped);
     std::fs::read(path).expect("the Go fixture")
 }
 
+#[cfg(test)]
 /// The .NET 8 runtime's smallest ReadyToRun assemblies that name methods.
 fn r2r_assemblies() -> Vec<Vec<u8>> {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
@@ -280,6 +301,7 @@ fn r2r_assemblies() -> Vec<Vec<u8>> {
         .collect()
 }
 
+#[cfg(test)]
 fn text(lines: &[&str]) -> Vec<Seed> {
     lines
         .iter()
@@ -291,12 +313,25 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Runs the target `name` on `data` (what a `cargo fuzz` harness calls);
+/// false if there is no such target.
+pub fn run_named(name: &str, data: &[u8]) -> bool {
+    match targets().into_iter().find(|t| t.name == name) {
+        Some(t) => {
+            (t.run)(data);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Every target.
 pub fn targets() -> Vec<Target> {
     use crate::{dotnet, go, native};
     vec![
         Target {
             name: "perf_map",
+            #[cfg(test)]
             seeds: || {
                 text(&[
                     "7f00dead1000 40 [OptimizedTier1] Busy::Hot()[Optimized]\n7f00dead2000 1a0 instance void [System.Private.CoreLib] System.String::Concat(string,string)[PreJIT]\n",
@@ -312,6 +347,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "jitdump",
+            #[cfg(test)]
             seeds: || {
                 let mut d = dotnet::jitdump::tests::header();
                 d.extend(dotnet::jitdump::tests::code_load(
@@ -334,6 +370,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "nettrace",
+            #[cfg(test)]
             seeds: || vec![Seed::whole(dotnet::eventpipe::tests::sample_stream())],
             run: |b| {
                 let _ = dotnet::eventpipe::read_stream(&mut &b[..], |_| {});
@@ -341,6 +378,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "ipc_reply",
+            #[cfg(test)]
             seeds: || {
                 vec![
                     Seed::whole(dotnet::ipc::encode(0xFF, 0x00, &0u32.to_le_bytes())),
@@ -357,6 +395,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "elf",
+            #[cfg(test)]
             seeds: || {
                 let d = system_elf();
                 let focus = 0..d.len().min(4096);
@@ -375,6 +414,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "elf_notes",
+            #[cfg(test)]
             seeds: || {
                 let d = system_elf();
                 vec![Seed::whole(
@@ -387,6 +427,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "eh_frame",
+            #[cfg(test)]
             seeds: || {
                 let d = system_elf();
                 vec![
@@ -401,6 +442,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "gopclntab",
+            #[cfg(test)]
             seeds: || {
                 let d = go_binary();
                 let focus = section_focus(&d, ".gopclntab");
@@ -415,6 +457,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "go_buildinfo",
+            #[cfg(test)]
             seeds: || {
                 let d = go_binary();
                 vec![Seed::whole(
@@ -427,6 +470,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "ready_to_run",
+            #[cfg(test)]
             seeds: || {
                 r2r_assemblies()
                     .into_iter()
@@ -444,6 +488,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "portable_pdb",
+            #[cfg(test)]
             seeds: || {
                 vec![
                     Seed::whole(dotnet::pdb::tests::sample(false)),
@@ -460,6 +505,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "dotnet_prolog",
+            #[cfg(test)]
             seeds: || {
                 vec![
                     // push rbp; mov rbp,rsp; push r15; sub rsp,0x28; lea rbp,[rsp+0x30]
@@ -476,6 +522,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "ring_record",
+            #[cfg(test)]
             seeds: || {
                 vec![
                     Seed::whole(crate::decode::tests::encode(
@@ -494,6 +541,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "proc_maps",
+            #[cfg(test)]
             seeds: || {
                 text(&[
                     "55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 1234 /usr/bin/true\n55d0c0a02000-55d0c0a06000 r-xp 00002000 08:01 1234 /usr/bin/true (deleted)\n7ffd1c3f0000-7ffd1c411000 rw-p 00000000 00:00 0 [stack]\n",
@@ -505,6 +553,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "pprof",
+            #[cfg(test)]
             seeds: || seed_files("pprof"),
             run: |b| {
                 let _ = crate::pprof::read(b);
@@ -513,6 +562,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "folded",
+            #[cfg(test)]
             seeds: || {
                 text(&[
                     "app;main;work 10\napp;main;idle 3\n",
@@ -525,6 +575,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "http_request",
+            #[cfg(test)]
             seeds: || {
                 text(&[
                     "GET /debug/pprof/profile?seconds=5&pid=42 HTTP/1.1\r\nHost: 127.0.0.1:7070\r\nAuthorization: Bearer abc\r\nCookie: crossprof_token=abc\r\n\r\n",
@@ -537,6 +588,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "traceparent",
+            #[cfg(test)]
             seeds: || {
                 text(&[
                     "POST /x HTTP/1.1\r\nHost: a\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nbody",
@@ -548,6 +600,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "command_line_values",
+            #[cfg(test)]
             seeds: || text(&["2.5", "1h30m", "500ms", "64MiB", "1.5GB", "-0", "1e19s"]),
             run: |b| {
                 let s = lossy(b);
@@ -560,6 +613,7 @@ pub fn targets() -> Vec<Target> {
     ]
 }
 
+#[cfg(test)]
 /// The checked-in inputs of `tests/data/fuzz/<target>/` (seeds, and inputs
 /// that once crashed).
 fn seed_files(target: &str) -> Vec<Seed> {
@@ -617,6 +671,18 @@ pub(crate) mod tests {
                     .map_or(1, |d| d.as_nanos() as u64)
             });
         let only = std::env::var("CROSSPROF_FUZZ_TARGET").ok();
+        // `cargo xtask fuzz --coverage`: only the seeds, as libFuzzer's
+        // starting corpus (one folder per target).
+        if let Some(dir) = std::env::var_os("CROSSPROF_FUZZ_WRITE_SEEDS") {
+            for target in targets() {
+                let dir = PathBuf::from(&dir).join(target.name);
+                std::fs::create_dir_all(&dir).unwrap();
+                for (i, seed) in (target.seeds)().iter().enumerate() {
+                    std::fs::write(dir.join(format!("seed-{i}")), &seed.bytes).unwrap();
+                }
+            }
+            return;
+        }
         let mut failed = Vec::new();
         for target in targets() {
             if only.as_deref().is_some_and(|o| o != target.name) {

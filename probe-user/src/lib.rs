@@ -28,8 +28,7 @@ pub mod dotnet;
 pub mod error;
 pub mod files;
 pub mod fold;
-#[cfg(test)]
-mod fuzz;
+pub mod fuzz;
 pub mod go;
 pub mod http;
 pub mod kernel;

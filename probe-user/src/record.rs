@@ -1395,6 +1395,8 @@ async fn run(
             })
         },
         unwind_table_rows: unwind_tables.rows_written,
+        unwind_rows_freed: unwind_tables.rows_freed,
+        unwind_files_refused: unwind_tables.files_refused,
         unwind_objects: unwind_tables
             .objects()
             .into_iter()

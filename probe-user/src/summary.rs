@@ -68,6 +68,12 @@ pub struct Summary {
     /// Rows of `.eh_frame` rules given to the kernel (8 bytes each), for native
     /// code walked without frame pointers.
     pub unwind_table_rows: u64,
+    /// Rows given back when no live process mapped their file any more
+    /// (reused by the next files).
+    pub unwind_rows_freed: u64,
+    /// Files whose rules did not fit the table (their stacks end at
+    /// `[truncated: no unwind info]`).
+    pub unwind_files_refused: u64,
     /// The objects in that table, largest first: what each costs in kernel
     /// memory (rows are shared by every process that maps the object).
     pub unwind_objects: Vec<UnwindObject>,

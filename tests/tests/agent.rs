@@ -1141,3 +1141,47 @@ fn a_loopback_agent_without_a_token_refuses_foreign_host_names() {
     }
     assert!(agent.stop().success());
 }
+
+/// Captures are capped and end with their client: four 600 s captures run,
+/// a fifth is answered 429 at once; once their clients hang up, the slots are
+/// free again (a 1 s capture is served), so abandoned captures cannot pile up.
+#[test]
+fn captures_are_capped_and_end_when_their_client_hangs_up() {
+    use std::io::{Read as _, Write as _};
+    let agent = Agent::start("agent_captures", &["--window", "1s"]);
+    let open = || {
+        let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+        write!(
+            s,
+            "GET /debug/pprof/profile?seconds=600 HTTP/1.1\r\nHost: {}\r\n\r\n",
+            agent.addr
+        )
+        .unwrap();
+        s
+    };
+    let held: Vec<_> = (0..4).map(|_| open()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut fifth = open();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    fifth.read_exact(&mut head).unwrap();
+    assert_eq!(&head[9..12], b"429", "{}", String::from_utf8_lossy(&head));
+    drop(held);
+    drop(fifth);
+    let start = Instant::now();
+    loop {
+        let r = get(&agent.addr, "/debug/pprof/profile?seconds=1", &[]).unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the slots of hung-up captures were not given back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(agent.stop().success());
+}

@@ -357,3 +357,103 @@ fn a_duration_past_the_clock_is_refused_before_the_command_starts() {
         assert!(!marker.exists(), "--duration {value}: the command ran");
     }
 }
+
+/// The start time of `pid` in clock ticks (`/proc/PID/stat` field 22), as the
+/// .NET runtime puts it in its diagnostics socket's name.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+/// Defect 10: a diagnostics socket that accepts and then drips one byte every
+/// 2 s (a fake one, planted where a .NET target started without diagnostics
+/// would have its own). A 3 s recording must not wait on it: done within 8 s,
+/// with the target's GC marks and perf map given up, in notes.
+#[test]
+fn a_diagnostics_socket_that_drips_does_not_stall_the_stop() {
+    let runtime = Dotnet::Net8;
+    let target = Guard(
+        runtime
+            .command(&runtime.fixture("chain"), &["10"])
+            .env("DOTNET_EnableDiagnostics", "0")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = target.pid();
+    let name = format!("/tmp/dotnet-diagnostic-{pid}-{}-socket", start_ticks(pid));
+    let _ = std::fs::remove_file(&name);
+    let listener = std::os::unix::net::UnixListener::bind(&name).unwrap();
+    let dripping = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        // Every connection: read the request, then answer a byte at a time.
+        for conn in listener.incoming().take(8) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                let _ = conn.read(&mut buf);
+                for b in b"DOTNET_IPC_V1\0" {
+                    std::thread::sleep(Duration::from_secs(2));
+                    if conn.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = out_dir("hostile_drip");
+    let started = Instant::now();
+    let run = record_pid(&dir, pid, "3");
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&name);
+    drop(dripping);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        took < Duration::from_secs(8),
+        "a 3 s recording took {took:?}"
+    );
+    let notes = read_summary(&dir)["notes"].to_string();
+    assert!(notes.contains("no [gc] marks"), "{notes}");
+}
+
+/// Defect 11: outputs to a folder that fills up (a 16 KiB tmpfs): one line,
+/// exit 2, the command's own status still reported, and no partial file
+/// left.
+#[test]
+fn a_full_disk_leaves_no_half_output_and_reports_the_command_s_status() {
+    let dir = out_dir("hostile_full");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "crossprof-full"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a small tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&dir);
+    let chain = crossprof_tests::native_fixture("chain");
+    let mut cmd = Command::new(crossprof_tests::crossprof_bin());
+    cmd.args(["record", "-q", "--freq", "999", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("{} 2 >/dev/null; exit 7", chain.display()));
+    let run = output_within(&mut cmd, Duration::from_secs(60));
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("No space left on device") && lines[0].contains("status 7"),
+        "{}",
+        lines[0]
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert!(left.is_empty(), "partial outputs left: {left:?}");
+}

@@ -16,10 +16,12 @@ use crossprof_tests::{
 
 /// `traced.go`: a net/http server and a client in one program; 10 requests,
 /// each with its own traceparent, each handler burning 100 ms of CPU. At 999 Hz,
-/// each request has ~100 samples of `main.work` under
-/// `trace <its id>` (within 20%); no client frame (`main.main`) is under a
-/// trace, the first one too (the goroutine layout is in the kernel before the
-/// command runs); next to nothing is `[no trace]`; every request was seen with its trace (summary.json); the
+/// each request from the second on has ~100 samples of `main.work` under
+/// `trace <its id>` (within 20%); the first is under its own trace too (the
+/// goroutine layout is in the kernel before the command runs; its CPU time
+/// is shared with crossprof's start, so only half is asked); next to nothing
+/// is `[no trace]`; no client frame (`main.main`) is under a trace; every
+/// request was seen with its trace (summary.json); the
 /// samples in the vDSO (`time.Now`, run on the thread's g0 stack with R14 still
 /// the goroutine) keep their goroutine, so most are under a trace too. Normal
 /// and PIE builds of the newest and oldest toolchains.
@@ -54,7 +56,10 @@ fn each_request_s_work_is_under_its_trace_id() {
         // still while the host is busy: each request must then be there, under
         // its own trace, with a fair share of the requests' median (a
         // request's count varies up to 2.5 times its median there).
-        let per_request: Vec<u64> = (1..=10u32)
+        // The first request runs while crossprof starts too (its threads
+        // and the target's share the CPUs): it is checked for its trace, not
+        // for its CPU time.
+        let per_request: Vec<u64> = (2..=10u32)
             .map(|i| work(&format!("trace {i:032x}")))
             .collect();
         let (lo, hi) = if emulated() {
@@ -65,13 +70,18 @@ fn each_request_s_work_is_under_its_trace_id() {
         } else {
             (80, 120)
         };
-        for (i, &n) in (1..).zip(&per_request) {
+        for (i, &n) in (2..).zip(&per_request) {
             assert!(
                 (lo..=hi).contains(&n),
                 "{what}: request {i}: {n} samples of main.work under its trace, \
                  expected {lo} to {hi}:\n{stacks:#?}"
             );
         }
+        let first = work(&format!("trace {:032x}", 1));
+        assert!(
+            first >= lo / 2,
+            "{what}: the first request has {first} samples under its trace"
+        );
         // Only a sample taken on the way through the scheduler or a
         // preemption signal's handler may lose its goroutine, and so its trace.
         let unattributed = |in_runtime: bool| -> u64 {
@@ -358,7 +368,14 @@ fn seed_cause_1_a_contended_mutex_is_most_of_the_slow_requests_time() {
             s0 + s["dur"].as_f64().unwrap(),
             c0 + c["dur"].as_f64().unwrap(),
         );
-        assert!(c0 <= s0 && s1 <= c1, "server {s} outside client {c}");
+        // Each end is stamped at a system call's return: the server's read
+        // can return before the client's write does (the client preempted
+        // on its way out), by up to a scheduling slice on a busy machine.
+        let slack = 2_000.0; // µs
+        assert!(
+            c0 <= s0 + slack && s1 <= c1 + slack,
+            "server {s} outside client {c}"
+        );
     }
 }
 

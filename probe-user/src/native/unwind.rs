@@ -643,6 +643,27 @@ mod tests {
         );
     }
 
+    /// Rows given back are taken again first (first fit, split when larger),
+    /// and nothing is handed out past the table's end.
+    #[test]
+    fn freed_rows_are_reused_before_the_table_grows() {
+        let (mut free, mut next) = (Vec::new(), 0u32);
+        assert_eq!(allocate(&mut free, &mut next, 100, 60), Some(0));
+        assert_eq!(
+            allocate(&mut free, &mut next, 100, 50),
+            None,
+            "past the end"
+        );
+        assert_eq!(allocate(&mut free, &mut next, 100, 40), Some(60));
+        free.push((0, 60)); // the first file's process exited
+        assert_eq!(allocate(&mut free, &mut next, 100, 25), Some(0));
+        assert_eq!(free, [(25, 35)]);
+        assert_eq!(allocate(&mut free, &mut next, 100, 35), Some(25));
+        assert!(free.is_empty());
+        assert_eq!(allocate(&mut free, &mut next, 100, 1), None, "full");
+        assert_eq!(allocate(&mut free, &mut next, u32::MAX, u32::MAX), None);
+    }
+
     #[test]
     fn the_page_index_brackets_each_pcs_row() {
         // Rows at pages 1, 1, 2.5, 3 and 4.5.
