@@ -102,7 +102,7 @@ pub(crate) struct Pipeline {
     /// The kernel's tables for walking .NET stacks.
     dotnet_tables: KernelTables,
     /// The kernel's `.eh_frame` tables for native code.
-    unwind_tables: crate::native::unwind::UnwindTables,
+    pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
     /// The first failure to update them, reported once.
     unwind_tables_error: Option<String>,
     /// `--frame-pointers-only`: no rules given to the kernel.

@@ -1185,3 +1185,50 @@ fn captures_are_capped_and_end_when_their_client_hangs_up() {
     }
     assert!(agent.stop().success());
 }
+
+/// One large binary must not fill the kernel's unwind table for the rest of
+/// the agent's life: the rows of a .NET process's files (libcoreclr's rules
+/// are most of them) are given back once it exits and no live process maps
+/// them, and `/api/windows` says so.
+#[test]
+fn the_unwind_rows_of_an_exited_process_are_given_back() {
+    let agent = Agent::start("agent_unwind_rows", &["--window", "1s"]);
+    let status = || agent.windows()["agent"].clone();
+    let rows = |s: &Value, k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k}: {s}"));
+    // Whatever else runs on the host keeps its rows: the test follows the
+    // change the .NET process makes.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = rows(&status(), "unwind_rows_in_use");
+    let freed_before = rows(&status(), "unwind_rows_freed");
+    let dll = Dotnet::Net8.fixture("chain");
+    let mut target = spawn(&mut Dotnet::Net8.command(&dll, &["4"]));
+    let start = Instant::now();
+    let mut peak = before;
+    while start.elapsed() < Duration::from_secs(4) {
+        peak = peak.max(rows(&status(), "unwind_rows_in_use"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        peak > before + 10_000,
+        "the .NET process's rules never went in: {before} -> {peak} rows"
+    );
+    target.wait_for(Duration::from_secs(30));
+    let grew = peak - before;
+    let start = Instant::now();
+    loop {
+        let s = status();
+        let (in_use, freed) = (
+            rows(&s, "unwind_rows_in_use"),
+            rows(&s, "unwind_rows_freed") - freed_before,
+        );
+        if freed >= grew / 2 && in_use <= before + grew / 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rows not given back after the exit: {before} -> {peak} -> {in_use} in use, {freed} freed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(agent.stop().success());
+}

@@ -284,6 +284,38 @@ fn control_characters_in_a_process_name_keep_the_outputs_well_formed() {
     assert!(named > 50, "the process is not named, escaped: {folded}");
 }
 
+/// Defect 7, through a binary: a function whose symbol holds control
+/// characters is named, escaped, and the SVG stays well formed.
+#[test]
+fn control_characters_in_a_symbol_name_keep_the_outputs_well_formed() {
+    let bin = crossprof_tests::build_c("native/ctlname.c", &["-O1", "-fno-omit-frame-pointer"]);
+    let dir = out_dir("hostile_symbol");
+    let mut cmd = Command::new(crossprof_tests::crossprof_bin());
+    cmd.args(["record", "-q", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&bin)
+        .arg("1");
+    let run = output_within(&mut cmd, Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    let svg = std::fs::read(dir.join("flamegraph.svg")).unwrap();
+    assert!(
+        !svg.iter()
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')),
+        "the SVG holds control bytes"
+    );
+    let folded = std::fs::read_to_string(dir.join("profile.folded")).unwrap();
+    let (named, total) = crossprof_tests::count_with_frame(
+        &parse_folded(&folded),
+        "ctlname",
+        "ev\\x01il\\x1b[31mname",
+    );
+    assert!(
+        named * 10 >= total * 8,
+        "{named} of {total} samples in the escaped name: {folded}"
+    );
+}
+
 /// Defects 3 and 14: an output folder another user can write, with links
 /// planted at the names crossprof writes: the links are replaced, never
 /// followed (the root files they aim at are unchanged), and every output is

@@ -395,6 +395,9 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     cpu_seconds: crate::summary::CollectorStats::cpu_now(),
                     lost,
                     windows: cutter.windows,
+                    unwind_rows_in_use: pipeline.unwind_tables.rows_in_use(),
+                    unwind_rows_freed: pipeline.unwind_tables.rows_freed,
+                    unwind_files_refused: pipeline.unwind_tables.files_refused,
                 };
             }
             Some(capture) = captures_rx.recv() => {

@@ -84,6 +84,13 @@ pub struct AgentStatus {
     pub lost: u64,
     /// Windows cut.
     pub windows: u64,
+    /// Rows of `.eh_frame` rules in the kernel's table now.
+    pub unwind_rows_in_use: u64,
+    /// Rows given back since it started (files no live process maps).
+    pub unwind_rows_freed: u64,
+    /// Files whose rules did not fit (their stacks end at
+    /// `[truncated: no unwind info]`).
+    pub unwind_files_refused: u64,
 }
 
 /// Serves `listener` until the process ends.
