@@ -6,6 +6,11 @@
 //! command `record -- CMD` started as a normal stop would (SIGTERM), and exits
 //! with status 70 (`EX_SOFTWARE`). No input should reach one: the fuzz targets
 //! and the CLI table test check that; this is the last line of defence.
+//!
+//! It writes no profile. The issue asked for "what it can", but a panic means
+//! the collector's own state broke somewhere, and a profile built from it could
+//! be silently wrong, which crossprof never hands out; the outputs of the run
+//! are either whole (written before the panic) or absent.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

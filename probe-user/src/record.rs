@@ -1549,6 +1549,29 @@ fn total<'a>(counts: impl IntoIterator<Item = &'a (u64, u64)>) -> (u64, u64) {
 mod tests {
     use super::*;
 
+    /// The final line names each loss by its cause, and only the causes that
+    /// lost something (it said "(0 ring buffer full, 0 undecodable)" beside a
+    /// loss of another kind).
+    #[test]
+    fn losses_are_named_by_their_cause() {
+        let mut counters = [0u64; COUNTER_SLOTS as usize];
+        assert_eq!(lost_breakdown(&counters, 0), "");
+        counters[probe_common::Counter::DropNoScratch as usize] = 3;
+        assert_eq!(
+            lost_breakdown(&counters, 0),
+            "3 while the CPU's record buffer was taken"
+        );
+        counters[probe_common::Counter::DropRingFull as usize] = 2;
+        assert_eq!(
+            lost_breakdown(&counters, 1),
+            "2 ring buffer full, 3 while the CPU's record buffer was taken, 1 undecodable"
+        );
+        assert_eq!(drops(&counters), 5);
+        // HTTP events are not samples.
+        counters[probe_common::Counter::HttpEventsLost as usize] = 9;
+        assert_eq!(drops(&counters), 5);
+    }
+
     #[test]
     fn exit_codes_follow_the_shell() {
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);

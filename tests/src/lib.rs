@@ -809,13 +809,18 @@ pub fn count_with_frame(stacks: &[FoldedStack], name: &str, frame: &str) -> (u64
     count_where(stacks, name, |st| st.frames.iter().any(|f| f == frame))
 }
 
-/// Does a Go stack pass through the runtime's own switches: the scheduler
-/// (`runtime.mcall`, on the thread's g0) or a signal's handler
-/// (`runtime.sigtramp`, on its gsignal)? There a sample may lose its goroutine.
+/// Does a Go stack pass through the runtime's own switches to another stack:
+/// the scheduler (`runtime.mcall`), a stack check's preemption or growth
+/// (`runtime.morestack`), runtime work (`runtime.systemstack`), all on the
+/// thread's g0, or a signal's handler (`runtime.sigtramp`, on its gsignal)?
+/// There a sample may lose its goroutine.
 pub fn go_switching(frames: &[String]) -> bool {
-    frames
-        .iter()
-        .any(|f| f == "runtime.mcall" || f == "runtime.sigtramp")
+    frames.iter().any(|f| {
+        matches!(
+            f.as_str(),
+            "runtime.mcall" | "runtime.morestack" | "runtime.systemstack" | "runtime.sigtramp"
+        )
+    })
 }
 
 /// Samples of the stacks rooted at process `name`, and how many of them satisfy

@@ -1232,3 +1232,48 @@ fn the_unwind_rows_of_an_exited_process_are_given_back() {
     }
     assert!(agent.stop().success());
 }
+
+/// `--listen 127.0.0.1:0` lets the kernel pick the port: the banner names the
+/// port it got (it printed 0), and it serves there.
+#[test]
+fn a_port_of_zero_is_reported_as_the_port_bound() {
+    let out = out_dir("agent_port_zero");
+    let log = out.join("agent.log");
+    let _ = std::fs::remove_file(&log);
+    let mut guard = Guard(
+        Command::new(crossprof_bin())
+            .args(["agent", "--window", "1s", "--dir", s(&out.join("w"))])
+            .args(["--listen", "127.0.0.1:0", "--log-file", s(&log)])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find("serving http://") {
+            let rest = &text[at + "serving http://".len()..];
+            break rest[..rest.find('/').unwrap()].to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no banner: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    let start = Instant::now();
+    while get(&addr, "/api/windows", &[]).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not serving at {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(guard.pid() as i32, libc::SIGTERM) };
+    assert!(guard.wait_for(Duration::from_secs(30)).success());
+}

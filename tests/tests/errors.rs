@@ -304,3 +304,27 @@ fn a_token_file_others_can_read_is_refused() {
     );
     assert_rejected(&run, "--token-file", None);
 }
+
+/// `--pid` of a zombie or of a kernel thread says what it is (it said "did
+/// not run on a CPU").
+#[test]
+fn a_zombie_or_a_kernel_thread_pid_is_named_as_such() {
+    let (dir, d) = out("err_zombie");
+    // A child that exited and is not waited for: a zombie until dropped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id().to_string();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .contains(") Z ")
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let run = run_crossprof(&["record", "--pid", &pid, "-o", &d], LIMIT);
+    child.wait().unwrap();
+    assert_rejected(&run, "zombie", Some(&dir));
+    // kthreadd is pid 2 on every Linux.
+    let run = run_crossprof(&["record", "--pid", "2", "-o", &d], LIMIT);
+    assert_rejected(&run, "kernel thread", Some(&dir));
+}

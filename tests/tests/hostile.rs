@@ -489,3 +489,111 @@ fn a_full_disk_leaves_no_half_output_and_reports_the_command_s_status() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
     assert!(left.is_empty(), "partial outputs left: {left:?}");
 }
+
+/// Defect 9: input sized by an attacker. A gzip bomb (4 GiB of zeros in a
+/// few MiB) given to `diff` is refused in one line, exit 2, without the
+/// collector's memory following it (it reached 1 GB).
+#[test]
+fn a_gzip_bomb_given_to_diff_is_refused_without_inflating_it() {
+    let dir = out_dir("hostile_bomb");
+    let bomb = dir.join("bomb.pb.gz");
+    // gzip -c of /dev/zero, cut at 4 GiB: ~4 MiB of deflate.
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 4294967296 /dev/zero | gzip -1 > {}",
+            bomb.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let other = dir.join("other.folded");
+    std::fs::write(&other, "a;b 1\n").unwrap();
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-f")
+        .arg("maxrss_kib=%M")
+        .arg(crossprof_tests::crossprof_bin())
+        .arg("diff")
+        .arg(&bomb)
+        .arg(&other)
+        .arg("-o")
+        .arg(dir.join("out.svg"));
+    let run = output_within(&mut cmd, Duration::from_secs(120));
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("MiB once decompressed"),
+        "{}",
+        run.stderr
+    );
+    let rss: u64 = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/usr/bin/time's figure");
+    assert!(rss < 600 << 10, "diff reached {rss} KiB on a bomb");
+    assert!(!dir.join("out.svg").exists());
+}
+
+/// Defect 9 in a target's file: a 256 MiB line without a newline appended to
+/// a .NET process's perf map. crossprof skips it (and says so) without
+/// holding it in memory, and still names the process's JIT frames from the
+/// map's other lines.
+#[test]
+fn a_huge_perf_map_line_is_skipped_without_holding_it() {
+    let runtime = Dotnet::Net8;
+    let target = Guard(
+        runtime
+            .command(&runtime.fixture("chain"), &["6"])
+            .env("DOTNET_PerfMapEnabled", "1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the .NET fixture"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = target.pid();
+    let map = format!("/tmp/perf-{pid}.map");
+    let grown = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 268435456 /dev/zero | tr '\\0' x >> {map}"))
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let dir = out_dir("hostile_long_line");
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "maxrss_kib=%M"])
+        .arg(crossprof_tests::crossprof_bin())
+        .args([
+            "record",
+            "-q",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "2",
+            "-o",
+        ])
+        .arg(&dir);
+    let run = output_within(&mut cmd, Duration::from_secs(60));
+    let _ = std::fs::remove_file(&map);
+    assert!(run.status.success(), "{}", run.stderr);
+    let rss: u64 = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/usr/bin/time's figure");
+    assert!(rss < 200 << 10, "crossprof reached {rss} KiB");
+    let notes = read_summary(&dir)["notes"].to_string();
+    assert!(
+        notes.contains("longer than 4096 bytes were skipped"),
+        "{notes}"
+    );
+    let folded = std::fs::read_to_string(dir.join("profile.folded")).unwrap();
+    // (Never printed whole: with the defect it holds the 256 MiB line.)
+    assert!(
+        folded.len() < 1 << 20,
+        "profile.folded is {} bytes: the line was published",
+        folded.len()
+    );
+    assert!(folded.contains("Program::"), "JIT frames unnamed");
+}

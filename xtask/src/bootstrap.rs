@@ -31,6 +31,8 @@ use crate::{cmd, say};
 /// npm, which fetch Roslyn, come with the machine.) qemu-system-x86,
 /// busybox-static, kmod and xz-utils boot Debian's kernels for `cargo xtask
 /// vmtest` (the guest's initramfs is busybox and the kernel's own modules).
+/// time (`/usr/bin/time -f %M`) measures a child's peak memory in the
+/// hostile tests.
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -44,6 +46,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "kmod",
     "xz-utils",
+    "time",
 ];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).

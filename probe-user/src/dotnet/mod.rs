@@ -666,6 +666,14 @@ impl DotnetProcess {
     /// One-line notes on what could not be had for this process.
     pub fn notes(&self, name: &str) -> Vec<String> {
         let mut notes: Vec<String> = self.perf_map_note(name).into_iter().collect();
+        if self.perf_map.long_lines > 0 {
+            notes.push(format!(
+                "{name} (pid {}): {} line(s) of its perf map longer than {} bytes were skipped (not a runtime's: a method name is far shorter)",
+                self.pid,
+                self.perf_map.long_lines,
+                perfmap::MAX_LINE
+            ));
+        }
         if let Gc::Failed(why) = &self.gc {
             notes.push(format!(
                 "{name} (pid {}): no [gc] marks, its GC events could not be read ({why})",
