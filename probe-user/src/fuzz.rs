@@ -276,6 +276,32 @@ fn go_binary() -> Vec<u8> {
     std::fs::read(path).expect("the Go fixture")
 }
 
+/// The Go chain fixture built with its DWARF left uncompressed
+/// (`-ldflags=-compressdwarf=false`), so that mutations reach the DWARF
+/// reader instead of dying in zlib (built once, into `target/fuzz/seeds/`).
+#[cfg(test)]
+fn go_binary_raw_dwarf() -> Vec<u8> {
+    let go = crossprof_tests::Go::Go123;
+    let target = crossprof_tests::target_dir();
+    let out = target.join("fuzz/seeds/chain-rawdwarf");
+    if !out.is_file() {
+        std::fs::create_dir_all(out.parent().expect("a folder")).expect("target/fuzz/seeds");
+        let built = std::process::Command::new(go.go())
+            .args(["build", "-ldflags=-compressdwarf=false", "-o"])
+            .arg(&out)
+            .arg(crossprof_tests::workspace_root().join("tests/fixtures/go/chain.go"))
+            .env("GOCACHE", target.join("go-cache").join(go.version()))
+            .env("GOPATH", target.join("go-path"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-buildvcs=false")
+            .env("CGO_ENABLED", "0")
+            .status()
+            .expect("go build");
+        assert!(built.success(), "go build -ldflags=-compressdwarf=false");
+    }
+    std::fs::read(out).expect("the Go fixture")
+}
+
 #[cfg(test)]
 /// The .NET 8 runtime's smallest ReadyToRun assemblies that name methods.
 fn r2r_assemblies() -> Vec<Vec<u8>> {
@@ -452,6 +478,21 @@ pub fn targets() -> Vec<Target> {
                 if let Ok(Some(table)) = go::pclntab::GoTable::parse(b.to_vec()) {
                     let _ = table.function("main.main");
                     let _ = go::layout(&table);
+                }
+            },
+        },
+        Target {
+            name: "go_dwarf",
+            #[cfg(test)]
+            seeds: || {
+                let d = go_binary_raw_dwarf();
+                let focus = section_focus(&d, ".debug_info");
+                assert!(focus.len() < d.len(), "no plain .debug_info");
+                vec![Seed { bytes: d, focus }]
+            },
+            run: |b| {
+                if let Some(elf) = native::elf::Elf::parse(b) {
+                    let _ = go::dwarf::layout(b, &elf);
                 }
             },
         },

@@ -59,19 +59,29 @@ fn outputs(dir: &Path) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// A running .NET 8 target (root, no perf map setting), given a second to
+/// A running .NET 8 target (root) with the settings `env`, given a second to
 /// start.
-fn dotnet_target(secs: &str) -> Guard {
+fn dotnet_target(secs: &str, env: &[(&str, &str)]) -> Guard {
     let runtime = Dotnet::Net8;
     let target = Guard(
         runtime
             .command(&runtime.fixture("chain"), &[secs])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start the .NET fixture"),
     );
     std::thread::sleep(Duration::from_secs(1));
     target
+}
+
+/// The peak memory `/usr/bin/time -f maxrss_kib=%M` printed, KiB.
+fn peak_rss_kib(run: &Run) -> u64 {
+    run.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/usr/bin/time's figure")
 }
 
 fn record_pid(dir: &Path, pid: u32, secs: &str) -> Run {
@@ -100,7 +110,7 @@ fn record_pid(dir: &Path, pid: u32, secs: &str) -> Run {
 fn links_planted_for_a_dotnet_targets_maps_are_neither_written_through_nor_read() {
     let secret = "SECRET-ROOT-ONLY";
     let victims = out_dir("hostile_links_victims");
-    let target = dotnet_target("6");
+    let target = dotnet_target("6", &[]);
     let pid = target.pid();
     let names = [
         format!("perf-{pid}.map"),
@@ -163,7 +173,7 @@ fn links_planted_for_a_dotnet_targets_maps_are_neither_written_through_nor_read(
 /// (the recording ends on time, SIGTERM is honoured) and must say why.
 #[test]
 fn a_fifo_planted_as_a_perf_map_does_not_hang_the_recording() {
-    let target = dotnet_target("8");
+    let target = dotnet_target("8", &[]);
     let pid = target.pid();
     let fifo = format!("/tmp/perf-{pid}.map");
     let _ = std::fs::remove_file(&fifo);
@@ -404,16 +414,7 @@ fn start_ticks(pid: u32) -> u64 {
 /// with the target's GC marks and perf map given up, in notes.
 #[test]
 fn a_diagnostics_socket_that_drips_does_not_stall_the_stop() {
-    let runtime = Dotnet::Net8;
-    let target = Guard(
-        runtime
-            .command(&runtime.fixture("chain"), &["10"])
-            .env("DOTNET_EnableDiagnostics", "0")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the .NET fixture"),
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let target = dotnet_target("10", &[("DOTNET_EnableDiagnostics", "0")]);
     let pid = target.pid();
     let name = format!("/tmp/dotnet-diagnostic-{pid}-{}-socket", start_ticks(pid));
     let _ = std::fs::remove_file(&name);
@@ -525,12 +526,7 @@ fn a_gzip_bomb_given_to_diff_is_refused_without_inflating_it() {
         "{}",
         run.stderr
     );
-    let rss: u64 = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("/usr/bin/time's figure");
+    let rss = peak_rss_kib(&run);
     assert!(rss < 600 << 10, "diff reached {rss} KiB on a bomb");
     assert!(!dir.join("out.svg").exists());
 }
@@ -541,16 +537,7 @@ fn a_gzip_bomb_given_to_diff_is_refused_without_inflating_it() {
 /// map's other lines.
 #[test]
 fn a_huge_perf_map_line_is_skipped_without_holding_it() {
-    let runtime = Dotnet::Net8;
-    let target = Guard(
-        runtime
-            .command(&runtime.fixture("chain"), &["6"])
-            .env("DOTNET_PerfMapEnabled", "1")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the .NET fixture"),
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let target = dotnet_target("6", &[("DOTNET_PerfMapEnabled", "1")]);
     let pid = target.pid();
     let map = format!("/tmp/perf-{pid}.map");
     let grown = Command::new("sh")
@@ -576,12 +563,7 @@ fn a_huge_perf_map_line_is_skipped_without_holding_it() {
     let run = output_within(&mut cmd, Duration::from_secs(60));
     let _ = std::fs::remove_file(&map);
     assert!(run.status.success(), "{}", run.stderr);
-    let rss: u64 = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("/usr/bin/time's figure");
+    let rss = peak_rss_kib(&run);
     assert!(rss < 200 << 10, "crossprof reached {rss} KiB");
     let notes = read_summary(&dir)["notes"].to_string();
     assert!(
