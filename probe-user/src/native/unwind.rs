@@ -175,8 +175,12 @@ pub struct UnwindTables {
     /// Ranges of rows and of page entries given back, `(first, count)`.
     free_rows: Vec<(u32, u32)>,
     free_pages: Vec<(u32, u32)>,
-    /// Files refused for lack of room, not tried again until room is freed.
-    refused: std::collections::HashSet<std::path::PathBuf>,
+    /// Files refused for lack of room, with the rows and page entries they
+    /// need: not parsed again until a free block that large exists (a file
+    /// that can never fit, never). Parsing a large library's rules takes
+    /// seconds; retrying it whenever any process exits would take the event
+    /// loop's time for nothing.
+    refused: HashMap<std::path::PathBuf, (u32, u32)>,
     /// Rows written, for the summary (memory: 8 bytes each).
     pub rows_written: u64,
     /// Rows given back by files no live process maps any more.
@@ -184,6 +188,16 @@ pub struct UnwindTables {
     /// Files whose rules did not fit (their code is walked by frame
     /// pointers: `[truncated: no unwind info]` where it has none).
     pub files_refused: u64,
+}
+
+/// The largest block [`allocate`] could hand out now: a free range, or the
+/// untouched tail.
+fn largest_free(free: &[(u32, u32)], next: u32, max: u32) -> u32 {
+    free.iter()
+        .map(|&(_, len)| len)
+        .max()
+        .unwrap_or(0)
+        .max(max.saturating_sub(next))
 }
 
 /// The first `n` entries free in `free` (first fit; what is left of a range
@@ -227,7 +241,7 @@ impl UnwindTables {
             next_page: 0,
             free_rows: Vec::new(),
             free_pages: Vec::new(),
-            refused: std::collections::HashSet::new(),
+            refused: HashMap::new(),
             rows_written: 0,
             rows_freed: 0,
             files_refused: 0,
@@ -376,8 +390,6 @@ impl UnwindTables {
                 self.free_rows.push((placed.first, placed.count));
                 self.free_pages.push((placed.pages_first, placed.pages));
                 self.rows_freed += u64::from(placed.count);
-                // Room again: files refused for lack of it may fit now.
-                self.refused.clear();
             }
         }
         for path in &now {
@@ -407,8 +419,13 @@ impl UnwindTables {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
         }
-        if self.refused.contains(path) {
-            return Err(UnwindTableError::Full);
+        if let Some(&(rows, pages)) = self.refused.get(path) {
+            let fits = largest_free(&self.free_rows, self.next, MAX_UNWIND_ROWS) >= rows
+                && largest_free(&self.free_pages, self.next_page, MAX_UNWIND_PAGES) >= pages;
+            if !fits {
+                return Err(UnwindTableError::Full);
+            }
+            self.refused.remove(path);
         }
         let read = crate::native::elf::MappedFile::open(path)
             .and_then(|file| Some((Elf::parse(file.bytes())?, file)));
@@ -459,8 +476,9 @@ impl UnwindTables {
         });
         let count = rows.len() as u32;
         let (page_base, index) = page_index(&rows);
+        let pages_needed = u32::try_from(index.len()).unwrap_or(u32::MAX);
         let refuse = |t: &mut Self| {
-            t.refused.insert(path.to_path_buf());
+            t.refused.insert(path.to_path_buf(), (count, pages_needed));
             t.files_refused += 1;
             Err(UnwindTableError::Full)
         };
@@ -662,6 +680,10 @@ mod tests {
         assert!(free.is_empty());
         assert_eq!(allocate(&mut free, &mut next, 100, 1), None, "full");
         assert_eq!(allocate(&mut free, &mut next, u32::MAX, u32::MAX), None);
+        // What a refused file waits for: a block as large as it needs.
+        assert_eq!(largest_free(&[], 100, 100), 0);
+        assert_eq!(largest_free(&[(3, 10), (40, 25)], 90, 100), 25);
+        assert_eq!(largest_free(&[(3, 10)], 50, 100), 50);
     }
 
     #[test]
