@@ -819,16 +819,10 @@ fn go_offsets_before_exec(
 ) -> Option<probe_common::go::GoOffsets> {
     let exe = exe.canonicalize().ok()?;
     let table = procs.modules.go.get(&exe)?;
-    let mut offsets = crate::go::layout(&table)?.offsets;
-    if crate::native::elf::is_fixed_address(&exe) {
-        if let Some((start, end)) = table.function("runtime.sigtramp") {
-            offsets.sigtramp = [start, end];
-        }
-        if let Some((start, _)) = table.function("runtime.cgoSigtramp") {
-            offsets.cgo_sigtramp = start;
-        }
-    }
-    Some(offsets)
+    // A fixed-address executable's bias is 0; a PIE's is known only once it
+    // is mapped.
+    let bias = crate::native::elf::is_fixed_address(&exe).then_some(0);
+    crate::go::kernel_offsets(&table, bias)
 }
 
 /// Starts `command`; the child puts its own pid in the target set (and, with

@@ -21,6 +21,23 @@ pub mod states;
 
 use pclntab::GoTable;
 
+/// What the kernel needs of a Go process (`GO_PIDS`): its goroutine layout,
+/// and, when its load bias is known, where its signal trampolines are in it
+/// (`runtime.sigtramp`'s range, `runtime.cgoSigtramp`'s entry; zero when
+/// unknown, and then signal frames are not looked through).
+pub fn kernel_offsets(table: &GoTable, bias: Option<u64>) -> Option<probe_common::go::GoOffsets> {
+    let mut offsets = layout(table)?.offsets;
+    if let Some(bias) = bias {
+        if let Some((start, end)) = table.function("runtime.sigtramp") {
+            offsets.sigtramp = [start.wrapping_add(bias), end.wrapping_add(bias)];
+        }
+        if let Some((start, _)) = table.function("runtime.cgoSigtramp") {
+            offsets.cgo_sigtramp = start.wrapping_add(bias);
+        }
+    }
+    Some(offsets)
+}
+
 /// The goroutine layout of a Go binary: from its own DWARF when it has DWARF,
 /// else from the per-version table. `None` for a Go version outside the table,
 /// DWARF or not: status numbers and label layouts are version semantics DWARF

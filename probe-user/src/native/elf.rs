@@ -85,12 +85,21 @@ pub fn is_fixed_address_head(head: &[u8]) -> bool {
     head.get(..4) == Some(b"\x7fELF") && u16_at(head, 0x10) == Some(2)
 }
 
-/// [`is_fixed_address_head`] of the file at `path` (false if unreadable).
+/// [`is_fixed_address_head`] of the regular file at `path` (a canonical path:
+/// no link is followed, a FIFO is not waited on; false if unreadable).
 pub fn is_fixed_address(path: &std::path::Path) -> bool {
-    use std::io::Read;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt as _};
     let mut head = [0u8; 18];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::ErrorKind::InvalidInput.into());
+            }
+            f.read_exact(&mut head)
+        })
         .is_ok_and(|()| is_fixed_address_head(&head))
 }
 

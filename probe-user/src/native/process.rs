@@ -692,10 +692,8 @@ impl ProcessTable {
             p.go_roots = roots;
             p.go_restorer = restorer;
             p.go_morestack = morestack;
-            match crate::go::layout(&table).map(|l| l.offsets) {
-                Some(mut offsets) => {
-                    offsets.sigtramp = sigtramp.map_or([0; 2], |(s, e)| [s, e]);
-                    offsets.cgo_sigtramp = cgo_sigtramp.map_or(0, |(s, _)| s);
+            match crate::go::kernel_offsets(&table, Some(bias)) {
+                Some(offsets) => {
                     p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
                     p.go_labels = crate::go::offsets::label_layout(&version)
                         .map(|layout| crate::go::labels::Labels::open(pid, layout));
