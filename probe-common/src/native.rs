@@ -240,8 +240,11 @@ pub const MAX_UNWIND_PAGES: u32 = 1 << 20;
 pub struct UnwindMappings {
     /// Entries used.
     pub count: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// This version of the list: never 0, and never the same twice in a run
+    /// (the collector numbers every write of every slot). The kernel's row
+    /// cache keys what it found by it, so a list rewritten in place (new
+    /// libraries, a slot given to another process) is never served stale.
+    pub generation: u32,
     /// The mappings.
     pub entries: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }

@@ -1018,6 +1018,13 @@ async fn run(
         crate::crash::ended(); // reaped: its pid may be another's now
     }
     let stopped_at = Instant::now();
+    // RUST_LOG=debug: how long each step after the stop takes (the stop must
+    // be honoured within a second under any load, issue #18).
+    let phase = |what: &str| log::debug!("stop +{:?}: {what}", stopped_at.elapsed());
+    phase(&format!(
+        "{stop:?}, {:?} after the start",
+        stopped_at - start
+    ));
     let recording_cpu = CollectorStats::cpu_now() - cpu_at_start;
     let duration = stopped_at - start;
     status.clear();
@@ -1028,6 +1035,7 @@ async fn run(
     let go_program_stats = sampler.go_program_stats();
     let http_program_stats = sampler.http_program_stats();
     pipeline.drain(events.get_mut());
+    phase("last drain");
     let end_ns = monotonic_ns();
     // Every goroutine from the processes' own lists first, then the kernel's
     // table: one that changes between the two reads is in the table.
@@ -1071,6 +1079,7 @@ async fn run(
     drop(sampler); // detaches the sampler from every CPU
     pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
     pipeline.count_waiting(u64::MAX);
+    phase("detached, .NET sessions ended");
     if let Some(l) = logger.as_mut() {
         l.flush();
     }
@@ -1134,6 +1143,7 @@ async fn run(
     // whole or absent.
     let failed = |e: Error| out.abandon(e, command_exit_status);
     symbolizer.finish();
+    phase("every frame named");
     let names = &symbolizer.names;
     let folded = fold(
         agg.stacks(),

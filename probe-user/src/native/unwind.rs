@@ -181,6 +181,8 @@ pub struct UnwindTables {
     /// seconds; retrying it whenever any process exits would take the event
     /// loop's time for nothing.
     refused: HashMap<std::path::PathBuf, (u32, u32)>,
+    /// The last `UnwindMappings::generation` written.
+    generation: u32,
     /// Rows written, for the summary (memory: 8 bytes each).
     pub rows_written: u64,
     /// Rows given back by files no live process maps any more.
@@ -242,6 +244,7 @@ impl UnwindTables {
             free_rows: Vec::new(),
             free_pages: Vec::new(),
             refused: HashMap::new(),
+            generation: 0,
             rows_written: 0,
             rows_freed: 0,
             files_refused: 0,
@@ -305,9 +308,11 @@ impl UnwindTables {
                 Ok(0)
             };
         }
+        // A new version number for every write (see `UnwindMappings::generation`).
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         let mut value = UnwindMappings {
             count: entries.len() as u32,
-            _pad: 0,
+            generation: self.generation,
             entries: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         };
         value.entries[..entries.len()].copy_from_slice(&entries);
