@@ -984,8 +984,11 @@ async fn run(
     };
     tokio::pin!(until_deadline);
 
+    let rules_read = pipeline.unwind_tables.rules_read();
     let stop = loop {
         tokio::select! {
+            // A file's unwind rules were read (off this loop): place them now.
+            () = rules_read.notified() => pipeline.poll_go(&mut sampler),
             guard = events.readable_mut() => {
                 if let Ok(mut guard) = guard {
                     pipeline.drain(guard.get_inner_mut());

@@ -350,8 +350,11 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let mut windows = tokio::time::interval_at(cutter.start + args.window, args.window);
     windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_exit_check = tokio::time::Instant::now();
+    let rules_read = pipeline.unwind_tables.rules_read();
     loop {
         tokio::select! {
+            // A file's unwind rules were read (off this loop): place them now.
+            () = rules_read.notified() => pipeline.poll_go(&mut sampler),
             guard = events.readable_mut() => {
                 if let Ok(mut guard) = guard {
                     pipeline.drain(guard.get_inner_mut());

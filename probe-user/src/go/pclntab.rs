@@ -265,7 +265,7 @@ impl GoTable {
         // moduledata: `.go.module` (1.26+), else the data word that points at the
         // header (a relocation in PIE).
         let moduledata = elf.section(".go.module").map(|s| s.addr).or_else(|| {
-            elf.relocation_to(pcln_vaddr).or_else(|| {
+            elf.relocation_to(&file, pcln_vaddr).or_else(|| {
                 let data = elf.section(".noptrdata")?;
                 let bytes = elf.section_data(&file, ".noptrdata")?;
                 (0..bytes.len() / 8)

@@ -38,8 +38,12 @@ struct Segment {
 pub struct Elf {
     sections: HashMap<String, Section>,
     segments: Vec<Segment>,
-    /// `R_X86_64_RELATIVE` relocations: where -> value (PIE pointers).
-    relative: HashMap<u64, u64>,
+    /// The `SHT_RELA` sections, as (file offset, entries inside the file).
+    rela: Vec<(usize, usize)>,
+    /// Their `R_X86_64_RELATIVE` relocations: where -> value (PIE pointers),
+    /// read when first asked for: a large PIE has hundreds of thousands, and
+    /// most reads of an ELF file (is it Go? where is its code?) need none.
+    relative: std::sync::OnceLock<HashMap<u64, u64>>,
 }
 
 const R_X86_64_RELATIVE: u64 = 8;
@@ -152,22 +156,11 @@ impl Elf {
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .unwrap_or_default();
             if kind == 4 {
-                // SHT_RELA: keep the relative relocations.
-                // Only the entries inside the file: a section header can say
-                // anything (a size of 2^64 would loop for ever).
+                // SHT_RELA. Only the entries inside the file: a section
+                // header can say anything (a size of 2^64 would loop for ever).
                 let at = section.offset as usize;
                 let n = (section.size as usize / 24).min(d.len().saturating_sub(at) / 24);
-                for r in 0..n {
-                    let e = at + r * 24;
-                    let (Some(off), Some(info), Some(addend)) =
-                        (u64_at(d, e), u64_at(d, e + 8), u64_at(d, e + 16))
-                    else {
-                        break;
-                    };
-                    if info & 0xFFFF_FFFF == R_X86_64_RELATIVE {
-                        elf.relative.insert(off, addend);
-                    }
-                }
+                elf.rela.push((at, n));
             }
             elf.sections.insert(name, section);
         }
@@ -242,18 +235,41 @@ impl Elf {
     /// The pointer stored at `vaddr`: the relocation's value in a PIE, else the
     /// file's bytes.
     pub fn pointer(&self, d: &[u8], vaddr: u64) -> Option<u64> {
-        if let Some(&v) = self.relative.get(&vaddr) {
+        if let Some(&v) = self.relative(d).get(&vaddr) {
             return Some(v);
         }
         u64_at(d, self.file_offset(vaddr)? as usize)
     }
 
-    /// Where a relative relocation stores `value`, if one does.
-    pub fn relocation_to(&self, value: u64) -> Option<u64> {
-        self.relative
+    /// Where a relative relocation stores `value`, if one does (`d`: the
+    /// file's bytes, as given to [`Elf::parse`]).
+    pub fn relocation_to(&self, d: &[u8], value: u64) -> Option<u64> {
+        self.relative(d)
             .iter()
             .find(|&(_, &v)| v == value)
             .map(|(&at, _)| at)
+    }
+
+    /// The relative relocations, read from `d` (the file's bytes) the first
+    /// time.
+    fn relative(&self, d: &[u8]) -> &HashMap<u64, u64> {
+        self.relative.get_or_init(|| {
+            let mut relative = HashMap::new();
+            for &(at, n) in &self.rela {
+                for r in 0..n {
+                    let e = at + r * 24;
+                    let (Some(off), Some(info), Some(addend)) =
+                        (u64_at(d, e), u64_at(d, e + 8), u64_at(d, e + 16))
+                    else {
+                        break;
+                    };
+                    if info & 0xFFFF_FFFF == R_X86_64_RELATIVE {
+                        relative.insert(off, addend);
+                    }
+                }
+            }
+            relative
+        })
     }
 }
 

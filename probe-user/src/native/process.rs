@@ -507,6 +507,8 @@ impl ProcessTable {
         &mut self,
         tables: &mut super::unwind::UnwindTables,
     ) -> Result<(), super::unwind::UnwindTableError> {
+        use super::unwind::UnwindTableError;
+        tables.begin_poll();
         let mut result = Ok(());
         for p in self.procs.values_mut() {
             // A .NET process is never Go-checked: its runtime was found first.
@@ -532,7 +534,7 @@ impl ProcessTable {
                         end: m.end,
                         offset: m.offset,
                         path: self.modules.get(id).open_path.as_path(),
-                        go: go.as_deref(),
+                        go: go.as_ref(),
                     }),
                     _ => None,
                 })
@@ -542,13 +544,16 @@ impl ProcessTable {
                     .iter()
                     .filter(|m| m.go.is_some())
                     .try_fold(false, |any, m| {
-                        Ok::<_, super::unwind::UnwindTableError>(
-                            any || tables.has_rules(m.path, m.go)?,
-                        )
+                        Ok::<_, UnwindTableError>(any || tables.has_rules(m.path, m.go)?)
                     });
                 match cgo {
                     Ok(true) => {}
                     Ok(false) => continue,
+                    // Still being read: asked again at the next poll.
+                    Err(UnwindTableError::Pending) => {
+                        p.unwind_checked = false;
+                        continue;
+                    }
                     Err(e) => {
                         if result.is_ok() {
                             result = Err(e);
@@ -557,12 +562,17 @@ impl ProcessTable {
                     }
                 }
             }
-            if let Err(e) = tables.add_process(p.pid, &mappings)
-                && result.is_ok()
-            {
-                result = Err(e);
+            match tables.add_process(p.pid, &mappings) {
+                Ok(_) => {}
+                Err(UnwindTableError::Pending) => p.unwind_checked = false,
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
             }
         }
+        tables.end_poll();
         result
     }
 

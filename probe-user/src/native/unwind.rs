@@ -13,10 +13,10 @@
 //! tried again once room is freed.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::fd::{AsFd as _, AsRawFd as _},
-    path::Path,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
 };
 
 use aya::maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, MapError};
@@ -42,6 +42,10 @@ pub enum UnwindTableError {
         "the kernel's unwind table is full ({MAX_UNWIND_ROWS} rows, {MAX_UNWIND_PAGES} pages of code): objects mapped from now on are walked by frame pointers only"
     )]
     Full,
+    /// An object's rules are still being read (on the parser thread): try
+    /// again at a later poll. Not a failure.
+    #[error("unwind rules are still being read")]
+    Pending,
 }
 
 /// One executable mapping of a process, for [`UnwindTables::add_process`].
@@ -57,7 +61,7 @@ pub struct ObjectMapping<'a> {
     pub path: &'a Path,
     /// Its Go function table, if it is a Go binary (rows for its Go code are
     /// added when it has C parts: see [`crate::go::cgo`]).
-    pub go: Option<&'a GoTable>,
+    pub go: Option<&'a Arc<GoTable>>,
 }
 
 /// An object's rows in `UNWIND_ROWS` and its page index in `UNWIND_PAGES`.
@@ -149,6 +153,126 @@ pub fn page_index(rows: &[UnwindRow]) -> (u32, Vec<UnwindPage>) {
     (base, entries)
 }
 
+/// An object's rules in the kernel's form, with its page index: what the
+/// parser thread hands back for [`UnwindTables`] to write.
+struct Parsed {
+    rows: Vec<UnwindRow>,
+    page_base: u32,
+    index: Vec<UnwindPage>,
+    elf: Arc<Elf>,
+}
+
+/// Reads the rules of the object at `path` (`.eh_frame`, plus the Go side of a
+/// cgo binary or the `.debug_frame` rules `.eh_frame` leaves out); `None` if it
+/// is not a readable ELF file or has no rules.
+///
+/// Runs on the parser thread: a large library takes seconds (libLLVM's 1.4M
+/// rows: 5-15 s), which the event loop must never wait for (issue #18: a
+/// recording beside a build tool's processes overran `--duration` by 20 s).
+fn parse_object(path: &Path, go: Option<&GoTable>) -> Option<Parsed> {
+    let started = std::time::Instant::now();
+    let file = crate::native::elf::MappedFile::open(path)?;
+    let data = file.bytes();
+    let elf = Elf::parse(data)?;
+    let rows = match (
+        elf.section(".eh_frame"),
+        elf.section_data(data, ".eh_frame"),
+    ) {
+        (Some(s), Some(bytes)) => ehframe::rows(bytes, s.addr).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
+    match go {
+        // A Go binary with C parts (cgo): rows for the Go side too. A Go
+        // binary without `.eh_frame` keeps its frame-pointer walk (its
+        // `.debug_frame` is Go's, for the Go code frame pointers walk).
+        Some(table) => {
+            if !rows.is_empty() {
+                rows = merge_ranges(rows, &crate::go::cgo::rows(table));
+            }
+        }
+        // Code `.eh_frame` leaves out but `.debug_frame` covers (built
+        // with `-g -fno-asynchronous-unwind-tables`).
+        None => {
+            let debug = elf
+                .section_bytes(data, ".debug_frame", 64 << 20)
+                .and_then(|bytes| ehframe::debug_frame_rows(&bytes).ok())
+                .unwrap_or_default();
+            if !debug.is_empty() {
+                let debug: Vec<UnwindRow> = debug.iter().map(kernel_row).collect();
+                let gaps = gaps_filled_by(&rows, &debug);
+                rows = merge_ranges(rows, &gaps);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    // Runs of one rule are one row: Go code (a row per function, all
+    // alike) becomes a few, and a page's search a step or none.
+    rows.dedup_by(|next, prev| {
+        (next.cfa_kind, next.cfa_off, next.rbp) == (prev.cfa_kind, prev.cfa_off, prev.rbp)
+    });
+    let (page_base, index) = page_index(&rows);
+    log::debug!(
+        "{}: {} unwind rows read in {:?}",
+        path.display(),
+        rows.len(),
+        started.elapsed()
+    );
+    Some(Parsed {
+        rows,
+        page_base,
+        index,
+        elf: Arc::new(elf),
+    })
+}
+
+/// A file for the parser thread.
+struct ParseJob {
+    path: PathBuf,
+    go: Option<Arc<GoTable>>,
+}
+
+/// The parser thread: files in, their rules out, in order.
+struct Parser {
+    jobs: mpsc::Sender<ParseJob>,
+    done: mpsc::Receiver<(PathBuf, Option<Parsed>)>,
+    /// Sent and not yet back.
+    pending: HashSet<PathBuf>,
+    /// Notified after each file: the event loop places its rules at once
+    /// (see [`UnwindTables::rules_read`]).
+    read: Arc<tokio::sync::Notify>,
+}
+
+impl Parser {
+    /// Starts the thread. It is never joined: when the tables are dropped it
+    /// ends after the file it is reading, and the process may exit before.
+    fn spawn() -> std::io::Result<Self> {
+        let (jobs, job_rx) = mpsc::channel::<ParseJob>();
+        let (done_tx, done) = mpsc::channel();
+        let read = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&read);
+        std::thread::Builder::new()
+            .name("crossprof-rules".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let parsed = parse_object(&job.path, job.go.as_deref());
+                    if done_tx.send((job.path, parsed)).is_err() {
+                        break;
+                    }
+                    notify.notify_one();
+                }
+            })?;
+        Ok(Self {
+            jobs,
+            done,
+            pending: HashSet::new(),
+            read,
+        })
+    }
+}
+
 /// The kernel's tables and what is in them.
 pub struct UnwindTables {
     /// `UNWIND_ROWS` and `UNWIND_PAGES`, memory-mapped (`BPF_F_MMAPABLE`).
@@ -183,6 +307,13 @@ pub struct UnwindTables {
     refused: HashMap<std::path::PathBuf, (u32, u32)>,
     /// The last `UnwindMappings::generation` written.
     generation: u32,
+    /// Files being read off the event loop, and those read and not yet
+    /// written (kept while a process waiting for them may still ask: see
+    /// [`UnwindTables::end_poll`]).
+    parser: Parser,
+    parsed: HashMap<PathBuf, Option<Parsed>>,
+    /// Files asked for since the last [`UnwindTables::begin_poll`].
+    wanted: HashSet<PathBuf>,
     /// Rows written, for the summary (memory: 8 bytes each).
     pub rows_written: u64,
     /// Rows given back by files no live process maps any more.
@@ -245,6 +376,9 @@ impl UnwindTables {
             free_pages: Vec::new(),
             refused: HashMap::new(),
             generation: 0,
+            parser: Parser::spawn()?,
+            parsed: HashMap::new(),
+            wanted: HashSet::new(),
             rows_written: 0,
             rows_freed: 0,
             files_refused: 0,
@@ -259,6 +393,21 @@ impl UnwindTables {
         pid: u32,
         mappings: &[ObjectMapping<'_>],
     ) -> Result<usize, UnwindTableError> {
+        // Every file read first (asked of the parser thread at once), then
+        // placed together: a process's list is written whole, and no file is
+        // placed for a process that exits before the others are read (its
+        // rows would have no user to give them back).
+        let mut pending = false;
+        for m in mappings {
+            match self.ready(m.path, m.go) {
+                Err(UnwindTableError::Pending) => pending = true,
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+        }
+        if pending {
+            return Err(UnwindTableError::Pending);
+        }
         let mut entries = Vec::new();
         let mut used = Vec::new();
         let mut full = false;
@@ -346,7 +495,7 @@ impl UnwindTables {
     pub fn has_rules(
         &mut self,
         path: &Path,
-        go: Option<&GoTable>,
+        go: Option<&Arc<GoTable>>,
     ) -> Result<bool, UnwindTableError> {
         Ok(self.place(path, go)?.is_some())
     }
@@ -414,12 +563,63 @@ impl UnwindTables {
             .sum()
     }
 
+    /// Notified whenever the parser thread has read a file: the event loop
+    /// then polls, so that a process's rules are in as soon as they are read
+    /// (not at the next tick).
+    pub fn rules_read(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.parser.read)
+    }
+
+    /// Takes in the files the parser thread has read since the last poll.
+    pub fn begin_poll(&mut self) {
+        while let Ok((path, parsed)) = self.parser.done.try_recv() {
+            self.parser.pending.remove(&path);
+            self.parsed.insert(path, parsed);
+        }
+        self.wanted.clear();
+    }
+
+    /// Drops what was read for files no process asked for during this poll
+    /// (their processes exited before the rules were read): a storm of
+    /// short-lived processes leaves no parsed rows behind.
+    pub fn end_poll(&mut self) {
+        let wanted = &self.wanted;
+        self.parsed.retain(|path, _| wanted.contains(path));
+    }
+
+    /// Is the object at `path` placed, known to have no rules, refused, or
+    /// read and waiting to be placed? If not, it is sent to the parser
+    /// thread (once) and the answer is [`UnwindTableError::Pending`].
+    fn ready(&mut self, path: &Path, go: Option<&Arc<GoTable>>) -> Result<(), UnwindTableError> {
+        self.wanted.insert(path.to_path_buf());
+        if self.placed.contains_key(path)
+            || self.refused.contains_key(path)
+            || self.parsed.contains_key(path)
+        {
+            return Ok(());
+        }
+        if !self.parser.pending.contains(path) {
+            let job = ParseJob {
+                path: path.to_path_buf(),
+                go: go.cloned(),
+            };
+            if self.parser.jobs.send(job).is_err() {
+                // The thread is gone (it panicked): no rules for this file.
+                self.placed.insert(path.to_path_buf(), None);
+                return Ok(());
+            }
+            self.parser.pending.insert(path.to_path_buf());
+        }
+        Err(UnwindTableError::Pending)
+    }
+
     /// The object at `path`, placed in `UNWIND_ROWS` (once per file); `None`
-    /// if it has no `.eh_frame` rules.
+    /// if it has no rules; [`UnwindTableError::Pending`] while the parser
+    /// thread reads it.
     fn place(
         &mut self,
         path: &Path,
-        go: Option<&GoTable>,
+        go: Option<&Arc<GoTable>>,
     ) -> Result<Option<(Placed, Arc<Elf>)>, UnwindTableError> {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
@@ -430,57 +630,21 @@ impl UnwindTables {
             if !fits {
                 return Err(UnwindTableError::Full);
             }
+            // Room now: read it again.
             self.refused.remove(path);
         }
-        let read = crate::native::elf::MappedFile::open(path)
-            .and_then(|file| Some((Elf::parse(file.bytes())?, file)));
-        let Some((elf, file)) = read else {
+        self.ready(path, go)?;
+        let Some(Parsed {
+            rows,
+            page_base,
+            index,
+            elf,
+        }) = self.parsed.remove(path).flatten()
+        else {
             self.placed.insert(path.to_path_buf(), None);
             return Ok(None);
         };
-        let data = file.bytes();
-        let rows = match (
-            elf.section(".eh_frame"),
-            elf.section_data(data, ".eh_frame"),
-        ) {
-            (Some(s), Some(bytes)) => ehframe::rows(bytes, s.addr).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let mut rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
-        match go {
-            // A Go binary with C parts (cgo): rows for the Go side too. A Go
-            // binary without `.eh_frame` keeps its frame-pointer walk (its
-            // `.debug_frame` is Go's, for the Go code frame pointers walk).
-            Some(table) => {
-                if !rows.is_empty() {
-                    rows = merge_ranges(rows, &crate::go::cgo::rows(table));
-                }
-            }
-            // Code `.eh_frame` leaves out but `.debug_frame` covers (built
-            // with `-g -fno-asynchronous-unwind-tables`).
-            None => {
-                let debug = elf
-                    .section_bytes(data, ".debug_frame", 64 << 20)
-                    .and_then(|bytes| ehframe::debug_frame_rows(&bytes).ok())
-                    .unwrap_or_default();
-                if !debug.is_empty() {
-                    let debug: Vec<UnwindRow> = debug.iter().map(kernel_row).collect();
-                    let gaps = gaps_filled_by(&rows, &debug);
-                    rows = merge_ranges(rows, &gaps);
-                }
-            }
-        }
-        if rows.is_empty() {
-            self.placed.insert(path.to_path_buf(), None);
-            return Ok(None);
-        }
-        // Runs of one rule are one row: Go code (a row per function, all
-        // alike) becomes a few, and a page's search a step or none.
-        rows.dedup_by(|next, prev| {
-            (next.cfa_kind, next.cfa_off, next.rbp) == (prev.cfa_kind, prev.cfa_off, prev.rbp)
-        });
         let count = rows.len() as u32;
-        let (page_base, index) = page_index(&rows);
         let pages_needed = u32::try_from(index.len()).unwrap_or(u32::MAX);
         let refuse = |t: &mut Self| {
             t.refused.insert(path.to_path_buf(), (count, pages_needed));
@@ -517,7 +681,7 @@ impl UnwindTables {
                 pages: index.len() as u32,
                 page_base,
             },
-            Arc::new(elf),
+            elf,
         ));
         self.placed.insert(path.to_path_buf(), placed.clone());
         Ok(placed)
