@@ -50,6 +50,10 @@ pub enum RecordKind {
     /// A [`go::GoroutineStart`]: a goroutine's id became known, with its
     /// creator's (with request attribution and the goroutine-state probes).
     GoroutineStart = 10,
+    /// A [`native::MapsChanged`] sent at `exec` (`sched_process_exec`) of a
+    /// target: a new program, read by the collector at once, while it surely
+    /// lives (one that exits in 20 ms is gone by its first samples' drain).
+    Exec = 11,
 }
 
 impl RecordKind {
@@ -66,6 +70,7 @@ impl RecordKind {
             8 => Some(Self::HttpRequestSent),
             9 => Some(Self::HttpResponseRead),
             10 => Some(Self::GoroutineStart),
+            11 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -131,6 +136,9 @@ pub mod names {
     /// The `sched_process_exec` raw tracepoint program that adds processes
     /// whose new name is in `COMMS` to `TARGETS`.
     pub const PROCESS_EXEC_PROG: &str = "process_exec";
+    /// The `task:task_newtask` tracepoint program that adds the processes a
+    /// target starts to `TARGETS` (following the process tree).
+    pub const PROCESS_FORK_PROG: &str = "process_fork";
     /// The `.rodata` global holding the [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
     /// Off-CPU records built at the switch, by thread (`MAX_OFF_CPU_STASHED`).
@@ -194,6 +202,14 @@ pub const fn ring_bytes(cpus: u32) -> u32 {
 
 /// Maximum number of target tgids.
 pub const MAX_TARGETS: u32 = 4096;
+
+/// Where `task:task_newtask`'s record holds the new task's `pid` (`pid_t`)
+/// and its `clone_flags` (8 bytes): after the 8 bytes of common fields, then
+/// `pid`, `comm[16]`, padding (include/trace/events/task.h, Linux 3.x-6.18;
+/// the collector checks both against the format file before attaching).
+pub const TASK_NEWTASK_PID: usize = 8;
+/// See [`TASK_NEWTASK_PID`].
+pub const TASK_NEWTASK_CLONE_FLAGS: usize = 32;
 /// Maximum number of `--comm` names and of `--cgroup` ids.
 pub const MAX_SELECTORS: u32 = 64;
 
@@ -247,10 +263,16 @@ pub enum Counter {
     /// HTTP request and response starts lost: the ring buffer was full (their
     /// requests are not attributed).
     HttpEventsLost = 20,
+    /// Processes a target started that joined the target set (following the
+    /// process tree: `record -- CMD`, `--pid P --children`).
+    ChildrenFollowed = 21,
+    /// Processes a target started that could not join it: the target set
+    /// was full ([`MAX_TARGETS`]).
+    ChildrenLost = 22,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 21;
+pub const COUNTER_SLOTS: u32 = 23;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -276,6 +298,8 @@ impl Counter {
         Counter::GoBlocksShort,
         Counter::GoBlocksLost,
         Counter::HttpEventsLost,
+        Counter::ChildrenFollowed,
+        Counter::ChildrenLost,
     ];
 
     /// A stable snake_case name for reports.
@@ -302,6 +326,8 @@ impl Counter {
             Counter::GoBlocksShort => "go_blocks_short_dropped",
             Counter::GoBlocksLost => "go_blocks_lost",
             Counter::HttpEventsLost => "http_events_lost",
+            Counter::ChildrenFollowed => "children_followed",
+            Counter::ChildrenLost => "children_lost",
         }
     }
 

@@ -265,7 +265,8 @@ unsafe impl aya::Pod for UnwindMappings {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MapsChanged {
-    /// `RecordKind::MapsChanged`.
+    /// `RecordKind::MapsChanged`, or `RecordKind::Exec` (the same record, sent
+    /// when a target `exec`s).
     pub kind: u32,
     /// The process.
     pub pid: u32,

@@ -24,7 +24,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use probe_common::{
-    COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS, native::SampleScratch,
+    COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS,
+    TASK_NEWTASK_CLONE_FLAGS, TASK_NEWTASK_PID, native::SampleScratch,
 };
 
 /// Overwritten by the collector before load (`EbpfLoader::override_global`).
@@ -217,22 +218,65 @@ pub fn off_cpu_end(ctx: RawTracePointContext) -> i32 {
 }
 
 /// `sched_process_exec`: a process whose new name is one `--comm` selects
-/// becomes a target from its first instruction on.
+/// becomes a target from its first instruction on; a target that execs (a
+/// child of a followed tree, a command) is announced to the collector with a
+/// wakeup, which reads it at once (see `RecordKind::Exec`).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
-    if config().select_comms == 0 {
-        return 0;
-    }
-    let Ok(comm) = aya_ebpf::helpers::bpf_get_current_comm() else {
-        return 0;
-    };
-    // SAFETY: the value is only tested for presence.
-    if unsafe { COMMS.get(comm) }.is_some() {
-        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let cfg = config();
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if cfg.select_comms != 0
+        && let Ok(comm) = aya_ebpf::helpers::bpf_get_current_comm()
+        // SAFETY: the value is only tested for presence.
+        && unsafe { COMMS.get(comm) }.is_some()
+    {
         let _ = TARGETS.insert(tgid, 1, 0);
+    }
+    if cfg.filter_pids != 0 && selected(tgid) {
+        let record = probe_common::native::MapsChanged {
+            kind: probe_common::RecordKind::Exec as u32,
+            pid: tgid,
+        };
+        let _ = EVENTS.output::<probe_common::native::MapsChanged>(
+            &record,
+            aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
+        );
     }
     0
 }
+
+/// `task:task_newtask` (a plain tracepoint: its fields have kept their place
+/// since Linux 3.x; the collector checks them in the format file before it
+/// attaches this): a process a target starts joins the target set before it
+/// runs its first instruction. The new task is made in its parent's context
+/// (`copy_process`), so the current tgid is the parent's; a new thread
+/// (`CLONE_THREAD`) is already in its process's set.
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets inside the event's record, checked by the collector
+    // against /sys/kernel/tracing/events/task/task_newtask/format.
+    let (Ok(pid), Ok(flags)) = (unsafe { ctx.read_at::<i32>(TASK_NEWTASK_PID) }, unsafe {
+        ctx.read_at::<u64>(TASK_NEWTASK_CLONE_FLAGS)
+    }) else {
+        return 0;
+    };
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let parent = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    if unsafe { TARGETS.get(parent) }.is_none() {
+        return 0;
+    }
+    match TARGETS.insert(pid as u32, 1, 0) {
+        Ok(()) => count(Counter::ChildrenFollowed),
+        Err(_) => count(Counter::ChildrenLost),
+    };
+    0
+}
+
+/// `CLONE_THREAD` (`<linux/sched.h>`).
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[cfg(not(test))]
 #[panic_handler]

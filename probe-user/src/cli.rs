@@ -399,6 +399,18 @@ pub struct RecordArgs {
     #[arg(allow_negative_numbers = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
+    /// With --pid: also profile the processes those start from now on, and
+    /// theirs (a process joins in the kernel as it is created, before it
+    /// runs): crossprof record --pid 4711 --children.
+    #[arg(long, conflicts_with = "no_children")]
+    pub children: bool,
+
+    /// With a command: profile only the command's own process, not the
+    /// processes it starts (by default a command's whole process tree is
+    /// profiled, as perf does): crossprof record --no-children -- make.
+    #[arg(long)]
+    pub no_children: bool,
+
     /// Stop after this many seconds (decimals allowed: --duration 2.5). Default: until
     /// Ctrl-C or SIGTERM, or until the command exits.
     #[arg(allow_negative_numbers = true, long, value_name = "SECS")]

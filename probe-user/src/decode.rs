@@ -51,6 +51,11 @@ pub enum Record {
         /// The process.
         pid: u32,
     },
+    /// A target has just `exec`'d a new program: read it now.
+    Exec {
+        /// The process.
+        pid: u32,
+    },
 }
 
 /// What an [`Record::Http`] says.
@@ -223,14 +228,17 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns,
             });
         }
-        Some(RecordKind::MapsChanged) => {
+        Some(k @ (RecordKind::MapsChanged | RecordKind::Exec)) => {
             let need = size_of::<probe_common::native::MapsChanged>();
             if len < need {
                 return Err(DecodeError::Short { len, need });
             }
             buf.advance(4);
-            return Ok(Record::MapsChanged {
-                pid: buf.get_u32_le(),
+            let pid = buf.get_u32_le();
+            return Ok(if k == RecordKind::Exec {
+                Record::Exec { pid }
+            } else {
+                Record::MapsChanged { pid }
             });
         }
         None => return Err(DecodeError::UnknownKind(kind)),

@@ -164,6 +164,29 @@ pub fn process_fsuid(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// The pid process `pid` (as crossprof sees it) has in its own pid namespace:
+/// the last of `NSpid:` in its status (Linux 4.1+), `pid` itself outside a
+/// container. A runtime names its files by the pid it sees: a .NET process
+/// that is pid 1 in a container writes `/tmp/perf-1.map` and listens on
+/// `dotnet-diagnostic-1-...-socket` inside its own /tmp.
+pub fn own_pid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| parse_own_pid(&status))
+        .unwrap_or(pid)
+}
+
+/// [`own_pid`]'s reading of a status file's text.
+pub fn parse_own_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// A target process's temp folder, opened once through its own root.
 #[derive(Debug)]
 pub struct TargetDir {
@@ -550,6 +573,17 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt as _, symlink};
 
     use super::*;
+
+    #[test]
+    fn own_pid_is_the_innermost_of_nspid() {
+        let host = "Name:\tdotnet\nPid:\t4711\nNSpid:\t4711\t1\nUid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_own_pid(host), Some(1));
+        assert_eq!(parse_own_pid("NSpid:\t4711\n"), Some(4711));
+        assert_eq!(parse_own_pid("NSpid:\t900\t45\t7\n"), Some(7));
+        // No NSpid (before Linux 4.1) or garbage: the caller keeps the pid.
+        assert_eq!(parse_own_pid("Pid:\t4711\n"), None);
+        assert_eq!(parse_own_pid("NSpid:\tx\n"), None);
+    }
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("crossprof-files-{name}-{}", std::process::id()));

@@ -47,6 +47,9 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 const DRAIN_BUDGET: Duration = Duration::from_millis(25);
 /// A process's maps are re-read for new code at most this often.
 const MAPS_REREAD_EVERY: Duration = Duration::from_millis(20);
+/// How often the processes of a followed tree that ended leave the target
+/// set (see [`Sampler::prune_targets`]).
+const PRUNE_TARGETS_EVERY: Duration = Duration::from_secs(1);
 
 /// Output file names.
 pub const FOLDED_FILE: &str = "profile.folded";
@@ -371,6 +374,11 @@ impl Pipeline {
                         t.request(done);
                     }
                 }
+                Ok(Record::Exec { pid }) => {
+                    // A target's new program (a child of a followed tree, a
+                    // --comm match, a command): read now, while it lives.
+                    self.procs.exec(pid);
+                }
                 Ok(Record::MapsChanged { pid }) => {
                     // Read once the ring is drained (a dlopen maps several
                     // segments; the record is sent when mmap returns, so the
@@ -651,6 +659,12 @@ pub(crate) struct Started {
     pub(crate) kernel: preflight::KernelPlan,
 }
 
+/// Do the processes the targets start become targets? A command's, unless
+/// `--no-children`; running processes' (`--pid`), with `--children`.
+pub(crate) fn follows_children(args: &RecordArgs, pids: &[u32], has_command: bool) -> bool {
+    (has_command && !args.no_children) || (!pids.is_empty() && args.children)
+}
+
 // 2. Kernel side and command.
 pub(crate) async fn start(
     args: &RecordArgs,
@@ -683,6 +697,7 @@ pub(crate) async fn start(
         skip_self: select.skip_self,
         filter_cgroups: !select.cgroups.is_empty(),
         select_comms: !select.comms.is_empty(),
+        follow_children: follows_children(args, pids, has_command),
         walk: kernel.plan.walk,
     })?;
     for &pid in pids {
@@ -985,6 +1000,10 @@ async fn run(
     tokio::pin!(until_deadline);
 
     let rules_read = pipeline.unwind_tables.rules_read();
+    // Following a process tree: the kernel adds processes as they start;
+    // the ones that ended are taken out once a second.
+    let follows = follows_children(&args, &pids, child.is_some());
+    let mut last_prune = Instant::now();
     let stop = loop {
         tokio::select! {
             // A file's unwind rules were read (off this loop): place them now.
@@ -1004,6 +1023,10 @@ async fn run(
                 status.update(start.elapsed(), pipeline.agg.samples, lost);
                 if !pids.is_empty() && child.is_none() && !pids.iter().any(|&p| alive(p)) {
                     break Stop::TargetsExited;
+                }
+                if follows && last_prune.elapsed() >= PRUNE_TARGETS_EVERY {
+                    last_prune = Instant::now();
+                    sampler.prune_targets();
                 }
             }
             () = &mut until_deadline => break Stop::Duration,
@@ -1318,6 +1341,15 @@ async fn run(
             ))
         }))
         .chain(kernel.note())
+        .chain({
+            let lost = counters[probe_common::Counter::ChildrenLost as usize];
+            (lost > 0).then(|| {
+                format!(
+                    "{lost} processes started by the targets were not profiled: the kernel's target set is full ({} processes)",
+                    probe_common::MAX_TARGETS
+                )
+            })
+        })
         .chain(unwind_tables_error)
         .chain(go_states_failed.into_iter().map(|(process, why)| {
             format!("{process}: goroutine states not followed: {why}")

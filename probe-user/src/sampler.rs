@@ -73,6 +73,11 @@ pub enum SamplerError {
     /// The object did not load (verifier, missing kernel feature, memory).
     #[error("cannot load crossprof's eBPF programs into the kernel: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The processes targets start cannot be followed on this kernel.
+    #[error(
+        "cannot follow the processes the targets start: {0} (--no-children records the command's own process only)"
+    )]
+    FollowChildren(String),
     /// A program is not in the object.
     #[error("eBPF program `{0}` is missing from crossprof's object file: rebuild crossprof")]
     MissingProgram(&'static str),
@@ -184,6 +189,9 @@ pub struct SamplerConfig {
     /// Processes whose name after `exec` was given to
     /// [`Sampler::select_comm`] become targets.
     pub select_comms: bool,
+    /// The processes targets start join the target set (`record -- CMD`,
+    /// `--pid P --children`).
+    pub follow_children: bool,
     /// How user stacks are walked (frame pointers only on a kernel without
     /// what the other walks need, see [`crate::kernel`]).
     pub walk: crate::kernel::Walk,
@@ -200,7 +208,9 @@ pub struct Sampler {
     on_cpu: bool,
     off_cpu: bool,
     http: bool,
-    select_comms: bool,
+    /// The `sched_process_exec` program is loaded (`--comm`, or targets).
+    exec: bool,
+    follow_children: bool,
     /// The on-CPU program loaded (`cpu_sample`, or `cpu_sample_fp`).
     cpu_program: &'static str,
     /// The `mmap` tracepoints, once attached.
@@ -280,9 +290,17 @@ impl Sampler {
                 .load("sys_exit", &btf)
                 .map_err(|source| load_failed(name, source))?;
         }
-        if cfg.select_comms {
+        // Selecting by name, and announcing the exec of any target.
+        let exec = cfg.select_comms || cfg.filter_pids;
+        if exec {
             let name = names::PROCESS_EXEC_PROG;
             exec_program(&mut ebpf)?
+                .load()
+                .map_err(|source| load_failed(name, source))?;
+        }
+        if cfg.follow_children {
+            let name = names::PROCESS_FORK_PROG;
+            tracepoint_program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| load_failed(name, source))?;
         }
@@ -302,7 +320,8 @@ impl Sampler {
             on_cpu: cfg.on_cpu,
             off_cpu: cfg.off_cpu,
             http: cfg.http,
-            select_comms: cfg.select_comms,
+            exec,
+            follow_children: cfg.follow_children,
             cpu_program,
             mmap_links: Vec::new(),
         })
@@ -312,7 +331,15 @@ impl Sampler {
     /// online CPU and attaches the sampler to each; attaches the off-CPU
     /// programs if asked.
     pub fn attach(&mut self) -> Result<(), SamplerError> {
-        if self.select_comms {
+        if self.follow_children {
+            mount_tracefs();
+            let name = names::PROCESS_FORK_PROG;
+            task_newtask_format().map_err(SamplerError::FollowChildren)?;
+            tracepoint_program(&mut self.ebpf, name)?
+                .attach("task", "task_newtask")
+                .map_err(|source| SamplerError::Tracepoint { name, source })?;
+        }
+        if self.exec {
             let name = names::PROCESS_EXEC_PROG;
             exec_program(&mut self.ebpf)?
                 .attach("sched_process_exec")
@@ -389,6 +416,22 @@ impl Sampler {
     /// Stops following `pid` (it exited), so that the target set never fills.
     pub fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
+    }
+
+    /// Takes the processes that exited out of the target set (the kernel
+    /// adds the processes targets start, and nothing takes them out as they
+    /// end: a build's thousands of compilers would fill it). Returns how many.
+    pub fn prune_targets(&mut self) -> usize {
+        let dead: Vec<u32> = self
+            .targets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&pid| !crate::record::alive(pid))
+            .collect();
+        for pid in &dead {
+            let _ = self.targets.remove(pid);
+        }
+        dead.len()
     }
 
     /// Processes named `comm` (the kernel's name, at most 15 bytes) when they
@@ -665,7 +708,7 @@ fn update_elem<K, V>(map_fd: RawFd, key: &K, value: &V) -> io::Result<()> {
 
 /// Every program in crossprof's object, in the order `crossprof check` lists
 /// them.
-pub const ALL_PROGRAMS: [&str; 12] = [
+pub const ALL_PROGRAMS: [&str; 13] = [
     names::CPU_SAMPLE_PROG,
     names::CPU_SAMPLE_FP_PROG,
     names::OFF_CPU_START_PROG,
@@ -674,6 +717,7 @@ pub const ALL_PROGRAMS: [&str; 12] = [
     names::MMAP_EXIT_PROG,
     names::HTTP_SYS_EXIT_PROG,
     names::PROCESS_EXEC_PROG,
+    names::PROCESS_FORK_PROG,
     names::GO_CASGSTATUS_PROG,
     names::GO_NEWPROC1_PROG,
     names::GO_SYSCALL_ENTER_PROG,
@@ -758,7 +802,9 @@ fn load_one(
             let p: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
             p.load()
         }
-        names::MMAP_ENTER_PROG | names::MMAP_EXIT_PROG => tracepoint_program(ebpf, name)?.load(),
+        names::MMAP_ENTER_PROG | names::MMAP_EXIT_PROG | names::PROCESS_FORK_PROG => {
+            tracepoint_program(ebpf, name)?.load()
+        }
         _ => uprobe_program(ebpf, name)?.load(),
     };
     loaded.map_err(|source| load_failed(name, source))
@@ -820,6 +866,52 @@ fn mount_tracefs() {
     }
 }
 
+/// Checks that `task:task_newtask` holds the new task's pid and clone flags
+/// where [`process_fork`](probe_common::names::PROCESS_FORK_PROG) reads them
+/// (`probe_common::TASK_NEWTASK_*`), from the event's format file.
+fn task_newtask_format() -> Result<(), String> {
+    const FORMAT: &str = "/sys/kernel/tracing/events/task/task_newtask/format";
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(FORMAT)
+        .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {FORMAT}: {e}"))?;
+    check_task_newtask_format(&text)
+}
+
+/// [`task_newtask_format`]'s check of the format file's text.
+pub(crate) fn check_task_newtask_format(text: &str) -> Result<(), String> {
+    let offset_of = |field: &str| {
+        text.lines().find_map(|line| {
+            let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+            if decl.rsplit(' ').next()? != field {
+                return None;
+            }
+            line.split("offset:")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+    };
+    for (field, want) in [
+        ("pid", probe_common::TASK_NEWTASK_PID),
+        ("clone_flags", probe_common::TASK_NEWTASK_CLONE_FLAGS),
+    ] {
+        match offset_of(field) {
+            Some(at) if at == want => {}
+            Some(at) => {
+                return Err(format!(
+                    "task:task_newtask has {field} at offset {at}, not {want}: this kernel's layout is not one crossprof knows"
+                ));
+            }
+            None => return Err(format!("task:task_newtask has no field {field}")),
+        }
+    }
+    Ok(())
+}
+
 /// The `--comm` program (`sched_process_exec`, a raw tracepoint).
 fn exec_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, SamplerError> {
     let name = names::PROCESS_EXEC_PROG;
@@ -865,4 +957,41 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Sampl
             name: name.to_owned(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format of Linux 6.18 (this machine), 6.12 and 6.1 (Debian 12).
+    const FORMAT: &str = "name: task_newtask
+ID: 205
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;
+\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:short oom_score_adj;\toffset:40;\tsize:2;\tsigned:1;
+";
+
+    #[test]
+    fn task_newtask_layout_is_checked_field_by_field() {
+        assert_eq!(check_task_newtask_format(FORMAT), Ok(()));
+        // `common_pid` must not be taken for `pid`.
+        let moved = FORMAT.replace("pid_t pid;\toffset:8;", "pid_t pid;\toffset:12;");
+        let err = check_task_newtask_format(&moved).unwrap_err();
+        assert!(err.contains("pid at offset 12, not 8"), "{err}");
+        let older = FORMAT.replace("u64 clone_flags", "unsigned long clone_flags");
+        assert_eq!(check_task_newtask_format(&older), Ok(()));
+        let gone = FORMAT.replace("clone_flags", "flags");
+        assert!(
+            check_task_newtask_format(&gone)
+                .unwrap_err()
+                .contains("no field clone_flags")
+        );
+    }
 }

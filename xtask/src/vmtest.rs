@@ -67,6 +67,12 @@ pub const TESTS: &[(&str, &str)] = &[
     // Native code: frame pointers, then `.eh_frame` rules.
     ("record", "call_chain_is_in_order_in_most_samples"),
     ("record", "kernel_frames_sit_on_top_of_user_frames"),
+    // A running process's children joining the target set as they start
+    // (every `record -- CMD` attaches the same program).
+    (
+        "children",
+        "children_of_a_running_process_are_followed_with_children",
+    ),
     (
         "native",
         "code_without_frame_pointers_is_walked_by_eh_frame_to_main",

@@ -72,6 +72,10 @@ fn record_args(args: &AgentArgs) -> RecordArgs {
         },
         min_block: args.min_block,
         min_go_wait: Some(args.min_go_wait),
+        // The agent selects by name and cgroup (or the whole host), not by
+        // process tree.
+        children: false,
+        no_children: false,
         without_off_cpu: !args.off_cpu,
         without_go_waits: !args.go_waits,
         kernel_waits: false,

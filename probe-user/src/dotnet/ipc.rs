@@ -85,9 +85,13 @@ pub enum IpcError {
 /// `/proc/PID/stat` field 22): a process killed leaves its socket behind, and
 /// one of a process that had the same pid before answers "connection refused"
 /// (found by CI: /tmp held 127 such sockets).
+///
+/// The pid in the name is the one the process sees (see
+/// [`crate::files::own_pid`]): in a container, not the host's.
 pub fn socket_name(pid: u32) -> Option<String> {
     let start = super::start_ticks(pid)?;
-    Some(format!("dotnet-diagnostic-{pid}-{start}-socket"))
+    let own = crate::files::own_pid(pid);
+    Some(format!("dotnet-diagnostic-{own}-{start}-socket"))
 }
 
 /// Is the diagnostics socket of `pid` there, a socket of the process's own

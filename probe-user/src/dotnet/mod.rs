@@ -137,8 +137,10 @@ enum Enabling {
     Failed(String),
 }
 
-/// The files `EnablePerfMap` makes the runtime write in its temp folder.
+/// The files `EnablePerfMap` makes the runtime write in its temp folder
+/// (named by the pid it sees: see [`crate::files::own_pid`]).
 fn map_files(pid: u32) -> [String; 3] {
+    let pid = crate::files::own_pid(pid);
     [
         format!("perf-{pid}.map"),
         format!("perfinfo-{pid}.map"),
@@ -361,7 +363,7 @@ impl DotnetProcess {
             perf_map,
             jitdump: JitDump::at(tmp.as_ref().map(|dir| crate::files::TargetFile {
                 dir: dir.clone(),
-                name: format!("jit-{pid}.dump"),
+                name: format!("jit-{}.dump", crate::files::own_pid(pid)),
             })),
             code: CodeTable::default(),
             code_reader: CodeReader::open(pid),

@@ -97,7 +97,8 @@ impl PerfMap {
     pub fn for_pid(pid: u32, tmp: Option<&Arc<crate::files::TargetDir>>) -> Self {
         let mut map = Self::at(tmp.map(|dir| TargetFile {
             dir: dir.clone(),
-            name: format!("perf-{pid}.map"),
+            // The pid it sees: in a container, not the host's.
+            name: format!("perf-{}.map", crate::files::own_pid(pid)),
         }));
         map.not_before = process_start(pid);
         map

@@ -360,6 +360,26 @@ impl ProcessTable {
         self.procs.get_mut(&pid).expect("inserted above")
     }
 
+    /// Process `pid` has just `exec`'d (the kernel's `Exec` record, sent with
+    /// a wakeup): read it at once if it is new, named by its new comm. A
+    /// process that lives a few milliseconds is gone when its samples are
+    /// drained; read here, its frames are named like a long-lived one's. (One
+    /// seen before the exec — a forked child sampled in the microseconds
+    /// before — is read again as a `dlopen` would be: its maps, not its Go
+    /// check, which keeps what the pre-exec program said.)
+    pub fn exec(&mut self, pid: u32) {
+        let lines_now = self.dotnet_lines_now();
+        if let Some(p) = self.procs.get_mut(&pid) {
+            Self::capture(&mut self.modules, p, lines_now);
+            return;
+        }
+        // The kernel's own file, 16 bytes at most.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
+        self.get_or_capture(pid, &comm);
+    }
+
     /// With `dotnet_lines_now`, a .NET process found follows its JIT events
     /// for source lines from the start.
     fn capture(modules: &mut ModuleTable, p: &mut Process, dotnet_lines_now: bool) {

@@ -1,0 +1,99 @@
+//! Issue #20, part 2: a .NET process in a container, as docker and Kubernetes
+//! run it: its own pid namespace (it is pid 1 there) and mount namespace with a
+//! private /tmp. Profiled from the host by its host pid, its JIT frames must be
+//! named as outside: the runtime names its diagnostics socket and maps by the
+//! pid it sees (`dotnet-diagnostic-1-...`, `/tmp/perf-1.map` inside its own
+//! /tmp), which crossprof finds through `/proc/PID/root` and `NSpid`. Before,
+//! 0 of 315 samples were named and the note blamed `DOTNET_EnableDiagnostics`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use crossprof_tests::{Dotnet, Guard, count_where, out_dir, read_folded, run_crossprof};
+
+/// The host pid of the only child of `pid` (the namespace's pid 1), once it
+/// exists.
+fn only_child(pid: u32) -> u32 {
+    for _ in 0..100 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().expect("a pid");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{pid} started no child");
+}
+
+#[test]
+fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
+    let runtime = Dotnet::Net8;
+    let host = runtime.host();
+    let dll = runtime.fixture("chain");
+    // unshare forks the namespace's pid 1, which mounts a /tmp of its own and
+    // becomes the runtime.
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount", "--mount-proc", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /tmp && DOTNET_ROOT=\"$1\" exec \"$2\" \"$3\" 8")
+        .arg("container")
+        .arg(host.parent().expect("the host is in a folder"))
+        .arg(&host)
+        .arg(&dll)
+        .stdout(std::process::Stdio::null());
+    let unshare = Guard(unshare.spawn().expect("unshare (util-linux)"));
+    let pid = only_child(unshare.pid());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "the fixture is not pid 1 of its own namespace:\n{status}"
+    );
+    // Running, its JIT done; its /tmp is not the host's.
+    std::thread::sleep(Duration::from_secs(2));
+    let own_tmp = format!("/proc/{pid}/root/tmp");
+    assert!(
+        std::fs::read_dir(&own_tmp)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("dotnet-diagnostic-1-")),
+        "no diagnostics socket of pid 1 in {own_tmp}"
+    );
+    let dir = out_dir("container_dotnet");
+    let pid_s = pid.to_string();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &pid_s,
+            "--duration",
+            "3",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (named, all) = count_where(&stacks, "dotnet", |st| {
+        st.contains_chain(&[
+            "Program::Main_[j]",
+            "Program::Outer_[j]",
+            "Program::Hot_[j]",
+        ])
+    });
+    assert!(all >= 150, "only {all} samples of the .NET process");
+    assert!(
+        named * 100 >= all * 90,
+        "Main;Outer;Hot named in {named} of {all} samples of a .NET process in a container:\n{stacks:#?}\n{}",
+        run.stderr
+    );
+    // Its map was turned off and removed again, inside its own /tmp; the
+    // host's /tmp got nothing of it.
+    assert!(!Path::new(&format!("{own_tmp}/perf-1.map")).exists());
+    assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
+}
