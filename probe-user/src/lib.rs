@@ -21,6 +21,7 @@ pub mod agent;
 pub mod aggregate;
 pub mod check;
 pub mod cli;
+pub mod containers;
 pub mod crash;
 pub mod decode;
 pub mod diff;

@@ -219,6 +219,17 @@ pub fn build<'a>(
         let k = b.string("runtime");
         let v = b.string(runtime);
         labels.push((k, Label::Str(v)));
+        // The container and pod its cgroup names (see `crate::containers`).
+        if let Some(c) = p.and_then(|p| p.container.as_ref()) {
+            let k = b.string("container_id");
+            let v = b.string(&c.id);
+            labels.push((k, Label::Str(v)));
+            if let Some(uid) = &c.pod_uid {
+                let k = b.string("pod_uid");
+                let v = b.string(uid);
+                labels.push((k, Label::Str(v)));
+            }
+        }
         for &f in &frames[..levels] {
             if let Some((key, value)) = level(f, names, procs) {
                 let k = b.string(&key);

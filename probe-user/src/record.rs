@@ -1293,6 +1293,8 @@ async fn run(
             pid: p.pid,
             comm: p.name.to_string(),
             exe: p.exe.clone(),
+            container_id: p.container.as_ref().map(|c| c.id.clone()),
+            pod_uid: p.container.as_ref().and_then(|c| c.pod_uid.clone()),
             samples: p.samples,
             runtime: p
                 .dotnet

@@ -109,6 +109,12 @@ pub struct ProcessSummary {
     pub samples: u64,
     /// The managed runtime found in it (`dotnet 8.0.4`), if any.
     pub runtime: Option<String>,
+    /// The container its cgroup names (see [`crate::containers`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The Kubernetes pod its cgroup is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// For Go: where the goroutine layout came from, `dwarf` (the binary's
     /// own) or `table` (crossprof's per-version table).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -54,6 +54,20 @@ fn tree_script(dir: &Path) -> PathBuf {
     script
 }
 
+/// `crossprof record --freq 99 FLAGS -o DIR -- sh SCRIPT`, to its end (it
+/// must succeed): the folded stacks.
+fn record_script(dir: &Path, flags: &[&str], script: &Path) -> Vec<FoldedStack> {
+    let args = [
+        &["record", "--freq", "99"][..],
+        flags,
+        &["-o", s(dir), "--", "sh", s(script)],
+    ]
+    .concat();
+    let run = run_crossprof(&args, LIMIT);
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    read_folded(dir)
+}
+
 fn share(stacks: &[FoldedStack], root: &str, chain: &[&str]) -> (u64, u64) {
     count_where(stacks, root, |st| st.contains_chain(chain))
 }
@@ -62,21 +76,7 @@ fn share(stacks: &[FoldedStack], root: &str, chain: &[&str]) -> (u64, u64) {
 fn a_script_s_grandchildren_are_each_profiled_under_their_own_root() {
     let dir = out_dir("children_tree");
     let script = tree_script(&dir);
-    let run = run_crossprof(
-        &[
-            "record",
-            "--freq",
-            "99",
-            "-o",
-            s(&dir),
-            "--",
-            "sh",
-            s(&script),
-        ],
-        LIMIT,
-    );
-    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
-    let stacks = read_folded(&dir);
+    let stacks = record_script(&dir, &[], &script);
     for (root, chain, min) in [
         ("chain", &["main", "outer", "middle", "hot"][..], 150),
         ("gochain", &["main.main", "main.work", "main.hot"][..], 150),
@@ -114,22 +114,7 @@ fn a_script_s_grandchildren_are_each_profiled_under_their_own_root() {
 fn no_children_keeps_only_the_command_s_own_process() {
     let dir = out_dir("children_none");
     let script = tree_script(&dir);
-    let run = run_crossprof(
-        &[
-            "record",
-            "--freq",
-            "99",
-            "--no-children",
-            "-o",
-            s(&dir),
-            "--",
-            "sh",
-            s(&script),
-        ],
-        LIMIT,
-    );
-    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
-    let stacks = read_folded(&dir);
+    let stacks = record_script(&dir, &["--no-children"], &script);
     // The script's shell waits: it may have no sample at all, and nothing
     // else may have any.
     assert!(

@@ -174,7 +174,7 @@ fn every_program_loads_within_the_budget_of_every_kernel() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["release"], release().as_str());
     let programs = report["programs"].as_array().unwrap();
-    assert_eq!(programs.len(), 12, "{programs:#?}");
+    assert_eq!(programs.len(), 13, "{programs:#?}");
     for p in programs {
         let name = p["name"].as_str().unwrap();
         assert!(p["refused"].is_null(), "{name} refused: {}", p["refused"]);

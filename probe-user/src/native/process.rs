@@ -199,6 +199,8 @@ pub struct Process {
     pub name: Arc<str>,
     /// `/proc/PID/exe` at capture.
     pub exe: Option<String>,
+    /// The container its cgroup names, if any (read at its first capture).
+    pub container: Option<Arc<crate::containers::Container>>,
     /// Samples seen.
     pub samples: u64,
     /// Samples taken in a .NET GC pause.
@@ -352,6 +354,7 @@ impl ProcessTable {
                 mappings: Vec::new(),
                 captured: Instant::now(),
                 first_captured: Instant::now(),
+                container: crate::containers::of_process(pid),
             };
             let lines_now = self.dotnet_lines_now();
             Self::capture(&mut self.modules, &mut p, lines_now);

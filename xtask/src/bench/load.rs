@@ -128,6 +128,7 @@ pub fn figures(crossprof: &Path, vms: bool) -> Result<Vec<Figure>> {
                 &[],
                 4096,
                 Duration::from_secs(15 * 60),
+                vmtest::Tcg::Multi,
             )?;
             let text = fs::read_to_string(dir.join("check.json")).unwrap_or_default();
             let report: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
