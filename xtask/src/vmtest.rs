@@ -487,7 +487,7 @@ pub fn boot(
     .arg(&initramfs)
     .arg("-append")
     .arg(format!(
-        "console=ttyS0 panic=-1 loglevel=3 mitigations=off \
+        "console=ttyS0 panic=-1 softlockup_panic=1 loglevel=3 mitigations=off \
              crossprof.target={} crossprof.script={}",
         target.display(),
         script_path.display()
@@ -734,14 +734,22 @@ impl Cpio {
     }
 }
 
-/// The first line of an oops in `console` if it is the emulator's, not the
-/// kernel's or crossprof's: an `int3` trap in kernel text with no BPF
-/// program on the stack. Under QEMU's software emulation a CPU can run a
-/// stale translation of code the kernel patched with `text_poke_bp` (a
-/// static key flipped as a tracepoint is attached or detached) and hit the
-/// temporary int3 after the patch is done, which `poke_int3_handler` no longer
-/// claims: seen once on 6.12 in `syscall_trace_enter` while crossprof closed a
-/// tracepoint (2026-12-04). Real hardware and KVM re-fetch patched code.
+/// The first line of a crash in `console` if it is the emulator's, not the
+/// kernel's or crossprof's. Under QEMU 7.2's multi-threaded software
+/// emulation a CPU can run a stale translation of kernel code another CPU
+/// has just patched with `text_poke_bp` (a static key flipped as a
+/// tracepoint is attached or detached):
+/// - it traps on the temporary int3 after the patch is done, which
+///   `poke_int3_handler` no longer claims: "Oops: int3" in kernel text with
+///   no BPF program on the stack (seen on 6.12 in `syscall_trace_enter` and
+///   `syscall_exit_to_user_mode_prepare`, in crossprof's own `close()` of a
+///   tracepoint);
+/// - or the patching CPU waits for ever for the others to pass its sync:
+///   a soft lockup (made a panic by `softlockup_panic=1`, so that the guest
+///   stops instead of eating the timeout) whose stack is in the patching or
+///   the cross-CPU call it waits on (seen on 6.1, in crossprof, for 425 s).
+///
+/// Real hardware and KVM re-fetch patched code.
 fn emulator_fault(console: &Path) -> Option<String> {
     let text = fs::read_to_string(console).ok()?;
     classify_oops(&text)
@@ -749,11 +757,27 @@ fn emulator_fault(console: &Path) -> Option<String> {
 
 /// [`emulator_fault`]'s reading of a console log.
 fn classify_oops(text: &str) -> Option<String> {
-    let at = text.find("Oops: ")?;
+    if let Some(at) = text.find("Oops: ") {
+        let crash = &text[at..];
+        let first = crash.lines().next()?.trim().to_owned();
+        let int3 = first.starts_with("Oops: int3");
+        return (int3 && !crash.contains("bpf_prog_")).then_some(first);
+    }
+    let at = text.find("soft lockup")?;
     let crash = &text[at..];
-    let first = crash.lines().next()?.trim().to_owned();
-    let int3 = first.starts_with("Oops: int3");
-    (int3 && !crash.contains("bpf_prog_")).then_some(first)
+    let patching = ["text_poke", "smp_call_function", "do_sync_core"]
+        .iter()
+        .any(|f| crash.contains(f));
+    (patching && !crash.contains("bpf_prog_")).then(|| {
+        format!(
+            "soft lockup{}",
+            crash
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("soft lockup")
+        )
+    })
 }
 
 /// The lines of a guest's console log that say why it stopped early.
@@ -800,6 +824,22 @@ mod tests {
         assert_eq!(classify_oops(&in_bpf), None);
         let fault = "Oops: general protection fault, probably for non-canonical address\n";
         assert_eq!(classify_oops(fault), None);
+        let lockup = "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [crossprof:935]\n\
+                      RIP: 0010:smp_call_function_many_cond+0x12e/0x500\n\
+                      text_poke_bp_batch+0x8a/0x2b0\n\
+                      Kernel panic - not syncing: softlockup: hung tasks\n";
+        assert_eq!(
+            classify_oops(lockup).as_deref(),
+            Some("soft lockup - CPU#0 stuck for 22s! [crossprof:935]")
+        );
+        // Stuck anywhere else (or in a BPF program): a failure.
+        let elsewhere = lockup
+            .replace(
+                "smp_call_function_many_cond",
+                "native_queued_spin_lock_slowpath",
+            )
+            .replace("text_poke_bp_batch", "htab_map_update_elem");
+        assert_eq!(classify_oops(&elsewhere), None);
         assert_eq!(classify_oops("Kernel panic - not syncing: VFS\n"), None);
     }
 
