@@ -155,13 +155,17 @@ fn kind(mode: libc::mode_t) -> &'static str {
 /// creates.
 pub fn process_fsuid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()
+    status_field(&status, "Uid:")?.nth(3)?.parse().ok()
+}
+
+/// The values of the `key` line (`Uid:`, `NSpid:`) of a `/proc/PID/status`.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<std::str::SplitWhitespace<'a>> {
+    Some(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace(),
+    )
 }
 
 /// The pid process `pid` (as crossprof sees it) has in its own pid namespace:
@@ -178,13 +182,7 @@ pub fn own_pid(pid: u32) -> u32 {
 
 /// [`own_pid`]'s reading of a status file's text.
 pub fn parse_own_pid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
+    status_field(status, "NSpid:")?.last()?.parse().ok()
 }
 
 /// A target process's temp folder, opened once through its own root.

@@ -587,15 +587,24 @@ impl UnwindTables {
         self.parsed.retain(|path, _| wanted.contains(path));
     }
 
-    /// Is the object at `path` placed, known to have no rules, refused, or
-    /// read and waiting to be placed? If not, it is sent to the parser
-    /// thread (once) and the answer is [`UnwindTableError::Pending`].
+    /// Is the object at `path` placed, known to have no rules, refused (and
+    /// still without room), or read and waiting to be placed? If not, it is
+    /// sent to the parser thread (once) and the answer is
+    /// [`UnwindTableError::Pending`]. The one place that decides whether a
+    /// file is read: [`UnwindTables::add_process`] asks it of every file
+    /// before placing any, so a process waits for all of them together.
     fn ready(&mut self, path: &Path, go: Option<&Arc<GoTable>>) -> Result<(), UnwindTableError> {
         self.wanted.insert(path.to_path_buf());
-        if self.placed.contains_key(path)
-            || self.refused.contains_key(path)
-            || self.parsed.contains_key(path)
-        {
+        if let Some(&(rows, pages)) = self.refused.get(path) {
+            let fits = largest_free(&self.free_rows, self.next, MAX_UNWIND_ROWS) >= rows
+                && largest_free(&self.free_pages, self.next_page, MAX_UNWIND_PAGES) >= pages;
+            if !fits {
+                return Ok(()); // `place` says `Full`
+            }
+            // Room now: read it again.
+            self.refused.remove(path);
+        }
+        if self.placed.contains_key(path) || self.parsed.contains_key(path) {
             return Ok(());
         }
         if !self.parser.pending.contains(path) {
@@ -624,16 +633,10 @@ impl UnwindTables {
         if let Some(p) = self.placed.get(path) {
             return Ok(p.clone());
         }
-        if let Some(&(rows, pages)) = self.refused.get(path) {
-            let fits = largest_free(&self.free_rows, self.next, MAX_UNWIND_ROWS) >= rows
-                && largest_free(&self.free_pages, self.next_page, MAX_UNWIND_PAGES) >= pages;
-            if !fits {
-                return Err(UnwindTableError::Full);
-            }
-            // Room now: read it again.
-            self.refused.remove(path);
-        }
         self.ready(path, go)?;
+        if self.refused.contains_key(path) {
+            return Err(UnwindTableError::Full);
+        }
         let Some(Parsed {
             rows,
             page_base,
