@@ -2,8 +2,8 @@
 //!
 //! The JIT omits the frame pointer in small methods (seen on .NET 8: a Tier-1
 //! method with one call and no loop gets no `rbp` frame), and frame-pointer
-//! unwinding then skips the caller of such a method. For the processes in
-//! `MANAGED_PIDS`, the kernel program walks the user stack itself and consults
+//! unwinding then skips the caller of such a method. For the processes marked
+//! managed in `PROCESSES` ([`crate::process`]), the kernel program walks the user stack itself and consults
 //! `CODE_PAGES`: per 4 KiB page of JIT code, the methods that lie in it and how to
 //! unwind each (a frameless method's frame size from its prolog, decoded by the
 //! collector). Frames in no listed method are unwound by `rbp` as before.
@@ -14,8 +14,6 @@ pub const PAGE_SHIFT: u32 = 12;
 pub const PAGE_ENTRIES: usize = 64;
 /// Pages of JIT code the kernel knows of, over all processes.
 pub const MAX_CODE_PAGES: u32 = 65536;
-/// Processes whose stacks the kernel unwinds with [`CodePage`]s.
-pub const MAX_MANAGED_PIDS: u32 = 1024;
 
 /// `CodeEntry::flags`: the method keeps `rbp` as its frame pointer in its body.
 pub const CODE_FRAMED: u8 = 1 << 0;

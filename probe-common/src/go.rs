@@ -7,13 +7,10 @@
 //! in every version): R14 is an ordinary register in C and assembly code. On a
 //! system stack (g0) the id is 0, "no goroutine".
 
-/// Processes whose goroutines are read.
-pub const MAX_GO_PIDS: u32 = 4096;
-
 /// Where a Go version keeps what the kernel reads in a `g` (from the collector's
 /// per-version table, `probe-user/src/go/offsets.rs`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoOffsets {
     /// `g.goid` (int64).
     pub goid: u32,

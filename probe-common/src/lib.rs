@@ -17,6 +17,7 @@ pub mod go;
 pub mod http;
 pub mod native;
 pub mod offcpu;
+pub mod process;
 
 /// Tag in the first 4 bytes of every ring-buffer record, so that later record kinds
 /// (goroutine state, thread state, ...) can share the one ring buffer.
@@ -152,18 +153,15 @@ pub mod names {
     pub const OFF_CPU_START_PROG: &str = "off_cpu_start";
     /// The `sys_exit` raw tracepoint program that ends an off-CPU span.
     pub const OFF_CPU_END_PROG: &str = "off_cpu_end";
-    /// `MANAGED_PIDS` (see [`crate::dotnet`]).
-    pub const MANAGED_PIDS: &str = "MANAGED_PIDS";
+    /// `PROCESSES`: what the kernel knows of each process the collector
+    /// described (see [`crate::process`]).
+    pub const PROCESSES: &str = "PROCESSES";
     /// `CODE_PAGES` (see [`crate::dotnet`]).
     pub const CODE_PAGES: &str = "CODE_PAGES";
-    /// `GO_PIDS` (see [`crate::go`]).
-    pub const GO_PIDS: &str = "GO_PIDS";
     /// `UNWIND_ROWS`: every object's `.eh_frame` rows.
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// `UNWIND_MAPS`: per slot, a process's mappings with rows.
     pub const UNWIND_MAPS: &str = "UNWIND_MAPS";
-    /// `UNWIND_SLOTS`: per process walked by rules, its slot in `UNWIND_MAPS`.
-    pub const UNWIND_SLOTS: &str = "UNWIND_SLOTS";
     /// `UNWIND_PAGES`: every object's page index into its rows.
     pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
     /// The tracepoint programs at the entry and exit of `mmap` (see
@@ -258,7 +256,7 @@ pub enum Counter {
     GoBlocks = 17,
     /// Goroutine waits shorter than `--min-block`, dropped in the kernel.
     GoBlocksShort = 18,
-    /// Goroutine waits lost: no `GO_PIDS` entry or the ring buffer was full.
+    /// Goroutine waits lost: no Go entry in `PROCESSES` or the ring buffer was full.
     GoBlocksLost = 19,
     /// HTTP request and response starts lost: the ring buffer was full (their
     /// requests are not attributed).

@@ -22,29 +22,18 @@ use aya_ebpf::{
 use probe_common::{
     Counter,
     dotnet::{
-        CODE_CONT, CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, MAX_CODE_PAGES, MAX_MANAGED_PIDS,
-        NO_ENTRY, PAGE_ENTRIES, PAGE_SHIFT, PAGE_SLOTS, PROLOG_PUSHES, PageKey, SLOT_SHIFT,
+        CODE_CONT, CODE_FRAMED, CODE_OSR, CodeEntry, CodePage, MAX_CODE_PAGES, NO_ENTRY,
+        PAGE_ENTRIES, PAGE_SHIFT, PAGE_SLOTS, PROLOG_PUSHES, PageKey, SLOT_SHIFT,
     },
     native::{FLAG_USER_LEAF_EDGE, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, MAX_FRAMES},
 };
 
 use crate::{SCRATCH, count};
 
-/// Processes whose user stacks are walked here.
-#[map]
-static MANAGED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_MANAGED_PIDS, 0);
-
 /// The JIT code of those processes, per page.
 #[map]
 static CODE_PAGES: HashMap<PageKey, CodePage> =
     HashMap::with_max_entries(MAX_CODE_PAGES, BPF_F_NO_PREALLOC);
-
-/// Is `tgid` walked here?
-#[inline(always)]
-pub fn is_managed(tgid: u32) -> bool {
-    // SAFETY: only tested for presence.
-    unsafe { MANAGED_PIDS.get(tgid) }.is_some()
-}
 
 /// Is `ip` in a managed method of `tgid` the collector has described?
 #[inline(always)]

@@ -18,17 +18,22 @@ use probe_common::{
     Counter, RecordKind,
     go::{
         COOKIE_EVERY_PROCESS, Creation, G_M, G_SCHED_PC, G_SCHED_SP, GKey, GoOffsets, Goroutine,
-        GoroutineEnd, GoroutineStart, MAX_GO_PIDS, MAX_GOROUTINES, MAX_SIGNAL_FRAMES,
-        MAX_SWITCH_FRAMES, UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
+        GoroutineEnd, GoroutineStart, MAX_GOROUTINES, MAX_SIGNAL_FRAMES, MAX_SWITCH_FRAMES,
+        UCONTEXT_RIP, WAIT_SLOT_FREE, WAIT_SLOTS, slot, status,
     },
     native::{FLAG_USER_TRUNCATED, MAX_FRAMES, STACK_TOP_WORDS, SampleScratch, record_len},
+    process::PROCESS_GO,
 };
 
 use crate::{EVENTS, config, count, native::UserRegs};
 
-/// Go processes, with the offsets of their Go version.
-#[map]
-static GO_PIDS: HashMap<u32, GoOffsets> = HashMap::with_max_entries(MAX_GO_PIDS, 0);
+/// Where `tgid`'s `g` keeps what the kernel reads, if it is a Go process.
+#[inline(always)]
+fn go_offsets(tgid: u32) -> Option<&'static GoOffsets> {
+    crate::process(tgid)
+        .filter(|p| p.flags & PROCESS_GO != 0)
+        .map(|p| &p.go)
+}
 
 /// Tracked goroutines: time per status so far (see [`Goroutine`]). Not
 /// preallocated: memory follows the goroutines alive.
@@ -71,8 +76,7 @@ static FRESH: Goroutine = Goroutine {
 /// sample's whole [`goroutine`]: request attribution asks on every request.
 #[inline(always)]
 pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
-    // SAFETY: the value is copied out.
-    let Some(goid_off) = (unsafe { GO_PIDS.get(tgid) }).map(|o| u64::from(o.goid)) else {
+    let Some(goid_off) = go_offsets(tgid).map(|o| u64::from(o.goid)) else {
         return 0;
     };
     // SAFETY: `regs` is a BTF-typed kernel pointer (loads are checked by the
@@ -101,11 +105,17 @@ pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
 /// A subprogram (a call, not inlined): its frame exists only while it runs.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn crossprof_go_sample_fields(tgid: u32, at: u32) -> u32 {
+pub extern "C" fn crossprof_go_sample_fields(at: u32) -> u32 {
     let Some(walks) = crate::native::walks() else {
         return 0;
     };
+    // The record's process entry (copied into the walk state by
+    // `native::record`): not Go, nothing to read.
+    if walks.process.flags & PROCESS_GO == 0 {
+        return 0;
+    }
     let regs = walks.regs;
+    let offsets = &walks.process.go;
     // Bounded again, opaquely: the verifier checks a subprogram with what its
     // arguments' types say, and LLVM turns a plain bound into comparisons
     // Linux 6.1 learns nothing from.
@@ -113,7 +123,7 @@ pub extern "C" fn crossprof_go_sample_fields(tgid: u32, at: u32) -> u32 {
     if at >= 2 * MAX_FRAMES {
         return 0;
     }
-    let Some(g) = goroutine(tgid, &regs, at) else {
+    let Some(g) = goroutine(offsets, &regs, at) else {
         return 0;
     };
     let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
@@ -144,15 +154,14 @@ struct GoSample {
     signal_pc: u64,
 }
 
-/// The goroutine `tgid` was running, from the candidate `g` in R14 and the user
-/// stack pointer `sp`; `None` when `tgid` is not Go or R14 is not a `g` whose
-/// stack holds `sp`. On a system stack (goid 0), the frames of the goroutine it
-/// works for are written to the scratch `ips` from `at` on.
+/// The goroutine a Go process (whose `g` layout is `offsets`) was running,
+/// from the candidate `g` in R14 and the user stack pointer `sp`; `None` when
+/// R14 is not a `g` whose stack holds `sp`. On a system stack (goid 0), the
+/// frames of the goroutine it works for are written to the scratch `ips` from
+/// `at` on. (Every field of `offsets` is read before that.)
 #[inline(always)]
-fn goroutine(tgid: u32, regs: &UserRegs, at: usize) -> Option<GoSample> {
+fn goroutine(offsets: &GoOffsets, regs: &UserRegs, at: usize) -> Option<GoSample> {
     let (sp, r14) = (regs.sp, regs.r14);
-    // SAFETY: the value is copied out field by field.
-    let offsets = unsafe { GO_PIDS.get(tgid) }?;
     let (goid_off, labels_off, status_off) = (
         u64::from(offsets.goid),
         u64::from(offsets.labels),
@@ -547,8 +556,7 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
         count(Counter::GoBlocksShort);
         return;
     }
-    // SAFETY: the value is copied out field by field.
-    let Some(offsets) = (unsafe { GO_PIDS.get(tgid) }) else {
+    let Some(offsets) = go_offsets(tgid) else {
         count(Counter::GoBlocksLost);
         return;
     };

@@ -25,7 +25,9 @@ use aya_ebpf::{
 };
 use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS,
-    TASK_NEWTASK_CLONE_FLAGS, TASK_NEWTASK_PID, native::SampleScratch,
+    TASK_NEWTASK_CLONE_FLAGS, TASK_NEWTASK_PID,
+    native::SampleScratch,
+    process::{MAX_PROCESSES, ProcessEntry},
 };
 
 /// Overwritten by the collector before load (`EbpfLoader::override_global`).
@@ -55,6 +57,20 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// Target tgids; consulted only when `CONFIG.filter_pids` is set.
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// What the collector told the kernel of each process it described: rules,
+/// .NET, Go (see `probe_common::process`). Looked up once per record.
+#[map]
+static PROCESSES: HashMap<u32, ProcessEntry> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// `tgid`'s entry in `PROCESSES`, if the collector described it.
+#[inline(always)]
+fn process(tgid: u32) -> Option<&'static ProcessEntry> {
+    // SAFETY: only read here; every use of its fields is bounded (a slot is
+    // masked into UNWIND_MAPS, offsets are added to user addresses read by
+    // the checking helper).
+    unsafe { PROCESSES.get(tgid) }
+}
 
 /// Process names (`--comm`) whose `exec` makes the process a target.
 #[map]

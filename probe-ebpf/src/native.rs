@@ -30,6 +30,7 @@ use probe_common::{
         UNWIND_PAGE_SHIFT, UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
     },
     offcpu::MAX_OFF_CPU_KERNEL_FRAMES,
+    process::{PROCESS_MANAGED, PROCESS_RULES, ProcessEntry},
 };
 
 use crate::{EVENTS, SCRATCH, config, count};
@@ -49,6 +50,10 @@ const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
 pub(crate) struct Walks {
     /// The user registers the walks start from.
     pub regs: UserRegs,
+    /// The process's `PROCESSES` entry (flags 0: none), copied once per
+    /// record: the walks and the goroutine fields read it here instead of a
+    /// hash lookup each.
+    pub process: ProcessEntry,
     /// The `.eh_frame` rule walk.
     pub rule: RuleWalk,
     /// The .NET walk (processes without rules).
@@ -106,6 +111,29 @@ pub fn sample(ctx: &PerfEventContext) {
         None,
         Output::Ring,
     );
+}
+
+/// Copies `entry` (none: flags 0) into `to`, a word at a time: a plain
+/// struct copy becomes a byte-wise `memmove` call.
+#[inline(always)]
+fn copy_process(to: &mut ProcessEntry, entry: Option<&ProcessEntry>) {
+    const WORDS: usize = core::mem::size_of::<ProcessEntry>() / 8;
+    let to = (to as *mut ProcessEntry).cast::<u64>();
+    match entry {
+        Some(from) => {
+            let from = (from as *const ProcessEntry).cast::<u64>();
+            for i in 0..WORDS {
+                // SAFETY: both are 8-aligned `ProcessEntry`s (a map value and
+                // a field of this CPU's walk state), WORDS words long.
+                unsafe {
+                    core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i)))
+                };
+            }
+        }
+        // Only the flags: the rest is read only under a flag.
+        // SAFETY: as above; the flags are in the first word's low half.
+        None => unsafe { core::ptr::write_volatile(to.cast::<u32>(), 0) },
+    }
 }
 
 /// What an off-CPU record adds to a sample (see `probe_common::offcpu`).
@@ -172,6 +200,7 @@ pub(crate) fn record(
         count(Counter::DropNoScratch);
         return;
     };
+    copy_process(&mut walks.process, crate::process(tgid));
     let mut flags = 0u32;
 
     let kernel_bytes = match kernel {
@@ -241,7 +270,7 @@ pub(crate) fn record(
     // The words at the user stack pointer, for a leaf without a frame record
     // (zeros where unreadable: the read zero-fills on a fault).
     if have_regs {
-        crate::go::crossprof_go_sample_fields(tgid, (kernel_frames + user_frames) as u32);
+        crate::go::crossprof_go_sample_fields((kernel_frames + user_frames) as u32);
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
         unsafe {
@@ -262,7 +291,7 @@ pub(crate) fn record(
     // follows for the verifier (0.15 s of load time when it sat after the walk).
     // SAFETY: plain helper call with no arguments.
     let draw = unsafe { generated::bpf_get_prandom_u32() };
-    if u64::from(draw) % FP_BASELINE_EVERY == 0 && has_unwind_rules(tgid) {
+    if u64::from(draw) % FP_BASELINE_EVERY == 0 && walks.process.flags & PROCESS_RULES != 0 {
         let (outermost, n) = frame_pointer_baseline(ctx);
         header.flags |= FLAG_FP_BASELINE;
         header.fp_outermost = outermost;
@@ -430,12 +459,18 @@ fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
     if first > MAX_FRAMES {
         return 0;
     }
-    let frames = if let Some(slot) = unwind_slot(tgid) {
+    let Some(walks) = walks() else {
+        return 0;
+    };
+    let process = walks.process.flags;
+    let frames = if process & PROCESS_RULES != 0 {
         // Native code without frame pointers: its objects' .eh_frame rules;
         // JIT code in between by the collector's table of its methods' frames.
         // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
-        unwind_by_rules(tgid, slot, have_regs != 0, first, &mut flags)
-    } else if crate::dotnet::is_managed(tgid) {
+        let slot = walks.process.unwind_slot;
+        let managed = process & PROCESS_MANAGED != 0;
+        unwind_by_rules(tgid, slot, managed, have_regs != 0, first, &mut flags)
+    } else if process & PROCESS_MANAGED != 0 {
         // JIT code: walked with the collector's table of frameless methods.
         crate::dotnet::unwind_user(tgid, have_regs != 0, &mut scratch.ips, first, &mut flags)
     } else {
@@ -633,27 +668,10 @@ static UNWIND_PAGES: Array<UnwindPage> =
 #[map]
 static UNWIND_MAPS: Array<UnwindMappings> = Array::with_max_entries(MAX_UNWIND_PIDS, 0);
 
-/// Per process walked by rules: its slot in `UNWIND_MAPS` (looked up once per
-/// sample).
-#[map]
-static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PIDS, 0);
-
 const SLOT_MASK: u32 = MAX_UNWIND_PIDS - 1;
 
-/// `tgid`'s slot, if it has rules (then its user stacks are walked by them).
-#[inline(always)]
-fn unwind_slot(tgid: u32) -> Option<u32> {
-    // SAFETY: the value is copied out.
-    unsafe { UNWIND_SLOTS.get(tgid) }.copied()
-}
-
-/// Does `tgid` have rules?
-#[inline(always)]
-pub fn has_unwind_rules(tgid: u32) -> bool {
-    unwind_slot(tgid).is_some()
-}
-
-/// Walks the user stack of `tgid` (at `slot` in `UNWIND_MAPS`) by its objects'
+/// Walks the user stack of `tgid` (at `slot` in `UNWIND_MAPS`; `managed`: a
+/// .NET process, whose code without rules may be JIT code) by its objects'
 /// `.eh_frame` rules into the scratch `ips[first..]`, leaf first, from the
 /// registers in [`Walks::regs`] (none if `!have_regs`), falling back to the
 /// frame pointer where there is no rule; returns the number of frames and sets
@@ -662,6 +680,7 @@ pub fn has_unwind_rules(tgid: u32) -> bool {
 pub fn unwind_by_rules(
     tgid: u32,
     slot: u32,
+    managed: bool,
     have_regs: bool,
     first: usize,
     flags: &mut u32,
@@ -679,7 +698,6 @@ pub fn unwind_by_rules(
     if first >= MAX_FRAMES || r.ip == 0 {
         return 0;
     }
-    let managed = crate::dotnet::is_managed(tgid);
     state
         .rule
         .start(slot, tgid, &r, first as u32, u32::from(managed));
@@ -871,12 +889,13 @@ impl RuleWalk {
         self.managed = managed;
         self.window = NO_WINDOW;
         self.back = 0;
-        self.row.pc = 0;
-        self.row.cfa_off = 0;
-        self.row.cfa_kind = 0;
-        self.row.rbp = 0;
-        self.row_lo = 0;
-        self.row_hi = 0;
+        // An empty range: no previous row (the row itself is then never read).
+        // Volatile: adjacent zero stores became a byte-wise `memset` call.
+        // SAFETY: fields of this CPU's walk state.
+        unsafe {
+            core::ptr::write_volatile(&mut self.row_lo, 0);
+            core::ptr::write_volatile(&mut self.row_hi, 0);
+        }
     }
 }
 
@@ -911,32 +930,30 @@ extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
         let cache = ROW_CACHE.get_ptr_mut(row_cache_index(pc));
         // SAFETY: this CPU's cache slot, used by one walk at a time (see `Walks`).
         let cached = cache.map(|c| unsafe { &mut *c });
-        match cached {
+        let found = match cached {
             Some(c)
                 if c.generation == w.generation
                     && pc.wrapping_sub(c.lo) < c.hi.wrapping_sub(c.lo) =>
             {
-                w.row = c.row;
-                w.row_lo = c.lo;
-                w.row_hi = c.hi;
-                Some(c.row)
+                Some((c.row, c.lo, c.hi))
             }
-            _ => {
+            cached => {
                 let found = rule_for(w.slot, pc);
-                if let Some((row, lo, hi)) = found {
-                    w.row = row;
-                    w.row_lo = lo;
-                    w.row_hi = hi;
-                    if let Some(c) = cached {
-                        c.generation = w.generation;
-                        c.row = row;
-                        c.lo = lo;
-                        c.hi = hi;
-                    }
+                if let (Some((row, lo, hi)), Some(c)) = (found, cached) {
+                    c.generation = w.generation;
+                    c.row = row;
+                    c.lo = lo;
+                    c.hi = hi;
                 }
-                found.map(|(row, _, _)| row)
+                found
             }
+        };
+        if let Some((row, lo, hi)) = found {
+            w.row = row;
+            w.row_lo = lo;
+            w.row_hi = hi;
         }
+        found.map(|(row, _, _)| row)
     };
     let cfa = match row.map(|r| r.cfa_kind) {
         Some(cfa_kind::RSP) => {
@@ -1126,8 +1143,8 @@ fn row_cache_index(pc: u64) -> u32 {
 }
 
 /// The rule for `pc` of `tgid`: its row and the addresses the row covers
-/// (`lo..hi`), if an object with rules covers it.
-/// with rules covers it.
+/// (`lo..hi`), if an object with rules covers it; between the process's
+/// objects with rules, a [`NO_RULE`] row for the gap.
 ///
 /// Both searches are branch-free lower bounds with masked indexes and a fixed
 /// number of steps: a search whose bounds the verifier must track precisely
@@ -1146,8 +1163,31 @@ fn rule_for(slot: u32, pc: u64) -> Option<(UnwindRow, u64, u64)> {
         len -= half;
     }
     let m = &maps.entries[(base & MAP_MASK) as usize];
-    if maps.count == 0 || pc < m.start || pc >= m.end || m.count == 0 {
+    if maps.count == 0 {
         return None;
+    }
+    // No rules at pc (JIT code, anonymous memory, an object without rows): a
+    // row that says so, for the addresses up to the next mapping, so that the
+    // row cache answers for them too (a .NET walk meets the same JIT frames
+    // in every sample; each miss was a search).
+    let (gap_lo, gap_hi) = if pc < m.start {
+        (0, m.start)
+    } else if pc >= m.end {
+        let next = base + 1;
+        let hi = if next < maps.count {
+            maps.entries[(next & MAP_MASK) as usize].start
+        } else {
+            u64::MAX
+        };
+        (m.end, hi)
+    } else if m.count == 0 {
+        (m.start, m.end)
+    } else {
+        (1, 0)
+    };
+    if gap_lo <= gap_hi {
+        // An empty or inverted range (overlapping mappings) is not cached.
+        return (gap_lo <= pc && pc < gap_hi).then_some((NO_RULE, gap_lo, gap_hi));
     }
     let (first, count, bias, end) = (m.first, m.count, m.bias, m.end);
     let link = pc.wrapping_sub(bias) as u32;
@@ -1196,6 +1236,14 @@ fn rule_for(slot: u32, pc: u64) -> Option<(UnwindRow, u64, u64)> {
     Some((row, bias.wrapping_add(u64::from(row.pc)), hi))
 }
 
+/// The row of addresses without rules: the frame pointer, or the .NET walk.
+const NO_RULE: UnwindRow = UnwindRow {
+    pc: 0,
+    cfa_off: 0,
+    cfa_kind: cfa_kind::UNKNOWN,
+    rbp: RBP_UNKNOWN,
+};
+
 const ROW_MASK: u32 = MAX_UNWIND_ROWS - 1;
 const PAGE_MASK: u32 = MAX_UNWIND_PAGES - 1;
 
@@ -1240,7 +1288,7 @@ const PROT_EXEC: u64 = 4;
 pub fn mmap_enter(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !has_unwind_rules(tgid) && !crate::dotnet::is_managed(tgid) {
+    if crate::process(tgid).is_none_or(|p| p.flags & (PROCESS_RULES | PROCESS_MANAGED) == 0) {
         return;
     }
     // SAFETY: reads of the tracepoint record at the offsets of its format.

@@ -174,8 +174,19 @@ pub(crate) fn stash(tid: u32, scratch: &SampleScratch) {
 /// `--kernel-waits`, none otherwise.
 #[inline(always)]
 fn kernel_frames(tid: u32) -> native::Kernel {
-    if config().off_cpu_kernel != 0 {
-        native::Kernel::Saved(AWAY_STACKS.get_ptr(tid).unwrap_or(core::ptr::null()))
+    let keep = config().off_cpu_kernel != 0;
+    let stack = if keep {
+        AWAY_STACKS.get_ptr(tid).unwrap_or(core::ptr::null())
+    } else {
+        core::ptr::null()
+    };
+    // Defined on both paths, through memory: LLVM loads the pointer before
+    // it tests which kind of frames these are, and Linux 6.1's verifier
+    // refuses a read of a stack slot that only one path wrote ("invalid read
+    // from stack"; 6.12 lets privileged programs read it).
+    let stack = crate::opaque(stack as u64) as *const KernelStack;
+    if keep {
+        native::Kernel::Saved(stack)
     } else {
         native::Kernel::None
     }

@@ -109,75 +109,10 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         if sample.flags & FLAG_USER_NO_UNWIND_INFO != 0 {
             frames.push(FrameRef::Marker(Marker::NoUnwindInfo));
         }
-        // A Go leaf without a frame record: put back the caller the
-        // frame-pointer walk skipped.
+        // Go stacks repaired (callers no frame record holds, signal
+        // handlers, switches to the system stack, junk past a root).
         let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
-        if let Some(&leaf) = sample.user.first()
-            && let Some([grower, caller]) =
-                procs.go_morestack_callers(sample.pid, leaf, sample.goid != 0, &sample.stack_top)
-        {
-            // In runtime.morestack itself: the function growing its stack and
-            // its caller are the words at SP (neither has a frame record).
-            let u = user.to_mut();
-            u.insert(1, caller);
-            u.insert(1, grower);
-            if u.get(3) == Some(&caller) {
-                u.remove(3);
-            }
-        } else if let Some(&leaf) = sample.user.first()
-            && let Some(ra) = procs.missing_caller(
-                sample.pid,
-                leaf,
-                sample.user.get(1).copied(),
-                &sample.stack_top,
-            )
-        {
-            user.to_mut().insert(1, ra);
-        }
-        // In a Go signal handler: the interrupted PC, which no frame record
-        // holds, goes right under the handler's entry (`runtime.sigtramp`).
-        // Stored one past it: every frame after the leaf is taken as a return
-        // address and moved back one byte (below).
-        if sample.go_signal_pc != 0
-            && let Some(i) = procs.go_signal_handler_frame(sample.pid, &user)
-        {
-            user.to_mut().insert(i + 1, sample.go_signal_pc + 1);
-        }
-        // A Go signal handler's return trampoline, met walking through it, is
-        // no caller.
-        if let Some(restorer) = procs.go_restorer(sample.pid)
-            && user.iter().skip(1).any(|&ra| ra == restorer)
-        {
-            let mut at = 0;
-            user.to_mut().retain(|&ra| {
-                at += 1;
-                at == 1 || ra != restorer
-            });
-        }
-        // Go code on a thread's system stack whose frame-pointer chain stops at
-        // the switch: continue with the goroutine it works for (or the thread's
-        // start), as the kernel read them.
-        if sample.go_switch.len() >= 2
-            && let Some(&outer) = sample.user.last()
-            && let Some(switch) = procs.go_function(sample.pid, outer, sample.user.len() == 1)
-            && (switch == "runtime.mcall" || switch == "runtime.morestack")
-        {
-            // [saved PC, word at saved SP, frame-pointer chain...]: the word is
-            // the grown function's return address after morestack, and nothing
-            // after mcall.
-            let s = &sample.go_switch;
-            let user = user.to_mut();
-            user.push(s[0]);
-            if switch == "runtime.morestack" && s[1] != 0 {
-                user.push(s[1]);
-            }
-            user.extend_from_slice(&s[2..]);
-        }
-        // Nothing calls a Go stack's root: frames past it are junk.
-        let keep = procs.go_stack_len(sample.pid, &user);
-        if keep < user.len() {
-            user.to_mut().truncate(keep);
-        }
+        crate::go::process::repair_stack(procs, sample, &mut user);
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
         }

@@ -147,8 +147,8 @@ pub const MIN_WINDOW: std::time::Duration = std::time::Duration::from_millis(500
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Profile only this process (and its threads); repeat for several.
-    /// Without --pid, --comm or --cgroup, the whole host, processes that
-    /// start later included.
+    /// Without --pid, --comm, --cgroup or --container, the whole host,
+    /// processes that start later included.
     #[arg(allow_negative_numbers = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
@@ -163,6 +163,13 @@ pub struct AgentArgs {
     /// selected in the kernel; repeat for several.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
+
+    /// Profile the processes of this container: its id, or at least its
+    /// first 12 hex digits as `docker ps` or `crictl ps` shows them (found by
+    /// its cgroup, selected in the kernel as with --cgroup); repeat for
+    /// several.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
 
     /// Samples per second on each CPU.
     #[arg(

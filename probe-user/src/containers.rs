@@ -13,8 +13,15 @@
 //! - cgroupfs driver: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`.
 //!
 //! `<id>` is 64 lower-case hex digits in each of them.
+//!
+//! `--container ID` goes the other way: [`cgroup_of`] finds the container's
+//! cgroup folder by the same names, for the kernel to select its threads by
+//! cgroup id as `--cgroup` does.
 
-use std::sync::Arc;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// A process's container, as its cgroup names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +78,82 @@ fn pod_of(part: &str) -> Option<String> {
     is_uid(&uid).then_some(uid)
 }
 
+/// Fewest hex digits of a container id `--container` takes (`docker ps`
+/// shows 12).
+pub const MIN_ID_PREFIX: usize = 12;
+
+/// Most cgroup folders looked through for a container (a host with
+/// thousands of containers has a few times as many).
+const MAX_CGROUPS_SEEN: usize = 200_000;
+
+/// The cgroup (v2) folder of the container whose id is or starts with `id`
+/// (at least [`MIN_ID_PREFIX`] hex digits), under this host's cgroup v2 root
+/// (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host); why
+/// not, in words, when there is none or more than one.
+pub fn cgroup_of(id: &str) -> Result<PathBuf, String> {
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.controllers").exists())
+        .ok_or("this host has no cgroup v2 hierarchy")?;
+    find_under(root, id)
+}
+
+/// [`cgroup_of`] under `root`: the topmost folders whose own name is a
+/// container's scope (or id) with an id that starts with `id`. Folders are
+/// walked breadth first, links never followed, at most
+/// [`MAX_CGROUPS_SEEN`] of them.
+pub fn find_under(root: &Path, id: &str) -> Result<PathBuf, String> {
+    if id.len() < MIN_ID_PREFIX || id.len() > 64 || !is_hex(id) {
+        return Err(format!(
+            "not a container id: give at least {MIN_ID_PREFIX} of its lower-case hex digits, as `docker ps` or `crictl ps` shows them"
+        ));
+    }
+    let mut found = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // A cgroup folder is a folder; `file_type` does not follow links.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            seen += 1;
+            if seen > MAX_CGROUPS_SEEN {
+                return Err(format!(
+                    "not found in the first {MAX_CGROUPS_SEEN} cgroups of {}",
+                    root.display()
+                ));
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            match container_of(&name) {
+                Some(c) if c.starts_with(id) => found.push(entry.path()),
+                _ => queue.push_back(entry.path()),
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!(
+            "no container with this id has a cgroup under {} (is it running on this host?)",
+            root.display()
+        )),
+        n => Err(format!(
+            "{n} containers' ids start with it: give more of its digits"
+        )),
+    }
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    s.len() == 64 && is_hex(s)
 }
 
 /// A UUID in its 8-4-4-4-12 form, lower-case hex.
@@ -117,6 +198,43 @@ mod tests {
         );
         let cgroupfs = format!("/kubepods/besteffort/pod1a2b3c4d-5e6f-4a1b-8c2d-0e1f2a3b4c5d/{ID}");
         assert_eq!(parse(&cgroupfs).unwrap().pod_uid, c.pod_uid);
+    }
+
+    #[test]
+    fn a_container_s_cgroup_is_found_by_a_prefix_of_its_id() {
+        let root = std::env::temp_dir().join(format!("crossprof-cgroups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let other = format!("{}0", &ID[..63]);
+        let scope = root.join(format!("system.slice/docker-{ID}.scope"));
+        std::fs::create_dir_all(scope.join("init")).unwrap();
+        std::fs::create_dir_all(root.join(format!("kubepods/besteffort/podx/{other}"))).unwrap();
+        std::fs::create_dir_all(root.join("user.slice/user-1000.slice")).unwrap();
+        // The scope itself, not the cgroups under it; by the whole id, as
+        // the two ids share their first 63 digits.
+        assert_eq!(find_under(&root, ID).unwrap(), scope);
+        let both = find_under(&root, &ID[..12]).unwrap_err();
+        assert!(both.contains("2 containers"), "{both}");
+        std::fs::remove_dir_all(root.join("kubepods")).unwrap();
+        assert_eq!(find_under(&root, &ID[..12]).unwrap(), scope);
+        std::fs::create_dir_all(root.join(format!("kubepods/besteffort/podx/{other}"))).unwrap();
+        assert!(
+            find_under(&root, "0123456789ab")
+                .unwrap_err()
+                .contains("no container")
+        );
+        for bad in ["4f5e3c2b1a0", "4F5E3C2B1A09", "docker-4f5e3c2b1a09", ""] {
+            assert!(
+                find_under(&root, bad)
+                    .unwrap_err()
+                    .contains("not a container id"),
+                "{bad}"
+            );
+        }
+        // A link is not followed (a cgroup tree has none; a planted one
+        // would lead anywhere).
+        std::os::unix::fs::symlink(&scope, root.join(format!("docker-{other}.scope"))).unwrap();
+        assert!(find_under(&root, &other[..]).is_ok_and(|p| p.ends_with(&other)));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -105,6 +105,19 @@ pub enum UsageError {
         /// What was wrong.
         why: String,
     },
+    /// crossprof runs in a pid namespace other than the host's.
+    #[error(
+        "crossprof runs in a pid namespace of its own (a container without the host's pids): the kernel reports every process by its pid on the host, which this namespace's /proc does not show; run it in the host's pid namespace (docker run --pid=host, Kubernetes hostPID: true)"
+    )]
+    PidNamespace,
+    /// A `--container` whose cgroup was not found.
+    #[error("--container {id}: {why}")]
+    Container {
+        /// The id given.
+        id: String,
+        /// What was wrong.
+        why: String,
+    },
     /// `--token-file` unusable.
     #[error("--token-file {}: {why}", path.display())]
     TokenFile {

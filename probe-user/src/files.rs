@@ -185,27 +185,97 @@ pub fn parse_own_pid(status: &str) -> Option<u32> {
     status_field(status, "NSpid:")?.last()?.parse().ok()
 }
 
-/// A target process's temp folder, opened once through its own root.
+/// Most of a process's environment read (`/proc/PID/environ`: what it was
+/// started with; a variable past this is not seen).
+const ENVIRON_LIMIT: u64 = 1 << 20;
+
+/// The value of `key` in the environment process `pid` was started with
+/// (`/proc/PID/environ`, read up to 1 MiB), if set.
+pub fn initial_env(pid: u32, key: &str) -> Option<Vec<u8>> {
+    let mut environ = Vec::new();
+    File::open(format!("/proc/{pid}/environ"))
+        .ok()?
+        .take(ENVIRON_LIMIT)
+        .read_to_end(&mut environ)
+        .ok()?;
+    env_value(&environ, key).map(<[u8]>::to_vec)
+}
+
+/// The value of `key` in `environ` (`KEY=VALUE` entries, NUL-separated), if
+/// set.
+pub fn env_value<'a>(environ: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
+}
+
+/// A folder a runtime was told about through its environment (`value`, the
+/// variable's), as a path inside the process's root: an absolute path without
+/// NUL; anything else (unset, empty, relative) is `/tmp`.
+pub fn folder_in_root(value: Option<&[u8]>) -> &Path {
+    match value {
+        Some(v) if v.starts_with(b"/") && !v.contains(&0) => {
+            Path::new(std::ffi::OsStr::from_bytes(v))
+        }
+        _ => Path::new("/tmp"),
+    }
+}
+
+/// A folder of a target process's (its temp folder, or where it writes its
+/// perf maps), opened once through its own root.
 #[derive(Debug)]
 pub struct TargetDir {
     dir: OwnedFd,
     /// The process's user: its files must be theirs.
     pub owner: u32,
+    /// The folder as the process sees it (`/tmp`), for messages.
+    pub shown: String,
 }
 
 impl TargetDir {
-    /// The temp folder (`/tmp`) of process `pid`, inside its root.
-    pub fn open(pid: u32) -> io::Result<Self> {
+    /// The temp folder of process `pid`, inside its root: `$TMPDIR` as it
+    /// started, else `/tmp` (the .NET runtime's: its diagnostics socket goes
+    /// there; checked on .NET 8.0, where the socket and the debugger's pipes
+    /// follow `TMPDIR`, and the perf map and jitdump do not: see
+    /// [`TargetDir::perf_maps`]).
+    pub fn temp(pid: u32) -> io::Result<Self> {
+        let tmpdir = initial_env(pid, "TMPDIR");
+        Self::in_root(pid, folder_in_root(tmpdir.as_deref()))
+    }
+
+    /// Where the .NET runtime of process `pid` writes its perf map, perfinfo
+    /// and jitdump: `DOTNET_PerfMapJitDumpPath` (or its `COMPlus_` spelling)
+    /// as it started, else `/tmp` (not `$TMPDIR`: checked on .NET 8.0).
+    pub fn perf_maps(pid: u32) -> io::Result<Self> {
+        let path = initial_env(pid, "DOTNET_PerfMapJitDumpPath")
+            .or_else(|| initial_env(pid, "COMPlus_PerfMapJitDumpPath"));
+        Self::in_root(pid, folder_in_root(path.as_deref()))
+    }
+
+    /// The folder `path` (absolute, as process `pid` sees it) inside its root.
+    fn in_root(pid: u32, path: &Path) -> io::Result<Self> {
         let owner = process_fsuid(pid)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such process"))?;
         let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+        let inside = path.strip_prefix("/").unwrap_or(path);
+        let inside = if inside.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            inside
+        };
         let dir = openat2(
             root.as_raw_fd(),
-            Path::new("tmp"),
+            inside,
             libc::O_PATH | libc::O_DIRECTORY,
             RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
         )?;
-        Ok(Self { dir, owner })
+        let shown = path.display().to_string();
+        Ok(Self { dir, owner, shown })
+    }
+
+    /// `name` in this folder, for messages (`/tmp/perf-1.map`).
+    pub fn show(&self, name: &str) -> String {
+        format!("{}/{name}", self.shown.trim_end_matches('/'))
     }
 
     /// A folder at `path` whose files must belong to `owner` (tests, and
@@ -217,7 +287,8 @@ impl TargetDir {
             libc::O_PATH | libc::O_DIRECTORY,
             RESOLVE_NO_MAGICLINKS,
         )?;
-        Ok(Self { dir, owner })
+        let shown = path.display().to_string();
+        Ok(Self { dir, owner, shown })
     }
 
     /// `/proc/self/fd/N` of the folder: a path to files in it that no link
@@ -583,6 +654,41 @@ mod tests {
         assert_eq!(parse_own_pid("NSpid:\tx\n"), None);
     }
 
+    #[test]
+    fn an_environment_variable_is_found_whole_and_by_its_exact_name() {
+        let environ = b"PATH=/bin\0TMPDIR=/var/tmp/app\0TMPDIR_OLD=/x\0EMPTY=\0";
+        assert_eq!(env_value(environ, "TMPDIR"), Some(&b"/var/tmp/app"[..]));
+        assert_eq!(env_value(environ, "EMPTY"), Some(&b""[..]));
+        assert_eq!(env_value(environ, "TMP"), None);
+        assert_eq!(env_value(environ, "MPDIR"), None);
+        assert_eq!(env_value(b"", "TMPDIR"), None);
+        // A value with `=` in it is kept whole.
+        assert_eq!(env_value(b"A=b=c\0", "A"), Some(&b"b=c"[..]));
+    }
+
+    #[test]
+    fn a_folder_from_the_environment_is_absolute_or_tmp() {
+        assert_eq!(
+            folder_in_root(Some(b"/var/tmp/app")),
+            Path::new("/var/tmp/app")
+        );
+        assert_eq!(folder_in_root(Some(b"relative/dir")), Path::new("/tmp"));
+        assert_eq!(folder_in_root(Some(b"")), Path::new("/tmp"));
+        assert_eq!(folder_in_root(None), Path::new("/tmp"));
+    }
+
+    #[test]
+    fn a_process_temp_folder_follows_its_tmpdir() {
+        let me = std::process::id();
+        let t = TargetDir::temp(me).unwrap();
+        let expected = std::env::var("TMPDIR")
+            .ok()
+            .filter(|v| v.starts_with('/'))
+            .unwrap_or_else(|| "/tmp".into());
+        assert_eq!(t.shown, expected);
+        assert_eq!(t.show("x"), format!("{}/x", expected.trim_end_matches('/')));
+    }
+
     fn scratch(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("crossprof-files-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -619,7 +725,7 @@ mod tests {
     #[test]
     fn a_targets_links_fifos_and_others_files_are_refused() {
         let pid = std::process::id();
-        let t = TargetDir::open(pid).unwrap();
+        let t = TargetDir::temp(pid).unwrap();
         let d = std::env::temp_dir();
         let name = |what: &str| format!("crossprof-files-{what}-{pid}");
         let _ = std::fs::remove_file(d.join(name("link")));
@@ -642,6 +748,7 @@ mod tests {
         let other = TargetDir {
             dir: t.dir.try_clone().unwrap(),
             owner: t.owner + 1,
+            shown: t.shown.clone(),
         };
         assert!(matches!(
             other.open_file(&name("mine")),

@@ -4,7 +4,8 @@
 //! info, ReadyToRun images and their ECMA-335 metadata, portable PDBs, .NET
 //! prologs), what the kernel sends (ring-buffer records, `/proc/PID/maps`),
 //! what a user hands `diff` (pprof, gzip, folded) and what a client sends the
-//! agent (HTTP request heads, `traceparent`), and the command line's parsers.
+//! agent (HTTP request heads, `traceparent`), a process's environment, cgroup
+//! path and status, and the command line's parsers.
 //!
 //! Each target is a function of one byte string that must return, never
 //! panic, and never take long. The driver is a mutation fuzzer (no coverage
@@ -637,6 +638,30 @@ pub fn targets() -> Vec<Target> {
             },
             run: |b| {
                 let _ = crate::http::traceparent(b);
+            },
+        },
+        Target {
+            name: "proc_text",
+            #[cfg(test)]
+            seeds: || {
+                text(&[
+                    "PATH=/bin\0TMPDIR=/var/tmp/app\0DOTNET_PerfMapJitDumpPath=/srv/maps\0",
+                    "0::/system.slice/docker-c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789.scope",
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice/cri-containerd-c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789.scope",
+                    "Name:\tdotnet\nPid:\t4711\nNSpid:\t4711\t1\n",
+                ])
+            },
+            run: |b| {
+                // A process's environment (its own bytes), cgroup path (a
+                // delegated subtree's names are its user's) and status.
+                for key in ["TMPDIR", "DOTNET_PerfMapJitDumpPath"] {
+                    let _ = crate::files::folder_in_root(crate::files::env_value(b, key));
+                }
+                let s = lossy(b);
+                for line in s.lines() {
+                    let _ = crate::containers::parse(line.rsplit(':').next().unwrap_or(line));
+                }
+                let _ = crate::files::parse_own_pid(&s);
             },
         },
         Target {

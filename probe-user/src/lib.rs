@@ -39,6 +39,7 @@ pub mod native;
 pub mod offcpu;
 pub mod pprof;
 pub mod preflight;
+pub mod process;
 pub mod record;
 pub mod render;
 pub mod sampler;

@@ -35,6 +35,24 @@ pub fn check_privileges() -> Result<(), UsageError> {
     }
 }
 
+/// The inode of the initial pid namespace (`PROC_PID_INIT_INO`,
+/// include/linux/proc_ns.h: 0xEFFFFFFC since Linux 3.8).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// crossprof must run in the initial pid namespace: its kernel programs name
+/// every thread by its pid there, and it reads `/proc` by those pids (a
+/// container's own /proc has other numbers, or none, for them). In a pid
+/// namespace of its own (a container without `--pid=host`, a pod without
+/// `hostPID`) it says so and stops instead of recording nameless stacks.
+pub fn check_pid_namespace() -> Result<(), UsageError> {
+    use std::os::unix::fs::MetadataExt as _;
+    match fs::metadata("/proc/self/ns/pid") {
+        Ok(ns) if ns.ino() != INIT_PID_NS_INO => Err(UsageError::PidNamespace),
+        // No namespace file (a kernel without CONFIG_PID_NS): only one.
+        _ => Ok(()),
+    }
+}
+
 /// The `CapEff:` bit set of a `/proc/PID/status` text.
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
     status

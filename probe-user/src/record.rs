@@ -92,14 +92,14 @@ pub(crate) struct Pipeline {
     only_trace: Option<String>,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
-    /// The kernel's table of Go processes.
-    go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    /// The kernel's entry per process (the Go poll writes the Go part).
+    processes: crate::process::ProcessEntries,
     /// `--go-states`: follow goroutine states in Go processes.
     go_states: bool,
     /// Go processes whose states could not be followed: (process, why).
     go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
-    go_preattached: Option<Preattached>,
+    go_preattached: Option<crate::go::states::Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
@@ -128,11 +128,11 @@ impl Pipeline {
     pub(crate) fn new(
         args: &RecordArgs,
         procs: ProcessTable,
-        go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+        processes: crate::process::ProcessEntries,
         dotnet_tables: KernelTables,
         unwind_tables: crate::native::unwind::UnwindTables,
         go_states_failed: Vec<(String, String)>,
-        go_preattached: Option<Preattached>,
+        go_preattached: Option<crate::go::states::Preattached>,
     ) -> Self {
         Pipeline {
             symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
@@ -155,7 +155,7 @@ impl Pipeline {
             ),
             only_trace: args.trace_id.clone(),
             group_by: args.group_by.clone(),
-            go_pids,
+            processes,
             go_states: args.go_states || args.go_waits(),
             go_states_failed,
             go_preattached,
@@ -170,15 +170,6 @@ impl Pipeline {
             maps_pending: Default::default(),
         }
     }
-}
-
-/// A Go executable whose state probes were attached before its process started
-/// (`record -- CMD`), so that every goroutine is seen from its creation.
-pub(crate) struct Preattached {
-    /// The executable, canonical.
-    exe: std::path::PathBuf,
-    /// When the probes were attached.
-    since_ns: u64,
 }
 
 /// A sample held until it is known whether its process was in a GC pause.
@@ -274,7 +265,7 @@ impl Pipeline {
                         let reasons = self
                             .procs
                             .get(sample.pid)
-                            .and_then(|p| p.go_states.as_ref())
+                            .and_then(|p| p.go.states.as_ref())
                             .map(|t| t.reasons.as_slice())
                             .unwrap_or_default();
                         let name = crate::go::states::reason_name(reasons, b.reason);
@@ -305,7 +296,7 @@ impl Pipeline {
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
                     }
-                    let go = self.procs.get(sample.pid).is_some_and(|p| p.go_tracked);
+                    let go = self.procs.get(sample.pid).is_some_and(|p| p.go.tracked);
                     for level in self.group_by.iter().rev() {
                         let frame = match level {
                             GroupBy::Trace => {
@@ -320,9 +311,9 @@ impl Pipeline {
                             GroupBy::Label(key) => {
                                 self.procs.label_frame(sample.pid, sample.go_labels, key)
                             }
-                            GroupBy::State => self
-                                .procs
-                                .text_frame(go_status_text(sample.goid, sample.go_status)),
+                            GroupBy::State => self.procs.text_frame(
+                                crate::go::states::status_text(sample.goid, sample.go_status),
+                            ),
                         };
                         frames.insert(0, frame);
                     }
@@ -392,7 +383,7 @@ impl Pipeline {
                 }) => self.requests.goroutine_started(pid, goid, parent_goid),
                 Ok(Record::GoroutineEnd { pid, end_ns: _, g }) => {
                     self.requests.goroutine_ended(pid, g.goid);
-                    if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go_states.as_mut()) {
+                    if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go.states.as_mut()) {
                         t.ended.push(g);
                     }
                 }
@@ -453,35 +444,16 @@ impl Pipeline {
     /// Hands the kernel the goroutine layout of Go processes seen for the first
     /// time and, with `--go-states`, attaches their state probes.
     pub(crate) fn poll_go(&mut self, sampler: &mut Sampler) {
-        let tracked = self.procs.poll_go(&mut self.go_pids);
+        let tracked = self.procs.poll_go(&self.processes);
         self.poll_native_unwind();
-        for (pid, offsets, table) in tracked {
-            if !self.go_states {
-                continue;
-            }
-            let allgs = crate::go::states::allgs_address(&table)
-                .and_then(|v| Some(v.wrapping_add(self.procs.go_exe_bias(pid)?)));
-            if let Some(pre) = &self.go_preattached
-                && let Some(p) = self.procs.get_mut(pid)
-                && p.exe.as_deref() == pre.exe.to_str()
-            {
-                p.go_states = Some(tracking(&table, pre.since_ns, allgs));
-                continue;
-            }
-            let Some(nz_pid) = std::num::NonZeroU32::new(pid) else {
-                continue;
-            };
-            let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-            let attached = attach_go_states(sampler, &table, Some(nz_pid), &exe, offsets);
-            let Some(p) = self.procs.get_mut(pid) else {
-                continue;
-            };
-            match attached {
-                Ok(since_ns) => p.go_states = Some(tracking(&table, since_ns, allgs)),
-                Err(why) => self
-                    .go_states_failed
-                    .push((format!("{} (pid {pid})", p.name), why)),
-            }
+        if self.go_states {
+            crate::go::states::follow(
+                &mut self.procs,
+                sampler,
+                tracked,
+                self.go_preattached.as_ref(),
+                &mut self.go_states_failed,
+            );
         }
     }
 
@@ -517,7 +489,7 @@ impl Pipeline {
     pub(crate) fn retire(&mut self, pid: u32) {
         self.unwind_tables.remove_process(pid);
         self.dotnet_tables.release(pid);
-        let _ = self.go_pids.remove(&pid);
+        let _ = self.processes.set_go(pid, None);
         self.procs.retire(pid);
     }
 
@@ -527,19 +499,6 @@ impl Pipeline {
         self.retire(pid);
         self.fp_baseline.remove(&pid);
         self.procs.forget(pid);
-    }
-}
-
-/// The frame `--group-by state` gives a sample.
-fn go_status_text(goid: u64, status: u32) -> &'static str {
-    use probe_common::go::status;
-    match (goid, status) {
-        (0, _) => "[no goroutine]",
-        (_, status::RUNNING) => "[running]",
-        (_, status::SYSCALL) => "[syscall]",
-        (_, status::RUNNABLE) => "[runnable]",
-        (_, status::WAITING) => "[waiting]",
-        _ => "[other state]",
     }
 }
 
@@ -578,6 +537,7 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         return Err(UsageError::KernelWaits.into());
     }
     preflight::check_privileges()?;
+    preflight::check_pid_namespace()?;
     let kernel = preflight::check_kernel(kernel_needs(&args), &kernel_request(&args))?;
     if kernel.plan.walk == crate::kernel::Walk::FramePointers {
         args.frame_pointers_only = true;
@@ -649,9 +609,9 @@ pub(crate) struct Started {
     pub(crate) events: RingBuf<MapData>,
     pub(crate) dotnet_tables: KernelTables,
     pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
-    pub(crate) go_pids: aya::maps::HashMap<MapData, u32, probe_common::go::GoOffsets>,
+    pub(crate) processes: crate::process::ProcessEntries,
     pub(crate) procs: ProcessTable,
-    pub(crate) go_preattached: Result<Option<Preattached>, String>,
+    pub(crate) go_preattached: Result<Option<crate::go::states::Preattached>, String>,
     pub(crate) child: Option<tokio::process::Child>,
     pub(crate) sigint: tokio::signal::unix::Signal,
     pub(crate) sigterm: tokio::signal::unix::Signal,
@@ -710,9 +670,9 @@ pub(crate) async fn start(
         sampler.select_cgroup(id)?;
     }
     let events = sampler.take_events()?;
-    let dotnet_tables = sampler.take_dotnet_tables()?;
-    let unwind_tables = sampler.take_unwind_tables()?;
-    let go_pids = sampler.take_go_pids()?;
+    let processes = sampler.take_processes()?;
+    let dotnet_tables = sampler.take_dotnet_tables(&processes)?;
+    let unwind_tables = sampler.take_unwind_tables(&processes)?;
     // A command is sampled from its exec on. Running targets (--pid) and the
     // whole system are sampled once the targets' unwind rules are in (see
     // `run`): their first samples are not walked without them.
@@ -735,19 +695,17 @@ pub(crate) async fn start(
     // Source lines of .NET methods are for the pprof output.
     procs.dotnet_lines = args.formats.contains(&Format::Pprof);
     let go_preattached = match program {
-        Some(exe) if args.go_states || args.go_waits() => preattach_go(&mut sampler, &procs, exe),
+        Some(exe) if args.go_states || args.go_waits() => {
+            crate::go::states::preattach(&mut sampler, &procs, exe)
+        }
         _ => Ok(None),
     };
     let child = if has_command {
         // A Go command's goroutine layout goes into the kernel from the child
         // itself, before exec: its first samples carry their goroutine (and
         // trace) as later ones do, however long reading its binary takes.
-        let go = program.and_then(|exe| go_offsets_before_exec(&procs, exe));
-        let go = go.map(|offsets| {
-            use aya::maps::IterableMap;
-            use std::os::fd::{AsFd, AsRawFd};
-            (go_pids.map().fd().as_fd().as_raw_fd(), offsets)
-        });
+        let go = program.and_then(|exe| crate::go::process::offsets_before_exec(&procs, exe));
+        let go = go.map(|offsets| (processes.fd(), offsets));
         Some(spawn_registered(&args.command, &sampler, go)?)
     } else {
         None
@@ -757,7 +715,7 @@ pub(crate) async fn start(
         events,
         dotnet_tables,
         unwind_tables,
-        go_pids,
+        processes,
         procs,
         go_preattached,
         child,
@@ -765,79 +723,6 @@ pub(crate) async fn start(
         sigterm,
         kernel,
     })
-}
-
-/// With `--go-states`, attaches the state probes to the command's executable
-/// before it starts, if it is Go (`Ok(None)` if it is not).
-fn preattach_go(
-    sampler: &mut Sampler,
-    procs: &ProcessTable,
-    exe: &std::path::Path,
-) -> Result<Option<Preattached>, String> {
-    let Ok(exe) = exe.canonicalize() else {
-        return Ok(None);
-    };
-    let Some(table) = procs.modules.go.get(&exe) else {
-        return Ok(None);
-    };
-    let Some(offsets) = crate::go::layout(&table).map(|l| l.offsets) else {
-        return Ok(None);
-    };
-    let since_ns = attach_go_states(sampler, &table, None, &exe, offsets)?;
-    Ok(Some(Preattached { exe, since_ns }))
-}
-
-/// Attaches the goroutine-state probes to the Go binary `table` was read from
-/// (`exe`), for process `pid` only or for every process running it; returns
-/// when they went in (CLOCK_MONOTONIC ns).
-fn attach_go_states(
-    sampler: &mut Sampler,
-    table: &crate::go::pclntab::GoTable,
-    pid: Option<std::num::NonZeroU32>,
-    exe: &std::path::Path,
-    offsets: probe_common::go::GoOffsets,
-) -> Result<u64, String> {
-    let version = table.version.as_deref().unwrap_or_default();
-    let fast = crate::go::offsets::syscall_fast_path(version);
-    let points = crate::go::states::ProbePoints::find(table, fast)
-        .map_err(|e| format!("{e} in its function table"))?;
-    let since_ns = monotonic_ns();
-    sampler
-        .attach_go_states(pid, exe, &points, offsets)
-        .map_err(|e| e.to_string())?;
-    Ok(since_ns)
-}
-
-/// A Go process's goroutine states, followed since `since_ns`.
-fn tracking(
-    table: &crate::go::pclntab::GoTable,
-    since_ns: u64,
-    allgs: Option<u64>,
-) -> crate::go::states::Tracking {
-    crate::go::states::Tracking {
-        since_ns,
-        reasons: crate::go::states::wait_reasons(table).unwrap_or_default(),
-        allgs,
-        layout: crate::go::layout(table),
-        ..Default::default()
-    }
-}
-
-/// The goroutine offsets the kernel needs for the Go executable `exe`, known
-/// before it runs: its layout, and, when it is not position-independent (Go's
-/// default on amd64), where its signal trampolines are. `None` when `exe` is
-/// not Go or its version is not known. `poll_go` later writes the same entry
-/// with the trampolines of a position-independent one.
-fn go_offsets_before_exec(
-    procs: &ProcessTable,
-    exe: &std::path::Path,
-) -> Option<probe_common::go::GoOffsets> {
-    let exe = exe.canonicalize().ok()?;
-    let table = procs.modules.go.get(&exe)?;
-    // A fixed-address executable's bias is 0; a PIE's is known only once it
-    // is mapped.
-    let bias = crate::native::elf::is_fixed_address(&exe).then_some(0);
-    crate::go::kernel_offsets(&table, bias)
 }
 
 /// Starts `command`; the child puts its own pid in the target set (and, with
@@ -915,7 +800,7 @@ async fn run(
         events,
         dotnet_tables,
         unwind_tables,
-        go_pids,
+        processes,
         procs,
         go_preattached,
         mut child,
@@ -938,7 +823,7 @@ async fn run(
     let mut pipeline = Pipeline::new(
         &args,
         procs,
-        go_pids,
+        processes,
         dotnet_tables,
         unwind_tables,
         go_states_failed,
@@ -1069,7 +954,7 @@ async fn run(
         .procs
         .iter()
         .filter_map(|p| {
-            let t = p.go_states.as_ref()?;
+            let t = p.go.states.as_ref()?;
             let all =
                 crate::go::states::all_goroutines(p.pid, t.allgs?, t.layout.as_ref()?, t.since_ns);
             Some((p.pid, all))
@@ -1080,7 +965,7 @@ async fn run(
         if let Some(t) = pipeline
             .procs
             .get_mut(pid)
-            .and_then(|p| p.go_states.as_mut())
+            .and_then(|p| p.go.states.as_mut())
         {
             seen.entry(pid).or_default().insert(g_addr, t.live.len());
             t.live.push(g);
@@ -1090,13 +975,13 @@ async fn run(
         if let Some(t) = pipeline
             .procs
             .get_mut(pid)
-            .and_then(|p| p.go_states.as_mut())
+            .and_then(|p| p.go.states.as_mut())
         {
             t.add_unseen(all, &seen.remove(&pid).unwrap_or_default());
         }
     }
     for p in pipeline.procs.iter_mut() {
-        if let Some(t) = p.go_states.as_mut() {
+        if let Some(t) = p.go.states.as_mut() {
             t.end_ns = end_ns;
         }
     }
@@ -1142,7 +1027,7 @@ async fn run(
         requests,
         only_trace: _,
         group_by: _,
-        go_pids: _,
+        processes: _,
         go_states: _,
         go_states_failed,
         go_preattached: _,
@@ -1280,7 +1165,7 @@ async fn run(
     let mut procs = procs;
     let go_versions: BTreeMap<u32, String> = procs
         .iter()
-        .filter(|p| (p.samples > 0 || p.go_states.is_some()) && p.dotnet.is_none())
+        .filter(|p| (p.samples > 0 || p.go.states.is_some()) && p.dotnet.is_none())
         .map(|p| p.pid)
         .collect::<Vec<_>>()
         .into_iter()
@@ -1288,7 +1173,7 @@ async fn run(
         .collect();
     let mut processes: Vec<ProcessSummary> = procs
         .iter()
-        .filter(|p| p.samples > 0 || p.go_states.is_some())
+        .filter(|p| p.samples > 0 || p.go.states.is_some())
         .map(|p| ProcessSummary {
             pid: p.pid,
             comm: p.name.to_string(),
@@ -1302,7 +1187,8 @@ async fn run(
                 .map(|d| format!("dotnet {}", d.runtime.version))
                 .or_else(|| go_versions.get(&p.pid).map(|v| v.replacen("go", "go ", 1))),
             goroutine_layout: p
-                .go_tracked
+                .go
+                .tracked
                 .then(|| procs.go_exe_table(p.pid))
                 .flatten()
                 .and_then(|t| crate::go::layout(&t))
@@ -1320,7 +1206,7 @@ async fn run(
                 }),
             stacks_complete: complete.get(&p.pid).and_then(share),
             stacks_complete_frame_pointers: fp_complete.get(&p.pid).and_then(share),
-            goroutines: p.go_states.as_ref().map(|t| {
+            goroutines: p.go.states.as_ref().map(|t| {
                 crate::go::states::summarize(
                     t,
                     |addr, leaf| procs.go_function(p.pid, addr, leaf),
@@ -1336,7 +1222,7 @@ async fn run(
         .filter_map(|p| p.dotnet.as_ref().map(|d| d.notes(&p.name)))
         .flatten()
         .chain(procs.iter().filter(|p| p.samples > 0).filter_map(|p| {
-            let version = p.go_note.as_ref()?;
+            let version = p.go.note.as_ref()?;
             Some(format!(
                 "{} (pid {}) runs {version}, whose goroutine layout crossprof does not know (it knows go1.19 to go1.27): its samples carry no goroutine",
                 p.name, p.pid

@@ -472,26 +472,37 @@ impl Sampler {
         })
     }
 
+    /// The kernel's entries per process (taken once; shared by the tables
+    /// below and the Go poll).
+    pub fn take_processes(&mut self) -> Result<crate::process::ProcessEntries, SamplerError> {
+        let map = take_map(&mut self.ebpf, names::PROCESSES)?;
+        let map = BpfHashMap::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::PROCESSES,
+            source,
+        })?;
+        Ok(crate::process::ProcessEntries::new(map))
+    }
+
     /// The kernel's tables for walking .NET stacks (taken once).
     pub fn take_dotnet_tables(
         &mut self,
+        processes: &crate::process::ProcessEntries,
     ) -> Result<crate::dotnet::unwind::KernelTables, SamplerError> {
-        let pids = take_map(&mut self.ebpf, names::MANAGED_PIDS)?;
         let pages = take_map(&mut self.ebpf, names::CODE_PAGES)?;
-        let pids = BpfHashMap::try_from(pids).map_err(|source| SamplerError::Map {
-            name: names::MANAGED_PIDS,
-            source,
-        })?;
         let pages = BpfHashMap::try_from(pages).map_err(|source| SamplerError::Map {
             name: names::CODE_PAGES,
             source,
         })?;
-        Ok(crate::dotnet::unwind::KernelTables::new(pids, pages))
+        Ok(crate::dotnet::unwind::KernelTables::new(
+            processes.clone(),
+            pages,
+        ))
     }
 
     /// The kernel's `.eh_frame` tables (taken once).
     pub fn take_unwind_tables(
         &mut self,
+        processes: &crate::process::ProcessEntries,
     ) -> Result<crate::native::unwind::UnwindTables, SamplerError> {
         let mut array = |name: &'static str| match take_map(&mut self.ebpf, name)? {
             Map::Array(data) => Ok(data),
@@ -509,29 +520,15 @@ impl Sampler {
             name: names::UNWIND_MAPS,
             source,
         })?;
-        let slots = take_map(&mut self.ebpf, names::UNWIND_SLOTS)?;
-        let slots = BpfHashMap::try_from(slots).map_err(|source| SamplerError::Map {
-            name: names::UNWIND_SLOTS,
-            source,
-        })?;
-        crate::native::unwind::UnwindTables::new(rows, pages, maps, slots).map_err(|source| {
-            SamplerError::Map {
+        crate::native::unwind::UnwindTables::new(rows, pages, maps, processes.clone()).map_err(
+            |source| SamplerError::Map {
                 name: names::UNWIND_ROWS,
                 source: MapError::SyscallError(aya::sys::SyscallError {
                     call: "mmap",
                     io_error: source,
                 }),
-            }
-        })
-    }
-
-    /// The kernel's table of Go processes (taken once).
-    pub fn take_go_pids(&mut self) -> Result<BpfHashMap<MapData, u32, GoOffsets>, SamplerError> {
-        let map = take_map(&mut self.ebpf, names::GO_PIDS)?;
-        BpfHashMap::try_from(map).map_err(|source| SamplerError::Map {
-            name: names::GO_PIDS,
-            source,
-        })
+            },
+        )
     }
 
     /// Follows the goroutine states of the Go executable `exe` (a path the
@@ -654,15 +651,15 @@ impl Sampler {
 /// `bpf(BPF_MAP_UPDATE_ELEM)`: async-signal-safe, so a forked child can run it
 /// between `fork` and `exec` and be sampled from its first instruction, without
 /// the parent having to learn its pid first (std's `spawn` only returns after
-/// `exec`). With `go`, the child also puts its goroutine layout in the kernel's
-/// Go table (`go_pids`'s fd, the offsets its binary needs), so that its first
-/// samples carry their goroutine too.
+/// `exec`). With `go`, the child also puts its goroutine layout in its
+/// `PROCESSES` entry (that map's fd, the offsets its binary needs), so that
+/// its first samples carry their goroutine too.
 pub fn register_self_in_child(targets_fd: RawFd, go: Option<(RawFd, GoOffsets)>) -> io::Result<()> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     update_elem(targets_fd, &pid, &1u8)?;
     if let Some((fd, offsets)) = go {
-        update_elem(fd, &pid, &offsets)?;
+        update_elem(fd, &pid, &crate::process::go_entry(offsets))?;
     }
     Ok(())
 }

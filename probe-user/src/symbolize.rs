@@ -252,40 +252,6 @@ pub const INLINE_SEPARATOR: char = '\u{1f}';
 /// inferno's annotation for inlined frames.
 pub const INLINE_SUFFIX: &str = "_[i]";
 
-/// The source lines of Go file offset `offset`, outermost first as in
-/// [`go_name`]; `None` if no line is known.
-fn go_sources(table: &GoTable, offset: u64) -> Option<Arc<[Option<Source>]>> {
-    let frames = table.frames(table.vaddr(offset)?, true)?;
-    frames.iter().any(|f| f.source.is_some()).then(|| {
-        frames
-            .iter()
-            .rev()
-            .map(|f| {
-                f.source
-                    .as_ref()
-                    .map(|(file, line)| (Arc::from(file.as_str()), *line))
-            })
-            .collect()
-    })
-}
-
-/// The name of Go file offset `offset`: the function, then each call inlined into
-/// it, outermost first, the inlined ones annotated `_[i]`.
-fn go_name(table: &GoTable, offset: u64) -> Option<String> {
-    let frames = table.frames(table.vaddr(offset)?, true)?;
-    let mut name = String::new();
-    for f in frames.iter().rev() {
-        if !name.is_empty() {
-            name.push(INLINE_SEPARATOR);
-        }
-        name.push_str(&sanitize(&f.name));
-        if f.inlined {
-            name.push_str(INLINE_SUFFIX);
-        }
-    }
-    Some(name)
-}
-
 /// Names of file offsets `offsets` of the ELF file at `path`. A Go binary
 /// (`go` is its table) is named from its own table, stripped or not, inlined
 /// calls included; what the table does not cover, the C functions linked into
@@ -299,7 +265,10 @@ pub(crate) fn elf_names(
     let Some(table) = go else {
         return native.elf(path, offsets);
     };
-    let mut names: Vec<Option<String>> = offsets.iter().map(|&o| go_name(table, o)).collect();
+    let mut names: Vec<Option<String>> = offsets
+        .iter()
+        .map(|&o| crate::go::name_of(table, o))
+        .collect();
     let outside: Vec<u64> = offsets
         .iter()
         .zip(&names)
@@ -373,8 +342,9 @@ impl SymbolizerThread {
                                     .into_iter()
                                     .zip(names)
                                     .map(|(offset, name)| {
-                                        let sources =
-                                            table.as_deref().and_then(|t| go_sources(t, offset));
+                                        let sources = table
+                                            .as_deref()
+                                            .and_then(|t| crate::go::sources_of(t, offset));
                                         (FrameRef::Elf { module, offset }, name, sources)
                                     })
                                     .collect()
@@ -543,7 +513,7 @@ mod tests {
         let got = elf_names(Some(&table), &NativeSymbols::new(&[]), &bin, &offsets);
         assert_eq!(got, names.map(|n| Some(n.to_owned())));
         // Its Go table alone leaves the C functions unnamed.
-        assert_eq!(go_name(&table, offsets[2]), None);
+        assert_eq!(crate::go::name_of(&table, offsets[2]), None);
     }
 
     #[test]

@@ -779,6 +779,26 @@ fn comm_selects_processes_running_and_started_later_in_the_kernel() {
     );
 }
 
+/// A busy process put in cgroup `cg` and another outside it; the agent run
+/// with `select` (which names `cg` one way or another) samples only the one
+/// inside.
+fn only_the_process_in_the_cgroup_is_sampled(cg: &Path, name: &str, select: &[&str]) {
+    let inside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
+    std::fs::write(cg.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    let outside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
+    let agent = Agent::start(name, &[select, &["--window", "1s"][..]].concat());
+    agent.wait_windows_of(inside.pid(), 2, Duration::from_secs(30));
+    let seen = comms_seen(&agent);
+    assert!(
+        seen.iter().all(|&(_, p)| p == u64::from(inside.pid())),
+        "only pid {} (outside: {}): {seen:?}",
+        inside.pid(),
+        outside.pid()
+    );
+    assert!(agent.stop().success());
+    drop(inside); // the cgroup empties, and can go
+}
+
 #[test]
 fn cgroup_selects_the_threads_in_it_in_the_kernel() {
     let root = Path::new("/sys/fs/cgroup/unified");
@@ -796,20 +816,7 @@ fn cgroup_selects_the_threads_in_it_in_the_kernel() {
         }
     }
     let _remove = Remove(cg.clone());
-    let inside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
-    std::fs::write(cg.join("cgroup.procs"), inside.pid().to_string()).unwrap();
-    let outside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
-    let agent = Agent::start("agent_cgroup", &["--cgroup", s(&cg), "--window", "1s"]);
-    agent.wait_windows_of(inside.pid(), 2, Duration::from_secs(30));
-    let seen = comms_seen(&agent);
-    assert!(
-        seen.iter().all(|&(_, p)| p == u64::from(inside.pid())),
-        "only pid {} (outside: {}): {seen:?}",
-        inside.pid(),
-        outside.pid()
-    );
-    assert!(agent.stop().success());
-    drop(inside); // the cgroup empties, and goes
+    only_the_process_in_the_cgroup_is_sampled(&cg, "agent_cgroup", &["--cgroup", s(&cg)]);
 
     let run = Command::new(crossprof_bin())
         .args([
@@ -824,6 +831,62 @@ fn cgroup_selects_the_threads_in_it_in_the_kernel() {
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("not a cgroup folder"), "{err}");
+}
+
+/// Issue #20: `--container ID` selects a container's processes by a prefix
+/// of its id, as `docker ps` shows it: crossprof finds the runtime's scope
+/// (`docker-<id>.scope`) in the cgroup tree and selects it in the kernel as
+/// `--cgroup` does.
+#[test]
+fn container_selects_its_processes_by_a_prefix_of_its_id() {
+    const ID: &str = "feed0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+    let root = Path::new("/sys/fs/cgroup/unified");
+    let root = if root.join("cgroup.controllers").exists() {
+        root.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let scope = root.join(format!("system.slice/docker-{ID}.scope"));
+    std::fs::create_dir_all(&scope).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _remove = Remove(scope.clone());
+    only_the_process_in_the_cgroup_is_sampled(
+        &scope,
+        "agent_container",
+        &["--container", &ID[..12]],
+    );
+
+    for (id, says) in [
+        ("feed01", "not a container id"),
+        ("0000000000000000", "no container with this id"),
+    ] {
+        let run = Command::new(crossprof_bin())
+            .args([
+                "agent",
+                "--dir",
+                s(&out_dir("agent_container_bad")),
+                "--container",
+                id,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "--container {id}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains(says) && err.trim().lines().count() == 1,
+            "--container {id}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -66,6 +66,43 @@ fn only_child(pid: u32) -> u32 {
     panic!("{pid} started no child");
 }
 
+/// Records the .NET chain fixture running as `pid` for 3 s (`--pid`, into
+/// `target/test-out/<name>`): Main;Outer;Hot named in >= 90% of its >= 150
+/// samples. Returns the output folder.
+fn chain_named_from_the_host(pid: u32, name: &str, how: &str) -> PathBuf {
+    let dir = out_dir(name);
+    let pid_s = pid.to_string();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--pid",
+            &pid_s,
+            "--duration",
+            "3",
+            "-o",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (named, all) = count_where(&stacks, "dotnet", |st| {
+        st.contains_chain(&[
+            "Program::Main_[j]",
+            "Program::Outer_[j]",
+            "Program::Hot_[j]",
+        ])
+    });
+    assert!(all >= 150, "only {all} samples of the .NET process");
+    assert!(
+        named * 100 >= all * 90,
+        "Main;Outer;Hot named in {named} of {all} samples of a .NET process {how}:\n{stacks:#?}\n{}",
+        run.stderr
+    );
+    dir
+}
+
 #[test]
 fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
     let runtime = Dotnet::Net8;
@@ -106,36 +143,7 @@ fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
                 .starts_with("dotnet-diagnostic-1-")),
         "no diagnostics socket of pid 1 in {own_tmp}"
     );
-    let dir = out_dir("container_dotnet");
-    let pid_s = pid.to_string();
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            &pid_s,
-            "--duration",
-            "3",
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "crossprof failed: {}", run.stderr);
-    let stacks = read_folded(&dir);
-    let (named, all) = count_where(&stacks, "dotnet", |st| {
-        st.contains_chain(&[
-            "Program::Main_[j]",
-            "Program::Outer_[j]",
-            "Program::Hot_[j]",
-        ])
-    });
-    assert!(all >= 150, "only {all} samples of the .NET process");
-    assert!(
-        named * 100 >= all * 90,
-        "Main;Outer;Hot named in {named} of {all} samples of a .NET process in a container:\n{stacks:#?}\n{}",
-        run.stderr
-    );
+    let dir = chain_named_from_the_host(pid, "container_dotnet", "in a container");
     // Its map was turned off and removed again, inside its own /tmp; the
     // host's /tmp got nothing of it.
     assert!(!Path::new(&format!("{own_tmp}/perf-1.map")).exists());
@@ -153,4 +161,42 @@ fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     drop(unshare);
+}
+
+/// Issue #20: a .NET process started with a `TMPDIR` of its own (service
+/// managers and container images set one) listens there, and writes its perf
+/// map and jitdump to `DOTNET_PerfMapJitDumpPath` when that is set (on .NET 8
+/// the maps do not follow `TMPDIR`). crossprof reads both from the
+/// environment the process started with. Before, it looked in /tmp only: no
+/// socket found, no map asked for, its JIT frames `[unknown]`.
+#[test]
+fn dotnet_with_its_own_tmpdir_and_map_folder_is_named() {
+    let runtime = Dotnet::Net8;
+    let dll = runtime.fixture("chain");
+    let base = out_dir("dotnet_tmpdir");
+    let (tmpdir, maps) = (base.join("tmp"), base.join("maps"));
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    std::fs::create_dir_all(&maps).unwrap();
+    let mut cmd = runtime.command(&dll, &["8"]);
+    cmd.env("TMPDIR", &tmpdir)
+        .env("DOTNET_PerfMapJitDumpPath", &maps)
+        .stdout(std::process::Stdio::null());
+    let child = Guard(cmd.spawn().expect("start the .NET fixture"));
+    let pid = child.pid();
+    std::thread::sleep(Duration::from_secs(2));
+    let socket = format!("dotnet-diagnostic-{pid}-");
+    assert!(
+        std::fs::read_dir(&tmpdir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(&socket)),
+        "the runtime did not listen in its TMPDIR {}",
+        tmpdir.display()
+    );
+    chain_named_from_the_host(pid, "dotnet_tmpdir_profile", "with its own TMPDIR");
+    // The map was written where the runtime was told, then turned off and
+    // removed; none in /tmp.
+    assert!(!maps.join(format!("perf-{pid}.map")).exists());
+    assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
+    drop(child);
 }

@@ -328,3 +328,25 @@ fn a_zombie_or_a_kernel_thread_pid_is_named_as_such() {
     let run = run_crossprof(&["record", "--pid", "2", "-o", &d], LIMIT);
     assert_rejected(&run, "kernel thread", Some(&dir));
 }
+
+/// Issue #20: crossprof started in a pid namespace of its own (a container
+/// without the host's pids) cannot match the kernel's pids to its /proc: it
+/// says so in one line, naming what to do, for `record` and for the agent.
+#[test]
+fn a_pid_namespace_of_its_own() {
+    let (dir, s) = out("err_pid_namespace");
+    for args in [
+        vec!["record", "-o", &s, "--duration", "1"],
+        vec!["agent", "--dir", &s, "--window", "1s"],
+    ] {
+        let run: Run = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(crossprof_bin())
+            .args(&args)
+            .output()
+            .expect("run unshare (util-linux)")
+            .into();
+        assert_rejected(&run, "pid namespace of its own", Some(&dir));
+        assert!(run.stderr.contains("--pid=host"), "{}", run.stderr);
+    }
+}

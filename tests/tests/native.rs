@@ -99,3 +99,97 @@ fn code_with_only_debug_frame_is_walked_by_it() {
         "main;outer;middle;hot in {chain} of {all}:\n{stacks:#?}"
     );
 }
+
+/// The build id in an ELF file's notes (`readelf -n`), lower-case hex.
+fn build_id(bin: &std::path::Path) -> String {
+    let out = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(bin)
+        .output()
+        .expect("run readelf (binutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{} has no build id", bin.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Issue #20: debug files found by build id are used. The chain fixture
+/// stripped (no symbol table: its functions have no name in it), its debug
+/// file (`objcopy --only-keep-debug`, sections zlib-compressed as Debian's
+/// `-dbgsym` packages ship them) under a `--debug-dir`'s `.build-id/xx/
+/// rest.debug`: the chain is named as in the unstripped binary. And libc's
+/// own start-up code, named by Debian's `libc6-dbg` (installed by `cargo
+/// xtask bootstrap`): `__libc_start_call_main` under `main`. Before, both debug files were found but not read (blazesym
+/// was built without zlib, and the fallback dropped the debug file
+/// altogether), and those frames were `[nofp+0x1234]`, `[libc.so.6+0x27249]`.
+#[test]
+fn stripped_code_is_named_from_debug_files_found_by_build_id() {
+    let built = build_c("native/nofp.c", &["-O2", "-fomit-frame-pointer", "-g"]);
+    let dir = out_dir("debug_by_build_id");
+    let stripped = dir.join("nofp");
+    let debug = dir.join("nofp.debug");
+    let objcopy = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("objcopy")
+            .args(args)
+            .status()
+            .expect("run objcopy (binutils)");
+        assert!(status.success(), "objcopy {args:?}");
+    };
+    objcopy(&[
+        "--only-keep-debug".as_ref(),
+        "--compress-debug-sections=zlib".as_ref(),
+        built.as_os_str(),
+        debug.as_os_str(),
+    ]);
+    objcopy(&[
+        "--strip-all".as_ref(),
+        built.as_os_str(),
+        stripped.as_os_str(),
+    ]);
+    let id = build_id(&stripped);
+    assert_eq!(id, build_id(&built));
+    let debug_dir = dir.join("debug");
+    let place = debug_dir.join(format!(".build-id/{}/{}.debug", &id[..2], &id[2..]));
+    std::fs::create_dir_all(place.parent().unwrap()).unwrap();
+    std::fs::rename(&debug, &place).unwrap();
+
+    let libc_id = build_id(std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6"));
+    let libc_debug = format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &libc_id[..2],
+        &libc_id[2..]
+    );
+    assert!(
+        std::path::Path::new(&libc_debug).exists(),
+        "no {libc_debug}: install Debian's libc6-dbg (cargo xtask bootstrap does)"
+    );
+
+    let out = dir.join("profile");
+    let run = record_command(
+        &out,
+        &["--freq", "999", "--debug-dir", debug_dir.to_str().unwrap()],
+        &stripped,
+        &[&fixture_secs(1.5)],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&out);
+    let (chain, all) = count_where(&stacks, "nofp", |s| {
+        s.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= 500, "only {all} samples");
+    assert!(
+        chain * 100 >= all * 95,
+        "main;outer;middle;hot named in {chain} of {all} samples of the stripped binary:\n{stacks:#?}"
+    );
+    // (`__libc_start_main` is `__libc_start_main_impl` in the debug file's
+    // symbol table.)
+    let (libc, _) = count_where(&stacks, "nofp", |s| {
+        s.contains_chain(&["__libc_start_call_main", "main"])
+    });
+    assert!(
+        libc * 100 >= all * 95,
+        "__libc_start_call_main;main in {libc} of {all} samples:\n{stacks:#?}"
+    );
+}

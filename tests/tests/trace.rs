@@ -257,8 +257,15 @@ impl Seed {
         let run = record_target(dir, &all, &client);
         assert!(run.status.success(), "{}", run.stderr);
         assert!(run.stdout.ends_with("done\n"), "client: {}", run.stdout);
+        // Per request: its traceparent, its status, its milliseconds (a
+        // request of exactly 200 ms also prints "200": count the line after
+        // the traceparent only).
+        let lines: Vec<&str> = run.stdout.lines().collect();
         assert_eq!(
-            run.stdout.lines().filter(|l| *l == "200").count(),
+            lines
+                .windows(2)
+                .filter(|w| w[0].starts_with("00-") && w[1] == "200")
+                .count(),
             requests as usize,
             "client: {}",
             run.stdout

@@ -32,7 +32,9 @@ use crate::{cmd, say};
 /// busybox-static, kmod and xz-utils boot Debian's kernels for `cargo xtask
 /// vmtest` (the guest's initramfs is busybox and the kernel's own modules).
 /// time (`/usr/bin/time -f %M`) measures a child's peak memory in the
-/// hostile tests.
+/// hostile tests. libc6-dbg is libc's debug file by build id (the test of
+/// debug files found that way); binutils' objcopy and readelf make and read
+/// the test's own.
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -47,6 +49,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "time",
+    "libc6-dbg",
+    "binutils",
 ];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).

@@ -202,6 +202,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         return Err(UsageError::TokenNeeded(args.listen).into());
     }
     preflight::check_privileges()?;
+    preflight::check_pid_namespace()?;
     let mut rargs = record_args(&args);
     let kernel = preflight::check_kernel(
         record::kernel_needs(&rargs),
@@ -221,6 +222,14 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             .cgroups
             .iter()
             .map(|p| cgroup_id(p))
+            .chain(args.containers.iter().map(|id| {
+                let path =
+                    crate::containers::cgroup_of(id).map_err(|why| UsageError::Container {
+                        id: id.clone(),
+                        why,
+                    })?;
+                cgroup_id(&path)
+            }))
             .collect::<Result<_, _>>()?,
     };
     let store = Store::open(&args.dir, args.retain, args.max_disk)?;
@@ -250,7 +259,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         events,
         dotnet_tables,
         unwind_tables,
-        go_pids,
+        processes,
         procs,
         go_preattached: _,
         child: _,
@@ -271,7 +280,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let mut pipeline = Pipeline::new(
         &rargs,
         procs,
-        go_pids,
+        processes,
         dotnet_tables,
         unwind_tables,
         Vec::new(),
@@ -322,8 +331,8 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             "the whole host".to_owned()
         } else {
             format!(
-                "pids {:?}, names {:?}, cgroups {:?}",
-                args.pids, select.comms, args.cgroups
+                "pids {:?}, names {:?}, cgroups {:?}, containers {:?}",
+                args.pids, select.comms, args.cgroups, args.containers
             )
         },
         args.freq,

@@ -98,15 +98,15 @@ pub fn socket_name(pid: u32) -> Option<String> {
 /// user (see [`connect`])?
 pub fn socket_ready(pid: u32) -> Result<(), IpcError> {
     let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
-    let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
+    let dir = TargetDir::temp(pid).map_err(|_| IpcError::NoSocket)?;
     dir.check(&name, libc::S_IFSOCK)
-        .map_err(|r| refused(&name, r))
+        .map_err(|r| refused(&dir, &name, r))
 }
 
-fn refused(name: &str, r: Refused) -> IpcError {
+fn refused(dir: &TargetDir, name: &str, r: Refused) -> IpcError {
     match r {
         Refused::Missing => IpcError::NoSocket,
-        other => IpcError::Planted(format!("/tmp/{name}: {other}")),
+        other => IpcError::Planted(format!("{}: {other}", dir.show(name))),
     }
 }
 
@@ -118,9 +118,9 @@ fn refused(name: &str, r: Refused) -> IpcError {
 /// what is left of `deadline`.
 pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
     let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
-    let dir = TargetDir::open(pid).map_err(|_| IpcError::NoSocket)?;
+    let dir = TargetDir::temp(pid).map_err(|_| IpcError::NoSocket)?;
     dir.check(&name, libc::S_IFSOCK)
-        .map_err(|r| refused(&name, r))?;
+        .map_err(|r| refused(&dir, &name, r))?;
     // The path through the folder's descriptor: resolved in the folder
     // checked above, whatever its path is made of.
     let path = dir.fd_path(&name);

@@ -137,8 +137,10 @@ enum Enabling {
     Failed(String),
 }
 
-/// The files `EnablePerfMap` makes the runtime write in its temp folder
-/// (named by the pid it sees: see [`crate::files::own_pid`]).
+/// The files `EnablePerfMap` makes the runtime write in its perf-map folder
+/// (`/tmp`, or `DOTNET_PerfMapJitDumpPath`: see
+/// [`crate::files::TargetDir::perf_maps`]), named by the pid it sees (see
+/// [`crate::files::own_pid`]).
 fn map_files(pid: u32) -> [String; 3] {
     let pid = crate::files::own_pid(pid);
     [
@@ -163,9 +165,12 @@ fn prepare_map_files(dir: &crate::files::TargetDir, pid: u32) -> Result<Vec<Stri
                     made.push(name);
                     continue;
                 }
-                Err(r) => format!("/tmp/{name}: {r}"),
+                Err(r) => format!("{}: {r}", dir.show(&name)),
             },
-            Err(why) => format!("/tmp/{name}: {why}; the runtime would write through it"),
+            Err(why) => format!(
+                "{}: {why}; the runtime would write through it",
+                dir.show(&name)
+            ),
         };
         for made in &made {
             let _ = dir.remove(made);
@@ -286,11 +291,11 @@ impl DotnetProcess {
     /// With `lines`, it also follows the runtime's JIT events for source
     /// lines ([`lines`]).
     pub fn attach(pid: u32, runtime: Runtime, lines: bool) -> Self {
-        // The process's temp folder, opened once through its own root and held
-        // (its files are still read in the last drain after it exited, when
-        // /proc/PID/root is gone): the runtime's files are read as
-        // `crate::files` reads a target's files.
-        let tmp = crate::files::TargetDir::open(pid).ok().map(Arc::new);
+        // The folder of the process's perf map and jitdump, opened once
+        // through its own root and held (its files are still read in the last
+        // drain after it exited, when /proc/PID/root is gone): the runtime's
+        // files are read as `crate::files` reads a target's files.
+        let tmp = crate::files::TargetDir::perf_maps(pid).ok().map(Arc::new);
         let mut perf_map = PerfMap::for_pid(pid, tmp.as_ref());
         let perf_map_found = perf_map.refresh();
         let mut enabling = if perf_map_found {
@@ -698,9 +703,9 @@ impl DotnetProcess {
     }
 
     fn perf_map_note(&self, name: &str) -> Option<String> {
-        if let (Some(why), Some(file)) = (&self.perf_map.refused, self.perf_map.name()) {
+        if let (Some(why), Some(file)) = (&self.perf_map.refused, self.perf_map.shown()) {
             return Some(format!(
-                "{name} (pid {}): its /tmp/{file} was not read: {why} (not one the runtime wrote: another user's?); its JIT frames are [unknown]",
+                "{name} (pid {}): its {file} was not read: {why} (not one the runtime wrote: another user's?); its JIT frames are [unknown]",
                 self.pid
             ));
         }

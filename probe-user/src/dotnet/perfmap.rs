@@ -221,6 +221,12 @@ impl PerfMap {
         self.file.as_ref().map(|f| f.name.as_str())
     }
 
+    /// The file's path as the process sees it (`/tmp/perf-1.map`), for
+    /// messages.
+    pub fn shown(&self) -> Option<String> {
+        self.file.as_ref().map(|f| f.dir.show(&f.name))
+    }
+
     /// The method whose code holds `addr`.
     pub fn lookup(&self, addr: u64) -> Option<&Arc<str>> {
         let (_, (end, name)) = self.symbols.range(..=addr).next_back()?;

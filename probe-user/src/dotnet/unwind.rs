@@ -295,9 +295,10 @@ fn insert(page: &mut CodePage, e: CodeEntry) -> bool {
 #[error("cannot update the kernel's JIT code table: {0}")]
 pub struct TableError(#[from] MapError);
 
-/// The kernel's `MANAGED_PIDS` and `CODE_PAGES`.
+/// The kernel's `CODE_PAGES`, and the managed mark of each process's
+/// `PROCESSES` entry.
 pub struct KernelTables {
-    pids: BpfHashMap<MapData, u32, u8>,
+    processes: crate::process::ProcessEntries,
     pages: BpfHashMap<MapData, PageKey, CodePage>,
     /// Pages written, per process, to remove them when it is released.
     written: HashMap<u32, HashSet<u64>>,
@@ -308,11 +309,11 @@ pub struct KernelTables {
 impl KernelTables {
     /// Wraps the two maps.
     pub fn new(
-        pids: BpfHashMap<MapData, u32, u8>,
+        processes: crate::process::ProcessEntries,
         pages: BpfHashMap<MapData, PageKey, CodePage>,
     ) -> Self {
         Self {
-            pids,
+            processes,
             pages,
             written: HashMap::new(),
             full: 0,
@@ -341,7 +342,7 @@ impl KernelTables {
             }
         }
         if !written.is_empty() {
-            self.pids.insert(pid, 1, 0)?;
+            self.processes.set_managed(pid, true)?;
         }
         Ok(())
     }
@@ -349,7 +350,7 @@ impl KernelTables {
     /// Forgets `pid`: its stacks are walked by `bpf_get_stack` again and its pages
     /// are freed.
     pub fn release(&mut self, pid: u32) {
-        let _ = self.pids.remove(&pid);
+        let _ = self.processes.set_managed(pid, false);
         for page in self.written.remove(&pid).unwrap_or_default() {
             let _ = self.pages.remove(&PageKey { pid, pad: 0, page });
         }

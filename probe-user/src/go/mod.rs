@@ -7,21 +7,60 @@
 //! [`labels`] reads a goroutine's pprof labels behind the `g.labels` pointer
 //! the kernel sends; [`states`] places the goroutine-state uprobes
 //! (`--go-states`), names wait reasons from the binary, and turns the kernel's
-//! per-goroutine records into time per state. Stacks that stop at a switch to
-//! the system stack are continued in `crate::aggregate` with the frames the
-//! kernel read from the goroutine's saved registers. Not done yet: signal
-//! handlers (`sigtramp`).
+//! per-goroutine records into time per state; [`process`] keeps each Go
+//! process's state and answers the process table's Go queries (its
+//! executable's table, roots, signal handlers, `morestack`). Stacks that stop
+//! at a switch to the system stack are continued in `crate::aggregate` with
+//! the frames the kernel read from the goroutine's saved registers.
 
 pub mod cgo;
 pub mod dwarf;
 pub mod labels;
 pub mod offsets;
 pub mod pclntab;
+pub mod process;
 pub mod states;
 
 use pclntab::GoTable;
 
-/// What the kernel needs of a Go process (`GO_PIDS`): its goroutine layout,
+/// The source lines of Go file offset `offset`, outermost first as in
+/// [`name_of`]; `None` if no line is known.
+pub(crate) fn sources_of(
+    table: &GoTable,
+    offset: u64,
+) -> Option<std::sync::Arc<[Option<crate::symbolize::Source>]>> {
+    let frames = table.frames(table.vaddr(offset)?, true)?;
+    frames.iter().any(|f| f.source.is_some()).then(|| {
+        frames
+            .iter()
+            .rev()
+            .map(|f| {
+                f.source
+                    .as_ref()
+                    .map(|(file, line)| (std::sync::Arc::from(file.as_str()), *line))
+            })
+            .collect()
+    })
+}
+
+/// The name of Go file offset `offset`: the function, then each call inlined into
+/// it, outermost first, the inlined ones annotated `_[i]`.
+pub(crate) fn name_of(table: &GoTable, offset: u64) -> Option<String> {
+    let frames = table.frames(table.vaddr(offset)?, true)?;
+    let mut name = String::new();
+    for f in frames.iter().rev() {
+        if !name.is_empty() {
+            name.push(crate::symbolize::INLINE_SEPARATOR);
+        }
+        name.push_str(&crate::symbolize::sanitize(&f.name));
+        if f.inlined {
+            name.push_str(crate::symbolize::INLINE_SUFFIX);
+        }
+    }
+    Some(name)
+}
+
+/// What the kernel needs of a Go process (its `PROCESSES` entry): its goroutine layout,
 /// and, when its load bias is known, where its signal trampolines are in it
 /// (`runtime.sigtramp`'s range, `runtime.cgoSigtramp`'s entry; zero when
 /// unknown, and then signal frames are not looked through).

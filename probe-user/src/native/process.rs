@@ -172,7 +172,7 @@ impl ModuleTable {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Target {
+pub(crate) enum Target {
     Module(ModuleId),
     /// A managed assembly (`*.dll`, a PE file) mapped by the .NET loader: its
     /// ReadyToRun code is named by the runtime, not by ELF symbols.
@@ -183,11 +183,11 @@ enum Target {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct ExecMapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    target: Target,
+pub(crate) struct ExecMapping {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) offset: u64,
+    pub(crate) target: Target,
 }
 
 /// A process as captured.
@@ -209,35 +209,13 @@ pub struct Process {
     pub dotnet: Option<DotnetProcess>,
     /// It ran .NET, and exited ([`ProcessTable::retire`] let go of its state).
     pub was_dotnet: bool,
-    /// Checked for Go (goroutine offsets handed to the kernel if it is).
-    go_checked: bool,
-    /// A Go version whose goroutine layout is not known: no goroutine data.
-    pub go_note: Option<String>,
-    /// The kernel reads this Go process's goroutines.
-    pub go_tracked: bool,
-    /// Its goroutines' pprof labels.
-    go_labels: Option<crate::go::labels::Labels>,
-    /// Its goroutine states, when followed (`--go-states`).
-    pub go_states: Option<crate::go::states::Tracking>,
-    /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
-    /// `runtime.rt0_go`), as address ranges in the process: nothing is called
-    /// from outside them, so a frame-pointer walk that runs past one (a thread
-    /// whose first frame pointer was never zeroed) read junk.
-    go_roots: Vec<(u64, u64)>,
-    /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
-    /// as address ranges.
-    go_sigtramps: Vec<(u64, u64)>,
-    /// `runtime.morestack` and `runtime.morestack_noctxt`, as address ranges.
-    go_morestack: Vec<(u64, u64)>,
-    /// The signal return trampoline its handlers return to
-    /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
-    /// its address is on the stack as if it were a return address.
-    go_restorer: Option<u64>,
+    /// Its Go state (see [`crate::go::process`]).
+    pub go: crate::go::process::GoProcess,
     /// Checked for `.eh_frame` unwinding (the kernel given its objects' rules).
     unwind_checked: bool,
     /// Assembly mappings (by start) whose precompiled code the kernel was given.
     r2r_done: std::collections::HashSet<u64>,
-    mappings: Vec<ExecMapping>,
+    pub(crate) mappings: Vec<ExecMapping>,
     captured: Instant,
     first_captured: Instant,
 }
@@ -286,7 +264,7 @@ impl Interner {
 type ManagedFrame = (Arc<str>, Option<crate::symbolize::Source>);
 
 impl Process {
-    fn lookup(&self, addr: u64) -> Option<ExecMapping> {
+    pub(crate) fn lookup(&self, addr: u64) -> Option<ExecMapping> {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         let m = *self.mappings.get(i.checked_sub(1)?)?;
         (addr < m.end).then_some(m)
@@ -305,7 +283,7 @@ const EARLY: Duration = Duration::from_secs(1);
 /// Every process seen so far.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
-    procs: HashMap<u32, Process>,
+    pub(crate) procs: HashMap<u32, Process>,
     /// The files they map.
     pub modules: ModuleTable,
     managed: Interner<ManagedFrame>,
@@ -342,15 +320,7 @@ impl ProcessTable {
                 was_dotnet: false,
                 r2r_done: Default::default(),
                 unwind_checked: false,
-                go_checked: false,
-                go_note: None,
-                go_tracked: false,
-                go_labels: None,
-                go_states: None,
-                go_roots: Vec::new(),
-                go_sigtramps: Vec::new(),
-                go_restorer: None,
-                go_morestack: Vec::new(),
+                go: Default::default(),
                 mappings: Vec::new(),
                 captured: Instant::now(),
                 first_captured: Instant::now(),
@@ -494,12 +464,7 @@ impl ProcessTable {
     /// The `--group-by label:KEY` frame of a sample of `pid` whose goroutine's
     /// `g.labels` is `ptr`: `KEY=VALUE`, or `[no KEY label]`.
     pub fn label_frame(&mut self, pid: u32, ptr: u64, key: &str) -> FrameRef {
-        let value = self
-            .procs
-            .get_mut(&pid)
-            .and_then(|p| p.go_labels.as_mut())
-            .and_then(|l| l.get(ptr))
-            .and_then(|set| set.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()));
+        let value = self.procs.get_mut(&pid).and_then(|p| p.go.label(ptr, key));
         let text: Arc<str> = match value {
             Some(v) => format!("{key}={v}").into(),
             None => format!("[no {key} label]").into(),
@@ -535,7 +500,7 @@ impl ProcessTable {
         let mut result = Ok(());
         for p in self.procs.values_mut() {
             // A .NET process is never Go-checked: its runtime was found first.
-            if p.unwind_checked || p.pid == 0 || (!p.go_checked && p.dotnet.is_none()) {
+            if p.unwind_checked || p.pid == 0 || (!p.go.checked && p.dotnet.is_none()) {
                 continue;
             }
             p.unwind_checked = true;
@@ -562,7 +527,7 @@ impl ProcessTable {
                     _ => None,
                 })
                 .collect();
-            if p.go_tracked {
+            if p.go.tracked {
                 let cgo = mappings
                     .iter()
                     .filter(|m| m.go.is_some())
@@ -679,217 +644,6 @@ impl ProcessTable {
     /// The source line of a [`FrameRef::Managed`] id, if known.
     pub fn managed_source(&self, id: u32) -> Option<&crate::symbolize::Source> {
         self.managed.item(id)?.1.as_ref()
-    }
-
-    /// Gives the kernel the goroutine offsets of every Go process not seen yet,
-    /// and returns those processes with their offsets and function table.
-    pub fn poll_go(
-        &mut self,
-        go_pids: &mut aya::maps::HashMap<aya::maps::MapData, u32, probe_common::go::GoOffsets>,
-    ) -> Vec<(u32, probe_common::go::GoOffsets, Arc<GoTable>)> {
-        let fresh: Vec<u32> = self
-            .procs
-            .values()
-            .filter(|p| !p.go_checked && p.dotnet.is_none() && p.pid != 0)
-            .map(|p| p.pid)
-            .collect();
-        let mut tracked = Vec::new();
-        for pid in fresh {
-            let table = self.go_exe_table(pid);
-            let p = self.procs.get_mut(&pid).expect("listed above");
-            p.go_checked = true;
-            let Some(table) = table else { continue };
-            let Some(version) = table.version.clone() else {
-                continue;
-            };
-            let bias = self.go_exe_bias(pid).unwrap_or(0);
-            let range = |name: &str| {
-                let (start, end) = table.function(name)?;
-                Some((start.wrapping_add(bias), end.wrapping_add(bias)))
-            };
-            let (sigtramp, cgo_sigtramp) =
-                (range("runtime.sigtramp"), range("runtime.cgoSigtramp"));
-            let restorer = range("runtime.sigreturn__sigaction")
-                .or_else(|| range("runtime.sigreturn"))
-                .map(|(start, _)| start);
-            let morestack = ["runtime.morestack", "runtime.morestack_noctxt"]
-                .iter()
-                .filter_map(|name| range(name))
-                .collect();
-            let roots = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
-                .iter()
-                .filter_map(|name| range(name))
-                .collect();
-            let p = self.procs.get_mut(&pid).expect("listed above");
-            p.go_sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
-            p.go_roots = roots;
-            p.go_restorer = restorer;
-            p.go_morestack = morestack;
-            match crate::go::kernel_offsets(&table, Some(bias)) {
-                Some(offsets) => {
-                    p.go_tracked = go_pids.insert(pid, offsets, 0).is_ok();
-                    p.go_labels = crate::go::offsets::label_layout(&version)
-                        .map(|layout| crate::go::labels::Labels::open(pid, layout));
-                    if p.go_tracked {
-                        tracked.push((pid, offsets, table));
-                    }
-                }
-                None => p.go_note = Some(version),
-            }
-        }
-        tracked
-    }
-
-    /// For a sample whose leaf is `runtime.morestack` itself, still on the
-    /// goroutine's stack (`on_goroutine`: the kernel found the goroutine there):
-    /// the function growing its stack and its caller, the first two words at SP
-    /// (morestack has no frame; the grower has not pushed its frame pointer).
-    pub fn go_morestack_callers(
-        &self,
-        pid: u32,
-        leaf: u64,
-        on_goroutine: bool,
-        stack_top: &[u64],
-    ) -> Option<[u64; 2]> {
-        if !on_goroutine || stack_top.len() < 2 {
-            return None;
-        }
-        self.procs
-            .get(&pid)?
-            .go_morestack
-            .iter()
-            .any(|&(start, end)| leaf >= start && leaf < end)
-            .then_some([stack_top[0], stack_top[1]])
-    }
-
-    /// The signal return trampoline of `pid`'s Go signal handlers, if known: a
-    /// frame-pointer walk through a handler meets its address where a return
-    /// address would be, though nothing called from there.
-    pub fn go_restorer(&self, pid: u32) -> Option<u64> {
-        self.procs.get(&pid)?.go_restorer
-    }
-
-    /// The index of the frame in `user` (leaf first) that is a Go signal
-    /// handler's entry, if any.
-    pub fn go_signal_handler_frame(&self, pid: u32, user: &[u64]) -> Option<usize> {
-        let p = self.procs.get(&pid)?;
-        user.iter().enumerate().position(|(i, &a)| {
-            p.go_sigtramps.iter().any(|&(start, end)| {
-                if i == 0 {
-                    a >= start && a < end
-                } else {
-                    a > start && a <= end
-                }
-            })
-        })
-    }
-
-    /// How many of `user`'s frames (leaf first) to keep: up to and including
-    /// the first in a Go root function (see `Process::go_roots`), all if none.
-    pub fn go_stack_len(&self, pid: u32, user: &[u64]) -> usize {
-        let Some(p) = self.procs.get(&pid).filter(|p| !p.go_roots.is_empty()) else {
-            return user.len();
-        };
-        user.iter()
-            .enumerate()
-            .skip(1)
-            .find(|&(_, &ra)| {
-                p.go_roots
-                    .iter()
-                    .any(|&(start, end)| ra > start && ra <= end)
-            })
-            .map_or(user.len(), |(i, _)| i + 1)
-    }
-
-    /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
-    pub fn go_version(&mut self, pid: u32) -> Option<String> {
-        self.go_exe_table(pid)?.version.clone()
-    }
-
-    /// The Go function table of `pid`'s executable, if it is Go.
-    pub fn go_exe_table(&self, pid: u32) -> Option<Arc<GoTable>> {
-        let p = self.procs.get(&pid)?;
-        let exe = p.exe.as_deref()?;
-        let module = p.mappings.iter().find_map(|m| match m.target {
-            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
-            _ => None,
-        })?;
-        self.modules.go_table(module)
-    }
-
-    /// How far `pid`'s executable is loaded from its link addresses (0 unless
-    /// it is position-independent).
-    pub fn go_exe_bias(&self, pid: u32) -> Option<u64> {
-        let p = self.procs.get(&pid)?;
-        let exe = p.exe.as_deref()?;
-        let table = self.go_exe_table(pid)?;
-        p.mappings.iter().find_map(|m| match m.target {
-            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => {
-                Some(m.start.wrapping_sub(table.mapping_vaddr(m.offset)?))
-            }
-            _ => None,
-        })
-    }
-
-    /// The function a goroutine of `pid` starting at `addr` runs (see
-    /// `GoTable::start_function`).
-    pub fn go_start_function(&self, pid: u32, addr: u64) -> Option<String> {
-        let p = self.procs.get(&pid)?;
-        let m = p.lookup(addr)?;
-        let Target::Module(module) = m.target else {
-            return None;
-        };
-        let table = self.modules.go_table(module)?;
-        table.start_function(table.vaddr(addr - m.start + m.offset)?)
-    }
-
-    /// The Go function at address `addr` of `pid` (the innermost one where
-    /// calls were inlined); `leaf` is false for a return address.
-    pub fn go_function(&self, pid: u32, addr: u64, leaf: bool) -> Option<String> {
-        let p = self.procs.get(&pid)?;
-        let m = p.lookup(addr)?;
-        let Target::Module(module) = m.target else {
-            return None;
-        };
-        let table = self.modules.go_table(module)?;
-        let pc = table.vaddr(addr - m.start + m.offset)?;
-        Some(table.frames(pc, leaf)?.first()?.name.clone())
-    }
-
-    /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
-    /// Go code that has not saved a frame pointer (a frameless leaf, or a function
-    /// at its first instruction), the walk starts from the caller's frame record
-    /// and skips the caller, whose return address is still at `sp`. `next` is the
-    /// walk's first return address; `stack_top` the words at `sp`.
-    pub fn missing_caller(
-        &mut self,
-        pid: u32,
-        leaf: u64,
-        next: Option<u64>,
-        stack_top: &[u64],
-    ) -> Option<u64> {
-        let p = self.procs.get(&pid)?;
-        // A signal handler's entry was not called: the word at SP is the
-        // signal frame's restorer, not a return address. runtime.morestack
-        // switches SP to the system stack, so the word at SP is no return
-        // address either (see `go_morestack_callers` for before the switch).
-        if p.go_sigtramps
-            .iter()
-            .any(|&(start, end)| leaf >= start && leaf < end)
-            || p.go_morestack
-                .iter()
-                .any(|&(start, end)| leaf >= start && leaf < end)
-        {
-            return None;
-        }
-        let m = p.lookup(leaf)?;
-        let Target::Module(module) = m.target else {
-            return None;
-        };
-        let table = self.modules.go_table(module)?;
-        let pc = table.vaddr(leaf - m.start + m.offset)?;
-        let ra = *stack_top.first()?;
-        (table.sp_delta(pc)? == 0 && ra != 0 && next != Some(ra)).then_some(ra)
     }
 
     /// The frame for user address `addr` of `pid` (already captured). An address

@@ -16,6 +16,11 @@ use blazesym::{
 /// symbolizer thread).
 pub struct NativeSymbols {
     symbolizer: Symbolizer,
+    /// Where debug files are looked for, in order (`--debug-dir`s, then the
+    /// system's).
+    dirs: Vec<PathBuf>,
+    /// Per binary: its debug file found by build id, if any (looked up once).
+    by_build_id: std::cell::RefCell<std::collections::HashMap<PathBuf, Option<PathBuf>>>,
 }
 
 impl Default for NativeSymbols {
@@ -45,8 +50,78 @@ impl NativeSymbols {
                 .enable_code_info(true)
                 .enable_inlined_fns(false)
                 .enable_demangling(true)
-                .set_debug_dirs(Some(dirs))
+                .set_debug_dirs(Some(dirs.clone()))
                 .build(),
+            dirs,
+            by_build_id: Default::default(),
+        }
+    }
+
+    /// The separate debug file of the binary at `path` by its GNU build id:
+    /// `DIR/.build-id/xx/rest.debug` in the first of the debug folders that
+    /// has it, whose own build id is the same. blazesym looks there only for
+    /// a binary that names a debug file (`.gnu_debuglink`); one stripped
+    /// without (`objcopy --strip-all`, many distributions' packages) has only
+    /// its build id to go by.
+    fn debug_file_by_build_id(&self, path: &Path) -> Option<PathBuf> {
+        if let Some(found) = self.by_build_id.borrow().get(path) {
+            return found.clone();
+        }
+        let found = super::elf::build_id(path)
+            .filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|id| {
+                self.dirs.iter().find_map(|dir| {
+                    let file = dir
+                        .join(".build-id")
+                        .join(&id[..2])
+                        .join(format!("{}.debug", &id[2..]));
+                    (file.is_file() && super::elf::build_id(&file).as_deref() == Some(&id))
+                        .then_some(file)
+                })
+            });
+        self.by_build_id
+            .borrow_mut()
+            .insert(path.to_path_buf(), found.clone());
+        found
+    }
+
+    /// Names from the debug file found by build id for the offsets of
+    /// `path` that `names` has none for (by their link-time addresses: a
+    /// debug file keeps the binary's addresses, not its file layout).
+    fn fill_from_build_id(&self, path: &Path, offsets: &[u64], names: &mut [Named]) {
+        if names.iter().all(|n| n.0.is_some()) {
+            return;
+        }
+        let Some(debug) = self.debug_file_by_build_id(path) else {
+            return;
+        };
+        let Some(file) = super::elf::MappedFile::open(path) else {
+            return;
+        };
+        let Some(elf) = super::elf::Elf::parse(file.bytes()) else {
+            return;
+        };
+        let missing: Vec<(usize, u64)> = names
+            .iter()
+            .zip(offsets)
+            .enumerate()
+            .filter(|(_, (n, _))| n.0.is_none())
+            .filter_map(|(i, (_, &off))| Some((i, elf.vaddr(off)?)))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let vaddrs: Vec<u64> = missing.iter().map(|&(_, v)| v).collect();
+        let src = Source::Elf(Elf::new(&debug));
+        let found = sourced(
+            self.symbolizer
+                .symbolize(&src, Input::VirtOffset(&vaddrs[..])),
+            vaddrs.len(),
+        );
+        for ((i, _), named) in missing.into_iter().zip(found) {
+            if named.0.is_some() {
+                names[i] = named;
+            }
         }
     }
 
@@ -65,9 +140,10 @@ impl NativeSymbols {
         let src = Source::Elf(Elf::new(path));
         let result = match self.symbolizer.symbolize(&src, Input::FileOffset(offsets)) {
             Ok(syms) => Ok(syms),
-            // DWARF blazesym cannot read here (zlib-compressed sections, as
-            // the Go linker writes them: this build has no zlib): the symbol
-            // tables still name every function.
+            // DWARF blazesym cannot read here (zstd-compressed sections: this
+            // build reads zlib's, which the Go linker and Debian's debug
+            // packages write, not zstd's): the file's own symbol tables still
+            // name what they cover (a separate debug file is not read then).
             Err(e) => {
                 log::debug!("{}: {e}; named from its symbol tables", path.display());
                 let mut elf = Elf::new(path);
@@ -77,6 +153,7 @@ impl NativeSymbols {
             }
         };
         let mut names = sourced(result, offsets.len());
+        self.fill_from_build_id(path, offsets, &mut names);
         // A stripped executable's entry point is still `_start` (its ELF
         // header says where): the root of its main thread's stack.
         if names.iter().any(|n| n.0.is_none())

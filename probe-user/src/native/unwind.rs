@@ -2,7 +2,7 @@
 //! rules, read once per file ([`super::ehframe`]) and written once into the
 //! shared `UNWIND_ROWS` array with a page index (`UNWIND_PAGES`), and per
 //! process the list of its mappings with where their rows are (`UNWIND_MAPS`,
-//! at the process's slot in `UNWIND_SLOTS`).
+//! at the process's slot, named in its `PROCESSES` entry: `crate::process`).
 //!
 //! A file's rows stay while a process whose walks use them lives, and are
 //! given back when the last one is gone (a long-running agent sees a browser
@@ -19,7 +19,7 @@ use std::{
     sync::{Arc, mpsc},
 };
 
-use aya::maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{Array as BpfArray, MapData, MapError};
 use probe_common::native::{
     MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN,
     UNWIND_PAGE_SHIFT, UnwindMapping, UnwindMappings, UnwindPage, UnwindRow, cfa_kind,
@@ -278,9 +278,10 @@ pub struct UnwindTables {
     /// `UNWIND_ROWS` and `UNWIND_PAGES`, memory-mapped (`BPF_F_MMAPABLE`).
     rows: Mapped<UnwindRow>,
     pages: Mapped<UnwindPage>,
-    /// `UNWIND_MAPS` (per slot) and `UNWIND_SLOTS` (pid -> slot).
+    /// `UNWIND_MAPS` (per slot), and each process's slot in its
+    /// `PROCESSES` entry.
     maps: BpfArray<MapData, UnwindMappings>,
-    slots: BpfHashMap<MapData, u32, u32>,
+    processes: crate::process::ProcessEntries,
     /// Our copy of the slots given out, and those free again (oldest first:
     /// a slot is reused as late as possible, in case a walk of its previous
     /// process is still running).
@@ -357,13 +358,13 @@ impl UnwindTables {
         rows_map: MapData,
         pages_map: MapData,
         maps: BpfArray<MapData, UnwindMappings>,
-        slots: BpfHashMap<MapData, u32, u32>,
+        processes: crate::process::ProcessEntries,
     ) -> std::io::Result<Self> {
         Ok(Self {
             rows: Mapped::new(rows_map, MAX_UNWIND_ROWS as usize)?,
             pages: Mapped::new(pages_map, MAX_UNWIND_PAGES as usize)?,
             maps,
-            slots,
+            processes,
             slot_of: HashMap::new(),
             free_slots: std::collections::VecDeque::new(),
             next_slot: 0,
@@ -483,7 +484,7 @@ impl UnwindTables {
         // The mappings first, then the slot: the kernel never sees a slot
         // without its mappings.
         self.maps.set(slot, value, 0)?;
-        self.slots.insert(pid, slot, 0)?;
+        self.processes.set_rules(pid, Some(slot))?;
         self.set_objects(pid, used);
         if full {
             return Err(UnwindTableError::Full);
@@ -519,7 +520,7 @@ impl UnwindTables {
     /// rows of files no other process uses are given back.
     pub fn remove_process(&mut self, pid: u32) {
         if let Some(slot) = self.slot_of.remove(&pid) {
-            let _ = self.slots.remove(&pid);
+            let _ = self.processes.set_rules(pid, None);
             self.free_slots.push_back(slot);
         }
         self.set_objects(pid, Vec::new());

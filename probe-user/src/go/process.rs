@@ -1,0 +1,361 @@
+//! Per Go process: what crossprof learned of its runtime (checked, its
+//! goroutine layout handed to the kernel, its labels, its goroutine states)
+//! and the addresses its stacks are repaired with (roots, signal handlers,
+//! `morestack`, the signal return trampoline); and the process table's Go
+//! queries, which read the executable's function table.
+
+use std::{path::Path, sync::Arc};
+
+use super::pclntab::GoTable;
+use crate::native::process::{ProcessTable, Target};
+
+/// A process's Go state (empty for a process that is not Go).
+#[derive(Debug, Default)]
+pub struct GoProcess {
+    /// Checked for Go (goroutine offsets handed to the kernel if it is).
+    pub(crate) checked: bool,
+    /// A Go version whose goroutine layout is not known: no goroutine data.
+    pub note: Option<String>,
+    /// The kernel reads this Go process's goroutines.
+    pub tracked: bool,
+    /// Its goroutines' pprof labels.
+    pub(crate) labels: Option<super::labels::Labels>,
+    /// Its goroutine states, when followed (`--go-states`).
+    pub states: Option<super::states::Tracking>,
+    /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
+    /// `runtime.rt0_go`), as address ranges in the process: nothing is called
+    /// from outside them, so a frame-pointer walk that runs past one (a thread
+    /// whose first frame pointer was never zeroed) read junk.
+    roots: Vec<(u64, u64)>,
+    /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
+    /// as address ranges.
+    sigtramps: Vec<(u64, u64)>,
+    /// `runtime.morestack` and `runtime.morestack_noctxt`, as address ranges.
+    morestack: Vec<(u64, u64)>,
+    /// The signal return trampoline its handlers return to
+    /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
+    /// its address is on the stack as if it were a return address.
+    restorer: Option<u64>,
+}
+
+impl GoProcess {
+    /// The value of pprof label `key` of the goroutine whose `g.labels` is
+    /// `ptr`, if it has one.
+    pub fn label(&mut self, ptr: u64, key: &str) -> Option<String> {
+        let set = self.labels.as_mut()?.get(ptr)?;
+        set.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+}
+
+impl ProcessTable {
+    /// Gives the kernel the goroutine offsets of every Go process not seen yet,
+    /// and returns those processes with their offsets and function table.
+    pub fn poll_go(
+        &mut self,
+        processes: &crate::process::ProcessEntries,
+    ) -> Vec<(u32, probe_common::go::GoOffsets, Arc<GoTable>)> {
+        let fresh: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| !p.go.checked && p.dotnet.is_none() && p.pid != 0)
+            .map(|p| p.pid)
+            .collect();
+        let mut tracked = Vec::new();
+        for pid in fresh {
+            let table = self.go_exe_table(pid);
+            let p = self.procs.get_mut(&pid).expect("listed above");
+            p.go.checked = true;
+            let Some(table) = table else { continue };
+            let Some(version) = table.version.clone() else {
+                continue;
+            };
+            let bias = self.go_exe_bias(pid).unwrap_or(0);
+            let range = |name: &str| {
+                let (start, end) = table.function(name)?;
+                Some((start.wrapping_add(bias), end.wrapping_add(bias)))
+            };
+            let (sigtramp, cgo_sigtramp) =
+                (range("runtime.sigtramp"), range("runtime.cgoSigtramp"));
+            let restorer = range("runtime.sigreturn__sigaction")
+                .or_else(|| range("runtime.sigreturn"))
+                .map(|(start, _)| start);
+            let morestack = ["runtime.morestack", "runtime.morestack_noctxt"]
+                .iter()
+                .filter_map(|name| range(name))
+                .collect();
+            let roots = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
+                .iter()
+                .filter_map(|name| range(name))
+                .collect();
+            let p = self.procs.get_mut(&pid).expect("listed above");
+            p.go.sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
+            p.go.roots = roots;
+            p.go.restorer = restorer;
+            p.go.morestack = morestack;
+            match crate::go::kernel_offsets(&table, Some(bias)) {
+                Some(offsets) => {
+                    p.go.tracked = processes.set_go(pid, Some(offsets)).is_ok();
+                    p.go.labels = crate::go::offsets::label_layout(&version)
+                        .map(|layout| crate::go::labels::Labels::open(pid, layout));
+                    if p.go.tracked {
+                        tracked.push((pid, offsets, table));
+                    }
+                }
+                None => p.go.note = Some(version),
+            }
+        }
+        tracked
+    }
+
+    /// For a sample whose leaf is `runtime.morestack` itself, still on the
+    /// goroutine's stack (`on_goroutine`: the kernel found the goroutine there):
+    /// the function growing its stack and its caller, the first two words at SP
+    /// (morestack has no frame; the grower has not pushed its frame pointer).
+    pub fn go_morestack_callers(
+        &self,
+        pid: u32,
+        leaf: u64,
+        on_goroutine: bool,
+        stack_top: &[u64],
+    ) -> Option<[u64; 2]> {
+        if !on_goroutine || stack_top.len() < 2 {
+            return None;
+        }
+        self.procs
+            .get(&pid)?
+            .go
+            .morestack
+            .iter()
+            .any(|&(start, end)| leaf >= start && leaf < end)
+            .then_some([stack_top[0], stack_top[1]])
+    }
+
+    /// The signal return trampoline of `pid`'s Go signal handlers, if known: a
+    /// frame-pointer walk through a handler meets its address where a return
+    /// address would be, though nothing called from there.
+    pub fn go_restorer(&self, pid: u32) -> Option<u64> {
+        self.procs.get(&pid)?.go.restorer
+    }
+
+    /// The index of the frame in `user` (leaf first) that is a Go signal
+    /// handler's entry, if any.
+    pub fn go_signal_handler_frame(&self, pid: u32, user: &[u64]) -> Option<usize> {
+        let p = self.procs.get(&pid)?;
+        user.iter().enumerate().position(|(i, &a)| {
+            p.go.sigtramps.iter().any(|&(start, end)| {
+                if i == 0 {
+                    a >= start && a < end
+                } else {
+                    a > start && a <= end
+                }
+            })
+        })
+    }
+
+    /// How many of `user`'s frames (leaf first) to keep: up to and including
+    /// the first in a Go root function (see `GoProcess::roots`), all if none.
+    pub fn go_stack_len(&self, pid: u32, user: &[u64]) -> usize {
+        let Some(p) = self.procs.get(&pid).filter(|p| !p.go.roots.is_empty()) else {
+            return user.len();
+        };
+        user.iter()
+            .enumerate()
+            .skip(1)
+            .find(|&(_, &ra)| {
+                p.go.roots
+                    .iter()
+                    .any(|&(start, end)| ra > start && ra <= end)
+            })
+            .map_or(user.len(), |(i, _)| i + 1)
+    }
+
+    /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
+    pub fn go_version(&mut self, pid: u32) -> Option<String> {
+        self.go_exe_table(pid)?.version.clone()
+    }
+
+    /// The Go function table of `pid`'s executable, if it is Go.
+    pub fn go_exe_table(&self, pid: u32) -> Option<Arc<GoTable>> {
+        let p = self.procs.get(&pid)?;
+        let exe = p.exe.as_deref()?;
+        let module = p.mappings.iter().find_map(|m| match m.target {
+            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
+            _ => None,
+        })?;
+        self.modules.go_table(module)
+    }
+
+    /// How far `pid`'s executable is loaded from its link addresses (0 unless
+    /// it is position-independent).
+    pub fn go_exe_bias(&self, pid: u32) -> Option<u64> {
+        let p = self.procs.get(&pid)?;
+        let exe = p.exe.as_deref()?;
+        let table = self.go_exe_table(pid)?;
+        p.mappings.iter().find_map(|m| match m.target {
+            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => {
+                Some(m.start.wrapping_sub(table.mapping_vaddr(m.offset)?))
+            }
+            _ => None,
+        })
+    }
+
+    /// The function a goroutine of `pid` starting at `addr` runs (see
+    /// `GoTable::start_function`).
+    pub fn go_start_function(&self, pid: u32, addr: u64) -> Option<String> {
+        let p = self.procs.get(&pid)?;
+        let m = p.lookup(addr)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        table.start_function(table.vaddr(addr - m.start + m.offset)?)
+    }
+
+    /// The Go function at address `addr` of `pid` (the innermost one where
+    /// calls were inlined); `leaf` is false for a return address.
+    pub fn go_function(&self, pid: u32, addr: u64, leaf: bool) -> Option<String> {
+        let p = self.procs.get(&pid)?;
+        let m = p.lookup(addr)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        let pc = table.vaddr(addr - m.start + m.offset)?;
+        Some(table.frames(pc, leaf)?.first()?.name.clone())
+    }
+
+    /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
+    /// Go code that has not saved a frame pointer (a frameless leaf, or a function
+    /// at its first instruction), the walk starts from the caller's frame record
+    /// and skips the caller, whose return address is still at `sp`. `next` is the
+    /// walk's first return address; `stack_top` the words at `sp`.
+    pub fn missing_caller(
+        &mut self,
+        pid: u32,
+        leaf: u64,
+        next: Option<u64>,
+        stack_top: &[u64],
+    ) -> Option<u64> {
+        let p = self.procs.get(&pid)?;
+        // A signal handler's entry was not called: the word at SP is the
+        // signal frame's restorer, not a return address. runtime.morestack
+        // switches SP to the system stack, so the word at SP is no return
+        // address either (see `go_morestack_callers` for before the switch).
+        if p.go
+            .sigtramps
+            .iter()
+            .any(|&(start, end)| leaf >= start && leaf < end)
+            || p.go
+                .morestack
+                .iter()
+                .any(|&(start, end)| leaf >= start && leaf < end)
+        {
+            return None;
+        }
+        let m = p.lookup(leaf)?;
+        let Target::Module(module) = m.target else {
+            return None;
+        };
+        let table = self.modules.go_table(module)?;
+        let pc = table.vaddr(leaf - m.start + m.offset)?;
+        let ra = *stack_top.first()?;
+        (table.sp_delta(pc)? == 0 && ra != 0 && next != Some(ra)).then_some(ra)
+    }
+}
+
+/// The goroutine offsets the kernel needs for the Go executable `exe`, known
+/// before it runs: its layout, and, when it is not position-independent (Go's
+/// default on amd64), where its signal trampolines are. `None` when `exe` is
+/// not Go or its version is not known. `poll_go` later writes the same entry
+/// with the trampolines of a position-independent one.
+pub(crate) fn offsets_before_exec(
+    procs: &ProcessTable,
+    exe: &std::path::Path,
+) -> Option<probe_common::go::GoOffsets> {
+    let exe = exe.canonicalize().ok()?;
+    let table = procs.modules.go.get(&exe)?;
+    // A fixed-address executable's bias is 0; a PIE's is known only once it
+    // is mapped.
+    let bias = crate::native::elf::is_fixed_address(&exe).then_some(0);
+    crate::go::kernel_offsets(&table, bias)
+}
+
+/// Repairs the user stack `user` (leaf first) of `sample`, a sample of a Go
+/// process (nothing changes for others): callers the frame-pointer walk
+/// could not see (a frameless leaf, `runtime.morestack`), the PC a signal
+/// handler interrupted, no signal return trampoline as a caller, the
+/// goroutine a system stack works for, nothing past a root.
+pub(crate) fn repair_stack(
+    procs: &mut ProcessTable,
+    sample: &crate::decode::Sample,
+    user: &mut std::borrow::Cow<'_, [u64]>,
+) {
+    // A Go leaf without a frame record: put back the caller the
+    // frame-pointer walk skipped.
+    if let Some(&leaf) = sample.user.first()
+        && let Some([grower, caller]) =
+            procs.go_morestack_callers(sample.pid, leaf, sample.goid != 0, &sample.stack_top)
+    {
+        // In runtime.morestack itself: the function growing its stack and
+        // its caller are the words at SP (neither has a frame record).
+        let u = user.to_mut();
+        u.insert(1, caller);
+        u.insert(1, grower);
+        if u.get(3) == Some(&caller) {
+            u.remove(3);
+        }
+    } else if let Some(&leaf) = sample.user.first()
+        && let Some(ra) = procs.missing_caller(
+            sample.pid,
+            leaf,
+            sample.user.get(1).copied(),
+            &sample.stack_top,
+        )
+    {
+        user.to_mut().insert(1, ra);
+    }
+    // In a Go signal handler: the interrupted PC, which no frame record
+    // holds, goes right under the handler's entry (`runtime.sigtramp`).
+    // Stored one past it: every frame after the leaf is taken as a return
+    // address and moved back one byte (below).
+    if sample.go_signal_pc != 0
+        && let Some(i) = procs.go_signal_handler_frame(sample.pid, user)
+    {
+        user.to_mut().insert(i + 1, sample.go_signal_pc + 1);
+    }
+    // A Go signal handler's return trampoline, met walking through it, is
+    // no caller.
+    if let Some(restorer) = procs.go_restorer(sample.pid)
+        && user.iter().skip(1).any(|&ra| ra == restorer)
+    {
+        let mut at = 0;
+        user.to_mut().retain(|&ra| {
+            at += 1;
+            at == 1 || ra != restorer
+        });
+    }
+    // Go code on a thread's system stack whose frame-pointer chain stops at
+    // the switch: continue with the goroutine it works for (or the thread's
+    // start), as the kernel read them.
+    if sample.go_switch.len() >= 2
+        && let Some(&outer) = sample.user.last()
+        && let Some(switch) = procs.go_function(sample.pid, outer, sample.user.len() == 1)
+        && (switch == "runtime.mcall" || switch == "runtime.morestack")
+    {
+        // [saved PC, word at saved SP, frame-pointer chain...]: the word is
+        // the grown function's return address after morestack, and nothing
+        // after mcall.
+        let s = &sample.go_switch;
+        let user = user.to_mut();
+        user.push(s[0]);
+        if switch == "runtime.morestack" && s[1] != 0 {
+            user.push(s[1]);
+        }
+        user.extend_from_slice(&s[2..]);
+    }
+    // Nothing calls a Go stack's root: frames past it are junk.
+    let keep = procs.go_stack_len(sample.pid, user);
+    if keep < user.len() {
+        user.to_mut().truncate(keep);
+    }
+}
