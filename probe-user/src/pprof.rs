@@ -194,6 +194,22 @@ pub fn build<'a>(
 ) -> Vec<u8> {
     let mut b = Builder::default();
     b.string(""); // entry 0
+    // The first mapping is the profile's main binary for pprof's readers
+    // (`go tool pprof` prints it as `File:`): the executable of the process
+    // with the most weight, not whatever the first stack's leaf was in (the
+    // kernel, libc).
+    let stacks: Vec<(&StackKey, u64)> = stacks.into_iter().collect();
+    let mut per_pid: HashMap<u32, u64> = HashMap::new();
+    for (key, weight) in &stacks {
+        *per_pid.entry(key.pid).or_default() += weight;
+    }
+    let main = per_pid
+        .iter()
+        .max_by_key(|&(&pid, &w)| (w, std::cmp::Reverse(pid)))
+        .and_then(|(&pid, _)| procs.exe_module(pid));
+    if let Some(module) = main {
+        b.mapping(Some(module), procs, build_ids, false);
+    }
     let mut runtimes: HashMap<u32, &'static str> = HashMap::new();
     for (key, weight) in stacks {
         let frames = &key.frames[..];

@@ -241,6 +241,13 @@ impl Timeline {
                 );
             }
         }
+        // Metadata events carry a category too, as Chrome's own traces do:
+        // some readers of the format refuse an event without one (issue #20).
+        for e in &mut out {
+            if e["ph"] == "M" {
+                e["cat"] = json!("__metadata");
+            }
+        }
         json!({"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"tool": "crossprof", "events_dropped": self.dropped}})
     }

@@ -164,7 +164,9 @@ fn without_diagnostics_jit_frames_are_unknown_and_a_note_says_why() {
             .all(|f| !f.starts_with("Program::")),
         "JIT frames named without a perf map"
     );
-    let note = "without a perf map, so its JIT frames are [unknown] (turning it on failed: no diagnostics socket";
+    // The note names the cause this process has (issue #20: not a list of
+    // guesses).
+    let note = "without a perf map, so its JIT frames are [unknown] (turning it on failed: no diagnostics socket: its runtime was started with DOTNET_EnableDiagnostics=0)";
     assert!(run.stderr.contains(note), "{}", run.stderr);
     assert!(
         run.stderr.contains("start it with DOTNET_PerfMapEnabled=1"),

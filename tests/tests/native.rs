@@ -183,8 +183,6 @@ fn stripped_code_is_named_from_debug_files_found_by_build_id() {
         chain * 100 >= all * 95,
         "main;outer;middle;hot named in {chain} of {all} samples of the stripped binary:\n{stacks:#?}"
     );
-    // (`__libc_start_main` is `__libc_start_main_impl` in the debug file's
-    // symbol table.)
     let (libc, _) = count_where(&stacks, "nofp", |s| {
         s.contains_chain(&["__libc_start_call_main", "main"])
     });

@@ -113,6 +113,11 @@ fn kernel_frames_sit_on_top_of_user_frames() {
         hit * 100 >= all * 60,
         "main;syscall_loop;<kernel read path> in {hit} of {all}:\n{stacks:#?}"
     );
+    // pprof's first mapping is the program, though most leaves are in the
+    // kernel: `go tool pprof` names the profile's binary by it (issue #20:
+    // rclone's showed `File: [kernel.kallsyms]`).
+    let top = crossprof_tests::go_tool_pprof(&["-top", s(&dir.join("profile.pb.gz"))]);
+    assert!(top.contains("File: syscalls"), "{top}");
 }
 
 #[test]

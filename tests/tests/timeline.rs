@@ -20,8 +20,14 @@ fn read_timeline(dir: &std::path::Path) -> Vec<Value> {
         let ph = e["ph"].as_str().expect("ph");
         assert!(e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
         assert!(e["name"].is_string(), "{e}");
+        // Every event has a category (readers such as @tracerbench/trace-model
+        // refuse one without).
+        assert!(e["cat"].is_string(), "{e}");
         match ph {
-            "M" => assert!(e["args"]["name"].is_string(), "{e}"),
+            "M" => assert!(
+                e["args"]["name"].is_string() && e["cat"] == "__metadata",
+                "{e}"
+            ),
             "X" => assert!(
                 e["ts"].as_f64().is_some() && e["dur"].as_f64() >= Some(0.0),
                 "{e}"

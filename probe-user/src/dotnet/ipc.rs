@@ -55,10 +55,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Why an IPC command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
-    /// No diagnostics socket: diagnostics disabled (`DOTNET_EnableDiagnostics=0`)
-    /// or the process is gone.
-    #[error("no diagnostics socket (DOTNET_EnableDiagnostics=0, or the process exited)")]
-    NoSocket,
+    /// No diagnostics socket, and why (see [`missing_socket`]).
+    #[error("no diagnostics socket: {0}")]
+    NoSocket(String),
     /// The socket did not answer as the protocol says.
     #[error("diagnostics IPC: {0}")]
     Io(#[from] io::Error),
@@ -97,17 +96,50 @@ pub fn socket_name(pid: u32) -> Option<String> {
 /// Is the diagnostics socket of `pid` there, a socket of the process's own
 /// user (see [`connect`])?
 pub fn socket_ready(pid: u32) -> Result<(), IpcError> {
-    let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
-    let dir = TargetDir::temp(pid).map_err(|_| IpcError::NoSocket)?;
+    let name = socket_name(pid).ok_or_else(|| missing_socket(pid, None))?;
+    let dir = TargetDir::temp(pid).map_err(|_| missing_socket(pid, None))?;
     dir.check(&name, libc::S_IFSOCK)
-        .map_err(|r| refused(&dir, &name, r))
+        .map_err(|r| refused(pid, &dir, &name, r))
 }
 
-fn refused(dir: &TargetDir, name: &str, r: Refused) -> IpcError {
+fn refused(pid: u32, dir: &TargetDir, name: &str, r: Refused) -> IpcError {
     match r {
-        Refused::Missing => IpcError::NoSocket,
+        Refused::Missing => missing_socket(pid, Some(dir.show(name))),
         other => IpcError::Planted(format!("{}: {other}", dir.show(name))),
     }
+}
+
+/// Why process `pid` has no diagnostics socket (`at`: where it was looked
+/// for, as the process sees it), in the words that fit: it exited; its
+/// runtime was started with diagnostics off; or nothing is at that path (the
+/// runtime has not made it yet). A note built on it never blames a setting
+/// the process does not have.
+pub fn missing_socket(pid: u32, at: Option<String>) -> IpcError {
+    let why = if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        "the process exited".to_owned()
+    } else if let Some(key) = diagnostics_off(pid) {
+        format!("its runtime was started with {key}=0")
+    } else {
+        match at {
+            Some(path) => {
+                format!("none at {path} (not made yet, or the runtime listens elsewhere)")
+            }
+            None => "its temp folder could not be opened".to_owned(),
+        }
+    };
+    IpcError::NoSocket(why)
+}
+
+/// The setting that turned process `pid`'s diagnostics server off, if one
+/// did (in the environment it started with; .NET 8 has the `_IPC` one too).
+fn diagnostics_off(pid: u32) -> Option<&'static str> {
+    [
+        "DOTNET_EnableDiagnostics",
+        "COMPlus_EnableDiagnostics",
+        "DOTNET_EnableDiagnostics_IPC",
+    ]
+    .into_iter()
+    .find(|key| crate::files::initial_env(pid, key).as_deref() == Some(&b"0"[..]))
 }
 
 /// Connects to the diagnostics socket of `pid`, found in its temp folder
@@ -117,10 +149,10 @@ fn refused(dir: &TargetDir, name: &str, r: Refused) -> IpcError {
 /// for a listener whose backlog is full. The stream's timeouts are set to
 /// what is left of `deadline`.
 pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
-    let name = socket_name(pid).ok_or(IpcError::NoSocket)?;
-    let dir = TargetDir::temp(pid).map_err(|_| IpcError::NoSocket)?;
+    let name = socket_name(pid).ok_or_else(|| missing_socket(pid, None))?;
+    let dir = TargetDir::temp(pid).map_err(|_| missing_socket(pid, None))?;
     dir.check(&name, libc::S_IFSOCK)
-        .map_err(|r| refused(&dir, &name, r))?;
+        .map_err(|r| refused(pid, &dir, &name, r))?;
     // The path through the folder's descriptor: resolved in the folder
     // checked above, whatever its path is made of.
     let path = dir.fd_path(&name);
@@ -142,7 +174,10 @@ pub fn connect(pid: u32, deadline: Instant) -> Result<UnixStream, IpcError> {
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if bytes.len() >= addr.sun_path.len() {
-        return Err(IpcError::NoSocket);
+        return Err(IpcError::NoSocket(format!(
+            "its path is longer than a socket address holds ({} bytes)",
+            bytes.len()
+        )));
     }
     for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
         *d = b as libc::c_char;
@@ -223,7 +258,7 @@ pub fn wait_for_startup(pid: u32, cancel: &std::sync::atomic::AtomicBool) -> Res
     loop {
         match runtime_started(pid) {
             Some(true) => return Ok(()),
-            None => return Err(IpcError::NoSocket),
+            None => return Err(missing_socket(pid, None)),
             Some(false) => {}
         }
         if start.elapsed() >= STARTUP_WAIT || cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -321,6 +356,34 @@ pub fn read_reply(sock: &mut UnixStream, deadline: Instant) -> io::Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_socket_is_explained_by_the_cause_the_process_has() {
+        let gone = missing_socket(u32::MAX - 1, None).to_string();
+        assert!(gone.ends_with("the process exited"), "{gone}");
+        let mut off = std::process::Command::new("sleep")
+            .arg("5")
+            .env("DOTNET_EnableDiagnostics", "0")
+            .spawn()
+            .unwrap();
+        // A spawn may return before the new program's environment is set
+        // up (the vfork parent resumes early in exec): wait for it.
+        for _ in 0..100 {
+            if std::fs::read(format!("/proc/{}/environ", off.id())).is_ok_and(|e| !e.is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let why = missing_socket(off.id(), Some("/tmp/x".into())).to_string();
+        assert!(
+            why.contains("started with DOTNET_EnableDiagnostics=0"),
+            "{why}"
+        );
+        let _ = off.kill();
+        let _ = off.wait();
+        let here = missing_socket(std::process::id(), Some("/tmp/x".into())).to_string();
+        assert!(here.contains("none at /tmp/x"), "{here}");
+    }
 
     #[test]
     fn requests_follow_the_ipc_header_layout() {

@@ -336,7 +336,9 @@ impl DotnetProcess {
                     // absent ones are made now, empty, the process's own: a
                     // link cannot be planted in their place afterwards (the
                     // sticky /tmp lets only their owner remove them).
-                    let dir = tmp_seen.as_ref().ok_or(IpcError::NoSocket)?;
+                    let dir = tmp_seen
+                        .as_ref()
+                        .ok_or_else(|| ipc::missing_socket(pid, None))?;
                     // No socket, no files: nothing is made for a runtime that
                     // cannot be asked.
                     ipc::socket_ready(pid)?;

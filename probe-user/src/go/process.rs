@@ -176,13 +176,7 @@ impl ProcessTable {
 
     /// The Go function table of `pid`'s executable, if it is Go.
     pub fn go_exe_table(&self, pid: u32) -> Option<Arc<GoTable>> {
-        let p = self.procs.get(&pid)?;
-        let exe = p.exe.as_deref()?;
-        let module = p.mappings.iter().find_map(|m| match m.target {
-            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
-            _ => None,
-        })?;
-        self.modules.go_table(module)
+        self.modules.go_table(self.exe_module(pid)?)
     }
 
     /// How far `pid`'s executable is loaded from its link addresses (0 unless

@@ -431,6 +431,17 @@ impl ProcessTable {
         }
     }
 
+    /// The module of `pid`'s executable (`/proc/PID/exe` at capture), if
+    /// the process maps it.
+    pub fn exe_module(&self, pid: u32) -> Option<ModuleId> {
+        let p = self.procs.get(&pid)?;
+        let exe = p.exe.as_deref()?;
+        p.mappings.iter().find_map(|m| match m.target {
+            Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
+            _ => None,
+        })
+    }
+
     /// The runtime process `pid` is labelled with: `dotnet` (running, or
     /// exited), `go` (a Go executable), `native`, or `unknown` (never seen).
     pub fn runtime(&self, pid: u32) -> &'static str {

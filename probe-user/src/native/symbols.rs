@@ -19,8 +19,17 @@ pub struct NativeSymbols {
     /// Where debug files are looked for, in order (`--debug-dir`s, then the
     /// system's).
     dirs: Vec<PathBuf>,
-    /// Per binary: its debug file found by build id, if any (looked up once).
-    by_build_id: std::cell::RefCell<std::collections::HashMap<PathBuf, Option<PathBuf>>>,
+    /// Per binary: what it offers for naming (looked up once).
+    files: std::cell::RefCell<std::collections::HashMap<PathBuf, FileInfo>>,
+}
+
+/// What a binary offers for naming its code.
+#[derive(Debug, Clone, Default)]
+struct FileInfo {
+    /// DWARF of its own (`.debug_info` with contents): names and lines from it.
+    own_dwarf: bool,
+    /// A separate debug file, for a binary stripped of its symbol table.
+    debug_file: Option<PathBuf>,
 }
 
 impl Default for NativeSymbols {
@@ -35,10 +44,11 @@ const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
 impl NativeSymbols {
     /// A symbolizer with demangling on, and source lines where a file has
-    /// DWARF (pprof shows them; a file's line table is read once, on the
-    /// symbolizer thread, off the hot path). Separate debug files
-    /// (`.gnu_debuglink`, build id) are looked for next to each binary, then in
-    /// `debug_dirs`, then in the system's debug folders.
+    /// DWARF of its own (pprof shows them; a file's line table is read once,
+    /// on the symbolizer thread, off the hot path). A binary stripped of its
+    /// symbol table is named from its separate debug file's (by build id,
+    /// else `.gnu_debuglink`), looked for next to it, in `debug_dirs`, then in
+    /// the system's debug folders.
     pub fn new(debug_dirs: &[PathBuf]) -> Self {
         let dirs: Vec<PathBuf> = debug_dirs
             .iter()
@@ -53,46 +63,92 @@ impl NativeSymbols {
                 .set_debug_dirs(Some(dirs.clone()))
                 .build(),
             dirs,
-            by_build_id: Default::default(),
+            files: Default::default(),
         }
     }
 
-    /// The separate debug file of the binary at `path` by its GNU build id:
-    /// `DIR/.build-id/xx/rest.debug` in the first of the debug folders that
-    /// has it, whose own build id is the same. blazesym looks there only for
-    /// a binary that names a debug file (`.gnu_debuglink`); one stripped
-    /// without (`objcopy --strip-all`, many distributions' packages) has only
-    /// its build id to go by.
-    fn debug_file_by_build_id(&self, path: &Path) -> Option<PathBuf> {
-        if let Some(found) = self.by_build_id.borrow().get(path) {
-            return found.clone();
+    /// What the binary at `path` offers (see [`FileInfo`]), read once.
+    fn info(&self, path: &Path) -> FileInfo {
+        if let Some(info) = self.files.borrow().get(path) {
+            return info.clone();
         }
-        let found = super::elf::build_id(path)
-            .filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|id| {
-                self.dirs.iter().find_map(|dir| {
-                    let file = dir
-                        .join(".build-id")
-                        .join(&id[..2])
-                        .join(format!("{}.debug", &id[2..]));
-                    (file.is_file() && super::elf::build_id(&file).as_deref() == Some(&id))
-                        .then_some(file)
-                })
-            });
-        self.by_build_id
+        let info = self.read_info(path);
+        self.files
             .borrow_mut()
-            .insert(path.to_path_buf(), found.clone());
-        found
+            .insert(path.to_path_buf(), info.clone());
+        info
     }
 
-    /// Names from the debug file found by build id for the offsets of
-    /// `path` that `names` has none for (by their link-time addresses: a
-    /// debug file keeps the binary's addresses, not its file layout).
-    fn fill_from_build_id(&self, path: &Path, offsets: &[u64], names: &mut [Named]) {
+    fn read_info(&self, path: &Path) -> FileInfo {
+        let Some(file) = super::elf::MappedFile::open(path) else {
+            return FileInfo::default();
+        };
+        let Some(elf) = super::elf::Elf::parse(file.bytes()) else {
+            return FileInfo::default();
+        };
+        let has = |name: &str| elf.section(name).is_some_and(|s| !s.nobits && s.size > 0);
+        let own_dwarf = has(".debug_info");
+        let debug_file = if has(".symtab") {
+            None
+        } else {
+            let link = elf
+                .section_data(file.bytes(), ".gnu_debuglink")
+                .and_then(|d| d.split(|&b| b == 0).next())
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .filter(|name| !name.is_empty() && !name.contains('/'))
+                .map(str::to_owned);
+            self.find_debug_file(path, link.as_deref())
+        };
+        FileInfo {
+            own_dwarf,
+            debug_file,
+        }
+    }
+
+    /// The separate debug file of the binary at `path`: by its GNU build id
+    /// (`DIR/.build-id/xx/rest.debug` in the first debug folder that has it),
+    /// else by the name its `.gnu_debuglink` gives (`link`: next to the
+    /// binary, in `.debug/` there, in a debug folder, or under one at the
+    /// binary's path), the way gdb and perf look. A candidate whose build id is not
+    /// the binary's is not it.
+    fn find_debug_file(&self, path: &Path, link: Option<&str>) -> Option<PathBuf> {
+        let id = super::elf::build_id(path)
+            .filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let same = |file: &Path| {
+            file.is_file()
+                && (id.is_none() || super::elf::build_id(file).as_deref() == id.as_deref())
+        };
+        let by_id = id.as_deref().and_then(|id| {
+            self.dirs.iter().find_map(|dir| {
+                let file = dir
+                    .join(".build-id")
+                    .join(&id[..2])
+                    .join(format!("{}.debug", &id[2..]));
+                same(&file).then_some(file)
+            })
+        });
+        by_id.or_else(|| {
+            let link = link?;
+            let dir = path.parent()?;
+            let rel = dir.strip_prefix("/").ok()?;
+            std::iter::once(dir.join(link))
+                .chain(std::iter::once(dir.join(".debug").join(link)))
+                .chain(self.dirs.iter().map(|d| d.join(link)))
+                .chain(self.dirs.iter().map(|d| d.join(rel).join(link)))
+                .find(|file| file != path && same(file))
+        })
+    }
+
+    /// Names from the binary's separate debug file (its symbol table: a
+    /// system library's DWARF is tens of MiB to read for lines nobody asked
+    /// of it) for the offsets of `path` that `names` has none for, by their
+    /// link-time addresses (a debug file keeps the binary's addresses, not
+    /// its file layout).
+    fn fill_from_debug_file(&self, path: &Path, offsets: &[u64], names: &mut [Named]) {
         if names.iter().all(|n| n.0.is_some()) {
             return;
         }
-        let Some(debug) = self.debug_file_by_build_id(path) else {
+        let Some(debug) = self.info(path).debug_file else {
             return;
         };
         let Some(file) = super::elf::MappedFile::open(path) else {
@@ -112,7 +168,9 @@ impl NativeSymbols {
             return;
         }
         let vaddrs: Vec<u64> = missing.iter().map(|&(_, v)| v).collect();
-        let src = Source::Elf(Elf::new(&debug));
+        let mut elf = Elf::new(&debug);
+        elf.debug_syms = false;
+        let src = Source::Elf(elf);
         let found = sourced(
             self.symbolizer
                 .symbolize(&src, Input::VirtOffset(&vaddrs[..])),
@@ -137,7 +195,14 @@ impl NativeSymbols {
     /// Like [`NativeSymbols::elf`], with each name's source file and line
     /// where the file's DWARF says.
     pub fn elf_sourced(&self, path: &Path, offsets: &[u64]) -> Vec<Named> {
-        let src = Source::Elf(Elf::new(path));
+        // DWARF only where the binary has its own: blazesym would otherwise
+        // follow a stripped library's debug link and read the debug file's
+        // DWARF (Debian's libc6-dbg: +18 MiB and ~2% of a core per run, for
+        // the lines of libc); its names come from the debug file's symbol
+        // table below.
+        let mut own = Elf::new(path);
+        own.debug_syms = self.info(path).own_dwarf;
+        let src = Source::Elf(own);
         let result = match self.symbolizer.symbolize(&src, Input::FileOffset(offsets)) {
             Ok(syms) => Ok(syms),
             // DWARF blazesym cannot read here (zstd-compressed sections: this
@@ -153,7 +218,7 @@ impl NativeSymbols {
             }
         };
         let mut names = sourced(result, offsets.len());
-        self.fill_from_build_id(path, offsets, &mut names);
+        self.fill_from_debug_file(path, offsets, &mut names);
         // A stripped executable's entry point is still `_start` (its ELF
         // header says where): the root of its main thread's stack.
         if names.iter().any(|n| n.0.is_none())
