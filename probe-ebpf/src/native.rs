@@ -1169,25 +1169,23 @@ fn rule_for(slot: u32, pc: u64) -> Option<(UnwindRow, u64, u64)> {
     // No rules at pc (JIT code, anonymous memory, an object without rows): a
     // row that says so, for the addresses up to the next mapping, so that the
     // row cache answers for them too (a .NET walk meets the same JIT frames
-    // in every sample; each miss was a search).
-    let (gap_lo, gap_hi) = if pc < m.start {
-        (0, m.start)
-    } else if pc >= m.end {
-        let next = base + 1;
-        let hi = if next < maps.count {
-            maps.entries[(next & MAP_MASK) as usize].start
+    // in every sample; each miss was a search). A range that does not hold
+    // pc (overlapping mappings) is no answer.
+    if pc < m.start || pc >= m.end || m.count == 0 {
+        let (lo, hi) = if pc < m.start {
+            (0, m.start)
+        } else if pc >= m.end {
+            let next = base + 1;
+            let hi = if next < maps.count {
+                maps.entries[(next & MAP_MASK) as usize].start
+            } else {
+                u64::MAX
+            };
+            (m.end, hi)
         } else {
-            u64::MAX
+            (m.start, m.end)
         };
-        (m.end, hi)
-    } else if m.count == 0 {
-        (m.start, m.end)
-    } else {
-        (1, 0)
-    };
-    if gap_lo <= gap_hi {
-        // An empty or inverted range (overlapping mappings) is not cached.
-        return (gap_lo <= pc && pc < gap_hi).then_some((NO_RULE, gap_lo, gap_hi));
+        return (lo <= pc && pc < hi).then_some((NO_RULE, lo, hi));
     }
     let (first, count, bias, end) = (m.first, m.count, m.bias, m.end);
     let link = pc.wrapping_sub(bias) as u32;
