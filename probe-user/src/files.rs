@@ -189,16 +189,17 @@ pub fn parse_own_pid(status: &str) -> Option<u32> {
 /// started with; a variable past this is not seen).
 const ENVIRON_LIMIT: u64 = 1 << 20;
 
-/// The value of `key` in the environment process `pid` was started with
-/// (`/proc/PID/environ`, read up to 1 MiB), if set.
-pub fn initial_env(pid: u32, key: &str) -> Option<Vec<u8>> {
+/// The environment process `pid` was started with (`/proc/PID/environ`,
+/// read up to 1 MiB), read once for every variable a caller looks up in it
+/// ([`env_value`]).
+pub fn initial_environ(pid: u32) -> Option<Vec<u8>> {
     let mut environ = Vec::new();
     File::open(format!("/proc/{pid}/environ"))
         .ok()?
         .take(ENVIRON_LIMIT)
         .read_to_end(&mut environ)
         .ok()?;
-    env_value(&environ, key).map(<[u8]>::to_vec)
+    Some(environ)
 }
 
 /// The value of `key` in `environ` (`KEY=VALUE` entries, NUL-separated), if
@@ -239,17 +240,18 @@ impl TargetDir {
     /// follow `TMPDIR`, and the perf map and jitdump do not: see
     /// [`TargetDir::perf_maps`]).
     pub fn temp(pid: u32) -> io::Result<Self> {
-        let tmpdir = initial_env(pid, "TMPDIR");
-        Self::in_root(pid, folder_in_root(tmpdir.as_deref()))
+        let environ = initial_environ(pid).unwrap_or_default();
+        Self::in_root(pid, folder_in_root(env_value(&environ, "TMPDIR")))
     }
 
     /// Where the .NET runtime of process `pid` writes its perf map, perfinfo
     /// and jitdump: `DOTNET_PerfMapJitDumpPath` (or its `COMPlus_` spelling)
     /// as it started, else `/tmp` (not `$TMPDIR`: checked on .NET 8.0).
     pub fn perf_maps(pid: u32) -> io::Result<Self> {
-        let path = initial_env(pid, "DOTNET_PerfMapJitDumpPath")
-            .or_else(|| initial_env(pid, "COMPlus_PerfMapJitDumpPath"));
-        Self::in_root(pid, folder_in_root(path.as_deref()))
+        let environ = initial_environ(pid).unwrap_or_default();
+        let path = env_value(&environ, "DOTNET_PerfMapJitDumpPath")
+            .or_else(|| env_value(&environ, "COMPlus_PerfMapJitDumpPath"));
+        Self::in_root(pid, folder_in_root(path))
     }
 
     /// The folder `path` (absolute, as process `pid` sees it) inside its root.

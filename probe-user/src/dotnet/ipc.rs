@@ -133,13 +133,14 @@ pub fn missing_socket(pid: u32, at: Option<String>) -> IpcError {
 /// The setting that turned process `pid`'s diagnostics server off, if one
 /// did (in the environment it started with; .NET 8 has the `_IPC` one too).
 fn diagnostics_off(pid: u32) -> Option<&'static str> {
+    let environ = crate::files::initial_environ(pid)?;
     [
         "DOTNET_EnableDiagnostics",
         "COMPlus_EnableDiagnostics",
         "DOTNET_EnableDiagnostics_IPC",
     ]
     .into_iter()
-    .find(|key| crate::files::initial_env(pid, key).as_deref() == Some(&b"0"[..]))
+    .find(|key| crate::files::env_value(&environ, key) == Some(&b"0"[..]))
 }
 
 /// Connects to the diagnostics socket of `pid`, found in its temp folder
@@ -222,8 +223,19 @@ pub const SOCKET_WAIT: Duration = Duration::from_secs(2);
 /// appears (diagnostics disabled) or the process is gone.
 pub fn wait_for_socket(pid: u32) -> bool {
     let deadline = std::time::Instant::now() + SOCKET_WAIT;
+    // The socket's name and folder do not change while it is awaited: found
+    // once (each is a few /proc reads), then only the name checked per poll.
+    let (mut name, mut dir) = (None, None);
     loop {
-        if socket_ready(pid).is_ok() {
+        if name.is_none() {
+            name = socket_name(pid);
+        }
+        if dir.is_none() {
+            dir = TargetDir::temp(pid).ok();
+        }
+        if let (Some(name), Some(dir)) = (&name, &dir)
+            && dir.check(name, libc::S_IFSOCK).is_ok()
+        {
             return true;
         }
         if std::time::Instant::now() >= deadline

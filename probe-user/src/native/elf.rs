@@ -277,8 +277,11 @@ impl Elf {
 /// hex, what `perf`, debuginfod and pprof key on), else a Go binary's own
 /// (`.note.go.buildid`, type 4, a string). Read from the `PT_NOTE` segments.
 pub fn build_id(path: &std::path::Path) -> Option<String> {
-    let file = MappedFile::open(path)?;
-    let d = file.bytes();
+    build_id_in(MappedFile::open(path)?.bytes())
+}
+
+/// [`build_id`] of an ELF file's bytes `d`.
+pub fn build_id_in(d: &[u8]) -> Option<String> {
     if d.get(..4)? != b"\x7fELF" || d.get(4)? != &2 || d.get(5)? != &1 {
         return None;
     }

@@ -28,8 +28,9 @@ pub struct NativeSymbols {
 struct FileInfo {
     /// DWARF of its own (`.debug_info` with contents): names and lines from it.
     own_dwarf: bool,
-    /// A separate debug file, for a binary stripped of its symbol table.
-    debug_file: Option<PathBuf>,
+    /// A separate debug file, for a binary stripped of its symbol table, and
+    /// the binary's own layout (its file offsets to link-time addresses).
+    debug_file: Option<(PathBuf, std::rc::Rc<super::elf::Elf>)>,
 }
 
 impl Default for NativeSymbols {
@@ -97,7 +98,9 @@ impl NativeSymbols {
                 .and_then(|name| std::str::from_utf8(name).ok())
                 .filter(|name| !name.is_empty() && !name.contains('/'))
                 .map(str::to_owned);
-            self.find_debug_file(path, link.as_deref())
+            let id = super::elf::build_id_in(file.bytes());
+            self.find_debug_file(path, id, link.as_deref())
+                .map(|debug| (debug, std::rc::Rc::new(elf)))
         };
         FileInfo {
             own_dwarf,
@@ -105,15 +108,20 @@ impl NativeSymbols {
         }
     }
 
-    /// The separate debug file of the binary at `path`: by its GNU build id
-    /// (`DIR/.build-id/xx/rest.debug` in the first debug folder that has it),
+    /// The separate debug file of the binary at `path` (build id `id`): by
+    /// its GNU build id (`DIR/.build-id/xx/rest.debug` in the first debug
+    /// folder that has it),
     /// else by the name its `.gnu_debuglink` gives (`link`: next to the
     /// binary, in `.debug/` there, in a debug folder, or under one at the
     /// binary's path), the way gdb and perf look. A candidate whose build id is not
     /// the binary's is not it.
-    fn find_debug_file(&self, path: &Path, link: Option<&str>) -> Option<PathBuf> {
-        let id = super::elf::build_id(path)
-            .filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    fn find_debug_file(
+        &self,
+        path: &Path,
+        id: Option<String>,
+        link: Option<&str>,
+    ) -> Option<PathBuf> {
+        let id = id.filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
         let same = |file: &Path| {
             file.is_file()
                 && (id.is_none() || super::elf::build_id(file).as_deref() == id.as_deref())
@@ -148,13 +156,7 @@ impl NativeSymbols {
         if names.iter().all(|n| n.0.is_some()) {
             return;
         }
-        let Some(debug) = self.info(path).debug_file else {
-            return;
-        };
-        let Some(file) = super::elf::MappedFile::open(path) else {
-            return;
-        };
-        let Some(elf) = super::elf::Elf::parse(file.bytes()) else {
+        let Some((debug, elf)) = self.info(path).debug_file else {
             return;
         };
         let missing: Vec<(usize, u64)> = names
