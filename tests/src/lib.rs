@@ -575,6 +575,54 @@ impl From<std::process::Output> for Run {
     }
 }
 
+/// A cgroup (v2) made for a test at `rel` under the host's cgroup v2 root
+/// (`/sys/fs/cgroup`, or its `unified` mount on a hybrid host), removed when
+/// dropped, once its processes have left (tried for 5 s).
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    /// Makes `rel` (e.g. `system.slice/docker-<id>.scope`).
+    pub fn new(rel: &str) -> Self {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        let root = if unified.join("cgroup.controllers").exists()
+            || unified.join("cgroup.procs").exists()
+        {
+            unified.to_path_buf()
+        } else {
+            PathBuf::from("/sys/fs/cgroup")
+        };
+        let path = root.join(rel);
+        std::fs::create_dir_all(&path).expect("make the test's cgroup");
+        Self(path)
+    }
+
+    /// The cgroup Docker's systemd driver makes for container `id`.
+    pub fn docker_scope(id: &str) -> Self {
+        Self::new(&format!("system.slice/docker-{id}.scope"))
+    }
+
+    /// Its folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Moves process `pid` into it.
+    pub fn enter(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// A child process that is killed when dropped, so no test leaves one running.
 pub struct Guard(pub Child);
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crossprof_tests::{
-    Dotnet, Go, GoBuild, Guard, crossprof_bin, emulated, go_tool_pprof as pprof,
+    Dotnet, Go, GoBuild, Guard, TestCgroup, crossprof_bin, emulated, go_tool_pprof as pprof,
     http::{free_port, get},
     native_fixture, out_dir,
     webdriver::Browser,
@@ -782,9 +782,9 @@ fn comm_selects_processes_running_and_started_later_in_the_kernel() {
 /// A busy process put in cgroup `cg` and another outside it; the agent run
 /// with `select` (which names `cg` one way or another) samples only the one
 /// inside.
-fn only_the_process_in_the_cgroup_is_sampled(cg: &Path, name: &str, select: &[&str]) {
+fn only_the_process_in_the_cgroup_is_sampled(cg: &TestCgroup, name: &str, select: &[&str]) {
     let inside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
-    std::fs::write(cg.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    cg.enter(inside.pid());
     let outside = spawn(Command::new(native_fixture("twofuncs")).args(["30", "1", "1"]));
     let agent = Agent::start(name, &[select, &["--window", "1s"][..]].concat());
     agent.wait_windows_of(inside.pid(), 2, Duration::from_secs(30));
@@ -801,22 +801,8 @@ fn only_the_process_in_the_cgroup_is_sampled(cg: &Path, name: &str, select: &[&s
 
 #[test]
 fn cgroup_selects_the_threads_in_it_in_the_kernel() {
-    let root = Path::new("/sys/fs/cgroup/unified");
-    let root = if root.join("cgroup.controllers").exists() || root.join("cgroup.procs").exists() {
-        root.to_path_buf()
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    };
-    let cg = root.join(format!("crossprof-test-{}", std::process::id()));
-    std::fs::create_dir_all(&cg).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let _remove = Remove(cg.clone());
-    only_the_process_in_the_cgroup_is_sampled(&cg, "agent_cgroup", &["--cgroup", s(&cg)]);
+    let cg = TestCgroup::new(&format!("crossprof-test-{}", std::process::id()));
+    only_the_process_in_the_cgroup_is_sampled(&cg, "agent_cgroup", &["--cgroup", s(cg.path())]);
 
     let run = Command::new(crossprof_bin())
         .args([
@@ -840,26 +826,7 @@ fn cgroup_selects_the_threads_in_it_in_the_kernel() {
 #[test]
 fn container_selects_its_processes_by_a_prefix_of_its_id() {
     const ID: &str = "feed0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
-    let root = Path::new("/sys/fs/cgroup/unified");
-    let root = if root.join("cgroup.controllers").exists() {
-        root.to_path_buf()
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    };
-    let scope = root.join(format!("system.slice/docker-{ID}.scope"));
-    std::fs::create_dir_all(&scope).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&self.0).is_ok() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    let _remove = Remove(scope.clone());
+    let scope = TestCgroup::docker_scope(ID);
     only_the_process_in_the_cgroup_is_sampled(
         &scope,
         "agent_container",

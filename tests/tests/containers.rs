@@ -13,44 +13,12 @@ use std::{
 };
 
 use crossprof_tests::{
-    Dotnet, Guard, count_where, go_tool_pprof, out_dir, read_folded, read_summary, run_crossprof,
+    Dotnet, Guard, TestCgroup, count_where, go_tool_pprof, out_dir, read_folded, read_summary,
+    run_crossprof,
 };
 
 /// A container id as the runtimes write them (64 hex digits).
 const CONTAINER_ID: &str = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
-
-/// A cgroup (v2) named like Docker's scope for [`CONTAINER_ID`] under
-/// `system.slice`, removed when dropped (once its processes left).
-struct DockerScope(PathBuf);
-
-impl DockerScope {
-    fn new() -> Self {
-        let unified = Path::new("/sys/fs/cgroup/unified");
-        let root = if unified.join("cgroup.procs").exists() {
-            unified.to_path_buf()
-        } else {
-            PathBuf::from("/sys/fs/cgroup")
-        };
-        let scope = root.join(format!("system.slice/docker-{CONTAINER_ID}.scope"));
-        std::fs::create_dir_all(&scope).expect("make the scope's cgroup");
-        Self(scope)
-    }
-
-    fn enter(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the scope");
-    }
-}
-
-impl Drop for DockerScope {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 /// The host pid of the only child of `pid` (the namespace's pid 1), once it
 /// exists.
@@ -119,7 +87,7 @@ fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
         .arg(&host)
         .arg(&dll)
         .stdout(std::process::Stdio::null());
-    let scope = DockerScope::new();
+    let scope = TestCgroup::docker_scope(CONTAINER_ID);
     let unshare = Guard(unshare.spawn().expect("unshare (util-linux)"));
     let pid = only_child(unshare.pid());
     scope.enter(pid);
