@@ -185,6 +185,20 @@ pub fn parse_own_pid(status: &str) -> Option<u32> {
     status_field(status, "NSpid:")?.last()?.parse().ok()
 }
 
+/// Opens `path` to read it if it is a regular file: never blocking (the path
+/// of a mapping, or a debug file next to a user's binary, can be replaced by
+/// a FIFO after it was looked at, and a blocking open of one with no writer
+/// never returns).
+pub fn open_regular(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    f.metadata().ok()?.is_file().then_some(f)
+}
+
 /// Most of a process's environment read (`/proc/PID/environ`: what it was
 /// started with; a variable past this is not seen).
 const ENVIRON_LIMIT: u64 = 1 << 20;
@@ -654,6 +668,19 @@ mod tests {
         // No NSpid (before Linux 4.1) or garbage: the caller keeps the pid.
         assert_eq!(parse_own_pid("Pid:\t4711\n"), None);
         assert_eq!(parse_own_pid("NSpid:\tx\n"), None);
+    }
+
+    #[test]
+    fn open_regular_refuses_a_fifo_without_waiting_for_a_writer() {
+        let d = scratch("open_regular");
+        let fifo = d.join("planted.debug");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path alive for the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_regular(&fifo).is_none());
+        std::fs::write(d.join("plain"), "x").unwrap();
+        assert!(open_regular(&d.join("plain")).is_some());
+        assert!(open_regular(&d).is_none(), "a folder");
     }
 
     #[test]

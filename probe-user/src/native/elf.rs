@@ -355,10 +355,15 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Maps `path`; `None` if it cannot be opened or is empty.
+    /// Maps `path`; `None` if it cannot be opened without blocking, is not a
+    /// regular file, or is empty (see [`crate::files::open_regular`]).
     pub fn open(path: &std::path::Path) -> Option<Self> {
+        Self::of(&crate::files::open_regular(path)?)
+    }
+
+    /// Maps the open `file`; `None` if it is empty or cannot be mapped.
+    pub fn of(file: &std::fs::File) -> Option<Self> {
         use std::os::fd::AsRawFd as _;
-        let file = std::fs::File::open(path).ok()?;
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
         if len == 0 {
             return None;

@@ -78,19 +78,6 @@ pub struct ModuleTable {
     pub go: GoTables,
 }
 
-/// Opens `path` to read it if it is a regular file: never blocking (the path
-/// of a mapping can be replaced by a FIFO after it was mapped, and a blocking
-/// open of one with no writer never returns).
-fn open_regular(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    f.metadata().ok()?.is_file().then_some(f)
-}
-
 impl ModuleTable {
     /// The module for `entry`, opened through `pid`'s view of it on first sight.
     fn intern(&mut self, pid: u32, entry: &MapEntry) -> ModuleId {
@@ -108,7 +95,7 @@ impl ModuleTable {
             path.clone(),
         ]
         .into_iter()
-        .find_map(|p| open_regular(&p));
+        .find_map(|p| crate::files::open_regular(&p));
         // Symbolize through the path the process mapped when it is still that
         // very file: separate debug files (`.gnu_debuglink`) are looked for next
         // to it. Otherwise (replaced, deleted, another mount namespace) through

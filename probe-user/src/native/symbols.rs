@@ -28,9 +28,26 @@ pub struct NativeSymbols {
 struct FileInfo {
     /// DWARF of its own (`.debug_info` with contents): names and lines from it.
     own_dwarf: bool,
-    /// A separate debug file, for a binary stripped of its symbol table, and
-    /// the binary's own layout (its file offsets to link-time addresses).
-    debug_file: Option<(PathBuf, std::rc::Rc<super::elf::Elf>)>,
+    /// A separate debug file, for a binary stripped of its symbol table.
+    debug_file: Option<std::rc::Rc<DebugFile>>,
+}
+
+/// A binary's separate debug file, held open, and the binary's own layout
+/// (its file offsets to link-time addresses).
+#[derive(Debug)]
+struct DebugFile {
+    /// Opened once, checked (a regular file with the binary's build id) and
+    /// named to blazesym as `/proc/self/fd/N`: what it reads is what was
+    /// checked, whatever is put at the path since.
+    file: std::fs::File,
+    elf: super::elf::Elf,
+}
+
+impl DebugFile {
+    fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd as _;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
 }
 
 impl Default for NativeSymbols {
@@ -100,7 +117,7 @@ impl NativeSymbols {
                 .map(str::to_owned);
             let id = super::elf::build_id_in(file.bytes());
             self.find_debug_file(path, id, link.as_deref())
-                .map(|debug| (debug, std::rc::Rc::new(elf)))
+                .map(|file| std::rc::Rc::new(DebugFile { file, elf }))
         };
         FileInfo {
             own_dwarf,
@@ -120,19 +137,25 @@ impl NativeSymbols {
         path: &Path,
         id: Option<String>,
         link: Option<&str>,
-    ) -> Option<PathBuf> {
+    ) -> Option<std::fs::File> {
         let id = id.filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Opened without blocking, a regular file, with the binary's build id.
         let same = |file: &Path| {
-            file.is_file()
-                && (id.is_none() || super::elf::build_id(file).as_deref() == id.as_deref())
+            let f = crate::files::open_regular(file)?;
+            let matches = id.is_none()
+                || super::elf::MappedFile::of(&f)
+                    .and_then(|m| super::elf::build_id_in(m.bytes()))
+                    .as_deref()
+                    == id.as_deref();
+            matches.then_some(f)
         };
         let by_id = id.as_deref().and_then(|id| {
             self.dirs.iter().find_map(|dir| {
-                let file = dir
-                    .join(".build-id")
-                    .join(&id[..2])
-                    .join(format!("{}.debug", &id[2..]));
-                same(&file).then_some(file)
+                same(
+                    &dir.join(".build-id")
+                        .join(&id[..2])
+                        .join(format!("{}.debug", &id[2..])),
+                )
             })
         });
         by_id.or_else(|| {
@@ -143,7 +166,8 @@ impl NativeSymbols {
                 .chain(std::iter::once(dir.join(".debug").join(link)))
                 .chain(self.dirs.iter().map(|d| d.join(link)))
                 .chain(self.dirs.iter().map(|d| d.join(rel).join(link)))
-                .find(|file| file != path && same(file))
+                .filter(|file| file != path)
+                .find_map(|file| same(&file))
         })
     }
 
@@ -156,9 +180,10 @@ impl NativeSymbols {
         if names.iter().all(|n| n.0.is_some()) {
             return;
         }
-        let Some((debug, elf)) = self.info(path).debug_file else {
+        let Some(debug) = self.info(path).debug_file else {
             return;
         };
+        let elf = &debug.elf;
         let missing: Vec<(usize, u64)> = names
             .iter()
             .zip(offsets)
@@ -170,9 +195,9 @@ impl NativeSymbols {
             return;
         }
         let vaddrs: Vec<u64> = missing.iter().map(|&(_, v)| v).collect();
-        let mut elf = Elf::new(&debug);
-        elf.debug_syms = false;
-        let src = Source::Elf(elf);
+        let mut source = Elf::new(debug.path());
+        source.debug_syms = false;
+        let src = Source::Elf(source);
         let found = sourced(
             self.symbolizer
                 .symbolize(&src, Input::VirtOffset(&vaddrs[..])),
