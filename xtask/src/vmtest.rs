@@ -747,7 +747,9 @@ impl Cpio {
 /// - or the patching CPU waits for ever for the others to pass its sync:
 ///   a soft lockup (made a panic by `softlockup_panic=1`, so that the guest
 ///   stops instead of eating the timeout) whose stack is in the patching or
-///   the cross-CPU call it waits on (seen on 6.1, in crossprof, for 425 s).
+///   the cross-CPU call it waits on (seen on 6.1, in crossprof, for 425 s),
+///   or the other CPU, looping on the site being patched (see
+///   [`stuck_on_a_patch_site`]).
 ///
 /// Real hardware and KVM re-fetch patched code.
 fn emulator_fault(console: &Path) -> Option<String> {
@@ -767,7 +769,8 @@ fn classify_oops(text: &str) -> Option<String> {
     let crash = &text[at..];
     let patching = ["text_poke", "smp_call_function", "do_sync_core"]
         .iter()
-        .any(|f| crash.contains(f));
+        .any(|f| crash.contains(f))
+        || stuck_on_a_patch_site(crash);
     (patching && !crash.contains("bpf_prog_")).then(|| {
         format!(
             "soft lockup{}",
@@ -778,6 +781,20 @@ fn classify_oops(text: &str) -> Option<String> {
                 .trim_start_matches("soft lockup")
         )
     })
+}
+
+/// Is the stuck CPU's kernel RIP on a jump-label site: the 2- or 5-byte NOP
+/// a static key is patched over (`<66> 90`, `<0f> 1f 44 00 00` at the RIP
+/// mark of the `Code:` line after the first kernel `RIP:`)? Real hardware
+/// does not loop on a NOP; QEMU's stale translation of a site just patched
+/// does (seen on 6.1 at `syscall_trace_enter+0xd8`, the site of the int3
+/// Oops above, stuck 26 s while the other CPU patched).
+fn stuck_on_a_patch_site(crash: &str) -> bool {
+    let mut lines = crash.lines().skip_while(|l| !l.contains("RIP: 0010:"));
+    lines.next().is_some()
+        && lines
+            .find(|l| l.contains("Code: "))
+            .is_some_and(|code| code.contains("<66> 90 ") || code.contains("<0f> 1f 44 00 00"))
 }
 
 /// The lines of a guest's console log that say why it stopped early.
@@ -841,6 +858,21 @@ mod tests {
             .replace("text_poke_bp_batch", "htab_map_update_elem");
         assert_eq!(classify_oops(&elsewhere), None);
         assert_eq!(classify_oops("Kernel panic - not syncing: VFS\n"), None);
+        // Looping on a static key's NOP in kernel text (6.1, the other
+        // CPU's patching not on this stack).
+        let on_nop = "watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [a_wall_timeline:950]\n\
+                      Kernel panic - not syncing: softlockup: hung tasks\n\
+                      RIP: 0010:syscall_trace_enter.constprop.0+0xd8/0x190\n\
+                      Code: 85 c0 75 6d 65 48 8b 04 25 80 fb 01 00 ff ff <66> 90 e9 50 ff ff ff 49\n\
+                      RIP: 0033:0x7ff5470f1c17\n\
+                      Code: 89 7c 24 10 b8 3d 00 00 00 0f 05 <48> 3d 00 f0 ff ff 77 31\n";
+        assert_eq!(
+            classify_oops(on_nop).as_deref(),
+            Some("soft lockup - CPU#0 stuck for 26s! [a_wall_timeline:950]")
+        );
+        // Stuck on any other instruction: a failure.
+        let on_load = on_nop.replace("<66> 90 e9", "<48> 8b 04 25");
+        assert_eq!(classify_oops(&on_load), None);
     }
 
     #[test]
