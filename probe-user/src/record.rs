@@ -672,7 +672,7 @@ pub(crate) async fn start(
     let events = sampler.take_events()?;
     let processes = sampler.take_processes()?;
     let dotnet_tables = sampler.take_dotnet_tables(&processes)?;
-    let unwind_tables = sampler.take_unwind_tables(&processes)?;
+    let mut unwind_tables = sampler.take_unwind_tables(&processes)?;
     // A command is sampled from its exec on. Running targets (--pid) and the
     // whole system are sampled once the targets' unwind rules are in (see
     // `run`): their first samples are not walked without them.
@@ -701,6 +701,21 @@ pub(crate) async fn start(
         _ => Ok(None),
     };
     let child = if has_command {
+        // The objects the command will load have their rules read first: once
+        // it has exec'd, only its mappings are left to write (see
+        // `native::loader`). At most PREFETCH_WAIT: a huge library is read
+        // while the command runs, as for any process.
+        if let Some(exe) = program
+            && !args.frame_pointers_only
+        {
+            let library_path = std::env::var("LD_LIBRARY_PATH").ok();
+            let objects = crate::native::loader::objects_loaded_by(exe, library_path.as_deref());
+            let read = unwind_tables.prefetch(&objects, PREFETCH_WAIT);
+            log::debug!(
+                "unwind rules of {read} of {} objects read before the command started",
+                objects.len()
+            );
+        }
         // A Go command's goroutine layout goes into the kernel from the child
         // itself, before exec: its first samples carry their goroutine (and
         // trace) as later ones do, however long reading its binary takes.
@@ -724,6 +739,10 @@ pub(crate) async fn start(
         kernel,
     })
 }
+
+/// How long a command's start waits for the rules of the objects it will
+/// load to be read.
+const PREFETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts `command`; the child puts its own pid in the target set (and, with
 /// `go`, its goroutine offsets in the kernel's Go table) between `fork` and

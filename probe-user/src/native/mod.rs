@@ -5,6 +5,7 @@
 //! - [`ehframe`] reads `.eh_frame` call-frame information, for unwinding code
 //!   without frame pointers (issue #5);
 //! - [`maps`] parses `/proc/PID/maps`;
+//! - [`loader`] lists the objects a program will load, before it runs;
 //! - [`process`] captures a process when it is first seen (name, exe, executable
 //!   mappings, an open handle on each mapped file) and turns its addresses into
 //!   [`FrameRef`](crate::symbolize::FrameRef)s that outlive it;
@@ -14,6 +15,7 @@
 
 pub mod ehframe;
 pub mod elf;
+pub mod loader;
 pub mod maps;
 pub mod process;
 pub mod symbols;

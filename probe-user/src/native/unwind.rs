@@ -315,6 +315,9 @@ pub struct UnwindTables {
     parsed: HashMap<PathBuf, Option<Parsed>>,
     /// Files asked for since the last [`UnwindTables::begin_poll`].
     wanted: HashSet<PathBuf>,
+    /// Files read before a command started ([`UnwindTables::prefetch`]):
+    /// kept until placed, though no process asked for them yet.
+    early: HashSet<PathBuf>,
     /// Rows written, for the summary (memory: 8 bytes each).
     pub rows_written: u64,
     /// Rows given back by files no live process maps any more.
@@ -380,6 +383,7 @@ impl UnwindTables {
             parser: Parser::spawn()?,
             parsed: HashMap::new(),
             wanted: HashSet::new(),
+            early: HashSet::new(),
             rows_written: 0,
             rows_freed: 0,
             files_refused: 0,
@@ -584,8 +588,42 @@ impl UnwindTables {
     /// (their processes exited before the rules were read): a storm of
     /// short-lived processes leaves no parsed rows behind.
     pub fn end_poll(&mut self) {
-        let wanted = &self.wanted;
-        self.parsed.retain(|path, _| wanted.contains(path));
+        let (wanted, early) = (&self.wanted, &self.early);
+        self.parsed
+            .retain(|path, _| wanted.contains(path) || early.contains(path));
+    }
+
+    /// Reads the rules of `paths` (the objects a command will load, see
+    /// [`super::loader`]) now, waiting at most `deadline`, and keeps them until
+    /// a process maps them: a command started after this has only its
+    /// mappings to be written when it is seen. Returns how many were read in
+    /// time. A Go binary is not read here (its rules depend on its function
+    /// table, read once it runs).
+    pub fn prefetch(&mut self, paths: &[PathBuf], deadline: std::time::Duration) -> usize {
+        let until = std::time::Instant::now() + deadline;
+        let mut waiting = HashSet::new();
+        for path in paths {
+            if crate::go::is_go_file(path) {
+                continue;
+            }
+            self.early.insert(path.clone());
+            if let Err(UnwindTableError::Pending) = self.ready(path, None) {
+                waiting.insert(path.clone());
+            }
+        }
+        let mut read = paths.len() - waiting.len();
+        while !waiting.is_empty() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let Ok((path, parsed)) = self.parser.done.recv_timeout(left) else {
+                break;
+            };
+            self.parser.pending.remove(&path);
+            if waiting.remove(&path) {
+                read += 1;
+            }
+            self.parsed.insert(path, parsed);
+        }
+        read
     }
 
     /// Is the object at `path` placed, known to have no rules, refused (and
@@ -635,6 +673,7 @@ impl UnwindTables {
             return Ok(p.clone());
         }
         self.ready(path, go)?;
+        self.early.remove(path);
         if self.refused.contains_key(path) {
             return Err(UnwindTableError::Full);
         }
