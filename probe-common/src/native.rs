@@ -18,6 +18,11 @@ pub const FLAG_USER_NO_UNWIND_INFO: u32 = 1 << 5;
 /// `SampleHeader::flags`: the user leaf was in a managed method's prolog or epilog,
 /// where its frame has no fixed shape; the stack stops after it.
 pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
+/// `SampleHeader::flags`: the user stack walk (by `.eh_frame` rules) ended
+/// where the unwind information says there is no caller (`DW_CFA_undefined
+/// rip`, as in `_start` and a new thread's `clone3`, or a zero return
+/// address): the stack is complete, whatever its outermost frame is named.
+pub const FLAG_USER_OUTERMOST: u32 = 1 << 7;
 /// [`SampleHeader::fp_outermost`] and `fp_frames` hold a frame-pointer walk of
 /// the same stack.
 pub const FLAG_FP_BASELINE: u32 = 1 << 6;

@@ -24,7 +24,8 @@ use probe_common::{
     Counter, RecordKind,
     native::{
         FLAG_FP_BASELINE, FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE,
-        FLAG_USER_NO_UNWIND_INFO, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED, FP_BASELINE_EVERY,
+        FLAG_USER_NO_UNWIND_INFO, FLAG_USER_OUTERMOST, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+        FP_BASELINE_EVERY,
         MAX_FRAMES, MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES, MAX_UNWIND_PIDS,
         MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, STACK_TOP_WORDS, SampleScratch,
         UNWIND_PAGE_SHIFT, UnwindMappings, UnwindPage, UnwindRow, cfa_kind, record_len,
@@ -752,6 +753,7 @@ pub fn unwind_by_rules(
             *flags |= FLAG_USER_NO_UNWIND_INFO;
             count(Counter::NativeUnwindStops);
         }
+        END_OUTERMOST => *flags |= FLAG_USER_OUTERMOST,
         _ => {}
     }
     // Through memory: the caller's use of the count as a size would make the
@@ -837,6 +839,9 @@ fn read_stack(base: &mut u64, addr: u64) -> Option<u64> {
 const END_COMPLETE: u32 = 1;
 /// `RuleWalk::end`: a frame had neither a rule nor a usable frame pointer.
 const END_NO_RULE: u32 = 2;
+/// `RuleWalk::end`: complete, at a frame the rules mark outermost (no
+/// caller: `DW_CFA_undefined rip`, or a zero return address by a rule).
+const END_OUTERMOST: u32 = 3;
 
 /// The rule walk's state between `bpf_loop` steps (in [`Walks`]).
 #[repr(C)]
@@ -967,7 +972,7 @@ extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
             w.sp + 8 + past
         }
         Some(cfa_kind::OUTERMOST) => {
-            w.end = END_COMPLETE;
+            w.end = END_OUTERMOST;
             return 1;
         }
         Some(cfa_kind::GO_CGO_CALL) => {
@@ -1105,7 +1110,7 @@ extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
     w.sp = cfa;
     w.ip = ra;
     if ra == 0 {
-        w.end = END_COMPLETE;
+        w.end = END_OUTERMOST;
         return 1;
     }
     0

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use probe_common::native::{
     FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO,
+    FLAG_USER_OUTERMOST,
     FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
 };
 
@@ -113,8 +114,16 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         // handlers, switches to the system stack, junk past a root).
         let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
         crate::go::process::repair_stack(procs, sample, &mut user);
+        let first = frames.len();
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
+        }
+        // The walk's own word that the stack is whole (see `fold::completeness`).
+        // Code in a file only: an `[unknown]` is no particular place.
+        if sample.flags & FLAG_USER_OUTERMOST != 0
+            && let Some(&outermost @ FrameRef::Elf { .. }) = frames.get(first)
+        {
+            procs.note_outermost(outermost);
         }
     }
     if sample.flags & FLAG_KERNEL_STACK_ERROR != 0 {
@@ -209,6 +218,39 @@ mod tests {
                 FrameRef::Kernel(0x10)
             ]
         );
+    }
+
+    #[test]
+    fn a_walk_that_ended_at_an_outermost_rule_marks_its_root() {
+        let mut procs = ProcessTable::default();
+        let bin = std::fs::canonicalize("/bin/sh").unwrap();
+        let module = procs.modules.add_file(&bin);
+        let pid = std::process::id();
+        let p = procs.get_or_capture(pid, "test");
+        p.mappings.clear();
+        p.mappings.push(crate::native::process::ExecMapping {
+            start: 0x1000,
+            end: 0x9000,
+            offset: 0,
+            target: crate::native::process::Target::Module(module),
+        });
+        let root = |procs: &ProcessTable, off: u64| {
+            procs.is_outermost(FrameRef::Elf { module, offset: off })
+        };
+        let mut s = sample(0, vec![], vec![0x1100, 0x1200, 0x1301]);
+        s.pid = pid;
+        sample_frames(&s, &mut procs);
+        assert!(!root(&procs, 0x300), "no flag, no root");
+        s.flags = FLAG_USER_OUTERMOST;
+        let frames = sample_frames(&s, &mut procs);
+        assert_eq!(frames[0], FrameRef::Elf { module, offset: 0x300 });
+        assert!(root(&procs, 0x300), "the walk's last frame");
+        assert!(!root(&procs, 0x1ff) && !root(&procs, 0x100));
+        // An unknown frame is never a root.
+        let mut unknown = sample(FLAG_USER_OUTERMOST, vec![], vec![0x5]);
+        unknown.pid = u32::MAX - 1;
+        sample_frames(&unknown, &mut procs);
+        assert!(!procs.is_outermost(FrameRef::Marker(Marker::Unknown)));
     }
 
     #[test]

@@ -152,8 +152,13 @@ pub fn completeness<'a>(
     out
 }
 
-/// Is `frame` (a user stack's outermost) in a thread root function?
+/// Is `frame` (a user stack's outermost) in a thread root function: one a
+/// walk ended at by its unwind rules (`DW_CFA_undefined rip`: glibc's
+/// `_start` and `clone3`, named or not), or one named as a root?
 pub fn frame_is_root(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
+    if procs.is_outermost(frame) {
+        return true;
+    }
     let name = names.display(frame, procs);
     let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
     is_root(first.trim_end_matches("_[j]"))

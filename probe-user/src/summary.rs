@@ -123,8 +123,9 @@ pub struct ProcessSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSummary>,
     /// Share of its samples with a user stack whose stack starts at a thread
-    /// root (`_start`, `clone3`, `runtime.goexit`, ...): how many stacks were
-    /// walked whole.
+    /// root: a frame the unwind rules say has no caller (`DW_CFA_undefined
+    /// rip`, named or not), or one named `_start`, `clone3`,
+    /// `runtime.goexit`, ...: how many stacks were walked whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks_complete: Option<f64>,
     /// The same share for a frame-pointer walk of the same stacks (sampled:

@@ -3,7 +3,9 @@
 //! built without unwind tables), against the frame-pointer-only baseline of the
 //! same program.
 
-use crossprof_tests::{build_c, count_where, fixture_secs, out_dir, read_folded, record_command};
+use crossprof_tests::{
+    build_c, count_where, fixture_secs, out_dir, read_folded, read_summary, record_command,
+};
 
 /// `main -> outer -> middle -> hot` built with `-O2 -fomit-frame-pointer`: the
 /// chain, in order, and the process's root (`_start`, through libc's start-up
@@ -92,6 +94,38 @@ fn a_command_that_lives_30_ms_is_walked_from_its_first_sample() {
         walked as f64 >= 0.95 * all as f64,
         "walked to main in {walked} of {all} samples in hot:\n{runs:#?}"
     );
+}
+
+/// A threaded program linked statically and stripped: not one of its functions
+/// is named (`start_thread`, `clone3`, `_start` are `[sleeper+0x...]`), yet
+/// the walks end at the frames its unwind rules mark outermost (glibc's
+/// `clone3` and `_start` say `DW_CFA_undefined rip`): stacks complete >= 95%
+/// in `summary.json`. Judged by name, it was 0%.
+#[test]
+fn stacks_ending_at_an_outermost_rule_are_complete_unnamed() {
+    let bin = build_c(
+        "native/sleeper.c",
+        &["-O2", "-fomit-frame-pointer", "-static", "-s", "-pthread"],
+    );
+    let dir = out_dir("outermost_unnamed");
+    // No sleep, 1.5 s spinning on the second thread.
+    let run = record_command(&dir, &["--freq", "999"], &bin, &["0", &fixture_secs(1.5)]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let named = ["start_thread", "clone3", "_start", "main", "spin"];
+    let (with_names, all) = count_where(&stacks, "sleeper", |s| {
+        s.frames.iter().any(|f| named.contains(&f.as_str()))
+    });
+    assert!(all >= 500, "only {all} samples: {stacks:#?}");
+    assert_eq!(with_names, 0, "the fixture is stripped: {stacks:#?}");
+    let summary = read_summary(&dir);
+    let process = summary["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["comm"] == "sleeper"))
+        .unwrap_or_else(|| panic!("no sleeper in {summary:#}"));
+    let complete = process["stacks_complete"].as_f64().unwrap_or(0.0);
+    println!("stacks complete: {:.1}%", complete * 100.0);
+    assert!(complete >= 0.95, "stacks complete {complete}: {stacks:#?}");
 }
 
 /// The same chain built with `-g -fno-asynchronous-unwind-tables`: the

@@ -288,9 +288,27 @@ pub struct ProcessTable {
     /// Per assembly file, its precompiled methods (`None`: IL only, or
     /// unreadable), decoded once.
     precompiled: HashMap<ModuleId, Option<Arc<[crate::dotnet::Precompiled]>>>,
+    /// Frames a stack walk ended at because their unwind rules say there is
+    /// no caller (`FLAG_USER_OUTERMOST`): thread roots, named or not (a
+    /// stripped libc's `clone3` is `[libc.so.6+0x...]`).
+    outermost: std::collections::HashSet<FrameRef>,
 }
 
 impl ProcessTable {
+    /// Notes that a stack walk ended at `frame` by its rules (see
+    /// `FLAG_USER_OUTERMOST`): stacks that start there are complete.
+    pub fn note_outermost(&mut self, frame: FrameRef) {
+        // Bounded by the code's distinct outermost frames (a few per object).
+        if self.outermost.len() < 4096 {
+            self.outermost.insert(frame);
+        }
+    }
+
+    /// Did a walk end at `frame` by its rules?
+    pub fn is_outermost(&self, frame: FrameRef) -> bool {
+        self.outermost.contains(&frame)
+    }
+
     /// The process `pid`, captured now if this is its first sample. `fallback_name`
     /// names it if it is already gone.
     pub fn get_or_capture(&mut self, pid: u32, fallback_name: &str) -> &mut Process {
