@@ -5,8 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use probe_common::native::{
     FLAG_KERNEL_STACK_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO,
-    FLAG_USER_OUTERMOST,
-    FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+    FLAG_USER_OUTERMOST, FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
 };
 
 use crate::{
@@ -235,7 +234,10 @@ mod tests {
             target: crate::native::process::Target::Module(module),
         });
         let root = |procs: &ProcessTable, off: u64| {
-            procs.is_outermost(FrameRef::Elf { module, offset: off })
+            procs.is_outermost(FrameRef::Elf {
+                module,
+                offset: off,
+            })
         };
         let mut s = sample(0, vec![], vec![0x1100, 0x1200, 0x1301]);
         s.pid = pid;
@@ -243,7 +245,13 @@ mod tests {
         assert!(!root(&procs, 0x300), "no flag, no root");
         s.flags = FLAG_USER_OUTERMOST;
         let frames = sample_frames(&s, &mut procs);
-        assert_eq!(frames[0], FrameRef::Elf { module, offset: 0x300 });
+        assert_eq!(
+            frames[0],
+            FrameRef::Elf {
+                module,
+                offset: 0x300
+            }
+        );
         assert!(root(&procs, 0x300), "the walk's last frame");
         assert!(!root(&procs, 0x1ff) && !root(&procs, 0x100));
         // An unknown frame is never a root.

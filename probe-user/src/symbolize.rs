@@ -133,11 +133,16 @@ pub struct Names {
     sources: HashMap<FrameRef, Arc<[Option<Source>]>>,
     /// Frames looked up that no symbol covered.
     pub unnamed: u64,
+    /// The file offset of the function an unnamed native frame is in (by
+    /// its unwind info's FDE): shown as `[file+START]`, so that one unnamed
+    /// function is one frame, not one per sampled address.
+    function_starts: HashMap<FrameRef, u64>,
 }
 
 impl Names {
     /// How `frame` reads: its symbol, or what is known of it (`[libc.so.6+0x1234]`,
-    /// `[unknown]`). Never empty, never with `;` or a line break (folded syntax).
+    /// the start of its function where the unwind info bounds it, else its own
+    /// offset; `[unknown]`). Never empty, never with `;` or a line break (folded syntax).
     pub fn display<'a>(&'a self, frame: FrameRef, procs: &'a ProcessTable) -> Cow<'a, str> {
         if let Some(name) = self.names.get(&frame) {
             return Cow::Borrowed(name);
@@ -151,8 +156,9 @@ impl Names {
             FrameRef::Label(id) => Cow::Owned(sanitize(procs.label_text(id)).into_owned()),
             FrameRef::Kernel(_) => Cow::Borrowed(Marker::Unknown.label()),
             FrameRef::Elf { module, offset } => Cow::Owned(format!(
-                "[{}+{offset:#x}]",
-                sanitize(&modules.get(module).name)
+                "[{}+{:#x}]",
+                sanitize(&modules.get(module).name),
+                self.function_starts.get(&frame).copied().unwrap_or(offset)
             )),
             FrameRef::Marker(m) => Cow::Borrowed(m.label()),
         }
@@ -183,6 +189,7 @@ impl Names {
     pub fn clear(&mut self) {
         self.names.clear();
         self.sources.clear();
+        self.function_starts.clear();
     }
 
     /// Was `frame` named?
@@ -243,7 +250,14 @@ enum Job {
     },
 }
 
-type Batch = Vec<(FrameRef, Option<String>, Option<Arc<[Option<Source>]>>)>;
+/// Each frame's name, source lines, and (unnamed native code) the file
+/// offset of the function it is in, by its unwind info.
+type Batch = Vec<(
+    FrameRef,
+    Option<String>,
+    Option<Arc<[Option<Source>]>>,
+    Option<u64>,
+)>;
 
 /// Separates the frames one address stands for (a Go function and the calls
 /// inlined into it) in a name; [`crate::fold`] turns it into `;`.
@@ -314,7 +328,7 @@ impl SymbolizerThread {
                                 .into_iter()
                                 .map(FrameRef::Kernel)
                                 .zip(names)
-                                .map(|(f, n)| (f, n, None))
+                                .map(|(f, n)| (f, n, None, None))
                                 .collect()
                         }
                         Job::Elf {
@@ -326,6 +340,14 @@ impl SymbolizerThread {
                             if table.is_none() {
                                 // Native: names and, where DWARF says, lines.
                                 let named = native.elf_sourced(&path, &offsets);
+                                let unnamed: Vec<u64> = offsets
+                                    .iter()
+                                    .zip(&named)
+                                    .filter(|(_, (name, _))| name.is_none())
+                                    .map(|(&o, _)| o)
+                                    .collect();
+                                let mut starts =
+                                    native.function_starts(&path, &unnamed).into_iter();
                                 offsets
                                     .into_iter()
                                     .zip(named)
@@ -333,7 +355,12 @@ impl SymbolizerThread {
                                         let sources = source.map(|(file, line)| {
                                             Arc::from([Some((Arc::from(file.as_str()), line))])
                                         });
-                                        (FrameRef::Elf { module, offset }, name, sources)
+                                        let start = if name.is_none() {
+                                            starts.next().flatten()
+                                        } else {
+                                            None
+                                        };
+                                        (FrameRef::Elf { module, offset }, name, sources, start)
                                     })
                                     .collect()
                             } else {
@@ -345,7 +372,7 @@ impl SymbolizerThread {
                                         let sources = table
                                             .as_deref()
                                             .and_then(|t| crate::go::sources_of(t, offset));
-                                        (FrameRef::Elf { module, offset }, name, sources)
+                                        (FrameRef::Elf { module, offset }, name, sources, None)
                                     })
                                     .collect()
                             }
@@ -375,7 +402,7 @@ impl SymbolizerThread {
                                         .as_ref()
                                         .and_then(|i| i.name_at_file_offset(offset))
                                         .map(str::to_owned);
-                                    (FrameRef::Elf { module, offset }, name, None)
+                                    (FrameRef::Elf { module, offset }, name, None, None)
                                 })
                                 .collect()
                         }
@@ -468,7 +495,10 @@ impl SymbolizerThread {
 
     fn take(&mut self, batch: Batch) {
         self.pending = self.pending.saturating_sub(1);
-        for (frame, name, sources) in batch {
+        for (frame, name, sources, start) in batch {
+            if let Some(start) = start {
+                self.names.function_starts.insert(frame, start);
+            }
             self.names.insert(frame, name);
             if let Some(s) = sources {
                 self.names.sources.insert(frame, s);
@@ -527,5 +557,31 @@ mod tests {
         );
         assert!(FrameRef::Marker(Marker::KernelTruncated).is_kernel());
         assert!(!FrameRef::Marker(Marker::Unknown).is_kernel());
+    }
+
+    #[test]
+    fn unnamed_code_reads_as_its_function_start_when_known() {
+        let mut thread = SymbolizerThread {
+            jobs: None,
+            pending: 1,
+            results: mpsc::channel().1,
+            handle: None,
+            names: Names::default(),
+        };
+        let mut procs = ProcessTable::default();
+        let module = procs
+            .modules
+            .add_file(std::path::Path::new("/opt/app/libx.so"));
+        let at = |offset| FrameRef::Elf { module, offset };
+        thread.take(vec![
+            (at(0x1234), None, None, Some(0x1200)),
+            (at(0x1250), None, None, Some(0x1200)),
+            (at(0x9999), None, None, None),
+        ]);
+        let names = &thread.names;
+        assert_eq!(names.display(at(0x1234), &procs), "[libx.so+0x1200]");
+        assert_eq!(names.display(at(0x1250), &procs), "[libx.so+0x1200]");
+        assert_eq!(names.display(at(0x9999), &procs), "[libx.so+0x9999]");
+        assert_eq!(names.unnamed, 3, "still counted as unnamed");
     }
 }

@@ -231,9 +231,56 @@ impl Format {
     }
 }
 
+/// The functions `eh` (an `.eh_frame` loaded at `vaddr`) describes: each
+/// FDE's `[start, end)`, sorted by start. Code no symbol names is grouped by
+/// them (one unnamed function, not one frame per address).
+pub fn functions(eh: &[u8], vaddr: u64) -> Result<Vec<(u64, u64)>, EhError> {
+    let mut out = Vec::new();
+    for_each_fde(eh, vaddr, Format::EhFrame, |mut r, cie| {
+        if let Ok((start, range)) = fde_bounds(&mut r, cie, vaddr)
+            && start != 0
+            && range != 0
+        {
+            out.push((start, start.saturating_add(range)));
+        }
+    })?;
+    out.sort_unstable();
+    Ok(out)
+}
+
 fn read_rows(eh: &[u8], vaddr: u64, format: Format) -> Result<Vec<Row>, EhError> {
-    let mut cies: std::collections::HashMap<usize, Cie> = Default::default();
     let mut out: Vec<Row> = Vec::new();
+    for_each_fde(eh, vaddr, format, |entry, cie| {
+        if let Ok(Some(fde_rows)) = read_fde(entry, cie, eh, vaddr) {
+            out.extend(fde_rows);
+        }
+    })?;
+    out.sort_by_key(|row| row.pc);
+    // Where one FDE ends and the next starts at the same PC, the end marker
+    // (Unknown) must not hide the next FDE's first row.
+    let mut merged: Vec<Row> = Vec::with_capacity(out.len());
+    for row in out {
+        match merged.last_mut() {
+            Some(last) if last.pc == row.pc => {
+                if last.cfa == Cfa::Unknown {
+                    *last = row;
+                }
+            }
+            Some(last) if last.cfa == row.cfa && last.rbp == row.rbp => {}
+            _ => merged.push(row),
+        }
+    }
+    Ok(merged)
+}
+
+/// Calls `fde` with each FDE's body (after its CIE pointer) and its CIE.
+fn for_each_fde(
+    eh: &[u8],
+    vaddr: u64,
+    format: Format,
+    mut fde: impl FnMut(Reader<'_>, &Cie),
+) -> Result<(), EhError> {
+    let mut cies: std::collections::HashMap<usize, Cie> = Default::default();
     let mut at = 0usize;
     while at + 4 <= eh.len() {
         let mut r = Reader { d: eh, at };
@@ -280,28 +327,11 @@ fn read_rows(eh: &[u8], vaddr: u64, format: Format) -> Result<Vec<Row>, EhError>
                 // A CIE after its FDE (allowed, rare): read it where it is.
                 None => read_entry_cie(eh, cie_at, vaddr, format).ok_or(EhError::NoCie(at))?,
             };
-            if let Ok(Some(fde_rows)) = read_fde(entry, &cie, eh, vaddr) {
-                out.extend(fde_rows);
-            }
+            fde(entry, &cie);
         }
         at = end;
     }
-    out.sort_by_key(|row| row.pc);
-    // Where one FDE ends and the next starts at the same PC, the end marker
-    // (Unknown) must not hide the next FDE's first row.
-    let mut merged: Vec<Row> = Vec::with_capacity(out.len());
-    for row in out {
-        match merged.last_mut() {
-            Some(last) if last.pc == row.pc => {
-                if last.cfa == Cfa::Unknown {
-                    *last = row;
-                }
-            }
-            Some(last) if last.cfa == row.cfa && last.rbp == row.rbp => {}
-            _ => merged.push(row),
-        }
-    }
-    Ok(merged)
+    Ok(())
 }
 
 fn read_entry_cie(eh: &[u8], at: usize, vaddr: u64, format: Format) -> Option<Cie> {
@@ -372,7 +402,8 @@ fn read_cie(mut r: Reader, vaddr: u64, format: Format) -> Option<Cie> {
     })
 }
 
-fn read_fde(mut r: Reader, cie: &Cie, eh: &[u8], vaddr: u64) -> Result<Option<Vec<Row>>, EhError> {
+/// An FDE's first address and its length, read from the start of its body.
+fn fde_bounds(r: &mut Reader, cie: &Cie, vaddr: u64) -> Result<(u64, u64), EhError> {
     let start = r
         .pointer(cie.fde_enc, vaddr)?
         .ok_or(EhError::Truncated(r.at))?;
@@ -380,6 +411,11 @@ fn read_fde(mut r: Reader, cie: &Cie, eh: &[u8], vaddr: u64) -> Result<Option<Ve
     let range = r
         .pointer(cie.fde_enc & 0x0f, vaddr)?
         .ok_or(EhError::Truncated(r.at))?;
+    Ok((start, range))
+}
+
+fn read_fde(mut r: Reader, cie: &Cie, eh: &[u8], vaddr: u64) -> Result<Option<Vec<Row>>, EhError> {
+    let (start, range) = fde_bounds(&mut r, cie, vaddr)?;
     if start == 0 || range == 0 {
         return Ok(None);
     }

@@ -21,6 +21,9 @@ pub struct NativeSymbols {
     dirs: Vec<PathBuf>,
     /// Per binary: what it offers for naming (looked up once).
     files: std::cell::RefCell<std::collections::HashMap<PathBuf, FileInfo>>,
+    /// Per binary: its functions' file offsets `[start, end)` by its
+    /// `.eh_frame`, read the first time one of its frames is unnamed.
+    functions: std::cell::RefCell<std::collections::HashMap<PathBuf, std::rc::Rc<[(u64, u64)]>>>,
 }
 
 /// What a binary offers for naming its code.
@@ -82,6 +85,7 @@ impl NativeSymbols {
                 .build(),
             dirs,
             files: Default::default(),
+            functions: Default::default(),
         }
     }
 
@@ -260,6 +264,29 @@ impl NativeSymbols {
         names
     }
 
+    /// For each of `offsets` (unnamed code of the binary at `path`), the file
+    /// offset of the function it is in, by the FDE of its `.eh_frame` that
+    /// covers it (`None` where none does).
+    pub fn function_starts(&self, path: &Path, offsets: &[u64]) -> Vec<Option<u64>> {
+        if offsets.is_empty() {
+            return Vec::new();
+        }
+        let functions = self
+            .functions
+            .borrow_mut()
+            .entry(path.to_path_buf())
+            .or_insert_with(|| read_functions(path).into())
+            .clone();
+        offsets
+            .iter()
+            .map(|&off| {
+                let i = functions.partition_point(|&(start, _)| start <= off);
+                let &(start, end) = functions.get(i.checked_sub(1)?)?;
+                (off < end).then_some(start)
+            })
+            .collect()
+    }
+
     /// Names for kernel addresses, from `/proc/kallsyms`.
     pub fn kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
         let src = Source::Kernel(Kernel {
@@ -289,6 +316,31 @@ fn entry_of(path: &Path) -> Option<u64> {
     let mut head = vec![0u8; 4096];
     let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
     super::elf::entry_file_offset(&head[..n])
+}
+
+/// The functions of the ELF file at `path` as file offsets `[start, end)`,
+/// sorted: its `.eh_frame` FDEs (empty if it has none or is unreadable).
+fn read_functions(path: &Path) -> Vec<(u64, u64)> {
+    let Some(file) = super::elf::MappedFile::open(path) else {
+        return Vec::new();
+    };
+    let Some(elf) = super::elf::Elf::parse(file.bytes()) else {
+        return Vec::new();
+    };
+    let (Some(section), Some(bytes)) = (
+        elf.section(".eh_frame"),
+        elf.section_data(file.bytes(), ".eh_frame"),
+    ) else {
+        return Vec::new();
+    };
+    let functions = super::ehframe::functions(bytes, section.addr).unwrap_or_default();
+    functions
+        .into_iter()
+        .filter_map(|(start, end)| {
+            let off = elf.file_offset(start)?;
+            Some((off, off + (end - start)))
+        })
+        .collect()
 }
 
 /// A name, and its source file and line if known.
@@ -339,6 +391,26 @@ mod tests {
         let name = names[0].as_deref().unwrap();
         assert!(name.ends_with("a_function_with_a_name"), "{name}");
         assert_eq!(names[1], None);
+    }
+
+    #[test]
+    fn unnamed_code_is_placed_in_its_function_by_the_fde() {
+        let addr = a_function_with_a_name();
+        let maps =
+            crate::native::maps::parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        let m = maps
+            .iter()
+            .find(|m| m.is_exec() && m.start <= addr && addr < m.end)
+            .unwrap();
+        let entry = addr - m.start + m.offset;
+        let syms = NativeSymbols::new(&[]);
+        let starts = syms.function_starts(Path::new(&m.path), &[entry, entry + 1, u64::MAX]);
+        // The function's first byte starts its FDE: every address in it maps there.
+        assert_eq!(starts, vec![Some(entry), Some(entry), None]);
+        assert_eq!(
+            syms.function_starts(Path::new("/etc/hostname"), &[0]),
+            vec![None]
+        );
     }
 
     #[test]
