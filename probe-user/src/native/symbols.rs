@@ -23,8 +23,11 @@ pub struct NativeSymbols {
     files: std::cell::RefCell<std::collections::HashMap<PathBuf, FileInfo>>,
     /// Per binary: its functions' file offsets `[start, end)` by its
     /// `.eh_frame`, read the first time one of its frames is unnamed.
-    functions: std::cell::RefCell<std::collections::HashMap<PathBuf, std::rc::Rc<[(u64, u64)]>>>,
+    functions: std::cell::RefCell<std::collections::HashMap<PathBuf, Functions>>,
 }
+
+/// A binary's functions as file offsets `[start, end)`, sorted.
+type Functions = std::rc::Rc<[(u64, u64)]>;
 
 /// What a binary offers for naming its code.
 #[derive(Debug, Clone, Default)]
