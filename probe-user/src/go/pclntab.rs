@@ -570,6 +570,53 @@ impl GoTable {
             .map(|(entry, end, _)| (entry, end))
     }
 
+    /// The functions the Go toolchain generated and Go's own tracebacks and
+    /// profiles leave out (`abi.FuncIDWrapper`: ABI0/ABIInternal wrappers,
+    /// which carry the name of the function they call, method-value and
+    /// pointer-receiver wrappers, hash/eq algorithms): `(entry, end)`, in
+    /// address order. The wrapper id's number differs between versions
+    /// (21 in Go 1.19, 22 once `FuncID_corostart` came, 23 with
+    /// `FuncID_runFinalizers`/`runCleanups`: internal/abi/symtab.go), so it
+    /// is read from a function the linker always marks so,
+    /// `runtime.deferreturn` (cmd/internal/objabi/funcid.go: "Don't show in
+    /// call stack"); none if it is missing.
+    pub fn wrappers(&self) -> Vec<(u64, u64)> {
+        let fixed = match self.layout {
+            Layout::Go118 => 40,
+            Layout::Go120 => 44,
+        };
+        // `_func.funcID`: the 4th byte from the end of the fixed part.
+        let func_id = |f: usize| self.file.get(f + fixed - 4).copied();
+        let funcs = || {
+            (0..self.nfunc).filter_map(move |i| {
+                let entry = u32_at(&self.file, self.pclntable + 8 * i)?;
+                let end = u32_at(&self.file, self.pclntable + 8 * (i + 1))?;
+                let f = self.pclntable + u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
+                Some((entry, end, f))
+            })
+        };
+        let Some(wrapper) = funcs()
+            .find(|&(_, _, f)| {
+                u32_at(&self.file, f + 4)
+                    .and_then(|off| self.name(off as i32))
+                    .is_some_and(|n| n == "runtime.deferreturn")
+            })
+            .and_then(|(_, _, f)| func_id(f))
+            .filter(|&id| id != 0)
+        else {
+            return Vec::new();
+        };
+        funcs()
+            .filter(|&(_, _, f)| func_id(f) == Some(wrapper))
+            .map(|(entry, end, _)| {
+                (
+                    self.text_start + u64::from(entry),
+                    self.text_start + u64::from(end),
+                )
+            })
+            .collect()
+    }
+
     /// Every function: `(entry, end, name)`, in address order.
     pub fn functions(&self) -> impl Iterator<Item = (u64, u64, String)> + '_ {
         (0..self.nfunc).filter_map(|i| {
@@ -656,6 +703,37 @@ mod tests {
                 assert_eq!(t.frames(work + 1, false).unwrap()[0].name, "main.work");
                 assert!(t.frames(entry - 1, true).unwrap()[0].name != "main.hot");
             }
+        }
+    }
+
+    #[test]
+    fn wrappers_are_found_in_every_version() {
+        for go in Go::tested() {
+            let t = table(go, GoBuild::Normal);
+            let wrappers = t.wrappers();
+            let named = |name: &str| t.function(name).unwrap();
+            let is_wrapper = |range: (u64, u64)| wrappers.contains(&range);
+            let what = go.version();
+            assert!(wrappers.len() >= 3, "{what}: {wrappers:?}");
+            assert!(is_wrapper(named("runtime.deferreturn")), "{what}");
+            // Ordinary functions are not.
+            for name in ["main.main", "main.work", "runtime.main", "runtime.goexit"] {
+                assert!(!is_wrapper(named(name)), "{what}: {name}");
+            }
+            // An ABI wrapper shares its name with the function it calls: of
+            // the functions named `runtime.newproc` (called from rt0_go's
+            // assembly, ABI0), one is a wrapper and one is not.
+            let newprocs: Vec<(u64, u64)> = t
+                .functions()
+                .filter(|f| f.2 == "runtime.newproc")
+                .map(|f| (f.0, f.1))
+                .collect();
+            assert_eq!(newprocs.len(), 2, "{what}: {newprocs:?}");
+            assert_eq!(
+                newprocs.iter().filter(|&&r| is_wrapper(r)).count(),
+                1,
+                "{what}"
+            );
         }
     }
 

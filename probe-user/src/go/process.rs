@@ -32,6 +32,13 @@ pub struct GoProcess {
     sigtramps: Vec<(u64, u64)>,
     /// `runtime.morestack` and `runtime.morestack_noctxt`, as address ranges.
     morestack: Vec<(u64, u64)>,
+    /// Its generated wrappers (see `GoTable::wrappers`), as address ranges in
+    /// address order.
+    wrappers: Vec<(u64, u64)>,
+    /// `runtime.gopanic`, `runtime.sigpanic`, `runtime.panicwrap`: a wrapper
+    /// that called one of them instead of what it wraps stays in the stack
+    /// (Go's `elideWrapperCalling`).
+    panics: Vec<(u64, u64)>,
     /// The signal return trampoline its handlers return to
     /// (`runtime.sigreturn__sigaction`, `runtime.sigreturn` before Go 1.21):
     /// its address is on the stack as if it were a return address.
@@ -87,7 +94,20 @@ impl ProcessTable {
                 .iter()
                 .filter_map(|name| range(name))
                 .collect();
+            let wrappers = table
+                .wrappers()
+                .into_iter()
+                .map(|(start, end)| (start.wrapping_add(bias), end.wrapping_add(bias)))
+                .collect();
+            let mut panics: Vec<(u64, u64)> =
+                ["runtime.gopanic", "runtime.sigpanic", "runtime.panicwrap"]
+                    .iter()
+                    .filter_map(|name| range(name))
+                    .collect();
+            panics.sort_unstable();
             let p = self.procs.get_mut(&pid).expect("listed above");
+            p.go.wrappers = wrappers;
+            p.go.panics = panics;
             p.go.sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
             p.go.roots = roots;
             p.go.restorer = restorer;
@@ -150,6 +170,33 @@ impl ProcessTable {
                 }
             })
         })
+    }
+
+    /// The indexes of `user`'s frames (leaf first) in generated wrappers that
+    /// Go's tracebacks leave out: all but one that called a panic function,
+    /// and never every frame. `None` if there is none (the common case).
+    pub fn go_wrapper_frames(&self, pid: u32, user: &[u64]) -> Option<Vec<usize>> {
+        let p = self.procs.get(&pid).filter(|p| !p.go.wrappers.is_empty())?;
+        let within = |ranges: &[(u64, u64)], i: usize, a: u64| {
+            // The leaf is where the CPU was; every other frame a return
+            // address, one past its call.
+            let k =
+                ranges.partition_point(|&(start, _)| if i == 0 { start <= a } else { start < a });
+            k.checked_sub(1).is_some_and(|k| {
+                let (start, end) = ranges[k];
+                if i == 0 {
+                    a >= start && a < end
+                } else {
+                    a > start && a <= end
+                }
+            })
+        };
+        let panics = &p.go.panics;
+        let out: Vec<usize> = (0..user.len())
+            .filter(|&i| within(&p.go.wrappers, i, user[i]))
+            .filter(|&i| i == 0 || !within(panics, i - 1, user[i - 1]))
+            .collect();
+        (!out.is_empty() && out.len() < user.len()).then_some(out)
     }
 
     /// How many of `user`'s frames (leaf first) to keep: up to and including
@@ -351,5 +398,15 @@ pub(crate) fn repair_stack(
     let keep = procs.go_stack_len(sample.pid, user);
     if keep < user.len() {
         user.to_mut().truncate(keep);
+    }
+    // Wrappers the toolchain generated are left out, as Go's own profiles
+    // leave them (`syscall.Syscall6;syscall.Syscall6` is an ABI wrapper
+    // calling the function of the same name).
+    if let Some(wrappers) = procs.go_wrapper_frames(sample.pid, user) {
+        let mut at = 0;
+        user.to_mut().retain(|_| {
+            at += 1;
+            !wrappers.contains(&(at - 1))
+        });
     }
 }
