@@ -1166,8 +1166,25 @@ async fn run(
         } else {
             "microseconds"
         };
+        // One profile per process: stacks folded per pid (the folded file
+        // merges processes of one name).
+        let mut by_pid: BTreeMap<u32, Vec<(&crate::aggregate::StackKey, u64)>> = BTreeMap::new();
+        for (key, count) in agg.stacks() {
+            by_pid.entry(key.pid).or_default().push((key, count));
+        }
+        let profiles: Vec<(String, crate::fold::Folded)> = by_pid
+            .into_iter()
+            .map(|(pid, stacks)| {
+                let name = procs
+                    .get(pid)
+                    .map(|p| p.name.to_string())
+                    .unwrap_or_default();
+                let folded = fold(stacks, |_| name.clone(), names, &procs);
+                (format!("{name} ({pid})"), folded)
+            })
+            .collect();
         out.write_atomic(crate::speedscope::FILE, |w| {
-            crate::speedscope::write(&folded, &title, unit, w)
+            crate::speedscope::write(&profiles, &title, unit, w)
         })
         .map_err(failed)?;
     }

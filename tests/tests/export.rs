@@ -9,7 +9,8 @@ use std::{
 };
 
 use crossprof_tests::{
-    Go, GoBuild, go_tool_pprof as pprof, native_fixture, out_dir, record_command, run_crossprof,
+    Go, GoBuild, count_where, go_tool_pprof as pprof, native_fixture, out_dir, read_folded,
+    record_command, run_crossprof,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -151,6 +152,78 @@ fn go_tool_pprof_reads_the_recorded_profile_functions_lines_labels_and_build_id(
     }
     assert!(hot * 10 >= all * 9, "main.hot in {hot} of {all} samples");
     assert_eq!(prof["endValue"].as_u64(), Some(all));
+}
+
+/// Two processes of one name (a script starting two workers): two speedscope
+/// profiles, `chain (PID)` each, each with about half the samples and its
+/// own hot chain; the folded file merges them under one root.
+#[test]
+fn speedscope_has_one_profile_per_process_not_per_name() {
+    let dir = out_dir("export_speedscope_two");
+    let bin = native_fixture("chain");
+    let script = format!("{b} 1 & {b} 1; wait", b = bin.display());
+    let sh = std::path::Path::new("/bin/sh");
+    let run = record_command(
+        &dir,
+        &["--format", "folded,speedscope"],
+        sh,
+        &["-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("profile.speedscope.json")).unwrap())
+            .unwrap();
+    let frames = doc["shared"]["frames"].as_array().unwrap();
+    let chains: Vec<&serde_json::Value> = doc["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap().starts_with("chain ("))
+        .collect();
+    assert_eq!(chains.len(), 2, "{doc:#}");
+    assert_ne!(chains[0]["name"], chains[1]["name"]);
+    let mut totals = Vec::new();
+    for p in &chains {
+        let (mut hot, mut all) = (0, 0);
+        for (st, w) in p["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(p["weights"].as_array().unwrap())
+        {
+            let w = w.as_u64().unwrap();
+            all += w;
+            let names: Vec<&str> = st
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    frames[i.as_u64().unwrap() as usize]["name"]
+                        .as_str()
+                        .unwrap()
+                })
+                .collect();
+            if names
+                .windows(4)
+                .any(|w| w == ["main", "outer", "middle", "hot"])
+            {
+                hot += w;
+            }
+        }
+        assert!(
+            all >= 50 && hot * 10 >= all * 8,
+            "{}: main;outer;middle;hot in {hot} of {all}",
+            p["name"]
+        );
+        totals.push(all);
+    }
+    let folded = read_folded(&dir);
+    let (_, merged) = count_where(&folded, "chain", |_| true);
+    assert_eq!(
+        merged,
+        totals.iter().sum::<u64>(),
+        "the folded file merges both"
+    );
 }
 
 #[test]
