@@ -89,7 +89,8 @@ impl Agent {
             .json()
     }
 
-    /// Waits until `/api/windows` lists `n` windows with samples of `pid`.
+    /// Waits until `/api/windows` lists `n` windows (whole ones, not the one
+    /// being counted) with samples of `pid`.
     fn wait_windows_of(&self, pid: u32, n: usize, limit: Duration) -> Value {
         let start = Instant::now();
         loop {
@@ -99,9 +100,10 @@ impl Agent {
                 .unwrap()
                 .iter()
                 .filter(|w| {
-                    w["processes"]
-                        .as_array()
-                        .is_some_and(|ps| ps.iter().any(|p| p["pid"] == pid))
+                    w["partial"] != true
+                        && w["processes"]
+                            .as_array()
+                            .is_some_and(|ps| ps.iter().any(|p| p["pid"] == pid))
                 })
                 .count();
             if with >= n {
@@ -129,6 +131,44 @@ fn spawn(cmd: &mut Command) -> Guard {
 
 fn go_chain(secs: &str) -> Guard {
     spawn(Command::new(Go::Go123.fixture("chain", GoBuild::Normal)).arg(secs))
+}
+
+/// Before its first window ends (60 s at defaults), the agent shows the
+/// window being counted: `/api/windows` lists it last as `current`,
+/// `partial`, with the target's samples, and its flame graph holds the
+/// target's hot chain; once a whole window is cut it still comes last.
+#[test]
+fn the_window_being_counted_is_shown_before_it_ends() {
+    let target = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let pid = target.pid();
+    let agent = Agent::start(
+        "agent_partial",
+        &["--pid", &pid.to_string(), "--window", "60s"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let v = agent.windows();
+    let windows = v["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 1, "only the window being counted: {v}");
+    let w = &windows[0];
+    assert!(w["id"] == "current" && w["partial"] == true, "{w}");
+    let samples = w["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .map_or(0, |p| p["samples"].as_u64().unwrap());
+    assert!(samples >= 20, "{samples} samples of the target in 3 s: {w}");
+    let svg = get(&agent.addr, "/flamegraph.svg?window=current", &[]).unwrap();
+    assert_eq!(svg.status, 200);
+    assert!(
+        svg.text().contains("middle") && svg.text().contains("hot"),
+        "the hot chain"
+    );
+    // Later snapshots count on: more samples.
+    std::thread::sleep(Duration::from_secs(3));
+    let later = agent.windows()["windows"][0]["samples"].as_u64().unwrap();
+    assert!(later > w["samples"].as_u64().unwrap(), "{later} after {w}");
+    assert!(agent.stop().success());
 }
 
 #[test]

@@ -53,6 +53,9 @@ use crate::{
 pub const NAMES_CAP: usize = 200_000;
 /// How often exited processes are looked for.
 const EXIT_CHECK: Duration = Duration::from_secs(1);
+/// The window being counted is snapshot for the live page and
+/// `/api/windows` when asked for, at most this often.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// A .NET process's precompiled (ReadyToRun) code is given to the kernel once
 /// it has run this long: a framework's tens of thousands of methods cost
 /// ~20 ms of the agent's CPU per process, which processes that live a moment
@@ -302,9 +305,12 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
 
     // 3. The server.
     let (captures_tx, mut captures_rx) = mpsc::unbounded_channel::<Capture>();
+    let (snapshots_tx, mut snapshots_rx) =
+        mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         captures: captures_tx,
+        snapshots: snapshots_tx,
         token,
         mode: if rargs.mode == Mode::Wall {
             "wall"
@@ -416,6 +422,12 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     unwind_files_refused: pipeline.unwind_tables.files_refused,
                 };
             }
+            Some(reply) = snapshots_rx.recv() => {
+                pipeline.drain(events.get_mut());
+                let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
+                cutter.snapshot(&mut pipeline, &shared.store, lost);
+                let _ = reply.send(());
+            }
             Some(capture) = captures_rx.recv() => {
                 let end = tokio::time::Instant::now() + Duration::from_secs_f64(capture.seconds);
                 pipeline.taps.push(Aggregator::default());
@@ -503,12 +515,17 @@ impl Cutter {
         pprof::gzip(&data)
     }
 
-    /// Ends the current window: names, folds, profiles and stores it, then
-    /// forgets exited processes (unless a capture still counts their stacks).
-    fn cut(&mut self, pipeline: &mut Pipeline, store: &Mutex<Store>, lost: u64, capturing: bool) {
-        let end_ms = unix_ms();
-        let agg = pipeline.agg.take_stacks();
-        pipeline.symbolizer.flush();
+    /// The window of `agg`'s stacks (named as far as the symbolizer has
+    /// got), from the current window's start to `end_ms`; its pprof profile
+    /// only with `pprof` (a snapshot of the window being counted has none).
+    fn window(
+        &mut self,
+        agg: &Aggregator,
+        pipeline: &Pipeline,
+        lost: u64,
+        end_ms: u64,
+        pprof: bool,
+    ) -> Window {
         let names = &pipeline.symbolizer.names;
         let procs = &pipeline.procs;
         let mut per_pid: BTreeMap<u32, Vec<(&StackKey, u64)>> = BTreeMap::new();
@@ -548,15 +565,19 @@ impl Cutter {
             start_unix_ns: (self.start_ms * 1_000_000) as i64,
             duration_ns: (self.start.elapsed().as_nanos()) as i64,
         };
-        let profile = pprof::build(
-            agg.stacks(),
-            names,
-            procs,
-            &mut self.build_ids,
-            self.kind,
-            span,
-        );
-        let window = Window {
+        let profile = if pprof {
+            pprof::gzip(&pprof::build(
+                agg.stacks(),
+                names,
+                procs,
+                &mut self.build_ids,
+                self.kind,
+                span,
+            ))
+        } else {
+            Vec::new()
+        };
+        Window {
             meta: WindowMeta {
                 id: window_id(self.start_ms),
                 start_unix_ms: self.start_ms,
@@ -567,11 +588,39 @@ impl Cutter {
                 bytes: 0,
                 on_disk: false,
                 in_memory: false,
+                partial: false,
             },
             by_pid,
-            pprof: pprof::gzip(&profile),
+            pprof: profile,
             folded: folded_text,
-        };
+        }
+    }
+
+    /// Keeps a snapshot of the window being counted in `store` (for the live
+    /// page and `/api/windows` before the window ends), unless the last is
+    /// younger than [`SNAPSHOT_EVERY`]: taken only when asked for.
+    fn snapshot(&mut self, pipeline: &mut Pipeline, store: &Mutex<Store>, lost: u64) {
+        let now = unix_ms();
+        let fresh = store
+            .lock()
+            .expect("store")
+            .current_at_ms()
+            .is_some_and(|at| now.saturating_sub(at) < SNAPSHOT_EVERY.as_millis() as u64);
+        if fresh {
+            return;
+        }
+        pipeline.symbolizer.flush();
+        let window = self.window(&pipeline.agg, pipeline, lost, now, false);
+        store.lock().expect("store").set_current(window);
+    }
+
+    /// Ends the current window: names, folds, profiles and stores it, then
+    /// forgets exited processes (unless a capture still counts their stacks).
+    fn cut(&mut self, pipeline: &mut Pipeline, store: &Mutex<Store>, lost: u64, capturing: bool) {
+        let end_ms = unix_ms();
+        let agg = pipeline.agg.take_stacks();
+        pipeline.symbolizer.flush();
+        let window = self.window(&agg, pipeline, lost, end_ms, true);
         store.lock().expect("store").add(window);
         self.lost_before = lost;
         self.windows += 1;

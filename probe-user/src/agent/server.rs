@@ -54,6 +54,9 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// Captures to take.
     pub captures: mpsc::UnboundedSender<Capture>,
+    /// Asks the agent's loop for a snapshot of the window being counted (in
+    /// the store when the reply comes).
+    pub snapshots: mpsc::UnboundedSender<oneshot::Sender<()>>,
     /// The bearer token every request must carry, if any.
     pub token: Option<String>,
     /// What the profiles weigh (`cpu`, or `wall`: CPU and the sources below).
@@ -343,8 +346,20 @@ async fn respond(req: &Request, shared: &Shared) -> Response {
     }
     match req.path.as_str() {
         "/" | "/index.html" => Response::ok("text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
-        "/api/windows" => windows(shared),
-        "/flamegraph.svg" => flamegraph(req, shared),
+        "/api/windows" => {
+            current(shared).await;
+            windows(shared)
+        }
+        "/flamegraph.svg" => {
+            if req
+                .query
+                .get("window")
+                .is_some_and(|w| w == super::store::CURRENT)
+            {
+                current(shared).await;
+            }
+            flamegraph(req, shared)
+        }
         "/debug/pprof/profile" => profile(req, shared).await,
         _ => Response::error(
             404,
@@ -352,6 +367,18 @@ async fn respond(req: &Request, shared: &Shared) -> Response {
         ),
     }
 }
+
+/// Brings the snapshot of the window being counted up to date (at most
+/// [`SNAPSHOT_WAIT`] waited for: an old one is shown rather than none).
+async fn current(shared: &Shared) {
+    let (tx, rx) = oneshot::channel();
+    if shared.snapshots.send(tx).is_ok() {
+        let _ = tokio::time::timeout(SNAPSHOT_WAIT, rx).await;
+    }
+}
+
+/// The longest a request waits for a snapshot of the window being counted.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 fn windows(shared: &Shared) -> Response {
     let store = shared.store.lock().expect("store");

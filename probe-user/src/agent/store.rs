@@ -42,6 +42,9 @@ pub struct ProcessMeta {
     pub samples: u64,
 }
 
+/// The id of the window being counted, as `/api/windows` lists it.
+pub const CURRENT: &str = "current";
+
 /// What `/api/windows` lists of a window.
 #[derive(Debug, Clone, Serialize)]
 pub struct WindowMeta {
@@ -64,6 +67,10 @@ pub struct WindowMeta {
     pub on_disk: bool,
     /// Still in memory?
     pub in_memory: bool,
+    /// The window being counted now (id `current`), as of `end_unix_ms`:
+    /// listed last, never written; replaced by the whole window when cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// A window's profile.
@@ -89,6 +96,9 @@ pub struct Store {
     disk: VecDeque<(String, u64)>,
     /// In memory, oldest first.
     recent: VecDeque<Window>,
+    /// The window being counted, as of its last snapshot (see
+    /// [`Store::set_current`]).
+    current: Option<Window>,
     /// Windows dropped without being written, since the last report.
     dropped: u64,
     /// Windows kept in memory only, since the last report.
@@ -135,6 +145,7 @@ impl Store {
             max_disk,
             disk: disk.into(),
             recent: VecDeque::new(),
+            current: None,
             dropped: 0,
             unwritten: 0,
             failure: None,
@@ -145,6 +156,9 @@ impl Store {
 
     /// Adds a window: written to the folder (within the limits), kept in memory.
     pub fn add(&mut self, mut w: Window) {
+        // The snapshot of this window is out of date: the next is taken
+        // when asked for.
+        self.current = None;
         let bytes = (w.pprof.len() + w.folded.len()) as u64;
         let oldest_kept = unix_ms().saturating_sub(self.retain.as_millis() as u64);
         if w.meta.start_unix_ms < oldest_kept {
@@ -292,17 +306,37 @@ impl Store {
                 bytes: *bytes,
                 on_disk: true,
                 in_memory: false,
+                partial: false,
             })
             .collect();
         out.extend(self.recent.iter().map(|w| w.meta.clone()));
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.extend(self.current.iter().map(|w| w.meta.clone()));
         out
+    }
+
+    /// Keeps `w` as the window being counted (id [`CURRENT`], marked
+    /// partial), in place of the last snapshot; never written.
+    pub fn set_current(&mut self, mut w: Window) {
+        w.meta.id = CURRENT.to_owned();
+        w.meta.partial = true;
+        // Not one of the windows kept (in memory or on disk).
+        w.meta.in_memory = false;
+        w.meta.on_disk = false;
+        self.current = Some(w);
+    }
+
+    /// When the window being counted was last snapshot, if it was.
+    pub fn current_at_ms(&self) -> Option<u64> {
+        self.current.as_ref().map(|w| w.meta.end_unix_ms)
     }
 
     /// The window `id` (`latest`: the newest) if in memory.
     pub fn recent(&self, id: &str) -> Option<&Window> {
         match id {
-            "latest" | "" => self.recent.back(),
+            // The newest whole window; the one being counted until there is one.
+            "latest" | "" => self.recent.back().or(self.current.as_ref()),
+            CURRENT => self.current.as_ref(),
             _ => self.recent.iter().find(|w| w.meta.id == id),
         }
     }
@@ -310,6 +344,7 @@ impl Store {
     /// The window before `id` in memory.
     pub fn previous(&self, id: &str) -> Option<&Window> {
         let i = match id {
+            CURRENT => return self.recent.back().filter(|_| self.current.is_some()),
             "latest" | "" => self.recent.len().checked_sub(1)?,
             _ => self.recent.iter().position(|w| w.meta.id == id)?,
         };
@@ -442,11 +477,42 @@ mod tests {
                 bytes: 0,
                 on_disk: false,
                 in_memory: false,
+                partial: false,
             },
             by_pid: BTreeMap::new(),
             pprof: vec![1; bytes],
             folded: vec![b'x'; bytes],
         }
+    }
+
+    #[test]
+    fn the_window_being_counted_is_listed_last_until_a_whole_one_is_added() {
+        let dir = std::env::temp_dir().join(format!("crossprof-current-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir, Duration::from_secs(86_400), 1 << 20).unwrap();
+        let now = unix_ms();
+        store.set_current(window(now, 10));
+        let list = store.list();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].partial && list[0].id == CURRENT && !list[0].in_memory);
+        assert!(store.recent("").is_some_and(|w| w.meta.partial), "latest until a whole one");
+        assert!(store.previous(CURRENT).is_none());
+        assert_eq!(store.current_at_ms(), Some(now + 1000));
+        store.add(window(now, 10));
+        assert_eq!(store.current_at_ms(), None, "a whole window replaces it");
+        store.set_current(window(now + 1000, 10));
+        let list = store.list();
+        assert_eq!(list.len(), 2);
+        assert!(!list[0].partial && list[1].partial, "{list:?}");
+        assert!(store.recent("latest").is_some_and(|w| !w.meta.partial));
+        assert!(store.recent(CURRENT).is_some_and(|w| w.meta.partial));
+        assert_eq!(store.previous(CURRENT).unwrap().meta.id, window_id(now));
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            2,
+            "one window written (pprof and folded), the partial never"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
