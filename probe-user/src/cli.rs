@@ -308,6 +308,9 @@ pub enum GroupBy {
     /// The W3C trace id of the HTTP request the goroutine or thread was
     /// serving (`trace <id>`, `[no trace]`).
     Trace,
+    /// The container a process runs in (`container <id, 12 digits>`, under
+    /// `pod <uid>` for a Kubernetes pod's; `[host]`), above the process.
+    Container,
 }
 
 fn parse_group_by(s: &str) -> Result<GroupBy, String> {
@@ -315,10 +318,11 @@ fn parse_group_by(s: &str) -> Result<GroupBy, String> {
         "goroutine" => Ok(GroupBy::Goroutine),
         "state" => Ok(GroupBy::State),
         "trace" => Ok(GroupBy::Trace),
+        "container" => Ok(GroupBy::Container),
         _ => match s.strip_prefix("label:") {
             Some(key) if !key.is_empty() => Ok(GroupBy::Label(key.to_owned())),
             _ => Err(format!(
-                "{s:?} is not a level: use goroutine, state, trace or label:KEY, e.g. --group-by label:worker"
+                "{s:?} is not a level: use goroutine, state, trace, container or label:KEY, e.g. --group-by label:worker"
             )),
         },
     }
@@ -402,9 +406,16 @@ pub struct RecordArgs {
     pub kernel_waits: bool,
 
     /// Profile this process and all its threads; repeat for several (--pid 10 --pid 20).
-    /// Without --pid and without a command, the whole system is profiled.
+    /// Without --pid, --container and a command, the whole system is profiled.
     #[arg(allow_negative_numbers = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Profile the processes of this container: its id, or at least its
+    /// first 12 hex digits as `docker ps` or `crictl ps` shows them (found by
+    /// its cgroup, selected in the kernel: processes it starts later too);
+    /// repeat for several.
+    #[arg(long = "container", value_name = "ID", conflicts_with = "command")]
+    pub containers: Vec<String>,
 
     /// With --pid: also profile the processes those start from now on, and
     /// theirs (a process joins in the kernel as it is created, before it

@@ -18,6 +18,7 @@
 //! cgroup folder by the same names, for the kernel to select its threads by
 //! cgroup id as `--cgroup` does.
 
+use crate::error::UsageError;
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -163,6 +164,37 @@ fn is_uid(s: &str) -> bool {
         && groups
             .iter()
             .all(|g| g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The id of the cgroup (v2) at `path`: its folder's inode number, which is
+/// what `bpf_get_current_cgroup_id` returns for a thread in it.
+pub fn cgroup_id(path: &std::path::Path) -> Result<u64, UsageError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let bad = |why: String| UsageError::Cgroup {
+        path: path.to_path_buf(),
+        why,
+    };
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !md.is_dir() || !path.join("cgroup.procs").exists() {
+        return Err(bad("not a cgroup folder (it has no cgroup.procs)".into()));
+    }
+    // cgroup v1 folders have cgroup.procs too; v2 ones have cgroup.controllers.
+    if !path.join("cgroup.controllers").exists() {
+        return Err(bad("a cgroup v1 folder; crossprof needs cgroup v2".into()));
+    }
+    Ok(md.ino())
+}
+
+/// The cgroup ids of the containers `ids` (`--container`), each found by
+/// [`cgroup_of`]; an error names the container and why.
+pub fn container_cgroups(ids: &[String]) -> impl Iterator<Item = Result<u64, UsageError>> + '_ {
+    ids.iter().map(|id| {
+        let path = cgroup_of(id).map_err(|why| UsageError::Container {
+            id: id.clone(),
+            why,
+        })?;
+        cgroup_id(&path)
+    })
 }
 
 #[cfg(test)]

@@ -73,10 +73,21 @@ impl Folded {
 }
 
 /// Names every stack, marks where it crosses runtimes, and merges those that
-/// read the same.
+/// read the same. Each stack's root is its process's name.
 pub fn fold<'a>(
     stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
     process_name: impl Fn(u32) -> String,
+    names: &Names,
+    procs: &ProcessTable,
+) -> Folded {
+    fold_under(stacks, |pid| vec![process_name(pid)], names, procs)
+}
+
+/// [`fold`], with the levels `roots` gives a process (outermost first: a
+/// container, then the process's name) at the root of its stacks.
+pub fn fold_under<'a>(
+    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
+    roots: impl Fn(u32) -> Vec<String>,
     names: &Names,
     procs: &ProcessTable,
 ) -> Folded {
@@ -84,11 +95,21 @@ pub fn fold<'a>(
     let mut classifier = Classifier::new(names, procs);
     let mut crossings: Vec<(Vec<Crossing>, u64)> = Vec::new();
     for (key, count) in stacks {
-        let mut line = sanitize(&process_name(key.pid)).into_owned();
+        let mut line = String::new();
+        for level in roots(key.pid) {
+            // Each level on its own: a process named `a;b` is one level.
+            let text = sanitize(&level);
+            let text = if text.is_empty() { "[unknown]" } else { &text };
+            if !line.is_empty() {
+                line.push(';');
+            }
+            line.push_str(text);
+            folded.note(text, None);
+        }
         if line.is_empty() {
             line.push_str("[unknown]");
+            folded.note(&line, None);
         }
-        folded.note(&line, None);
         let shown = classifier.show(&key.frames);
         for frame in &shown.frames {
             line.push(';');

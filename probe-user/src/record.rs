@@ -306,6 +306,8 @@ impl Pipeline {
                                 };
                                 self.procs.text_frame(&text)
                             }
+                            // A level above the process, added when folding.
+                            GroupBy::Container => continue,
                             _ if !go => continue,
                             GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
                             GroupBy::Label(key) => {
@@ -547,10 +549,17 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         Some(p) => Some(preflight::resolve_command(p)?),
         None => None,
     };
+    // --container: its threads, selected in the kernel by cgroup.
+    let select = Select {
+        skip_self: !args.containers.is_empty(),
+        comms: Vec::new(),
+        cgroups: crate::containers::container_cgroups(&args.containers)
+            .collect::<Result<_, _>>()?,
+    };
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.as_deref(), &Select::default(), kernel).await {
+    let started = match start(&args, &pids, program.as_deref(), &select, kernel).await {
         Ok(s) => s,
         Err(e) => {
             out.discard();
@@ -771,6 +780,27 @@ fn spawn_registered(
         crate::crash::started(pid);
     }
     Ok(child)
+}
+
+/// The root levels of process `pid`'s stacks, outermost first: its name,
+/// under its container (`container <12 digits>`, under `pod <uid>` for a
+/// Kubernetes pod's; `[host]` for none) with `by_container`.
+pub(crate) fn roots_of(procs: &ProcessTable, pid: u32, by_container: bool) -> Vec<String> {
+    let p = procs.get(pid);
+    let name = p.map(|p| p.name.to_string()).unwrap_or_default();
+    if !by_container {
+        return vec![name];
+    }
+    match p.and_then(|p| p.container.as_deref()) {
+        Some(c) => {
+            let id = c.id.get(..12).unwrap_or(&c.id);
+            let mut levels: Vec<String> = c.pod_uid.iter().map(|u| format!("pod {u}")).collect();
+            levels.push(format!("container {id}"));
+            levels.push(name);
+            levels
+        }
+        None => vec!["[host]".to_owned(), name],
+    }
 }
 
 pub(crate) fn alive(pid: u32) -> bool {
@@ -1075,14 +1105,10 @@ async fn run(
     symbolizer.finish();
     phase("every frame named");
     let names = &symbolizer.names;
-    let folded = fold(
+    let by_container = args.group_by.contains(&GroupBy::Container);
+    let folded = crate::fold::fold_under(
         agg.stacks(),
-        |pid| {
-            procs
-                .get(pid)
-                .map(|p| p.name.to_string())
-                .unwrap_or_default()
-        },
+        |pid| roots_of(&procs, pid, by_container),
         names,
         &procs,
     );
@@ -1488,9 +1514,10 @@ fn title(args: &RecordArgs, pids: &[u32]) -> String {
     if !args.command.is_empty() {
         let cmd: Vec<_> = args.command.iter().map(|a| a.to_string_lossy()).collect();
         format!("crossprof: {}", cmd.join(" "))
-    } else if !pids.is_empty() {
-        let p: Vec<_> = pids.iter().map(u32::to_string).collect();
-        format!("crossprof: pid {}", p.join(", "))
+    } else if !pids.is_empty() || !args.containers.is_empty() {
+        let p = pids.iter().map(|p| format!("pid {p}"));
+        let c = args.containers.iter().map(|c| format!("container {c}"));
+        format!("crossprof: {}", p.chain(c).collect::<Vec<_>>().join(", "))
     } else {
         "crossprof: whole system".to_owned()
     }

@@ -168,3 +168,87 @@ fn dotnet_with_its_own_tmpdir_and_map_folder_is_named() {
     assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
     drop(child);
 }
+
+/// `record --container ID --group-by container`: the processes of a
+/// container (a scope named as docker names it), selected in the kernel by
+/// its cgroup, under a `container <12 digits>` level above each process; a
+/// process outside it, running the same time, not sampled. Recorded
+/// system-wide with `--group-by container`, that one is under `[host]`.
+#[test]
+fn record_selects_a_container_and_groups_its_processes_under_it() {
+    const ID: &str = "dead0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+    let scope = TestCgroup::docker_scope(ID);
+    let fixture = |name: &str| crossprof_tests::native_fixture(name);
+    let spawn = |bin: PathBuf, args: &[&str]| {
+        Guard(
+            Command::new(bin)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let inside = spawn(fixture("chain"), &["30"]);
+    scope.enter(inside.pid());
+    let outside = spawn(fixture("twofuncs"), &["30", "1", "1"]);
+    let level = format!("container {}", &ID[..12]);
+
+    let dir = out_dir("container_record");
+    let d = dir.to_str().unwrap();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--container",
+            &ID[..12],
+            "--group-by",
+            "container",
+            "--duration",
+            "2",
+            "-o",
+            d,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (chain, all) = count_where(&stacks, &level, |s| {
+        s.frames[1] == "chain" && s.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= 100, "only {all} samples under {level}: {stacks:#?}");
+    assert!(
+        chain * 10 >= all * 8,
+        "the chain in {chain} of {all}: {stacks:#?}"
+    );
+    assert!(
+        stacks.iter().all(|s| s.frames[0] == level),
+        "only the container's processes: {stacks:#?}"
+    );
+
+    // The whole system: the process outside under [host].
+    let dir = out_dir("container_group_all");
+    let d = dir.to_str().unwrap();
+    let run = run_crossprof(
+        &[
+            "record",
+            "-q",
+            "--group-by",
+            "container",
+            "--duration",
+            "2",
+            "-o",
+            d,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    let (host, _) = count_where(&stacks, "[host]", |s| s.frames[1] == "twofuncs");
+    let (mine, _) = count_where(&stacks, &level, |s| s.frames[1] == "chain");
+    assert!(
+        host >= 50 && mine >= 50,
+        "[host] twofuncs {host}, {level} chain {mine}"
+    );
+    drop(outside);
+    drop(inside); // the scope empties, and can go
+}

@@ -43,7 +43,7 @@ use crate::{
     aggregate::{Aggregator, StackKey},
     cli::{AgentArgs, Format, Mode, RecordArgs},
     error::{Error, UsageError},
-    fold::{Folded, fold},
+    fold::Folded,
     pprof::{self, BuildIds, Kind},
     preflight,
     record::{self, Pipeline},
@@ -78,6 +78,8 @@ fn record_args(args: &AgentArgs) -> RecordArgs {
         // The agent selects by name and cgroup (or the whole host), not by
         // process tree.
         children: false,
+        // Selected through `record::Select` (see `agent`).
+        containers: Vec::new(),
         no_children: false,
         without_off_cpu: !args.off_cpu,
         without_go_waits: !args.go_waits,
@@ -116,25 +118,6 @@ fn check_comms(comms: &[String]) -> Result<Vec<String>, UsageError> {
             }
         })
         .collect()
-}
-
-/// The id of the cgroup (v2) at `path`: its folder's inode number, which is
-/// what `bpf_get_current_cgroup_id` returns for a thread in it.
-fn cgroup_id(path: &std::path::Path) -> Result<u64, UsageError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let bad = |why: String| UsageError::Cgroup {
-        path: path.to_path_buf(),
-        why,
-    };
-    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if !md.is_dir() || !path.join("cgroup.procs").exists() {
-        return Err(bad("not a cgroup folder (it has no cgroup.procs)".into()));
-    }
-    // cgroup v1 folders have cgroup.procs too; v2 ones have cgroup.controllers.
-    if !path.join("cgroup.controllers").exists() {
-        return Err(bad("a cgroup v1 folder; crossprof needs cgroup v2".into()));
-    }
-    Ok(md.ino())
 }
 
 /// Processes running now whose name is one of `comms`.
@@ -224,15 +207,8 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         cgroups: args
             .cgroups
             .iter()
-            .map(|p| cgroup_id(p))
-            .chain(args.containers.iter().map(|id| {
-                let path =
-                    crate::containers::cgroup_of(id).map_err(|why| UsageError::Container {
-                        id: id.clone(),
-                        why,
-                    })?;
-                cgroup_id(&path)
-            }))
+            .map(|p| crate::containers::cgroup_id(p))
+            .chain(crate::containers::container_cgroups(&args.containers))
             .collect::<Result<_, _>>()?,
     };
     let store = Store::open(&args.dir, args.retain, args.max_disk)?;
@@ -362,6 +338,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         exited: Vec::new(),
         lost_before: 0,
         windows: 0,
+        by_container: args.group_by.contains(&crate::cli::GroupBy::Container),
     };
     let mut captures: Vec<(tokio::time::Instant, f64, Capture)> = Vec::new();
     let mut tick = tokio::time::interval(record::DRAIN_EVERY);
@@ -469,6 +446,8 @@ struct Cutter {
     lost_before: u64,
     /// Windows cut.
     windows: u64,
+    /// `--group-by container`: stacks under their container.
+    by_container: bool,
 }
 
 /// This process's resident memory, KiB (`/proc/self/statm`).
@@ -542,7 +521,12 @@ impl Cutter {
         let mut processes = Vec::new();
         let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
         for (&pid, stacks) in &per_pid {
-            let folded = fold(stacks.iter().copied(), name_of, names, procs);
+            let folded = crate::fold::fold_under(
+                stacks.iter().copied(),
+                |pid| record::roots_of(procs, pid, self.by_container),
+                names,
+                procs,
+            );
             processes.push(ProcessMeta {
                 pid,
                 comm: name_of(pid),

@@ -495,7 +495,10 @@ mod tests {
         let list = store.list();
         assert_eq!(list.len(), 1);
         assert!(list[0].partial && list[0].id == CURRENT && !list[0].in_memory);
-        assert!(store.recent("").is_some_and(|w| w.meta.partial), "latest until a whole one");
+        assert!(
+            store.recent("").is_some_and(|w| w.meta.partial),
+            "latest until a whole one"
+        );
         assert!(store.previous(CURRENT).is_none());
         assert_eq!(store.current_at_ms(), Some(now + 1000));
         store.add(window(now, 10));
