@@ -437,6 +437,8 @@ pub fn targets() -> Vec<Target> {
                     let _ = elf.file_offset(0x1000);
                     let _ = elf.pointer(b, 0x4000);
                 }
+                // What a command asks of the loader (its .interp, .dynamic).
+                let _ = native::loader::needs(b);
             },
         },
         Target {
@@ -453,6 +455,21 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "xz",
+            #[cfg(test)]
+            seeds: || {
+                let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 13) as u8).collect();
+                let mut xz = Vec::new();
+                lzma_rs::xz_compress(&mut std::io::BufReader::new(&data[..]), &mut xz)
+                    .expect("compress");
+                vec![Seed::whole(xz)]
+            },
+            run: |b| {
+                // A binary's `.gnu_debugdata` (MiniDebugInfo) is its owner's bytes.
+                let _ = native::symbols::decompress_xz(b, 1 << 20);
+            },
+        },
+        Target {
             name: "eh_frame",
             #[cfg(test)]
             seeds: || {
@@ -465,6 +482,7 @@ pub fn targets() -> Vec<Target> {
             run: |b| {
                 let _ = native::ehframe::rows(b, 0x1000);
                 let _ = native::ehframe::debug_frame_rows(b);
+                let _ = native::ehframe::functions(b, 0x1000);
             },
         },
         Target {

@@ -124,6 +124,7 @@ impl NativeSymbols {
                 .map(str::to_owned);
             let id = super::elf::build_id_in(file.bytes());
             self.find_debug_file(path, id, link.as_deref())
+                .or_else(|| mini_debug_info(&elf, file.bytes()))
                 .map(|file| std::rc::Rc::new(DebugFile { file, elf }))
         };
         FileInfo {
@@ -321,6 +322,155 @@ fn entry_of(path: &Path) -> Option<u64> {
     super::elf::entry_file_offset(&head[..n])
 }
 
+/// Most bytes a MiniDebugInfo ELF is decompressed to (Fedora's are tens
+/// to hundreds of KiB: a symbol table and little else).
+const MINI_DEBUG_INFO_LIMIT: usize = 64 << 20;
+
+/// The binary's MiniDebugInfo, as Fedora and RHEL ship it (gdb's "MiniDebugInfo"):
+/// an ELF file holding a symbol table of the functions `.dynsym` leaves out,
+/// xz-compressed in the `.gnu_debugdata` section. Decompressed (at most
+/// [`MINI_DEBUG_INFO_LIMIT`]) into an anonymous in-memory file, read as a
+/// separate debug file is; `None` if there is none or it does not decompress
+/// to an ELF file.
+fn mini_debug_info(elf: &super::elf::Elf, data: &[u8]) -> Option<std::fs::File> {
+    let xz = elf.section_data(data, ".gnu_debugdata")?;
+    let elf_bytes = decompress_xz(xz, MINI_DEBUG_INFO_LIMIT)?;
+    super::elf::Elf::parse(&elf_bytes)?;
+    memory_file(&elf_bytes)
+}
+
+/// The xz stream `xz`, decompressed: `None` if it is not one, or if it would
+/// be longer than `limit` bytes.
+pub(crate) fn decompress_xz(xz: &[u8], limit: usize) -> Option<Vec<u8>> {
+    /// A writer that refuses to grow past its limit.
+    struct Bounded {
+        out: Vec<u8>,
+        limit: usize,
+    }
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.out.len() + buf.len() > self.limit {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // The decoder keeps a block's whole output in memory before it writes
+    // any: the sizes its chunks declare (which bound what it decodes) are
+    // added up first, so that a small stream that expands to gigabytes is
+    // refused before it is decoded.
+    if xz_unpacked_size(xz)? > limit as u64 {
+        return None;
+    }
+    let mut out = Bounded {
+        out: Vec::new(),
+        limit,
+    };
+    lzma_rs::xz_decompress(&mut std::io::BufReader::new(xz), &mut out).ok()?;
+    Some(out.out)
+}
+
+/// The bytes the first stream of the xz file `xz` decompresses to, from its
+/// LZMA2 chunks' headers (the .xz file format 1.2.1, sections 2 and 3; the
+/// LZMA2 chunk header as xz's liblzma reads it: a control byte, then for an
+/// LZMA chunk 5 bits of its unpacked size in the control byte, 16 more, and
+/// its packed size); `None` if it is not an xz stream of LZMA2 blocks.
+fn xz_unpacked_size(xz: &[u8]) -> Option<u64> {
+    const MAGIC: &[u8] = b"\xFD7zXZ\0";
+    if xz.get(..6)? != MAGIC {
+        return None;
+    }
+    // Stream flags: the check's type in the low 4 bits of the second byte.
+    let check = match xz.get(7)? & 0x0F {
+        0 => 0,
+        c => 4usize << ((c - 1) / 3),
+    };
+    let varint = |at: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..9 {
+            let b = *xz.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let be16 = |at: usize| {
+        Some(u64::from(u16::from_be_bytes([
+            *xz.get(at)?,
+            *xz.get(at + 1)?,
+        ])))
+    };
+    let mut at = 12;
+    let mut total = 0u64;
+    loop {
+        let size = *xz.get(at)?;
+        if size == 0 {
+            return Some(total); // the index: no more blocks
+        }
+        let header_end = at + (usize::from(size) + 1) * 4;
+        let flags = *xz.get(at + 1)?;
+        let mut p = at + 2;
+        if flags & 0x03 != 0 {
+            return None; // more than one filter: not plain LZMA2
+        }
+        if flags & 0x40 != 0 {
+            varint(&mut p)?; // compressed size
+        }
+        if flags & 0x80 != 0 {
+            varint(&mut p)?; // uncompressed size (checked by the chunks)
+        }
+        if varint(&mut p)? != 0x21 || p > header_end {
+            return None; // not LZMA2
+        }
+        at = header_end;
+        loop {
+            let control = *xz.get(at)?;
+            at += 1;
+            match control {
+                0x00 => break,
+                0x01 | 0x02 => {
+                    let n = be16(at)? + 1;
+                    total += n;
+                    at = at.checked_add(2 + n as usize)?;
+                }
+                0x80..=0xFF => {
+                    let unpacked = (u64::from(control & 0x1F) << 16) + be16(at)? + 1;
+                    let packed = be16(at + 2)? + 1;
+                    total += unpacked;
+                    let props = usize::from(control >= 0xC0);
+                    at = at.checked_add(4 + props + packed as usize)?;
+                }
+                _ => return None,
+            }
+        }
+        // Block padding to a multiple of 4 from the block's start (the
+        // stream header is 12 bytes, so from the file's), then the check.
+        at = at.checked_add((4 - at % 4) % 4 + check)?;
+    }
+}
+
+/// An anonymous in-memory file (`memfd_create`) holding `bytes`, for a
+/// reader that takes a path (`/proc/self/fd/N`).
+fn memory_file(bytes: &[u8]) -> Option<std::fs::File> {
+    use std::{io::Write as _, os::fd::FromRawFd as _};
+    // SAFETY: a NUL-terminated name; the returned fd is ours alone.
+    let fd = unsafe { libc::memfd_create(c"crossprof-minidebuginfo".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes).ok()?;
+    Some(file)
+}
+
 /// The functions of the ELF file at `path` as file offsets `[start, end)`,
 /// sorted: its `.eh_frame` FDEs (empty if it has none or is unreadable).
 fn read_functions(path: &Path) -> Vec<(u64, u64)> {
@@ -414,6 +564,46 @@ mod tests {
             syms.function_starts(Path::new("/etc/hostname"), &[0]),
             vec![None]
         );
+    }
+
+    #[test]
+    fn xz_streams_decompress_within_their_limit_and_garbage_does_not() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::BufReader::new(&data[..]), &mut xz).unwrap();
+        assert_eq!(decompress_xz(&xz, 1 << 20).as_deref(), Some(&data[..]));
+        assert_eq!(decompress_xz(&xz, 50_000), None, "over the limit");
+        assert_eq!(decompress_xz(b"not xz at all", 1 << 20), None);
+        assert_eq!(xz_unpacked_size(&xz), Some(data.len() as u64));
+        // What the system's xz writes (LZMA2 chunks, CRC64), and a bomb:
+        // 256 MiB of zeros in a few dozen KiB, refused before decoding.
+        let run_xz = |input: &[u8], args: &[&str]| -> Vec<u8> {
+            use std::io::Write as _;
+            let mut child = std::process::Command::new("xz")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("xz (xz-utils)");
+            let mut stdin = child.stdin.take().unwrap();
+            let input = input.to_vec();
+            let writer = std::thread::spawn(move || stdin.write_all(&input));
+            let out = child.wait_with_output().unwrap();
+            writer.join().unwrap().unwrap();
+            out.stdout
+        };
+        let real = run_xz(&data, &["-c"]);
+        assert_eq!(xz_unpacked_size(&real), Some(data.len() as u64));
+        assert_eq!(decompress_xz(&real, 1 << 20).as_deref(), Some(&data[..]));
+        let bomb = run_xz(&vec![0u8; 1 << 28], &["-c", "-1"]);
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        assert_eq!(xz_unpacked_size(&bomb), Some(1 << 28));
+        let started = std::time::Instant::now();
+        assert_eq!(decompress_xz(&bomb, 64 << 20), None);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        for cut in [0, 10, xz.len() / 2, xz.len() - 1] {
+            assert_eq!(decompress_xz(&xz[..cut], 1 << 20), None, "cut at {cut}");
+        }
     }
 
     #[test]
