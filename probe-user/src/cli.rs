@@ -258,6 +258,10 @@ pub struct AgentArgs {
     /// Also look for separate debug files here; repeat for several.
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
+
+    /// As `record --debuginfod`: debug files from the servers in DEBUGINFOD_URLS.
+    #[arg(long)]
+    pub debuginfod: bool,
 }
 
 /// `crossprof diff` options.
@@ -509,6 +513,12 @@ pub struct RecordArgs {
     /// /usr/lib/debug are always searched.
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
+
+    /// Fetch the debug files of stripped binaries found nowhere here from the
+    /// debuginfod servers in DEBUGINFOD_URLS (by build id; kept in
+    /// /var/cache/crossprof/debuginfod; at most 60 s of waiting a run).
+    #[arg(long)]
+    pub debuginfod: bool,
 
     /// After the recording, print on stdout a table of calls across runtimes
     /// (where a stack crosses with `[cgo]` or `[P/Invoke]`) with their samples,

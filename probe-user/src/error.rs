@@ -6,6 +6,9 @@ use std::{io, path::PathBuf};
 /// Bad input: each message says what was wrong and what to do, on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// `--debuginfod` without usable servers.
+    #[error("{0}")]
+    Debuginfod(#[from] crate::native::debuginfod::DebuginfodError),
     /// Neither root nor CAP_BPF + CAP_PERFMON.
     #[error(
         "crossprof needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo"

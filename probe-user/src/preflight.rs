@@ -139,6 +139,14 @@ pub fn check_debug_dirs(dirs: &[PathBuf]) -> Result<(), UsageError> {
     }
 }
 
+/// `--debuginfod` needs servers to ask (`DEBUGINFOD_URLS`).
+pub fn check_debuginfod(enabled: bool) -> Result<(), UsageError> {
+    if enabled {
+        crate::native::debuginfod::servers(crate::native::debuginfod::urls_from_env().as_deref())?;
+    }
+    Ok(())
+}
+
 /// The longest `--duration`: a hundred years (longer overflows the clock's
 /// arithmetic; "until stopped" is no `--duration` at all).
 pub const MAX_DURATION_SECS: f64 = 100.0 * 365.25 * 86_400.0;

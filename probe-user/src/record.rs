@@ -135,7 +135,18 @@ impl Pipeline {
         go_preattached: Option<crate::go::states::Preattached>,
     ) -> Self {
         Pipeline {
-            symbolizer: SymbolizerThread::spawn(args.debug_dirs.clone(), procs.modules.go.clone()),
+            symbolizer: SymbolizerThread::spawn(
+                args.debug_dirs.clone(),
+                procs.modules.go.clone(),
+                args.debuginfod
+                    .then(|| {
+                        crate::native::debuginfod::servers(
+                            crate::native::debuginfod::urls_from_env().as_deref(),
+                        )
+                        .ok()
+                    })
+                    .flatten(),
+            ),
             procs,
             agg: Aggregator::default(),
             decode_errors: 0,
@@ -535,6 +546,7 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
     preflight::check_duration(args.duration)?;
     preflight::check_freq(args.freq)?;
     preflight::check_debug_dirs(&args.debug_dirs)?;
+    preflight::check_debuginfod(args.debuginfod)?;
     if args.kernel_waits && !matches!(args.mode, Mode::Offcpu | Mode::Wall) {
         return Err(UsageError::KernelWaits.into());
     }

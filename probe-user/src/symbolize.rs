@@ -312,13 +312,19 @@ pub struct SymbolizerThread {
 impl SymbolizerThread {
     /// Starts the thread; separate debug files are also looked for in `debug_dirs`,
     /// and Go binaries are named from the tables in `go` (shared with the pipeline).
-    pub fn spawn(debug_dirs: Vec<PathBuf>, go: GoTables) -> Self {
+    pub fn spawn(debug_dirs: Vec<PathBuf>, go: GoTables, debuginfod: Option<Vec<String>>) -> Self {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (result_tx, results) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("crossprof-sym".into())
             .spawn(move || {
-                let native = NativeSymbols::new(&debug_dirs);
+                let mut native = NativeSymbols::new(&debug_dirs);
+                if let Some(servers) = debuginfod {
+                    native.use_debuginfod(
+                        servers,
+                        std::path::Path::new(crate::native::debuginfod::CACHE_DIR),
+                    );
+                }
                 let mut assemblies: HashMap<PathBuf, Option<R2rImage>> = HashMap::new();
                 for job in job_rx {
                     let batch: Batch = match job {

@@ -302,3 +302,92 @@ fn stripped_code_is_named_from_mini_debug_info() {
         "main;outer;middle;hot named in {chain} of {all} samples:\n{stacks:#?}"
     );
 }
+
+/// With `--debuginfod`, a stripped binary whose debug file is nowhere on this
+/// machine is named from a debuginfod server (`DEBUGINFOD_URLS`; here a local
+/// one serving `/buildid/<id>/debuginfo`), and the file fetched is kept: a
+/// second run names it with the server gone. Without `--debuginfod` nothing is
+/// asked (the chain stays unnamed).
+#[test]
+fn stripped_code_is_named_from_a_debuginfod_server() {
+    let built = build_c("native/nofp.c", &["-O2", "-fomit-frame-pointer", "-g"]);
+    let dir = out_dir("debuginfod");
+    let stripped = dir.join("nofp");
+    let objcopy = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("objcopy")
+            .args(args)
+            .status()
+            .expect("run objcopy (binutils)");
+        assert!(status.success(), "objcopy {args:?}");
+    };
+    objcopy(&[
+        "--strip-all".as_ref(),
+        built.as_os_str(),
+        stripped.as_os_str(),
+    ]);
+    let id = build_id(&stripped);
+    let served = dir.join(format!("srv/buildid/{id}"));
+    std::fs::create_dir_all(&served).unwrap();
+    objcopy(&[
+        "--only-keep-debug".as_ref(),
+        built.as_os_str(),
+        served.join("debuginfo").as_os_str(),
+    ]);
+    let cached = format!("/var/cache/crossprof/debuginfod/{id}.debug");
+    let _ = std::fs::remove_file(&cached);
+    let port = crossprof_tests::http::free_port();
+    let server = crossprof_tests::Guard(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir.join("srv"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let up = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < std::time::Duration::from_secs(10),
+            "no server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let named = |what: &str, flags: &[&str]| -> (u64, u64) {
+        let out = dir.join(what);
+        let mut target = std::process::Command::new(&stripped);
+        target.arg(fixture_secs(1.0)).env("DEBUGINFOD_URLS", &url);
+        let run =
+            crossprof_tests::record_target(&out, &[&["--freq", "499"], flags].concat(), &target);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        count_where(&read_folded(&out), "nofp", |s| {
+            s.contains_chain(&["main", "outer", "middle", "hot"])
+        })
+    };
+    let (chain, all) = named("without", &[]);
+    assert!(
+        all >= 200 && chain == 0,
+        "not asked without --debuginfod: {chain} of {all}"
+    );
+    let (chain, all) = named("fetched", &["--debuginfod"]);
+    assert!(
+        all >= 200 && chain * 100 >= all * 95,
+        "fetched: named in {chain} of {all}"
+    );
+    assert!(std::path::Path::new(&cached).exists(), "kept in {cached}");
+    drop(server);
+    let (chain, all) = named("cached", &["--debuginfod"]);
+    assert!(
+        all >= 200 && chain * 100 >= all * 95,
+        "cached: named in {chain} of {all}"
+    );
+    let _ = std::fs::remove_file(&cached);
+}

@@ -95,6 +95,7 @@ fn record_args(args: &AgentArgs) -> RecordArgs {
         go_states: false,
         frame_pointers_only: false,
         debug_dirs: args.debug_dirs.clone(),
+        debuginfod: args.debuginfod,
         only_transitions: false,
         timeline: false,
         trace_id: None,
@@ -180,6 +181,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     // 1. Input.
     preflight::check_freq(args.freq)?;
     preflight::check_debug_dirs(&args.debug_dirs)?;
+    preflight::check_debuginfod(args.debuginfod)?;
     let token = match &args.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,

@@ -1,6 +1,7 @@
 //! Native code: ELF objects mapped into processes, unwound by frame pointers in the
 //! kernel program (`probe-ebpf/src/native.rs`), and the kernel itself.
 //!
+//! - [`debuginfod`] fetches debug files by build id (`--debuginfod`);
 //! - [`elf`] reads section and segment headers, for tables symbolizers do not read;
 //! - [`ehframe`] reads `.eh_frame` call-frame information, for unwinding code
 //!   without frame pointers (issue #5);
@@ -13,6 +14,7 @@
 //! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
 //!   kallsyms.
 
+pub mod debuginfod;
 pub mod ehframe;
 pub mod elf;
 pub mod loader;

@@ -24,6 +24,8 @@ pub struct NativeSymbols {
     /// Per binary: its functions' file offsets `[start, end)` by its
     /// `.eh_frame`, read the first time one of its frames is unnamed.
     functions: std::cell::RefCell<std::collections::HashMap<PathBuf, Functions>>,
+    /// Servers asked for debug files found nowhere here (`--debuginfod`).
+    debuginfod: Option<std::cell::RefCell<super::debuginfod::Client>>,
 }
 
 /// A binary's functions as file offsets `[start, end)`, sorted.
@@ -89,7 +91,16 @@ impl NativeSymbols {
             dirs,
             files: Default::default(),
             functions: Default::default(),
+            debuginfod: None,
         }
+    }
+
+    /// Asks `servers` (debuginfod) for the debug files of stripped binaries
+    /// found nowhere here, keeping them in `cache`.
+    pub fn use_debuginfod(&mut self, servers: Vec<String>, cache: &Path) {
+        self.debuginfod = Some(std::cell::RefCell::new(super::debuginfod::Client::new(
+            servers, cache,
+        )));
     }
 
     /// What the binary at `path` offers (see [`FileInfo`]), read once.
@@ -166,7 +177,7 @@ impl NativeSymbols {
                 )
             })
         });
-        by_id.or_else(|| {
+        let by_link = || {
             let link = link?;
             let dir = path.parent()?;
             let rel = dir.strip_prefix("/").ok()?;
@@ -176,6 +187,10 @@ impl NativeSymbols {
                 .chain(self.dirs.iter().map(|d| d.join(rel).join(link)))
                 .filter(|file| file != path)
                 .find_map(|file| same(&file))
+        };
+        by_id.or_else(by_link).or_else(|| {
+            let id = id.as_deref()?;
+            self.debuginfod.as_ref()?.borrow_mut().debug_file(id)
         })
     }
 
