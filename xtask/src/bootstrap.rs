@@ -51,6 +51,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "time",
     "libc6-dbg",
     "binutils",
+    // A real stripped Go program for the real-program tests.
+    "fzf",
 ];
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
