@@ -731,7 +731,7 @@ pub(crate) async fn start(
         {
             let library_path = std::env::var("LD_LIBRARY_PATH").ok();
             let objects = crate::native::loader::objects_loaded_by(exe, library_path.as_deref());
-            let read = unwind_tables.prefetch(&objects, PREFETCH_WAIT);
+            let read = unwind_tables.prefetch(&objects, |p| procs.modules.go.get(p), PREFETCH_WAIT);
             log::debug!(
                 "unwind rules of {read} of {} objects read before the command started",
                 objects.len()

@@ -170,7 +170,11 @@ fn a_group_by_level_that_does_not_exist() {
         &["record", "--group-by", "colour", "-o", &d, "--", "true"],
         LIMIT,
     );
-    assert_rejected(&run, "use goroutine, state, trace, container or label:KEY", Some(&dir));
+    assert_rejected(
+        &run,
+        "use goroutine, state, trace, container or label:KEY",
+        Some(&dir),
+    );
 }
 
 #[test]

@@ -82,6 +82,36 @@ fn generated_wrappers_are_left_out_in_every_version() {
     }
 }
 
+/// Go assembly that uses RBP as a general register (`tests/fixtures/go/asmbp`,
+/// as crypto/md5's `block` does), in a cgo binary (walked by rules): its
+/// callers are found by its `pcsp` table, not by the junk in RBP:
+/// `main.main;main.work;crossprof.test/asmbp/spin.Spinbp` in >= 90% of
+/// samples, every version.
+#[test]
+fn go_assembly_that_uses_rbp_keeps_its_callers_in_every_version() {
+    for go in Go::tested() {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("asmbp", GoBuild::Normal);
+        let dir = out_dir(&format!("go_asmbp_{}", go.version()));
+        let run = record(&dir, &["--freq", "499"], &bin, &[&fixture_secs(1.0)]);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        let stacks = read_folded(&dir);
+        let (chain, all) = count_where(&stacks, "asmbp", |s| {
+            s.contains_chain(&[
+                "runtime.main",
+                "main.main",
+                "main.work",
+                "crossprof.test/asmbp/spin.Spinbp",
+            ])
+        });
+        assert!(all >= 200, "{what}: only {all} samples");
+        assert!(
+            chain * 100 >= all * 90,
+            "{what}: the chain in {chain} of {all}:\n{stacks:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_corrupt_gopclntab_gives_unnamed_frames_and_a_note_and_the_program_runs() {
     let bin = Go::Go123.fixture("chain", GoBuild::Stripped);

@@ -24,12 +24,17 @@ fn own_share(stacks: &[FoldedStack], comm: &str, own: &[&str]) -> (u64, u64) {
 #[test]
 fn fzf_through_a_script_is_named_in_its_own_code() {
     let fzf = Path::new("/usr/bin/fzf");
-    assert!(fzf.exists(), "no /usr/bin/fzf: cargo xtask bootstrap installs Debian's fzf");
+    assert!(
+        fzf.exists(),
+        "no /usr/bin/fzf: cargo xtask bootstrap installs Debian's fzf"
+    );
     let dir = out_dir("real_fzf");
     // 1.5 million lines of words to filter: a few seconds of fzf's matcher.
     let input = dir.join("input.txt");
     let mut text = String::with_capacity(60 << 20);
-    let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
     for i in 0..1_500_000u64 {
         let w = |k: u64| words[((i * 2_654_435_761 + k * 97) % 8) as usize];
         text.push_str(&format!("{}/{}/{}-{i}.txt\n", w(1), w(2), w(3)));
@@ -72,7 +77,9 @@ fn roslyn_hosted_by_python_compiling_a_large_file_is_named_in_its_own_code() {
             "class C{c} {{\n  int f; string s = \"{c}\";\n  public int A(int x) {{ return x * {c} + f; }}\n  public string B(int y) {{ return s + A(y).ToString() + (y > 3 ? \"a\" : \"b\"); }}\n  public static int S(int z) {{ var o = new C{c}(); int t = 0; for (int i = 0; i < z; i++) t += o.A(i) + o.B(i).Length; return t; }}\n}}\n"
         ));
     }
-    code.push_str("static class Program { static void Main() { Console.WriteLine(C1.S(3)); } }\n}\n");
+    code.push_str(
+        "static class Program { static void Main() { Console.WriteLine(C1.S(3)); } }\n}\n",
+    );
     std::fs::write(&src, code).unwrap();
     let host = runtime.host();
     let mut target = Command::new("python3");
@@ -87,7 +94,11 @@ fn roslyn_hosted_by_python_compiling_a_large_file_is_named_in_its_own_code() {
     let out = dir.join("profile");
     let run = record_target(&out, &["--freq", "499"], &target);
     assert!(run.status.success(), "{}", run.stderr);
-    assert!(dir.join("big.dll").exists(), "Roslyn wrote no assembly: {}", run.stderr);
+    assert!(
+        dir.join("big.dll").exists(),
+        "Roslyn wrote no assembly: {}",
+        run.stderr
+    );
     let stacks = read_folded(&out);
     let (own, all) = own_share(&stacks, "python3", &["Microsoft.CodeAnalysis"]);
     println!("Roslyn: {own} of {all} samples in its own code");

@@ -5,9 +5,13 @@
 //! rules (`crate::native::unwind`), and this module adds the rows for the Go
 //! side, from `.gopclntab`:
 //!
-//! - every Go function: [`cfa_kind::GO_FRAME_POINTER`]. Go keeps frame
-//!   pointers; what rules cannot say is that a frame record may sit on another
-//!   stack. `runtime.cgocallback` (C calling Go, entered through `crosscall2`,
+//! - Go functions outside the runtime: by their stack-pointer offsets
+//!   (`pcsp`), exact wherever the function is, whatever RBP holds (assembly
+//!   such as crypto/md5's uses it as a general register); see
+//!   [`by_stack_pointer`].
+//! - the runtime's functions (and those that write SP):
+//!   [`cfa_kind::GO_FRAME_POINTER`]. Go keeps frame pointers; what rules
+//!   cannot say is that a frame record may sit on another stack. `runtime.cgocallback` (C calling Go, entered through `crosscall2`,
 //!   whose frame record links to the C caller's RBP) runs on the system stack
 //!   and calls `cgocallbackg` on the goroutine's; a frame-pointer walk that
 //!   insists on records going up one stack stops there.
@@ -55,10 +59,61 @@ pub fn rows(table: &GoTable) -> Vec<(u64, u64, UnwindRow)> {
                 Some(rows) => out.extend(rows),
                 None => out.push((entry, end, go_row(cfa_kind::UNKNOWN, 0, RBP_UNKNOWN))),
             },
-            _ => out.push((entry, end, frame_pointer)),
+            _ if keeps_frame_pointer_rule(table, entry, &name) => {
+                out.push((entry, end, frame_pointer))
+            }
+            _ => match by_stack_pointer(table, entry, end) {
+                Some(rows) => out.extend(rows),
+                None => out.push((entry, end, frame_pointer)),
+            },
         }
     }
     out
+}
+
+/// `abi.FuncFlag` bits (internal/abi/symtab.go; the same in Go 1.18-1.27):
+/// the outermost frame of a stack, and a function that writes SP with other
+/// than a constant (its `pcsp` cannot say where its frame is).
+const FUNC_FLAG_TOP_FRAME: u8 = 1;
+const FUNC_FLAG_SP_WRITE: u8 = 2;
+
+/// Does the function at `entry` keep the frame-pointer rule? The runtime's
+/// (its stack switches link frame records across stacks: systemstack, mcall,
+/// morestack, gogo, the signal handlers), the outermost ones and those that
+/// write SP. Everything else is walked by its `pcsp`, which is exact, where
+/// RBP may be a general register (crypto/md5's `block`, math/big's assembly
+/// keep their caller's RBP in their frame and use the register).
+fn keeps_frame_pointer_rule(table: &GoTable, entry: u64, name: &str) -> bool {
+    name.starts_with("runtime.")
+        || name.starts_with("runtime/")
+        || name.starts_with("internal/runtime/")
+        || table
+            .func_flag(entry)
+            .is_none_or(|f| f & (FUNC_FLAG_TOP_FRAME | FUNC_FLAG_SP_WRITE) != 0)
+}
+
+/// Rows for the Go function at `entry..end` by its stack-pointer offsets:
+/// the CFA is `RSP + delta + 8`, the return address below it; the caller's
+/// RBP is still in the register while nothing is pushed (delta 0), and saved
+/// at CFA − 16 once the frame is set up (the compiler's and the assembler's
+/// prologue save it right below the return address: `PUSHQ BP`, or `MOVQ BP,
+/// size-8(SP)` after `SUBQ $size, SP` before Go 1.21; cmd/internal/obj/x86
+/// obj6.go). `None` if the table does not read or a frame is too large for a
+/// row.
+fn by_stack_pointer(table: &GoTable, entry: u64, end: u64) -> Option<Vec<(u64, u64, UnwindRow)>> {
+    table
+        .sp_ranges(entry, end)?
+        .into_iter()
+        .filter(|&(start, stop, _)| start < stop)
+        .map(|(start, stop, delta)| {
+            if delta < 0 {
+                return None;
+            }
+            let cfa = i16::try_from(delta.checked_add(8)?).ok()?;
+            let rbp = if delta == 0 { RBP_SAME } else { -2 };
+            Some((start, stop, go_row(cfa_kind::RSP, cfa, rbp)))
+        })
+        .collect()
 }
 
 /// `crosscall2`'s rows, by stack-pointer offset (its `pcsp` table). C calls
@@ -189,11 +244,29 @@ mod tests {
                 "go {}",
                 go.version()
             );
-            // Every other function is walked by its frame pointer.
+            // Go code outside the runtime by its stack offsets: at entry the
+            // return address at RSP and RBP untouched; inside, the caller's
+            // RBP saved right below the return address.
             let main = table.function("main.caller").unwrap();
-            assert!(rows.iter().any(|r| r.0 == main.0
-                && r.1 == main.1
-                && r.2.cfa_kind == cfa_kind::GO_FRAME_POINTER));
+            let own: Vec<_> = rows
+                .iter()
+                .filter(|r| r.0 >= main.0 && r.1 <= main.1)
+                .collect();
+            assert!(own.len() >= 2, "go {}: {own:?}", go.version());
+            assert!(own.iter().all(|r| r.2.cfa_kind == cfa_kind::RSP));
+            assert_eq!((own[0].0, own[0].2.cfa_off, own[0].2.rbp), (main.0, 8, 0));
+            assert!(own.iter().any(|r| r.2.cfa_off > 8 && r.2.rbp == -2));
+            // The runtime's by frame pointer (records that cross stacks).
+            for name in ["runtime.systemstack", "runtime.cgocallbackg"] {
+                let (entry, end) = table.function(name).unwrap();
+                assert!(
+                    rows.iter().any(|r| r.0 == entry
+                        && r.1 == end
+                        && r.2.cfa_kind == cfa_kind::GO_FRAME_POINTER),
+                    "go {}: {name}",
+                    go.version()
+                );
+            }
         }
     }
 

@@ -509,6 +509,54 @@ impl GoTable {
         self.pcvalue(u32_at(&self.file, f + 16)?, entry, pc)
     }
 
+    /// The function at `entry`'s stack-pointer offsets (its `pcsp` table) as
+    /// `(start, end, delta)` ranges, in order: `delta` bytes below the stack
+    /// pointer at entry from `start` up to `end` (the padding after the code
+    /// is not covered). `None` if the table does not read.
+    pub fn sp_ranges(&self, entry: u64, end: u64) -> Option<Vec<(u64, u64, i32)>> {
+        let (f, found) = self.func(entry)?;
+        if found != entry {
+            return None;
+        }
+        let table = u32_at(&self.file, f + 16)?;
+        if table == 0 {
+            return None;
+        }
+        let mut at = self.pctab + table as usize;
+        let (mut val, mut cur) = (-1i32, entry);
+        let mut out = Vec::new();
+        for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+            if cur >= end {
+                return Some(out);
+            }
+            let uvdelta = self.varint(&mut at)?;
+            if uvdelta == 0 && !first {
+                // The table ends with the code: what is left up to the next
+                // function is padding.
+                return Some(out);
+            }
+            val = val.wrapping_add(-((uvdelta & 1) as i32) ^ (uvdelta >> 1) as i32);
+            let next = cur.checked_add(u64::from(self.varint(&mut at)?) * self.quantum)?;
+            out.push((cur, next.min(end), val));
+            cur = next;
+            if out.len() > 1 << 16 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// The `_func.flag` of the function at `entry` (`abi.FuncFlag`:
+    /// TopFrame 1, SPWrite 2, Asm 4; the same bits in Go 1.18-1.27).
+    pub fn func_flag(&self, entry: u64) -> Option<u8> {
+        let (f, found) = self.func(entry)?;
+        let fixed = match self.layout {
+            Layout::Go118 => 40,
+            Layout::Go120 => 44,
+        };
+        (found == entry).then(|| self.file.get(f + fixed - 3).copied())?
+    }
+
     /// The file offset of virtual address `vaddr`.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.elf.file_offset(vaddr)

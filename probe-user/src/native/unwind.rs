@@ -597,17 +597,24 @@ impl UnwindTables {
     /// [`super::loader`]) now, waiting at most `deadline`, and keeps them until
     /// a process maps them: a command started after this has only its
     /// mappings to be written when it is seen. Returns how many were read in
-    /// time. A Go binary is not read here (its rules depend on its function
-    /// table, read once it runs).
-    pub fn prefetch(&mut self, paths: &[PathBuf], deadline: std::time::Duration) -> usize {
+    /// time. A Go binary's rules include its Go code's (see
+    /// [`crate::go::cgo`]), read from its function table (`go_table`); one whose
+    /// table does not read is left for when it runs.
+    pub fn prefetch(
+        &mut self,
+        paths: &[PathBuf],
+        go_table: impl Fn(&Path) -> Option<Arc<GoTable>>,
+        deadline: std::time::Duration,
+    ) -> usize {
         let until = std::time::Instant::now() + deadline;
         let mut waiting = HashSet::new();
         for path in paths {
-            if crate::go::is_go_file(path) {
+            let go = go_table(path);
+            if go.is_none() && crate::go::is_go_file(path) {
                 continue;
             }
             self.early.insert(path.clone());
-            if let Err(UnwindTableError::Pending) = self.ready(path, None) {
+            if let Err(UnwindTableError::Pending) = self.ready(path, go.as_ref()) {
                 waiting.insert(path.clone());
             }
         }
