@@ -1048,7 +1048,9 @@ async fn run(
     }
     drop(events);
     sampler.detach_mmap_tracepoints_in_background();
-    drop(sampler); // detaches the sampler from every CPU
+    // Every figure was read from it: its programs detach while the profile
+    // is written.
+    sampler.detach_in_background();
     pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
     pipeline.count_waiting(u64::MAX);
     phase("detached, .NET sessions ended");

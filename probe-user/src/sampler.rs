@@ -403,6 +403,18 @@ impl Sampler {
         }
     }
 
+    /// Detaches every program on a thread of its own and frees the maps:
+    /// each perf event and tracepoint closed waits for an RCU grace period
+    /// (tens of ms each here), which writing the profile need not wait for.
+    /// Nothing is read from the sampler after this.
+    pub fn detach_in_background(self) {
+        // A thread that cannot start drops its closure, and the sampler with
+        // it, right here.
+        let _ = std::thread::Builder::new()
+            .name("crossprof-detach".into())
+            .spawn(move || drop(self));
+    }
+
     /// Adds `pid` (a tgid) to the target set.
     pub fn add_target(&mut self, pid: u32) -> Result<(), SamplerError> {
         self.targets
