@@ -167,6 +167,28 @@ fn code_with_only_debug_frame_is_walked_by_it() {
 }
 
 /// The build id in an ELF file's notes (`readelf -n`), lower-case hex.
+/// Runs objcopy (binutils) with `args`.
+fn objcopy(args: &[&std::ffi::OsStr]) {
+    let status = std::process::Command::new("objcopy")
+        .args(args)
+        .status()
+        .expect("run objcopy (binutils)");
+    assert!(status.success(), "objcopy {args:?}");
+}
+
+/// `main;outer;middle;hot` in >= 95% of the `nofp` samples of `stacks`
+/// (at least `min` of them): named, though the binary is stripped.
+fn assert_chain_named(stacks: &[crossprof_tests::FoldedStack], min: u64, what: &str) {
+    let (chain, all) = count_where(stacks, "nofp", |s| {
+        s.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= min, "{what}: only {all} samples");
+    assert!(
+        chain * 100 >= all * 95,
+        "{what}: main;outer;middle;hot named in {chain} of {all} samples:\n{stacks:#?}"
+    );
+}
+
 fn build_id(bin: &std::path::Path) -> String {
     let out = std::process::Command::new("readelf")
         .arg("-n")
@@ -196,13 +218,6 @@ fn stripped_code_is_named_from_debug_files_found_by_build_id() {
     let dir = out_dir("debug_by_build_id");
     let stripped = dir.join("nofp");
     let debug = dir.join("nofp.debug");
-    let objcopy = |args: &[&std::ffi::OsStr]| {
-        let status = std::process::Command::new("objcopy")
-            .args(args)
-            .status()
-            .expect("run objcopy (binutils)");
-        assert!(status.success(), "objcopy {args:?}");
-    };
     objcopy(&[
         "--only-keep-debug".as_ref(),
         "--compress-debug-sections=zlib".as_ref(),
@@ -241,15 +256,8 @@ fn stripped_code_is_named_from_debug_files_found_by_build_id() {
     );
     assert!(run.status.success(), "{}", run.stderr);
     let stacks = read_folded(&out);
-    let (chain, all) = count_where(&stacks, "nofp", |s| {
-        s.contains_chain(&["main", "outer", "middle", "hot"])
-    });
-    assert!(all >= 500, "only {all} samples");
-    assert!(
-        chain * 100 >= all * 95,
-        "main;outer;middle;hot named in {chain} of {all} samples of the stripped binary:\n{stacks:#?}"
-    );
-    let (libc, _) = count_where(&stacks, "nofp", |s| {
+    assert_chain_named(&stacks, 500, "debug file by build id");
+    let (libc, all) = count_where(&stacks, "nofp", |s| {
         s.contains_chain(&["__libc_start_call_main", "main"])
     });
     assert!(
@@ -292,15 +300,7 @@ fn stripped_code_is_named_from_mini_debug_info() {
     let out = dir.join("profile");
     let run = record_command(&out, &["--freq", "999"], &bin, &[&fixture_secs(1.5)]);
     assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&out);
-    let (chain, all) = count_where(&stacks, "nofp", |s| {
-        s.contains_chain(&["main", "outer", "middle", "hot"])
-    });
-    assert!(all >= 500, "only {all} samples");
-    assert!(
-        chain * 100 >= all * 95,
-        "main;outer;middle;hot named in {chain} of {all} samples:\n{stacks:#?}"
-    );
+    assert_chain_named(&read_folded(&out), 500, "MiniDebugInfo");
 }
 
 /// With `--debuginfod`, a stripped binary whose debug file is nowhere on this

@@ -545,8 +545,8 @@ mod tests {
         a_function_with_a_name as *const () as usize as u64
     }
 
-    #[test]
-    fn names_own_code_by_file_offset() {
+    /// This test binary's path and the file offset of `a_function_with_a_name`.
+    fn own_function() -> (PathBuf, u64) {
         let addr = a_function_with_a_name();
         let maps =
             crate::native::maps::parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
@@ -554,8 +554,14 @@ mod tests {
             .iter()
             .find(|m| m.is_exec() && m.start <= addr && addr < m.end)
             .unwrap();
+        (PathBuf::from(&m.path), addr - m.start + m.offset)
+    }
+
+    #[test]
+    fn names_own_code_by_file_offset() {
+        let (path, offset) = own_function();
         let syms = NativeSymbols::new(&[]);
-        let names = syms.elf(Path::new(&m.path), &[addr - m.start + m.offset, u64::MAX]);
+        let names = syms.elf(&path, &[offset, u64::MAX]);
         let name = names[0].as_deref().unwrap();
         assert!(name.ends_with("a_function_with_a_name"), "{name}");
         assert_eq!(names[1], None);
@@ -563,16 +569,9 @@ mod tests {
 
     #[test]
     fn unnamed_code_is_placed_in_its_function_by_the_fde() {
-        let addr = a_function_with_a_name();
-        let maps =
-            crate::native::maps::parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
-        let m = maps
-            .iter()
-            .find(|m| m.is_exec() && m.start <= addr && addr < m.end)
-            .unwrap();
-        let entry = addr - m.start + m.offset;
+        let (path, entry) = own_function();
         let syms = NativeSymbols::new(&[]);
-        let starts = syms.function_starts(Path::new(&m.path), &[entry, entry + 1, u64::MAX]);
+        let starts = syms.function_starts(&path, &[entry, entry + 1, u64::MAX]);
         // The function's first byte starts its FDE: every address in it maps there.
         assert_eq!(starts, vec![Some(entry), Some(entry), None]);
         assert_eq!(
