@@ -326,6 +326,26 @@ fn goroutine_row(summary: &serde_json::Value, comm: &str, goid: u64) -> serde_js
         .clone()
 }
 
+/// The time goroutine row `g` was seen in any state, ms.
+fn lifetime_ms(g: &serde_json::Value) -> f64 {
+    let field = |k: &str| g[k].as_f64().unwrap_or(0.0);
+    let waits: f64 = g["waiting_ms"]
+        .as_object()
+        .map(|w| w.values().filter_map(serde_json::Value::as_f64).sum())
+        .unwrap_or(0.0);
+    [
+        "running_ms",
+        "runnable_ms",
+        "syscall_ms",
+        "other_ms",
+        "unobserved_ms",
+    ]
+    .iter()
+    .map(|k| field(k))
+    .sum::<f64>()
+        + waits
+}
+
 fn within(what: &str, ms: f64, want_ms: f64) {
     assert!(
         (ms - want_ms).abs() <= want_ms * 0.10,
@@ -368,11 +388,17 @@ fn goroutine_states_split_time_by_wait_reason_in_every_version_and_build() {
             ] {
                 let g = goroutine_row(&summary, "states", roles[role]);
                 let ms = g["waiting_ms"][reason].as_f64().unwrap_or(0.0);
-                within(
-                    &format!("{what}: {role} waiting for {reason:?} in {g}"),
-                    ms,
-                    1000.0,
-                );
+                let what = format!("{what}: {role} waiting for {reason:?} in {g}");
+                // Under emulation the goroutine's start (its announcement, a
+                // write, with every status change trapped) takes ~150 ms of
+                // the second it lives; its wait is the rest. The whole life
+                // is still held to 10%, the wait to 80%.
+                within(&what, lifetime_ms(&g), 1000.0);
+                if emulated() {
+                    assert!((800.0..=1100.0).contains(&ms), "{what}: {ms:.1} ms");
+                } else {
+                    within(&what, ms, 1000.0);
+                }
                 assert_eq!(g["ended"], true, "{what}: {g}");
             }
             let g = goroutine_row(&summary, "states", roles["syscall"]);
