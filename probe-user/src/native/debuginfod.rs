@@ -26,6 +26,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const BUDGET: Duration = Duration::from_secs(60);
 /// The largest debug file fetched (a large C++ library's are hundreds of MiB).
 const MAX_FILE: u64 = 1 << 30;
+/// The most the cache folder holds: past it, the files used longest ago go
+/// (an agent runs for months beside processes that come and go).
+const MAX_CACHE: u64 = 4 << 30;
 
 /// Why a debuginfod setting is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +109,8 @@ impl Client {
         }
         let cached = self.cache.join(format!("{id}.debug"));
         if let Some(f) = checked(&cached, id) {
+            // Used now: the last the cache's bound removes.
+            let _ = f.set_modified(std::time::SystemTime::now());
             return Some(f);
         }
         if self.missing.contains(id) || self.spent >= BUDGET {
@@ -157,6 +162,7 @@ impl Client {
                 continue;
             }
             log::debug!("debuginfod: {id} from {server}");
+            trim_cache(&self.cache, MAX_CACHE, to);
             return checked(to, id);
         }
         None
@@ -209,6 +215,37 @@ fn write_private(
     f.flush()
 }
 
+/// Removes the cached debug files used longest ago (by modification time,
+/// which a use sets) until the folder holds at most `max` bytes of them;
+/// never `keep`, the one just added. Only regular `*.debug` files are
+/// counted or removed.
+fn trim_cache(dir: &Path, max: u64, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "debug"))
+        .filter_map(|e| {
+            let md = std::fs::symlink_metadata(e.path()).ok()?;
+            if !md.is_file() {
+                return None;
+            }
+            Some((md.modified().ok()?, md.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
 /// `DEBUGINFOD_URLS` as elfutils reads it.
 pub fn urls_from_env() -> Option<String> {
     std::env::var("DEBUGINFOD_URLS").ok()
@@ -233,6 +270,31 @@ mod tests {
             servers(Some("file:///srv")),
             Err(DebuginfodError::BadUrl("file:///srv".into()))
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_under_its_bound_the_files_used_last() {
+        let dir = std::env::temp_dir().join(format!("crossprof-dcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(1000);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let path = dir.join(format!("{name}.debug"));
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(10 * i as u64))
+                .unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), vec![0u8; 1000]).unwrap();
+        // "a" is the oldest but was just added: kept; "b" and "c" go.
+        trim_cache(&dir, 200, &dir.join("a.debug"));
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.debug", "d.debug", "notes.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
