@@ -103,7 +103,7 @@ pub fn cgroup_of(id: &str) -> Result<PathBuf, String> {
 /// [`cgroup_of`] under `root`: the topmost folders whose own name is a
 /// container's scope (or id) with an id that starts with `id`. Folders are
 /// walked breadth first, links never followed, at most
-/// [`MAX_CGROUPS_SEEN`] of them.
+/// `MAX_CGROUPS_SEEN` of them.
 pub fn find_under(root: &Path, id: &str) -> Result<PathBuf, String> {
     if id.len() < MIN_ID_PREFIX || id.len() > 64 || !is_hex(id) {
         return Err(format!(

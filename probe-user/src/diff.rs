@@ -194,7 +194,7 @@ pub fn strip(stack: &str) -> String {
 }
 
 /// inferno's differential input: `stack BEFORE AFTER`, each side scaled to
-/// [`SCALE`]; a stack only in BEFORE is kept (with 0 after) so that what
+/// `SCALE`; a stack only in BEFORE is kept (with 0 after) so that what
 /// vanished still counts as shrunk.
 pub fn differential_lines(
     before: &BTreeMap<String, u64>,

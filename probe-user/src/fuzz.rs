@@ -18,7 +18,7 @@
 //! the target under `catch_unwind`. A panic or a round over 2 s saves the
 //! input to `target/fuzz/crashes/` and fails, naming the file; a crash fixed
 //! gets its input checked in under `tests/data/fuzz/<target>/`, which
-//! [`tests::inputs_that_once_crashed_stay_fixed`] replays on every run.
+//! `tests::inputs_that_once_crashed_stay_fixed` replays on every run.
 //!
 //! `cargo test -p probe-user --lib fuzz` runs every target for a short time
 //! with a fixed seed; `cargo xtask fuzz [--secs N]` runs each for N seconds
