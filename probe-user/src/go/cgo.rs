@@ -8,7 +8,7 @@
 //! - Go functions outside the runtime: by their stack-pointer offsets
 //!   (`pcsp`), exact wherever the function is, whatever RBP holds (assembly
 //!   such as crypto/md5's uses it as a general register); see
-//!   [`by_stack_pointer`].
+//!   `by_stack_pointer`.
 //! - the runtime's functions (and those that write SP):
 //!   [`cfa_kind::GO_FRAME_POINTER`]. Go keeps frame pointers; what rules
 //!   cannot say is that a frame record may sit on another stack. `runtime.cgocallback` (C calling Go, entered through `crosscall2`,
@@ -16,7 +16,7 @@
 //!   and calls `cgocallbackg` on the goroutine's; a frame-pointer walk that
 //!   insists on records going up one stack stops there.
 //! - `crosscall2` (C calling Go): by its stack-pointer offsets, see
-//!   [`crosscall2_rows`].
+//!   `crosscall2_rows`.
 //! - `runtime.asmcgocall` (Go calling C): it switches to the system stack
 //!   (g0) and calls the C function there. C code is walked by its rules up to
 //!   the return address into asmcgocall; the goroutine's stack pointer is

@@ -5,12 +5,12 @@
 //! are `DEBUGINFOD_URLS` (space-separated, as elfutils reads it).
 //!
 //! What it fetches is checked before use: an ELF file whose build id is the
-//! binary's, no larger than [`MAX_FILE`]. Fetched files are kept in a folder
+//! binary's, no larger than `MAX_FILE`. Fetched files are kept in a folder
 //! only root can write (`/var/cache/crossprof/debuginfod/<id>.debug`, 0600 in a
-//! 0700 folder, at most [`MAX_CACHE`] of them, the files used longest ago
+//! 0700 folder, at most `MAX_CACHE` of them, the files used longest ago
 //! removed first), read again by later runs without asking; a build id no server
 //! has is not asked again in this run. Each request gives up after
-//! [`REQUEST_TIMEOUT`], and a run spends at most [`BUDGET`] waiting on servers:
+//! `REQUEST_TIMEOUT`, and a run spends at most `BUDGET` waiting on servers:
 //! naming (on the symbolizer thread) never waits long for a slow one.
 
 use std::{

@@ -99,7 +99,7 @@ pub fn needs(d: &[u8]) -> Needs {
 
 /// The objects the loader will map for the executable at `program` (for a
 /// script, its `#!` interpreter's): itself, its interpreter and the libraries it needs, transitively (canonical
-/// paths, each once, at most [`MAX_OBJECTS`]); `library_path` is the
+/// paths, each once, at most `MAX_OBJECTS`); `library_path` is the
 /// `LD_LIBRARY_PATH` it will run with. Unreadable objects are left out.
 pub fn objects_loaded_by(program: &Path, library_path: Option<&str>) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = Vec::new();
