@@ -83,6 +83,24 @@ pub fn fold<'a>(
     fold_under(stacks, |pid| vec![process_name(pid)], names, procs)
 }
 
+/// [`fold_under`] one process at a time: each process's stacks folded on
+/// their own (two processes of one name stay apart), by pid.
+pub fn fold_by_process<'a>(
+    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
+    roots: impl Fn(u32) -> Vec<String>,
+    names: &Names,
+    procs: &ProcessTable,
+) -> BTreeMap<u32, Folded> {
+    let mut per_pid: BTreeMap<u32, Vec<(&StackKey, u64)>> = BTreeMap::new();
+    for (key, count) in stacks {
+        per_pid.entry(key.pid).or_default().push((key, count));
+    }
+    per_pid
+        .into_iter()
+        .map(|(pid, stacks)| (pid, fold_under(stacks, &roots, names, procs)))
+        .collect()
+}
+
 /// [`fold`], with the levels `roots` gives a process (outermost first: a
 /// container, then the process's name) at the root of its stacks.
 pub fn fold_under<'a>(

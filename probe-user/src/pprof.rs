@@ -223,7 +223,7 @@ pub fn build<'a>(
         let p = procs.get(key.pid);
         let pid = b.string("pid");
         labels.push((pid, Label::Num(i64::from(key.pid))));
-        let comm = p.map(|p| p.name.to_string()).unwrap_or_default();
+        let comm = procs.name_of(key.pid);
         if !comm.is_empty() {
             let k = b.string("comm");
             let v = b.string(&comm);

@@ -30,7 +30,7 @@ use crate::{
     decode::{HttpWhat, Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
-    fold::{fold, write_folded},
+    fold::write_folded,
     native::process::ProcessTable,
     preflight::{self, OutputDir},
     render::render_svg,
@@ -798,12 +798,11 @@ fn spawn_registered(
 /// under its container (`container <12 digits>`, under `pod <uid>` for a
 /// Kubernetes pod's; `[host]` for none) with `by_container`.
 pub(crate) fn roots_of(procs: &ProcessTable, pid: u32, by_container: bool) -> Vec<String> {
-    let p = procs.get(pid);
-    let name = p.map(|p| p.name.to_string()).unwrap_or_default();
+    let name = procs.name_of(pid);
     if !by_container {
         return vec![name];
     }
-    match p.and_then(|p| p.container.as_deref()) {
+    match procs.get(pid).and_then(|p| p.container.as_deref()) {
         Some(c) => {
             let id = c.id.get(..12).unwrap_or(&c.id);
             let mut levels: Vec<String> = c.pod_uid.iter().map(|u| format!("pod {u}")).collect();
@@ -1208,21 +1207,15 @@ async fn run(
         };
         // One profile per process: stacks folded per pid (the folded file
         // merges processes of one name).
-        let mut by_pid: BTreeMap<u32, Vec<(&crate::aggregate::StackKey, u64)>> = BTreeMap::new();
-        for (key, count) in agg.stacks() {
-            by_pid.entry(key.pid).or_default().push((key, count));
-        }
-        let profiles: Vec<(String, crate::fold::Folded)> = by_pid
-            .into_iter()
-            .map(|(pid, stacks)| {
-                let name = procs
-                    .get(pid)
-                    .map(|p| p.name.to_string())
-                    .unwrap_or_default();
-                let folded = fold(stacks, |_| name.clone(), names, &procs);
-                (format!("{name} ({pid})"), folded)
-            })
-            .collect();
+        let profiles: Vec<(String, crate::fold::Folded)> = crate::fold::fold_by_process(
+            agg.stacks(),
+            |pid| vec![procs.name_of(pid)],
+            names,
+            &procs,
+        )
+        .into_iter()
+        .map(|(pid, folded)| (format!("{} ({pid})", procs.name_of(pid)), folded))
+        .collect();
         out.write_atomic(crate::speedscope::FILE, |w| {
             crate::speedscope::write(&profiles, &title, unit, w)
         })
@@ -1332,17 +1325,7 @@ async fn run(
                 Some((p.pid, stats.pause_spans.clone()))
             })
             .collect();
-        let trace = t.to_json(
-            names,
-            &procs,
-            |pid| {
-                procs
-                    .get(pid)
-                    .map(|p| p.name.to_string())
-                    .unwrap_or_default()
-            },
-            &gc,
-        );
+        let trace = t.to_json(names, &procs, |pid| procs.name_of(pid), &gc);
         out.write_atomic(crate::timeline::FILE, |w| {
             serde_json::to_writer(&mut *w, &trace)?;
             writeln!(w)

@@ -40,7 +40,7 @@ use self::{
     store::{ProcessMeta, Store, Window, WindowMeta, unix_ms, window_id},
 };
 use crate::{
-    aggregate::{Aggregator, StackKey},
+    aggregate::Aggregator,
     cli::{AgentArgs, Format, Mode, RecordArgs},
     error::{Error, UsageError},
     fold::Folded,
@@ -509,34 +509,23 @@ impl Cutter {
     ) -> Window {
         let names = &pipeline.symbolizer.names;
         let procs = &pipeline.procs;
-        let mut per_pid: BTreeMap<u32, Vec<(&StackKey, u64)>> = BTreeMap::new();
-        for (key, n) in agg.stacks() {
-            per_pid.entry(key.pid).or_default().push((key, n));
-        }
-        let name_of = |pid: u32| {
-            procs
-                .get(pid)
-                .map(|p| p.name.to_string())
-                .unwrap_or_default()
-        };
-        let mut by_pid: BTreeMap<u32, Folded> = BTreeMap::new();
-        let mut processes = Vec::new();
-        let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
-        for (&pid, stacks) in &per_pid {
-            let folded = crate::fold::fold_under(
-                stacks.iter().copied(),
-                |pid| record::roots_of(procs, pid, self.by_container),
-                names,
-                procs,
-            );
-            processes.push(ProcessMeta {
+        let by_pid: BTreeMap<u32, Folded> = crate::fold::fold_by_process(
+            agg.stacks(),
+            |pid| record::roots_of(procs, pid, self.by_container),
+            names,
+            procs,
+        );
+        let mut processes: Vec<ProcessMeta> = by_pid
+            .iter()
+            .map(|(&pid, folded)| ProcessMeta {
                 pid,
-                comm: name_of(pid),
+                comm: procs.name_of(pid),
                 runtime: procs.runtime(pid),
-                samples: stacks.iter().map(|(_, n)| n).sum(),
-            });
-            by_pid.insert(pid, folded);
-        }
+                // Folding merges stacks, never counts: the process's samples.
+                samples: folded.stacks.values().sum(),
+            })
+            .collect();
+        let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
         for f in by_pid.values() {
             for (line, &n) in &f.stacks {
                 *lines.entry(line.as_str()).or_insert(0) += n;

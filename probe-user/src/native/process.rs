@@ -757,6 +757,13 @@ impl ProcessTable {
         self.procs.get(&pid)
     }
 
+    /// The name of process `pid` (its main thread's comm), empty if unseen.
+    pub fn name_of(&self, pid: u32) -> String {
+        self.get(pid)
+            .map(|p| p.name.to_string())
+            .unwrap_or_default()
+    }
+
     /// The process `pid`, if seen, to update.
     pub fn get_mut(&mut self, pid: u32) -> Option<&mut Process> {
         self.procs.get_mut(&pid)
