@@ -23,14 +23,6 @@ pub mod states;
 
 use pclntab::GoTable;
 
-/// Is the file at `path` a Go binary or library (one with a Go function
-/// table's section)? False if it is not a readable ELF file.
-pub(crate) fn is_go_file(path: &std::path::Path) -> bool {
-    crate::native::elf::MappedFile::open(path)
-        .and_then(|f| crate::native::elf::Elf::parse(f.bytes()))
-        .is_some_and(|elf| pclntab::may_be_go(&elf))
-}
-
 /// The source lines of Go file offset `offset`, outermost first as in
 /// [`name_of`]; `None` if no line is known.
 pub(crate) fn sources_of(

@@ -180,7 +180,7 @@ const MODULEDATA_TEXT: u64 = 176;
 /// by its magic and checked by its offsets. The "section" returned runs from
 /// there to the end of `.data.rel.ro`.
 /// Could `elf` hold a Go table ([`GoTable::parse`] looks no further)?
-pub(crate) fn may_be_go(elf: &Elf) -> bool {
+fn may_be_go(elf: &Elf) -> bool {
     [".gopclntab", ".data.rel.ro.gopclntab", ".go.buildinfo"]
         .iter()
         .any(|name| elf.section(name).is_some())

@@ -578,10 +578,15 @@ impl UnwindTables {
     /// Takes in the files the parser thread has read since the last poll.
     pub fn begin_poll(&mut self) {
         while let Ok((path, parsed)) = self.parser.done.try_recv() {
-            self.parser.pending.remove(&path);
-            self.parsed.insert(path, parsed);
+            self.received(path, parsed);
         }
         self.wanted.clear();
+    }
+
+    /// Keeps what the parser thread read of `path`.
+    fn received(&mut self, path: PathBuf, parsed: Option<Parsed>) {
+        self.parser.pending.remove(&path);
+        self.parsed.insert(path, parsed);
     }
 
     /// Drops what was read for files no process asked for during this poll
@@ -598,8 +603,8 @@ impl UnwindTables {
     /// a process maps them: a command started after this has only its
     /// mappings to be written when it is seen. Returns how many were read in
     /// time. A Go binary's rules include its Go code's (see
-    /// [`crate::go::cgo`]), read from its function table (`go_table`); one whose
-    /// table does not read is left for when it runs.
+    /// [`crate::go::cgo`]), read from its function table (`go_table`, the
+    /// same tables the process's mappings are given when it runs).
     pub fn prefetch(
         &mut self,
         paths: &[PathBuf],
@@ -610,9 +615,6 @@ impl UnwindTables {
         let mut waiting = HashSet::new();
         for path in paths {
             let go = go_table(path);
-            if go.is_none() && crate::go::is_go_file(path) {
-                continue;
-            }
             self.early.insert(path.clone());
             if let Err(UnwindTableError::Pending) = self.ready(path, go.as_ref()) {
                 waiting.insert(path.clone());
@@ -624,11 +626,10 @@ impl UnwindTables {
             let Ok((path, parsed)) = self.parser.done.recv_timeout(left) else {
                 break;
             };
-            self.parser.pending.remove(&path);
             if waiting.remove(&path) {
                 read += 1;
             }
-            self.parsed.insert(path, parsed);
+            self.received(path, parsed);
         }
         read
     }
