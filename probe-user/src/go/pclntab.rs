@@ -374,26 +374,53 @@ impl GoTable {
     /// The value of pc-value table `table` at `pc`, for a function entered at
     /// `entry`.
     fn pcvalue(&self, table: u32, entry: u64, pc: u64) -> Option<i32> {
-        if table == 0 {
-            return None;
-        }
-        let mut at = self.pctab + table as usize;
-        let (mut val, mut cur) = (-1i32, entry);
-        let mut first = true;
-        loop {
-            let uvdelta = self.varint(&mut at)?;
-            if uvdelta == 0 && !first {
-                return None;
-            }
-            first = false;
-            let delta = -((uvdelta & 1) as i32) ^ (uvdelta >> 1) as i32;
-            val = val.wrapping_add(delta);
-            let pcdelta = self.varint(&mut at)?;
-            cur += u64::from(pcdelta) * self.quantum;
-            if pc < cur {
+        for range in self.pc_ranges(table, entry) {
+            let (_, end, val) = range?;
+            if pc < end {
                 return Some(val);
             }
         }
+        None
+    }
+
+    /// The pc-value table at `table` (an offset into `pctab`) of the function
+    /// at `entry`, as `(start, end, value)` ranges in order, until the table
+    /// ends; an entry that does not read is a `None`, and the last item.
+    fn pc_ranges(
+        &self,
+        table: u32,
+        entry: u64,
+    ) -> impl Iterator<Item = Option<(u64, u64, i32)>> + '_ {
+        let mut at = self.pctab + table as usize;
+        let (mut val, mut cur) = (-1i32, entry);
+        let (mut first, mut done) = (true, table == 0);
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let mut step = || -> Option<Option<(u64, u64, i32)>> {
+                let uvdelta = self.varint(&mut at)?;
+                if uvdelta == 0 && !first {
+                    return Some(None); // the table's end
+                }
+                first = false;
+                val = val.wrapping_add(-((uvdelta & 1) as i32) ^ (uvdelta >> 1) as i32);
+                let next = cur.checked_add(u64::from(self.varint(&mut at)?) * self.quantum)?;
+                let start = std::mem::replace(&mut cur, next);
+                Some(Some((start, next, val)))
+            };
+            match step() {
+                Some(Some(range)) => Some(Some(range)),
+                Some(None) => {
+                    done = true;
+                    None
+                }
+                None => {
+                    done = true;
+                    Some(None)
+                }
+            }
+        })
     }
 
     fn varint(&self, at: &mut usize) -> Option<u32> {
@@ -417,11 +444,8 @@ impl GoTable {
         let (f, entry) = self.func(pc)?;
         let d = &self.file;
         let name_off = u32_at(d, f + 4)? as i32;
-        let (npcdata_at, fixed) = match self.layout {
-            Layout::Go118 => (f + 28, 40),
-            Layout::Go120 => (f + 28, 44),
-        };
-        let npcdata = u32_at(d, npcdata_at)? as usize;
+        let fixed = self.func_fixed();
+        let npcdata = u32_at(d, f + 28)? as usize;
         let nfuncdata = usize::from(*d.get(f + fixed - 1)?);
         let mut frames = Vec::new();
         // The PC each frame is at: `pc`, then each inlined call's site.
@@ -522,39 +546,47 @@ impl GoTable {
         if table == 0 {
             return None;
         }
-        let mut at = self.pctab + table as usize;
-        let (mut val, mut cur) = (-1i32, entry);
         let mut out = Vec::new();
-        for first in std::iter::once(true).chain(std::iter::repeat(false)) {
-            if cur >= end {
-                return Some(out);
-            }
-            let uvdelta = self.varint(&mut at)?;
-            if uvdelta == 0 && !first {
-                // The table ends with the code: what is left up to the next
-                // function is padding.
-                return Some(out);
-            }
-            val = val.wrapping_add(-((uvdelta & 1) as i32) ^ (uvdelta >> 1) as i32);
-            let next = cur.checked_add(u64::from(self.varint(&mut at)?) * self.quantum)?;
-            out.push((cur, next.min(end), val));
-            cur = next;
+        // The table ends with the code: what is left up to the next function
+        // is padding.
+        for range in self.pc_ranges(table, entry) {
+            let (start, next, val) = range?;
+            out.push((start, next.min(end), val));
             if out.len() > 1 << 16 {
                 return None;
             }
+            if next >= end {
+                break;
+            }
         }
-        None
+        Some(out)
     }
 
     /// The `_func.flag` of the function at `entry` (`abi.FuncFlag`:
     /// TopFrame 1, SPWrite 2, Asm 4; the same bits in Go 1.18-1.27).
     pub fn func_flag(&self, entry: u64) -> Option<u8> {
         let (f, found) = self.func(entry)?;
-        let fixed = match self.layout {
+        (found == entry).then(|| self.file.get(f + self.func_fixed() - 3).copied())?
+    }
+
+    /// The size of a `_func`'s fixed part (up to its pcdata offsets), which
+    /// ends with `funcID, flag, _, nfuncdata` (one byte each).
+    fn func_fixed(&self) -> usize {
+        match self.layout {
             Layout::Go118 => 40,
             Layout::Go120 => 44,
-        };
-        (found == entry).then(|| self.file.get(f + fixed - 3).copied())?
+        }
+    }
+
+    /// Every function: `(entry, end, _func offset)`, in address order
+    /// (link-time addresses relative to `text_start`).
+    fn funcs(&self) -> impl Iterator<Item = (u32, u32, usize)> + '_ {
+        (0..self.nfunc).filter_map(move |i| {
+            let entry = u32_at(&self.file, self.pclntable + 8 * i)?;
+            let end = u32_at(&self.file, self.pclntable + 8 * (i + 1))?;
+            let f = self.pclntable + u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
+            Some((entry, end, f))
+        })
     }
 
     /// The file offset of virtual address `vaddr`.
@@ -629,21 +661,10 @@ impl GoTable {
     /// `runtime.deferreturn` (cmd/internal/objabi/funcid.go: "Don't show in
     /// call stack"); none if it is missing.
     pub fn wrappers(&self) -> Vec<(u64, u64)> {
-        let fixed = match self.layout {
-            Layout::Go118 => 40,
-            Layout::Go120 => 44,
-        };
         // `_func.funcID`: the 4th byte from the end of the fixed part.
-        let func_id = |f: usize| self.file.get(f + fixed - 4).copied();
-        let funcs = || {
-            (0..self.nfunc).filter_map(move |i| {
-                let entry = u32_at(&self.file, self.pclntable + 8 * i)?;
-                let end = u32_at(&self.file, self.pclntable + 8 * (i + 1))?;
-                let f = self.pclntable + u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
-                Some((entry, end, f))
-            })
-        };
-        let Some(wrapper) = funcs()
+        let func_id = |f: usize| self.file.get(f + self.func_fixed() - 4).copied();
+        let Some(wrapper) = self
+            .funcs()
             .find(|&(_, _, f)| {
                 u32_at(&self.file, f + 4)
                     .and_then(|off| self.name(off as i32))
@@ -654,7 +675,7 @@ impl GoTable {
         else {
             return Vec::new();
         };
-        funcs()
+        self.funcs()
             .filter(|&(_, _, f)| func_id(f) == Some(wrapper))
             .map(|(entry, end, _)| {
                 (
@@ -667,10 +688,7 @@ impl GoTable {
 
     /// Every function: `(entry, end, name)`, in address order.
     pub fn functions(&self) -> impl Iterator<Item = (u64, u64, String)> + '_ {
-        (0..self.nfunc).filter_map(|i| {
-            let entry = u32_at(&self.file, self.pclntable + 8 * i)?;
-            let end = u32_at(&self.file, self.pclntable + 8 * (i + 1))?;
-            let f = self.pclntable + u32_at(&self.file, self.pclntable + 8 * i + 4)? as usize;
+        self.funcs().filter_map(|(entry, end, f)| {
             let name = self.name(u32_at(&self.file, f + 4)? as i32)?;
             Some((
                 self.text_start + u64::from(entry),
