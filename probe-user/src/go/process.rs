@@ -25,7 +25,8 @@ pub struct GoProcess {
     /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
     /// `runtime.rt0_go`), as address ranges in the process: nothing is called
     /// from outside them, so a frame-pointer walk that runs past one (a thread
-    /// whose first frame pointer was never zeroed) read junk.
+    /// whose first frame pointer was never zeroed) read junk. Like every set
+    /// of ranges here, in address order (see `holds`).
     roots: Vec<(u64, u64)>,
     /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
     /// as address ranges.
@@ -86,29 +87,26 @@ impl ProcessTable {
             let restorer = range("runtime.sigreturn__sigaction")
                 .or_else(|| range("runtime.sigreturn"))
                 .map(|(start, _)| start);
-            let morestack = ["runtime.morestack", "runtime.morestack_noctxt"]
-                .iter()
-                .filter_map(|name| range(name))
-                .collect();
-            let roots = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
-                .iter()
-                .filter_map(|name| range(name))
-                .collect();
+            // Each set in address order, for `holds`.
+            let ranges = |names: &[&str]| -> Vec<(u64, u64)> {
+                let mut v: Vec<(u64, u64)> = names.iter().filter_map(|name| range(name)).collect();
+                v.sort_unstable();
+                v
+            };
+            let morestack = ranges(&["runtime.morestack", "runtime.morestack_noctxt"]);
+            let roots = ranges(&["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]);
+            let panics = ranges(&["runtime.gopanic", "runtime.sigpanic", "runtime.panicwrap"]);
+            let mut sigtramps: Vec<(u64, u64)> = sigtramp.into_iter().chain(cgo_sigtramp).collect();
+            sigtramps.sort_unstable();
             let wrappers = table
                 .wrappers()
                 .into_iter()
                 .map(|(start, end)| (start.wrapping_add(bias), end.wrapping_add(bias)))
                 .collect();
-            let mut panics: Vec<(u64, u64)> =
-                ["runtime.gopanic", "runtime.sigpanic", "runtime.panicwrap"]
-                    .iter()
-                    .filter_map(|name| range(name))
-                    .collect();
-            panics.sort_unstable();
             let p = self.procs.get_mut(&pid).expect("listed above");
             p.go.wrappers = wrappers;
             p.go.panics = panics;
-            p.go.sigtramps = sigtramp.into_iter().chain(cgo_sigtramp).collect();
+            p.go.sigtramps = sigtramps;
             p.go.roots = roots;
             p.go.restorer = restorer;
             p.go.morestack = morestack;
@@ -141,12 +139,7 @@ impl ProcessTable {
         if !on_goroutine || stack_top.len() < 2 {
             return None;
         }
-        self.procs
-            .get(&pid)?
-            .go
-            .morestack
-            .iter()
-            .any(|&(start, end)| leaf >= start && leaf < end)
+        holds(&self.procs.get(&pid)?.go.morestack, leaf, true)
             .then_some([stack_top[0], stack_top[1]])
     }
 
@@ -161,15 +154,9 @@ impl ProcessTable {
     /// handler's entry, if any.
     pub fn go_signal_handler_frame(&self, pid: u32, user: &[u64]) -> Option<usize> {
         let p = self.procs.get(&pid)?;
-        user.iter().enumerate().position(|(i, &a)| {
-            p.go.sigtramps.iter().any(|&(start, end)| {
-                if i == 0 {
-                    a >= start && a < end
-                } else {
-                    a > start && a <= end
-                }
-            })
-        })
+        user.iter()
+            .enumerate()
+            .position(|(i, &a)| holds(&p.go.sigtramps, a, i == 0))
     }
 
     /// The indexes of `user`'s frames (leaf first) in generated wrappers that
@@ -177,24 +164,9 @@ impl ProcessTable {
     /// and never every frame. `None` if there is none (the common case).
     pub fn go_wrapper_frames(&self, pid: u32, user: &[u64]) -> Option<Vec<usize>> {
         let p = self.procs.get(&pid).filter(|p| !p.go.wrappers.is_empty())?;
-        let within = |ranges: &[(u64, u64)], i: usize, a: u64| {
-            // The leaf is where the CPU was; every other frame a return
-            // address, one past its call.
-            let k =
-                ranges.partition_point(|&(start, _)| if i == 0 { start <= a } else { start < a });
-            k.checked_sub(1).is_some_and(|k| {
-                let (start, end) = ranges[k];
-                if i == 0 {
-                    a >= start && a < end
-                } else {
-                    a > start && a <= end
-                }
-            })
-        };
-        let panics = &p.go.panics;
         let out: Vec<usize> = (0..user.len())
-            .filter(|&i| within(&p.go.wrappers, i, user[i]))
-            .filter(|&i| i == 0 || !within(panics, i - 1, user[i - 1]))
+            .filter(|&i| holds(&p.go.wrappers, user[i], i == 0))
+            .filter(|&i| i == 0 || !holds(&p.go.panics, user[i - 1], i == 1))
             .collect();
         (!out.is_empty() && out.len() < user.len()).then_some(out)
     }
@@ -208,11 +180,7 @@ impl ProcessTable {
         user.iter()
             .enumerate()
             .skip(1)
-            .find(|&(_, &ra)| {
-                p.go.roots
-                    .iter()
-                    .any(|&(start, end)| ra > start && ra <= end)
-            })
+            .find(|&(_, &ra)| holds(&p.go.roots, ra, false))
             .map_or(user.len(), |(i, _)| i + 1)
     }
 
@@ -282,15 +250,7 @@ impl ProcessTable {
         // signal frame's restorer, not a return address. runtime.morestack
         // switches SP to the system stack, so the word at SP is no return
         // address either (see `go_morestack_callers` for before the switch).
-        if p.go
-            .sigtramps
-            .iter()
-            .any(|&(start, end)| leaf >= start && leaf < end)
-            || p.go
-                .morestack
-                .iter()
-                .any(|&(start, end)| leaf >= start && leaf < end)
-        {
+        if holds(&p.go.sigtramps, leaf, true) || holds(&p.go.morestack, leaf, true) {
             return None;
         }
         let m = p.lookup(leaf)?;
@@ -302,6 +262,21 @@ impl ProcessTable {
         let ra = *stack_top.first()?;
         (table.sp_delta(pc)? == 0 && ra != 0 && next != Some(ra)).then_some(ra)
     }
+}
+
+/// Is `addr` in one of `ranges` (functions `[start, end)`, in address
+/// order)? A `leaf` is where the CPU was; any other frame's address is a
+/// return address, one past its call, so `(start, end]`.
+fn holds(ranges: &[(u64, u64)], addr: u64, leaf: bool) -> bool {
+    let k = ranges.partition_point(|&(start, _)| if leaf { start <= addr } else { start < addr });
+    k.checked_sub(1).is_some_and(|k| {
+        let (start, end) = ranges[k];
+        if leaf {
+            addr >= start && addr < end
+        } else {
+            addr > start && addr <= end
+        }
+    })
 }
 
 /// The goroutine offsets the kernel needs for the Go executable `exe`, known
@@ -408,5 +383,29 @@ pub(crate) fn repair_stack(
             at += 1;
             !wrappers.contains(&(at - 1))
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_is_inside_its_function_and_a_return_address_one_past_a_call() {
+        let ranges = [(0x100, 0x180), (0x200, 0x240)];
+        for (addr, leaf, inside) in [
+            (0x100, true, true),
+            (0x17f, true, true),
+            (0x180, true, false),
+            (0x100, false, false),
+            (0x180, false, true),
+            (0x1ff, true, false),
+            (0x240, false, true),
+            (0x241, false, false),
+            (0x0ff, true, false),
+        ] {
+            assert_eq!(holds(&ranges, addr, leaf), inside, "{addr:#x} leaf {leaf}");
+        }
+        assert!(!holds(&[], 0x100, true));
     }
 }
