@@ -109,7 +109,7 @@ impl Client {
             return None;
         }
         let cached = self.cache.join(format!("{id}.debug"));
-        if let Some(f) = checked(&cached, id) {
+        if let Some(f) = super::elf::open_with_build_id(&cached, Some(id)) {
             // Used now: the last the cache's bound removes.
             let _ = f.set_modified(std::time::SystemTime::now());
             return Some(f);
@@ -153,7 +153,7 @@ impl Client {
                 let _ = std::fs::remove_file(&partial);
                 continue;
             }
-            if checked(&partial, id).is_none() {
+            if super::elf::open_with_build_id(&partial, Some(id)).is_none() {
                 log::debug!("debuginfod: {url}: not the debug file of {id}");
                 let _ = std::fs::remove_file(&partial);
                 continue;
@@ -164,18 +164,10 @@ impl Client {
             }
             log::debug!("debuginfod: {id} from {server}");
             trim_cache(&self.cache, MAX_CACHE, to);
-            return checked(to, id);
+            return super::elf::open_with_build_id(to, Some(id));
         }
         None
     }
-}
-
-/// The file at `path`, opened without following a link or blocking, if it is
-/// a regular ELF file whose GNU build id is `id`.
-fn checked(path: &Path, id: &str) -> Option<std::fs::File> {
-    let f = crate::files::open_regular(path)?;
-    let m = super::elf::MappedFile::of(&f)?;
-    (super::elf::build_id_in(m.bytes()).as_deref() == Some(id)).then_some(f)
 }
 
 /// Makes `dir` (and its parents) if missing, and checks it is a folder only

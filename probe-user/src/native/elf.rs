@@ -280,6 +280,20 @@ pub fn build_id(path: &std::path::Path) -> Option<String> {
     build_id_in(MappedFile::open(path)?.bytes())
 }
 
+/// The file at `path`, opened as [`crate::files::open_regular`] opens (no
+/// link followed, no blocking, a regular file), if its GNU build id is `id`
+/// (any such file when `id` is `None`): a candidate debug file, checked on
+/// the handle it is then read through.
+pub fn open_with_build_id(path: &std::path::Path, id: Option<&str>) -> Option<std::fs::File> {
+    let f = crate::files::open_regular(path)?;
+    let matches = id.is_none()
+        || MappedFile::of(&f)
+            .and_then(|m| build_id_in(m.bytes()))
+            .as_deref()
+            == id;
+    matches.then_some(f)
+}
+
 /// [`build_id`] of an ELF file's bytes `d`.
 pub fn build_id_in(d: &[u8]) -> Option<String> {
     if d.get(..4)? != b"\x7fELF" || d.get(4)? != &2 || d.get(5)? != &1 {

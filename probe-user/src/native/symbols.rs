@@ -38,6 +38,8 @@ struct FileInfo {
     own_dwarf: bool,
     /// A separate debug file, for a binary stripped of its symbol table.
     debug_file: Option<std::rc::Rc<DebugFile>>,
+    /// The file offset of its entry point, if it is an executable.
+    entry: Option<u64>,
 }
 
 /// A binary's separate debug file, held open, and the binary's own layout
@@ -141,6 +143,7 @@ impl NativeSymbols {
         FileInfo {
             own_dwarf,
             debug_file,
+            entry: super::elf::entry_file_offset(file.bytes()),
         }
     }
 
@@ -158,16 +161,7 @@ impl NativeSymbols {
         link: Option<&str>,
     ) -> Option<std::fs::File> {
         let id = id.filter(|id| id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-        // Opened without blocking, a regular file, with the binary's build id.
-        let same = |file: &Path| {
-            let f = crate::files::open_regular(file)?;
-            let matches = id.is_none()
-                || super::elf::MappedFile::of(&f)
-                    .and_then(|m| super::elf::build_id_in(m.bytes()))
-                    .as_deref()
-                    == id.as_deref();
-            matches.then_some(f)
-        };
+        let same = |file: &Path| super::elf::open_with_build_id(file, id.as_deref());
         let by_id = id.as_deref().and_then(|id| {
             self.dirs.iter().find_map(|dir| {
                 same(
@@ -272,7 +266,7 @@ impl NativeSymbols {
         // A stripped executable's entry point is still `_start` (its ELF
         // header says where): the root of its main thread's stack.
         if names.iter().any(|n| n.0.is_none())
-            && let Some(entry) = entry_of(path)
+            && let Some(entry) = self.info(path).entry
         {
             for ((name, _), &off) in names.iter_mut().zip(offsets) {
                 if name.is_none() && (entry..entry + START_LEN).contains(&off) {
@@ -328,14 +322,6 @@ impl NativeSymbols {
 /// `_start` (crt1.o) is 0x26 bytes, its call to `__libc_start_main` ends at
 /// +0x22; musl's and Go-free C runtimes' are shorter.
 const START_LEN: u64 = 0x30;
-
-/// The file offset of `path`'s entry point, if it is an executable.
-fn entry_of(path: &Path) -> Option<u64> {
-    use std::io::Read as _;
-    let mut head = vec![0u8; 4096];
-    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
-    super::elf::entry_file_offset(&head[..n])
-}
 
 /// Most bytes a MiniDebugInfo ELF is decompressed to (Fedora's are tens
 /// to hundreds of KiB: a symbol table and little else).
