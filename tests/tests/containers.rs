@@ -193,25 +193,29 @@ fn record_selects_a_container_and_groups_its_processes_under_it() {
     let outside = spawn(fixture("twofuncs"), &["30", "1", "1"]);
     let level = format!("container {}", &ID[..12]);
 
-    let dir = out_dir("container_record");
-    let d = dir.to_str().unwrap();
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--container",
-            &ID[..12],
-            "--group-by",
-            "container",
-            "--duration",
-            "2",
-            "-o",
-            d,
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&dir);
+    // 2 s of `record --group-by container EXTRA`, its folded stacks.
+    let record = |name: &str, extra: &[&str]| {
+        let dir = out_dir(name);
+        let d = dir.to_str().unwrap();
+        let args = [
+            &[
+                "record",
+                "-q",
+                "--group-by",
+                "container",
+                "--duration",
+                "2",
+                "-o",
+                d,
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = run_crossprof(&args, Duration::from_secs(60));
+        assert!(run.status.success(), "{name}: {}", run.stderr);
+        read_folded(&dir)
+    };
+    let stacks = record("container_record", &["--container", &ID[..12]]);
     let (chain, all) = count_where(&stacks, &level, |s| {
         s.frames[1] == "chain" && s.contains_chain(&["main", "outer", "middle", "hot"])
     });
@@ -226,23 +230,7 @@ fn record_selects_a_container_and_groups_its_processes_under_it() {
     );
 
     // The whole system: the process outside under [host].
-    let dir = out_dir("container_group_all");
-    let d = dir.to_str().unwrap();
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--group-by",
-            "container",
-            "--duration",
-            "2",
-            "-o",
-            d,
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&dir);
+    let stacks = record("container_group_all", &[]);
     let (host, _) = count_where(&stacks, "[host]", |s| s.frames[1] == "twofuncs");
     let (mine, _) = count_where(&stacks, &level, |s| s.frames[1] == "chain");
     assert!(

@@ -11,14 +11,18 @@ use crossprof_tests::{
     Dotnet, FoldedStack, Roslyn, out_dir, read_folded, record_target, workspace_root,
 };
 
-/// `(samples in frames starting with one of `own`, all samples)` of the
-/// processes named `comm`.
-fn own_share(stacks: &[FoldedStack], comm: &str, own: &[&str]) -> (u64, u64) {
-    crossprof_tests::count_where(stacks, comm, |s| {
-        s.frames
-            .iter()
-            .any(|f| own.iter().any(|o| f.starts_with(o)))
-    })
+/// Of the samples of the processes named `comm` (at least `min`), >= 30% in
+/// frames starting with `own`: named, in the program's own code.
+fn assert_in_own_code(stacks: &[FoldedStack], comm: &str, own: &str, min: u64) {
+    let (mine, all) = crossprof_tests::count_where(stacks, comm, |s| {
+        s.frames.iter().any(|f| f.starts_with(own))
+    });
+    println!("{comm}: {mine} of {all} samples in {own}...");
+    assert!(all >= min, "only {all} samples of {comm}: {stacks:#?}");
+    assert!(
+        mine * 100 >= all * 30,
+        "{own}... in {mine} of {all} samples of {comm}:\n{stacks:#?}"
+    );
 }
 
 #[test]
@@ -54,14 +58,7 @@ fn fzf_through_a_script_is_named_in_its_own_code() {
     let out = dir.join("profile");
     let run = record_target(&out, &["--freq", "499"], &target);
     assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&out);
-    let (own, all) = own_share(&stacks, "fzf", &["github.com/junegunn/fzf"]);
-    println!("fzf: {own} of {all} samples in its own code");
-    assert!(all >= 200, "only {all} samples of fzf: {stacks:#?}");
-    assert!(
-        own * 100 >= all * 30,
-        "fzf's own code in {own} of {all} samples:\n{stacks:#?}"
-    );
+    assert_in_own_code(&read_folded(&out), "fzf", "github.com/junegunn/fzf", 200);
 }
 
 #[test]
@@ -99,12 +96,5 @@ fn roslyn_hosted_by_python_compiling_a_large_file_is_named_in_its_own_code() {
         "Roslyn wrote no assembly: {}",
         run.stderr
     );
-    let stacks = read_folded(&out);
-    let (own, all) = own_share(&stacks, "python3", &["Microsoft.CodeAnalysis"]);
-    println!("Roslyn: {own} of {all} samples in its own code");
-    assert!(all >= 500, "only {all} samples: {stacks:#?}");
-    assert!(
-        own * 100 >= all * 30,
-        "Roslyn's own code in {own} of {all} samples"
-    );
+    assert_in_own_code(&read_folded(&out), "python3", "Microsoft.CodeAnalysis", 500);
 }
