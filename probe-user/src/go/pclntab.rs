@@ -59,14 +59,16 @@ impl GoTables {
             return entry.clone().ok().flatten();
         }
         // Parsed without the lock held: the other thread never waits on a file.
-        // Most files are not Go: their headers say so without reading them.
+        // Most files are not Go: their headers say so without reading them. A
+        // Go one is copied from the mapping checked (a regular file, opened
+        // without following a link or blocking), not opened again by path.
         let go = crate::native::elf::MappedFile::open(path)
-            .is_some_and(|file| Elf::parse(file.bytes()).is_some_and(|elf| may_be_go(&elf)));
-        let entry: Entry = match go.then(|| std::fs::read(path)) {
-            Some(Ok(data)) => GoTable::parse(data)
+            .filter(|file| Elf::parse(file.bytes()).is_some_and(|elf| may_be_go(&elf)));
+        let entry: Entry = match go {
+            Some(file) => GoTable::parse(file.bytes().to_vec())
                 .map(|t| t.map(Arc::new))
                 .map_err(|e| e.to_string()),
-            _ => Ok(None),
+            None => Ok(None),
         };
         lock()
             .entry(path.to_path_buf())
