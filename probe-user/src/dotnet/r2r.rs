@@ -155,7 +155,7 @@ impl R2rImage {
         self.sections
             .iter()
             .find(|s| rva >= s.rva && rva - s.rva < s.virtual_size.max(s.raw_size))
-            .map(|s| (rva - s.rva + s.raw_offset) as usize)
+            .map(|s| (rva - s.rva) as usize + s.raw_offset as usize)
             .or_else(|| {
                 let first = self.sections.iter().map(|s| s.rva).min().unwrap_or(0);
                 (rva < first).then_some(rva as usize) // the headers
@@ -221,7 +221,7 @@ fn decode_unsigned(img: &R2rImage, d: &[u8], at: &mut u32) -> Result<u32, R2rErr
     } else {
         return Err(R2rError("bad varint"));
     };
-    *at += len;
+    *at = at.checked_add(len).ok_or(R2rError("varint past 4 GiB"))?;
     Ok(value)
 }
 
@@ -251,11 +251,16 @@ fn instance_entries(img: &R2rImage, d: &[u8], rva: u32) -> Result<Vec<(u32, u32)
         *d.get(img.off(rva)?)
             .ok_or(R2rError("truncated hash table"))?,
     );
-    let base = rva + 1;
-    let buckets = 1u32 << (header >> 2);
+    let bad = || R2rError("hash table out of range");
+    let base = rva.checked_add(1).ok_or_else(bad)?;
+    let buckets = 1u32.checked_shl(header >> 2).ok_or_else(bad)?;
     let index_size = 1u32 << (header & 3);
     let bucket_at = |b: u32| -> Result<u32, R2rError> {
-        let p = img.off(base + b * index_size)?;
+        let p = img.off(
+            b.checked_mul(index_size)
+                .and_then(|o| o.checked_add(base))
+                .ok_or_else(bad)?,
+        )?;
         Ok(match index_size {
             1 => u32::from(*d.get(p).ok_or(R2rError("truncated hash table"))?),
             2 => u32::from(u16_at(d, p)?),
@@ -264,9 +269,12 @@ fn instance_entries(img: &R2rImage, d: &[u8], rva: u32) -> Result<Vec<(u32, u32)
     };
     let mut out = Vec::new();
     for b in 0..buckets.min(1 << 24) {
-        let (mut at, end) = (base + bucket_at(b)?, base + bucket_at(b + 1)?);
+        let (mut at, end) = (
+            base.checked_add(bucket_at(b)?).ok_or_else(bad)?,
+            base.checked_add(bucket_at(b + 1)?).ok_or_else(bad)?,
+        );
         while at < end {
-            at += 1; // low hash byte
+            at = at.checked_add(1).ok_or_else(bad)?; // low hash byte
             let from = at;
             let delta = decode_signed(img, d, &mut at)?;
             let blob = from.wrapping_add_signed(delta);
@@ -300,7 +308,7 @@ impl Sig<'_> {
             .d
             .get(self.img.off(self.at)?)
             .ok_or(R2rError("truncated signature"))?;
-        self.at += 1;
+        self.at = self.at.wrapping_add(1);
         Ok(b)
     }
 
@@ -430,21 +438,23 @@ impl NativeArray {
         if index >= self.count {
             return None;
         }
-        let slot = self.base + (index / 16) * (1 << self.index_size);
+        let slot = self
+            .base
+            .checked_add((index / 16).checked_mul(1 << self.index_size)?)?;
         let p = img.off(slot).ok()?;
         let rel = match self.index_size {
             0 => u32::from(*d.get(p)?),
             1 => u32::from(u16_at(d, p).ok()?),
             _ => u32_at(d, p).ok()?,
         };
-        let mut at = self.base + rel;
+        let mut at = self.base.checked_add(rel)?;
         let mut bit = 8;
         while bit > 0 {
             let mut next = at;
             let val = decode_unsigned(img, d, &mut next).ok()?;
             if index & bit != 0 {
                 if val & 2 != 0 {
-                    at += val >> 2;
+                    at = at.checked_add(val >> 2)?;
                     bit >>= 1;
                     continue;
                 }

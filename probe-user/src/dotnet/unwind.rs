@@ -129,7 +129,7 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
                 if pushed_rbp =>
             {
                 at += 3;
-                return framed(at, 8 * pushes + sub + 8, push_ends, sub_end);
+                return framed(at, frame_bytes(pushes, sub)?, push_ends, sub_end);
             }
             // lea rbp, [rsp + imm8 / imm32]
             (Some(0x48), Some(0x8D), Some(0x6C | 0xAC))
@@ -137,7 +137,7 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
             {
                 at += if b2 == Some(0x6C) { 5 } else { 8 };
                 code.get(at - 1)?;
-                return framed(at, 8 * pushes + sub + 8, push_ends, sub_end);
+                return framed(at, frame_bytes(pushes, sub)?, push_ends, sub_end);
             }
             _ => break,
         }
@@ -160,10 +160,16 @@ pub fn decode_prolog(code: &[u8]) -> Option<Shape> {
     Some(Shape {
         kind: Kind::Frameless,
         prolog_len: u8::try_from(at).ok()?,
-        body_cfa: u16::try_from(8 * pushes + sub + 8).ok()?,
+        body_cfa: u16::try_from(frame_bytes(pushes, sub)?).ok()?,
         push_ends,
         sub_end,
     })
+}
+
+/// The CFA's distance from RSP in the body: the pushes, the `sub` (up to
+/// `u32::MAX` from a hostile `sub rsp, imm32`) and the return address.
+fn frame_bytes(pushes: u32, sub: u32) -> Option<u32> {
+    pushes.checked_mul(8)?.checked_add(sub)?.checked_add(8)
 }
 
 fn framed(at: usize, frame: u32, push_ends: [u8; PROLOG_PUSHES], sub_end: u8) -> Option<Shape> {

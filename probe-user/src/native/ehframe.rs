@@ -521,7 +521,7 @@ fn run(
             }
             2 => r
                 .uleb()
-                .map(|off| set_reg(&mut state, low, Some(off as i64 * da))),
+                .map(|off| set_reg(&mut state, low, (off as i64).checked_mul(da))),
             3 => {
                 let base = initial.unwrap_or(state);
                 match low {
@@ -545,7 +545,7 @@ fn run(
                     0x04 => advance(u64::from(r.u32()?), &state, &mut pc, rows),
                     0x05 => {
                         let (reg, off) = (r.uleb()?, r.uleb()?);
-                        set_reg(&mut state, reg, Some(off as i64 * da));
+                        set_reg(&mut state, reg, (off as i64).checked_mul(da));
                     }
                     0x06 => {
                         let reg = r.uleb()?;
@@ -618,15 +618,15 @@ fn run(
                     }
                     0x11 => {
                         let (reg, off) = (r.uleb()?, r.sleb()?);
-                        set_reg(&mut state, reg, Some(off * da));
+                        set_reg(&mut state, reg, off.checked_mul(da));
                     }
                     0x12 => {
                         let (reg, off) = (r.uleb()?, r.sleb()?);
-                        state.cfa = cfa_rule(reg, off * da);
+                        state.cfa = cfa_rule(reg, off.saturating_mul(da));
                     }
                     0x13 => {
                         let off = r.sleb()?;
-                        state.cfa = with_offset(state.cfa, off * da);
+                        state.cfa = with_offset(state.cfa, off.saturating_mul(da));
                     }
                     0x14 | 0x15 => {
                         let reg = r.uleb()?;
@@ -648,7 +648,11 @@ fn run(
                     }
                     0x2f => {
                         let (reg, off) = (r.uleb()?, r.uleb()?);
-                        set_reg(&mut state, reg, Some(-(off as i64) * da));
+                        set_reg(
+                            &mut state,
+                            reg,
+                            (off as i64).checked_neg().and_then(|n| n.checked_mul(da)),
+                        );
                     }
                     _ => return None,
                 }

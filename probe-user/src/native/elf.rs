@@ -64,7 +64,7 @@ pub fn entry_file_offset(head: &[u8]) -> Option<u64> {
         usize::from(u16_at(head, 0x36)?),
         usize::from(u16_at(head, 0x38)?),
     );
-    let headers = (0..phnum).map(|i| phoff + i * phentsize);
+    let headers = (0..phnum).filter_map(|i| phoff.checked_add(i * phentsize));
     // ET_EXEC, or ET_DYN with an interpreter (PIE).
     let executable = kind == 2 || headers.clone().any(|p| u32_at(head, p) == Some(3));
     if !executable || entry == 0 {
@@ -78,7 +78,7 @@ pub fn entry_file_offset(head: &[u8]) -> Option<u64> {
                 u64_at(head, p + 16)?,
                 u64_at(head, p + 32)?,
             );
-            (vaddr <= entry && entry < vaddr + filesz).then(|| entry - vaddr + offset)
+            (vaddr <= entry && entry - vaddr < filesz).then(|| (entry - vaddr).wrapping_add(offset))
         })
 }
 
@@ -119,7 +119,7 @@ impl Elf {
         let shstrndx = usize::from(u16_at(d, 0x3E)?);
         let mut elf = Elf::default();
         for i in 0..phnum {
-            let p = phoff + i * phentsize;
+            let p = phoff.checked_add(i * phentsize)?;
             if u32_at(d, p)? == 1 {
                 // PT_LOAD
                 elf.segments.push(Segment {
@@ -131,7 +131,7 @@ impl Elf {
             }
         }
         let header = |i: usize| -> Option<(u32, u32, Section)> {
-            let s = shoff + i * shentsize;
+            let s = shoff.checked_add(i * shentsize).filter(|&s| s < d.len())?;
             let kind = u32_at(d, s + 4)?;
             Some((
                 u32_at(d, s)?,
@@ -151,7 +151,7 @@ impl Elf {
                 continue;
             };
             let name = names
-                .and_then(|n| d.get(n.offset as usize + name_off as usize..))
+                .and_then(|n| d.get((n.offset as usize).checked_add(name_off as usize)?..))
                 .and_then(|s| s.split(|&b| b == 0).next())
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .unwrap_or_default();
@@ -175,7 +175,7 @@ impl Elf {
     /// The bytes of section `name` in `d`.
     pub fn section_data<'a>(&self, d: &'a [u8], name: &str) -> Option<&'a [u8]> {
         let s = self.section(name).filter(|s| !s.nobits)?;
-        d.get(s.offset as usize..(s.offset + s.size) as usize)
+        d.get(s.offset as usize..s.offset.checked_add(s.size)? as usize)
     }
 
     /// The bytes of section `name` in `d`, decompressed if it is compressed
@@ -205,7 +205,7 @@ impl Elf {
         self.segments
             .iter()
             .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
-            .map(|s| vaddr - s.vaddr + s.offset)
+            .map(|s| (vaddr - s.vaddr).wrapping_add(s.offset))
     }
 
     /// The link-time address of an executable mapping that starts at file
@@ -219,7 +219,10 @@ impl Elf {
         self.segments
             .iter()
             .filter(|s| s.exec)
-            .find(|s| s.offset & !(PAGE - 1) <= off && off < s.offset + s.filesz)
+            .find(|s| {
+                s.offset & !(PAGE - 1) <= off
+                    && s.offset.checked_add(s.filesz).is_some_and(|end| off < end)
+            })
             .map(|s| s.vaddr.wrapping_sub(s.offset - off))
             .or_else(|| self.vaddr(off))
     }
@@ -229,7 +232,7 @@ impl Elf {
         self.segments
             .iter()
             .find(|s| off >= s.offset && off - s.offset < s.filesz)
-            .map(|s| off - s.offset + s.vaddr)
+            .map(|s| (off - s.offset).wrapping_add(s.vaddr))
     }
 
     /// The pointer stored at `vaddr`: the relocation's value in a PIE, else the
@@ -257,7 +260,9 @@ impl Elf {
             let mut relative = HashMap::new();
             for &(at, n) in &self.rela {
                 for r in 0..n {
-                    let e = at + r * 24;
+                    let Some(e) = r.checked_mul(24).and_then(|o| o.checked_add(at)) else {
+                        break;
+                    };
                     let (Some(off), Some(info), Some(addend)) =
                         (u64_at(d, e), u64_at(d, e + 8), u64_at(d, e + 16))
                     else {
@@ -303,7 +308,7 @@ pub fn build_id_in(d: &[u8]) -> Option<String> {
     let (phentsize, phnum) = (usize::from(u16_at(d, 0x36)?), usize::from(u16_at(d, 0x38)?));
     let mut go = None;
     for i in 0..phnum {
-        let p = phoff + i * phentsize;
+        let p = phoff.checked_add(i * phentsize)?;
         if u32_at(d, p)? != 4 {
             continue; // PT_NOTE
         }

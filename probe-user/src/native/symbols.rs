@@ -385,6 +385,16 @@ fn xz_unpacked_size(xz: &[u8]) -> Option<u64> {
     if xz.get(..6)? != MAGIC {
         return None;
     }
+    // The stream footer (the last 12 bytes: CRC32, backward size, flags,
+    // "YZ"): the index's size must fit in the file (a decoder adds to it).
+    let footer = xz.len().checked_sub(12)?;
+    if xz.get(footer + 10..)? != b"YZ" {
+        return None;
+    }
+    let backward = u32::from_le_bytes(xz.get(footer + 4..footer + 8)?.try_into().ok()?);
+    if (u64::from(backward) + 1) * 4 > xz.len() as u64 {
+        return None;
+    }
     // Stream flags: the check's type in the low 4 bits of the second byte.
     let check = match xz.get(7)? & 0x0F {
         0 => 0,
