@@ -100,19 +100,21 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
     if sample.flags & FLAG_USER_STACK_ERROR != 0 {
         frames.push(FrameRef::Marker(Marker::UserStackError));
     } else {
-        if sample.flags & FLAG_USER_TRUNCATED != 0 {
+        // Go stacks repaired (callers no frame record holds, signal
+        // handlers, switches to the system stack, junk past a root).
+        let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
+        let rooted = crate::go::process::repair_stack(procs, sample, &mut user);
+        // A stack that reaches a Go root is whole, however the walk went on
+        // past it (a thread Go's `clone` started keeps its parent's RBP).
+        if sample.flags & FLAG_USER_TRUNCATED != 0 && !rooted {
             frames.push(FrameRef::Marker(Marker::UserTruncated));
         }
         if sample.flags & FLAG_USER_LEAF_EDGE != 0 {
             frames.push(FrameRef::Marker(Marker::LeafEdge));
         }
-        if sample.flags & FLAG_USER_NO_UNWIND_INFO != 0 {
+        if sample.flags & FLAG_USER_NO_UNWIND_INFO != 0 && !rooted {
             frames.push(FrameRef::Marker(Marker::NoUnwindInfo));
         }
-        // Go stacks repaired (callers no frame record holds, signal
-        // handlers, switches to the system stack, junk past a root).
-        let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
-        crate::go::process::repair_stack(procs, sample, &mut user);
         let first = frames.len();
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));

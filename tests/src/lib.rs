@@ -414,6 +414,17 @@ impl Go {
     /// its own `go.mod`), or a file that imports "C", is a cgo program: built
     /// with `CGO_ENABLED=1` (gcc compiles its C code; the C linker links it).
     pub fn fixture(self, name: &str, build: GoBuild) -> PathBuf {
+        self.build_fixture(name, build, false)
+    }
+
+    /// [`Go::fixture`] with `CGO_ENABLED=0`, into `<name>-pure`: a package
+    /// fixture whose C part is behind a `cgo` build tag, linked by Go's own
+    /// linker (no `.eh_frame`, as pure Go programs ship).
+    pub fn pure_fixture(self, name: &str, build: GoBuild) -> PathBuf {
+        self.build_fixture(name, build, true)
+    }
+
+    fn build_fixture(self, name: &str, build: GoBuild, pure: bool) -> PathBuf {
         let dir = workspace_root().join(format!("tests/fixtures/go/{name}"));
         let package = dir.is_dir();
         let src = if package {
@@ -422,8 +433,10 @@ impl Go {
             workspace_root().join(format!("tests/fixtures/go/{name}.go"))
         };
         // A single file with C in its preamble is a cgo program too.
-        let cgo = package
-            || std::fs::read_to_string(&src).is_ok_and(|text| text.contains("\nimport \"C\"\n"));
+        let cgo = !pure
+            && (package
+                || std::fs::read_to_string(&src)
+                    .is_ok_and(|text| text.contains("\nimport \"C\"\n")));
         let mode = match build {
             GoBuild::Normal => "normal",
             GoBuild::Stripped => "stripped",
@@ -434,10 +447,10 @@ impl Go {
             .join("fixtures/go")
             .join(format!("{}-{mode}", self.version()));
         std::fs::create_dir_all(&out_dir).expect("create target/fixtures/go");
-        let out = out_dir.join(if build == GoBuild::CShared {
-            format!("lib{name}.so")
-        } else {
-            name.to_owned()
+        let out = out_dir.join(match (build, pure) {
+            (GoBuild::CShared, _) => format!("lib{name}.so"),
+            (_, true) => format!("{name}-pure"),
+            _ => name.to_owned(),
         });
         let mut cmd = Command::new(self.go());
         cmd.arg("build").arg("-o").arg(&out);

@@ -83,20 +83,29 @@ fn generated_wrappers_are_left_out_in_every_version() {
 }
 
 /// Go assembly that uses RBP as a general register (`tests/fixtures/go/asmbp`,
-/// as crypto/md5's `block` does), in a cgo binary (walked by rules): its
-/// callers are found by its `pcsp` table, not by the junk in RBP:
-/// `main.main;main.work;crossprof.test/asmbp/spin.Spinbp` in >= 90% of
-/// samples, every version.
+/// as crypto/md5's `block` does), in a cgo binary (walked by rules) and in a
+/// pure Go one (Go's linker, no `.eh_frame`): its callers are found by its
+/// `pcsp` table, not by the junk in RBP:
+/// `runtime.main;main.main;main.work;crossprof.test/asmbp/spin.Spinbp` in >=
+/// 90% of samples, every version.
 #[test]
 fn go_assembly_that_uses_rbp_keeps_its_callers_in_every_version() {
-    for go in Go::tested() {
-        let what = format!("go {}", go.version());
-        let bin = go.fixture("asmbp", GoBuild::Normal);
-        let dir = out_dir(&format!("go_asmbp_{}", go.version()));
+    for (go, pure) in Go::tested()
+        .into_iter()
+        .flat_map(|go| [(go, false), (go, true)])
+    {
+        let what = format!("go {}{}", go.version(), if pure { " pure" } else { " cgo" });
+        let bin = if pure {
+            go.pure_fixture("asmbp", GoBuild::Normal)
+        } else {
+            go.fixture("asmbp", GoBuild::Normal)
+        };
+        let comm = bin.file_name().unwrap().to_str().unwrap().to_owned();
+        let dir = out_dir(&format!("go_asmbp_{}_{pure}", go.version()));
         let run = record(&dir, &["--freq", "499"], &bin, &[&fixture_secs(1.0)]);
         assert!(run.status.success(), "{what}: {}", run.stderr);
         let stacks = read_folded(&dir);
-        let (chain, all) = count_where(&stacks, "asmbp", |s| {
+        let (chain, all) = count_where(&stacks, &comm, |s| {
             s.contains_chain(&[
                 "runtime.main",
                 "main.main",

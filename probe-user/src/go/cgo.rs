@@ -39,13 +39,49 @@ use probe_common::native::{RBP_SAME, RBP_UNKNOWN, UnwindRow, cfa_kind};
 
 use super::pclntab::GoTable;
 
-/// Rows for the Go side of a cgo binary: `(start, end, row)` link-time ranges,
+/// Which linker linked a Go binary: the Go code's rows depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linker {
+    /// The C linker (cgo, `-linkmode=external`, c-shared): the binary has
+    /// `.eh_frame` rows for its C parts, so its processes are walked by rules
+    /// anyway, and every Go function outside the runtime gets exact rows from
+    /// its `pcsp` table.
+    C,
+    /// Go's own linker (pure Go, the default): no `.eh_frame`. Compiled Go
+    /// keeps frame pointers, so only assembly outside the runtime (which may
+    /// use RBP as a general register: crypto/md5's `block`, chacha20poly1305)
+    /// gets `pcsp` rows; everything else keeps the frame-pointer rule, which
+    /// dedups into a few rows for the whole binary (a large Go program's
+    /// ~100,000 functions would otherwise take ~400,000 of the kernel's 1M
+    /// shared rows).
+    Go,
+}
+
+/// Rows for the Go code of a binary: `(start, end, row)` link-time ranges,
 /// sorted, for [`crate::native::unwind`] to merge with the C parts' rows.
-pub fn rows(table: &GoTable) -> Vec<(u64, u64, UnwindRow)> {
+/// With [`Linker::Go`], empty when no function needs more than its frame
+/// pointer: the process keeps the cheaper frame-pointer walk
+/// (`bpf_get_stack`).
+pub fn rows(table: &GoTable, linker: Linker) -> Vec<(u64, u64, UnwindRow)> {
     let frame_pointer = go_row(cfa_kind::GO_FRAME_POINTER, 0, 0);
     let mut out = Vec::new();
+    let mut by_sp = 0usize;
     for (entry, end, name) in table.functions() {
         if u32::try_from(end).is_err() {
+            continue;
+        }
+        if linker == Linker::Go {
+            let assembly = table
+                .func_flag(entry)
+                .is_some_and(|f| f & FUNC_FLAG_ASM != 0);
+            if !assembly || keeps_frame_pointer_rule(table, entry, &name) {
+                out.push((entry, end, frame_pointer));
+            } else if let Some(rows) = by_stack_pointer(table, entry, end) {
+                by_sp += 1;
+                out.extend(rows);
+            } else {
+                out.push((entry, end, frame_pointer));
+            }
             continue;
         }
         match name.as_str() {
@@ -68,14 +104,19 @@ pub fn rows(table: &GoTable) -> Vec<(u64, u64, UnwindRow)> {
             },
         }
     }
+    if linker == Linker::Go && by_sp == 0 {
+        out.clear();
+    }
     out
 }
 
-/// `abi.FuncFlag` bits (internal/abi/symtab.go; the same in Go 1.18-1.27):
-/// the outermost frame of a stack, and a function that writes SP with other
-/// than a constant (its `pcsp` cannot say where its frame is).
+/// `abi.FuncFlag` bits (internal/abi/symtab.go; the same in Go 1.18-1.27,
+/// `funcFlag_*` in runtime/symtab.go before 1.20): the outermost frame of a
+/// stack, a function that writes SP with other than a constant (its `pcsp`
+/// cannot say where its frame is), and one written in assembly.
 const FUNC_FLAG_TOP_FRAME: u8 = 1;
 const FUNC_FLAG_SP_WRITE: u8 = 2;
+const FUNC_FLAG_ASM: u8 = 4;
 
 /// Does the function at `entry` keep the frame-pointer rule? The runtime's
 /// (its stack switches link frame records across stacks: systemstack, mcall,
@@ -208,7 +249,7 @@ mod tests {
             let table = GoTable::parse(std::fs::read(&bin).unwrap())
                 .unwrap()
                 .unwrap();
-            let rows = rows(&table);
+            let rows = rows(&table, Linker::C);
             let switch: Vec<_> = rows
                 .iter()
                 .filter(|r| r.2.cfa_kind == cfa_kind::GO_CGO_CALL)
@@ -267,6 +308,58 @@ mod tests {
                     go.version()
                 );
             }
+        }
+    }
+
+    /// A pure Go binary (Go's linker): its assembly outside the runtime by
+    /// stack-pointer offsets (in Spinbp's body, CFA = RSP + its frame + 8, the
+    /// caller's RBP at CFA - 16), compiled Go and the runtime by
+    /// frame pointers; a cgo build of the same program: compiled Go by
+    /// stack-pointer offsets too.
+    #[test]
+    fn a_pure_go_binary_has_stack_pointer_rows_for_its_assembly_only() {
+        for go in [Go::Go119, Go::Go127] {
+            let find = |rows: &[(u64, u64, UnwindRow)], table: &GoTable, name: &str| {
+                let (entry, end, _) = table
+                    .functions()
+                    .find(|(_, _, n)| n == name)
+                    .unwrap_or_else(|| panic!("{name}"));
+                rows.iter()
+                    .filter(|r| r.0 >= entry && r.1 <= end)
+                    .map(|r| (r.2.cfa_kind, r.2.cfa_off, r.2.rbp))
+                    .collect::<Vec<_>>()
+            };
+            let pure =
+                GoTable::parse(std::fs::read(go.pure_fixture("asmbp", GoBuild::Normal)).unwrap())
+                    .unwrap()
+                    .unwrap();
+            let rows = rows(&pure, Linker::Go);
+            let spin = find(&rows, &pure, "crossprof.test/asmbp/spin.Spinbp");
+            assert!(
+                spin.iter()
+                    .any(|&(kind, off, rbp)| kind == cfa_kind::RSP && off >= 16 && rbp == -2),
+                "go {}: {spin:?}",
+                go.version()
+            );
+            let fp = (cfa_kind::GO_FRAME_POINTER, 0, 0);
+            for name in ["main.work", "runtime.mcall", "runtime.main"] {
+                assert_eq!(
+                    find(&rows, &pure, name),
+                    [fp],
+                    "go {}: {name}",
+                    go.version()
+                );
+            }
+            let cgo = GoTable::parse(std::fs::read(go.fixture("asmbp", GoBuild::Normal)).unwrap())
+                .unwrap()
+                .unwrap();
+            let rows = super::rows(&cgo, Linker::C);
+            let work = find(&rows, &cgo, "main.work");
+            assert!(
+                work.iter().all(|r| r.0 == cfa_kind::RSP) && work.len() >= 2,
+                "go {}: {work:?}",
+                go.version()
+            );
         }
     }
 

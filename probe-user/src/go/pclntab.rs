@@ -535,6 +535,38 @@ impl GoTable {
         self.pcvalue(u32_at(&self.file, f + 16)?, entry, pc)
     }
 
+    /// Where the return address of `pc`'s function is, in words above the
+    /// stack pointer, when `pc` is where its frame record is not linked in
+    /// RBP yet or any more (RBP is still or again the caller's, so a
+    /// frame-pointer walk skips the caller): with nothing pushed (at entry, or
+    /// after the epilogue's `POPQ BP`), and in the prologue between pushing
+    /// (or storing) the caller's RBP and pointing RBP at it (`PUSHQ BP` /
+    /// `MOVQ SP, BP` from Go 1.21, `SUBQ $n, SP` / `MOVQ BP, n-8(SP)` / `LEAQ
+    /// n-8(SP), BP` before; cmd/internal/obj/x86/obj6.go). `None` elsewhere.
+    pub fn return_slot(&self, pc: u64) -> Option<usize> {
+        let delta = self.sp_delta(pc)?;
+        if delta == 0 {
+            return Some(0);
+        }
+        // The prologue is the first few instructions (after the stack
+        // check); RBP is linked by `mov %rsp,%rbp` or `lea d(%rsp),%rbp`.
+        let (_, entry) = self.func(pc)?;
+        let len = usize::try_from(pc.checked_sub(entry)?).ok()?;
+        if len > 48 || delta < 0 || delta % 8 != 0 {
+            return None;
+        }
+        let code = self.bytes(entry, len)?;
+        let links = |w: &[u8]| {
+            w[..3] == [0x48, 0x89, 0xe5]
+                || w[..3] == [0x48, 0x8d, 0x6c]
+                || w[..3] == [0x48, 0x8d, 0xac]
+        };
+        if code.windows(3).any(links) {
+            return None;
+        }
+        usize::try_from(delta / 8).ok()
+    }
+
     /// The function at `entry`'s stack-pointer offsets (its `pcsp` table) as
     /// `(start, end, delta)` ranges, in order: `delta` bytes below the stack
     /// pointer at entry from `start` up to `end` (the padding after the code
@@ -771,6 +803,45 @@ mod tests {
                 assert_eq!(t.frames(work + 1, false).unwrap()[0].name, "main.work");
                 assert!(t.frames(entry - 1, true).unwrap()[0].name != "main.hot");
             }
+        }
+    }
+
+    /// main.work's return address, instruction by instruction from its
+    /// entry: at SP at entry; right after `PUSHQ BP` (Go 1.21+) or at the
+    /// store of BP after `SUBQ` (1.19), `delta / 8` words up; nowhere once RBP
+    /// is linked (the frame-pointer walk sees the caller).
+    #[test]
+    fn the_return_address_is_found_until_the_frame_record_is_linked() {
+        for go in [Go::Go119, Go::Go121, Go::Go127] {
+            let t = table(go, GoBuild::Normal);
+            let (entry, end) = t.function("main.work").unwrap();
+            let code = t.bytes(entry, (end - entry) as usize).unwrap().to_vec();
+            assert_eq!(t.return_slot(entry), Some(0), "go {}", go.version());
+            let linked = code
+                .windows(3)
+                .position(|w| w == [0x48, 0x89, 0xe5] || w == [0x48, 0x8d, 0x6c])
+                .unwrap() as u64;
+            let saved = if go == Go::Go119 {
+                // movq %rbp, d(%rsp) right before the lea.
+                code[..linked as usize]
+                    .windows(4)
+                    .rposition(|w| w == [0x48, 0x89, 0x6c, 0x24])
+                    .unwrap() as u64
+            } else {
+                assert_eq!(code[linked as usize - 1], 0x55, "go {}", go.version());
+                linked
+            };
+            let delta = t.sp_delta(entry + saved).unwrap();
+            assert!(delta > 0, "go {}", go.version());
+            assert_eq!(
+                t.return_slot(entry + saved),
+                Some(delta as usize / 8),
+                "go {}",
+                go.version()
+            );
+            // Past the link: the body.
+            let body = entry + linked + if go == Go::Go119 { 5 } else { 3 };
+            assert_eq!(t.return_slot(body), None, "go {}", go.version());
         }
     }
 

@@ -172,16 +172,17 @@ impl ProcessTable {
     }
 
     /// How many of `user`'s frames (leaf first) to keep: up to and including
-    /// the first in a Go root function (see `GoProcess::roots`), all if none.
-    pub fn go_stack_len(&self, pid: u32, user: &[u64]) -> usize {
+    /// the first in a Go root function (see `GoProcess::roots`), all if none;
+    /// and whether one was found.
+    pub fn go_stack_len(&self, pid: u32, user: &[u64]) -> (usize, bool) {
         let Some(p) = self.procs.get(&pid).filter(|p| !p.go.roots.is_empty()) else {
-            return user.len();
+            return (user.len(), false);
         };
         user.iter()
             .enumerate()
             .skip(1)
             .find(|&(_, &ra)| holds(&p.go.roots, ra, false))
-            .map_or(user.len(), |(i, _)| i + 1)
+            .map_or((user.len(), false), |(i, _)| (i + 1, true))
     }
 
     /// The Go version that built `pid`'s executable (`go1.23.9`), if it is Go.
@@ -234,10 +235,11 @@ impl ProcessTable {
     }
 
     /// The caller a frame-pointer walk missed: when the leaf `leaf` of `pid` is in
-    /// Go code that has not saved a frame pointer (a frameless leaf, or a function
-    /// at its first instruction), the walk starts from the caller's frame record
-    /// and skips the caller, whose return address is still at `sp`. `next` is the
-    /// walk's first return address; `stack_top` the words at `sp`.
+    /// Go code whose frame record is not linked in RBP (a frameless leaf, a
+    /// function at its first instructions or after its epilogue), the walk
+    /// starts from the caller's frame record and skips the caller, whose
+    /// return address is in `stack_top` (see `GoTable::return_slot`). `next`
+    /// is the walk's first return address; `stack_top` the words at `sp`.
     pub fn missing_caller(
         &mut self,
         pid: u32,
@@ -259,8 +261,8 @@ impl ProcessTable {
         };
         let table = self.modules.go_table(module)?;
         let pc = table.vaddr(leaf - m.start + m.offset)?;
-        let ra = *stack_top.first()?;
-        (table.sp_delta(pc)? == 0 && ra != 0 && next != Some(ra)).then_some(ra)
+        let ra = *stack_top.get(table.return_slot(pc)?)?;
+        (ra != 0 && next != Some(ra)).then_some(ra)
     }
 }
 
@@ -300,12 +302,13 @@ pub(crate) fn offsets_before_exec(
 /// process (nothing changes for others): callers the frame-pointer walk
 /// could not see (a frameless leaf, `runtime.morestack`), the PC a signal
 /// handler interrupted, no signal return trampoline as a caller, the
-/// goroutine a system stack works for, nothing past a root.
+/// goroutine a system stack works for, nothing past a root. Returns whether
+/// the stack reaches a root (it is whole, whatever the walk said after it).
 pub(crate) fn repair_stack(
     procs: &mut ProcessTable,
     sample: &crate::decode::Sample,
     user: &mut std::borrow::Cow<'_, [u64]>,
-) {
+) -> bool {
     // A Go leaf without a frame record: put back the caller the
     // frame-pointer walk skipped.
     if let Some(&leaf) = sample.user.first()
@@ -370,7 +373,7 @@ pub(crate) fn repair_stack(
         user.extend_from_slice(&s[2..]);
     }
     // Nothing calls a Go stack's root: frames past it are junk.
-    let keep = procs.go_stack_len(sample.pid, user);
+    let (keep, rooted) = procs.go_stack_len(sample.pid, user);
     if keep < user.len() {
         user.to_mut().truncate(keep);
     }
@@ -384,6 +387,7 @@ pub(crate) fn repair_stack(
             !wrappers.contains(&(at - 1))
         });
     }
+    rooted
 }
 
 #[cfg(test)]

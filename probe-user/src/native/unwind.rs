@@ -184,12 +184,17 @@ fn parse_object(path: &Path, go: Option<&GoTable>) -> Option<Parsed> {
     let mut rows: Vec<UnwindRow> = rows.iter().map(kernel_row).collect();
     match go {
         // A Go binary with C parts (cgo): rows for the Go side too. A Go
-        // binary without `.eh_frame` keeps its frame-pointer walk (its
+        // binary without `.eh_frame` (Go's own linker) gets rows only where
+        // its frame pointers cannot be trusted, its assembly (its
         // `.debug_frame` is Go's, for the Go code frame pointers walk).
         Some(table) => {
-            if !rows.is_empty() {
-                rows = merge_ranges(rows, &crate::go::cgo::rows(table));
-            }
+            use crate::go::cgo::{Linker, rows as go_rows};
+            let linker = if rows.is_empty() {
+                Linker::Go
+            } else {
+                Linker::C
+            };
+            rows = merge_ranges(rows, &go_rows(table, linker));
         }
         // Code `.eh_frame` leaves out but `.debug_frame` covers (built
         // with `-g -fno-asynchronous-unwind-tables`).
