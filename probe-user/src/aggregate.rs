@@ -10,8 +10,8 @@ use probe_common::native::{
 
 use crate::{
     decode::Sample,
+    frame::{FrameRef, Marker},
     native::process::ProcessTable,
-    symbolize::{FrameRef, Marker},
 };
 
 /// A distinct stack of one process, root first: user frames, then kernel frames.
@@ -103,7 +103,7 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         // Go stacks repaired (callers no frame record holds, signal
         // handlers, switches to the system stack, junk past a root).
         let mut user = std::borrow::Cow::Borrowed(&sample.user[..]);
-        let rooted = crate::go::process::repair_stack(procs, sample, &mut user);
+        let rooted = crate::go::table::repair_stack(procs, sample, &mut user);
         // A stack that reaches a Go root is whole, however the walk went on
         // past it (a thread Go's `clone` started keeps its parent's RBP).
         if sample.flags & FLAG_USER_TRUNCATED != 0 && !rooted {
@@ -153,7 +153,7 @@ fn call_site(depth: usize, ip: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::ModuleId;
+    use crate::frame::ModuleId;
 
     fn elf(offset: u64) -> FrameRef {
         FrameRef::Elf {

@@ -146,7 +146,7 @@ impl Sample {
 pub fn comm_to_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     // A thread names itself: escaped for every output.
-    crate::symbolize::sanitize(&String::from_utf8_lossy(&comm[..end])).into_owned()
+    crate::frame::sanitize(&String::from_utf8_lossy(&comm[..end])).into_owned()
 }
 
 /// Why a record could not be decoded.

@@ -176,7 +176,7 @@ pub fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
         // character reaches the SVG).
         let frames: Vec<_> = strip(stack)
             .split(';')
-            .map(|f| crate::symbolize::sanitize(f).into_owned())
+            .map(|f| crate::frame::sanitize(f).into_owned())
             .collect();
         let total = out.entry(frames.join(";")).or_insert(0u64);
         *total = total.saturating_add(count);
@@ -188,7 +188,7 @@ pub fn parse_folded(text: &str) -> Option<BTreeMap<String, u64>> {
 pub fn strip(stack: &str) -> String {
     stack
         .split(';')
-        .map(crate::fold::strip_annotation)
+        .map(crate::frame::strip_annotation)
         .collect::<Vec<_>>()
         .join(";")
 }

@@ -165,7 +165,7 @@ pub enum Error {
     Usage(#[from] UsageError),
     /// Loading or attaching the kernel programs failed.
     #[error(transparent)]
-    Sampler(#[from] crate::sampler::SamplerError),
+    Sampler(#[from] crate::kernel::error::SamplerError),
     /// Writing an output failed.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -210,7 +210,7 @@ impl Error {
             Error::Outputs { .. } => 2,
             // A kernel that refuses a program is the user's kernel: the
             // message names it, the cause, and the log to report.
-            Error::Sampler(crate::sampler::SamplerError::Refused { .. }) => 2,
+            Error::Sampler(crate::kernel::error::SamplerError::Refused { .. }) => 2,
             _ => 1,
         }
     }

@@ -23,25 +23,14 @@ use std::{
     io,
 };
 
+use crate::frame::{FrameKind, FrameRef, INLINE_SEPARATOR, Marker, is_root, sanitize};
 use crate::{
     aggregate::StackKey,
-    kinds::{Classifier, Crossing, Edge, FrameKind, count_edges},
+    kinds::{Classifier, Crossing, count_edges},
     native::process::ProcessTable,
-    symbolize::{FrameRef, INLINE_SEPARATOR, Marker, Names, sanitize},
+    summary::Edge,
+    symbolize::Names,
 };
-
-/// inferno's annotation for kernel frames.
-pub const KERNEL_SUFFIX: &str = "_[k]";
-/// inferno's annotation for JIT-compiled (managed) frames.
-pub const JIT_SUFFIX: &str = "_[j]";
-
-/// A folded frame's name without inferno's annotation (`_[k]`, `_[j]`, `_[i]`).
-pub fn strip_annotation(frame: &str) -> &str {
-    [KERNEL_SUFFIX, JIT_SUFFIX, crate::symbolize::INLINE_SUFFIX]
-        .iter()
-        .find_map(|s| frame.strip_suffix(s))
-        .unwrap_or(frame)
-}
 
 /// Folded stacks and what folding learnt about their frames.
 #[derive(Debug, Default)]
@@ -143,23 +132,6 @@ pub fn fold_under<'a>(
     folded
 }
 
-/// Functions a thread's stack starts in: a process's entry (`_start`), a
-/// thread's (`clone3`/`clone`, glibc's `start_thread` above them), Go's
-/// goroutines and threads (`runtime.goexit`, `runtime.mstart*`,
-/// `runtime.rt0_go`).
-pub(crate) fn is_root(name: &str) -> bool {
-    matches!(
-        name,
-        "_start"
-            | "clone3"
-            | "clone"
-            | "__clone"
-            | "start_thread"
-            | "runtime.goexit"
-            | "runtime.rt0_go"
-    ) || name.starts_with("runtime.mstart")
-}
-
 /// Stack completeness per process: `(samples whose user stack starts at a
 /// thread root, samples with a user stack)`. A stack cut short (`[truncated:
 /// ...]`, `[unknown]` outermost) does not count as complete.
@@ -225,7 +197,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::Aggregator,
-        symbolize::{FrameRef, Marker},
+        frame::{FrameRef, Marker},
     };
 
     #[test]

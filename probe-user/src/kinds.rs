@@ -44,51 +44,15 @@
 
 use std::{borrow::Cow, collections::HashMap, io};
 
-use serde::Serialize;
-
 use crate::{
-    fold::{JIT_SUFFIX, KERNEL_SUFFIX, is_root},
+    frame::{
+        FrameKind, FrameRef, INLINE_SEPARATOR, INLINE_SUFFIX, JIT_SUFFIX, KERNEL_SUFFIX, Marker,
+        is_root,
+    },
     native::process::ProcessTable,
-    symbolize::{FrameRef, INLINE_SEPARATOR, INLINE_SUFFIX, Marker, Names},
+    summary::Edge,
+    symbolize::Names,
 };
-
-/// Whose code a frame is (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    /// The kernel.
-    Kernel,
-    /// .NET code, JIT-compiled or ReadyToRun.
-    Managed,
-    /// Go code.
-    Go,
-    /// Any other user-side code.
-    Native,
-    /// Glue between runtimes, and the markers fold inserts at crossings.
-    Transition,
-}
-
-impl FrameKind {
-    /// Every kind, in legend order.
-    pub const ALL: [FrameKind; 5] = [
-        FrameKind::Managed,
-        FrameKind::Go,
-        FrameKind::Native,
-        FrameKind::Transition,
-        FrameKind::Kernel,
-    ];
-
-    /// How the kind reads in the legend and the transitions table.
-    pub fn label(self) -> &'static str {
-        match self {
-            FrameKind::Kernel => "kernel",
-            FrameKind::Managed => "managed",
-            FrameKind::Go => "Go",
-            FrameKind::Native => "native",
-            FrameKind::Transition => "transition",
-        }
-    }
-}
 
 /// The .NET runtime's own libraries: a managed frame calling into them is the
 /// runtime at work (allocation, type checks, the JIT), not a P/Invoke.
@@ -366,22 +330,6 @@ pub fn show<'n>(frames: impl IntoIterator<Item = (&'n str, Code)>) -> ShownStack
         });
     }
     stack
-}
-
-/// A call from one runtime into another and the samples whose stack holds it
-/// (a sample counts once per distinct edge in its stack).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Edge {
-    /// The last non-glue frame before the crossing (`Prog::Main`).
-    pub caller: String,
-    /// The first non-glue frame after it (`main.AddInts`).
-    pub callee: String,
-    /// The caller's kind.
-    pub caller_kind: FrameKind,
-    /// The callee's kind.
-    pub callee_kind: FrameKind,
-    /// Samples.
-    pub samples: u64,
 }
 
 /// Counts crossings into edges: `stacks` are each stack's crossings and its

@@ -8,7 +8,10 @@ use aya::{
 };
 use probe_common::{names, offcpu::state};
 
-use crate::{decode::OffCpu, sampler::SamplerError};
+use crate::{
+    decode::OffCpu,
+    kernel::error::{SamplerError, load_failed},
+};
 
 /// Where a thread blocked in a system call is back in its own context: the
 /// call's return. (This machine's kernel has no kprobes, and its lockdown
@@ -46,10 +49,10 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), SamplerError> {
     })?;
     start_program(ebpf)?
         .load("sched_switch", &btf)
-        .map_err(|e| crate::sampler::load_failed(names::OFF_CPU_START_PROG, e))?;
+        .map_err(|e| load_failed(names::OFF_CPU_START_PROG, e))?;
     end_program(ebpf)?
         .load()
-        .map_err(|e| crate::sampler::load_failed(names::OFF_CPU_END_PROG, e))?;
+        .map_err(|e| load_failed(names::OFF_CPU_END_PROG, e))?;
     Ok(())
 }
 

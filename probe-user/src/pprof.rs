@@ -29,8 +29,9 @@ use std::{
 
 use crate::{
     aggregate::StackKey,
+    frame::{FrameRef, INLINE_SEPARATOR, INLINE_SUFFIX, ModuleId},
     native::{elf, process::ProcessTable},
-    symbolize::{FrameRef, INLINE_SEPARATOR, INLINE_SUFFIX, ModuleId, Names},
+    symbolize::Names,
 };
 
 /// The file `record` writes.
@@ -765,7 +766,7 @@ pub fn read_pid(data: &[u8], pid: Option<u32>) -> Result<Read, String> {
         // crossprof's own profiles: the process is the root, as in its
         // folded stacks.
         if let Some(&(_, v, _)) = labels.iter().find(|l| Some(l.0) == comm_key) {
-            frames.push(crate::symbolize::sanitize(&string(v)).into_owned());
+            frames.push(crate::frame::sanitize(&string(v)).into_owned());
         }
         for id in locs.iter().rev() {
             let funcs = locations.get(id).ok_or(format!(
@@ -776,7 +777,7 @@ pub fn read_pid(data: &[u8], pid: Option<u32>) -> Result<Read, String> {
                 frames.push(if name.is_empty() {
                     "[unknown]".to_owned()
                 } else {
-                    crate::symbolize::sanitize(&name).into_owned()
+                    crate::frame::sanitize(&name).into_owned()
                 });
             }
         }

@@ -31,13 +31,15 @@ use crate::{
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     error::{Error, UsageError},
     fold::write_folded,
+    frame::{FrameRef, Marker},
     native::process::ProcessTable,
     preflight::{self, OutputDir},
     render::render_svg,
     sampler::{Sampler, SamplerConfig, register_self_in_child},
     status::Status,
     summary::{CollectorStats, GcSummary, KernelProgramStats, ProcessSummary, Summary},
-    symbolize::{FrameRef, Marker, SymbolizerThread},
+    symbolize::SymbolizerThread,
+    sys::{alive, monotonic_ns},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
@@ -99,7 +101,7 @@ pub(crate) struct Pipeline {
     /// Go processes whose states could not be followed: (process, why).
     go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
-    go_preattached: Option<crate::go::states::Preattached>,
+    go_preattached: Option<crate::go::probes::Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
     /// The kernel's tables for walking .NET stacks.
@@ -132,7 +134,7 @@ impl Pipeline {
         dotnet_tables: KernelTables,
         unwind_tables: crate::native::unwind::UnwindTables,
         go_states_failed: Vec<(String, String)>,
-        go_preattached: Option<crate::go::states::Preattached>,
+        go_preattached: Option<crate::go::probes::Preattached>,
     ) -> Self {
         Pipeline {
             symbolizer: SymbolizerThread::spawn(
@@ -460,9 +462,9 @@ impl Pipeline {
         let tracked = self.procs.poll_go(&self.processes);
         self.poll_native_unwind();
         if self.go_states {
-            crate::go::states::follow(
+            crate::go::probes::follow(
                 &mut self.procs,
-                sampler,
+                sampler.ebpf_mut(),
                 tracked,
                 self.go_preattached.as_ref(),
                 &mut self.go_states_failed,
@@ -513,17 +515,6 @@ impl Pipeline {
         self.fp_baseline.remove(&pid);
         self.procs.forget(pid);
     }
-}
-
-/// CLOCK_MONOTONIC now, in ns: the clock of sample times.
-pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Runs `crossprof record`; returns the exit status crossprof should end with.
@@ -632,7 +623,7 @@ pub(crate) struct Started {
     pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
     pub(crate) processes: crate::process::ProcessEntries,
     pub(crate) procs: ProcessTable,
-    pub(crate) go_preattached: Result<Option<crate::go::states::Preattached>, String>,
+    pub(crate) go_preattached: Result<Option<crate::go::probes::Preattached>, String>,
     pub(crate) child: Option<tokio::process::Child>,
     pub(crate) sigint: tokio::signal::unix::Signal,
     pub(crate) sigterm: tokio::signal::unix::Signal,
@@ -717,7 +708,7 @@ pub(crate) async fn start(
     procs.dotnet_lines = args.formats.contains(&Format::Pprof);
     let go_preattached = match program {
         Some(exe) if args.go_states || args.go_waits() => {
-            crate::go::states::preattach(&mut sampler, &procs, exe)
+            crate::go::probes::preattach(sampler.ebpf_mut(), &procs, exe)
         }
         _ => Ok(None),
     };
@@ -740,7 +731,7 @@ pub(crate) async fn start(
         // A Go command's goroutine layout goes into the kernel from the child
         // itself, before exec: its first samples carry their goroutine (and
         // trace) as later ones do, however long reading its binary takes.
-        let go = program.and_then(|exe| crate::go::process::offsets_before_exec(&procs, exe));
+        let go = program.and_then(|exe| crate::go::table::offsets_before_exec(&procs, exe));
         let go = go.map(|offsets| (processes.fd(), offsets));
         Some(spawn_registered(&args.command, &sampler, go)?)
     } else {
@@ -812,12 +803,6 @@ pub(crate) fn roots_of(procs: &ProcessTable, pid: u32, by_container: bool) -> Ve
         }
         None => vec!["[host]".to_owned(), name],
     }
-}
-
-pub(crate) fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let sent = unsafe { libc::kill(pid as i32, 0) } == 0;
-    sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Waits (at most 30 ms) for a command that has just started to have mapped its
@@ -1003,7 +988,7 @@ async fn run(
     // What the kernel counted, then whatever is still in flight.
     let counters = sampler.counters();
     let program_stats = sampler.program_stats();
-    let go_program_stats = sampler.go_program_stats();
+    let go_program_stats = crate::go::probes::program_stats(sampler.ebpf());
     let http_program_stats = sampler.http_program_stats();
     pipeline.drain(events.get_mut());
     phase("last drain");
@@ -1021,7 +1006,7 @@ async fn run(
         })
         .collect();
     let mut seen: BTreeMap<u32, std::collections::HashMap<u64, usize>> = BTreeMap::new();
-    for (pid, g_addr, g) in sampler.live_goroutines() {
+    for (pid, g_addr, g) in crate::go::probes::live_goroutines(sampler.ebpf()) {
         if let Some(t) = pipeline
             .procs
             .get_mut(pid)
@@ -1566,11 +1551,5 @@ mod tests {
             exit_code(ExitStatus::from_raw(libc::SIGTERM)),
             128 + libc::SIGTERM
         );
-    }
-
-    #[test]
-    fn liveness_of_pids() {
-        assert!(alive(std::process::id()));
-        assert!(!alive(u32::MAX / 2));
     }
 }

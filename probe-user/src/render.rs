@@ -22,7 +22,7 @@ use inferno::flamegraph::{
 
 use crate::{
     fold::{Folded, lines},
-    kinds::FrameKind,
+    frame::FrameKind,
 };
 
 /// Height of the legend strip, in pixels.

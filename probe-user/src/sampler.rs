@@ -3,9 +3,7 @@
 
 use std::{
     io,
-    num::NonZeroU32,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    path::Path,
 };
 
 use aya::{
@@ -14,148 +12,17 @@ use aya::{
     programs::{
         BtfTracePoint, PerfEvent, ProgramError, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
     util::online_cpus,
 };
-use probe_common::{
-    COUNTER_SLOTS, Config,
-    go::{GKey, GoOffsets, Goroutine},
-    names, ring_bytes,
-};
+use probe_common::{COUNTER_SLOTS, Config, go::GoOffsets, names, ring_bytes};
 
-use crate::go::states::ProbePoints;
-
-/// The Go uprobe programs.
-const GO_PROGRAMS: [&str; 4] = [
-    names::GO_CASGSTATUS_PROG,
-    names::GO_NEWPROC1_PROG,
-    names::GO_SYSCALL_ENTER_PROG,
-    names::GO_SYSCALL_EXIT_PROG,
-];
-
-/// The error of a program that did not load: a verifier's refusal becomes
-/// [`SamplerError::Refused`] (the cause from the log's end, the whole log
-/// saved to a file), anything else stays [`SamplerError::Program`].
-pub(crate) fn load_failed(name: &'static str, source: ProgramError) -> SamplerError {
-    let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &source
-    else {
-        return SamplerError::Program { name, source };
-    };
-    let log = verifier_log.to_string();
-    if log.trim().is_empty() {
-        log::debug!("loading {name}: {io_error} with no verifier log");
-        return SamplerError::Program { name, source };
-    }
-    let saved = match crate::kernel::verifier::save(name, &log) {
-        Ok(path) => path.display().to_string(),
-        Err(e) => format!("no file ({e}; RUST_LOG=debug prints it)"),
-    };
-    log::debug!("the verifier's log for {name}:\n{log}");
-    SamplerError::Refused {
-        program: name,
-        release: crate::kernel::release(),
-        cause: crate::kernel::verifier::cause(&log, 3),
-        log: saved,
-    }
-}
+pub use crate::kernel::error::SamplerError;
+use crate::kernel::error::{load_failed, program};
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
 pub static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
-
-/// Failures of the kernel side.
-#[derive(Debug, thiserror::Error)]
-pub enum SamplerError {
-    /// The object did not load (verifier, missing kernel feature, memory).
-    #[error("cannot load crossprof's eBPF programs into the kernel: {0}")]
-    Load(#[source] aya::EbpfError),
-    /// The processes targets start cannot be followed on this kernel.
-    #[error(
-        "cannot follow the processes the targets start: {0} (--no-children records the command's own process only)"
-    )]
-    FollowChildren(String),
-    /// A program is not in the object.
-    #[error("eBPF program `{0}` is missing from crossprof's object file: rebuild crossprof")]
-    MissingProgram(&'static str),
-    /// The verifier refused a program: which, on which kernel, why (the
-    /// log's last words), and where the whole log is.
-    #[error(
-        "the kernel ({release}) refused crossprof's eBPF program `{program}`: {cause}; the verifier's whole log is in {log}; please report it with that file"
-    )]
-    Refused {
-        /// The program.
-        program: &'static str,
-        /// `uname -r`.
-        release: String,
-        /// What the verifier said last.
-        cause: crate::kernel::verifier::Cause,
-        /// Where the whole log was written (or why it could not be).
-        log: String,
-    },
-    /// Loading one program failed.
-    #[error("cannot load eBPF program `{name}`: {source}")]
-    Program {
-        /// Program name.
-        name: &'static str,
-        /// Why.
-        #[source]
-        source: ProgramError,
-    },
-    /// perf_event_open or the attach failed on a CPU.
-    #[error("cannot attach the CPU sampler to cpu {cpu}: {source}")]
-    Attach {
-        /// The CPU.
-        cpu: u32,
-        /// Why.
-        #[source]
-        source: ProgramError,
-    },
-    /// A map is missing or of the wrong type.
-    #[error("eBPF map `{name}`: {source}")]
-    Map {
-        /// Map name.
-        name: &'static str,
-        /// Why.
-        #[source]
-        source: MapError,
-    },
-    /// A uprobe on a Go runtime function could not be attached.
-    #[error("cannot attach the goroutine-state probe `{name}` to {target}: {source}")]
-    Uprobe {
-        /// Program name.
-        name: &'static str,
-        /// The binary.
-        target: String,
-        /// Why.
-        #[source]
-        source: ProgramError,
-    },
-    /// A tracepoint could not be attached.
-    #[error("cannot attach the tracepoint program `{name}`: {source}")]
-    Tracepoint {
-        /// Program name.
-        name: &'static str,
-        /// Why.
-        #[source]
-        source: ProgramError,
-    },
-    /// The off-CPU programs could not be loaded or attached.
-    #[error("cannot follow off-CPU time: {what}: {source}")]
-    OffCpu {
-        /// What failed.
-        what: String,
-        /// Why.
-        #[source]
-        source: ProgramError,
-    },
-    /// `/sys/devices/system/cpu/online` unreadable.
-    #[error("cannot list the online CPUs: {0}")]
-    Cpus(#[source] io::Error),
-}
 
 /// What to sample.
 #[derive(Debug, Clone, Copy)]
@@ -305,11 +172,7 @@ impl Sampler {
                 .map_err(|source| load_failed(name, source))?;
         }
         if cfg.go_states {
-            for name in GO_PROGRAMS {
-                uprobe_program(&mut ebpf, name)?
-                    .load()
-                    .map_err(|source| load_failed(name, source))?;
-            }
+            crate::go::probes::load(&mut ebpf)?;
         }
         Ok(Self {
             ebpf,
@@ -438,7 +301,7 @@ impl Sampler {
             .targets
             .keys()
             .filter_map(Result::ok)
-            .filter(|&pid| !crate::record::alive(pid))
+            .filter(|&pid| !crate::sys::alive(pid))
             .collect();
         for pid in &dead {
             let _ = self.targets.remove(pid);
@@ -543,80 +406,15 @@ impl Sampler {
         )
     }
 
-    /// Follows the goroutine states of the Go executable `exe` (a path the
-    /// kernel resolves, e.g. `/proc/PID/exe`): uprobes at the entry of `points`,
-    /// told the binary's `g` offsets through their cookie. With a `pid`, only
-    /// that process hits them; without, every process running `exe` does (and
-    /// the programs keep only the target set's).
-    pub fn attach_go_states(
-        &mut self,
-        pid: Option<NonZeroU32>,
-        exe: &Path,
-        points: &ProbePoints,
-        offsets: GoOffsets,
-    ) -> Result<(), SamplerError> {
-        let cookie = probe_common::go::cookie(offsets, pid.is_none());
-        let scope = match pid {
-            Some(pid) => UProbeScope::OneProcess(pid),
-            None => UProbeScope::AllProcesses,
-        };
-        let mut at = vec![(names::GO_CASGSTATUS_PROG, points.casgstatus)];
-        at.extend(points.newproc1.map(|o| (names::GO_NEWPROC1_PROG, o)));
-        if let Some((enter, exit)) = points.syscalls {
-            at.push((names::GO_SYSCALL_ENTER_PROG, enter));
-            at.push((names::GO_SYSCALL_EXIT_PROG, exit));
-        }
-        for (name, offset) in at {
-            uprobe_program(&mut self.ebpf, name)?
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(offset),
-                        cookie: Some(cookie),
-                    },
-                    exe,
-                    scope,
-                )
-                .map_err(|source| SamplerError::Uprobe {
-                    name,
-                    target: exe.display().to_string(),
-                    source,
-                })?;
-        }
-        Ok(())
+    /// The loaded programs and maps, for a runtime's own probes (see
+    /// [`crate::go::probes`]).
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
-    /// The goroutines the kernel still tracks (alive): process, `g` address,
-    /// record.
-    pub fn live_goroutines(&self) -> Vec<(u32, u64, Goroutine)> {
-        let Some(map) = self.ebpf.map(names::GOROUTINES) else {
-            return Vec::new();
-        };
-        let Ok(map) = BpfHashMap::<_, GKey, Goroutine>::try_from(map) else {
-            return Vec::new();
-        };
-        map.iter()
-            .filter_map(Result::ok)
-            .map(|(k, g)| (k.tgid, k.g, g))
-            .collect()
-    }
-
-    /// `(run_count, run_time_ns)` summed over the Go uprobe programs, when
-    /// `kernel.bpf_stats_enabled` is 1.
-    pub fn go_program_stats(&self) -> Option<(u64, u64)> {
-        let mut total = (0, 0);
-        for name in GO_PROGRAMS {
-            let Some(program) = self.ebpf.program(name) else {
-                continue;
-            };
-            let Ok(program): Result<&UProbe, _> = program.try_into() else {
-                continue;
-            };
-            if let Ok(info) = program.info() {
-                total.0 += info.run_count();
-                total.1 += info.run_time().as_nanos() as u64;
-            }
-        }
-        (total.0 > 0).then_some(total)
+    /// The same, to attach.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// What the request-attribution program cost (with `kernel.bpf_stats_enabled`):
@@ -819,17 +617,6 @@ fn load_one(
     loaded.map_err(|source| load_failed(name, source))
 }
 
-/// Program `name` of `ebpf` as its type `P`.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SamplerError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
-}
-
 /// This thread's CPU time, ns.
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -949,7 +736,7 @@ fn http_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
         .map_err(|source| SamplerError::Program { name, source })
 }
 
-fn uprobe_program<'a>(
+pub(crate) fn uprobe_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut UProbe, SamplerError> {

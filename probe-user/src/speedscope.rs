@@ -7,7 +7,7 @@ use std::{collections::HashMap, io};
 
 use serde_json::{Value, json};
 
-use crate::fold::{Folded, strip_annotation};
+use crate::{fold::Folded, frame::strip_annotation};
 
 /// The file `record --format speedscope` writes.
 pub const FILE: &str = "profile.speedscope.json";

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::frame::FrameKind;
+
 /// Everything `summary.json` holds.
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -87,7 +89,7 @@ pub struct Summary {
     /// Calls from one runtime into another (`[cgo]`, `[P/Invoke]` crossings),
     /// most samples first; empty when none was sampled. A sample counts once
     /// per distinct edge in its stack.
-    pub transitions: Vec<crate::kinds::Edge>,
+    pub transitions: Vec<Edge>,
     /// From the stop to a finished SVG.
     pub stop_to_svg_ms: f64,
     /// The command's exit status, if crossprof started one (128+N for signal N).
@@ -293,4 +295,20 @@ pub struct FpBaseline {
     pub samples: u64,
     /// Share of them whose frame-pointer walk reached a thread root.
     pub stacks_complete: f64,
+}
+
+/// A call from one runtime into another and the samples whose stack holds it
+/// (a sample counts once per distinct edge in its stack).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Edge {
+    /// The last non-glue frame before the crossing (`Prog::Main`).
+    pub caller: String,
+    /// The first non-glue frame after it (`main.AddInts`).
+    pub callee: String,
+    /// The caller's kind.
+    pub caller_kind: FrameKind,
+    /// The callee's kind.
+    pub callee_kind: FrameKind,
+    /// Samples.
+    pub samples: u64,
 }

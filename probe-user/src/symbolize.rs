@@ -16,113 +16,13 @@ use std::{
 
 use crate::{
     dotnet::r2r::R2rImage,
+    frame::{FrameRef, INLINE_SEPARATOR, Marker, ModuleId, Source, sanitize},
     go::pclntab::{GoTable, GoTables},
     native::{
         process::{ModuleTable, ProcessTable},
         symbols::NativeSymbols,
     },
 };
-
-/// Index of a mapped file in the [`ModuleTable`].
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ModuleId(pub u32);
-
-/// A frame that has no symbol to look up: it says why.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Marker {
-    /// An address in no known mapping, or in anonymous memory.
-    Unknown,
-    /// The vDSO.
-    Vdso,
-    /// The user stack could not be read at all.
-    UserStackError,
-    /// The user stack filled every slot; outer frames are missing.
-    UserTruncated,
-    /// The kernel stack could not be read.
-    KernelStackError,
-    /// The kernel stack filled every slot; outer frames are missing.
-    KernelTruncated,
-    /// The sample's .NET process was in a garbage-collection pause.
-    Gc,
-    /// The user leaf was in a managed method's prolog or epilog: the stack stops
-    /// after it rather than guess.
-    LeafEdge,
-    /// A native frame with no `.eh_frame` rule and no usable frame pointer:
-    /// the walk stopped there.
-    NoUnwindInfo,
-    /// Inserted by [`crate::fold`] where Go code calls native code or native
-    /// code calls Go (see [`crate::kinds`]).
-    Cgo,
-    /// Inserted by [`crate::fold`] where managed .NET code calls native code
-    /// that is not the .NET runtime itself (see [`crate::kinds`]).
-    PInvoke,
-}
-
-impl Marker {
-    /// How the marker reads in a profile.
-    pub fn label(self) -> &'static str {
-        match self {
-            Marker::Unknown => "[unknown]",
-            Marker::Vdso => "[vdso]",
-            Marker::UserStackError => "[truncated: user stack unreadable]",
-            Marker::UserTruncated => "[truncated: user stack deeper than 127 frames]",
-            Marker::KernelStackError => "[truncated: kernel stack unreadable]",
-            Marker::KernelTruncated => "[truncated: kernel stack deeper than 127 frames]",
-            Marker::Gc => "[gc]",
-            Marker::LeafEdge => "[truncated: leaf in a managed prolog or epilog]",
-            Marker::NoUnwindInfo => "[truncated: no unwind info]",
-            Marker::Cgo => "[cgo]",
-            Marker::PInvoke => "[P/Invoke]",
-        }
-    }
-}
-
-/// One frame of an aggregated stack, valid after its process is gone.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FrameRef {
-    /// A kernel address (return addresses already moved back into their call).
-    Kernel(u64),
-    /// An offset into a mapped file (likewise adjusted).
-    Elf {
-        /// The file.
-        module: ModuleId,
-        /// Offset in the file.
-        offset: u64,
-    },
-    /// A managed (.NET JIT) method, named when it was sampled; the index into
-    /// [`ProcessTable::managed_names`](crate::native::process::ProcessTable).
-    Managed(u32),
-    /// The thread a sample ran on (`--per-thread`): an index into the process
-    /// table's thread names.
-    Thread(u32),
-    /// The goroutine a sample of a Go process ran on (`--group-by goroutine`); 0
-    /// is a system stack, no goroutine.
-    Goroutine(u64),
-    /// A `--group-by label:KEY` level: an index into the process table's label
-    /// texts (`worker=w3`).
-    Label(u32),
-    /// No symbol to look up.
-    Marker(Marker),
-}
-
-impl FrameRef {
-    /// Managed frames are annotated `_[j]` (inferno's JIT annotation).
-    pub fn is_managed(self) -> bool {
-        matches!(self, FrameRef::Managed(_))
-    }
-
-    /// Kernel frames are annotated `_[k]` in folded stacks.
-    pub fn is_kernel(self) -> bool {
-        matches!(
-            self,
-            FrameRef::Kernel(_)
-                | FrameRef::Marker(Marker::KernelStackError | Marker::KernelTruncated)
-        )
-    }
-}
-
-/// A frame's source file and line.
-pub type Source = (Arc<str>, u32);
 
 /// Names found so far.
 #[derive(Debug, Default)]
@@ -208,33 +108,6 @@ impl Names {
     }
 }
 
-/// Makes a name safe for every output: for the folded format (`;` separates
-/// frames, a line break separates stacks), for XML 1.0 (the SVG: it forbids
-/// every control character but tab, line feed and carriage return, and
-/// U+FFFE/U+FFFF), and for a terminal (escape sequences). Names come from
-/// targets (`prctl` names, symbols, perf maps): each such character becomes a
-/// visible `\xNN` (`\u{fffe}` for the two non-characters).
-pub fn sanitize(name: &str) -> Cow<'_, str> {
-    let bad =
-        |c: char| c == ';' || (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}';
-    if !name.contains(bad) {
-        return Cow::Borrowed(name);
-    }
-    let mut out = String::with_capacity(name.len() + 8);
-    for c in name.chars() {
-        match c {
-            ';' => out.push(':'),
-            '\n' | '\r' => out.push(' '),
-            c if (c as u32) < 0x100 && bad(c) => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
-
 enum Job {
     Kernel(Vec<u64>),
     Elf {
@@ -258,13 +131,6 @@ type Batch = Vec<(
     Option<Arc<[Option<Source>]>>,
     Option<u64>,
 )>;
-
-/// Separates the frames one address stands for (a Go function and the calls
-/// inlined into it) in a name; [`crate::fold`] turns it into `;`.
-pub const INLINE_SEPARATOR: char = '\u{1f}';
-
-/// inferno's annotation for inlined frames.
-pub const INLINE_SUFFIX: &str = "_[i]";
 
 /// Names of file offsets `offsets` of the ELF file at `path`. A Go binary
 /// (`go` is its table) is named from its own table, stripped or not, inlined

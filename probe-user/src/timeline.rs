@@ -20,10 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::{
-    http::Worker,
-    kinds::Classifier,
-    native::process::ProcessTable,
-    symbolize::{FrameRef, Names},
+    frame::FrameRef, http::Worker, kinds::Classifier, native::process::ProcessTable,
+    symbolize::Names,
 };
 
 /// The file, in the output folder.

@@ -469,7 +469,7 @@ impl Cutter {
             .procs
             .iter()
             .map(|p| p.pid)
-            .filter(|&pid| pid != 0 && !record::alive(pid) && !self.exited.contains(&pid))
+            .filter(|&pid| pid != 0 && !crate::sys::alive(pid) && !self.exited.contains(&pid))
             .collect();
         for &pid in &gone {
             pipeline.retire(pid);

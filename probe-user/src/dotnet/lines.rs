@@ -44,8 +44,8 @@ use super::{
     pdb::{PdbError, PortablePdb},
 };
 use crate::{
+    frame::Source,
     le::{u16_at, u32_at, u64_at},
-    symbolize::Source,
 };
 
 /// Keywords of the live session: JIT (0x10), Loader (0x8) and

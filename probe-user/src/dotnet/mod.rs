@@ -615,7 +615,7 @@ impl DotnetProcess {
     /// The source line of JIT code address `addr` (a return address already
     /// moved into its call), if its method's IL map and its assembly's PDB
     /// are known.
-    pub fn source(&mut self, addr: u64) -> Option<crate::symbolize::Source> {
+    pub fn source(&mut self, addr: u64) -> Option<crate::frame::Source> {
         self.settle(false);
         let (path, token, il) = self.lines.as_ref()?.log().il_at(addr)?;
         self.pdbs.source(self.pid, &path, token, il)

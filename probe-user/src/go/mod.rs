@@ -18,8 +18,10 @@ pub mod dwarf;
 pub mod labels;
 pub mod offsets;
 pub mod pclntab;
+pub mod probes;
 pub mod process;
 pub mod states;
+pub mod table;
 
 use pclntab::GoTable;
 
@@ -28,7 +30,7 @@ use pclntab::GoTable;
 pub(crate) fn sources_of(
     table: &GoTable,
     offset: u64,
-) -> Option<std::sync::Arc<[Option<crate::symbolize::Source>]>> {
+) -> Option<std::sync::Arc<[Option<crate::frame::Source>]>> {
     let frames = table.frames(table.vaddr(offset)?, true)?;
     frames.iter().any(|f| f.source.is_some()).then(|| {
         frames
@@ -50,11 +52,11 @@ pub(crate) fn name_of(table: &GoTable, offset: u64) -> Option<String> {
     let mut name = String::new();
     for f in frames.iter().rev() {
         if !name.is_empty() {
-            name.push(crate::symbolize::INLINE_SEPARATOR);
+            name.push(crate::frame::INLINE_SEPARATOR);
         }
-        name.push_str(&crate::symbolize::sanitize(&f.name));
+        name.push_str(&crate::frame::sanitize(&f.name));
         if f.inlined {
-            name.push_str(crate::symbolize::INLINE_SUFFIX);
+            name.push_str(crate::frame::INLINE_SUFFIX);
         }
     }
     Some(name)

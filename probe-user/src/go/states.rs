@@ -13,43 +13,6 @@ use probe_common::go::{Goroutine, WAIT_SLOT_FREE, slot, status};
 use super::pclntab::GoTable;
 use crate::summary::{GoroutineStates, GoroutineTime, SiteTime, StateTimes};
 
-/// File offsets of the functions probed in one Go binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbePoints {
-    /// `runtime.casgstatus`.
-    pub casgstatus: u64,
-    /// `runtime.newproc1` (creation sites), if found.
-    pub newproc1: Option<u64>,
-    /// `runtime.reentersyscall` and `runtime.exitsyscall`, on versions whose
-    /// syscall fast path bypasses `casgstatus`.
-    pub syscalls: Option<(u64, u64)>,
-}
-
-impl ProbePoints {
-    /// Finds them in `table` (names from `.gopclntab`, so stripped binaries
-    /// work too); `syscall_fast_path` from the binary's Go version.
-    pub fn find(table: &GoTable, syscall_fast_path: bool) -> Result<Self, &'static str> {
-        let at = |name: &str| {
-            let (entry, _) = table.function(name)?;
-            table.file_offset(entry)
-        };
-        let casgstatus = at("runtime.casgstatus").ok_or("no runtime.casgstatus")?;
-        let syscalls = if syscall_fast_path {
-            Some((
-                at("runtime.reentersyscall").ok_or("no runtime.reentersyscall")?,
-                at("runtime.exitsyscall").ok_or("no runtime.exitsyscall")?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            casgstatus,
-            newproc1: at("runtime.newproc1"),
-            syscalls,
-        })
-    }
-}
-
 /// The binary's own names of its wait reasons, indexed by `g.waitreason`.
 ///
 /// The numbering changes between releases (reasons were added in 1.20, 1.21,
@@ -440,106 +403,6 @@ fn times(split: &Split, reasons: &[String]) -> StateTimes {
     }
 }
 
-// --- Following a session's Go processes (`record --go-states`, goroutine waits) ---
-
-/// A Go executable whose state probes were attached before its process started
-/// (`record -- CMD`), so that every goroutine is seen from its creation.
-pub struct Preattached {
-    /// The executable, canonical.
-    exe: std::path::PathBuf,
-    /// When the probes were attached.
-    since_ns: u64,
-}
-
-/// With goroutine states followed: gives each Go process the kernel now
-/// tracks (`tracked`, from `ProcessTable::poll_go`) its [`Tracking`], from the
-/// probes attached before the command started (`pre`, for its executable) or
-/// from probes attached now; a process whose probes could not be attached is
-/// listed in `failed` with why.
-pub(crate) fn follow(
-    procs: &mut crate::native::process::ProcessTable,
-    sampler: &mut crate::sampler::Sampler,
-    tracked: Vec<(u32, probe_common::go::GoOffsets, std::sync::Arc<GoTable>)>,
-    pre: Option<&Preattached>,
-    failed: &mut Vec<(String, String)>,
-) {
-    for (pid, offsets, table) in tracked {
-        let allgs =
-            allgs_address(&table).and_then(|v| Some(v.wrapping_add(procs.go_exe_bias(pid)?)));
-        if let Some(pre) = pre
-            && let Some(p) = procs.get_mut(pid)
-            && p.exe.as_deref() == pre.exe.to_str()
-        {
-            p.go.states = Some(tracking(&table, pre.since_ns, allgs));
-            continue;
-        }
-        let Some(nz_pid) = std::num::NonZeroU32::new(pid) else {
-            continue;
-        };
-        let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-        let attached = attach(sampler, &table, Some(nz_pid), &exe, offsets);
-        let Some(p) = procs.get_mut(pid) else {
-            continue;
-        };
-        match attached {
-            Ok(since_ns) => p.go.states = Some(tracking(&table, since_ns, allgs)),
-            Err(why) => failed.push((format!("{} (pid {pid})", p.name), why)),
-        }
-    }
-}
-
-/// With `--go-states`, attaches the state probes to the command's executable
-/// before it starts, if it is Go (`Ok(None)` if it is not).
-pub(crate) fn preattach(
-    sampler: &mut crate::sampler::Sampler,
-    procs: &crate::native::process::ProcessTable,
-    exe: &std::path::Path,
-) -> Result<Option<Preattached>, String> {
-    let Ok(exe) = exe.canonicalize() else {
-        return Ok(None);
-    };
-    let Some(table) = procs.modules.go.get(&exe) else {
-        return Ok(None);
-    };
-    let Some(offsets) = crate::go::layout(&table).map(|l| l.offsets) else {
-        return Ok(None);
-    };
-    let since_ns = attach(sampler, &table, None, &exe, offsets)?;
-    Ok(Some(Preattached { exe, since_ns }))
-}
-
-/// Attaches the goroutine-state probes to the Go binary `table` was read from
-/// (`exe`), for process `pid` only or for every process running it; returns
-/// when they went in (CLOCK_MONOTONIC ns).
-fn attach(
-    sampler: &mut crate::sampler::Sampler,
-    table: &GoTable,
-    pid: Option<std::num::NonZeroU32>,
-    exe: &std::path::Path,
-    offsets: probe_common::go::GoOffsets,
-) -> Result<u64, String> {
-    let version = table.version.as_deref().unwrap_or_default();
-    let fast = crate::go::offsets::syscall_fast_path(version);
-    let points =
-        ProbePoints::find(table, fast).map_err(|e| format!("{e} in its function table"))?;
-    let since_ns = crate::record::monotonic_ns();
-    sampler
-        .attach_go_states(pid, exe, &points, offsets)
-        .map_err(|e| e.to_string())?;
-    Ok(since_ns)
-}
-
-/// A Go process's goroutine states, followed since `since_ns`.
-fn tracking(table: &GoTable, since_ns: u64, allgs: Option<u64>) -> Tracking {
-    Tracking {
-        since_ns,
-        reasons: wait_reasons(table).unwrap_or_default(),
-        allgs,
-        layout: crate::go::layout(table),
-        ..Default::default()
-    }
-}
-
 /// The frame `--group-by state` gives a sample.
 pub(crate) fn status_text(goid: u64, status: u32) -> &'static str {
     use probe_common::go::status;
@@ -686,33 +549,6 @@ mod tests {
                 .find(|l| l.ends_with(" runtime.allgs"))
                 .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok());
             assert_eq!(Some(found[0]), symbol, "go {}", go.version());
-        }
-    }
-
-    #[test]
-    fn probe_points_are_found_in_stripped_and_pie_builds() {
-        for go in Go::ALL {
-            for build in GoBuild::ALL {
-                let what = format!("go {} {build:?}", go.version());
-                let table = GoTable::parse(std::fs::read(go.fixture("chain", build)).unwrap())
-                    .unwrap()
-                    .unwrap();
-                let fast = matches!(go, Go::Go127);
-                let points =
-                    ProbePoints::find(&table, fast).unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert!(points.newproc1.is_some(), "{what}");
-                assert_eq!(points.syscalls.is_some(), fast, "{what}");
-                // casgstatus is //go:nosplit: its first instruction is not the
-                // stack-bound check every splittable function starts with
-                // (`cmp rsp, [r14+16]`: 49 3b 66 10).
-                let (entry, _) = table.function("runtime.casgstatus").unwrap();
-                assert_eq!(table.file_offset(entry), Some(points.casgstatus), "{what}");
-                assert_ne!(
-                    table.bytes(entry, 4),
-                    Some(&[0x49, 0x3b, 0x66, 0x10][..]),
-                    "{what}"
-                );
-            }
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | goblock, `--go-states` (and wall in Go processes) | uprobes, `bpf_get_attach_cookie`, `bpf_loop` | 5.17 |
 //! | `--group-by trace` | BTF, `tp_btf` | 5.8 |
 
+pub mod error;
 pub mod features;
 pub mod stack;
 pub mod verifier;

@@ -9,7 +9,7 @@
 //! - [`loader`] lists the objects a program will load, before it runs;
 //! - [`process`] captures a process when it is first seen (name, exe, executable
 //!   mappings, an open handle on each mapped file) and turns its addresses into
-//!   [`FrameRef`](crate::symbolize::FrameRef)s that outlive it;
+//!   [`FrameRef`](crate::frame::FrameRef)s that outlive it;
 //! - [`unwind`] gives the kernel those rules, per object and per process;
 //! - [`symbols`] names ELF file offsets with blazesym and kernel addresses from
 //!   kallsyms.

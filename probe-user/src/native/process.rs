@@ -21,8 +21,8 @@ use super::{
 };
 use crate::{
     dotnet::{self, DotnetProcess},
+    frame::{FrameRef, Marker, ModuleId},
     go::pclntab::{GoTable, GoTables},
-    symbolize::{FrameRef, Marker, ModuleId},
 };
 
 /// A mapped file, shared by every process that maps it.
@@ -248,7 +248,7 @@ impl Interner {
 
 /// A managed method's name, and the source line of the sampled address in it
 /// when its assembly has a PDB (a method has a frame per line sampled).
-type ManagedFrame = (Arc<str>, Option<crate::symbolize::Source>);
+type ManagedFrame = (Arc<str>, Option<crate::frame::Source>);
 
 impl Process {
     pub(crate) fn lookup(&self, addr: u64) -> Option<ExecMapping> {
@@ -368,7 +368,7 @@ impl ProcessTable {
         };
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
             // The process names itself (prctl): escaped for every output.
-            p.name = crate::symbolize::sanitize(comm.trim_end_matches('\n')).into();
+            p.name = crate::frame::sanitize(comm.trim_end_matches('\n')).into();
         }
         p.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
@@ -658,7 +658,7 @@ impl ProcessTable {
     }
 
     /// The source line of a [`FrameRef::Managed`] id, if known.
-    pub fn managed_source(&self, id: u32) -> Option<&crate::symbolize::Source> {
+    pub fn managed_source(&self, id: u32) -> Option<&crate::frame::Source> {
         self.managed.item(id)?.1.as_ref()
     }
 
