@@ -394,3 +394,40 @@ fn stripped_code_is_named_from_a_debuginfod_server() {
     );
     let _ = std::fs::remove_file(&cached);
 }
+
+/// A program that reads the time in a loop (`native/clock.c`, no frame
+/// pointers): most of its samples are in the vDSO, whose own `.eh_frame`
+/// rules walk it, so a sample in a vDSO function's prologue keeps its
+/// callers too: `main;spin;clock_gettime;[vdso]` in all but 0.2% of the vDSO
+/// samples, never an `[unknown]` frame guessed from the caller's RBP (about
+/// 1% of them lost their callers by the frame pointer before).
+#[test]
+fn samples_in_the_vdso_keep_their_callers() {
+    let bin = build_c("native/clock.c", &["-O2", "-fomit-frame-pointer"]);
+    let dir = out_dir("vdso_clock");
+    let run = record_command(&dir, &["--freq", "999"], &bin, &[&fixture_secs(2.0)]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.starts_with("done 1"), "{}", run.stdout);
+    let stacks = read_folded(&dir);
+    let in_vdso = |s: &crossprof_tests::FoldedStack| {
+        s.frames.iter().rev().find(|f| !f.ends_with("_[k]")) == Some(&"[vdso]".to_owned())
+    };
+    let (vdso, all) = count_where(&stacks, "clock", in_vdso);
+    let (whole, _) = count_where(&stacks, "clock", |s| {
+        in_vdso(s)
+            && s.contains_chain(&["main", "spin", "clock_gettime", "[vdso]"])
+            && !s
+                .frames
+                .iter()
+                .any(|f| f == "[unknown]" || f.starts_with("[truncated"))
+    });
+    assert!(
+        vdso * 2 >= all && all >= 1000,
+        "{vdso} of {all} samples in the vDSO"
+    );
+    assert!(
+        (vdso - whole) * 1000 <= vdso * 2,
+        "{} of {vdso} vDSO samples lost their callers:\n{stacks:#?}",
+        vdso - whole
+    );
+}

@@ -540,6 +540,15 @@ impl ProcessTable {
                         path: self.modules.get(id).open_path.as_path(),
                         go: go.as_ref(),
                     }),
+                    Target::Vdso if Some(m.end.saturating_sub(m.start)) == tables.vdso_len() => {
+                        Some(ObjectMapping {
+                            start: m.start,
+                            end: m.end,
+                            offset: 0,
+                            path: std::path::Path::new(super::unwind::VDSO),
+                            go: None,
+                        })
+                    }
                     _ => None,
                 })
                 .collect();

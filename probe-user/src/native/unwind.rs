@@ -155,6 +155,7 @@ pub fn page_index(rows: &[UnwindRow]) -> (u32, Vec<UnwindPage>) {
 
 /// An object's rules in the kernel's form, with its page index: what the
 /// parser thread hands back for [`UnwindTables`] to write.
+#[derive(Clone)]
 struct Parsed {
     rows: Vec<UnwindRow>,
     page_base: u32,
@@ -170,9 +171,13 @@ struct Parsed {
 /// rows: 5-15 s), which the event loop must never wait for (issue #18: a
 /// recording beside a build tool's processes overran `--duration` by 20 s).
 fn parse_object(path: &Path, go: Option<&GoTable>) -> Option<Parsed> {
-    let started = std::time::Instant::now();
     let file = crate::native::elf::MappedFile::open(path)?;
-    let data = file.bytes();
+    parse_bytes(file.bytes(), path, go)
+}
+
+/// [`parse_object`] of an object's bytes (`path` names it in the log).
+fn parse_bytes(data: &[u8], path: &Path, go: Option<&GoTable>) -> Option<Parsed> {
+    let started = std::time::Instant::now();
     let elf = Elf::parse(data)?;
     let rows = match (
         elf.section(".eh_frame"),
@@ -231,6 +236,37 @@ fn parse_object(path: &Path, go: Option<&GoTable>) -> Option<Parsed> {
         index,
         elf: Arc::new(elf),
     })
+}
+
+/// The name the vDSO's rules are kept under (never a file: no path opened
+/// as this one, and never sent to the parser thread).
+pub const VDSO: &str = "[vdso]";
+
+/// The rules of the vDSO, read from crossprof's own (`/proc/self/mem` at
+/// `[vdso]`): every 64-bit process on this kernel maps the same image, whose
+/// `.eh_frame` covers `clock_gettime` and the rest. Without them a sample in
+/// a vDSO function's prologue (RBP not linked yet) loses its caller, or
+/// worse, a walk follows the caller's RBP in code without frame pointers.
+/// Also the image's size, to check a target's mapping against.
+fn vdso_rules() -> Option<(Parsed, u64)> {
+    use std::os::unix::fs::FileExt as _;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with(" [vdso]"))?;
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    let (start, end) = (
+        u64::from_str_radix(start, 16).ok()?,
+        u64::from_str_radix(end, 16).ok()?,
+    );
+    let len = usize::try_from(end.checked_sub(start)?).ok()?;
+    if len > 1 << 20 {
+        return None;
+    }
+    let mut image = vec![0u8; len];
+    std::fs::File::open("/proc/self/mem")
+        .ok()?
+        .read_exact_at(&mut image, start)
+        .ok()?;
+    Some((parse_bytes(&image, Path::new(VDSO), None)?, len as u64))
 }
 
 /// A file for the parser thread.
@@ -318,6 +354,9 @@ pub struct UnwindTables {
     /// [`UnwindTables::end_poll`]).
     parser: Parser,
     parsed: HashMap<PathBuf, Option<Parsed>>,
+    /// The vDSO's rules and its image's size (see [`vdso_rules`]), placed
+    /// like a file's while a process maps it.
+    vdso: Option<(Parsed, u64)>,
     /// Files asked for since the last [`UnwindTables::begin_poll`].
     wanted: HashSet<PathBuf>,
     /// Files read before a command started ([`UnwindTables::prefetch`]):
@@ -389,6 +428,7 @@ impl UnwindTables {
             parsed: HashMap::new(),
             wanted: HashSet::new(),
             early: HashSet::new(),
+            vdso: vdso_rules(),
             rows_written: 0,
             rows_freed: 0,
             files_refused: 0,
@@ -564,6 +604,12 @@ impl UnwindTables {
         }
     }
 
+    /// The size of the vDSO image whose rules are known (a process's
+    /// `[vdso]` mapping of another size gets none).
+    pub fn vdso_len(&self) -> Option<u64> {
+        self.vdso.as_ref().map(|&(_, len)| len)
+    }
+
     /// Rows in use now.
     pub fn rows_in_use(&self) -> u64 {
         self.placed
@@ -647,6 +693,13 @@ impl UnwindTables {
     /// before placing any, so a process waits for all of them together.
     fn ready(&mut self, path: &Path, go: Option<&Arc<GoTable>>) -> Result<(), UnwindTableError> {
         self.wanted.insert(path.to_path_buf());
+        if path == Path::new(VDSO) {
+            if !self.placed.contains_key(path) && !self.parsed.contains_key(path) {
+                let rules = self.vdso.as_ref().map(|(rules, _)| rules.clone());
+                self.parsed.insert(path.to_path_buf(), rules);
+            }
+            return Ok(());
+        }
         if let Some(&(rows, pages)) = self.refused.get(path) {
             let fits = largest_free(&self.free_rows, self.next, MAX_UNWIND_ROWS) >= rows
                 && largest_free(&self.free_pages, self.next_page, MAX_UNWIND_PAGES) >= pages;
