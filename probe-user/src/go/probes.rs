@@ -7,7 +7,11 @@
 //! uretprobe rewrites the return address on the goroutine's stack, and Go
 //! moves stacks.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -255,6 +259,42 @@ fn tracking(table: &GoTable, since_ns: u64, allgs: Option<u64>) -> Tracking {
         allgs,
         layout: crate::go::layout(table),
         ..Default::default()
+    }
+}
+
+/// At the end of a recording with goroutine states followed: every goroutine
+/// of each followed process, from the process's own list (`runtime.allgs`,
+/// read from its memory) and from the kernel's table, the table winning for
+/// one that changes between the two reads; their time counted up to
+/// `end_ns`.
+pub(crate) fn collect_goroutines(procs: &mut ProcessTable, ebpf: &Ebpf, end_ns: u64) {
+    // Every goroutine from the processes' own lists first, then the kernel's
+    // table: one that changes between the two reads is in the table.
+    let all_gs: Vec<(u32, Vec<(u64, probe_common::go::Goroutine)>)> = procs
+        .iter()
+        .filter_map(|p| {
+            let t = p.go.states.as_ref()?;
+            let all =
+                super::states::all_goroutines(p.pid, t.allgs?, t.layout.as_ref()?, t.since_ns);
+            Some((p.pid, all))
+        })
+        .collect();
+    let mut seen: BTreeMap<u32, HashMap<u64, usize>> = BTreeMap::new();
+    for (pid, g_addr, g) in live_goroutines(ebpf) {
+        if let Some(t) = procs.get_mut(pid).and_then(|p| p.go.states.as_mut()) {
+            seen.entry(pid).or_default().insert(g_addr, t.live.len());
+            t.live.push(g);
+        }
+    }
+    for (pid, all) in all_gs {
+        if let Some(t) = procs.get_mut(pid).and_then(|p| p.go.states.as_mut()) {
+            t.add_unseen(all, &seen.remove(&pid).unwrap_or_default());
+        }
+    }
+    for p in procs.iter_mut() {
+        if let Some(t) = p.go.states.as_mut() {
+            t.end_ns = end_ns;
+        }
     }
 }
 
