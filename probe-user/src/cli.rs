@@ -565,31 +565,4 @@ pub struct RecordArgs {
     /// crossprof exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
-
-    /// The agent's wall-clock profile without off-CPU spans (its
-    /// `--go-waits` alone); `record` follows both.
-    #[arg(skip)]
-    pub without_off_cpu: bool,
-
-    /// The agent's wall-clock profile without goroutine waits (its
-    /// `--off-cpu` alone).
-    #[arg(skip)]
-    pub without_go_waits: bool,
-}
-
-impl RecordArgs {
-    /// Are off-CPU spans followed?
-    pub fn off_cpu(&self) -> bool {
-        matches!(self.mode, Mode::Offcpu | Mode::Wall) && !self.without_off_cpu
-    }
-
-    /// Are goroutine waits followed (with the goroutine-state probes)?
-    pub fn go_waits(&self) -> bool {
-        self.mode.goroutine_waits() && !self.without_go_waits
-    }
-
-    /// Goroutine waits shorter than this many microseconds are dropped.
-    pub fn min_go_wait(&self) -> u64 {
-        self.min_go_wait.unwrap_or(self.min_block)
-    }
 }

@@ -44,6 +44,7 @@ pub mod process;
 pub mod record;
 pub mod render;
 pub mod sampler;
+pub mod session;
 pub mod speedscope;
 pub mod status;
 pub mod summary;

@@ -71,7 +71,7 @@ const GO_WAIT_TYPE: (&str, &str) = ("go_wait", "nanoseconds");
 
 impl Kind {
     /// The kind of a profile recorded with `args`.
-    pub fn of(args: &crate::cli::RecordArgs) -> Self {
+    pub fn of(args: &crate::session::Config) -> Self {
         let freq = args.freq;
         match args.mode {
             crate::cli::Mode::Cpu => Kind::Cpu { freq },
@@ -79,8 +79,8 @@ impl Kind {
             crate::cli::Mode::Goblock => Kind::GoWait,
             crate::cli::Mode::Wall => Kind::Wall {
                 freq,
-                off_cpu: args.off_cpu(),
-                go_wait: args.go_waits(),
+                off_cpu: args.off_cpu,
+                go_wait: args.go_waits,
             },
         }
     }

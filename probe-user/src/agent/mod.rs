@@ -41,12 +41,13 @@ use self::{
 };
 use crate::{
     aggregate::Aggregator,
-    cli::{AgentArgs, Format, Mode, RecordArgs},
+    cli::{AgentArgs, Mode},
     error::{Error, UsageError},
     fold::Folded,
     pprof::{self, BuildIds, Kind},
     preflight,
     record::{self, Pipeline},
+    session::Config,
 };
 
 /// Names held before they are dropped and looked up again.
@@ -62,48 +63,6 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// (a few dozen samples at 19 Hz) are not worth. Their samples in
 /// precompiled code are walked by frame pointers meanwhile.
 const PRECOMPILED_AFTER: Duration = Duration::from_secs(2);
-
-/// The `record` settings the agent runs the pipeline with.
-fn record_args(args: &AgentArgs) -> RecordArgs {
-    RecordArgs {
-        // Either source makes a wall-clock profile (CPU samples weigh one
-        // period each); the other one is left out.
-        mode: if args.off_cpu || args.go_waits {
-            Mode::Wall
-        } else {
-            Mode::Cpu
-        },
-        min_block: args.min_block,
-        min_go_wait: Some(args.min_go_wait),
-        // The agent selects by name and cgroup (or the whole host), not by
-        // process tree.
-        children: false,
-        // Selected through `record::Select` (see `agent`).
-        containers: Vec::new(),
-        no_children: false,
-        without_off_cpu: !args.off_cpu,
-        without_go_waits: !args.go_waits,
-        kernel_waits: false,
-        pids: args.pids.clone(),
-        duration: None,
-        freq: args.freq,
-        formats: vec![Format::Pprof],
-        output: args.dir.clone(),
-        include_idle: false,
-        per_thread: args.per_thread,
-        group_by: args.group_by.clone(),
-        go_states: false,
-        frame_pointers_only: false,
-        debug_dirs: args.debug_dirs.clone(),
-        debuginfod: args.debuginfod,
-        only_transitions: false,
-        timeline: false,
-        trace_id: None,
-        slow_ms: None,
-        quiet: true,
-        command: Vec::new(),
-    }
-}
 
 /// The `--comm` names, checked.
 fn check_comms(comms: &[String]) -> Result<Vec<String>, UsageError> {
@@ -191,13 +150,13 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     }
     preflight::check_privileges()?;
     preflight::check_pid_namespace()?;
-    let mut rargs = record_args(&args);
+    let mut cfg = Config::of_agent(&args);
     let kernel = preflight::check_kernel(
-        record::kernel_needs(&rargs),
-        &format!("crossprof agent ({})", record::kernel_request(&rargs)),
+        record::kernel_needs(&cfg),
+        &format!("crossprof agent ({})", record::kernel_request(&cfg)),
     )?;
     if kernel.plan.walk == crate::kernel::Walk::FramePointers {
-        rargs.frame_pointers_only = true;
+        cfg.frame_pointers_only = true;
     }
     if let Some(note) = kernel.note() {
         log::warn!("{note}");
@@ -234,7 +193,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     }
 
     // 2. Kernel side.
-    let started = record::start(&rargs, &pids, None, &select, kernel).await?;
+    let started = record::start(&cfg, &pids, None, &[], &select, kernel).await?;
     let record::Started {
         mut sampler,
         events,
@@ -259,7 +218,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             source: std::io::Error::from(e),
         })?;
     let mut pipeline = Pipeline::new(
-        &rargs,
+        &cfg,
         procs,
         processes,
         dotnet_tables,
@@ -290,7 +249,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         captures: captures_tx,
         snapshots: snapshots_tx,
         token,
-        mode: if rargs.mode == Mode::Wall {
+        mode: if cfg.mode == Mode::Wall {
             "wall"
         } else {
             "cpu"
@@ -308,7 +267,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         captures_running: Default::default(),
     });
     tokio::spawn(server::serve(listener, shared.clone()));
-    let kind = Kind::of(&rargs);
+    let kind = Kind::of(&cfg);
     logfile::say(&format!(
         "agent: profiling {} at {} Hz{}, windows of {:?} in {}, serving http://{}/",
         if args.pids.is_empty() && select.comms.is_empty() && select.cgroups.is_empty() {

@@ -28,12 +28,13 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Format, GroupBy, Mode, RecordArgs},
+    cli::{GroupBy, Mode, RecordArgs},
     dotnet::unwind::KernelTables,
     error::{Error, UsageError},
     native::process::ProcessTable,
     preflight::{self, OutputDir},
     sampler::{Sampler, SamplerConfig, register_self_in_child},
+    session::Config,
     status::Status,
     summary::CollectorStats,
     sys::{alive, monotonic_ns},
@@ -63,16 +64,8 @@ enum Stop {
 }
 
 /// Runs `crossprof record`; returns the exit status crossprof should end with.
-pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
-    // One request's profile: wall-clock time, by trace.
-    if args.trace_id.is_some() || args.slow_ms.is_some() {
-        if args.mode == Mode::Cpu {
-            args.mode = Mode::Wall;
-        }
-        if !args.group_by.contains(&GroupBy::Trace) {
-            args.group_by.insert(0, GroupBy::Trace);
-        }
-    }
+pub async fn record(args: RecordArgs) -> Result<i32, Error> {
+    let mut cfg = Config::of_record(&args);
     // 1. Input.
     // `record --` and nothing: clap gives an empty command, as for no `--` at
     // all (the whole system); the user meant a command.
@@ -80,68 +73,76 @@ pub async fn record(mut args: RecordArgs) -> Result<i32, Error> {
         return Err(UsageError::NoCommand.into());
     }
     preflight::check_duration(args.duration)?;
-    preflight::check_freq(args.freq)?;
-    preflight::check_debug_dirs(&args.debug_dirs)?;
-    preflight::check_debuginfod(args.debuginfod)?;
-    if args.kernel_waits && !matches!(args.mode, Mode::Offcpu | Mode::Wall) {
+    preflight::check_freq(cfg.freq)?;
+    preflight::check_debug_dirs(&cfg.debug_dirs)?;
+    preflight::check_debuginfod(cfg.debuginfod)?;
+    if cfg.kernel_waits && !matches!(cfg.mode, Mode::Offcpu | Mode::Wall) {
         return Err(UsageError::KernelWaits.into());
     }
     preflight::check_privileges()?;
     preflight::check_pid_namespace()?;
-    let kernel = preflight::check_kernel(kernel_needs(&args), &kernel_request(&args))?;
+    let kernel = preflight::check_kernel(kernel_needs(&cfg), &kernel_request(&cfg))?;
     if kernel.plan.walk == crate::kernel::Walk::FramePointers {
-        args.frame_pointers_only = true;
+        cfg.frame_pointers_only = true;
     }
-    let pids = preflight::resolve_pids(&args.pids)?;
+    let pids = preflight::resolve_pids(&cfg.pids)?;
     let program = match args.command.first() {
         Some(p) => Some(preflight::resolve_command(p)?),
         None => None,
     };
     // --container: its threads, selected in the kernel by cgroup.
     let select = Select {
-        skip_self: !args.containers.is_empty(),
+        skip_self: !cfg.containers.is_empty(),
         comms: Vec::new(),
-        cgroups: crate::containers::container_cgroups(&args.containers)
-            .collect::<Result<_, _>>()?,
+        cgroups: crate::containers::container_cgroups(&cfg.containers).collect::<Result<_, _>>()?,
     };
     let out = OutputDir::prepare(&args.output)?;
     raise_fd_limit();
 
-    let started = match start(&args, &pids, program.as_deref(), &select, kernel).await {
+    let started = match start(
+        &cfg,
+        &pids,
+        program.as_deref(),
+        &args.command,
+        &select,
+        kernel,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             out.discard();
             return Err(e);
         }
     };
-    run(args, pids, started, out).await
+    run(args, cfg, pids, started, out).await
 }
 
-/// What a run with `args` asks of the kernel.
-pub(crate) fn kernel_needs(args: &RecordArgs) -> crate::kernel::Needs {
+/// What a session with `cfg` asks of the kernel.
+pub(crate) fn kernel_needs(cfg: &Config) -> crate::kernel::Needs {
     crate::kernel::Needs {
-        on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
-        off_cpu: args.off_cpu(),
-        go_probes: args.go_states || args.go_waits(),
-        http: args.group_by.contains(&GroupBy::Trace),
+        on_cpu: matches!(cfg.mode, Mode::Cpu | Mode::Wall),
+        off_cpu: cfg.off_cpu,
+        go_probes: cfg.go_probes(),
+        http: cfg.group_by.contains(&GroupBy::Trace),
     }
 }
 
-/// How a refusal names a run with `args`: `--mode offcpu --group-by trace`.
-pub(crate) fn kernel_request(args: &RecordArgs) -> String {
+/// How a refusal names a session with `cfg`: `--mode offcpu --group-by trace`.
+pub(crate) fn kernel_request(cfg: &Config) -> String {
     let mut parts = vec![format!(
         "--mode {}",
-        match args.mode {
+        match cfg.mode {
             Mode::Cpu => "cpu",
             Mode::Offcpu => "offcpu",
             Mode::Wall => "wall",
             Mode::Goblock => "goblock",
         }
     )];
-    if args.go_states {
+    if cfg.go_states {
         parts.push("--go-states".into());
     }
-    if args.group_by.contains(&GroupBy::Trace) {
+    if cfg.group_by.contains(&GroupBy::Trace) {
         parts.push("--group-by trace".into());
     }
     parts.join(" ")
@@ -178,15 +179,16 @@ pub(crate) struct Started {
 
 /// Do the processes the targets start become targets? A command's, unless
 /// `--no-children`; running processes' (`--pid`), with `--children`.
-pub(crate) fn follows_children(args: &RecordArgs, pids: &[u32], has_command: bool) -> bool {
-    (has_command && !args.no_children) || (!pids.is_empty() && args.children)
+pub(crate) fn follows_children(cfg: &Config, pids: &[u32], has_command: bool) -> bool {
+    (has_command && !cfg.no_children) || (!pids.is_empty() && cfg.children)
 }
 
 // 2. Kernel side and command.
 pub(crate) async fn start(
-    args: &RecordArgs,
+    cfg: &Config,
     pids: &[u32],
     program: Option<&std::path::Path>,
+    command: &[OsString],
     select: &Select,
     kernel: preflight::KernelPlan,
 ) -> Result<Started, Error> {
@@ -197,24 +199,24 @@ pub(crate) async fn start(
     let sigterm = signal(SignalKind::terminate()).map_err(io("install the SIGTERM handler"))?;
 
     let mut sampler = Sampler::load(SamplerConfig {
-        freq: args.freq,
+        freq: cfg.freq,
         filter_pids: !pids.is_empty()
             || has_command
             || !select.comms.is_empty()
             || !select.cgroups.is_empty(),
-        include_idle: args.include_idle,
-        go_states: args.go_states || args.go_waits(),
-        on_cpu: matches!(args.mode, Mode::Cpu | Mode::Wall),
-        off_cpu: args.off_cpu(),
-        min_block_ns: args.min_block.saturating_mul(1000),
-        min_go_wait_ns: args.min_go_wait().saturating_mul(1000),
-        go_block: args.go_waits(),
-        http: args.group_by.contains(&GroupBy::Trace),
-        off_cpu_kernel: args.kernel_waits,
+        include_idle: cfg.include_idle,
+        go_states: cfg.go_probes(),
+        on_cpu: matches!(cfg.mode, Mode::Cpu | Mode::Wall),
+        off_cpu: cfg.off_cpu,
+        min_block_ns: cfg.min_block.saturating_mul(1000),
+        min_go_wait_ns: cfg.min_go_wait.saturating_mul(1000),
+        go_block: cfg.go_waits,
+        http: cfg.group_by.contains(&GroupBy::Trace),
+        off_cpu_kernel: cfg.kernel_waits,
         skip_self: select.skip_self,
         filter_cgroups: !select.cgroups.is_empty(),
         select_comms: !select.comms.is_empty(),
-        follow_children: follows_children(args, pids, has_command),
+        follow_children: follows_children(cfg, pids, has_command),
         walk: kernel.plan.walk,
     })?;
     for &pid in pids {
@@ -238,7 +240,7 @@ pub(crate) async fn start(
     }
     // Without them, new libraries get their rules when a sample first lands
     // in them (one maps re-read, rate-limited): a few stacks short meanwhile.
-    if !args.frame_pointers_only
+    if !cfg.frame_pointers_only
         && let Err(e) = sampler.attach_mmap_tracepoints()
     {
         log::warn!("{e}: libraries loaded while recording are unwound from their first samples on");
@@ -250,9 +252,9 @@ pub(crate) async fn start(
     }
     let mut procs = ProcessTable::default();
     // Source lines of .NET methods are for the pprof output.
-    procs.dotnet_lines = args.formats.contains(&Format::Pprof);
+    procs.dotnet_lines = cfg.source_lines;
     let go_preattached = match program {
-        Some(exe) if args.go_states || args.go_waits() => {
+        Some(exe) if cfg.go_probes() => {
             crate::go::probes::preattach(sampler.ebpf_mut(), &procs, exe)
         }
         _ => Ok(None),
@@ -263,7 +265,7 @@ pub(crate) async fn start(
         // `native::loader`). At most PREFETCH_WAIT: a huge library is read
         // while the command runs, as for any process.
         if let Some(exe) = program
-            && !args.frame_pointers_only
+            && !cfg.frame_pointers_only
         {
             let library_path = std::env::var("LD_LIBRARY_PATH").ok();
             let objects = crate::native::loader::objects_loaded_by(exe, library_path.as_deref());
@@ -278,7 +280,7 @@ pub(crate) async fn start(
         // trace) as later ones do, however long reading its binary takes.
         let go = program.and_then(|exe| crate::go::table::offsets_before_exec(&procs, exe));
         let go = go.map(|offsets| (processes.fd(), offsets));
-        Some(spawn_registered(&args.command, &sampler, go)?)
+        Some(spawn_registered(command, &sampler, go)?)
     } else {
         None
     };
@@ -381,6 +383,7 @@ pub(crate) fn raise_fd_limit() {
 // 3-5.
 async fn run(
     args: RecordArgs,
+    cfg: Config,
     pids: Vec<u32>,
     started: Started,
     out: OutputDir,
@@ -411,7 +414,7 @@ async fn run(
         Err(why) => (None, vec![(title(&args, &pids), why)]),
     };
     let mut pipeline = Pipeline::new(
-        &args,
+        &cfg,
         procs,
         processes,
         dotnet_tables,
@@ -477,7 +480,7 @@ async fn run(
     let rules_read = pipeline.unwind_tables.rules_read();
     // Following a process tree: the kernel adds processes as they start;
     // the ones that ended are taken out once a second.
-    let follows = follows_children(&args, &pids, child.is_some());
+    let follows = follows_children(&cfg, &pids, child.is_some());
     let mut last_prune = Instant::now();
     let stop = loop {
         tokio::select! {
@@ -579,6 +582,7 @@ async fn run(
         pipeline,
         report::Ended {
             args: &args,
+            cfg: &cfg,
             pids: &pids,
             out: &out,
             kernel: &kernel,

@@ -12,12 +12,13 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     aggregate::{Aggregator, sample_frames},
-    cli::{GroupBy, Mode, RecordArgs},
+    cli::{GroupBy, Mode},
     decode::{HttpWhat, Record, decode},
     dotnet::{eventpipe::GC_EVENT_DELAY_NS, unwind::KernelTables},
     frame::{FrameRef, Marker},
     native::process::ProcessTable,
     sampler::Sampler,
+    session::Config,
     symbolize::SymbolizerThread,
     sys::monotonic_ns,
 };
@@ -84,9 +85,9 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// The pipeline of a recording with `args`, over the kernel's tables.
+    /// The pipeline of a session with `cfg`, over the kernel's tables.
     pub(crate) fn new(
-        args: &RecordArgs,
+        cfg: &Config,
         procs: ProcessTable,
         processes: crate::process::ProcessEntries,
         dotnet_tables: KernelTables,
@@ -96,9 +97,9 @@ impl Pipeline {
     ) -> Self {
         Pipeline {
             symbolizer: SymbolizerThread::spawn(
-                args.debug_dirs.clone(),
+                cfg.debug_dirs.clone(),
                 procs.modules.go.clone(),
-                args.debuginfod
+                cfg.debuginfod
                     .then(|| {
                         crate::native::debuginfod::servers(
                             crate::native::debuginfod::urls_from_env().as_deref(),
@@ -110,24 +111,24 @@ impl Pipeline {
             procs,
             agg: Aggregator::default(),
             decode_errors: 0,
-            per_thread: args.per_thread || args.mode == Mode::Wall,
-            mode: args.mode,
-            cpu_weight: match args.mode {
-                Mode::Wall => (1_000_000 / args.freq.max(1)).max(1),
+            per_thread: cfg.per_thread || cfg.mode == Mode::Wall,
+            mode: cfg.mode,
+            cpu_weight: match cfg.mode {
+                Mode::Wall => (1_000_000 / cfg.freq.max(1)).max(1),
                 _ => 1,
             },
             off_cpu_us: 0,
             go_wait_us: 0,
-            timeline: args
+            timeline: cfg
                 .timeline
-                .then(|| crate::timeline::Timeline::new(monotonic_ns(), args.freq)),
+                .then(|| crate::timeline::Timeline::new(monotonic_ns(), cfg.freq)),
             requests: crate::http::Requests::new(
-                args.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
+                cfg.slow_ms.map_or(0, |ms| ms.saturating_mul(1_000_000)),
             ),
-            only_trace: args.trace_id.clone(),
-            group_by: args.group_by.clone(),
+            only_trace: cfg.trace_id.clone(),
+            group_by: cfg.group_by.clone(),
             processes,
-            go_states: args.go_states || args.go_waits(),
+            go_states: cfg.go_probes(),
             go_states_failed,
             go_preattached,
             waiting: VecDeque::new(),
@@ -135,7 +136,7 @@ impl Pipeline {
             dotnet_tables_error: false,
             unwind_tables,
             unwind_tables_error: None,
-            frame_pointers_only: args.frame_pointers_only,
+            frame_pointers_only: cfg.frame_pointers_only,
             fp_baseline: HashMap::new(),
             taps: Vec::new(),
             maps_pending: Default::default(),

@@ -20,12 +20,14 @@ use crate::{
     fold::write_folded,
     preflight::{KernelPlan, OutputDir},
     render::render_svg,
+    session::Config,
     summary::{CollectorStats, GcSummary, KernelProgramStats, ProcessSummary, Summary},
 };
 
 /// What a recording left once it stopped, besides its pipeline.
 pub(super) struct Ended<'a> {
     pub(super) args: &'a RecordArgs,
+    pub(super) cfg: &'a Config,
     /// The targets given (`--pid`).
     pub(super) pids: &'a [u32],
     pub(super) out: &'a OutputDir,
@@ -51,6 +53,7 @@ pub(super) struct Ended<'a> {
 pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error> {
     let Ended {
         args,
+        cfg,
         pids,
         out,
         kernel,
@@ -87,7 +90,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
     symbolizer.finish();
     phase("every frame named");
     let names = &symbolizer.names;
-    let by_container = args.group_by.contains(&GroupBy::Container);
+    let by_container = cfg.group_by.contains(&GroupBy::Container);
     let folded = crate::fold::fold_under(
         agg.stacks(),
         |pid| roots_of(&procs, pid, by_container),
@@ -99,7 +102,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             .map_err(failed)?;
     }
     if args.formats.contains(&Format::Pprof) {
-        let kind = crate::pprof::Kind::of(args);
+        let kind = crate::pprof::Kind::of(cfg);
         let span = crate::pprof::Span {
             start_unix_ns: started_unix_ns,
             duration_ns: (stopped_at - start).as_nanos() as i64,
@@ -132,11 +135,11 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
         .collect();
     let lost = drops(&counters) + decode_errors;
     let title = title(args, pids);
-    let subtitle = match args.mode {
+    let subtitle = match cfg.mode {
         Mode::Cpu => format!(
             "{} samples at {} Hz over {:.1} s, {} lost",
             agg.samples,
-            args.freq,
+            cfg.freq,
             duration.as_secs_f64(),
             lost
         ),
@@ -144,13 +147,13 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             "off-CPU time in µs: {:.3} s in {} spans of {} µs or more over {:.1} s, {} lost",
             off_cpu_us as f64 / 1e6,
             agg.samples,
-            args.min_block,
+            cfg.min_block,
             duration.as_secs_f64(),
             lost
         ),
         Mode::Wall => format!(
             "wall-clock time in µs per thread (and goroutine): on-CPU samples at {} Hz, off-CPU spans and goroutine waits over {:.1} s, {} lost",
-            args.freq,
+            cfg.freq,
             duration.as_secs_f64(),
             lost
         ),
@@ -158,18 +161,18 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             "goroutine waits in µs: {:.3} s in {} waits of {} µs or more over {:.1} s, {} lost",
             go_wait_us as f64 / 1e6,
             agg.samples,
-            args.min_go_wait(),
+            cfg.min_go_wait,
             duration.as_secs_f64(),
             lost
         ),
     };
-    let count_name = if args.mode == Mode::Cpu {
+    let count_name = if cfg.mode == Mode::Cpu {
         "samples"
     } else {
         "µs"
     };
     if args.formats.contains(&Format::Speedscope) {
-        let unit = if args.mode == Mode::Cpu {
+        let unit = if cfg.mode == Mode::Cpu {
             "none"
         } else {
             "microseconds"
@@ -303,8 +306,8 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
     }
     let summary = Summary {
         timeline_events_dropped: timeline.as_ref().map(|t| t.dropped),
-        slow_requests: args.slow_ms.map(|_| requests.slow.clone()),
-        http_requests: args.group_by.contains(&GroupBy::Trace).then(|| {
+        slow_requests: cfg.slow_ms.map(|_| requests.slow.clone()),
+        http_requests: cfg.group_by.contains(&GroupBy::Trace).then(|| {
             BTreeMap::from([
                 ("traced", requests.traced),
                 ("untraced", requests.untraced),
@@ -315,16 +318,16 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
                 ("causes_dropped", requests.causes_dropped),
             ])
         }),
-        mode: match args.mode {
+        mode: match cfg.mode {
             Mode::Cpu => "cpu",
             Mode::Offcpu => "offcpu",
             Mode::Wall => "wall",
             Mode::Goblock => "goblock",
         },
-        off_cpu_us: args.off_cpu().then_some(off_cpu_us),
-        go_wait_us: args.go_waits().then_some(go_wait_us),
+        off_cpu_us: cfg.off_cpu.then_some(off_cpu_us),
+        go_wait_us: cfg.go_waits.then_some(go_wait_us),
         duration_secs: duration.as_secs_f64(),
-        frequency_hz: args.freq,
+        frequency_hz: cfg.freq,
         kernel: kernel.summary(),
         samples: agg.samples,
         lost,
@@ -389,21 +392,21 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             },
         )?;
     }
-    if args.off_cpu() {
+    if cfg.off_cpu {
         eprintln!(
             "crossprof: {:.3} s off-CPU in {} spans of {} µs or more",
             off_cpu_us as f64 / 1e6,
             counters[Counter::OffCpuSpans as usize]
                 .saturating_sub(counters[Counter::OffCpuShort as usize]),
-            args.min_block
+            cfg.min_block
         );
     }
-    if args.go_waits() && go_wait_us > 0 {
+    if cfg.go_waits && go_wait_us > 0 {
         eprintln!(
             "crossprof: {:.3} s of goroutine waits in {} waits of {} µs or more",
             go_wait_us as f64 / 1e6,
             counters[Counter::GoBlocks as usize],
-            args.min_go_wait()
+            cfg.min_go_wait
         );
     }
     eprintln!(
@@ -417,7 +420,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             "es"
         },
         summary.duration_secs,
-        args.freq,
+        cfg.freq,
         svg.display()
     );
     if let (Some(complete), Some(fp)) = (summary.stacks_complete, &summary.frame_pointer_baseline) {
