@@ -99,7 +99,7 @@ pub struct Summary {
 }
 
 /// One process.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ProcessSummary {
     /// pid.
     pub pid: u32,

@@ -41,6 +41,7 @@ pub mod lines;
 pub mod pdb;
 pub mod perfmap;
 pub mod r2r;
+pub mod report;
 pub mod unwind;
 
 use std::{

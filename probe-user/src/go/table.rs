@@ -220,6 +220,63 @@ impl ProcessTable {
     }
 }
 
+/// Fills in `summary`'s Go fields, if its process is Go (and not .NET: a
+/// .NET process's Go library names no runtime): its version, where its
+/// goroutine layout came from, and its goroutine states when followed.
+pub(crate) fn describe(procs: &mut ProcessTable, summary: &mut crate::summary::ProcessSummary) {
+    let pid = summary.pid;
+    let Some(p) = procs.get(pid) else {
+        return;
+    };
+    let (dotnet, tracked) = (p.dotnet.is_some(), p.go.tracked);
+    if !dotnet && let Some(version) = procs.go_version(pid) {
+        summary.runtime = Some(version.replacen("go", "go ", 1));
+    }
+    summary.goroutine_layout = tracked
+        .then(|| procs.go_exe_table(pid))
+        .flatten()
+        .and_then(|t| super::layout(&t))
+        .map(|l| if l.from_dwarf { "dwarf" } else { "table" });
+    summary.goroutines = procs.get(pid).and_then(|p| p.go.states.as_ref()).map(|t| {
+        super::states::summarize(
+            t,
+            |addr, leaf| procs.go_function(pid, addr, leaf),
+            |addr| procs.go_start_function(pid, addr),
+        )
+    });
+}
+
+/// Notes on the Go processes sampled whose version's goroutine layout is not
+/// known.
+pub(crate) fn layout_notes(procs: &ProcessTable) -> Vec<String> {
+    procs
+        .iter()
+        .filter(|p| p.samples > 0)
+        .filter_map(|p| {
+            let version = p.go.note.as_ref()?;
+            Some(format!(
+                "{} (pid {}) runs {version}, whose goroutine layout crossprof does not know (it knows go1.19 to go1.27): its samples carry no goroutine",
+                p.name, p.pid
+            ))
+        })
+        .collect()
+}
+
+/// Notes on the Go function tables that could not be read.
+pub(crate) fn table_notes(procs: &ProcessTable) -> Vec<String> {
+    procs
+        .modules
+        .go
+        .errors()
+        .into_iter()
+        .map(|(module, why)| {
+            format!(
+                "{module}: {why}: its Go frames are named from ELF symbols only, [{module}+0x...] where it has none"
+            )
+        })
+        .collect()
+}
+
 /// Is `addr` in one of `ranges` (functions `[start, end)`, in address
 /// order)? A `leaf` is where the CPU was; any other frame's address is a
 /// return address, one past its call, so `(start, end]`.

@@ -21,7 +21,7 @@ use crate::{
     preflight::{KernelPlan, OutputDir},
     render::render_svg,
     session::Config,
-    summary::{CollectorStats, GcSummary, KernelProgramStats, ProcessSummary, Summary},
+    summary::{CollectorStats, KernelProgramStats, ProcessSummary, Summary},
 };
 
 /// What a recording left once it stopped, besides its pipeline.
@@ -204,14 +204,8 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
     let stop_to_svg = stopped_at.elapsed();
 
     let mut procs = procs;
-    let go_versions: BTreeMap<u32, String> = procs
-        .iter()
-        .filter(|p| (p.samples > 0 || p.go.states.is_some()) && p.dotnet.is_none())
-        .map(|p| p.pid)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .filter_map(|pid| Some((pid, procs.go_version(pid)?)))
-        .collect();
+    // Every process sampled (or whose goroutines were followed), each
+    // runtime adding what it knows of it.
     let mut processes: Vec<ProcessSummary> = procs
         .iter()
         .filter(|p| p.samples > 0 || p.go.states.is_some())
@@ -222,53 +216,19 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             container_id: p.container.as_ref().map(|c| c.id.clone()),
             pod_uid: p.container.as_ref().and_then(|c| c.pod_uid.clone()),
             samples: p.samples,
-            runtime: p
-                .dotnet
-                .as_ref()
-                .map(|d| format!("dotnet {}", d.runtime.version))
-                .or_else(|| go_versions.get(&p.pid).map(|v| v.replacen("go", "go ", 1))),
-            goroutine_layout: p
-                .go
-                .tracked
-                .then(|| procs.go_exe_table(p.pid))
-                .flatten()
-                .and_then(|t| crate::go::layout(&t))
-                .map(|l| if l.from_dwarf { "dwarf" } else { "table" }),
-            gc: p
-                .dotnet
-                .as_ref()
-                .and_then(|d| d.gc_stats())
-                .map(|g| GcSummary {
-                    collections: g.collections,
-                    pauses: g.pauses,
-                    pause_ms: g.pause_ms,
-                    samples: p.gc_samples,
-                    share: p.gc_samples as f64 / p.samples.max(1) as f64,
-                }),
             stacks_complete: complete.get(&p.pid).and_then(share),
             stacks_complete_frame_pointers: fp_complete.get(&p.pid).and_then(share),
-            goroutines: p.go.states.as_ref().map(|t| {
-                crate::go::states::summarize(
-                    t,
-                    |addr, leaf| procs.go_function(p.pid, addr, leaf),
-                    |addr| procs.go_start_function(p.pid, addr),
-                )
-            }),
+            ..ProcessSummary::default()
         })
         .collect();
+    for summary in &mut processes {
+        crate::dotnet::report::describe(&procs, summary);
+        crate::go::table::describe(&mut procs, summary);
+    }
     processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
-    let notes: Vec<String> = procs
-        .iter()
-        .filter(|p| p.samples > 0)
-        .filter_map(|p| p.dotnet.as_ref().map(|d| d.notes(&p.name)))
-        .flatten()
-        .chain(procs.iter().filter(|p| p.samples > 0).filter_map(|p| {
-            let version = p.go.note.as_ref()?;
-            Some(format!(
-                "{} (pid {}) runs {version}, whose goroutine layout crossprof does not know (it knows go1.19 to go1.27): its samples carry no goroutine",
-                p.name, p.pid
-            ))
-        }))
+    let notes: Vec<String> = crate::dotnet::report::notes(&procs)
+        .into_iter()
+        .chain(crate::go::table::layout_notes(&procs))
         .chain(kernel.note())
         .chain({
             let lost = counters[probe_common::Counter::ChildrenLost as usize];
@@ -283,11 +243,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
         .chain(go_states_failed.into_iter().map(|(process, why)| {
             format!("{process}: goroutine states not followed: {why}")
         }))
-        .chain(procs.modules.go.errors().into_iter().map(|(module, why)| {
-            format!(
-                "{module}: {why}: its Go frames are named from ELF symbols only, [{module}+0x...] where it has none"
-            )
-        }))
+        .chain(crate::go::table::table_notes(&procs))
         .collect();
     if let Some(t) = &timeline {
         let gc: BTreeMap<u32, Vec<(u64, u64)>> = procs
