@@ -112,8 +112,14 @@ pub struct Config {
     /// Non-zero: a process whose name after `exec` is in `COMMS` becomes a
     /// target (`--comm`).
     pub select_comms: u32,
+    /// Non-zero (whole-system sessions, where no `exec` is announced): the
+    /// first sample of each process wakes the collector at once, which reads
+    /// the process while it still lives (a compiler a build runs for 15 ms).
+    pub announce_new: u32,
+    /// Keeps the size a multiple of 8 (no padding: `aya::Pod`).
+    pub _reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of integers, and has no padding.
@@ -200,6 +206,10 @@ pub const fn ring_bytes(cpus: u32) -> u32 {
 
 /// Maximum number of target tgids.
 pub const MAX_TARGETS: u32 = 4096;
+
+/// Processes remembered as announced (`Config::announce_new`; least recently
+/// used forgotten first: a forgotten one is announced again, once).
+pub const MAX_ANNOUNCED: u32 = 8192;
 
 /// Where `task:task_newtask`'s record holds the new task's `pid` (`pid_t`)
 /// and its `clone_flags` (8 bytes): after the 8 bytes of common fields, then

@@ -20,7 +20,7 @@ mod offcpu;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use probe_common::{
@@ -44,6 +44,8 @@ static CONFIG: Config = Config {
     skip_tgid: 0,
     filter_cgroups: 0,
     select_comms: 0,
+    announce_new: 0,
+    _reserved: 0,
 };
 
 /// Every record, of every kind, for the collector.
@@ -100,6 +102,26 @@ fn selected(tgid: u32) -> bool {
                     .get(aya_ebpf::helpers::bpf_get_current_cgroup_id())
                     .is_some())
     }
+}
+
+/// Processes whose first sample was announced (see `Config::announce_new`).
+#[map]
+static ANNOUNCED: LruHashMap<u32, u8> =
+    LruHashMap::with_max_entries(probe_common::MAX_ANNOUNCED, 0);
+
+/// Is this `tgid`'s sample its first one in a whole-system session (the
+/// collector is woken for it at once)? Remembers it if so.
+#[inline(always)]
+fn first_sample(tgid: u32) -> bool {
+    if config().announce_new == 0 || tgid == 0 {
+        return false;
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { ANNOUNCED.get(&tgid) }.is_some() {
+        return false;
+    }
+    let _ = ANNOUNCED.insert(&tgid, &1, 0);
+    true
 }
 
 /// Where a sample is assembled before it is copied to the ring buffer. A record is

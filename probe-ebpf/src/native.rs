@@ -110,7 +110,11 @@ pub fn sample(ctx: &PerfEventContext) {
             Regs::Saved
         },
         None,
-        Output::Ring,
+        if crate::first_sample(tgid) {
+            Output::RingNow
+        } else {
+            Output::Ring
+        },
     );
 }
 
@@ -168,6 +172,9 @@ pub(crate) enum Regs<'a> {
 pub(crate) enum Output {
     /// The ring buffer, now.
     Ring,
+    /// The same, waking the collector (a process's first sample, see
+    /// `first_sample`).
+    RingNow,
     /// The off-CPU stash of the current thread, to be sent when its system
     /// call returns (see `offcpu::syscall_exit`).
     Stash,
@@ -299,7 +306,8 @@ pub(crate) fn record(
         header.fp_frames = n;
     }
     match output {
-        Output::Ring => send(ctx, scratch),
+        Output::Ring => send(ctx, scratch, false),
+        Output::RingNow => send(ctx, scratch, true),
         Output::Stash => crate::offcpu::stash(tid, scratch),
     }
 }
@@ -436,7 +444,7 @@ pub fn sample_frame_pointers(ctx: &PerfEventContext) {
             }
         }
     }
-    send(ctx.as_ptr(), scratch);
+    send(ctx.as_ptr(), scratch, crate::first_sample(tgid));
 }
 
 /// The user stack of `tgid` into the scratch `ips[first..]`, from the
@@ -495,9 +503,10 @@ fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
     (frames as u64) | (u64::from(flags) << 32)
 }
 
-/// Sends the record built in `scratch` (its length from its frame counts).
+/// Sends the record built in `scratch` (its length from its frame counts),
+/// waking the collector if `wake`.
 #[inline(always)]
-pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch) {
+pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch, wake: bool) {
     let h = &scratch.header;
     let frames = h.kernel_frames as usize + h.user_frames as usize + h.go_switch_frames as usize;
     let len = record_len(if frames > 2 * MAX_FRAMES {
@@ -508,7 +517,12 @@ pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch) {
     // SAFETY: len <= size_of::<SampleScratch>() (at most 2 * MAX_FRAMES
     // frames), and the record lives for the whole program run.
     let record = unsafe { core::slice::from_raw_parts(scratch as *const _ as *const u8, len) };
-    match EVENTS.output::<[u8]>(record, crate::wakeup_flags()) {
+    let flags = if wake {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        crate::wakeup_flags()
+    };
+    match EVENTS.output::<[u8]>(record, flags) {
         Ok(()) => {
             count(Counter::Sent);
         }

@@ -262,7 +262,7 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         unsafe {
             (*record).header.off_cpu_ns = ns;
             (*record).header.time_ns = bpf_ktime_get_ns();
-            native::send(ctx.as_ptr(), &*record);
+            native::send(ctx.as_ptr(), &*record, false);
         }
         let _ = OFF_CPU_STASH.remove(tid);
         let _ = AWAY_STACKS.remove(tid);

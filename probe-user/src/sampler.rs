@@ -101,6 +101,10 @@ impl Sampler {
             skip_tgid: if cfg.skip_self { std::process::id() } else { 0 },
             filter_cgroups: u32::from(cfg.filter_cgroups),
             select_comms: u32::from(cfg.select_comms),
+            // The whole system: no exec is announced, so each process's
+            // first sample is.
+            announce_new: u32::from(!cfg.filter_pids),
+            _reserved: 0,
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.

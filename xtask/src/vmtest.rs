@@ -77,6 +77,12 @@ pub const TESTS: &[(&str, &str)] = &[
         "native",
         "code_without_frame_pointers_is_walked_by_eh_frame_to_main",
     ),
+    // The vDSO's own rules; a whole-system recording's first-sample wakeup.
+    ("native", "samples_in_the_vdso_keep_their_callers"),
+    (
+        "record",
+        "processes_that_live_milliseconds_are_named_in_a_whole_system_recording",
+    ),
     // Go: names, goroutine ids and states, goroutine waits.
     (
         "go",
@@ -93,6 +99,12 @@ pub const TESTS: &[(&str, &str)] = &[
     (
         "go",
         "goroutine_waits_are_a_profile_of_their_stacks_in_every_version",
+    ),
+    // Go assembly that uses RBP, cgo and pure Go (the latter walked by
+    // rules for its assembly only).
+    (
+        "go",
+        "go_assembly_that_uses_rbp_keeps_its_callers_in_every_version",
     ),
     // .NET JIT code named, and one stack across C#, Go and C.
     (
