@@ -30,7 +30,6 @@ use std::{
 };
 
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
@@ -47,7 +46,7 @@ use crate::{
     pprof::{self, BuildIds, Kind},
     preflight,
     record::{self, Pipeline},
-    session::Config,
+    session::{Config, Events},
 };
 
 /// Names held before they are dropped and looked up again.
@@ -209,14 +208,6 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     } = started;
     let io = |what| move |source| Error::Io { what, source };
     let mut sighup = signal(SignalKind::hangup()).map_err(io("install the SIGHUP handler"))?;
-    let mut kernel_log = sampler.take_logger();
-    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as
-    // long as the AsyncFd holds it.
-    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|e| Error::Io {
-            what: "poll the ring buffer",
-            source: std::io::Error::from(e),
-        })?;
     let mut pipeline = Pipeline::new(
         &cfg,
         procs,
@@ -226,6 +217,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         Vec::new(),
         None,
     );
+    let mut events = Events::new(events, &mut sampler, &pipeline)?;
     pipeline.procs.precompiled_after = PRECOMPILED_AFTER;
     // Processes already running under a --comm name: targets now (later ones
     // become targets at their exec, in the kernel).
@@ -302,27 +294,15 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         by_container: args.group_by.contains(&crate::cli::GroupBy::Container),
     };
     let mut captures: Vec<(tokio::time::Instant, f64, Capture)> = Vec::new();
-    let mut tick = tokio::time::interval(record::DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut windows = tokio::time::interval_at(cutter.start + args.window, args.window);
     windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_exit_check = tokio::time::Instant::now();
-    let rules_read = pipeline.unwind_tables.rules_read();
     loop {
         tokio::select! {
-            // A file's unwind rules were read (off this loop): place them now.
-            () = rules_read.notified() => pipeline.poll_go(&mut sampler),
-            guard = events.readable_mut() => {
-                if let Ok(mut guard) = guard {
-                    pipeline.drain(guard.get_inner_mut());
-                    guard.clear_ready();
+            tick = events.next(&mut pipeline, &mut sampler) => {
+                if !tick {
+                    continue;
                 }
-                pipeline.poll_go(&mut sampler);
-            }
-            _ = tick.tick() => {
-                pipeline.drain(events.get_mut());
-                pipeline.poll_go(&mut sampler);
-                if let Some(l) = kernel_log.as_mut() { l.flush(); }
                 let now = tokio::time::Instant::now();
                 // A capture whose client hung up is dropped at once: its
                 // stacks are no one's (an abandoned 600 s capture kept every
@@ -345,7 +325,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 }
             }
             _ = windows.tick() => {
-                pipeline.drain(events.get_mut());
+                events.drain(&mut pipeline);
                 let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
                 cutter.cut(&mut pipeline, &shared.store, lost, !captures.is_empty());
                 *shared.status.lock().expect("status") = server::AgentStatus {
@@ -361,7 +341,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 };
             }
             Some(reply) = snapshots_rx.recv() => {
-                pipeline.drain(events.get_mut());
+                events.drain(&mut pipeline);
                 let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
                 cutter.snapshot(&mut pipeline, &shared.store, lost);
                 let _ = reply.send(());
@@ -377,7 +357,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         }
     }
     // 5. The last window, partial, and what captures had.
-    pipeline.drain(events.get_mut());
+    events.drain(&mut pipeline);
     pipeline.count_waiting(u64::MAX);
     let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
     for (i, (_, secs, capture)) in captures.into_iter().enumerate() {

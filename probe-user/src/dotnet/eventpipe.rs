@@ -35,7 +35,7 @@
 //!
 //! The runtime flushes the stream every 100 ms, so a pause is known up to a few
 //! hundred milliseconds after it happened: samples of a traced process wait
-//! [`GC_EVENT_DELAY_NS`] before they are counted (see `record/pipeline.rs`).
+//! [`GC_EVENT_DELAY_NS`] before they are counted (see `session/pipeline.rs`).
 
 use std::{
     collections::HashMap,

@@ -8,10 +8,9 @@
 //! 4. Stop on the duration, a signal, the command's exit, or the last target's exit.
 //! 5. Fold, render, and write the outputs atomically, then the summary.
 
-mod pipeline;
 mod report;
 
-pub(crate) use pipeline::Pipeline;
+pub(crate) use crate::session::Pipeline;
 
 use std::{
     ffi::OsString,
@@ -22,10 +21,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use probe_common::{COUNTER_SLOTS, Counter};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{GroupBy, Mode, RecordArgs},
@@ -34,15 +30,13 @@ use crate::{
     native::process::ProcessTable,
     preflight::{self, OutputDir},
     sampler::{Sampler, SamplerConfig, register_self_in_child},
-    session::Config,
+    session::{Config, Events},
     status::Status,
     summary::CollectorStats,
     sys::{alive, monotonic_ns},
 };
 
-/// How often the ring buffer is drained when the kernel has not woken us (wakeups
-/// are batched, see `probe_common::Config::wakeup_bytes`).
-pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+pub use crate::session::DRAIN_EVERY;
 /// How often the processes of a followed tree that ended leave the target
 /// set (see [`Sampler::prune_targets`]).
 const PRUNE_TARGETS_EVERY: Duration = Duration::from_secs(1);
@@ -401,14 +395,6 @@ async fn run(
         mut sigterm,
         kernel,
     } = started;
-    let mut logger = sampler.take_logger();
-    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as long
-    // as the AsyncFd holds it.
-    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|e| Error::Io {
-            what: "poll the ring buffer",
-            source: std::io::Error::from(e),
-        })?;
     let (go_preattached, go_states_failed) = match go_preattached {
         Ok(pre) => (pre, Vec::new()),
         Err(why) => (None, vec![(title(&args, &pids), why)]),
@@ -422,6 +408,7 @@ async fn run(
         go_states_failed,
         go_preattached,
     );
+    let mut events = Events::new(events, &mut sampler, &pipeline)?;
     // Known targets are read now, not at their first sample: the kernel gets
     // their unwind rules and Go layouts (and their goroutine states are followed)
     // from the start. (A .NET runtime is found when its maps are re-read.)
@@ -467,8 +454,6 @@ async fn run(
     let deadline = args.duration.and_then(|d| {
         tokio::time::Instant::now().checked_add(Duration::try_from_secs_f64(d).ok()?)
     });
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let until_deadline = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -477,26 +462,16 @@ async fn run(
     };
     tokio::pin!(until_deadline);
 
-    let rules_read = pipeline.unwind_tables.rules_read();
     // Following a process tree: the kernel adds processes as they start;
     // the ones that ended are taken out once a second.
     let follows = follows_children(&cfg, &pids, child.is_some());
     let mut last_prune = Instant::now();
     let stop = loop {
         tokio::select! {
-            // A file's unwind rules were read (off this loop): place them now.
-            () = rules_read.notified() => pipeline.poll_go(&mut sampler),
-            guard = events.readable_mut() => {
-                if let Ok(mut guard) = guard {
-                    pipeline.drain(guard.get_inner_mut());
-                    guard.clear_ready();
+            tick = events.next(&mut pipeline, &mut sampler) => {
+                if !tick {
+                    continue;
                 }
-                pipeline.poll_go(&mut sampler);
-            }
-            _ = tick.tick() => {
-                pipeline.drain(events.get_mut());
-                pipeline.poll_go(&mut sampler);
-                if let Some(l) = logger.as_mut() { l.flush(); }
                 let lost = drops(&sampler.counters()) + pipeline.decode_errors;
                 status.update(start.elapsed(), pipeline.agg.samples, lost);
                 if !pids.is_empty() && child.is_none() && !pids.iter().any(|&p| alive(p)) {
@@ -537,11 +512,11 @@ async fn run(
     let program_stats = sampler.program_stats();
     let go_program_stats = crate::go::probes::program_stats(sampler.ebpf());
     let http_program_stats = sampler.http_program_stats();
-    pipeline.drain(events.get_mut());
+    events.drain(&mut pipeline);
     phase("last drain");
     let end_ns = monotonic_ns();
     crate::go::probes::collect_goroutines(&mut pipeline.procs, sampler.ebpf(), end_ns);
-    drop(events);
+    let mut log = events.into_log();
     sampler.detach_mmap_tracepoints_in_background();
     // Every figure was read from it: its programs detach while the profile
     // is written.
@@ -549,7 +524,7 @@ async fn run(
     pipeline.procs.release_dotnet(); // ends GC event sessions: every pause is known
     pipeline.count_waiting(u64::MAX);
     phase("detached, .NET sessions ended");
-    if let Some(l) = logger.as_mut() {
+    if let Some(l) = log.as_mut() {
         l.flush();
     }
 

@@ -11,8 +11,7 @@ use std::{
 use probe_common::{COUNTER_SLOTS, Counter};
 
 use super::{
-    FOLDED_FILE, SUMMARY_FILE, SVG_FILE, drops, lost_breakdown, pipeline::Pipeline, roots_of,
-    share, title, total,
+    FOLDED_FILE, SUMMARY_FILE, SVG_FILE, drops, lost_breakdown, roots_of, share, title, total,
 };
 use crate::{
     cli::{Format, GroupBy, Mode, RecordArgs},
@@ -20,7 +19,7 @@ use crate::{
     fold::write_folded,
     preflight::{KernelPlan, OutputDir},
     render::render_svg,
-    session::Config,
+    session::{Config, Pipeline},
     summary::{CollectorStats, KernelProgramStats, ProcessSummary, Summary},
 };
 

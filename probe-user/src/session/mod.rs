@@ -2,11 +2,24 @@
 //! (one recording, then its files) and `agent` (windows, for ever) each build
 //! a [`Config`] from their own arguments, and the session's stages (the
 //! kernel side in [`crate::record::start`], the pipeline, the pprof writer)
-//! read only the config.
+//! read only the config. Both drive the pipeline with the same [`Events`]:
+//! their loops add only what is theirs (a deadline and a command, or windows
+//! and an HTTP server). The pipeline itself, everything downstream of the
+//! ring buffer, is [`pipeline`].
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::cli::{AgentArgs, Format, GroupBy, Mode, RecordArgs};
+
+mod events;
+pub(crate) mod pipeline;
+
+pub(crate) use events::Events;
+pub(crate) use pipeline::Pipeline;
+
+/// How often the ring buffer is drained when the kernel has not woken us (wakeups
+/// are batched, see `probe_common::Config::wakeup_bytes`).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// A session's settings.
 #[derive(Clone, Debug)]
@@ -65,7 +78,7 @@ pub struct Config {
 impl Config {
     /// `crossprof record`'s: a request's profile (`--trace-id`, `--slow-ms`)
     /// is wall-clock time (unless asked otherwise), by trace.
-    pub fn of_record(args: &RecordArgs) -> Self {
+    pub(crate) fn of_record(args: &RecordArgs) -> Self {
         let by_request = args.trace_id.is_some() || args.slow_ms.is_some();
         let mode = if by_request && args.mode == Mode::Cpu {
             Mode::Wall
@@ -107,7 +120,7 @@ impl Config {
     /// period each; the source not asked for is left out); processes chosen
     /// by pid, name and cgroup (see `record::Select`), never by process tree;
     /// pprof windows, so source lines.
-    pub fn of_agent(args: &AgentArgs) -> Self {
+    pub(crate) fn of_agent(args: &AgentArgs) -> Self {
         Config {
             mode: if args.off_cpu || args.go_waits {
                 Mode::Wall
@@ -139,7 +152,7 @@ impl Config {
     }
 
     /// The goroutine-state probes are loaded (states, or waits).
-    pub fn go_probes(&self) -> bool {
+    pub(crate) fn go_probes(&self) -> bool {
         self.go_states || self.go_waits
     }
 }

@@ -10,6 +10,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 
+use super::Config;
 use crate::{
     aggregate::{Aggregator, sample_frames},
     cli::{GroupBy, Mode},
@@ -18,7 +19,6 @@ use crate::{
     frame::{FrameRef, Marker},
     native::process::ProcessTable,
     sampler::Sampler,
-    session::Config,
     symbolize::SymbolizerThread,
     sys::monotonic_ns,
 };
@@ -42,13 +42,13 @@ pub(crate) struct Pipeline {
     /// period in microseconds.
     cpu_weight: u64,
     /// Microseconds of thread off-CPU time counted.
-    pub(super) off_cpu_us: u64,
+    pub(crate) off_cpu_us: u64,
     /// Microseconds of goroutine waits counted.
-    pub(super) go_wait_us: u64,
+    pub(crate) go_wait_us: u64,
     /// `--timeline`: the events kept for it.
-    pub(super) timeline: Option<crate::timeline::Timeline>,
+    pub(crate) timeline: Option<crate::timeline::Timeline>,
     /// `--group-by trace`: the requests in flight.
-    pub(super) requests: crate::http::Requests,
+    pub(crate) requests: crate::http::Requests,
     /// `--trace-id`: only what works for this trace is kept.
     only_trace: Option<String>,
     /// `--group-by`: frame levels under the process (and thread).
@@ -58,7 +58,7 @@ pub(crate) struct Pipeline {
     /// `--go-states`: follow goroutine states in Go processes.
     go_states: bool,
     /// Go processes whose states could not be followed: (process, why).
-    pub(super) go_states_failed: Vec<(String, String)>,
+    pub(crate) go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
     go_preattached: Option<crate::go::probes::Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
@@ -68,7 +68,7 @@ pub(crate) struct Pipeline {
     /// The kernel's `.eh_frame` tables for native code.
     pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
     /// The first failure to update them, reported once.
-    pub(super) unwind_tables_error: Option<String>,
+    pub(crate) unwind_tables_error: Option<String>,
     /// `--frame-pointers-only`: no rules given to the kernel.
     frame_pointers_only: bool,
     /// The first failure to update them, reported once.
@@ -76,7 +76,7 @@ pub(crate) struct Pipeline {
     /// The frame-pointer baseline: per process, the outermost frames a
     /// frame-pointer walk of the same stacks reached (one sample in
     /// `FP_BASELINE_EVERY` of those walked by rules).
-    pub(super) fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
+    pub(crate) fp_baseline: HashMap<u32, HashMap<FrameRef, u64>>,
     /// Aggregators every counted stack also goes to (the agent's on-demand
     /// captures).
     pub(crate) taps: Vec<Aggregator>,

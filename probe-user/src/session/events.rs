@@ -1,0 +1,85 @@
+//! The event loop's part every session shares (see [`Events`]).
+
+use std::sync::Arc;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{DRAIN_EVERY, pipeline::Pipeline};
+use crate::{error::Error, sampler::Sampler};
+
+/// The event loop's part every session shares: the ring buffer drained at
+/// each wakeup and every [`DRAIN_EVERY`], unwind rules placed as soon as
+/// their files are read (off the loop), the Go poll after each, the kernel
+/// programs' log flushed.
+pub(crate) struct Events {
+    ring: AsyncFd<RingBuf<MapData>>,
+    tick: tokio::time::Interval,
+    rules_read: Arc<tokio::sync::Notify>,
+    log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Events {
+    /// Over the ring buffer `ring` of `sampler`, feeding `pipeline`.
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        sampler: &mut Sampler,
+        pipeline: &Pipeline,
+    ) -> Result<Self, Error> {
+        let log = sampler.take_logger();
+        // SAFETY: the ring buffer owns its fd and keeps it open, unchanged,
+        // for as long as the AsyncFd holds it.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+                Error::Io {
+                    what: "poll the ring buffer",
+                    source: std::io::Error::from(e),
+                }
+            })?;
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Events {
+            ring,
+            tick,
+            rules_read: pipeline.unwind_tables.rules_read(),
+            log,
+        })
+    }
+
+    /// Waits for the next event and handles it: a wakeup (records drained),
+    /// a file's rules read (placed), or the tick (records drained, the log
+    /// flushed). Returns `true` on the tick, for the session's own periodic
+    /// work. Cancel-safe: a `select!` arm beside others.
+    pub(crate) async fn next(&mut self, pipeline: &mut Pipeline, sampler: &mut Sampler) -> bool {
+        let tick = tokio::select! {
+            () = self.rules_read.notified() => false,
+            guard = self.ring.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    pipeline.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                false
+            }
+            _ = self.tick.tick() => {
+                pipeline.drain(self.ring.get_mut());
+                true
+            }
+        };
+        pipeline.poll_go(sampler);
+        if tick && let Some(l) = self.log.as_mut() {
+            l.flush();
+        }
+        tick
+    }
+
+    /// Drains what waits in the ring buffer now.
+    pub(crate) fn drain(&mut self, pipeline: &mut Pipeline) {
+        pipeline.drain(self.ring.get_mut());
+    }
+
+    /// Lets go of the ring buffer, and gives back the kernel programs' log
+    /// to be flushed once the programs are detached.
+    pub(crate) fn into_log(self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.log
+    }
+}
