@@ -80,7 +80,7 @@ pub enum FrameRef {
         offset: u64,
     },
     /// A managed (.NET JIT) method, named when it was sampled; the index into
-    /// [`ProcessTable::managed_names`](crate::native::process::ProcessTable).
+    /// [`ProcessTable::managed_name`](crate::native::process::ProcessTable::managed_name).
     Managed(u32),
     /// The thread a sample ran on (`--per-thread`): an index into the process
     /// table's thread names.

@@ -421,15 +421,14 @@ fn samples_in_the_vdso_keep_their_callers() {
                 .iter()
                 .any(|f| f == "[unknown]" || f.starts_with("[truncated"))
     });
+    // Under emulation the guest's clock may not be readable from the vDSO
+    // (it falls back to the system call): fewer vDSO samples there.
     let enough = if crossprof_tests::emulated() {
-        300
+        vdso >= 300
     } else {
-        1000
+        vdso * 2 >= all && all >= 1000
     };
-    assert!(
-        vdso * 2 >= all && all >= enough,
-        "{vdso} of {all} samples in the vDSO"
-    );
+    assert!(enough, "{vdso} of {all} samples in the vDSO");
     assert!(
         (vdso - whole) * 1000 <= vdso * 2,
         "{} of {vdso} vDSO samples lost their callers:\n{stacks:#?}",

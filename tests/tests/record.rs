@@ -186,8 +186,10 @@ fn a_process_that_exits_mid_recording_is_still_symbolized() {
 /// Processes that live 15 ms, started one after another during a
 /// whole-system recording (no target: no exec is announced): the first
 /// sample of each wakes crossprof, which reads the process while it lives,
-/// so `main;burn` is named in >= 80% of their samples (about a third were
-/// before: a process gone by the next drain had only `[unknown]` frames).
+/// so >= 90% of their samples have a user frame named (about a third
+/// before: a process gone by the next drain had only `[unknown]` frames),
+/// and `main;burn` is where most of their time is (on the host; under
+/// emulation the dynamic loader takes a large share of a short run).
 #[test]
 fn processes_that_live_milliseconds_are_named_in_a_whole_system_recording() {
     let brief = native_fixture("brief");
@@ -210,11 +212,28 @@ fn processes_that_live_milliseconds_are_named_in_a_whole_system_recording() {
     let run = finish(rec, LIMIT);
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
-    let (named, all) = count_where(&stacks, "brief", |st| st.contains_chain(&["main", "burn"]));
+    // Unnamed: every user frame `[unknown]` (what a process gone before it
+    // was read gets). A few samples at `execve` (the old program's
+    // registers) or early in the dynamic loader have one `[unknown]` caller
+    // whatever crossprof does.
+    let (named, all) = count_where(&stacks, "brief", |st| {
+        let user: Vec<&String> = st.frames[1..]
+            .iter()
+            .take_while(|f| !f.ends_with("_[k]"))
+            .filter(|f| !f.starts_with("[truncated"))
+            .collect();
+        !user.iter().all(|f| *f == "[unknown]")
+    });
+    let (chain, _) = count_where(&stacks, "brief", |st| st.contains_chain(&["main", "burn"]));
     assert!(all >= 150, "only {all} samples of 30 processes of 15 ms");
+    let want = if crossprof_tests::emulated() { 80 } else { 90 };
     assert!(
-        named * 100 >= all * 80,
-        "main;burn named in {named} of {all}:\n{stacks:#?}"
+        named * 100 >= all * want,
+        "{named} of {all} samples with a user frame named:\n{stacks:#?}"
+    );
+    assert!(
+        crossprof_tests::emulated() || chain * 2 >= all,
+        "main;burn in {chain} of {all}:\n{stacks:#?}"
     );
 }
 

@@ -132,10 +132,10 @@ impl ProcessTable {
         let Some(p) = self.procs.get(&pid).filter(|p| !p.go.roots.is_empty()) else {
             return (user.len(), false);
         };
+        // The leaf may be in a root itself (a thread's first instructions).
         user.iter()
             .enumerate()
-            .skip(1)
-            .find(|&(_, &ra)| holds(&p.go.roots, ra, false))
+            .find(|&(i, &addr)| holds(&p.go.roots, addr, i == 0))
             .map_or((user.len(), false), |(i, _)| (i + 1, true))
     }
 

@@ -1,5 +1,6 @@
-//! Native code: ELF objects mapped into processes, unwound by frame pointers in the
-//! kernel program (`probe-ebpf/src/native.rs`), and the kernel itself.
+//! Native code: ELF objects mapped into processes, unwound in the
+//! kernel program (`probe-ebpf/src/native.rs`: by frame pointers, or by
+//! `.eh_frame` rules the collector reads), and the kernel itself.
 //!
 //! - [`debuginfod`] fetches debug files by build id (`--debuginfod`);
 //! - [`elf`] reads section and segment headers, for tables symbolizers do not read;

@@ -190,6 +190,12 @@ pub struct Process {
     pub container: Option<Arc<crate::containers::Container>>,
     /// Samples seen.
     pub samples: u64,
+    /// The comm of the sample it was last read for (a thread's name, 16
+    /// bytes at most).
+    pub(crate) sample_comm: String,
+    /// Times it was read again because a sample's comm changed (see
+    /// [`ProcessTable::exec_seen`]).
+    pub(crate) comm_reads: u8,
     /// Samples taken in a .NET GC pause.
     pub gc_samples: u64,
     /// The .NET runtime, if the process runs one.
@@ -330,12 +336,33 @@ impl ProcessTable {
                 captured: Instant::now(),
                 first_captured: Instant::now(),
                 container: crate::containers::of_process(pid),
+                sample_comm: fallback_name.to_owned(),
+                comm_reads: 0,
             };
             let lines_now = self.dotnet_lines_now();
             Self::capture(&mut self.modules, &mut p, lines_now);
             self.procs.insert(pid, p);
         }
         self.procs.get_mut(&pid).expect("inserted above")
+    }
+
+    /// A sample of `pid` whose thread is named `comm`: if the process was read
+    /// for a sample of another name, it may have `exec`'d since (a forked
+    /// child read at its first sample, before its `exec`: a whole-system
+    /// recording reads a process at once, and announces no exec), so it is
+    /// read again, at most twice per process (a process whose threads have
+    /// names of their own costs two reads, not one per sample).
+    pub fn exec_seen(&mut self, pid: u32, comm: &str) {
+        let lines_now = self.dotnet_lines_now();
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if p.comm_reads >= 2 || p.sample_comm == comm {
+            return;
+        }
+        p.comm_reads += 1;
+        p.sample_comm = comm.to_owned();
+        Self::capture(&mut self.modules, p, lines_now);
     }
 
     /// Process `pid` has just `exec`'d (the kernel's `Exec` record, sent with

@@ -1,11 +1,11 @@
 //! What a profiling session does, whichever command started it: `record`
 //! (one recording, then its files) and `agent` (windows, for ever) each build
 //! a [`Config`] from their own arguments, and the session's stages (the
-//! kernel side in [`crate::record::start`], the pipeline, the pprof writer)
-//! read only the config. Both drive the pipeline with the same [`Events`]:
+//! kernel side in `record::start`, the pipeline, the pprof writer)
+//! read only the config. Both drive the pipeline with the same `Events`:
 //! their loops add only what is theirs (a deadline and a command, or windows
 //! and an HTTP server). The pipeline itself, everything downstream of the
-//! ring buffer, is [`pipeline`].
+//! ring buffer, is `pipeline`.
 
 use std::{path::PathBuf, time::Duration};
 

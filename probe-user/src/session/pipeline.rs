@@ -222,7 +222,10 @@ impl Pipeline {
                     } else if away_ns.is_some() {
                         self.off_cpu_us += weight;
                     }
-                    let p = self.procs.get_or_capture(sample.pid, &sample.comm_str());
+                    let comm = sample.comm_str();
+                    self.procs.get_or_capture(sample.pid, &comm);
+                    self.procs.exec_seen(sample.pid, &comm);
+                    let p = self.procs.get_or_capture(sample.pid, &comm);
                     p.samples += 1;
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
