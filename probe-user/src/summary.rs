@@ -135,6 +135,11 @@ pub struct ProcessSummary {
     /// have walked them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks_complete_frame_pointers: Option<f64>,
+    /// How its samples' user stacks ended, by the walk's own word (only the
+    /// ways that happened): `outermost_rule`, `walk_end`, `no_unwind_info`,
+    /// `depth_limit`, `leaf_in_prolog`, `unreadable`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_stack_ends: BTreeMap<&'static str, u64>,
     /// Goroutine states, for a Go process followed with `--go-states`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutines: Option<GoroutineStates>,

@@ -190,6 +190,8 @@ pub struct Process {
     pub container: Option<Arc<crate::containers::Container>>,
     /// Samples seen.
     pub samples: u64,
+    /// How its samples' user stacks ended (see [`StackEnds`]).
+    pub stack_ends: StackEnds,
     /// The comm of the sample it was last read for (a thread's name, 16
     /// bytes at most).
     pub(crate) sample_comm: String,
@@ -255,6 +257,50 @@ impl Interner {
 /// A managed method's name, and the source line of the sampled address in it
 /// when its assembly has a PDB (a method has a frame per line sampled).
 type ManagedFrame = (Arc<str>, Option<crate::frame::Source>);
+
+/// How a process's user stacks ended, sample by sample, by the walk's own
+/// word (the record's `FLAG_USER_*` bits): what stops the walks of a
+/// program whose stacks are not whole (`summary.json`: `user_stack_ends`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StackEnds {
+    /// At a frame its unwind rules say has no caller (`DW_CFA_undefined rip`).
+    pub outermost_rule: u64,
+    /// Otherwise, at its own end: a zero frame pointer, the end of a
+    /// frame-pointer walk, a frame whose return address is 0.
+    pub walk_end: u64,
+    /// At a frame with no rule and no usable frame pointer.
+    pub no_unwind_info: u64,
+    /// At the depth limit.
+    pub depth_limit: u64,
+    /// After a managed leaf in a prolog or epilog.
+    pub leaf_in_prolog: u64,
+    /// The stack could not be read at all.
+    pub unreadable: u64,
+}
+
+impl StackEnds {
+    /// Counts a sample whose record has `flags` (and a user stack).
+    pub fn add(&mut self, flags: u32) {
+        use probe_common::native::{
+            FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO, FLAG_USER_OUTERMOST,
+            FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+        };
+        let slot = if flags & FLAG_USER_STACK_ERROR != 0 {
+            &mut self.unreadable
+        } else if flags & FLAG_USER_TRUNCATED != 0 {
+            &mut self.depth_limit
+        } else if flags & FLAG_USER_NO_UNWIND_INFO != 0 {
+            &mut self.no_unwind_info
+        } else if flags & FLAG_USER_LEAF_EDGE != 0 {
+            &mut self.leaf_in_prolog
+        } else if flags & FLAG_USER_OUTERMOST != 0 {
+            &mut self.outermost_rule
+        } else {
+            &mut self.walk_end
+        };
+        *slot += 1;
+    }
+}
 
 impl Process {
     pub(crate) fn lookup(&self, addr: u64) -> Option<ExecMapping> {
@@ -337,6 +383,7 @@ impl ProcessTable {
                 first_captured: Instant::now(),
                 container: crate::containers::of_process(pid),
                 sample_comm: fallback_name.to_owned(),
+                stack_ends: StackEnds::default(),
                 comm_reads: 0,
             };
             let lines_now = self.dotnet_lines_now();
@@ -809,6 +856,37 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_user_stack_end_is_counted_by_the_walk_s_word() {
+        use probe_common::native::{
+            FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO, FLAG_USER_OUTERMOST,
+            FLAG_USER_STACK_ERROR, FLAG_USER_TRUNCATED,
+        };
+        let mut e = StackEnds::default();
+        for flags in [
+            0,
+            FLAG_USER_OUTERMOST,
+            FLAG_USER_OUTERMOST,
+            FLAG_USER_NO_UNWIND_INFO,
+            FLAG_USER_TRUNCATED | FLAG_USER_NO_UNWIND_INFO,
+            FLAG_USER_LEAF_EDGE,
+            FLAG_USER_STACK_ERROR | FLAG_USER_TRUNCATED,
+        ] {
+            e.add(flags);
+        }
+        assert_eq!(
+            (
+                e.walk_end,
+                e.outermost_rule,
+                e.no_unwind_info,
+                e.depth_limit,
+                e.leaf_in_prolog,
+                e.unreadable
+            ),
+            (1, 2, 1, 1, 1, 1)
+        );
+    }
 
     #[test]
     fn jitdumps_are_not_modules() {

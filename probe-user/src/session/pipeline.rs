@@ -227,6 +227,11 @@ impl Pipeline {
                     self.procs.exec_seen(sample.pid, &comm);
                     let p = self.procs.get_or_capture(sample.pid, &comm);
                     p.samples += 1;
+                    if !sample.user.is_empty()
+                        || sample.flags & probe_common::native::FLAG_USER_STACK_ERROR != 0
+                    {
+                        p.stack_ends.add(sample.flags);
+                    }
                     let dotnet = p.dotnet.is_some();
                     let mut frames = sample_frames(&sample, &mut self.procs);
                     // What the time went to, for --slow-ms.
