@@ -382,12 +382,14 @@ impl ProcessTable {
                 captured: Instant::now(),
                 first_captured: Instant::now(),
                 container: crate::containers::of_process(pid),
-                sample_comm: fallback_name.to_owned(),
+                sample_comm: String::new(),
                 stack_ends: StackEnds::default(),
                 comm_reads: 0,
             };
             let lines_now = self.dotnet_lines_now();
             Self::capture(&mut self.modules, &mut p, lines_now);
+            // The name it was read under (its comm then, not a placeholder).
+            p.sample_comm = p.name.to_string();
             self.procs.insert(pid, p);
         }
         self.procs.get_mut(&pid).expect("inserted above")
@@ -466,6 +468,11 @@ impl ProcessTable {
                 },
             })
             .collect();
+        // A process that has exited (a zombie: its maps read empty) keeps
+        // the mappings it had: its last records are still to be named.
+        if mappings.is_empty() && !p.mappings.is_empty() {
+            return;
+        }
         mappings.sort_by_key(|m| m.start);
         p.mappings = mappings;
         // New mappings (dlopen): the kernel's rules are refreshed.
