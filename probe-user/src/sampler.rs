@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, PerfEvent, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -139,7 +139,7 @@ impl Sampler {
             crate::kernel::Walk::FramePointers => names::CPU_SAMPLE_FP_PROG,
         };
         if cfg.on_cpu {
-            cpu_sample_program(&mut ebpf, cpu_program)?
+            program::<PerfEvent>(&mut ebpf, cpu_program)?
                 .load()
                 .map_err(|source| load_failed(cpu_program, source))?;
         }
@@ -147,7 +147,7 @@ impl Sampler {
             crate::offcpu::load(&mut ebpf)?;
         }
         for name in [names::MMAP_ENTER_PROG, names::MMAP_EXIT_PROG] {
-            tracepoint_program(&mut ebpf, name)?
+            program::<TracePoint>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| load_failed(name, source))?;
         }
@@ -157,7 +157,7 @@ impl Sampler {
                 name,
                 source: ProgramError::Btf(e),
             })?;
-            http_program(&mut ebpf)?
+            program::<BtfTracePoint>(&mut ebpf, name)?
                 .load("sys_exit", &btf)
                 .map_err(|source| load_failed(name, source))?;
         }
@@ -165,13 +165,13 @@ impl Sampler {
         let exec = cfg.select_comms || cfg.filter_pids;
         if exec {
             let name = names::PROCESS_EXEC_PROG;
-            exec_program(&mut ebpf)?
+            program::<RawTracePoint>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| load_failed(name, source))?;
         }
         if cfg.follow_children {
             let name = names::PROCESS_FORK_PROG;
-            tracepoint_program(&mut ebpf, name)?
+            program::<TracePoint>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| load_failed(name, source))?;
         }
@@ -202,13 +202,13 @@ impl Sampler {
             mount_tracefs();
             let name = names::PROCESS_FORK_PROG;
             task_newtask_format().map_err(SamplerError::FollowChildren)?;
-            tracepoint_program(&mut self.ebpf, name)?
+            program::<TracePoint>(&mut self.ebpf, name)?
                 .attach("task", "task_newtask")
                 .map_err(|source| SamplerError::Tracepoint { name, source })?;
         }
         if self.exec {
             let name = names::PROCESS_EXEC_PROG;
-            exec_program(&mut self.ebpf)?
+            program::<RawTracePoint>(&mut self.ebpf, name)?
                 .attach("sched_process_exec")
                 .map_err(|source| SamplerError::Tracepoint { name, source })?;
         }
@@ -217,7 +217,7 @@ impl Sampler {
         }
         if self.http {
             let name = names::HTTP_SYS_EXIT_PROG;
-            http_program(&mut self.ebpf)?
+            program::<BtfTracePoint>(&mut self.ebpf, name)?
                 .attach()
                 .map_err(|source| SamplerError::Tracepoint { name, source })?;
         }
@@ -226,7 +226,7 @@ impl Sampler {
         }
         let freq = self.freq;
         let cpus = online_cpus().map_err(|(_, e)| SamplerError::Cpus(e))?;
-        let program = cpu_sample_program(&mut self.ebpf, self.cpu_program)?;
+        let program = program::<PerfEvent>(&mut self.ebpf, self.cpu_program)?;
         for cpu in cpus {
             program
                 .attach(
@@ -248,7 +248,7 @@ impl Sampler {
             (names::MMAP_ENTER_PROG, "sys_enter_mmap"),
             (names::MMAP_EXIT_PROG, "sys_exit_mmap"),
         ] {
-            let program = tracepoint_program(&mut self.ebpf, name)?;
+            let program = program::<TracePoint>(&mut self.ebpf, name)?;
             let link = program
                 .attach("syscalls", event)
                 .and_then(|id| program.take_link(id))
@@ -598,7 +598,7 @@ fn load_one(
     };
     let loaded = match name {
         names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => {
-            cpu_sample_program(ebpf, name)?.load()
+            program::<PerfEvent>(ebpf, name)?.load()
         }
         names::OFF_CPU_START_PROG => {
             let btf = btf.ok_or_else(no_btf)?;
@@ -607,16 +607,16 @@ fn load_one(
         }
         names::HTTP_SYS_EXIT_PROG => {
             let btf = btf.ok_or_else(no_btf)?;
-            http_program(ebpf)?.load("sys_exit", btf)
+            program::<BtfTracePoint>(ebpf, name)?.load("sys_exit", btf)
         }
         names::OFF_CPU_END_PROG | names::PROCESS_EXEC_PROG => {
-            let p: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
+            let p: &mut RawTracePoint = program(ebpf, name)?;
             p.load()
         }
         names::MMAP_ENTER_PROG | names::MMAP_EXIT_PROG | names::PROCESS_FORK_PROG => {
-            tracepoint_program(ebpf, name)?.load()
+            program::<TracePoint>(ebpf, name)?.load()
         }
-        _ => uprobe_program(ebpf, name)?.load(),
+        _ => program::<UProbe>(ebpf, name)?.load(),
     };
     loaded.map_err(|source| load_failed(name, source))
 }
@@ -630,16 +630,6 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn cpu_sample_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut PerfEvent, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
 }
 
 /// Tracepoints are attached by their ids under tracefs, which some systems
@@ -710,44 +700,6 @@ pub(crate) fn check_task_newtask_format(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The `--comm` program (`sched_process_exec`, a raw tracepoint).
-fn exec_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, SamplerError> {
-    let name = names::PROCESS_EXEC_PROG;
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
-}
-
-fn tracepoint_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut TracePoint, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
-}
-
-/// The request-attribution program (`raw_syscalls:sys_exit`, BTF-typed).
-fn http_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
-    let name = names::HTTP_SYS_EXIT_PROG;
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
-}
-
-pub(crate) fn uprobe_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut UProbe, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| SamplerError::Program { name, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, SamplerError> {
