@@ -196,7 +196,7 @@ pub struct Process {
     /// bytes at most).
     pub(crate) sample_comm: String,
     /// Times it was read again because a sample's comm changed (see
-    /// [`ProcessTable::exec_seen`]).
+    /// [`ProcessTable::of_sample`]).
     pub(crate) comm_reads: u8,
     /// Samples taken in a .NET GC pause.
     pub gc_samples: u64,
@@ -395,23 +395,24 @@ impl ProcessTable {
         self.procs.get_mut(&pid).expect("inserted above")
     }
 
-    /// A sample of `pid` whose thread is named `comm`: if the process was read
+    /// The process of a sample of `pid` whose thread is named `comm`, read
+    /// at first sight (see [`ProcessTable::get_or_capture`]). If it was read
     /// for a sample of another name, it may have `exec`'d since (a forked
     /// child read at its first sample, before its `exec`: a whole-system
     /// recording reads a process at once, and announces no exec), so it is
     /// read again, at most twice per process (a process whose threads have
     /// names of their own costs two reads, not one per sample).
-    pub fn exec_seen(&mut self, pid: u32, comm: &str) {
+    pub fn of_sample(&mut self, pid: u32, comm: &str) -> &mut Process {
         let lines_now = self.dotnet_lines_now();
-        let Some(p) = self.procs.get_mut(&pid) else {
-            return;
-        };
-        if p.comm_reads >= 2 || p.sample_comm == comm {
-            return;
+        if let Some(p) = self.procs.get_mut(&pid)
+            && p.comm_reads < 2
+            && p.sample_comm != comm
+        {
+            p.comm_reads += 1;
+            p.sample_comm = comm.to_owned();
+            Self::capture(&mut self.modules, p, lines_now);
         }
-        p.comm_reads += 1;
-        p.sample_comm = comm.to_owned();
-        Self::capture(&mut self.modules, p, lines_now);
+        self.get_or_capture(pid, comm)
     }
 
     /// Process `pid` has just `exec`'d (the kernel's `Exec` record, sent with

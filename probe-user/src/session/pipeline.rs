@@ -222,10 +222,7 @@ impl Pipeline {
                     } else if away_ns.is_some() {
                         self.off_cpu_us += weight;
                     }
-                    let comm = sample.comm_str();
-                    self.procs.get_or_capture(sample.pid, &comm);
-                    self.procs.exec_seen(sample.pid, &comm);
-                    let p = self.procs.get_or_capture(sample.pid, &comm);
+                    let p = self.procs.of_sample(sample.pid, &sample.comm_str());
                     p.samples += 1;
                     if !sample.user.is_empty()
                         || sample.flags & probe_common::native::FLAG_USER_STACK_ERROR != 0
