@@ -70,36 +70,34 @@ pub fn rows(table: &GoTable, linker: Linker) -> Vec<(u64, u64, UnwindRow)> {
         if u32::try_from(end).is_err() {
             continue;
         }
-        if linker == Linker::Go {
-            let assembly = table
-                .func_flag(entry)
-                .is_some_and(|f| f & FUNC_FLAG_ASM != 0);
-            if !assembly || keeps_frame_pointer_rule(table, entry, &name) {
-                out.push((entry, end, frame_pointer));
-            } else if let Some(rows) = by_stack_pointer(table, entry, end) {
-                by_sp += 1;
-                out.extend(rows);
-            } else {
-                out.push((entry, end, frame_pointer));
-            }
-            continue;
-        }
+        let cgo = linker == Linker::C;
         match name.as_str() {
             // The ABI wrapper of the same name has no switch: frame pointer.
-            "runtime.asmcgocall" => out.push((
+            "runtime.asmcgocall" if cgo => out.push((
                 entry,
                 end,
                 asmcgocall_rule(table, entry, end).unwrap_or(frame_pointer),
             )),
-            "crosscall2" => match crosscall2_rows(table, entry, end) {
+            "crosscall2" if cgo => match crosscall2_rows(table, entry, end) {
                 Some(rows) => out.extend(rows),
                 None => out.push((entry, end, go_row(cfa_kind::UNKNOWN, 0, RBP_UNKNOWN))),
             },
             _ if keeps_frame_pointer_rule(table, entry, &name) => {
                 out.push((entry, end, frame_pointer))
             }
+            // Go's linker: compiled Go keeps its frame pointers.
+            _ if !cgo
+                && table
+                    .func_flag(entry)
+                    .is_none_or(|f| f & FUNC_FLAG_ASM == 0) =>
+            {
+                out.push((entry, end, frame_pointer))
+            }
             _ => match by_stack_pointer(table, entry, end) {
-                Some(rows) => out.extend(rows),
+                Some(rows) => {
+                    by_sp += 1;
+                    out.extend(rows)
+                }
                 None => out.push((entry, end, frame_pointer)),
             },
         }
