@@ -300,6 +300,22 @@ impl StackEnds {
         };
         *slot += 1;
     }
+
+    /// The ways that happened, by their `summary.json` names, with their
+    /// counts.
+    pub fn counted(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("outermost_rule", self.outermost_rule),
+            ("walk_end", self.walk_end),
+            ("no_unwind_info", self.no_unwind_info),
+            ("depth_limit", self.depth_limit),
+            ("leaf_in_prolog", self.leaf_in_prolog),
+            ("unreadable", self.unreadable),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .collect()
+    }
 }
 
 impl Process {
@@ -894,6 +910,9 @@ mod tests {
             ),
             (1, 2, 1, 1, 1, 1)
         );
+        assert_eq!(e.counted()["outermost_rule"], 2);
+        assert_eq!(e.counted().len(), 6);
+        assert!(StackEnds::default().counted().is_empty());
     }
 
     #[test]

@@ -217,20 +217,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             samples: p.samples,
             stacks_complete: complete.get(&p.pid).and_then(share),
             stacks_complete_frame_pointers: fp_complete.get(&p.pid).and_then(share),
-            user_stack_ends: {
-                let e = p.stack_ends;
-                [
-                    ("outermost_rule", e.outermost_rule),
-                    ("walk_end", e.walk_end),
-                    ("no_unwind_info", e.no_unwind_info),
-                    ("depth_limit", e.depth_limit),
-                    ("leaf_in_prolog", e.leaf_in_prolog),
-                    ("unreadable", e.unreadable),
-                ]
-                .into_iter()
-                .filter(|&(_, n)| n > 0)
-                .collect()
-            },
+            user_stack_ends: p.stack_ends.counted(),
             ..ProcessSummary::default()
         })
         .collect();
