@@ -532,7 +532,12 @@ impl GoTable {
     /// there (its `pcsp` table): 0 means the return address is at `sp`.
     pub fn sp_delta(&self, pc: u64) -> Option<i32> {
         let (f, entry) = self.func(pc)?;
-        self.pcvalue(u32_at(&self.file, f + 16)?, entry, pc)
+        self.pcvalue(self.pcsp_table(f)?, entry, pc)
+    }
+
+    /// The offset of the `_func` at `f`'s `pcsp` table.
+    fn pcsp_table(&self, f: usize) -> Option<u32> {
+        u32_at(&self.file, f + 16)
     }
 
     /// Where the return address of `pc`'s function is, in words above the
@@ -544,13 +549,13 @@ impl GoTable {
     /// `MOVQ SP, BP` from Go 1.21, `SUBQ $n, SP` / `MOVQ BP, n-8(SP)` / `LEAQ
     /// n-8(SP), BP` before; cmd/internal/obj/x86/obj6.go). `None` elsewhere.
     pub fn return_slot(&self, pc: u64) -> Option<usize> {
-        let delta = self.sp_delta(pc)?;
+        let (f, entry) = self.func(pc)?;
+        let delta = self.pcvalue(self.pcsp_table(f)?, entry, pc)?;
         if delta == 0 {
             return Some(0);
         }
         // The prologue is the first few instructions (after the stack
         // check); RBP is linked by `mov %rsp,%rbp` or `lea d(%rsp),%rbp`.
-        let (_, entry) = self.func(pc)?;
         let len = usize::try_from(pc.checked_sub(entry)?).ok()?;
         if len > 48 || delta < 0 || delta % 8 != 0 {
             return None;
@@ -576,7 +581,7 @@ impl GoTable {
         if found != entry {
             return None;
         }
-        let table = u32_at(&self.file, f + 16)?;
+        let table = self.pcsp_table(f)?;
         if table == 0 {
             return None;
         }
