@@ -420,8 +420,9 @@ fn read_fde(mut r: Reader, cie: &Cie, eh: &[u8], vaddr: u64) -> Result<Option<Ve
         return Ok(None);
     }
     if cie.has_aug_data {
-        let n = r.uleb().ok_or(EhError::Truncated(r.at))? as usize;
-        r.at += n;
+        let n = r.uleb().ok_or(EhError::Truncated(r.at))?;
+        let n = usize::try_from(n).map_err(|_| EhError::Truncated(r.at))?;
+        r.bytes(n).ok_or(EhError::Truncated(r.at))?;
     }
     let initial = State {
         cfa: Cfa::Unknown,
