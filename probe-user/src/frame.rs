@@ -215,3 +215,42 @@ impl FrameKind {
         }
     }
 }
+
+/// Names (or names with what else a frame carries) interned once, so stacks
+/// carry a small id.
+#[derive(Debug)]
+pub(crate) struct Interner<T = Arc<str>> {
+    ids: std::collections::HashMap<T, u32>,
+    items: Vec<T>,
+}
+
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            ids: std::collections::HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone + std::hash::Hash + Eq> Interner<T> {
+    pub(crate) fn intern(&mut self, item: &T) -> u32 {
+        if let Some(&id) = self.ids.get(item) {
+            return id;
+        }
+        let id = self.items.len() as u32;
+        self.items.push(item.clone());
+        self.ids.insert(item.clone(), id);
+        id
+    }
+
+    pub(crate) fn item(&self, id: u32) -> Option<&T> {
+        self.items.get(id as usize)
+    }
+}
+
+impl Interner {
+    pub(crate) fn get(&self, id: u32) -> &str {
+        self.item(id).map_or("[unknown]", |n| n)
+    }
+}

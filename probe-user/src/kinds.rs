@@ -95,9 +95,10 @@ pub fn is_glue(name: &str) -> bool {
         || method.starts_with("IL_STUB_ReversePInvoke")
 }
 
-/// The runtime a user frame's code belongs to, for finding crossings.
+/// The side of a crossing a user frame's code is on: which runtime's code
+/// it is (not a process's runtime: that is [`crate::runtime::Runtime`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Runtime {
+pub enum Side {
     /// .NET code.
     Managed,
     /// Go code.
@@ -114,7 +115,7 @@ pub struct Code {
     /// Its kind by address.
     pub kind: Option<FrameKind>,
     /// Its runtime, for a user frame that can take part in a crossing.
-    pub runtime: Option<Runtime>,
+    pub side: Option<Side>,
     /// The folded annotation of its (innermost) name: `_[k]`, `_[j]` or none.
     pub suffix: &'static str,
 }
@@ -191,33 +192,33 @@ impl<'a> Classifier<'a> {
 
 /// What the address of `frame` says about it.
 fn code_of(frame: FrameRef, names: &Names, procs: &ProcessTable) -> Code {
-    let code = |kind, runtime, suffix| Code {
+    let code = |kind, side, suffix| Code {
         kind: Some(kind),
-        runtime,
+        side,
         suffix,
     };
     if frame.is_kernel() {
         return code(FrameKind::Kernel, None, KERNEL_SUFFIX);
     }
     match frame {
-        FrameRef::Managed(_) => code(FrameKind::Managed, Some(Runtime::Managed), JIT_SUFFIX),
+        FrameRef::Managed(_) => code(FrameKind::Managed, Some(Side::Managed), JIT_SUFFIX),
         FrameRef::Elf { module, offset } => {
             let m = procs.modules.get(module);
             if m.is_assembly() {
                 // ReadyToRun code; annotated as JIT code once named.
                 let suffix = if names.has(frame) { JIT_SUFFIX } else { "" };
-                return code(FrameKind::Managed, Some(Runtime::Managed), suffix);
+                return code(FrameKind::Managed, Some(Side::Managed), suffix);
             }
             let go = procs
                 .modules
                 .go_table(module)
                 .is_some_and(|t| t.vaddr(offset).is_some_and(|pc| t.covers(pc)));
             if go {
-                code(FrameKind::Go, Some(Runtime::Go), "")
+                code(FrameKind::Go, Some(Side::Go), "")
             } else if DOTNET_RUNTIME_LIBRARIES.contains(&m.name.as_str()) {
-                code(FrameKind::Native, Some(Runtime::DotnetRuntime), "")
+                code(FrameKind::Native, Some(Side::DotnetRuntime), "")
             } else {
-                code(FrameKind::Native, Some(Runtime::Native), "")
+                code(FrameKind::Native, Some(Side::Native), "")
             }
         }
         FrameRef::Marker(Marker::Cgo | Marker::PInvoke) => code(FrameKind::Transition, None, ""),
@@ -229,7 +230,7 @@ fn code_of(frame: FrameRef, names: &Names, procs: &ProcessTable) -> Code {
         | FrameRef::Goroutine(_)
         | FrameRef::Label(_) => Code {
             kind: None,
-            runtime: None,
+            side: None,
             suffix: "",
         },
     }
@@ -237,8 +238,8 @@ fn code_of(frame: FrameRef, names: &Names, procs: &ProcessTable) -> Code {
 
 /// The markers of a call from `caller` code into `callee` code (named
 /// `callee_name`); none if it crosses no runtime boundary.
-fn markers(caller: Runtime, callee: Runtime, callee_name: &str) -> &'static [Marker] {
-    use Runtime::*;
+fn markers(caller: Side, callee: Side, callee_name: &str) -> &'static [Marker] {
+    use Side::*;
     match (caller, callee) {
         (Managed, Native) => &[Marker::PInvoke],
         (Managed, Go) => &[Marker::PInvoke, Marker::Cgo],
@@ -254,7 +255,7 @@ struct Part<'n> {
     /// The name without its annotation.
     name: &'n str,
     kind: Option<FrameKind>,
-    runtime: Option<Runtime>,
+    side: Option<Side>,
 }
 
 /// Frames (each a name, possibly several inlined ones joined by
@@ -282,7 +283,7 @@ pub fn show<'n>(frames: impl IntoIterator<Item = (&'n str, Code)>) -> ShownStack
                 } else {
                     code.kind
                 },
-                runtime: if glue { None } else { code.runtime },
+                side: if glue { None } else { code.side },
             });
         }
     }
@@ -290,22 +291,19 @@ pub fn show<'n>(frames: impl IntoIterator<Item = (&'n str, Code)>) -> ShownStack
     // what gives it away is its one call, to crosscall2.
     for i in 1..parts.len() {
         if parts[i].name == "crosscall2"
-            && matches!(
-                parts[i - 1].runtime,
-                Some(Runtime::Native | Runtime::DotnetRuntime)
-            )
+            && matches!(parts[i - 1].side, Some(Side::Native | Side::DotnetRuntime))
         {
             parts[i - 1].kind = Some(FrameKind::Transition);
-            parts[i - 1].runtime = None;
+            parts[i - 1].side = None;
         }
     }
 
     let mut stack = ShownStack::default();
-    let mut caller: Option<(usize, Runtime)> = None;
+    let mut caller: Option<(usize, Side)> = None;
     for (i, part) in parts.iter().enumerate() {
-        if let Some(runtime) = part.runtime {
+        if let Some(side) = part.side {
             if let Some((at, from)) = caller {
-                let markers = markers(from, runtime, part.name);
+                let markers = markers(from, side, part.name);
                 if !markers.is_empty() {
                     let from = &parts[at];
                     stack.crossings.push(Crossing {
@@ -322,7 +320,7 @@ pub fn show<'n>(frames: impl IntoIterator<Item = (&'n str, Code)>) -> ShownStack
                     });
                 }
             }
-            caller = Some((i, runtime));
+            caller = Some((i, side));
         }
         stack.frames.push(Shown {
             text: part.text.clone(),
@@ -437,28 +435,28 @@ pub(crate) fn cgo_fixture(names: &[&str]) -> (std::path::PathBuf, Vec<u64>) {
 mod tests {
     use super::*;
 
-    const fn code(kind: FrameKind, runtime: Runtime) -> Code {
+    const fn code(kind: FrameKind, side: Side) -> Code {
         Code {
             kind: Some(kind),
-            runtime: Some(runtime),
+            side: Some(side),
             suffix: "",
         }
     }
-    const GO: Code = code(FrameKind::Go, Runtime::Go);
-    const NATIVE: Code = code(FrameKind::Native, Runtime::Native);
-    const CLR: Code = code(FrameKind::Native, Runtime::DotnetRuntime);
+    const GO: Code = code(FrameKind::Go, Side::Go);
+    const NATIVE: Code = code(FrameKind::Native, Side::Native);
+    const CLR: Code = code(FrameKind::Native, Side::DotnetRuntime);
     const MANAGED: Code = Code {
         suffix: JIT_SUFFIX,
-        ..code(FrameKind::Managed, Runtime::Managed)
+        ..code(FrameKind::Managed, Side::Managed)
     };
     const KERNEL: Code = Code {
         kind: Some(FrameKind::Kernel),
-        runtime: None,
+        side: None,
         suffix: KERNEL_SUFFIX,
     };
     const VDSO: Code = Code {
         kind: Some(FrameKind::Native),
-        runtime: None,
+        side: None,
         suffix: "",
     };
 
@@ -508,7 +506,7 @@ mod tests {
             "runtime.cgoCheckPointer",
             "cfunc",
             "Prog::Main",
-            "System.Runtime.InteropServices.Marshal::GetLastPInvokeError",
+            "System.Side.InteropServices.Marshal::GetLastPInvokeError",
             "[cgo]",
         ] {
             assert!(!is_glue(code), "{code}");

@@ -230,9 +230,11 @@ pub fn build<'a>(
             let v = b.string(&comm);
             labels.push((k, Label::Str(v)));
         }
-        let runtime = *runtimes
-            .entry(key.pid)
-            .or_insert_with(|| procs.runtime(key.pid));
+        let runtime = *runtimes.entry(key.pid).or_insert_with(|| {
+            procs
+                .runtime(key.pid)
+                .map_or("unknown", crate::runtime::Runtime::name)
+        });
         let k = b.string("runtime");
         let v = b.string(runtime);
         labels.push((k, Label::Str(v)));

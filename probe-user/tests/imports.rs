@@ -88,27 +88,8 @@ fn expand(prefix: &str, group: &str, out: &mut Vec<String>) {
 fn paths(module: &str, source: &str) -> Vec<Vec<String>> {
     let code = code(source);
     let mut found = Vec::new();
-    for start in ["crate::{", "super::{"] {
-        let mut rest = code.as_str();
-        while let Some(at) = rest.find(start) {
-            let body = &rest[at + start.len()..];
-            let mut depth = 1;
-            let end = body
-                .char_indices()
-                .find(|&(_, c)| {
-                    match c {
-                        '{' => depth += 1,
-                        '}' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-                .map_or(body.len(), |(i, _)| i);
-            expand(&start[..start.len() - 3], &body[..end], &mut found);
-            rest = &body[end..];
-        }
-    }
-    // Inline paths: crate::a::b, super::a.
+    // Every path from `crate::` or `super::`, inline (`crate::a::b`) or
+    // grouped at any depth (`crate::a::{b, c::{d}}`).
     let bytes = code.as_bytes();
     for start in ["crate::", "super::"] {
         for (at, _) in code.match_indices(start) {
@@ -119,7 +100,25 @@ fn paths(module: &str, source: &str) -> Vec<Vec<String>> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
-            found.push(path);
+            let after = &code[at + path.len()..];
+            match (path.strip_suffix("::"), after.strip_prefix('{')) {
+                (Some(prefix), Some(body)) => {
+                    let mut depth = 1;
+                    let end = body
+                        .char_indices()
+                        .find(|&(_, c)| {
+                            match c {
+                                '{' => depth += 1,
+                                '}' => depth -= 1,
+                                _ => {}
+                            }
+                            depth == 0
+                        })
+                        .map_or(body.len(), |(i, _)| i);
+                    expand(prefix, &body[..end], &mut found);
+                }
+                _ => found.push(path),
+            }
         }
     }
     let parent: Vec<String> = module.split("::").map(str::to_owned).collect();

@@ -218,7 +218,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         None,
     );
     let mut events = Events::new(events, &mut sampler, &pipeline)?;
-    pipeline.procs.precompiled_after = PRECOMPILED_AFTER;
+    pipeline.procs.dotnet.precompiled_after = PRECOMPILED_AFTER;
     // Processes already running under a --comm name: targets now (later ones
     // become targets at their exec, in the kernel).
     let mut pids = pids;
@@ -459,7 +459,9 @@ impl Cutter {
             .map(|(&pid, folded)| ProcessMeta {
                 pid,
                 comm: procs.name_of(pid),
-                runtime: procs.runtime(pid),
+                runtime: procs
+                    .runtime(pid)
+                    .map_or("unknown", crate::runtime::Runtime::name),
                 // Folding merges stacks, never counts: the process's samples.
                 samples: folded.stacks.values().sum(),
             })

@@ -35,6 +35,7 @@
 //! own unwind info (its frameless methods are walked by frame pointers).
 
 pub mod eventpipe;
+pub mod frames;
 pub mod ipc;
 pub mod jitdump;
 pub mod lines;
@@ -42,6 +43,7 @@ pub mod pdb;
 pub mod perfmap;
 pub mod r2r;
 pub mod report;
+pub mod table;
 pub mod unwind;
 
 use std::{
@@ -73,12 +75,12 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 
 /// The runtime found in a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runtime {
+pub struct Clr {
     /// `8.0.4`, or `unknown` when the path does not say.
     pub version: String,
 }
 
-impl Runtime {
+impl Clr {
     /// The major version (`8` of `8.0.4`), if known.
     pub fn major(&self) -> Option<u32> {
         self.version.split('.').next()?.parse().ok()
@@ -102,7 +104,7 @@ impl Runtime {
 }
 
 /// The runtime of a process whose mapped file paths are `paths`, if any.
-pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Runtime> {
+pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Clr> {
     let coreclr = paths.into_iter().find(|p| p.ends_with("/libcoreclr.so"))?;
     let mut parts = coreclr.rsplit('/').skip(1);
     let version = parts.next().unwrap_or("");
@@ -112,7 +114,7 @@ pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Runtime> {
     } else {
         "unknown".to_owned()
     };
-    Some(Runtime { version })
+    Some(Clr { version })
 }
 
 /// The perf map grows as methods are compiled; an unknown JIT address re-reads
@@ -244,7 +246,7 @@ pub fn precompiled_shapes(image: &r2r::R2rImage, data: &[u8]) -> Vec<Precompiled
 pub struct DotnetProcess {
     pid: u32,
     /// Its runtime.
-    pub runtime: Runtime,
+    pub clr: Clr,
     perf_map: PerfMap,
     /// The frame shapes of its JIT methods, as given to the kernel.
     code: CodeTable,
@@ -283,6 +285,9 @@ pub struct DotnetProcess {
     /// crossprof caused removed, also after the process exited.
     tmp: Option<Arc<crate::files::TargetDir>>,
     refreshed: Instant,
+    /// Its assembly mappings (by start) whose precompiled code the kernel
+    /// was given.
+    pub(crate) r2r_done: std::collections::HashSet<u64>,
 }
 
 impl DotnetProcess {
@@ -291,7 +296,7 @@ impl DotnetProcess {
     ///
     /// With `lines`, it also follows the runtime's JIT events for source
     /// lines ([`lines`]).
-    pub fn attach(pid: u32, runtime: Runtime, lines: bool) -> Self {
+    pub fn attach(pid: u32, clr: Clr, lines: bool) -> Self {
         // The folder of the process's perf map and jitdump, opened once
         // through its own root and held (its files are still read in the last
         // drain after it exited, when /proc/PID/root is gone): the runtime's
@@ -301,10 +306,10 @@ impl DotnetProcess {
         let perf_map_found = perf_map.refresh();
         let mut enabling = if perf_map_found {
             Enabling::NotNeeded
-        } else if !runtime.can_enable_perf_map() {
+        } else if !clr.can_enable_perf_map() {
             Enabling::Failed(format!(
                 ".NET {} has no diagnostics command for it; it exists from .NET 8",
-                runtime.version
+                clr.version
             ))
         } else {
             Enabling::Pending
@@ -367,7 +372,7 @@ impl DotnetProcess {
         };
         Self {
             pid,
-            runtime,
+            clr,
             perf_map,
             jitdump: JitDump::at(tmp.as_ref().map(|dir| crate::files::TargetFile {
                 dir: dir.clone(),
@@ -392,6 +397,7 @@ impl DotnetProcess {
             gc_final: None,
             tmp,
             refreshed: Instant::now(),
+            r2r_done: Default::default(),
         }
     }
 
@@ -722,8 +728,8 @@ impl DotnetProcess {
         Some(format!(
             "{name} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]{why}: start it with {}",
             self.pid,
-            self.runtime.version,
-            self.runtime.perf_map_setting()
+            self.clr.version,
+            self.clr.perf_map_setting()
         ))
     }
 }
@@ -740,13 +746,13 @@ mod tests {
         ];
         assert_eq!(
             detect(paths),
-            Some(Runtime {
+            Some(Clr {
                 version: "8.0.4".into()
             })
         );
         assert_eq!(
             detect(["/app/libcoreclr.so"]),
-            Some(Runtime {
+            Some(Clr {
                 version: "unknown".into()
             })
         );
@@ -755,7 +761,7 @@ mod tests {
 
     #[test]
     fn the_perf_map_hint_and_the_ipc_follow_the_version() {
-        let rt = |v: &str| Runtime { version: v.into() };
+        let rt = |v: &str| Clr { version: v.into() };
         assert_eq!(rt("3.1.23").major(), Some(3));
         assert_eq!(rt("3.1.23").perf_map_setting(), "COMPlus_PerfMapEnabled=1");
         assert_eq!(rt("8.0.4").perf_map_setting(), "DOTNET_PerfMapEnabled=1");

@@ -15,7 +15,7 @@ pub(crate) fn describe(procs: &ProcessTable, summary: &mut ProcessSummary) {
     let Some(d) = p.dotnet.as_ref() else {
         return;
     };
-    summary.runtime = Some(format!("dotnet {}", d.runtime.version));
+    summary.runtime = Some(format!("dotnet {}", d.clr.version));
     summary.gc = d.gc_stats().map(|g| GcSummary {
         collections: g.collections,
         pauses: g.pauses,

@@ -4,6 +4,8 @@
 //! `morestack`, the signal return trampoline). The process table's Go
 //! queries, which fill and read it, are in [`super::table`].
 
+use crate::native::unwind::{ObjectMapping, UnwindTableError, UnwindTables};
+
 /// A process's Go state (empty for a process that is not Go).
 #[derive(Debug, Default)]
 pub struct GoProcess {
@@ -42,6 +44,25 @@ pub struct GoProcess {
 }
 
 impl GoProcess {
+    /// Does this process (whose objects' mappings are `mappings`) need its
+    /// `.eh_frame` rules in the kernel? A Go process whose goroutines are
+    /// tracked does only if one of its Go objects has rules (C code of cgo, or
+    /// assembly that uses RBP); without, the kernel's frame-pointer walk
+    /// (`bpf_get_stack`) is whole and cheaper. Any other process does.
+    pub(crate) fn wants_rules(
+        &self,
+        mappings: &[ObjectMapping<'_>],
+        tables: &mut UnwindTables,
+    ) -> Result<bool, UnwindTableError> {
+        if !self.tracked {
+            return Ok(true);
+        }
+        mappings
+            .iter()
+            .filter(|m| m.go.is_some())
+            .try_fold(false, |any, m| Ok(any || tables.has_rules(m.path, m.go)?))
+    }
+
     /// The value of pprof label `key` of the goroutine whose `g.labels` is
     /// `ptr`, if it has one.
     pub fn label(&mut self, ptr: u64, key: &str) -> Option<String> {

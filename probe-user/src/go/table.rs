@@ -7,9 +7,21 @@
 use std::{path::Path, sync::Arc};
 
 use super::pclntab::GoTable;
+use crate::frame::FrameRef;
 use crate::native::process::{ProcessTable, Target};
 
 impl ProcessTable {
+    /// The `--group-by label:KEY` frame of a sample of `pid` whose goroutine's
+    /// `g.labels` is `ptr`: `KEY=VALUE`, or `[no KEY label]`.
+    pub fn label_frame(&mut self, pid: u32, ptr: u64, key: &str) -> FrameRef {
+        let value = self.procs.get_mut(&pid).and_then(|p| p.go.label(ptr, key));
+        let text = match value {
+            Some(v) => format!("{key}={v}"),
+            None => format!("[no {key} label]"),
+        };
+        self.text_frame(&text)
+    }
+
     /// Gives the kernel the goroutine offsets of every Go process not seen yet,
     /// and returns those processes with their offsets and function table.
     pub fn poll_go(

@@ -20,8 +20,8 @@ use super::{
     unwind::ObjectMapping,
 };
 use crate::{
-    dotnet::{self, DotnetProcess},
-    frame::{FrameRef, Marker, ModuleId},
+    dotnet::DotnetProcess,
+    frame::{FrameRef, Interner, Marker, ModuleId},
     go::pclntab::{GoTable, GoTables},
 };
 
@@ -208,55 +208,10 @@ pub struct Process {
     pub go: crate::go::process::GoProcess,
     /// Checked for `.eh_frame` unwinding (the kernel given its objects' rules).
     unwind_checked: bool,
-    /// Assembly mappings (by start) whose precompiled code the kernel was given.
-    r2r_done: std::collections::HashSet<u64>,
     pub(crate) mappings: Vec<ExecMapping>,
     captured: Instant,
-    first_captured: Instant,
+    pub(crate) first_captured: Instant,
 }
-
-/// Names (or names with what else a frame carries) interned once, so stacks
-/// carry a small id.
-#[derive(Debug)]
-struct Interner<T = Arc<str>> {
-    ids: HashMap<T, u32>,
-    items: Vec<T>,
-}
-
-impl<T> Default for Interner<T> {
-    fn default() -> Self {
-        Self {
-            ids: HashMap::new(),
-            items: Vec::new(),
-        }
-    }
-}
-
-impl<T: Clone + std::hash::Hash + Eq> Interner<T> {
-    fn intern(&mut self, item: &T) -> u32 {
-        if let Some(&id) = self.ids.get(item) {
-            return id;
-        }
-        let id = self.items.len() as u32;
-        self.items.push(item.clone());
-        self.ids.insert(item.clone(), id);
-        id
-    }
-
-    fn item(&self, id: u32) -> Option<&T> {
-        self.items.get(id as usize)
-    }
-}
-
-impl Interner {
-    fn get(&self, id: u32) -> &str {
-        self.item(id).map_or("[unknown]", |n| n)
-    }
-}
-
-/// A managed method's name, and the source line of the sampled address in it
-/// when its assembly has a PDB (a method has a frame per line sampled).
-type ManagedFrame = (Arc<str>, Option<crate::frame::Source>);
 
 /// How a process's user stacks ended, sample by sample, by the walk's own
 /// word (the record's `FLAG_USER_*` bits): what stops the walks of a
@@ -341,21 +296,13 @@ pub struct ProcessTable {
     pub(crate) procs: HashMap<u32, Process>,
     /// The files they map.
     pub modules: ModuleTable,
-    managed: Interner<ManagedFrame>,
     /// `NAME (TID)` of threads, by (tid, comm at the sample).
     threads: Interner,
     /// `KEY=VALUE` texts of `--group-by label:KEY` frames.
     label_texts: Interner,
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
-    /// A .NET process's precompiled code is given to the kernel, and its JIT
-    /// events followed for source lines, once it is this old (the agent:
-    /// short-lived processes are not worth the cost; `record`: 0).
-    pub precompiled_after: Duration,
-    /// Follow .NET processes' JIT events for source lines (pprof output).
-    pub dotnet_lines: bool,
-    /// Per assembly file, its precompiled methods (`None`: IL only, or
-    /// unreadable), decoded once.
-    precompiled: HashMap<ModuleId, Option<Arc<[crate::dotnet::Precompiled]>>>,
+    /// Its .NET part (see [`crate::dotnet::table`]).
+    pub dotnet: crate::dotnet::frames::DotnetTable,
     /// Frames a stack walk ended at because their unwind rules say there is
     /// no caller (`FLAG_USER_OUTERMOST`): thread roots, named or not (a
     /// stripped libc's `clone3` is `[libc.so.6+0x...]`).
@@ -391,7 +338,6 @@ impl ProcessTable {
                 gc_samples: 0,
                 dotnet: None,
                 was_dotnet: false,
-                r2r_done: Default::default(),
                 unwind_checked: false,
                 go: Default::default(),
                 mappings: Vec::new(),
@@ -402,7 +348,7 @@ impl ProcessTable {
                 stack_ends: StackEnds::default(),
                 comm_reads: 0,
             };
-            let lines_now = self.dotnet_lines_now();
+            let lines_now = self.dotnet.lines_now();
             Self::capture(&mut self.modules, &mut p, lines_now);
             // The name it was read under (its comm then, not a placeholder).
             p.sample_comm = p.name.to_string();
@@ -419,7 +365,7 @@ impl ProcessTable {
     /// read again, at most twice per process (a process whose threads have
     /// names of their own costs two reads, not one per sample).
     pub fn of_sample(&mut self, pid: u32, comm: &str) -> &mut Process {
-        let lines_now = self.dotnet_lines_now();
+        let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid)
             && p.comm_reads < 2
             && p.sample_comm != comm
@@ -439,7 +385,7 @@ impl ProcessTable {
     /// before — is read again as a `dlopen` would be: its maps, not its Go
     /// check, which keeps what the pre-exec program said.)
     pub fn exec(&mut self, pid: u32) {
-        let lines_now = self.dotnet_lines_now();
+        let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
             Self::capture(&mut self.modules, p, lines_now);
             return;
@@ -494,30 +440,13 @@ impl ProcessTable {
         p.mappings = mappings;
         // New mappings (dlopen): the kernel's rules are refreshed.
         p.unwind_checked = false;
-        if p.dotnet.is_none()
-            && !p.was_dotnet
-            && let Some(runtime) = dotnet::detect(
-                entries
-                    .iter()
-                    .filter(|e| e.is_exec())
-                    .map(|e| e.path.as_str()),
-            )
-        {
-            p.dotnet = Some(DotnetProcess::attach(pid, runtime, dotnet_lines_now));
-        }
-    }
-
-    /// The managed method at `addr` of a .NET process, reading what the runtime
-    /// appended to its perf map when `addr` is not known yet (rate-limited).
-    fn managed_frame(
-        p: &mut Process,
-        managed: &mut Interner<ManagedFrame>,
-        addr: u64,
-    ) -> Option<u32> {
-        let dotnet = p.dotnet.as_mut()?;
-        let name = dotnet.lookup(addr)?.clone();
-        let source = dotnet.source(addr);
-        Some(managed.intern(&(name, source)))
+        crate::dotnet::frames::maps_read(
+            &mut p.dotnet,
+            p.was_dotnet,
+            pid,
+            &entries,
+            dotnet_lines_now,
+        );
     }
 
     /// Lets go of the state of process `pid` (it exited) but its name and
@@ -526,11 +455,9 @@ impl ProcessTable {
     /// last stacks are folded.
     pub fn retire(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid)
-            && let Some(mut dn) = p.dotnet.take()
+            && crate::dotnet::frames::retire(&mut p.dotnet)
         {
-            dn.release();
             p.was_dotnet = true;
-            p.r2r_done.clear();
         }
     }
 
@@ -543,17 +470,6 @@ impl ProcessTable {
             Target::Module(id) if self.modules.get(id).path == Path::new(exe) => Some(id),
             _ => None,
         })
-    }
-
-    /// The runtime process `pid` is labelled with: `dotnet` (running, or
-    /// exited), `go` (a Go executable), `native`, or `unknown` (never seen).
-    pub fn runtime(&self, pid: u32) -> &'static str {
-        match self.procs.get(&pid) {
-            Some(p) if p.dotnet.is_some() || p.was_dotnet => "dotnet",
-            Some(_) if self.go_exe_table(pid).is_some() => "go",
-            Some(_) => "native",
-            None => "unknown",
-        }
     }
 
     /// Forgets process `pid` (it exited); the modules it mapped stay (other
@@ -573,17 +489,6 @@ impl ProcessTable {
         let id = self.threads.intern(&name);
         self.thread_ids.insert((tid, *comm), id);
         FrameRef::Thread(id)
-    }
-
-    /// The `--group-by label:KEY` frame of a sample of `pid` whose goroutine's
-    /// `g.labels` is `ptr`: `KEY=VALUE`, or `[no KEY label]`.
-    pub fn label_frame(&mut self, pid: u32, ptr: u64, key: &str) -> FrameRef {
-        let value = self.procs.get_mut(&pid).and_then(|p| p.go.label(ptr, key));
-        let text: Arc<str> = match value {
-            Some(v) => format!("{key}={v}").into(),
-            None => format!("[no {key} label]").into(),
-        };
-        FrameRef::Label(self.label_texts.intern(&text))
     }
 
     /// A frame level showing `text` as is (e.g. `[syscall]`).
@@ -650,27 +555,19 @@ impl ProcessTable {
                     _ => None,
                 })
                 .collect();
-            if p.go.tracked {
-                let cgo = mappings
-                    .iter()
-                    .filter(|m| m.go.is_some())
-                    .try_fold(false, |any, m| {
-                        Ok::<_, UnwindTableError>(any || tables.has_rules(m.path, m.go)?)
-                    });
-                match cgo {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    // Still being read: asked again at the next poll.
-                    Err(UnwindTableError::Pending) => {
-                        p.unwind_checked = false;
-                        continue;
+            match p.go.wants_rules(&mappings, tables) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // Still being read: asked again at the next poll.
+                Err(UnwindTableError::Pending) => {
+                    p.unwind_checked = false;
+                    continue;
+                }
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
                     }
-                    Err(e) => {
-                        if result.is_ok() {
-                            result = Err(e);
-                        }
-                        continue;
-                    }
+                    continue;
                 }
             }
             match tables.add_process(p.pid, &mappings) {
@@ -687,93 +584,11 @@ impl ProcessTable {
         result
     }
 
-    /// Is one of `pids` a .NET process whose perf map is still being asked
-    /// for (see [`crate::dotnet::DotnetProcess::perf_map_settled`])?
-    pub fn dotnet_pending(&mut self, pids: &[u32]) -> bool {
-        pids.iter().any(|pid| {
-            self.procs
-                .get_mut(pid)
-                .and_then(|p| p.dotnet.as_mut())
-                .is_some_and(|d| !d.perf_map_settled())
-        })
-    }
-
-    /// Gives the kernel the frame shapes of every .NET process's new JIT methods.
-    /// The first failure is returned (the rest are alike).
-    pub fn poll_dotnet_unwind(
-        &mut self,
-        tables: &mut crate::dotnet::unwind::KernelTables,
-    ) -> Result<(), crate::dotnet::unwind::TableError> {
-        let mut result = Ok(());
-        let (modules, precompiled) = (&self.modules, &mut self.precompiled);
-        for p in self.procs.values_mut() {
-            let Some(dn) = p.dotnet.as_mut() else {
-                continue;
-            };
-            let mut r = dn.poll_unwind(tables);
-            // Precompiled code, once per mapped assembly.
-            let young = p.first_captured.elapsed() < self.precompiled_after;
-            if self.dotnet_lines && !young {
-                dn.follow_lines();
-            }
-            for m in p.mappings.iter().filter(|_| !young) {
-                let Target::Assembly(module) = m.target else {
-                    continue;
-                };
-                if !p.r2r_done.insert(m.start) {
-                    continue;
-                }
-                let methods = precompiled.entry(module).or_insert_with(|| {
-                    let data = std::fs::read(&modules.get(module).open_path).ok()?;
-                    // IL only: its code is JIT'd, listed from the perf map.
-                    let image = crate::dotnet::r2r::R2rImage::parse(&data).ok()?;
-                    Some(crate::dotnet::precompiled_shapes(&image, &data).into())
-                });
-                let Some(methods) = methods else {
-                    continue;
-                };
-                let added = dn.add_precompiled(methods, (m.start, m.end, m.offset), tables);
-                if r.is_ok() {
-                    r = added;
-                }
-            }
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    }
-
-    /// Turns off every perf map crossprof turned on, and removes the file the
-    /// runtime wrote for it, leaving the process as it was.
-    pub fn release_dotnet(&mut self) {
-        for dn in self.procs.values_mut().filter_map(|p| p.dotnet.as_mut()) {
-            dn.release();
-        }
-    }
-
-    /// Do .NET processes follow their JIT events for source lines from the
-    /// moment they are found (`record`), or once they are
-    /// [`ProcessTable::precompiled_after`] old (the agent)?
-    fn dotnet_lines_now(&self) -> bool {
-        self.dotnet_lines && self.precompiled_after.is_zero()
-    }
-
-    /// The name behind a [`FrameRef::Managed`] id.
-    pub fn managed_name(&self, id: u32) -> &str {
-        self.managed.item(id).map_or("[unknown]", |(name, _)| name)
-    }
-
-    /// The source line of a [`FrameRef::Managed`] id, if known.
-    pub fn managed_source(&self, id: u32) -> Option<&crate::frame::Source> {
-        self.managed.item(id)?.1.as_ref()
-    }
-
     /// The frame for user address `addr` of `pid` (already captured). An address
     /// outside every known mapping triggers one re-read of the maps (rate-limited),
     /// then counts as unknown.
     pub fn user_frame(&mut self, pid: u32, addr: u64) -> FrameRef {
-        let lines_now = self.dotnet_lines_now();
+        let lines_now = self.dotnet.lines_now();
         let Some(p) = self.procs.get_mut(&pid) else {
             return FrameRef::Marker(Marker::Unknown);
         };
@@ -797,31 +612,34 @@ impl ProcessTable {
                 module,
                 offset: addr - start + offset,
             },
-            // ReadyToRun code: named by the runtime's jitdump, else shown as
-            // `[Assembly.dll+0xOFFSET]` (never read as ELF).
+            Some(ExecMapping {
+                target: Target::Vdso,
+                ..
+            }) => FrameRef::Marker(Marker::Vdso),
+            // ReadyToRun code, named by the runtime's jitdump.
             Some(ExecMapping {
                 start,
                 offset,
                 target: Target::Assembly(module),
                 ..
-            }) => match p.dotnet.as_mut().and_then(|d| d.lookup_precompiled(addr)) {
-                Some(name) => FrameRef::Managed(self.managed.intern(&(name.clone(), None))),
-                None => FrameRef::Elf {
+            }) => p
+                .dotnet
+                .as_mut()
+                .and_then(|dn| self.dotnet.precompiled_frame(dn, addr))
+                .unwrap_or(FrameRef::Elf {
                     module,
                     offset: addr - start + offset,
-                },
-            },
-            Some(ExecMapping {
-                target: Target::Vdso,
-                ..
-            }) => FrameRef::Marker(Marker::Vdso),
+                }),
             // JIT code: anonymous or memfd memory (W^X), named by the runtime.
             Some(ExecMapping {
                 target: Target::Anonymous,
                 ..
             })
-            | None => Self::managed_frame(p, &mut self.managed, addr)
-                .map_or(FrameRef::Marker(Marker::Unknown), FrameRef::Managed),
+            | None => p
+                .dotnet
+                .as_mut()
+                .and_then(|dn| self.dotnet.jit_frame(dn, addr))
+                .unwrap_or(FrameRef::Marker(Marker::Unknown)),
         }
     }
 
@@ -833,7 +651,7 @@ impl ProcessTable {
     /// Reads `pid`'s maps again now (a process captured before its libraries
     /// were mapped).
     pub fn recapture(&mut self, pid: u32) {
-        let lines_now = self.dotnet_lines_now();
+        let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
             Self::capture(&mut self.modules, p, lines_now);
         }
@@ -842,7 +660,7 @@ impl ProcessTable {
     /// Reads `pid`'s maps again, unless they were read less than `every`
     /// ago; returns whether it did.
     pub fn recapture_rate_limited(&mut self, pid: u32, every: Duration) -> bool {
-        let lines_now = self.dotnet_lines_now();
+        let lines_now = self.dotnet.lines_now();
         match self.procs.get_mut(&pid) {
             Some(p) if p.captured.elapsed() >= every => {
                 Self::capture(&mut self.modules, p, lines_now);

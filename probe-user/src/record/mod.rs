@@ -246,7 +246,7 @@ pub(crate) async fn start(
     }
     let mut procs = ProcessTable::default();
     // Source lines of .NET methods are for the pprof output.
-    procs.dotnet_lines = cfg.source_lines;
+    procs.dotnet.lines = cfg.source_lines;
     let go_preattached = match program {
         Some(exe) if cfg.go_probes() => {
             crate::go::probes::preattach(sampler.ebpf_mut(), &procs, exe)
