@@ -20,6 +20,7 @@ pub mod ehframe;
 pub mod elf;
 pub mod loader;
 pub mod maps;
+pub mod modules;
 pub mod process;
 pub mod symbols;
 pub mod unwind;
