@@ -22,5 +22,6 @@ pub mod loader;
 pub mod maps;
 pub mod modules;
 pub mod process;
+pub mod rules;
 pub mod symbols;
 pub mod unwind;

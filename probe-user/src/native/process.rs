@@ -426,7 +426,7 @@ impl ProcessTable {
                             start: m.start,
                             end: m.end,
                             offset: 0,
-                            path: std::path::Path::new(super::unwind::VDSO),
+                            path: std::path::Path::new(super::rules::VDSO),
                             go: None,
                         })
                     }
