@@ -315,7 +315,7 @@ pub(crate) struct Stepped {
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn crossprof_leaf_step(tgid: u32) -> u32 {
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 0;
     };
     let r = walks.regs;
@@ -344,7 +344,7 @@ pub fn unwind_user(
     flags: &mut u32,
 ) -> usize {
     count(Counter::ManagedUnwinds);
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 0;
     };
     if !have_regs {
@@ -359,7 +359,7 @@ pub fn unwind_user(
     // The leaf, on its own: the prolog and epilog replays are checked once.
     ips[first] = ip;
     crossprof_leaf_step(tgid);
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 1;
     };
     match walks.stepped.outcome {
@@ -399,7 +399,7 @@ pub fn unwind_user(
 }
 
 /// The walk's state between `bpf_loop` steps (in the CPU's walk state, see
-/// `native::Walks`).
+/// `sample::Walks`).
 #[repr(C)]
 pub(crate) struct Walk {
     ip: u64,
@@ -417,7 +417,7 @@ pub(crate) struct Walk {
 /// One caller: records `ip` and steps to its caller. Returns 1 to stop.
 #[inline(never)]
 extern "C" fn next_frame(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 1;
     };
     let w = &mut walks.managed;

@@ -25,7 +25,7 @@ use probe_common::{
     process::PROCESS_GO,
 };
 
-use crate::{EVENTS, config, count, native::UserRegs};
+use crate::{EVENTS, config, count, regs::UserRegs};
 
 /// Where `tgid`'s `g` keeps what the kernel reads, if it is a Go process.
 #[inline(always)]
@@ -106,11 +106,11 @@ pub fn syscall_goid(tgid: u32, regs: *const pt_regs) -> u64 {
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn crossprof_go_sample_fields(at: u32) -> u32 {
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 0;
     };
     // The record's process entry (copied into the walk state by
-    // `native::record`): not Go, nothing to read.
+    // `sample::record`): not Go, nothing to read.
     if walks.process.flags & PROCESS_GO == 0 {
         return 0;
     }
@@ -129,7 +129,7 @@ pub extern "C" fn crossprof_go_sample_fields(at: u32) -> u32 {
     let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's scratch slot (see `native::record`).
+    // SAFETY: this CPU's scratch slot (see `sample::record`).
     let h = unsafe { &mut (*scratch).header };
     h.goid = g.goid;
     h.go_labels = g.labels;
@@ -294,7 +294,7 @@ fn switch_frames(g0: u64, m_curg: u64, sched_bp: u64, at: usize) -> usize {
     let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's scratch slot (see `native::record`).
+    // SAFETY: this CPU's scratch slot (see `sample::record`).
     let ips = unsafe { &mut (*scratch).ips };
     let at = crate::opaque(at as u64) as usize;
     if pc == 0 || at >= ips.len() - 1 {
@@ -316,7 +316,7 @@ fn switch_frames(g0: u64, m_curg: u64, sched_bp: u64, at: usize) -> usize {
 /// (at most [`MAX_SWITCH_FRAMES`] frames); returns `frames` plus those written.
 #[inline(always)]
 fn frame_chain(bp: u64, next: usize, frames: u32) -> usize {
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 0;
     };
     let walk = &mut walks.switch;
@@ -337,7 +337,7 @@ fn frame_chain(bp: u64, next: usize, frames: u32) -> usize {
 }
 
 /// The switch walk's state between `bpf_loop` steps (in the CPU's walk state,
-/// see `native::Walks`).
+/// see `sample::Walks`).
 #[repr(C)]
 pub(crate) struct SwitchWalk {
     bp: u64,
@@ -350,7 +350,7 @@ pub(crate) struct SwitchWalk {
 /// One frame record of the goroutine's chain. Returns 1 to stop.
 #[inline(never)]
 extern "C" fn switch_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(walks) = crate::native::walks() else {
+    let Some(walks) = crate::sample::walks() else {
         return 1;
     };
     let w = &mut walks.switch;

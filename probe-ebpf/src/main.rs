@@ -16,6 +16,8 @@ mod go;
 mod http;
 mod native;
 mod offcpu;
+mod regs;
+mod sample;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -206,15 +208,15 @@ fn count(counter: Counter) -> u64 {
 /// Samples the stacks of whatever runs on this CPU, at the perf event's frequency.
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
-    native::sample(&ctx);
+    sample::sample(&ctx);
     0
 }
 
 /// The CPU sampler of kernels without what the other walks need: frame
-/// pointers only (see `native::sample_frame_pointers`).
+/// pointers only (see `sample::sample_frame_pointers`).
 #[perf_event]
 pub fn cpu_sample_fp(ctx: PerfEventContext) -> u32 {
-    native::sample_frame_pointers(&ctx);
+    sample::sample_frame_pointers(&ctx);
     0
 }
 

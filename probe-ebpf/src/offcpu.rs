@@ -21,8 +21,8 @@ use probe_common::{
 };
 
 use crate::{
-    config, count,
-    native::{self, OffCpu},
+    config, count, regs,
+    sample::{self, OffCpu},
 };
 
 /// A thread blocked in a system call: since when, and why.
@@ -86,7 +86,7 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
     }
     // Inside a system call only: its return ends the span (a page fault's
     // wait has no such end the kernel programs here can see).
-    let syscall = native::current_syscall();
+    let syscall = regs::current_syscall();
     if syscall == 0 {
         return;
     }
@@ -127,7 +127,7 @@ static OFF_CPU_STASH: LruHashMap<u32, SampleScratch> = LruHashMap::with_max_entr
 /// walk at the return, where every message waited for it).
 #[inline(always)]
 fn build_at_switch(ctx: &BtfTracePointContext, pid_tgid: u64, away: &Away) {
-    record_span(ctx.as_ptr(), pid_tgid, away, 0, native::Output::Stash);
+    record_span(ctx.as_ptr(), pid_tgid, away, 0, sample::Output::Stash);
 }
 
 /// Builds the record of thread `pid_tgid`'s span `away` (`ns` long, 0 when not
@@ -139,15 +139,15 @@ fn record_span(
     pid_tgid: u64,
     away: &Away,
     ns: u64,
-    output: native::Output,
+    output: sample::Output,
 ) {
     let kernel = kernel_frames(pid_tgid as u32);
     crate::set_scratch_busy(true);
-    native::record(
+    sample::record(
         ctx,
         pid_tgid,
         kernel,
-        native::Regs::Saved,
+        sample::Regs::Saved,
         Some(OffCpu {
             ns,
             state: away.state,
@@ -173,7 +173,7 @@ pub(crate) fn stash(tid: u32, scratch: &SampleScratch) {
 /// The kernel frames of `tid`'s record: kept at the switch with
 /// `--kernel-waits`, none otherwise.
 #[inline(always)]
-fn kernel_frames(tid: u32) -> native::Kernel {
+fn kernel_frames(tid: u32) -> sample::Kernel {
     let keep = config().off_cpu_kernel != 0;
     let stack = if keep {
         AWAY_STACKS.get_ptr(tid).unwrap_or(core::ptr::null())
@@ -186,9 +186,9 @@ fn kernel_frames(tid: u32) -> native::Kernel {
     // from stack"; 6.12 lets privileged programs read it).
     let stack = crate::opaque(stack as u64) as *const KernelStack;
     if keep {
-        native::Kernel::Saved(stack)
+        sample::Kernel::Saved(stack)
     } else {
-        native::Kernel::None
+        sample::Kernel::None
     }
 }
 
@@ -262,7 +262,7 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         unsafe {
             (*record).header.off_cpu_ns = ns;
             (*record).header.time_ns = bpf_ktime_get_ns();
-            native::send(ctx.as_ptr(), &*record, false);
+            sample::send(ctx.as_ptr(), &*record, false);
         }
         let _ = OFF_CPU_STASH.remove(tid);
         let _ = AWAY_STACKS.remove(tid);
@@ -271,6 +271,6 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
     // Not built at the switch (the stash was full), or a long block: walked
     // now. The kernel stack is the one kept at the switch (`--kernel-waits`):
     // at the call's return it is only the exit path and this program.
-    record_span(ctx.as_ptr(), pid_tgid, &away, ns, native::Output::Ring);
+    record_span(ctx.as_ptr(), pid_tgid, &away, ns, sample::Output::Ring);
     let _ = AWAY_STACKS.remove(tid);
 }
