@@ -7,6 +7,35 @@
 //! in every version): R14 is an ordinary register in C and assembly code. On a
 //! system stack (g0) the id is 0, "no goroutine".
 
+/// What a stack record carries of a Go process's goroutine
+/// ([`crate::native::SampleHeader::go`]): zeros for a process that is not
+/// Go, or when no goroutine is known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoSample {
+    /// The goroutine running; 0 when none or unknown.
+    pub goid: u64,
+    /// That goroutine's `g.labels` pointer (its pprof labels, read by the
+    /// collector); 0 when none.
+    pub labels: u64,
+    /// That goroutine's status (`g.atomicstatus`, see [`status`]): running,
+    /// or in a system call for a sample taken in the kernel. For a
+    /// goroutine-wait record (`GoBlockSample`): its wait reason.
+    pub status: u32,
+    /// For a sample of Go code on a thread's system stack (g0): frames of the
+    /// goroutine it works for (`m.curg`, from its saved `g.sched` registers),
+    /// after the user frames: its saved PC, the word at its saved SP (a return
+    /// address after `runtime.morestack` only), then its frame-pointer chain.
+    /// The collector appends them where the user stack stops at the switch
+    /// (`runtime.mcall`, `runtime.morestack`).
+    pub switch_frames: u32,
+    /// For a sample in a Go signal handler: the PC the signal interrupted
+    /// (from the handler's `ucontext`), which no frame-pointer walk sees; 0
+    /// otherwise.
+    pub signal_pc: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoSample>() == 32);
+
 /// Where a Go version keeps what the kernel reads in a `g` (from the collector's
 /// per-version table, `probe-user/src/go/offsets.rs`).
 #[repr(C)]
@@ -55,7 +84,7 @@ pub const G_SCHED_PC: u64 = 64;
 /// `g.sched.sp` (amd64, Go 1.19-1.27).
 pub const G_SCHED_SP: u64 = 56;
 /// Most frames of the goroutine a system stack (g0) works for, appended to a
-/// sample taken on g0 (see `SampleHeader::go_switch_frames`): its saved PC, the
+/// sample taken on g0 (see [`GoSample::switch_frames`]): its saved PC, the
 /// word at its saved SP, then up to this many from its frame pointer.
 pub const MAX_SWITCH_FRAMES: usize = 48;
 

@@ -3,37 +3,66 @@
 /// Most frames kept per stack (kernel and user each), as `perf` does.
 pub const MAX_FRAMES: usize = 127;
 
-/// `SampleHeader::flags`: the kernel stack could not be read.
+/// `Stacks::flags`: the kernel stack could not be read.
 pub const FLAG_KERNEL_STACK_ERROR: u32 = 1 << 0;
-/// `SampleHeader::flags`: the user stack could not be read.
+/// `Stacks::flags`: the user stack could not be read.
 pub const FLAG_USER_STACK_ERROR: u32 = 1 << 1;
-/// `SampleHeader::flags`: the user stack filled all [`MAX_FRAMES`] slots and may
+/// `Stacks::flags`: the user stack filled all [`MAX_FRAMES`] slots and may
 /// have been cut.
 pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
-/// `SampleHeader::flags`: the kernel stack filled all [`MAX_FRAMES`] slots.
+/// `Stacks::flags`: the kernel stack filled all [`MAX_FRAMES`] slots.
 pub const FLAG_KERNEL_TRUNCATED: u32 = 1 << 3;
-/// `SampleHeader::flags`: the user stack walk (by `.eh_frame` rules) stopped at
+/// `Stacks::flags`: the user stack walk (by `.eh_frame` rules) stopped at
 /// a frame it had no rule for and whose frame pointer was not usable either.
 pub const FLAG_USER_NO_UNWIND_INFO: u32 = 1 << 5;
-/// `SampleHeader::flags`: the user leaf was in a managed method's prolog or epilog,
+/// `Stacks::flags`: the user leaf was in a managed method's prolog or epilog,
 /// where its frame has no fixed shape; the stack stops after it.
 pub const FLAG_USER_LEAF_EDGE: u32 = 1 << 4;
-/// `SampleHeader::flags`: the user stack walk (by `.eh_frame` rules) ended
+/// `Stacks::flags`: the user stack walk (by `.eh_frame` rules) ended
 /// where the unwind information says there is no caller (`DW_CFA_undefined
 /// rip`, as in `_start` and a new thread's `clone3`, or a zero return
 /// address): the stack is complete, whatever its outermost frame is named.
 pub const FLAG_USER_OUTERMOST: u32 = 1 << 7;
-/// [`SampleHeader::fp_outermost`] and `fp_frames` hold a frame-pointer walk of
-/// the same stack.
+/// [`SampleHeader::baseline`] holds a frame-pointer walk of the same stack.
 pub const FLAG_FP_BASELINE: u32 = 1 << 6;
 
-/// Fixed part of a CPU sample record. On the ring buffer it is followed by
-/// `kernel_frames` kernel addresses and then `user_frames` user addresses, each a
-/// little-endian `u64`, leaf first. The record is only as long as its frames.
+/// Fixed part of every stack record (`CpuSample`, `OffCpuSample`,
+/// `GoBlockSample`), one part per feature. On the ring buffer it is followed
+/// by `kernel_frames` kernel addresses, `user_frames` user addresses and
+/// `go.switch_frames` goroutine addresses, each a `u64`, leaf first; the
+/// record is only as long as its frames. Every part is plain integers with
+/// no implicit padding (checked below), so the collector reads a header with
+/// one unaligned copy of its bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SampleHeader {
-    /// [`crate::RecordKind::CpuSample`].
+    /// Who was sampled, where and when.
+    pub id: SampleId,
+    /// The stacks that follow, and how their walks ended.
+    pub stacks: Stacks,
+    /// The goroutine running, for a Go process.
+    pub go: crate::go::GoSample,
+    /// A frame-pointer walk of the same stack, one sample in
+    /// [`FP_BASELINE_EVERY`].
+    pub baseline: FpBaseline,
+    /// The span an off-CPU or goroutine-wait record stands for.
+    pub span: crate::offcpu::Span,
+}
+const _: () = assert!(
+    core::mem::size_of::<SampleHeader>()
+        == core::mem::size_of::<SampleId>()
+            + core::mem::size_of::<Stacks>()
+            + core::mem::size_of::<crate::go::GoSample>()
+            + core::mem::size_of::<FpBaseline>()
+            + core::mem::size_of::<crate::offcpu::Span>()
+);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 112 + 8 * STACK_TOP_WORDS);
+
+/// Who was sampled, where and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleId {
+    /// The [`crate::RecordKind`].
     pub kind: u32,
     /// Process id (the kernel's tgid).
     pub pid: u32,
@@ -45,6 +74,13 @@ pub struct SampleHeader {
     pub time_ns: u64,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SampleId>() == 40);
+
+/// The stacks that follow a header, and how their walks ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stacks {
     /// Number of kernel frames that follow.
     pub kernel_frames: u16,
     /// Number of user frames that follow the kernel frames.
@@ -55,49 +91,30 @@ pub struct SampleHeader {
     /// address of a leaf that has not saved a frame pointer is among them, where a
     /// frame-pointer walk cannot see it (see `probe-user`'s `aggregate.rs`).
     pub stack_top: [u64; STACK_TOP_WORDS],
-    /// The goroutine running, for a Go process (see [`crate::go`]); 0 when none
-    /// or unknown.
-    pub goid: u64,
-    /// That goroutine's `g.labels` pointer (its pprof labels, read by the
-    /// collector); 0 when none.
-    pub go_labels: u64,
-    /// That goroutine's status (`g.atomicstatus`, see [`crate::go::status`]):
-    /// running, or in a system call for a sample taken in the kernel.
-    pub go_status: u32,
-    /// For a sample of Go code on a thread's system stack (g0): frames of the
-    /// goroutine it works for (`m.curg`, from its saved `g.sched` registers),
-    /// after the user frames: its saved PC, the word at its saved SP (a return
-    /// address after `runtime.morestack` only), then its frame-pointer chain.
-    /// The collector appends them where the user stack stops at the switch
-    /// (`runtime.mcall`, `runtime.morestack`).
-    pub go_switch_frames: u32,
-    /// For a sample in a Go signal handler: the PC the signal interrupted
-    /// (from the handler's `ucontext`), which no frame-pointer walk sees; 0
-    /// otherwise.
-    pub go_signal_pc: u64,
-    /// For one sample in [`FP_BASELINE_EVERY`] of those walked by rules
-    /// ([`FLAG_FP_BASELINE`] set): the outermost frame a frame-pointer walk of
-    /// the same stack reached (`bpf_get_stack`, as perf walks), for the
-    /// frame-pointer baseline of stack completeness; 0 if it found none.
-    pub fp_outermost: u64,
-    /// That walk's frame count.
-    pub fp_frames: u32,
-    /// For an off-CPU record ([`crate::RecordKind::OffCpuSample`]): the
-    /// thread's state when it left the CPU (see [`crate::offcpu`]); 0 otherwise.
-    pub off_cpu_state: u16,
-    /// For an off-CPU record: the system call the thread was in, plus one (0:
-    /// none, e.g. preempted in user mode or a page fault).
-    pub off_cpu_syscall: u16,
-    /// For an off-CPU record: nanoseconds from leaving the CPU to running again.
-    pub off_cpu_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 104 + 8 * STACK_TOP_WORDS);
+const _: () = assert!(core::mem::size_of::<Stacks>() == 8 + 8 * STACK_TOP_WORDS);
+
+/// For one sample in [`FP_BASELINE_EVERY`] of those walked by rules
+/// ([`FLAG_FP_BASELINE`] set): the outermost frame a frame-pointer walk of
+/// the same stack reached (`bpf_get_stack`, as perf walks), for the
+/// frame-pointer baseline of stack completeness; zeros otherwise.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FpBaseline {
+    /// The outermost frame it reached; 0 if it found none.
+    pub outermost: u64,
+    /// Its frame count.
+    pub frames: u32,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FpBaseline>() == 16);
 
 /// One sample in this many of those walked by rules also gets a frame-pointer
 /// walk, for the baseline (about 1 µs each).
 pub const FP_BASELINE_EVERY: u64 = 8;
 
-/// Words of [`SampleHeader::stack_top`].
+/// Words of [`Stacks::stack_top`].
 pub const STACK_TOP_WORDS: usize = 4;
 
 /// The per-CPU scratch buffer a sample is assembled in before it is copied to the

@@ -6,7 +6,7 @@
 //! returns (`raw_syscalls:sys_exit`, in the thread's own context, so its user
 //! stack is still the one it made the call with) it sends an
 //! [`crate::RecordKind::OffCpuSample`]: a [`crate::native::SampleHeader`] with
-//! `off_cpu_*` set and both stacks, if the span lasted `Config::min_block_ns`:
+//! its [`Span`] set and both stacks, if the span lasted `Config::min_block_ns`:
 //! the user stack read then (unchanged since the call), the kernel stack taken
 //! at the switch (where the thread waited; at the call's return it is only the
 //! exit path).
@@ -14,6 +14,25 @@
 //! outside system calls (page faults). Kernels without kprobes and with
 //! lockdown (this machine's: fentry/fexit are refused) still have both
 //! tracepoints.
+
+/// The span an off-CPU record ([`crate::RecordKind::OffCpuSample`]) or a
+/// goroutine-wait record (`GoBlockSample`) stands for
+/// ([`crate::native::SampleHeader::span`]); zeros in a CPU sample.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Span {
+    /// Nanoseconds from leaving the CPU (or starting to wait) to running
+    /// again.
+    pub ns: u64,
+    /// Off-CPU: the thread's state when it left the CPU (see [`state`]).
+    pub state: u16,
+    /// Off-CPU: the system call the thread was in, plus one (0: none, e.g.
+    /// preempted in user mode or a page fault).
+    pub syscall: u16,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Span>() == 16);
 
 /// Threads blocked in a system call tracked at once (all targets together;
 /// least recently used out first); a failed insert is `Counter::OffCpuUntracked`.

@@ -131,11 +131,11 @@ pub extern "C" fn crossprof_go_sample_fields(at: u32) -> u32 {
     };
     // SAFETY: this CPU's scratch slot (see `sample::record`).
     let h = unsafe { &mut (*scratch).header };
-    h.goid = g.goid;
-    h.go_labels = g.labels;
-    h.go_status = g.status;
-    h.go_switch_frames = g.switch_frames as u32;
-    h.go_signal_pc = g.signal_pc;
+    h.go.goid = g.goid;
+    h.go.labels = g.labels;
+    h.go.status = g.status;
+    h.go.switch_frames = g.switch_frames as u32;
+    h.go.signal_pc = g.signal_pc;
     1
 }
 
@@ -579,19 +579,19 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
     scratch.ips[0] = pc;
     let frames = frame_chain(read(gp + sched_bp), 1, 1).min(MAX_FRAMES);
     let h = &mut scratch.header;
-    h.kind = RecordKind::GoBlockSample as u32;
-    h.pid = tgid;
-    h.tid = tid;
+    h.id.kind = RecordKind::GoBlockSample as u32;
+    h.id.pid = tgid;
+    h.id.tid = tid;
     // SAFETY: plain helper calls; the comm helper writes at most 16 bytes
     // (zeros on failure) into the 16-byte field.
     unsafe {
-        h.cpu = bpf_get_smp_processor_id();
-        generated::bpf_get_current_comm(h.comm.as_mut_ptr().cast::<c_void>(), 16);
+        h.id.cpu = bpf_get_smp_processor_id();
+        generated::bpf_get_current_comm(h.id.comm.as_mut_ptr().cast::<c_void>(), 16);
     }
-    h.time_ns = now;
-    h.kernel_frames = 0;
-    h.user_frames = frames as u16;
-    h.flags = if frames > MAX_SWITCH_FRAMES {
+    h.id.time_ns = now;
+    h.stacks.kernel_frames = 0;
+    h.stacks.user_frames = frames as u16;
+    h.stacks.flags = if frames > MAX_SWITCH_FRAMES {
         FLAG_USER_TRUNCATED
     } else {
         0
@@ -600,19 +600,19 @@ fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64
     // SAFETY: fields of this CPU's scratch slot.
     unsafe {
         for w in 0..STACK_TOP_WORDS {
-            core::ptr::write_volatile(&mut h.stack_top[w], 0);
+            core::ptr::write_volatile(&mut h.stacks.stack_top[w], 0);
         }
-        core::ptr::write_volatile(&mut h.go_switch_frames, 0);
-        core::ptr::write_volatile(&mut h.go_signal_pc, 0);
-        core::ptr::write_volatile(&mut h.fp_outermost, 0);
-        core::ptr::write_volatile(&mut h.fp_frames, 0);
-        core::ptr::write_volatile(&mut h.off_cpu_state, 0);
-        core::ptr::write_volatile(&mut h.off_cpu_syscall, 0);
+        core::ptr::write_volatile(&mut h.go.switch_frames, 0);
+        core::ptr::write_volatile(&mut h.go.signal_pc, 0);
+        core::ptr::write_volatile(&mut h.baseline.outermost, 0);
+        core::ptr::write_volatile(&mut h.baseline.frames, 0);
+        core::ptr::write_volatile(&mut h.span.state, 0);
+        core::ptr::write_volatile(&mut h.span.syscall, 0);
     }
-    h.goid = goid;
-    h.go_labels = read(gp + labels_off);
-    h.go_status = reason;
-    h.off_cpu_ns = ns;
+    h.go.goid = goid;
+    h.go.labels = read(gp + labels_off);
+    h.go.status = reason;
+    h.span.ns = ns;
     let len = record_len(frames);
     // SAFETY: len <= size_of::<SampleScratch>() (frames <= MAX_FRAMES), and the
     // scratch slot lives for the whole program run.

@@ -260,8 +260,8 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
         // SAFETY: the map value is this thread's (only its own switch-out and
         // call return touch it), valid for this run.
         unsafe {
-            (*record).header.off_cpu_ns = ns;
-            (*record).header.time_ns = bpf_ktime_get_ns();
+            (*record).header.span.ns = ns;
+            (*record).header.id.time_ns = bpf_ktime_get_ns();
             sample::send(ctx.as_ptr(), &*record, false);
         }
         let _ = OFF_CPU_STASH.remove(tid);

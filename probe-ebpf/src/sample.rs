@@ -288,7 +288,7 @@ pub(crate) fn record(
         // field's size into it (zeros on a fault).
         unsafe {
             generated::bpf_probe_read_user(
-                header.stack_top.as_mut_ptr().cast::<c_void>(),
+                header.stacks.stack_top.as_mut_ptr().cast::<c_void>(),
                 (8 * STACK_TOP_WORDS) as u32,
                 walks.regs.sp as *const c_void,
             );
@@ -296,7 +296,7 @@ pub(crate) fn record(
     } else {
         for w in 0..STACK_TOP_WORDS {
             // SAFETY: a field of this CPU's scratch slot.
-            unsafe { core::ptr::write_volatile(&mut header.stack_top[w], 0) };
+            unsafe { core::ptr::write_volatile(&mut header.stacks.stack_top[w], 0) };
         }
     }
 
@@ -306,9 +306,9 @@ pub(crate) fn record(
     let draw = unsafe { generated::bpf_get_prandom_u32() };
     if u64::from(draw) % FP_BASELINE_EVERY == 0 && walks.process.flags & PROCESS_RULES != 0 {
         let (outermost, n) = frame_pointer_baseline(ctx);
-        header.flags |= FLAG_FP_BASELINE;
-        header.fp_outermost = outermost;
-        header.fp_frames = n;
+        header.stacks.flags |= FLAG_FP_BASELINE;
+        header.baseline.outermost = outermost;
+        header.baseline.frames = n;
     }
     match output {
         Output::Ring => send(ctx, scratch, false),
@@ -329,7 +329,7 @@ fn fill_header(
     flags: u32,
     off_cpu: Option<OffCpu>,
 ) {
-    header.kind = match off_cpu {
+    header.id.kind = match off_cpu {
         None => RecordKind::CpuSample as u32,
         Some(_) => RecordKind::OffCpuSample as u32,
     };
@@ -338,35 +338,35 @@ fn fill_header(
         state: 0,
         syscall: 0,
     });
-    header.off_cpu_ns = off.ns;
-    header.off_cpu_state = off.state;
-    header.off_cpu_syscall = off.syscall;
-    header.pid = (pid_tgid >> 32) as u32;
-    header.tid = pid_tgid as u32;
+    header.span.ns = off.ns;
+    header.span.state = off.state;
+    header.span.syscall = off.syscall;
+    header.id.pid = (pid_tgid >> 32) as u32;
+    header.id.tid = pid_tgid as u32;
     // SAFETY: plain helper calls with no arguments.
     unsafe {
-        header.cpu = bpf_get_smp_processor_id();
-        header.time_ns = bpf_ktime_get_ns();
+        header.id.cpu = bpf_get_smp_processor_id();
+        header.id.time_ns = bpf_ktime_get_ns();
     }
     // SAFETY: the helper writes at most 16 bytes (zeros on failure) into the
     // field, which is 16 bytes long.
     unsafe {
-        generated::bpf_get_current_comm(header.comm.as_mut_ptr().cast::<c_void>(), 16);
+        generated::bpf_get_current_comm(header.id.comm.as_mut_ptr().cast::<c_void>(), 16);
     }
-    header.kernel_frames = kernel_frames as u16;
-    header.user_frames = user_frames as u16;
-    header.flags = flags;
+    header.stacks.kernel_frames = kernel_frames as u16;
+    header.stacks.user_frames = user_frames as u16;
+    header.stacks.flags = flags;
     // Volatile: plain stores of adjacent zeros become a byte-wise `memset`
     // call (~1 ns a byte).
     // SAFETY: fields of a map value of the caller's.
     unsafe {
-        core::ptr::write_volatile(&mut header.goid, 0);
-        core::ptr::write_volatile(&mut header.go_labels, 0);
-        core::ptr::write_volatile(&mut header.go_status, 0);
-        core::ptr::write_volatile(&mut header.go_switch_frames, 0);
-        core::ptr::write_volatile(&mut header.go_signal_pc, 0);
-        core::ptr::write_volatile(&mut header.fp_outermost, 0);
-        core::ptr::write_volatile(&mut header.fp_frames, 0);
+        core::ptr::write_volatile(&mut header.go.goid, 0);
+        core::ptr::write_volatile(&mut header.go.labels, 0);
+        core::ptr::write_volatile(&mut header.go.status, 0);
+        core::ptr::write_volatile(&mut header.go.switch_frames, 0);
+        core::ptr::write_volatile(&mut header.go.signal_pc, 0);
+        core::ptr::write_volatile(&mut header.baseline.outermost, 0);
+        core::ptr::write_volatile(&mut header.baseline.frames, 0);
     }
 }
 
@@ -439,13 +439,13 @@ pub fn sample_frame_pointers(ctx: &PerfEventContext) {
     unsafe {
         if in_user {
             generated::bpf_probe_read_user(
-                header.stack_top.as_mut_ptr().cast::<c_void>(),
+                header.stacks.stack_top.as_mut_ptr().cast::<c_void>(),
                 (8 * STACK_TOP_WORDS) as u32,
                 (*ctx.ctx).regs.rsp as *const c_void,
             );
         } else {
             for w in 0..STACK_TOP_WORDS {
-                core::ptr::write_volatile(&mut header.stack_top[w], 0);
+                core::ptr::write_volatile(&mut header.stacks.stack_top[w], 0);
             }
         }
     }
@@ -513,7 +513,9 @@ fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
 #[inline(always)]
 pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch, wake: bool) {
     let h = &scratch.header;
-    let frames = h.kernel_frames as usize + h.user_frames as usize + h.go_switch_frames as usize;
+    let frames = h.stacks.kernel_frames as usize
+        + h.stacks.user_frames as usize
+        + h.go.switch_frames as usize;
     let len = record_len(if frames > 2 * MAX_FRAMES {
         2 * MAX_FRAMES
     } else {
@@ -536,7 +538,7 @@ pub(crate) fn send(ctx: *mut c_void, scratch: &SampleScratch, wake: bool) {
             if count(Counter::DropRingFull) == 1 {
                 warn!(
                     ctx,
-                    "ring buffer full on cpu {}: samples are being dropped", h.cpu
+                    "ring buffer full on cpu {}: samples are being dropped", h.id.cpu
                 );
             }
         }

@@ -115,7 +115,7 @@ pub struct Sample {
     /// Its status (`probe_common::go::status`; 0 when there is no goroutine).
     pub go_status: u32,
     /// On a Go system stack: the frames of the goroutine it works for, leaf
-    /// first (see `SampleHeader::go_switch_frames`).
+    /// first (see `probe_common::go::GoSample::switch_frames`).
     pub go_switch: Vec<u64>,
     /// In a Go signal handler: the PC the signal interrupted (0: none).
     pub go_signal_pc: u64,
@@ -246,40 +246,28 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     if len < HEADER {
         return Err(DecodeError::Short { len, need: HEADER });
     }
-    buf.advance(4);
-    let pid = buf.get_u32_le();
-    let tid = buf.get_u32_le();
-    let cpu = buf.get_u32_le();
-    let time_ns = buf.get_u64_le();
-    let mut comm = [0u8; 16];
-    buf.copy_to_slice(&mut comm);
-    let kernel_frames = usize::from(buf.get_u16_le());
-    let user_frames = usize::from(buf.get_u16_le());
-    let flags = buf.get_u32_le();
-    let mut stack_top = [0u64; STACK_TOP_WORDS];
-    for w in &mut stack_top {
-        *w = buf.get_u64_le();
-    }
-    let goid = buf.get_u64_le();
-    let go_labels = buf.get_u64_le();
-    let go_status = buf.get_u32_le();
-    let switch_frames = buf.get_u32_le() as usize;
-    let go_signal_pc = buf.get_u64_le();
-    let fp_outermost = buf.get_u64_le();
-    let fp_frames = buf.get_u32_le();
-    let off_cpu_state = buf.get_u16_le();
-    let off_cpu_syscall = buf.get_u16_le();
-    let off_cpu_ns = buf.get_u64_le();
+    // SAFETY: `buf` holds at least a header's bytes (checked above), and a
+    // `SampleHeader` is integers and byte arrays only, with no padding that
+    // is not a field (probe-common checks): any bytes are one.
+    let h: SampleHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    buf.advance(HEADER);
+    let (kernel_frames, user_frames) = (
+        usize::from(h.stacks.kernel_frames),
+        usize::from(h.stacks.user_frames),
+    );
+    let switch_frames = h.go.switch_frames as usize;
+    let flags = h.stacks.flags;
     let off_cpu = (kind == RecordKind::OffCpuSample as u32).then_some(OffCpu {
-        ns: off_cpu_ns,
-        state: off_cpu_state,
-        syscall: off_cpu_syscall,
+        ns: h.span.ns,
+        state: h.span.state,
+        syscall: h.span.syscall,
     });
     let go_block = (kind == RecordKind::GoBlockSample as u32).then_some(GoBlock {
-        ns: off_cpu_ns,
-        reason: go_status,
+        ns: h.span.ns,
+        reason: h.go.status,
     });
-    let fp_baseline = (flags & FLAG_FP_BASELINE != 0).then_some((fp_outermost, fp_frames));
+    let fp_baseline =
+        (flags & FLAG_FP_BASELINE != 0).then_some((h.baseline.outermost, h.baseline.frames));
     if kernel_frames > MAX_FRAMES
         || user_frames > MAX_FRAMES
         || switch_frames > MAX_SWITCH_FRAMES + 2
@@ -292,23 +280,23 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     if len < need {
         return Err(DecodeError::Short { len, need });
     }
-    let mut frames = |n: usize| (0..n).map(|_| buf.get_u64_le()).collect::<Vec<_>>();
+    let mut frames = |n: usize| (0..n).map(|_| buf.get_u64_ne()).collect::<Vec<_>>();
     let kernel = frames(kernel_frames);
     let user = frames(user_frames);
     let go_switch = frames(switch_frames);
     Ok(Record::CpuSample(Sample {
-        pid,
-        tid,
-        cpu,
-        time_ns,
-        comm,
+        pid: h.id.pid,
+        tid: h.id.tid,
+        cpu: h.id.cpu,
+        time_ns: h.id.time_ns,
+        comm: h.id.comm,
         flags,
-        stack_top,
-        goid,
-        go_labels,
-        go_status,
+        stack_top: h.stacks.stack_top,
+        goid: h.go.goid,
+        go_labels: h.go.labels,
+        go_status: h.go.status,
         go_switch,
-        go_signal_pc,
+        go_signal_pc: h.go.signal_pc,
         fp_baseline,
         off_cpu,
         go_block,
@@ -364,44 +352,77 @@ fn decode_goroutine_end(mut buf: &[u8]) -> Result<Record, DecodeError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use probe_common::native::record_len;
+    use probe_common::{
+        go::GoSample,
+        native::{FpBaseline, SampleId, Stacks, record_len},
+        offcpu::Span,
+    };
 
     use super::*;
 
-    /// Lays a record out the way the kernel program does (see
-    /// `probe_common::native::SampleHeader`).
-    pub(crate) fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&kind.to_le_bytes());
-        v.extend_from_slice(&pid.to_le_bytes());
-        v.extend_from_slice(&(pid + 1).to_le_bytes());
-        v.extend_from_slice(&3u32.to_le_bytes());
-        v.extend_from_slice(&123_456_789u64.to_le_bytes());
+    /// A header as the kernel program fills one, every field set (the
+    /// frame counts and flags given).
+    pub(crate) fn header(
+        kind: u32,
+        pid: u32,
+        kernel: usize,
+        user: usize,
+        flags: u32,
+    ) -> SampleHeader {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"chain");
-        v.extend_from_slice(&comm);
-        v.extend_from_slice(&(kernel.len() as u16).to_le_bytes());
-        v.extend_from_slice(&(user.len() as u16).to_le_bytes());
-        v.extend_from_slice(&flags.to_le_bytes());
-        for w in [
-            0x7ff0_0000_1000u64,
-            2,
-            3,
-            4,
-            17,
-            0xc000_0100,
-            3,
-            0x45_1000,
-            0x40_1000,
-            // fp_frames 9, off_cpu_state 1, off_cpu_syscall 231 (nanosleep + 1)
-            9 | (1 << 32) | (231 << 48),
-            // off_cpu_ns
-            2_000_000_000,
-        ] {
-            v.extend_from_slice(&w.to_le_bytes());
+        SampleHeader {
+            id: SampleId {
+                kind,
+                pid,
+                tid: pid + 1,
+                cpu: 3,
+                time_ns: 123_456_789,
+                comm,
+            },
+            stacks: Stacks {
+                kernel_frames: kernel as u16,
+                user_frames: user as u16,
+                flags,
+                stack_top: [0x7ff0_0000_1000, 2, 3, 4],
+            },
+            go: GoSample {
+                goid: 17,
+                labels: 0xc000_0100,
+                status: 3,
+                switch_frames: 0,
+                signal_pc: 0x45_1000,
+            },
+            baseline: FpBaseline {
+                outermost: 0x40_1000,
+                frames: 9,
+                _pad: 0,
+            },
+            // 231: nanosleep + 1.
+            span: Span {
+                ns: 2_000_000_000,
+                state: 1,
+                syscall: 231,
+                _pad: 0,
+            },
         }
+    }
+
+    /// A record as the kernel program sends it: the bytes of a header
+    /// value (see [`header`]), then its frames.
+    pub(crate) fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
+        let h = header(kind, pid, kernel.len(), user.len(), flags);
+        // SAFETY: a SampleHeader has no padding that is not a field
+        // (probe-common checks), so all its bytes are initialized.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&h as *const SampleHeader).cast::<u8>(),
+                size_of::<SampleHeader>(),
+            )
+        };
+        let mut v = bytes.to_vec();
         for ip in kernel.iter().chain(user) {
-            v.extend_from_slice(&ip.to_le_bytes());
+            v.extend_from_slice(&ip.to_ne_bytes());
         }
         v
     }
@@ -455,9 +476,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn header_layout_matches_the_kernel_struct() {
-        // The encoder above must agree with the #[repr(C)] header the kernel writes.
-        assert_eq!(encode(1, 1, &[], &[], 0).len(), size_of::<SampleHeader>());
+    fn every_header_field_is_read_where_the_kernel_writes_it() {
+        // Each field of a real header value set to a value of its own, sent
+        // as the kernel sends it: each comes back in its place.
+        let mut h = header(RecordKind::OffCpuSample as u32, 7, 0, 1, FLAG_FP_BASELINE);
+        h.go.switch_frames = 1;
+        h.baseline.frames = 11;
+        let bytes = [
+            // SAFETY: as in `encode`.
+            unsafe {
+                std::slice::from_raw_parts(
+                    (&h as *const SampleHeader).cast::<u8>(),
+                    size_of::<SampleHeader>(),
+                )
+            },
+            &0x40_2000u64.to_ne_bytes(),
+            &0x40_3000u64.to_ne_bytes(),
+        ]
+        .concat();
+        let Ok(Record::CpuSample(s)) = decode(&bytes) else {
+            panic!("not a sample")
+        };
+        assert_eq!((s.pid, s.tid, s.cpu, s.time_ns), (7, 8, 3, 123_456_789));
+        assert_eq!(
+            (s.user.clone(), s.go_switch.clone()),
+            (vec![0x40_2000], vec![0x40_3000])
+        );
+        assert_eq!(
+            (s.goid, s.go_labels, s.go_status, s.go_signal_pc),
+            (17, 0xc000_0100, 3, 0x45_1000)
+        );
+        assert_eq!(s.fp_baseline, Some((0x40_1000, 11)));
+        assert_eq!(
+            s.off_cpu,
+            Some(OffCpu {
+                ns: 2_000_000_000,
+                state: 1,
+                syscall: 231
+            })
+        );
+        assert_eq!(s.stack_top, [0x7ff0_0000_1000, 2, 3, 4]);
     }
 
     #[test]
@@ -478,7 +536,8 @@ pub(crate) mod tests {
             Err(DecodeError::UnknownKind(99))
         );
         let mut bytes = encode(1, 1, &[], &[], 0);
-        bytes[40..42].copy_from_slice(&500u16.to_le_bytes());
+        let at = std::mem::offset_of!(SampleHeader, stacks.kernel_frames);
+        bytes[at..at + 2].copy_from_slice(&500u16.to_ne_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::TooManyFrames(500)));
     }
 
