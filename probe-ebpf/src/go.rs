@@ -10,7 +10,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{self, bpf_get_attach_cookie, bpf_loop},
     },
-    macros::{map, uprobe},
+    macros::map,
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
@@ -384,46 +384,43 @@ extern "C" fn switch_step(_i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// `runtime.casgstatus(gp, oldval, newval)`, at entry: RAX, EBX, ECX.
-#[uprobe]
-pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+pub fn casgstatus(ctx: &ProbeContext) {
     // SAFETY: a uprobe's context is the user registers, readable directly.
     let (gp, old, new) = unsafe {
         let r = &*ctx.regs;
         (r.rax, r.rbx as u32, r.rcx as u32)
     };
-    change(&ctx, gp, old, new);
-    0
+    change(ctx, gp, old, new);
 }
 
 /// `runtime.reentersyscall` (Go 1.26+, whose fast path skips `casgstatus`):
 /// the goroutine in R14 enters a system call.
-#[uprobe]
-pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
-    // SAFETY: as in go_casgstatus.
+#[inline(always)]
+pub fn syscall_enter(ctx: &ProbeContext) {
+    // SAFETY: as in casgstatus.
     let gp = unsafe { (*ctx.regs).r14 };
-    change(&ctx, gp, status::RUNNING, status::SYSCALL);
-    0
+    change(ctx, gp, status::RUNNING, status::SYSCALL);
 }
 
 /// `runtime.exitsyscall` (Go 1.26+): the goroutine in R14 is back from its call.
-#[uprobe]
-pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
-    // SAFETY: as in go_casgstatus.
+#[inline(always)]
+pub fn syscall_exit(ctx: &ProbeContext) {
+    // SAFETY: as in casgstatus.
     let gp = unsafe { (*ctx.regs).r14 };
-    change(&ctx, gp, status::SYSCALL, status::RUNNING);
-    0
+    change(ctx, gp, status::SYSCALL, status::RUNNING);
 }
 
 /// `runtime.newproc1(fn, callergp, callerpc, ...)`, at entry: RAX, RBX, RCX.
 /// Kept for the goroutine this thread makes runnable next.
-#[uprobe]
-pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+pub fn newproc1(ctx: &ProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let cookie = cookie(&ctx);
+    let cookie = cookie(ctx);
     if !targeted(cookie, (pid_tgid >> 32) as u32) {
-        return 0;
+        return;
     }
-    // SAFETY: as in go_casgstatus.
+    // SAFETY: as in casgstatus.
     let (fnv, callergp, callerpc) = unsafe {
         let r = &*ctx.regs;
         (r.rax, r.rbx, r.rcx)
@@ -438,7 +435,6 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
         }
     };
     let _ = CREATIONS.insert(pid_tgid as u32, creation, 0);
-    0
 }
 
 /// The attach cookie (see `probe_common::go::cookie`).

@@ -1,13 +1,15 @@
 //! crossprof's kernel programs.
 //!
-//! One module per runtime, mirroring `probe-common` and `probe-user`: [`native`]
-//! samples every CPU and records the kernel and frame-pointer user stacks;
-//! [`dotnet`] walks the user stacks of .NET processes through frameless JIT code;
-//! [`go`] reads the goroutine a Go process runs and follows goroutine states;
-//! [`offcpu`] weighs the stacks of threads that left the CPU by the time away;
-//! [`http`] sees HTTP requests and responses start, for request attribution.
-//! This file holds what the runtimes share: the maps, the configuration and the
-//! counters.
+//! Every program's entry point is in this file; each calls into the module
+//! that does the work. One module per runtime, mirroring `probe-common` and
+//! `probe-user`: [`native`] walks user stacks by `.eh_frame` rules and tracks
+//! `mmap`; [`dotnet`] walks the user stacks of .NET processes through
+//! frameless JIT code; [`go`] reads the goroutine a Go process runs and
+//! follows goroutine states; [`offcpu`] weighs the stacks of threads that
+//! left the CPU by the time away; [`http`] sees HTTP requests and responses
+//! start, for request attribution. [`sample`] builds a record with their
+//! walks; [`regs`] reads the registers they start from. This file also holds
+//! what they all share: the maps, the configuration and the counters.
 #![no_std]
 #![no_main]
 
@@ -21,9 +23,12 @@ mod sample;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, PerfEventContext, ProbeContext, RawTracePointContext,
+        TracePointContext,
+    },
 };
 use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS,
@@ -319,6 +324,34 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[cfg(not(test))]
+/// `runtime.casgstatus` (`--go-states`): a goroutine changes status.
+#[uprobe]
+pub fn go_casgstatus(ctx: ProbeContext) -> u32 {
+    go::casgstatus(&ctx);
+    0
+}
+
+/// `runtime.reentersyscall` (`--go-states`, Go 1.26+).
+#[uprobe]
+pub fn go_syscall_enter(ctx: ProbeContext) -> u32 {
+    go::syscall_enter(&ctx);
+    0
+}
+
+/// `runtime.exitsyscall` (`--go-states`, Go 1.26+).
+#[uprobe]
+pub fn go_syscall_exit(ctx: ProbeContext) -> u32 {
+    go::syscall_exit(&ctx);
+    0
+}
+
+/// `runtime.newproc1` (`--go-states`): a goroutine is created.
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    go::newproc1(&ctx);
+    0
+}
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
