@@ -7,10 +7,48 @@
 use std::{path::Path, sync::Arc};
 
 use super::pclntab::GoTable;
-use crate::frame::FrameRef;
 use crate::native::process::{ProcessTable, Target};
+use crate::{cli::GroupBy, decode::Sample, frame::FrameRef};
 
 impl ProcessTable {
+    /// The frame of `--group-by` level `level` (goroutine, `label:KEY`,
+    /// state) for `sample`; `None` if its process's goroutines are not
+    /// tracked (not Go, or a version whose layout is not known), or the level
+    /// is not Go's.
+    pub(crate) fn go_level(&mut self, level: &GroupBy, sample: &Sample) -> Option<FrameRef> {
+        if !self.get(sample.pid).is_some_and(|p| p.go.tracked) {
+            return None;
+        }
+        Some(match level {
+            GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
+            GroupBy::Label(key) => self.label_frame(sample.pid, sample.go_labels, key),
+            GroupBy::State => {
+                self.text_frame(super::states::status_text(sample.goid, sample.go_status))
+            }
+            _ => return None,
+        })
+    }
+
+    /// Goroutine `g` of `pid` ended (`GoroutineEnd`): its time by state is
+    /// kept for the report, when the process's states are followed.
+    pub(crate) fn go_goroutine_ended(&mut self, pid: u32, g: probe_common::go::Goroutine) {
+        if let Some(t) = self.get_mut(pid).and_then(|p| p.go.states.as_mut()) {
+            t.ended.push(g);
+        }
+    }
+
+    /// `[wait: REASON]`, the frame text of a goroutine-wait record of `pid`
+    /// (`--go-waits`) whose wait reason is `reason` (named by the process's
+    /// Go version's table, when its states are followed).
+    pub(crate) fn go_wait_text(&self, pid: u32, reason: u32) -> String {
+        let reasons = self
+            .get(pid)
+            .and_then(|p| p.go.states.as_ref())
+            .map(|t| t.reasons.as_slice())
+            .unwrap_or_default();
+        format!("[wait: {}]", super::states::reason_name(reasons, reason))
+    }
+
     /// The `--group-by label:KEY` frame of a sample of `pid` whose goroutine's
     /// `g.labels` is `ptr`: `KEY=VALUE`, or `[no KEY label]`.
     pub fn label_frame(&mut self, pid: u32, ptr: u64, key: &str) -> FrameRef {

@@ -239,14 +239,7 @@ impl Pipeline {
                         cause = Some(reason);
                     }
                     if let Some(b) = &sample.go_block {
-                        let reasons = self
-                            .procs
-                            .get(sample.pid)
-                            .and_then(|p| p.go.states.as_ref())
-                            .map(|t| t.reasons.as_slice())
-                            .unwrap_or_default();
-                        let name = crate::go::states::reason_name(reasons, b.reason);
-                        let wait = format!("[wait: {name}]");
+                        let wait = self.procs.go_wait_text(sample.pid, b.reason);
                         frames.push(self.procs.text_frame(&wait));
                         cause = Some(wait);
                     }
@@ -273,7 +266,6 @@ impl Pipeline {
                     if let Some((outermost, n)) = sample.fp_baseline {
                         self.add_fp_baseline(sample.pid, outermost, n);
                     }
-                    let go = self.procs.get(sample.pid).is_some_and(|p| p.go.tracked);
                     for level in self.group_by.iter().rev() {
                         let frame = match level {
                             GroupBy::Trace => {
@@ -285,14 +277,11 @@ impl Pipeline {
                             }
                             // A level above the process, added when folding.
                             GroupBy::Container => continue,
-                            _ if !go => continue,
-                            GroupBy::Goroutine => FrameRef::Goroutine(sample.goid),
-                            GroupBy::Label(key) => {
-                                self.procs.label_frame(sample.pid, sample.go_labels, key)
-                            }
-                            GroupBy::State => self.procs.text_frame(
-                                crate::go::states::status_text(sample.goid, sample.go_status),
-                            ),
+                            // Goroutine, label, state: Go processes only.
+                            _ => match self.procs.go_level(level, &sample) {
+                                Some(frame) => frame,
+                                None => continue,
+                            },
                         };
                         frames.insert(0, frame);
                     }
@@ -362,9 +351,7 @@ impl Pipeline {
                 }) => self.requests.goroutine_started(pid, goid, parent_goid),
                 Ok(Record::GoroutineEnd { pid, end_ns: _, g }) => {
                     self.requests.goroutine_ended(pid, g.goid);
-                    if let Some(t) = self.procs.get_mut(pid).and_then(|p| p.go.states.as_mut()) {
-                        t.ended.push(g);
-                    }
+                    self.procs.go_goroutine_ended(pid, g);
                 }
                 Err(e) => {
                     if self.decode_errors == 0 {
