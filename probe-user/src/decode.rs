@@ -411,20 +411,24 @@ pub(crate) mod tests {
     /// A record as the kernel program sends it: the bytes of a header
     /// value (see [`header`]), then its frames.
     pub(crate) fn encode(kind: u32, pid: u32, kernel: &[u64], user: &[u64], flags: u32) -> Vec<u8> {
-        let h = header(kind, pid, kernel.len(), user.len(), flags);
-        // SAFETY: a SampleHeader has no padding that is not a field
-        // (probe-common checks), so all its bytes are initialized.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&h as *const SampleHeader).cast::<u8>(),
-                size_of::<SampleHeader>(),
-            )
-        };
-        let mut v = bytes.to_vec();
+        let mut v = bytes_of(&header(kind, pid, kernel.len(), user.len(), flags));
         for ip in kernel.iter().chain(user) {
             v.extend_from_slice(&ip.to_ne_bytes());
         }
         v
+    }
+
+    /// The bytes of `h`, as the kernel sends them.
+    fn bytes_of(h: &SampleHeader) -> Vec<u8> {
+        // SAFETY: a SampleHeader has no padding that is not a field
+        // (probe-common checks), so all its bytes are initialized.
+        unsafe {
+            std::slice::from_raw_parts(
+                (h as *const SampleHeader).cast::<u8>(),
+                size_of::<SampleHeader>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
@@ -483,13 +487,7 @@ pub(crate) mod tests {
         h.go.switch_frames = 1;
         h.baseline.frames = 11;
         let bytes = [
-            // SAFETY: as in `encode`.
-            unsafe {
-                std::slice::from_raw_parts(
-                    (&h as *const SampleHeader).cast::<u8>(),
-                    size_of::<SampleHeader>(),
-                )
-            },
+            &bytes_of(&h)[..],
             &0x40_2000u64.to_ne_bytes(),
             &0x40_3000u64.to_ne_bytes(),
         ]

@@ -353,8 +353,6 @@ mod tests {
         );
     }
 
-    /// Rows given back are taken again first (first fit, split when larger),
-    /// and nothing is handed out past the table's end.
     #[test]
     fn the_page_index_brackets_each_pcs_row() {
         // Rows at pages 1, 1, 2.5, 3 and 4.5.

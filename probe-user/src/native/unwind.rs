@@ -613,6 +613,8 @@ impl UnwindTables {
 mod tests {
     use super::*;
 
+    /// Rows given back are taken again first (first fit, split when larger),
+    /// and nothing is handed out past the table's end.
     #[test]
     fn freed_rows_are_reused_before_the_table_grows() {
         let (mut free, mut next) = (Vec::new(), 0u32);
