@@ -508,6 +508,12 @@ pub struct RecordArgs {
     #[arg(long)]
     pub frame_pointers_only: bool,
 
+    /// Also capture what the recording read (ring records, `/proc` reads,
+    /// kernel symbols) into DIR, for `crossprof::replay` (the replay tier of
+    /// the tests). For developers.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub capture: Option<PathBuf>,
+
     /// Also look for separate debug files (`.gnu_debuglink`, `.build-id/`) here;
     /// repeat for several: --debug-dir /opt/symbols. Next to each binary and
     /// /usr/lib/debug are always searched.

@@ -43,6 +43,7 @@ pub mod preflight;
 pub mod process;
 pub mod record;
 pub mod render;
+pub mod replay;
 pub mod runtime;
 pub mod sampler;
 pub mod session;

@@ -178,13 +178,19 @@ pub struct SymbolizerThread {
 impl SymbolizerThread {
     /// Starts the thread; separate debug files are also looked for in `debug_dirs`,
     /// and Go binaries are named from the tables in `go` (shared with the pipeline).
-    pub fn spawn(debug_dirs: Vec<PathBuf>, go: GoTables, debuginfod: Option<Vec<String>>) -> Self {
+    pub fn spawn(
+        debug_dirs: Vec<PathBuf>,
+        kallsyms: Option<PathBuf>,
+        go: GoTables,
+        debuginfod: Option<Vec<String>>,
+    ) -> Self {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (result_tx, results) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("crossprof-sym".into())
             .spawn(move || {
                 let mut native = NativeSymbols::new(&debug_dirs);
+                native.kallsyms = kallsyms;
                 if let Some(servers) = debuginfod {
                     native.use_debuginfod(
                         servers,

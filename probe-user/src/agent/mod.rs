@@ -211,9 +211,11 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let mut pipeline = Pipeline::new(
         &cfg,
         procs,
-        processes,
-        dotnet_tables,
-        unwind_tables,
+        Some(crate::session::KernelSide {
+            processes,
+            dotnet: dotnet_tables,
+            unwind: unwind_tables,
+        }),
         Vec::new(),
         None,
     );
@@ -328,6 +330,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 events.drain(&mut pipeline);
                 let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
                 cutter.cut(&mut pipeline, &shared.store, lost, !captures.is_empty());
+                let unwind = pipeline.kernel.as_ref().map(|k| &k.unwind);
                 *shared.status.lock().expect("status") = server::AgentStatus {
                     processes: pipeline.procs.iter().count(),
                     names: pipeline.symbolizer.names.len(),
@@ -335,9 +338,9 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     cpu_seconds: crate::summary::CollectorStats::cpu_now(),
                     lost,
                     windows: cutter.windows,
-                    unwind_rows_in_use: pipeline.unwind_tables.rows_in_use(),
-                    unwind_rows_freed: pipeline.unwind_tables.rows_freed,
-                    unwind_files_refused: pipeline.unwind_tables.files_refused,
+                    unwind_rows_in_use: unwind.map_or(0, |u| u.rows_in_use()),
+                    unwind_rows_freed: unwind.map_or(0, |u| u.rows_freed),
+                    unwind_files_refused: unwind.map_or(0, |u| u.files_refused),
                 };
             }
             Some(reply) = snapshots_rx.recv() => {

@@ -64,7 +64,7 @@ impl ProcessTable {
     /// and returns those processes with their offsets and function table.
     pub fn poll_go(
         &mut self,
-        processes: &crate::process::ProcessEntries,
+        processes: Option<&crate::process::ProcessEntries>,
     ) -> Vec<(u32, probe_common::go::GoOffsets, Arc<GoTable>)> {
         let fresh: Vec<u32> = self
             .procs
@@ -116,8 +116,10 @@ impl ProcessTable {
             p.go.morestack = morestack;
             match crate::go::kernel_offsets(&table, Some(bias)) {
                 Some(offsets) => {
-                    p.go.tracked = processes.set_go(pid, Some(offsets)).is_ok();
+                    // Replayed (no kernel): tracked as the kernel would.
+                    p.go.tracked = processes.is_none_or(|e| e.set_go(pid, Some(offsets)).is_ok());
                     p.go.labels = crate::go::offsets::label_layout(&version)
+                        .filter(|_| self.source.is_live())
                         .map(|layout| crate::go::labels::Labels::open(pid, layout));
                     if p.go.tracked {
                         tracked.push((pid, offsets, table));

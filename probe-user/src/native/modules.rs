@@ -58,22 +58,33 @@ pub struct ModuleTable {
 
 impl ModuleTable {
     /// The module for `entry`, opened through `pid`'s view of it on first sight.
-    pub(super) fn intern(&mut self, pid: u32, entry: &MapEntry) -> ModuleId {
+    pub(super) fn intern(
+        &mut self,
+        pid: u32,
+        entry: &MapEntry,
+        source: &crate::replay::source::ProcSource,
+    ) -> ModuleId {
         let key = (entry.dev_major, entry.dev_minor, entry.inode);
         if let Some(&id) = self.by_key.get(&key) {
             return id;
         }
         let path = PathBuf::from(entry.path.trim_end_matches(" (deleted)"));
-        let handle = [
-            PathBuf::from(format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                entry.start, entry.end
-            )),
-            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path)),
-            path.clone(),
-        ]
-        .into_iter()
-        .find_map(|p| crate::files::open_regular(&p));
+        // A replay's process is not there: the path only.
+        let through_process = source.is_live().then(|| {
+            [
+                PathBuf::from(format!(
+                    "/proc/{pid}/map_files/{:x}-{:x}",
+                    entry.start, entry.end
+                )),
+                Path::new(&format!("/proc/{pid}/root"))
+                    .join(path.strip_prefix("/").unwrap_or(&path)),
+            ]
+        });
+        let handle = through_process
+            .into_iter()
+            .flatten()
+            .chain([path.clone()])
+            .find_map(|p| crate::files::open_regular(&p));
         // Symbolize through the path the process mapped when it is still that
         // very file: separate debug files (`.gnu_debuglink`) are looked for next
         // to it. Otherwise (replaced, deleted, another mount namespace) through
@@ -87,6 +98,7 @@ impl ModuleTable {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| entry.path.clone());
+        source.opened(&entry.path, &open_path);
         let id = ModuleId(self.modules.len() as u32);
         self.modules.push(Module {
             name,

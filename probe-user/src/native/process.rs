@@ -179,6 +179,8 @@ pub struct ProcessTable {
     /// `KEY=VALUE` texts of `--group-by label:KEY` frames.
     label_texts: Interner,
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
+    /// Where processes' `/proc` files are read (see [`crate::replay`]).
+    pub source: crate::replay::source::ProcSource,
     /// Its .NET part (see [`crate::dotnet::table`]).
     pub dotnet: crate::dotnet::frames::DotnetTable,
     /// Frames a stack walk ended at because their unwind rules say there is
@@ -188,6 +190,14 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
+    /// A table whose processes' `/proc` files are read from `source`.
+    pub fn reading(source: crate::replay::source::ProcSource) -> Self {
+        ProcessTable {
+            source,
+            ..Default::default()
+        }
+    }
+
     /// Notes that a stack walk ended at `frame` by its rules (see
     /// `FLAG_USER_OUTERMOST`): stacks that start there are complete.
     pub fn note_outermost(&mut self, frame: FrameRef) {
@@ -221,13 +231,17 @@ impl ProcessTable {
                 mappings: Vec::new(),
                 captured: Instant::now(),
                 first_captured: Instant::now(),
-                container: crate::containers::of_process(pid),
+                container: self
+                    .source
+                    .is_live()
+                    .then(|| crate::containers::of_process(pid))
+                    .flatten(),
                 sample_comm: String::new(),
                 stack_ends: StackEnds::default(),
                 comm_reads: 0,
             };
             let lines_now = self.dotnet.lines_now();
-            Self::capture(&mut self.modules, &mut p, lines_now);
+            Self::capture(&mut self.modules, &self.source, &mut p, lines_now);
             // The name it was read under (its comm then, not a placeholder).
             p.sample_comm = p.name.to_string();
             self.procs.insert(pid, p);
@@ -250,7 +264,7 @@ impl ProcessTable {
         {
             p.comm_reads += 1;
             p.sample_comm = comm.to_owned();
-            Self::capture(&mut self.modules, p, lines_now);
+            Self::capture(&mut self.modules, &self.source, p, lines_now);
         }
         self.get_or_capture(pid, comm)
     }
@@ -265,31 +279,34 @@ impl ProcessTable {
     pub fn exec(&mut self, pid: u32) {
         let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(&mut self.modules, p, lines_now);
+            Self::capture(&mut self.modules, &self.source, p, lines_now);
             return;
         }
-        // The kernel's own file, 16 bytes at most.
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end().to_owned())
-            .unwrap_or_default();
+        // The kernel's own file, 16 bytes at most (read again as the process
+        // is captured).
+        let comm = self.source.read(pid).comm.unwrap_or_default();
         self.get_or_capture(pid, &comm);
     }
 
     /// With `dotnet_lines_now`, a .NET process found follows its JIT events
     /// for source lines from the start.
-    fn capture(modules: &mut ModuleTable, p: &mut Process, dotnet_lines_now: bool) {
+    fn capture(
+        modules: &mut ModuleTable,
+        source: &crate::replay::source::ProcSource,
+        p: &mut Process,
+        dotnet_lines_now: bool,
+    ) {
         let pid = p.pid;
         p.captured = Instant::now();
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        let read = source.read(pid);
+        let Some(text) = read.maps else {
             return;
         };
-        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        if let Some(comm) = read.comm {
             // The process names itself (prctl): escaped for every output.
-            p.name = crate::frame::sanitize(comm.trim_end_matches('\n')).into();
+            p.name = crate::frame::sanitize(&comm).into();
         }
-        p.exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|e| e.to_string_lossy().into_owned());
+        p.exe = read.exe;
         let entries = parse_maps(&text);
         let mut mappings: Vec<ExecMapping> = entries
             .iter()
@@ -301,9 +318,9 @@ impl ProcessTable {
                 target: if e.path == "[vdso]" {
                     Target::Vdso
                 } else if e.is_file() && e.path.ends_with(".dll") {
-                    Target::Assembly(modules.intern(pid, e))
+                    Target::Assembly(modules.intern(pid, e, source))
                 } else if e.is_file() && !e.path.starts_with("/memfd:") && !is_jitdump(&e.path) {
-                    Target::Module(modules.intern(pid, e))
+                    Target::Module(modules.intern(pid, e, source))
                 } else {
                     Target::Anonymous
                 },
@@ -318,6 +335,10 @@ impl ProcessTable {
         p.mappings = mappings;
         // New mappings (dlopen): the kernel's rules are refreshed.
         p.unwind_checked = false;
+        if !source.is_live() {
+            // A replay names no .NET code (see `crate::replay`).
+            return;
+        }
         crate::dotnet::frames::maps_read(
             &mut p.dotnet,
             p.was_dotnet,
@@ -477,7 +498,7 @@ impl ProcessTable {
             REFRESH_INTERVAL
         };
         if found.is_none() && p.captured.elapsed() >= interval {
-            Self::capture(&mut self.modules, p, lines_now);
+            Self::capture(&mut self.modules, &self.source, p, lines_now);
             found = p.lookup(addr);
         }
         match found {
@@ -531,7 +552,7 @@ impl ProcessTable {
     pub fn recapture(&mut self, pid: u32) {
         let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(&mut self.modules, p, lines_now);
+            Self::capture(&mut self.modules, &self.source, p, lines_now);
         }
     }
 
@@ -541,7 +562,7 @@ impl ProcessTable {
         let lines_now = self.dotnet.lines_now();
         match self.procs.get_mut(&pid) {
             Some(p) if p.captured.elapsed() >= every => {
-                Self::capture(&mut self.modules, p, lines_now);
+                Self::capture(&mut self.modules, &self.source, p, lines_now);
                 true
             }
             Some(_) => false,

@@ -24,6 +24,9 @@ pub struct NativeSymbols {
     /// Per binary: its functions' file offsets `[start, end)` by its
     /// `.eh_frame`, read the first time one of its frames is unnamed.
     functions: std::cell::RefCell<std::collections::HashMap<PathBuf, Functions>>,
+    /// Kernel symbols from this file instead of `/proc/kallsyms` (a
+    /// replayed capture's: see `crate::replay`).
+    pub kallsyms: Option<PathBuf>,
     /// Servers asked for debug files found nowhere here (`--debuginfod`).
     debuginfod: Option<std::cell::RefCell<super::debuginfod::Client>>,
 }
@@ -93,6 +96,7 @@ impl NativeSymbols {
             dirs,
             files: Default::default(),
             functions: Default::default(),
+            kallsyms: None,
             debuginfod: None,
         }
     }
@@ -303,7 +307,10 @@ impl NativeSymbols {
     /// Names for kernel addresses, from `/proc/kallsyms`.
     pub fn kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
         let src = Source::Kernel(Kernel {
-            kallsyms: MaybeDefault::Default,
+            kallsyms: match &self.kallsyms {
+                Some(path) => MaybeDefault::Some(path.clone()),
+                None => MaybeDefault::Default,
+            },
             vmlinux: MaybeDefault::None,
             debug_syms: false,
             ..Kernel::default()

@@ -30,7 +30,7 @@ use crate::{
     native::process::ProcessTable,
     preflight::{self, OutputDir},
     sampler::{Sampler, SamplerConfig, register_self_in_child},
-    session::{Config, Events},
+    session::{Config, Events, KernelSide},
     status::Status,
     summary::CollectorStats,
     sys::{alive, monotonic_ns},
@@ -244,7 +244,22 @@ pub(crate) async fn start(
             return Err(UsageError::PidExited(pid).into());
         }
     }
-    let mut procs = ProcessTable::default();
+    let source = match &cfg.capture {
+        Some(dir) => {
+            use clap::ValueEnum as _;
+            let mode = cfg.mode.to_possible_value().expect("every mode has a name");
+            let capture = crate::replay::source::Capture::create(dir, mode.get_name(), cfg.freq)
+                .map_err(|e| Error::Write {
+                    path: dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            crate::replay::source::ProcSource::Capturing(std::sync::Arc::new(
+                std::sync::Mutex::new(capture),
+            ))
+        }
+        None => crate::replay::source::ProcSource::Live,
+    };
+    let mut procs = ProcessTable::reading(source);
     // Source lines of .NET methods are for the pprof output.
     procs.dotnet.lines = cfg.source_lines;
     let go_preattached = match program {
@@ -402,9 +417,11 @@ async fn run(
     let mut pipeline = Pipeline::new(
         &cfg,
         procs,
-        processes,
-        dotnet_tables,
-        unwind_tables,
+        Some(KernelSide {
+            processes,
+            dotnet: dotnet_tables,
+            unwind: unwind_tables,
+        }),
         go_states_failed,
         go_preattached,
     );

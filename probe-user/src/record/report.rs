@@ -17,6 +17,7 @@ use crate::{
     cli::{Format, GroupBy, Mode, RecordArgs},
     error::Error,
     fold::write_folded,
+    frame::FrameRef,
     preflight::{KernelPlan, OutputDir},
     render::render_svg,
     session::{Config, Pipeline},
@@ -78,7 +79,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
         timeline,
         requests,
         go_states_failed,
-        unwind_tables,
+        kernel: kernel_side,
         unwind_tables_error,
         fp_baseline,
         ..
@@ -86,6 +87,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
     // A failed write (a full disk) takes back what was written: outputs are
     // whole or absent.
     let failed = |e: Error| out.abandon(e, command_exit_status);
+    let unwind = kernel_side.as_ref().map(|k| &k.unwind);
     symbolizer.finish();
     phase("every frame named");
     let names = &symbolizer.names;
@@ -118,6 +120,23 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             w.write_all(&crate::pprof::gzip(&profile))
         })
         .map_err(failed)?;
+    }
+    if let crate::replay::source::ProcSource::Capturing(capture) = &procs.source {
+        let kernel_addrs = agg
+            .stacks()
+            .flat_map(|(key, _)| key.frames.iter())
+            .filter_map(|f| match *f {
+                FrameRef::Kernel(addr) => Some(addr),
+                _ => None,
+            })
+            .collect();
+        let finished = capture
+            .lock()
+            .map_err(|_| "a thread writing it panicked".to_owned())
+            .and_then(|mut c| c.finish(&kernel_addrs).map_err(|e| e.to_string()));
+        if let Err(e) = finished {
+            log::warn!("the capture is incomplete: {e}");
+        }
     }
     let complete = crate::fold::completeness(agg.stacks(), names, &procs);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
@@ -308,11 +327,12 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
                 stacks_complete,
             })
         },
-        unwind_table_rows: unwind_tables.rows_written,
-        unwind_rows_freed: unwind_tables.rows_freed,
-        unwind_files_refused: unwind_tables.files_refused,
-        unwind_objects: unwind_tables
-            .objects()
+        unwind_table_rows: unwind.map_or(0, |u| u.rows_written),
+        unwind_rows_freed: unwind.map_or(0, |u| u.rows_freed),
+        unwind_files_refused: unwind.map_or(0, |u| u.files_refused),
+        unwind_objects: unwind
+            .map(|u| u.objects())
+            .unwrap_or_default()
             .into_iter()
             .map(|(path, rows, pages)| crate::summary::UnwindObject {
                 path,

@@ -41,7 +41,11 @@ impl Events {
         Ok(Events {
             ring,
             tick,
-            rules_read: pipeline.unwind_tables.rules_read(),
+            rules_read: pipeline
+                .kernel
+                .as_ref()
+                .map(|k| k.unwind.rules_read())
+                .unwrap_or_default(),
             log,
         })
     }

@@ -15,7 +15,7 @@ mod events;
 pub(crate) mod pipeline;
 
 pub(crate) use events::Events;
-pub(crate) use pipeline::Pipeline;
+pub(crate) use pipeline::{KernelSide, Pipeline};
 
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
 /// are batched, see `probe_common::Config::wakeup_bytes`).
@@ -73,6 +73,12 @@ pub struct Config {
     pub no_children: bool,
     /// `--container`: the containers given.
     pub containers: Vec<String>,
+    /// Kernel addresses are named from this file, not `/proc/kallsyms` (a
+    /// replayed capture's).
+    pub kallsyms: Option<PathBuf>,
+    /// `record --capture`: what the recording reads is captured here (see
+    /// [`crate::replay`]).
+    pub capture: Option<PathBuf>,
 }
 
 impl Config {
@@ -112,6 +118,8 @@ impl Config {
             children: args.children,
             no_children: args.no_children,
             containers: args.containers.clone(),
+            kallsyms: None,
+            capture: args.capture.clone(),
         }
     }
 
@@ -148,7 +156,43 @@ impl Config {
             children: false,
             no_children: false,
             containers: Vec::new(),
+            kallsyms: None,
+            capture: None,
         }
+    }
+
+    /// A replayed capture's (see [`crate::replay`]): the profile `record
+    /// --mode MODE` made at `freq` Hz with its other flags as they are by
+    /// default, kernel frames named from `kallsyms`. `None`: not a mode.
+    pub(crate) fn replay(mode: &str, freq: u64, kallsyms: PathBuf) -> Option<Self> {
+        use clap::ValueEnum as _;
+        let mode = Mode::from_str(mode, false).ok()?;
+        Some(Config {
+            mode,
+            freq,
+            off_cpu: matches!(mode, Mode::Offcpu | Mode::Wall),
+            go_waits: mode.goroutine_waits(),
+            min_block: 0,
+            min_go_wait: 0,
+            kernel_waits: false,
+            go_states: false,
+            per_thread: false,
+            group_by: Vec::new(),
+            frame_pointers_only: false,
+            include_idle: false,
+            debug_dirs: Vec::new(),
+            debuginfod: false,
+            source_lines: false,
+            timeline: false,
+            trace_id: None,
+            slow_ms: None,
+            pids: Vec::new(),
+            children: false,
+            no_children: false,
+            containers: Vec::new(),
+            kallsyms: Some(kallsyms),
+            capture: None,
+        })
     }
 
     /// The goroutine-state probes are loaded (states, or waits).

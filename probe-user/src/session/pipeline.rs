@@ -28,6 +28,16 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(25);
 /// A process's maps are re-read for new code at most this often.
 const MAPS_REREAD_EVERY: Duration = Duration::from_millis(20);
 
+/// What the pipeline writes in the kernel.
+pub(crate) struct KernelSide {
+    /// The kernel's entry per process (the Go poll writes the Go part).
+    pub(crate) processes: crate::process::ProcessEntries,
+    /// The kernel's tables for walking .NET stacks.
+    pub(crate) dotnet: KernelTables,
+    /// The kernel's `.eh_frame` tables for native code.
+    pub(crate) unwind: crate::native::unwind::UnwindTables,
+}
+
 /// Everything downstream of the ring buffer.
 pub(crate) struct Pipeline {
     pub(crate) procs: ProcessTable,
@@ -53,8 +63,8 @@ pub(crate) struct Pipeline {
     only_trace: Option<String>,
     /// `--group-by`: frame levels under the process (and thread).
     group_by: Vec<GroupBy>,
-    /// The kernel's entry per process (the Go poll writes the Go part).
-    processes: crate::process::ProcessEntries,
+    /// What it writes in the kernel (none when a capture is replayed).
+    pub(crate) kernel: Option<KernelSide>,
     /// `--go-states`: follow goroutine states in Go processes.
     go_states: bool,
     /// Go processes whose states could not be followed: (process, why).
@@ -63,10 +73,6 @@ pub(crate) struct Pipeline {
     go_preattached: Option<crate::go::probes::Preattached>,
     /// Samples of .NET processes waiting for the GC events of their time.
     waiting: VecDeque<Waiting>,
-    /// The kernel's tables for walking .NET stacks.
-    dotnet_tables: KernelTables,
-    /// The kernel's `.eh_frame` tables for native code.
-    pub(crate) unwind_tables: crate::native::unwind::UnwindTables,
     /// The first failure to update them, reported once.
     pub(crate) unwind_tables_error: Option<String>,
     /// `--frame-pointers-only`: no rules given to the kernel.
@@ -89,15 +95,14 @@ impl Pipeline {
     pub(crate) fn new(
         cfg: &Config,
         procs: ProcessTable,
-        processes: crate::process::ProcessEntries,
-        dotnet_tables: KernelTables,
-        unwind_tables: crate::native::unwind::UnwindTables,
+        kernel: Option<KernelSide>,
         go_states_failed: Vec<(String, String)>,
         go_preattached: Option<crate::go::probes::Preattached>,
     ) -> Self {
         Pipeline {
             symbolizer: SymbolizerThread::spawn(
                 cfg.debug_dirs.clone(),
+                cfg.kallsyms.clone(),
                 procs.modules.go.clone(),
                 cfg.debuginfod
                     .then(|| {
@@ -127,14 +132,12 @@ impl Pipeline {
             ),
             only_trace: cfg.trace_id.clone(),
             group_by: cfg.group_by.clone(),
-            processes,
+            kernel,
             go_states: cfg.go_probes(),
             go_states_failed,
             go_preattached,
             waiting: VecDeque::new(),
-            dotnet_tables,
             dotnet_tables_error: false,
-            unwind_tables,
             unwind_tables_error: None,
             frame_pointers_only: cfg.frame_pointers_only,
             fp_baseline: HashMap::new(),
@@ -191,8 +194,25 @@ impl Pipeline {
         self.symbolizer.poll();
     }
 
+    /// A captured record (see [`crate::replay`]), as [`Self::drain`] takes
+    /// one off the ring: a process that mapped new code is read again at
+    /// once (its next captured read).
+    pub(crate) fn replay_record(&mut self, item: &[u8]) {
+        let mut maps_changed = std::collections::BTreeSet::new();
+        self.drain_record(item, &mut maps_changed);
+        for pid in maps_changed {
+            self.procs.recapture(pid);
+        }
+        self.procs.poll_go(None);
+        let fresh = self.agg.take_fresh();
+        if !fresh.is_empty() {
+            self.symbolizer.submit(&fresh, &self.procs.modules);
+        }
+    }
+
     /// Takes one record off the ring.
     fn drain_record(&mut self, item: &[u8], maps_changed: &mut std::collections::BTreeSet<u32>) {
+        self.procs.source.record(item);
         {
             match decode(item) {
                 Ok(Record::CpuSample(sample)) => {
@@ -387,7 +407,8 @@ impl Pipeline {
 
     /// Gives the kernel the frame shapes of .NET processes' new JIT methods.
     pub(crate) fn poll_dotnet_unwind_now(&mut self) {
-        if let Err(e) = self.procs.poll_dotnet_unwind(&mut self.dotnet_tables)
+        if let Some(kernel) = &mut self.kernel
+            && let Err(e) = self.procs.poll_dotnet_unwind(&mut kernel.dotnet)
             && !self.dotnet_tables_error
         {
             log::warn!("{e}: .NET stacks are walked by frame pointers only");
@@ -399,7 +420,8 @@ impl Pipeline {
     /// time or whose maps changed (unless `--frame-pointers-only`).
     fn poll_native_unwind(&mut self) {
         if !self.frame_pointers_only
-            && let Err(e) = self.procs.poll_native_unwind(&mut self.unwind_tables)
+            && let Some(kernel) = &mut self.kernel
+            && let Err(e) = self.procs.poll_native_unwind(&mut kernel.unwind)
             && self.unwind_tables_error.is_none()
         {
             log::warn!("{e}");
@@ -410,7 +432,9 @@ impl Pipeline {
     /// Hands the kernel the goroutine layout of Go processes seen for the first
     /// time and, with `--go-states`, attaches their state probes.
     pub(crate) fn poll_go(&mut self, sampler: &mut Sampler) {
-        let tracked = self.procs.poll_go(&self.processes);
+        let tracked = self
+            .procs
+            .poll_go(self.kernel.as_ref().map(|k| &k.processes));
         self.poll_native_unwind();
         if self.go_states {
             crate::go::probes::follow(
@@ -453,9 +477,11 @@ impl Pipeline {
     /// (native unwind rules, .NET code pages, Go layout) and its .NET state;
     /// its name stays for the stacks not yet folded (see [`Self::forget`]).
     pub(crate) fn retire(&mut self, pid: u32) {
-        self.unwind_tables.remove_process(pid);
-        self.dotnet_tables.release(pid);
-        let _ = self.processes.set_go(pid, None);
+        if let Some(kernel) = &mut self.kernel {
+            kernel.unwind.remove_process(pid);
+            kernel.dotnet.release(pid);
+            let _ = kernel.processes.set_go(pid, None);
+        }
         self.procs.retire(pid);
     }
 

@@ -1,0 +1,221 @@
+//! The replay tier: captured recordings (`tests/data/replay/<case>/`, see
+//! `crossprof::replay`) replayed through the pipeline without root, and
+//! their folded stacks checked against what was expected when they were
+//! captured.
+//!
+//! `CROSSPROF_BLESS=1 cargo test --release -p probe-user --test replay` (as
+//! root, after `cargo xtask build`) records each case again with `record
+//! --capture`, checks that its replay gives what the recording wrote, and
+//! rewrites the case. The fixtures are built so that another checkout
+//! builds the same bytes (`-ffile-prefix-map`, `-trimpath`): a replay checks
+//! every binary's build id against the capture's.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crossprof_tests::{Go, parse_folded, workspace_root};
+
+/// A case: its name, `record`'s flags and the command it records.
+struct Case {
+    name: &'static str,
+    flags: &'static [&'static str],
+    command: fn() -> Vec<String>,
+    /// A chain the stacks of the command's busy part have, in order...
+    chain: &'static [&'static str],
+    /// ... in at least this share of the samples (of the time, off-CPU).
+    share: f64,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "native-chain",
+        flags: &[],
+        command: || vec![c_fixture("chain"), "0.6".into()],
+        chain: &["main", "outer", "middle", "hot"],
+        share: 0.8,
+    },
+    Case {
+        name: "go-chain",
+        flags: &[],
+        command: || vec![go_fixture("chain"), "0.6".into()],
+        chain: &["main.main", "main.work", "main.hot"],
+        share: 0.8,
+    },
+    Case {
+        name: "native-offcpu",
+        flags: &["--mode", "offcpu"],
+        // Naps 0.3 s, and its main thread waits as long to join it.
+        command: || vec![c_fixture("sleeper"), "0.3".into()],
+        chain: &["start_thread", "nap", "nanosleep", "[sleep]"],
+        share: 0.45,
+    },
+];
+
+/// Where this checkout's replay fixtures are built.
+fn fixtures() -> PathBuf {
+    crossprof_tests::target_dir().join("fixtures/replay")
+}
+
+/// `tests/fixtures/native/<name>.c`, built path-independently.
+fn c_fixture(name: &str) -> String {
+    let root = workspace_root();
+    let out = fixtures().join(name);
+    std::fs::create_dir_all(fixtures()).unwrap();
+    // From the root, so that the compile folder is `.` too.
+    let status = Command::new("gcc")
+        .current_dir(&root)
+        .args(["-O0", "-g", "-fno-omit-frame-pointer"])
+        .arg(format!("-ffile-prefix-map={}=.", root.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(root.join(format!("tests/fixtures/native/{name}.c")))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc {name}");
+    out.display().to_string()
+}
+
+/// `tests/fixtures/go/<name>.go`, built by Go 1.25 path-independently.
+fn go_fixture(name: &str) -> String {
+    let out = fixtures().join(format!("go-{name}"));
+    std::fs::create_dir_all(fixtures()).unwrap();
+    let go = Go::Go125;
+    let built = Command::new(go.go())
+        .args(["build", "-trimpath", "-o"])
+        .arg(&out)
+        .arg(workspace_root().join(format!("tests/fixtures/go/{name}.go")))
+        .env(
+            "GOCACHE",
+            crossprof_tests::target_dir()
+                .join("go-cache")
+                .join(go.version()),
+        )
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go build");
+    assert!(
+        built.status.success(),
+        "go build {name}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out.display().to_string()
+}
+
+fn case_dir(name: &str) -> PathBuf {
+    workspace_root().join("tests/data/replay").join(name)
+}
+
+/// The checkout a case was captured in (its paths are moved to this one's).
+fn captured_root(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("root"))
+        .expect("the case's root file")
+        .trim_end()
+        .to_owned()
+}
+
+/// Records `case` again into its folder, and checks the replay of the new
+/// capture against the recording's own folded stacks.
+fn bless(case: &Case) {
+    let dir = case_dir(case.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = crossprof_tests::out_dir(&format!("replay-{}", case.name));
+    let command = (case.command)();
+    let run = Command::new(crossprof_tests::crossprof_bin())
+        .args(["record", "--capture"])
+        .arg(&dir)
+        .arg("-o")
+        .arg(&out)
+        .args(case.flags)
+        .arg("--")
+        .args(&command)
+        .output()
+        .expect("run crossprof");
+    assert!(
+        run.status.success(),
+        "record: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let root = workspace_root().display().to_string();
+    std::fs::write(dir.join("root"), format!("{root}\n")).unwrap();
+    let replayed = crossprof::replay::replay(&dir, None).expect("replay");
+    let recorded = std::fs::read_to_string(out.join("profile.folded")).unwrap();
+    assert_eq!(
+        sorted(&replayed.folded),
+        sorted(&recorded),
+        "the replay of {} differs from its recording",
+        case.name
+    );
+    std::fs::write(dir.join("expected.folded"), &replayed.folded).unwrap();
+}
+
+fn sorted(folded: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = folded.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[test]
+fn captured_recordings_replay_to_the_stacks_they_recorded() {
+    let blessing = std::env::var_os("CROSSPROF_BLESS").is_some();
+    for case in CASES {
+        if blessing {
+            bless(case);
+        }
+        // The case's binaries, built here as they were where it was captured.
+        (case.command)();
+        let dir = case_dir(case.name);
+        let relocate = (captured_root(&dir), workspace_root().display().to_string());
+        let replayed = crossprof::replay::replay(&dir, Some(relocate))
+            .unwrap_or_else(|e| panic!("replay {}: {e}", case.name));
+        let expected = std::fs::read_to_string(dir.join("expected.folded")).unwrap();
+        assert_eq!(
+            sorted(&replayed.folded),
+            sorted(&expected),
+            "{}: the replay's folded stacks changed (if on purpose: CROSSPROF_BLESS=1, see the file's doc)",
+            case.name
+        );
+        // What the case is about, so that a blessed regression cannot pass:
+        // the chain in order in most stacks.
+        let stacks = parse_folded(&replayed.folded);
+        let total: u64 = stacks.iter().map(|s| s.count).sum();
+        let chained: u64 = stacks
+            .iter()
+            .filter(|s| {
+                let mut at = 0;
+                for f in &s.frames {
+                    if case.chain.get(at) == Some(&f.as_str()) {
+                        at += 1;
+                    }
+                }
+                at == case.chain.len()
+            })
+            .map(|s| s.count)
+            .sum();
+        assert!(
+            total >= 20 && chained as f64 >= total as f64 * case.share,
+            "{}: {chained} of {total} samples have {:?}",
+            case.name,
+            case.chain
+        );
+        // The pprof of the same replay holds the same samples (off-CPU
+        // time in nanoseconds there, microseconds in folded stacks).
+        let read = crossprof::pprof::read(&replayed.pprof).expect("pprof");
+        let (column, per) = match read.sample_types.iter().position(|(_, u)| u == "count") {
+            Some(samples) => (samples, 1),
+            None => (read.default_column, 1000),
+        };
+        let pprof_total: i64 = read.stacks.values().map(|v| v[column]).sum();
+        assert_eq!(
+            pprof_total as u64,
+            total * per,
+            "{}: pprof's {:?}",
+            case.name,
+            read.sample_types[column]
+        );
+    }
+}
