@@ -317,7 +317,21 @@ pub enum GroupBy {
     Container,
 }
 
-fn parse_group_by(s: &str) -> Result<GroupBy, String> {
+impl GroupBy {
+    /// Its `--group-by` name (what [`parse_group_by`] reads).
+    pub fn name(&self) -> String {
+        match self {
+            GroupBy::Goroutine => "goroutine".into(),
+            GroupBy::Label(key) => format!("label:{key}"),
+            GroupBy::State => "state".into(),
+            GroupBy::Trace => "trace".into(),
+            GroupBy::Container => "container".into(),
+        }
+    }
+}
+
+/// A `--group-by` level by its name.
+pub(crate) fn parse_group_by(s: &str) -> Result<GroupBy, String> {
     match s {
         "goroutine" => Ok(GroupBy::Goroutine),
         "state" => Ok(GroupBy::State),
@@ -571,4 +585,23 @@ pub struct RecordArgs {
     /// crossprof exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_by_level_is_read_back_from_its_name() {
+        for level in [
+            GroupBy::Goroutine,
+            GroupBy::Label("worker".into()),
+            GroupBy::State,
+            GroupBy::Trace,
+            GroupBy::Container,
+        ] {
+            assert_eq!(parse_group_by(&level.name()), Ok(level));
+        }
+        assert!(parse_group_by("label:").is_err());
+    }
 }

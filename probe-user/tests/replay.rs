@@ -44,6 +44,14 @@ const CASES: &[Case] = &[
         share: 0.8,
     },
     Case {
+        name: "go-goroutines",
+        flags: &["--group-by", "goroutine"],
+        // Two busy goroutines, each under its own `goroutine N` level.
+        command: || vec![go_fixture("goroutines"), "0.6".into(), "2".into()],
+        chain: &["main.busy"],
+        share: 0.8,
+    },
+    Case {
         name: "native-offcpu",
         flags: &["--mode", "offcpu"],
         // Naps 0.3 s, and its main thread waits as long to join it.
@@ -196,6 +204,14 @@ fn captured_recordings_replay_to_the_stacks_they_recorded() {
             })
             .map(|s| s.count)
             .sum();
+        if case.flags.contains(&"goroutine") {
+            let ids: std::collections::BTreeSet<&String> = stacks
+                .iter()
+                .filter(|s| s.frames.iter().any(|f| f == "main.busy"))
+                .filter_map(|s| s.frames.iter().find(|f| f.starts_with("goroutine ")))
+                .collect();
+            assert_eq!(ids.len(), 2, "{}: the busy goroutines: {ids:?}", case.name);
+        }
         assert!(
             total >= 20 && chained as f64 >= total as f64 * case.share,
             "{}: {chained} of {total} samples have {:?}",

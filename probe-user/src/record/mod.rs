@@ -248,8 +248,10 @@ pub(crate) async fn start(
         Some(dir) => {
             use clap::ValueEnum as _;
             let mode = cfg.mode.to_possible_value().expect("every mode has a name");
-            let capture = crate::replay::source::Capture::create(dir, mode.get_name(), cfg.freq)
-                .map_err(|e| Error::Write {
+            let group_by: Vec<String> = cfg.group_by.iter().map(GroupBy::name).collect();
+            let capture =
+                crate::replay::source::Capture::create(dir, mode.get_name(), cfg.freq, &group_by)
+                    .map_err(|e| Error::Write {
                     path: dir.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })?;

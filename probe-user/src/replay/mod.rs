@@ -47,15 +47,15 @@ pub fn replay(dir: &Path, relocate: Option<(String, String)>) -> Result<Replayed
     snapshot.check_files()?;
     let records = snapshot.records()?;
     let kallsyms = snapshot.kallsyms();
-    let (mode, freq) = snapshot.session()?;
+    let (mode, freq, group_by) = snapshot.session()?;
     let procs = crate::native::process::ProcessTable::reading(ProcSource::Replay(Arc::new(
         Mutex::new(snapshot),
     )));
-    let cfg = crate::session::Config::replay(&mode, freq, kallsyms).ok_or_else(|| {
+    let cfg = crate::session::Config::replay(&mode, freq, &group_by, kallsyms).map_err(|why| {
         ReplayError::Malformed {
             path: dir.join(source::SESSION),
             line: 1,
-            why: format!("{mode:?} is not a mode"),
+            why,
         }
     })?;
     let mut pipeline = crate::session::Pipeline::new(&cfg, procs, None, Vec::new(), None);

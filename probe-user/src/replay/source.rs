@@ -21,7 +21,8 @@ pub const PROCS: &str = "procs.jsonl";
 pub const FILES: &str = "files.jsonl";
 /// The kernel symbols the recorded stacks need.
 pub const KALLSYMS: &str = "kallsyms";
-/// The recording's mode and frequency (`mode=cpu`, `freq=99`, a line each).
+/// The recording's mode, frequency and `--group-by` levels (`mode=cpu`,
+/// `freq=99`, `group_by=goroutine,state`, a line each).
 pub const SESSION: &str = "session";
 
 /// Most bytes of one ring record read back (the largest record is a sample
@@ -130,11 +131,22 @@ pub struct Capture {
 
 impl Capture {
     /// Starts a capture in `dir` (created; its files replaced) of a
-    /// recording in `mode` (its `--mode` name) at `freq` Hz.
-    pub fn create(dir: &Path, mode: &str, freq: u64) -> Result<Self, ReplayError> {
+    /// recording in `mode` (its `--mode` name) at `freq` Hz grouped by
+    /// `group_by` (its `--group-by` names).
+    pub fn create(
+        dir: &Path,
+        mode: &str,
+        freq: u64,
+        group_by: &[String],
+    ) -> Result<Self, ReplayError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let session = dir.join(SESSION);
-        std::fs::write(&session, format!("mode={mode}\nfreq={freq}\n")).map_err(io(&session))?;
+        let group_by = group_by.join(",");
+        std::fs::write(
+            &session,
+            format!("mode={mode}\nfreq={freq}\ngroup_by={group_by}\n"),
+        )
+        .map_err(io(&session))?;
         let open = |name: &str| -> Result<BufWriter<File>, ReplayError> {
             let path = dir.join(name);
             File::create(&path).map(BufWriter::new).map_err(io(&path))
@@ -383,8 +395,9 @@ impl Snapshot {
         self.dir.join(KALLSYMS)
     }
 
-    /// The recording's mode (its `--mode` name) and frequency.
-    pub fn session(&self) -> Result<(String, u64), ReplayError> {
+    /// The recording's mode (its `--mode` name), frequency and `--group-by`
+    /// levels (their names).
+    pub fn session(&self) -> Result<(String, u64, Vec<String>), ReplayError> {
         let path = self.dir.join(SESSION);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         let value = |key: &str| {
@@ -401,7 +414,15 @@ impl Snapshot {
             line: 2,
             why: "freq is not a number".into(),
         })?;
-        Ok((value("mode")?.to_owned(), freq))
+        let group_by = value("group_by")
+            .map(|v| {
+                v.split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((value("mode")?.to_owned(), freq, group_by))
     }
 }
 
@@ -481,7 +502,7 @@ ffffffff81000400 T vfs_read
     #[test]
     fn a_replay_reads_a_process_as_it_was_at_each_record() {
         let dir = std::env::temp_dir().join(format!("crossprof-replay-{}", std::process::id()));
-        let mut c = Capture::create(&dir, "cpu", 99).unwrap();
+        let mut c = Capture::create(&dir, "cpu", 99, &[]).unwrap();
         let read = |n: &str| ProcRead {
             pid: 7,
             at: 0,

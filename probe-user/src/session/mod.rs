@@ -162,12 +162,22 @@ impl Config {
     }
 
     /// A replayed capture's (see [`crate::replay`]): the profile `record
-    /// --mode MODE` made at `freq` Hz with its other flags as they are by
-    /// default, kernel frames named from `kallsyms`. `None`: not a mode.
-    pub(crate) fn replay(mode: &str, freq: u64, kallsyms: PathBuf) -> Option<Self> {
+    /// --mode MODE` made at `freq` Hz grouped by `group_by` (level names)
+    /// with its other flags as they are by default, kernel frames named from
+    /// `kallsyms`. An error names what is not a mode or a level.
+    pub(crate) fn replay(
+        mode: &str,
+        freq: u64,
+        group_by: &[String],
+        kallsyms: PathBuf,
+    ) -> Result<Self, String> {
         use clap::ValueEnum as _;
-        let mode = Mode::from_str(mode, false).ok()?;
-        Some(Config {
+        let mode = Mode::from_str(mode, false).map_err(|_| format!("{mode:?} is not a mode"))?;
+        let group_by = group_by
+            .iter()
+            .map(|l| crate::cli::parse_group_by(l))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
             mode,
             freq,
             off_cpu: matches!(mode, Mode::Offcpu | Mode::Wall),
@@ -177,7 +187,7 @@ impl Config {
             kernel_waits: false,
             go_states: false,
             per_thread: false,
-            group_by: Vec::new(),
+            group_by,
             frame_pointers_only: false,
             include_idle: false,
             debug_dirs: Vec::new(),
