@@ -115,13 +115,17 @@ pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError + '_
     }
 }
 
-/// A capture being written (`record --capture DIR`).
+/// A capture being written (`record --capture DIR`): like every output
+/// crossprof writes as root, each file is made under a random name in the
+/// folder held open (never through a link) and renamed into place at the end.
 #[derive(Debug)]
 pub struct Capture {
     dir: PathBuf,
-    ring: BufWriter<File>,
-    procs: BufWriter<File>,
-    files: BufWriter<File>,
+    folder: crate::files::OutFolder,
+    /// Each file being written, and its temporary name.
+    ring: (BufWriter<File>, String),
+    procs: (BufWriter<File>, String),
+    files: (BufWriter<File>, String),
     files_seen: BTreeSet<String>,
     /// Records written so far.
     records: u64,
@@ -139,23 +143,31 @@ impl Capture {
         freq: u64,
         group_by: &[String],
     ) -> Result<Self, ReplayError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let session = dir.join(SESSION);
-        let group_by = group_by.join(",");
-        std::fs::write(
-            &session,
-            format!("mode={mode}\nfreq={freq}\ngroup_by={group_by}\n"),
-        )
-        .map_err(io(&session))?;
-        let open = |name: &str| -> Result<BufWriter<File>, ReplayError> {
-            let path = dir.join(name);
-            File::create(&path).map(BufWriter::new).map_err(io(&path))
+        use std::os::unix::fs::DirBuilderExt as _;
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
+        }
+        let folder = crate::files::OutFolder::open(dir).map_err(io(dir))?;
+        let open = |name: &str| -> Result<(BufWriter<File>, String), ReplayError> {
+            let (file, tmp) = folder.create_temp(name).map_err(io(&dir.join(name)))?;
+            Ok((BufWriter::new(file), tmp))
         };
+        let (mut session, tmp) = open(SESSION)?;
+        let group_by = group_by.join(",");
+        write!(session, "mode={mode}\nfreq={freq}\ngroup_by={group_by}\n")
+            .and_then(|()| session.flush())
+            .and_then(|()| folder.rename(&tmp, SESSION))
+            .map_err(io(&dir.join(SESSION)))?;
         Ok(Capture {
             dir: dir.to_owned(),
             ring: open(RING)?,
             procs: open(PROCS)?,
             files: open(FILES)?,
+            folder,
             files_seen: BTreeSet::new(),
             records: 0,
             failed: None,
@@ -173,10 +185,10 @@ impl Capture {
     /// A ring record, as drained.
     pub fn record(&mut self, bytes: &[u8]) {
         self.records += 1;
-        let r = self
-            .ring
+        let ring = &mut self.ring.0;
+        let r = ring
             .write_all(&(bytes.len() as u32).to_le_bytes())
-            .and_then(|()| self.ring.write_all(bytes));
+            .and_then(|()| ring.write_all(bytes));
         self.note(r);
     }
 
@@ -186,7 +198,7 @@ impl Capture {
             ..read.clone()
         };
         let line = serde_json::to_string(&read).expect("plain data");
-        let r = writeln!(self.procs, "{line}");
+        let r = writeln!(self.procs.0, "{line}");
         self.note(r);
     }
 
@@ -200,7 +212,7 @@ impl Capture {
             build_id: crate::native::elf::build_id(open_path),
         };
         let line = serde_json::to_string(&captured).expect("plain data");
-        let r = writeln!(self.files, "{line}");
+        let r = writeln!(self.files.0, "{line}");
         self.note(r);
     }
 
@@ -210,13 +222,18 @@ impl Capture {
         let kallsyms = Path::new("/proc/kallsyms");
         let text = std::fs::read_to_string(kallsyms).map_err(io(kallsyms))?;
         let path = self.dir.join(KALLSYMS);
-        std::fs::write(&path, kallsyms_for(&text, kernel_addrs)).map_err(io(&path))?;
-        for (w, name) in [
+        let (mut file, tmp) = self.folder.create_temp(KALLSYMS).map_err(io(&path))?;
+        file.write_all(kallsyms_for(&text, kernel_addrs).as_bytes())
+            .and_then(|()| self.folder.rename(&tmp, KALLSYMS))
+            .map_err(io(&path))?;
+        for ((w, tmp), name) in [
             (&mut self.ring, RING),
             (&mut self.procs, PROCS),
             (&mut self.files, FILES),
         ] {
-            w.flush().map_err(io(&self.dir.join(name)))?;
+            w.flush()
+                .and_then(|()| self.folder.rename(tmp, name))
+                .map_err(io(&self.dir.join(name)))?;
         }
         match self.failed.take() {
             Some(why) => Err(ReplayError::Io {
