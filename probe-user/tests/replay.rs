@@ -52,6 +52,15 @@ const CASES: &[Case] = &[
         share: 0.8,
     },
     Case {
+        name: "go-labels",
+        flags: &["--group-by", "label:worker"],
+        // Two busy goroutines under pprof.Do, worker=w0 and worker=w1: the
+        // labels read from the process's memory, captured.
+        command: || vec![go_fixture("labels"), "0.6".into(), "2".into()],
+        chain: &["main.busy"],
+        share: 0.8,
+    },
+    Case {
         name: "native-offcpu",
         flags: &["--mode", "offcpu"],
         // Naps 0.3 s, and its main thread waits as long to join it.
@@ -204,6 +213,19 @@ fn captured_recordings_replay_to_the_stacks_they_recorded() {
             })
             .map(|s| s.count)
             .sum();
+        if case.flags.contains(&"label:worker") {
+            let workers: std::collections::BTreeSet<&String> = stacks
+                .iter()
+                .filter(|s| s.frames.iter().any(|f| f == "main.busy"))
+                .filter_map(|s| s.frames.iter().find(|f| f.starts_with("worker=")))
+                .collect();
+            assert_eq!(
+                workers.into_iter().cloned().collect::<Vec<_>>(),
+                ["worker=w0", "worker=w1"],
+                "{}: the busy goroutines' labels",
+                case.name
+            );
+        }
         if case.flags.contains(&"goroutine") {
             let ids: std::collections::BTreeSet<&String> = stacks
                 .iter()

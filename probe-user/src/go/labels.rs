@@ -10,6 +10,7 @@
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt as _, sync::Arc};
 
 use super::offsets::LabelLayout;
+use crate::replay::source::ProcSource;
 
 /// `(key, value)` pairs, sorted by key.
 pub type LabelSet = Arc<[(String, String)]>;
@@ -21,18 +22,33 @@ const MAX_STRING: u64 = 4096;
 /// One process's label sets, by `g.labels` pointer.
 #[derive(Debug)]
 pub struct Labels {
+    pid: u32,
     mem: Option<File>,
     layout: LabelLayout,
     cache: HashMap<u64, Option<LabelSet>>,
+    /// Where each set read is also written (`record --capture`).
+    source: ProcSource,
 }
 
 impl Labels {
-    /// Reads labels of `pid`, laid out as `layout`.
-    pub fn open(pid: u32, layout: LabelLayout) -> Self {
+    /// Reads labels of `pid`, laid out as `layout`: from its memory, or,
+    /// replaying a capture, as the capture read them (see
+    /// [`crate::replay`]).
+    pub fn open(pid: u32, layout: LabelLayout, source: &ProcSource) -> Self {
+        let cache = source
+            .captured_labels(pid)
+            .into_iter()
+            .map(|(ptr, set)| (ptr, set.map(Arc::from)))
+            .collect();
         Self {
-            mem: File::open(format!("/proc/{pid}/mem")).ok(),
+            pid,
+            mem: source
+                .is_live()
+                .then(|| File::open(format!("/proc/{pid}/mem")).ok())
+                .flatten(),
             layout,
-            cache: HashMap::new(),
+            cache,
+            source: source.clone(),
         }
     }
 
@@ -44,10 +60,11 @@ impl Labels {
         if let Some(set) = self.cache.get(&ptr) {
             return set.clone();
         }
-        let set = self.read(ptr).map(|mut v| {
+        let set: Option<LabelSet> = self.read(ptr).map(|mut v| {
             v.sort();
             Arc::from(v)
         });
+        self.source.labels_read(self.pid, ptr, set.as_deref());
         self.cache.insert(ptr, set.clone());
         set
     }

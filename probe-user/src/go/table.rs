@@ -119,8 +119,7 @@ impl ProcessTable {
                     // Replayed (no kernel): tracked as the kernel would.
                     p.go.tracked = processes.is_none_or(|e| e.set_go(pid, Some(offsets)).is_ok());
                     p.go.labels = crate::go::offsets::label_layout(&version)
-                        .filter(|_| self.source.is_live())
-                        .map(|layout| crate::go::labels::Labels::open(pid, layout));
+                        .map(|layout| crate::go::labels::Labels::open(pid, layout, &self.source));
                     if p.go.tracked {
                         tracked.push((pid, offsets, table));
                     }

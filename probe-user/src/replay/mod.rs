@@ -8,18 +8,21 @@
 //!   table made (maps, comm, exe), in order;
 //! - `files.jsonl`: every file a process mapped that was opened, with its
 //!   build id;
+//! - `labels.jsonl`: every Go pprof label set read from a target's memory,
+//!   by process and `g.labels` pointer (a set never changes once made);
 //! - `kallsyms`: the kernel symbols the recorded kernel addresses need (each
-//!   address's symbol and the one after it), in `/proc/kallsyms` form.
+//!   address's symbol and the one after it), in `/proc/kallsyms` form;
+//! - `session`: the recording's mode, frequency and `--group-by` levels.
 //!
 //! [`replay`] reads them back: the records through the pipeline's own
 //! decoding and stack stages, `/proc` reads answered from the capture (never
 //! from the machine's `/proc`, where the pid is someone else's), files opened
 //! by their path (checked against the build id captured: replaying another
 //! build of a binary fails, naming it), kernel addresses named from the
-//! captured symbols. What a replay does not have: what the collector read of
-//! a target's memory (Go pprof labels; a frame level that needs them shows
-//! `[no KEY label]`), .NET processes (named through the runtime's IPC and
-//! files), containers. `tests/data/replay/` holds captured cases with their
+//! captured symbols, Go labels from the captured sets. What a replay does
+//! not have yet: .NET processes (named through the runtime's IPC and files
+//! in its root: its perf map and jitdump reads are what to capture next),
+//! containers (a process's cgroup). `tests/data/replay/` holds captured cases with their
 //! expected outputs (`probe-user/tests/replay.rs`).
 
 pub mod source;

@@ -21,6 +21,9 @@ pub const PROCS: &str = "procs.jsonl";
 pub const FILES: &str = "files.jsonl";
 /// The kernel symbols the recorded stacks need.
 pub const KALLSYMS: &str = "kallsyms";
+/// The Go pprof label sets read from targets' memory, by process and
+/// `g.labels` pointer.
+pub const LABELS: &str = "labels.jsonl";
 /// The recording's mode, frequency and `--group-by` levels (`mode=cpu`,
 /// `freq=99`, `group_by=goroutine,state`, a line each).
 pub const SESSION: &str = "session";
@@ -61,6 +64,19 @@ impl ProcRead {
                 .map(|e| e.to_string_lossy().into_owned()),
         }
     }
+}
+
+/// A process's Go label sets as a capture read them, by `g.labels` pointer
+/// (`None`: the set did not read).
+pub type CapturedSets = HashMap<u64, Option<Vec<(String, String)>>>;
+
+/// A Go label set read from a process's memory, as captured (`None`: it did
+/// not read).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CapturedLabels {
+    pid: u32,
+    ptr: u64,
+    labels: Option<Vec<(String, String)>>,
 }
 
 /// A file a process mapped, as captured.
@@ -126,6 +142,7 @@ pub struct Capture {
     ring: (BufWriter<File>, String),
     procs: (BufWriter<File>, String),
     files: (BufWriter<File>, String),
+    labels: (BufWriter<File>, String),
     files_seen: BTreeSet<String>,
     /// Records written so far.
     records: u64,
@@ -167,6 +184,7 @@ impl Capture {
             ring: open(RING)?,
             procs: open(PROCS)?,
             files: open(FILES)?,
+            labels: open(LABELS)?,
             folder,
             files_seen: BTreeSet::new(),
             records: 0,
@@ -216,6 +234,18 @@ impl Capture {
         self.note(r);
     }
 
+    /// A Go label set read from process `pid`'s memory at `ptr`.
+    pub fn labels(&mut self, pid: u32, ptr: u64, labels: Option<&[(String, String)]>) {
+        let captured = CapturedLabels {
+            pid,
+            ptr,
+            labels: labels.map(<[_]>::to_vec),
+        };
+        let line = serde_json::to_string(&captured).expect("plain data");
+        let r = writeln!(self.labels.0, "{line}");
+        self.note(r);
+    }
+
     /// Ends the capture: the kernel symbols of `kernel_addrs` (from
     /// `/proc/kallsyms`) written, every file flushed.
     pub fn finish(&mut self, kernel_addrs: &BTreeSet<u64>) -> Result<(), ReplayError> {
@@ -230,6 +260,7 @@ impl Capture {
             (&mut self.ring, RING),
             (&mut self.procs, PROCS),
             (&mut self.files, FILES),
+            (&mut self.labels, LABELS),
         ] {
             w.flush()
                 .and_then(|()| self.folder.rename(tmp, name))
@@ -283,6 +314,8 @@ pub struct Snapshot {
     /// Records replayed so far.
     now: u64,
     files: Vec<CapturedFile>,
+    /// Per process, its label sets by pointer.
+    labels: HashMap<u32, CapturedSets>,
     /// Paths under the first prefix are read under the second (a capture
     /// made in another checkout).
     relocate: Option<(String, String)>,
@@ -297,6 +330,7 @@ impl Snapshot {
             reads: HashMap::new(),
             now: 0,
             files: Vec::new(),
+            labels: HashMap::new(),
             relocate,
         };
         for read in s.jsonl::<ProcRead>(PROCS)? {
@@ -306,6 +340,12 @@ impl Snapshot {
                 ..read
             };
             s.reads.entry(read.pid).or_default().push(read);
+        }
+        // Captures made before labels were captured have none.
+        if s.dir.join(LABELS).exists() {
+            for l in s.jsonl::<CapturedLabels>(LABELS)? {
+                s.labels.entry(l.pid).or_default().insert(l.ptr, l.labels);
+            }
         }
         s.files = s
             .jsonl::<CapturedFile>(FILES)?
@@ -479,6 +519,28 @@ impl ProcSource {
     pub fn opened(&self, path: &str, open_path: &Path) {
         if let ProcSource::Capturing(c) = self {
             c.lock().expect("capture").file(path, open_path);
+        }
+    }
+
+    /// Process `pid`'s Go label sets as the capture read them, by pointer
+    /// (none unless replaying).
+    pub fn captured_labels(&self, pid: u32) -> CapturedSets {
+        match self {
+            ProcSource::Replay(s) => s
+                .lock()
+                .expect("snapshot")
+                .labels
+                .get(&pid)
+                .cloned()
+                .unwrap_or_default(),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// A Go label set was read from process `pid`'s memory at `ptr`.
+    pub fn labels_read(&self, pid: u32, ptr: u64, labels: Option<&[(String, String)]>) {
+        if let ProcSource::Capturing(c) = self {
+            c.lock().expect("capture").labels(pid, ptr, labels);
         }
     }
 
