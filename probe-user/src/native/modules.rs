@@ -98,7 +98,7 @@ impl ModuleTable {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| entry.path.clone());
-        source.opened(&entry.path, &open_path);
+        source.opened(&entry.path, handle.as_ref());
         let id = ModuleId(self.modules.len() as u32);
         self.modules.push(Module {
             name,

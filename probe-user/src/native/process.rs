@@ -282,9 +282,9 @@ impl ProcessTable {
             Self::capture(&mut self.modules, &self.source, p, lines_now);
             return;
         }
-        // The kernel's own file, 16 bytes at most (read again as the process
-        // is captured).
-        let comm = self.source.read(pid).comm.unwrap_or_default();
+        // The kernel's own file, 16 bytes at most: the name it keeps if it is
+        // gone before its maps are read.
+        let comm = self.source.comm(pid).unwrap_or_default();
         self.get_or_capture(pid, &comm);
     }
 

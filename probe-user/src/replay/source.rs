@@ -49,6 +49,13 @@ pub struct ProcRead {
     pub exe: Option<String>,
 }
 
+/// `/proc/PID/comm` now, its newline removed.
+fn live_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end_matches('\n').to_owned())
+}
+
 impl ProcRead {
     /// Reads process `pid`'s files now.
     fn live(pid: u32) -> Self {
@@ -56,9 +63,7 @@ impl ProcRead {
             pid,
             at: 0,
             maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).ok(),
-            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|c| c.trim_end_matches('\n').to_owned()),
+            comm: live_comm(pid),
             exe: std::fs::read_link(format!("/proc/{pid}/exe"))
                 .ok()
                 .map(|e| e.to_string_lossy().into_owned()),
@@ -220,14 +225,17 @@ impl Capture {
         self.note(r);
     }
 
-    /// A file a process mapped, opened through `open_path`.
-    pub fn file(&mut self, path: &str, open_path: &Path) {
+    /// A file a process mapped from `path`, as the handle `file` kept open
+    /// (its build id read through the handle, never the path again).
+    pub fn file(&mut self, path: &str, file: Option<&File>) {
         if !self.files_seen.insert(path.to_owned()) {
             return;
         }
         let captured = CapturedFile {
             path: path.to_owned(),
-            build_id: crate::native::elf::build_id(open_path),
+            build_id: file
+                .and_then(crate::native::elf::MappedFile::of)
+                .and_then(|m| crate::native::elf::build_id_in(m.bytes())),
         };
         let line = serde_json::to_string(&captured).expect("plain data");
         let r = writeln!(self.files.0, "{line}");
@@ -502,6 +510,15 @@ impl ProcSource {
         !matches!(self, ProcSource::Replay(_))
     }
 
+    /// Process `pid`'s comm alone, with its newline removed (not
+    /// captured: the process's next read keeps it).
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        match self {
+            ProcSource::Live | ProcSource::Capturing(_) => live_comm(pid),
+            ProcSource::Replay(s) => s.lock().expect("snapshot").read_now(pid).comm,
+        }
+    }
+
     /// Process `pid`'s maps, comm and exe.
     pub fn read(&self, pid: u32) -> ProcRead {
         match self {
@@ -515,10 +532,11 @@ impl ProcSource {
         }
     }
 
-    /// A file a process mapped from `path` was opened through `open_path`.
-    pub fn opened(&self, path: &str, open_path: &Path) {
+    /// A file a process mapped from `path` was opened (`file`: the handle
+    /// kept, if it opened).
+    pub fn opened(&self, path: &str, file: Option<&File>) {
         if let ProcSource::Capturing(c) = self {
-            c.lock().expect("capture").file(path, open_path);
+            c.lock().expect("capture").file(path, file);
         }
     }
 
