@@ -514,6 +514,20 @@ pub struct RecordArgs {
     #[arg(long)]
     pub go_states: bool,
 
+    /// Sample every goroutine's state and wait reason HZ times a second in Go
+    /// processes, from their memory (read-only; nothing is trapped, so the
+    /// target's goroutine switches cost nothing more), and report in
+    /// summary.json (goroutines_sampled) the shares per goroutine and per
+    /// creation site; 0 turns it off: crossprof record --go-state-sampling 50
+    /// -- ./server.
+    #[arg(
+        long,
+        value_name = "HZ",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=1000)
+    )]
+    pub go_state_sampling: u64,
+
     /// Walk native stacks by frame pointers only, as perf does, instead of by
     /// each object's `.eh_frame` rules (with frame pointers where an object has
     /// none): a little cheaper, but stacks through code built without frame

@@ -143,6 +143,9 @@ pub struct ProcessSummary {
     /// Goroutine states, for a Go process followed with `--go-states`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutines: Option<GoroutineStates>,
+    /// Its goroutine states as sampled (`--go-state-sampling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutines_sampled: Option<GoroutineStates>,
 }
 
 /// How a Go process's goroutines spent the recording.
@@ -159,6 +162,29 @@ pub struct GoroutineStates {
     /// Per creation site (the function that ran `go`, and the function
     /// started), most time first.
     pub by_site: Vec<SiteTime>,
+    /// How the states were sampled (`--go-state-sampling`; none: followed,
+    /// every change timed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<SampledStates>,
+}
+
+/// How a process's goroutine states were sampled (`--go-state-sampling`):
+/// each goroutine's time in a state is the readings that found it there,
+/// times the period.
+#[derive(Debug, Serialize)]
+pub struct SampledStates {
+    /// Readings per second.
+    pub hz: u64,
+    /// Rounds taken (each reads every goroutine).
+    pub rounds: u64,
+    /// Rounds that read no goroutine (the process exiting).
+    pub empty_rounds: u64,
+    /// Goroutine readings not kept: more goroutines than crossprof keeps
+    /// (`crate::go::states::MAX_SAMPLED`).
+    pub missed: u64,
+    /// The collector's time per round, reading every goroutine (the
+    /// target runs nothing for it), in microseconds.
+    pub round_us: f64,
 }
 
 /// One goroutine's time.

@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use crossprof_tests::{Go, parse_folded, workspace_root};
+use crossprof_tests::{Dotnet, Go, parse_folded, workspace_root};
 
 /// A case: its name, `record`'s flags and the command it records.
 struct Case {
@@ -61,6 +61,43 @@ const CASES: &[Case] = &[
         share: 0.8,
     },
     Case {
+        name: "dotnet-chain",
+        // No pprof: its source lines come from the runtime's JIT events,
+        // which a capture does not hold (see `crossprof::replay`).
+        flags: &["--format", "folded"],
+        // JIT code named from the perf map the runtime was asked for, read
+        // as the recording read it.
+        command: || dotnet_command("chain", &["1.5"], None),
+        chain: &[
+            "Program::Main_[j]",
+            "Program::Outer_[j]",
+            "Program::Hot_[j]",
+        ],
+        share: 0.6,
+    },
+    Case {
+        name: "pinvoke-mixed",
+        flags: &["--format", "folded"],
+        // C# -> P/Invoke -> Go (c-shared) -> cgo -> C -> Go: every runtime's
+        // walk and naming in one stack.
+        command: || dotnet_command("pinvoke", &["1.5"], Some(&go_cgo_library())),
+        chain: &[
+            "Prog::Main_[j]",
+            "Prog::Outer_[j]",
+            "[P/Invoke]",
+            "main.Compute",
+            "main.inner",
+            "[cgo]",
+            "c_outer",
+            "c_middle",
+            "crosscall2",
+            "[cgo]",
+            "main.goSpin",
+            "main.spin",
+        ],
+        share: 0.6,
+    },
+    Case {
         name: "native-offcpu",
         flags: &["--mode", "offcpu"],
         // Naps 0.3 s, and its main thread waits as long to join it.
@@ -97,12 +134,39 @@ fn c_fixture(name: &str) -> String {
 /// `tests/fixtures/go/<name>.go`, built by Go 1.25 path-independently.
 fn go_fixture(name: &str) -> String {
     let out = fixtures().join(format!("go-{name}"));
-    std::fs::create_dir_all(fixtures()).unwrap();
+    let src = workspace_root().join(format!("tests/fixtures/go/{name}.go"));
+    go_build(&workspace_root(), &[], &src, &out, false);
+    out.display().to_string()
+}
+
+/// `tests/fixtures/go/cgo` as a C shared library (`libcgo.so`), built by
+/// Go 1.25 with cgo path-independently (`-trimpath` maps the C objects'
+/// paths too); returns its folder.
+fn go_cgo_library() -> PathBuf {
+    let dir = fixtures().join("cgo-shared");
+    let package = workspace_root().join("tests/fixtures/go/cgo");
+    go_build(
+        &package,
+        &["-buildmode=c-shared"],
+        Path::new("."),
+        &dir.join("libcgo.so"),
+        true,
+    );
+    dir
+}
+
+/// `go build -trimpath FLAGS -o OUT SRC` by Go 1.25 in folder `dir`, with
+/// cgo or without.
+fn go_build(dir: &Path, flags: &[&str], src: &Path, out: &Path, cgo: bool) {
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let go = Go::Go125;
     let built = Command::new(go.go())
-        .args(["build", "-trimpath", "-o"])
-        .arg(&out)
-        .arg(workspace_root().join(format!("tests/fixtures/go/{name}.go")))
+        .current_dir(dir)
+        .args(["build", "-trimpath"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
         .env(
             "GOCACHE",
             crossprof_tests::target_dir()
@@ -111,15 +175,35 @@ fn go_fixture(name: &str) -> String {
         )
         .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "-buildvcs=false")
-        .env("CGO_ENABLED", "0")
+        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
         .output()
         .expect("go build");
     assert!(
         built.status.success(),
-        "go build {name}: {}",
+        "go build {}: {}",
+        src.display(),
         String::from_utf8_lossy(&built.stderr)
     );
-    out.display().to_string()
+}
+
+/// `tests/fixtures/dotnet/<name>.cs` run by .NET 8 with `args`, its native
+/// libraries found in `libs`: through `env`, which sets what the host needs
+/// and execs it (the process is `dotnet` from its exec on).
+fn dotnet_command(name: &str, args: &[&str], libs: Option<&Path>) -> Vec<String> {
+    let runtime = Dotnet::Net8;
+    let dll = runtime.fixture(name);
+    let host = runtime.host();
+    let mut command = vec![
+        "env".to_owned(),
+        format!("DOTNET_ROOT={}", host.parent().unwrap().display()),
+    ];
+    if let Some(libs) = libs {
+        command.push(format!("LD_LIBRARY_PATH={}", libs.display()));
+    }
+    command.push(host.display().to_string());
+    command.push(dll.display().to_string());
+    command.extend(args.iter().map(|a| (*a).to_owned()));
+    command
 }
 
 fn case_dir(name: &str) -> PathBuf {
@@ -161,13 +245,44 @@ fn bless(case: &Case) {
     std::fs::write(dir.join("root"), format!("{root}\n")).unwrap();
     let replayed = crossprof::replay::replay(&dir, None).expect("replay");
     let recorded = std::fs::read_to_string(out.join("profile.folded")).unwrap();
-    assert_eq!(
-        sorted(&replayed.folded),
-        sorted(&recorded),
-        "the replay of {} differs from its recording",
-        case.name
+    let (replayed_lines, recorded_lines) = (sorted(&replayed.folded), sorted(&recorded));
+    let only = |a: &[&str], b: &[&str]| -> Vec<String> {
+        a.iter()
+            .filter(|l| !b.contains(l))
+            .map(|l| (*l).to_owned())
+            .collect()
+    };
+    assert!(
+        replayed_lines == recorded_lines,
+        "the replay of {} differs from its recording:\nonly replayed:\n{}\nonly recorded:\n{}",
+        case.name,
+        only(&replayed_lines, &recorded_lines).join("\n"),
+        only(&recorded_lines, &replayed_lines).join("\n"),
     );
     std::fs::write(dir.join("expected.folded"), &replayed.folded).unwrap();
+    std::fs::write(dir.join(EXPECTED_PPROF), pprof_text(&replayed.pprof)).unwrap();
+}
+
+/// A case's expected pprof, as [`pprof_text`] reads it.
+const EXPECTED_PPROF: &str = "expected.pprof.txt";
+
+/// A pprof profile as text: its sample types, then each stack (root first)
+/// with its values, in stack order.
+fn pprof_text(pprof: &[u8]) -> String {
+    let read = crossprof::pprof::read(pprof).expect("pprof");
+    let mut text = String::from("# ");
+    let types: Vec<String> = read
+        .sample_types
+        .iter()
+        .map(|(kind, unit)| format!("{kind}/{unit}"))
+        .collect();
+    text.push_str(&types.join(" "));
+    text.push('\n');
+    for (stack, values) in &read.stacks {
+        let values: Vec<String> = values.iter().map(i64::to_string).collect();
+        text.push_str(&format!("{stack} {}\n", values.join(" ")));
+    }
+    text
 }
 
 fn sorted(folded: &str) -> Vec<&str> {
@@ -196,6 +311,12 @@ fn captured_recordings_replay_to_the_stacks_they_recorded() {
             "{}: the replay's folded stacks changed (if on purpose: CROSSPROF_BLESS=1, see the file's doc)",
             case.name
         );
+        let expected_pprof = std::fs::read_to_string(dir.join(EXPECTED_PPROF)).unwrap();
+        assert!(
+            pprof_text(&replayed.pprof) == expected_pprof,
+            "{}: the replay's pprof changed (if on purpose: CROSSPROF_BLESS=1)",
+            case.name
+        );
         // What the case is about, so that a blessed regression cannot pass:
         // the chain in order in most stacks.
         let stacks = parse_folded(&replayed.folded);
@@ -205,7 +326,9 @@ fn captured_recordings_replay_to_the_stacks_they_recorded() {
             .filter(|s| {
                 let mut at = 0;
                 for f in &s.frames {
-                    if case.chain.get(at) == Some(&f.as_str()) {
+                    // A call Go inlined (`main.inner_[i]`) is its plain name.
+                    let plain = f.strip_suffix("_[i]").unwrap_or(f);
+                    if case.chain.get(at) == Some(&plain) {
                         at += 1;
                     }
                 }

@@ -444,6 +444,103 @@ fn goroutine_states_split_time_by_wait_reason_in_every_version_and_build() {
     }
 }
 
+/// `--go-state-sampling` (issue #21): the states fixture's goroutines
+/// sampled from the process's memory 100 times a second have the shares of
+/// their time `--go-states` timed exactly in the same run, within 5 points,
+/// per goroutine and per creation site, in every version; the program's
+/// result is unchanged.
+#[test]
+fn sampled_goroutine_states_agree_with_the_followed_ones_in_every_version() {
+    /// Each state's share of a row's time (`running`, `wait: sleep`, ...).
+    fn shares(row: &serde_json::Value) -> std::collections::BTreeMap<String, f64> {
+        let total = lifetime_ms(row).max(1e-9);
+        let mut out = std::collections::BTreeMap::new();
+        for k in ["running_ms", "runnable_ms", "syscall_ms", "other_ms"] {
+            out.insert(k.to_owned(), row[k].as_f64().unwrap_or(0.0) / total);
+        }
+        for (reason, ms) in row["waiting_ms"].as_object().into_iter().flatten() {
+            out.insert(
+                format!("wait: {reason}"),
+                ms.as_f64().unwrap_or(0.0) / total,
+            );
+        }
+        out
+    }
+    fn agree(what: &str, exact: &serde_json::Value, sampled: &serde_json::Value) {
+        let (e, s) = (shares(exact), shares(sampled));
+        for key in e.keys().chain(s.keys()) {
+            let (a, b) = (e.get(key).unwrap_or(&0.0), s.get(key).unwrap_or(&0.0));
+            assert!(
+                (a - b).abs() <= 0.05,
+                "{what}: {key} is {:.1}% followed, {:.1}% sampled\nfollowed {exact}\nsampled {sampled}",
+                a * 100.0,
+                b * 100.0
+            );
+        }
+    }
+    for go in Go::tested() {
+        let what = format!("go {}", go.version());
+        let bin = go.fixture("states", GoBuild::Normal);
+        let dir = out_dir(&format!("go_state_sampling_{}", go.version()));
+        let run = record(
+            &dir,
+            &["--go-states", "--go-state-sampling", "100"],
+            &bin,
+            &["2"],
+        );
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        assert!(
+            run.stdout.contains("sum 10\ndone"),
+            "{what}: {}",
+            run.stdout
+        );
+        let roles = roles(&run.stdout);
+        assert_eq!(roles.len(), 4, "{what}: {}", run.stdout);
+        let summary = read_summary(&dir);
+        let process = summary["processes"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["comm"] == "states"))
+            .unwrap_or_else(|| panic!("{what}: no states process: {summary}"))
+            .clone();
+        let sampled = &process["goroutines_sampled"];
+        assert_eq!(sampled["sampled"]["hz"], 100, "{what}: {sampled}");
+        for (role, goid) in &roles {
+            let exact = goroutine_row(&summary, "states", *goid);
+            let row = sampled["by_goroutine"]
+                .as_array()
+                .and_then(|gs| gs.iter().find(|g| g["goid"] == *goid))
+                .unwrap_or_else(|| {
+                    panic!("{what}: {role} (goroutine {goid}) not sampled: {sampled}")
+                });
+            // 100 Hz over its 2 s: at least half the readings (a loaded
+            // machine delays rounds), each 10 ms.
+            assert!(lifetime_ms(row) >= 1000.0, "{what}: {role}: {row}");
+            assert_eq!(row["function"], exact["function"], "{what}: {role}");
+            assert_eq!(row["created_by"], exact["created_by"], "{what}: {role}");
+            agree(&format!("{what}: {role}"), &exact, row);
+        }
+        for site in process["goroutines"]["by_site"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(other) = sampled["by_site"].as_array().and_then(|s| {
+                s.iter().find(|o| {
+                    o["function"] == site["function"] && o["created_by"] == site["created_by"]
+                })
+            }) else {
+                // A goroutine that lived between two readings: too short
+                // for the sampler to see.
+                assert!(lifetime_ms(site) < 50.0, "{what}: site {site} not sampled");
+                continue;
+            };
+            if lifetime_ms(site) >= 500.0 {
+                agree(&format!("{what}: site {}", site["function"]), site, other);
+            }
+        }
+    }
+}
+
 /// `--mode goblock` (issue #6): each goroutine of the states fixture that
 /// parks for 1 s (channel receive, contended `sync.Mutex`, `time.Sleep`) has
 /// 1 s ± 10% of waiting under the stack it parked in, from `runtime.goexit`

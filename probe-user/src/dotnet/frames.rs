@@ -10,6 +10,7 @@ use super::DotnetProcess;
 use crate::{
     frame::{FrameRef, Interner, ModuleId, Source},
     native::maps::MapEntry,
+    replay::source::ProcSource,
 };
 
 /// A managed method's name, and the source line of the sampled address in it
@@ -75,20 +76,21 @@ impl DotnetTable {
 /// A process's maps were read (`entries`): the .NET state `slot` of process
 /// `pid` is filled if they map a .NET runtime (and it was none before, nor
 /// ran one that exited, `was`), following its JIT events for source lines
-/// too with `lines_now`.
+/// too with `lines_now`; its files read as `source` reads.
 pub(crate) fn maps_read(
     slot: &mut Option<DotnetProcess>,
     was: bool,
     pid: u32,
     entries: &[MapEntry],
     lines_now: bool,
+    source: &ProcSource,
 ) {
     if slot.is_some() || was {
         return;
     }
     let exec = entries.iter().filter(|e| e.is_exec());
     if let Some(clr) = super::detect(exec.map(|e| e.path.as_str())) {
-        *slot = Some(DotnetProcess::attach(pid, clr, lines_now));
+        *slot = Some(DotnetProcess::attach(pid, clr, lines_now, source));
     }
 }
 

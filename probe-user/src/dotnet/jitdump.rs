@@ -22,7 +22,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::perfmap::display_name;
-use crate::files::{TargetFile, read_at_most};
+use crate::{files::TargetFile, replay::source::RuntimeFile};
 
 const MAGIC: u32 = 0x4A69_5444;
 const JIT_CODE_LOAD: u32 = 0;
@@ -36,8 +36,8 @@ pub const MAX_READ: u64 = 16 << 20;
 /// One process's jitdump, R2R entries read so far.
 #[derive(Debug)]
 pub struct JitDump {
-    /// The file (none: fed by [`JitDump::parse`] only).
-    file: Option<TargetFile>,
+    /// The file.
+    file: RuntimeFile,
     /// Records larger than [`MAX_RECORD`], skipped.
     pub skipped: u64,
     read_to: u64,
@@ -49,10 +49,16 @@ pub struct JitDump {
 }
 
 impl JitDump {
-    /// A jitdump at `file`.
+    /// A jitdump at `file` alone (none: fed by [`JitDump::parse`] only).
     pub fn at(file: Option<TargetFile>) -> Self {
+        Self::reading(RuntimeFile::live(file))
+    }
+
+    /// A jitdump read from `file` (a capture keeps its reads without the
+    /// code bytes: see [`blank_code`]).
+    pub fn reading(file: RuntimeFile) -> Self {
         Self {
-            file,
+            file: file.captured_as(blank_code),
             skipped: 0,
             read_to: 0,
             header_ok: false,
@@ -66,10 +72,7 @@ impl JitDump {
         if self.broken {
             return;
         }
-        let Some(Ok(mut f)) = self.file.as_ref().map(TargetFile::open) else {
-            return;
-        };
-        let Ok(buf) = read_at_most(&mut f, self.read_to, MAX_READ) else {
+        let Ok(Some(buf)) = self.file.read(self.read_to, MAX_READ, None) else {
             return;
         };
         let consumed = self.parse(&buf);
@@ -146,6 +149,37 @@ impl JitDump {
     }
 }
 
+/// Blanks the code bytes of the whole `JIT_CODE_LOAD` records in `buf`, a
+/// read of a jitdump at `offset` (a read starts at its header or at a
+/// record: where the last whole record ended). What a capture keeps of a
+/// read (see [`crate::replay`]): naming reads the names and addresses
+/// only, and zeros take no room once deflated.
+pub fn blank_code(buf: &mut [u8], offset: u64) {
+    let u32_at = |buf: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+    };
+    let mut at = 0;
+    if offset == 0 {
+        match (u32_at(buf, 0), u32_at(buf, 8)) {
+            (Some(MAGIC), Some(size)) => at = size as usize,
+            _ => return,
+        }
+    }
+    while let (Some(id), Some(size)) = (u32_at(buf, at), u32_at(buf, at + 4)) {
+        let end = at.saturating_add(size as usize);
+        if (size as usize) < RECORD_PREFIX || end > buf.len() {
+            return;
+        }
+        if id == JIT_CODE_LOAD && (size as usize) > CODE_LOAD_FIXED {
+            let body = &mut buf[at + CODE_LOAD_FIXED..end];
+            if let Some(nul) = body.iter().position(|&b| b == 0) {
+                body[nul + 1..].fill(0);
+            }
+        }
+        at = end;
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -203,6 +237,37 @@ pub(crate) mod tests {
         assert_eq!(dump.parse(&file[first..]), file.len() - cut);
         assert_eq!(dump.lookup(0x3005).map(|n| &**n), Some("S.T::M"));
         assert_eq!(dump.lookup(0x3020), None);
+    }
+
+    #[test]
+    fn a_capture_blanks_code_bytes_and_names_the_same() {
+        let mut file = header();
+        file.extend(code_load(0x1000, 0x40, "void [S] S.T::A()[PreJIT]"));
+        let second = file.len();
+        file.extend(code_load(0x2000, 0x10, "void [S] S.T::B()[PreJIT]"));
+        let mut blanked = file.clone();
+        blank_code(&mut blanked, 0);
+        assert_eq!(blanked.len(), file.len());
+        assert!(!blanked.contains(&0xCC), "code bytes kept");
+        assert!(file.contains(&0xCC));
+        // A read from a record on, cut inside its last record: the whole
+        // record blanked, the cut one left as it is.
+        let tail = &file[second..file.len() - 4];
+        let mut tail_blanked = tail.to_vec();
+        blank_code(&mut tail_blanked, second as u64);
+        assert_eq!(tail_blanked, tail, "a cut record is not a whole one");
+        let mut whole = file[second..].to_vec();
+        blank_code(&mut whole, second as u64);
+        assert_eq!(whole, blanked[second..], "a read from a record on");
+        let mut dump = JitDump::at(None);
+        assert_eq!(dump.parse(&blanked), file.len());
+        assert_eq!(dump.lookup(0x1001).map(|n| &**n), Some("S.T::A"));
+        assert_eq!(dump.lookup(0x200f).map(|n| &**n), Some("S.T::B"));
+        // Not a jitdump: left alone.
+        let mut junk = b"no magic, no header, nothing to blank.....".to_vec();
+        let kept = junk.clone();
+        blank_code(&mut junk, 0);
+        assert_eq!(junk, kept);
     }
 
     #[test]

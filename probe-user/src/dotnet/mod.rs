@@ -61,6 +61,8 @@ use ipc::IpcError;
 use jitdump::JitDump;
 use lines::{MethodLog, Pdbs};
 use perfmap::PerfMap;
+
+use crate::replay::source::{ProcSource, RuntimeFile, RuntimeKind};
 use unwind::{CodeReader, CodeTable, KernelTables};
 
 /// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`
@@ -215,6 +217,8 @@ enum Gc {
     Starting,
     /// Events are read.
     Traced(GcSession),
+    /// A replay: the pauses its capture saw (see [`crate::replay`]).
+    Replayed(Vec<(u64, u64)>),
     /// No GC events: why.
     Failed(String),
 }
@@ -245,6 +249,8 @@ pub fn precompiled_shapes(image: &r2r::R2rImage, data: &[u8]) -> Vec<Precompiled
 #[derive(Debug)]
 pub struct DotnetProcess {
     pid: u32,
+    /// Where its files are read: live, or from a capture.
+    source: ProcSource,
     /// Its runtime.
     pub clr: Clr,
     perf_map: PerfMap,
@@ -296,14 +302,37 @@ impl DotnetProcess {
     ///
     /// With `lines`, it also follows the runtime's JIT events for source
     /// lines ([`lines`]).
-    pub fn attach(pid: u32, clr: Clr, lines: bool) -> Self {
+    ///
+    /// A replay's process (`source` not live, see [`crate::replay`]) is
+    /// asked nothing and read nowhere but in the capture: its perf map and
+    /// jitdump as they were read, its GC pauses as its session saw them.
+    pub fn attach(pid: u32, clr: Clr, lines: bool, source: &ProcSource) -> Self {
+        let live = source.is_live();
         // The folder of the process's perf map and jitdump, opened once
         // through its own root and held (its files are still read in the last
         // drain after it exited, when /proc/PID/root is gone): the runtime's
         // files are read as `crate::files` reads a target's files.
-        let tmp = crate::files::TargetDir::perf_maps(pid).ok().map(Arc::new);
-        let mut perf_map = PerfMap::for_pid(pid, tmp.as_ref());
+        let tmp = live
+            .then(|| crate::files::TargetDir::perf_maps(pid).ok().map(Arc::new))
+            .flatten();
+        let mut perf_map = PerfMap::for_pid(pid, tmp.as_ref(), source);
         let perf_map_found = perf_map.refresh();
+        let jitdump = JitDump::reading(RuntimeFile::new(
+            pid,
+            RuntimeKind::JitDump,
+            tmp.as_ref().map(|dir| crate::files::TargetFile {
+                dir: dir.clone(),
+                name: format!("jit-{}.dump", crate::files::own_pid(pid)),
+            }),
+            source.clone(),
+        ));
+        if !live {
+            let gc = match source.captured_gc(pid) {
+                Some(pauses) => Gc::Replayed(pauses),
+                None => Gc::Failed("its GC events were not captured".into()),
+            };
+            return Self::following(pid, clr, source, (perf_map, perf_map_found, jitdump), gc);
+        }
         let mut enabling = if perf_map_found {
             Enabling::NotNeeded
         } else if !clr.can_enable_perf_map() {
@@ -332,7 +361,8 @@ impl DotnetProcess {
                     // A process caught before its runtime read its settings may
                     // write its own map (DOTNET_PerfMapEnabled): then it is the
                     // user's, left on and in place at the end.
-                    if PerfMap::for_pid(pid, tmp_seen.as_ref()).refresh() {
+                    // (A look, not a read of the map: never captured.)
+                    if PerfMap::for_pid(pid, tmp_seen.as_ref(), &ProcSource::Live).refresh() {
                         return Ok(false);
                     }
                     // The runtime will create its three files in its temp
@@ -371,34 +401,62 @@ impl DotnetProcess {
             }
         };
         Self {
+            code_reader: CodeReader::open(pid),
+            enabling,
+            connecting,
+            cancel,
+            lines_asked: lines,
+            tmp,
+            ..Self::following(pid, clr, source, (perf_map, perf_map_found, jitdump), gc)
+        }
+    }
+
+    /// The state of a process whose maps `files` (perf map, whether it was
+    /// read, jitdump) and GC events `gc` are followed: nothing asked of its
+    /// runtime, no memory read (a replay's; [`DotnetProcess::attach`] adds
+    /// the rest for a live one).
+    fn following(
+        pid: u32,
+        clr: Clr,
+        source: &ProcSource,
+        (perf_map, perf_map_found, jitdump): (PerfMap, bool, JitDump),
+        gc: Gc,
+    ) -> Self {
+        Self {
             pid,
+            source: source.clone(),
             clr,
             perf_map,
-            jitdump: JitDump::at(tmp.as_ref().map(|dir| crate::files::TargetFile {
-                dir: dir.clone(),
-                name: format!("jit-{}.dump", crate::files::own_pid(pid)),
-            })),
+            jitdump,
             code: CodeTable::default(),
-            code_reader: CodeReader::open(pid),
+            code_reader: CodeReader::default(),
             unknown_prologs: 0,
             tier0_frames: HashMap::new(),
             unwind_polled: Instant::now() - UNWIND_POLL,
             jitdump_refreshed: Instant::now(),
             perf_map_found,
-            enabling,
+            enabling: Enabling::NotNeeded,
             gc,
-            connecting,
-            cancel,
+            connecting: None,
+            cancel: Arc::new(AtomicBool::new(false)),
             lines: None,
-            lines_asked: lines,
+            // Never started: a replay has no JIT events.
+            lines_asked: true,
             lines_connecting: None,
             lines_failed: None,
             pdbs: Pdbs::default(),
             gc_final: None,
-            tmp,
+            tmp: None,
             refreshed: Instant::now(),
             r2r_done: Default::default(),
         }
+    }
+
+    /// Is an address not found re-read for at once (a replay: its
+    /// capture's reads up to the record being replayed), not at most every
+    /// [`PERF_MAP_REFRESH`]?
+    fn due(&self, last: Instant) -> bool {
+        !self.source.is_live() || last.elapsed() >= PERF_MAP_REFRESH
     }
 
     /// Collects the results of the IPC thread once it finished; if `wait`
@@ -523,7 +581,12 @@ impl DotnetProcess {
         self.settle(false);
         match &self.gc {
             Gc::Traced(session) => Some(session.log().in_pause(time_ns)),
-            _ => None,
+            Gc::Replayed(pauses) => Some(
+                pauses
+                    .iter()
+                    .any(|&(start, end)| start <= time_ns && time_ns <= end),
+            ),
+            Gc::Starting | Gc::Failed(_) => None,
         }
     }
 
@@ -536,7 +599,7 @@ impl DotnetProcess {
     /// perf map when `addr` is not known yet (rate-limited).
     pub fn lookup(&mut self, addr: u64) -> Option<&Arc<str>> {
         self.settle(false);
-        if self.perf_map.lookup(addr).is_none() && self.refreshed.elapsed() >= PERF_MAP_REFRESH {
+        if self.perf_map.lookup(addr).is_none() && self.due(self.refreshed) {
             self.perf_map_found |= self.perf_map.refresh();
             self.refreshed = Instant::now();
         }
@@ -633,9 +696,7 @@ impl DotnetProcess {
     /// is not known yet (rate-limited).
     pub fn lookup_precompiled(&mut self, addr: u64) -> Option<&Arc<str>> {
         self.settle(false);
-        if self.jitdump.lookup(addr).is_none()
-            && self.jitdump_refreshed.elapsed() >= PERF_MAP_REFRESH
-        {
+        if self.jitdump.lookup(addr).is_none() && self.due(self.jitdump_refreshed) {
             self.jitdump.refresh();
             self.jitdump_refreshed = Instant::now();
         }
@@ -660,6 +721,9 @@ impl DotnetProcess {
                 pause_ms: log.pause_ns() as f64 / 1e6,
                 pause_spans: log.pauses.iter().map(|p| (p.start_ns, p.end_ns)).collect(),
             });
+            if let Some(stats) = &self.gc_final {
+                self.source.gc_pauses(self.pid, &stats.pause_spans);
+            }
             drop(log);
             if let Some(why) = broken {
                 self.gc = Gc::Failed(format!("the GC event stream broke: {why}"));

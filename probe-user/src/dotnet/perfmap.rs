@@ -27,7 +27,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::files::{Refused, TargetFile, read_at_most};
+use crate::{
+    files::TargetFile,
+    replay::source::{ProcSource, RuntimeFile, RuntimeKind},
+};
 
 /// The longest line taken (a method's line is a few hundred bytes; generic
 /// signatures reach ~1 KiB).
@@ -59,7 +62,7 @@ pub fn display_name(raw: &str) -> String {
 /// One process's perf map, read so far.
 #[derive(Debug)]
 pub struct PerfMap {
-    file: Option<TargetFile>,
+    file: RuntimeFile,
     /// Why the file was refused, if it was (a link, a FIFO, another user's).
     pub refused: Option<String>,
     /// Lines longer than [`MAX_LINE`], skipped.
@@ -93,19 +96,37 @@ pub struct Method {
 }
 
 impl PerfMap {
-    /// The perf map of `pid` in its temp folder `tmp` (none: nothing to read).
-    pub fn for_pid(pid: u32, tmp: Option<&Arc<crate::files::TargetDir>>) -> Self {
-        let mut map = Self::at(tmp.map(|dir| TargetFile {
+    /// The perf map of `pid` in its temp folder `tmp` (none: nothing to
+    /// read there), read as `source` reads.
+    pub fn for_pid(
+        pid: u32,
+        tmp: Option<&Arc<crate::files::TargetDir>>,
+        source: &ProcSource,
+    ) -> Self {
+        let file = tmp.map(|dir| TargetFile {
             dir: dir.clone(),
             // The pid it sees: in a container, not the host's.
             name: format!("perf-{}.map", crate::files::own_pid(pid)),
-        }));
-        map.not_before = process_start(pid);
+        });
+        let mut map = Self::reading(RuntimeFile::new(
+            pid,
+            RuntimeKind::PerfMap,
+            file,
+            source.clone(),
+        ));
+        if source.is_live() {
+            map.not_before = process_start(pid);
+        }
         map
     }
 
-    /// A perf map at `file` (read on [`PerfMap::refresh`]).
+    /// A perf map at `file` alone (read on [`PerfMap::refresh`]).
     pub fn at(file: Option<TargetFile>) -> Self {
+        Self::reading(RuntimeFile::live(file))
+    }
+
+    /// A perf map read from `file`.
+    pub fn reading(file: RuntimeFile) -> Self {
         Self {
             file,
             refused: None,
@@ -122,25 +143,13 @@ impl PerfMap {
     /// Reads the lines appended since the last call. Returns whether the file
     /// could be read.
     pub fn refresh(&mut self) -> bool {
-        let Some(file) = &self.file else {
-            return false;
-        };
-        let mut f = match file.open() {
-            Ok(f) => f,
-            Err(Refused::Missing) => return false,
+        let buf = match self.file.read(self.read_to, MAX_READ, self.not_before) {
+            Ok(Some(buf)) => buf,
+            Ok(None) => return false,
             Err(e) => {
                 self.refused = Some(e.to_string());
                 return false;
             }
-        };
-        if let (Some(not_before), Ok(written)) =
-            (self.not_before, f.metadata().and_then(|m| m.modified()))
-            && written < not_before
-        {
-            return false;
-        }
-        let Ok(buf) = read_at_most(&mut f, self.read_to, MAX_READ) else {
-            return false;
         };
         let consumed = self.ingest(&buf);
         self.read_to += consumed as u64;
@@ -218,13 +227,13 @@ impl PerfMap {
 
     /// Its name in the target's temp folder.
     pub fn name(&self) -> Option<&str> {
-        self.file.as_ref().map(|f| f.name.as_str())
+        self.file.name()
     }
 
     /// The file's path as the process sees it (`/tmp/perf-1.map`), for
     /// messages.
     pub fn shown(&self) -> Option<String> {
-        self.file.as_ref().map(|f| f.dir.show(&f.name))
+        self.file.shown()
     }
 
     /// The method whose code holds `addr`.

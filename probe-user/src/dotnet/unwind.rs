@@ -363,8 +363,8 @@ impl KernelTables {
     }
 }
 
-/// Reads prologs from a process's memory.
-#[derive(Debug)]
+/// Reads prologs from a process's memory (by default: none, nothing read).
+#[derive(Debug, Default)]
 pub struct CodeReader {
     mem: Option<File>,
 }

@@ -28,7 +28,7 @@ use probe_common::{
 
 use super::{
     pclntab::GoTable,
-    states::{Tracking, allgs_address, wait_reasons},
+    states::{Tracking, wait_reasons},
 };
 use crate::{
     kernel::error::{SamplerError, load_failed, program},
@@ -188,8 +188,7 @@ pub(crate) fn follow(
     failed: &mut Vec<(String, String)>,
 ) {
     for (pid, offsets, table) in tracked {
-        let allgs =
-            allgs_address(&table).and_then(|v| Some(v.wrapping_add(procs.go_exe_bias(pid)?)));
+        let allgs = procs.go_allgs(pid, &table);
         if let Some(pre) = pre
             && let Some(p) = procs.get_mut(pid)
             && p.exe.as_deref() == pre.exe.to_str()

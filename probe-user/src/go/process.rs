@@ -19,6 +19,9 @@ pub struct GoProcess {
     pub(crate) labels: Option<super::labels::Labels>,
     /// Its goroutine states, when followed (`--go-states`).
     pub states: Option<super::states::Tracking>,
+    /// Its goroutine states, when sampled (`--go-state-sampling`; none
+    /// once it exited).
+    pub sampling: Option<super::states::Sampling>,
     /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
     /// `runtime.rt0_go`), as address ranges in the process: nothing is called
     /// from outside them, so a frame-pointer walk that runs past one (a thread
@@ -44,6 +47,14 @@ pub struct GoProcess {
 }
 
 impl GoProcess {
+    /// Its process exited: its goroutines are no longer read (the pid may
+    /// be another process's soon); what was learned stays.
+    pub(crate) fn exited(&mut self) {
+        if let Some(s) = self.sampling.as_mut() {
+            s.stop();
+        }
+    }
+
     /// Does this process (whose objects' mappings are `mappings`) need its
     /// `.eh_frame` rules in the kernel? A Go process whose goroutines are
     /// tracked does only if one of its Go objects has rules (C code of cgo, or

@@ -261,7 +261,8 @@ impl Split {
         self.ns.iter().sum::<u64>() + self.waiting.values().sum::<u64>()
     }
 
-    fn add_status(&mut self, status: u32, reason: u32, ns: u64) {
+    /// Counts `ns` in goroutine status `status` (waiting: for `reason`).
+    pub fn add_status(&mut self, status: u32, reason: u32, ns: u64) {
         let s = match status {
             status::WAITING => {
                 *self.waiting.entry(reason).or_default() += ns;
@@ -309,23 +310,55 @@ pub fn split(g: &Goroutine, tracked_since_ns: u64, open_until_ns: Option<u64>) -
 /// Goroutines listed one by one in the summary at most; beyond, per site only.
 pub const MAX_LISTED: usize = 200;
 
-/// The summary of one process's goroutine states. `name(addr, leaf)` names a
-/// code address of the process; `start(addr)` the function a goroutine
-/// starting there runs.
+/// One goroutine's time, before its functions are named.
+pub struct Row<'a> {
+    /// Its id.
+    pub goid: u64,
+    /// Where it was created.
+    pub creation: &'a probe_common::go::Creation,
+    /// It ended while recording.
+    pub ended: bool,
+    /// Its time per state.
+    pub split: Split,
+}
+
+/// The summary of one process's goroutine states, followed. `name(addr,
+/// leaf)` names a code address of the process; `start(addr)` the function a
+/// goroutine starting there runs.
 pub fn summarize(
     tracking: &Tracking,
     name: impl Fn(u64, bool) -> Option<String>,
     start: impl Fn(u64) -> Option<String>,
 ) -> GoroutineStates {
-    let unknown = || "[unknown]".to_owned();
-    let mut rows: Vec<(GoroutineTime, Split)> = tracking
+    let rows = tracking
         .ended
         .iter()
         .map(|g| (g, None))
         .chain(tracking.live.iter().map(|g| (g, Some(tracking.end_ns))))
-        .map(|(g, open)| {
-            let split = split(g, tracking.since_ns, open);
-            let c = &g.creation;
+        .map(|(g, open)| Row {
+            goid: g.goid,
+            creation: &g.creation,
+            ended: open.is_none(),
+            split: split(g, tracking.since_ns, open),
+        })
+        .collect();
+    summarize_rows(rows, &tracking.reasons, name, start)
+}
+
+/// The summary of goroutines `rows`, their wait reasons named by `reasons`
+/// (see [`summarize`] for `name` and `start`).
+pub fn summarize_rows(
+    rows: Vec<Row<'_>>,
+    reasons: &[String],
+    name: impl Fn(u64, bool) -> Option<String>,
+    start: impl Fn(u64) -> Option<String>,
+) -> GoroutineStates {
+    let unknown = || "[unknown]".to_owned();
+    let ended = rows.iter().filter(|r| r.ended).count();
+    let mut rows: Vec<(GoroutineTime, Split)> = rows
+        .into_iter()
+        .map(|r| {
+            let c = r.creation;
             let function = (c.start_pc != 0)
                 .then(|| start(c.start_pc))
                 .flatten()
@@ -335,14 +368,14 @@ pub fn summarize(
                 .flatten()
                 .unwrap_or_else(unknown);
             let row = GoroutineTime {
-                goid: g.goid,
+                goid: r.goid,
                 parent_goid: c.parent_goid,
                 function,
                 created_by,
-                ended: open.is_none(),
-                time: times(&split, &tracking.reasons),
+                ended: r.ended,
+                time: times(&r.split, reasons),
             };
-            (row, split)
+            (row, r.split)
         })
         .collect();
     rows.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.goid.cmp(&b.0.goid)));
@@ -361,7 +394,7 @@ pub fn summarize(
                 function,
                 created_by,
                 goroutines: n,
-                time: times(&split, &tracking.reasons),
+                time: times(&split, reasons),
             };
             (site, split.total())
         })
@@ -369,13 +402,155 @@ pub fn summarize(
     by_site.sort_by_key(|s| std::cmp::Reverse(s.1));
     GoroutineStates {
         seen: rows.len(),
-        ended: tracking.ended.len(),
+        ended,
         by_goroutine: if rows.len() <= MAX_LISTED {
             rows.into_iter().map(|(row, _)| row).collect()
         } else {
             Vec::new()
         },
         by_site: by_site.into_iter().map(|(site, _)| site).collect(),
+        sampled: None,
+    }
+}
+
+/// Goroutines a [`Sampling`] keeps one by one at most; beyond, a goroutine
+/// seen once is not kept (its time is lost, and counted: see
+/// [`Sampling::missed`]).
+pub const MAX_SAMPLED: usize = 100_000;
+
+/// Goroutine states sampled (`--go-state-sampling HZ`): every goroutine's
+/// status and wait reason read from the process's memory through
+/// `runtime.allgs` at a fixed rate, each reading counting one period of its
+/// state. No probe, nothing in the target's way (read-only reads of its
+/// memory, a few hundred bytes per goroutine per period): the always-on
+/// view, where `--go-states` times every change exactly at a cost per change.
+#[derive(Debug)]
+pub struct Sampling {
+    /// `runtime.allgs` in the process.
+    allgs: u64,
+    /// The binary's goroutine layout.
+    layout: super::dwarf::Layout,
+    /// Its wait-reason names ([`wait_reasons`]; empty if unreadable).
+    pub reasons: Vec<String>,
+    /// Readings per second.
+    hz: u64,
+    /// Its process exited: no more rounds.
+    stopped: bool,
+    /// Rounds taken.
+    pub rounds: u64,
+    /// Rounds that read no goroutine (the process exiting, or its memory
+    /// unreadable).
+    pub empty_rounds: u64,
+    /// Goroutine readings not kept ([`MAX_SAMPLED`] reached).
+    pub missed: u64,
+    /// Time spent reading, all rounds (the collector's; the target runs
+    /// nothing for it).
+    read_ns: u64,
+    /// Per goroutine (its `g` and id: a `g` is reused once its goroutine
+    /// ends), what it was seen doing.
+    gs: std::collections::HashMap<(u64, u64), Sampled>,
+}
+
+/// One goroutine as sampled.
+#[derive(Debug)]
+struct Sampled {
+    creation: probe_common::go::Creation,
+    split: Split,
+    /// The last round it was seen in.
+    last_round: u64,
+}
+
+impl Sampling {
+    /// Samples the goroutines of a process whose `runtime.allgs` is at
+    /// `allgs` and whose `g` has `layout` (`None` when crossprof cannot
+    /// read them: no layout with the creation fields, no `allgs`).
+    /// `hz` times a second.
+    pub fn new(
+        allgs: Option<u64>,
+        layout: Option<super::dwarf::Layout>,
+        reasons: Vec<String>,
+        hz: u64,
+    ) -> Option<Self> {
+        let layout = layout.filter(|l| l.creation.is_some())?;
+        Some(Sampling {
+            allgs: allgs?,
+            layout,
+            reasons,
+            hz,
+            stopped: false,
+            rounds: 0,
+            empty_rounds: 0,
+            missed: 0,
+            read_ns: 0,
+            gs: std::collections::HashMap::new(),
+        })
+    }
+
+    /// One round: every goroutine of process `pid` read, each counted
+    /// `period_ns` in the state it is in.
+    pub fn sample(&mut self, pid: u32, period_ns: u64) {
+        if self.stopped {
+            return;
+        }
+        self.rounds += 1;
+        let started = std::time::Instant::now();
+        let all = all_goroutines(pid, self.allgs, &self.layout, 0);
+        self.read_ns += started.elapsed().as_nanos() as u64;
+        if all.is_empty() {
+            self.empty_rounds += 1;
+        }
+        for (g, record) in all {
+            let full = self.gs.len() >= MAX_SAMPLED;
+            let seen = match self.gs.entry((g, record.goid)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(_) if full => {
+                    self.missed += 1;
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(Sampled {
+                    creation: record.creation,
+                    split: Split::default(),
+                    last_round: 0,
+                }),
+            };
+            seen.split
+                .add_status(record.status, record.wait_reason, period_ns);
+            seen.last_round = self.rounds;
+        }
+    }
+
+    /// Its process exited: no more rounds.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// The summary of what was sampled (see [`summarize`] for `name` and
+    /// `start`). A goroutine missing from the last round ended.
+    pub fn summarize(
+        &self,
+        name: impl Fn(u64, bool) -> Option<String>,
+        start: impl Fn(u64) -> Option<String>,
+    ) -> GoroutineStates {
+        let rows = self
+            .gs
+            .iter()
+            .map(|(&(_, goid), s)| Row {
+                goid,
+                creation: &s.creation,
+                ended: s.last_round < self.rounds,
+                split: s.split.clone(),
+            })
+            .collect();
+        GoroutineStates {
+            sampled: Some(crate::summary::SampledStates {
+                hz: self.hz,
+                rounds: self.rounds,
+                empty_rounds: self.empty_rounds,
+                missed: self.missed,
+                round_us: self.read_ns as f64 / 1e3 / self.rounds.max(1) as f64,
+            }),
+            ..summarize_rows(rows, &self.reasons, name, start)
+        }
     }
 }
 

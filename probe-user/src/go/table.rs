@@ -214,6 +214,38 @@ impl ProcessTable {
         })
     }
 
+    /// Where `runtime.allgs` is in process `pid`, whose executable's
+    /// function table is `table` (see [`super::states::allgs_address`]).
+    pub fn go_allgs(&self, pid: u32, table: &GoTable) -> Option<u64> {
+        super::states::allgs_address(table)
+            .and_then(|v| Some(v.wrapping_add(self.go_exe_bias(pid)?)))
+    }
+
+    /// Starts sampling the goroutine states of Go process `pid` (its
+    /// executable's function table `table`) `hz` times a second, if its
+    /// goroutines can be read.
+    pub fn sample_go_states(&mut self, pid: u32, table: &GoTable, hz: u64) {
+        let sampling = super::states::Sampling::new(
+            self.go_allgs(pid, table),
+            super::layout(table),
+            super::states::wait_reasons(table).unwrap_or_default(),
+            hz,
+        );
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.go.sampling = sampling;
+        }
+    }
+
+    /// One round of `--go-state-sampling`: the goroutines of every Go
+    /// process sampled read, each counted `period_ns` in its state.
+    pub fn sample_goroutines(&mut self, period_ns: u64) {
+        for p in self.procs.values_mut() {
+            if let Some(s) = p.go.sampling.as_mut() {
+                s.sample(p.pid, period_ns);
+            }
+        }
+    }
+
     /// The function a goroutine of `pid` starting at `addr` runs (see
     /// `GoTable::start_function`).
     pub fn go_start_function(&self, pid: u32, addr: u64) -> Option<String> {
@@ -295,6 +327,16 @@ pub(crate) fn describe(procs: &mut ProcessTable, summary: &mut crate::summary::P
             |addr| procs.go_start_function(pid, addr),
         )
     });
+    summary.goroutines_sampled = procs
+        .get(pid)
+        .and_then(|p| p.go.sampling.as_ref())
+        .filter(|s| s.rounds > 0)
+        .map(|s| {
+            s.summarize(
+                |addr, leaf| procs.go_function(pid, addr, leaf),
+                |addr| procs.go_start_function(pid, addr),
+            )
+        });
 }
 
 /// Notes on the Go processes sampled whose version's goroutine layout is not

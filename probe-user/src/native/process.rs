@@ -335,16 +335,13 @@ impl ProcessTable {
         p.mappings = mappings;
         // New mappings (dlopen): the kernel's rules are refreshed.
         p.unwind_checked = false;
-        if !source.is_live() {
-            // A replay names no .NET code (see `crate::replay`).
-            return;
-        }
         crate::dotnet::frames::maps_read(
             &mut p.dotnet,
             p.was_dotnet,
             pid,
             &entries,
             dotnet_lines_now,
+            source,
         );
     }
 
@@ -353,10 +350,11 @@ impl ProcessTable {
     /// session) goes now, the rest with [`ProcessTable::forget`] once its
     /// last stacks are folded.
     pub fn retire(&mut self, pid: u32) {
-        if let Some(p) = self.procs.get_mut(&pid)
-            && crate::dotnet::frames::retire(&mut p.dotnet)
-        {
-            p.was_dotnet = true;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.go.exited();
+            if crate::dotnet::frames::retire(&mut p.dotnet) {
+                p.was_dotnet = true;
+            }
         }
     }
 
@@ -497,7 +495,10 @@ impl ProcessTable {
         } else {
             REFRESH_INTERVAL
         };
-        if found.is_none() && p.captured.elapsed() >= interval {
+        // A replay reads again at every miss: it gets what the recording
+        // had read by then, so a read the recording did not make changes
+        // nothing.
+        if found.is_none() && (!self.source.is_live() || p.captured.elapsed() >= interval) {
             Self::capture(&mut self.modules, &self.source, p, lines_now);
             found = p.lookup(addr);
         }

@@ -10,6 +10,12 @@
 //!   build id;
 //! - `labels.jsonl`: every Go pprof label set read from a target's memory,
 //!   by process and `g.labels` pointer (a set never changes once made);
+//! - `runtime.bin`: every read of a file a runtime writes for crossprof (a
+//!   .NET perf map or jitdump): process, file, the record it was read at,
+//!   offset and bytes (deflated; a jitdump's code bytes blanked, as naming
+//!   never reads them);
+//! - `gc.jsonl`: each .NET process's GC pauses, as its event session saw
+//!   them;
 //! - `kallsyms`: the kernel symbols the recorded kernel addresses need (each
 //!   address's symbol and the one after it), in `/proc/kallsyms` form;
 //! - `session`: the recording's mode, frequency and `--group-by` levels.
@@ -19,10 +25,12 @@
 //! from the machine's `/proc`, where the pid is someone else's), files opened
 //! by their path (checked against the build id captured: replaying another
 //! build of a binary fails, naming it), kernel addresses named from the
-//! captured symbols, Go labels from the captured sets. What a replay does
-//! not have yet: .NET processes (named through the runtime's IPC and files
-//! in its root: its perf map and jitdump reads are what to capture next),
-//! containers (a process's cgroup). `tests/data/replay/` holds captured cases with their
+//! captured symbols, Go labels from the captured sets, a .NET process's
+//! JIT and precompiled code from its perf map and jitdump as they had been
+//! read by the record being replayed (nothing asked of a runtime, no
+//! memory read), its `[gc]` marks from its captured pauses. What a replay
+//! does not have yet: .NET source lines (the runtime's JIT events and the
+//! PDBs they lead to), containers (a process's cgroup). `tests/data/replay/` holds captured cases with their
 //! expected outputs (`probe-user/tests/replay.rs`).
 
 pub mod source;
@@ -49,6 +57,7 @@ pub fn replay(dir: &Path, relocate: Option<(String, String)>) -> Result<Replayed
     let snapshot = Snapshot::open(dir, relocate)?;
     snapshot.check_files()?;
     let records = snapshot.records()?;
+    let known = snapshot.read_first();
     let kallsyms = snapshot.kallsyms();
     let (mode, freq, group_by) = snapshot.session()?;
     let procs = crate::native::process::ProcessTable::reading(ProcSource::Replay(Arc::new(
@@ -62,9 +71,18 @@ pub fn replay(dir: &Path, relocate: Option<(String, String)>) -> Result<Replayed
         }
     })?;
     let mut pipeline = crate::session::Pipeline::new(&cfg, procs, None, Vec::new(), None);
+    // As a recording starts: the targets it knew read before any record.
+    for pid in known {
+        pipeline.procs.get_or_capture(pid, "[exited]");
+    }
+    pipeline.procs.poll_go(None);
     for record in &records {
         pipeline.replay_record(record);
     }
+    // As a recording ends: the .NET processes let go of, and their
+    // samples, held for the GC pauses of their time, counted.
+    pipeline.procs.release_dotnet();
+    pipeline.count_waiting(u64::MAX);
     pipeline.symbolizer.finish();
     let names = &pipeline.symbolizer.names;
     let folded = crate::fold::fold_under(

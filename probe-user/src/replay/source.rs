@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{Refused, TargetFile, read_at_most};
+
 /// The records, as the kernel sent them.
 pub const RING: &str = "ring.bin";
 /// The process table's reads of `/proc`.
@@ -24,6 +26,11 @@ pub const KALLSYMS: &str = "kallsyms";
 /// The Go pprof label sets read from targets' memory, by process and
 /// `g.labels` pointer.
 pub const LABELS: &str = "labels.jsonl";
+/// The bytes read from the files runtimes write for crossprof (a .NET
+/// perf map or jitdump): see [`RuntimeFile`].
+pub const RUNTIME: &str = "runtime.bin";
+/// The GC pauses of .NET processes, as their event sessions saw them.
+pub const GC: &str = "gc.jsonl";
 /// The recording's mode, frequency and `--group-by` levels (`mode=cpu`,
 /// `freq=99`, `group_by=goroutine,state`, a line each).
 pub const SESSION: &str = "session";
@@ -37,8 +44,8 @@ const MAX_RECORD: usize = 64 << 10;
 pub struct ProcRead {
     /// Its pid.
     pub pid: u32,
-    /// Ring records drained before it (the one being taken included): a
-    /// replay gives the last read made at or before the record it is at.
+    /// When it was made (see [`moment`]): a replay gives the last read
+    /// made by then.
     #[serde(default)]
     pub at: u64,
     /// `/proc/PID/maps`.
@@ -82,6 +89,14 @@ struct CapturedLabels {
     pid: u32,
     ptr: u64,
     labels: Option<Vec<(String, String)>>,
+}
+
+/// A .NET process's GC pauses, as captured when its event session ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CapturedGc {
+    pid: u32,
+    /// Each pause, `(start_ns, end_ns)` (CLOCK_MONOTONIC).
+    pauses: Vec<(u64, u64)>,
 }
 
 /// A file a process mapped, as captured.
@@ -148,9 +163,13 @@ pub struct Capture {
     procs: (BufWriter<File>, String),
     files: (BufWriter<File>, String),
     labels: (BufWriter<File>, String),
+    runtime: (BufWriter<File>, String),
+    gc: (BufWriter<File>, String),
     files_seen: BTreeSet<String>,
     /// Records written so far.
     records: u64,
+    /// The last record has been taken (what is read now was read after it).
+    taken: bool,
     /// The first write that failed (the capture is then incomplete).
     failed: Option<String>,
 }
@@ -190,9 +209,12 @@ impl Capture {
             procs: open(PROCS)?,
             files: open(FILES)?,
             labels: open(LABELS)?,
+            runtime: open(RUNTIME)?,
+            gc: open(GC)?,
             folder,
             files_seen: BTreeSet::new(),
             records: 0,
+            taken: false,
             failed: None,
         })
     }
@@ -208,6 +230,7 @@ impl Capture {
     /// A ring record, as drained.
     pub fn record(&mut self, bytes: &[u8]) {
         self.records += 1;
+        self.taken = false;
         let ring = &mut self.ring.0;
         let r = ring
             .write_all(&(bytes.len() as u32).to_le_bytes())
@@ -217,7 +240,7 @@ impl Capture {
 
     fn proc_read(&mut self, read: &ProcRead) {
         let read = ProcRead {
-            at: self.records,
+            at: moment(self.records, self.taken),
             ..read.clone()
         };
         let line = serde_json::to_string(&read).expect("plain data");
@@ -254,6 +277,36 @@ impl Capture {
         self.note(r);
     }
 
+    /// `bytes` read at `offset` from process `pid`'s runtime file `kind`:
+    /// a chunk of `runtime.bin`, `u32 pid, u8 kind, u64 moment (see
+    /// [`moment`]), u64 offset,
+    /// u32 length, u32 deflated length` (little-endian) and the deflated
+    /// bytes.
+    fn runtime_read(&mut self, pid: u32, kind: RuntimeKind, offset: u64, bytes: &[u8]) {
+        let packed = miniz_oxide::deflate::compress_to_vec(bytes, 6);
+        let mut head = Vec::with_capacity(CHUNK_HEAD);
+        head.extend(pid.to_le_bytes());
+        head.push(kind as u8);
+        head.extend(moment(self.records, self.taken).to_le_bytes());
+        head.extend(offset.to_le_bytes());
+        head.extend((bytes.len() as u32).to_le_bytes());
+        head.extend((packed.len() as u32).to_le_bytes());
+        let w = &mut self.runtime.0;
+        let r = w.write_all(&head).and_then(|()| w.write_all(&packed));
+        self.note(r);
+    }
+
+    /// .NET process `pid`'s GC pauses, as its event session saw them.
+    fn gc_pauses(&mut self, pid: u32, pauses: &[(u64, u64)]) {
+        let line = serde_json::to_string(&CapturedGc {
+            pid,
+            pauses: pauses.to_vec(),
+        })
+        .expect("plain data");
+        let r = writeln!(self.gc.0, "{line}");
+        self.note(r);
+    }
+
     /// Ends the capture: the kernel symbols of `kernel_addrs` (from
     /// `/proc/kallsyms`) written, every file flushed.
     pub fn finish(&mut self, kernel_addrs: &BTreeSet<u64>) -> Result<(), ReplayError> {
@@ -269,6 +322,8 @@ impl Capture {
             (&mut self.procs, PROCS),
             (&mut self.files, FILES),
             (&mut self.labels, LABELS),
+            (&mut self.runtime, RUNTIME),
+            (&mut self.gc, GC),
         ] {
             w.flush()
                 .and_then(|()| self.folder.rename(tmp, name))
@@ -321,9 +376,15 @@ pub struct Snapshot {
     reads: HashMap<u32, Vec<ProcRead>>,
     /// Records replayed so far.
     now: u64,
+    /// The last of them has been taken.
+    taken: bool,
     files: Vec<CapturedFile>,
     /// Per process, its label sets by pointer.
     labels: HashMap<u32, CapturedSets>,
+    /// Per process and runtime file, the chunks read, in order.
+    runtime: HashMap<(u32, RuntimeKind), Vec<Chunk>>,
+    /// Per .NET process, its GC pauses.
+    gc: HashMap<u32, Vec<(u64, u64)>>,
     /// Paths under the first prefix are read under the second (a capture
     /// made in another checkout).
     relocate: Option<(String, String)>,
@@ -337,8 +398,11 @@ impl Snapshot {
             dir: dir.to_owned(),
             reads: HashMap::new(),
             now: 0,
+            taken: false,
             files: Vec::new(),
             labels: HashMap::new(),
+            runtime: HashMap::new(),
+            gc: HashMap::new(),
             relocate,
         };
         for read in s.jsonl::<ProcRead>(PROCS)? {
@@ -354,6 +418,15 @@ impl Snapshot {
             for l in s.jsonl::<CapturedLabels>(LABELS)? {
                 s.labels.entry(l.pid).or_default().insert(l.ptr, l.labels);
             }
+        }
+        // Captures made before .NET was captured have neither.
+        if s.dir.join(GC).exists() {
+            for g in s.jsonl::<CapturedGc>(GC)? {
+                s.gc.insert(g.pid, g.pauses);
+            }
+        }
+        if s.dir.join(RUNTIME).exists() {
+            s.runtime = s.chunks()?;
         }
         s.files = s
             .jsonl::<CapturedFile>(FILES)?
@@ -383,6 +456,85 @@ impl Snapshot {
             .collect()
     }
 
+    /// The chunks of `runtime.bin` (see [`Capture::runtime_read`]), by
+    /// process and file.
+    fn chunks(&self) -> Result<HashMap<(u32, RuntimeKind), Vec<Chunk>>, ReplayError> {
+        let path = self.dir.join(RUNTIME);
+        let mut data = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(1 << 30).read_to_end(&mut data))
+            .map_err(io(&path))?;
+        let mut out: HashMap<_, Vec<Chunk>> = HashMap::new();
+        let mut rest = &data[..];
+        let mut n = 0;
+        while !rest.is_empty() {
+            n += 1;
+            let malformed = |why: &str| ReplayError::Malformed {
+                path: path.clone(),
+                line: n,
+                why: why.to_owned(),
+            };
+            let head = rest
+                .get(..CHUNK_HEAD)
+                .ok_or_else(|| malformed("a chunk's head is cut"))?;
+            let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4"));
+            let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
+            let kind =
+                RuntimeKind::from_u8(head[4]).ok_or_else(|| malformed("no such file kind"))?;
+            let (len, packed) = (u32_at(21) as usize, u32_at(25) as usize);
+            if len as u64 > MAX_CHUNK {
+                return Err(malformed("a chunk larger than any read"));
+            }
+            let bytes = rest
+                .get(CHUNK_HEAD..CHUNK_HEAD + packed)
+                .ok_or_else(|| malformed("a chunk is cut"))?;
+            let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, len)
+                .ok()
+                .filter(|b| b.len() == len)
+                .ok_or_else(|| malformed("a chunk does not inflate to its length"))?;
+            out.entry((u32_at(0), kind)).or_default().push(Chunk {
+                at: u64_at(5),
+                offset: u64_at(13),
+                bytes,
+            });
+            rest = &rest[CHUNK_HEAD + packed..];
+        }
+        Ok(out)
+    }
+
+    /// Process `pid`'s runtime file `kind` as it had been read by the
+    /// record being replayed: its bytes from `offset` on, at most `max`
+    /// (`None`: it had not been read).
+    fn runtime_bytes(&self, pid: u32, kind: RuntimeKind, offset: u64, max: u64) -> Option<Vec<u8>> {
+        let chunks: Vec<&Chunk> = self
+            .runtime
+            .get(&(pid, kind))?
+            .iter()
+            .filter(|c| c.at <= moment(self.now, self.taken))
+            .collect();
+        if chunks.is_empty() {
+            return None;
+        }
+        // The file only grows: the chunks are views of one file, and the
+        // bytes at `offset` on are those of the chunk reaching furthest.
+        let mut out = Vec::new();
+        let mut at = offset;
+        while (out.len() as u64) < max {
+            let Some(c) = chunks
+                .iter()
+                .filter(|c| c.offset <= at && at < c.offset + c.bytes.len() as u64)
+                .max_by_key(|c| c.offset + c.bytes.len() as u64)
+            else {
+                break;
+            };
+            let from = (at - c.offset) as usize;
+            let take = (c.bytes.len() - from).min((max - out.len() as u64) as usize);
+            out.extend_from_slice(&c.bytes[from..from + take]);
+            at += take as u64;
+        }
+        Some(out)
+    }
+
     /// `text` with the relocated prefix moved.
     fn moved(&self, text: &str) -> String {
         match &self.relocate {
@@ -401,8 +553,22 @@ impl Snapshot {
                 ..ProcRead::default()
             };
         };
-        let i = reads.partition_point(|r| r.at <= self.now);
+        let now = moment(self.now, self.taken);
+        let i = reads.partition_point(|r| r.at <= now);
         reads[i.saturating_sub(1)].clone()
+    }
+
+    /// The processes the recording read before its first record (its
+    /// targets, known from the start), in pid order.
+    pub fn read_first(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .reads
+            .iter()
+            .filter(|(_, reads)| reads.first().is_some_and(|r| r.at == 0))
+            .map(|(&pid, _)| pid)
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Checks that every file the capture named is, where it is now, the
@@ -491,6 +657,145 @@ impl Snapshot {
     }
 }
 
+/// A `runtime.bin` chunk's head: see [`Capture::runtime_read`].
+const CHUNK_HEAD: usize = 29;
+/// The most bytes one chunk holds (a read of a runtime file is at most
+/// 16 MiB).
+const MAX_CHUNK: u64 = 64 << 20;
+
+/// When a read was made, in a capture: while the `records`-th record was
+/// taken (twice `records`), or after it was and before the next (one
+/// more). A replay, taking a record, sees what had been read by then while
+/// it was taken, never what was read after it (the recording had not).
+fn moment(records: u64, taken: bool) -> u64 {
+    2 * records + u64::from(taken)
+}
+
+/// A runtime file's bytes as one read got them.
+#[derive(Debug)]
+struct Chunk {
+    /// When it was read (see [`moment`]).
+    at: u64,
+    /// Where in the file.
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// The files a target's runtime writes for crossprof to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RuntimeKind {
+    /// A .NET perf map (`perf-PID.map`).
+    PerfMap = 1,
+    /// A .NET jitdump (`jit-PID.dump`).
+    JitDump = 2,
+}
+
+impl RuntimeKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::PerfMap),
+            2 => Some(Self::JitDump),
+            _ => None,
+        }
+    }
+}
+
+/// A file a target's runtime writes for crossprof to read (a .NET perf map
+/// or jitdump), read where the process table reads its processes
+/// ([`ProcSource`]): in the target's folder (each read also written to a
+/// capture), or from a capture.
+#[derive(Debug)]
+pub struct RuntimeFile {
+    pid: u32,
+    kind: RuntimeKind,
+    /// The file in the target's folder (none: nothing to read there).
+    pub file: Option<TargetFile>,
+    source: ProcSource,
+    /// What a capture keeps of a read, given its bytes and offset (the
+    /// jitdump's code bytes, never read for naming, are blanked).
+    captured_as: fn(&mut [u8], u64),
+}
+
+impl RuntimeFile {
+    /// Process `pid`'s file of `kind`, at `file` in its folder, read as
+    /// `source` reads.
+    pub fn new(pid: u32, kind: RuntimeKind, file: Option<TargetFile>, source: ProcSource) -> Self {
+        RuntimeFile {
+            pid,
+            kind,
+            file,
+            source,
+            captured_as: |_, _| {},
+        }
+    }
+
+    /// The file in the target's folder alone (not captured).
+    pub fn live(file: Option<TargetFile>) -> Self {
+        Self::new(0, RuntimeKind::PerfMap, file, ProcSource::Live)
+    }
+
+    /// Captures keep `f(bytes, offset)` of each read instead of the bytes.
+    pub fn captured_as(self, f: fn(&mut [u8], u64)) -> Self {
+        RuntimeFile {
+            captured_as: f,
+            ..self
+        }
+    }
+
+    /// At most `max` bytes from `offset` on. `Ok(None)`: nothing to read
+    /// (it does not exist yet, it is older than `not_before`, a leftover of
+    /// an earlier process with the pid, or the read failed); `Err`: the
+    /// file is refused (a link, a FIFO, another user's).
+    pub fn read(
+        &self,
+        offset: u64,
+        max: u64,
+        not_before: Option<std::time::SystemTime>,
+    ) -> Result<Option<Vec<u8>>, Refused> {
+        if let ProcSource::Replay(s) = &self.source {
+            let s = s.lock().expect("snapshot");
+            return Ok(s.runtime_bytes(self.pid, self.kind, offset, max));
+        }
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let mut f = match file.open() {
+            Ok(f) => f,
+            Err(Refused::Missing) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if let (Some(not_before), Ok(written)) =
+            (not_before, f.metadata().and_then(|m| m.modified()))
+            && written < not_before
+        {
+            return Ok(None);
+        }
+        let Ok(buf) = read_at_most(&mut f, offset, max) else {
+            return Ok(None);
+        };
+        if let ProcSource::Capturing(c) = &self.source {
+            let mut kept = buf.clone();
+            (self.captured_as)(&mut kept, offset);
+            c.lock()
+                .expect("capture")
+                .runtime_read(self.pid, self.kind, offset, &kept);
+        }
+        Ok(Some(buf))
+    }
+
+    /// Its name in the target's folder.
+    pub fn name(&self) -> Option<&str> {
+        self.file.as_ref().map(|f| f.name.as_str())
+    }
+
+    /// The file's path as the process sees it (`/tmp/perf-1.map`), for
+    /// messages.
+    pub fn shown(&self) -> Option<String> {
+        self.file.as_ref().map(|f| f.dir.show(&f.name))
+    }
+}
+
 /// Where the process table reads a process's `/proc` files.
 #[derive(Clone, Debug, Default)]
 pub enum ProcSource {
@@ -562,12 +867,43 @@ impl ProcSource {
         }
     }
 
-    /// A ring record was drained (or replayed).
+    /// .NET process `pid`'s GC pauses, as its event session saw them (a
+    /// capture keeps them).
+    pub fn gc_pauses(&self, pid: u32, pauses: &[(u64, u64)]) {
+        if let ProcSource::Capturing(c) = self {
+            c.lock().expect("capture").gc_pauses(pid, pauses);
+        }
+    }
+
+    /// .NET process `pid`'s GC pauses as the capture saw them (`None`
+    /// unless replaying a process whose GC events were read).
+    pub fn captured_gc(&self, pid: u32) -> Option<Vec<(u64, u64)>> {
+        match self {
+            ProcSource::Replay(s) => s.lock().expect("snapshot").gc.get(&pid).cloned(),
+            _ => None,
+        }
+    }
+
+    /// A ring record was drained (or replayed): it is being taken.
     pub fn record(&self, bytes: &[u8]) {
         match self {
             ProcSource::Live => {}
             ProcSource::Capturing(c) => c.lock().expect("capture").record(bytes),
-            ProcSource::Replay(s) => s.lock().expect("snapshot").now += 1,
+            ProcSource::Replay(s) => {
+                let mut s = s.lock().expect("snapshot");
+                s.now += 1;
+                s.taken = false;
+            }
+        }
+    }
+
+    /// The record drained last has been taken: what is read from now on
+    /// was read after it.
+    pub fn record_done(&self) {
+        match self {
+            ProcSource::Live => {}
+            ProcSource::Capturing(c) => c.lock().expect("capture").taken = true,
+            ProcSource::Replay(s) => s.lock().expect("snapshot").taken = true,
         }
     }
 }
@@ -594,6 +930,48 @@ ffffffff81000400 T vfs_read
         );
         // Below every symbol: nothing to name it.
         assert_eq!(kallsyms_for(text, &BTreeSet::from([0x10])), "");
+    }
+
+    #[test]
+    fn a_replay_sees_a_runtime_file_as_it_had_been_read_by_each_record() {
+        let dir = std::env::temp_dir().join(format!("crossprof-runtime-{}", std::process::id()));
+        let mut c = Capture::create(&dir, "cpu", 99, &[]).unwrap();
+        c.record(&[1]);
+        // While the first record is taken, then after it.
+        c.runtime_read(7, RuntimeKind::PerfMap, 0, b"ab");
+        c.taken = true;
+        c.runtime_read(7, RuntimeKind::PerfMap, 0, b"abcd");
+        c.record(&[2]);
+        c.taken = true;
+        c.finish(&BTreeSet::new()).unwrap();
+        let source = ProcSource::Replay(Arc::new(Mutex::new(Snapshot::open(&dir, None).unwrap())));
+        let map = RuntimeFile::new(7, RuntimeKind::PerfMap, None, source.clone());
+        let read = |f: &RuntimeFile, at, max| f.read(at, max, None).unwrap();
+        assert_eq!(read(&map, 0, 100), None, "not read before any record");
+        source.record(&[1]);
+        assert_eq!(read(&map, 0, 100).as_deref(), Some(&b"ab"[..]));
+        assert_eq!(read(&map, 1, 100).as_deref(), Some(&b"b"[..]));
+        // Read after the first record was taken: seen once it is.
+        source.record_done();
+        assert_eq!(read(&map, 0, 100).as_deref(), Some(&b"abcd"[..]));
+        source.record(&[2]);
+        assert_eq!(read(&map, 0, 3).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(read(&map, 2, 100).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(read(&map, 9, 100).as_deref(), Some(&b""[..]));
+        // Another process's file, another file of the process: never read.
+        let other = RuntimeFile::new(8, RuntimeKind::PerfMap, None, source.clone());
+        assert_eq!(read(&other, 0, 100), None);
+        let dump = RuntimeFile::new(7, RuntimeKind::JitDump, None, source);
+        assert_eq!(read(&dump, 0, 100), None);
+        // A cut chunk is an error, not a shorter file.
+        let bin = dir.join(RUNTIME);
+        let data = std::fs::read(&bin).unwrap();
+        std::fs::write(&bin, &data[..data.len() - 1]).unwrap();
+        assert!(matches!(
+            Snapshot::open(&dir, None),
+            Err(ReplayError::Malformed { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,12 +10,15 @@ use crate::{error::Error, sampler::Sampler};
 
 /// The event loop's part every session shares: the ring buffer drained at
 /// each wakeup and every [`DRAIN_EVERY`], unwind rules placed as soon as
-/// their files are read (off the loop), the Go poll after each, the kernel
-/// programs' log flushed.
+/// their files are read (off the loop), the Go poll after each, goroutine
+/// states sampled (`--go-state-sampling`), the kernel programs' log
+/// flushed.
 pub(crate) struct Events {
     ring: AsyncFd<RingBuf<MapData>>,
     tick: tokio::time::Interval,
     rules_read: Arc<tokio::sync::Notify>,
+    /// `--go-state-sampling`'s rounds.
+    go_sampling: Option<tokio::time::Interval>,
     log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -38,9 +41,16 @@ impl Events {
             })?;
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let go_sampling = (pipeline.go_sampling_hz > 0).then(|| {
+            let period = 1_000_000_000 / pipeline.go_sampling_hz;
+            let mut every = tokio::time::interval(std::time::Duration::from_nanos(period));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every
+        });
         Ok(Events {
             ring,
             tick,
+            go_sampling,
             rules_read: pipeline
                 .kernel
                 .as_ref()
@@ -67,6 +77,12 @@ impl Events {
             _ = self.tick.tick() => {
                 pipeline.drain(self.ring.get_mut());
                 true
+            }
+            _ = async { self.go_sampling.as_mut().expect("guarded").tick().await },
+                if self.go_sampling.is_some() =>
+            {
+                pipeline.sample_goroutines();
+                return false;
             }
         };
         pipeline.poll_go(sampler);

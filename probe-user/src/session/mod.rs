@@ -43,6 +43,9 @@ pub struct Config {
     pub kernel_waits: bool,
     /// Every goroutine's state is followed (`--go-states`).
     pub go_states: bool,
+    /// `--go-state-sampling`: goroutine states read this many times a second
+    /// (0: not sampled).
+    pub go_state_sampling: u64,
     /// A thread frame under each process (`--per-thread`, and wall mode).
     pub per_thread: bool,
     /// Frame levels under the process (and thread).
@@ -104,6 +107,7 @@ impl Config {
             min_go_wait: args.min_go_wait.unwrap_or(args.min_block),
             kernel_waits: args.kernel_waits,
             go_states: args.go_states,
+            go_state_sampling: args.go_state_sampling,
             per_thread: args.per_thread,
             group_by,
             frame_pointers_only: args.frame_pointers_only,
@@ -142,6 +146,7 @@ impl Config {
             min_go_wait: args.min_go_wait,
             kernel_waits: false,
             go_states: false,
+            go_state_sampling: 0,
             per_thread: args.per_thread,
             group_by: args.group_by.clone(),
             frame_pointers_only: false,
@@ -186,6 +191,7 @@ impl Config {
             min_go_wait: 0,
             kernel_waits: false,
             go_states: false,
+            go_state_sampling: 0,
             per_thread: false,
             group_by,
             frame_pointers_only: false,

@@ -67,6 +67,9 @@ pub(crate) struct Pipeline {
     pub(crate) kernel: Option<KernelSide>,
     /// `--go-states`: follow goroutine states in Go processes.
     go_states: bool,
+    /// `--go-state-sampling`: goroutine states read this many times a
+    /// second (0: not sampled).
+    pub(crate) go_sampling_hz: u64,
     /// Go processes whose states could not be followed: (process, why).
     pub(crate) go_states_failed: Vec<(String, String)>,
     /// The command's Go executable, probed before it started.
@@ -134,6 +137,7 @@ impl Pipeline {
             group_by: cfg.group_by.clone(),
             kernel,
             go_states: cfg.go_probes(),
+            go_sampling_hz: cfg.go_state_sampling,
             go_states_failed,
             go_preattached,
             waiting: VecDeque::new(),
@@ -187,10 +191,7 @@ impl Pipeline {
         }
         self.count_waiting(monotonic_ns().saturating_sub(GC_EVENT_DELAY_NS));
         self.poll_dotnet_unwind_now();
-        let fresh = self.agg.take_fresh();
-        if !fresh.is_empty() {
-            self.symbolizer.submit(&fresh, &self.procs.modules);
-        }
+        self.submit_fresh();
         self.symbolizer.poll();
     }
 
@@ -204,15 +205,18 @@ impl Pipeline {
             self.procs.recapture(pid);
         }
         self.procs.poll_go(None);
-        let fresh = self.agg.take_fresh();
-        if !fresh.is_empty() {
-            self.symbolizer.submit(&fresh, &self.procs.modules);
-        }
+        self.submit_fresh();
     }
 
     /// Takes one record off the ring.
     fn drain_record(&mut self, item: &[u8], maps_changed: &mut std::collections::BTreeSet<u32>) {
         self.procs.source.record(item);
+        self.take_record(item, maps_changed);
+        self.procs.source.record_done();
+    }
+
+    /// Decodes one record and hands it to what takes its kind.
+    fn take_record(&mut self, item: &[u8], maps_changed: &mut std::collections::BTreeSet<u32>) {
         {
             match decode(item) {
                 Ok(Record::CpuSample(sample)) => {
@@ -435,6 +439,12 @@ impl Pipeline {
         let tracked = self
             .procs
             .poll_go(self.kernel.as_ref().map(|k| &k.processes));
+        if self.go_sampling_hz > 0 {
+            for (pid, _, table) in &tracked {
+                self.procs
+                    .sample_go_states(*pid, table, self.go_sampling_hz);
+            }
+        }
         self.poll_native_unwind();
         if self.go_states {
             crate::go::probes::follow(
@@ -445,6 +455,13 @@ impl Pipeline {
                 &mut self.go_states_failed,
             );
         }
+    }
+
+    /// One round of `--go-state-sampling`: every sampled Go process's
+    /// goroutines read.
+    pub(crate) fn sample_goroutines(&mut self) {
+        self.procs
+            .sample_goroutines(1_000_000_000 / self.go_sampling_hz.max(1));
     }
 
     /// Counts the waiting samples taken up to `until_ns`, each under a `[gc]` frame
@@ -462,6 +479,19 @@ impl Pipeline {
                 w.frames.insert(0, FrameRef::Marker(Marker::Gc));
             }
             self.count(w.pid, w.frames, w.weight);
+        }
+        // Their frames named too: at the end (`u64::MAX`) no drain follows
+        // to queue them, and a .NET process that lived less than the GC
+        // events' delay would have none named.
+        self.submit_fresh();
+    }
+
+    /// Queues the frames counted for the first time since the last call
+    /// for naming.
+    fn submit_fresh(&mut self) {
+        let fresh = self.agg.take_fresh();
+        if !fresh.is_empty() {
+            self.symbolizer.submit(&fresh, &self.procs.modules);
         }
     }
 

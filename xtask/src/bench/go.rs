@@ -6,13 +6,16 @@
 //! timed by the program itself after 300 ms of untimed sleep (crossprof attaches
 //! then). Rounds alternate plain runs (without crossprof) with:
 //!
-//! - `crossprof record` at 99 Hz: every sample carries its goroutine's id, pprof
-//!   labels and status, read by the sampling program (no uprobe); 1,000,000
-//!   messages per pair, `--runs` rounds;
+//! - `crossprof record` at 99 Hz with `--go-state-sampling 0`: every sample
+//!   carries its goroutine's id, pprof labels and status, read by the sampling
+//!   program (no uprobe); 1,000,000 messages per pair, `--runs` rounds;
+//! - the same with goroutine states sampled at 10 Hz (`record`'s default: every
+//!   goroutine's status read from the process's memory), in the same rounds;
 //! - the same with `--go-states`: uprobes on every goroutine status change;
 //!   200,000 messages per pair (the runs are ~8 times longer), 3 rounds.
 //!
-//! Figures: each slowdown (median work time / median plain work time - 1); the
+//! Figures: each slowdown (median work time / median plain work time - 1), and
+//! what the state sampling adds (median with it / median without - 1); the
 //! cost of one status change in the target under `--go-states` (extra work time /
 //! changes counted by the kernel: the uprobe trap and the program together); and
 //! the state program's own run time per call (bpf_stats).
@@ -39,8 +42,13 @@ const STATES_MESSAGES: &str = "200000";
 enum Kind {
     Plain,
     Sampling,
+    /// Sampling, with goroutine states sampled at [`STATE_HZ`].
+    StateSampling,
     States,
 }
+
+/// `--go-state-sampling` rate measured (`record`'s default).
+const STATE_HZ: u64 = 10;
 
 /// Runs the Go rounds and returns their figures.
 pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figure>> {
@@ -53,8 +61,17 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             let mut c = Command::new(crossprof);
             c.args(["record", "--quiet", "--freq", &FREQ.to_string(), "-o"])
                 .arg(&out_dir);
-            if kind == Kind::States {
-                c.arg("--go-states");
+            match kind {
+                Kind::States => {
+                    c.arg("--go-states");
+                }
+                Kind::Sampling => {
+                    c.args(["--go-state-sampling", "0"]);
+                }
+                Kind::StateSampling => {
+                    c.args(["--go-state-sampling", &STATE_HZ.to_string()]);
+                }
+                Kind::Plain => {}
             }
             cmd::output(c.arg("--").arg(&bin).arg(messages))?
         };
@@ -66,25 +83,43 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
     say!("bench: Go: warming up (one run of each kind, not counted)...");
     run(Kind::Plain, MESSAGES)?;
     run(Kind::Sampling, MESSAGES)?;
+    run(Kind::StateSampling, MESSAGES)?;
     run(Kind::States, STATES_MESSAGES)?;
-    let (mut plain, mut sampling) = (Vec::new(), Vec::new());
+    let (mut plain, mut sampling, mut state_sampling) = (Vec::new(), Vec::new(), Vec::new());
+    let mut round_us = Vec::new();
     for round in 0..runs as usize {
-        // Alternate who goes first.
-        let (p, w) = if round % 2 == 0 {
-            let p = run(Kind::Plain, MESSAGES)?.0;
-            (p, run(Kind::Sampling, MESSAGES)?.0)
-        } else {
-            let w = run(Kind::Sampling, MESSAGES)?.0;
-            (run(Kind::Plain, MESSAGES)?.0, w)
-        };
+        // Each kind first in turn.
+        let mut kinds = [Kind::Plain, Kind::Sampling, Kind::StateSampling];
+        kinds.rotate_left(round % 3);
+        let mut took = [0.0; 3];
+        for kind in kinds {
+            let (ns, summary) = run(kind, MESSAGES)?;
+            let ns = ns as f64;
+            if kind == Kind::StateSampling {
+                round_us.extend(summary.as_ref().and_then(|s| {
+                    s["processes"]
+                        .as_array()?
+                        .iter()
+                        .find_map(|p| p.pointer("/goroutines_sampled/sampled/round_us")?.as_f64())
+                }));
+            }
+            let at = match kind {
+                Kind::Plain => 0,
+                Kind::Sampling => 1,
+                _ => 2,
+            };
+            took[at] = ns;
+        }
         say!(
-            "round {:>2}/{runs}: Go  plain {:.3} s  {FREQ} Hz {:.3} s",
+            "round {:>2}/{runs}: Go  plain {:.3} s  {FREQ} Hz {:.3} s  + states at {STATE_HZ} Hz {:.3} s",
             round + 1,
-            p as f64 / 1e9,
-            w as f64 / 1e9
+            took[0] / 1e9,
+            took[1] / 1e9,
+            took[2] / 1e9
         );
-        plain.push(p as f64);
-        sampling.push(w as f64);
+        plain.push(took[0]);
+        sampling.push(took[1]);
+        state_sampling.push(took[2]);
     }
     // --go-states runs are long (every status change traps): fewer rounds,
     // against their own plain runs of the same (shorter) work.
@@ -129,6 +164,21 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             measured: slowdown(&sampling, &plain),
             unit: Unit::Percent,
             goal: Goal::AtMost(0.02),
+        },
+        Figure {
+            name: format!(
+                "Go switch-heavy: what --go-state-sampling {STATE_HZ} adds to the {FREQ} Hz run"
+            ),
+            measured: slowdown(&state_sampling, &sampling),
+            unit: Unit::Percent,
+            goal: Goal::AtMost(0.005),
+        },
+        Figure {
+            name: "--go-state-sampling: the collector's time per round (every goroutine read)"
+                .into(),
+            measured: median(round_us.iter().copied()).map(|us| us * 1e3),
+            unit: Unit::Ns,
+            goal: Goal::Info,
         },
         Figure {
             name: format!("Go switch-heavy slowdown at {FREQ} Hz with --go-states (uprobes)"),
