@@ -204,6 +204,19 @@ pub struct AgentArgs {
     #[arg(long)]
     pub go_waits: bool,
 
+    /// Sample every goroutine's state and wait reason HZ times a second in Go
+    /// processes, from their memory (read-only; the target runs nothing for
+    /// it): each window lists a Go process's goroutines' time per state
+    /// (goroutine_states in /api/windows); 0 turns it off:
+    /// --go-state-sampling 50.
+    #[arg(
+        long,
+        value_name = "HZ",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=1000)
+    )]
+    pub go_state_sampling: u64,
+
     /// With --go-waits: leave out goroutine waits shorter than this many
     /// microseconds (dropped in the kernel).
     #[arg(

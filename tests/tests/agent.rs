@@ -133,6 +133,76 @@ fn go_chain(secs: &str) -> Guard {
     spawn(Command::new(Go::Go123.fixture("chain", GoBuild::Normal)).arg(secs))
 }
 
+/// `--go-state-sampling` in the agent (issue #21): each window lists a Go
+/// process's goroutines' time per state, read from its memory. The states
+/// fixture's four goroutines each block for 4 s (a channel receive, a
+/// contended mutex, a sleep, system calls): a 1 s window in the middle has
+/// about a second of each.
+#[test]
+fn each_window_has_the_goroutine_states_sampled_in_it() {
+    let go = Go::Go123;
+    let target = spawn(Command::new(go.fixture("states", GoBuild::Normal)).args(["4", "1"]));
+    let pid = target.pid();
+    let agent = Agent::start(
+        "agent_go_states",
+        &[
+            "--pid",
+            &pid.to_string(),
+            "--window",
+            "1s",
+            "--go-state-sampling",
+            "50",
+        ],
+    );
+    // A window wholly inside the waits: every goroutine blocked, so the
+    // channel receive took about the window. Windows are kept in memory
+    // (with their processes) a few at a time: each is read as it comes.
+    let ms = |s: &Value, reason: &str| s["waiting_ms"][reason].as_f64().unwrap_or(0.0);
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let inside = loop {
+        let v = agent.windows();
+        let found = v["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["partial"] != true)
+            .filter_map(|w| {
+                w["processes"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["pid"] == pid)?
+                    .get("goroutine_states")
+                    .cloned()
+            })
+            .find(|s| ms(s, "chan receive") >= 800.0);
+        if let Some(states) = found {
+            break states;
+        }
+        seen.push(v);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no window with the channel wait: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let inside = &inside;
+    // Main sleeps too, holding the mutex: two goroutines' sleep.
+    for (what, took, goroutines) in [
+        ("chan receive", ms(inside, "chan receive"), 1.0),
+        ("sync.Mutex.Lock", ms(inside, "sync.Mutex.Lock"), 1.0),
+        ("sleep", ms(inside, "sleep"), 2.0),
+        ("syscall", inside["syscall_ms"].as_f64().unwrap_or(0.0), 1.0),
+    ] {
+        assert!(
+            (700.0 * goroutines..=1300.0 * goroutines).contains(&took),
+            "{what}: {took} ms in a 1 s window: {inside}"
+        );
+    }
+    drop(target);
+    assert!(agent.stop().success());
+}
+
 /// Before its first window ends (60 s at defaults), the agent shows the
 /// window being counted: `/api/windows` lists it last as `current`,
 /// `partial`, with the target's samples, and its flame graph holds the

@@ -467,8 +467,22 @@ impl Cutter {
                     .map_or("unknown", crate::runtime::Runtime::name),
                 // Folding merges stacks, never counts: the process's samples.
                 samples: folded.stacks.values().sum(),
+                goroutine_states: procs.go_window_states(pid),
             })
             .collect();
+        // A Go process whose goroutines all waited (no sample) has its
+        // states listed still.
+        for pid in procs.go_window_sampled() {
+            if !by_pid.contains_key(&pid) {
+                processes.push(ProcessMeta {
+                    pid,
+                    comm: procs.name_of(pid),
+                    runtime: crate::runtime::Runtime::Go.name(),
+                    samples: 0,
+                    goroutine_states: procs.go_window_states(pid),
+                });
+            }
+        }
         let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
         for f in by_pid.values() {
             for (line, &n) in &f.stacks {
@@ -540,6 +554,7 @@ impl Cutter {
         let agg = pipeline.agg.take_stacks();
         pipeline.symbolizer.flush();
         let window = self.window(&agg, pipeline, lost, end_ms, true);
+        pipeline.procs.go_new_window();
         store.lock().expect("store").add(window);
         self.lost_before = lost;
         self.windows += 1;

@@ -40,6 +40,11 @@ pub struct ProcessMeta {
     pub runtime: &'static str,
     /// Its samples (on-CPU samples, or stacks counted in wall mode).
     pub samples: u64,
+    /// A Go process's goroutines' time per state in the window, summed
+    /// over them (`--go-state-sampling`): `running_ms`, `waiting_ms` per
+    /// reason, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_states: Option<crate::summary::StateTimes>,
 }
 
 /// The id of the window being counted, as `/api/windows` lists it.

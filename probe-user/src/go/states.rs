@@ -446,6 +446,11 @@ pub struct Sampling {
     /// Time spent reading, all rounds (the collector's; the target runs
     /// nothing for it).
     read_ns: u64,
+    /// When the last round was taken.
+    last: Option<std::time::Instant>,
+    /// Every goroutine's time summed, since [`Sampling::new_window`] (the
+    /// agent's window).
+    window: Split,
     /// Per goroutine (its `g` and id: a `g` is reused once its goroutine
     /// ends), what it was seen doing.
     gs: std::collections::HashMap<(u64, u64), Sampled>,
@@ -482,24 +487,35 @@ impl Sampling {
             empty_rounds: 0,
             missed: 0,
             read_ns: 0,
+            last: None,
+            window: Split::default(),
             gs: std::collections::HashMap::new(),
         })
     }
 
-    /// One round: every goroutine of process `pid` read, each counted
-    /// `period_ns` in the state it is in.
+    /// One round: every goroutine of process `pid` read, each counted in
+    /// the state it is in for the time since the last round (rounds are
+    /// `period_ns` apart, or later when the collector was busy: at most two
+    /// periods are counted, the rest of a longer gap was not seen).
     pub fn sample(&mut self, pid: u32, period_ns: u64) {
         if self.stopped {
             return;
         }
         self.rounds += 1;
         let started = std::time::Instant::now();
+        let since = self
+            .last
+            .map_or(period_ns, |last| (started - last).as_nanos() as u64);
+        self.last = Some(started);
+        let period_ns = since.min(2 * period_ns);
         let all = all_goroutines(pid, self.allgs, &self.layout, 0);
         self.read_ns += started.elapsed().as_nanos() as u64;
         if all.is_empty() {
             self.empty_rounds += 1;
         }
         for (g, record) in all {
+            self.window
+                .add_status(record.status, record.wait_reason, period_ns);
             let full = self.gs.len() >= MAX_SAMPLED;
             let seen = match self.gs.entry((g, record.goid)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -517,6 +533,17 @@ impl Sampling {
                 .add_status(record.status, record.wait_reason, period_ns);
             seen.last_round = self.rounds;
         }
+    }
+
+    /// Every goroutine's time summed since the last
+    /// [`Sampling::new_window`] (none read: `None`).
+    pub fn window_times(&self) -> Option<StateTimes> {
+        (self.window.total() > 0).then(|| times(&self.window, &self.reasons))
+    }
+
+    /// Starts the sums of [`Sampling::window_times`] again.
+    pub fn new_window(&mut self) {
+        self.window = Split::default();
     }
 
     /// Its process exited: no more rounds.

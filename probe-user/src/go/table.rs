@@ -246,6 +246,37 @@ impl ProcessTable {
         }
     }
 
+    /// Go process `pid`'s goroutines' time per state in the agent's window
+    /// being counted (`--go-state-sampling`), summed over its goroutines.
+    pub fn go_window_states(&self, pid: u32) -> Option<crate::summary::StateTimes> {
+        self.procs.get(&pid)?.go.sampling.as_ref()?.window_times()
+    }
+
+    /// The Go processes whose goroutines were sampled in the agent's window
+    /// being counted.
+    pub fn go_window_sampled(&self) -> Vec<u32> {
+        self.procs
+            .values()
+            .filter(|p| {
+                p.go.sampling
+                    .as_ref()
+                    .is_some_and(|s| s.window_times().is_some())
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// A new window starts: every Go process's window sums start again.
+    pub fn go_new_window(&mut self) {
+        for s in self
+            .procs
+            .values_mut()
+            .filter_map(|p| p.go.sampling.as_mut())
+        {
+            s.new_window();
+        }
+    }
+
     /// The function a goroutine of `pid` starting at `addr` runs (see
     /// `GoTable::start_function`).
     pub fn go_start_function(&self, pid: u32, addr: u64) -> Option<String> {

@@ -146,7 +146,7 @@ impl Config {
             min_go_wait: args.min_go_wait,
             kernel_waits: false,
             go_states: false,
-            go_state_sampling: 0,
+            go_state_sampling: args.go_state_sampling,
             per_thread: args.per_thread,
             group_by: args.group_by.clone(),
             frame_pointers_only: false,
