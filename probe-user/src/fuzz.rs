@@ -600,6 +600,37 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "capture",
+            #[cfg(test)]
+            seeds: || {
+                // A ring record, and a runtime file's chunk as `record
+                // --capture` writes them.
+                let mut ring = 3u32.to_le_bytes().to_vec();
+                ring.extend([1, 2, 3]);
+                let text = b"0x1000 10 void [P] P::A()[QuickJitted]\n";
+                let packed = miniz_oxide::deflate::compress_to_vec(text, 6);
+                let mut chunk = 7u32.to_le_bytes().to_vec();
+                chunk.push(1);
+                chunk.extend(2u64.to_le_bytes());
+                chunk.extend(0u64.to_le_bytes());
+                chunk.extend((text.len() as u32).to_le_bytes());
+                chunk.extend((packed.len() as u32).to_le_bytes());
+                chunk.extend(packed);
+                vec![Seed::whole(ring), Seed::whole(chunk)]
+            },
+            run: |b| {
+                let _ = crate::replay::source::parse_ring(b);
+                if let Ok(files) = crate::replay::source::parse_runtime(b) {
+                    for chunks in files.values() {
+                        let chunks: Vec<_> = chunks.iter().collect();
+                        for offset in [0, 1, 4096, u64::MAX - 1] {
+                            let _ = crate::replay::source::assemble(&chunks, offset, 1 << 16);
+                        }
+                    }
+                }
+            },
+        },
+        Target {
             name: "proc_maps",
             #[cfg(test)]
             seeds: || {

@@ -468,10 +468,22 @@ fn assert_framework_named(dir: &Path) {
     // Framework code is unwound too (frameless ReadyToRun methods, leaves in
     // prologs and epilogs): the stacks reach Main. 79% did with frame pointers
     // through precompiled code; 90-97% measured with its prologs decoded.
+    // Of the samples that could reach Main: not those of the runtime's
+    // own threads (tiering, finalizer, timers), walked to their own root
+    // (`start_thread`), whose share varies with the machine (3-8% seen).
     let (rooted, _) = count_where(&stacks, "dotnet", |s| {
         s.contains_chain(&["Program::Main_[j]", "Program::Work_[j]"])
     });
-    assert!(rooted * 100 >= all * 85, "Main;Work in {rooted} of {all}");
+    let (threads, _) = count_where(&stacks, "dotnet", |s| {
+        s.frames
+            .get(1)
+            .is_some_and(|f| f == "__clone3" || f == "start_thread")
+    });
+    let could = all - threads;
+    assert!(
+        rooted * 100 >= could * 85,
+        "Main;Work in {rooted} of {could} ({threads} more in the runtime's threads)"
+    );
 }
 
 #[test]

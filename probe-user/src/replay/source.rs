@@ -382,7 +382,7 @@ pub struct Snapshot {
     /// Per process, its label sets by pointer.
     labels: HashMap<u32, CapturedSets>,
     /// Per process and runtime file, the chunks read, in order.
-    runtime: HashMap<(u32, RuntimeKind), Vec<Chunk>>,
+    runtime: RuntimeReads,
     /// Per .NET process, its GC pauses.
     gc: HashMap<u32, Vec<(u64, u64)>>,
     /// Paths under the first prefix are read under the second (a capture
@@ -458,48 +458,13 @@ impl Snapshot {
 
     /// The chunks of `runtime.bin` (see [`Capture::runtime_read`]), by
     /// process and file.
-    fn chunks(&self) -> Result<HashMap<(u32, RuntimeKind), Vec<Chunk>>, ReplayError> {
+    fn chunks(&self) -> Result<RuntimeReads, ReplayError> {
         let path = self.dir.join(RUNTIME);
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|f| f.take(1 << 30).read_to_end(&mut data))
-            .map_err(io(&path))?;
-        let mut out: HashMap<_, Vec<Chunk>> = HashMap::new();
-        let mut rest = &data[..];
-        let mut n = 0;
-        while !rest.is_empty() {
-            n += 1;
-            let malformed = |why: &str| ReplayError::Malformed {
-                path: path.clone(),
-                line: n,
-                why: why.to_owned(),
-            };
-            let head = rest
-                .get(..CHUNK_HEAD)
-                .ok_or_else(|| malformed("a chunk's head is cut"))?;
-            let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4"));
-            let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
-            let kind =
-                RuntimeKind::from_u8(head[4]).ok_or_else(|| malformed("no such file kind"))?;
-            let (len, packed) = (u32_at(21) as usize, u32_at(25) as usize);
-            if len as u64 > MAX_CHUNK {
-                return Err(malformed("a chunk larger than any read"));
-            }
-            let bytes = rest
-                .get(CHUNK_HEAD..CHUNK_HEAD + packed)
-                .ok_or_else(|| malformed("a chunk is cut"))?;
-            let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, len)
-                .ok()
-                .filter(|b| b.len() == len)
-                .ok_or_else(|| malformed("a chunk does not inflate to its length"))?;
-            out.entry((u32_at(0), kind)).or_default().push(Chunk {
-                at: u64_at(5),
-                offset: u64_at(13),
-                bytes,
-            });
-            rest = &rest[CHUNK_HEAD + packed..];
-        }
-        Ok(out)
+        parse_runtime(&read_capped(&path)?).map_err(|(line, why)| ReplayError::Malformed {
+            path,
+            line,
+            why: why.to_owned(),
+        })
     }
 
     /// Process `pid`'s runtime file `kind` as it had been read by the
@@ -515,24 +480,7 @@ impl Snapshot {
         if chunks.is_empty() {
             return None;
         }
-        // The file only grows: the chunks are views of one file, and the
-        // bytes at `offset` on are those of the chunk reaching furthest.
-        let mut out = Vec::new();
-        let mut at = offset;
-        while (out.len() as u64) < max {
-            let Some(c) = chunks
-                .iter()
-                .filter(|c| c.offset <= at && at < c.offset + c.bytes.len() as u64)
-                .max_by_key(|c| c.offset + c.bytes.len() as u64)
-            else {
-                break;
-            };
-            let from = (at - c.offset) as usize;
-            let take = (c.bytes.len() - from).min((max - out.len() as u64) as usize);
-            out.extend_from_slice(&c.bytes[from..from + take]);
-            at += take as u64;
-        }
-        Some(out)
+        Some(assemble(&chunks, offset, max))
     }
 
     /// `text` with the relocated prefix moved.
@@ -593,32 +541,11 @@ impl Snapshot {
     /// The ring records, in order.
     pub fn records(&self) -> Result<Vec<Vec<u8>>, ReplayError> {
         let path = self.dir.join(RING);
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|f| f.take(1 << 30).read_to_end(&mut data))
-            .map_err(io(&path))?;
-        let mut records = Vec::new();
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            let malformed = |why: &str| ReplayError::Malformed {
-                path: path.clone(),
-                line: records.len() + 1,
-                why: why.to_owned(),
-            };
-            let len = rest
-                .get(..4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-                .ok_or_else(|| malformed("a record's length is cut"))?;
-            if len > MAX_RECORD {
-                return Err(malformed("a record longer than any the kernel sends"));
-            }
-            let bytes = rest
-                .get(4..4 + len)
-                .ok_or_else(|| malformed("a record is cut"))?;
-            records.push(bytes.to_vec());
-            rest = &rest[4 + len..];
-        }
-        Ok(records)
+        parse_ring(&read_capped(&path)?).map_err(|(line, why)| ReplayError::Malformed {
+            path,
+            line,
+            why: why.to_owned(),
+        })
     }
 
     /// The captured kernel symbols.
@@ -657,6 +584,95 @@ impl Snapshot {
     }
 }
 
+/// A capture's file whole (at most 1 GiB).
+fn read_capped(path: &Path) -> Result<Vec<u8>, ReplayError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(1 << 30).read_to_end(&mut data))
+        .map_err(io(path))?;
+    Ok(data)
+}
+
+/// The records of a `ring.bin` (each a `u32` length and its bytes), or the
+/// record (from 1) that is malformed and why.
+pub fn parse_ring(data: &[u8]) -> Result<Vec<Vec<u8>>, (usize, &'static str)> {
+    let mut records = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let at = records.len() + 1;
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or((at, "a record's length is cut"))?;
+        if len > MAX_RECORD {
+            return Err((at, "a record longer than any the kernel sends"));
+        }
+        let bytes = rest.get(4..4 + len).ok_or((at, "a record is cut"))?;
+        records.push(bytes.to_vec());
+        rest = &rest[4 + len..];
+    }
+    Ok(records)
+}
+
+/// The chunks of a `runtime.bin` (see [`Capture::runtime_read`]) by
+/// process and file, or the chunk (from 1) that is malformed and why.
+pub fn parse_runtime(data: &[u8]) -> Result<RuntimeReads, (usize, &'static str)> {
+    let mut out: HashMap<_, Vec<Chunk>> = HashMap::new();
+    let mut rest = data;
+    let mut n = 0;
+    while !rest.is_empty() {
+        n += 1;
+        let head = rest.get(..CHUNK_HEAD).ok_or((n, "a chunk's head is cut"))?;
+        let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4"));
+        let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
+        let kind = RuntimeKind::from_u8(head[4]).ok_or((n, "no such file kind"))?;
+        let (len, packed) = (u32_at(21) as usize, u32_at(25) as usize);
+        if len as u64 > MAX_CHUNK {
+            return Err((n, "a chunk larger than any read"));
+        }
+        let bytes = rest
+            .get(CHUNK_HEAD..CHUNK_HEAD.saturating_add(packed))
+            .ok_or((n, "a chunk is cut"))?;
+        let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, len)
+            .ok()
+            .filter(|b| b.len() == len)
+            .ok_or((n, "a chunk does not inflate to its length"))?;
+        out.entry((u32_at(0), kind)).or_default().push(Chunk {
+            at: u64_at(5),
+            offset: u64_at(13),
+            bytes,
+        });
+        rest = &rest[CHUNK_HEAD + packed..];
+    }
+    Ok(out)
+}
+
+/// The bytes from `offset` on (at most `max`) of a file read as `chunks`.
+/// The file only grows: the chunks are views of one file, and the bytes at
+/// an offset are those of the chunk reaching furthest past it.
+pub fn assemble(chunks: &[&Chunk], offset: u64, max: u64) -> Vec<u8> {
+    let end = |c: &Chunk| c.offset.saturating_add(c.bytes.len() as u64);
+    let mut out = Vec::new();
+    let mut at = offset;
+    while (out.len() as u64) < max {
+        let Some(c) = chunks
+            .iter()
+            .filter(|c| c.offset <= at && at < end(c))
+            .max_by_key(|c| end(c))
+        else {
+            break;
+        };
+        let from = (at - c.offset) as usize;
+        let take = (c.bytes.len() - from).min((max - out.len() as u64) as usize);
+        out.extend_from_slice(&c.bytes[from..from + take]);
+        at = at.saturating_add(take as u64);
+    }
+    out
+}
+
+/// Per process and runtime file, the chunks read, in order.
+pub type RuntimeReads = HashMap<(u32, RuntimeKind), Vec<Chunk>>;
+
 /// A `runtime.bin` chunk's head: see [`Capture::runtime_read`].
 const CHUNK_HEAD: usize = 29;
 /// The most bytes one chunk holds (a read of a runtime file is at most
@@ -673,7 +689,7 @@ fn moment(records: u64, taken: bool) -> u64 {
 
 /// A runtime file's bytes as one read got them.
 #[derive(Debug)]
-struct Chunk {
+pub struct Chunk {
     /// When it was read (see [`moment`]).
     at: u64,
     /// Where in the file.
