@@ -56,8 +56,12 @@ fn dotnet_process(dir: &Path) -> serde_json::Value {
 /// code (a `Program::` frame), which is what a kernel's walk decides.
 fn assert_chain_named(dir: &Path, min_samples: u64) {
     let stacks = read_folded(dir);
+    // Under emulation, of the samples in `Hot` (whose callers are what the
+    // walk decides): Main's own calls into the runtime (its `Stopwatch`,
+    // a clock read that an emulated HPET makes slow) are a larger share
+    // there, and have no Outer or Hot to name.
     let counted = |st: &crossprof_tests::FoldedStack| {
-        !emulated() || st.frames.iter().any(|f| f.starts_with("Program::"))
+        !emulated() || st.frames.iter().any(|f| f == "Program::Hot_[j]")
     };
     let (named, all) = count_where(&stacks, "dotnet", |st| {
         counted(st)
