@@ -273,8 +273,12 @@ pub(crate) fn collect_goroutines(procs: &mut ProcessTable, ebpf: &Ebpf, end_ns: 
         .iter()
         .filter_map(|p| {
             let t = p.go.states.as_ref()?;
-            let all =
-                super::states::all_goroutines(p.pid, t.allgs?, t.layout.as_ref()?, t.since_ns);
+            let all = super::states::all_goroutines(
+                &std::fs::File::open(format!("/proc/{}/mem", p.pid)).ok()?,
+                t.allgs?,
+                t.layout.as_ref()?,
+                t.since_ns,
+            );
             Some((p.pid, all))
         })
         .collect();

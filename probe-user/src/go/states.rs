@@ -102,21 +102,19 @@ pub fn allgs_address(table: &GoTable) -> Option<u64> {
 const MAX_G_BYTES: u64 = 64 * 1024;
 
 /// Every goroutine of process `pid` that is not dead, read from its memory
-/// (read-only) through `runtime.allgs` (at `allgs`, an address in the process),
+/// (read-only, `mem`: its `/proc/PID/mem`) through `runtime.allgs` (at
+/// `allgs`, an address in the process),
 /// as `(g address, record)`: a record whose current status began at `since_ns`.
 /// Those the kernel never saw change (see `Tracking::add_unseen`) have been in
 /// that status since tracking began.
 pub fn all_goroutines(
-    pid: u32,
+    mem: &std::fs::File,
     allgs: u64,
     layout: &super::dwarf::Layout,
     since_ns: u64,
 ) -> Vec<(u64, Goroutine)> {
     use std::os::unix::fs::FileExt as _;
     let (offsets, Some((parent, gopc, startpc))) = (layout.offsets, layout.creation) else {
-        return Vec::new();
-    };
-    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
         return Vec::new();
     };
     let word = |addr: u64| -> Option<u64> {
@@ -428,6 +426,9 @@ pub const MAX_SAMPLED: usize = 100_000;
 pub struct Sampling {
     /// `runtime.allgs` in the process.
     allgs: u64,
+    /// Its memory (`/proc/PID/mem`), opened once: every round reads through
+    /// it, and none can read another process that took the pid.
+    mem: std::fs::File,
     /// The binary's goroutine layout.
     layout: super::dwarf::Layout,
     /// Its wait-reason names ([`wait_reasons`]; empty if unreadable).
@@ -469,8 +470,9 @@ impl Sampling {
     /// Samples the goroutines of a process whose `runtime.allgs` is at
     /// `allgs` and whose `g` has `layout` (`None` when crossprof cannot
     /// read them: no layout with the creation fields, no `allgs`).
-    /// `hz` times a second.
+    /// `hz` times a second (`mem`: its `/proc/PID/mem`).
     pub fn new(
+        mem: Option<std::fs::File>,
         allgs: Option<u64>,
         layout: Option<super::dwarf::Layout>,
         reasons: Vec<String>,
@@ -479,6 +481,7 @@ impl Sampling {
         let layout = layout.filter(|l| l.creation.is_some())?;
         Some(Sampling {
             allgs: allgs?,
+            mem: mem?,
             layout,
             reasons,
             hz,
@@ -493,11 +496,11 @@ impl Sampling {
         })
     }
 
-    /// One round: every goroutine of process `pid` read, each counted in
+    /// One round: every goroutine of the process read, each counted in
     /// the state it is in for the time since the last round (rounds are
     /// `period_ns` apart, or later when the collector was busy: at most two
     /// periods are counted, the rest of a longer gap was not seen).
-    pub fn sample(&mut self, pid: u32, period_ns: u64) {
+    pub fn sample(&mut self, period_ns: u64) {
         if self.stopped {
             return;
         }
@@ -508,7 +511,7 @@ impl Sampling {
             .map_or(period_ns, |last| (started - last).as_nanos() as u64);
         self.last = Some(started);
         let period_ns = since.min(2 * period_ns);
-        let all = all_goroutines(pid, self.allgs, &self.layout, 0);
+        let all = all_goroutines(&self.mem, self.allgs, &self.layout, 0);
         self.read_ns += started.elapsed().as_nanos() as u64;
         if all.is_empty() {
             self.empty_rounds += 1;

@@ -226,6 +226,7 @@ impl ProcessTable {
     /// goroutines can be read.
     pub fn sample_go_states(&mut self, pid: u32, table: &GoTable, hz: u64) {
         let sampling = super::states::Sampling::new(
+            std::fs::File::open(format!("/proc/{pid}/mem")).ok(),
             self.go_allgs(pid, table),
             super::layout(table),
             super::states::wait_reasons(table).unwrap_or_default(),
@@ -241,7 +242,7 @@ impl ProcessTable {
     pub fn sample_goroutines(&mut self, period_ns: u64) {
         for p in self.procs.values_mut() {
             if let Some(s) = p.go.sampling.as_mut() {
-                s.sample(p.pid, period_ns);
+                s.sample(period_ns);
             }
         }
     }
