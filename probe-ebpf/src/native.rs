@@ -440,7 +440,12 @@ extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
                 w.end = END_COMPLETE;
                 return 1;
             }
-            if !go && (w.bp <= w.sp || w.bp - w.sp > (1 << 20)) {
+            // `bp == sp` is a frame: `push rbp; mov rbp, rsp` and a call
+            // with nothing else pushed leaves the caller's CFA at its `rbp`
+            // (a .NET method's own frame before its runtime is known here:
+            // `System.Attribute::GetCustomAttribute` in CoreLib 8.0.4's
+            // ReadyToRun code ended 1-4 start-up walks of every run).
+            if !go && (w.bp < w.sp || w.bp & 7 != 0 || w.bp - w.sp > (1 << 20)) {
                 w.end = END_NO_RULE;
                 return 1;
             }

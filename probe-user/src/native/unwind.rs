@@ -139,6 +139,10 @@ pub struct UnwindTables {
     /// a slot is reused as late as possible, in case a walk of its previous
     /// process is still running).
     slot_of: HashMap<u32, u32>,
+    /// What each process's list says now, `(start, end, first row)` per
+    /// mapping: a list asked again unchanged (its process still waits for a
+    /// file) is not written again.
+    written: HashMap<u32, Vec<(u64, u64, u32)>>,
     free_slots: std::collections::VecDeque<u32>,
     next_slot: u32,
     /// By file (the path that opens it for as long as crossprof runs).
@@ -225,6 +229,7 @@ impl UnwindTables {
             maps,
             processes,
             slot_of: HashMap::new(),
+            written: HashMap::new(),
             free_slots: std::collections::VecDeque::new(),
             next_slot: 0,
             placed: HashMap::new(),
@@ -255,20 +260,25 @@ impl UnwindTables {
         pid: u32,
         mappings: &[ObjectMapping<'_>],
     ) -> Result<usize, UnwindTableError> {
-        // Every file read first (asked of the parser thread at once), then
-        // placed together: a process's list is written whole, and no file is
-        // placed for a process that exits before the others are read (its
-        // rows would have no user to give them back).
+        // Every file asked of the parser thread at once; those read are
+        // placed and written now, the others when they are read (the answer
+        // is then `Pending`, and the caller asks again). Not all or nothing:
+        // a process that keeps mapping libraries (a runtime's start-up: .NET
+        // maps libcoreclr, then libclrjit, then ICU...) would otherwise have
+        // no rules, not even libc's, until the last one is read (its first
+        // 240 ms of walks cut at libc, seen on .NET 8). The files placed are
+        // the process's users' (`set_objects`): its exit gives them back.
+        // Smallest code first: the parser thread reads in order, and libc
+        // should not wait behind a 200 MB libLLVM mapped beside it.
+        let mut by_size: Vec<&ObjectMapping<'_>> = mappings.iter().collect();
+        by_size.sort_by_key(|m| m.end.saturating_sub(m.start));
         let mut pending = false;
-        for m in mappings {
+        for m in by_size {
             match self.ready(m.path, m.go) {
                 Err(UnwindTableError::Pending) => pending = true,
                 Err(e) => return Err(e),
                 Ok(()) => {}
             }
-        }
-        if pending {
-            return Err(UnwindTableError::Pending);
         }
         let mut entries = Vec::new();
         let mut used = Vec::new();
@@ -287,6 +297,7 @@ impl UnwindTables {
                     full = true;
                     None
                 }
+                Err(UnwindTableError::Pending) => None,
                 Err(e) => return Err(e),
             };
             let Some((placed, elf)) = placed else {
@@ -312,8 +323,18 @@ impl UnwindTables {
         }
         entries.sort_by_key(|e| e.start);
         entries.truncate(MAX_UNWIND_MAPPINGS);
+        let summary: Vec<_> = entries.iter().map(|e| (e.start, e.end, e.first)).collect();
+        if self.written.get(&pid) == Some(&summary) {
+            return if pending {
+                Err(UnwindTableError::Pending)
+            } else {
+                Ok(entries.len())
+            };
+        }
         if entries.is_empty() {
-            return if full {
+            return if pending {
+                Err(UnwindTableError::Pending)
+            } else if full {
                 Err(UnwindTableError::Full)
             } else {
                 Ok(0)
@@ -346,7 +367,11 @@ impl UnwindTables {
         // without its mappings.
         self.maps.set(slot, value, 0)?;
         self.processes.set_rules(pid, Some(slot))?;
+        self.written.insert(pid, summary);
         self.set_objects(pid, used);
+        if pending {
+            return Err(UnwindTableError::Pending);
+        }
         if full {
             return Err(UnwindTableError::Full);
         }
@@ -380,6 +405,7 @@ impl UnwindTables {
     /// Stops walking `pid` by rules (it exited, or its maps changed); the
     /// rows of files no other process uses are given back.
     pub fn remove_process(&mut self, pid: u32) {
+        self.written.remove(&pid);
         if let Some(slot) = self.slot_of.remove(&pid) {
             let _ = self.processes.set_rules(pid, None);
             self.free_slots.push_back(slot);
@@ -502,7 +528,7 @@ impl UnwindTables {
     /// sent to the parser thread (once) and the answer is
     /// [`UnwindTableError::Pending`]. The one place that decides whether a
     /// file is read: [`UnwindTables::add_process`] asks it of every file
-    /// before placing any, so a process waits for all of them together.
+    /// before placing any, so that all are read at once.
     fn ready(&mut self, path: &Path, go: Option<&Arc<GoTable>>) -> Result<(), UnwindTableError> {
         self.wanted.insert(path.to_path_buf());
         if path == Path::new(VDSO) {

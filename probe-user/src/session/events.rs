@@ -9,7 +9,8 @@ use super::{DRAIN_EVERY, pipeline::Pipeline};
 use crate::{error::Error, sampler::Sampler};
 
 /// The event loop's part every session shares: the ring buffer drained at
-/// each wakeup and every [`DRAIN_EVERY`], unwind rules placed as soon as
+/// each wakeup, every [`DRAIN_EVERY`] and when a rate-limited maps re-read
+/// is due, unwind rules placed as soon as
 /// their files are read (off the loop), the Go poll after each, goroutine
 /// states sampled (`--go-state-sampling`), the kernel programs' log
 /// flushed.
@@ -72,6 +73,12 @@ impl Events {
                     pipeline.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
+                false
+            }
+            () = tokio::time::sleep(super::pipeline::MAPS_REREAD_EVERY),
+                if pipeline.maps_waiting() =>
+            {
+                pipeline.drain(self.ring.get_mut());
                 false
             }
             _ = self.tick.tick() => {

@@ -26,7 +26,7 @@ use crate::{
 /// The most time one drain takes records off the ring (see `drain`).
 const DRAIN_BUDGET: Duration = Duration::from_millis(25);
 /// A process's maps are re-read for new code at most this often.
-const MAPS_REREAD_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const MAPS_REREAD_EVERY: Duration = Duration::from_millis(20);
 
 /// What the pipeline writes in the kernel.
 pub(crate) struct KernelSide {
@@ -160,6 +160,14 @@ struct Waiting {
 }
 
 impl Pipeline {
+    /// Are processes whose maps changed waiting for their re-read (rate
+    /// limited: see [`MAPS_REREAD_EVERY`])? The event loop then drains again
+    /// that much later instead of at its next tick: until the re-read, the
+    /// new code's samples are cut where its rules are missing.
+    pub(crate) fn maps_waiting(&self) -> bool {
+        !self.maps_pending.is_empty()
+    }
+
     pub(crate) fn drain(&mut self, events: &mut RingBuf<MapData>) {
         let mut maps_changed = std::mem::take(&mut self.maps_pending);
         // At most DRAIN_BUDGET of records per call: whatever the rate they
