@@ -248,6 +248,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7070")]
     pub listen: std::net::SocketAddr,
 
+    /// Also send every window to this OpenTelemetry endpoint as OTLP
+    /// profiles over HTTP (protobuf, gzip), e.g. an OpenTelemetry
+    /// Collector's http://collector:4318 (sent to URL/v1development/profiles).
+    #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
     /// File whose first line is the bearer token every HTTP request must
     /// carry (Authorization: Bearer TOKEN); required off loopback.
     #[arg(long, value_name = "FILE")]
@@ -341,6 +347,31 @@ impl GroupBy {
             GroupBy::Container => "container".into(),
         }
     }
+}
+
+/// The profiles signal's path under an OTLP/HTTP endpoint (the
+/// specification's default, opentelemetry-proto v1.10.0 `docs/specification.md`).
+pub const OTLP_PROFILES_PATH: &str = "/v1development/profiles";
+
+/// `--otlp-endpoint URL` as the URL requests go to (the profiles signal's
+/// path added unless it ends with it), or why it cannot be one.
+pub fn parse_otlp_endpoint(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{url:?} names no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{url:?} holds spaces or control characters"));
+    }
+    let url = url.trim_end_matches('/');
+    Ok(if url.ends_with(OTLP_PROFILES_PATH) {
+        url.to_owned()
+    } else {
+        format!("{url}{OTLP_PROFILES_PATH}")
+    })
 }
 
 /// A `--group-by` level by its name.
@@ -617,6 +648,26 @@ pub struct RecordArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_profiles_path_is_added_once() {
+        assert_eq!(
+            parse_otlp_endpoint("http://collector:4318").unwrap(),
+            "http://collector:4318/v1development/profiles"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("https://c.example/otlp/").unwrap(),
+            "https://c.example/otlp/v1development/profiles"
+        );
+        assert_eq!(
+            parse_otlp_endpoint("http://c:4318/v1development/profiles").unwrap(),
+            "http://c:4318/v1development/profiles"
+        );
+        assert!(parse_otlp_endpoint("collector:4318").is_err());
+        assert!(parse_otlp_endpoint("ftp://c").is_err());
+        assert!(parse_otlp_endpoint("http://").is_err());
+        assert!(parse_otlp_endpoint("http://a b").is_err());
+    }
 
     #[test]
     fn every_group_by_level_is_read_back_from_its_name() {

@@ -38,6 +38,7 @@ pub mod kinds;
 pub mod le;
 pub mod native;
 pub mod offcpu;
+pub mod otlp;
 pub mod pprof;
 pub mod preflight;
 pub mod process;

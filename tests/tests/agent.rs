@@ -1418,3 +1418,195 @@ fn a_port_of_zero_is_reported_as_the_port_bound() {
     unsafe { libc::kill(guard.pid() as i32, libc::SIGTERM) };
     assert!(guard.wait_for(Duration::from_secs(30)).success());
 }
+
+/// The OTLP test receiver (tests/fixtures/otlp/receiver.py, decoding with
+/// PyPI's `opentelemetry-proto`), started on 127.0.0.1: its port, and the
+/// file it writes every profile it gets to, resolved, one JSON line each.
+fn otlp_receiver(name: &str) -> (Guard, u16, PathBuf) {
+    use std::io::BufRead as _;
+    assert!(
+        crossprof_tests::OtlpProto::installed(),
+        "{} is missing: run cargo xtask bootstrap",
+        crossprof_tests::OtlpProto::dir().display()
+    );
+    let received = out_dir(name).join("received.jsonl");
+    let mut child = Command::new("python3")
+        .arg(crossprof_tests::workspace_root().join("tests/fixtures/otlp/receiver.py"))
+        .arg(&received)
+        .env("PYTHONPATH", crossprof_tests::OtlpProto::dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the OTLP receiver");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the receiver's port");
+    let port = line
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the receiver said {line:?}"));
+    (Guard(child), port, received)
+}
+
+/// `--otlp-endpoint` (issue #22, OTLP/HTTP): every window, the last one
+/// (written at SIGTERM) included, reaches a receiver built on the
+/// OpenTelemetry project's own generated code, which decodes it. For the C
+/// chain and a Go program with pprof labels (`--group-by label:worker`):
+/// the resource says who (host, `process.pid`, `process.executable.name`,
+/// `process.runtime.name`), one profile per window of `samples`/`count`
+/// with the period `cpu`/`nanoseconds`, stacks leaf first with
+/// `main;outer;middle;hot` of type `native` and Go frames of type `go`, the
+/// label as `process.context.label.worker`, and, per process, exactly the
+/// samples the agent's own folded windows count.
+#[test]
+fn otlp_every_window_reaches_a_receiver_built_on_the_projects_own_code() {
+    let (_receiver, port, received) = otlp_receiver("agent_otlp_receiver");
+    let c = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let go = spawn(Command::new(Go::Go123.fixture("labels", GoBuild::Normal)).args(["30", "3"]));
+    let (c_pid, go_pid) = (c.pid(), go.pid());
+    let agent = Agent::start(
+        "agent_otlp",
+        &[
+            "--pid",
+            &c_pid.to_string(),
+            "--pid",
+            &go_pid.to_string(),
+            "--window",
+            "2s",
+            "--group-by",
+            "label:worker",
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    );
+    agent.wait_windows_of(c_pid, 2, Duration::from_secs(30));
+    let dir = agent.dir.clone();
+    let log = agent.log.clone();
+    assert!(agent.stop().success());
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(&received).unwrap_or_default();
+    let profiles: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        profiles.iter().all(|p| p.get("error").is_none()),
+        "the receiver could not decode a request: {text}\n{log}"
+    );
+    assert!(log.contains("windows sent to"), "{log}");
+    // Per process: what the agent's folded windows on disk count.
+    let mut folded_total = std::collections::HashMap::<&str, u64>::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "folded") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let (stack, n) = line.rsplit_once(' ').unwrap();
+                let root = if stack.starts_with("chain;") {
+                    "chain"
+                } else if stack.starts_with("labels;") {
+                    "labels"
+                } else {
+                    "other"
+                };
+                *folded_total.entry(root).or_default() += n.parse::<u64>().unwrap();
+            }
+        }
+    }
+    let of = |pid: u32| -> Vec<&Value> {
+        profiles
+            .iter()
+            .filter(|p| p["resource"]["process.pid"] == pid)
+            .collect()
+    };
+    let names = |s: &Value| -> Vec<String> {
+        s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    for (pid, comm, runtime) in [(c_pid, "chain", "native"), (go_pid, "labels", "go")] {
+        let ps = of(pid);
+        assert!(ps.len() >= 2, "{} profiles of {comm}: {text}", ps.len());
+        let mut total = 0;
+        for p in &ps {
+            let r = &p["resource"];
+            assert_eq!(r["process.executable.name"], comm, "{r}");
+            assert_eq!(r["process.runtime.name"], runtime, "{r}");
+            assert_eq!(r["os.type"], "linux", "{r}");
+            assert!(
+                r["host.name"].as_str().is_some_and(|h| !h.is_empty()),
+                "{r}"
+            );
+            assert_eq!(p["scope"], "crossprof");
+            assert_eq!(p["sample_type"], "samples/count", "{p}");
+            assert_eq!(p["period_type"], "cpu/nanoseconds", "{p}");
+            assert_eq!(p["period"], 1_000_000_000 / 19, "{p}");
+            assert_eq!(p["encoding"], "gzip");
+            for s in p["samples"].as_array().unwrap() {
+                total += s["values"][0].as_u64().unwrap();
+            }
+        }
+        assert_eq!(
+            Some(&total),
+            folded_total.get(comm),
+            "{comm}: samples received vs the folded windows"
+        );
+        let samples: Vec<&Value> = ps
+            .iter()
+            .flat_map(|p| p["samples"].as_array().unwrap())
+            .collect();
+        if runtime == "native" {
+            // Leaf first: hot, middle, outer, main, all native code.
+            let chained = samples
+                .iter()
+                .filter(|s| {
+                    let n = names(s);
+                    n.windows(4)
+                        .any(|w| w == ["hot", "middle", "outer", "main"])
+                        && s["frames"].as_array().unwrap()[..4]
+                            .iter()
+                            .all(|f| f["type"] == "native" || f["type"] == "kernel")
+                })
+                .map(|s| s["values"][0].as_u64().unwrap())
+                .sum::<u64>();
+            assert!(
+                chained * 100 >= total * 90,
+                "hot;middle;outer;main in {chained} of {total}"
+            );
+            let frames = samples.iter().flat_map(|s| s["frames"].as_array().unwrap());
+            assert!(
+                frames.clone().any(|f| f["name"] == "main"
+                    && f["mapping"].as_str().is_some_and(|m| m.ends_with("/chain"))
+                    && f["build_id"].as_str().is_some_and(|b| b.len() >= 16)),
+                "main is in no mapping of the chain binary with a build id"
+            );
+        } else {
+            let busy = samples
+                .iter()
+                .filter(|s| {
+                    s["frames"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|f| f["name"] == "main.busy" && f["type"] == "go")
+                })
+                .collect::<Vec<_>>();
+            let labelled = busy
+                .iter()
+                .filter(|s| {
+                    s["attributes"]["process.context.label.worker"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with('w'))
+                })
+                .count();
+            assert!(!busy.is_empty(), "no main.busy frame of type go");
+            assert_eq!(
+                labelled,
+                busy.len(),
+                "main.busy samples without their worker label"
+            );
+        }
+    }
+}

@@ -5,8 +5,9 @@
 //! - `bpf-linker`, built against the libLLVM that nightly rustc itself ships (Debian's
 //!   LLVM is too old to read the bitcode rustc emits), see `shared/ENVIRONMENT.md`;
 //! - the Debian packages the end-to-end tests use ([`APT_PACKAGES`]);
-//! - the Go toolchains and .NET runtimes, and Roslyn (a C# compiler that writes
-//!   portable PDBs), under `~/.cache/crossprof`.
+//! - the Go toolchains and .NET runtimes, Roslyn (a C# compiler that writes
+//!   portable PDBs) and PyPI's `opentelemetry-proto` (the OTLP test receiver's
+//!   decoder), under `~/.cache/crossprof`.
 
 use std::{
     fs,
@@ -17,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use crossprof_tests::{Dotnet, Go, Roslyn};
+use crossprof_tests::{Dotnet, Go, OtlpProto, Roslyn};
 
 use crate::{cmd, say};
 
@@ -85,6 +86,14 @@ pub fn run() -> Result<()> {
     }
     if roslyn()? {
         installed.push("Roslyn".into());
+    }
+    if !OtlpProto::installed() {
+        pip_install(
+            "OpenTelemetry protocol's Python code (the OTLP test receiver)",
+            OtlpProto::REQUIREMENT,
+            &OtlpProto::dir(),
+        )?;
+        installed.push("opentelemetry-proto".into());
     }
     let took = start.elapsed().as_secs_f64();
     if installed.is_empty() {

@@ -77,6 +77,9 @@ pub const TESTS: &[(&str, &str)] = &[
         "native",
         "code_without_frame_pointers_is_walked_by_eh_frame_to_main",
     ),
+    // Frame-pointer code without rules, RBP == RSP included (the rules
+    // walk's own frame-pointer step).
+    ("native", "frames_whose_rbp_equals_rsp_are_walked"),
     // The vDSO's own rules; a whole-system recording's first-sample wakeup.
     ("native", "samples_in_the_vdso_keep_their_callers"),
     (

@@ -5,7 +5,8 @@
 //! windows: every `--window`, the stacks counted so far are taken out of the
 //! aggregator, named (the symbolizer is flushed), folded per process and
 //! turned into a pprof profile, then handed to the [`store`] (disk, retention,
-//! the latest in memory). The [`server`] answers HTTP from the store, and asks
+//! the latest in memory), and, with `--otlp-endpoint`, to the [`export`]
+//! thread as an OTLP request ([`crate::otlp`]). The [`server`] answers HTTP from the store, and asks
 //! the loop for on-demand captures (`/debug/pprof/profile?seconds=N`: an extra
 //! aggregator every stack also goes to until its end).
 //!
@@ -19,6 +20,7 @@
 //! SIGTERM and SIGINT write the current (partial) window and stop; SIGHUP
 //! reopens `--log-file`.
 
+pub mod export;
 pub mod logfile;
 pub mod server;
 pub mod store;
@@ -294,7 +296,24 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         lost_before: 0,
         windows: 0,
         by_container: args.group_by.contains(&crate::cli::GroupBy::Container),
+        exporter: match &args.otlp_endpoint {
+            Some(url) => {
+                Some(
+                    export::Exporter::start(url.clone()).map_err(|source| Error::Io {
+                        what: "start the OTLP export thread",
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        },
+        host: crate::otlp::Host::read(),
     };
+    if let Some(url) = &args.otlp_endpoint {
+        logfile::say(&format!(
+            "agent: sending every window to {url} (OTLP profiles)"
+        ));
+    }
     let mut captures: Vec<(tokio::time::Instant, f64, Capture)> = Vec::new();
     let mut windows = tokio::time::interval_at(cutter.start + args.window, args.window);
     windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,6 +360,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     unwind_rows_in_use: unwind.map_or(0, |u| u.rows_in_use()),
                     unwind_rows_freed: unwind.map_or(0, |u| u.rows_freed),
                     unwind_files_refused: unwind.map_or(0, |u| u.files_refused),
+                    otlp: cutter.exporter.as_ref().and_then(|e| e.status.lock().ok().map(|s| s.clone())),
                 };
             }
             Some(reply) = snapshots_rx.recv() => {
@@ -369,6 +389,20 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         let _ = capture.reply.send(data);
     }
     cutter.cut(&mut pipeline, &shared.store, lost, false);
+    if let Some(exporter) = cutter.exporter.take() {
+        let s = exporter.finish();
+        logfile::say(&format!(
+            "agent: OTLP: {} windows sent to {} ({} bytes), {} dropped, {} not sent{}",
+            s.sent,
+            s.url,
+            s.bytes_sent,
+            s.dropped,
+            s.queued,
+            s.last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
     drop(events);
     sampler.detach_mmap_tracepoints_in_background();
     drop(sampler);
@@ -392,6 +426,10 @@ struct Cutter {
     windows: u64,
     /// `--group-by container`: stacks under their container.
     by_container: bool,
+    /// `--otlp-endpoint`: where every window also goes.
+    exporter: Option<export::Exporter>,
+    /// This host, for the OTLP resource.
+    host: crate::otlp::Host,
 }
 
 /// This process's resident memory, KiB (`/proc/self/statm`).
@@ -554,6 +592,25 @@ impl Cutter {
         let agg = pipeline.agg.take_stacks();
         pipeline.symbolizer.flush();
         let window = self.window(&agg, pipeline, lost, end_ms, true);
+        if let Some(exporter) = &self.exporter {
+            let span = pprof::Span {
+                start_unix_ns: (window.meta.start_unix_ms * 1_000_000) as i64,
+                duration_ns: (end_ms.saturating_sub(window.meta.start_unix_ms) * 1_000_000) as i64,
+            };
+            let request = crate::otlp::build(
+                agg.stacks(),
+                &pipeline.symbolizer.names,
+                &pipeline.procs,
+                &mut self.build_ids,
+                self.kind,
+                span,
+                &self.host,
+            );
+            // A window with no sample (all targets idle) sends nothing.
+            if !request.resource_profiles.is_empty() {
+                exporter.push(prost::Message::encode_to_vec(&request));
+            }
+        }
         pipeline.procs.go_new_window();
         store.lock().expect("store").add(window);
         self.lost_before = lost;

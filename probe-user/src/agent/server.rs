@@ -94,6 +94,10 @@ pub struct AgentStatus {
     /// Files whose rules did not fit (their stacks end at
     /// `[truncated: no unwind info]`).
     pub unwind_files_refused: u64,
+    /// The OTLP export (`--otlp-endpoint`): sent, queued, dropped, the
+    /// last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<super::export::ExportStatus>,
 }
 
 /// Serves `listener` until the process ends.

@@ -85,7 +85,7 @@ impl Kind {
         }
     }
 
-    fn sample_types(self) -> Vec<(&'static str, &'static str)> {
+    pub(crate) fn sample_types(self) -> Vec<(&'static str, &'static str)> {
         match self {
             Kind::Cpu { .. } => CPU_TYPES.to_vec(),
             Kind::OffCpu => vec![OFF_CPU_TYPE],
@@ -101,7 +101,7 @@ impl Kind {
         }
     }
 
-    fn period_ns(self) -> i64 {
+    pub(crate) fn period_ns(self) -> i64 {
         match self {
             Kind::Cpu { freq } | Kind::Wall { freq, .. } => (1_000_000_000 / freq.max(1)) as i64,
             Kind::OffCpu | Kind::GoWait => 1,
@@ -109,7 +109,7 @@ impl Kind {
     }
 
     /// The values of a stack that weighs `weight` and ends in `leaf`.
-    fn values(self, weight: u64, leaf: &str) -> Vec<i64> {
+    pub(crate) fn values(self, weight: u64, leaf: &str) -> Vec<i64> {
         let w = weight as i64;
         match self {
             Kind::Cpu { .. } => vec![w, w.saturating_mul(self.period_ns())],
@@ -159,7 +159,7 @@ pub struct BuildIds {
 }
 
 impl BuildIds {
-    fn module(&mut self, id: ModuleId, procs: &ProcessTable) -> Option<Arc<str>> {
+    pub(crate) fn module(&mut self, id: ModuleId, procs: &ProcessTable) -> Option<Arc<str>> {
         self.modules
             .entry(id)
             .or_insert_with(|| {
@@ -172,7 +172,7 @@ impl BuildIds {
             .clone()
     }
 
-    fn kernel(&mut self) -> Option<Arc<str>> {
+    pub(crate) fn kernel(&mut self) -> Option<Arc<str>> {
         self.kernel
             .get_or_insert_with(|| {
                 let notes = std::fs::read("/sys/kernel/notes").ok()?;
@@ -282,14 +282,20 @@ pub fn build<'a>(
 }
 
 /// What a level frame says as a label.
-enum Value {
+pub(crate) enum Value {
+    /// A number.
     Num(i64),
+    /// A text.
     Str(String),
 }
 
 /// The label a frame stands for, if it is one of the levels a recording puts
 /// above a stack (`--per-thread`, `--group-by`).
-fn level(frame: FrameRef, names: &Names, procs: &ProcessTable) -> Option<(String, Value)> {
+pub(crate) fn level(
+    frame: FrameRef,
+    names: &Names,
+    procs: &ProcessTable,
+) -> Option<(String, Value)> {
     match frame {
         FrameRef::Thread(_) => Some((
             "thread".into(),
@@ -322,6 +328,59 @@ fn label_of_level(text: &str) -> Option<(&str, &str)> {
     }
     let (key, value) = text.split_once('=')?;
     (!key.is_empty() && !key.contains([' ', '['])).then_some((key, value))
+}
+
+/// The lines of `frame`'s location, innermost first (as pprof and OTLP
+/// list them): `(function, file, line)`, an inlined call being one more
+/// line (the name lists them outermost first). A .NET method's line comes
+/// with its frame, a Go or DWARF-described one from the symbolizer.
+pub(crate) fn frame_lines(
+    frame: FrameRef,
+    names: &Names,
+    procs: &ProcessTable,
+) -> Vec<(String, String, i64)> {
+    let name = names.display(frame, procs);
+    let sources = names.sources(frame);
+    let managed = match frame {
+        FrameRef::Managed(id) => procs.managed_source(id),
+        _ => None,
+    };
+    let mut lines: Vec<(String, String, i64)> = name
+        .split(INLINE_SEPARATOR)
+        .enumerate()
+        .map(|(i, part)| {
+            let part = part.strip_suffix(INLINE_SUFFIX).unwrap_or(part);
+            let source = sources
+                .and_then(|s| s.get(i))
+                .and_then(Option::as_ref)
+                .or(managed);
+            let (file, line) = source.map_or(("", 0), |(f, l)| (&**f, i64::from(*l)));
+            (part.to_owned(), file.to_owned(), line)
+        })
+        .collect();
+    lines.reverse();
+    lines
+}
+
+/// What a mapping of `module` (`None`: the kernel) says: its file's path,
+/// its size (the mapping's limit) and its build id.
+pub(crate) fn mapping_facts(
+    module: Option<ModuleId>,
+    procs: &ProcessTable,
+    build_ids: &mut BuildIds,
+) -> (String, u64, Option<Arc<str>>) {
+    match module {
+        Some(m) => {
+            let module = procs.modules.get(m);
+            let limit = std::fs::metadata(&module.open_path).map_or(u64::MAX, |md| md.len());
+            (
+                module.path.to_string_lossy().into_owned(),
+                limit,
+                build_ids.module(m, procs),
+            )
+        }
+        None => ("[kernel.kallsyms]".to_owned(), u64::MAX, build_ids.kernel()),
+    }
 }
 
 #[derive(Debug)]
@@ -402,18 +461,7 @@ impl Builder {
             }
             return id;
         }
-        let (file, limit, build_id) = match module {
-            Some(m) => {
-                let module = procs.modules.get(m);
-                let limit = std::fs::metadata(&module.open_path).map_or(u64::MAX, |md| md.len());
-                (
-                    module.path.to_string_lossy().into_owned(),
-                    limit,
-                    build_ids.module(m, procs),
-                )
-            }
-            None => ("[kernel.kallsyms]".to_owned(), u64::MAX, build_ids.kernel()),
-        };
+        let (file, limit, build_id) = mapping_facts(module, procs, build_ids);
         let file = self.string(&file);
         let build_id = self.string(build_id.as_deref().unwrap_or(""));
         self.mappings.push(Mapping {
@@ -437,28 +485,11 @@ impl Builder {
         if let Some(&id) = self.location_ids.get(&frame) {
             return id;
         }
-        let name = names.display(frame, procs);
         let sources = names.sources(frame);
-        // A .NET method's line comes with its frame.
-        let managed = match frame {
-            FrameRef::Managed(id) => procs.managed_source(id),
-            _ => None,
-        };
-        // Outermost first in the name; innermost first in a location.
-        let mut lines: Vec<(u64, i64)> = name
-            .split(INLINE_SEPARATOR)
-            .enumerate()
-            .map(|(i, part)| {
-                let part = part.strip_suffix(INLINE_SUFFIX).unwrap_or(part);
-                let source = sources
-                    .and_then(|s| s.get(i))
-                    .and_then(Option::as_ref)
-                    .or(managed);
-                let (file, line) = source.map_or(("", 0), |(f, l)| (&**f, i64::from(*l)));
-                (self.function(part, file), line)
-            })
+        let lines: Vec<(u64, i64)> = frame_lines(frame, names, procs)
+            .into_iter()
+            .map(|(name, file, line)| (self.function(&name, &file), line))
             .collect();
-        lines.reverse();
         let (mapping, address) = match frame {
             FrameRef::Elf { module, offset } => (
                 self.mapping(Some(module), procs, build_ids, sources.is_some()),
