@@ -21,9 +21,17 @@ fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
             assert!(run.status.success(), "{what}: {}", run.stderr);
             assert!(run.stdout.contains("done false"), "{what}: {}", run.stdout);
             let stacks = read_folded(&dir);
+            // Under emulation (the VM tier, see `emulated`) the runtime's
+            // start-up and `time.Now` (a system call on an emulated HPET)
+            // are a larger, varying share of the run (22% seen on 6.1):
+            // the chain is judged in the samples in main.hot there.
+            let counted = |s: &crossprof_tests::FoldedStack| {
+                !emulated() || s.frames.iter().any(|f| f == "main.hot")
+            };
             let (chain, all) = count_where(&stacks, "chain", |s| {
-                s.contains_chain(&["main.main", "main.work", "main.hot"])
+                counted(s) && s.contains_chain(&["main.main", "main.work", "main.hot"])
             });
+            let (all, _) = count_where(&stacks, "chain", counted);
             assert!(all >= 100, "{what}: only {all} samples");
             assert!(
                 chain * 100 >= all * 80,
@@ -105,17 +113,27 @@ fn go_assembly_that_uses_rbp_keeps_its_callers_in_every_version() {
         let run = record(&dir, &["--freq", "499"], &bin, &[&fixture_secs(1.0)]);
         assert!(run.status.success(), "{what}: {}", run.stderr);
         let stacks = read_folded(&dir);
+        // Under emulation the program's start (exec, the loader, the
+        // runtime's and its threads' start-up) is a larger share of the run,
+        // up to 45% with the guest's CPUs on one host thread: the chain is
+        // judged in the samples in the assembly there.
+        let counted = |s: &crossprof_tests::FoldedStack| {
+            !crossprof_tests::emulated()
+                || s.frames
+                    .iter()
+                    .any(|f| f == "crossprof.test/asmbp/spin.Spinbp")
+        };
         let (chain, all) = count_where(&stacks, &comm, |s| {
-            s.contains_chain(&[
-                "runtime.main",
-                "main.main",
-                "main.work",
-                "crossprof.test/asmbp/spin.Spinbp",
-            ])
+            counted(s)
+                && s.contains_chain(&[
+                    "runtime.main",
+                    "main.main",
+                    "main.work",
+                    "crossprof.test/asmbp/spin.Spinbp",
+                ])
         });
+        let (all, _) = count_where(&stacks, &comm, counted);
         assert!(all >= 200, "{what}: only {all} samples");
-        // Under emulation the program's start (exec, page faults) is a larger
-        // share of the run (8% in one run on 6.1).
         let want = if crossprof_tests::emulated() { 80 } else { 90 };
         assert!(
             chain * 100 >= all * want,
@@ -359,9 +377,14 @@ fn lifetime_ms(g: &serde_json::Value) -> f64 {
 }
 
 fn within(what: &str, ms: f64, want_ms: f64) {
+    // Under emulation (the VM tier) the guest's timers fire late, the more
+    // so with its CPUs on one host thread (a 1 s wait measured 1.25 s on
+    // 6.1): the times are real, the program's own waits longer.
+    let tolerance = if emulated() { 0.30 } else { 0.10 };
     assert!(
-        (ms - want_ms).abs() <= want_ms * 0.10,
-        "{what}: {ms:.1} ms, want {want_ms} ms +-10%"
+        (ms - want_ms).abs() <= want_ms * tolerance,
+        "{what}: {ms:.1} ms, want {want_ms} ms +-{:.0}%",
+        tolerance * 100.0
     );
 }
 
