@@ -276,94 +276,107 @@ fn frame_type(kind: Option<FrameKind>) -> &'static str {
     }
 }
 
-/// The request's shared tables, each entry once, index 0 empty.
+/// One of the request's shared tables: each entry once, found by its key;
+/// entry 0 is the empty one (index 0: none).
+struct Table<K, V> {
+    entries: Vec<V>,
+    ids: HashMap<K, i32>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Default> Table<K, V> {
+    fn new() -> Self {
+        Table {
+            entries: vec![V::default()],
+            ids: HashMap::new(),
+        }
+    }
+
+    /// The index of the entry of `key`, if there is one.
+    fn get<Q: std::hash::Hash + Eq + ?Sized>(&self, key: &Q) -> Option<i32>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.ids.get(key).copied()
+    }
+
+    /// Adds `entry` under `key` (not there yet), and returns its index.
+    fn add(&mut self, key: K, entry: V) -> i32 {
+        let i = self.entries.len() as i32;
+        self.entries.push(entry);
+        self.ids.insert(key, i);
+        i
+    }
+}
+
+/// The request's shared tables.
 struct Dictionary {
-    strings: Vec<String>,
-    string_ids: HashMap<String, i32>,
-    functions: Vec<Function>,
-    function_ids: HashMap<(i32, i32), i32>,
-    mappings: Vec<Mapping>,
-    mapping_ids: HashMap<Option<ModuleId>, i32>,
-    locations: Vec<Location>,
-    location_ids: HashMap<FrameRef, i32>,
-    attributes: Vec<KeyValueAndUnit>,
-    attribute_ids: HashMap<(i32, String), i32>,
-    stacks: Vec<Stack>,
-    stack_ids: HashMap<Vec<i32>, i32>,
+    strings: Table<String, String>,
+    functions: Table<(i32, i32), Function>,
+    mappings: Table<Option<ModuleId>, Mapping>,
+    locations: Table<FrameRef, Location>,
+    /// By key and value (as `Debug` prints it: `AnyValue` has no `Hash`).
+    attributes: Table<(i32, String), KeyValueAndUnit>,
+    stacks: Table<Vec<i32>, Stack>,
 }
 
 impl Dictionary {
     fn new() -> Self {
-        let mut d = Dictionary {
-            strings: Vec::new(),
-            string_ids: HashMap::new(),
-            functions: vec![Function::default()],
-            function_ids: HashMap::new(),
-            mappings: vec![Mapping::default()],
-            mapping_ids: HashMap::new(),
-            locations: vec![Location::default()],
-            location_ids: HashMap::new(),
-            attributes: vec![KeyValueAndUnit::default()],
-            attribute_ids: HashMap::new(),
-            stacks: vec![Stack::default()],
-            stack_ids: HashMap::new(),
-        };
-        d.string("");
-        d
+        let mut strings = Table::new();
+        // Entry 0, "", is the empty string's too.
+        strings.ids.insert(String::new(), 0);
+        Dictionary {
+            strings,
+            functions: Table::new(),
+            mappings: Table::new(),
+            locations: Table::new(),
+            attributes: Table::new(),
+            stacks: Table::new(),
+        }
     }
 
     fn string(&mut self, s: &str) -> i32 {
-        if let Some(&i) = self.string_ids.get(s) {
-            return i;
+        match self.strings.get(s) {
+            Some(i) => i,
+            None => self.strings.add(s.to_owned(), s.to_owned()),
         }
-        let i = self.strings.len() as i32;
-        self.strings.push(s.to_owned());
-        self.string_ids.insert(s.to_owned(), i);
-        i
     }
 
     fn attribute(&mut self, key: &str, value: any_value::Value) -> i32 {
         let key_strindex = self.string(key);
         let id = (key_strindex, format!("{value:?}"));
-        if let Some(&i) = self.attribute_ids.get(&id) {
+        if let Some(i) = self.attributes.get(&id) {
             return i;
         }
-        let i = self.attributes.len() as i32;
-        self.attributes.push(KeyValueAndUnit {
+        let entry = KeyValueAndUnit {
             key_strindex,
             value: Some(AnyValue { value: Some(value) }),
             unit_strindex: 0,
-        });
-        self.attribute_ids.insert(id, i);
-        i
+        };
+        self.attributes.add(id, entry)
     }
 
     fn stack(&mut self, location_indices: Vec<i32>) -> i32 {
-        if let Some(&i) = self.stack_ids.get(&location_indices) {
+        if let Some(i) = self.stacks.get(&location_indices) {
             return i;
         }
-        let i = self.stacks.len() as i32;
-        self.stacks.push(Stack {
+        let entry = Stack {
             location_indices: location_indices.clone(),
-        });
-        self.stack_ids.insert(location_indices, i);
-        i
+        };
+        self.stacks.add(location_indices, entry)
     }
 
     fn function(&mut self, name: &str, file: &str) -> i32 {
         let key = (self.string(name), self.string(file));
-        if let Some(&i) = self.function_ids.get(&key) {
+        if let Some(i) = self.functions.get(&key) {
             return i;
         }
-        let i = self.functions.len() as i32;
-        self.functions.push(Function {
+        let entry = Function {
             name_strindex: key.0,
             system_name_strindex: key.0,
             filename_strindex: key.1,
             start_line: 0,
-        });
-        self.function_ids.insert(key, i);
-        i
+        };
+        self.functions.add(key, entry)
     }
 
     /// The mapping of a module (`None`: the kernel).
@@ -373,7 +386,7 @@ impl Dictionary {
         procs: &ProcessTable,
         build_ids: &mut BuildIds,
     ) -> i32 {
-        if let Some(&i) = self.mapping_ids.get(&module) {
+        if let Some(i) = self.mappings.get(&module) {
             return i;
         }
         let (file, limit, build_id) = mapping_facts(module, procs, build_ids);
@@ -388,16 +401,14 @@ impl Dictionary {
             };
             attribute_indices.push(self.attribute(key, text(&*id)));
         }
-        let i = self.mappings.len() as i32;
-        self.mappings.push(Mapping {
+        let entry = Mapping {
             memory_start: 0,
             memory_limit: limit,
             file_offset: 0,
             filename_strindex,
             attribute_indices,
-        });
-        self.mapping_ids.insert(module, i);
-        i
+        };
+        self.mappings.add(module, entry)
     }
 
     fn location(
@@ -408,7 +419,7 @@ impl Dictionary {
         build_ids: &mut BuildIds,
         classifier: &mut Classifier<'_>,
     ) -> i32 {
-        if let Some(&i) = self.location_ids.get(&frame) {
+        if let Some(i) = self.locations.get(&frame) {
             return i;
         }
         let lines: Vec<Line> = frame_lines(frame, names, procs)
@@ -428,26 +439,24 @@ impl Dictionary {
         };
         let kind = frame_type(classifier.code(frame).kind);
         let attribute_indices = vec![self.attribute("profile.frame.type", text(kind))];
-        let i = self.locations.len() as i32;
-        self.locations.push(Location {
+        let entry = Location {
             mapping_index,
             address,
             lines,
             attribute_indices,
-        });
-        self.location_ids.insert(frame, i);
-        i
+        };
+        self.locations.add(frame, entry)
     }
 
     fn finish(self) -> ProfilesDictionary {
         ProfilesDictionary {
-            mapping_table: self.mappings,
-            location_table: self.locations,
-            function_table: self.functions,
+            mapping_table: self.mappings.entries,
+            location_table: self.locations.entries,
+            function_table: self.functions.entries,
             link_table: vec![Default::default()],
-            string_table: self.strings,
-            attribute_table: self.attributes,
-            stack_table: self.stacks,
+            string_table: self.strings.entries,
+            attribute_table: self.attributes.entries,
+            stack_table: self.stacks.entries,
         }
     }
 }
