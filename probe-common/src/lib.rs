@@ -129,6 +129,9 @@ unsafe impl aya::Pod for Config {}
 pub mod names {
     /// The ring buffer every record travels on.
     pub const EVENTS: &str = "EVENTS";
+    /// The ring buffer of process announcements (a target's `exec`, code it
+    /// maps), read by a thread of their own.
+    pub const ANNOUNCE: &str = "ANNOUNCE";
     /// The `sys_exit` raw tracepoint program of request attribution.
     pub const HTTP_SYS_EXIT_PROG: &str = "http_sys_exit";
     /// Per-CPU counters indexed by [`crate::Counter`].
@@ -190,6 +193,11 @@ pub mod names {
 /// Compiled-in size of the ring buffer; the collector sets the real size at load
 /// (`ring_bytes`), scaled to the number of CPUs.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Bytes of the announcement ring (see `names::ANNOUNCE`): 4,096 records of
+/// 8 bytes and their 8-byte headers, a burst of process starts and `dlopen`s
+/// far beyond what a thread that reads each at once leaves waiting.
+pub const ANNOUNCE_BYTES: u32 = 64 << 10;
 
 /// Ring-buffer bytes for `cpus` CPUs: 512 KiB each (about 1.7 s of 999 Hz samples
 /// with 40-frame stacks, against a 50 ms drain interval), a power of two as the

@@ -59,6 +59,13 @@ static CONFIG: Config = Config {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Process announcements (`Exec`, `MapsChanged`), each with a wakeup: the
+/// collector reads them on a thread of their own, so a process that lives
+/// milliseconds is read while it lives whatever the sample pipeline is busy
+/// with.
+#[map]
+static ANNOUNCE: RingBuf = RingBuf::with_byte_size(probe_common::ANNOUNCE_BYTES, 0);
+
 /// Per-CPU counters, see [`Counter`]. Per-CPU so that counting never contends.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -282,7 +289,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
             kind: probe_common::RecordKind::Exec as u32,
             pid: tgid,
         };
-        let _ = EVENTS.output::<probe_common::native::MapsChanged>(
+        let _ = ANNOUNCE.output::<probe_common::native::MapsChanged>(
             &record,
             aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
         );

@@ -27,7 +27,7 @@ use probe_common::{
     process::{PROCESS_MANAGED, PROCESS_RULES},
 };
 
-use crate::{EVENTS, SCRATCH, count, regs::UserRegs, sample::walks};
+use crate::{SCRATCH, count, regs::UserRegs, sample::walks};
 
 /// Every object's rows. Memory-mappable: the collector writes rows straight
 /// into it, not with one syscall per row.
@@ -664,7 +664,9 @@ static MMAP_EXEC: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MMAP_THREADS
 const PROT_EXEC: u64 = 4;
 
 /// At `mmap`'s entry: a process walked by rules (or a .NET process, which
-/// will be) mapping a file with `PROT_EXEC` is remembered by thread. The
+/// will be), or any target of a session that selects its targets (its
+/// libraries are read while it lives, however short its life), mapping a
+/// file with `PROT_EXEC` is remembered by thread. The
 /// `sys_enter_mmap` format (`/sys/kernel/tracing/events/syscalls/
 /// sys_enter_mmap/format`): 8 bytes of common fields, the syscall number (8
 /// with padding), then the six arguments as 8-byte words: addr @16, len @24,
@@ -673,7 +675,9 @@ const PROT_EXEC: u64 = 4;
 pub fn mmap_enter(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if crate::process(tgid).is_none_or(|p| p.flags & (PROCESS_RULES | PROCESS_MANAGED) == 0) {
+    if crate::process(tgid).is_none_or(|p| p.flags & (PROCESS_RULES | PROCESS_MANAGED) == 0)
+        && (crate::config().filter_pids == 0 || !crate::selected(tgid))
+    {
         return;
     }
     // SAFETY: reads of the tracepoint record at the offsets of its format.
@@ -684,7 +688,7 @@ pub fn mmap_enter(ctx: &TracePointContext) {
 }
 
 /// At `mmap`'s exit (return value @16): if the thread was mapping code and it
-/// worked, a [`MapsChanged`] record, with a wakeup.
+/// worked, a [`MapsChanged`] announcement, with a wakeup.
 #[inline(always)]
 pub fn mmap_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -702,5 +706,5 @@ pub fn mmap_exit(ctx: &TracePointContext) {
         kind: RecordKind::MapsChanged as u32,
         pid: tgid,
     };
-    let _ = EVENTS.output::<MapsChanged>(&record, BPF_RB_FORCE_WAKEUP as u64);
+    let _ = crate::ANNOUNCE.output::<MapsChanged>(&record, BPF_RB_FORCE_WAKEUP as u64);
 }

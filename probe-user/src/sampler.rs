@@ -351,6 +351,16 @@ impl Sampler {
         })
     }
 
+    /// The ring buffer process announcements arrive on (taken once; see
+    /// `session::announce`).
+    pub fn take_announcements(&mut self) -> Result<RingBuf<MapData>, SamplerError> {
+        let map = take_map(&mut self.ebpf, names::ANNOUNCE)?;
+        RingBuf::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::ANNOUNCE,
+            source,
+        })
+    }
+
     /// The kernel's entries per process (taken once; shared by the tables
     /// below and the Go poll).
     pub fn take_processes(&mut self) -> Result<crate::process::ProcessEntries, SamplerError> {

@@ -203,9 +203,17 @@ fn perf_links(pid: u32) -> usize {
 }
 
 /// Issue #20, part 3: processes that live a few milliseconds are named like
-/// long-lived ones. The kernel announces each target's `exec` with a wakeup
-/// and the collector reads the new program at once; before, the samples of a
-/// 15 ms Go program were drained after it had exited, and were `[unknown]`.
+/// long-lived ones. The kernel announces each target's `exec` (and each
+/// library it maps) on a ring of its own, and a thread of the collector's
+/// reads the new program at once; before, the samples of a 15 ms Go program
+/// were drained after it had exited, and were `[unknown]` — and then, with
+/// the announcement on the sample ring, whenever the pipeline was busy for
+/// longer than such a life (its first read of a Go binary's tables takes
+/// 13-60 ms on a loaded machine: a C program after it lost all its names).
+///
+/// Judged per program: nearly every sample has a named user frame, and its
+/// hot path is named in most (not nearly all: on a loaded machine the Go
+/// runtime's start-up is a larger share of a 15 ms life).
 #[test]
 fn processes_that_live_milliseconds_are_named() {
     let dir = out_dir("children_short");
@@ -236,11 +244,20 @@ fn processes_that_live_milliseconds_are_named() {
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
     for (root, leaf) in [("gochain", "main.hot"), ("chain", "hot")] {
-        let (named, all) = count_where(&stacks, root, |st| st.frames.iter().any(|f| f == leaf));
+        let (named, all) = count_where(&stacks, root, |st| {
+            st.frames[1..]
+                .iter()
+                .any(|f| !f.starts_with('[') && !f.ends_with("_[k]"))
+        });
         assert!(all >= 20, "only {all} samples of {root}:\n{stacks:#?}");
         assert!(
-            named * 100 >= all * 80,
-            "{leaf} in {named} of {all} samples of a {root} that lives {secs} s:\n{stacks:#?}"
+            named * 100 >= all * 90,
+            "a named user frame in {named} of {all} samples of a {root} that lives {secs} s:\n{stacks:#?}"
+        );
+        let (hot, _) = count_where(&stacks, root, |st| st.frames.iter().any(|f| f == leaf));
+        assert!(
+            hot * 100 >= all * 60,
+            "{leaf} in {hot} of {all} samples of a {root} that lives {secs} s:\n{stacks:#?}"
         );
     }
 }

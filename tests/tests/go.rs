@@ -28,7 +28,7 @@ fn go_chain_and_inlined_call_are_named_in_every_version_and_build() {
             let counted = |s: &crossprof_tests::FoldedStack| {
                 !emulated() || s.frames.iter().any(|f| f == "main.hot")
             };
-            let (chain, all) = count_where(&stacks, "chain", |s| {
+            let (chain, _) = count_where(&stacks, "chain", |s| {
                 counted(s) && s.contains_chain(&["main.main", "main.work", "main.hot"])
             });
             let (all, _) = count_where(&stacks, "chain", counted);
@@ -123,7 +123,7 @@ fn go_assembly_that_uses_rbp_keeps_its_callers_in_every_version() {
                     .iter()
                     .any(|f| f == "crossprof.test/asmbp/spin.Spinbp")
         };
-        let (chain, all) = count_where(&stacks, &comm, |s| {
+        let (chain, _) = count_where(&stacks, &comm, |s| {
             counted(s)
                 && s.contains_chain(&[
                     "runtime.main",

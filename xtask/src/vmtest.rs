@@ -73,6 +73,8 @@ pub const TESTS: &[(&str, &str)] = &[
         "children",
         "children_of_a_running_process_are_followed_with_children",
     ),
+    // Announcements on their own ring: a 15 ms program read at its exec.
+    ("children", "processes_that_live_milliseconds_are_named"),
     (
         "native",
         "code_without_frame_pointers_is_walked_by_eh_frame_to_main",

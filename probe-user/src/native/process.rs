@@ -181,6 +181,9 @@ pub struct ProcessTable {
     thread_ids: HashMap<(u32, [u8; 16]), u32>,
     /// Where processes' `/proc` files are read (see [`crate::replay`]).
     pub source: crate::replay::source::ProcSource,
+    /// The reads made when the kernel announced a process, for one that
+    /// exited before it was read here.
+    pub announced: crate::replay::source::AnnouncedReads,
     /// Its .NET part (see [`crate::dotnet::table`]).
     pub dotnet: crate::dotnet::frames::DotnetTable,
     /// Frames a stack walk ended at because their unwind rules say there is
@@ -241,7 +244,13 @@ impl ProcessTable {
                 comm_reads: 0,
             };
             let lines_now = self.dotnet.lines_now();
-            Self::capture(&mut self.modules, &self.source, &mut p, lines_now);
+            Self::capture(
+                &mut self.modules,
+                &self.source,
+                &self.announced,
+                &mut p,
+                lines_now,
+            );
             // The name it was read under (its comm then, not a placeholder).
             p.sample_comm = p.name.to_string();
             self.procs.insert(pid, p);
@@ -264,7 +273,13 @@ impl ProcessTable {
         {
             p.comm_reads += 1;
             p.sample_comm = comm.to_owned();
-            Self::capture(&mut self.modules, &self.source, p, lines_now);
+            Self::capture(
+                &mut self.modules,
+                &self.source,
+                &self.announced,
+                p,
+                lines_now,
+            );
         }
         self.get_or_capture(pid, comm)
     }
@@ -279,11 +294,17 @@ impl ProcessTable {
     pub fn exec(&mut self, pid: u32) {
         let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(&mut self.modules, &self.source, p, lines_now);
+            Self::capture(
+                &mut self.modules,
+                &self.source,
+                &self.announced,
+                p,
+                lines_now,
+            );
             return;
         }
         // The kernel's own file, 16 bytes at most: the name it keeps if it is
-        // gone before its maps are read.
+        // gone before its maps are read (and was not read when announced).
         let comm = self.source.comm(pid).unwrap_or_default();
         self.get_or_capture(pid, &comm);
     }
@@ -293,12 +314,13 @@ impl ProcessTable {
     fn capture(
         modules: &mut ModuleTable,
         source: &crate::replay::source::ProcSource,
+        announced: &crate::replay::source::AnnouncedReads,
         p: &mut Process,
         dotnet_lines_now: bool,
     ) {
         let pid = p.pid;
         p.captured = Instant::now();
-        let read = source.read(pid);
+        let read = source.read(pid, announced);
         let Some(text) = read.maps else {
             return;
         };
@@ -374,6 +396,7 @@ impl ProcessTable {
     pub fn forget(&mut self, pid: u32) {
         self.retire(pid);
         self.procs.remove(&pid);
+        self.announced.forget(pid);
     }
 
     /// The `--per-thread` frame of thread `tid` named `comm` when it was sampled
@@ -499,7 +522,13 @@ impl ProcessTable {
         // had read by then, so a read the recording did not make changes
         // nothing.
         if found.is_none() && (!self.source.is_live() || p.captured.elapsed() >= interval) {
-            Self::capture(&mut self.modules, &self.source, p, lines_now);
+            Self::capture(
+                &mut self.modules,
+                &self.source,
+                &self.announced,
+                p,
+                lines_now,
+            );
             found = p.lookup(addr);
         }
         match found {
@@ -553,7 +582,13 @@ impl ProcessTable {
     pub fn recapture(&mut self, pid: u32) {
         let lines_now = self.dotnet.lines_now();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(&mut self.modules, &self.source, p, lines_now);
+            Self::capture(
+                &mut self.modules,
+                &self.source,
+                &self.announced,
+                p,
+                lines_now,
+            );
         }
     }
 
@@ -563,7 +598,13 @@ impl ProcessTable {
         let lines_now = self.dotnet.lines_now();
         match self.procs.get_mut(&pid) {
             Some(p) if p.captured.elapsed() >= every => {
-                Self::capture(&mut self.modules, &self.source, p, lines_now);
+                Self::capture(
+                    &mut self.modules,
+                    &self.source,
+                    &self.announced,
+                    p,
+                    lines_now,
+                );
                 true
             }
             Some(_) => false,

@@ -65,7 +65,7 @@ fn live_comm(pid: u32) -> Option<String> {
 
 impl ProcRead {
     /// Reads process `pid`'s files now.
-    fn live(pid: u32) -> Self {
+    pub(crate) fn live(pid: u32) -> Self {
         ProcRead {
             pid,
             at: 0,
@@ -75,6 +75,80 @@ impl ProcRead {
                 .ok()
                 .map(|e| e.to_string_lossy().into_owned()),
         }
+    }
+}
+
+impl ProcRead {
+    /// Did the process have maps to read (not gone, not a zombie)?
+    fn has_maps(&self) -> bool {
+        self.maps.as_deref().is_some_and(|m| !m.is_empty())
+    }
+}
+
+/// Most processes [`AnnouncedReads`] keeps a read of: a burst of process
+/// starts the pipeline has not caught up with (a build's compilers), beyond
+/// which the oldest read is let go.
+const MAX_ANNOUNCED_READS: usize = 4096;
+
+/// The reads made the moment the kernel announced a process (its `exec`, or
+/// code it mapped), by a thread of their own (`session::announce`): a
+/// process that lives milliseconds has exited by the time the sample pipeline
+/// gets to it (it may be busy reading a Go binary's tables for tens of
+/// milliseconds), and its samples are named from this read. Kept until the
+/// process table has read the process itself, or forgets it; bounded.
+#[derive(Clone, Debug, Default)]
+pub struct AnnouncedReads {
+    reads: Arc<Mutex<AnnouncedMap>>,
+}
+
+#[derive(Debug, Default)]
+struct AnnouncedMap {
+    /// By pid: the order the read was made in, and the read.
+    by_pid: HashMap<u32, (u64, ProcRead)>,
+    next: u64,
+}
+
+impl AnnouncedReads {
+    /// Keeps `read` (one with maps) as the latest of its process.
+    pub(crate) fn keep(&self, read: ProcRead) {
+        if !read.has_maps() {
+            return;
+        }
+        let mut m = self.reads.lock().expect("announced reads");
+        if m.by_pid.len() >= MAX_ANNOUNCED_READS
+            && !m.by_pid.contains_key(&read.pid)
+            && let Some(oldest) = m
+                .by_pid
+                .iter()
+                .min_by_key(|(_, (n, _))| *n)
+                .map(|(p, _)| *p)
+        {
+            m.by_pid.remove(&oldest);
+        }
+        let n = m.next;
+        m.next += 1;
+        m.by_pid.insert(read.pid, (n, read));
+    }
+
+    /// Process `pid`'s latest announced read, if one is kept.
+    fn latest(&self, pid: u32) -> Option<ProcRead> {
+        let m = self.reads.lock().expect("announced reads");
+        m.by_pid.get(&pid).map(|(_, r)| r.clone())
+    }
+
+    /// Lets go of process `pid`'s read (read since, or gone).
+    pub(crate) fn forget(&self, pid: u32) {
+        self.reads
+            .lock()
+            .expect("announced reads")
+            .by_pid
+            .remove(&pid);
+    }
+
+    /// How many reads are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.reads.lock().expect("announced reads").by_pid.len()
     }
 }
 
@@ -840,12 +914,23 @@ impl ProcSource {
         }
     }
 
-    /// Process `pid`'s maps, comm and exe.
-    pub fn read(&self, pid: u32) -> ProcRead {
+    /// Process `pid`'s maps, comm and exe: read now, or, if it has exited
+    /// (no maps to read), the read `announced` made when the kernel
+    /// announced it. A process read now has its announced read let go.
+    pub fn read(&self, pid: u32, announced: &AnnouncedReads) -> ProcRead {
+        let live = || {
+            let read = ProcRead::live(pid);
+            if read.has_maps() {
+                announced.forget(pid);
+                read
+            } else {
+                announced.latest(pid).unwrap_or(read)
+            }
+        };
         match self {
-            ProcSource::Live => ProcRead::live(pid),
+            ProcSource::Live => live(),
             ProcSource::Capturing(c) => {
-                let read = ProcRead::live(pid);
+                let read = live();
                 c.lock().expect("capture").proc_read(&read);
                 read
             }
@@ -927,6 +1012,59 @@ impl ProcSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_of(pid: u32, maps: &str) -> ProcRead {
+        ProcRead {
+            pid,
+            maps: Some(maps.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_announced_read_names_a_process_only_once_it_is_gone() {
+        let announced = AnnouncedReads::default();
+        // No process has this pid (above pid_max's largest value).
+        let gone = 4_194_305;
+        announced.keep(read_of(gone, "1000-2000 r-xp 0 08:01 5 /bin/short\n"));
+        announced.keep(ProcRead {
+            pid: gone + 1,
+            ..Default::default()
+        });
+        assert_eq!(announced.len(), 1, "a read without maps is not kept");
+        let read = ProcSource::Live.read(gone, &announced);
+        assert_eq!(
+            read.maps.as_deref(),
+            Some("1000-2000 r-xp 0 08:01 5 /bin/short\n")
+        );
+        // A process that is there is read now, and its announced read goes.
+        let me = std::process::id();
+        announced.keep(read_of(me, "stale"));
+        let read = ProcSource::Live.read(me, &announced);
+        assert_ne!(read.maps.as_deref(), Some("stale"));
+        assert!(read.maps.is_some_and(|m| m.contains("r-xp")));
+        assert_eq!(announced.len(), 1);
+        announced.forget(gone);
+        assert_eq!(announced.len(), 0);
+    }
+
+    #[test]
+    fn announced_reads_are_bounded_and_let_the_oldest_go() {
+        let announced = AnnouncedReads::default();
+        for pid in 1..=MAX_ANNOUNCED_READS as u32 + 10 {
+            announced.keep(read_of(pid, "m"));
+        }
+        assert_eq!(announced.len(), MAX_ANNOUNCED_READS);
+        assert!(announced.latest(1).is_none(), "the oldest went first");
+        assert!(announced.latest(11).is_some());
+        // A newer read of a kept process replaces it, and keeps the bound.
+        announced.keep(read_of(11, "newer"));
+        assert_eq!(announced.len(), MAX_ANNOUNCED_READS);
+        assert_eq!(
+            announced.latest(11).and_then(|r| r.maps).as_deref(),
+            Some("newer")
+        );
+    }
 
     #[test]
     fn kallsyms_keeps_each_address_s_symbol_and_the_next() {
@@ -1013,17 +1151,28 @@ ffffffff81000400 T vfs_read
         let source = ProcSource::Replay(Arc::new(Mutex::new(s)));
         let maps = |r: ProcRead| (r.maps.unwrap(), r.exe.unwrap());
         // Before any record: the first read there is.
-        assert_eq!(maps(source.read(7)), ("/new/a".into(), "/new/bin".into()));
+        assert_eq!(
+            maps(source.read(7, &AnnouncedReads::default())),
+            ("/new/a".into(), "/new/bin".into())
+        );
         for (record, want) in [
             (&[1u8, 2, 3][..], "/new/a"),
             (&[], "/new/a"),
             (&[4], "/new/b"),
         ] {
             source.record(record);
-            assert_eq!(maps(source.read(7)).0, want);
-            assert_eq!(maps(source.read(7)).0, want, "as often as asked");
+            assert_eq!(maps(source.read(7, &AnnouncedReads::default())).0, want);
+            assert_eq!(
+                maps(source.read(7, &AnnouncedReads::default())).0,
+                want,
+                "as often as asked"
+            );
         }
-        assert_eq!(source.read(8).maps, None, "never captured");
+        assert_eq!(
+            source.read(8, &AnnouncedReads::default()).maps,
+            None,
+            "never captured"
+        );
         assert!(!source.is_live());
         // A cut ring file is an error, not a short replay.
         let ring = dir.join(RING);

@@ -5,17 +5,19 @@ use std::sync::Arc;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DRAIN_EVERY, pipeline::Pipeline};
+use super::{DRAIN_EVERY, announce::Announcer, pipeline::Pipeline};
 use crate::{error::Error, sampler::Sampler};
 
 /// The event loop's part every session shares: the ring buffer drained at
-/// each wakeup, every [`DRAIN_EVERY`] and when a rate-limited maps re-read
-/// is due, unwind rules placed as soon as
+/// each wakeup, every [`DRAIN_EVERY`], when a rate-limited maps re-read is
+/// due and when processes are announced (read on their own thread, see
+/// [`super::announce`]), unwind rules placed as soon as
 /// their files are read (off the loop), the Go poll after each, goroutine
 /// states sampled (`--go-state-sampling`), the kernel programs' log
 /// flushed.
 pub(crate) struct Events {
     ring: AsyncFd<RingBuf<MapData>>,
+    announcer: Announcer,
     tick: tokio::time::Interval,
     rules_read: Arc<tokio::sync::Notify>,
     /// `--go-state-sampling`'s rounds.
@@ -31,6 +33,14 @@ impl Events {
         pipeline: &Pipeline,
     ) -> Result<Self, Error> {
         let log = sampler.take_logger();
+        let announcer = Announcer::start(
+            sampler.take_announcements()?,
+            pipeline.procs.announced.clone(),
+        )
+        .map_err(|source| Error::Io {
+            what: "start the thread that reads announced processes",
+            source,
+        })?;
         // SAFETY: the ring buffer owns its fd and keeps it open, unchanged,
         // for as long as the AsyncFd holds it.
         let ring =
@@ -50,6 +60,7 @@ impl Events {
         });
         Ok(Events {
             ring,
+            announcer,
             tick,
             go_sampling,
             rules_read: pipeline
@@ -68,9 +79,13 @@ impl Events {
     pub(crate) async fn next(&mut self, pipeline: &mut Pipeline, sampler: &mut Sampler) -> bool {
         let tick = tokio::select! {
             () = self.rules_read.notified() => false,
+            () = self.announcer.notified() => {
+                pipeline.drain(self.ring.get_mut(), self.announcer.take());
+                false
+            }
             guard = self.ring.readable_mut() => {
                 if let Ok(mut guard) = guard {
-                    pipeline.drain(guard.get_inner_mut());
+                    pipeline.drain(guard.get_inner_mut(), self.announcer.take());
                     guard.clear_ready();
                 }
                 false
@@ -78,11 +93,11 @@ impl Events {
             () = tokio::time::sleep(super::pipeline::MAPS_REREAD_EVERY),
                 if pipeline.maps_waiting() =>
             {
-                pipeline.drain(self.ring.get_mut());
+                pipeline.drain(self.ring.get_mut(), self.announcer.take());
                 false
             }
             _ = self.tick.tick() => {
-                pipeline.drain(self.ring.get_mut());
+                pipeline.drain(self.ring.get_mut(), self.announcer.take());
                 true
             }
             _ = async { self.go_sampling.as_mut().expect("guarded").tick().await },
@@ -101,7 +116,7 @@ impl Events {
 
     /// Drains what waits in the ring buffer now.
     pub(crate) fn drain(&mut self, pipeline: &mut Pipeline) {
-        pipeline.drain(self.ring.get_mut());
+        pipeline.drain(self.ring.get_mut(), self.announcer.take());
     }
 
     /// Lets go of the ring buffer, and gives back the kernel programs' log

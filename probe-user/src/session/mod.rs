@@ -11,6 +11,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::cli::{AgentArgs, Format, GroupBy, Mode, RecordArgs};
 
+mod announce;
 mod events;
 pub(crate) mod pipeline;
 

@@ -168,8 +168,13 @@ impl Pipeline {
         !self.maps_pending.is_empty()
     }
 
-    pub(crate) fn drain(&mut self, events: &mut RingBuf<MapData>) {
+    pub(crate) fn drain(&mut self, events: &mut RingBuf<MapData>, announced: Vec<Vec<u8>>) {
         let mut maps_changed = std::mem::take(&mut self.maps_pending);
+        // Processes announced (their reads made on the announcements' own
+        // thread): before the samples, which may be theirs.
+        for item in &announced {
+            self.drain_record(item, &mut maps_changed);
+        }
         // At most DRAIN_BUDGET of records per call: whatever the rate they
         // come at (a whole-system recording at 100 kHz), the event loop gets
         // back to its signals, deadline and timers; records left in the ring
