@@ -254,6 +254,36 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
 
+    /// Also send every window to Pyroscope's ingest API at this URL, one
+    /// request per process (a pprof profile), e.g. http://pyroscope:4040.
+    #[arg(long, value_name = "URL", value_parser = parse_pyroscope_url)]
+    pub pyroscope_url: Option<String>,
+
+    /// The Pyroscope application name of each process: text and
+    /// placeholders {comm}, {exe}, {pid}, {host}.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "{comm}",
+        value_parser = crate::pyroscope::parse_app_name
+    )]
+    pub app_name: String,
+
+    /// The tenant the windows sent to Pyroscope and OTLP belong to
+    /// (X-Scope-OrgID).
+    #[arg(long, value_name = "ID")]
+    pub tenant_id: Option<String>,
+
+    /// File whose first line is the bearer token sent with every export
+    /// request (--otlp-endpoint, --pyroscope-url).
+    #[arg(long, value_name = "FILE", conflicts_with = "export_basic_auth_file")]
+    pub export_token_file: Option<PathBuf>,
+
+    /// File whose first line is USER:PASSWORD, sent as basic authentication
+    /// with every export request.
+    #[arg(long, value_name = "FILE")]
+    pub export_basic_auth_file: Option<PathBuf>,
+
     /// File whose first line is the bearer token every HTTP request must
     /// carry (Authorization: Bearer TOKEN); required off loopback.
     #[arg(long, value_name = "FILE")]
@@ -356,6 +386,28 @@ pub const OTLP_PROFILES_PATH: &str = "/v1development/profiles";
 /// `--otlp-endpoint URL` as the URL requests go to (the profiles signal's
 /// path added unless it ends with it), or why it cannot be one.
 pub fn parse_otlp_endpoint(url: &str) -> Result<String, String> {
+    let url = parse_http_url(url)?;
+    Ok(if url.ends_with(OTLP_PROFILES_PATH) {
+        url
+    } else {
+        format!("{url}{OTLP_PROFILES_PATH}")
+    })
+}
+
+/// `--pyroscope-url URL` as the ingest URL (its path added unless it ends
+/// with it), or why it cannot be one.
+pub fn parse_pyroscope_url(url: &str) -> Result<String, String> {
+    use crate::pyroscope::INGEST_PATH;
+    let url = parse_http_url(url)?;
+    Ok(if url.ends_with(INGEST_PATH) {
+        url
+    } else {
+        format!("{url}{INGEST_PATH}")
+    })
+}
+
+/// An http:// or https:// URL with a host, no trailing `/`.
+fn parse_http_url(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -366,12 +418,7 @@ pub fn parse_otlp_endpoint(url: &str) -> Result<String, String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("{url:?} holds spaces or control characters"));
     }
-    let url = url.trim_end_matches('/');
-    Ok(if url.ends_with(OTLP_PROFILES_PATH) {
-        url.to_owned()
-    } else {
-        format!("{url}{OTLP_PROFILES_PATH}")
-    })
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// A `--group-by` level by its name.
@@ -664,6 +711,15 @@ mod tests {
             "http://c:4318/v1development/profiles"
         );
         assert!(parse_otlp_endpoint("collector:4318").is_err());
+        assert_eq!(
+            parse_pyroscope_url("http://p:4040/").unwrap(),
+            "http://p:4040/ingest"
+        );
+        assert_eq!(
+            parse_pyroscope_url("http://p/ingest").unwrap(),
+            "http://p/ingest"
+        );
+        assert!(parse_pyroscope_url("p:4040").is_err());
         assert!(parse_otlp_endpoint("ftp://c").is_err());
         assert!(parse_otlp_endpoint("http://").is_err());
         assert!(parse_otlp_endpoint("http://a b").is_err());

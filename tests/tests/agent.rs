@@ -1423,20 +1423,26 @@ fn a_port_of_zero_is_reported_as_the_port_bound() {
 /// PyPI's `opentelemetry-proto`), started on 127.0.0.1: its port, and the
 /// file it writes every profile it gets to, resolved, one JSON line each.
 fn otlp_receiver(name: &str) -> (Guard, u16, PathBuf) {
-    use std::io::BufRead as _;
     assert!(
         crossprof_tests::OtlpProto::installed(),
         "{} is missing: run cargo xtask bootstrap",
         crossprof_tests::OtlpProto::dir().display()
     );
+    receiver("otlp", name)
+}
+
+/// The receiver `tests/fixtures/KIND/receiver.py` on 127.0.0.1, writing
+/// what it receives to `target/test-out/NAME/received.jsonl`.
+fn receiver(kind: &str, name: &str) -> (Guard, u16, PathBuf) {
+    use std::io::BufRead as _;
     let received = out_dir(name).join("received.jsonl");
     let mut child = Command::new("python3")
-        .arg(crossprof_tests::workspace_root().join("tests/fixtures/otlp/receiver.py"))
+        .arg(crossprof_tests::workspace_root().join(format!("tests/fixtures/{kind}/receiver.py")))
         .arg(&received)
         .env("PYTHONPATH", crossprof_tests::OtlpProto::dir())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("start the OTLP receiver");
+        .expect("start the receiver");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
         .read_line(&mut line)
@@ -1613,4 +1619,126 @@ fn otlp_every_window_reaches_a_receiver_built_on_the_projects_own_code() {
             );
         }
     }
+}
+
+/// A `go tool pprof -sample_index=samples -traces` listing as (count,
+/// frames leaf first) per sample.
+fn pprof_traces(profile: &Path) -> Vec<(u64, Vec<String>)> {
+    let text = pprof(&["-sample_index=samples", "-traces", s(profile)]);
+    let mut out = Vec::new();
+    for block in text.split("-----------+") {
+        let mut count = None;
+        let mut frames = Vec::new();
+        for line in block.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if count.is_none() {
+                if let Ok(n) = first.parse::<u64>() {
+                    count = Some(n);
+                    frames.extend(words.next().map(str::to_owned));
+                }
+            } else if !first.contains(":[") {
+                frames.push(first.to_owned());
+            }
+        }
+        if let Some(n) = count {
+            out.push((n, frames));
+        }
+    }
+    out
+}
+
+/// `--pyroscope-url` (issue #22): every process's window reaches a receiver
+/// that checks each request against Pyroscope's documented ingest API (POST
+/// /ingest, `name`, `from`, `until`, `format=pprof`, a multipart body with
+/// the `profile` and its `sample_type_config`), after Pyroscope answered
+/// the first one 503 (sent again). The name is `--app-name` filled in with
+/// the process's labels (`pid`, `exe`, `host`), the tenant and the bearer
+/// token are sent, and `go tool pprof` reads each profile: the C chain in
+/// order in >= 90% of the samples, and exactly the samples the agent's own
+/// folded windows count.
+#[test]
+fn pyroscope_gets_every_process_window_as_its_documented_ingest_request() {
+    let (_receiver, port, received) = receiver("pyroscope", "agent_pyroscope_receiver");
+    let c = spawn(Command::new(native_fixture("chain")).arg("30"));
+    let c_pid = c.pid();
+    let secrets = out_dir("agent_pyroscope_secrets");
+    let token_file = secrets.join("token");
+    std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agent = Agent::start(
+        "agent_pyroscope",
+        &[
+            "--pid",
+            &c_pid.to_string(),
+            "--window",
+            "2s",
+            "--pyroscope-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--app-name",
+            "svc-{comm}",
+            "--tenant-id",
+            "team-a",
+            "--export-token-file",
+            s(&token_file),
+        ],
+    );
+    agent.wait_windows_of(c_pid, 2, Duration::from_secs(30));
+    let dir = agent.dir.clone();
+    let log = agent.log.clone();
+    assert!(agent.stop().success());
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("process windows sent to"), "{log}");
+    let text = std::fs::read_to_string(&received).unwrap_or_default();
+    let requests: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(requests.len() >= 2, "{text}\n{log}");
+    let mut total = 0;
+    let mut chained = 0;
+    for r in &requests {
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(r["method"], "POST");
+        assert_eq!(r["tenant"], "team-a");
+        assert_eq!(r["authorization"], "Bearer 0123456789abcdef-token");
+        assert_eq!(
+            r["parts"],
+            serde_json::json!(["profile", "sample_type_config"])
+        );
+        assert_eq!(r["config"]["cpu"]["sampled"], true, "{r}");
+        let name = r["query"]["name"].as_str().unwrap();
+        assert!(name.starts_with("svc-chain{"), "{name}");
+        assert!(name.contains(&format!("pid={c_pid}")), "{name}");
+        assert!(name.contains("exe=/") && name.contains("/chain,"), "{name}");
+        let q = |k: &str| r["query"][k].as_str().unwrap().parse::<u64>().unwrap();
+        assert!(q("until") > q("from"), "{r}");
+        for (n, frames) in pprof_traces(Path::new(r["profile"].as_str().unwrap())) {
+            total += n;
+            if frames
+                .windows(4)
+                .any(|w| w == ["hot", "middle", "outer", "main"])
+            {
+                chained += n;
+            }
+        }
+    }
+    assert!(
+        chained * 100 >= total * 90,
+        "hot;middle;outer;main in {chained} of {total}"
+    );
+    // Exactly what the agent's own windows count.
+    let mut folded_total = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "folded") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let (_, n) = line.rsplit_once(' ').unwrap();
+                folded_total += n.parse::<u64>().unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        total, folded_total,
+        "samples received vs the folded windows"
+    );
 }

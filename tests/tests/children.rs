@@ -213,7 +213,8 @@ fn perf_links(pid: u32) -> usize {
 ///
 /// Judged per program: nearly every sample has a named user frame, and its
 /// hot path is named in most (not nearly all: on a loaded machine the Go
-/// runtime's start-up is a larger share of a 15 ms life).
+/// runtime's start-up is a larger share of a 15 ms life; under emulation,
+/// most of it).
 #[test]
 fn processes_that_live_milliseconds_are_named() {
     let dir = out_dir("children_short");
@@ -243,6 +244,19 @@ fn processes_that_live_milliseconds_are_named() {
     );
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
+    // Samples in the program's own life: not inside its `execve` (until
+    // the new program's registers are set, the user stack a sample reads is
+    // the old program's, in maps that are gone), its exit (the maps torn
+    // down) or the fork before it (the shell's code). Under emulation
+    // (slow exec on 9p and overlayfs) these were 11% of a C program's.
+    let own = |st: &FoldedStack| {
+        !st.frames.iter().any(|f| {
+            f.starts_with("__x64_sys_execve")
+                || f.starts_with("__x64_sys_exit_group")
+                || f.starts_with("ret_from_fork")
+        })
+    };
+    let stacks: Vec<FoldedStack> = stacks.into_iter().filter(|st| own(st)).collect();
     for (root, leaf) in [("gochain", "main.hot"), ("chain", "hot")] {
         let (named, all) = count_where(&stacks, root, |st| {
             st.frames[1..]
@@ -254,9 +268,13 @@ fn processes_that_live_milliseconds_are_named() {
             named * 100 >= all * 90,
             "a named user frame in {named} of {all} samples of a {root} that lives {secs} s:\n{stacks:#?}"
         );
+        // Under emulation (the VM tier) start-up is most of such a life
+        // (the dynamic loader, the Go runtime's init: 86% of a 45 ms Go
+        // program's samples seen on 6.1): the hot path need only be there.
+        let want = if crossprof_tests::emulated() { 10 } else { 60 };
         let (hot, _) = count_where(&stacks, root, |st| st.frames.iter().any(|f| f == leaf));
         assert!(
-            hot * 100 >= all * 60,
+            hot * 100 >= all * want,
             "{leaf} in {hot} of {all} samples of a {root} that lives {secs} s:\n{stacks:#?}"
         );
     }

@@ -101,6 +101,65 @@ fn running_with_names(comms: &[String]) -> Vec<u32> {
 
 /// The bearer token in `path`'s first line.
 fn read_token(path: &std::path::Path) -> Result<String, UsageError> {
+    read_secret(path, 16, "a token of at least 16 characters")
+}
+
+/// The headers every export request carries: `--export-token-file`'s bearer
+/// token or `--export-basic-auth-file`'s user and password, and
+/// `--tenant-id`.
+fn export_headers(args: &AgentArgs) -> Result<Vec<(String, String)>, UsageError> {
+    let mut headers = Vec::new();
+    if let Some(path) = &args.export_token_file {
+        headers.push((
+            "Authorization".into(),
+            format!("Bearer {}", read_token(path)?),
+        ));
+    }
+    if let Some(path) = &args.export_basic_auth_file {
+        let pair = read_secret(path, 3, "USER:PASSWORD")?;
+        if !pair.contains(':') {
+            return Err(UsageError::TokenFile {
+                path: path.clone(),
+                why: "its first line must be USER:PASSWORD".into(),
+            });
+        }
+        headers.push((
+            "Authorization".into(),
+            format!("Basic {}", base64(pair.as_bytes())),
+        ));
+    }
+    if let Some(tenant) = &args.tenant_id {
+        headers.push(("X-Scope-OrgID".into(), tenant.clone()));
+    }
+    Ok(headers)
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), for basic
+/// authentication.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The first line of the private file `path`, at least `min` characters
+/// (`what` says what it must hold).
+fn read_secret(path: &std::path::Path, min: usize, what: &str) -> Result<String, UsageError> {
     let bad = |why: String| UsageError::TokenFile {
         path: path.to_path_buf(),
         why,
@@ -128,10 +187,8 @@ fn read_token(path: &std::path::Path) -> Result<String, UsageError> {
     std::io::Read::read_to_string(&mut std::io::Read::take(file, 4096), &mut text)
         .map_err(|e| bad(e.to_string()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.len() < 16 {
-        return Err(bad(
-            "its first line must hold a token of at least 16 characters".into(),
-        ));
+    if token.len() < min {
+        return Err(bad(format!("its first line must hold {what}")));
     }
     Ok(token)
 }
@@ -146,6 +203,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         Some(path) => Some(read_token(path)?),
         None => None,
     };
+    let headers = export_headers(&args)?;
     if token.is_none() && !args.listen.ip().is_loopback() {
         return Err(UsageError::TokenNeeded(args.listen).into());
     }
@@ -297,14 +355,33 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         windows: 0,
         by_container: args.group_by.contains(&crate::cli::GroupBy::Container),
         exporter: match &args.otlp_endpoint {
-            Some(url) => {
-                Some(
-                    export::Exporter::start(url.clone()).map_err(|source| Error::Io {
-                        what: "start the OTLP export thread",
-                        source,
-                    })?,
-                )
-            }
+            Some(url) => Some(
+                export::Exporter::start(export::Destination {
+                    name: "otlp",
+                    url: url.clone(),
+                    headers: headers.clone(),
+                })
+                .map_err(|source| Error::Io {
+                    what: "start the OTLP export thread",
+                    source,
+                })?,
+            ),
+            None => None,
+        },
+        pyroscope: match &args.pyroscope_url {
+            Some(url) => Some(Pyroscope {
+                exporter: export::Exporter::start(export::Destination {
+                    name: "pyroscope",
+                    url: url.clone(),
+                    headers,
+                })
+                .map_err(|source| Error::Io {
+                    what: "start the Pyroscope export thread",
+                    source,
+                })?,
+                ingest: url.clone(),
+                app_name: args.app_name.clone(),
+            }),
             None => None,
         },
         host: crate::otlp::Host::read(),
@@ -312,6 +389,12 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     if let Some(url) = &args.otlp_endpoint {
         logfile::say(&format!(
             "agent: sending every window to {url} (OTLP profiles)"
+        ));
+    }
+    if let Some(url) = &args.pyroscope_url {
+        logfile::say(&format!(
+            "agent: sending every window to {url} (Pyroscope, application {})",
+            args.app_name
         ));
     }
     let mut captures: Vec<(tokio::time::Instant, f64, Capture)> = Vec::new();
@@ -360,7 +443,8 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     unwind_rows_in_use: unwind.map_or(0, |u| u.rows_in_use()),
                     unwind_rows_freed: unwind.map_or(0, |u| u.rows_freed),
                     unwind_files_refused: unwind.map_or(0, |u| u.files_refused),
-                    otlp: cutter.exporter.as_ref().and_then(|e| e.status.lock().ok().map(|s| s.clone())),
+                    otlp: cutter.exporter.as_ref().and_then(export::Exporter::status),
+                    pyroscope: cutter.pyroscope.as_ref().and_then(|p| p.exporter.status()),
                 };
             }
             Some(reply) = snapshots_rx.recv() => {
@@ -389,10 +473,19 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         let _ = capture.reply.send(data);
     }
     cutter.cut(&mut pipeline, &shared.store, lost, false);
-    if let Some(exporter) = cutter.exporter.take() {
+    let finished = [
+        ("OTLP", "windows", cutter.exporter.take()),
+        (
+            "Pyroscope",
+            "process windows",
+            cutter.pyroscope.take().map(|p| p.exporter),
+        ),
+    ];
+    for (name, unit, exporter) in finished {
+        let Some(exporter) = exporter else { continue };
         let s = exporter.finish();
         logfile::say(&format!(
-            "agent: OTLP: {} windows sent to {} ({} bytes), {} dropped, {} not sent{}",
+            "agent: {name}: {} {unit} sent to {} ({} bytes), {} dropped, {} not sent{}",
             s.sent,
             s.url,
             s.bytes_sent,
@@ -428,8 +521,19 @@ struct Cutter {
     by_container: bool,
     /// `--otlp-endpoint`: where every window also goes.
     exporter: Option<export::Exporter>,
+    /// `--pyroscope-url`: where every process's window also goes.
+    pyroscope: Option<Pyroscope>,
     /// This host, for the OTLP resource.
     host: crate::otlp::Host,
+}
+
+/// `--pyroscope-url`'s sending.
+struct Pyroscope {
+    exporter: export::Exporter,
+    /// The ingest URL (`.../ingest`).
+    ingest: String,
+    /// `--app-name`.
+    app_name: String,
 }
 
 /// This process's resident memory, KiB (`/proc/self/statm`).
@@ -585,6 +689,65 @@ impl Cutter {
         store.lock().expect("store").set_current(window);
     }
 
+    /// Sends each process's stacks of the window that ran from `start_ms` to
+    /// `end_ms` to Pyroscope, a request each.
+    fn push_pyroscope(
+        &mut self,
+        agg: &crate::aggregate::Aggregator,
+        pipeline: &Pipeline,
+        start_ms: u64,
+        end_ms: u64,
+    ) {
+        use crate::pyroscope::{ProcessFacts, app_name, ingest_url, multipart, series_name};
+        let Some(py) = &self.pyroscope else {
+            return;
+        };
+        let span = pprof::Span {
+            start_unix_ns: (start_ms * 1_000_000) as i64,
+            duration_ns: (end_ms.saturating_sub(start_ms) * 1_000_000) as i64,
+        };
+        let config = crate::pyroscope::sample_type_config(&self.kind.sample_types());
+        let mut pids: Vec<u32> = agg.stacks().map(|(k, _)| k.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            let profile = pprof::gzip(&pprof::build(
+                agg.stacks().filter(|(k, _)| k.pid == pid),
+                &pipeline.symbolizer.names,
+                &pipeline.procs,
+                &mut self.build_ids,
+                self.kind,
+                span,
+            ));
+            let p = pipeline.procs.get(pid);
+            let container = p.and_then(|p| p.container.as_deref());
+            let facts = ProcessFacts {
+                pid,
+                comm: p.map_or("", |p| &p.name),
+                exe: p.and_then(|p| p.exe.as_deref()),
+                host: &self.host.name,
+                container_id: container.map(|c| c.id.as_str()),
+                pod_uid: container.and_then(|c| c.pod_uid.as_deref()),
+            };
+            let app = app_name(&py.app_name, &facts);
+            let (content_type, body) = multipart(&[
+                ("profile", &profile),
+                ("sample_type_config", config.as_bytes()),
+            ]);
+            py.exporter.push(export::Request {
+                url: ingest_url(
+                    &py.ingest,
+                    &series_name(&app, &facts),
+                    start_ms / 1000,
+                    end_ms.div_ceil(1000),
+                ),
+                content_type,
+                body,
+                gzip: false,
+            });
+        }
+    }
+
     /// Ends the current window: names, folds, profiles and stores it, then
     /// forgets exited processes (unless a capture still counts their stacks).
     fn cut(&mut self, pipeline: &mut Pipeline, store: &Mutex<Store>, lost: u64, capturing: bool) {
@@ -608,8 +771,20 @@ impl Cutter {
             );
             // A window with no sample (all targets idle) sends nothing.
             if !request.resource_profiles.is_empty() {
-                exporter.push(prost::Message::encode_to_vec(&request));
+                exporter.push(export::Request {
+                    url: exporter
+                        .status
+                        .lock()
+                        .map(|s| s.url.clone())
+                        .unwrap_or_default(),
+                    content_type: "application/x-protobuf".into(),
+                    body: prost::Message::encode_to_vec(&request),
+                    gzip: true,
+                });
             }
+        }
+        if self.pyroscope.is_some() {
+            self.push_pyroscope(&agg, pipeline, window.meta.start_unix_ms, end_ms);
         }
         pipeline.procs.go_new_window();
         store.lock().expect("store").add(window);

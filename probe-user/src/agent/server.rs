@@ -98,6 +98,10 @@ pub struct AgentStatus {
     /// last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<super::export::ExportStatus>,
+    /// The Pyroscope export (`--pyroscope-url`), the same figures per
+    /// process window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pyroscope: Option<super::export::ExportStatus>,
 }
 
 /// Serves `listener` until the process ends.
