@@ -124,7 +124,9 @@ static ANNOUNCED: LruHashMap<u32, u8> =
     LruHashMap::with_max_entries(probe_common::MAX_ANNOUNCED, 0);
 
 /// Is this `tgid`'s sample its first one in a whole-system session (the
-/// collector is woken for it at once)? Remembers it if so.
+/// collector is woken for it at once)? Remembers it if so, and announces
+/// the process as a selected target's `exec` is announced: the collector's
+/// announcement thread reads it at once, however busy its sample pipeline.
 #[inline(always)]
 fn first_sample(tgid: u32) -> bool {
     if config().announce_new == 0 || tgid == 0 {
@@ -135,6 +137,14 @@ fn first_sample(tgid: u32) -> bool {
         return false;
     }
     let _ = ANNOUNCED.insert(&tgid, &1, 0);
+    let record = probe_common::native::MapsChanged {
+        kind: probe_common::RecordKind::Exec as u32,
+        pid: tgid,
+    };
+    let _ = ANNOUNCE.output::<probe_common::native::MapsChanged>(
+        &record,
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
+    );
     true
 }
 
