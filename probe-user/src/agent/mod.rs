@@ -707,12 +707,15 @@ impl Cutter {
             duration_ns: (end_ms.saturating_sub(start_ms) * 1_000_000) as i64,
         };
         let config = crate::pyroscope::sample_type_config(&self.kind.sample_types());
-        let mut pids: Vec<u32> = agg.stacks().map(|(k, _)| k.pid).collect();
-        pids.sort_unstable();
-        pids.dedup();
-        for pid in pids {
+        // The window's stacks by process, grouped once (not one pass over
+        // every stack per process).
+        let mut by_pid: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+        for (key, n) in agg.stacks() {
+            by_pid.entry(key.pid).or_default().push((key, n));
+        }
+        for (pid, stacks) in by_pid {
             let profile = pprof::gzip(&pprof::build(
-                agg.stacks().filter(|(k, _)| k.pid == pid),
+                stacks,
                 &pipeline.symbolizer.names,
                 &pipeline.procs,
                 &mut self.build_ids,
