@@ -14,6 +14,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per run: the size of the largest (the agent's) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sample on-CPU stacks and write folded stacks, an SVG flamegraph and a summary.
@@ -283,6 +285,20 @@ pub struct AgentArgs {
     /// with every export request.
     #[arg(long, value_name = "FILE")]
     pub export_basic_auth_file: Option<PathBuf>,
+
+    /// Trust only the certificates of this PEM file for https export URLs
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Present this client certificate (PEM, with its chain) to https
+    /// export URLs; needs --key-file.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key of --cert-file (PEM; a file only root can read).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
 
     /// File whose first line is the bearer token every HTTP request must
     /// carry (Authorization: Bearer TOKEN); required off loopback.

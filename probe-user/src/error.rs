@@ -129,6 +129,14 @@ pub enum UsageError {
         /// What was wrong.
         why: String,
     },
+    /// `--ca-file`, `--cert-file` or `--key-file` unusable.
+    #[error("{}: {why}: give a PEM file (--ca-file: certificates; --cert-file: the client's certificate chain; --key-file: its private key)", path.display())]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
     /// A non-loopback `--listen` without a token.
     #[error(
         "--listen {0} is reachable from other hosts: give --token-file FILE (a secret of 16 characters or more), or listen on 127.0.0.1"

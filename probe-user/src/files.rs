@@ -617,6 +617,164 @@ impl OutFolder {
         }
     }
 
+    /// Creates the folder `path` (mode 0700, with its parents) when it is
+    /// missing, and opens it as [`OutFolder::open`] does.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+        {
+            Ok(()) => {}
+            // A link to a folder, or a file: `open` judges it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Self::open(path)
+    }
+
+    /// The folder's owner and mode.
+    pub fn stat(&self) -> io::Result<libc::stat> {
+        fstat(self.dir.as_raw_fd())
+    }
+
+    /// Makes the folder private (0700): a folder of root's own keeps its
+    /// files' names from other users.
+    pub fn make_private(&self) -> io::Result<()> {
+        let fd = openat(
+            self.dir.as_raw_fd(),
+            ".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        // SAFETY: fchmod of a descriptor of ours.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The folder's entries' names (not `.` and `..`).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let fd = openat(
+            self.dir.as_raw_fd(),
+            ".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Whether `st` is a file crossprof wrote here: a regular file (not a
+    /// link, FIFO or device) with one name (not a hard link another user
+    /// made to a file of root's), owned by crossprof's user (or the sudo
+    /// user it gives its files to). A user who can write the folder can
+    /// plant entries, never files of root's.
+    fn ours(&self, st: &libc::stat) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink == 1
+            && (st.st_uid == me || self.owner.is_some_and(|(uid, _)| uid == st.st_uid))
+    }
+
+    /// The size of `name` if it is a file crossprof wrote (see `ours`).
+    pub fn own_file_len(&self, name: &str) -> Option<u64> {
+        let st = lstatat(self.dir.as_raw_fd(), name).ok()?;
+        self.ours(&st).then_some(st.st_size as u64)
+    }
+
+    /// Opens `name` to read it, if it is a file crossprof wrote (see
+    /// `ours`): never through a link, never blocking.
+    pub fn open_own(&self, name: &str) -> io::Result<File> {
+        let fd = openat(
+            self.dir.as_raw_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        )?;
+        let st = fstat(fd.as_raw_fd())?;
+        if !self.ours(&st) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a {} of uid {} with {} name(s), not a file crossprof wrote",
+                    self.path.join(name).display(),
+                    kind(st.st_mode),
+                    st.st_uid,
+                    st.st_nlink
+                ),
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Reads `name` whole, at most `max` bytes, if crossprof wrote it.
+    pub fn read_own(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open_own(name)?.take(max).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Writes `data` as `name`: a new file under a random name, synced,
+    /// renamed into place (see [`OutFolder::create_temp`]).
+    pub fn write_file(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        let (mut file, temp) = self.create_temp(name)?;
+        let written = file
+            .write_all(data)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| self.rename(&temp, name));
+        if written.is_err() {
+            let _ = self.remove(&temp);
+        }
+        written
+    }
+
+    /// The subfolder `name`, made (0700) if missing; refused unless it is a
+    /// folder of crossprof's user that no one else may write (another
+    /// user's folder could be filled with entries crossprof would read).
+    pub fn subfolder(&self, name: &str) -> io::Result<Self> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated name alive for the call.
+        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+        let fd = openat(
+            self.dir.as_raw_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let st = fstat(fd.as_raw_fd())?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if st.st_uid != me || st.st_mode & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to uid {} with mode {:o}: not a private folder of uid {me}",
+                    self.path.join(name).display(),
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ),
+            ));
+        }
+        Ok(Self {
+            dir: fd,
+            path: self.path.join(name),
+            owner: None,
+        })
+    }
+
     /// Gives the folder to the sudo user, like its files (see `owner`).
     pub fn chown_to_invoker(&self) {
         if let Some((uid, gid)) = self.owner

@@ -4,7 +4,7 @@
 //! info, ReadyToRun images and their ECMA-335 metadata, portable PDBs, .NET
 //! prologs), what the kernel sends (ring-buffer records, `/proc/PID/maps`),
 //! what a user hands `diff` (pprof, gzip, folded) and what a client sends the
-//! agent (HTTP request heads, `traceparent`), a process's environment, cgroup
+//! agent (HTTP request heads, `traceparent`), the agent's outbox files, a process's environment, cgroup
 //! path and status, and the command line's parsers.
 //!
 //! Each target is a function of one byte string that must return, never
@@ -711,6 +711,20 @@ pub fn targets() -> Vec<Target> {
                     let _ = crate::containers::parse(line.rsplit(':').next().unwrap_or(line));
                 }
                 let _ = crate::files::parse_own_pid(&s);
+            },
+        },
+        Target {
+            name: "outbox_request",
+            #[cfg(test)]
+            seeds: || {
+                text(&[
+                    "crossprof-request 1\nquery ?name=a%7Bpid%3D1%7D&from=1&until=2\ncontent-type multipart/form-data; boundary=x\nencoding gzip\n\nbody",
+                    "crossprof-request 1\nquery \ncontent-type application/x-protobuf\nencoding identity\n\n",
+                ])
+            },
+            run: |b| {
+                // A request file of the agent's outbox (`--dir`/outbox-*/).
+                let _ = crate::agent::outbox::decode(b);
             },
         },
         Target {

@@ -130,10 +130,10 @@ fn query_escape(s: &str) -> String {
     out
 }
 
-/// The full request URL of one process's window.
-pub fn ingest_url(ingest: &str, series: &str, from_s: u64, until_s: u64) -> String {
+/// The query of one process's window's request (added to the ingest URL).
+pub fn ingest_query(series: &str, from_s: u64, until_s: u64) -> String {
     format!(
-        "{ingest}?name={}&from={from_s}&until={until_s}&format=pprof&spyName=crossprof",
+        "?name={}&from={from_s}&until={until_s}&format=pprof&spyName=crossprof",
         query_escape(series)
     )
 }
@@ -234,10 +234,10 @@ mod tests {
 
     #[test]
     fn the_url_is_escaped_and_has_every_required_parameter() {
-        let url = ingest_url("http://p:4040/ingest", "a{pid=1,exe=/x}", 10, 20);
+        let url = ingest_query("a{pid=1,exe=/x}", 10, 20);
         assert_eq!(
             url,
-            "http://p:4040/ingest?name=a%7Bpid%3D1%2Cexe%3D%2Fx%7D&from=10&until=20\
+            "?name=a%7Bpid%3D1%2Cexe%3D%2Fx%7D&from=10&until=20\
              &format=pprof&spyName=crossprof"
         );
     }

@@ -35,7 +35,13 @@ impl Agent {
     /// (the folder is left for the agent to create), and waits for its
     /// server.
     fn start(name: &str, extra: &[&str]) -> Agent {
-        let out = out_dir(name);
+        Self::start_in(&out_dir(name), extra)
+    }
+
+    /// As [`Agent::start`], in the test folder `out` as it is (a second
+    /// agent finds what the first left in `out/windows`).
+    fn start_in(out: &Path, extra: &[&str]) -> Agent {
+        std::fs::create_dir_all(out).expect("create the test output folder");
         let dir = out.join("windows");
         let log = out.join("agent.log");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -1434,11 +1440,17 @@ fn otlp_receiver(name: &str) -> (Guard, u16, PathBuf) {
 /// The receiver `tests/fixtures/KIND/receiver.py` on 127.0.0.1, writing
 /// what it receives to `target/test-out/NAME/received.jsonl`.
 fn receiver(kind: &str, name: &str) -> (Guard, u16, PathBuf) {
+    receiver_at(kind, &out_dir(name).join("received.jsonl"), &[])
+}
+
+/// The receiver `tests/fixtures/KIND/receiver.py` with `extra` arguments,
+/// appending what it receives to `received`.
+fn receiver_at(kind: &str, received: &Path, extra: &[&str]) -> (Guard, u16, PathBuf) {
     use std::io::BufRead as _;
-    let received = out_dir(name).join("received.jsonl");
     let mut child = Command::new("python3")
         .arg(crossprof_tests::workspace_root().join(format!("tests/fixtures/{kind}/receiver.py")))
-        .arg(&received)
+        .arg(received)
+        .args(extra)
         .env("PYTHONPATH", crossprof_tests::OtlpProto::dir())
         .stdout(Stdio::piped())
         .spawn()
@@ -1452,7 +1464,7 @@ fn receiver(kind: &str, name: &str) -> (Guard, u16, PathBuf) {
         .strip_prefix("port ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the receiver said {line:?}"));
-    (Guard(child), port, received)
+    (Guard(child), port, received.to_path_buf())
 }
 
 /// `--otlp-endpoint` (issue #22, OTLP/HTTP): every window, the last one
@@ -1740,5 +1752,428 @@ fn pyroscope_gets_every_process_window_as_its_documented_ingest_request() {
     assert_eq!(
         total, folded_total,
         "samples received vs the folded windows"
+    );
+}
+
+/// The JSON lines a receiver wrote.
+fn received_lines(received: &Path) -> Vec<Value> {
+    std::fs::read_to_string(received)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Samples per process in the folded windows an agent left in `dir`.
+fn folded_samples(dir: &Path, comm: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "folded") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                let (stack, n) = line.rsplit_once(' ').unwrap();
+                if stack.split(';').next() == Some(comm) {
+                    total += n.parse::<u64>().unwrap();
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The request files waiting in an outbox.
+fn outbox_files(dir: &Path, name: &str) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.join(format!("outbox-{name}")))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().unwrap().len(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The agent's `agent.otlp` status once `check` holds (polled: it is
+/// updated at each window).
+fn wait_otlp_status(agent: &Agent, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = agent.windows()["agent"]["otlp"].clone();
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not within {limit:?}: {v}\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue #22's faults, the backend down and the agent restarted meanwhile:
+/// with no receiver, every window waits in the outbox on disk
+/// (`--dir/outbox-otlp`); SIGTERM does not wait out the flush deadline on
+/// a backend that refuses connections, and leaves them there; the next
+/// agent, started while the backend is still down, sends them first once
+/// it is up, then its own. The receiver gets every window of both runs
+/// exactly once (each process's samples are exactly what the folded
+/// windows on disk count) and in order (window start times strictly
+/// increasing), and the outbox is empty at the end.
+#[test]
+fn otlp_windows_wait_on_disk_while_the_backend_is_down_and_across_a_restart() {
+    let out = out_dir("agent_otlp_outbox");
+    let received = out.join("received.jsonl");
+    let port = free_port();
+    let c = spawn(Command::new(native_fixture("chain")).arg("60"));
+    let pid = c.pid().to_string();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--pid",
+        &pid,
+        "--window",
+        "1s",
+        "--otlp-endpoint",
+        &endpoint,
+    ];
+    let first = Agent::start_in(&out, &args);
+    first.wait_windows_of(c.pid(), 1, Duration::from_secs(30));
+    let status = wait_otlp_status(&first, Duration::from_secs(30), |v| {
+        v["queued_on_disk"].as_u64() >= Some(4)
+    });
+    assert_eq!(status["sent"], 0, "{status}");
+    assert!(status["last_error"].as_str().is_some(), "{status}");
+    let dir = first.dir.clone();
+    let log = first.log.clone();
+    let stopping = Instant::now();
+    assert!(first.stop().success());
+    let took = stopping.elapsed();
+    let left = outbox_files(&dir, "otlp");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        took < Duration::from_secs(4),
+        "the stop took {took:?} with the backend refusing connections"
+    );
+    assert!(left.len() >= 4, "{left:?}\n{log_text}");
+    assert!(left.iter().all(|(n, _)| n.ends_with(".req")), "{left:?}");
+    assert!(log_text.contains("the next start sends them"), "{log_text}");
+    // The next agent: the backend still down for its first 3 s.
+    let second = Agent::start_in(&out, &args);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_receiver, _, _) = receiver_at("otlp", &received, &["--port", &port.to_string()]);
+    let status = wait_otlp_status(&second, Duration::from_secs(30), |v| {
+        v["sent"].as_u64() > Some(left.len() as u64) && v["queued"] == 0
+    });
+    assert_eq!(status["dropped"], 0, "{status}");
+    assert!(
+        second
+            .log_text()
+            .contains("request(s) an earlier run left in the outbox are sent first"),
+        "{}",
+        second.log_text()
+    );
+    assert!(second.stop().success());
+    let profiles: Vec<Value> = received_lines(&received)
+        .into_iter()
+        .filter(|p| p["resource"]["process.pid"] == c.pid())
+        .collect();
+    let starts: Vec<u64> = profiles
+        .iter()
+        .map(|p| p["time_unix_nano"].as_u64().unwrap())
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "windows out of order or twice: {starts:?}"
+    );
+    let samples: u64 = profiles
+        .iter()
+        .flat_map(|p| p["samples"].as_array().unwrap())
+        .map(|s| s["values"][0].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        samples,
+        folded_samples(&dir, "chain"),
+        "samples received vs the folded windows of both runs"
+    );
+    assert!(profiles.len() > left.len(), "{} profiles", profiles.len());
+    assert_eq!(outbox_files(&dir, "otlp"), []);
+}
+
+/// Issue #22's faults, a backend that accepts and never answers, with a
+/// small `--max-disk`: each request gives up after its timeout and is tried
+/// again later (the status names the timeout), windows keep being cut, the
+/// outbox stays within its share of `--max-disk` (a quarter) with the
+/// oldest dropped and counted, and SIGTERM ends the agent within the flush
+/// deadline with the rest left in the outbox.
+#[test]
+fn a_backend_that_never_answers_costs_a_timeout_and_the_outbox_is_bounded() {
+    let out = out_dir("agent_otlp_hang");
+    let (_receiver, port, received) = receiver_at("otlp", &out.join("received.jsonl"), &["--hang"]);
+    let c = spawn(Command::new(native_fixture("chain")).arg("60"));
+    let agent = Agent::start_in(
+        &out,
+        &[
+            "--pid",
+            &c.pid().to_string(),
+            "--window",
+            "1s",
+            "--max-disk",
+            "32KB",
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    );
+    let status = wait_otlp_status(&agent, Duration::from_secs(40), |v| {
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("timeout") || e.contains("timed out"))
+            && v["dropped"].as_u64() > Some(0)
+    });
+    assert_eq!(status["sent"], 0, "{status}");
+    let bound = 32_000 / 4;
+    assert!(status["disk_bytes"].as_u64().unwrap() <= bound, "{status}");
+    let dir = agent.dir.clone();
+    let stopping = Instant::now();
+    assert!(agent.stop().success());
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?} with a request hanging"
+    );
+    let left = outbox_files(&dir, "otlp");
+    let bytes: u64 = left.iter().map(|(_, b)| b).sum();
+    assert!(!left.is_empty() && bytes <= bound, "{left:?}");
+    let hung = received_lines(&received)
+        .iter()
+        .filter(|l| l.get("hung").is_some())
+        .count();
+    assert!(hung >= 2, "the request was not tried again: {hung}");
+}
+
+/// Makes a CA and, signed by it, a certificate for 127.0.0.1 (the
+/// receiver's) and one for a client (`CN=crossprof-agent`), with openssl:
+/// (ca.pem, server.pem, server.key, client.pem, client.key) in `dir`.
+fn make_certificates(dir: &Path) -> [PathBuf; 5] {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=crossprof test CA",
+            ][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let cn = if who == "server" {
+            "/CN=127.0.0.1"
+        } else {
+            "/CN=crossprof-agent"
+        };
+        openssl(
+            &[
+                &["req", "-subj", cn][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{who}.key"),
+                    "-out",
+                    &format!("{who}.csr"),
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join(format!("{who}.ext")), ext).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &format!("{who}.ext"),
+            "-out",
+            &format!("{who}.pem"),
+        ]);
+        std::fs::set_permissions(
+            dir.join(format!("{who}.key")),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ]
+    .map(|f| dir.join(f))
+}
+
+/// `https` export (issue #22): a receiver that asks for a client
+/// certificate gets every window over TLS from an agent given the CA
+/// (`--ca-file`) and its certificate (`--cert-file`/`--key-file`), the C
+/// chain in >= 90% of the samples and the client's name seen; an agent
+/// that does not trust the receiver's CA (the system's roots) sends
+/// nothing and says why; a key file others can read is refused at start
+/// with exit status 2.
+#[test]
+fn otlp_over_tls_with_a_client_certificate() {
+    let out = out_dir("agent_otlp_tls");
+    let certs = out.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let [ca, server_cert, server_key, client_cert, client_key] = make_certificates(&certs);
+    let (_receiver, port, received) = receiver_at(
+        "otlp",
+        &out.join("received.jsonl"),
+        &["--tls", s(&server_cert), s(&server_key), s(&ca)],
+    );
+    let c = spawn(Command::new(native_fixture("chain")).arg("60"));
+    let pid = c.pid().to_string();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    // Not trusted: the system's roots do not hold the test's CA.
+    let untrusting = Agent::start_in(
+        &out.join("untrusting"),
+        &[
+            "--pid",
+            &pid,
+            "--window",
+            "1s",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    let status = wait_otlp_status(&untrusting, Duration::from_secs(20), |v| {
+        v["last_error"].as_str().is_some()
+    });
+    assert!(untrusting.stop().success());
+    let error = status["last_error"].as_str().unwrap().to_lowercase();
+    assert!(
+        error.contains("certificate") || error.contains("issuer"),
+        "{status}"
+    );
+    assert!(
+        received_lines(&received).is_empty(),
+        "sent to an untrusted receiver"
+    );
+    // A key others can read: refused before anything starts.
+    let open_key = certs.join("open.key");
+    std::fs::copy(&client_key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = Command::new(crossprof_bin())
+        .args([
+            "agent",
+            "--dir",
+            s(&out.join("refused")),
+            "--otlp-endpoint",
+            &endpoint,
+        ])
+        .args([
+            "--ca-file",
+            s(&ca),
+            "--cert-file",
+            s(&client_cert),
+            "--key-file",
+            s(&open_key),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("open.key") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // Trusted, with a client certificate.
+    let agent = Agent::start_in(
+        &out.join("trusting"),
+        &[
+            "--pid",
+            &pid,
+            "--window",
+            "1s",
+            "--otlp-endpoint",
+            &endpoint,
+            "--ca-file",
+            s(&ca),
+            "--cert-file",
+            s(&client_cert),
+            "--key-file",
+            s(&client_key),
+        ],
+    );
+    agent.wait_windows_of(c.pid(), 2, Duration::from_secs(30));
+    let status = wait_otlp_status(&agent, Duration::from_secs(20), |v| {
+        v["sent"].as_u64() >= Some(2)
+    });
+    assert!(status.get("last_error").is_none(), "{status}");
+    assert!(agent.stop().success());
+    let profiles = received_lines(&received);
+    assert!(profiles.len() >= 2, "{profiles:?}");
+    let (mut total, mut chained) = (0, 0);
+    for p in &profiles {
+        assert_eq!(p["client"], "crossprof-agent", "{p}");
+        for sample in p["samples"].as_array().unwrap() {
+            let n = sample["values"][0].as_u64().unwrap();
+            total += n;
+            let names: Vec<&str> = sample["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap_or(""))
+                .collect();
+            if names
+                .windows(4)
+                .any(|w| w == ["hot", "middle", "outer", "main"])
+            {
+                chained += n;
+            }
+        }
+    }
+    assert!(
+        chained * 100 >= total * 90,
+        "hot;middle;outer;main in {chained} of {total}"
     );
 }

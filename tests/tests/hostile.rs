@@ -625,3 +625,118 @@ fn a_huge_perf_map_line_is_skipped_without_holding_it() {
     );
     assert!(folded.contains("Program::"), "JIT frames unnamed");
 }
+
+/// The agent beside another user (issue 22's outbox made `--dir` hold more
+/// of what root reads back): a `--dir` that user owns, with a link planted
+/// under a window's name aimed at a root-only file, and a `--log-file`
+/// that is a planted link. The log link is refused at start (exit status
+/// 2, the file named) and its target unchanged; in the folder, the planted
+/// window is neither listed nor served, the agent's own windows are
+/// written as private files beside it, and its outbox is a private folder
+/// of root's.
+#[test]
+fn the_agent_neither_writes_nor_serves_through_links_planted_in_its_folders() {
+    let victims = out_dir("hostile_agent_victims");
+    let secret = victim(&victims, "secret", "root's own content\n");
+    let dir = out_dir("hostile_agent");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let windows = dir.join("windows");
+    as_nobody("mkdir", &[windows.to_str().unwrap()]);
+    let planted_id = "20260101T000000.000Z";
+    as_nobody(
+        "ln",
+        &[
+            "-s",
+            secret.to_str().unwrap(),
+            windows
+                .join(format!("{planted_id}.pb.gz"))
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let log_link = dir.join("agent.log");
+    as_nobody(
+        "ln",
+        &["-s", secret.to_str().unwrap(), log_link.to_str().unwrap()],
+    );
+    let port = crossprof_tests::http::free_port();
+    let agent = |log: &Path| {
+        let mut cmd = Command::new(crossprof_tests::crossprof_bin());
+        cmd.args(["agent", "--window", "1s", "--dir"])
+            .arg(&windows)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--log-file"])
+            .arg(log)
+            .args(["--otlp-endpoint", "http://127.0.0.1:9"]);
+        cmd
+    };
+    // The log file a link: refused.
+    let refused = output_within(&mut agent(&log_link), Duration::from_secs(30));
+    let stderr = &refused.stderr;
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("agent.log"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "root's own content\n"
+    );
+    // The folder nobody's: windows written safely, the planted one ignored.
+    let target = spinner(30.0, "agentdir");
+    let running = Guard(
+        agent(&dir.join("real.log"))
+            .args(["--pid", &target.pid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    let listed = loop {
+        if let Some(r) = crossprof_tests::http::get(&addr, "/api/windows", &[]) {
+            let v: serde_json::Value = r.json();
+            let whole = v["windows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["on_disk"] == true)
+                .count();
+            if whole >= 2 {
+                break v;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no windows written"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !listed.to_string().contains(planted_id),
+        "the planted window is listed: {listed}"
+    );
+    let served =
+        crossprof_tests::http::get(&addr, &format!("/flamegraph.svg?window={planted_id}"), &[])
+            .expect("an answer");
+    assert!(
+        served.status != 200 && !served.text().contains("root's own"),
+        "the planted window is served: {}",
+        served.status
+    );
+    drop(running);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "root's own content\n"
+    );
+    for entry in std::fs::read_dir(&windows).unwrap().flatten() {
+        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(planted_id) {
+            continue;
+        }
+        if name == "outbox-otlp" {
+            assert!(meta.is_dir() && meta.uid() == 0, "{name}");
+            assert_eq!(meta.mode() & 0o777, 0o700, "{name}");
+        } else {
+            assert!(meta.is_file() && meta.uid() == 0, "{name}");
+            assert_eq!(meta.mode() & 0o777, 0o600, "{name}");
+        }
+    }
+}

@@ -10,36 +10,60 @@
 //! - `--pyroscope-url URL`: Pyroscope's ingest API, one request per process
 //!   and window ([`crate::pyroscope`]).
 //!
-//! Requests wait in memory, oldest first, at most [`MAX_QUEUED`] of them and
-//! [`MAX_QUEUED_BYTES`] (beyond, the oldest are dropped and counted); a
-//! failed send (no answer, 408, 429, 5xx) is tried again after an exponential
-//! backoff with jitter (1 s doubling up to 60 s), a refused one (another
-//! 4xx: the request is malformed or not allowed) is dropped and counted
-//! with its answer as the last error. On stop, what is queued is sent for
-//! at most [`FLUSH_DEADLINE`].
+//! Every request is written to the destination's outbox on disk
+//! ([`super::outbox`], `--dir`/`outbox-NAME/`) when it is made, and removed
+//! once sent: a backend down for hours, or an agent stopped or killed
+//! meanwhile, loses nothing (the next start sends what is left, oldest
+//! first, before anything new). The outbox is bounded (its share of
+//! `--max-disk`), and so is the count of requests waiting
+//! ([`MAX_QUEUED_ON_DISK`]); beyond either, the oldest are dropped and
+//! counted. Where the outbox cannot be written (a full disk, a read-only
+//! folder) requests wait in memory instead, at most [`MAX_QUEUED`] of them
+//! and [`MAX_QUEUED_BYTES`].
 //!
-//! Not done yet (issue #22): gRPC, TLS options beyond the system's roots,
-//! a queue on disk that outlives the agent.
+//! A failed send (no answer within [`REQUEST_TIMEOUT`], a refused
+//! connection, 408, 429, 5xx) is tried again after an exponential backoff
+//! with jitter (1 s doubling up to 60 s); a refused request (another 4xx:
+//! malformed or not allowed) is dropped and counted with its answer as the
+//! last error. On stop, what waits is sent for at most [`FLUSH_DEADLINE`]
+//! (stopping at the first failure when it is on disk: the next start sends
+//! it), and the agent never waits longer than that for a request in flight.
+//! Delivery is at least once: a request whose answer was cut short by the
+//! stop is sent again by the next start.
+//!
+//! TLS (an `https` URL): the system's roots or `--ca-file`'s, and a client
+//! certificate with `--cert-file`/`--key-file` ([`tls_config`]).
+//!
+//! Not done yet (issue #22): OTLP over gRPC.
 
 use std::{
     collections::VecDeque,
+    path::Path,
     sync::{Arc, Mutex, mpsc},
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-/// Requests held while a destination is down (an OTLP request is a window,
-/// a Pyroscope one a process's window).
+use super::outbox::{Outbox, Stored};
+
+/// Requests held in memory while a destination is down and the outbox
+/// cannot be written (an OTLP request is a window, a Pyroscope one a
+/// process's window).
 pub const MAX_QUEUED: usize = 1024;
-/// Bytes (as sent) held while a destination is down: the agent's memory
-/// goal holds with a backend down for good.
+/// Bytes (as sent) held in memory while a destination is down and the
+/// outbox cannot be written: the agent's memory goal holds with a backend
+/// down for good.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Requests waiting in the outbox at most (each costs ~40 bytes of memory
+/// to list).
+pub const MAX_QUEUED_ON_DISK: usize = 100_000;
 /// How long the last windows may take to go out when the agent stops.
 pub const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
-/// One request's limit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// One request's limit (connecting, sending, the answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The largest request file read back (a window's request is far smaller).
+const MAX_REQUEST_FILE: u64 = 256 << 20;
 
 /// How the sending goes, in `/api/windows` (`agent.otlp`,
 /// `agent.pyroscope`) and the log.
@@ -53,8 +77,15 @@ pub struct ExportStatus {
     pub bytes_sent: u64,
     /// Requests waiting to be sent.
     pub queued: u64,
+    /// Of those, the ones in the outbox on disk.
+    pub queued_on_disk: u64,
+    /// Bytes the outbox takes.
+    pub disk_bytes: u64,
+    /// The outbox (absent: requests wait in memory only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<String>,
     /// Requests dropped: refused by the destination, or the oldest while
-    /// more than [`MAX_QUEUED`] or [`MAX_QUEUED_BYTES`] waited.
+    /// more waited than the bounds allow.
     pub dropped: u64,
     /// The last failure, if the last send failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,19 +95,23 @@ pub struct ExportStatus {
 /// Where requests go: a name for the log, and what every request carries.
 #[derive(Debug, Clone)]
 pub struct Destination {
-    /// `otlp` or `pyroscope`: the log's prefix and the thread's name.
+    /// `otlp` or `pyroscope`: the log's prefix, the thread's and the
+    /// outbox's name.
     pub name: &'static str,
-    /// The URL shown in the status.
+    /// The URL requests go to (each adds its query).
     pub url: String,
     /// Headers every request carries (authorization, tenant).
     pub headers: Vec<(String, String)>,
+    /// TLS settings for an `https` URL.
+    pub tls: ureq::tls::TlsConfig,
 }
 
 /// One request to send.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// Where it goes (a Pyroscope request's carries its query).
-    pub url: String,
+    /// Added to the destination's URL: empty, or `?...` (a Pyroscope
+    /// request's name and time span).
+    pub query: String,
     /// Its `Content-Type`.
     pub content_type: String,
     /// The body, gzipped by the sending thread when `gzip` is set.
@@ -85,30 +120,45 @@ pub struct Request {
     pub gzip: bool,
 }
 
+/// An outbox as [`Outbox::open`] gives it: with what an earlier run left.
+pub type Opened = (Outbox, Vec<(u64, u64)>);
+
 /// The sending thread's handle.
 #[derive(Debug)]
 pub struct Exporter {
     jobs: Option<mpsc::Sender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    /// Told when the thread ends.
+    done: mpsc::Receiver<()>,
     /// Shared with the thread.
     pub status: Arc<Mutex<ExportStatus>>,
 }
 
 impl Exporter {
-    /// Starts the thread sending to `dest`.
-    pub fn start(dest: Destination) -> std::io::Result<Self> {
+    /// Starts the thread sending to `dest`, requests waiting in `outbox`
+    /// (bounded at `max_disk` bytes), or in memory without one.
+    pub fn start(
+        dest: Destination,
+        outbox: Option<Opened>,
+        max_disk: u64,
+    ) -> std::io::Result<Self> {
         let status = Arc::new(Mutex::new(ExportStatus {
             url: dest.url.clone(),
+            outbox: outbox.as_ref().map(|(o, _)| o.path().display().to_string()),
             ..Default::default()
         }));
         let (jobs, rx) = mpsc::channel::<Request>();
+        let (done_tx, done) = mpsc::channel();
         let shared = Arc::clone(&status);
-        let thread = std::thread::Builder::new()
+        let mut queue = Queue::new(outbox, max_disk);
+        std::thread::Builder::new()
             .name(format!("crossprof-{}", dest.name))
-            .spawn(move || run(&dest, &rx, &shared))?;
+            .spawn(move || {
+                run(&dest, &rx, &mut queue, &shared);
+                let _ = done_tx.send(());
+            })?;
         Ok(Exporter {
             jobs: Some(jobs),
-            thread: Some(thread),
+            done,
             status,
         })
     }
@@ -125,14 +175,128 @@ impl Exporter {
         self.status.lock().ok().map(|s| s.clone())
     }
 
-    /// Sends what is queued, for at most [`FLUSH_DEADLINE`], and stops.
+    /// Sends what waits, for at most [`FLUSH_DEADLINE`], and stops (a
+    /// request still in flight then is left to the thread: the process is
+    /// ending, and the request is still in the outbox).
     pub fn finish(mut self) -> ExportStatus {
         drop(self.jobs.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self
+            .done
+            .recv_timeout(FLUSH_DEADLINE + Duration::from_millis(500));
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
+
+/// The TLS settings of `https` destinations: the roots of `ca_file` if
+/// given, else the system's (the first bundle of [`SYSTEM_ROOTS`] that
+/// holds a certificate; else the Mozilla roots built in), and the client
+/// certificate of `cert_file` and `key_file` (PEM) if given. Files are
+/// read without following a link, at most 1 MiB each.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<ureq::tls::TlsConfig, crate::error::UsageError> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let bad = |path: &Path, why: String| crate::error::UsageError::TlsFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let pem_of =
+        |path: &Path, private: bool| -> Result<Vec<PemItem<'static>>, crate::error::UsageError> {
+            let bytes = read_pem_file(path, private).map_err(|e| bad(path, e.to_string()))?;
+            ureq::tls::parse_pem(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(path, format!("not PEM: {e}")))
+        };
+    let certs = |items: &[PemItem<'static>]| -> Vec<Certificate<'static>> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                PemItem::Certificate(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let pem = |path: &Path| pem_of(path, false);
+    let roots = match ca_file {
+        Some(path) => {
+            let found = certs(&pem(path)?);
+            if found.is_empty() {
+                return Err(bad(path, "it holds no PEM certificate".into()));
+            }
+            RootCerts::new_with_certs(&found)
+        }
+        None => SYSTEM_ROOTS
+            .iter()
+            .map(Path::new)
+            .filter_map(|p| pem(p).ok())
+            .map(|items| certs(&items))
+            .find(|found| !found.is_empty())
+            .map_or(RootCerts::WebPki, |found| RootCerts::new_with_certs(&found)),
+    };
+    let client = match client {
+        Some((cert_path, key_path)) => {
+            let chain = certs(&pem(cert_path)?);
+            if chain.is_empty() {
+                return Err(bad(cert_path, "it holds no PEM certificate".into()));
+            }
+            let key: Option<PrivateKey<'static>> =
+                pem_of(key_path, true)?.into_iter().find_map(|i| match i {
+                    PemItem::PrivateKey(k) => Some(k),
+                    _ => None,
+                });
+            let key = key.ok_or_else(|| bad(key_path, "it holds no PEM private key".into()))?;
+            Some(ClientCert::new_with_certs(&chain, key))
+        }
+        None => None,
+    };
+    Ok(TlsConfig::builder()
+        .root_certs(roots)
+        .client_cert(client)
+        .build())
+}
+
+/// Where the system's certificate bundle is, by distribution (Debian and
+/// Ubuntu, Fedora and RHEL, openSUSE, Alpine's and others' compatibility
+/// link).
+pub const SYSTEM_ROOTS: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// A PEM file's bytes: a regular file, not through a link (the system
+/// bundle's own path may be a link: its folder is root's), at most 1 MiB;
+/// a `private` one (a key) readable by its owner only.
+fn read_pem_file(path: &Path, private: bool) -> std::io::Result<Vec<u8>> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    };
+    let nofollow = if SYSTEM_ROOTS.iter().any(|p| Path::new(p) == path) {
+        0
+    } else {
+        libc::O_NOFOLLOW
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    if private && meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "other users can read or write it (mode {:o}): chmod 600 {}",
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// What a send came to.
@@ -145,22 +309,23 @@ enum Sent {
 }
 
 /// A request as it goes out: its body compressed if asked.
-struct Ready {
-    request: Request,
-}
-
-impl Ready {
-    fn of(mut request: Request) -> Self {
-        if request.gzip {
-            request.body = crate::pprof::gzip(&request.body);
-        }
-        Ready { request }
+fn ready(request: Request) -> Stored {
+    let gzip = request.gzip;
+    Stored {
+        query: request.query,
+        content_type: request.content_type,
+        body: if gzip {
+            crate::pprof::gzip(&request.body)
+        } else {
+            request.body
+        },
+        gzip,
     }
 }
 
-fn send(agent: &ureq::Agent, dest: &Destination, ready: &Ready) -> Sent {
-    let r = &ready.request;
-    let mut post = agent.post(&r.url).header("Content-Type", &r.content_type);
+fn send(agent: &ureq::Agent, dest: &Destination, r: &Stored) -> Sent {
+    let url = format!("{}{}", dest.url, r.query);
+    let mut post = agent.post(&url).header("Content-Type", &r.content_type);
     if r.gzip {
         post = post.header("Content-Encoding", "gzip");
     }
@@ -193,21 +358,81 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// The queue, bounded in requests and bytes (oldest dropped first).
-#[derive(Default)]
+/// A waiting request: in the outbox (by its number) or in memory.
+enum Waiting {
+    OnDisk { seq: u64, bytes: u64 },
+    InMemory(Stored),
+}
+
+/// The requests waiting, oldest first, bounded (oldest dropped first).
 struct Queue {
-    items: VecDeque<Ready>,
-    bytes: usize,
+    items: VecDeque<Waiting>,
+    /// Of `items`, the ones in memory, and their bytes.
+    in_memory: usize,
+    memory_bytes: usize,
+    disk_bytes: u64,
+    outbox: Option<Outbox>,
+    max_disk: u64,
+    /// The outbox's last write failure (said once until a write works).
+    disk_failure: Option<String>,
 }
 
 impl Queue {
-    /// Adds `ready`; returns how many of the oldest were dropped for it.
-    fn push(&mut self, ready: Ready) -> u64 {
-        self.bytes += ready.request.body.len();
-        self.items.push_back(ready);
+    /// A queue over `outbox` (what an earlier run left in it first).
+    fn new(outbox: Option<Opened>, max_disk: u64) -> Self {
+        let (outbox, left) = match outbox {
+            Some((o, left)) => (Some(o), left),
+            None => (None, Vec::new()),
+        };
+        let mut q = Queue {
+            items: VecDeque::new(),
+            in_memory: 0,
+            memory_bytes: 0,
+            disk_bytes: 0,
+            outbox,
+            max_disk,
+            disk_failure: None,
+        };
+        for (seq, bytes) in left {
+            q.disk_bytes += bytes;
+            q.items.push_back(Waiting::OnDisk { seq, bytes });
+        }
+        q
+    }
+
+    fn on_disk(&self) -> usize {
+        self.items.len() - self.in_memory
+    }
+
+    /// Adds `r`, in the outbox if it can be written; returns how many of
+    /// the oldest were dropped for it.
+    fn push(&mut self, r: Stored) -> u64 {
+        let written = self.outbox.as_mut().map(|o| o.write(&r));
+        match written {
+            Some(Ok((seq, bytes))) => {
+                if self.disk_failure.take().is_some() {
+                    log::warn!("requests are written to the outbox again");
+                }
+                self.disk_bytes += bytes;
+                self.items.push_back(Waiting::OnDisk { seq, bytes });
+            }
+            Some(Err(e)) => {
+                if self.disk_failure.is_none() {
+                    log::warn!(
+                        "cannot write the outbox ({e}): requests wait in memory (at most {MAX_QUEUED})"
+                    );
+                }
+                self.disk_failure = Some(e.to_string());
+                self.keep_in_memory(r);
+            }
+            None => self.keep_in_memory(r),
+        }
         let mut dropped = 0;
-        while self.items.len() > MAX_QUEUED
-            || (self.bytes > MAX_QUEUED_BYTES && self.items.len() > 1)
+        while self.items.len() > 1
+            && (self.in_memory > MAX_QUEUED
+                || self.memory_bytes > MAX_QUEUED_BYTES
+                || self.disk_bytes > self.max_disk
+                || self.items.len() > MAX_QUEUED_ON_DISK)
         {
             self.pop();
             dropped += 1;
@@ -215,22 +440,72 @@ impl Queue {
         dropped
     }
 
+    fn keep_in_memory(&mut self, r: Stored) {
+        self.in_memory += 1;
+        self.memory_bytes += r.body.len();
+        self.items.push_back(Waiting::InMemory(r));
+    }
+
+    /// The oldest request: read back from the outbox if it is there (one
+    /// that cannot be read is dropped: the count of such is returned).
+    fn front(&mut self) -> (Option<Stored>, u64) {
+        let mut unreadable = 0;
+        loop {
+            match self.items.front() {
+                None => return (None, unreadable),
+                Some(Waiting::InMemory(r)) => return (Some(r.clone()), unreadable),
+                Some(Waiting::OnDisk { seq, .. }) => {
+                    let seq = *seq;
+                    let read = self.outbox.as_ref().map(|o| o.read(seq, MAX_REQUEST_FILE));
+                    match read {
+                        Some(Ok(r)) => return (Some(r), unreadable),
+                        Some(Err(e)) => {
+                            log::warn!("request {seq} of the outbox is dropped: {e}");
+                            self.pop();
+                            unreadable += 1;
+                        }
+                        None => {
+                            self.pop();
+                            unreadable += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the oldest request (and its file).
     fn pop(&mut self) {
-        if let Some(r) = self.items.pop_front() {
-            self.bytes -= r.request.body.len();
+        match self.items.pop_front() {
+            Some(Waiting::OnDisk { seq, bytes }) => {
+                self.disk_bytes -= bytes;
+                if let Some(o) = &self.outbox {
+                    o.remove(seq);
+                }
+            }
+            Some(Waiting::InMemory(r)) => {
+                self.in_memory -= 1;
+                self.memory_bytes -= r.body.len();
+            }
+            None => {}
         }
     }
 }
 
-fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportStatus>) {
+fn run(
+    dest: &Destination,
+    rx: &mpsc::Receiver<Request>,
+    queue: &mut Queue,
+    status: &Mutex<ExportStatus>,
+) {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
         .http_status_as_error(false)
         .user_agent(concat!("crossprof/", env!("CARGO_PKG_VERSION")))
+        .tls_config(dest.tls.clone())
         .build();
     let agent = ureq::Agent::new_with_config(config);
     let name = dest.name;
-    let mut queue = Queue::default();
     let mut backoff = BACKOFF_FIRST;
     let mut retry_at: Option<Instant> = None;
     let mut stopping_by: Option<Instant> = None;
@@ -239,7 +514,20 @@ fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportSt
             f(&mut s);
         }
     };
+    let counts = |q: &Queue| (q.items.len() as u64, q.on_disk() as u64, q.disk_bytes);
+    if !queue.items.is_empty() {
+        log::warn!(
+            "{name}: {} request(s) an earlier run left in the outbox are sent first",
+            queue.items.len()
+        );
+    }
     loop {
+        let (queued, queued_on_disk, disk_bytes) = counts(queue);
+        update(&mut |s| {
+            s.queued = queued;
+            s.queued_on_disk = queued_on_disk;
+            s.disk_bytes = disk_bytes;
+        });
         // Take in new requests: wait for one when idle, else only until a
         // retry is due.
         let wait = match (queue.items.is_empty(), retry_at) {
@@ -254,11 +542,14 @@ fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportSt
         };
         match got {
             Ok(request) => {
-                let mut dropped = queue.push(Ready::of(request));
+                let mut dropped = queue.push(ready(request));
                 while let Ok(more) = rx.try_recv() {
-                    dropped += queue.push(Ready::of(more));
+                    dropped += queue.push(ready(more));
                 }
-                update(&mut |s| s.dropped += dropped);
+                if dropped > 0 {
+                    update(&mut |s| s.dropped += dropped);
+                }
+                continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) if stopping_by.is_none() => {
                 stopping_by = Some(Instant::now() + FLUSH_DEADLINE);
@@ -266,35 +557,31 @@ fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportSt
             }
             Err(_) => {}
         }
-        update(&mut |s| s.queued = queue.items.len() as u64);
         if let Some(by) = stopping_by
             && (queue.items.is_empty() || Instant::now() >= by)
         {
-            if !queue.items.is_empty() {
-                log::warn!(
-                    "{name}: {} request(s) not sent to {} before the agent stopped",
-                    queue.items.len(),
-                    dest.url
-                );
-            }
+            stop_note(name, &dest.url, queue);
             return;
         }
         if retry_at.is_some_and(|at| Instant::now() < at) {
             continue;
         }
-        let Some(ready) = queue.items.front() else {
+        let (head, unreadable) = queue.front();
+        if unreadable > 0 {
+            update(&mut |s| s.dropped += unreadable);
+        }
+        let Some(head) = head else {
             continue;
         };
-        match send(&agent, dest, ready) {
+        match send(&agent, dest, &head) {
             Sent::Ok => {
-                let n = ready.request.body.len() as u64;
+                let n = head.body.len() as u64;
                 queue.pop();
                 backoff = BACKOFF_FIRST;
                 retry_at = None;
                 update(&mut |s| {
                     s.sent += 1;
                     s.bytes_sent += n;
-                    s.queued = queue.items.len() as u64;
                     s.last_error = None;
                 });
             }
@@ -313,6 +600,11 @@ fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportSt
                 }
                 update(&mut |s| s.last_error = Some(why.clone()));
                 if stopping_by.is_some() {
+                    if queue.in_memory == 0 {
+                        // All of it is on disk: the next start sends it.
+                        stop_note(name, &dest.url, queue);
+                        return;
+                    }
                     // No waiting on the way out: one try each until the deadline.
                     std::thread::sleep(Duration::from_millis(100));
                 } else {
@@ -324,13 +616,34 @@ fn run(dest: &Destination, rx: &mpsc::Receiver<Request>, status: &Mutex<ExportSt
     }
 }
 
+/// Says what the agent's stop leaves unsent, and where.
+fn stop_note(name: &str, url: &str, queue: &Queue) {
+    let (on_disk, total) = (queue.on_disk(), queue.items.len());
+    if on_disk > 0 {
+        let outbox = queue
+            .outbox
+            .as_ref()
+            .map(|o| o.path().display().to_string())
+            .unwrap_or_default();
+        log::warn!(
+            "{name}: {on_disk} request(s) not sent to {url} before the agent stopped stay in {outbox}: the next start sends them"
+        );
+    }
+    if total > on_disk {
+        log::warn!(
+            "{name}: {} request(s) held in memory (the outbox could not be written) not sent to {url}: lost",
+            total - on_disk
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(bytes: usize) -> Ready {
-        Ready::of(Request {
-            url: String::new(),
+    fn request(bytes: usize) -> Stored {
+        ready(Request {
+            query: String::new(),
             content_type: String::new(),
             body: vec![0; bytes],
             gzip: false,
@@ -338,18 +651,49 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bounded_in_requests_and_bytes_oldest_dropped_first() {
-        let mut q = Queue::default();
+    fn the_memory_queue_is_bounded_in_requests_and_bytes_oldest_dropped_first() {
+        let mut q = Queue::new(None, 0);
         let dropped: u64 = (0..MAX_QUEUED + 5).map(|_| q.push(request(10))).sum();
         assert_eq!((q.items.len(), dropped), (MAX_QUEUED, 5));
-        let mut q = Queue::default();
+        let mut q = Queue::new(None, 0);
         q.push(request(1));
         let dropped = q.push(request(MAX_QUEUED_BYTES));
         assert_eq!(dropped, 1, "the older one goes");
-        assert_eq!((q.items.len(), q.bytes), (1, MAX_QUEUED_BYTES));
+        assert_eq!((q.items.len(), q.memory_bytes), (1, MAX_QUEUED_BYTES));
         // One request larger than the bound is still sent.
         let dropped = q.push(request(MAX_QUEUED_BYTES + 1));
         assert_eq!((dropped, q.items.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_outbox_is_bounded_in_bytes_oldest_dropped_first_and_files_removed() {
+        let dir = std::env::temp_dir().join(format!("crossprof-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = crate::files::OutFolder::create(&dir).unwrap();
+        let outbox = Outbox::open(root.subfolder("outbox-t").unwrap());
+        let mut q = Queue::new(Some(outbox), 1000);
+        let dropped: u64 = (0..10).map(|_| q.push(request(200))).sum();
+        let files = || std::fs::read_dir(dir.join("outbox-t")).unwrap().count();
+        assert!(q.disk_bytes <= 1000, "{}", q.disk_bytes);
+        assert_eq!(q.items.len(), files(), "one file per waiting request");
+        assert_eq!(dropped as usize + q.items.len(), 10);
+        assert!(dropped > 0);
+        // Oldest first: the ones left are the newest, in order.
+        let seqs: Vec<u64> = q
+            .items
+            .iter()
+            .map(|w| match w {
+                Waiting::OnDisk { seq, .. } => *seq,
+                Waiting::InMemory(_) => panic!("in memory"),
+            })
+            .collect();
+        assert_eq!(*seqs.last().unwrap(), 9);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        let (head, _) = q.front();
+        assert_eq!(head.unwrap().body.len(), 200);
+        q.pop();
+        assert_eq!(q.items.len(), files());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,12 +13,35 @@ use crate::error::UsageError;
 
 static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
 
+/// Opens (creates, 0600) the log to append to it: never through a link,
+/// never blocking on a FIFO, and only a regular file of crossprof's own user
+/// with one name (in a folder other users can write, a planted link or hard
+/// link would have root append to a file of the planter's choosing).
 fn open_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.nlink() != 1 || meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "not a regular file of uid {me} with one name (uid {}, {} names): remove it or name another",
+                meta.uid(),
+                meta.nlink()
+            ),
+        ));
+    }
+    // Blocking writes from here on (a regular file never blocks anyway).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+    Ok(file)
 }
 
 /// Sends the log to `path` from now on.

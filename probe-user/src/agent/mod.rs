@@ -22,6 +22,7 @@
 
 pub mod export;
 pub mod logfile;
+pub mod outbox;
 pub mod server;
 pub mod store;
 
@@ -193,6 +194,24 @@ fn read_secret(path: &std::path::Path, min: usize, what: &str) -> Result<String,
     Ok(token)
 }
 
+/// Destination `name`'s outbox in `dir` (`outbox-NAME`, see
+/// [`outbox`]), or none (said in the log: requests then wait in memory).
+fn open_outbox(dir: &std::path::Path, name: &str) -> Option<export::Opened> {
+    let opened = crate::files::OutFolder::open(dir)
+        .and_then(|d| d.subfolder(&format!("outbox-{name}")))
+        .map(outbox::Outbox::open);
+    match opened {
+        Ok(o) => Some(o),
+        Err(e) => {
+            log::warn!(
+                "{name}: no outbox in {} ({e}): requests wait in memory only, and a stop loses them",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     // 1. Input.
@@ -204,6 +223,10 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         None => None,
     };
     let headers = export_headers(&args)?;
+    let tls = export::tls_config(
+        args.ca_file.as_deref(),
+        args.cert_file.as_deref().zip(args.key_file.as_deref()),
+    )?;
     if token.is_none() && !args.listen.ip().is_loopback() {
         return Err(UsageError::TokenNeeded(args.listen).into());
     }
@@ -231,7 +254,16 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             .chain(crate::containers::container_cgroups(&args.containers))
             .collect::<Result<_, _>>()?,
     };
-    let store = Store::open(&args.dir, args.retain, args.max_disk)?;
+    // --max-disk covers the whole folder: each destination's outbox may take
+    // a quarter of it, the windows the rest.
+    let destinations =
+        u64::from(args.otlp_endpoint.is_some()) + u64::from(args.pyroscope_url.is_some());
+    let outbox_disk = args.max_disk / 4;
+    let store = Store::open(
+        &args.dir,
+        args.retain,
+        args.max_disk - destinations * outbox_disk,
+    )?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| UsageError::Listen {
@@ -356,11 +388,16 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         by_container: args.group_by.contains(&crate::cli::GroupBy::Container),
         exporter: match &args.otlp_endpoint {
             Some(url) => Some(
-                export::Exporter::start(export::Destination {
-                    name: "otlp",
-                    url: url.clone(),
-                    headers: headers.clone(),
-                })
+                export::Exporter::start(
+                    export::Destination {
+                        name: "otlp",
+                        url: url.clone(),
+                        headers: headers.clone(),
+                        tls: tls.clone(),
+                    },
+                    open_outbox(&args.dir, "otlp"),
+                    outbox_disk,
+                )
                 .map_err(|source| Error::Io {
                     what: "start the OTLP export thread",
                     source,
@@ -370,16 +407,20 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         },
         pyroscope: match &args.pyroscope_url {
             Some(url) => Some(Pyroscope {
-                exporter: export::Exporter::start(export::Destination {
-                    name: "pyroscope",
-                    url: url.clone(),
-                    headers,
-                })
+                exporter: export::Exporter::start(
+                    export::Destination {
+                        name: "pyroscope",
+                        url: url.clone(),
+                        headers,
+                        tls,
+                    },
+                    open_outbox(&args.dir, "pyroscope"),
+                    outbox_disk,
+                )
                 .map_err(|source| Error::Io {
                     what: "start the Pyroscope export thread",
                     source,
                 })?,
-                ingest: url.clone(),
                 app_name: args.app_name.clone(),
             }),
             None => None,
@@ -531,7 +572,6 @@ struct Cutter {
 struct Pyroscope {
     exporter: export::Exporter,
     /// The ingest URL (`.../ingest`).
-    ingest: String,
     /// `--app-name`.
     app_name: String,
 }
@@ -698,7 +738,7 @@ impl Cutter {
         start_ms: u64,
         end_ms: u64,
     ) {
-        use crate::pyroscope::{ProcessFacts, app_name, ingest_url, multipart, series_name};
+        use crate::pyroscope::{ProcessFacts, app_name, ingest_query, multipart, series_name};
         let Some(py) = &self.pyroscope else {
             return;
         };
@@ -738,8 +778,7 @@ impl Cutter {
                 ("sample_type_config", config.as_bytes()),
             ]);
             py.exporter.push(export::Request {
-                url: ingest_url(
-                    &py.ingest,
+                query: ingest_query(
                     &series_name(&app, &facts),
                     start_ms / 1000,
                     end_ms.div_ceil(1000),
@@ -775,11 +814,7 @@ impl Cutter {
             // A window with no sample (all targets idle) sends nothing.
             if !request.resource_profiles.is_empty() {
                 exporter.push(export::Request {
-                    url: exporter
-                        .status
-                        .lock()
-                        .map(|s| s.url.clone())
-                        .unwrap_or_default(),
+                    query: String::new(),
                     content_type: "application/x-protobuf".into(),
                     body: prost::Message::encode_to_vec(&request),
                     gzip: true,

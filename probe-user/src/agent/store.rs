@@ -9,19 +9,24 @@
 //! cannot be written: a full disk or a read-only folder does not stop the
 //! agent; it keeps up to [`MEMORY_WINDOWS`] windows in memory, drops the
 //! oldest beyond, and says so in the log at most once a minute.
+//!
+//! The folder is held open and every file is reached relative to it
+//! ([`OutFolder`]): written under a random name with `O_EXCL | O_NOFOLLOW`
+//! and renamed into place, read and listed only if it is a regular file of
+//! crossprof's own with one name. A `--dir` other users can write (or
+//! own) cannot make the agent write through a planted link, nor serve a
+//! planted link's or hard link's target at `/api/windows/ID/pprof`.
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use crate::{error::UsageError, fold::Folded};
+use crate::{error::UsageError, files::OutFolder, fold::Folded};
 
 /// Windows kept in memory when they cannot be written (2 otherwise: the
 /// latest and the one before, for the live page's comparison).
@@ -95,6 +100,7 @@ pub struct Window {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    folder: OutFolder,
     retain: Duration,
     max_disk: u64,
     /// On disk, oldest first: (id, bytes).
@@ -120,32 +126,35 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         };
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(err)?;
-        }
-        if !dir.is_dir() {
-            return Err(err(io::Error::from(io::ErrorKind::NotADirectory)));
-        }
+        let folder = OutFolder::create(dir).map_err(err)?;
         // Ours to keep private, even if it existed (a read-only folder is
         // still profiled into memory).
-        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+        if let Err(e) = folder.make_private() {
             log::warn!("cannot make {} private (0700): {e}", dir.display());
         }
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if let Ok(st) = folder.stat()
+            && st.st_uid != me
+        {
+            log::warn!(
+                "{} belongs to uid {}: its windows are written and read safely, but that user can delete them; give the agent a folder of its own",
+                dir.display(),
+                st.st_uid
+            );
+        }
         let mut disk: Vec<(String, u64)> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(err)?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".pb.gz").filter(|id| is_id(id)) {
-                let bytes = window_bytes(dir, id);
+        for name in folder.names().map_err(err)? {
+            if let Some(id) = name.strip_suffix(".pb.gz").filter(|id| is_id(id))
+                && let Some(bytes) = window_bytes(&folder, id)
+            {
                 disk.push((id.to_owned(), bytes));
             }
         }
         disk.sort();
         let mut store = Self {
             dir: dir.to_path_buf(),
+            folder,
             retain,
             max_disk,
             disk: disk.into(),
@@ -223,22 +232,11 @@ impl Store {
     /// Writes a window's two files, 0600, each through a temporary name.
     fn write(&self, w: &Window) -> io::Result<()> {
         for (ext, data) in [("pb.gz", &w.pprof), ("folded", &w.folded)] {
-            let dest = self.dir.join(format!("{}.{ext}", w.meta.id));
-            let tmp = self.dir.join(format!(".{}.{ext}.tmp", w.meta.id));
-            let result = (|| {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(data)?;
-                f.sync_data()?;
-                fs::rename(&tmp, &dest)
-            })();
-            if let Err(e) = result {
-                let _ = fs::remove_file(&tmp);
-                let _ = fs::remove_file(self.dir.join(format!("{}.pb.gz", w.meta.id)));
+            if let Err(e) = self
+                .folder
+                .write_file(&format!("{}.{ext}", w.meta.id), data)
+            {
+                let _ = self.folder.remove(&format!("{}.pb.gz", w.meta.id));
                 return Err(e);
             }
         }
@@ -257,7 +255,7 @@ impl Store {
                 break;
             }
             for ext in ["pb.gz", "folded"] {
-                let _ = fs::remove_file(self.dir.join(format!("{id}.{ext}")));
+                let _ = self.folder.remove(&format!("{id}.{ext}"));
             }
             total -= bytes;
             self.disk.pop_front();
@@ -361,7 +359,9 @@ impl Store {
         if !is_id(id) || !self.disk.iter().any(|(d, _)| d == id) {
             return None;
         }
-        fs::read(self.dir.join(format!("{id}.pb.gz"))).ok()
+        self.folder
+            .read_own(&format!("{id}.pb.gz"), self.max_disk)
+            .ok()
     }
 
     /// Bytes on disk.
@@ -370,12 +370,11 @@ impl Store {
     }
 }
 
-fn window_bytes(dir: &Path, id: &str) -> u64 {
-    ["pb.gz", "folded"]
-        .iter()
-        .filter_map(|ext| fs::metadata(dir.join(format!("{id}.{ext}"))).ok())
-        .map(|m| m.len())
-        .sum()
+/// The bytes of window `id`'s files, if its pprof file is one crossprof
+/// wrote (an entry someone else planted is not a window).
+fn window_bytes(folder: &OutFolder, id: &str) -> Option<u64> {
+    let pprof = folder.own_file_len(&format!("{id}.pb.gz"))?;
+    Some(pprof + folder.own_file_len(&format!("{id}.folded")).unwrap_or(0))
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -452,6 +451,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
     use super::*;
 
     #[test]
@@ -574,5 +575,38 @@ mod tests {
         assert_eq!(store.recent.len(), MEMORY_WINDOWS);
         assert!(store.recent("latest").is_some());
         assert!(store.list().iter().all(|w| !w.on_disk && w.in_memory));
+    }
+
+    /// A folder another user can write: a link or a hard link planted under
+    /// a window's name is neither listed nor served, and one planted at a
+    /// name a window is written to is replaced, never written through.
+    #[test]
+    fn planted_links_are_neither_served_nor_written_through() {
+        let dir =
+            std::env::temp_dir().join(format!("crossprof-store-links-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let secret = std::env::temp_dir().join(format!("crossprof-secret-{}", std::process::id()));
+        fs::write(&secret, "secret").unwrap();
+        let now = unix_ms();
+        let (linked, hard, written) =
+            (window_id(now - 3000), window_id(now - 2000), window_id(now));
+        std::os::unix::fs::symlink(&secret, dir.join(format!("{linked}.pb.gz"))).unwrap();
+        fs::hard_link(&secret, dir.join(format!("{hard}.pb.gz"))).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join(format!("{written}.pb.gz"))).unwrap();
+        let mut store = Store::open(&dir, Duration::from_secs(86_400), 1 << 30).unwrap();
+        assert!(store.list().is_empty(), "{:?}", store.list());
+        assert_eq!(store.read_pprof(&linked), None);
+        assert_eq!(store.read_pprof(&hard), None);
+        store.add(window(now, 100));
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "secret");
+        assert!(
+            fs::symlink_metadata(dir.join(format!("{written}.pb.gz")))
+                .unwrap()
+                .is_file()
+        );
+        assert_eq!(store.read_pprof(&written).map(|p| p.len()), Some(100));
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&secret).unwrap();
     }
 }
