@@ -256,6 +256,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
 
+    /// How --otlp-endpoint is spoken to: `http` (protobuf over HTTP, to
+    /// URL/v1development/profiles, port 4318) or `grpc` (the
+    /// ProfilesService/Export call, port 4317).
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        value_enum,
+        default_value = "http",
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+
     /// Also send every window to Pyroscope's ingest API at this URL, one
     /// request per process (a pprof profile), e.g. http://pyroscope:4040.
     #[arg(long, value_name = "URL", value_parser = parse_pyroscope_url)]
@@ -393,6 +405,15 @@ impl GroupBy {
             GroupBy::Container => "container".into(),
         }
     }
+}
+
+/// `--otlp-protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP.
+    Http,
+    /// gRPC.
+    Grpc,
 }
 
 /// The profiles signal's path under an OTLP/HTTP endpoint (the

@@ -313,6 +313,29 @@ impl OtlpProto {
             .join("opentelemetry/proto/collector/profiles/v1development/profiles_service_pb2.py")
             .is_file()
     }
+
+    /// gRPC's Python runtime, for the generated `*_pb2_grpc` code (which
+    /// asks for 1.63.2 or newer).
+    pub const GRPC_REQUIREMENT: &'static str = "grpcio==1.76.0";
+
+    /// Where grpcio is installed.
+    pub fn grpc_dir() -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/crossprof/grpcio-1.76.0")
+    }
+
+    /// Is grpcio installed?
+    pub fn grpc_installed() -> bool {
+        Self::grpc_dir().join("grpc/__init__.py").is_file()
+    }
+
+    /// The receivers' PYTHONPATH: the generated code and grpcio.
+    pub fn python_path() -> std::ffi::OsString {
+        let mut path = Self::dir().into_os_string();
+        path.push(":");
+        path.push(Self::grpc_dir());
+        path
+    }
 }
 
 /// A Go toolchain the fixtures are built with, installed by `cargo xtask bootstrap`:

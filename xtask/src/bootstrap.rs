@@ -6,8 +6,8 @@
 //!   LLVM is too old to read the bitcode rustc emits), see `shared/ENVIRONMENT.md`;
 //! - the Debian packages the end-to-end tests use ([`APT_PACKAGES`]);
 //! - the Go toolchains and .NET runtimes, Roslyn (a C# compiler that writes
-//!   portable PDBs) and PyPI's `opentelemetry-proto` (the OTLP test receiver's
-//!   decoder), under `~/.cache/crossprof`.
+//!   portable PDBs) and PyPI's `opentelemetry-proto` and `grpcio` (the OTLP test
+//!   receiver's decoder and gRPC server), under `~/.cache/crossprof`.
 
 use std::{
     fs,
@@ -94,6 +94,14 @@ pub fn run() -> Result<()> {
             &OtlpProto::dir(),
         )?;
         installed.push("opentelemetry-proto".into());
+    }
+    if !OtlpProto::grpc_installed() {
+        pip_install(
+            "gRPC's Python runtime (the OTLP/gRPC test receiver)",
+            OtlpProto::GRPC_REQUIREMENT,
+            &OtlpProto::grpc_dir(),
+        )?;
+        installed.push("grpcio".into());
     }
     let took = start.elapsed().as_secs_f64();
     if installed.is_empty() {

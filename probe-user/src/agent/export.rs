@@ -32,9 +32,10 @@
 //! stop is sent again by the next start.
 //!
 //! TLS (an `https` URL): the system's roots or `--ca-file`'s, and a client
-//! certificate with `--cert-file`/`--key-file` ([`tls_config`]).
+//! certificate with `--cert-file`/`--key-file` ([`TlsFiles`]).
 //!
-//! Not done yet (issue #22): OTLP over gRPC.
+//! `--otlp-protocol grpc` sends OTLP requests with gRPC ([`super::grpc`]);
+//! everything else (the outbox, retries, the stop) is the same.
 
 use std::{
     collections::VecDeque,
@@ -102,8 +103,10 @@ pub struct Destination {
     pub url: String,
     /// Headers every request carries (authorization, tenant).
     pub headers: Vec<(String, String)>,
-    /// TLS settings for an `https` URL.
-    pub tls: ureq::tls::TlsConfig,
+    /// TLS files for an `https` URL.
+    pub tls: TlsFiles,
+    /// OTLP over gRPC ([`super::grpc`]) rather than HTTP.
+    pub grpc: bool,
 }
 
 /// One request to send.
@@ -187,73 +190,111 @@ impl Exporter {
     }
 }
 
-/// The TLS settings of `https` destinations: the roots of `ca_file` if
-/// given, else the system's (the first bundle of [`SYSTEM_ROOTS`] that
-/// holds a certificate; else the Mozilla roots built in), and the client
-/// certificate of `cert_file` and `key_file` (PEM) if given. Files are
-/// read without following a link, at most 1 MiB each.
-pub fn tls_config(
-    ca_file: Option<&Path>,
-    client: Option<(&Path, &Path)>,
-) -> Result<ureq::tls::TlsConfig, crate::error::UsageError> {
-    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-    let bad = |path: &Path, why: String| crate::error::UsageError::TlsFile {
-        path: path.to_path_buf(),
-        why,
-    };
-    let pem_of =
-        |path: &Path, private: bool| -> Result<Vec<PemItem<'static>>, crate::error::UsageError> {
-            let bytes = read_pem_file(path, private).map_err(|e| bad(path, e.to_string()))?;
-            ureq::tls::parse_pem(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(path, format!("not PEM: {e}")))
+/// The TLS files of `https` destinations, read and checked once at start:
+/// the roots (`--ca-file`'s, else the system's: the first bundle of
+/// [`SYSTEM_ROOTS`] that holds a certificate; `None`: the Mozilla roots
+/// built in), and the client certificate chain and key (`--cert-file`,
+/// `--key-file`). Files are read without following a link, at most 1 MiB
+/// each; a key others can read is refused.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM certificates to trust.
+    pub roots_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key to present.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// Reads and checks the files.
+    pub fn read(
+        ca_file: Option<&Path>,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<Self, crate::error::UsageError> {
+        use ureq::tls::PemItem;
+        let bad = |path: &Path, why: String| crate::error::UsageError::TlsFile {
+            path: path.to_path_buf(),
+            why,
         };
-    let certs = |items: &[PemItem<'static>]| -> Vec<Certificate<'static>> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                PemItem::Certificate(c) => Some(c.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    let pem = |path: &Path| pem_of(path, false);
-    let roots = match ca_file {
-        Some(path) => {
-            let found = certs(&pem(path)?);
-            if found.is_empty() {
-                return Err(bad(path, "it holds no PEM certificate".into()));
+        // (bytes, certificates in it, whether it holds a private key)
+        let pem = |path: &Path,
+                   private: bool|
+         -> Result<(Vec<u8>, usize, bool), crate::error::UsageError> {
+            let bytes = read_pem_file(path, private).map_err(|e| bad(path, e.to_string()))?;
+            let items = ureq::tls::parse_pem(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(path, format!("not PEM: {e}")))?;
+            let certs = items
+                .iter()
+                .filter(|i| matches!(i, PemItem::Certificate(_)))
+                .count();
+            let key = items.iter().any(|i| matches!(i, PemItem::PrivateKey(_)));
+            Ok((bytes, certs, key))
+        };
+        let roots_pem = match ca_file {
+            Some(path) => {
+                let (bytes, certs, _) = pem(path, false)?;
+                if certs == 0 {
+                    return Err(bad(path, "it holds no PEM certificate".into()));
+                }
+                Some(bytes)
             }
-            RootCerts::new_with_certs(&found)
-        }
-        None => SYSTEM_ROOTS
-            .iter()
-            .map(Path::new)
-            .filter_map(|p| pem(p).ok())
-            .map(|items| certs(&items))
-            .find(|found| !found.is_empty())
-            .map_or(RootCerts::WebPki, |found| RootCerts::new_with_certs(&found)),
-    };
-    let client = match client {
-        Some((cert_path, key_path)) => {
-            let chain = certs(&pem(cert_path)?);
-            if chain.is_empty() {
-                return Err(bad(cert_path, "it holds no PEM certificate".into()));
+            None => SYSTEM_ROOTS
+                .iter()
+                .filter_map(|p| pem(Path::new(p), false).ok())
+                .find(|(_, certs, _)| *certs > 0)
+                .map(|(bytes, _, _)| bytes),
+        };
+        let client_pem = match client {
+            Some((cert_path, key_path)) => {
+                let (chain, certs, _) = pem(cert_path, false)?;
+                if certs == 0 {
+                    return Err(bad(cert_path, "it holds no PEM certificate".into()));
+                }
+                let (key, _, has_key) = pem(key_path, true)?;
+                if !has_key {
+                    return Err(bad(key_path, "it holds no PEM private key".into()));
+                }
+                Some((chain, key))
             }
-            let key: Option<PrivateKey<'static>> =
-                pem_of(key_path, true)?.into_iter().find_map(|i| match i {
-                    PemItem::PrivateKey(k) => Some(k),
+            None => None,
+        };
+        Ok(TlsFiles {
+            roots_pem,
+            client_pem,
+        })
+    }
+
+    /// As ureq's settings (HTTP).
+    fn ureq(&self) -> ureq::tls::TlsConfig {
+        use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        let items = |pem: &[u8]| -> Vec<PemItem<'static>> {
+            ureq::tls::parse_pem(pem).filter_map(Result::ok).collect()
+        };
+        let certs = |pem: &[u8]| -> Vec<Certificate<'static>> {
+            items(pem)
+                .into_iter()
+                .filter_map(|i| match i {
+                    PemItem::Certificate(c) => Some(c),
                     _ => None,
-                });
-            let key = key.ok_or_else(|| bad(key_path, "it holds no PEM private key".into()))?;
-            Some(ClientCert::new_with_certs(&chain, key))
-        }
-        None => None,
-    };
-    Ok(TlsConfig::builder()
-        .root_certs(roots)
-        .client_cert(client)
-        .build())
+                })
+                .collect()
+        };
+        let roots = match &self.roots_pem {
+            Some(pem) => RootCerts::new_with_certs(&certs(pem)),
+            None => RootCerts::WebPki,
+        };
+        let client = self.client_pem.as_ref().and_then(|(chain, key)| {
+            let key: PrivateKey<'static> = items(key).into_iter().find_map(|i| match i {
+                PemItem::PrivateKey(k) => Some(k),
+                _ => None,
+            })?;
+            Some(ClientCert::new_with_certs(&certs(chain), key))
+        });
+        TlsConfig::builder()
+            .root_certs(roots)
+            .client_cert(client)
+            .build()
+    }
 }
 
 /// Where the system's certificate bundle is, by distribution (Debian and
@@ -300,7 +341,8 @@ fn read_pem_file(path: &Path, private: bool) -> std::io::Result<Vec<u8>> {
 }
 
 /// What a send came to.
-enum Sent {
+pub enum Sent {
+    /// Taken.
     Ok,
     /// Try again later.
     Retry(String),
@@ -320,6 +362,46 @@ fn ready(request: Request) -> Stored {
             request.body
         },
         gzip,
+    }
+}
+
+/// How requests go out.
+enum Transport {
+    Http(ureq::Agent),
+    Grpc(Box<super::grpc::Client>),
+    /// The gRPC client could not be made (a malformed URL): every request
+    /// fails with this.
+    Broken(String),
+}
+
+impl Transport {
+    fn of(dest: &Destination) -> Self {
+        if dest.grpc {
+            return match super::grpc::Client::new(
+                &dest.url,
+                &dest.headers,
+                &dest.tls,
+                REQUEST_TIMEOUT,
+            ) {
+                Ok(c) => Transport::Grpc(Box::new(c)),
+                Err(e) => Transport::Broken(e),
+            };
+        }
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(concat!("crossprof/", env!("CARGO_PKG_VERSION")))
+            .tls_config(dest.tls.ureq())
+            .build();
+        Transport::Http(ureq::Agent::new_with_config(config))
+    }
+
+    fn send(&mut self, dest: &Destination, r: &Stored) -> Sent {
+        match self {
+            Transport::Http(agent) => send(agent, dest, r),
+            Transport::Grpc(client) => client.send(r),
+            Transport::Broken(why) => Sent::Retry(why.clone()),
+        }
     }
 }
 
@@ -498,13 +580,7 @@ fn run(
     queue: &mut Queue,
     status: &Mutex<ExportStatus>,
 ) {
-    let config = ureq::Agent::config_builder()
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .http_status_as_error(false)
-        .user_agent(concat!("crossprof/", env!("CARGO_PKG_VERSION")))
-        .tls_config(dest.tls.clone())
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
+    let mut transport = Transport::of(dest);
     let name = dest.name;
     let mut backoff = BACKOFF_FIRST;
     let mut retry_at: Option<Instant> = None;
@@ -573,7 +649,7 @@ fn run(
         let Some(head) = head else {
             continue;
         };
-        match send(&agent, dest, &head) {
+        match transport.send(dest, &head) {
             Sent::Ok => {
                 let n = head.body.len() as u64;
                 queue.pop();

@@ -21,6 +21,7 @@
 //! reopens `--log-file`.
 
 pub mod export;
+pub mod grpc;
 pub mod logfile;
 pub mod outbox;
 pub mod server;
@@ -223,7 +224,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         None => None,
     };
     let headers = export_headers(&args)?;
-    let tls = export::tls_config(
+    let tls = export::TlsFiles::read(
         args.ca_file.as_deref(),
         args.cert_file.as_deref().zip(args.key_file.as_deref()),
     )?;
@@ -391,9 +392,17 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 export::Exporter::start(
                     export::Destination {
                         name: "otlp",
-                        url: url.clone(),
+                        url: match args.otlp_protocol {
+                            crate::cli::OtlpProtocol::Http => url.clone(),
+                            // gRPC calls its method on the endpoint itself.
+                            crate::cli::OtlpProtocol::Grpc => url
+                                .strip_suffix(crate::cli::OTLP_PROFILES_PATH)
+                                .unwrap_or(url)
+                                .to_owned(),
+                        },
                         headers: headers.clone(),
                         tls: tls.clone(),
+                        grpc: args.otlp_protocol == crate::cli::OtlpProtocol::Grpc,
                     },
                     open_outbox(&args.dir, "otlp"),
                     outbox_disk,
@@ -405,6 +414,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
             ),
             None => None,
         },
+        otlp_grpc: args.otlp_protocol == crate::cli::OtlpProtocol::Grpc,
         pyroscope: match &args.pyroscope_url {
             Some(url) => Some(Pyroscope {
                 exporter: export::Exporter::start(
@@ -413,6 +423,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                         url: url.clone(),
                         headers,
                         tls,
+                        grpc: false,
                     },
                     open_outbox(&args.dir, "pyroscope"),
                     outbox_disk,
@@ -562,6 +573,8 @@ struct Cutter {
     by_container: bool,
     /// `--otlp-endpoint`: where every window also goes.
     exporter: Option<export::Exporter>,
+    /// `--otlp-protocol grpc`.
+    otlp_grpc: bool,
     /// `--pyroscope-url`: where every process's window also goes.
     pyroscope: Option<Pyroscope>,
     /// This host, for the OTLP resource.
@@ -817,7 +830,8 @@ impl Cutter {
                     query: String::new(),
                     content_type: "application/x-protobuf".into(),
                     body: prost::Message::encode_to_vec(&request),
-                    gzip: true,
+                    // gRPC compresses its messages itself.
+                    gzip: !self.otlp_grpc,
                 });
             }
         }

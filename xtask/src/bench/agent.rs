@@ -8,6 +8,10 @@
 //!   start-up (the first window) and the end, so the one-time start-up
 //!   (loading programs, kallsyms, first symbolization) is left out, as for an
 //!   agent that runs for days.
+//! - At 19 Hz the agent also exports every window (issue #22), OTLP and
+//!   Pyroscope, to a sink on 127.0.0.1 that answers every request 200: the
+//!   CPU and RSS goals hold with export on, and the bytes each destination
+//!   was sent (as sent: gzipped) are printed per window and per hour.
 //! - Workload slowdown at 19 Hz: `tests/fixtures/bench/cpu_bound.c`'s work time
 //!   with the agent running against without, rounds alternating, medians.
 
@@ -47,9 +51,57 @@ fn spawn(cmd: &mut Command) -> Result<Kill> {
     ))
 }
 
+/// An HTTP sink on 127.0.0.1 answering every request `200 OK` (keep-alive),
+/// for the export figures; returns its port.
+fn start_sink() -> Result<u16> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone()?;
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok::<(), std::io::Error>(());
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
+                    out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
 /// Starts the agent at `freq` Hz on a free port; returns it and its address
 /// once it serves.
 fn start_agent(crossprof: &Path, dir: &Path, freq: u64) -> Result<(Kill, String)> {
+    start_agent_with(crossprof, dir, freq, &[])
+}
+
+/// As [`start_agent`], with `extra` arguments.
+fn start_agent_with(
+    crossprof: &Path,
+    dir: &Path,
+    freq: u64,
+    extra: &[String],
+) -> Result<(Kill, String)> {
     let _ = std::fs::remove_dir_all(dir);
     let addr = format!("127.0.0.1:{}", http::free_port());
     let agent = spawn(
@@ -63,7 +115,8 @@ fn start_agent(crossprof: &Path, dir: &Path, freq: u64) -> Result<(Kill, String)
                 "--dir",
             ])
             .arg(dir)
-            .args(["--listen", &addr]),
+            .args(["--listen", &addr])
+            .args(extra),
     )?;
     let start = Instant::now();
     while http::get(&addr, "/api/windows", &[]).is_none() {
@@ -101,6 +154,7 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
     let dll = Dotnet::Net8.fixture("chain");
     let secs = (AGENT_SECS + 30).to_string();
     let mut figures = Vec::new();
+    let sink = start_sink()?;
     for freq in [19, 99] {
         say!(
             "bench: agent: {AGENT_SECS} s at {freq} Hz over the whole host, C, Go and .NET fixtures busy..."
@@ -110,7 +164,19 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             spawn(Command::new(&go).arg(&secs))?,
             spawn(&mut Dotnet::Net8.command(&dll, &[&secs]))?,
         ];
-        let (agent, _addr) = start_agent(crossprof, &dir, freq)?;
+        let default = freq == 19;
+        // At the default frequency, with both exports on.
+        let export = if default {
+            vec![
+                "--otlp-endpoint".to_owned(),
+                format!("http://127.0.0.1:{sink}"),
+                "--pyroscope-url".to_owned(),
+                format!("http://127.0.0.1:{sink}"),
+            ]
+        } else {
+            Vec::new()
+        };
+        let (agent, addr) = start_agent_with(crossprof, &dir, freq, &export)?;
         let pid = agent.0.id();
         std::thread::sleep(Duration::from_secs(10));
         let (cpu0, _) = usage(pid)?;
@@ -124,10 +190,48 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             per_wall * 100.0,
             peak / MIB
         );
-        let default = freq == 19;
+        if default {
+            let status = http::get(&addr, "/api/windows", &[])
+                .context("the agent's status")?
+                .json();
+            for (key, name, unit) in [
+                ("otlp", "OTLP", "window"),
+                ("pyroscope", "Pyroscope", "process window"),
+            ] {
+                let s = &status["agent"][key];
+                let (sent, bytes) = (
+                    s["sent"].as_f64().unwrap_or(0.0),
+                    s["bytes_sent"].as_f64().unwrap_or(0.0),
+                );
+                let windows = status["agent"]["windows"].as_f64().unwrap_or(0.0);
+                say!(
+                    "bench: agent {name} export: {sent} requests, {bytes} bytes over {windows} windows, last error {}",
+                    s["last_error"]
+                );
+                figures.push(Figure {
+                    name: format!(
+                        "agent {name} export: bytes sent per 10 s window, whole host at 19 Hz, gzipped ({sent:.0} requests, one per {unit})"
+                    ),
+                    measured: (windows > 0.0).then(|| bytes / windows),
+                    unit: Unit::KiB,
+                    goal: Goal::Info,
+                });
+                figures.push(Figure {
+                    name: format!("agent {name} export: bytes sent per hour (360 such windows)"),
+                    measured: (windows > 0.0).then(|| bytes / windows * 360.0),
+                    unit: Unit::MiB,
+                    goal: Goal::Info,
+                });
+            }
+        }
         figures.push(Figure {
             name: format!(
-                "agent CPU per wall second, whole host at {freq} Hz (OTel: 1%, Parca: <1%)"
+                "agent CPU per wall second, whole host at {freq} Hz{} (OTel: 1%, Parca: <1%)",
+                if default {
+                    ", OTLP and Pyroscope export on"
+                } else {
+                    ""
+                }
             ),
             measured: Some(per_wall),
             unit: Unit::CorePercent,
@@ -138,7 +242,10 @@ pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figu
             },
         });
         figures.push(Figure {
-            name: format!("agent peak RSS at {freq} Hz (OTel: 250 MB, Parca: 200 MB)"),
+            name: format!(
+                "agent peak RSS at {freq} Hz{} (OTel: 250 MB, Parca: 200 MB)",
+                if default { ", export on" } else { "" }
+            ),
             measured: Some(peak),
             unit: Unit::MiB,
             goal: if default {

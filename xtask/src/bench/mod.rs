@@ -399,6 +399,7 @@ enum Unit {
     Ns,
     Ms,
     MiB,
+    KiB,
     Ratio,
     Count,
 }
@@ -412,6 +413,7 @@ impl Unit {
             Unit::Ns => format!("{v:.0} ns"),
             Unit::Ms => format!("{v:.0} ms"),
             Unit::MiB => format!("{:.1} MiB", v / MIB),
+            Unit::KiB => format!("{:.1} KiB", v / 1024.0),
             Unit::Ratio => format!("{v:.3}"),
             Unit::Count => format!("{v:.0}"),
         }
@@ -423,7 +425,7 @@ impl Unit {
             Unit::CorePercent => "cores",
             Unit::Ns => "ns",
             Unit::Ms => "ms",
-            Unit::MiB => "bytes",
+            Unit::MiB | Unit::KiB => "bytes",
             Unit::Ratio => "ratio",
             Unit::Count => "count",
         }
