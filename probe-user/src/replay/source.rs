@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{Refused, TargetFile, read_at_most};
+use crate::files::{Refused, TargetFile};
 
 /// The records, as the kernel sent them.
 pub const RING: &str = "ring.bin";
@@ -805,7 +805,16 @@ pub struct RuntimeFile {
     /// What a capture keeps of a read, given its bytes and offset (the
     /// jitdump's code bytes, never read for naming, are blanked).
     captured_as: fn(&mut [u8], u64),
+    /// The file as last opened, and when: read again without opening it
+    /// (a .NET process's perf map is polled 20 times a second; opening it
+    /// each time through the target's folder was a quarter of the agent's
+    /// event loop), reopened every [`REOPEN_EVERY`] in case it was
+    /// replaced.
+    held: Mutex<Option<(std::fs::File, std::time::Instant)>>,
 }
+
+/// How long a runtime's file is read through the same handle.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RuntimeFile {
     /// Process `pid`'s file of `kind`, at `file` in its folder, read as
@@ -817,6 +826,7 @@ impl RuntimeFile {
             file,
             source,
             captured_as: |_, _| {},
+            held: Mutex::new(None),
         }
     }
 
@@ -850,18 +860,29 @@ impl RuntimeFile {
         let Some(file) = &self.file else {
             return Ok(None);
         };
-        let mut f = match file.open() {
-            Ok(f) => f,
-            Err(Refused::Missing) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if let (Some(not_before), Ok(written)) =
-            (not_before, f.metadata().and_then(|m| m.modified()))
-            && written < not_before
+        let mut held = self.held.lock().expect("held file");
+        if held
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= REOPEN_EVERY)
         {
-            return Ok(None);
+            *held = None;
+            let f = match file.open() {
+                Ok(f) => f,
+                Err(Refused::Missing) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let (Some(not_before), Ok(written)) =
+                (not_before, f.metadata().and_then(|m| m.modified()))
+                && written < not_before
+            {
+                return Ok(None);
+            }
+            *held = Some((f, std::time::Instant::now()));
         }
-        let Ok(buf) = read_at_most(&mut f, offset, max) else {
+        let Some((f, _)) = held.as_mut() else {
+            return Ok(None);
+        };
+        let Ok(buf) = pread_at_most(f, offset, max) else {
             return Ok(None);
         };
         if let ProcSource::Capturing(c) = &self.source {
@@ -884,6 +905,24 @@ impl RuntimeFile {
     pub fn shown(&self) -> Option<String> {
         self.file.as_ref().map(|f| f.dir.show(&f.name))
     }
+}
+
+/// At most `max` bytes of `file` from `offset` on, with `pread` (nothing
+/// new: one call returning 0).
+fn pread_at_most(file: &std::fs::File, offset: u64, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; max.min(16 << 10) as usize];
+    while (buf.len() as u64) < max {
+        let want = (max - buf.len() as u64).min(chunk.len() as u64) as usize;
+        match file.read_at(&mut chunk[..want], offset + buf.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
 }
 
 /// Where the process table reads a process's `/proc` files.
