@@ -358,6 +358,7 @@ async fn respond(req: &Request, shared: &Shared) -> Response {
             current(shared).await;
             windows(shared)
         }
+        "/api/status" => status(shared),
         "/flamegraph.svg" => {
             if req
                 .query
@@ -371,7 +372,7 @@ async fn respond(req: &Request, shared: &Shared) -> Response {
         "/debug/pprof/profile" => profile(req, shared).await,
         _ => Response::error(
             404,
-            "not found: try /, /api/windows, /flamegraph.svg or /debug/pprof/profile?seconds=N",
+            "not found: try /, /api/windows, /api/status, /flamegraph.svg or /debug/pprof/profile?seconds=N",
         ),
     }
 }
@@ -387,6 +388,24 @@ async fn current(shared: &Shared) {
 
 /// The longest a request waits for a snapshot of the window being counted.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+/// The agent's own state, without the window list: its processes, memory,
+/// CPU and losses, and each export destination's sending (`otlp`,
+/// `pyroscope`: sent, queued, on disk, dropped, last error), as of the last
+/// window cut.
+fn status(shared: &Shared) -> Response {
+    let store = shared.store.lock().expect("store");
+    let status = shared.status.lock().expect("status").clone();
+    let body = serde_json::json!({
+        "agent": status,
+        "mode": shared.mode,
+        "sources": shared.sources,
+        "frequency_hz": shared.freq,
+        "disk_bytes": store.disk_bytes(),
+        "windows_on_disk": store.list().iter().filter(|w| w.on_disk).count(),
+    });
+    Response::ok("application/json", body.to_string().into_bytes())
+}
 
 fn windows(shared: &Shared) -> Response {
     let store = shared.store.lock().expect("store");
