@@ -14,7 +14,8 @@
 //! "OTLP/gRPC Throttling" and "Failures", v1.10.0): `UNAVAILABLE`,
 //! `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `CANCELLED`,
 //! `OUT_OF_RANGE` and `DATA_LOSS` are tried again later, and a connection
-//! that fails; any other status drops the request. A partial success (some
+//! that fails (`UNKNOWN` with a transport cause); any other status drops the
+//! request. A partial success (some
 //! profiles rejected) is logged.
 
 use std::time::Duration;
@@ -29,10 +30,15 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use super::{
-    export::{Sent, TlsFiles},
-    outbox::Stored,
-};
+use super::{outbox::Stored, tls::TlsFiles};
+
+/// Why a call failed.
+pub enum Failed {
+    /// Try again later.
+    Retry(String),
+    /// Never again: drop the request.
+    Refused(String),
+}
 
 /// A gRPC client of one endpoint, with its runtime.
 pub struct Client {
@@ -104,19 +110,19 @@ impl Client {
 
     /// Sends one stored request (a protobuf-encoded
     /// `ExportProfilesServiceRequest`).
-    pub fn send(&mut self, r: &Stored) -> Sent {
+    pub fn send(&mut self, r: &Stored) -> Result<(), Failed> {
         let shown = &self.shown;
         let body = if r.gzip {
             match crate::pprof::gunzip(&r.body) {
                 Ok(b) => b,
-                Err(e) => return Sent::Refused(format!("{shown}: a stored request: {e}")),
+                Err(e) => return Err(Failed::Refused(format!("{shown}: a stored request: {e}"))),
             }
         } else {
             r.body.clone()
         };
         let message = match <ExportProfilesServiceRequest as prost::Message>::decode(&body[..]) {
             Ok(m) => m,
-            Err(e) => return Sent::Refused(format!("{shown}: a stored request: {e}")),
+            Err(e) => return Err(Failed::Refused(format!("{shown}: a stored request: {e}"))),
         };
         let mut request = tonic::Request::new(message);
         for (k, v) in &self.metadata {
@@ -134,7 +140,7 @@ impl Client {
                         partial.error_message
                     );
                 }
-                Sent::Ok
+                Ok(())
             }
             Err(status) => {
                 let why = format!("{shown}: gRPC {:?}: {}", status.code(), status.message());
@@ -145,12 +151,14 @@ impl Client {
                     | Code::Aborted
                     | Code::Cancelled
                     | Code::OutOfRange
-                    | Code::DataLoss
-                    // A transport failure (refused connection, TLS) comes
-                    // as Unknown or Unavailable depending on where it
-                    // happened: tried again.
-                    | Code::Unknown => Sent::Retry(why),
-                    _ => Sent::Refused(format!("{why}, request dropped")),
+                    | Code::DataLoss => Err(Failed::Retry(why)),
+                    // A transport failure (a connection cut, TLS) can come as
+                    // Unknown with its cause attached: tried again; a
+                    // server's own Unknown is not.
+                    Code::Unknown if std::error::Error::source(&status).is_some() => {
+                        Err(Failed::Retry(why))
+                    }
+                    _ => Err(Failed::Refused(format!("{why}, request dropped"))),
                 }
             }
         }

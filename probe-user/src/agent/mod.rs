@@ -26,6 +26,7 @@ pub mod logfile;
 pub mod outbox;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,

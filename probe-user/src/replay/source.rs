@@ -808,8 +808,8 @@ pub struct RuntimeFile {
     /// The file as last opened, and when: read again without opening it
     /// (a .NET process's perf map is polled 20 times a second; opening it
     /// each time through the target's folder was a quarter of the agent's
-    /// event loop), reopened every [`REOPEN_EVERY`] in case it was
-    /// replaced.
+    /// event loop), reopened once it has no name left (removed or replaced)
+    /// and every [`REOPEN_EVERY`] (renamed over).
     held: Mutex<Option<(std::fs::File, std::time::Instant)>>,
 }
 
@@ -861,9 +861,16 @@ impl RuntimeFile {
             return Ok(None);
         };
         let mut held = self.held.lock().expect("held file");
+        // Reopened when old, or when the name no longer leads to it (removed,
+        // or replaced by a process with the pid: a link count of 0 says so
+        // without a path lookup).
+        let stale = |f: &std::fs::File| {
+            use std::os::unix::fs::MetadataExt as _;
+            f.metadata().map_or(true, |m| m.nlink() == 0)
+        };
         if held
             .as_ref()
-            .is_none_or(|(_, at)| at.elapsed() >= REOPEN_EVERY)
+            .is_none_or(|(f, at)| at.elapsed() >= REOPEN_EVERY || stale(f))
         {
             *held = None;
             let f = match file.open() {
