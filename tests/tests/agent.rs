@@ -1467,8 +1467,8 @@ fn receiver_at(kind: &str, received: &Path, extra: &[&str]) -> (Guard, u16, Path
     (Guard(child), port, received.to_path_buf())
 }
 
-/// `--otlp-endpoint` (issue #22, OTLP/HTTP): every window, the last one
-/// (written at SIGTERM) included, reaches a receiver built on the
+/// `--otlp-endpoint` (issue #22), over HTTP and over gRPC: every window, the
+/// last one (written at SIGTERM) included, reaches a receiver built on the
 /// OpenTelemetry project's own generated code, which decodes it. For the C
 /// chain and a Go program with pprof labels (`--group-by label:worker`):
 /// the resource says who (host, `process.pid`, `process.executable.name`,
@@ -1480,14 +1480,38 @@ fn receiver_at(kind: &str, received: &Path, extra: &[&str]) -> (Guard, u16, Path
 /// process, exactly the samples the agent's own folded windows count.
 #[test]
 fn otlp_every_window_reaches_a_receiver_built_on_the_projects_own_code() {
-    let (_receiver, port, received) = otlp_receiver("agent_otlp_receiver");
+    otlp_every_window_reaches_the_receiver("http");
+}
+
+/// The same over gRPC (the generated grpcio `ProfilesService`).
+#[test]
+fn otlp_every_window_reaches_the_projects_own_grpc_service() {
+    otlp_every_window_reaches_the_receiver("grpc");
+}
+
+fn otlp_every_window_reaches_the_receiver(protocol: &str) {
+    let (_receiver, port, received) = if protocol == "grpc" {
+        assert!(
+            crossprof_tests::OtlpProto::installed() && crossprof_tests::OtlpProto::grpc_installed(),
+            "the OTLP receiver's Python code is missing: run cargo xtask bootstrap"
+        );
+        receiver_at(
+            "otlp",
+            &out_dir("agent_otlp_grpc_receiver").join("received.jsonl"),
+            &["--grpc"],
+        )
+    } else {
+        otlp_receiver("agent_otlp_receiver")
+    };
     let c = spawn(Command::new(native_fixture("chain")).arg("30"));
     let go = spawn(Command::new(Go::Go123.fixture("labels", GoBuild::Normal)).args(["30", "3"]));
     let net = spawn(&mut Dotnet::Net8.command(&Dotnet::Net8.fixture("chain"), &["30"]));
     let (c_pid, go_pid, net_pid) = (c.pid(), go.pid(), net.pid());
     let agent = Agent::start(
-        "agent_otlp",
+        &format!("agent_otlp_{protocol}"),
         &[
+            "--otlp-protocol",
+            protocol,
             "--pid",
             &c_pid.to_string(),
             "--pid",
@@ -1574,7 +1598,11 @@ fn otlp_every_window_reaches_a_receiver_built_on_the_projects_own_code() {
             assert_eq!(p["sample_type"], "samples/count", "{p}");
             assert_eq!(p["period_type"], "cpu/nanoseconds", "{p}");
             assert_eq!(p["period"], 1_000_000_000 / 19, "{p}");
-            assert_eq!(p["encoding"], "gzip");
+            if protocol == "http" {
+                assert_eq!(p["encoding"], "gzip");
+            } else {
+                assert_eq!(p["path"], "grpc");
+            }
             for s in p["samples"].as_array().unwrap() {
                 total += s["values"][0].as_u64().unwrap();
             }
