@@ -464,7 +464,7 @@ pub fn read_in_root(pid: u32, path: &Path, max: u64) -> io::Result<Vec<u8>> {
             format!("larger than {max} bytes"),
         ));
     }
-    read_at_most(&mut File::from(fd), 0, max)
+    read_at_most(&File::from(fd), 0, max)
 }
 
 /// A file in a target's folder.
@@ -483,12 +483,21 @@ impl TargetFile {
     }
 }
 
-/// Reads from `file` at `offset` at most `max` bytes.
-pub fn read_at_most(file: &mut File, offset: u64, max: u64) -> io::Result<Vec<u8>> {
-    use std::io::Seek as _;
-    file.seek(io::SeekFrom::Start(offset))?;
+/// Reads from `file` at `offset` at most `max` bytes, with `pread` (the
+/// file's own offset untouched; nothing there: one call returning 0).
+pub fn read_at_most(file: &File, offset: u64, max: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
     let mut buf = Vec::new();
-    file.take(max).read_to_end(&mut buf)?;
+    let mut chunk = vec![0u8; max.min(16 << 10) as usize];
+    while (buf.len() as u64) < max {
+        let want = (max - buf.len() as u64).min(chunk.len() as u64) as usize;
+        match file.read_at(&mut chunk[..want], offset + buf.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(buf)
 }
 
@@ -604,14 +613,20 @@ impl OutFolder {
         Ok(())
     }
 
-    /// Makes the folder's own entries durable (after renames).
-    pub fn sync(&self) {
-        if let Ok(fd) = openat(
+    /// The folder opened for reading (the held handle is `O_PATH`, which
+    /// fsync, fchmod, fchown and listing refuse).
+    fn readable(&self) -> io::Result<OwnedFd> {
+        openat(
             self.dir.as_raw_fd(),
             ".",
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
-        ) {
+        )
+    }
+
+    /// Makes the folder's own entries durable (after renames).
+    pub fn sync(&self) {
+        if let Ok(fd) = self.readable() {
             // SAFETY: fsync of a descriptor of ours.
             unsafe { libc::fsync(fd.as_raw_fd()) };
         }
@@ -642,12 +657,7 @@ impl OutFolder {
     /// Makes the folder private (0700): a folder of root's own keeps its
     /// files' names from other users.
     pub fn make_private(&self) -> io::Result<()> {
-        let fd = openat(
-            self.dir.as_raw_fd(),
-            ".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
+        let fd = self.readable()?;
         // SAFETY: fchmod of a descriptor of ours.
         if unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
             return Err(io::Error::last_os_error());
@@ -657,12 +667,7 @@ impl OutFolder {
 
     /// The folder's entries' names (not `.` and `..`).
     pub fn names(&self) -> io::Result<Vec<String>> {
-        let fd = openat(
-            self.dir.as_raw_fd(),
-            ".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
+        let fd = self.readable()?;
         let mut names = Vec::new();
         for entry in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))? {
             names.push(entry?.file_name().to_string_lossy().into_owned());
@@ -778,12 +783,7 @@ impl OutFolder {
     /// Gives the folder to the sudo user, like its files (see `owner`).
     pub fn chown_to_invoker(&self) {
         if let Some((uid, gid)) = self.owner
-            && let Ok(fd) = openat(
-                self.dir.as_raw_fd(),
-                ".",
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )
+            && let Ok(fd) = self.readable()
         {
             // SAFETY: plain fchown of a descriptor of ours.
             unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };

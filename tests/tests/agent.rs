@@ -1819,6 +1819,32 @@ fn pyroscope_gets_every_process_window_as_its_documented_ingest_request() {
     );
 }
 
+/// The samples of the OTLP `profiles` a receiver decoded, and of those the
+/// ones whose stack holds the C chain `hot;middle;outer;main` (leaf first).
+fn chain_samples(profiles: &[Value]) -> (u64, u64) {
+    let (mut total, mut chained) = (0, 0);
+    for sample in profiles
+        .iter()
+        .flat_map(|p| p["samples"].as_array().unwrap())
+    {
+        let n = sample["values"][0].as_u64().unwrap();
+        total += n;
+        let names: Vec<&str> = sample["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or(""))
+            .collect();
+        if names
+            .windows(4)
+            .any(|w| w == ["hot", "middle", "outer", "main"])
+        {
+            chained += n;
+        }
+    }
+    (total, chained)
+}
+
 /// The JSON lines a receiver wrote.
 fn received_lines(received: &Path) -> Vec<Value> {
     std::fs::read_to_string(received)
@@ -2221,26 +2247,10 @@ fn otlp_over_tls_with_a_client_certificate() {
     assert!(agent.stop().success());
     let profiles = received_lines(&received);
     assert!(profiles.len() >= 2, "{profiles:?}");
-    let (mut total, mut chained) = (0, 0);
     for p in &profiles {
         assert_eq!(p["client"], "crossprof-agent", "{p}");
-        for sample in p["samples"].as_array().unwrap() {
-            let n = sample["values"][0].as_u64().unwrap();
-            total += n;
-            let names: Vec<&str> = sample["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["name"].as_str().unwrap_or(""))
-                .collect();
-            if names
-                .windows(4)
-                .any(|w| w == ["hot", "middle", "outer", "main"])
-            {
-                chained += n;
-            }
-        }
     }
+    let (total, chained) = chain_samples(&profiles);
     assert!(
         chained * 100 >= total * 90,
         "hot;middle;outer;main in {chained} of {total}"
@@ -2315,7 +2325,6 @@ fn otlp_over_grpc_with_tls_reaches_the_projects_own_grpc_service() {
     assert!(agent.stop().success());
     let profiles = received_lines(&received);
     assert!(profiles.len() >= 4, "{profiles:?}");
-    let (mut total, mut chained) = (0, 0);
     let mut starts = Vec::new();
     for p in &profiles {
         assert!(p.get("error").is_none(), "{p}");
@@ -2325,23 +2334,8 @@ fn otlp_over_grpc_with_tls_reaches_the_projects_own_grpc_service() {
         assert_eq!(p["tenant"], "team-g");
         assert_eq!(p["resource"]["process.pid"], c.pid());
         starts.push(p["time_unix_nano"].as_u64().unwrap());
-        for sample in p["samples"].as_array().unwrap() {
-            let n = sample["values"][0].as_u64().unwrap();
-            total += n;
-            let names: Vec<&str> = sample["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["name"].as_str().unwrap_or(""))
-                .collect();
-            if names
-                .windows(4)
-                .any(|w| w == ["hot", "middle", "outer", "main"])
-            {
-                chained += n;
-            }
-        }
     }
+    let (total, chained) = chain_samples(&profiles);
     assert!(
         starts.windows(2).all(|w| w[0] < w[1]),
         "windows out of order or twice: {starts:?}"

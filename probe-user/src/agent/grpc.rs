@@ -114,11 +114,11 @@ impl Client {
         let shown = &self.shown;
         let body = if r.gzip {
             match crate::pprof::gunzip(&r.body) {
-                Ok(b) => b,
+                Ok(b) => std::borrow::Cow::Owned(b),
                 Err(e) => return Err(Failed::Refused(format!("{shown}: a stored request: {e}"))),
             }
         } else {
-            r.body.clone()
+            std::borrow::Cow::Borrowed(&r.body)
         };
         let message = match <ExportProfilesServiceRequest as prost::Message>::decode(&body[..]) {
             Ok(m) => m,

@@ -395,30 +395,28 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 /// window cut.
 fn status(shared: &Shared) -> Response {
     let store = shared.store.lock().expect("store");
-    let status = shared.status.lock().expect("status").clone();
-    let body = serde_json::json!({
-        "agent": status,
-        "mode": shared.mode,
-        "sources": shared.sources,
-        "frequency_hz": shared.freq,
-        "disk_bytes": store.disk_bytes(),
-        "windows_on_disk": store.list().iter().filter(|w| w.on_disk).count(),
-    });
+    let mut body = overview(shared, &store);
+    body["windows_on_disk"] = store.windows_on_disk().into();
     Response::ok("application/json", body.to_string().into_bytes())
 }
 
 fn windows(shared: &Shared) -> Response {
     let store = shared.store.lock().expect("store");
-    let status = shared.status.lock().expect("status").clone();
-    let body = serde_json::json!({
-        "agent": status,
+    let mut body = overview(shared, &store);
+    body["windows"] = serde_json::json!(store.list());
+    Response::ok("application/json", body.to_string().into_bytes())
+}
+
+/// What `/api/status` and `/api/windows` both show: the agent's state, its
+/// mode and bytes on disk.
+fn overview(shared: &Shared, store: &super::store::Store) -> serde_json::Value {
+    serde_json::json!({
+        "agent": shared.status.lock().expect("status").clone(),
         "mode": shared.mode,
         "sources": shared.sources,
         "frequency_hz": shared.freq,
         "disk_bytes": store.disk_bytes(),
-        "windows": store.list(),
-    });
-    Response::ok("application/json", body.to_string().into_bytes())
+    })
 }
 
 async fn profile(req: &Request, shared: &Shared) -> Response {

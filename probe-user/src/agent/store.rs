@@ -364,6 +364,11 @@ impl Store {
             .ok()
     }
 
+    /// Windows on disk.
+    pub fn windows_on_disk(&self) -> usize {
+        self.disk.len()
+    }
+
     /// Bytes on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.disk.iter().map(|(_, b)| b).sum()

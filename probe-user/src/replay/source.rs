@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{Refused, TargetFile};
+use crate::files::{Refused, TargetFile, read_at_most};
 
 /// The records, as the kernel sent them.
 pub const RING: &str = "ring.bin";
@@ -889,7 +889,7 @@ impl RuntimeFile {
         let Some((f, _)) = held.as_mut() else {
             return Ok(None);
         };
-        let Ok(buf) = pread_at_most(f, offset, max) else {
+        let Ok(buf) = read_at_most(f, offset, max) else {
             return Ok(None);
         };
         if let ProcSource::Capturing(c) = &self.source {
@@ -912,24 +912,6 @@ impl RuntimeFile {
     pub fn shown(&self) -> Option<String> {
         self.file.as_ref().map(|f| f.dir.show(&f.name))
     }
-}
-
-/// At most `max` bytes of `file` from `offset` on, with `pread` (nothing
-/// new: one call returning 0).
-fn pread_at_most(file: &std::fs::File, offset: u64, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt as _;
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; max.min(16 << 10) as usize];
-    while (buf.len() as u64) < max {
-        let want = (max - buf.len() as u64).min(chunk.len() as u64) as usize;
-        match file.read_at(&mut chunk[..want], offset + buf.len() as u64) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(buf)
 }
 
 /// Where the process table reads a process's `/proc` files.
