@@ -562,10 +562,17 @@ fn a_thousand_concurrent_connections_are_each_followed() {
 
 /// Work a request hands to a goroutine: with `fan` on, each handler of
 /// `traced.go` burns its 100 ms in a goroutine it creates (`main.helper`) and
-/// waits for it. In wall mode (goroutine-state probes on), each request from
-/// the second on has 100 ms ± 20% of `main.helper;main.burn` under its own
-/// trace, and its handler's wait for it (`main.work`, `[wait: chan receive]`)
-/// too; every helper was counted as inheriting its creator's request.
+/// waits for it. In wall mode (goroutine-state probes on), every sample of
+/// `main.helper` is under a request's trace; each request from the second on
+/// has its handler's wait for the helper (`main.work`, `[wait: chan
+/// receive]`) at 100 ms ± 20% under its own trace, and the helper's CPU time
+/// under it too: at most 120 ms, and at least half the burn. Wall mode counts
+/// neither time a thread waits for a CPU nor time a goroutine waits in Go's
+/// run queue (see `--mode`), and this machine has two CPUs shared with the
+/// collector and the program's client: a helper was seen with 60-70 ms of its
+/// 100 ms burn on a CPU (CI, 2026-12-05). A helper counted under another
+/// request would leave its own with none and give the other 200 ms.
+/// Every helper was counted as inheriting its creator's request.
 #[test]
 fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
     let bin = Go::Go127.fixture("traced", GoBuild::Normal);
@@ -589,7 +596,7 @@ fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
         let level = format!("trace {i:032x}");
         let helper = us(&level, &|f| f.iter().any(|f| f == "main.helper"));
         assert!(
-            (80_000..=120_000).contains(&helper),
+            (50_000..=120_000).contains(&helper),
             "request {i}: {helper} µs of main.helper under its trace:\n{stacks:#?}"
         );
         let waited = us(&level, &|f| {
@@ -601,6 +608,13 @@ fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
             "request {i}: {waited} µs of main.work waiting for its helper"
         );
     }
+    let untraced: u64 = stacks
+        .iter()
+        .filter(|s| s.frames.iter().any(|f| f == "main.helper"))
+        .filter(|s| !s.frames.iter().any(|f| f.starts_with("trace ")))
+        .map(|s| s.count)
+        .sum();
+    assert_eq!(untraced, 0, "main.helper outside any trace:\n{stacks:#?}");
     let summary = read_summary(&dir);
     assert!(
         summary["http_requests"]["inherited"].as_u64().unwrap() >= 9,
