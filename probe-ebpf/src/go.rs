@@ -544,14 +544,24 @@ fn change(ctx: &ProbeContext, gp: u64, old: u32, new: u32) {
 /// after waiting `ns` for `reason`, by thread `tid`. Its stack is still as it
 /// parked (`g.sched`: the PC after `mcall` in `gopark`, and the frame-pointer
 /// chain from there), so it is read now and sent with the wait, in a
-/// `GoBlockSample` record built in this CPU's scratch. (A uprobe program and
-/// the CPU sampler never interrupt each other on a CPU.)
+/// `GoBlockSample` record built in this CPU's scratch, which it takes for the
+/// time (the CPU sampler can interrupt a uprobe program: see `SCRATCH_BUSY`).
 #[inline(always)]
 fn block(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64) {
     if ns < config().min_go_wait_ns {
         count(Counter::GoBlocksShort);
         return;
     }
+    if !crate::take_scratch() {
+        return;
+    }
+    block_in_scratch(tgid, tid, gp, goid, reason, ns, now);
+    crate::set_scratch_busy(false);
+}
+
+/// [`block`] once it holds this CPU's scratch.
+#[inline(always)]
+fn block_in_scratch(tgid: u32, tid: u32, gp: u64, goid: u64, reason: u32, ns: u64, now: u64) {
     let Some(offsets) = go_offsets(tgid) else {
         count(Counter::GoBlocksLost);
         return;

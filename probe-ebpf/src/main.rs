@@ -154,10 +154,15 @@ fn first_sample(tgid: u32) -> bool {
 #[map]
 static SCRATCH: PerCpuArray<SampleScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU: non-zero while the off-CPU program assembles a record in `SCRATCH`
-/// and the walk's per-CPU buffers. It runs in a thread's context, where the
-/// CPU sampler can interrupt it (BPF only keeps a program from interrupting
-/// itself); a sample that finds this set is dropped (`DropNoScratch`).
+/// Per CPU: non-zero while a program that runs in a thread's context (the
+/// off-CPU programs, the Go uprobes) assembles a record in `SCRATCH` and the
+/// walk's per-CPU buffers. The CPU sampler can interrupt those (BPF only keeps
+/// a program from interrupting itself; since Linux 6.x a uprobe program runs
+/// with interrupts and, on preemptible kernels, preemption on: only migration
+/// is off), and on a preemptible kernel another thread's program can run on
+/// the CPU while one is preempted mid-record. A sample that finds this set is
+/// dropped, and a program that finds it set skips its record (both counted
+/// as `DropNoScratch`), rather than write over a record half built.
 #[map]
 static SCRATCH_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -168,6 +173,21 @@ fn scratch_busy() -> bool {
     SCRATCH_BUSY
         .get_ptr(0)
         .is_some_and(|b| unsafe { core::ptr::read_volatile(b) } != 0)
+}
+
+/// Takes this CPU's scratch for a record built in a thread's context: false
+/// (counted) when another program holds it. The holder frees it with
+/// `set_scratch_busy(false)`. (A check then a set: programs on one CPU
+/// interleave only by interruption or preemption, and one that takes the
+/// scratch between the two finishes, and frees it, before this one goes on.)
+#[inline(always)]
+fn take_scratch() -> bool {
+    if scratch_busy() {
+        count(Counter::DropNoScratch);
+        return false;
+    }
+    set_scratch_busy(true);
+    true
 }
 
 /// Marks this CPU's scratch in use (or free again).

@@ -142,7 +142,11 @@ fn record_span(
     output: sample::Output,
 ) {
     let kernel = kernel_frames(pid_tgid as u32);
-    crate::set_scratch_busy(true);
+    // Held by a program preempted mid-record: at the switch, the span is walked
+    // at the call's return instead (no stash); at the return, it is lost.
+    if !crate::take_scratch() {
+        return;
+    }
     sample::record(
         ctx,
         pid_tgid,

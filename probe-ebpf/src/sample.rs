@@ -94,7 +94,8 @@ pub fn sample(ctx: &PerfEventContext) {
     }
     count(Counter::Samples);
     if crate::scratch_busy() {
-        // This CPU interrupted the off-CPU program in the middle of a record.
+        // This CPU interrupted a program in a thread's context (off-CPU, a Go
+        // uprobe) in the middle of a record.
         count(Counter::DropNoScratch);
         return;
     }
@@ -387,6 +388,11 @@ pub fn sample_frame_pointers(ctx: &PerfEventContext) {
         return;
     }
     count(Counter::Samples);
+    if crate::scratch_busy() {
+        // This CPU interrupted a Go uprobe in the middle of a record.
+        count(Counter::DropNoScratch);
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return;
