@@ -4,7 +4,7 @@
 //! info, ReadyToRun images and their ECMA-335 metadata, portable PDBs, .NET
 //! prologs), what the kernel sends (ring-buffer records, `/proc/PID/maps`),
 //! what a user hands `diff` (pprof, gzip, folded) and what a client sends the
-//! agent (HTTP request heads, `traceparent`), the agent's outbox files, a process's environment, cgroup
+//! agent (HTTP request heads, `traceparent`), the agent's outbox files, the kernel symbol cache, a process's environment, cgroup
 //! path and status, and the command line's parsers.
 //!
 //! Each target is a function of one byte string that must return, never
@@ -711,6 +711,17 @@ pub fn targets() -> Vec<Target> {
                     let _ = crate::containers::parse(line.rsplit(':').next().unwrap_or(line));
                 }
                 let _ = crate::files::parse_own_pid(&s);
+            },
+        },
+        Target {
+            name: "kallsyms_cache",
+            #[cfg(test)]
+            seeds: || vec![Seed::whole(native::kallsyms::tests::cache_file())],
+            run: |b| {
+                // The per-boot kernel symbol file (`/var/cache/crossprof/kallsyms/`).
+                if let Some(c) = native::kallsyms::Cached::decode(b) {
+                    let _ = c.table.name(c.core.0);
+                }
             },
         },
         Target {

@@ -58,6 +58,10 @@ pub struct Summary {
     pub processes: Vec<ProcessSummary>,
     /// The collector's own cost.
     pub collector: CollectorStats,
+    /// Where kernel frames' names came from: `cache` (this boot's file of the
+    /// core kernel's symbols, no read of `/proc/kallsyms`), `kallsyms`, `file`
+    /// (a replayed capture's) or `none`.
+    pub kernel_symbols: crate::native::kallsyms::Read,
     /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
     pub kernel_program: Option<KernelProgramStats>,
     /// Share of all samples with a user stack whose stack starts at a thread

@@ -170,9 +170,11 @@ pub struct SymbolizerThread {
     /// Jobs sent whose batch has not come back.
     pending: usize,
     results: mpsc::Receiver<Batch>,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<crate::native::kallsyms::Read>>,
     /// What has come back.
     pub names: Names,
+    /// Where kernel names came from (known once [`SymbolizerThread::finish`]ed).
+    pub kernel_read: crate::native::kallsyms::Read,
 }
 
 impl SymbolizerThread {
@@ -289,6 +291,7 @@ impl SymbolizerThread {
                         break;
                     }
                 }
+                native.kernel_read()
             })
             .expect("spawn the symbolizer thread");
         Self {
@@ -297,6 +300,7 @@ impl SymbolizerThread {
             results,
             handle: Some(handle),
             names: Names::default(),
+            kernel_read: Default::default(),
         }
     }
 
@@ -366,8 +370,10 @@ impl SymbolizerThread {
         while let Ok(batch) = self.results.recv() {
             self.take(batch);
         }
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        if let Some(h) = self.handle.take()
+            && let Ok(read) = h.join()
+        {
+            self.kernel_read = read;
         }
     }
 
@@ -445,6 +451,7 @@ mod tests {
             results: mpsc::channel().1,
             handle: None,
             names: Names::default(),
+            kernel_read: Default::default(),
         };
         let mut procs = ProcessTable::default();
         let module = procs

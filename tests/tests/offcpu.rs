@@ -129,3 +129,53 @@ fn wall_mode_weighs_running_and_blocked_time_per_thread() {
     assert!(threads.len() >= 2, "{threads:?}");
     assert_eq!(read_summary(&dir)["mode"], "wall");
 }
+
+/// Kernel names are read once per boot (`probe-user/src/native/kallsyms.rs`):
+/// with this boot's cache file removed, a run reads `/proc/kallsyms`
+/// (`kernel_symbols: kallsyms` in summary.json) and leaves the core kernel's
+/// symbols in `/var/cache/crossprof/kallsyms/<boot id>`, a 0600 file of
+/// root's in a 0700 folder; the next run names the same kernel stack (the
+/// nanosleep path down to `__schedule`) from that file alone (`cache`).
+#[test]
+fn the_second_run_names_the_kernel_from_the_boot_s_cache() {
+    use std::os::unix::fs::MetadataExt as _;
+    let bin = build_c("native/sleeper.c", &["-O2", "-g"]);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let folder = std::path::Path::new("/var/cache/crossprof/kallsyms");
+    let file = folder.join(boot.trim());
+    let _ = std::fs::remove_file(&file);
+    let run = |name: &str| -> (String, Vec<String>) {
+        let dir = out_dir(name);
+        let run = record_command(&dir, &["--mode", "offcpu", "--kernel-waits"], &bin, &["1"]);
+        assert!(run.status.success(), "{}", run.stderr);
+        let stacks = read_folded(&dir);
+        let nap = stacks
+            .iter()
+            .filter(|s| has(&s.frames, "nap") && leaf(&s.frames) == "[sleep]")
+            .max_by_key(|s| s.count)
+            .unwrap_or_else(|| panic!("no sleep in nap:\n{stacks:#?}"));
+        let kernel: Vec<String> = nap
+            .frames
+            .iter()
+            .filter(|f| f.ends_with("_[k]"))
+            .cloned()
+            .collect();
+        assert!(
+            has(&kernel, "do_nanosleep_[k]") && kernel.last().unwrap() == "__schedule_[k]",
+            "{kernel:?}"
+        );
+        let from = read_summary(&dir)["kernel_symbols"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (from, kernel)
+    };
+    let (first_from, first) = run("kallsyms_first");
+    assert_eq!(first_from, "kallsyms");
+    let meta = std::fs::symlink_metadata(&file).expect("this boot's cache file");
+    assert!(meta.file_type().is_file() && meta.uid() == 0 && meta.mode() & 0o777 == 0o600);
+    assert_eq!(std::fs::metadata(folder).unwrap().mode() & 0o777, 0o700);
+    let (second_from, second) = run("kallsyms_second");
+    assert_eq!(second_from, "cache", "the second run read /proc/kallsyms");
+    assert_eq!(second, first, "the same kernel stack, named alike");
+}

@@ -18,6 +18,7 @@
 pub mod debuginfod;
 pub mod ehframe;
 pub mod elf;
+pub mod kallsyms;
 pub mod loader;
 pub mod maps;
 pub mod modules;

@@ -1,14 +1,11 @@
 //! Names for native frames: ELF files through blazesym (symtab, dynsym, DWARF when
-//! present), the kernel through kallsyms.
+//! present), the kernel through kallsyms (`super::kallsyms`).
 
 use std::path::{Path, PathBuf};
 
-use blazesym::{
-    MaybeDefault,
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        source::{Elf, Kernel, Source},
-    },
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Source},
 };
 
 /// A long-lived blazesym [`Symbolizer`]: it caches every parsed file and kallsyms, so
@@ -29,6 +26,8 @@ pub struct NativeSymbols {
     pub kallsyms: Option<PathBuf>,
     /// Servers asked for debug files found nowhere here (`--debuginfod`).
     debuginfod: Option<std::cell::RefCell<super::debuginfod::Client>>,
+    /// Kernel symbols, read once per boot.
+    kernel: std::cell::RefCell<super::kallsyms::KernelSymbols>,
 }
 
 /// A binary's functions as file offsets `[start, end)`, sorted.
@@ -98,6 +97,7 @@ impl NativeSymbols {
             functions: Default::default(),
             kallsyms: None,
             debuginfod: None,
+            kernel: std::cell::RefCell::new(super::kallsyms::KernelSymbols::new(None)),
         }
     }
 
@@ -304,24 +304,18 @@ impl NativeSymbols {
             .collect()
     }
 
-    /// Names for kernel addresses, from `/proc/kallsyms`.
+    /// Where the kernel names given so far came from.
+    pub fn kernel_read(&self) -> super::kallsyms::Read {
+        self.kernel.borrow().read()
+    }
+
+    /// Names for kernel addresses (see [`super::kallsyms`]).
     pub fn kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
-        let src = Source::Kernel(Kernel {
-            kallsyms: match &self.kallsyms {
-                Some(path) => MaybeDefault::Some(path.clone()),
-                None => MaybeDefault::Default,
-            },
-            vmlinux: MaybeDefault::None,
-            debug_syms: false,
-            ..Kernel::default()
-        });
-        sourced(
-            self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)),
-            addrs.len(),
-        )
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
+        let mut kernel = self.kernel.borrow_mut();
+        if kernel.source.is_none() {
+            kernel.source = self.kallsyms.clone();
+        }
+        kernel.names(addrs)
     }
 }
 

@@ -315,6 +315,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
         unnamed_frames: names.unnamed,
         processes,
         collector: CollectorStats::now(recording_cpu),
+        kernel_symbols: symbolizer.kernel_read,
         kernel_program: program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,
