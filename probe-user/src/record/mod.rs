@@ -491,8 +491,9 @@ async fn run(
                 if !tick {
                     continue;
                 }
-                let lost = drops(&sampler.counters()) + pipeline.decode_errors;
-                status.update(start.elapsed(), pipeline.agg.samples, lost);
+                status.update(start.elapsed(), pipeline.agg.samples, || {
+                    drops(&sampler.counters()) + pipeline.decode_errors
+                });
                 if !pids.is_empty() && child.is_none() && !pids.iter().any(|&p| alive(p)) {
                     break Stop::TargetsExited;
                 }
