@@ -10,6 +10,7 @@ use crossprof::{
 };
 
 fn main() -> ExitCode {
+    crossprof::summary::mark_process_start();
     crossprof::crash::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

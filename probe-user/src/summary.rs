@@ -94,6 +94,9 @@ pub struct Summary {
     /// most samples first; empty when none was sampled. A sample counts once
     /// per distinct edge in its stack.
     pub transitions: Vec<Edge>,
+    /// From crossprof's start to the recording's: the programs loaded and
+    /// attached, the targets read (and a command started).
+    pub startup_ms: f64,
     /// From the stop to a finished SVG.
     pub stop_to_svg_ms: f64,
     /// The command's exit status, if crossprof started one (128+N for signal N).
@@ -346,4 +349,17 @@ pub struct Edge {
     pub callee_kind: FrameKind,
     /// Samples.
     pub samples: u64,
+}
+
+/// When this process started (set first thing in `main`; else when first asked).
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Notes this process's start (`summary.json`'s `startup_ms` counts from it).
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
+/// How long after this process's start `at` is.
+pub fn since_process_start(at: std::time::Instant) -> std::time::Duration {
+    at.saturating_duration_since(*PROCESS_START.get_or_init(std::time::Instant::now))
 }

@@ -351,6 +351,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             run_time_ns,
         }),
         transitions: folded.edges.clone(),
+        startup_ms: crate::summary::since_process_start(start).as_secs_f64() * 1e3,
         stop_to_svg_ms: stop_to_svg.as_secs_f64() * 1e3,
         command_exit_status,
         notes,

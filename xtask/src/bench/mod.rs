@@ -13,7 +13,8 @@
 //! - collector CPU-seconds per wall-second and peak RSS (summary.json `collector`);
 //! - samples received / expected, expected = F x the fixture's work seconds;
 //! - samples lost (summary.json `lost`);
-//! - stop to finished SVG (summary.json `stop_to_svg_ms`).
+//! - start to recording (summary.json `startup_ms`), stop to finished SVG
+//!   (`stop_to_svg_ms`).
 //!
 //! The .NET figures come from [`dotnet`], the Go ones from [`go`], the mixed
 //! .NET/Go/C stacks' from [`mixed`], the off-CPU ones from [`offcpu`], request
@@ -362,6 +363,15 @@ fn figures(plain: &[u64], profiled: &[Vec<Profiled>], missing: &mut Vec<String>)
             goal: Goal::AtMost(0.0),
         });
     }
+    figures.push(Figure {
+        name: format!(
+            "start to recording (programs loaded and attached, command started), {} Hz",
+            FREQS[0]
+        ),
+        measured: median(field(&profiled[0], "/startup_ms").into_iter()),
+        unit: Unit::Ms,
+        goal: Goal::AtMost(300.0),
+    });
     for (&freq, runs) in FREQS.iter().zip(profiled) {
         figures.push(Figure {
             name: format!("stop to finished SVG at {freq} Hz"),
