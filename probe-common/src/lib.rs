@@ -116,8 +116,9 @@ pub struct Config {
     /// first sample of each process wakes the collector at once, which reads
     /// the process while it still lives (a compiler a build runs for 15 ms).
     pub announce_new: u32,
-    /// Keeps the size a multiple of 8 (no padding: `aya::Pod`).
-    pub _reserved: u32,
+    /// Non-zero (`--mode wall`): a target thread preempted is followed until
+    /// it runs again, as an off-CPU span of state `offcpu::state::PREEMPTED`.
+    pub off_cpu_runnable: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 64);
 

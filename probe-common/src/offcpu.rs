@@ -10,7 +10,11 @@
 //! the user stack read then (unchanged since the call), the kernel stack taken
 //! at the switch (where the thread waited; at the call's return it is only the
 //! exit path).
-//! Not followed: preemption (waiting for a CPU while runnable) and waits
+//! With `Config::off_cpu_runnable` (`--mode wall`), a thread that leaves the
+//! CPU runnable (preempted, or yielding in the kernel) is noted too, state
+//! [`state::PREEMPTED`]: its span ends when it runs again, which the kernel
+//! program learns at the thread's next switch or system call return on that
+//! CPU (the CPU's last switch is when it came back). Not followed: waits
 //! outside system calls (page faults). Kernels without kprobes and with
 //! lockdown (this machine's: fentry/fexit are refused) still have both
 //! tracepoints.
@@ -70,4 +74,7 @@ pub mod state {
     /// `EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD`: the thread is exiting and will not
     /// run again, so it is not tracked.
     pub const EXITING: u16 = 0x10 | 0x20 | 0x80;
+    /// crossprof's own (outside [`super::STATE_MASK`]): the thread left the
+    /// CPU runnable, preempted, and waited for a CPU.
+    pub const PREEMPTED: u16 = 0x8000;
 }

@@ -52,7 +52,7 @@ static CONFIG: Config = Config {
     filter_cgroups: 0,
     select_comms: 0,
     announce_new: 0,
-    _reserved: 0,
+    off_cpu_runnable: 0,
 };
 
 /// Every record, of every kind, for the collector.

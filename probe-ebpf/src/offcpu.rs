@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::map,
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use probe_common::{
@@ -66,39 +66,80 @@ static EMPTY_STACK: KernelStack = KernelStack {
 /// 5.18): runs in `prev`'s context, so the current ids are `prev`'s.
 #[inline(always)]
 pub fn switch_out(ctx: &BtfTracePointContext) {
+    let cfg = config();
+    // SAFETY: plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // When the thread leaving now came onto this CPU (every switch is noted,
+    // whoever's: the next one to leave came back at this one).
+    let came_back = if cfg.off_cpu_runnable != 0 {
+        swap_last_switch(now)
+    } else {
+        0
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     if tid == 0 {
         return;
     }
-    let cfg = config();
     if !crate::selected(tgid) {
         return;
+    }
+    if cfg.off_cpu_runnable != 0 {
+        end_preempted(ctx.as_ptr(), tid, came_back);
     }
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
     let bits = prev_state as u16 & STATE_MASK;
-    // Only blocking is followed: a thread preempted stays runnable whatever
-    // its state says, and an exiting one does not come back.
-    if (preempt as u8) != 0 || bits == 0 || bits & state::EXITING != 0 {
+    if bits & state::EXITING != 0 {
+        // It does not come back.
         return;
     }
-    // Inside a system call only: its return ends the span (a page fault's
-    // wait has no such end the kernel programs here can see).
+    // A thread preempted stays runnable whatever its state says: followed
+    // until it runs again in `--mode wall` only.
+    if (preempt as u8) != 0 || bits == 0 {
+        if cfg.off_cpu_runnable != 0 {
+            start_span(
+                ctx,
+                pid_tgid,
+                Away {
+                    since_ns: now,
+                    state: state::PREEMPTED,
+                    syscall: regs::current_syscall(),
+                    _pad: 0,
+                },
+            );
+        }
+        return;
+    }
+    // Blocked inside a system call only: its return ends the span (a page
+    // fault's wait has no such end the kernel programs here can see).
     let syscall = regs::current_syscall();
     if syscall == 0 {
         return;
     }
-    let away = Away {
-        // SAFETY: plain helper call with no arguments.
-        since_ns: unsafe { bpf_ktime_get_ns() },
-        state: bits,
-        syscall,
-        _pad: 0,
-    };
+    start_span(
+        ctx,
+        pid_tgid,
+        Away {
+            since_ns: now,
+            state: bits,
+            syscall,
+            _pad: 0,
+        },
+    );
+}
+
+/// Notes `away` for thread `pid_tgid`, leaving the CPU now, and builds its
+/// record.
+#[inline(always)]
+fn start_span(ctx: &BtfTracePointContext, pid_tgid: u64, away: Away) {
+    let tid = pid_tgid as u32;
+    let cfg = config();
     // The first block of the call is kept (a call may block several times:
-    // a futex woken early, a read that waits again).
+    // a futex woken early, a read that waits again); a thread preempted on
+    // its way back from a block stays in that block's span, which its call's
+    // return ends.
     match AWAY.insert(tid, away, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             if cfg.off_cpu_kernel != 0 {
@@ -111,6 +152,69 @@ pub fn switch_out(ctx: &BtfTracePointContext) {
             count(Counter::OffCpuUntracked);
         }
     }
+}
+
+/// Per CPU: when its last context switch was (`--mode wall`).
+#[map]
+static LAST_SWITCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's last switch time, replaced by `now`.
+#[inline(always)]
+fn swap_last_switch(now: u64) -> u64 {
+    let Some(slot) = LAST_SWITCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; sched_switch programs do not nest on a CPU.
+    unsafe {
+        let last = *slot;
+        *slot = now;
+        last
+    }
+}
+
+/// This CPU's last switch time: when the thread running now came onto it.
+#[inline(always)]
+fn last_switch() -> u64 {
+    // SAFETY: this CPU's slot, read once.
+    LAST_SWITCH
+        .get_ptr(0)
+        .map_or(0, |slot| unsafe { core::ptr::read_volatile(slot) })
+}
+
+/// Ends thread `tid`'s preempted span, if it has one, at `came_back` (when it
+/// ran again on this CPU): its record, built as it left the CPU, is sent.
+#[inline(always)]
+fn end_preempted(ctx: *mut core::ffi::c_void, tid: u32, came_back: u64) {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(away) = (unsafe { AWAY.get(tid) }).copied() else {
+        return;
+    };
+    if away.state != state::PREEMPTED {
+        return;
+    }
+    let _ = AWAY.remove(tid);
+    let _ = AWAY_STACKS.remove(tid);
+    count(Counter::OffCpuSpans);
+    let ns = came_back.saturating_sub(away.since_ns);
+    if came_back == 0 || ns < config().min_block_ns {
+        count(Counter::OffCpuShort);
+        let _ = OFF_CPU_STASH.remove(tid);
+        return;
+    }
+    let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) else {
+        // Not built at the switch (the stash was full): the stack it left
+        // with is gone.
+        count(Counter::OffCpuUntracked);
+        return;
+    };
+    // SAFETY: the map value is this thread's (only its own switches and call
+    // returns touch it), valid for this run.
+    unsafe {
+        (*record).header.span.ns = ns;
+        (*record).header.id.time_ns = bpf_ktime_get_ns();
+        sample::send(ctx, &*record, false);
+    }
+    let _ = OFF_CPU_STASH.remove(tid);
 }
 
 /// Off-CPU records built at the switch, by thread: see [`build_at_switch`].
@@ -243,6 +347,12 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
     let Some(away) = (unsafe { AWAY.get(tid) }).copied() else {
         return;
     };
+    if away.state == state::PREEMPTED {
+        // Preempted (in the kernel, or in user mode before this call): it
+        // came back at this CPU's last switch.
+        end_preempted(ctx.as_ptr(), tid, last_switch());
+        return;
+    }
     let _ = AWAY.remove(tid);
     count(Counter::OffCpuSpans);
     // SAFETY: plain helper call with no arguments.

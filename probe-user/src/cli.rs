@@ -518,8 +518,10 @@ pub struct RecordArgs {
     /// What to profile: cpu (on-CPU samples), offcpu (time threads spend
     /// blocked or sleeping, in microseconds, with the stack they blocked in and
     /// a leaf such as `[blocked: futex]`, `[sleep]`, `[blocked: io]`; time spent
-    /// runnable, waiting for a CPU, is not counted), wall (both, per thread,
-    /// in microseconds, on-CPU stacks under `[running]`), or goblock (Go
+    /// runnable, waiting for a CPU, is not counted), wall (every moment of
+    /// each thread, in microseconds: on-CPU stacks under `[running]`, blocked
+    /// as in offcpu, and preempted, waiting for a CPU, under `[waiting for
+    /// CPU]`), or goblock (Go
     /// goroutines parked: the stack each parked in, weighted by the
     /// microseconds until it was made runnable, under `[wait: chan receive]`,
     /// `[wait: sync.Mutex.Lock]`, ...; uses the --go-states probes):

@@ -69,6 +69,9 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SamplerError> {
 
 /// The leaf frame an off-CPU span gets: `[blocked: futex]`, `[sleep]`, ...
 pub fn reason(off: &OffCpu) -> String {
+    if off.state == state::PREEMPTED {
+        return "[waiting for CPU]".into();
+    }
     if off.state & state::STOPPED != 0 {
         return "[stopped]".into();
     }
@@ -137,6 +140,8 @@ mod tests {
 
     #[test]
     fn reasons_come_from_the_state_then_the_system_call() {
+        assert_eq!(reason(&off(state::PREEMPTED, Some(0))), "[waiting for CPU]");
+        assert_eq!(reason(&off(state::PREEMPTED, None)), "[waiting for CPU]");
         assert_eq!(reason(&off(state::INTERRUPTIBLE, Some(230))), "[sleep]");
         assert_eq!(
             reason(&off(state::INTERRUPTIBLE, Some(202))),

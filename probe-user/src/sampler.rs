@@ -49,6 +49,9 @@ pub struct SamplerConfig {
     pub http: bool,
     /// Keep each off-CPU span's kernel stack (`--kernel-waits`).
     pub off_cpu_kernel: bool,
+    /// Follow a thread preempted until it runs again, as an off-CPU span
+    /// (`--mode wall`: every moment of a thread).
+    pub off_cpu_runnable: bool,
     /// Never sample crossprof itself (the agent, profiling the whole host).
     pub skip_self: bool,
     /// Threads in the cgroups given to [`Sampler::select_cgroup`] are targets.
@@ -104,7 +107,7 @@ impl Sampler {
             // The whole system: no exec is announced, so each process's
             // first sample is.
             announce_new: u32::from(!cfg.filter_pids),
-            _reserved: 0,
+            off_cpu_runnable: u32::from(cfg.off_cpu && cfg.off_cpu_runnable),
         };
         // No CO-RE relocations yet, so the kernel's BTF (several MB, ~15 MB parsed)
         // is not loaded: it was most of the collector's start-up time and memory.

@@ -179,3 +179,72 @@ fn the_second_run_names_the_kernel_from_the_boot_s_cache() {
     assert_eq!(second_from, "cache", "the second run read /proc/kallsyms");
     assert_eq!(second, first, "the same kernel stack, named alike");
 }
+
+/// `--mode wall` counts every moment of a thread, time waiting for a CPU
+/// included: two spinners (`spinner.c`, 2 s of CPU-bound work each) pinned to
+/// one CPU each run about half the time. Each has 2 s ± 10% in all, of which
+/// 35-65% `[running]` (samples) and 35-65% `[waiting for CPU]` (preempted:
+/// the span from leaving the CPU runnable to running again, with the stack it
+/// was preempted in, `spin` under `main`). `--mode offcpu` counts blocking only:
+/// no `[waiting for CPU]` in it.
+#[test]
+fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
+    let spinner = crossprof_tests::native_fixture("spinner");
+    let script = format!("{0} 2 spin-a & {0} 2 spin-b; wait", spinner.display());
+    let taskset = std::path::Path::new("/usr/bin/taskset");
+    let dir = out_dir("wall_cpu_wait");
+    let run = record_command(
+        &dir,
+        &["--mode", "wall"],
+        taskset,
+        &["-c", "0", "sh", "-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    for name in ["spin-a", "spin-b"] {
+        let of = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
+            stacks
+                .iter()
+                .filter(|s| s.frames[0] == name && pred(&s.frames))
+                .map(|s| s.count)
+                .sum()
+        };
+        let all = of(&|_| true);
+        let running = of(&|f| leaf(f) == "[running]");
+        let waiting = of(&|f| leaf(f) == "[waiting for CPU]");
+        let waiting_in_spin =
+            of(&|f| leaf(f) == "[waiting for CPU]" && has(f, "spin") && has(f, "main"));
+        println!(
+            "{name}: {all} µs, running {running}, waiting {waiting} ({waiting_in_spin} in spin)"
+        );
+        assert!(
+            (1_800_000..=2_200_000).contains(&all),
+            "{name}: {all} µs in all, not 2 s ± 10%:\n{stacks:#?}"
+        );
+        for (what, us) in [("running", running), ("waiting for CPU", waiting)] {
+            assert!(
+                (all * 35 / 100..=all * 65 / 100).contains(&us),
+                "{name}: {us} µs {what} of {all}:\n{stacks:#?}"
+            );
+        }
+        assert!(
+            waiting_in_spin >= waiting * 9 / 10,
+            "{name}: the wait without the stack it was preempted in:\n{stacks:#?}"
+        );
+    }
+    let dir = out_dir("offcpu_no_cpu_wait");
+    let run = record_command(
+        &dir,
+        &["--mode", "offcpu"],
+        taskset,
+        &["-c", "0", "sh", "-c", &script],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let stacks = read_folded(&dir);
+    assert!(
+        !stacks
+            .iter()
+            .any(|s| leaf(&s.frames) == "[waiting for CPU]"),
+        "offcpu counts blocking only:\n{stacks:#?}"
+    );
+}

@@ -562,17 +562,19 @@ fn a_thousand_concurrent_connections_are_each_followed() {
 
 /// Work a request hands to a goroutine: with `fan` on, each handler of
 /// `traced.go` burns its 100 ms in a goroutine it creates (`main.helper`) and
-/// waits for it. In wall mode (goroutine-state probes on), every sample of
-/// `main.helper` is under a request's trace; each request from the second on
-/// has its handler's wait for the helper (`main.work`, `[wait: chan
-/// receive]`) at 100 ms ± 20% under its own trace, and the helper's CPU time
+/// waits for it. In wall mode (goroutine-state probes on), `main.helper` is
+/// under a request's trace (98% of its time or more: a sample taken as Go
+/// preempts it may find it between goroutines); each request from the
+/// second on has its handler's wait for the helper (`main.work`, `[wait:
+/// chan receive]`) at 100 ms ± 20% under its own trace, and the helper's time
 /// under it too: at most 120 ms, and at least half the burn. Wall mode counts
-/// neither time a thread waits for a CPU nor time a goroutine waits in Go's
-/// run queue (see `--mode`), and this machine has two CPUs shared with the
-/// collector and the program's client: a helper was seen with 60-70 ms of its
-/// 100 ms burn on a CPU (CI, 2026-12-05). A helper counted under another
-/// request would leave its own with none and give the other 200 ms.
-/// Every helper was counted as inheriting its creator's request.
+/// the time its thread waits for a CPU (`[waiting for CPU]`) but not the time
+/// a goroutine waits in Go's own run queue, and this machine has two CPUs
+/// shared with the collector and the program's client: a helper was seen
+/// with 60-70 ms of its 100 ms burn counted (CI, 2026-12-05, before threads'
+/// CPU waits were). A helper counted under another request would leave its
+/// own with none and give the other 200 ms. Every helper was counted as
+/// inheriting its creator's request.
 #[test]
 fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
     let bin = Go::Go127.fixture("traced", GoBuild::Normal);
@@ -608,13 +610,21 @@ fn work_a_request_hands_to_a_goroutine_is_under_its_trace() {
             "request {i}: {waited} µs of main.work waiting for its helper"
         );
     }
-    let untraced: u64 = stacks
-        .iter()
-        .filter(|s| s.frames.iter().any(|f| f == "main.helper"))
-        .filter(|s| !s.frames.iter().any(|f| f.starts_with("trace ")))
-        .map(|s| s.count)
-        .sum();
-    assert_eq!(untraced, 0, "main.helper outside any trace:\n{stacks:#?}");
+    let helper = |traced: bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|s| s.frames.iter().any(|f| f == "main.helper"))
+            .filter(|s| s.frames.iter().any(|f| f.starts_with("trace ")) == traced)
+            .map(|s| s.count)
+            .sum()
+    };
+    // A sample taken as the helper changes state (Go's preemption, in
+    // `casgstatus`) may find it between goroutines: at most 2% of its time.
+    let (traced, untraced) = (helper(true), helper(false));
+    assert!(
+        untraced * 50 <= traced + untraced,
+        "{untraced} µs of main.helper outside any trace, {traced} under one:\n{stacks:#?}"
+    );
     let summary = read_summary(&dir);
     assert!(
         summary["http_requests"]["inherited"].as_u64().unwrap() >= 9,

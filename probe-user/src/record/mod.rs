@@ -207,6 +207,7 @@ pub(crate) async fn start(
         go_block: cfg.go_waits,
         http: cfg.group_by.contains(&GroupBy::Trace),
         off_cpu_kernel: cfg.kernel_waits,
+        off_cpu_runnable: cfg.mode == Mode::Wall,
         skip_self: select.skip_self,
         filter_cgroups: !select.cgroups.is_empty(),
         select_comms: !select.comms.is_empty(),
