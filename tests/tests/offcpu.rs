@@ -185,12 +185,20 @@ fn the_second_run_names_the_kernel_from_the_boot_s_cache() {
 /// one CPU each run about half the time. Each has 2 s ± 10% in all, of which
 /// 35-65% `[running]` (samples) and 35-65% `[waiting for CPU]` (preempted:
 /// the span from leaving the CPU runnable to running again, with the stack it
-/// was preempted in, `spin` under `main`). `--mode offcpu` counts blocking only:
-/// no `[waiting for CPU]` in it.
+/// was preempted in, `spin` under `main`). `--mode offcpu` counts blocking
+/// only: no `[waiting for CPU]` in it. Under emulation (the VM tier: 6 s
+/// each, and a guest timer that delivers fewer samples) the waits, timed by
+/// the kernel's clock, are checked (30-70% of the run) and the samples only
+/// for being there.
 #[test]
 fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
     let spinner = crossprof_tests::native_fixture("spinner");
-    let script = format!("{0} 2 spin-a & {0} 2 spin-b; wait", spinner.display());
+    let secs = crossprof_tests::fixture_secs(2.0);
+    let run_us = (secs.parse::<f64>().unwrap() * 1e6) as u64;
+    let script = format!(
+        "{0} {secs} spin-a & {0} {secs} spin-b; wait",
+        spinner.display()
+    );
     let taskset = std::path::Path::new("/usr/bin/taskset");
     let dir = out_dir("wall_cpu_wait");
     let run = record_command(
@@ -217,15 +225,22 @@ fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
         println!(
             "{name}: {all} µs, running {running}, waiting {waiting} ({waiting_in_spin} in spin)"
         );
-        assert!(
-            (1_800_000..=2_200_000).contains(&all),
-            "{name}: {all} µs in all, not 2 s ± 10%:\n{stacks:#?}"
-        );
-        for (what, us) in [("running", running), ("waiting for CPU", waiting)] {
+        if crossprof_tests::emulated() {
             assert!(
-                (all * 35 / 100..=all * 65 / 100).contains(&us),
-                "{name}: {us} µs {what} of {all}:\n{stacks:#?}"
+                (run_us * 3 / 10..=run_us * 7 / 10).contains(&waiting) && running > 0,
+                "{name}: {waiting} µs waiting for a CPU, {running} µs running, of {run_us}:\n{stacks:#?}"
             );
+        } else {
+            assert!(
+                (run_us * 9 / 10..=run_us * 11 / 10).contains(&all),
+                "{name}: {all} µs in all, not {run_us} ± 10%:\n{stacks:#?}"
+            );
+            for (what, us) in [("running", running), ("waiting for CPU", waiting)] {
+                assert!(
+                    (all * 35 / 100..=all * 65 / 100).contains(&us),
+                    "{name}: {us} µs {what} of {all}:\n{stacks:#?}"
+                );
+            }
         }
         assert!(
             waiting_in_spin >= waiting * 9 / 10,

@@ -116,9 +116,14 @@ fn each_request_s_work_is_under_its_trace_id() {
             0,
             "{what}: samples of main.work under [no trace]"
         );
+        // At most 2% (10% under emulation: the work runs ~10 times slower
+        // there while Go's sysmon still preempts a goroutine after 10 ms of
+        // wall time, so a request's work is interrupted ~10 times as often;
+        // a guest restarted on one host thread gave 3.5% and 6.7%, 2026-12-06).
         let total: u64 = per_request.iter().sum();
+        let most = if emulated() { total / 10 } else { total / 50 };
         assert!(
-            unattributed(true) * 50 <= total,
+            unattributed(true) <= most,
             "{what}: {} of {total} samples of main.work in the runtime's switches under [no trace]",
             unattributed(true)
         );

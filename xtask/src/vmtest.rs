@@ -130,6 +130,10 @@ pub const TESTS: &[(&str, &str)] = &[
         "wall_mode_weighs_running_and_blocked_time_per_thread",
     ),
     (
+        "offcpu",
+        "wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it",
+    ),
+    (
         "timeline",
         "a_wall_timeline_has_running_samples_and_blocked_spans_per_thread",
     ),
