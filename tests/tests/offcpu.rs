@@ -210,10 +210,15 @@ fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
     assert!(run.status.success(), "{}", run.stderr);
     let stacks = read_folded(&dir);
     for name in ["spin-a", "spin-b"] {
+        // By the thread level (`spin-a (PID)`): the process level is the
+        // name the process was read with, `spinner` if before its `prctl`.
+        let thread = format!("{name} (");
         let of = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
             stacks
                 .iter()
-                .filter(|s| s.frames[0] == name && pred(&s.frames))
+                .filter(|s| {
+                    s.frames.get(1).is_some_and(|f| f.starts_with(&thread)) && pred(&s.frames)
+                })
                 .map(|s| s.count)
                 .sum()
         };
