@@ -192,7 +192,9 @@ impl SymbolizerThread {
             .name("crossprof-sym".into())
             .spawn(move || {
                 let mut native = NativeSymbols::new(&debug_dirs);
-                native.kallsyms = kallsyms;
+                if let Some(path) = kallsyms {
+                    native.use_kallsyms(path);
+                }
                 if let Some(servers) = debuginfod {
                     native.use_debuginfod(
                         servers,

@@ -199,16 +199,19 @@ fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
         "{0} {secs} spin-a & {0} {secs} spin-b; wait",
         spinner.display()
     );
-    let taskset = std::path::Path::new("/usr/bin/taskset");
-    let dir = out_dir("wall_cpu_wait");
-    let run = record_command(
-        &dir,
-        &["--mode", "wall"],
-        taskset,
-        &["-c", "0", "sh", "-c", &script],
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&dir);
+    // Both spinners on CPU 0, recorded in `mode`.
+    let record = |mode: &str, name: &str| {
+        let dir = out_dir(name);
+        let run = record_command(
+            &dir,
+            &["--mode", mode],
+            std::path::Path::new("/usr/bin/taskset"),
+            &["-c", "0", "sh", "-c", &script],
+        );
+        assert!(run.status.success(), "{}", run.stderr);
+        read_folded(&dir)
+    };
+    let stacks = record("wall", "wall_cpu_wait");
     for name in ["spin-a", "spin-b"] {
         // By the thread level (`spin-a (PID)`): the process level is the
         // name the process was read with, `spinner` if before its `prctl`.
@@ -252,15 +255,7 @@ fn wall_time_of_threads_sharing_a_cpu_includes_their_wait_for_it() {
             "{name}: the wait without the stack it was preempted in:\n{stacks:#?}"
         );
     }
-    let dir = out_dir("offcpu_no_cpu_wait");
-    let run = record_command(
-        &dir,
-        &["--mode", "offcpu"],
-        taskset,
-        &["-c", "0", "sh", "-c", &script],
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let stacks = read_folded(&dir);
+    let stacks = record("offcpu", "offcpu_no_cpu_wait");
     assert!(
         !stacks
             .iter()

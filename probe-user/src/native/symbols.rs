@@ -21,9 +21,6 @@ pub struct NativeSymbols {
     /// Per binary: its functions' file offsets `[start, end)` by its
     /// `.eh_frame`, read the first time one of its frames is unnamed.
     functions: std::cell::RefCell<std::collections::HashMap<PathBuf, Functions>>,
-    /// Kernel symbols from this file instead of `/proc/kallsyms` (a
-    /// replayed capture's: see `crate::replay`).
-    pub kallsyms: Option<PathBuf>,
     /// Servers asked for debug files found nowhere here (`--debuginfod`).
     debuginfod: Option<std::cell::RefCell<super::debuginfod::Client>>,
     /// Kernel symbols, read once per boot.
@@ -95,7 +92,6 @@ impl NativeSymbols {
             dirs,
             files: Default::default(),
             functions: Default::default(),
-            kallsyms: None,
             debuginfod: None,
             kernel: std::cell::RefCell::new(super::kallsyms::KernelSymbols::new(None)),
         }
@@ -309,13 +305,15 @@ impl NativeSymbols {
         self.kernel.borrow().read()
     }
 
+    /// Names kernel addresses from `kallsyms` instead of `/proc/kallsyms` (a
+    /// replayed capture's file: see `crate::replay`).
+    pub fn use_kallsyms(&mut self, kallsyms: PathBuf) {
+        self.kernel.get_mut().source = Some(kallsyms);
+    }
+
     /// Names for kernel addresses (see [`super::kallsyms`]).
     pub fn kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
-        let mut kernel = self.kernel.borrow_mut();
-        if kernel.source.is_none() {
-            kernel.source = self.kallsyms.clone();
-        }
-        kernel.names(addrs)
+        self.kernel.borrow_mut().names(addrs)
     }
 }
 
