@@ -182,11 +182,22 @@ fn scratch_busy() -> bool {
 /// scratch between the two finishes, and frees it, before this one goes on.)
 #[inline(always)]
 fn take_scratch() -> bool {
+    if !scratch_free() {
+        return false;
+    }
+    set_scratch_busy(true);
+    true
+}
+
+/// Whether this CPU's scratch is free: false (counted as `DropNoScratch`)
+/// while a program in a thread's context holds it — the record this
+/// program would build is dropped.
+#[inline(always)]
+fn scratch_free() -> bool {
     if scratch_busy() {
         count(Counter::DropNoScratch);
         return false;
     }
-    set_scratch_busy(true);
     true
 }
 

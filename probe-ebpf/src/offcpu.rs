@@ -201,11 +201,19 @@ fn end_preempted(ctx: *mut core::ffi::c_void, tid: u32, came_back: u64) {
         let _ = OFF_CPU_STASH.remove(tid);
         return;
     }
-    let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) else {
+    if !send_stashed(ctx, tid, ns) {
         // Not built at the switch (the stash was full): the stack it left
         // with is gone.
         count(Counter::OffCpuUntracked);
-        return;
+    }
+}
+
+/// Sends thread `tid`'s record built at the switch, stamped `ns` long, and
+/// drops it; false if there is none.
+#[inline(always)]
+fn send_stashed(ctx: *mut core::ffi::c_void, tid: u32, ns: u64) -> bool {
+    let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) else {
+        return false;
     };
     // SAFETY: the map value is this thread's (only its own switches and call
     // returns touch it), valid for this run.
@@ -215,6 +223,7 @@ fn end_preempted(ctx: *mut core::ffi::c_void, tid: u32, came_back: u64) {
         sample::send(ctx, &*record, false);
     }
     let _ = OFF_CPU_STASH.remove(tid);
+    true
 }
 
 /// Off-CPU records built at the switch, by thread: see [`build_at_switch`].
@@ -370,15 +379,7 @@ pub fn syscall_exit(ctx: &RawTracePointContext) {
     // nothing.
     if ns >= REWALK_NS {
         let _ = OFF_CPU_STASH.remove(tid);
-    } else if let Some(record) = OFF_CPU_STASH.get_ptr_mut(tid) {
-        // SAFETY: the map value is this thread's (only its own switch-out and
-        // call return touch it), valid for this run.
-        unsafe {
-            (*record).header.span.ns = ns;
-            (*record).header.id.time_ns = bpf_ktime_get_ns();
-            sample::send(ctx.as_ptr(), &*record, false);
-        }
-        let _ = OFF_CPU_STASH.remove(tid);
+    } else if send_stashed(ctx.as_ptr(), tid, ns) {
         let _ = AWAY_STACKS.remove(tid);
         return;
     }

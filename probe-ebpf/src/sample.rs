@@ -93,10 +93,9 @@ pub fn sample(ctx: &PerfEventContext) {
         return;
     }
     count(Counter::Samples);
-    if crate::scratch_busy() {
+    if !crate::scratch_free() {
         // This CPU interrupted a program in a thread's context (off-CPU, a Go
         // uprobe) in the middle of a record.
-        count(Counter::DropNoScratch);
         return;
     }
     // A sample taken in user mode has no kernel stack: skip the helper call (and
@@ -388,9 +387,8 @@ pub fn sample_frame_pointers(ctx: &PerfEventContext) {
         return;
     }
     count(Counter::Samples);
-    if crate::scratch_busy() {
+    if !crate::scratch_free() {
         // This CPU interrupted a Go uprobe in the middle of a record.
-        count(Counter::DropNoScratch);
         return;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
