@@ -810,14 +810,18 @@ fn soak_under_process_churn_keeps_memory_flat_and_loses_no_sample() {
         started >= secs as usize,
         "only {started} processes in {secs} s"
     );
-    // After the warm-up, the last RSS within 10% of the first (as of the
-    // windows: between them, a burst of new processes is held until the next
-    // window forgets them).
-    let warm = steady[0];
-    let last = *steady.last().unwrap();
+    // After the warm-up, the floor of the RSS (as of the windows: between
+    // them, a burst of new processes is held until the next window forgets
+    // them) in the last third of the run within 10% of the first third's.
+    // A floor, not one reading: readings swing by ±8 MB as bursts come and
+    // go (seen: 54 → 60 → 51.5 MiB within three windows), where a leak
+    // raises every reading.
+    let third = (steady.len() / 3).max(1);
+    let warm = *steady[..third].iter().min().unwrap();
+    let last = *steady[steady.len() - third..].iter().min().unwrap();
     assert!(
         last as f64 <= warm as f64 * 1.10,
-        "RSS grew from {warm} to {last} KiB under churn: {steady:?}"
+        "RSS floor grew from {warm} to {last} KiB under churn: {steady:?}"
     );
     // And no burst ever takes it far.
     assert!(
