@@ -137,15 +137,22 @@ fn first_sample(tgid: u32) -> bool {
         return false;
     }
     let _ = ANNOUNCED.insert(&tgid, &1, 0);
+    announce(probe_common::RecordKind::Exec, tgid);
+    true
+}
+
+/// Tells the collector's announcement thread that `tgid` is new (`Exec`) or
+/// mapped code (`MapsChanged`), with a wakeup: it reads the process at once.
+#[inline(always)]
+pub(crate) fn announce(kind: probe_common::RecordKind, tgid: u32) {
     let record = probe_common::native::MapsChanged {
-        kind: probe_common::RecordKind::Exec as u32,
+        kind: kind as u32,
         pid: tgid,
     };
     let _ = ANNOUNCE.output::<probe_common::native::MapsChanged>(
         &record,
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
     );
-    true
 }
 
 /// Where a sample is assembled before it is copied to the ring buffer. A record is
@@ -326,14 +333,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
         let _ = TARGETS.insert(tgid, 1, 0);
     }
     if cfg.filter_pids != 0 && selected(tgid) {
-        let record = probe_common::native::MapsChanged {
-            kind: probe_common::RecordKind::Exec as u32,
-            pid: tgid,
-        };
-        let _ = ANNOUNCE.output::<probe_common::native::MapsChanged>(
-            &record,
-            aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
-        );
+        announce(probe_common::RecordKind::Exec, tgid);
     }
     0
 }

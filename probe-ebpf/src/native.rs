@@ -7,7 +7,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{self, bpf_loop},
@@ -21,8 +20,8 @@ use probe_common::{
     native::{
         FLAG_USER_LEAF_EDGE, FLAG_USER_NO_UNWIND_INFO, FLAG_USER_OUTERMOST, FLAG_USER_STACK_ERROR,
         FLAG_USER_TRUNCATED, MAX_FRAMES, MAX_MMAP_THREADS, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PAGES,
-        MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, MapsChanged, RBP_SAME, RBP_UNKNOWN, UNWIND_PAGE_SHIFT,
-        UnwindMappings, UnwindPage, UnwindRow, cfa_kind,
+        MAX_UNWIND_PIDS, MAX_UNWIND_ROWS, RBP_SAME, RBP_UNKNOWN, UNWIND_PAGE_SHIFT, UnwindMappings,
+        UnwindPage, UnwindRow, cfa_kind,
     },
     process::{PROCESS_MANAGED, PROCESS_RULES},
 };
@@ -688,7 +687,7 @@ pub fn mmap_enter(ctx: &TracePointContext) {
 }
 
 /// At `mmap`'s exit (return value @16): if the thread was mapping code and it
-/// worked, a [`MapsChanged`] announcement, with a wakeup.
+/// worked, a `MapsChanged` announcement, with a wakeup.
 #[inline(always)]
 pub fn mmap_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -702,9 +701,5 @@ pub fn mmap_exit(ctx: &TracePointContext) {
     if (-4095..0).contains(&ret) {
         return;
     }
-    let record = MapsChanged {
-        kind: RecordKind::MapsChanged as u32,
-        pid: tgid,
-    };
-    let _ = crate::ANNOUNCE.output::<MapsChanged>(&record, BPF_RB_FORCE_WAKEUP as u64);
+    crate::announce(RecordKind::MapsChanged, tgid);
 }
