@@ -206,9 +206,9 @@ fn ready(request: Request) -> Stored {
         query: request.query,
         content_type: request.content_type,
         body: if gzip {
-            crate::pprof::gzip(&request.body)
+            crate::pprof::gzip(&request.body).into()
         } else {
-            request.body
+            request.body.into()
         },
         gzip,
     }

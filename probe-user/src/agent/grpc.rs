@@ -118,7 +118,7 @@ impl Client {
                 Err(e) => return Err(Failed::Refused(format!("{shown}: a stored request: {e}"))),
             }
         } else {
-            std::borrow::Cow::Borrowed(&r.body)
+            std::borrow::Cow::Borrowed(&r.body[..])
         };
         let message = match <ExportProfilesServiceRequest as prost::Message>::decode(&body[..]) {
             Ok(m) => m,

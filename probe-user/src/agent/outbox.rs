@@ -35,8 +35,9 @@ pub struct Stored {
     pub content_type: String,
     /// The body is gzipped (`Content-Encoding: gzip`).
     pub gzip: bool,
-    /// The body, as sent.
-    pub body: Vec<u8>,
+    /// The body, as sent (shared: a request waiting in memory is handed to
+    /// each send attempt without a copy).
+    pub body: bytes::Bytes,
 }
 
 /// Why a stored request was not read.
@@ -87,7 +88,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, BadRequestFile> {
         query: String::new(),
         content_type: String::new(),
         gzip: false,
-        body: rest[end + 2..].to_vec(),
+        body: bytes::Bytes::copy_from_slice(&rest[end + 2..]),
     };
     let mut seen = [false; 3];
     for line in head.split('\n') {
@@ -209,7 +210,7 @@ mod tests {
             query: "?name=svc%7Bpid%3D1%7D&from=1&until=2&format=pprof".into(),
             content_type: "multipart/form-data; boundary=crossprof-7e1".into(),
             gzip: true,
-            body: b"\n\n\x00binary\n\nbody".to_vec(),
+            body: bytes::Bytes::from_static(b"\n\n\x00binary\n\nbody"),
         }
     }
 
@@ -220,7 +221,7 @@ mod tests {
         let plain = Stored {
             query: String::new(),
             gzip: false,
-            body: Vec::new(),
+            body: bytes::Bytes::new(),
             ..request()
         };
         assert_eq!(decode(&encode(&plain)), Ok(plain));
@@ -273,7 +274,7 @@ mod tests {
         assert!(left.is_empty());
         let mut r = request();
         for i in 0..3u8 {
-            r.body = vec![i; 10];
+            r.body = vec![i; 10].into();
             a.write(&r).unwrap();
         }
         a.remove(0);
