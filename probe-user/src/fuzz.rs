@@ -725,6 +725,19 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "dotnet_memory",
+            #[cfg(test)]
+            seeds: || {
+                let (memory, table) = dotnet::memory::tests::net8();
+                vec![Seed::whole(memory.encode(table, 0x7f00_0000_0080))]
+            },
+            run: |b| {
+                // A .NET runtime's structures read from its memory (code
+                // ranges, nibble map, MethodDesc, module path).
+                dotnet::memory::fuzz_walk(b);
+            },
+        },
+        Target {
             name: "outbox_request",
             #[cfg(test)]
             seeds: || {

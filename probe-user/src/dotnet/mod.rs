@@ -39,6 +39,7 @@ pub mod frames;
 pub mod ipc;
 pub mod jitdump;
 pub mod lines;
+pub mod memory;
 pub mod pdb;
 pub mod perfmap;
 pub mod r2r;
@@ -294,6 +295,51 @@ pub struct DotnetProcess {
     /// Its assembly mappings (by start) whose precompiled code the kernel
     /// was given.
     pub(crate) r2r_done: std::collections::HashSet<u64>,
+    /// JIT code named from the runtime's memory, where the perf map has no
+    /// name for it.
+    memory: MemoryNames,
+}
+
+/// How far naming from the runtime's memory ([`memory`]) got.
+#[derive(Debug)]
+enum MemoryNames {
+    /// Not for this process (a replay's: its memory is not there).
+    Off,
+    /// To be tried (not yet, or its runtime was still starting at the last
+    /// try, when and why).
+    Pending(Option<(Instant, memory::MemoryError)>),
+    /// Names from memory.
+    Ready(Box<memory::Namer<std::fs::File>>),
+    /// Cannot be read: why.
+    Failed(memory::MemoryError),
+}
+
+/// A runtime still starting is looked at again at most this often.
+const MEMORY_RETRY: Duration = Duration::from_millis(200);
+
+impl MemoryNames {
+    /// The namer of process `pid`'s runtime `clr`, found on first use.
+    fn namer(&mut self, pid: u32, clr: &Clr) -> Option<&mut memory::Namer<std::fs::File>> {
+        if let MemoryNames::Pending(last) = self {
+            if last
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < MEMORY_RETRY)
+            {
+                return None;
+            }
+            *self = match memory::Runtime::find(pid, clr) {
+                Ok(runtime) => MemoryNames::Ready(Box::new(memory::Namer::new(runtime, pid))),
+                Err(memory::MemoryError::NotStarted) => {
+                    MemoryNames::Pending(Some((Instant::now(), memory::MemoryError::NotStarted)))
+                }
+                Err(e) => MemoryNames::Failed(e),
+            };
+        }
+        match self {
+            MemoryNames::Ready(namer) => Some(namer),
+            _ => None,
+        }
+    }
 }
 
 impl DotnetProcess {
@@ -400,8 +446,13 @@ impl DotnetProcess {
                 (None, Gc::Failed(format!("cannot start a thread: {e}")))
             }
         };
+        let memory = match memory::Layout::of(&clr) {
+            Err(e) => MemoryNames::Failed(e),
+            Ok(_) => MemoryNames::Pending(None),
+        };
         Self {
             code_reader: CodeReader::open(pid),
+            memory,
             enabling,
             connecting,
             cancel,
@@ -449,6 +500,7 @@ impl DotnetProcess {
             tmp: None,
             refreshed: Instant::now(),
             r2r_done: Default::default(),
+            memory: MemoryNames::Off,
         }
     }
 
@@ -597,13 +649,18 @@ impl DotnetProcess {
 
     /// The method whose code holds `addr`, reading what the runtime appended to its
     /// perf map when `addr` is not known yet (rate-limited).
+    /// Where the perf map has no name (there is none, or not yet, or the code
+    /// is not in it), the runtime's memory is read ([`memory`]).
     pub fn lookup(&mut self, addr: u64) -> Option<&Arc<str>> {
         self.settle(false);
         if self.perf_map.lookup(addr).is_none() && self.due(self.refreshed) {
             self.perf_map_found |= self.perf_map.refresh();
             self.refreshed = Instant::now();
         }
-        self.perf_map.lookup(addr)
+        if self.perf_map.lookup(addr).is_some() {
+            return self.perf_map.lookup(addr);
+        }
+        self.memory.namer(self.pid, &self.clr)?.name(addr)
     }
 
     /// Reads the methods the runtime compiled since the last call (rate-limited),
@@ -789,12 +846,22 @@ impl DotnetProcess {
             Enabling::Failed(why) | Enabling::Unanswered(why) => format!(" ({why})"),
             _ => String::new(),
         };
-        Some(format!(
-            "{name} (pid {}) runs .NET {} without a perf map, so its JIT frames are [unknown]{why}: start it with {}",
-            self.pid,
-            self.clr.version,
-            self.clr.perf_map_setting()
-        ))
+        let (pid, version, setting) = (self.pid, &self.clr.version, self.clr.perf_map_setting());
+        Some(match &self.memory {
+            MemoryNames::Ready(namer) if namer.named > 0 => format!(
+                "{name} (pid {pid}) runs .NET {version} without a perf map{why}: its JIT frames are named from the runtime's memory, but walked by frame pointers only (a method compiled without one hides its caller): start it with {setting} for whole stacks"
+            ),
+            memory => {
+                let memory = match memory {
+                    MemoryNames::Failed(e) => format!("; its runtime's memory was not read: {e}"),
+                    MemoryNames::Pending(Some((_, e))) => format!("; {e}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{name} (pid {pid}) runs .NET {version} without a perf map, so its JIT frames are [unknown]{why}{memory}: start it with {setting}"
+                )
+            }
+        })
     }
 }
 

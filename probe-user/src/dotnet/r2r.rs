@@ -72,8 +72,9 @@ const SECTION_METHODDEF_ENTRYPOINTS: u32 = 103;
 const SECTION_INSTANCE_METHOD_ENTRYPOINTS: u32 = 109;
 
 impl R2rImage {
-    /// Reads the assembly file `d`.
-    pub fn parse(d: &[u8]) -> Result<Self, R2rError> {
+    /// The PE sections of assembly file `d` (no method named yet) and its CLI
+    /// header's file offset.
+    fn pe(d: &[u8]) -> Result<(Self, usize), R2rError> {
         if d.get(..2) != Some(b"MZ") {
             return Err(R2rError("no MZ header"));
         }
@@ -99,11 +100,17 @@ impl R2rImage {
                 raw_offset: u32_at(d, s + 20)?,
             });
         }
-        let mut img = R2rImage {
+        let img = R2rImage {
             sections,
             methods: Vec::new(),
         };
         let cli = img.off(u32_at(d, dirs + 14 * 8)?)?;
+        Ok((img, cli))
+    }
+
+    /// Reads the assembly file `d`.
+    pub fn parse(d: &[u8]) -> Result<Self, R2rError> {
+        let (mut img, cli) = Self::pe(d)?;
         let metadata = img.off(u32_at(d, cli + 8)?)?;
         let header = img.off(u32_at(d, cli + 64)?)?;
         if u32_at(d, header)? != RTR_SIGNATURE {
@@ -470,6 +477,44 @@ impl NativeArray {
     }
 }
 
+/// An assembly's methods named by MethodDef token from its metadata alone
+/// (any assembly: IL only or ReadyToRun), for JIT code found in the runtime's
+/// memory ([`super::memory`]). Keeps the metadata, not the whole file (a
+/// framework assembly's precompiled code is most of it).
+pub struct MethodNames {
+    metadata: Vec<u8>,
+    names: MetadataNames,
+}
+
+impl std::fmt::Debug for MethodNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MethodNames({} methods)", self.names.method_count())
+    }
+}
+
+impl MethodNames {
+    /// Reads assembly file `d`'s metadata.
+    pub fn parse(d: &[u8]) -> Result<Self, R2rError> {
+        let (img, cli) = R2rImage::pe(d)?;
+        let root = img.off(u32_at(d, cli + 8)?)?;
+        let size = u32_at(d, cli + 12)? as usize;
+        let metadata = d
+            .get(root..root.saturating_add(size))
+            .ok_or(R2rError("the metadata runs past the file"))?
+            .to_vec();
+        let names = MetadataNames::parse(&metadata, 0)?;
+        Ok(Self { metadata, names })
+    }
+
+    /// `Namespace.Type::Method` of MethodDef `token` (`0x06xxxxxx`).
+    pub fn method_name(&self, token: u32) -> Option<String> {
+        if token >> 24 != 0x06 {
+            return None;
+        }
+        self.names.method_name(&self.metadata, token & 0x00ff_ffff)
+    }
+}
+
 /// Names from the ECMA-335 metadata: MethodDef and TypeDef rows.
 struct MetadataNames {
     /// Bytes of a `#Strings` index.
@@ -598,6 +643,9 @@ impl MetadataNames {
 
     /// `Namespace.Type::Method` (nested: `Namespace.Outer+Inner::Method`).
     fn method_name(&self, d: &[u8], rid: u32) -> Option<String> {
+        if rid == 0 || rid > self.methoddef.rows {
+            return None;
+        }
         // MethodDef: RVA u32, ImplFlags u16, Flags u16, Name, ...
         let row = self.methoddef.at + (rid as usize - 1) * self.methoddef.row_size;
         let method = self.string(d, read_index(d, row + 8, self.str_idx).ok()?)?;

@@ -200,6 +200,30 @@ impl Elf {
             .map(std::borrow::Cow::Owned)
     }
 
+    /// The value (link-time address) of the symbol called `name`: from the
+    /// dynamic symbols, else from the full symbol table (local symbols too:
+    /// .NET Core 3.1's `libcoreclr.so` exports no `g_dacTable`, but ships its
+    /// `.symtab`). Entries past the file are not read.
+    pub fn symbol(&self, d: &[u8], name: &str) -> Option<u64> {
+        [(".dynsym", ".dynstr"), (".symtab", ".strtab")]
+            .into_iter()
+            .find_map(|(symbols, strings)| {
+                let (symbols, strings) = (
+                    self.section_data(d, symbols)?,
+                    self.section_data(d, strings)?,
+                );
+                // Elf64_Sym: st_name u32, st_info, st_other, st_shndx u16,
+                // st_value u64, st_size u64.
+                symbols.chunks_exact(24).find_map(|sym| {
+                    let at = u32_at(sym, 0)? as usize;
+                    let found = strings.get(at..)?.split(|&b| b == 0).next()?;
+                    (found == name.as_bytes() && u16_at(sym, 6)? != 0)
+                        .then(|| u64_at(sym, 8))
+                        .flatten()
+                })
+            })
+    }
+
     /// The file offset of virtual address `vaddr`.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
