@@ -440,6 +440,14 @@ impl Reader {
 /// device: `/dev/zero` named as a PDB is refused, not read), one the process
 /// itself could read, at most `max` bytes.
 pub fn read_in_root(pid: u32, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let (file, _) = open_in_root(pid, path, max)?;
+    read_at_most(&file, 0, max)
+}
+
+/// Opens the file a process names at `path` as [`read_in_root`] reads it
+/// (its root, no link out, a regular file it could read, at most `max`
+/// bytes), and says which file it is (its `stat`).
+pub fn open_in_root(pid: u32, path: &Path, max: u64) -> io::Result<(File, libc::stat)> {
     let reader = Reader::of(pid).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
     let fd = openat2(
@@ -464,7 +472,7 @@ pub fn read_in_root(pid: u32, path: &Path, max: u64) -> io::Result<Vec<u8>> {
             format!("larger than {max} bytes"),
         ));
     }
-    read_at_most(&File::from(fd), 0, max)
+    Ok((File::from(fd), st))
 }
 
 /// A file in a target's folder.

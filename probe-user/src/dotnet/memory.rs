@@ -558,6 +558,39 @@ pub struct Namer<M> {
 /// The largest assembly read for its metadata.
 const MAX_ASSEMBLY: u64 = 256 << 20;
 
+/// Which file: device, inode, size, modification time.
+type FileId = (u64, u64, i64, i64, i64);
+
+/// The method names of every assembly some process's [`Namer`] holds, by
+/// file: many processes of one framework share one read of
+/// `System.Private.CoreLib.dll` (~10 MB read, its metadata kept); an entry
+/// goes when the last process holding it does.
+static ASSEMBLIES: std::sync::Mutex<Option<HashMap<FileId, std::sync::Weak<MethodNames>>>> =
+    std::sync::Mutex::new(None);
+
+/// The method names of the assembly process `pid` names `path`, read as it
+/// sees it ([`crate::files::open_in_root`]), shared by file.
+fn shared_names(pid: u32, path: &str) -> Option<Arc<MethodNames>> {
+    let (file, st) = crate::files::open_in_root(pid, path.as_ref(), MAX_ASSEMBLY).ok()?;
+    let id: FileId = (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+    );
+    let mut shared = ASSEMBLIES.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = shared.get_or_insert_with(HashMap::new);
+    if let Some(names) = shared.get(&id).and_then(std::sync::Weak::upgrade) {
+        return Some(names);
+    }
+    let data = crate::files::read_at_most(&file, 0, MAX_ASSEMBLY).ok()?;
+    let names = Arc::new(MethodNames::parse(&data).ok()?);
+    shared.retain(|_, w| w.strong_count() > 0);
+    shared.insert(id, Arc::downgrade(&names));
+    Some(names)
+}
+
 impl<M: Memory> Namer<M> {
     /// Names from `runtime`, of process `pid` (whose assemblies are read as
     /// it sees them: [`crate::files::read_in_root`]).
@@ -614,11 +647,10 @@ impl<M: Memory> Namer<M> {
                     .clone();
                 path.and_then(|path| {
                     let pid = self.pid;
-                    let names = self.assemblies.entry(path).or_insert_with_key(|path| {
-                        let data =
-                            crate::files::read_in_root(pid, path.as_ref(), MAX_ASSEMBLY).ok()?;
-                        MethodNames::parse(&data).ok().map(Arc::new)
-                    });
+                    let names = self
+                        .assemblies
+                        .entry(path)
+                        .or_insert_with_key(|path| shared_names(pid, path));
                     names.as_ref()?.method_name(method.token).map(Arc::from)
                 })
             }
@@ -1013,6 +1045,29 @@ pub(crate) mod tests {
                 "{runtime:?} {fixture}: {same} of {total} JIT methods named as the perf map names them; not: {wrong:#?}"
             );
         }
+    }
+
+    #[test]
+    fn processes_share_an_assembly_s_names_while_one_holds_them() {
+        // A copy of its own: no other test holds its names.
+        let dll = std::env::temp_dir().join(format!("crossprof-shared-{}.dll", std::process::id()));
+        std::fs::copy(crossprof_tests::Dotnet::Net8.fixture("chain"), &dll).unwrap();
+        let corelib = dll.to_str().unwrap().to_owned();
+        let me = std::process::id();
+        let first = shared_names(me, &corelib).expect("the fixture's metadata");
+        let second = shared_names(me, &corelib).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "read once");
+        assert!(
+            first.method_name(0x0600_0001).is_some(),
+            "MethodDef 1 is named"
+        );
+        let weak = Arc::downgrade(&first);
+        drop((first, second));
+        assert!(weak.upgrade().is_none(), "freed with the last holder");
+        assert!(
+            shared_names(me, "/proc/self/exe").is_none(),
+            "not an assembly"
+        );
     }
 
     #[test]
