@@ -170,7 +170,9 @@ impl Layout {
 
 /// `RangeSection` flag: the range is a JIT code heap.
 const RANGE_CODE_HEAP: u32 = 2;
+/// `HeapList::endAddress` (the end of the heap's used code),
 /// `HeapList::mapBase`, `HeapList::pHdrMap` (both versions).
+const HEAP_END: u64 = 0x18;
 const HEAP_MAP_BASE: u64 = 0x20;
 const HEAP_NIBBLE_MAP: u64 = 0x28;
 /// `RealCodeHeader::phdrMDesc` (both versions).
@@ -196,8 +198,11 @@ const DYNAMIC_NAME: u64 = 0x18;
 /// more than any method (the runtime's own walk is unbounded:
 /// dotnet/runtime#93550).
 const MAX_NIBBLE_WORDS: u64 = (1 << 20) / 256;
-/// The most `RangeSection`s (3.1's list) or fragments (8's map) followed.
+/// The most `RangeSection`s (3.1's list) or fragments (8's map) followed,
+/// and map pages read.
 const MAX_LINKS: usize = 4096;
+/// The most methods listed (a large service JIT-compiles ~100,000).
+const MAX_LISTED: usize = 1 << 18;
 /// The longest path or method name read.
 const MAX_NAME: u32 = 4096;
 
@@ -392,6 +397,124 @@ impl<M: Memory> Runtime<M> {
         }
     }
 
+    /// Every JIT method's code, `(start, end)` sorted by start, in every code
+    /// heap: each nibble the heap's map has set up to the heap's end of used
+    /// code is a method's start; its code runs to the next one's header (8
+    /// bytes before it) or to that end (what follows a method's code in its
+    /// block, read-only data, is never run). At most [`MAX_LISTED`] methods.
+    pub fn jit_methods(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        // What all heaps' maps may cost a listing (the target says how large
+        // its heaps are): 4 MiB of map, 1 GiB of code.
+        let mut budget: u64 = 4 << 20;
+        for heap in self.code_heaps() {
+            let m = &self.mem;
+            let (Some(end), Some(base), Some(map)) = (
+                m.pointer(heap + HEAP_END, false),
+                m.pointer(heap + HEAP_MAP_BASE, false),
+                m.pointer(heap + HEAP_NIBBLE_MAP, false),
+            ) else {
+                continue;
+            };
+            let Some(map_bytes) = end.checked_sub(base).map(|u| u.div_ceil(256) * 4) else {
+                continue;
+            };
+            if map_bytes > budget {
+                break;
+            }
+            budget -= map_bytes;
+            // Read in chunks: a heap that claims more than it has fails at its
+            // first unreadable chunk, having cost no more than that.
+            let mut starts = Vec::new();
+            let mut chunk = [0u8; 16 << 10];
+            let mut at = 0;
+            while at < map_bytes {
+                let n = (map_bytes - at).min(chunk.len() as u64) as usize;
+                if !m.read(map + at, &mut chunk[..n]) {
+                    break;
+                }
+                for (i, word) in chunk[..n].chunks_exact(4).enumerate() {
+                    let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+                    let w = at / 4 + i as u64;
+                    for b in 0..8u64 {
+                        let nibble = u64::from((word >> (28 - 4 * b)) & 0xf);
+                        if nibble != 0 && out.len() + starts.len() < MAX_LISTED {
+                            starts.push(base + (w * 8 + b) * 32 + (nibble - 1) * 4);
+                        }
+                    }
+                }
+                at += n as u64;
+            }
+            for (i, &start) in starts.iter().enumerate() {
+                let next = starts.get(i + 1).map_or(end, |&n| n.saturating_sub(8));
+                if next > start && out.len() < MAX_LISTED {
+                    out.push((start, next));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Every code heap's `HeapList`.
+    fn code_heaps(&self) -> Vec<u64> {
+        let m = &self.mem;
+        let mut sections = Vec::new();
+        match self.layout.ranges {
+            Ranges::Map => {
+                // Depth first through the levels' pages, then each fragment list.
+                let mut pages = vec![(self.ranges, 0u32)];
+                let mut visited = 0;
+                while let Some((page, level)) = pages.pop() {
+                    visited += 1;
+                    if visited > MAX_LINKS {
+                        break;
+                    }
+                    let mut entries = vec![0u8; 256 * 8];
+                    if !m.read(page, &mut entries) {
+                        continue;
+                    }
+                    for e in entries.chunks_exact(8) {
+                        let p = u64::from_le_bytes(e.try_into().unwrap_or_default()) & !1;
+                        if p == 0 || p >= 1 << 47 {
+                            continue;
+                        }
+                        if level < 4 {
+                            pages.push((p, level + 1));
+                            continue;
+                        }
+                        let mut fragment = Some(p);
+                        for _ in 0..MAX_LINKS {
+                            let Some(f) = fragment else { break };
+                            if let Some(section) = m.pointer(f + 24, false) {
+                                sections.push(section);
+                            }
+                            fragment = m.pointer(f, true);
+                        }
+                    }
+                }
+            }
+            Ranges::List { next } => {
+                let mut p = m.pointer(self.ranges, false);
+                for _ in 0..MAX_LINKS {
+                    let Some(section) = p else { break };
+                    sections.push(section);
+                    p = m.pointer(section + next, false);
+                }
+            }
+        }
+        sections.sort_unstable();
+        sections.dedup();
+        sections
+            .into_iter()
+            .filter(|&s| {
+                m.u32(s + self.layout.section_flags)
+                    .is_some_and(|f| f & RANGE_CODE_HEAP != 0)
+            })
+            .filter_map(|s| m.pointer(s + self.layout.section_heap_list, false))
+            .collect()
+    }
+
     /// The JIT method holding `pc` in the code heap of `section`.
     fn method_in_heap(&self, section: u64, pc: u64) -> Option<Method> {
         let m = &self.mem;
@@ -549,6 +672,8 @@ pub struct Namer<M> {
     assemblies: HashMap<String, Option<Arc<MethodNames>>>,
     /// When the address and method caches were last emptied.
     cached_since: std::time::Instant,
+    /// Method starts listed by [`Namer::new_methods`].
+    listed: std::collections::HashSet<u64>,
     /// Addresses named from memory.
     pub named: u64,
     /// Addresses looked up and not named (not a method, or a walk failed).
@@ -603,6 +728,7 @@ impl<M: Memory> Namer<M> {
             modules: HashMap::new(),
             assemblies: HashMap::new(),
             cached_since: std::time::Instant::now(),
+            listed: Default::default(),
             named: 0,
             unnamed: 0,
         }
@@ -662,6 +788,24 @@ impl<M: Memory> Namer<M> {
     /// Its runtime's layout.
     pub fn layout(&self) -> &'static Layout {
         self.runtime.layout()
+    }
+
+    /// The JIT methods not listed by an earlier call, `(start, end, key)`:
+    /// the key names the method across its versions (Tier 0, OSR, Tier 1
+    /// share their `MethodDesc`; overloads do not), for the frame shapes.
+    pub fn new_methods(&mut self) -> Vec<(u64, u64, Arc<str>)> {
+        let mut out = Vec::new();
+        for (start, end) in self.runtime.jit_methods() {
+            if !self.listed.insert(start) {
+                continue;
+            }
+            let key = match self.runtime.code_at(start) {
+                Code::Method(m) => format!("MethodDesc {:#x}", m.method_desc),
+                _ => format!("code at {start:#x}"),
+            };
+            out.push((start, end, Arc::from(key)));
+        }
+        out
     }
 }
 
@@ -736,10 +880,11 @@ pub fn fuzz_walk(b: &[u8]) {
         return;
     };
     for layout in [&NET8, &CORE31] {
-        if let Ok(rt) = Runtime::at(memory.clone(), layout, 0x1000, table)
-            && let Code::Method(m) = rt.code_at(pc)
-        {
-            let _ = rt.module_path(m.module);
+        if let Ok(rt) = Runtime::at(memory.clone(), layout, 0x1000, table) {
+            if let Code::Method(m) = rt.code_at(pc) {
+                let _ = rt.module_path(m.module);
+            }
+            let _ = rt.jit_methods();
         }
     }
 }
@@ -888,6 +1033,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_code_heaps_list_every_method_to_the_next_one_s_header() {
+        let (mut mem, table) = net8();
+        // The heap's used code ends at +0x400; methods at +0x40 and +0x100.
+        mem.put(MAP, &nibble_map(16, &[0x40, 0x100]));
+        let heap = 0x1400_0000u64;
+        let mut h = vec![0u8; 0x30];
+        h[0x18..0x20].copy_from_slice(&(BASE + 0x400).to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&BASE.to_le_bytes());
+        h[0x28..0x30].copy_from_slice(&MAP.to_le_bytes());
+        mem.put(heap, &h);
+        let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
+        assert_eq!(
+            rt.jit_methods(),
+            vec![(BASE + 0x40, BASE + 0xf8), (BASE + 0x100, BASE + 0x400)]
+        );
+    }
+
+    #[test]
     fn a_net8_method_is_found_through_the_range_map_to_its_token_and_assembly() {
         let (mem, table) = net8();
         let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
@@ -997,8 +1160,11 @@ pub(crate) mod tests {
             let clr = Clr {
                 version: runtime.version().into(),
             };
-            let runtime_memory = Runtime::find(pid, &clr);
-            let mut namer = Namer::new(runtime_memory.expect("the runtime found"), pid);
+            let runtime_memory = Runtime::find(pid, &clr).expect("the runtime found");
+            // Every method is also listed, with its code's range.
+            let listed = runtime_memory.jit_methods();
+            let mut namer = Namer::new(runtime_memory, pid);
+            let mut unlisted = Vec::new();
             let (mut total, mut same, mut wrong) = (0, 0, Vec::new());
             for line in text.lines() {
                 let mut fields = line.splitn(3, ' ');
@@ -1015,6 +1181,13 @@ pub(crate) mod tests {
                     continue;
                 }
                 total += 1;
+                let i = listed.partition_point(|&(s, _)| s < start);
+                if listed
+                    .get(i)
+                    .is_none_or(|&(s, end)| s != start || end < start + size)
+                {
+                    unlisted.push(format!("{start:#x}+{size:#x} {raw}: {:x?}", listed.get(i)));
+                }
                 let want = without_instantiation(&super::super::perfmap::display_name(raw));
                 match namer.name(start + size / 2) {
                     Some(got) if **got == *want => same += 1,
@@ -1041,6 +1214,11 @@ pub(crate) mod tests {
                 "{runtime:?} {fixture}: {same} of {total} named as the perf map names them; not: {wrong:#?}"
             );
             assert!(text.contains("Program::"), "{runtime:?} {fixture}: {text}");
+            assert!(
+                unlisted.len() * 50 <= total,
+                "{runtime:?} {fixture}: {} of {total} not listed whole: {unlisted:#?}",
+                unlisted.len()
+            );
             eprintln!(
                 "{runtime:?} {fixture}: {same} of {total} JIT methods named as the perf map names them; not: {wrong:#?}"
             );

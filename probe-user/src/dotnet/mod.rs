@@ -296,8 +296,9 @@ pub struct DotnetProcess {
     /// was given.
     pub(crate) r2r_done: std::collections::HashSet<u64>,
     /// JIT code named from the runtime's memory, where the perf map has no
-    /// name for it.
+    /// name for it, and its methods listed there while there is no perf map.
     memory: MemoryNames,
+    memory_polled: Instant,
 }
 
 /// How far naming from the runtime's memory ([`memory`]) got.
@@ -316,6 +317,11 @@ enum MemoryNames {
 
 /// A runtime still starting is looked at again at most this often.
 const MEMORY_RETRY: Duration = Duration::from_millis(200);
+
+/// Without a perf map, the runtime's code heaps are listed for new methods
+/// at most this often (each listing reads every heap's nibble map: 4 bytes
+/// per 256 bytes of code).
+const MEMORY_POLL: Duration = Duration::from_millis(100);
 
 impl MemoryNames {
     /// The namer of process `pid`'s runtime `clr`, found on first use.
@@ -501,6 +507,7 @@ impl DotnetProcess {
             refreshed: Instant::now(),
             r2r_done: Default::default(),
             memory: MemoryNames::Off,
+            memory_polled: Instant::now() - MEMORY_POLL,
         }
     }
 
@@ -673,8 +680,26 @@ impl DotnetProcess {
         self.unwind_polled = Instant::now();
         self.perf_map_found |= self.perf_map.refresh();
         self.refreshed = Instant::now();
+        let mut fresh = self.perf_map.take_fresh();
+        // No perf map (yet): the methods the runtime's memory lists. Their
+        // tier is not known there: every framed version of a method counts
+        // as the frame an OSR version of it may run on (an OSR frame is then
+        // known if they all agree, as the Tier-0 ones must).
+        if !self.perf_map_found && self.memory_polled.elapsed() >= MEMORY_POLL {
+            self.memory_polled = Instant::now();
+            if let Some(namer) = self.memory.namer(self.pid, &self.clr) {
+                fresh.extend(namer.new_methods().into_iter().map(|(start, end, key)| {
+                    perfmap::Method {
+                        start,
+                        end,
+                        name: key,
+                        tier0: true,
+                    }
+                }));
+            }
+        }
         let mut changed = Vec::new();
-        for m in self.perf_map.take_fresh() {
+        for m in fresh {
             let mut shape = self
                 .code_reader
                 .prolog(m.start, m.end - m.start)
@@ -847,21 +872,17 @@ impl DotnetProcess {
             _ => String::new(),
         };
         let (pid, version, setting) = (self.pid, &self.clr.version, self.clr.perf_map_setting());
-        Some(match &self.memory {
-            MemoryNames::Ready(namer) if namer.named > 0 => format!(
-                "{name} (pid {pid}) runs .NET {version} without a perf map{why}: its JIT frames are named from the runtime's memory, but walked by frame pointers only (a method compiled without one hides its caller): start it with {setting} for whole stacks"
-            ),
-            memory => {
-                let memory = match memory {
-                    MemoryNames::Failed(e) => format!("; its runtime's memory was not read: {e}"),
-                    MemoryNames::Pending(Some((_, e))) => format!("; {e}"),
-                    _ => String::new(),
-                };
-                format!(
-                    "{name} (pid {pid}) runs .NET {version} without a perf map, so its JIT frames are [unknown]{why}{memory}: start it with {setting}"
-                )
-            }
-        })
+        let memory = match &self.memory {
+            // Named, and its methods' frame shapes listed, from the runtime's
+            // memory: nothing is missing.
+            MemoryNames::Ready(_) => return None,
+            MemoryNames::Failed(e) => format!("; its runtime's memory was not read: {e}"),
+            MemoryNames::Pending(Some((_, e))) => format!("; {e}"),
+            MemoryNames::Pending(None) | MemoryNames::Off => String::new(),
+        };
+        Some(format!(
+            "{name} (pid {pid}) runs .NET {version} without a perf map, so its JIT frames are [unknown]{why}{memory}: start it with {setting}"
+        ))
     }
 }
 
