@@ -784,7 +784,7 @@ fn classify_oops(text: &str) -> Option<String> {
         let crash = &text[at..];
         let first = crash.lines().next()?.trim().to_owned();
         let int3 = first.starts_with("Oops: int3");
-        return (int3 && !crash.contains("bpf_prog_")).then_some(first);
+        return (int3 && !in_bpf(crash)).then_some(first);
     }
     let at = text.find("soft lockup")?;
     let crash = &text[at..];
@@ -792,7 +792,7 @@ fn classify_oops(text: &str) -> Option<String> {
         .iter()
         .any(|f| crash.contains(f))
         || stuck_on_a_patch_site(crash);
-    (patching && !crash.contains("bpf_prog_")).then(|| {
+    (patching && !in_bpf(crash)).then(|| {
         format!(
             "soft lockup{}",
             crash
@@ -801,6 +801,21 @@ fn classify_oops(text: &str) -> Option<String> {
                 .unwrap_or("")
                 .trim_start_matches("soft lockup")
         )
+    })
+}
+
+/// Does a BPF program take part in `crash`: named by a `RIP:` line or a
+/// reliable frame of its trace? A frame the unwinder only guessed from stale
+/// stack contents (`? bpf_prog_..._http_sys_exit+0x103`, left by a program
+/// that ran earlier in the same system call's exit, seen on 6.12 under an
+/// int3 Oops at `syscall_exit_to_user_mode_prepare`) does not.
+fn in_bpf(crash: &str) -> bool {
+    crash.lines().any(|line| {
+        let frame = line
+            .split_once("] ")
+            .map_or(line, |(_, rest)| rest)
+            .trim_start();
+        line.contains("bpf_prog_") && !frame.starts_with("? ")
     })
 }
 
@@ -860,6 +875,15 @@ mod tests {
             "bpf_prog_6deef7357e7b4530_cpu_sample+0x1d/0x2a0",
         );
         assert_eq!(classify_oops(&in_bpf), None);
+        // A BPF program only guessed from stale stack contents ("? "): the
+        // emulator's still; a reliable frame of one: not.
+        let guessed = format!(
+            "{tcg}[ 601.272305]  do_syscall_64+0x93/0x1b0\n\
+             [ 601.272413]  ? bpf_prog_d5ed0c91212b254d_http_sys_exit+0x103/0xe15\n"
+        );
+        assert!(classify_oops(&guessed).is_some());
+        let reliable = guessed.replace("  ? bpf_prog", "  bpf_prog");
+        assert_eq!(classify_oops(&reliable), None);
         let fault = "Oops: general protection fault, probably for non-canonical address\n";
         assert_eq!(classify_oops(fault), None);
         let lockup = "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [crossprof:935]\n\
