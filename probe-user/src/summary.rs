@@ -131,6 +131,10 @@ pub struct ProcessSummary {
     /// Garbage collection, for a .NET process whose GC events were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSummary>,
+    /// For .NET: what its runtime's memory gave where the perf map had
+    /// nothing (see `dotnet::memory`), if it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jit_from_memory: Option<JitFromMemory>,
     /// Share of its samples with a user stack whose stack starts at a thread
     /// root: a frame the unwind rules say has no caller (`DW_CFA_undefined
     /// rip`, named or not), or one named `_start`, `clone3`,
@@ -153,6 +157,18 @@ pub struct ProcessSummary {
     /// Its goroutine states as sampled (`--go-state-sampling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutines_sampled: Option<GoroutineStates>,
+}
+
+/// JIT code named and listed from a .NET runtime's memory.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct JitFromMemory {
+    /// Code addresses named there.
+    pub named: u64,
+    /// Addresses looked up there and not named (not a method, or a walk that
+    /// failed): shown `[unknown]`.
+    pub unnamed: u64,
+    /// JIT methods listed there for their frame shapes (no perf map).
+    pub methods_listed: u64,
 }
 
 /// How a Go process's goroutines spent the recording.

@@ -164,11 +164,20 @@ fn assert_named_from_memory(dir: &Path) {
             .any(|f| f.starts_with("System.") && f.ends_with("_[j]")),
         "no framework JIT frame named:\n{stacks:#?}"
     );
-    let pid = dotnet_process(dir)["pid"].clone();
+    let p = dotnet_process(dir);
     for file in ["perf-{}.map", "perfinfo-{}.map", "jit-{}.dump"] {
-        let file = format!("/tmp/{}", file.replace("{}", &pid.to_string()));
+        let file = format!("/tmp/{}", file.replace("{}", &p["pid"].to_string()));
         assert!(!Path::new(&file).exists(), "{file} was made");
     }
+    // summary.json says where the names came from, and counts what was not
+    // named (a runtime stub's address, say: shown `[unknown]`).
+    let memory = &p["jit_from_memory"];
+    assert!(
+        memory["named"].as_u64() >= Some(3)
+            && memory["methods_listed"].as_u64() >= Some(3)
+            && memory["unnamed"].is_u64(),
+        "{p}"
+    );
 }
 
 #[test]

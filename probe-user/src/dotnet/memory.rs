@@ -790,6 +790,15 @@ impl<M: Memory> Namer<M> {
         self.runtime.layout()
     }
 
+    /// What it gave, for `summary.json`.
+    pub fn summary(&self) -> crate::summary::JitFromMemory {
+        crate::summary::JitFromMemory {
+            named: self.named,
+            unnamed: self.unnamed,
+            methods_listed: self.listed.len() as u64,
+        }
+    }
+
     /// The JIT methods not listed by an earlier call, `(start, end, key)`:
     /// the key names the method across its versions (Tier 0, OSR, Tier 1
     /// share their `MethodDesc`; overloads do not), for the frame shapes.

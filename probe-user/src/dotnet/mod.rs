@@ -825,6 +825,14 @@ impl DotnetProcess {
         }
     }
 
+    /// What its runtime's memory gave, if it was read.
+    pub fn jit_from_memory(&self) -> Option<crate::summary::JitFromMemory> {
+        match &self.memory {
+            MemoryNames::Ready(namer) => Some(namer.summary()),
+            _ => None,
+        }
+    }
+
     /// One-line notes on what could not be had for this process.
     pub fn notes(&self, name: &str) -> Vec<String> {
         let mut notes: Vec<String> = self.perf_map_note(name).into_iter().collect();

@@ -16,6 +16,7 @@ pub(crate) fn describe(procs: &ProcessTable, summary: &mut ProcessSummary) {
         return;
     };
     summary.runtime = Some(format!("dotnet {}", d.clr.version));
+    summary.jit_from_memory = d.jit_from_memory();
     summary.gc = d.gc_stats().map(|g| GcSummary {
         collections: g.collections,
         pauses: g.pauses,
