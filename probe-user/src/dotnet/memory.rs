@@ -437,9 +437,10 @@ impl<M: Memory> Runtime<M> {
                     let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
                     let w = at / 4 + i as u64;
                     for b in 0..8u64 {
-                        let nibble = u64::from((word >> (28 - 4 * b)) & 0xf);
-                        if nibble != 0 && out.len() + starts.len() < MAX_LISTED {
-                            starts.push(base + (w * 8 + b) * 32 + (nibble - 1) * 4);
+                        if let Some(start) = nibble_start(w, word, b)
+                            && out.len() + starts.len() < MAX_LISTED
+                        {
+                            starts.push(base + start);
                         }
                     }
                 }
@@ -522,9 +523,14 @@ impl<M: Memory> Runtime<M> {
         let base = m.pointer(heap + HEAP_MAP_BASE, false)?;
         let map = m.pointer(heap + HEAP_NIBBLE_MAP, false)?;
         let start = method_start(m, base, map, pc)?;
-        let header = m.pointer(start - 8, false)?;
-        let md = m.pointer(header + CODE_HEADER_METHOD_DESC, false)?;
-        self.method(md, start)
+        self.method(self.method_desc_at(start)?, start)
+    }
+
+    /// The `MethodDesc` of the method whose code starts at `start`: its code
+    /// header, the 8 bytes before it, points to its `RealCodeHeader`.
+    fn method_desc_at(&self, start: u64) -> Option<u64> {
+        let header = self.mem.pointer(start.checked_sub(8)?, false)?;
+        self.mem.pointer(header + CODE_HEADER_METHOD_DESC, false)
     }
 
     /// The method of MethodDesc `md`, whose code starts at `start`.
@@ -609,13 +615,8 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<u64> {
                 continue;
             }
             for b in (0..=top).rev() {
-                let nibble = u64::from((word >> (28 - 4 * b)) & 0xf);
-                if nibble == 0 {
-                    continue;
-                }
-                let start = (index * 8 + b) * 32 + (nibble - 1) * 4;
                 // In pc's own bucket a method starting after pc is not its.
-                if start <= delta {
+                if let Some(start) = nibble_start(index, word, b).filter(|&s| s <= delta) {
                     return base.checked_add(start);
                 }
             }
@@ -625,6 +626,15 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<u64> {
         }
         word_index = from - 1;
     }
+}
+
+/// Where bucket `b` (0-7) of nibble-map word `word` (the `index`th) says a
+/// method starts, as an offset from the heap's code base, if it says one
+/// does: the most significant nibble is the first bucket, nibble `n > 0` a
+/// start at the bucket's `(n - 1) * 4`.
+fn nibble_start(index: u64, word: u32, b: u64) -> Option<u64> {
+    let nibble = u64::from((word >> (28 - 4 * b)) & 0xf);
+    (nibble != 0).then(|| (index * 8 + b) * 32 + (nibble - 1) * 4)
 }
 
 /// A NUL-terminated UTF-8 string at `p`, at most [`MAX_NAME`] bytes.
@@ -808,9 +818,10 @@ impl<M: Memory> Namer<M> {
             if !self.listed.insert(start) {
                 continue;
             }
-            let key = match self.runtime.code_at(start) {
-                Code::Method(m) => format!("MethodDesc {:#x}", m.method_desc),
-                _ => format!("code at {start:#x}"),
+            // The start is known: straight to its header, no lookup again.
+            let key = match self.runtime.method_desc_at(start) {
+                Some(md) => format!("MethodDesc {md:#x}"),
+                None => format!("code at {start:#x}"),
             };
             out.push((start, end, Arc::from(key)));
         }

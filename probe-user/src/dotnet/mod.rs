@@ -306,9 +306,9 @@ pub struct DotnetProcess {
 enum MemoryNames {
     /// Not for this process (a replay's: its memory is not there).
     Off,
-    /// To be tried (not yet, or its runtime was still starting at the last
-    /// try, when and why).
-    Pending(Option<(Instant, memory::MemoryError)>),
+    /// To be tried: not yet, or its runtime was still starting
+    /// ([`memory::MemoryError::NotStarted`]) at the last try, then.
+    Pending(Option<Instant>),
     /// Names from memory.
     Ready(Box<memory::Namer<std::fs::File>>),
     /// Cannot be read: why.
@@ -327,17 +327,12 @@ impl MemoryNames {
     /// The namer of process `pid`'s runtime `clr`, found on first use.
     fn namer(&mut self, pid: u32, clr: &Clr) -> Option<&mut memory::Namer<std::fs::File>> {
         if let MemoryNames::Pending(last) = self {
-            if last
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < MEMORY_RETRY)
-            {
+            if last.is_some_and(|at| at.elapsed() < MEMORY_RETRY) {
                 return None;
             }
             *self = match memory::Runtime::find(pid, clr) {
                 Ok(runtime) => MemoryNames::Ready(Box::new(memory::Namer::new(runtime, pid))),
-                Err(memory::MemoryError::NotStarted) => {
-                    MemoryNames::Pending(Some((Instant::now(), memory::MemoryError::NotStarted)))
-                }
+                Err(memory::MemoryError::NotStarted) => MemoryNames::Pending(Some(Instant::now())),
                 Err(e) => MemoryNames::Failed(e),
             };
         }
@@ -885,7 +880,7 @@ impl DotnetProcess {
             // memory: nothing is missing.
             MemoryNames::Ready(_) => return None,
             MemoryNames::Failed(e) => format!("; its runtime's memory was not read: {e}"),
-            MemoryNames::Pending(Some((_, e))) => format!("; {e}"),
+            MemoryNames::Pending(Some(_)) => format!("; {}", memory::MemoryError::NotStarted),
             MemoryNames::Pending(None) | MemoryNames::Off => String::new(),
         };
         Some(format!(
