@@ -229,6 +229,15 @@ pub struct AgentArgs {
     )]
     pub min_go_wait: u64,
 
+    /// Name .NET JIT code through the runtime's perf map and jitdump, which
+    /// crossprof asks the runtime to write (in the process's /tmp; .NET 8 and
+    /// later, or started with DOTNET_PerfMapEnabled=1), instead of reading
+    /// the runtime's own memory: the way before crossprof read .NET 8 and 3.1
+    /// memory, and the way for other versions whatever this says. Costs the
+    /// target its writing: crossprof agent --dotnet-perf-map.
+    #[arg(long)]
+    pub dotnet_perf_map: bool,
+
     /// Length of a window: 60s, 5m, ...
     #[arg(allow_hyphen_values = true, long, value_name = "DURATION", value_parser = parse_window, default_value = "60s")]
     pub window: std::time::Duration,
@@ -657,6 +666,15 @@ pub struct RecordArgs {
         value_parser = clap::value_parser!(u64).range(0..=1000)
     )]
     pub go_state_sampling: u64,
+
+    /// Name .NET JIT code through the runtime's perf map and jitdump, which
+    /// crossprof asks the runtime to write (in the process's /tmp; .NET 8 and
+    /// later, or started with DOTNET_PerfMapEnabled=1), instead of reading
+    /// the runtime's own memory: the way before crossprof read .NET 8 and 3.1
+    /// memory, and the way for other versions whatever this says. Costs the
+    /// target its writing: crossprof record --dotnet-perf-map -- dotnet app.dll.
+    #[arg(long)]
+    pub dotnet_perf_map: bool,
 
     /// Walk native stacks by frame pointers only, as perf does, instead of by
     /// each object's `.eh_frame` rules (with frame pointers where an object has

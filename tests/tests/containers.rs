@@ -35,24 +35,15 @@ fn only_child(pid: u32) -> u32 {
 }
 
 /// Records the .NET chain fixture running as `pid` for 3 s (`--pid`, into
-/// `target/test-out/<name>`): Main;Outer;Hot named in >= 90% of its >= 150
-/// samples. Returns the output folder.
-fn chain_named_from_the_host(pid: u32, name: &str, how: &str) -> PathBuf {
+/// `target/test-out/<name>`, with `flags`): Main;Outer;Hot named in >= 90%
+/// of its >= 150 samples. Returns the output folder.
+fn chain_named_from_the_host(pid: u32, name: &str, how: &str, flags: &[&str]) -> PathBuf {
     let dir = out_dir(name);
     let pid_s = pid.to_string();
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            &pid_s,
-            "--duration",
-            "3",
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
+    let mut args = vec!["record", "-q", "--pid", &pid_s, "--duration", "3"];
+    args.extend_from_slice(flags);
+    args.extend(["-o", dir.to_str().unwrap()]);
+    let run = run_crossprof(&args, Duration::from_secs(60));
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     let stacks = read_folded(&dir);
     let (named, all) = count_where(&stacks, "dotnet", |st| {
@@ -111,9 +102,14 @@ fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
                 .starts_with("dotnet-diagnostic-1-")),
         "no diagnostics socket of pid 1 in {own_tmp}"
     );
-    let dir = chain_named_from_the_host(pid, "container_dotnet", "in a container");
-    // Its map was turned off and removed again, inside its own /tmp; the
-    // host's /tmp got nothing of it.
+    // Named from its runtime's memory, read through /proc/PID/mem, its
+    // assemblies through its own root.
+    let dir = chain_named_from_the_host(pid, "container_dotnet", "in a container", &[]);
+    assert!(
+        read_summary(&dir)["processes"][0]["jit_from_memory"]["named"].as_u64() > Some(0),
+        "not named from memory"
+    );
+    // Nothing was made in its own /tmp, nor in the host's.
     assert!(!Path::new(&format!("{own_tmp}/perf-1.map")).exists());
     assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
     // Labelled with its container, from its cgroup: summary.json and pprof.
@@ -136,7 +132,9 @@ fn dotnet_in_its_own_pid_and_mount_namespace_is_named_from_the_host() {
 /// map and jitdump to `DOTNET_PerfMapJitDumpPath` when that is set (on .NET 8
 /// the maps do not follow `TMPDIR`). crossprof reads both from the
 /// environment the process started with. Before, it looked in /tmp only: no
-/// socket found, no map asked for, its JIT frames `[unknown]`.
+/// socket found, no map asked for, its JIT frames `[unknown]`. (The perf map
+/// is asked for with `--dotnet-perf-map`, and for a runtime whose memory
+/// crossprof does not read.)
 #[test]
 fn dotnet_with_its_own_tmpdir_and_map_folder_is_named() {
     let runtime = Dotnet::Net8;
@@ -161,7 +159,12 @@ fn dotnet_with_its_own_tmpdir_and_map_folder_is_named() {
         "the runtime did not listen in its TMPDIR {}",
         tmpdir.display()
     );
-    chain_named_from_the_host(pid, "dotnet_tmpdir_profile", "with its own TMPDIR");
+    chain_named_from_the_host(
+        pid,
+        "dotnet_tmpdir_profile",
+        "with its own TMPDIR",
+        &["--dotnet-perf-map"],
+    );
     // The map was written where the runtime was told, then turned off and
     // removed; none in /tmp.
     assert!(!maps.join(format!("perf-{pid}.map")).exists());

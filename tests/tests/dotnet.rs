@@ -1,7 +1,7 @@
 //! .NET (CoreCLR 8.0.4 and 3.1.23): JIT-compiled methods named from the runtime's
-//! perf map with W^X on (the default: JIT code runs from `/memfd:doublemapper`
-//! mappings), unwound through frameless and OSR methods, ReadyToRun code, GC
-//! pauses, threads.
+//! memory (the default) or its perf map (`--dotnet-perf-map`) with W^X on (the
+//! default: JIT code runs from `/memfd:doublemapper` mappings), unwound through
+//! frameless and OSR methods, ReadyToRun code, GC pauses, threads.
 
 use std::path::Path;
 
@@ -11,24 +11,30 @@ use crossprof_tests::{
 };
 
 /// Records the chain fixture on `runtime`, started with `env` as its only
-/// DOTNET_*/COMPlus_* settings.
-fn record_dotnet(name: &str, runtime: Dotnet, env: &[(&str, &str)]) -> (std::path::PathBuf, Run) {
-    record_fixture(name, runtime, "chain", env)
+/// DOTNET_*/COMPlus_* settings, crossprof with `flags`.
+fn record_dotnet(
+    name: &str,
+    runtime: Dotnet,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (std::path::PathBuf, Run) {
+    record_fixture(name, runtime, "chain", env, flags)
 }
 
 /// Records `fixture` (3 s of work) on `runtime`, started with `env` as its only
-/// DOTNET_*/COMPlus_* settings.
+/// DOTNET_*/COMPlus_* settings, crossprof with `flags`.
 fn record_fixture(
     name: &str,
     runtime: Dotnet,
     fixture: &str,
     env: &[(&str, &str)],
+    flags: &[&str],
 ) -> (std::path::PathBuf, Run) {
     let dll = runtime.fixture(fixture);
     let mut target = runtime.command(&dll, &["3"]);
     target.envs(env.iter().copied());
     let dir = out_dir(name);
-    let run = record_target(&dir, &[], &target);
+    let run = record_target(&dir, flags, &target);
     assert!(run.status.success(), "crossprof failed: {}", run.stderr);
     (dir, run)
 }
@@ -105,11 +111,14 @@ fn assert_chain_named(dir: &Path, min_samples: u64) {
     );
 }
 
+/// What `--dotnet-perf-map` asks for.
+const PERF_MAP: &[&str] = &["--dotnet-perf-map"];
+
 #[test]
 fn perf_map_is_turned_on_in_a_process_started_without_settings() {
-    // No DOTNET_* variable at all, W^X on: crossprof asks the runtime through the
-    // diagnostics IPC, and cleans up after itself.
-    let (dir, run) = record_dotnet("dotnet_ipc", Dotnet::Net8, &[]);
+    // No DOTNET_* variable at all, W^X on, --dotnet-perf-map: crossprof asks
+    // the runtime through the diagnostics IPC, and cleans up after itself.
+    let (dir, run) = record_dotnet("dotnet_ipc", Dotnet::Net8, &[], PERF_MAP);
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     let p = dotnet_process(&dir);
     assert_eq!(p["runtime"].as_str(), Some("dotnet 8.0.4"), "{p}");
@@ -135,6 +144,7 @@ fn a_perf_map_the_process_writes_itself_is_read() {
         "dotnet_env",
         Dotnet::Net8,
         &[("DOTNET_PerfMapEnabled", "1")],
+        PERF_MAP,
     );
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     // The runtime's own perf map is the user's: crossprof, which saw the
@@ -188,6 +198,7 @@ fn without_diagnostics_jit_frames_are_named_from_the_runtime_s_memory() {
         "dotnet_no_ipc",
         Dotnet::Net8,
         &[("DOTNET_EnableDiagnostics", "0")],
+        &[],
     );
     assert_named_from_memory(&dir);
     // Nothing is missing for names and stacks: no note of the perf map's.
@@ -216,23 +227,14 @@ fn spawn_dotnet(runtime: Dotnet, dll: &Path, secs: &str) -> Guard {
     )
 }
 
-/// `crossprof record -q --pid PID --duration SECS` into `out_dir(name)`, to its
-/// end (it must succeed).
-fn record_pid(name: &str, pid: &str, secs: &str) -> (std::path::PathBuf, Run) {
+/// `crossprof record -q --pid PID --duration SECS FLAGS` into
+/// `out_dir(name)`, to its end (it must succeed).
+fn record_pid(name: &str, pid: &str, secs: &str, flags: &[&str]) -> (std::path::PathBuf, Run) {
     let dir = out_dir(name);
-    let run = run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            pid,
-            "--duration",
-            secs,
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        std::time::Duration::from_secs(60),
-    );
+    let mut args = vec!["record", "-q", "--pid", pid, "--duration", secs];
+    args.extend_from_slice(flags);
+    args.extend(["-o", dir.to_str().unwrap()]);
+    let run = run_crossprof(&args, std::time::Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
     (dir, run)
 }
@@ -243,9 +245,22 @@ fn a_running_process_is_named_without_a_restart() {
     let target = spawn_dotnet(runtime, &runtime.fixture("chain"), "6");
     std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
     let pid = target.pid().to_string();
-    let (dir, _) = record_pid("dotnet_pid", &pid, "2");
+    let (dir, _) = record_pid("dotnet_pid", &pid, "2", &[]);
     assert_chain_named(&dir, 100); // 2 s at 99 Hz
-    // Turned off again and the file removed while the process still runs.
+    // Named from its memory: its methods compiled before crossprof came are
+    // listed there; no perf map made.
+    let p = dotnet_process(&dir);
+    assert!(p["jit_from_memory"]["named"].as_u64() >= Some(3), "{p}");
+    let map = format!("/tmp/perf-{pid}.map");
+    assert!(!Path::new(&map).exists(), "{map} was made");
+    drop(target);
+    // With --dotnet-perf-map: asked for, then turned off again and the file
+    // removed while the process still runs.
+    let target = spawn_dotnet(runtime, &runtime.fixture("chain"), "6");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pid = target.pid().to_string();
+    let (dir, _) = record_pid("dotnet_pid_map", &pid, "2", PERF_MAP);
+    assert_chain_named(&dir, 100);
     let map = format!("/tmp/perf-{pid}.map");
     assert!(!Path::new(&map).exists(), "{map} left behind");
 }
@@ -304,6 +319,7 @@ fn a_process_held_at_start_up_is_not_asked_for_its_perf_map_too_early() {
     let crossprof = spawn_crossprof(&[
         "record",
         "-q",
+        "--dotnet-perf-map",
         "--pid",
         &pid.to_string(),
         "--duration",
@@ -337,11 +353,13 @@ fn a_process_held_at_start_up_is_not_asked_for_its_perf_map_too_early() {
 #[test]
 fn core31_with_the_perf_map_setting_is_named() {
     // .NET Core 3.1 reads COMPlus_ settings only, and has no command to turn the
-    // perf map on at run time: the user's setting is the way.
+    // perf map on at run time: with --dotnet-perf-map, the user's setting is
+    // the way.
     let (dir, run) = record_dotnet(
         "dotnet31_env",
         Dotnet::Core31,
         &[("COMPlus_PerfMapEnabled", "1")],
+        PERF_MAP,
     );
     assert_chain_named(&dir, 150); // 3 s at 99 Hz
     let p = dotnet_process(&dir);
@@ -354,7 +372,7 @@ fn core31_with_the_perf_map_setting_is_named() {
 fn core31_without_the_setting_is_named_from_the_runtime_s_memory() {
     // .NET Core 3.1 exports no g_dacTable (its .symtab has it) and keeps its
     // code ranges in a list: the other layout of `dotnet::memory`.
-    let (dir, run) = record_dotnet("dotnet31_no_map", Dotnet::Core31, &[]);
+    let (dir, run) = record_dotnet("dotnet31_no_map", Dotnet::Core31, &[], &[]);
     assert_named_from_memory(&dir);
     // No setting needed any more: no note at all.
     assert!(!run.stderr.contains("note"), "{}", run.stderr);
@@ -445,20 +463,14 @@ fn assert_gc_marked(dir: &Path, run: &Run) {
 
 #[test]
 fn gc_pauses_are_marked_on_net8() {
-    let (dir, run) = record_fixture("dotnet_gc", Dotnet::Net8, "gc", &[]);
+    let (dir, run) = record_fixture("dotnet_gc", Dotnet::Net8, "gc", &[], &[]);
     assert_gc_marked(&dir, &run);
 }
 
 #[test]
 fn gc_pauses_are_marked_on_core31() {
-    let (dir, run) = record_fixture(
-        "dotnet31_gc",
-        Dotnet::Core31,
-        "gc",
-        &[("COMPlus_PerfMapEnabled", "1")],
-    );
+    let (dir, run) = record_fixture("dotnet31_gc", Dotnet::Core31, "gc", &[], &[]);
     assert_gc_marked(&dir, &run);
-    remove_runtime_maps(&dir);
 }
 
 /// Framework-heavy code reads `System.*`, with under 2% of samples in unnamed
@@ -501,26 +513,32 @@ fn assert_framework_named(dir: &Path) {
 
 #[test]
 fn framework_readytorun_code_is_named() {
-    // .NET 8, maps turned on by crossprof: R2R names from the jitdump (about a
-    // tenth of this fixture's samples were in unnamed R2R code before).
-    let (dir, _) = record_fixture("dotnet_framework", Dotnet::Net8, "framework", &[]);
+    // .NET 8, named from memory: R2R names from the assemblies themselves
+    // (about a tenth of this fixture's samples were in unnamed R2R code
+    // before they were named), no perf map or jitdump made.
+    let (dir, _) = record_fixture("dotnet_framework", Dotnet::Net8, "framework", &[], &[]);
     assert_framework_named(&dir);
     let summary = read_summary(&dir);
     assert!(summary["notes"].as_array().unwrap().is_empty(), "{summary}");
+    let pid = dotnet_process(&dir)["pid"].clone();
+    assert!(!Path::new(&format!("/tmp/jit-{pid}.dump")).exists());
+    // With --dotnet-perf-map: from the jitdump the runtime is asked for.
+    let (dir, _) = record_fixture(
+        "dotnet_framework_map",
+        Dotnet::Net8,
+        "framework",
+        &[],
+        PERF_MAP,
+    );
+    assert_framework_named(&dir);
 }
 
 #[test]
 fn framework_readytorun_code_is_named_on_core31() {
     // 3.1 writes no jitdump: R2R names from the assemblies themselves, generic
     // instantiations included (7-10% of samples were unnamed without them).
-    let (dir, _) = record_fixture(
-        "dotnet31_framework",
-        Dotnet::Core31,
-        "framework",
-        &[("COMPlus_PerfMapEnabled", "1")],
-    );
+    let (dir, _) = record_fixture("dotnet31_framework", Dotnet::Core31, "framework", &[], &[]);
     assert_framework_named(&dir);
-    remove_runtime_maps(&dir);
 }
 
 /// `go tool pprof -lines -top` of a profile: `(function, file:line or "",
@@ -643,7 +661,7 @@ fn a_running_process_gets_its_lines_from_the_rundown() {
     let dll = runtime.roslyn_fixture("chain");
     let target = spawn_dotnet(runtime, &dll, "6");
     std::thread::sleep(std::time::Duration::from_millis(1500)); // tiered up
-    let (dir, _) = record_pid("dotnet_lines_pid", &target.pid().to_string(), "2.5");
+    let (dir, _) = record_pid("dotnet_lines_pid", &target.pid().to_string(), "2.5", &[]);
     assert_chain_lines("record --pid", &dir.join("profile.pb.gz"));
 }
 
@@ -708,7 +726,7 @@ fn stale_sockets_of_earlier_processes_with_the_same_pid_are_not_used() {
             .collect(),
     );
     std::thread::sleep(std::time::Duration::from_secs(1)); // running, JIT done
-    let (dir, run) = record_pid("dotnet_stale_sockets", &pid.to_string(), "2");
+    let (dir, run) = record_pid("dotnet_stale_sockets", &pid.to_string(), "2", &[]);
     assert!(!run.stderr.contains("note"), "{}", run.stderr);
     assert_chain_named(&dir, 100);
     assert_eq!(

@@ -84,21 +84,19 @@ fn peak_rss_kib(run: &Run) -> u64 {
         .expect("/usr/bin/time's figure")
 }
 
-fn record_pid(dir: &Path, pid: u32, secs: &str) -> Run {
-    run_crossprof(
-        &[
-            "record",
-            "-q",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            secs,
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    )
+/// `crossprof record -q --pid PID --duration SECS FLAGS -o DIR`.
+fn record_pid(dir: &Path, pid: u32, secs: &str, flags: &[&str]) -> Run {
+    let pid = pid.to_string();
+    let mut args = vec!["record", "-q", "--pid", &pid, "--duration", secs];
+    args.extend_from_slice(flags);
+    args.extend(["-o", dir.to_str().unwrap()]);
+    run_crossprof(&args, Duration::from_secs(60))
 }
+
+/// Where the target's /tmp matters: its JIT code named through its perf map,
+/// which the runtime writes there (by default it is named from its memory,
+/// and nothing there is read or made).
+const PERF_MAP: &[&str] = &["--dotnet-perf-map"];
 
 /// Defects 1 and 2: links planted at the names a root .NET process's runtime
 /// writes (`/tmp/perf-PID.map`, `perfinfo-PID.map`, `jit-PID.dump`), aimed at
@@ -129,7 +127,7 @@ fn links_planted_for_a_dotnet_targets_maps_are_neither_written_through_nor_read(
         planted.push((link, v, text));
     }
     let dir = out_dir("hostile_links");
-    let run = record_pid(&dir, pid, "2");
+    let run = record_pid(&dir, pid, "2", PERF_MAP);
     let cleanup = || {
         for (link, ..) in &planted {
             let _ = std::fs::remove_file(link);
@@ -180,7 +178,7 @@ fn a_fifo_planted_as_a_perf_map_does_not_hang_the_recording() {
     as_nobody("mkfifo", &["-m", "0666", &fifo]);
     let dir = out_dir("hostile_fifo");
     let started = Instant::now();
-    let run = record_pid(&dir, pid, "2");
+    let run = record_pid(&dir, pid, "2", PERF_MAP);
     let took = started.elapsed();
     let _ = std::fs::remove_file(&fifo);
     assert!(run.status.success(), "{}", run.stderr);
@@ -317,7 +315,7 @@ fn a_storm_of_processes_with_huge_libraries_does_not_delay_the_deadline() {
 fn control_characters_in_a_process_name_keep_the_outputs_well_formed() {
     let target = spinner(4.0, "ev\u{1}il\u{1b}[31m");
     let dir = out_dir("hostile_comm");
-    let run = record_pid(&dir, target.pid(), "1");
+    let run = record_pid(&dir, target.pid(), "1", &[]);
     assert!(run.status.success(), "{}", run.stderr);
     let svg = std::fs::read(dir.join("flamegraph.svg")).unwrap();
     let bad: Vec<u8> = svg
@@ -396,7 +394,7 @@ fn links_in_the_output_folder_are_replaced_not_followed_and_outputs_are_private(
         planted.push(v);
     }
     let target = spinner(3.0, "outputs");
-    let run = record_pid(&dir, target.pid(), "1");
+    let run = record_pid(&dir, target.pid(), "1", &[]);
     assert!(run.status.success(), "{}", run.stderr);
     for v in &planted {
         assert_eq!(
@@ -419,7 +417,7 @@ fn links_in_the_output_folder_are_replaced_not_followed_and_outputs_are_private(
     // A folder crossprof makes is private too.
     let fresh = out_dir("hostile_out_fresh").join("made");
     let target = spinner(3.0, "outputs");
-    let run = record_pid(&fresh, target.pid(), "1");
+    let run = record_pid(&fresh, target.pid(), "1", &[]);
     assert!(run.status.success(), "{}", run.stderr);
     let mode = std::fs::metadata(&fresh).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o700, "the output folder is {mode:o}");
@@ -484,7 +482,7 @@ fn a_diagnostics_socket_that_drips_does_not_stall_the_stop() {
     });
     let dir = out_dir("hostile_drip");
     let started = Instant::now();
-    let run = record_pid(&dir, pid, "3");
+    let run = record_pid(&dir, pid, "3", PERF_MAP);
     let took = started.elapsed();
     let _ = std::fs::remove_file(&name);
     drop(dripping);
@@ -599,6 +597,7 @@ fn a_huge_perf_map_line_is_skipped_without_holding_it() {
         .args([
             "record",
             "-q",
+            "--dotnet-perf-map",
             "--pid",
             &pid.to_string(),
             "--duration",

@@ -26,6 +26,9 @@ pub struct DotnetTable {
     pub precompiled_after: Duration,
     /// Follow .NET processes' JIT events for source lines (pprof output).
     pub lines: bool,
+    /// Name .NET processes' JIT code through the runtime's perf map, which
+    /// crossprof asks it to write (`--dotnet-perf-map`), not from its memory.
+    pub perf_map: bool,
     /// Per assembly file, its precompiled methods (`None`: IL only, or
     /// unreadable), decoded once.
     pub(super) precompiled: HashMap<ModuleId, Option<Arc<[super::Precompiled]>>>,
@@ -34,11 +37,15 @@ pub struct DotnetTable {
 }
 
 impl DotnetTable {
-    /// Do .NET processes follow their JIT events for source lines from the
-    /// moment they are found (`record`), or once they are
-    /// [`DotnetTable::precompiled_after`] old (the agent)?
-    pub(crate) fn lines_now(&self) -> bool {
-        self.lines && self.precompiled_after.is_zero()
+    /// How a .NET process found is followed: its JIT events for source
+    /// lines from the moment it is found (`record`), or once it is
+    /// [`DotnetTable::precompiled_after`] old (the agent); its JIT code named
+    /// from memory or through a perf map.
+    pub(crate) fn follow(&self) -> super::Follow {
+        super::Follow {
+            lines: self.lines && self.precompiled_after.is_zero(),
+            perf_map: self.perf_map,
+        }
     }
 
     /// The frame of JIT code at `addr` of .NET process `dn` (in anonymous
@@ -75,14 +82,14 @@ impl DotnetTable {
 
 /// A process's maps were read (`entries`): the .NET state `slot` of process
 /// `pid` is filled if they map a .NET runtime (and it was none before, nor
-/// ran one that exited, `was`), following its JIT events for source lines
-/// too with `lines_now`; its files read as `source` reads.
+/// ran one that exited, `was`), followed as `follow` says; its files read as
+/// `source` reads.
 pub(crate) fn maps_read(
     slot: &mut Option<DotnetProcess>,
     was: bool,
     pid: u32,
     entries: &[MapEntry],
-    lines_now: bool,
+    follow: super::Follow,
     source: &ProcSource,
 ) {
     if slot.is_some() || was {
@@ -90,7 +97,7 @@ pub(crate) fn maps_read(
     }
     let exec = entries.iter().filter(|e| e.is_exec());
     if let Some(clr) = super::detect(exec.map(|e| e.path.as_str())) {
-        *slot = Some(DotnetProcess::attach(pid, clr, lines_now, source));
+        *slot = Some(DotnetProcess::attach(pid, clr, follow, source));
     }
 }
 

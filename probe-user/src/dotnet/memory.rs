@@ -177,6 +177,32 @@ const HEAP_MAP_BASE: u64 = 0x20;
 const HEAP_NIBBLE_MAP: u64 = 0x28;
 /// `RealCodeHeader::phdrMDesc` (both versions).
 const CODE_HEADER_METHOD_DESC: u64 = 0x18;
+/// `RealCodeHeader::nUnwindInfos` (u32) and `unwindInfos`, an array of
+/// `RUNTIME_FUNCTION {BeginAddress, EndAddress, UnwindData}` (u32 each,
+/// offsets from the heap's `mapBase`): the method's body, then its funclets
+/// (both versions; checked on 8.0.4 against the perf map's sizes, 152 of
+/// 156 methods whole in the first, the other 4 with their funclets).
+const CODE_HEADER_UNWIND_COUNT: u64 = 0x20;
+const CODE_HEADER_UNWIND_INFOS: u64 = 0x24;
+/// More unwind infos than this is not a code header.
+const MAX_UNWIND_INFOS: u32 = 64;
+/// A code block's header holds, instead of a `RealCodeHeader` pointer, its
+/// `StubCodeBlockKind` when the block is a stub's (up to
+/// `STUB_CODE_BLOCK_LAST`, 0xF; dotnet/runtime `src/coreclr/vm/codeman.h`,
+/// .NET 7 and 8). Seen on 8.0.4: virtual stub dispatch stubs in the JIT code
+/// heap, headed 6-9 where the perf map lists them as below.
+const STUB_CODE_BLOCK_LAST: u64 = 0xF;
+
+/// The perf map's name for a stub block's kind (`STUB_CODE_BLOCK_VSD_*`).
+fn stub_kind(kind: u64) -> Option<&'static str> {
+    match kind {
+        6 => Some("GenerateDispatchStub"),
+        7 => Some("GenerateResolveStub"),
+        8 => Some("GenerateLookupStub"),
+        9 => Some("GenerateVTableCallStub"),
+        _ => None,
+    }
+}
 /// `MethodDescChunk`'s size before its first MethodDesc, and where its token
 /// range (u16) is (both versions).
 const CHUNK_HEADER: u64 = 0x18;
@@ -246,8 +272,9 @@ pub enum Code {
     Method(Method),
     /// In a range of precompiled (ReadyToRun) code: named from its assembly.
     Precompiled,
-    /// In a range of the runtime's stubs.
-    Stub,
+    /// In a range of the runtime's stubs, or a stub in a code heap: its
+    /// kind, where the runtime says (the perf map's name for it).
+    Stub(Option<&'static str>),
     /// In no range the runtime knows (or the walk failed).
     Unknown,
 }
@@ -355,12 +382,11 @@ impl<M: Memory> Runtime<M> {
             return match (l.flag_precompiled, l.flag_stubs) {
                 (Some(f), _) if flags & f != 0 => Code::Precompiled,
                 (None, Some(f)) if flags & f == 0 => Code::Precompiled,
-                (_, Some(f)) if flags & f != 0 => Code::Stub,
+                (_, Some(f)) if flags & f != 0 => Code::Stub(None),
                 _ => Code::Unknown,
             };
         }
-        self.method_in_heap(section, pc)
-            .map_or(Code::Unknown, Code::Method)
+        self.method_in_heap(section, pc).unwrap_or(Code::Unknown)
     }
 
     /// The `RangeSection` holding `pc`.
@@ -517,13 +543,57 @@ impl<M: Memory> Runtime<M> {
     }
 
     /// The JIT method holding `pc` in the code heap of `section`.
-    fn method_in_heap(&self, section: u64, pc: u64) -> Option<Method> {
+    /// `Code::Stub`: a stub's block holds it (its header gives the
+    /// kind), or none holds it (none starts before it within
+    /// [`MAX_NIBBLE_WORDS`], or the method before it ends before it: code of
+    /// the runtime's all the same); `None`: not known (a read failed).
+    fn method_in_heap(&self, section: u64, pc: u64) -> Option<Code> {
         let m = &self.mem;
         let heap = m.pointer(section + self.layout.section_heap_list, false)?;
         let base = m.pointer(heap + HEAP_MAP_BASE, false)?;
         let map = m.pointer(heap + HEAP_NIBBLE_MAP, false)?;
-        let start = method_start(m, base, map, pc)?;
+        let Some(start) = method_start(m, base, map, pc)? else {
+            return Some(Code::Stub(None));
+        };
+        let header = m.u64(start.checked_sub(8)?)?;
+        if header <= STUB_CODE_BLOCK_LAST {
+            return Some(Code::Stub(stub_kind(header)));
+        }
+        if self.code_size(start).is_some_and(|size| pc >= start + size) {
+            return Some(Code::Stub(None));
+        }
         self.method(self.method_desc_at(start)?, start)
+            .map(Code::Method)
+    }
+
+    /// The size of the code of the method starting at `start`, funclets
+    /// included, from its code header's unwind infos (`None`: not read, or
+    /// not such a header).
+    pub fn code_size(&self, start: u64) -> Option<u64> {
+        let m = &self.mem;
+        let header = m.pointer(start.checked_sub(8)?, false)?;
+        let n = m.u32(header + CODE_HEADER_UNWIND_COUNT)?;
+        if n == 0 || n > MAX_UNWIND_INFOS {
+            return None;
+        }
+        let mut infos = vec![0u8; n as usize * 12];
+        if !m.read(header + CODE_HEADER_UNWIND_INFOS, &mut infos) {
+            return None;
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([infos[i], infos[i + 1], infos[i + 2], infos[i + 3]]);
+        let first = word(0);
+        let mut end = first;
+        for i in 0..n as usize {
+            let (b, e) = (word(i * 12), word(i * 12 + 4));
+            if b < first || e <= b {
+                return None;
+            }
+            end = end.max(e);
+        }
+        // No method is larger than what a lookup walks back over.
+        let size = u64::from(end - first);
+        (size <= MAX_NIBBLE_WORDS * 256).then_some(size)
     }
 
     /// The `MethodDesc` of the method whose code starts at `start`: its code
@@ -591,9 +661,12 @@ impl<M: Memory> Runtime<M> {
 
 /// The start of the method holding `pc` in a code heap whose code starts at
 /// `base` and whose nibble map is at `map` (see the module's doc), reading at
-/// most [`MAX_NIBBLE_WORDS`] words back.
-fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<u64> {
-    let delta = pc.checked_sub(base)?;
+/// most [`MAX_NIBBLE_WORDS`] words back. `Some(None)`: no method starts
+/// there; `None`: the map could not be read.
+fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<u64>> {
+    let Some(delta) = pc.checked_sub(base) else {
+        return Some(None);
+    };
     let bucket = delta >> 5;
     let mut word_index = bucket >> 3;
     let lowest = word_index.saturating_sub(MAX_NIBBLE_WORDS);
@@ -617,12 +690,12 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<u64> {
             for b in (0..=top).rev() {
                 // In pc's own bucket a method starting after pc is not its.
                 if let Some(start) = nibble_start(index, word, b).filter(|&s| s <= delta) {
-                    return base.checked_add(start);
+                    return base.checked_add(start).map(Some);
                 }
             }
         }
         if from == lowest {
-            return None;
+            return Some(None);
         }
         word_index = from - 1;
     }
@@ -756,7 +829,11 @@ impl<M: Memory> Namer<M> {
             }
             let name = match self.runtime.code_at(pc) {
                 Code::Method(method) => self.method_name(&method),
-                _ => None,
+                // The kind of stub is in the range list's own object (not
+                // read): the perf map's `[stub: KIND]`, without the kind.
+                Code::Stub(Some(kind)) => Some(Arc::from(format!("[stub: {kind}]"))),
+                Code::Stub(None) => Some(Arc::from("[stub]")),
+                Code::Precompiled | Code::Unknown => None,
             };
             if name.is_some() {
                 self.named += 1;
@@ -812,12 +889,28 @@ impl<M: Memory> Namer<M> {
     /// The JIT methods not listed by an earlier call, `(start, end, key)`:
     /// the key names the method across its versions (Tier 0, OSR, Tier 1
     /// share their `MethodDesc`; overloads do not), for the frame shapes.
+    /// A method ends where its code header says, if that is before the
+    /// next one (what lies between is the runtime's: stubs).
     pub fn new_methods(&mut self) -> Vec<(u64, u64, Arc<str>)> {
         let mut out = Vec::new();
         for (start, end) in self.runtime.jit_methods() {
             if !self.listed.insert(start) {
                 continue;
             }
+            // A stub's block (a kind in its header, not a code header): no
+            // method's frame shape.
+            if self
+                .runtime
+                .mem
+                .u64(start.saturating_sub(8))
+                .is_some_and(|h| h <= STUB_CODE_BLOCK_LAST)
+            {
+                continue;
+            }
+            let end = match self.runtime.code_size(start) {
+                Some(size) => end.min(start + size),
+                None => end,
+            };
             // The start is known: straight to its header, no lookup again.
             let key = match self.runtime.method_desc_at(start) {
                 Some(md) => format!("MethodDesc {md:#x}"),
@@ -935,32 +1028,36 @@ pub(crate) mod tests {
         let starts = [0x0, 0x44, 0x100, 0x1f8c, 0x9000];
         let mut mem = Fake::default();
         mem.put(MAP, &nibble_map(0x100, &starts));
-        let find = |pc: u64| method_start(&mem, BASE, MAP, BASE + pc).map(|s| s - BASE);
-        assert_eq!(find(0x0), Some(0x0));
-        assert_eq!(find(0x43), Some(0x0), "same bucket, before the next start");
-        assert_eq!(find(0x44), Some(0x44));
-        assert_eq!(find(0xff), Some(0x44));
-        assert_eq!(find(0x1f8b), Some(0x100), "a method over many words");
-        assert_eq!(find(0x1f8c), Some(0x1f8c));
+        let find = |pc: u64| method_start(&mem, BASE, MAP, BASE + pc).map(|s| s.map(|s| s - BASE));
+        assert_eq!(find(0x0), Some(Some(0x0)));
+        assert_eq!(
+            find(0x43),
+            Some(Some(0x0)),
+            "same bucket, before the next start"
+        );
+        assert_eq!(find(0x44), Some(Some(0x44)));
+        assert_eq!(find(0xff), Some(Some(0x44)));
+        assert_eq!(find(0x1f8b), Some(Some(0x100)), "a method over many words");
+        assert_eq!(find(0x1f8c), Some(Some(0x1f8c)));
         assert_eq!(
             find(0x8fff),
-            Some(0x1f8c),
+            Some(Some(0x1f8c)),
             "over whole zero words and chunks"
         );
-        assert_eq!(find(0x9001), Some(0x9000));
+        assert_eq!(find(0x9001), Some(Some(0x9000)));
         assert_eq!(
             method_start(&mem, BASE, MAP, BASE - 1),
-            None,
-            "below the heap"
+            Some(None),
+            "below the heap: no method"
         );
-        // Past the map: not readable, not named.
+        // Past the map: not readable, not known.
         assert_eq!(find(0x100 * 256 + 5), None);
-        // Nothing within the bound: not named (a read 1 MiB back at most).
+        // Nothing within the bound: no method (a read 1 MiB back at most).
         let mut far = Fake::default();
         far.put(MAP, &nibble_map(8192, &[0]));
         let pc = BASE + (MAX_NIBBLE_WORDS + 10) * 256;
-        assert_eq!(method_start(&far, BASE, MAP, pc), None);
-        assert_eq!(method_start(&far, BASE, MAP, BASE + 1000), Some(BASE));
+        assert_eq!(method_start(&far, BASE, MAP, pc), Some(None));
+        assert_eq!(method_start(&far, BASE, MAP, BASE + 1000), Some(Some(BASE)));
     }
 
     /// A .NET 8 runtime in made-up memory: a code heap at `BASE` with one
@@ -1014,9 +1111,19 @@ pub(crate) mod tests {
         let mut code = vec![0u8; 0x100];
         code[0x38..0x40].copy_from_slice(&real_header.to_le_bytes());
         m.put(BASE, &code);
+        // Its MethodDesc, and one unwind info: its code is [+0x40, +0xa0).
+        let unwind: Vec<u8> = [1u32, 0x40, 0xa0, 0]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         m.put(
             real_header,
-            &[[0u8; 0x18].as_slice(), &0x1600_0040u64.to_le_bytes()].concat(),
+            &[
+                [0u8; 0x18].as_slice(),
+                &0x1600_0040u64.to_le_bytes(),
+                &unwind,
+            ]
+            .concat(),
         );
         // The chunk at 0x1600_0018 - 0x18, its MethodDesc at index 2 (+16).
         let chunk = 0x1600_0040 - 2 * 8 - CHUNK_HEADER;
@@ -1083,8 +1190,22 @@ pub(crate) mod tests {
             rt.module_path(method.module).as_deref(),
             Some("/app/Prog.dll")
         );
-        // Before the first method of the heap: nothing starts there.
-        assert_eq!(rt.code_at(BASE + 0x3f), Code::Unknown);
+        assert_eq!(rt.code_size(BASE + 0x40), Some(0x60));
+        // In the heap but in no method: before the first one, or past the
+        // end its code header gives (a runtime stub's).
+        assert_eq!(rt.code_at(BASE + 0x3f), Code::Stub(None));
+        assert!(matches!(rt.code_at(BASE + 0x9f), Code::Method(_)));
+        assert_eq!(rt.code_at(BASE + 0xa0), Code::Stub(None));
+        // A stub's block: its header is its kind (a dispatch stub's, 6).
+        let (mut mem, table) = net8();
+        mem.put(MAP, &nibble_map(16, &[0x40, 0x200]));
+        mem.put(BASE + 0x1f8, &6u64.to_le_bytes());
+        let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
+        assert_eq!(
+            rt.code_at(BASE + 0x210),
+            Code::Stub(Some("GenerateDispatchStub"))
+        );
+        assert!(matches!(rt.code_at(BASE + 0x50), Code::Method(_)));
         // An address the map has no level for.
         assert_eq!(rt.code_at(BASE + (1 << 30)), Code::Unknown);
     }
@@ -1186,6 +1307,8 @@ pub(crate) mod tests {
             let mut namer = Namer::new(runtime_memory, pid);
             let mut unlisted = Vec::new();
             let (mut total, mut same, mut wrong) = (0, 0, Vec::new());
+            let mut stubs = std::collections::BTreeMap::new();
+            let mut sized = 0;
             for line in text.lines() {
                 let mut fields = line.splitn(3, ' ');
                 let (Some(start), Some(size), Some(raw)) =
@@ -1197,10 +1320,23 @@ pub(crate) mod tests {
                 let (Some(start), Some(size)) = (hex(start), hex(size)) else {
                     continue;
                 };
+                if raw.starts_with("stub<") && size > 0 {
+                    let kind = raw.rsplit_once('<').map_or(raw, |(_, k)| k);
+                    let at = match namer.runtime.code_at(start + size / 2) {
+                        Code::Stub(_) => "stub",
+                        Code::Method(_) => "method",
+                        Code::Precompiled => "precompiled",
+                        Code::Unknown => "unknown",
+                    };
+                    *stubs.entry((kind.to_owned(), at)).or_insert(0u32) += 1;
+                }
                 if raw.starts_with("stub<") || raw.contains("[PreJIT]") || size == 0 {
                     continue;
                 }
                 total += 1;
+                if namer.runtime.code_size(start) == Some(size) {
+                    sized += 1;
+                }
                 let i = listed.partition_point(|&(s, _)| s < start);
                 if listed
                     .get(i)
@@ -1234,13 +1370,47 @@ pub(crate) mod tests {
                 "{runtime:?} {fixture}: {same} of {total} named as the perf map names them; not: {wrong:#?}"
             );
             assert!(text.contains("Program::"), "{runtime:?} {fixture}: {text}");
+            // Each method's size, from its code header's unwind infos, is
+            // the perf map's.
+            assert!(
+                sized * 100 >= total * 98,
+                "{runtime:?} {fixture}: {sized} of {total} sized as the perf map sizes them"
+            );
+            // .NET 8 keeps its precode stubs in ranges of the code map (shown
+            // `[stub]`), and virtual stub dispatch's in its code heaps, in
+            // blocks headed by their kind (`[stub: GenerateDispatchStub]`...).
+            // 3.1's precode lies in its code heaps outside any method
+            // (`[stub]`), its dispatch stubs nowhere the map knows
+            // (`[unknown]`, counted as unnamed).
+            if runtime == Dotnet::Net8 {
+                let count = |at: &str| -> u32 {
+                    stubs
+                        .iter()
+                        .filter(|((kind, a), _)| kind.starts_with("PRECODE") && *a == at)
+                        .map(|(_, n)| n)
+                        .sum()
+                };
+                let (found, all) = (count("stub"), count("stub") + count("unknown"));
+                assert!(
+                    all > 0 && found * 100 >= all * 98,
+                    "{fixture}: {found} of {all} precode stubs found as stubs: {stubs:?}"
+                );
+                let vsd: Vec<_> = stubs
+                    .iter()
+                    .filter(|((k, _), _)| k.starts_with("Generate"))
+                    .collect();
+                assert!(
+                    !vsd.is_empty() && vsd.iter().all(|((_, at), _)| *at == "stub"),
+                    "{fixture}: virtual stub dispatch stubs not found as stubs: {stubs:?}"
+                );
+            }
             assert!(
                 unlisted.len() * 50 <= total,
                 "{runtime:?} {fixture}: {} of {total} not listed whole: {unlisted:#?}",
                 unlisted.len()
             );
             eprintln!(
-                "{runtime:?} {fixture}: {same} of {total} JIT methods named as the perf map names them; not: {wrong:#?}"
+                "{runtime:?} {fixture}: {same} of {total} JIT methods named as the perf map names them; not: {wrong:#?}; stubs: {stubs:?}"
             );
         }
     }

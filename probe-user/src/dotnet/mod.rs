@@ -9,15 +9,19 @@
 //!   (the host's layout, dotnet/runtime `src/native/corehost`).
 //! - JIT code lives in anonymous or memfd memory; with W^X on (the default since
 //!   .NET 7) the executable view is `/memfd:doublemapper (deleted)`. Such addresses
-//!   are never read as ELF: they are looked up in the perf map ([`perfmap`]).
+//!   are never read as ELF. On .NET 8.0 and 3.1 they are named, and their
+//!   methods listed for their frame shapes, from the runtime's own memory
+//!   ([`memory`]): nothing asked of the runtime, nothing read in its /tmp.
 //! - ReadyToRun code runs from the framework's PE files (`*.dll` mappings); it is
-//!   named from the runtime's jitdump ([`jitdump`]), the only map that lists it,
-//!   and else from the assembly file itself ([`r2r`]; .NET Core 3.1).
-//! - The maps are written when `DOTNET_PerfMapEnabled` (`COMPlus_PerfMapEnabled`
-//!   before .NET 5) is set, or — on .NET 8+ — after crossprof asks for them through
+//!   named from the assembly file itself ([`r2r`]), or from the runtime's jitdump
+//!   ([`jitdump`]) where the perf map is used.
+//! - The perf map ([`perfmap`]) is used with `--dotnet-perf-map`, and for a
+//!   runtime whose memory crossprof does not read. It is written when
+//!   `DOTNET_PerfMapEnabled` (`COMPlus_PerfMapEnabled`
+//!   before .NET 5) is set, or — on .NET 8+ — after crossprof asks for it through
 //!   the diagnostics IPC ([`ipc`]) when it first sees the process (once its
 //!   runtime has started far enough: asking earlier crashes .NET 8, see [`ipc`]),
-//!   on a thread of its own; they are turned off again, and their files removed, when the
+//!   on a thread of its own; it is turned off again, and its files removed, when the
 //!   recording ends. On enabling, the runtime also writes the methods compiled
 //!   before (checked on 8.0.4). .NET Core 3.1 has no such command: a note names
 //!   the setting.
@@ -118,6 +122,16 @@ pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Clr> {
         "unknown".to_owned()
     };
     Some(Clr { version })
+}
+
+/// How a .NET process is followed (see [`DotnetProcess::attach`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Follow {
+    /// Its JIT events for source lines, from the start.
+    pub lines: bool,
+    /// Its JIT code named through the perf map (`--dotnet-perf-map`), not
+    /// from its runtime's memory.
+    pub perf_map: bool,
 }
 
 /// The perf map grows as methods are compiled; an unknown JIT address re-reads
@@ -299,6 +313,12 @@ pub struct DotnetProcess {
     /// name for it, and its methods listed there while there is no perf map.
     memory: MemoryNames,
     memory_polled: Instant,
+    /// Its JIT code is named from memory only: its perf map is neither asked
+    /// for nor read.
+    from_memory: bool,
+    /// `--dotnet-perf-map` chose the perf map (not the memory reader's not
+    /// knowing the runtime).
+    perf_map_asked: bool,
 }
 
 /// How far naming from the runtime's memory ([`memory`]) got.
@@ -344,22 +364,32 @@ impl MemoryNames {
 }
 
 impl DotnetProcess {
-    /// Starts following the .NET process `pid`: reads its perf map, or asks the
-    /// runtime for one (in the background) when there is none.
+    /// Starts following the .NET process `pid` as `follow` says.
     ///
-    /// With `lines`, it also follows the runtime's JIT events for source
-    /// lines ([`lines`]).
+    /// Its JIT code is named from its runtime's memory ([`memory`]: nothing
+    /// asked of the runtime, nothing read in its /tmp) where crossprof knows
+    /// the runtime's layout, its ReadyToRun code from the assembly files.
+    /// With `follow.perf_map` (`--dotnet-perf-map`), or for a runtime whose
+    /// layout is not known, through its perf map and jitdump instead: read
+    /// if it writes them, else asked for (in the background).
+    ///
+    /// With `follow.lines`, it also follows the runtime's JIT events for
+    /// source lines ([`lines`]).
     ///
     /// A replay's process (`source` not live, see [`crate::replay`]) is
     /// asked nothing and read nowhere but in the capture: its perf map and
     /// jitdump as they were read, its GC pauses as its session saw them.
-    pub fn attach(pid: u32, clr: Clr, lines: bool, source: &ProcSource) -> Self {
+    pub fn attach(pid: u32, clr: Clr, follow: Follow, source: &ProcSource) -> Self {
         let live = source.is_live();
+        let layout = memory::Layout::of(&clr);
+        let from_memory = live && !follow.perf_map && layout.is_ok();
+        let lines = follow.lines;
         // The folder of the process's perf map and jitdump, opened once
         // through its own root and held (its files are still read in the last
         // drain after it exited, when /proc/PID/root is gone): the runtime's
-        // files are read as `crate::files` reads a target's files.
-        let tmp = live
+        // files are read as `crate::files` reads a target's files. Named
+        // from memory, nothing there is read.
+        let tmp = (live && !from_memory)
             .then(|| crate::files::TargetDir::perf_maps(pid).ok().map(Arc::new))
             .flatten();
         let mut perf_map = PerfMap::for_pid(pid, tmp.as_ref(), source);
@@ -380,7 +410,7 @@ impl DotnetProcess {
             };
             return Self::following(pid, clr, source, (perf_map, perf_map_found, jitdump), gc);
         }
-        let mut enabling = if perf_map_found {
+        let mut enabling = if perf_map_found || from_memory {
             Enabling::NotNeeded
         } else if !clr.can_enable_perf_map() {
             Enabling::Failed(format!(
@@ -447,13 +477,17 @@ impl DotnetProcess {
                 (None, Gc::Failed(format!("cannot start a thread: {e}")))
             }
         };
-        let memory = match memory::Layout::of(&clr) {
+        // Also with the perf map: what it does not name (yet) is looked up
+        // in memory.
+        let memory = match layout {
             Err(e) => MemoryNames::Failed(e),
             Ok(_) => MemoryNames::Pending(None),
         };
         Self {
             code_reader: CodeReader::open(pid),
             memory,
+            from_memory,
+            perf_map_asked: follow.perf_map,
             enabling,
             connecting,
             cancel,
@@ -503,6 +537,8 @@ impl DotnetProcess {
             r2r_done: Default::default(),
             memory: MemoryNames::Off,
             memory_polled: Instant::now() - MEMORY_POLL,
+            from_memory: false,
+            perf_map_asked: false,
         }
     }
 
@@ -867,14 +903,34 @@ impl DotnetProcess {
                 self.pid
             ));
         }
+        let (pid, version) = (self.pid, &self.clr.version);
+        if self.from_memory {
+            // Named from memory: only why that could not be is worth a note.
+            let why = match &self.memory {
+                MemoryNames::Failed(e) => e.to_string(),
+                MemoryNames::Pending(Some(_)) => memory::MemoryError::NotStarted.to_string(),
+                _ => return None,
+            };
+            return Some(format!(
+                "{name} (pid {pid}) runs .NET {version} whose memory could not be read for names ({why}), so its JIT frames are [unknown]: --dotnet-perf-map names them through the runtime's perf map"
+            ));
+        }
         if self.perf_map_found {
+            // Not asked for: the memory reader does not know this runtime.
+            if let (false, MemoryNames::Failed(e @ memory::MemoryError::Version(_))) =
+                (self.perf_map_asked, &self.memory)
+            {
+                return Some(format!(
+                    "{name} (pid {pid}): its JIT frames were named through its runtime's perf map, not from its memory: {e}"
+                ));
+            }
             return None;
         }
         let why = match &self.enabling {
             Enabling::Failed(why) | Enabling::Unanswered(why) => format!(" ({why})"),
             _ => String::new(),
         };
-        let (pid, version, setting) = (self.pid, &self.clr.version, self.clr.perf_map_setting());
+        let setting = self.clr.perf_map_setting();
         let memory = match &self.memory {
             // Named, and its methods' frame shapes listed, from the runtime's
             // memory: nothing is missing.

@@ -243,13 +243,13 @@ impl ProcessTable {
                 stack_ends: StackEnds::default(),
                 comm_reads: 0,
             };
-            let lines_now = self.dotnet.lines_now();
+            let follow = self.dotnet.follow();
             Self::capture(
                 &mut self.modules,
                 &self.source,
                 &self.announced,
                 &mut p,
-                lines_now,
+                follow,
             );
             // The name it was read under (its comm then, not a placeholder).
             p.sample_comm = p.name.to_string();
@@ -266,20 +266,14 @@ impl ProcessTable {
     /// read again, at most twice per process (a process whose threads have
     /// names of their own costs two reads, not one per sample).
     pub fn of_sample(&mut self, pid: u32, comm: &str) -> &mut Process {
-        let lines_now = self.dotnet.lines_now();
+        let follow = self.dotnet.follow();
         if let Some(p) = self.procs.get_mut(&pid)
             && p.comm_reads < 2
             && p.sample_comm != comm
         {
             p.comm_reads += 1;
             p.sample_comm = comm.to_owned();
-            Self::capture(
-                &mut self.modules,
-                &self.source,
-                &self.announced,
-                p,
-                lines_now,
-            );
+            Self::capture(&mut self.modules, &self.source, &self.announced, p, follow);
         }
         self.get_or_capture(pid, comm)
     }
@@ -292,15 +286,9 @@ impl ProcessTable {
     /// before — is read again as a `dlopen` would be: its maps, not its Go
     /// check, which keeps what the pre-exec program said.)
     pub fn exec(&mut self, pid: u32) {
-        let lines_now = self.dotnet.lines_now();
+        let follow = self.dotnet.follow();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(
-                &mut self.modules,
-                &self.source,
-                &self.announced,
-                p,
-                lines_now,
-            );
+            Self::capture(&mut self.modules, &self.source, &self.announced, p, follow);
             return;
         }
         // The kernel's own file, 16 bytes at most: the name it keeps if it is
@@ -309,14 +297,13 @@ impl ProcessTable {
         self.get_or_capture(pid, &comm);
     }
 
-    /// With `dotnet_lines_now`, a .NET process found follows its JIT events
-    /// for source lines from the start.
+    /// A .NET process found is followed as `dotnet` says.
     fn capture(
         modules: &mut ModuleTable,
         source: &crate::replay::source::ProcSource,
         announced: &crate::replay::source::AnnouncedReads,
         p: &mut Process,
-        dotnet_lines_now: bool,
+        dotnet: crate::dotnet::Follow,
     ) {
         let pid = p.pid;
         p.captured = Instant::now();
@@ -362,7 +349,7 @@ impl ProcessTable {
             p.was_dotnet,
             pid,
             &entries,
-            dotnet_lines_now,
+            dotnet,
             source,
         );
     }
@@ -508,7 +495,7 @@ impl ProcessTable {
     /// outside every known mapping triggers one re-read of the maps (rate-limited),
     /// then counts as unknown.
     pub fn user_frame(&mut self, pid: u32, addr: u64) -> FrameRef {
-        let lines_now = self.dotnet.lines_now();
+        let follow = self.dotnet.follow();
         let Some(p) = self.procs.get_mut(&pid) else {
             return FrameRef::Marker(Marker::Unknown);
         };
@@ -522,13 +509,7 @@ impl ProcessTable {
         // had read by then, so a read the recording did not make changes
         // nothing.
         if found.is_none() && (!self.source.is_live() || p.captured.elapsed() >= interval) {
-            Self::capture(
-                &mut self.modules,
-                &self.source,
-                &self.announced,
-                p,
-                lines_now,
-            );
+            Self::capture(&mut self.modules, &self.source, &self.announced, p, follow);
             found = p.lookup(addr);
         }
         match found {
@@ -580,31 +561,19 @@ impl ProcessTable {
     /// Reads `pid`'s maps again now (a process captured before its libraries
     /// were mapped).
     pub fn recapture(&mut self, pid: u32) {
-        let lines_now = self.dotnet.lines_now();
+        let follow = self.dotnet.follow();
         if let Some(p) = self.procs.get_mut(&pid) {
-            Self::capture(
-                &mut self.modules,
-                &self.source,
-                &self.announced,
-                p,
-                lines_now,
-            );
+            Self::capture(&mut self.modules, &self.source, &self.announced, p, follow);
         }
     }
 
     /// Reads `pid`'s maps again, unless they were read less than `every`
     /// ago; returns whether it did.
     pub fn recapture_rate_limited(&mut self, pid: u32, every: Duration) -> bool {
-        let lines_now = self.dotnet.lines_now();
+        let follow = self.dotnet.follow();
         match self.procs.get_mut(&pid) {
             Some(p) if p.captured.elapsed() >= every => {
-                Self::capture(
-                    &mut self.modules,
-                    &self.source,
-                    &self.announced,
-                    p,
-                    lines_now,
-                );
+                Self::capture(&mut self.modules, &self.source, &self.announced, p, follow);
                 true
             }
             Some(_) => false,

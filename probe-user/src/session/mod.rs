@@ -63,6 +63,10 @@ pub struct Config {
     /// Source lines are followed (.NET's need a JIT event session): wanted
     /// where the output has room for them (pprof).
     pub source_lines: bool,
+    /// `--dotnet-perf-map`: .NET JIT code named through the runtime's perf
+    /// map, not from its memory (also `record --capture`: a capture holds
+    /// the perf map's reads, not the memory's).
+    pub dotnet_perf_map: bool,
     /// `--timeline`: every event kept, with its time.
     pub timeline: bool,
     /// `--trace-id`: only what works for this trace is kept.
@@ -116,6 +120,7 @@ impl Config {
             debug_dirs: args.debug_dirs.clone(),
             debuginfod: args.debuginfod,
             source_lines: args.formats.contains(&Format::Pprof),
+            dotnet_perf_map: args.dotnet_perf_map || args.capture.is_some(),
             timeline: args.timeline,
             trace_id: args.trace_id.clone(),
             slow_ms: args.slow_ms,
@@ -155,6 +160,7 @@ impl Config {
             debug_dirs: args.debug_dirs.clone(),
             debuginfod: args.debuginfod,
             source_lines: true,
+            dotnet_perf_map: args.dotnet_perf_map,
             timeline: false,
             trace_id: None,
             slow_ms: None,
@@ -200,6 +206,7 @@ impl Config {
             debug_dirs: Vec::new(),
             debuginfod: false,
             source_lines: false,
+            dotnet_perf_map: false,
             timeline: false,
             trace_id: None,
             slow_ms: None,
