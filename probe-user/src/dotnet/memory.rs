@@ -193,6 +193,89 @@ const MAX_UNWIND_INFOS: u32 = 64;
 /// heap, headed 6-9 where the perf map lists them as below.
 const STUB_CODE_BLOCK_LAST: u64 = 0xF;
 
+/// The size of a method's code from its `RUNTIME_FUNCTION`s (12 bytes
+/// each, the body's first): from the body's start to the furthest end. `None`:
+/// not such a list.
+fn size_of_unwind_infos(infos: &[u8]) -> Option<u64> {
+    let word = |i: usize| {
+        infos
+            .get(i..i + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let first = word(0)?;
+    let mut end = first;
+    for info in 0..infos.len() / 12 {
+        let (b, e) = (word(info * 12)?, word(info * 12 + 4)?);
+        if b < first || e <= b {
+            return None;
+        }
+        end = end.max(e);
+    }
+    // No method is larger than what a lookup walks back over.
+    let size = u64::from(end - first);
+    (size <= MAX_NIBBLE_WORDS * 256).then_some(size)
+}
+
+/// Reads each of `wants` (address, length), several at once where they lie
+/// close together: one read per run of requests within [`BATCH_SPAN`] bytes
+/// (a JIT's methods, and their code headers, are allocated one after
+/// another: a read of /proc/PID/mem costs as much for 64 bytes as for
+/// kilobytes, and takes the target's memory-map lock each time). A run whose
+/// read fails (a hole between its requests) is read request by request.
+/// `None` for a request that cannot be read; a request of 0 bytes is not
+/// read.
+pub fn read_batched(mem: &impl Memory, wants: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+    let mut out = vec![None; wants.len()];
+    let mut order: Vec<usize> = (0..wants.len()).filter(|&i| wants[i].1 > 0).collect();
+    order.sort_unstable_by_key(|&i| wants[i].0);
+    let mut i = 0;
+    while i < order.len() {
+        let first = wants[order[i]].0;
+        let mut end = first.saturating_add(wants[order[i]].1 as u64);
+        let mut j = i + 1;
+        while j < order.len() {
+            let (a, n) = wants[order[j]];
+            let e = a.saturating_add(n as u64).max(end);
+            if e - first > BATCH_SPAN {
+                break;
+            }
+            end = e;
+            j += 1;
+        }
+        let mut buf = vec![0u8; (end - first) as usize];
+        let whole = mem.read(first, &mut buf);
+        for &k in &order[i..j] {
+            let (a, n) = wants[k];
+            out[k] = if whole {
+                let at = (a - first) as usize;
+                buf.get(at..at + n).map(<[u8]>::to_vec)
+            } else {
+                let mut one = vec![0u8; n];
+                mem.read(a, &mut one).then_some(one)
+            };
+        }
+        i = j;
+    }
+    out
+}
+
+/// The most bytes [`read_batched`] reads at once.
+const BATCH_SPAN: u64 = 64 << 10;
+
+/// A method listed by [`Namer::new_methods`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its code's first byte.
+    pub start: u64,
+    /// One past its code's last byte.
+    pub end: u64,
+    /// What names it across its versions (Tier 0, OSR and Tier 1 share their
+    /// `MethodDesc`; overloads do not), for the frame shapes.
+    pub key: Arc<str>,
+    /// Its first bytes (at most [`super::unwind::PROLOG_BYTES`]).
+    pub prolog: Vec<u8>,
+}
+
 /// The perf map's name for a stub block's kind (`STUB_CODE_BLOCK_VSD_*`).
 fn stub_kind(kind: u64) -> Option<&'static str> {
     match kind {
@@ -556,7 +639,8 @@ impl<M: Memory> Runtime<M> {
             return Some(Code::Stub(None));
         };
         let header = m.u64(start.checked_sub(8)?)?;
-        if header <= STUB_CODE_BLOCK_LAST {
+        // (0: not written yet, a method being made.)
+        if header != 0 && header <= STUB_CODE_BLOCK_LAST {
             return Some(Code::Stub(stub_kind(header)));
         }
         if self.code_size(start).is_some_and(|size| pc >= start + size) {
@@ -580,20 +664,7 @@ impl<M: Memory> Runtime<M> {
         if !m.read(header + CODE_HEADER_UNWIND_INFOS, &mut infos) {
             return None;
         }
-        let word =
-            |i: usize| u32::from_le_bytes([infos[i], infos[i + 1], infos[i + 2], infos[i + 3]]);
-        let first = word(0);
-        let mut end = first;
-        for i in 0..n as usize {
-            let (b, e) = (word(i * 12), word(i * 12 + 4));
-            if b < first || e <= b {
-                return None;
-            }
-            end = end.max(e);
-        }
-        // No method is larger than what a lookup walks back over.
-        let size = u64::from(end - first);
-        (size <= MAX_NIBBLE_WORDS * 256).then_some(size)
+        size_of_unwind_infos(&infos)
     }
 
     /// The `MethodDesc` of the method whose code starts at `start`: its code
@@ -886,37 +957,99 @@ impl<M: Memory> Namer<M> {
         }
     }
 
-    /// The JIT methods not listed by an earlier call, `(start, end, key)`:
-    /// the key names the method across its versions (Tier 0, OSR, Tier 1
-    /// share their `MethodDesc`; overloads do not), for the frame shapes.
-    /// A method ends where its code header says, if that is before the
-    /// next one (what lies between is the runtime's: stubs).
-    pub fn new_methods(&mut self) -> Vec<(u64, u64, Arc<str>)> {
+    /// The JIT methods not listed by an earlier call, with their keys and
+    /// first bytes. A method ends where its code header says, if that is
+    /// before the next one (what lies between is the runtime's: stubs);
+    /// stubs' blocks are left out. Two batched reads ([`read_batched`]) for
+    /// all the new methods' code and code headers, not a few reads each (a
+    /// JIT-heavy program makes thousands a second).
+    pub fn new_methods(&mut self) -> Vec<Listed> {
+        let fresh: Vec<(u64, u64)> = self
+            .runtime
+            .jit_methods()
+            .into_iter()
+            .filter(|&(start, _)| self.listed.insert(start))
+            .collect();
+        let prolog_max = super::unwind::PROLOG_BYTES as u64;
+        // The header word before each method's code, and its first bytes.
+        let wants: Vec<(u64, usize)> = fresh
+            .iter()
+            .map(|&(start, end)| {
+                (
+                    start.saturating_sub(8),
+                    8 + (end - start).min(prolog_max) as usize,
+                )
+            })
+            .collect();
+        let heads: Vec<Option<(u64, Vec<u8>)>> = read_batched(&self.runtime.mem, &wants)
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                let header = u64::from_le_bytes(c.get(..8)?.try_into().ok()?);
+                Some((header, c[8..].to_vec()))
+            })
+            .collect();
+        // Each RealCodeHeader from its MethodDesc on: the unwind count and
+        // the first infos.
+        const INFOS: usize = 4;
+        let size = (CODE_HEADER_UNWIND_INFOS - CODE_HEADER_METHOD_DESC) as usize + 12 * INFOS;
+        let wants: Vec<(u64, usize)> = heads
+            .iter()
+            .map(|h| match h {
+                Some((header, _)) if *header > STUB_CODE_BLOCK_LAST && *header < 1 << 47 => {
+                    (header + CODE_HEADER_METHOD_DESC, size)
+                }
+                _ => (0, 0),
+            })
+            .collect();
+        let reals = read_batched(&self.runtime.mem, &wants);
+        let count_at = (CODE_HEADER_UNWIND_COUNT - CODE_HEADER_METHOD_DESC) as usize;
+        let infos_at = (CODE_HEADER_UNWIND_INFOS - CODE_HEADER_METHOD_DESC) as usize;
         let mut out = Vec::new();
-        for (start, end) in self.runtime.jit_methods() {
-            if !self.listed.insert(start) {
+        for (((start, end), head), real) in fresh.into_iter().zip(heads).zip(reals) {
+            let Some((header, prolog)) = head.filter(|(header, _)| *header != 0) else {
+                // Not read, or its header not written yet: the next call
+                // tries again.
+                self.listed.remove(&start);
                 continue;
-            }
-            // A stub's block (a kind in its header, not a code header): no
-            // method's frame shape.
-            if self
-                .runtime
-                .mem
-                .u64(start.saturating_sub(8))
-                .is_some_and(|h| h <= STUB_CODE_BLOCK_LAST)
-            {
-                continue;
-            }
-            let end = match self.runtime.code_size(start) {
-                Some(size) => end.min(start + size),
-                None => end,
             };
-            // The start is known: straight to its header, no lookup again.
-            let key = match self.runtime.method_desc_at(start) {
+            if header <= STUB_CODE_BLOCK_LAST {
+                continue; // a stub's block
+            }
+            let word = |r: &[u8], at: usize, n: usize| -> u64 {
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(&r[at..at + n]);
+                u64::from_le_bytes(b)
+            };
+            let (md, code_size) = match real.as_deref() {
+                Some(r) => (
+                    Some(word(r, 0, 8)).filter(|&md| md != 0 && md < 1 << 47),
+                    match word(r, count_at, 4) as usize {
+                        0 => None,
+                        n if n <= INFOS => size_of_unwind_infos(&r[infos_at..infos_at + 12 * n]),
+                        // Many funclets: read whole.
+                        _ => self.runtime.code_size(start),
+                    },
+                ),
+                // The header runs into unreadable memory: read as little
+                // as it holds.
+                None => (
+                    self.runtime.method_desc_at(start),
+                    self.runtime.code_size(start),
+                ),
+            };
+            let end = code_size.map_or(end, |size| end.min(start + size));
+            let key = match md {
                 Some(md) => format!("MethodDesc {md:#x}"),
                 None => format!("code at {start:#x}"),
             };
-            out.push((start, end, Arc::from(key)));
+            let prolog = prolog[..prolog.len().min((end - start) as usize)].to_vec();
+            out.push(Listed {
+                start,
+                end,
+                key: Arc::from(key),
+                prolog,
+            });
         }
         out
     }
@@ -998,6 +1131,7 @@ pub fn fuzz_walk(b: &[u8]) {
                 let _ = rt.module_path(m.module);
             }
             let _ = rt.jit_methods();
+            let _ = Namer::new(rt, 0).new_methods();
         }
     }
 }
@@ -1170,11 +1304,68 @@ pub(crate) mod tests {
         h[0x20..0x28].copy_from_slice(&BASE.to_le_bytes());
         h[0x28..0x30].copy_from_slice(&MAP.to_le_bytes());
         mem.put(heap, &h);
+        // The second is a stub's block (a resolve stub's, 7).
+        mem.put(BASE + 0x400, &[0u8; 8]);
+        let mut code = mem.0[&BASE].clone();
+        code.resize(0x108, 0xcc);
+        code[0xf8..0x100].copy_from_slice(&7u64.to_le_bytes());
+        mem.put(BASE, &code);
         let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
         assert_eq!(
             rt.jit_methods(),
             vec![(BASE + 0x40, BASE + 0xf8), (BASE + 0x100, BASE + 0x400)]
         );
+        // Listed once, to the end its code header gives (+0xa0), with its
+        // MethodDesc and first bytes; the stub not at all.
+        let mut namer = Namer::new(rt, 0);
+        let listed = namer.new_methods();
+        assert_eq!(
+            listed,
+            vec![Listed {
+                start: BASE + 0x40,
+                end: BASE + 0xa0,
+                key: Arc::from("MethodDesc 0x16000040"),
+                prolog: code[0x40..0x80].to_vec(),
+            }]
+        );
+        assert!(namer.new_methods().is_empty(), "listed again");
+    }
+
+    #[test]
+    fn batched_reads_read_runs_at_once_and_holes_one_by_one() {
+        struct Counting(Regions, std::cell::Cell<u32>);
+        impl Memory for Counting {
+            fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+                self.1.set(self.1.get() + 1);
+                self.0.read(addr, buf)
+            }
+        }
+        let mut r = Regions::default();
+        r.put(0x1000, &(0..=255).collect::<Vec<u8>>());
+        r.put(0x9000, &[7; 16]);
+        r.put(0x20000, &[9; 16]);
+        let mem = Counting(r, std::cell::Cell::new(0));
+        let got = read_batched(&mem, &[(0x1010, 2), (0x1000, 4), (0x20000, 2), (0x5000, 0)]);
+        assert_eq!(
+            got,
+            vec![
+                Some(vec![0x10, 0x11]),
+                Some(vec![0, 1, 2, 3]),
+                Some(vec![9, 9]),
+                None
+            ]
+        );
+        // One read for the first two, one for the third (over 64 KiB away:
+        // two runs), none for the empty one.
+        assert_eq!(mem.1.get(), 2);
+        // Within a run but across a hole: each read alone, the hole's None.
+        mem.1.set(0);
+        let got = read_batched(&mem, &[(0x10f0, 8), (0x2000, 4), (0x9008, 8)]);
+        assert_eq!(
+            got,
+            vec![Some((0xf0..0xf8).collect()), None, Some(vec![7; 8])]
+        );
+        assert_eq!(mem.1.get(), 4);
     }
 
     #[test]

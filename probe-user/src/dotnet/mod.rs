@@ -711,7 +711,13 @@ impl DotnetProcess {
         self.unwind_polled = Instant::now();
         self.perf_map_found |= self.perf_map.refresh();
         self.refreshed = Instant::now();
-        let mut fresh = self.perf_map.take_fresh();
+        // Each with its first bytes, where they were read with it.
+        let mut fresh: Vec<(perfmap::Method, Option<Vec<u8>>)> = self
+            .perf_map
+            .take_fresh()
+            .into_iter()
+            .map(|m| (m, None))
+            .collect();
         // No perf map (yet): the methods the runtime's memory lists. Their
         // tier is not known there: every framed version of a method counts
         // as the frame an OSR version of it may run on (an OSR frame is then
@@ -719,21 +725,21 @@ impl DotnetProcess {
         if !self.perf_map_found && self.memory_polled.elapsed() >= MEMORY_POLL {
             self.memory_polled = Instant::now();
             if let Some(namer) = self.memory.namer(self.pid, &self.clr) {
-                fresh.extend(namer.new_methods().into_iter().map(|(start, end, key)| {
-                    perfmap::Method {
-                        start,
-                        end,
-                        name: key,
+                fresh.extend(namer.new_methods().into_iter().map(|m| {
+                    let method = perfmap::Method {
+                        start: m.start,
+                        end: m.end,
+                        name: m.key,
                         tier0: true,
-                    }
+                    };
+                    (method, Some(m.prolog))
                 }));
             }
         }
         let mut changed = Vec::new();
-        for m in fresh {
-            let mut shape = self
-                .code_reader
-                .prolog(m.start, m.end - m.start)
+        for (m, prolog) in fresh {
+            let mut shape = prolog
+                .or_else(|| self.code_reader.prolog(m.start, m.end - m.start))
                 .and_then(|code| unwind::decode_prolog(&code));
             match shape {
                 Some(s) if m.tier0 && s.kind == unwind::Kind::Framed => {
