@@ -738,6 +738,22 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "dotnet_debug_info",
+            #[cfg(test)]
+            seeds: || {
+                let b = dotnet::debuginfo::tests::blob;
+                vec![
+                    Seed::whole(b(Some(3), &[(0, -2, 0), (0x10, 0, 1), (0x30, 7, 1)])),
+                    Seed::whole(b(None, &[(0, 0, 1), (0x8, 2, 1)])),
+                ]
+            },
+            run: |b| {
+                // A JIT method's debug info read from a .NET runtime's memory
+                // (its bounds: native offsets to IL offsets).
+                dotnet::debuginfo::fuzz(b);
+            },
+        },
+        Target {
             name: "outbox_request",
             #[cfg(test)]
             seeds: || {

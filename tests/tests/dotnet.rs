@@ -644,7 +644,8 @@ fn assert_chain_lines(what: &str, pb: &Path) {
 #[test]
 fn jit_frames_carry_file_and_line_from_the_portable_pdb() {
     // Built by Roslyn with its portable PDB, as `dotnet build` does; the
-    // runtime's IL-to-native maps come over EventPipe.
+    // IL offsets come from the runtime's debug info in its memory (no JIT
+    // event session).
     let runtime = Dotnet::Net8;
     let dll = runtime.roslyn_fixture("chain");
     let dir = out_dir("dotnet_lines");
@@ -655,14 +656,23 @@ fn jit_frames_carry_file_and_line_from_the_portable_pdb() {
 
 #[test]
 fn a_running_process_gets_its_lines_from_the_rundown() {
-    // Everything compiled before crossprof came: the lines come from the
-    // rundown of a short session (the live one sees no new method).
+    // Everything compiled before crossprof came. With --dotnet-perf-map
+    // (the JIT event session's IL maps), the lines come from the rundown of a
+    // short session (the live one sees no new method); by default, from
+    // memory as for any method.
     let runtime = Dotnet::Net8;
     let dll = runtime.roslyn_fixture("chain");
-    let target = spawn_dotnet(runtime, &dll, "6");
+    let target = spawn_dotnet(runtime, &dll, "10");
     std::thread::sleep(std::time::Duration::from_millis(1500)); // tiered up
     let (dir, _) = record_pid("dotnet_lines_pid", &target.pid().to_string(), "2.5", &[]);
     assert_chain_lines("record --pid", &dir.join("profile.pb.gz"));
+    let (dir, _) = record_pid(
+        "dotnet_lines_pid_map",
+        &target.pid().to_string(),
+        "2.5",
+        PERF_MAP,
+    );
+    assert_chain_lines("record --pid --dotnet-perf-map", &dir.join("profile.pb.gz"));
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub struct Layout {
     token_remainder_bits: u32,
     /// `Module` → its `PEAssembly` (3.1: `PEFile`).
     module_pe: u64,
+    /// JIT code's debug info starts with a flag byte (.NET 5 on: see
+    /// [`super::debuginfo`]).
+    debug_flag_byte: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -133,6 +136,7 @@ pub const NET8: Layout = Layout {
     flag_stubs: Some(4),
     token_remainder_bits: 12,
     module_pe: 0x110,
+    debug_flag_byte: true,
 };
 
 /// .NET Core 3.1 (3.1.23 checked; dotnet/coreclr release/3.1,
@@ -151,6 +155,7 @@ pub const CORE31: Layout = Layout {
     flag_stubs: None,
     token_remainder_bits: 14,
     module_pe: 0x10,
+    debug_flag_byte: false,
 };
 
 impl Layout {
@@ -175,7 +180,9 @@ const RANGE_CODE_HEAP: u32 = 2;
 const HEAP_END: u64 = 0x18;
 const HEAP_MAP_BASE: u64 = 0x20;
 const HEAP_NIBBLE_MAP: u64 = 0x28;
-/// `RealCodeHeader::phdrMDesc` (both versions).
+/// `RealCodeHeader::phdrDebugInfo`, `RealCodeHeader::phdrMDesc` (both
+/// versions).
+const CODE_HEADER_DEBUG_INFO: u64 = 0;
 const CODE_HEADER_METHOD_DESC: u64 = 0x18;
 /// `RealCodeHeader::nUnwindInfos` (u32) and `unwindInfos`, an array of
 /// `RUNTIME_FUNCTION {BeginAddress, EndAddress, UnwindData}` (u32 each,
@@ -393,6 +400,12 @@ impl Runtime<File> {
     /// its segments over it, so a mapping seen early may have been split since)
     /// and the code ranges.
     pub fn find(pid: u32, clr: &Clr) -> Result<Self, MemoryError> {
+        Self::locate(pid, clr)?.start().map_err(|(_, e)| e)
+    }
+
+    /// Finds the runtime of process `pid` as [`Runtime::find`] does, but for
+    /// its DAC table's being filled.
+    pub fn locate(pid: u32, clr: &Clr) -> Result<Located, MemoryError> {
         let layout = Layout::of(clr)?;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|e| MemoryError::Open(e.to_string()))?;
@@ -414,7 +427,57 @@ impl Runtime<File> {
         let bias = lib.start.wrapping_sub(elf.vaddr(0).unwrap_or(0));
         let mem =
             File::open(format!("/proc/{pid}/mem")).map_err(|e| MemoryError::Open(e.to_string()))?;
-        Self::at(mem, layout, bias, bias.wrapping_add(table))
+        Ok(Located {
+            mem,
+            layout,
+            bias,
+            table: bias.wrapping_add(table),
+        })
+    }
+}
+
+/// Slot 0 of the DAC table at `table`: the code ranges; `NotStarted` while
+/// it is empty.
+fn ranges_slot(
+    mem: &impl Memory,
+    layout: &Layout,
+    bias: u64,
+    table: u64,
+) -> Result<u64, MemoryError> {
+    let ranges = if layout.dac_addresses {
+        mem.u64(table)
+    } else {
+        mem.u32(table)
+            .map(|rva| bias.wrapping_add(u64::from(rva)))
+            .filter(|&a| a != bias)
+    };
+    ranges
+        .filter(|&a| a != 0 && a < 1 << 47)
+        .ok_or(MemoryError::NotStarted)
+}
+
+/// A process's runtime located (its memory open, its DAC table found), its
+/// table perhaps not filled yet: [`Located::start`] is one read.
+#[derive(Debug)]
+pub struct Located {
+    mem: File,
+    layout: &'static Layout,
+    bias: u64,
+    table: u64,
+}
+
+impl Located {
+    /// The runtime, once its DAC table is filled; else itself again, to be
+    /// asked later.
+    pub fn start(self) -> Result<Runtime<File>, (Self, MemoryError)> {
+        match ranges_slot(&self.mem, self.layout, self.bias, self.table) {
+            Ok(ranges) => Ok(Runtime {
+                mem: self.mem,
+                layout: self.layout,
+                ranges,
+            }),
+            Err(e) => Err((self, e)),
+        }
     }
 }
 
@@ -429,17 +492,7 @@ impl<M: Memory> Runtime<M> {
     /// The runtime in `mem` whose libcoreclr is loaded at `bias` with its DAC
     /// table at `table`.
     pub fn at(mem: M, layout: &'static Layout, bias: u64, table: u64) -> Result<Self, MemoryError> {
-        // Slot 0: the code ranges.
-        let ranges = if layout.dac_addresses {
-            mem.u64(table)
-        } else {
-            mem.u32(table)
-                .map(|rva| bias.wrapping_add(u64::from(rva)))
-                .filter(|&a| a != bias)
-        };
-        let ranges = ranges
-            .filter(|&a| a != 0 && a < 1 << 47)
-            .ok_or(MemoryError::NotStarted)?;
+        let ranges = ranges_slot(&mem, layout, bias, table)?;
         Ok(Self {
             mem,
             layout,
@@ -667,6 +720,14 @@ impl<M: Memory> Runtime<M> {
         size_of_unwind_infos(&infos)
     }
 
+    /// The bounds (native offset → IL offset) of the method whose code
+    /// starts at `start`, from the debug info its code header points to.
+    pub fn bounds(&self, start: u64) -> Option<Vec<super::debuginfo::Bound>> {
+        let header = self.mem.pointer(start.checked_sub(8)?, false)?;
+        let info = self.mem.pointer(header + CODE_HEADER_DEBUG_INFO, false)?;
+        super::debuginfo::bounds(&self.mem, info, self.layout.debug_flag_byte)
+    }
+
     /// The `MethodDesc` of the method whose code starts at `start`: its code
     /// header, the 8 bytes before it, points to its `RealCodeHeader`.
     fn method_desc_at(&self, start: u64) -> Option<u64> {
@@ -828,11 +889,19 @@ pub struct Namer<M> {
     cached_since: std::time::Instant,
     /// Method starts listed by [`Namer::new_methods`].
     listed: std::collections::HashSet<u64>,
+    /// Where addresses are in their methods' IL (see [`Namer::il_at`]).
+    il_by_address: HashMap<u64, Option<IlPlace>>,
+    /// Bounds by method start (`None`: none read).
+    bounds: HashMap<u64, Option<Arc<[super::debuginfo::Bound]>>>,
     /// Addresses named from memory.
     pub named: u64,
     /// Addresses looked up and not named (not a method, or a walk failed).
     pub unnamed: u64,
 }
+
+/// Where an address is in its method's IL: the assembly's path, the
+/// MethodDef token, the IL offset.
+pub type IlPlace = (Arc<str>, u32, u32);
 
 /// The largest assembly read for its metadata.
 const MAX_ASSEMBLY: u64 = 256 << 20;
@@ -883,6 +952,8 @@ impl<M: Memory> Namer<M> {
             assemblies: HashMap::new(),
             cached_since: std::time::Instant::now(),
             listed: Default::default(),
+            il_by_address: HashMap::new(),
+            bounds: HashMap::new(),
             named: 0,
             unnamed: 0,
         }
@@ -896,6 +967,8 @@ impl<M: Memory> Namer<M> {
                 self.by_address.clear();
                 self.by_method.clear();
                 self.modules.clear();
+                self.il_by_address.clear();
+                self.bounds.clear();
                 self.cached_since = std::time::Instant::now();
             }
             let name = match self.runtime.code_at(pc) {
@@ -914,6 +987,44 @@ impl<M: Memory> Namer<M> {
             self.by_address.insert(pc, name);
         }
         self.by_address.get(&pc)?.as_ref()
+    }
+
+    /// Where JIT code address `pc` is in its method: its assembly's path,
+    /// its MethodDef token and the IL offset, from the runtime's debug info
+    /// (what source lines are looked up by in the assembly's PDB).
+    pub fn il_at(&mut self, pc: u64) -> Option<IlPlace> {
+        if let Some(place) = self.il_by_address.get(&pc) {
+            return place.clone();
+        }
+        if self.il_by_address.len() >= MAX_CACHED {
+            self.il_by_address.clear();
+            self.bounds.clear();
+        }
+        let place = self.il_place(pc);
+        self.il_by_address.insert(pc, place.clone());
+        place
+    }
+
+    fn il_place(&mut self, pc: u64) -> Option<IlPlace> {
+        let Code::Method(method) = self.runtime.code_at(pc) else {
+            return None;
+        };
+        if method.dynamic.is_some() {
+            return None; // no assembly, no PDB
+        }
+        let runtime = &self.runtime;
+        let bounds = self
+            .bounds
+            .entry(method.start)
+            .or_insert_with(|| runtime.bounds(method.start).map(Arc::from))
+            .clone()?;
+        let il = super::debuginfo::il_offset(&bounds, u32::try_from(pc - method.start).ok()?)?;
+        let path = self
+            .modules
+            .entry(method.module)
+            .or_insert_with(|| runtime.module_path(method.module))
+            .clone()?;
+        Some((Arc::from(path), method.token, il))
     }
 
     fn method_name(&mut self, method: &Method) -> Option<Arc<str>> {

@@ -38,6 +38,7 @@
 //! which need Microsoft's symbol files; unwinding precompiled (R2R) code by its
 //! own unwind info (its frameless methods are walked by frame pointers).
 
+pub mod debuginfo;
 pub mod eventpipe;
 pub mod frames;
 pub mod ipc;
@@ -319,6 +320,9 @@ pub struct DotnetProcess {
     /// `--dotnet-perf-map` chose the perf map (not the memory reader's not
     /// knowing the runtime).
     perf_map_asked: bool,
+    /// Source lines are wanted (from the start, or since
+    /// [`DotnetProcess::follow_lines`]).
+    lines_wanted: bool,
 }
 
 /// How far naming from the runtime's memory ([`memory`]) got.
@@ -327,16 +331,18 @@ enum MemoryNames {
     /// Not for this process (a replay's: its memory is not there).
     Off,
     /// To be tried: not yet, or its runtime was still starting
-    /// ([`memory::MemoryError::NotStarted`]) at the last try, then.
-    Pending(Option<Instant>),
+    /// ([`memory::MemoryError::NotStarted`]) at the last try, then (where
+    /// it was found: trying again is one read).
+    Pending(Option<(Instant, Box<memory::Located>)>),
     /// Names from memory.
     Ready(Box<memory::Namer<std::fs::File>>),
     /// Cannot be read: why.
     Failed(memory::MemoryError),
 }
 
-/// A runtime still starting is looked at again at most this often.
-const MEMORY_RETRY: Duration = Duration::from_millis(200);
+/// A runtime still starting is looked at again at most this often (one
+/// read of its DAC table's first slot).
+const MEMORY_RETRY: Duration = Duration::from_millis(10);
 
 /// Without a perf map, the runtime's code heaps are listed for new methods
 /// at most this often (each listing reads every heap's nibble map: 4 bytes
@@ -347,13 +353,22 @@ impl MemoryNames {
     /// The namer of process `pid`'s runtime `clr`, found on first use.
     fn namer(&mut self, pid: u32, clr: &Clr) -> Option<&mut memory::Namer<std::fs::File>> {
         if let MemoryNames::Pending(last) = self {
-            if last.is_some_and(|at| at.elapsed() < MEMORY_RETRY) {
+            if last
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < MEMORY_RETRY)
+            {
                 return None;
             }
-            *self = match memory::Runtime::find(pid, clr) {
-                Ok(runtime) => MemoryNames::Ready(Box::new(memory::Namer::new(runtime, pid))),
-                Err(memory::MemoryError::NotStarted) => MemoryNames::Pending(Some(Instant::now())),
-                Err(e) => MemoryNames::Failed(e),
+            let located = match last.take() {
+                Some((_, located)) => Ok(*located),
+                None => memory::Runtime::locate(pid, clr),
+            };
+            *self = match located.map(memory::Located::start) {
+                Ok(Ok(runtime)) => MemoryNames::Ready(Box::new(memory::Namer::new(runtime, pid))),
+                Ok(Err((located, memory::MemoryError::NotStarted))) => {
+                    MemoryNames::Pending(Some((Instant::now(), Box::new(located))))
+                }
+                Ok(Err((_, e))) | Err(e) => MemoryNames::Failed(e),
             };
         }
         match self {
@@ -383,7 +398,10 @@ impl DotnetProcess {
         let live = source.is_live();
         let layout = memory::Layout::of(&clr);
         let from_memory = live && !follow.perf_map && layout.is_ok();
-        let lines = follow.lines;
+        // Named from memory, source lines come from memory too: no JIT event
+        // session (the runtime writing two verbose events per method it
+        // compiles, +30% on a JIT-heavy program).
+        let lines = follow.lines && !from_memory;
         // The folder of the process's perf map and jitdump, opened once
         // through its own root and held (its files are still read in the last
         // drain after it exited, when /proc/PID/root is gone): the runtime's
@@ -488,10 +506,12 @@ impl DotnetProcess {
             memory,
             from_memory,
             perf_map_asked: follow.perf_map,
+            lines_wanted: follow.lines,
             enabling,
             connecting,
             cancel,
-            lines_asked: lines,
+            // (Named from memory: never asked.)
+            lines_asked: lines || from_memory,
             tmp,
             ..Self::following(pid, clr, source, (perf_map, perf_map_found, jitdump), gc)
         }
@@ -539,6 +559,7 @@ impl DotnetProcess {
             memory_polled: Instant::now() - MEMORY_POLL,
             from_memory: false,
             perf_map_asked: false,
+            lines_wanted: false,
         }
     }
 
@@ -651,6 +672,7 @@ impl DotnetProcess {
     /// a process has lived long enough to be worth it), on a thread of its
     /// own; once only.
     pub fn follow_lines(&mut self) {
+        self.lines_wanted = true;
         if self.lines_asked {
             return;
         }
@@ -804,9 +826,18 @@ impl DotnetProcess {
     /// The source line of JIT code address `addr` (a return address already
     /// moved into its call), if its method's IL map and its assembly's PDB
     /// are known.
+    /// Named from memory, the IL offset is read there too ([`debuginfo`]);
+    /// else from the JIT events' session.
     pub fn source(&mut self, addr: u64) -> Option<crate::frame::Source> {
         self.settle(false);
-        let (path, token, il) = self.lines.as_ref()?.log().il_at(addr)?;
+        let (path, token, il) = if self.from_memory {
+            if !self.lines_wanted {
+                return None;
+            }
+            self.memory.namer(self.pid, &self.clr)?.il_at(addr)?
+        } else {
+            self.lines.as_ref()?.log().il_at(addr)?
+        };
         self.pdbs.source(self.pid, &path, token, il)
     }
 
