@@ -6,8 +6,9 @@
 //! The blob `RealCodeHeader::phdrDebugInfo` points to (dotnet/runtime
 //! `src/coreclr/vm/debuginfostore.cpp`, `CompressDebugInfo`; the nibble
 //! encoding is `src/coreclr/inc/nibblestream.h`; read on .NET 8.0.4 and 3.1.23
-//! in live processes, every bounds list matching what the runtime's JIT events
-//! report for the same methods):
+//! in live processes: every method's bounds decoded to exactly their size,
+//! their offsets agreeing with the JIT's disassembly and the IL; .NET 10 packs
+//! the bounds in bits, dotnet/runtime PR #116031, and is not read):
 //! - From .NET 5 on, JIT code's blob starts with a flag byte: bit 0 a
 //!   `PatchpointInfo` follows (OSR: 32 bytes, then 4 per local, the number of
 //!   locals a u32 at its offset 8), bit 1 rich debug info follows (a u32 size,
@@ -24,8 +25,6 @@
 //!
 //! Everything read is the target's: sizes and counts are bounded, a stream
 //! that runs out or overflows decodes to nothing.
-
-use super::memory::Memory;
 
 /// IL offsets from here up are the runtime's special values (no mapping,
 /// prolog, epilog), not a place in the IL.
@@ -109,25 +108,34 @@ pub fn decode_bounds(data: &[u8]) -> Option<Vec<Bound>> {
     Some(out)
 }
 
-/// The bounds of the method whose debug info is at `addr` in `mem`; `flag_byte`:
-/// the runtime writes the leading flag byte (.NET 5 on).
-pub fn bounds(mem: &impl Memory, addr: u64, flag_byte: bool) -> Option<Vec<Bound>> {
+/// The bounds of the method whose debug info is at `addr` in the memory
+/// `read` reads (filling a buffer from an address; false if it cannot);
+/// `flag_byte`: the runtime writes the leading flag byte (.NET 5 on).
+pub fn bounds(
+    read: impl Fn(u64, &mut [u8]) -> bool,
+    addr: u64,
+    flag_byte: bool,
+) -> Option<Vec<Bound>> {
+    let u32_at = |a: u64| {
+        let mut b = [0u8; 4];
+        read(a, &mut b).then(|| u32::from_le_bytes(b))
+    };
     let mut p = addr;
     if flag_byte {
         let mut flags = [0u8];
-        if !mem.read(p, &mut flags) || flags[0] & !(FLAG_PATCHPOINT | FLAG_RICH) != 0 {
+        if !read(p, &mut flags) || flags[0] & !(FLAG_PATCHPOINT | FLAG_RICH) != 0 {
             return None;
         }
         p += 1;
         if flags[0] & FLAG_PATCHPOINT != 0 {
-            let locals = mem.u32(p + 8)?;
+            let locals = u32_at(p + 8)?;
             if locals > MAX_PATCHPOINT_LOCALS {
                 return None;
             }
             p += 32 + 4 * u64::from(locals);
         }
         if flags[0] & FLAG_RICH != 0 {
-            let size = mem.u32(p)?;
+            let size = u32_at(p)?;
             if size > MAX_RICH_BYTES {
                 return None;
             }
@@ -136,7 +144,7 @@ pub fn bounds(mem: &impl Memory, addr: u64, flag_byte: bool) -> Option<Vec<Bound
     }
     // Two values of at most 11 nibbles each.
     let mut head = [0u8; 11];
-    if !mem.read(p, &mut head) {
+    if !read(p, &mut head) {
         return None;
     }
     let mut r = Nibbles::new(&head);
@@ -146,7 +154,7 @@ pub fn bounds(mem: &impl Memory, addr: u64, flag_byte: bool) -> Option<Vec<Bound
         return None;
     }
     let mut data = vec![0u8; cb_bounds as usize];
-    if !mem.read(p + r.next_byte() as u64, &mut data) {
+    if !read(p + r.next_byte() as u64, &mut data) {
         return None;
     }
     decode_bounds(&data)
@@ -161,11 +169,26 @@ pub fn il_offset(bounds: &[Bound], off: u32) -> Option<u32> {
     (il < IL_SPECIAL).then_some(il)
 }
 
+/// A reader of `b` as memory at `base`.
+fn reader(b: &[u8], base: u64) -> impl Fn(u64, &mut [u8]) -> bool + '_ {
+    move |addr, buf| {
+        let Some(at) = addr.checked_sub(base).and_then(|a| usize::try_from(a).ok()) else {
+            return false;
+        };
+        match at.checked_add(buf.len()).and_then(|end| b.get(at..end)) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Decodes the blob in `b` as either version would: the fuzz target.
 pub fn fuzz(b: &[u8]) {
-    let mem = super::memory::Regions([(0x1000u64, b.to_vec())].into_iter().collect());
     for flag_byte in [false, true] {
-        if let Some(bounds) = bounds(&mem, 0x1000, flag_byte) {
+        if let Some(bounds) = bounds(reader(b, 0x1000), 0x1000, flag_byte) {
             let _ = il_offset(&bounds, 0x10);
         }
     }
@@ -248,10 +271,6 @@ pub(crate) mod tests {
         out
     }
 
-    fn mem_of(b: Vec<u8>) -> super::super::memory::Regions {
-        super::super::memory::Regions([(0x1000u64, b)].into_iter().collect())
-    }
-
     #[test]
     fn bounds_are_read_past_the_flag_byte_and_what_it_announces() {
         let entries = [(0, -2, 0), (0x1a, 0, 1), (0x2c, 0x12, 1), (0x80, -3, 0)];
@@ -268,9 +287,9 @@ pub(crate) mod tests {
             Some(FLAG_RICH),
             Some(3),
         ] {
-            let mem = mem_of(blob(flag, &entries));
+            let b = blob(flag, &entries);
             assert_eq!(
-                bounds(&mem, 0x1000, flag.is_some()).as_deref(),
+                bounds(reader(&b, 0x1000), 0x1000, flag.is_some()).as_deref(),
                 Some(want.as_slice()),
                 "flags {flag:?}"
             );
@@ -278,7 +297,7 @@ pub(crate) mod tests {
         // An unknown flag bit: not a blob this reader knows.
         let mut b = blob(Some(0), &entries);
         b[0] = 4;
-        assert_eq!(bounds(&mem_of(b), 0x1000, true), None);
+        assert_eq!(bounds(reader(&b, 0x1000), 0x1000, true), None);
         // The IL offset of a native offset: the last entry at or before it,
         // none in the prolog or epilog.
         assert_eq!(il_offset(&want, 0x10), None, "prolog");
@@ -290,9 +309,9 @@ pub(crate) mod tests {
     #[test]
     fn every_cut_of_a_blob_decodes_to_nothing_or_a_prefix_and_never_panics() {
         let b = blob(Some(3), &[(0, 0, 1), (0x10, 4, 1), (0x20, 9, 1)]);
-        let whole = bounds(&mem_of(b.clone()), 0x1000, true).unwrap();
+        let whole = bounds(reader(&b, 0x1000), 0x1000, true).unwrap();
         for cut in 0..b.len() {
-            let got = bounds(&mem_of(b[..cut].to_vec()), 0x1000, true);
+            let got = bounds(reader(&b[..cut], 0x1000), 0x1000, true);
             assert!(got.is_none_or(|g| g == whole), "cut at {cut}");
             fuzz(&b[..cut]);
         }

@@ -725,7 +725,11 @@ impl<M: Memory> Runtime<M> {
     pub fn bounds(&self, start: u64) -> Option<Vec<super::debuginfo::Bound>> {
         let header = self.mem.pointer(start.checked_sub(8)?, false)?;
         let info = self.mem.pointer(header + CODE_HEADER_DEBUG_INFO, false)?;
-        super::debuginfo::bounds(&self.mem, info, self.layout.debug_flag_byte)
+        super::debuginfo::bounds(
+            |a, buf| self.mem.read(a, buf),
+            info,
+            self.layout.debug_flag_byte,
+        )
     }
 
     /// The `MethodDesc` of the method whose code starts at `start`: its code
