@@ -238,6 +238,13 @@ pub struct AgentArgs {
     #[arg(long)]
     pub dotnet_perf_map: bool,
 
+    /// Open no GC event session with .NET processes (over their diagnostics
+    /// socket): no [gc] marks and no GC figures; with their JIT code named
+    /// from memory (the default on .NET 8 and 3.1) crossprof then makes no
+    /// connection to the runtime at all.
+    #[arg(long)]
+    pub no_dotnet_gc: bool,
+
     /// Length of a window: 60s, 5m, ...
     #[arg(allow_hyphen_values = true, long, value_name = "DURATION", value_parser = parse_window, default_value = "60s")]
     pub window: std::time::Duration,
@@ -675,6 +682,13 @@ pub struct RecordArgs {
     /// target its writing: crossprof record --dotnet-perf-map -- dotnet app.dll.
     #[arg(long)]
     pub dotnet_perf_map: bool,
+
+    /// Open no GC event session with .NET processes (over their diagnostics
+    /// socket): no [gc] marks and no GC figures; with their JIT code named
+    /// from memory (the default on .NET 8 and 3.1) crossprof then makes no
+    /// connection to the runtime at all.
+    #[arg(long)]
+    pub no_dotnet_gc: bool,
 
     /// Walk native stacks by frame pointers only, as perf does, instead of by
     /// each object's `.eh_frame` rules (with frame pointers where an object has

@@ -162,18 +162,12 @@ fn a_perf_map_the_process_writes_itself_is_read() {
 /// Without a perf map, the process's JIT frames are named, and its methods'
 /// frame shapes listed, from its runtime's memory (`dotnet::memory`): the
 /// whole chain as with a perf map ([`assert_chain_named`]: frameless Outer
-/// and OSR Main included), framework JIT code named too, and nothing of the
-/// perf map's was made.
+/// and OSR Main included), and nothing of the perf map's was made. (The
+/// framework's code, named from memory too, is checked where it is busy:
+/// `framework_readytorun_code_is_named*`; here a sample in it is luck: 3.1's
+/// chain had none in one run of four.)
 fn assert_named_from_memory(dir: &Path) {
     assert_chain_named(dir, 150);
-    let stacks = read_folded(dir);
-    assert!(
-        stacks
-            .iter()
-            .flat_map(|s| &s.frames)
-            .any(|f| f.starts_with("System.") && f.ends_with("_[j]")),
-        "no framework JIT frame named:\n{stacks:#?}"
-    );
     let p = dotnet_process(dir);
     for file in ["perf-{}.map", "perfinfo-{}.map", "jit-{}.dump"] {
         let file = format!("/tmp/{}", file.replace("{}", &p["pid"].to_string()));
@@ -263,6 +257,70 @@ fn a_running_process_is_named_without_a_restart() {
     assert_chain_named(&dir, 100);
     let map = format!("/tmp/perf-{pid}.map");
     assert!(!Path::new(&map).exists(), "{map} left behind");
+}
+
+/// Is process `crossprof` connected to the diagnostics socket of .NET
+/// process `pid`? The runtime's end of each connection is listed by `ss -x`
+/// under the socket's path, with its peer's inode; crossprof's sockets are
+/// its `socket:[INODE]` descriptors.
+fn connected_to_runtime(crossprof: u32, pid: u32) -> bool {
+    let ours: Vec<String> = std::fs::read_dir(format!("/proc/{crossprof}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let ss = std::process::Command::new("ss")
+        .args(["-x", "-p"])
+        .output()
+        .expect("run ss (iproute2)");
+    let socket = format!("dotnet-diagnostic-{pid}-");
+    String::from_utf8_lossy(&ss.stdout).lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // u_str ESTAB 0 0 PATH INODE * PEER_INODE users:...
+        f.len() > 7 && f[4].contains(&socket) && ours.iter().any(|o| o == f[7])
+    })
+}
+
+#[test]
+fn with_no_dotnet_gc_nothing_is_asked_of_the_runtime() {
+    // Named from memory, the GC session is the only use of the diagnostics
+    // socket; --no-dotnet-gc turns it off: no connection at all (checked
+    // against the default, which holds one for the whole recording), the
+    // JIT frames named and walked as ever, no GC figures and no note.
+    let runtime = Dotnet::Net8;
+    let target = spawn_dotnet(runtime, &runtime.fixture("chain"), "12");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pid = target.pid();
+    let pid_s = pid.to_string();
+    let mut seen = Vec::new();
+    for (name, flags) in [
+        ("dotnet_gc_session", &[][..]),
+        ("dotnet_no_gc", &["--no-dotnet-gc"][..]),
+    ] {
+        let dir = out_dir(name);
+        let mut args = vec!["record", "-q", "--pid", &pid_s, "--duration", "3"];
+        args.extend_from_slice(flags);
+        args.extend(["-o", dir.to_str().unwrap()]);
+        let crossprof = spawn_crossprof(&args);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        seen.push(connected_to_runtime(crossprof.pid(), pid));
+        let run = finish(crossprof, std::time::Duration::from_secs(60));
+        assert!(run.status.success(), "{}", run.stderr);
+        assert_chain_named(&dir, 100);
+        let p = dotnet_process(&dir);
+        assert_eq!(p["gc"].is_null(), !flags.is_empty(), "{p}");
+        assert!(!run.stderr.contains("note"), "{}", run.stderr);
+    }
+    assert_eq!(
+        seen,
+        [true, false],
+        "connected to the runtime (GC session on, then --no-dotnet-gc)"
+    );
 }
 
 /// Sends `ResumeRuntime` (Process command set 0x04, id 0x01; dotnet/runtime

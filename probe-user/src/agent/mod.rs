@@ -316,6 +316,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     let mut events = Events::new(events, &mut sampler, &pipeline)?;
     pipeline.procs.dotnet.precompiled_after = PRECOMPILED_AFTER;
     pipeline.procs.dotnet.perf_map = cfg.dotnet_perf_map;
+    pipeline.procs.dotnet.no_gc = cfg.dotnet_no_gc;
     // Processes already running under a --comm name: targets now (later ones
     // become targets at their exec, in the kernel).
     let mut pids = pids;

@@ -29,6 +29,8 @@ pub struct DotnetTable {
     /// Name .NET processes' JIT code through the runtime's perf map, which
     /// crossprof asks it to write (`--dotnet-perf-map`), not from its memory.
     pub perf_map: bool,
+    /// Start no GC event session for .NET processes (`--no-dotnet-gc`).
+    pub no_gc: bool,
     /// Per assembly file, its precompiled methods (`None`: IL only, or
     /// unreadable), decoded once.
     pub(super) precompiled: HashMap<ModuleId, Option<Arc<[super::Precompiled]>>>,
@@ -45,6 +47,7 @@ impl DotnetTable {
         super::Follow {
             lines: self.lines && self.precompiled_after.is_zero(),
             perf_map: self.perf_map,
+            no_gc: self.no_gc,
         }
     }
 

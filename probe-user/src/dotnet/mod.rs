@@ -133,6 +133,9 @@ pub struct Follow {
     /// Its JIT code named through the perf map (`--dotnet-perf-map`), not
     /// from its runtime's memory.
     pub perf_map: bool,
+    /// No GC event session (`--no-dotnet-gc`): no `[gc]` marks, no GC
+    /// figures, and, named from memory, no connection to the runtime at all.
+    pub no_gc: bool,
 }
 
 /// The perf map grows as methods are compiled; an unknown JIT address re-reads
@@ -220,8 +223,8 @@ struct Connected {
     /// Whether the perf map was turned on (if it was asked for): `Ok(true)`
     /// by crossprof, `Ok(false)`: the process writes its own.
     enabled: Option<Result<bool, IpcError>>,
-    /// The GC event session.
-    gc: Result<GcSession, TraceError>,
+    /// The GC event session, if one was wanted.
+    gc: Option<Result<GcSession, TraceError>>,
     /// The JIT event session for source lines (if asked for).
     lines: Option<Result<Session<MethodLog>, TraceError>>,
 }
@@ -237,6 +240,8 @@ enum Gc {
     Replayed(Vec<(u64, u64)>),
     /// No GC events: why.
     Failed(String),
+    /// Not wanted (`--no-dotnet-gc`).
+    Off,
 }
 
 /// A precompiled (ReadyToRun) method: its file offset, length, and frame
@@ -439,56 +444,62 @@ impl DotnetProcess {
             Enabling::Pending
         };
         let enable = matches!(enabling, Enabling::Pending);
+        let gc_wanted = !follow.no_gc;
         let cancel = Arc::new(AtomicBool::new(false));
         let cancelled = cancel.clone();
         let tmp_seen = tmp.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("dotnet-ipc-{pid}"))
-            .spawn(move || -> Connected {
-                // A process caught early in its start-up may not listen yet.
-                ipc::wait_for_socket(pid);
-                // The GC session may start at once (EventPipe is up before the
-                // socket); the perf map only once start-up is past its set-up.
-                let gc = GcSession::start(pid);
-                let lines = lines.then(|| lines::start(pid));
-                let enabled = enable.then(|| {
-                    ipc::wait_for_startup(pid, &cancelled)?;
-                    // A process caught before its runtime read its settings may
-                    // write its own map (DOTNET_PerfMapEnabled): then it is the
-                    // user's, left on and in place at the end.
-                    // (A look, not a read of the map: never captured.)
-                    if PerfMap::for_pid(pid, tmp_seen.as_ref(), &ProcSource::Live).refresh() {
-                        return Ok(false);
-                    }
-                    // The runtime will create its three files in its temp
-                    // folder, following any link planted there (as its own
-                    // user, then crossprof reads them as root): each must be
-                    // absent or a plain file of the process's user. The
-                    // absent ones are made now, empty, the process's own: a
-                    // link cannot be planted in their place afterwards (the
-                    // sticky /tmp lets only their owner remove them).
-                    let dir = tmp_seen
-                        .as_ref()
-                        .ok_or_else(|| ipc::missing_socket(pid, None))?;
-                    // No socket, no files: nothing is made for a runtime that
-                    // cannot be asked.
-                    ipc::socket_ready(pid)?;
-                    let made = prepare_map_files(dir, pid)?;
-                    let asked = ipc::enable_perf_map(pid);
-                    if asked.is_err() {
-                        // Not turned on: the empty files made for it go (an
-                        // empty perf map would read as the runtime's own).
-                        for name in made {
-                            let _ = dir.remove(&name);
+        // Nothing to ask the runtime: no thread, no connection.
+        let needed = gc_wanted || lines || enable;
+        let spawned = needed.then(|| {
+            std::thread::Builder::new()
+                .name(format!("dotnet-ipc-{pid}"))
+                .spawn(move || -> Connected {
+                    // A process caught early in its start-up may not listen yet.
+                    ipc::wait_for_socket(pid);
+                    // The GC session may start at once (EventPipe is up before the
+                    // socket); the perf map only once start-up is past its set-up.
+                    let gc = gc_wanted.then(|| GcSession::start(pid));
+                    let lines = lines.then(|| lines::start(pid));
+                    let enabled = enable.then(|| {
+                        ipc::wait_for_startup(pid, &cancelled)?;
+                        // A process caught before its runtime read its settings may
+                        // write its own map (DOTNET_PerfMapEnabled): then it is the
+                        // user's, left on and in place at the end.
+                        // (A look, not a read of the map: never captured.)
+                        if PerfMap::for_pid(pid, tmp_seen.as_ref(), &ProcSource::Live).refresh() {
+                            return Ok(false);
                         }
-                    }
-                    asked.map(|()| true)
-                });
-                Connected { enabled, gc, lines }
-            });
+                        // The runtime will create its three files in its temp
+                        // folder, following any link planted there (as its own
+                        // user, then crossprof reads them as root): each must be
+                        // absent or a plain file of the process's user. The
+                        // absent ones are made now, empty, the process's own: a
+                        // link cannot be planted in their place afterwards (the
+                        // sticky /tmp lets only their owner remove them).
+                        let dir = tmp_seen
+                            .as_ref()
+                            .ok_or_else(|| ipc::missing_socket(pid, None))?;
+                        // No socket, no files: nothing is made for a runtime that
+                        // cannot be asked.
+                        ipc::socket_ready(pid)?;
+                        let made = prepare_map_files(dir, pid)?;
+                        let asked = ipc::enable_perf_map(pid);
+                        if asked.is_err() {
+                            // Not turned on: the empty files made for it go (an
+                            // empty perf map would read as the runtime's own).
+                            for name in made {
+                                let _ = dir.remove(&name);
+                            }
+                        }
+                        asked.map(|()| true)
+                    });
+                    Connected { enabled, gc, lines }
+                })
+        });
         let (connecting, gc) = match spawned {
-            Ok(handle) => (Some(handle), Gc::Starting),
-            Err(e) => {
+            None => (None, Gc::Off),
+            Some(Ok(handle)) => (Some(handle), Gc::Starting),
+            Some(Err(e)) => {
                 if enable {
                     enabling = Enabling::Failed(format!("cannot start a thread: {e}"));
                 }
@@ -593,7 +604,9 @@ impl DotnetProcess {
                         ipc::STOP_TIMEOUT
                     ));
                 }
-                self.gc = Gc::Failed("its diagnostics socket did not answer".into());
+                if matches!(self.gc, Gc::Starting) {
+                    self.gc = Gc::Failed("its diagnostics socket did not answer".into());
+                }
             }
             if busy(&self.lines_connecting) {
                 self.lines_connecting = None;
@@ -628,7 +641,7 @@ impl DotnetProcess {
                 enabled: Some(Err(IpcError::Io(std::io::Error::other(
                     "the IPC thread panicked",
                 )))),
-                gc: Err(TraceError::Format("the IPC thread panicked".into())),
+                gc: Some(Err(TraceError::Format("the IPC thread panicked".into()))),
                 lines: None,
             },
         };
@@ -648,8 +661,9 @@ impl DotnetProcess {
             };
         }
         self.gc = match gc {
-            Ok(session) => Gc::Traced(session),
-            Err(e) => Gc::Failed(e.to_string()),
+            Some(Ok(session)) => Gc::Traced(session),
+            Some(Err(e)) => Gc::Failed(e.to_string()),
+            None => Gc::Off,
         };
     }
 
@@ -698,7 +712,7 @@ impl DotnetProcess {
                     .iter()
                     .any(|&(start, end)| start <= time_ns && time_ns <= end),
             ),
-            Gc::Starting | Gc::Failed(_) => None,
+            Gc::Starting | Gc::Failed(_) | Gc::Off => None,
         }
     }
 

@@ -266,6 +266,7 @@ pub(crate) async fn start(
     // Source lines of .NET methods are for the pprof output.
     procs.dotnet.lines = cfg.source_lines;
     procs.dotnet.perf_map = cfg.dotnet_perf_map;
+    procs.dotnet.no_gc = cfg.dotnet_no_gc;
     let go_preattached = match program {
         Some(exe) if cfg.go_probes() => {
             crate::go::probes::preattach(sampler.ebpf_mut(), &procs, exe)

@@ -67,6 +67,8 @@ pub struct Config {
     /// map, not from its memory (also `record --capture`: a capture holds
     /// the perf map's reads, not the memory's).
     pub dotnet_perf_map: bool,
+    /// `--no-dotnet-gc`: no GC event session for .NET processes.
+    pub dotnet_no_gc: bool,
     /// `--timeline`: every event kept, with its time.
     pub timeline: bool,
     /// `--trace-id`: only what works for this trace is kept.
@@ -121,6 +123,7 @@ impl Config {
             debuginfod: args.debuginfod,
             source_lines: args.formats.contains(&Format::Pprof),
             dotnet_perf_map: args.dotnet_perf_map || args.capture.is_some(),
+            dotnet_no_gc: args.no_dotnet_gc,
             timeline: args.timeline,
             trace_id: args.trace_id.clone(),
             slow_ms: args.slow_ms,
@@ -161,6 +164,7 @@ impl Config {
             debuginfod: args.debuginfod,
             source_lines: true,
             dotnet_perf_map: args.dotnet_perf_map,
+            dotnet_no_gc: args.no_dotnet_gc,
             timeline: false,
             trace_id: None,
             slow_ms: None,
@@ -207,6 +211,7 @@ impl Config {
             debuginfod: false,
             source_lines: false,
             dotnet_perf_map: false,
+            dotnet_no_gc: false,
             timeline: false,
             trace_id: None,
             slow_ms: None,
