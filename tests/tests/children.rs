@@ -77,9 +77,12 @@ fn a_script_s_grandchildren_are_each_profiled_under_their_own_root() {
     let dir = out_dir("children_tree");
     let script = tree_script(&dir);
     let stacks = record_script(&dir, &[], &script);
+    // Three busy processes share two CPUs (~200 samples each at a fair
+    // share of 3 s at 99 Hz; the C chain had 140 beside 231 and 228 once):
+    // the counts show each is followed, the shares below how well.
     for (root, chain, min) in [
-        ("chain", &["main", "outer", "middle", "hot"][..], 150),
-        ("gochain", &["main.main", "main.work", "main.hot"][..], 150),
+        ("chain", &["main", "outer", "middle", "hot"][..], 100),
+        ("gochain", &["main.main", "main.work", "main.hot"][..], 100),
         (
             "dotnet",
             &[
