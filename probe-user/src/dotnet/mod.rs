@@ -393,8 +393,9 @@ impl DotnetProcess {
     /// layout is not known, through its perf map and jitdump instead: read
     /// if it writes them, else asked for (in the background).
     ///
-    /// With `follow.lines`, it also follows the runtime's JIT events for
-    /// source lines ([`lines`]).
+    /// With `follow.lines`, source lines are looked up: from memory, by the
+    /// runtime's debug info ([`debuginfo`]); with the perf map, by following
+    /// the runtime's JIT events ([`lines`]).
     ///
     /// A replay's process (`source` not live, see [`crate::replay`]) is
     /// asked nothing and read nowhere but in the capture: its perf map and
@@ -956,12 +957,13 @@ impl DotnetProcess {
         }
         let (pid, version) = (self.pid, &self.clr.version);
         if self.from_memory {
-            // Named from memory: only why that could not be is worth a note.
-            let why = match &self.memory {
-                MemoryNames::Failed(e) => e.to_string(),
-                MemoryNames::Pending(Some(_)) => memory::MemoryError::NotStarted.to_string(),
-                _ => return None,
+            // Named from memory: only why that could not be is worth a note
+            // (a runtime that never finished starting ran no managed code:
+            // nothing of it is unnamed).
+            let MemoryNames::Failed(e) = &self.memory else {
+                return None;
             };
+            let why = e.to_string();
             return Some(format!(
                 "{name} (pid {pid}) runs .NET {version} whose memory could not be read for names ({why}), so its JIT frames are [unknown]: --dotnet-perf-map names them through the runtime's perf map"
             ));
