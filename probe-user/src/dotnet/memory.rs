@@ -54,6 +54,8 @@
 
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt as _, sync::Arc};
 
+use crate::le::{u32_at, u64_at};
+
 use super::{Clr, r2r::MethodNames};
 use crate::native::maps::MapEntry;
 
@@ -204,15 +206,10 @@ const STUB_CODE_BLOCK_LAST: u64 = 0xF;
 /// each, the body's first): from the body's start to the furthest end. `None`:
 /// not such a list.
 fn size_of_unwind_infos(infos: &[u8]) -> Option<u64> {
-    let word = |i: usize| {
-        infos
-            .get(i..i + 4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-    };
-    let first = word(0)?;
+    let first = u32_at(infos, 0)?;
     let mut end = first;
     for info in 0..infos.len() / 12 {
-        let (b, e) = (word(info * 12)?, word(info * 12 + 4)?);
+        let (b, e) = (u32_at(infos, info * 12)?, u32_at(infos, info * 12 + 4)?);
         if b < first || e <= b {
             return None;
         }
@@ -281,6 +278,13 @@ pub struct Listed {
     pub key: Arc<str>,
     /// Its first bytes (at most [`super::unwind::PROLOG_BYTES`]).
     pub prolog: Vec<u8>,
+}
+
+/// The `RealCodeHeader` a code block's header word points to; `None` for a
+/// stub block's kind (at most [`STUB_CODE_BLOCK_LAST`]), a header not
+/// written yet (0), or what is no user-space address.
+fn real_header(word: u64) -> Option<u64> {
+    (word > STUB_CODE_BLOCK_LAST && word < 1 << 47).then_some(word)
 }
 
 /// The perf map's name for a stub block's kind (`STUB_CODE_BLOCK_VSD_*`).
@@ -691,24 +695,38 @@ impl<M: Memory> Runtime<M> {
         let Some(start) = method_start(m, base, map, pc)? else {
             return Some(Code::Stub(None));
         };
-        let header = m.u64(start.checked_sub(8)?)?;
+        let word = m.u64(start.checked_sub(8)?)?;
         // (0: not written yet, a method being made.)
-        if header != 0 && header <= STUB_CODE_BLOCK_LAST {
-            return Some(Code::Stub(stub_kind(header)));
+        if word != 0 && word <= STUB_CODE_BLOCK_LAST {
+            return Some(Code::Stub(stub_kind(word)));
         }
-        if self.code_size(start).is_some_and(|size| pc >= start + size) {
+        let header = real_header(word)?;
+        if self
+            .size_in_header(header)
+            .is_some_and(|size| pc >= start + size)
+        {
             return Some(Code::Stub(None));
         }
-        self.method(self.method_desc_at(start)?, start)
+        self.method(self.method_desc_in_header(header)?, start)
             .map(Code::Method)
+    }
+
+    /// The `RealCodeHeader` of the method whose code starts at `start`: the
+    /// 8 bytes before its code point to it.
+    fn code_header(&self, start: u64) -> Option<u64> {
+        real_header(self.mem.u64(start.checked_sub(8)?)?)
     }
 
     /// The size of the code of the method starting at `start`, funclets
     /// included, from its code header's unwind infos (`None`: not read, or
     /// not such a header).
     pub fn code_size(&self, start: u64) -> Option<u64> {
+        self.size_in_header(self.code_header(start)?)
+    }
+
+    /// The code size a `RealCodeHeader` gives (see [`Runtime::code_size`]).
+    fn size_in_header(&self, header: u64) -> Option<u64> {
         let m = &self.mem;
-        let header = m.pointer(start.checked_sub(8)?, false)?;
         let n = m.u32(header + CODE_HEADER_UNWIND_COUNT)?;
         if n == 0 || n > MAX_UNWIND_INFOS {
             return None;
@@ -723,7 +741,7 @@ impl<M: Memory> Runtime<M> {
     /// The bounds (native offset → IL offset) of the method whose code
     /// starts at `start`, from the debug info its code header points to.
     pub fn bounds(&self, start: u64) -> Option<Vec<super::debuginfo::Bound>> {
-        let header = self.mem.pointer(start.checked_sub(8)?, false)?;
+        let header = self.code_header(start)?;
         let info = self.mem.pointer(header + CODE_HEADER_DEBUG_INFO, false)?;
         super::debuginfo::bounds(
             |a, buf| self.mem.read(a, buf),
@@ -732,10 +750,8 @@ impl<M: Memory> Runtime<M> {
         )
     }
 
-    /// The `MethodDesc` of the method whose code starts at `start`: its code
-    /// header, the 8 bytes before it, points to its `RealCodeHeader`.
-    fn method_desc_at(&self, start: u64) -> Option<u64> {
-        let header = self.mem.pointer(start.checked_sub(8)?, false)?;
+    /// The `MethodDesc` a `RealCodeHeader` gives.
+    fn method_desc_in_header(&self, header: u64) -> Option<u64> {
         self.mem.pointer(header + CODE_HEADER_METHOD_DESC, false)
     }
 
@@ -967,14 +983,7 @@ impl<M: Memory> Namer<M> {
     /// (a dynamic method: `dynamicClass::NAME`).
     pub fn name(&mut self, pc: u64) -> Option<&Arc<str>> {
         if !self.by_address.contains_key(&pc) {
-            if self.by_address.len() >= MAX_CACHED || self.cached_since.elapsed() >= CACHE_FOR {
-                self.by_address.clear();
-                self.by_method.clear();
-                self.modules.clear();
-                self.il_by_address.clear();
-                self.bounds.clear();
-                self.cached_since = std::time::Instant::now();
-            }
+            self.expire();
             let name = match self.runtime.code_at(pc) {
                 Code::Method(method) => self.method_name(&method),
                 // The kind of stub is in the range list's own object (not
@@ -1000,13 +1009,27 @@ impl<M: Memory> Namer<M> {
         if let Some(place) = self.il_by_address.get(&pc) {
             return place.clone();
         }
-        if self.il_by_address.len() >= MAX_CACHED {
-            self.il_by_address.clear();
-            self.bounds.clear();
-        }
+        self.expire();
         let place = self.il_place(pc);
         self.il_by_address.insert(pc, place.clone());
         place
+    }
+
+    /// Empties every cache once one is full or [`CACHE_FOR`] old: code can
+    /// be freed and its memory reused, so nothing said of an address (its
+    /// name, its IL place, its method's bounds) is older than that.
+    fn expire(&mut self) {
+        if self.by_address.len() >= MAX_CACHED
+            || self.il_by_address.len() >= MAX_CACHED
+            || self.cached_since.elapsed() >= CACHE_FOR
+        {
+            self.by_address.clear();
+            self.by_method.clear();
+            self.modules.clear();
+            self.il_by_address.clear();
+            self.bounds.clear();
+            self.cached_since = std::time::Instant::now();
+        }
     }
 
     fn il_place(&mut self, pc: u64) -> Option<IlPlace> {
@@ -1100,8 +1123,7 @@ impl<M: Memory> Namer<M> {
             .into_iter()
             .map(|c| {
                 let c = c?;
-                let header = u64::from_le_bytes(c.get(..8)?.try_into().ok()?);
-                Some((header, c[8..].to_vec()))
+                Some((u64_at(&c, 0)?, c[8..].to_vec()))
             })
             .collect();
         // Each RealCodeHeader from its MethodDesc on: the unwind count and
@@ -1110,47 +1132,45 @@ impl<M: Memory> Namer<M> {
         let size = (CODE_HEADER_UNWIND_INFOS - CODE_HEADER_METHOD_DESC) as usize + 12 * INFOS;
         let wants: Vec<(u64, usize)> = heads
             .iter()
-            .map(|h| match h {
-                Some((header, _)) if *header > STUB_CODE_BLOCK_LAST && *header < 1 << 47 => {
-                    (header + CODE_HEADER_METHOD_DESC, size)
-                }
-                _ => (0, 0),
-            })
+            .map(
+                |h| match h.as_ref().and_then(|(word, _)| real_header(*word)) {
+                    Some(header) => (header + CODE_HEADER_METHOD_DESC, size),
+                    None => (0, 0),
+                },
+            )
             .collect();
         let reals = read_batched(&self.runtime.mem, &wants);
         let count_at = (CODE_HEADER_UNWIND_COUNT - CODE_HEADER_METHOD_DESC) as usize;
         let infos_at = (CODE_HEADER_UNWIND_INFOS - CODE_HEADER_METHOD_DESC) as usize;
         let mut out = Vec::new();
         for (((start, end), head), real) in fresh.into_iter().zip(heads).zip(reals) {
-            let Some((header, prolog)) = head.filter(|(header, _)| *header != 0) else {
+            let Some((word, prolog)) = head.filter(|(word, _)| *word != 0) else {
                 // Not read, or its header not written yet: the next call
                 // tries again.
                 self.listed.remove(&start);
                 continue;
             };
-            if header <= STUB_CODE_BLOCK_LAST {
+            if word <= STUB_CODE_BLOCK_LAST {
                 continue; // a stub's block
             }
-            let word = |r: &[u8], at: usize, n: usize| -> u64 {
-                let mut b = [0u8; 8];
-                b[..n].copy_from_slice(&r[at..at + n]);
-                u64::from_le_bytes(b)
-            };
+            let header = real_header(word);
             let (md, code_size) = match real.as_deref() {
                 Some(r) => (
-                    Some(word(r, 0, 8)).filter(|&md| md != 0 && md < 1 << 47),
-                    match word(r, count_at, 4) as usize {
-                        0 => None,
-                        n if n <= INFOS => size_of_unwind_infos(&r[infos_at..infos_at + 12 * n]),
+                    u64_at(r, 0).filter(|&md| md != 0 && md < 1 << 47),
+                    match u32_at(r, count_at).map(|n| n as usize) {
+                        Some(0) | None => None,
+                        Some(n) if n <= INFOS => {
+                            size_of_unwind_infos(&r[infos_at..infos_at + 12 * n])
+                        }
                         // Many funclets: read whole.
-                        _ => self.runtime.code_size(start),
+                        Some(_) => header.and_then(|h| self.runtime.size_in_header(h)),
                     },
                 ),
                 // The header runs into unreadable memory: read as little
                 // as it holds.
                 None => (
-                    self.runtime.method_desc_at(start),
-                    self.runtime.code_size(start),
+                    header.and_then(|h| self.runtime.method_desc_in_header(h)),
+                    header.and_then(|h| self.runtime.size_in_header(h)),
                 ),
             };
             let end = code_size.map_or(end, |size| end.min(start + size));

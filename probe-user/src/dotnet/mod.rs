@@ -841,6 +841,7 @@ impl DotnetProcess {
     /// The source line of JIT code address `addr` (a return address already
     /// moved into its call), if its method's IL map and its assembly's PDB
     /// are known.
+    ///
     /// Named from memory, the IL offset is read there too ([`debuginfo`]);
     /// else from the JIT events' session.
     pub fn source(&mut self, addr: u64) -> Option<crate::frame::Source> {
