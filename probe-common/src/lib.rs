@@ -156,6 +156,16 @@ pub mod names {
     pub const OFF_CPU_STASH: &str = "OFF_CPU_STASH";
     /// The perf_event program that samples on-CPU stacks.
     pub const CPU_SAMPLE_PROG: &str = "cpu_sample";
+    /// The perf_event program that samples on-CPU stacks with the Go and
+    /// .NET walks: [`CPU_SAMPLE_PROG`] (which walks native code only, so that
+    /// a run that never meets a runtime never verifies their walks) passes
+    /// it a sample of a process described as Go or .NET, by a tail call
+    /// through [`RUNTIME_SAMPLERS`], once the collector loaded it there.
+    pub const CPU_SAMPLE_RUNTIMES_PROG: &str = "cpu_sample_runtimes";
+    /// The program array [`CPU_SAMPLE_PROG`] tail-calls into: slot 0 holds
+    /// [`CPU_SAMPLE_RUNTIMES_PROG`] once loaded (empty: the call falls
+    /// through, counted as `Counter::RuntimeWalkPending`).
+    pub const RUNTIME_SAMPLERS: &str = "RUNTIME_SAMPLERS";
     /// The perf_event program that samples on-CPU stacks by frame pointers
     /// only, for kernels without what the other walks need.
     pub const CPU_SAMPLE_FP_PROG: &str = "cpu_sample_fp";
@@ -286,10 +296,16 @@ pub enum Counter {
     /// Processes a target started that could not join it: the target set
     /// was full ([`MAX_TARGETS`]).
     ChildrenLost = 22,
+    /// Samples of a Go or .NET process walked without its runtime's walk
+    /// (frame pointers or rules only, no goroutine): the runtime walk
+    /// ([`names::CPU_SAMPLE_RUNTIMES_PROG`]) was not loaded yet. The
+    /// collector loads it when it first describes such a process, so these
+    /// are the first milliseconds of such a process at most.
+    RuntimeWalkPending = 23,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 23;
+pub const COUNTER_SLOTS: u32 = 24;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -317,6 +333,7 @@ impl Counter {
         Counter::HttpEventsLost,
         Counter::ChildrenFollowed,
         Counter::ChildrenLost,
+        Counter::RuntimeWalkPending,
     ];
 
     /// A stable snake_case name for reports.
@@ -345,6 +362,7 @@ impl Counter {
             Counter::HttpEventsLost => "http_events_lost",
             Counter::ChildrenFollowed => "children_followed",
             Counter::ChildrenLost => "children_lost",
+            Counter::RuntimeWalkPending => "runtime_walk_pending",
         }
     }
 

@@ -24,7 +24,7 @@ mod sample;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint, tracepoint, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         BtfTracePointContext, PerfEventContext, ProbeContext, RawTracePointContext,
         TracePointContext,
@@ -34,7 +34,7 @@ use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS,
     TASK_NEWTASK_CLONE_FLAGS, TASK_NEWTASK_PID,
     native::SampleScratch,
-    process::{MAX_PROCESSES, ProcessEntry},
+    process::{MAX_PROCESSES, PROCESS_GO, PROCESS_MANAGED, ProcessEntry},
 };
 
 /// Overwritten by the collector before load (`EbpfLoader::override_global`).
@@ -265,10 +265,36 @@ fn count(counter: Counter) -> u64 {
     }
 }
 
-/// Samples the stacks of whatever runs on this CPU, at the perf event's frequency.
+/// See [`cpu_sample`]: slot 0 holds `cpu_sample_runtimes` once the
+/// collector loaded it.
+#[map]
+static RUNTIME_SAMPLERS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Samples the stacks of whatever runs on this CPU, at the perf event's
+/// frequency, by the native walks (`.eh_frame` rules, frame pointers). A
+/// sample of a process the collector described as Go or .NET goes to
+/// [`cpu_sample_runtimes`] by a tail call: the runtimes' walks are verified
+/// only in a run that meets a runtime, when the collector first describes
+/// one. Until then (the slot is empty, the call falls through) the sample is
+/// walked here, counted as `RuntimeWalkPending`.
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
-    sample::sample(&ctx);
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if process(tgid).is_some_and(|p| p.flags & (PROCESS_GO | PROCESS_MANAGED) != 0) {
+        // SAFETY: a tail call into a perf_event program of this object,
+        // which takes the same context; on failure it returns here.
+        unsafe { RUNTIME_SAMPLERS.tail_call(&ctx, 0) };
+        count(Counter::RuntimeWalkPending);
+    }
+    sample::sample::<false>(&ctx);
+    0
+}
+
+/// [`cpu_sample`] with the Go and .NET walks (the goroutine, JIT code, a
+/// system stack's goroutine frames).
+#[perf_event]
+pub fn cpu_sample_runtimes(ctx: PerfEventContext) -> u32 {
+    sample::sample::<true>(&ctx);
     0
 }
 

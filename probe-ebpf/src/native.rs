@@ -52,9 +52,10 @@ const SLOT_MASK: u32 = MAX_UNWIND_PIDS - 1;
 /// `.eh_frame` rules into the scratch `ips[first..]`, leaf first, from the
 /// registers in [`Walks::regs`] (none if `!have_regs`), falling back to the
 /// frame pointer where there is no rule; returns the number of frames and sets
-/// `FLAG_USER_*` bits.
+/// `FLAG_USER_*` bits. Without `RUNTIMES` the .NET steps are not built in
+/// (`managed` must then be false).
 #[inline(always)]
-pub fn unwind_by_rules(
+pub fn unwind_by_rules<const RUNTIMES: bool>(
     tgid: u32,
     slot: u32,
     managed: bool,
@@ -80,7 +81,7 @@ pub fn unwind_by_rules(
         .start(slot, tgid, &r, first as u32, u32::from(managed));
     // A managed leaf may be in its prolog or epilog, which the .NET walk's
     // leaf step knows; the loop below steps from callers only.
-    if managed && crate::dotnet::is_managed_code(tgid, r.ip) {
+    if RUNTIMES && managed && crate::dotnet::is_managed_code(tgid, r.ip) {
         count(Counter::ManagedUnwinds);
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return 0;
@@ -118,7 +119,7 @@ pub fn unwind_by_rules(
     unsafe {
         bpf_loop(
             MAX_FRAMES as u32,
-            rule_step as *mut c_void,
+            rule_step::<RUNTIMES> as *mut c_void,
             core::ptr::null_mut(),
             0,
         );
@@ -282,7 +283,7 @@ impl RuleWalk {
 
 /// Records `ip` and steps to its caller. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn rule_step<const RUNTIMES: bool>(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(walks) = walks() else {
         return 1;
     };
@@ -408,7 +409,7 @@ extern "C" fn rule_step(_i: u64, _ctx: *mut c_void) -> i64 {
             // it points up the stack. Go code keeps frame pointers, and its
             // frame records may be on another stack.
             let go = kind == Some(cfa_kind::GO_FRAME_POINTER);
-            if !go && w.managed != 0 {
+            if RUNTIMES && !go && w.managed != 0 {
                 // JIT code by its method's frame, else the frame pointer.
                 let mut window = w.window;
                 let stepped = crate::dotnet::step(w.tgid, false, w.ip, w.sp, w.bp, &mut |a| {

@@ -260,7 +260,7 @@ fn record_span(
     if !crate::take_scratch() {
         return;
     }
-    sample::record(
+    sample::record::<true>(
         ctx,
         pid_tgid,
         kernel,

@@ -80,7 +80,12 @@ pub(crate) fn walks() -> Option<&'static mut Walks> {
     WALKS.get_ptr_mut(0).map(|w| unsafe { &mut *w })
 }
 
-pub fn sample(ctx: &PerfEventContext) {
+/// The CPU sampler's work: `RUNTIMES` builds the one with the Go and .NET
+/// walks (`cpu_sample_runtimes`), `!RUNTIMES` the one with the native walks
+/// only (`cpu_sample`, which passes a Go or .NET process's samples to the
+/// other: see `crate::cpu_sample`).
+#[inline(always)]
+pub fn sample<const RUNTIMES: bool>(ctx: &PerfEventContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();
@@ -101,7 +106,7 @@ pub fn sample(ctx: &PerfEventContext) {
     // A sample taken in user mode has no kernel stack: skip the helper call (and
     // the 1 KiB it zero-fills), a third of the program's cost.
     let in_user = in_user_mode(ctx);
-    record(
+    record::<RUNTIMES>(
         ctx.as_ptr(),
         pid_tgid,
         if in_user {
@@ -192,8 +197,10 @@ pub(crate) enum Output {
 ///
 /// The walks are subprograms of their own ([`user_stack`], [`go_fields`]): their
 /// frames come and go, and this one keeps only what lives across them.
+/// `RUNTIMES`: with the Go and .NET walks (without, a process's rules or its
+/// frame pointers only, and no goroutine fields).
 #[inline(always)]
-pub(crate) fn record(
+pub(crate) fn record<const RUNTIMES: bool>(
     ctx: *mut c_void,
     pid_tgid: u64,
     kernel: Kernel,
@@ -269,7 +276,7 @@ pub(crate) fn record(
         }
         Regs::Saved => saved_user_regs(&mut walks.regs),
     };
-    let walked = user_stack(ctx, tgid, kernel_frames as u32, u32::from(have_regs));
+    let walked = user_stack::<RUNTIMES>(ctx, tgid, kernel_frames as u32, u32::from(have_regs));
     flags |= (walked >> 32) as u32;
     let user_frames = walked as u32 as usize;
     let user_frames = if user_frames > MAX_FRAMES {
@@ -283,7 +290,9 @@ pub(crate) fn record(
     // The words at the user stack pointer, for a leaf without a frame record
     // (zeros where unreadable: the read zero-fills on a fault).
     if have_regs {
-        crate::go::crossprof_go_sample_fields((kernel_frames + user_frames) as u32);
+        if RUNTIMES {
+            crate::go::crossprof_go_sample_fields((kernel_frames + user_frames) as u32);
+        }
         // SAFETY: the user-read helper checks the address and writes at most the
         // field's size into it (zeros on a fault).
         unsafe {
@@ -460,11 +469,17 @@ pub fn sample_frame_pointers(ctx: &PerfEventContext) {
 /// registers in [`Walks::regs`] (`have_regs` 0: none could be read): by
 /// `.eh_frame` rules in a process that has them, by the .NET walk in a .NET
 /// process without, else by `bpf_get_stack`'s frame pointers. Returns the
-/// frames, and `FLAG_USER_*` bits in the high 32 bits.
+/// frames, and `FLAG_USER_*` bits in the high 32 bits. Without `RUNTIMES`
+/// a .NET process's JIT code is not walked (rules or frame pointers only).
 ///
 /// A subprogram (a call, not inlined): its frame exists only while it runs.
 #[inline(never)]
-fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
+fn user_stack<const RUNTIMES: bool>(
+    ctx: *mut c_void,
+    tgid: u32,
+    first: u32,
+    have_regs: u32,
+) -> u64 {
     let mut flags = 0u32;
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -486,9 +501,9 @@ fn user_stack(ctx: *mut c_void, tgid: u32, first: u32, have_regs: u32) -> u64 {
         // JIT code in between by the collector's table of its methods' frames.
         // (The frames go straight into this CPU's scratch, from bpf_loop steps.)
         let slot = walks.process.unwind_slot;
-        let managed = process & PROCESS_MANAGED != 0;
-        unwind_by_rules(tgid, slot, managed, have_regs != 0, first, &mut flags)
-    } else if process & PROCESS_MANAGED != 0 {
+        let managed = RUNTIMES && process & PROCESS_MANAGED != 0;
+        unwind_by_rules::<RUNTIMES>(tgid, slot, managed, have_regs != 0, first, &mut flags)
+    } else if RUNTIMES && process & PROCESS_MANAGED != 0 {
         // JIT code: walked with the collector's table of frameless methods.
         crate::dotnet::unwind_user(tgid, have_regs != 0, &mut scratch.ips, first, &mut flags)
     } else {

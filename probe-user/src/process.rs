@@ -14,7 +14,10 @@
 use std::{
     collections::HashMap,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
@@ -31,6 +34,9 @@ struct Inner {
     map: BpfHashMap<MapData, u32, ProcessEntry>,
     /// What this side last wrote, per process.
     written: HashMap<u32, ProcessEntry>,
+    /// Raised at the first Go or .NET entry: the sampler's runtime walks
+    /// are wanted (see `sampler::RuntimeWalks`).
+    runtimes_wanted: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ProcessEntries {
@@ -40,11 +46,16 @@ impl std::fmt::Debug for ProcessEntries {
 }
 
 impl ProcessEntries {
-    /// Over the loaded `PROCESSES` map.
-    pub fn new(map: BpfHashMap<MapData, u32, ProcessEntry>) -> Self {
+    /// Over the loaded `PROCESSES` map; `runtimes_wanted` is raised when a
+    /// Go or .NET entry is first written.
+    pub fn new(
+        map: BpfHashMap<MapData, u32, ProcessEntry>,
+        runtimes_wanted: Arc<AtomicBool>,
+    ) -> Self {
         Self(Arc::new(Mutex::new(Inner {
             map,
             written: HashMap::new(),
+            runtimes_wanted,
         })))
     }
 
@@ -98,6 +109,9 @@ impl ProcessEntries {
                 let _ = inner.map.remove(&pid);
             }
             return Ok(());
+        }
+        if entry.flags & (PROCESS_GO | PROCESS_MANAGED) != 0 {
+            inner.runtimes_wanted.store(true, Ordering::Relaxed);
         }
         if before != Some(entry) {
             inner.map.insert(pid, entry, 0)?;

@@ -4,11 +4,17 @@
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, RingBuf},
+    maps::{
+        HashMap as BpfHashMap, Map, MapData, MapError, MapFd, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::{
         BtfTracePoint, PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -85,6 +91,51 @@ pub struct Sampler {
     cpu_program: &'static str,
     /// The `mmap` tracepoints, once attached.
     mmap_links: Vec<aya::programs::trace_point::TracePointLink>,
+    /// The Go and .NET walks, loaded when first needed.
+    runtimes: RuntimeWalks,
+    /// CPU time this process spent loading programs (the verifier runs in
+    /// the loading thread), ns.
+    verify_cpu_ns: u64,
+}
+
+/// The CPU sampler with the Go and .NET walks
+/// ([`names::CPU_SAMPLE_RUNTIMES_PROG`]), which `cpu_sample` tail-calls for
+/// the samples of a process described as Go or .NET. Its walks are most of
+/// the sampler's verification (two thirds of its instructions on 6.18), so
+/// it is loaded only when a run first meets such a process, and before the
+/// process is described to the kernel: before a command known to be Go
+/// starts (its child writes its own entry), in the Go poll before a
+/// process's offsets are written, at the event loop's turn that first finds
+/// a .NET runtime in a process's maps (its JIT code is described later),
+/// before sampling starts for running targets. As a safety net, whoever
+/// writes a Go or .NET entry into `PROCESSES`
+/// ([`crate::process::ProcessEntries`]) raises `wanted`, which the event
+/// loop checks at every turn ([`Sampler::load_runtime_walks_if_wanted`]).
+/// A sample taken while the slot is empty is walked by the process's rules
+/// or frame pointers alone, counted as `runtime_walk_pending`.
+struct RuntimeWalks {
+    /// Raised by a writer of a Go or .NET entry.
+    wanted: Arc<AtomicBool>,
+    /// `RUNTIME_SAMPLERS`, taken at load (none: the frame-pointer sampler,
+    /// which has no runtime walks, or no on-CPU sampling).
+    array: Option<ProgramArray<MapData>>,
+    state: RuntimeWalkState,
+}
+
+/// Where [`RuntimeWalks`] stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeWalkState {
+    /// Not loaded (no Go or .NET process met yet).
+    NotLoaded,
+    /// Loaded and in `cpu_sample`'s program array, at this time since the
+    /// collector's start.
+    Loaded(std::time::Duration),
+    /// Not needed by this run's sampler (frame pointers only, or no on-CPU
+    /// sampling).
+    NotUsed,
+    /// The kernel refused it (why): runtime processes stay walked by rules
+    /// and frame pointers.
+    Failed(String),
 }
 
 impl Sampler {
@@ -141,6 +192,13 @@ impl Sampler {
             crate::kernel::Walk::Full => names::CPU_SAMPLE_PROG,
             crate::kernel::Walk::FramePointers => names::CPU_SAMPLE_FP_PROG,
         };
+        let runtime_array = if cfg.on_cpu && cpu_program == names::CPU_SAMPLE_PROG {
+            let map = take_map(&mut ebpf, names::RUNTIME_SAMPLERS)?;
+            Some(ProgramArray::try_from(map).map_err(map_err(names::RUNTIME_SAMPLERS))?)
+        } else {
+            None
+        };
+        let verify_started = thread_cpu_ns();
         if cfg.on_cpu {
             program::<PerfEvent>(&mut ebpf, cpu_program)?
                 .load()
@@ -181,6 +239,7 @@ impl Sampler {
         if cfg.go_states {
             crate::go::probes::load(&mut ebpf)?;
         }
+        let verify_cpu_ns = thread_cpu_ns().saturating_sub(verify_started);
         Ok(Self {
             ebpf,
             targets,
@@ -194,7 +253,94 @@ impl Sampler {
             follow_children: cfg.follow_children,
             cpu_program,
             mmap_links: Vec::new(),
+            runtimes: RuntimeWalks {
+                wanted: Arc::new(AtomicBool::new(false)),
+                state: if runtime_array.is_some() {
+                    RuntimeWalkState::NotLoaded
+                } else {
+                    RuntimeWalkState::NotUsed
+                },
+                array: runtime_array,
+            },
+            verify_cpu_ns,
         })
+    }
+
+    /// Loads the Go and .NET walks and puts them in `cpu_sample`'s program
+    /// array (see [`RuntimeWalks`]), if this run's sampler uses them and
+    /// they are not loaded yet. A refusal is kept (see
+    /// [`Sampler::runtime_walks`]) and not tried again.
+    pub fn load_runtime_walks(&mut self) {
+        if self.runtimes.state != RuntimeWalkState::NotLoaded {
+            return;
+        }
+        let Some(array) = self.runtimes.array.as_mut() else {
+            return;
+        };
+        let name = names::CPU_SAMPLE_RUNTIMES_PROG;
+        let started = thread_cpu_ns();
+        let loaded = program::<PerfEvent>(&mut self.ebpf, name).and_then(|p| {
+            p.load().map_err(|source| load_failed(name, source))?;
+            let fd = p.fd().map_err(|source| load_failed(name, source))?;
+            array.set(0, fd, 0).map_err(|source| SamplerError::Map {
+                name: names::RUNTIME_SAMPLERS,
+                source,
+            })
+        });
+        let spent = thread_cpu_ns().saturating_sub(started);
+        self.verify_cpu_ns += spent;
+        self.runtimes.state = match loaded {
+            Ok(()) => {
+                log::debug!(
+                    "the Go and .NET walks loaded ({:.1} ms of CPU)",
+                    spent as f64 / 1e6
+                );
+                RuntimeWalkState::Loaded(crate::summary::since_process_start(
+                    std::time::Instant::now(),
+                ))
+            }
+            Err(e) => {
+                log::warn!(
+                    "{e}: Go and .NET processes are walked by rules and frame pointers only"
+                );
+                RuntimeWalkState::Failed(e.to_string())
+            }
+        };
+    }
+
+    /// [`Sampler::load_runtime_walks`] if a Go or .NET process was described
+    /// since (the event loop's check, a load per run at most).
+    pub fn load_runtime_walks_if_wanted(&mut self) {
+        if self.runtimes.state == RuntimeWalkState::NotLoaded
+            && self.runtimes.wanted.load(Ordering::Relaxed)
+        {
+            self.load_runtime_walks();
+        }
+    }
+
+    /// Where the Go and .NET walks stand.
+    pub fn runtime_walks(&self) -> &RuntimeWalkState {
+        &self.runtimes.state
+    }
+
+    /// What loading the programs cost so far, and where the runtime walks
+    /// stand, for `summary.json`.
+    pub fn kernel_load(&self) -> crate::summary::KernelLoad {
+        use RuntimeWalkState as S;
+        let walks = &self.runtimes.state;
+        crate::summary::KernelLoad {
+            verify_cpu_ms: self.verify_cpu_ns as f64 / 1e6,
+            runtime_walks: match walks {
+                S::NotLoaded => "not_loaded",
+                S::Loaded(_) => "loaded",
+                S::NotUsed => "not_used",
+                S::Failed(_) => "refused",
+            },
+            runtime_walks_loaded_ms: match walks {
+                S::Loaded(at) => Some(at.as_secs_f64() * 1e3),
+                _ => None,
+            },
+        }
     }
 
     /// Opens a `CPU_CLOCK` software event at the configured frequency on every
@@ -372,7 +518,10 @@ impl Sampler {
             name: names::PROCESSES,
             source,
         })?;
-        Ok(crate::process::ProcessEntries::new(map))
+        Ok(crate::process::ProcessEntries::new(
+            map,
+            self.runtimes.wanted.clone(),
+        ))
     }
 
     /// The kernel's tables for walking .NET stacks (taken once).
@@ -532,8 +681,9 @@ fn update_elem<K, V>(map_fd: RawFd, key: &K, value: &V) -> io::Result<()> {
 
 /// Every program in crossprof's object, in the order `crossprof check` lists
 /// them.
-pub const ALL_PROGRAMS: [&str; 13] = [
+pub const ALL_PROGRAMS: [&str; 14] = [
     names::CPU_SAMPLE_PROG,
+    names::CPU_SAMPLE_RUNTIMES_PROG,
     names::CPU_SAMPLE_FP_PROG,
     names::OFF_CPU_START_PROG,
     names::OFF_CPU_END_PROG,
@@ -610,6 +760,34 @@ fn load_one(
         }),
     };
     let loaded = match name {
+        names::CPU_SAMPLE_RUNTIMES_PROG => {
+            // Loaded, and taken by the program array it is tail-called from
+            // (the kernel checks the two programs agree).
+            let p = program::<PerfEvent>(ebpf, name)?;
+            p.load().map_err(|source| load_failed(name, source))?;
+            let fd = p
+                .fd()
+                .map_err(|source| load_failed(name, source))?
+                .try_clone();
+            let map_err = |source| SamplerError::Map {
+                name: names::RUNTIME_SAMPLERS,
+                source,
+            };
+            let fd = fd.map_err(|e| {
+                map_err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }))
+            })?;
+            let map =
+                ebpf.map_mut(names::RUNTIME_SAMPLERS)
+                    .ok_or(map_err(MapError::InvalidName {
+                        name: names::RUNTIME_SAMPLERS.to_owned(),
+                    }))?;
+            let mut array: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(map_err)?;
+            return array.set(0, &fd, 0).map_err(map_err);
+        }
         names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => {
             program::<PerfEvent>(ebpf, name)?.load()
         }

@@ -64,6 +64,9 @@ pub struct Summary {
     pub kernel_symbols: crate::native::kallsyms::Read,
     /// The sampler program's own cost, when `kernel.bpf_stats_enabled` is 1.
     pub kernel_program: Option<KernelProgramStats>,
+    /// What loading the kernel programs cost, and whether the Go and .NET
+    /// walks were needed.
+    pub kernel_load: KernelLoad,
     /// Share of all samples with a user stack whose stack starts at a thread
     /// root (see `ProcessSummary::stacks_complete`).
     pub stacks_complete: Option<f64>,
@@ -167,8 +170,13 @@ pub struct JitFromMemory {
     /// Addresses looked up there and not named (not a method, or a walk that
     /// failed): shown `[unknown]`.
     pub unnamed: u64,
-    /// JIT methods listed there for their frame shapes (no perf map).
+    /// JIT methods listed there for their frame shapes (no perf map), and
+    /// in the listing at the end.
     pub methods_listed: u64,
+    /// Listed methods found freed (dynamic methods collected, collectible
+    /// assemblies unloaded): what was said of their code was forgotten, and
+    /// code put there later named afresh.
+    pub methods_freed: u64,
 }
 
 /// How a Go process's goroutines spent the recording.
@@ -316,6 +324,22 @@ pub struct KernelProgramStats {
     pub run_count: u64,
     /// Total run time.
     pub run_time_ns: u64,
+}
+
+/// What loading this run's kernel programs cost.
+#[derive(Debug, Serialize, Clone)]
+pub struct KernelLoad {
+    /// CPU time spent loading them (the verifier runs in the loading
+    /// thread), the Go and .NET walks included when they were loaded.
+    pub verify_cpu_ms: f64,
+    /// The Go and .NET walks (`cpu_sample_runtimes`): `loaded` when a Go or
+    /// .NET process was met, `not_loaded` when none was (a native run
+    /// never verifies them), `not_used` when the sampler has no such walks
+    /// (frame pointers only, no on-CPU sampling), `refused` (with a note).
+    pub runtime_walks: &'static str,
+    /// When they were loaded, since crossprof's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_walks_loaded_ms: Option<f64>,
 }
 
 /// One object's share of the kernel's unwind table.

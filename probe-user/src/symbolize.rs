@@ -115,10 +115,12 @@ enum Job {
         path: PathBuf,
         offsets: Vec<u64>,
     },
-    /// A .NET assembly (PE file): its ReadyToRun code (see `dotnet::r2r`).
+    /// A .NET assembly (PE file): its ReadyToRun code (see `dotnet::r2r`),
+    /// read through `file` (see `Module::open`).
     Assembly {
         module: ModuleId,
         path: PathBuf,
+        file: Option<std::fs::File>,
         offsets: Vec<u64>,
     },
 }
@@ -262,13 +264,21 @@ impl SymbolizerThread {
                         Job::Assembly {
                             module,
                             path,
+                            file,
                             offsets,
                         } => {
-                            // Read once per file; a file that is not a ReadyToRun
-                            // image names nothing.
+                            // Read once per file, bounded; a file that is not a
+                            // ReadyToRun image names nothing.
                             let image = assemblies.entry(path).or_insert_with_key(|path| {
-                                let image = std::fs::read(path)
-                                    .ok()
+                                let image = file
+                                    .and_then(|f| {
+                                        crate::files::read_at_most(
+                                            &f,
+                                            0,
+                                            crate::dotnet::MAX_ASSEMBLY,
+                                        )
+                                        .ok()
+                                    })
                                     .and_then(|data| R2rImage::parse(&data).ok());
                                 log::debug!(
                                     "{}: {} ReadyToRun methods named",
@@ -333,6 +343,7 @@ impl SymbolizerThread {
             let job = if m.is_assembly() {
                 Job::Assembly {
                     module,
+                    file: m.open(),
                     path,
                     offsets,
                 }

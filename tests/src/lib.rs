@@ -877,6 +877,89 @@ pub fn wait_for_link(pid: u32, link_type: &str, limit: Duration) {
     }
 }
 
+/// The names of the BPF programs process `pid` holds (as the kernel keeps
+/// them: at most 15 bytes), from the program ids its `/proc/PID/fdinfo`
+/// lists and the kernel's own information on each (`bpf(2)`:
+/// `BPF_PROG_GET_FD_BY_ID`, `BPF_OBJ_GET_INFO_BY_FD`). What a running
+/// crossprof has loaded, from the kernel's word rather than its own.
+pub fn bpf_programs_of(pid: u32) -> Vec<String> {
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter().filter_map(bpf_program_name).collect()
+}
+
+/// The name of the BPF program with id `id`, if it is still loaded.
+fn bpf_program_name(id: u32) -> Option<String> {
+    // include/uapi/linux/bpf.h: `union bpf_attr`'s members for the two
+    // commands, and `struct bpf_prog_info`, whose `name[16]` is at 64.
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct ById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    #[repr(C)]
+    struct Info {
+        fd: u32,
+        len: u32,
+        info: u64,
+    }
+    let by_id = ById {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: the attribute lives across the call; its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &by_id as *const ById,
+            size_of::<ById>() as u32,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let attr = Info {
+        fd: fd as u32,
+        len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most `len` bytes into `info`; the
+    // attribute lives across the call; the fd is ours and closed after.
+    let rc = unsafe {
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const Info,
+            size_of::<Info>() as u32,
+        );
+        libc::close(fd as i32);
+        rc
+    };
+    if rc != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
 /// Runs `crossprof ARGS` to the end (at most `limit`).
 pub fn run_crossprof(args: &[&str], limit: Duration) -> Run {
     finish(spawn_crossprof(args), limit)

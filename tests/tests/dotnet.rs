@@ -804,3 +804,90 @@ fn stale_sockets_of_earlier_processes_with_the_same_pid_are_not_used() {
     );
     drop(stale);
 }
+
+/// Issue #21: code freed and given to another method never keeps the first's
+/// name. The `freed` fixture runs dynamic method AlphaHot on thread
+/// phase-alpha, has it collected, then runs BetaHot (the same IL) on
+/// phase-beta, which the runtime compiles into AlphaHot's freed block: the
+/// runtime's own perf map, which it writes for the test (crossprof, naming
+/// from memory, reads none), shows both at one address. Every phase-beta
+/// sample in that code is BetaHot, none AlphaHot; `summary.json` counts the
+/// freed method. With `--no-dotnet-gc`: the GC session's EventPipe makes the
+/// runtime compile and free IL stubs in the same heap, which moves BetaHot
+/// to another freed block (named right too, but then the test shows no
+/// reuse); without it the runtime places its code as with no profiler.
+#[test]
+fn freed_jit_code_never_keeps_a_stale_name() {
+    for runtime in Dotnet::ALL {
+        let what = format!("{runtime:?}");
+        let dll = runtime.fixture("freed");
+        let mut target = runtime.command(&dll, &["1.5"]);
+        target.envs([
+            ("DOTNET_PerfMapEnabled", "1"),
+            ("COMPlus_PerfMapEnabled", "1"),
+        ]);
+        let dir = out_dir(&format!("dotnet_freed_{what}"));
+        let run = record_target(&dir, &["--per-thread", "--no-dotnet-gc"], &target);
+        assert!(run.status.success(), "{what}: {}", run.stderr);
+        let pid = dotnet_process(&dir)["pid"].clone();
+        let map = std::fs::read(format!("/tmp/perf-{pid}.map")).unwrap_or_default();
+        remove_runtime_maps(&dir);
+        // `START SIZE NAME`: 8's `0x7f..`, 3.1's `00007F..`.
+        let map = String::from_utf8_lossy(&map);
+        let address_of = |method: &str| {
+            let needle = format!("dynamicClass::{method}(");
+            map.lines()
+                .find(|l| l.contains(&needle))
+                .and_then(|l| l.split(' ').next())
+                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        };
+        let alpha = address_of("AlphaHot");
+        assert!(alpha.is_some(), "{what}: AlphaHot not in the runtime's map");
+        assert_eq!(
+            alpha,
+            address_of("BetaHot"),
+            "{what}: BetaHot was not compiled into AlphaHot's block: the test proves nothing"
+        );
+        let stacks = read_folded(&dir);
+        // Each phase's thread by the id it printed (3.1 names no thread).
+        let tid = |phase: &str| {
+            run.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{phase} tid ")))
+                .map(|t| format!(" ({})", t.trim()))
+                .unwrap_or_else(|| panic!("{what}: no {phase} tid in {}", run.stdout))
+        };
+        let on = |thread: &str, method: &str| {
+            let suffix = tid(thread);
+            let frame = format!("dynamicClass::{method}");
+            count_where(&stacks, "dotnet", |s| {
+                s.frames.get(1).is_some_and(|t| t.ends_with(&suffix))
+                    && (method.is_empty() || s.frames.iter().any(|f| f.starts_with(&frame)))
+            })
+            .0
+        };
+        let (beta, alpha) = (on("phase-beta", ""), on("phase-alpha", ""));
+        let min = if emulated() { 20 } else { 80 };
+        assert!(
+            beta >= min && alpha >= min,
+            "{what}: {alpha} and {beta} samples"
+        );
+        assert_eq!(
+            on("phase-beta", "AlphaHot"),
+            0,
+            "{what}: the freed method's name on the code put in its place"
+        );
+        assert!(
+            on("phase-beta", "BetaHot") * 10 >= beta * 9,
+            "{what}: BetaHot in {} of {beta} phase-beta samples",
+            on("phase-beta", "BetaHot")
+        );
+        assert!(
+            on("phase-alpha", "AlphaHot") * 10 >= alpha * 9,
+            "{what}: AlphaHot in {} of {alpha} phase-alpha samples",
+            on("phase-alpha", "AlphaHot")
+        );
+        let freed = &dotnet_process(&dir)["jit_from_memory"]["methods_freed"];
+        assert!(freed.as_u64() >= Some(1), "{what}: {freed}");
+    }
+}

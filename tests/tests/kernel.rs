@@ -12,8 +12,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use crossprof_tests::{
-    Run, count_where, crossprof_bin, native_fixture, out_dir, output_within, read_folded,
-    read_summary,
+    Go, GoBuild, Guard, Run, bpf_programs_of, count_where, crossprof_bin, finish, native_fixture,
+    out_dir, output_within, read_folded, read_summary, spawn_crossprof, wait_for_link,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -174,7 +174,7 @@ fn every_program_loads_within_the_budget_of_every_kernel() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["release"], release().as_str());
     let programs = report["programs"].as_array().unwrap();
-    assert_eq!(programs.len(), 13, "{programs:#?}");
+    assert_eq!(programs.len(), 14, "{programs:#?}");
     for p in programs {
         let name = p["name"].as_str().unwrap();
         assert!(p["refused"].is_null(), "{name} refused: {}", p["refused"]);
@@ -185,7 +185,7 @@ fn every_program_loads_within_the_budget_of_every_kernel() {
         );
         let insns = p["verified_insns"].as_u64().unwrap();
         let budget = match name {
-            "cpu_sample" | "off_cpu_start" | "off_cpu_end" => 150_000,
+            "cpu_sample" | "cpu_sample_runtimes" | "off_cpu_start" | "off_cpu_end" => 150_000,
             _ => 20_000,
         };
         assert!(
@@ -193,6 +193,21 @@ fn every_program_loads_within_the_budget_of_every_kernel() {
             "{name}: {insns} instructions verified, budget {budget}"
         );
     }
+    // The native sampler is the runtimes' without their walks: verified in
+    // well under what the whole costs (what a native run saves).
+    let insns = |name: &str| {
+        programs
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["verified_insns"].as_u64())
+            .unwrap()
+    };
+    assert!(
+        insns("cpu_sample") * 4 < insns("cpu_sample_runtimes") * 3,
+        "cpu_sample {} instructions, cpu_sample_runtimes {}",
+        insns("cpu_sample"),
+        insns("cpu_sample_runtimes")
+    );
     // Every mode runs here.
     let modes: Vec<&str> = report["modes"]
         .as_array()
@@ -210,5 +225,113 @@ fn every_program_loads_within_the_budget_of_every_kernel() {
             "--go-states",
             "--group-by trace"
         ]
+    );
+}
+
+/// `cpu_sample_runtimes`, as the kernel keeps its name (15 bytes).
+const RUNTIMES_PROGRAM: &str = "cpu_sample_runt";
+
+/// Starts `crossprof ARGS` and, once it samples, lists the programs it holds
+/// (the kernel's word); then waits for it to finish.
+fn programs_while_recording(args: &[&str]) -> (Run, Vec<String>) {
+    let rec = spawn_crossprof(args);
+    wait_for_link(rec.pid(), "perf", Duration::from_secs(30));
+    // A turn of the event loop or two after the attach.
+    std::thread::sleep(Duration::from_millis(500));
+    let programs = bpf_programs_of(rec.pid());
+    (finish(rec, LIMIT), programs)
+}
+
+/// Issue #21 (load only what a run needs): a cpu run of a native program
+/// never verifies the Go and .NET walks. The kernel holds the native sampler
+/// and the `mmap` programs for it, not the runtimes' sampler, nor an
+/// off-CPU, HTTP or goroutine-state program; the summary says the runtime
+/// walks were not loaded and what the loads cost; the chain is whole.
+#[test]
+fn a_native_cpu_run_loads_no_runtime_walk() {
+    let chain = native_fixture("chain");
+    let dir = out_dir("kernel_native_load");
+    let (run, programs) =
+        programs_while_recording(&["record", "-q", "-o", s(&dir), "--", s(&chain), "2"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        programs.iter().any(|p| p == "cpu_sample"),
+        "no sampler loaded: {programs:?}"
+    );
+    for absent in [
+        RUNTIMES_PROGRAM,
+        "off_cpu_start",
+        "off_cpu_end",
+        "http_sys_exit",
+        "go_casgstatus",
+    ] {
+        assert!(
+            !programs.iter().any(|p| p == absent),
+            "{absent} loaded for a native cpu run: {programs:?}"
+        );
+    }
+    let summary = read_summary(&dir);
+    assert_eq!(summary["kernel_load"]["runtime_walks"], "not_loaded");
+    let ms = summary["kernel_load"]["verify_cpu_ms"].as_f64().unwrap();
+    assert!(ms > 0.0, "verification took no CPU: {summary:#?}");
+    assert_eq!(summary["counters"]["runtime_walk_pending"], 0);
+    let stacks = read_folded(&dir);
+    let (hit, all) = count_where(&stacks, "chain", |st| {
+        st.contains_chain(&["main", "outer", "middle", "hot"])
+    });
+    assert!(all >= 100, "only {all} samples");
+    assert!(hit * 100 >= all * 95, "the chain in {hit} of {all}");
+}
+
+/// The other side: a running Go program (`--pid`) has the runtimes' walks
+/// loaded before the sampler starts, so not one sample of it goes without
+/// them (`runtime_walk_pending` 0) and its busy samples carry their
+/// goroutine; the kernel holds the runtimes' sampler.
+#[test]
+fn a_go_target_has_the_runtime_walks_before_its_first_sample() {
+    let go = Go::tested()[0];
+    let bin = go.fixture("goroutines", GoBuild::Normal);
+    let target = Guard(
+        Command::new(&bin)
+            .args(["6", "2"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Its goroutines started.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = target.pid().to_string();
+    let dir = out_dir("kernel_go_load");
+    let (run, programs) = programs_while_recording(&[
+        "record",
+        "-q",
+        "-o",
+        s(&dir),
+        "--group-by",
+        "goroutine",
+        "--pid",
+        &pid,
+        "--duration",
+        "2",
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        programs.iter().any(|p| p == RUNTIMES_PROGRAM),
+        "no runtime walks loaded for a Go target: {programs:?}"
+    );
+    let summary = read_summary(&dir);
+    assert_eq!(summary["kernel_load"]["runtime_walks"], "loaded");
+    assert_eq!(summary["counters"]["runtime_walk_pending"], 0);
+    let stacks = read_folded(&dir);
+    let (with_goroutine, _) = count_where(&stacks, "goroutines", |st| {
+        st.frames.iter().any(|f| f == "main.busy") && st.frames[1].starts_with("goroutine ")
+    });
+    let (busy, _) = count_where(&stacks, "goroutines", |st| {
+        st.frames.iter().any(|f| f == "main.busy")
+    });
+    assert!(busy >= 100, "only {busy} busy samples");
+    assert!(
+        with_goroutine * 100 >= busy * 98,
+        "{with_goroutine} of {busy} busy samples with their goroutine"
     );
 }

@@ -315,9 +315,7 @@ fn is_absent(e: &PdbError) -> bool {
     }
 }
 
-/// The largest assembly or PDB read for source lines (the framework's
-/// largest, System.Private.CoreLib, is ~15 MB).
-const MAX_ASSEMBLY: u64 = 256 << 20;
+use super::MAX_ASSEMBLY;
 
 #[cfg(test)]
 mod tests {

@@ -569,7 +569,15 @@ impl<M: Memory> Runtime<M> {
     /// bytes before it) or to that end (what follows a method's code in its
     /// block, read-only data, is never run). At most [`MAX_LISTED`] methods.
     pub fn jit_methods(&self) -> Vec<(u64, u64)> {
+        self.jit_listing().methods
+    }
+
+    /// [`Runtime::jit_methods`], with the heaps it found and whether each
+    /// was read whole (what a method missing from the listing says: freed,
+    /// or only not seen).
+    pub fn jit_listing(&self) -> JitListing {
         let mut out = Vec::new();
+        let mut heaps = Vec::new();
         // What all heaps' maps may cost a listing (the target says how large
         // its heaps are): 4 MiB of map, 1 GiB of code.
         let mut budget: u64 = 4 << 20;
@@ -586,6 +594,7 @@ impl<M: Memory> Runtime<M> {
                 continue;
             };
             if map_bytes > budget {
+                heaps.push((base, end, false));
                 break;
             }
             budget -= map_bytes;
@@ -594,19 +603,23 @@ impl<M: Memory> Runtime<M> {
             let mut starts = Vec::new();
             let mut chunk = [0u8; 16 << 10];
             let mut at = 0;
+            let mut whole = true;
             while at < map_bytes {
                 let n = (map_bytes - at).min(chunk.len() as u64) as usize;
                 if !m.read(map + at, &mut chunk[..n]) {
+                    whole = false;
                     break;
                 }
                 for (i, word) in chunk[..n].chunks_exact(4).enumerate() {
                     let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
                     let w = at / 4 + i as u64;
                     for b in 0..8u64 {
-                        if let Some(start) = nibble_start(w, word, b)
-                            && out.len() + starts.len() < MAX_LISTED
-                        {
-                            starts.push(base + start);
+                        if let Some(start) = nibble_start(w, word, b) {
+                            if out.len() + starts.len() < MAX_LISTED {
+                                starts.push(base + start);
+                            } else {
+                                whole = false;
+                            }
                         }
                     }
                 }
@@ -618,9 +631,13 @@ impl<M: Memory> Runtime<M> {
                     out.push((start, next));
                 }
             }
+            heaps.push((base, end, whole));
         }
         out.sort_unstable();
-        out
+        JitListing {
+            methods: out,
+            heaps,
+        }
     }
 
     /// Every code heap's `HeapList`.
@@ -907,8 +924,10 @@ pub struct Namer<M> {
     assemblies: HashMap<String, Option<Arc<MethodNames>>>,
     /// When the address and method caches were last emptied.
     cached_since: std::time::Instant,
-    /// Method starts listed by [`Namer::new_methods`].
-    listed: std::collections::HashSet<u64>,
+    /// Methods listed by [`Namer::new_methods`]: start → end.
+    listed: HashMap<u64, u64>,
+    /// Listed methods found freed since (see [`Namer::new_methods`]).
+    pub freed: u64,
     /// Where addresses are in their methods' IL (see [`Namer::il_at`]).
     il_by_address: HashMap<u64, Option<IlPlace>>,
     /// Bounds by method start (`None`: none read).
@@ -923,8 +942,7 @@ pub struct Namer<M> {
 /// MethodDef token, the IL offset.
 pub type IlPlace = (Arc<str>, u32, u32);
 
-/// The largest assembly read for its metadata.
-const MAX_ASSEMBLY: u64 = 256 << 20;
+use super::MAX_ASSEMBLY;
 
 /// Which file: device, inode, size, modification time.
 type FileId = (u64, u64, i64, i64, i64);
@@ -971,7 +989,8 @@ impl<M: Memory> Namer<M> {
             modules: HashMap::new(),
             assemblies: HashMap::new(),
             cached_since: std::time::Instant::now(),
-            listed: Default::default(),
+            listed: HashMap::new(),
+            freed: 0,
             il_by_address: HashMap::new(),
             bounds: HashMap::new(),
             named: 0,
@@ -1030,6 +1049,31 @@ impl<M: Memory> Namer<M> {
             self.bounds.clear();
             self.cached_since = std::time::Instant::now();
         }
+    }
+
+    /// Forgets what was said of the code of the listed methods starting at
+    /// `starts` (freed): the names and IL places of addresses in them, their
+    /// bounds, names by MethodDesc; they are no longer listed.
+    fn forget_code(&mut self, starts: &[u64]) {
+        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(starts.len());
+        for start in starts {
+            if let Some(end) = self.listed.remove(start) {
+                ranges.push((*start, end));
+                self.bounds.remove(start);
+            }
+        }
+        self.freed += ranges.len() as u64;
+        ranges.sort_unstable();
+        let inside = |pc: &u64| {
+            let i = ranges.partition_point(|&(start, _)| start <= *pc);
+            i > 0 && *pc < ranges[i - 1].1
+        };
+        self.by_address.retain(|pc, _| !inside(pc));
+        self.il_by_address.retain(|pc, _| !inside(pc));
+        // Names by MethodDesc are not tied to a start: a freed dynamic
+        // method's MethodDesc may be given to another. Read again as needed
+        // (addresses keep theirs).
+        self.by_method.clear();
     }
 
     fn il_place(&mut self, pc: u64) -> Option<IlPlace> {
@@ -1092,6 +1136,7 @@ impl<M: Memory> Namer<M> {
             named: self.named,
             unnamed: self.unnamed,
             methods_listed: self.listed.len() as u64,
+            methods_freed: self.freed,
         }
     }
 
@@ -1101,12 +1146,29 @@ impl<M: Memory> Namer<M> {
     /// stubs' blocks are left out. Two batched reads ([`read_batched`]) for
     /// all the new methods' code and code headers, not a few reads each (a
     /// JIT-heavy program makes thousands a second).
+    ///
+    /// A listed method the code heaps no longer hold was freed (a dynamic
+    /// method collected, a collectible assembly unloaded): what was said of
+    /// its code (names by address and by its MethodDesc, IL places, bounds)
+    /// is forgotten, so that code later put there is named afresh, and its
+    /// start is listed again when a method is there (its frame shape with
+    /// it).
     pub fn new_methods(&mut self) -> Vec<Listed> {
-        let fresh: Vec<(u64, u64)> = self
-            .runtime
-            .jit_methods()
+        let listing = self.runtime.jit_listing();
+        let freed = listing.freed(self.listed.keys().copied());
+        if !freed.is_empty() {
+            self.forget_code(&freed);
+        }
+        let fresh: Vec<(u64, u64)> = listing
+            .methods
             .into_iter()
-            .filter(|&(start, _)| self.listed.insert(start))
+            .filter(|&(start, end)| match self.listed.entry(start) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(end);
+                    true
+                }
+            })
             .collect();
         let prolog_max = super::unwind::PROLOG_BYTES as u64;
         // The header word before each method's code, and its first bytes.
@@ -1174,6 +1236,7 @@ impl<M: Memory> Namer<M> {
                 ),
             };
             let end = code_size.map_or(end, |size| end.min(start + size));
+            self.listed.insert(start, end);
             let key = match md {
                 Some(md) => format!("MethodDesc {md:#x}"),
                 None => format!("code at {start:#x}"),
@@ -1187,6 +1250,38 @@ impl<M: Memory> Namer<M> {
             });
         }
         out
+    }
+}
+
+/// What a listing of JIT code found (see [`Runtime::jit_listing`]).
+#[derive(Debug, Default)]
+pub struct JitListing {
+    /// Every method's code, `(start, end)`, sorted.
+    pub methods: Vec<(u64, u64)>,
+    /// Every code heap's `(base, end)`, and whether its map was read whole.
+    pub heaps: Vec<(u64, u64, bool)>,
+}
+
+impl JitListing {
+    /// Of `listed` method starts (from an earlier listing), those freed
+    /// since: in a heap read whole that no longer maps them, or in no heap
+    /// any more (a collectible assembly's heap released). None when no heap
+    /// was found (a listing that failed says nothing).
+    pub fn freed(&self, listed: impl Iterator<Item = u64>) -> Vec<u64> {
+        if self.heaps.is_empty() {
+            return Vec::new();
+        }
+        listed
+            .filter(|&start| {
+                self.methods
+                    .binary_search_by_key(&start, |&(s, _)| s)
+                    .is_err()
+                    && !self
+                        .heaps
+                        .iter()
+                        .any(|&(base, end, whole)| !whole && (base..end).contains(&start))
+            })
+            .collect()
     }
 }
 
@@ -1464,6 +1559,48 @@ pub(crate) mod tests {
             }]
         );
         assert!(namer.new_methods().is_empty(), "listed again");
+    }
+
+    /// A dynamic method's code freed, then another put at the same start:
+    /// the first's name is forgotten with its listing, the second is named
+    /// afresh and listed again (its frame shape with it); a heap whose map
+    /// could not be read frees nothing.
+    #[test]
+    fn freed_code_is_named_afresh_and_listed_again() {
+        let (mut mem, table) = net8();
+        let heap = 0x1400_0000u64;
+        let mut h = mem.0[&heap].clone();
+        h[0x18..0x20].copy_from_slice(&(BASE + 0x400).to_le_bytes());
+        mem.put(heap, &h);
+        // The method's MethodDesc made a dynamic method's, named by a string.
+        let chunk = 0x1600_0040 - 2 * 8 - CHUNK_HEADER;
+        let mut c = mem.0[&chunk].clone();
+        let md = (0x18 + 16) as usize;
+        c[md + 6] = DYNAMIC as u8;
+        let name = 0x1c00_0000u64;
+        c[md + DYNAMIC_NAME as usize..md + DYNAMIC_NAME as usize + 8]
+            .copy_from_slice(&name.to_le_bytes());
+        mem.put(chunk, &c);
+        mem.put(name, b"AlphaHot\0");
+        let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
+        let mut namer = Namer::new(rt, 0);
+        let pc = BASE + 0x50;
+        assert_eq!(namer.new_methods().len(), 1);
+        assert_eq!(namer.name(pc).map(|n| &**n), Some("dynamicClass::AlphaHot"));
+        // The map unreadable for a listing: nothing is taken as freed.
+        let map = namer.runtime.mem.0.remove(&MAP).unwrap();
+        assert!(namer.new_methods().is_empty());
+        assert_eq!(namer.freed, 0);
+        // Freed: the map no longer has it.
+        namer.runtime.mem.put(MAP, &nibble_map(16, &[]));
+        assert!(namer.new_methods().is_empty());
+        assert_eq!(namer.freed, 1);
+        // Another dynamic method compiled there (its MethodDesc and its
+        // name string at the same places, as the runtime may reuse them).
+        namer.runtime.mem.put(name, b"BetaHot\0");
+        namer.runtime.mem.put(MAP, &map);
+        assert_eq!(namer.new_methods().len(), 1, "not listed again");
+        assert_eq!(namer.name(pc).map(|n| &**n), Some("dynamicClass::BetaHot"));
     }
 
     #[test]

@@ -62,6 +62,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The largest assembly or PDB crossprof reads (for ReadyToRun names,
+/// metadata names, source lines): the framework's largest,
+/// System.Private.CoreLib, is ~15 MB; a file past this names nothing.
+pub const MAX_ASSEMBLY: u64 = 256 << 20;
+
 use eventpipe::{GcSession, Session, TraceError};
 use ipc::IpcError;
 use jitdump::JitDump;

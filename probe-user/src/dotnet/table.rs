@@ -22,6 +22,11 @@ impl ProcessTable {
         self.dotnet.source(id)
     }
 
+    /// Does any process run a .NET runtime (found in its maps)?
+    pub fn runs_dotnet(&self) -> bool {
+        self.procs.values().any(|p| p.dotnet.is_some())
+    }
+
     /// Is one of `pids` a .NET process whose perf map is still being asked
     /// for (see [`super::DotnetProcess::perf_map_settled`])?
     pub fn dotnet_pending(&mut self, pids: &[u32]) -> bool {

@@ -62,9 +62,13 @@ impl ProcessTable {
 
     /// Gives the kernel the goroutine offsets of every Go process not seen yet,
     /// and returns those processes with their offsets and function table.
+    /// `before_describing` runs before a process's offsets go to the kernel
+    /// (the sampler's Go walk is loaded there, so that no sample of it is
+    /// walked without).
     pub fn poll_go(
         &mut self,
         processes: Option<&crate::process::ProcessEntries>,
+        before_describing: &mut dyn FnMut(),
     ) -> Vec<(u32, probe_common::go::GoOffsets, Arc<GoTable>)> {
         let fresh: Vec<u32> = self
             .procs
@@ -116,6 +120,7 @@ impl ProcessTable {
             p.go.morestack = morestack;
             match crate::go::kernel_offsets(&table, Some(bias)) {
                 Some(offsets) => {
+                    before_describing();
                     // Replayed (no kernel): tracked as the kernel would.
                     p.go.tracked = processes.is_none_or(|e| e.set_go(pid, Some(offsets)).is_ok());
                     p.go.labels = crate::go::offsets::label_layout(&version)

@@ -28,13 +28,25 @@ pub struct Module {
     /// path itself while it is that file, else `/proc/self/fd/N` of the handle
     /// kept open.
     pub open_path: PathBuf,
-    _handle: Option<File>,
+    handle: Option<File>,
 }
 
 impl Module {
     /// A .NET assembly (a PE `*.dll` the runtime maps), not an ELF object.
     pub fn is_assembly(&self) -> bool {
         self.name.ends_with(".dll")
+    }
+
+    /// The file itself, to read: a second descriptor of the one opened at
+    /// first sight (through the process's view), so that what is read is
+    /// what was mapped whatever the path became since; else (none could be
+    /// opened then) the path opened now, non-blocking, if it is a regular
+    /// file.
+    pub fn open(&self) -> Option<File> {
+        match &self.handle {
+            Some(f) => f.try_clone().ok(),
+            None => crate::files::open_regular(&self.open_path),
+        }
     }
 }
 
@@ -104,7 +116,7 @@ impl ModuleTable {
             name,
             path,
             open_path,
-            _handle: handle,
+            handle,
         });
         self.by_key.insert(key, id);
         id
@@ -122,7 +134,7 @@ impl ModuleTable {
                 .unwrap_or_default(),
             path: path.to_path_buf(),
             open_path: path.to_path_buf(),
-            _handle: None,
+            handle: None,
         });
         id
     }

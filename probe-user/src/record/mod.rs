@@ -294,6 +294,10 @@ pub(crate) async fn start(
         // trace) as later ones do, however long reading its binary takes.
         let go = program.and_then(|exe| crate::go::table::offsets_before_exec(&procs, exe));
         let go = go.map(|offsets| (processes.fd(), offsets));
+        if go.is_some() {
+            // Its first samples are tail-called into the Go walk: have it there.
+            sampler.load_runtime_walks();
+        }
         Some(spawn_registered(command, &sampler, go)?)
     } else {
         None
@@ -465,6 +469,9 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(60)).await;
             pipeline.poll_dotnet_unwind_now();
         }
+        // A Go or .NET target described above: its walks in place before
+        // its first sample.
+        sampler.load_runtime_walks_if_wanted();
         sampler.attach()?;
     }
     let mut status = Status::new(args.quiet);
@@ -535,6 +542,11 @@ async fn run(
     let program_stats = sampler.program_stats();
     let go_program_stats = crate::go::probes::program_stats(sampler.ebpf());
     let http_program_stats = sampler.http_program_stats();
+    let kernel_load = sampler.kernel_load();
+    let runtime_walks_refused = match sampler.runtime_walks() {
+        crate::sampler::RuntimeWalkState::Failed(why) => Some(why.clone()),
+        _ => None,
+    };
     events.drain(&mut pipeline);
     phase("last drain");
     let end_ns = monotonic_ns();
@@ -588,6 +600,8 @@ async fn run(
             program_stats,
             go_program_stats,
             http_program_stats,
+            kernel_load,
+            runtime_walks_refused,
             start,
             stopped_at,
             started_unix_ns,

@@ -39,6 +39,10 @@ pub(super) struct Ended<'a> {
     pub(super) program_stats: Option<(u64, u64)>,
     pub(super) go_program_stats: Option<(u64, u64)>,
     pub(super) http_program_stats: Option<(u64, u64)>,
+    /// What loading the programs cost; why the Go and .NET walks were
+    /// refused, if they were.
+    pub(super) kernel_load: crate::summary::KernelLoad,
+    pub(super) runtime_walks_refused: Option<String>,
     pub(super) start: Instant,
     pub(super) stopped_at: Instant,
     pub(super) started_unix_ns: i64,
@@ -61,6 +65,8 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
         program_stats,
         go_program_stats,
         http_program_stats,
+        kernel_load,
+        runtime_walks_refused,
         start,
         stopped_at,
         started_unix_ns,
@@ -259,6 +265,9 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             })
         })
         .chain(unwind_tables_error)
+        .chain(runtime_walks_refused.map(|why| {
+            format!("the Go and .NET walks were refused ({why}): their processes' stacks were walked by unwind rules and frame pointers only, without goroutines")
+        }))
         .chain(go_states_failed.into_iter().map(|(process, why)| {
             format!("{process}: goroutine states not followed: {why}")
         }))
@@ -346,6 +355,7 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             run_count,
             run_time_ns,
         }),
+        kernel_load,
         http_program: http_program_stats.map(|(run_count, run_time_ns)| KernelProgramStats {
             run_count,
             run_time_ns,

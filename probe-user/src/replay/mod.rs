@@ -75,7 +75,7 @@ pub fn replay(dir: &Path, relocate: Option<(String, String)>) -> Result<Replayed
     for pid in known {
         pipeline.procs.get_or_capture(pid, "[exited]");
     }
-    pipeline.procs.poll_go(None);
+    pipeline.procs.poll_go(None, &mut || {});
     for record in &records {
         pipeline.replay_record(record);
     }

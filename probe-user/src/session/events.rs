@@ -107,7 +107,17 @@ impl Events {
                 return false;
             }
         };
+        // The Go and .NET walks, before a runtime's process is described
+        // to the kernel: a .NET runtime found in a process's maps now (its
+        // JIT code is described later), a Go process by the Go poll itself;
+        // any other writer of such an entry raised the sampler's flag.
+        if sampler.runtime_walks() == &crate::sampler::RuntimeWalkState::NotLoaded
+            && pipeline.procs.runs_dotnet()
+        {
+            sampler.load_runtime_walks();
+        }
         pipeline.poll_go(sampler);
+        sampler.load_runtime_walks_if_wanted();
         if tick && let Some(l) = self.log.as_mut() {
             l.flush();
         }

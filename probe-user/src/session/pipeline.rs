@@ -217,7 +217,7 @@ impl Pipeline {
         for pid in maps_changed {
             self.procs.recapture(pid);
         }
-        self.procs.poll_go(None);
+        self.procs.poll_go(None, &mut || {});
         self.submit_fresh();
     }
 
@@ -451,7 +451,9 @@ impl Pipeline {
     pub(crate) fn poll_go(&mut self, sampler: &mut Sampler) {
         let tracked = self
             .procs
-            .poll_go(self.kernel.as_ref().map(|k| &k.processes));
+            .poll_go(self.kernel.as_ref().map(|k| &k.processes), &mut || {
+                sampler.load_runtime_walks()
+            });
         if self.go_sampling_hz > 0 {
             for (pid, _, table) in &tracked {
                 self.procs
