@@ -247,6 +247,11 @@ fn a_running_process_is_named_without_a_restart() {
     assert!(p["jit_from_memory"]["named"].as_u64() >= Some(3), "{p}");
     let map = format!("/tmp/perf-{pid}.map");
     assert!(!Path::new(&map).exists(), "{map} was made");
+    // The sampler's .NET walk was loaded before the first sample (issue
+    // #21): no sample of it walked without (those lose the chain's root).
+    let summary = read_summary(&dir);
+    assert_eq!(summary["kernel_load"]["runtime_walks"], "loaded");
+    assert_eq!(summary["counters"]["runtime_walk_pending"], 0);
     drop(target);
     // With --dotnet-perf-map: asked for, then turned off again and the file
     // removed while the process still runs.

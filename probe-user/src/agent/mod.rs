@@ -328,7 +328,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
         pipeline.procs.get_or_capture(pid, "[exited]");
     }
     pipeline.poll_go(&mut sampler);
-    sampler.load_runtime_walks_if_wanted();
+    crate::session::load_runtime_walks_if_met(&pipeline, &mut sampler);
     sampler.attach()?;
 
     // 3. The server.

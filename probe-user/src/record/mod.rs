@@ -469,9 +469,9 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(60)).await;
             pipeline.poll_dotnet_unwind_now();
         }
-        // A Go or .NET target described above: its walks in place before
-        // its first sample.
-        sampler.load_runtime_walks_if_wanted();
+        // A Go or .NET target read above: its walks in place before its
+        // first sample.
+        crate::session::load_runtime_walks_if_met(&pipeline, &mut sampler);
         sampler.attach()?;
     }
     let mut status = Status::new(args.quiet);

@@ -107,15 +107,7 @@ impl Events {
                 return false;
             }
         };
-        // The Go and .NET walks, before a runtime's process is described
-        // to the kernel: a .NET runtime found in a process's maps now (its
-        // JIT code is described later), a Go process by the Go poll itself;
-        // any other writer of such an entry raised the sampler's flag.
-        if sampler.runtime_walks() == &crate::sampler::RuntimeWalkState::NotLoaded
-            && pipeline.procs.runs_dotnet()
-        {
-            sampler.load_runtime_walks();
-        }
+        load_runtime_walks_if_met(pipeline, sampler);
         pipeline.poll_go(sampler);
         sampler.load_runtime_walks_if_wanted();
         if tick && let Some(l) = self.log.as_mut() {
@@ -134,4 +126,19 @@ impl Events {
     pub(crate) fn into_log(self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.log
     }
+}
+
+/// Loads the sampler's Go and .NET walks once the session has met a runtime,
+/// before its process is described to the kernel: a .NET runtime found in a
+/// process's maps (its JIT code is described later, by the .NET poll), or an
+/// entry already written by another path (the sampler's flag). A Go process
+/// has them loaded by the Go poll itself, before its offsets are written.
+/// Called at every turn of the event loop and before sampling starts.
+pub(crate) fn load_runtime_walks_if_met(pipeline: &Pipeline, sampler: &mut Sampler) {
+    if sampler.runtime_walks() == &crate::sampler::RuntimeWalkState::NotLoaded
+        && pipeline.procs.runs_dotnet()
+    {
+        sampler.load_runtime_walks();
+    }
+    sampler.load_runtime_walks_if_wanted();
 }

@@ -15,7 +15,7 @@ mod announce;
 mod events;
 pub(crate) mod pipeline;
 
-pub(crate) use events::Events;
+pub(crate) use events::{Events, load_runtime_walks_if_met};
 pub(crate) use pipeline::{KernelSide, Pipeline};
 
 /// How often the ring buffer is drained when the kernel has not woken us (wakeups
