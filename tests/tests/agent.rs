@@ -849,6 +849,13 @@ fn soak_under_process_churn_keeps_memory_flat_and_loses_no_sample() {
     let a = &v["agent"];
     // Exited processes are forgotten.
     assert!(a["processes"].as_u64().unwrap() < 200, "{a}");
+    // Go and .NET processes came: the sampler's runtime walks were loaded
+    // (once), and cost what the status says.
+    assert_eq!(a["kernel_load"]["runtime_walks"], "loaded", "{a}");
+    assert!(
+        a["kernel_load"]["verify_cpu_ms"].as_f64() > Some(0.0),
+        "{a}"
+    );
     assert!(agent.stop().success());
 }
 

@@ -499,6 +499,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                     unwind_rows_in_use: unwind.map_or(0, |u| u.rows_in_use()),
                     unwind_rows_freed: unwind.map_or(0, |u| u.rows_freed),
                     unwind_files_refused: unwind.map_or(0, |u| u.files_refused),
+                    kernel_load: Some(sampler.kernel_load()),
                     otlp: cutter.exporter.as_ref().and_then(export::Exporter::status),
                     pyroscope: cutter.pyroscope.as_ref().and_then(|p| p.exporter.status()),
                 };

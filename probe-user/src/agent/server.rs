@@ -94,6 +94,9 @@ pub struct AgentStatus {
     /// Files whose rules did not fit (their stacks end at
     /// `[truncated: no unwind info]`).
     pub unwind_files_refused: u64,
+    /// What loading the kernel programs cost, and whether the sampler's Go
+    /// and .NET walks are loaded (they are once a runtime is met).
+    pub kernel_load: Option<crate::summary::KernelLoad>,
     /// The OTLP export (`--otlp-endpoint`): sent, queued, dropped, the
     /// last error.
     #[serde(skip_serializing_if = "Option::is_none")]
