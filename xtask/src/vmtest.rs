@@ -105,6 +105,14 @@ pub const TESTS: &[(&str, &str)] = &[
         "go",
         "goroutine_waits_are_a_profile_of_their_stacks_in_every_version",
     ),
+    // Load only what a run needs (issue #21): a native run holds no
+    // runtime walk; a running Go program's samples are tail-called into
+    // them from its first one.
+    ("kernel", "a_native_cpu_run_loads_no_runtime_walk"),
+    (
+        "kernel",
+        "a_go_target_has_the_runtime_walks_before_its_first_sample",
+    ),
     // Go assembly that uses RBP, cgo and pure Go (the latter walked by
     // rules for its assembly only).
     (
