@@ -40,6 +40,7 @@ use std::{
 };
 
 use super::{
+    MAX_ASSEMBLY,
     eventpipe::{self, Event, EventSink, Provider, Session, TraceError},
     pdb::{PdbError, PortablePdb},
 };
@@ -314,8 +315,6 @@ fn is_absent(e: &PdbError) -> bool {
         _ => false,
     }
 }
-
-use super::MAX_ASSEMBLY;
 
 #[cfg(test)]
 mod tests {

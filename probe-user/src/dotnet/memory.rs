@@ -56,7 +56,7 @@ use std::{collections::HashMap, fs::File, os::unix::fs::FileExt as _, sync::Arc}
 
 use crate::le::{u32_at, u64_at};
 
-use super::{Clr, r2r::MethodNames};
+use super::{Clr, MAX_ASSEMBLY, r2r::MethodNames};
 use crate::native::maps::MapEntry;
 
 /// Why a process's runtime memory cannot be read for names.
@@ -594,8 +594,9 @@ impl<M: Memory> Runtime<M> {
                 continue;
             };
             if map_bytes > budget {
+                // Not read, but known: its methods are not taken as freed.
                 heaps.push((base, end, false));
-                break;
+                continue;
             }
             budget -= map_bytes;
             // Read in chunks: a heap that claims more than it has fails at its
@@ -941,8 +942,6 @@ pub struct Namer<M> {
 /// Where an address is in its method's IL: the assembly's path, the
 /// MethodDef token, the IL offset.
 pub type IlPlace = (Arc<str>, u32, u32);
-
-use super::MAX_ASSEMBLY;
 
 /// Which file: device, inode, size, modification time.
 type FileId = (u64, u64, i64, i64, i64);
