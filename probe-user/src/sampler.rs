@@ -277,16 +277,8 @@ impl Sampler {
         let Some(array) = self.runtimes.array.as_mut() else {
             return;
         };
-        let name = names::CPU_SAMPLE_RUNTIMES_PROG;
         let started = thread_cpu_ns();
-        let loaded = program::<PerfEvent>(&mut self.ebpf, name).and_then(|p| {
-            p.load().map_err(|source| load_failed(name, source))?;
-            let fd = p.fd().map_err(|source| load_failed(name, source))?;
-            array.set(0, fd, 0).map_err(|source| SamplerError::Map {
-                name: names::RUNTIME_SAMPLERS,
-                source,
-            })
-        });
+        let loaded = load_runtime_sampler(&mut self.ebpf, array);
         let spent = thread_cpu_ns().saturating_sub(started);
         self.verify_cpu_ns += spent;
         self.runtimes.state = match loaded {
@@ -712,6 +704,22 @@ pub struct LoadFigures {
 /// A program's name, and what loading it cost or why it did not load.
 pub type ProgramLoad = (&'static str, Result<LoadFigures, SamplerError>);
 
+/// Loads `cpu_sample_runtimes` and puts it in `RUNTIME_SAMPLERS` (`array`),
+/// where `cpu_sample` tail-calls it (the kernel checks the two agree).
+fn load_runtime_sampler(
+    ebpf: &mut Ebpf,
+    array: &mut ProgramArray<MapData>,
+) -> Result<(), SamplerError> {
+    let name = names::CPU_SAMPLE_RUNTIMES_PROG;
+    let p = program::<PerfEvent>(ebpf, name)?;
+    p.load().map_err(|source| load_failed(name, source))?;
+    let fd = p.fd().map_err(|source| load_failed(name, source))?;
+    array.set(0, fd, 0).map_err(|source| SamplerError::Map {
+        name: names::RUNTIME_SAMPLERS,
+        source,
+    })
+}
+
 /// Loads each of `programs` (names in [`ALL_PROGRAMS`]) from one fresh
 /// object, as a run would (off-CPU stash at its off-CPU size): what each
 /// cost, or why the kernel refused it. Nothing is attached.
@@ -727,10 +735,20 @@ pub fn load_each(programs: &[&'static str]) -> Result<Vec<ProgramLoad>, SamplerE
         .load(PROBE_OBJECT)
         .map_err(SamplerError::Load)?;
     let btf = aya::Btf::from_sys_fs().ok();
+    let mut runtime_array = take_map(&mut ebpf, names::RUNTIME_SAMPLERS).and_then(|map| {
+        ProgramArray::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::RUNTIME_SAMPLERS,
+            source,
+        })
+    })?;
     let mut out = Vec::new();
     for &name in programs {
         let started = (thread_cpu_ns(), std::time::Instant::now());
-        let loaded = load_one(&mut ebpf, name, btf.as_ref()).map(|()| {
+        let loaded = match name {
+            names::CPU_SAMPLE_RUNTIMES_PROG => load_runtime_sampler(&mut ebpf, &mut runtime_array),
+            _ => load_one(&mut ebpf, name, btf.as_ref()),
+        };
+        let loaded = loaded.map(|()| {
             let (cpu, wall) = (thread_cpu_ns(), started.1.elapsed());
             LoadFigures {
                 verified_insns: ebpf
@@ -746,7 +764,8 @@ pub fn load_each(programs: &[&'static str]) -> Result<Vec<ProgramLoad>, SamplerE
     Ok(out)
 }
 
-/// Loads program `name` of `ebpf` by its kind.
+/// Loads program `name` of `ebpf` by its kind (`cpu_sample_runtimes` by
+/// [`load_runtime_sampler`]).
 fn load_one(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -760,34 +779,6 @@ fn load_one(
         }),
     };
     let loaded = match name {
-        names::CPU_SAMPLE_RUNTIMES_PROG => {
-            // Loaded, and taken by the program array it is tail-called from
-            // (the kernel checks the two programs agree).
-            let p = program::<PerfEvent>(ebpf, name)?;
-            p.load().map_err(|source| load_failed(name, source))?;
-            let fd = p
-                .fd()
-                .map_err(|source| load_failed(name, source))?
-                .try_clone();
-            let map_err = |source| SamplerError::Map {
-                name: names::RUNTIME_SAMPLERS,
-                source,
-            };
-            let fd = fd.map_err(|e| {
-                map_err(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error: e,
-                }))
-            })?;
-            let map =
-                ebpf.map_mut(names::RUNTIME_SAMPLERS)
-                    .ok_or(map_err(MapError::InvalidName {
-                        name: names::RUNTIME_SAMPLERS.to_owned(),
-                    }))?;
-            let mut array: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map).map_err(map_err)?;
-            return array.set(0, &fd, 0).map_err(map_err);
-        }
         names::CPU_SAMPLE_PROG | names::CPU_SAMPLE_FP_PROG => {
             program::<PerfEvent>(ebpf, name)?.load()
         }

@@ -109,7 +109,6 @@ impl Events {
         };
         load_runtime_walks_if_met(pipeline, sampler);
         pipeline.poll_go(sampler);
-        sampler.load_runtime_walks_if_wanted();
         if tick && let Some(l) = self.log.as_mut() {
             l.flush();
         }
