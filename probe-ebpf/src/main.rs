@@ -34,7 +34,7 @@ use probe_common::{
     COUNTER_SLOTS, Config, Counter, EVENTS_BYTES, MAX_SELECTORS, MAX_TARGETS,
     TASK_NEWTASK_CLONE_FLAGS, TASK_NEWTASK_PID,
     native::SampleScratch,
-    process::{MAX_PROCESSES, PROCESS_GO, PROCESS_MANAGED, ProcessEntry},
+    process::{MAX_PROCESSES, ProcessEntry},
 };
 
 /// Overwritten by the collector before load (`EbpfLoader::override_global`).
@@ -270,22 +270,42 @@ fn count(counter: Counter) -> u64 {
 #[map]
 static RUNTIME_SAMPLERS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The slot of [`RUNTIME_SAMPLERS`] the native sampler tail-calls (always 0),
+/// read from writable global data (`.bss`) so that the verifier cannot see
+/// the key as a constant. With a constant key the tail call becomes a direct
+/// jump that the x86-64 JIT patches into the *running* sampler's code
+/// (`text_poke_bp`, with its cross-CPU syncs) each time the slot changes: when
+/// the collector loads the runtimes' walks mid-run and when the array is
+/// freed at exit. Under QEMU's multi-threaded emulation, which the VM tier
+/// runs, a CPU can keep executing a stale translation of patched code (see
+/// `xtask/src/vmtest.rs`, `emulator_fault`); an indirect tail call reads the
+/// slot at each call and patches nothing.
+#[unsafe(no_mangle)]
+static mut RUNTIME_SAMPLER_SLOT: u32 = 0;
+
+/// Passes the current sample to `cpu_sample_runtimes` (see [`cpu_sample`]);
+/// returns only if its slot is empty.
+#[inline(always)]
+pub(crate) fn tail_call_runtime_sampler(ctx: &PerfEventContext) {
+    // SAFETY: a plain read of a global no program writes; the tail call goes
+    // to a perf_event program of this object, which takes the same context,
+    // and returns here only on failure.
+    unsafe {
+        let slot = core::ptr::read_volatile(&raw const RUNTIME_SAMPLER_SLOT);
+        let _ = RUNTIME_SAMPLERS.tail_call(ctx, slot);
+    }
+    count(Counter::RuntimeWalkPending);
+}
+
 /// Samples the stacks of whatever runs on this CPU, at the perf event's
 /// frequency, by the native walks (`.eh_frame` rules, frame pointers). A
 /// sample of a process the collector described as Go or .NET goes to
-/// [`cpu_sample_runtimes`] by a tail call: the runtimes' walks are verified
-/// only in a run that meets a runtime, when the collector first describes
-/// one. Until then (the slot is empty, the call falls through) the sample is
-/// walked here, counted as `RuntimeWalkPending`.
+/// [`cpu_sample_runtimes`] by a tail call (see `sample::sample`): the
+/// runtimes' walks are verified only in a run that meets a runtime, when the
+/// collector first describes one. Until then (the slot is empty, the call
+/// falls through) the sample is walked here, counted as `RuntimeWalkPending`.
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if process(tgid).is_some_and(|p| p.flags & (PROCESS_GO | PROCESS_MANAGED) != 0) {
-        // SAFETY: a tail call into a perf_event program of this object,
-        // which takes the same context; on failure it returns here.
-        unsafe { RUNTIME_SAMPLERS.tail_call(&ctx, 0) };
-        count(Counter::RuntimeWalkPending);
-    }
     sample::sample::<false>(&ctx);
     0
 }

@@ -263,6 +263,7 @@ fn record_span(
     sample::record::<true>(
         ctx,
         pid_tgid,
+        || crate::process((pid_tgid >> 32) as u32),
         kernel,
         sample::Regs::Saved,
         Some(OffCpu {

@@ -32,7 +32,7 @@ use probe_common::{
         record_len,
     },
     offcpu::MAX_OFF_CPU_KERNEL_FRAMES,
-    process::{PROCESS_MANAGED, PROCESS_RULES, ProcessEntry},
+    process::{PROCESS_GO, PROCESS_MANAGED, PROCESS_RULES, ProcessEntry},
 };
 
 use crate::{
@@ -97,6 +97,12 @@ pub fn sample<const RUNTIMES: bool>(ctx: &PerfEventContext) {
     if !crate::selected(tgid) {
         return;
     }
+    // One lookup per sample: the native build decides the tail call with
+    // the entry `record` then copies.
+    let process = crate::process(tgid);
+    if !RUNTIMES && process.is_some_and(|p| p.flags & (PROCESS_GO | PROCESS_MANAGED) != 0) {
+        crate::tail_call_runtime_sampler(ctx);
+    }
     count(Counter::Samples);
     if !crate::scratch_free() {
         // This CPU interrupted a program in a thread's context (off-CPU, a Go
@@ -109,6 +115,7 @@ pub fn sample<const RUNTIMES: bool>(ctx: &PerfEventContext) {
     record::<RUNTIMES>(
         ctx.as_ptr(),
         pid_tgid,
+        || process,
         if in_user {
             Kernel::None
         } else {
@@ -193,7 +200,11 @@ pub(crate) enum Output {
 /// Builds the record of the current thread (`pid_tgid`): the kernel stack of
 /// `ctx` as `kernel` says, the user stack from the registers `regs` names; an
 /// on-CPU sample, or an off-CPU span when `off_cpu` is set; and sends or
-/// stashes it.
+/// stashes it. `process` gives the thread's process entry (none: not
+/// described): the sampler's, found before it decided on the tail call; the
+/// off-CPU programs' looked up here, where it always was (found earlier, the
+/// entry lives across their other lookups and 6.1's verifier refused the
+/// code LLVM then made: a stack slot read on a path that never wrote it).
 ///
 /// The walks are subprograms of their own ([`user_stack`], [`go_fields`]): their
 /// frames come and go, and this one keeps only what lives across them.
@@ -203,6 +214,7 @@ pub(crate) enum Output {
 pub(crate) fn record<const RUNTIMES: bool>(
     ctx: *mut c_void,
     pid_tgid: u64,
+    process: impl FnOnce() -> Option<&'static ProcessEntry>,
     kernel: Kernel,
     regs: Regs,
     off_cpu: Option<OffCpu>,
@@ -220,7 +232,7 @@ pub(crate) fn record<const RUNTIMES: bool>(
         count(Counter::DropNoScratch);
         return;
     };
-    copy_process(&mut walks.process, crate::process(tgid));
+    copy_process(&mut walks.process, process());
     let mut flags = 0u32;
 
     let kernel_bytes = match kernel {

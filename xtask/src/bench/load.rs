@@ -13,7 +13,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use crossprof_tests::target_dir;
 use serde_json::Value;
 
@@ -135,15 +135,25 @@ pub fn figures(crossprof: &Path, vms: bool) -> Result<Vec<Figure>> {
                 "\"{}\" check --load --json > \"$OUT/check.json\" 2> \"$OUT/check.err\"\n",
                 bin.display()
             );
-            vmtest::boot(
+            let (console, ended) = vmtest::boot(
                 &kernel,
                 &dir,
                 &script,
                 &[],
                 4096,
-                Duration::from_secs(15 * 60),
+                vmtest::Limits {
+                    total: Duration::from_secs(15 * 60),
+                    progress: None,
+                },
                 vmtest::Tcg::Multi,
             )?;
+            if let vmtest::Ended::Killed(why) = ended {
+                bail!(
+                    "the {} guest was killed ({why}): see {}",
+                    kernel.short,
+                    console.display()
+                );
+            }
             let text = fs::read_to_string(dir.join("check.json")).unwrap_or_default();
             let report: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let progs = programs(&report);
