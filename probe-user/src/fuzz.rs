@@ -754,6 +754,21 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "dotnet_descriptor",
+            #[cfg(test)]
+            seeds: || {
+                use dotnet::descriptor::tests::{JSON, head};
+                let mut b = head(0x7000_0000).to_vec();
+                b.extend(JSON.as_bytes());
+                vec![Seed::whole(b)]
+            },
+            run: |b| {
+                // A .NET runtime's contract descriptor: its struct and JSON
+                // text, read from its memory.
+                dotnet::descriptor::fuzz(b);
+            },
+        },
+        Target {
             name: "outbox_request",
             #[cfg(test)]
             seeds: || {

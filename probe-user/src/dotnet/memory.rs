@@ -80,6 +80,10 @@ pub enum MemoryError {
     /// The DAC table is still empty: the runtime is starting.
     #[error("its runtime has not started yet")]
     NotStarted,
+    /// The runtime's own contract descriptor disagrees with the layout
+    /// crossprof has for its version, or is not there to check it by.
+    #[error("{0}")]
+    Descriptor(String),
 }
 
 /// Where a runtime version keeps what names its JIT code (x86-64 Linux,
@@ -114,6 +118,9 @@ pub struct Layout {
     nibbles: Nibbles,
     /// `DynamicMethodDesc::m_pszMethodName` (a UTF-8 string).
     dynamic_name: u64,
+    /// The runtime exports its contract descriptor, which every table fact is
+    /// checked against before its memory is read ([`super::descriptor`]).
+    described: bool,
 }
 
 /// How a code heap's nibble map says where methods start (see the module's
@@ -165,6 +172,7 @@ pub const NET8: Layout = Layout {
     bounds_bit_packed: false,
     nibbles: Nibbles::Linear,
     dynamic_name: 0x18,
+    described: false,
 };
 
 /// .NET Core 3.1 (3.1.23 checked; dotnet/coreclr release/3.1,
@@ -187,6 +195,7 @@ pub const CORE31: Layout = Layout {
     bounds_bit_packed: false,
     nibbles: Nibbles::Linear,
     dynamic_name: 0x18,
+    described: false,
 };
 
 /// .NET 10 (10.0.0 checked). 10 publishes its layouts in the contract
@@ -220,6 +229,7 @@ pub const NET10: Layout = Layout {
     bounds_bit_packed: true,
     nibbles: Nibbles::Constant,
     dynamic_name: 0x20,
+    described: true,
 };
 
 impl Layout {
@@ -235,6 +245,61 @@ impl Layout {
             (Some("10"), Some("0")) => Ok(&NET10),
             _ => Err(MemoryError::Version(clr.version.clone())),
         }
+    }
+}
+
+impl Layout {
+    /// What this table says, as the runtime's contract descriptor names it
+    /// (`None`: a version without one). The constants the descriptor does not
+    /// publish (flag values, the code header's debug-info field, the
+    /// `SString` inside `PEImage`) are not in it.
+    pub fn expected(&self) -> Option<super::descriptor::Expected> {
+        self.described.then(|| super::descriptor::Expected {
+            fields: vec![
+                ("RangeSectionFragment", "Next", 0),
+                ("RangeSectionFragment", "RangeBegin", 8),
+                ("RangeSectionFragment", "RangeEndOpen", 16),
+                ("RangeSectionFragment", "RangeSection", 24),
+                ("RangeSection", "RangeBegin", 0),
+                ("RangeSection", "RangeEndOpen", 8),
+                ("RangeSection", "Flags", self.section_flags),
+                ("RangeSection", "HeapList", self.section_heap_list),
+                ("CodeHeapListNode", "EndAddress", HEAP_END),
+                ("CodeHeapListNode", "MapBase", HEAP_MAP_BASE),
+                ("CodeHeapListNode", "HeaderMap", HEAP_NIBBLE_MAP),
+                ("RealCodeHeader", "MethodDesc", CODE_HEADER_METHOD_DESC),
+                ("RealCodeHeader", "NumUnwindInfos", CODE_HEADER_UNWIND_COUNT),
+                ("RealCodeHeader", "UnwindInfos", CODE_HEADER_UNWIND_INFOS),
+                ("MethodDesc", "Flags3AndTokenRemainder", 0),
+                ("MethodDesc", "ChunkIndex", 2),
+                ("MethodDesc", "Flags", 6),
+                ("MethodDescChunk", "MethodTable", 0),
+                ("MethodDescChunk", "FlagsAndTokenRange", CHUNK_TOKEN_RANGE),
+                ("MethodDescChunk", "!", CHUNK_HEADER),
+                ("MethodTable", "Module", METHOD_TABLE_MODULE),
+                ("Module", "PEAssembly", self.module_pe),
+                ("PEAssembly", "PEImage", PE_IMAGE),
+                ("DynamicMethodDesc", "MethodName", self.dynamic_name),
+            ],
+            globals: vec![
+                (
+                    "MethodDescTokenRemainderBitCount",
+                    u64::from(self.token_remainder_bits),
+                ),
+                ("MethodDescAlignment", 8),
+                ("StubCodeBlockLast", STUB_CODE_BLOCK_LAST),
+            ],
+            contracts: vec![
+                (
+                    "ExecutionManager",
+                    match self.nibbles {
+                        Nibbles::Linear => 1,
+                        Nibbles::Constant => 2,
+                    },
+                ),
+                ("RuntimeTypeSystem", 1),
+            ],
+        })
     }
 }
 
@@ -493,6 +558,21 @@ impl Runtime<File> {
         let bias = lib.start.wrapping_sub(elf.vaddr(0).unwrap_or(0));
         let mem =
             File::open(format!("/proc/{pid}/mem")).map_err(|e| MemoryError::Open(e.to_string()))?;
+        if let Some(expected) = layout.expected() {
+            let at = elf.symbol(d, "DotNetRuntimeContractDescriptor").ok_or_else(|| {
+                MemoryError::Descriptor(
+                    "its libcoreclr.so exports no DotNetRuntimeContractDescriptor to check crossprof's layout by".into(),
+                )
+            })?;
+            let mut head = [0u8; 40];
+            let json = (mem.read(bias.wrapping_add(at), &mut head))
+                .then(|| super::descriptor::json_text(&head, |a, buf| mem.read(a, buf)))
+                .flatten()
+                .ok_or_else(|| {
+                    MemoryError::Descriptor("its contract descriptor could not be read".into())
+                })?;
+            super::descriptor::check(&json, &expected).map_err(MemoryError::Descriptor)?;
+        }
         Ok(Located {
             mem,
             layout,
@@ -1476,7 +1556,7 @@ pub fn fuzz_walk(b: &[u8]) {
     let Some((memory, table, pc)) = Regions::decode(b) else {
         return;
     };
-    for layout in [&NET8, &CORE31] {
+    for layout in [&NET8, &CORE31, &NET10] {
         if let Ok(rt) = Runtime::at(memory.clone(), layout, 0x1000, table) {
             if let Code::Method(m) = rt.code_at(pc) {
                 let _ = rt.module_path(m.module);

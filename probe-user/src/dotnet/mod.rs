@@ -39,6 +39,7 @@
 //! own unwind info (its frameless methods are walked by frame pointers).
 
 pub mod debuginfo;
+pub mod descriptor;
 pub mod eventpipe;
 pub mod frames;
 pub mod ipc;
