@@ -13,8 +13,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use crossprof_tests::{
     Go, GoBuild, Guard, Run, bpf_programs_of, count_where, crossprof_bin, emulated, finish,
-    native_fixture, out_dir, output_within, read_folded, read_summary, spawn_crossprof,
-    wait_for_link,
+    fixture_secs, native_fixture, out_dir, output_within, read_folded, read_summary,
+    spawn_crossprof, wait_for_link,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -299,9 +299,11 @@ fn a_native_cpu_run_loads_no_runtime_walk() {
 fn a_go_target_has_the_runtime_walks_before_its_first_sample() {
     let go = Go::tested()[0];
     let bin = go.fixture("goroutines", GoBuild::Normal);
+    // Long enough under emulation (three times), where crossprof's start on
+    // a running Go program (its DWARF read) took 6 s on one host thread.
     let target = Guard(
         Command::new(&bin)
-            .args(["6", "2"])
+            .args([fixture_secs(6.0).as_str(), "2"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),

@@ -170,6 +170,11 @@ pub struct Args {
     /// Stop a guest after this many minutes.
     #[arg(long, default_value_t = 40)]
     timeout_min: u64,
+    /// Run the guests' CPUs on one host thread from the start (as a guest
+    /// booted again after an emulator fault runs): slower, no cross-CPU
+    /// patching race.
+    #[arg(long)]
+    single_thread: bool,
     /// Only the tests whose name contains one of these (default: the representative set).
     filters: Vec<String>,
 }
@@ -212,7 +217,12 @@ pub fn run(args: &Args) -> Result<()> {
     let mut restarted = Vec::new();
     let mut report = String::new();
     for kernel in &kernels {
-        let mut outcome = run_tests(kernel, &tests, args, "", Tcg::Multi)?;
+        let tcg = if args.single_thread {
+            Tcg::Single
+        } else {
+            Tcg::Multi
+        };
+        let mut outcome = run_tests(kernel, &tests, args, "", tcg)?;
         // A guest that died of the emulator's known text-patching fault, or
         // hung (see `STALL`), is booted once more, its CPUs on one host
         // thread, for the tests it did not finish (see `emulator_fault`); any
