@@ -32,9 +32,19 @@ use crate::{cmd, say};
 const FIXTURE: &str = "jit_heavy";
 const FREQ: u64 = 99;
 
-/// Runs the .NET rounds and returns their figures.
-pub fn figures(runs: u32, crossprof: &Path, bench_dir: &Path) -> Result<Vec<Figure>> {
-    let runtime = Dotnet::Net8;
+/// Runs the .NET rounds on runtime `version` (8 or 10) and returns their
+/// figures.
+pub fn figures(
+    runs: u32,
+    version: &str,
+    crossprof: &Path,
+    bench_dir: &Path,
+) -> Result<Vec<Figure>> {
+    let runtime = if version == "10" {
+        Dotnet::Net10
+    } else {
+        Dotnet::Net8
+    };
     let dll = runtime.fixture(FIXTURE);
     let out_dir = bench_dir.join("run-dotnet");
     let plain = || -> Result<u64> {

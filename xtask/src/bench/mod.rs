@@ -59,6 +59,9 @@ pub struct Args {
     /// offcpu, http, agent or load.
     #[arg(long, value_parser = ["core", "dotnet", "go", "mixed", "offcpu", "http", "agent", "load"])]
     only: Option<String>,
+    /// The .NET runtime of the dotnet part: 8 (its figures' reference) or 10.
+    #[arg(long, default_value = "8", value_parser = ["8", "10"])]
+    dotnet: String,
 }
 
 /// The sampling frequencies measured; the first is crossprof's default.
@@ -91,7 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
     let core_only = args.only.as_deref() == Some("core");
     if let Some(part) = args.only.as_ref().filter(|_| !core_only) {
         let figures = match part.as_str() {
-            "dotnet" => dotnet::figures(args.runs, &crossprof, &bench_dir)?,
+            "dotnet" => dotnet::figures(args.runs, &args.dotnet, &crossprof, &bench_dir)?,
             "go" => go::figures(args.runs, &crossprof, &bench_dir)?,
             "mixed" => mixed::figures(args.runs, &crossprof, &bench_dir)?,
             "offcpu" => offcpu::figures(args.runs, &crossprof, &bench_dir)?,
@@ -153,7 +156,12 @@ pub fn run(args: &Args) -> Result<()> {
 
     let mut parts = Vec::new();
     if !core_only {
-        parts.extend(dotnet::figures(args.runs, &crossprof, &bench_dir)?);
+        parts.extend(dotnet::figures(
+            args.runs,
+            &args.dotnet,
+            &crossprof,
+            &bench_dir,
+        )?);
         parts.extend(go::figures(args.runs, &crossprof, &bench_dir)?);
         parts.extend(mixed::figures(args.runs, &crossprof, &bench_dir)?);
         parts.extend(offcpu::figures(args.runs, &crossprof, &bench_dir)?);
