@@ -193,8 +193,7 @@ impl Sampler {
             crate::kernel::Walk::FramePointers => names::CPU_SAMPLE_FP_PROG,
         };
         let runtime_array = if cfg.on_cpu && cpu_program == names::CPU_SAMPLE_PROG {
-            let map = take_map(&mut ebpf, names::RUNTIME_SAMPLERS)?;
-            Some(ProgramArray::try_from(map).map_err(map_err(names::RUNTIME_SAMPLERS))?)
+            Some(runtime_samplers(&mut ebpf)?)
         } else {
             None
         };
@@ -704,6 +703,17 @@ pub struct LoadFigures {
 /// A program's name, and what loading it cost or why it did not load.
 pub type ProgramLoad = (&'static str, Result<LoadFigures, SamplerError>);
 
+/// `RUNTIME_SAMPLERS`, taken out of `ebpf` (a run's and `check --load`'s
+/// loads hold it apart from the object).
+fn runtime_samplers(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, SamplerError> {
+    ProgramArray::try_from(take_map(ebpf, names::RUNTIME_SAMPLERS)?).map_err(|source| {
+        SamplerError::Map {
+            name: names::RUNTIME_SAMPLERS,
+            source,
+        }
+    })
+}
+
 /// Loads `cpu_sample_runtimes` and puts it in `RUNTIME_SAMPLERS` (`array`),
 /// where `cpu_sample` tail-calls it (the kernel checks the two agree).
 fn load_runtime_sampler(
@@ -735,12 +745,7 @@ pub fn load_each(programs: &[&'static str]) -> Result<Vec<ProgramLoad>, SamplerE
         .load(PROBE_OBJECT)
         .map_err(SamplerError::Load)?;
     let btf = aya::Btf::from_sys_fs().ok();
-    let mut runtime_array = take_map(&mut ebpf, names::RUNTIME_SAMPLERS).and_then(|map| {
-        ProgramArray::try_from(map).map_err(|source| SamplerError::Map {
-            name: names::RUNTIME_SAMPLERS,
-            source,
-        })
-    })?;
+    let mut runtime_array = runtime_samplers(&mut ebpf)?;
     let mut out = Vec::new();
     for &name in programs {
         let started = (thread_cpu_ns(), std::time::Instant::now());

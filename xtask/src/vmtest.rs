@@ -243,14 +243,7 @@ pub fn run(args: &Args) -> Result<()> {
                 kernel.short,
                 console_tail(&outcome.console, 15)
             );
-            let left: Vec<_> = tests
-                .iter()
-                .filter(|(bin, _, name)| {
-                    let id = format!("{bin}::{name}");
-                    !outcome.results.iter().any(|(done, _)| *done == id)
-                })
-                .cloned()
-                .collect();
+            let left: Vec<_> = unfinished(&tests, &outcome.results).cloned().collect();
             say!(
                 "vmtest: the guest of {} stopped ({oops}): booting it again, its CPUs on one host thread, for the {} test(s) left",
                 kernel.short,
@@ -328,14 +321,24 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The first of `tests` (`binary::name`) with no result: the one a guest
+/// The tests (`(binary, path, name)`) with no result (`(binary::name, _)`).
+fn unfinished<'a>(
+    tests: &'a [(String, PathBuf, String)],
+    results: &'a [(String, String)],
+) -> impl Iterator<Item = &'a (String, PathBuf, String)> {
+    tests.iter().filter(|(bin, _, name)| {
+        let id = format!("{bin}::{name}");
+        !results.iter().any(|(done, _)| *done == id)
+    })
+}
+
+/// The first of `tests` with no result, `binary::name`: the one a guest
 /// that stopped early was running.
 fn first_left(tests: &[(String, PathBuf, String)], results: &[(String, String)]) -> String {
-    tests
-        .iter()
-        .map(|(bin, _, name)| format!("{bin}::{name}"))
-        .find(|id| !results.iter().any(|(done, _)| done == id))
-        .unwrap_or_else(|| "no test (all reported)".to_owned())
+    unfinished(tests, results).next().map_or_else(
+        || "no test (all reported)".to_owned(),
+        |(bin, _, name)| format!("{bin}::{name}"),
+    )
 }
 
 /// What one guest's run gave.

@@ -64,40 +64,52 @@ pub fn check(json: &[u8], expected: &Expected) -> Result<(), String> {
     let d: Value =
         serde_json::from_slice(json).map_err(|e| format!("its descriptor is not JSON ({e})"))?;
     for &(ty, field, want) in &expected.fields {
-        match number(value_of(&d["types"][ty][field])) {
-            Some(got) if got == want => {}
-            Some(got) => {
-                return Err(format!(
-                    "its descriptor puts {ty}.{field} at {got}, where crossprof reads {want}"
-                ));
-            }
-            None => return Err(format!("its descriptor has no {ty}.{field}")),
-        }
+        agrees(
+            number(value_of(&d["types"][ty][field])),
+            want,
+            |got| {
+                format!("its descriptor puts {ty}.{field} at {got}, where crossprof reads {want}")
+            },
+            || format!("its descriptor has no {ty}.{field}"),
+        )?;
     }
     for &(name, want) in &expected.globals {
         // (An index into the pointer array, `[[i], ...]`, is no number.)
-        match number(value_of(&d["globals"][name])) {
-            Some(got) if got == want => {}
-            Some(got) => {
-                return Err(format!(
-                    "its descriptor gives {name} = {got}, where crossprof takes {want}"
-                ));
-            }
-            None => return Err(format!("its descriptor has no number {name}")),
-        }
+        agrees(
+            number(value_of(&d["globals"][name])),
+            want,
+            |got| format!("its descriptor gives {name} = {got}, where crossprof takes {want}"),
+            || format!("its descriptor has no number {name}"),
+        )?;
     }
     for &(name, want) in &expected.contracts {
-        match d["contracts"][name].as_u64() {
-            Some(got) if got == want => {}
-            Some(got) => {
-                return Err(format!(
+        agrees(
+            d["contracts"][name].as_u64(),
+            want,
+            |got| {
+                format!(
                     "its descriptor says contract {name} version {got}, crossprof reads version {want}"
-                ));
-            }
-            None => return Err(format!("its descriptor has no contract {name}")),
-        }
+                )
+            },
+            || format!("its descriptor has no contract {name}"),
+        )?;
     }
     Ok(())
+}
+
+/// `Ok` if the descriptor's value `got` is `want`; else what `differs`
+/// says of the value it has, or what `missing` says.
+fn agrees(
+    got: Option<u64>,
+    want: u64,
+    differs: impl FnOnce(u64) -> String,
+    missing: impl FnOnce() -> String,
+) -> Result<(), String> {
+    match got {
+        Some(got) if got == want => Ok(()),
+        Some(got) => Err(differs(got)),
+        None => Err(missing()),
+    }
 }
 
 /// The value of a field or global written `[value, "type"]` or as the value

@@ -217,19 +217,12 @@ pub const CORE31: Layout = Layout {
 /// bit-packed (PR 116031). Checked by walking a running 10.0.0 process.
 pub const NET10: Layout = Layout {
     version: "10.0",
-    dac_addresses: true,
-    ranges: Ranges::Map,
-    section_flags: 0x10,
-    section_heap_list: 0x28,
-    flag_precompiled: None,
-    flag_stubs: Some(4),
-    token_remainder_bits: 12,
     module_pe: 0xd8,
-    debug_flag_byte: true,
     bounds_bit_packed: true,
     nibbles: Nibbles::Constant,
     dynamic_name: 0x20,
     described: true,
+    ..NET8
 };
 
 impl Layout {
@@ -1027,7 +1020,7 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<
 /// [`method_start`] for a map of [`Nibbles::Constant`] (dotnet/runtime
 /// `EECodeGenManager::FindMethodCode`, `nibblemapmacros.h`, .NET 10): pc's
 /// word, if it is a pointer, gives the start; else a nibble at or before pc's
-/// bucket in it; else the previous word, its pointer or its last nibble (a
+/// bucket in it; else the previous word, by its pointer or its last nibble (a
 /// method spanning a whole word has a pointer in it, so no further word can
 /// hold the start).
 fn method_start_constant(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<u64>> {
@@ -1036,28 +1029,24 @@ fn method_start_constant(m: &impl Memory, base: u64, map: u64, pc: u64) -> Optio
     };
     let bucket = delta >> 5;
     let index = bucket >> 3;
-    let word = m.u32(map.checked_add(index * 4)?)?;
-    if is_pointer_word(word) {
-        return base.checked_add(pointer_word_start(word)).map(Some);
-    }
-    for b in (0..=bucket & 7).rev() {
-        if let Some(start) = nibble_start(index, word, b).filter(|&s| s <= delta) {
-            return base.checked_add(start).map(Some);
+    // (word, its last bucket that may hold the start)
+    let words = [
+        Some((index, bucket & 7)),
+        index.checked_sub(1).map(|i| (i, 7)),
+    ];
+    for (i, top) in words.into_iter().flatten() {
+        let word = m.u32(map.checked_add(i * 4)?)?;
+        if is_pointer_word(word) {
+            return base.checked_add(pointer_word_start(word)).map(Some);
+        }
+        for b in (0..=top).rev() {
+            // In pc's own bucket a method starting after pc is not its.
+            if let Some(start) = nibble_start(i, word, b).filter(|&s| s <= delta) {
+                return base.checked_add(start).map(Some);
+            }
         }
     }
-    let Some(before) = index.checked_sub(1) else {
-        return Some(None);
-    };
-    let word = m.u32(map.checked_add(before * 4)?)?;
-    if is_pointer_word(word) {
-        return base.checked_add(pointer_word_start(word)).map(Some);
-    }
-    Some(
-        (0..8u64)
-            .rev()
-            .find_map(|b| nibble_start(before, word, b))
-            .and_then(|start| base.checked_add(start)),
-    )
+    Some(None)
 }
 
 /// Is nibble-map word `word` a pointer ([`Nibbles::Constant`]): its low
