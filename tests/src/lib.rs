@@ -194,6 +194,13 @@ impl Dotnet {
         let out_dir = target_dir().join("fixtures").join(self.tfm());
         std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
         let dll = out_dir.join(format!("{name}.dll"));
+        // mcs writes into a folder of this build's own, and the assembly is
+        // renamed into place: a test copying or running the fixture while
+        // another (in the same `cargo test`) builds it again sees the old file
+        // or the new one, never one half written. The file name stays the
+        // same: mcs names the assembly after it.
+        let build_dir = private_dir(&out_dir);
+        let built = build_dir.join(format!("{name}.dll"));
         let mut mcs = Command::new("mcs");
         if !assemblies.is_empty() {
             let shared = self
@@ -209,12 +216,14 @@ impl Dotnet {
             }
         }
         let status = mcs
-            .arg(format!("-out:{}", dll.display()))
+            .arg(format!("-out:{}", built.display()))
             .args(["-target:exe", "-optimize+"])
             .arg(&src)
             .status()
             .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
         assert!(status.success(), "mcs failed on {}", src.display());
+        std::fs::rename(&built, &dll).expect("move the built assembly into place");
+        let _ = std::fs::remove_dir_all(&build_dir);
         self.write_runtimeconfig(&out_dir.join(format!("{name}.runtimeconfig.json")));
         dll
     }
@@ -226,7 +235,12 @@ impl Dotnet {
             self.tfm(),
             self.version()
         );
-        std::fs::write(path, config).expect("write the runtimeconfig");
+        // Written beside and renamed over, as the assembly is (`fixture_with`).
+        let dir = private_dir(path.parent().expect("a folder"));
+        let tmp = dir.join("runtimeconfig.json");
+        std::fs::write(&tmp, config).expect("write the runtimeconfig");
+        std::fs::rename(&tmp, path).expect("move the runtimeconfig into place");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A copy of an assembly built for another runtime (`dll`, with its PDB
@@ -239,10 +253,10 @@ impl Dotnet {
         std::fs::create_dir_all(&out_dir).expect("create the fixture folder");
         let name = dll.file_name().expect("a file");
         let to = out_dir.join(name);
-        std::fs::copy(dll, &to).expect("copy the assembly");
+        copy_into_place(dll, &to);
         let pdb = dll.with_extension("pdb");
         if pdb.is_file() {
-            std::fs::copy(&pdb, to.with_extension("pdb")).expect("copy its PDB");
+            copy_into_place(&pdb, &to.with_extension("pdb"));
         }
         self.write_runtimeconfig(&to.with_extension("runtimeconfig.json"));
         to
@@ -1101,4 +1115,25 @@ mod tests {
         );
         assert_eq!(count_where(&stacks, "c", |_| true), (0, 0));
     }
+}
+
+/// A new folder inside `parent` that no other build (another test thread or
+/// process) uses: where a fixture is written before it is renamed into place.
+fn private_dir(parent: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!(".build-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("create a build folder in target/fixtures");
+    dir
+}
+
+/// Copies `from` to `to` by way of a private folder and a rename, so that a
+/// reader of `to` never sees it half copied.
+fn copy_into_place(from: &Path, to: &Path) {
+    let dir = private_dir(to.parent().expect("a folder"));
+    let tmp = dir.join(to.file_name().expect("a file name"));
+    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    std::fs::rename(&tmp, to).expect("move the copy into place");
+    let _ = std::fs::remove_dir_all(&dir);
 }
