@@ -365,6 +365,17 @@ const TEST_LIMIT_SECS: u64 = 300;
 /// whole `--timeout-min`.
 const STALL: Duration = Duration::from_secs(2 * TEST_LIMIT_SECS + 180);
 
+/// The guest's script rewrites a file this often (`HEARTBEAT`, from a
+/// background loop) ...
+const HEARTBEAT_SECS: u64 = 10;
+/// ... and a guest that has not for this long is frozen (both of its CPUs
+/// stuck in the emulator, which even the guest's own `timeout` and
+/// soft-lockup panic never end): it is killed minutes after, not `STALL`'s
+/// 13 (a hung *test* in a live guest is ended by the guest's `timeout`).
+const FROZEN: Duration = Duration::from_secs(240);
+/// The heartbeat file, in the guest's output folder.
+const HEARTBEAT: &str = "alive";
+
 /// How QEMU runs a guest's CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tcg {
@@ -391,7 +402,8 @@ fn run_tests(
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let results = dir.join("results.txt");
     let mut script = format!(
-        "uname -r > \"$OUT/release\"\n\
+        "(while :; do date +%s > \"$OUT/{HEARTBEAT}\"; sleep {HEARTBEAT_SECS}; done) &\n\
+         uname -r > \"$OUT/release\"\n\
          timeout {TEST_LIMIT_SECS} \"$CROSSPROF_BIN\" check --load > \"$OUT/check.txt\" 2>&1\n\
          timeout {TEST_LIMIT_SECS} \"$CROSSPROF_BIN\" check --load --json > \"$OUT/check.json\" 2>/dev/null\n\
          cp /tmp/crossprof-verifier-*.log \"$OUT/\" 2>/dev/null\n",
@@ -441,7 +453,7 @@ fn run_tests(
         args.memory,
         Limits {
             total: Duration::from_secs(args.timeout_min * 60),
-            progress: Some((&results, STALL)),
+            watch: &[(&results, STALL), (&dir.join(HEARTBEAT), FROZEN)],
         },
         tcg,
     )?;
@@ -523,9 +535,10 @@ fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
 pub struct Limits<'a> {
     /// It runs this long at most.
     pub total: Duration,
-    /// A file its script appends to, and how long it may go unchanged
+    /// Files its script writes, and how long each may go unchanged (in
+    /// length and modification time; from the boot for one not written yet)
     /// before the guest counts as hung.
-    pub progress: Option<(&'a Path, Duration)>,
+    pub watch: &'a [(&'a Path, Duration)],
 }
 
 /// How a guest's run ended.
@@ -553,7 +566,7 @@ pub fn boot(
 ) -> Result<(PathBuf, Ended)> {
     let Limits {
         total: limit,
-        progress,
+        watch,
     } = limits;
     let root = kernel_tree(kernel)?;
     let release = only_entry(&root.join("lib/modules"))?;
@@ -626,9 +639,16 @@ pub fn boot(
         .spawn()
         .context("cannot start qemu-system-x86_64 (cargo xtask bootstrap installs it)")?;
     let started = Instant::now();
-    // The progress file's length and when it last changed.
-    let length = |path: &Path| fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut last = progress.map(|(path, _)| (length(path), Instant::now()));
+    // Each watched file's length and time, and when they last changed.
+    let stamp = |path: &Path| {
+        fs::metadata(path)
+            .map(|m| (m.len(), m.modified().ok()))
+            .unwrap_or((0, None))
+    };
+    let mut last: Vec<_> = watch
+        .iter()
+        .map(|&(path, _)| (stamp(path), Instant::now()))
+        .collect();
     let killed = loop {
         if let Some(status) = child.try_wait()? {
             if !status.success() {
@@ -646,17 +666,26 @@ pub fn boot(
                 limit.as_secs() / 60
             ));
         }
-        if let (Some((path, stall)), Some((len, since))) = (progress, last.as_mut()) {
-            let now = length(path);
-            if now != *len {
-                (*len, *since) = (now, Instant::now());
-            } else if since.elapsed() > stall {
-                break Some(format!(
-                    "{} did not change for {} min",
-                    path.display(),
-                    stall.as_secs() / 60
-                ));
-            }
+        let stalled = watch
+            .iter()
+            .zip(&mut last)
+            .find_map(|(&(path, stall), (was, since))| {
+                let now = stamp(path);
+                if now != *was {
+                    (*was, *since) = (now, Instant::now());
+                    None
+                } else {
+                    (since.elapsed() > stall).then(|| {
+                        format!(
+                            "{} did not change for {} min",
+                            path.display(),
+                            stall.as_secs() / 60
+                        )
+                    })
+                }
+            });
+        if stalled.is_some() {
+            break stalled;
         }
         std::thread::sleep(Duration::from_millis(500));
     };

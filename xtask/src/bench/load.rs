@@ -143,7 +143,7 @@ pub fn figures(crossprof: &Path, vms: bool) -> Result<Vec<Figure>> {
                 4096,
                 vmtest::Limits {
                     total: Duration::from_secs(15 * 60),
-                    progress: None,
+                    watch: &[],
                 },
                 vmtest::Tcg::Multi,
             )?;
