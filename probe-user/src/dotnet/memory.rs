@@ -40,7 +40,7 @@
 //!    `Namespace.Type::Method` as the perf map prints it once crossprof drops
 //!    tier and signature ([`super::r2r::MethodNames`]).
 //!
-//! Layout facts per version are in [`NET10`], [`NET8`] and [`CORE31`], each
+//! Layout facts per version are in [`NET10`], [`NET9`], [`NET8`] and [`CORE31`], each
 //! with its sources; every offset was checked on this project's machine by
 //! walking a running process (2026-12-06: every JIT method of the chain
 //! fixture, at its first, middle and last byte, found at the start and with
@@ -66,7 +66,7 @@ use crate::native::maps::MapEntry;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MemoryError {
     /// A version whose layouts crossprof does not know.
-    #[error("its layouts are not known to crossprof for .NET {0} (known: 10.0, 8.0, 3.1)")]
+    #[error("its layouts are not known to crossprof for .NET {0} (known: 10.0, 9.0, 8.0, 3.1)")]
     Version(String),
     /// `libcoreclr.so` is not mapped from its start.
     #[error("libcoreclr.so is not mapped from its start")]
@@ -118,9 +118,22 @@ pub struct Layout {
     nibbles: Nibbles,
     /// `DynamicMethodDesc::m_pszMethodName` (a UTF-8 string).
     dynamic_name: u64,
-    /// The runtime exports its contract descriptor, which every table fact is
-    /// checked against before its memory is read ([`super::descriptor`]).
-    described: bool,
+    /// What of the table the runtime's own contract descriptor states, checked
+    /// against it before its memory is read ([`super::descriptor`]).
+    described: Described,
+}
+
+/// What a runtime version's contract descriptor describes of [`Layout`].
+#[derive(Debug, PartialEq, Eq)]
+enum Described {
+    /// Nothing: no descriptor (before .NET 9).
+    Nothing,
+    /// The type system (`MethodDesc`, its chunk, `MethodTable`, `Module`,
+    /// `DynamicMethodDesc`) but not the code heaps, `PEAssembly` or the nibble
+    /// map's version (.NET 9: its descriptor's first version).
+    TypeSystem,
+    /// The type system and the code heaps (.NET 10).
+    CodeHeaps,
 }
 
 /// How a code heap's nibble map says where methods start (see the module's
@@ -172,7 +185,7 @@ pub const NET8: Layout = Layout {
     bounds_bit_packed: false,
     nibbles: Nibbles::Linear,
     dynamic_name: 0x18,
-    described: false,
+    described: Described::Nothing,
 };
 
 /// .NET Core 3.1 (3.1.23 checked; dotnet/coreclr release/3.1,
@@ -195,7 +208,7 @@ pub const CORE31: Layout = Layout {
     bounds_bit_packed: false,
     nibbles: Nibbles::Linear,
     dynamic_name: 0x18,
-    described: false,
+    described: Described::Nothing,
 };
 
 /// .NET 10 (10.0.0 checked). 10 publishes its layouts in the contract
@@ -221,19 +234,40 @@ pub const NET10: Layout = Layout {
     bounds_bit_packed: true,
     nibbles: Nibbles::Constant,
     dynamic_name: 0x20,
-    described: true,
+    described: Described::CodeHeaps,
+    ..NET8
+};
+
+/// .NET 9 (9.0.4 checked: Ubuntu 25.04's build, `dotnet9` 9.0.4-0ubuntu1,
+/// libcoreclr 9.0.425.16305, commit b7deac6d). The code heaps, nibble map
+/// (linear: the constant-time map, PR 108939, came in 10), code header and
+/// debug info (flag byte, nibbles) are 8's; what 9 changed is 10's: the
+/// 16-byte `MethodDesc` (`m_codeData` at 8, dotnet/runtime PR 102298), so
+/// `DynamicMethodDesc::m_pszMethodName` at 0x20, and a `Module` grown by
+/// `m_path` (a UTF-16 copy of the path, 0x110) before `m_pPEAssembly`
+/// (0x118; `src/coreclr/vm/ceeload.h`: `m_pSimpleName, m_path,
+/// m_pPEAssembly, m_baseAddress`). 9's contract descriptor, its first,
+/// describes the type system only: `Module.Path` 272 and `Module.Base` 288
+/// (the `PEAssembly` pointer is the word between them), `MethodDesc`,
+/// `MethodDescChunk`, `MethodTable.Module`, `DynamicMethodDesc.MethodName`
+/// 32, checked per process; not the code heaps (no `ExecutionManager`
+/// contract), which were checked by walking a running 9.0.4 process: every
+/// JIT method of two fixtures named as the runtime's own perf map names it.
+pub const NET9: Layout = Layout {
+    version: "9.0",
+    module_pe: 0x118,
+    dynamic_name: 0x20,
+    described: Described::TypeSystem,
     ..NET8
 };
 
 impl Layout {
-    /// The layout of runtime `clr`, if crossprof knows it. .NET 9 is not
-    /// read: its `MethodDesc` grew as 10's did, and its descriptor (unlike
-    /// 10's) does not describe the code heaps, so no layout can be checked
-    /// without a 9 runtime, which no machine here has.
+    /// The layout of runtime `clr`, if crossprof knows it.
     pub fn of(clr: &Clr) -> Result<&'static Layout, MemoryError> {
         let mut parts = clr.version.split('.');
         match (parts.next(), parts.next()) {
             (Some("8"), Some("0")) => Ok(&NET8),
+            (Some("9"), Some("0")) => Ok(&NET9),
             (Some("3"), Some("1")) => Ok(&CORE31),
             (Some("10"), Some("0")) => Ok(&NET10),
             _ => Err(MemoryError::Version(clr.version.clone())),
@@ -247,51 +281,68 @@ impl Layout {
     /// publish (flag values, the code header's debug-info field, the
     /// `SString` inside `PEImage`) are not in it.
     pub fn expected(&self) -> Option<super::descriptor::Expected> {
-        self.described.then(|| super::descriptor::Expected {
-            fields: vec![
-                ("RangeSectionFragment", "Next", 0),
-                ("RangeSectionFragment", "RangeBegin", 8),
-                ("RangeSectionFragment", "RangeEndOpen", 16),
-                ("RangeSectionFragment", "RangeSection", 24),
-                ("RangeSection", "RangeBegin", 0),
-                ("RangeSection", "RangeEndOpen", 8),
-                ("RangeSection", "Flags", self.section_flags),
-                ("RangeSection", "HeapList", self.section_heap_list),
-                ("CodeHeapListNode", "EndAddress", HEAP_END),
-                ("CodeHeapListNode", "MapBase", HEAP_MAP_BASE),
-                ("CodeHeapListNode", "HeaderMap", HEAP_NIBBLE_MAP),
-                ("RealCodeHeader", "MethodDesc", CODE_HEADER_METHOD_DESC),
-                ("RealCodeHeader", "NumUnwindInfos", CODE_HEADER_UNWIND_COUNT),
-                ("RealCodeHeader", "UnwindInfos", CODE_HEADER_UNWIND_INFOS),
-                ("MethodDesc", "Flags3AndTokenRemainder", 0),
-                ("MethodDesc", "ChunkIndex", 2),
-                ("MethodDesc", "Flags", 6),
-                ("MethodDescChunk", "MethodTable", 0),
-                ("MethodDescChunk", "FlagsAndTokenRange", CHUNK_TOKEN_RANGE),
-                ("MethodDescChunk", "!", CHUNK_HEADER),
-                ("MethodTable", "Module", METHOD_TABLE_MODULE),
-                ("Module", "PEAssembly", self.module_pe),
-                ("PEAssembly", "PEImage", PE_IMAGE),
-                ("DynamicMethodDesc", "MethodName", self.dynamic_name),
-            ],
-            globals: vec![
-                (
-                    "MethodDescTokenRemainderBitCount",
-                    u64::from(self.token_remainder_bits),
-                ),
-                ("MethodDescAlignment", 8),
-                ("StubCodeBlockLast", STUB_CODE_BLOCK_LAST),
-            ],
-            contracts: vec![
-                (
+        // The type system, as both versions with a descriptor state it.
+        let mut fields = vec![
+            ("MethodDesc", "Flags3AndTokenRemainder", 0),
+            ("MethodDesc", "ChunkIndex", 2),
+            ("MethodDesc", "Flags", 6),
+            ("MethodDescChunk", "MethodTable", 0),
+            ("MethodDescChunk", "FlagsAndTokenRange", CHUNK_TOKEN_RANGE),
+            ("MethodDescChunk", "!", CHUNK_HEADER),
+            ("MethodTable", "Module", METHOD_TABLE_MODULE),
+            ("DynamicMethodDesc", "MethodName", self.dynamic_name),
+        ];
+        let mut globals = vec![
+            (
+                "MethodDescTokenRemainderBitCount",
+                u64::from(self.token_remainder_bits),
+            ),
+            ("MethodDescAlignment", 8),
+        ];
+        let mut contracts = vec![("RuntimeTypeSystem", 1)];
+        match self.described {
+            Described::Nothing => return None,
+            Described::TypeSystem => {
+                // 9 names `Module`'s path copy and base address, not its
+                // `PEAssembly`: the word between the two (`ceeload.h`).
+                fields.extend([
+                    ("Module", "Path", self.module_pe - 8),
+                    ("Module", "Base", self.module_pe + 8),
+                ]);
+            }
+            Described::CodeHeaps => {
+                fields.extend([
+                    ("RangeSectionFragment", "Next", 0),
+                    ("RangeSectionFragment", "RangeBegin", 8),
+                    ("RangeSectionFragment", "RangeEndOpen", 16),
+                    ("RangeSectionFragment", "RangeSection", 24),
+                    ("RangeSection", "RangeBegin", 0),
+                    ("RangeSection", "RangeEndOpen", 8),
+                    ("RangeSection", "Flags", self.section_flags),
+                    ("RangeSection", "HeapList", self.section_heap_list),
+                    ("CodeHeapListNode", "EndAddress", HEAP_END),
+                    ("CodeHeapListNode", "MapBase", HEAP_MAP_BASE),
+                    ("CodeHeapListNode", "HeaderMap", HEAP_NIBBLE_MAP),
+                    ("RealCodeHeader", "MethodDesc", CODE_HEADER_METHOD_DESC),
+                    ("RealCodeHeader", "NumUnwindInfos", CODE_HEADER_UNWIND_COUNT),
+                    ("RealCodeHeader", "UnwindInfos", CODE_HEADER_UNWIND_INFOS),
+                    ("Module", "PEAssembly", self.module_pe),
+                    ("PEAssembly", "PEImage", PE_IMAGE),
+                ]);
+                globals.push(("StubCodeBlockLast", STUB_CODE_BLOCK_LAST));
+                contracts.push((
                     "ExecutionManager",
                     match self.nibbles {
                         Nibbles::Linear => 1,
                         Nibbles::Constant => 2,
                     },
-                ),
-                ("RuntimeTypeSystem", 1),
-            ],
+                ));
+            }
+        }
+        Some(super::descriptor::Expected {
+            fields,
+            globals,
+            contracts,
         })
     }
 }
@@ -1545,7 +1596,7 @@ pub fn fuzz_walk(b: &[u8]) {
     let Some((memory, table, pc)) = Regions::decode(b) else {
         return;
     };
-    for layout in [&NET8, &CORE31, &NET10] {
+    for layout in [&NET8, &CORE31, &NET9, &NET10] {
         if let Ok(rt) = Runtime::at(memory.clone(), layout, 0x1000, table) {
             if let Code::Method(m) = rt.code_at(pc) {
                 let _ = rt.module_path(m.module);
@@ -1991,7 +2042,7 @@ pub(crate) mod tests {
             eprintln!("skipped: needs root to read another process's memory");
             return;
         }
-        let cases = [Dotnet::Net8, Dotnet::Core31, Dotnet::Net10]
+        let cases = Dotnet::ALL
             .into_iter()
             .flat_map(|r| [(r, "chain"), (r, "framework")]);
         for (runtime, fixture) in cases {
@@ -2154,12 +2205,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn net9_is_checked_by_the_type_system_its_descriptor_states() {
+        // The facts 9.0.4's own descriptor states (read from a running
+        // 9.0.4 process), in its compact form: no code heaps, no PEAssembly,
+        // no ExecutionManager contract.
+        let nine = br#"{"version":0,"baseline":"empty","types":{
+            "MethodDesc":{"ChunkIndex":2,"Slot":4,"Flags":6,"Flags3AndTokenRemainder":0},
+            "MethodDescChunk":{"!":24,"MethodTable":0,"Next":8,"Size":16,"Count":17,"FlagsAndTokenRange":18},
+            "MethodTable":{"MTFlags":0,"Module":24},
+            "Module":{"Base":288,"Path":272,"Flags":296},
+            "DynamicMethodDesc":{"MethodName":32}},
+          "globals":{"MethodDescTokenRemainderBitCount":["0xc","uint8"],"MethodDescAlignment":["0x8","uint64"]},
+          "contracts":{"Loader":1,"RuntimeTypeSystem":1,"Thread":1}}"#;
+        let check = |layout: &Layout| {
+            super::super::descriptor::check(nine, &layout.expected().expect("described"))
+        };
+        assert_eq!(check(&NET9), Ok(()));
+        // A table that put PEAssembly elsewhere is caught by its neighbours.
+        let moved = Layout {
+            module_pe: 0x110,
+            ..NET9
+        };
+        assert_eq!(
+            check(&moved),
+            Err("its descriptor puts Module.Path at 272, where crossprof reads 264".into())
+        );
+        // 10's table asks for what 9's descriptor does not state.
+        assert!(check(&NET10).is_err());
+        assert_eq!(NET8.expected().map(|_| ()), None, "8 has no descriptor");
+    }
+
+    #[test]
     fn only_the_versions_whose_layouts_were_checked_are_read() {
         let clr = |v: &str| Clr { version: v.into() };
         assert_eq!(Layout::of(&clr("8.0.4")), Ok(&NET8));
         assert_eq!(Layout::of(&clr("3.1.23")), Ok(&CORE31));
         assert_eq!(Layout::of(&clr("10.0.0")), Ok(&NET10));
-        for other in ["9.0.0", "11.0.0", "6.0.36", "unknown", "3.0.3", "1.0.0"] {
+        assert_eq!(Layout::of(&clr("9.0.4")), Ok(&NET9));
+        for other in ["11.0.0", "6.0.36", "unknown", "3.0.3", "1.0.0"] {
             assert!(Layout::of(&clr(other)).is_err(), "{other}");
         }
     }

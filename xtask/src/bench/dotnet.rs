@@ -32,7 +32,7 @@ use crate::{cmd, say};
 const FIXTURE: &str = "jit_heavy";
 const FREQ: u64 = 99;
 
-/// Runs the .NET rounds on runtime `version` (8 or 10) and returns their
+/// Runs the .NET rounds on runtime `version` (8, 9 or 10) and returns their
 /// figures.
 pub fn figures(
     runs: u32,
@@ -40,10 +40,10 @@ pub fn figures(
     crossprof: &Path,
     bench_dir: &Path,
 ) -> Result<Vec<Figure>> {
-    let runtime = if version == "10" {
-        Dotnet::Net10
-    } else {
-        Dotnet::Net8
+    let runtime = match version {
+        "10" => Dotnet::Net10,
+        "9" => Dotnet::Net9,
+        _ => Dotnet::Net8,
     };
     let dll = runtime.fixture(FIXTURE);
     let out_dir = bench_dir.join("run-dotnet");

@@ -59,8 +59,8 @@ pub struct Args {
     /// offcpu, http, agent or load.
     #[arg(long, value_parser = ["core", "dotnet", "go", "mixed", "offcpu", "http", "agent", "load"])]
     only: Option<String>,
-    /// The .NET runtime of the dotnet part: 8 (its figures' reference) or 10.
-    #[arg(long, default_value = "8", value_parser = ["8", "10"])]
+    /// The .NET runtime of the dotnet part: 8 (its figures' reference), 9 or 10.
+    #[arg(long, default_value = "8", value_parser = ["8", "9", "10"])]
     dotnet: String,
 }
 
