@@ -739,3 +739,98 @@ fn the_agent_neither_writes_nor_serves_through_links_planted_in_its_folders() {
         }
     }
 }
+
+/// The windows `/api/windows` lists as written whole, 0 if the agent does
+/// not answer.
+fn windows_on_disk(addr: &str) -> usize {
+    crossprof_tests::http::get(addr, "/api/windows", &[]).map_or(0, |r| {
+        let v: serde_json::Value = r.json();
+        v["windows"]
+            .as_array()
+            .map_or(0, |w| w.iter().filter(|w| w["on_disk"] == true).count())
+    })
+}
+
+/// An assembly a root .NET process mapped from a folder another user can
+/// write, replaced by that user with a FIFO once the agent has seen it
+/// mapped: the agent reads a mapped assembly's ReadyToRun code 2 s after it
+/// first sees the process (`agent::PRECOMPILED_AFTER`), and must read it
+/// through the handle it opened at first sight, never the path again (an open
+/// of a FIFO for reading waits for a writer: for ever; a link to `/dev/zero`
+/// there would be read without end). Its windows go on being written and it
+/// stops when told.
+#[test]
+fn an_assembly_replaced_by_a_fifo_once_mapped_does_not_stall_the_agent() {
+    let runtime = Dotnet::Net8;
+    let dir = out_dir("hostile_assembly");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A ReadyToRun assembly (a framework one, copied): its code is mapped
+    // executable from the path, which is what crossprof reads it for.
+    let lib = dir.join("System.Collections.dll");
+    let _ = std::fs::remove_file(&lib);
+    std::fs::copy(
+        runtime
+            .host()
+            .with_file_name("shared/Microsoft.NETCore.App")
+            .join(runtime.version())
+            .join("System.Collections.dll"),
+        &lib,
+    )
+    .unwrap();
+    let fixture = runtime.fixture("loads");
+    let mut target = runtime
+        .command(&fixture, &[lib.to_str().unwrap(), "30"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the .NET fixture");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(target.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let target = Guard(target);
+    assert_eq!(line.trim(), "loaded System.Collections", "{line}");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.pid())).unwrap();
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(" r-xp ") && l.ends_with(lib.to_str().unwrap())),
+        "the runtime did not map {}'s code: {maps}",
+        lib.display()
+    );
+    let port = crossprof_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = Guard(
+        Command::new(crossprof_tests::crossprof_bin())
+            .args(["agent", "--window", "1s", "--dir"])
+            .arg(dir.join("windows"))
+            .args(["--listen", &addr, "--pid", &target.pid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the agent"),
+    );
+    // Its first window: it has seen the process and its maps.
+    let start = Instant::now();
+    while windows_on_disk(&addr) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no window");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fifo = dir.join("fifo");
+    as_nobody("mkfifo", &["-m", "0666", fifo.to_str().unwrap()]);
+    as_nobody("mv", &["-f", fifo.to_str().unwrap(), lib.to_str().unwrap()]);
+    let swapped = start.elapsed();
+    assert!(
+        swapped < Duration::from_secs(2),
+        "replaced only {swapped:?} after the agent started: it may have read the file already"
+    );
+    let before = windows_on_disk(&addr);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = windows_on_disk(&addr);
+    assert!(
+        after >= before + 3,
+        "{before} windows before the swap, {after} 5 s after: the agent stalled"
+    );
+    // SIGTERM: it stops, promptly.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    agent.wait_for(Duration::from_secs(10));
+}

@@ -65,7 +65,12 @@ impl ProcessTable {
                     continue;
                 }
                 let methods = table.precompiled.entry(module).or_insert_with(|| {
-                    let data = std::fs::read(&modules.get(module).open_path).ok()?;
+                    // Through the handle opened when the mapping was first
+                    // seen, bounded: never the path again, which the file's
+                    // owner may since have made a FIFO (an open that waits for
+                    // ever) or a link to an endless file.
+                    let file = modules.get(module).open()?;
+                    let data = crate::files::read_at_most(&file, 0, super::MAX_ASSEMBLY).ok()?;
                     // IL only: its code is JIT'd, listed from the perf map.
                     let image = super::r2r::R2rImage::parse(&data).ok()?;
                     Some(super::precompiled_shapes(&image, &data).into())
