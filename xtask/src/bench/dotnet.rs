@@ -12,7 +12,11 @@
 //!
 //! - slowdown = median(work under crossprof) / median(plain work) - 1, for each way
 //!   of naming (and for the default way, fastest round against fastest plain
-//!   round too: this VM's interference only ever slows a round). With the perf map it includes the runtime writing its perf map and
+//!   round too: this VM's interference only ever slows a round);
+//! - the target's own CPU time in its work (all its threads, as the fixture
+//!   reads it from the runtime) under crossprof against plain, medians: what
+//!   naming costs the target itself, without the collector's CPU taking turns
+//!   with it on a machine whose cores the target keeps busy; With the perf map it includes the runtime writing its perf map and
 //!   jitdump, which crossprof turns on: for every method compiled the runtime
 //!   formats its name and writes it out. From memory the runtime does nothing for
 //!   crossprof: what is left is the sampling itself and crossprof's reads of its
@@ -24,7 +28,7 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use crossprof_tests::{Dotnet, parse_folded, read_summary};
 
 use super::{Figure, Goal, Unit, check_interrupted, median, work_ns};
@@ -48,10 +52,10 @@ pub fn figures(
     };
     let dll = runtime.fixture(FIXTURE);
     let out_dir = bench_dir.join("run-dotnet");
-    let plain = || -> Result<u64> {
+    let plain = || -> Result<(u64, u64)> {
         let out = cmd::output(&mut runtime.command(&dll, &[]))?;
         check_interrupted()?;
-        work_ns(&out)
+        Ok((work_ns(&out)?, cpu_ns(&out)?))
     };
     let profiled = |flags: &[&str]| -> Result<Round> {
         let target = runtime.command(&dll, &[]);
@@ -80,7 +84,7 @@ pub fn figures(
                     .pointer("/kernel_program/run_count")
                     .and_then(serde_json::Value::as_f64),
             );
-        Ok((work_ns(&out)?, Shares::of(&folded), kernel))
+        Ok(((work_ns(&out)?, cpu_ns(&out)?), Shares::of(&folded), kernel))
     };
 
     // The ways of naming measured: the default (memory, with the JIT event
@@ -107,6 +111,10 @@ pub fn figures(
     }
     let mut plain_ns = Vec::new();
     let mut ways_ns: [Vec<u64>; 4] = Default::default();
+    // The target's own CPU time in its work (all its threads), plain and
+    // each way.
+    let mut plain_cpu = Vec::new();
+    let mut ways_cpu: [Vec<u64>; 4] = Default::default();
     let mut shares = Vec::new();
     let (mut kernel_ns, mut kernel_runs) = (0.0, 0.0);
     for round in 0..runs {
@@ -118,14 +126,16 @@ pub fn figures(
         for way in order {
             match way {
                 None => {
-                    let p = plain()?;
+                    let (p, cpu) = plain()?;
                     line.push_str(&format!(" plain {:.3} s", p as f64 / 1e9));
                     plain_ns.push(p);
+                    plain_cpu.push(cpu);
                 }
                 Some(w) => {
-                    let (ns, s, k) = profiled(WAYS[w].1)?;
+                    let ((ns, cpu), s, k) = profiled(WAYS[w].1)?;
                     line.push_str(&format!(" | way {} {:.3} s", w + 1, ns as f64 / 1e9));
                     ways_ns[w].push(ns);
+                    ways_cpu[w].push(cpu);
                     if w == 0 {
                         if let Some((ns, runs)) = k {
                             kernel_ns += ns;
@@ -140,11 +150,12 @@ pub fn figures(
     }
     let total = |f: fn(&Shares) -> u64| shares.iter().map(f).sum::<u64>() as f64;
     let samples = total(|s| s.samples);
-    let slowdown = |with: &[u64]| {
+    let ratio = |with: &[u64], without: &[u64]| {
         median(with.iter().map(|&n| n as f64))
-            .zip(median(plain_ns.iter().map(|&n| n as f64)))
+            .zip(median(without.iter().map(|&n| n as f64)))
             .map(|(with, without)| with / without - 1.0)
     };
+    let slowdown = |with: &[u64]| ratio(with, &plain_ns);
     let mut figures: Vec<Figure> = WAYS
         .iter()
         .zip(&ways_ns)
@@ -179,6 +190,20 @@ pub fn figures(
         unit: Unit::Percent,
         goal: Goal::Info,
     });
+    // What the target itself spends: on a machine whose cores the target
+    // keeps busy, the wall-clock slowdown also holds the collector's own CPU
+    // taking turns with it; this does not (medians).
+    for (w, what) in [(0, "named from memory (default)"), (2, "--dotnet-perf-map")] {
+        figures.push(Figure {
+            name: format!(
+                "JIT-heavy .NET: the target's own CPU time in its work, way {}, {what}",
+                w + 1
+            ),
+            measured: ratio(&ways_cpu[w], &plain_cpu),
+            unit: Unit::Percent,
+            goal: Goal::Info,
+        });
+    }
     figures.extend([
         Figure {
             name: format!("kernel program ns per run, .NET at {FREQ} Hz (own stack walk)"),
@@ -202,9 +227,18 @@ pub fn figures(
     Ok(figures)
 }
 
-/// One run under crossprof: work time, named shares, and the kernel program's
+/// One run under crossprof: work time and CPU time, named shares, and the kernel program's
 /// `(run_time_ns, run_count)` when the kernel kept them.
-type Round = (u64, Shares, Option<(f64, f64)>);
+type Round = ((u64, u64), Shares, Option<(f64, f64)>);
+
+/// The `cpu_ns=N` the fixture prints: its process's CPU time in its work.
+fn cpu_ns(stdout: &str) -> Result<u64> {
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cpu_ns="))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no cpu_ns=N in the fixture's output: {stdout:?}"))
+}
 
 /// How much of one profile's .NET samples is named.
 #[derive(Debug, Default, PartialEq)]
