@@ -11,8 +11,10 @@
 //! `--no-dotnet-gc` (no GC event session: no connection to the runtime at all).
 //!
 //! - slowdown = median(work under crossprof) / median(plain work) - 1, for each way
-//!   of naming (and for the default way, fastest round against fastest plain
-//!   round too: this VM's interference only ever slows a round);
+//!   of naming (and for the default way, two views less swayed by this VM:
+//!   the median of each round's ratio to that round's plain run, the machine's
+//!   speed drifting over minutes, and the fastest round against the fastest
+//!   plain round, interference only ever slowing a round);
 //! - the target's own CPU time in its work (all its threads, as the fixture
 //!   reads it from the runtime) under crossprof against plain, medians: what
 //!   naming costs the target itself, without the collector's CPU taking turns
@@ -180,6 +182,21 @@ pub fn figures(
     // round of each kind is the least disturbed estimate of its cost, a
     // second view where the medians swing by more than the goal.
     let fastest = |ns: &[u64]| ns.iter().min().map(|&n| n as f64);
+    // Each round's run of way 1 against the same round's plain run: the
+    // machine's speed drifts over minutes, and a pair shares its minute.
+    figures.push(Figure {
+        name: format!(
+            "JIT-heavy .NET slowdown at {FREQ} Hz, way 1, median of each round's ratio to its plain run"
+        ),
+        measured: median(
+            ways_ns[0]
+                .iter()
+                .zip(&plain_ns)
+                .map(|(&with, &without)| with as f64 / without as f64 - 1.0),
+        ),
+        unit: Unit::Percent,
+        goal: Goal::Info,
+    });
     figures.push(Figure {
         name: format!(
             "JIT-heavy .NET slowdown at {FREQ} Hz, way 1, fastest round against fastest plain round"
