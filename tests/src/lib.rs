@@ -257,13 +257,6 @@ impl Dotnet {
         let out_dir = target_dir().join("fixtures").join(self.tfm());
         std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
         let dll = out_dir.join(format!("{name}.dll"));
-        // mcs writes into a folder of this build's own, and the assembly is
-        // renamed into place: a test copying or running the fixture while
-        // another (in the same `cargo test`) builds it again sees the old file
-        // or the new one, never one half written. The file name stays the
-        // same: mcs names the assembly after it.
-        let build_dir = private_dir(&out_dir);
-        let built = build_dir.join(format!("{name}.dll"));
         let mut mcs = Command::new("mcs");
         if !assemblies.is_empty() {
             let shared = self
@@ -278,15 +271,19 @@ impl Dotnet {
                 mcs.arg(format!("-r:{}", shared.join(format!("{a}.dll")).display()));
             }
         }
-        let status = mcs
-            .arg(format!("-out:{}", built.display()))
-            .args(["-target:exe", "-optimize+"])
-            .arg(&src)
-            .status()
-            .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
-        assert!(status.success(), "mcs failed on {}", src.display());
-        std::fs::rename(&built, &dll).expect("move the built assembly into place");
-        let _ = std::fs::remove_dir_all(&build_dir);
+        // A test copying or running the fixture while another (in the same
+        // `cargo test`) builds it again sees the old file or the new one,
+        // never one half written. (The file name stays the same: mcs names
+        // the assembly after it.)
+        write_into_place(&dll, |built| {
+            let status = mcs
+                .arg(format!("-out:{}", built.display()))
+                .args(["-target:exe", "-optimize+"])
+                .arg(&src)
+                .status()
+                .expect("run mcs (cargo xtask bootstrap installs mono-mcs)");
+            assert!(status.success(), "mcs failed on {}", src.display());
+        });
         self.write_runtimeconfig(&out_dir.join(format!("{name}.runtimeconfig.json")));
         dll
     }
@@ -298,12 +295,9 @@ impl Dotnet {
             self.tfm(),
             self.version()
         );
-        // Written beside and renamed over, as the assembly is (`fixture_with`).
-        let dir = private_dir(path.parent().expect("a folder"));
-        let tmp = dir.join("runtimeconfig.json");
-        std::fs::write(&tmp, config).expect("write the runtimeconfig");
-        std::fs::rename(&tmp, path).expect("move the runtimeconfig into place");
-        let _ = std::fs::remove_dir_all(&dir);
+        write_into_place(path, |tmp| {
+            std::fs::write(tmp, config).expect("write the runtimeconfig");
+        });
     }
 
     /// A copy of an assembly built for another runtime (`dll`, with its PDB
@@ -316,10 +310,15 @@ impl Dotnet {
         std::fs::create_dir_all(&out_dir).expect("create the fixture folder");
         let name = dll.file_name().expect("a file");
         let to = out_dir.join(name);
-        copy_into_place(dll, &to);
+        let copy = |from: &Path, to: &Path| {
+            write_into_place(to, |tmp| {
+                std::fs::copy(from, tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+            });
+        };
+        copy(dll, &to);
         let pdb = dll.with_extension("pdb");
         if pdb.is_file() {
-            copy_into_place(&pdb, &to.with_extension("pdb"));
+            copy(&pdb, &to.with_extension("pdb"));
         }
         self.write_runtimeconfig(&to.with_extension("runtimeconfig.json"));
         to
@@ -1155,24 +1154,22 @@ pub fn go_tool_pprof(args: &[&str]) -> String {
     stdout
 }
 
-/// A new folder inside `parent` that no other build (another test thread or
-/// process) uses: where a fixture is written before it is renamed into place.
-fn private_dir(parent: &Path) -> PathBuf {
+/// Makes the fixture file `to` by `write`, which is given the path to write
+/// it at: a file of `to`'s name in a folder beside it that no other build
+/// (another test thread or process) uses, then renamed over `to`, so that a
+/// reader of `to` sees the old file or the new one, never one half written.
+fn write_into_place(to: &Path, write: impl FnOnce(&Path)) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = parent.join(format!(".build-{}-{n}", std::process::id()));
+    let dir = to
+        .parent()
+        .expect("a folder")
+        .join(format!(".build-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).expect("create a build folder in target/fixtures");
-    dir
-}
-
-/// Copies `from` to `to` by way of a private folder and a rename, so that a
-/// reader of `to` never sees it half copied.
-fn copy_into_place(from: &Path, to: &Path) {
-    let dir = private_dir(to.parent().expect("a folder"));
     let tmp = dir.join(to.file_name().expect("a file name"));
-    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    std::fs::rename(&tmp, to).expect("move the copy into place");
+    write(&tmp);
+    std::fs::rename(&tmp, to).expect("move the file into place");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -750,28 +750,31 @@ fn jit_frames_carry_file_and_line_from_the_portable_pdb() {
     assert_chain_lines("record -- dotnet", &dir.join("profile.pb.gz"));
 }
 
-#[test]
-fn net10_jit_frames_carry_file_and_line_from_its_bit_packed_debug_info() {
-    // The Roslyn-built chain (for .NET 8) run on 10, whose runtime packs a
-    // method's IL bounds in bits (`dotnet::debuginfo::decode_packed_bounds`).
-    let runtime = Dotnet::Net10;
+/// The Roslyn-built chain (for .NET 8) run on `runtime`, recorded into
+/// `out_dir(dir)`: its JIT frames carry the chain's files and lines
+/// ([`assert_chain_lines`]).
+fn assert_retargeted_chain_lines(runtime: Dotnet, dir: &str) {
     let dll = runtime.retarget(&Dotnet::Net8.roslyn_fixture("chain"));
-    let dir = out_dir("dotnet10_lines");
+    let dir = out_dir(dir);
     let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
     assert!(run.status.success(), "{}", run.stderr);
-    assert_chain_lines("record -- dotnet (10)", &dir.join("profile.pb.gz"));
+    assert_chain_lines(
+        &format!("record -- dotnet ({runtime:?})"),
+        &dir.join("profile.pb.gz"),
+    );
+}
+
+#[test]
+fn net10_jit_frames_carry_file_and_line_from_its_bit_packed_debug_info() {
+    // 10's runtime packs a method's IL bounds in bits
+    // (`dotnet::debuginfo::decode_packed_bounds`).
+    assert_retargeted_chain_lines(Dotnet::Net10, "dotnet10_lines");
 }
 
 #[test]
 fn net9_jit_frames_carry_file_and_line_from_its_debug_info() {
-    // The Roslyn-built chain (for .NET 8) run on 9: 8's debug-info format
-    // read through 9's layouts.
-    let runtime = Dotnet::Net9;
-    let dll = runtime.retarget(&Dotnet::Net8.roslyn_fixture("chain"));
-    let dir = out_dir("dotnet9_lines");
-    let run = record_target(&dir, &[], &runtime.command(&dll, &["3"]));
-    assert!(run.status.success(), "{}", run.stderr);
-    assert_chain_lines("record -- dotnet (9)", &dir.join("profile.pb.gz"));
+    // 8's debug-info format read through 9's layouts.
+    assert_retargeted_chain_lines(Dotnet::Net9, "dotnet9_lines");
 }
 
 #[test]

@@ -689,17 +689,8 @@ fn the_agent_neither_writes_nor_serves_through_links_planted_in_its_folders() {
     let addr = format!("127.0.0.1:{port}");
     let start = Instant::now();
     let listed = loop {
-        if let Some(r) = crossprof_tests::http::get(&addr, "/api/windows", &[]) {
-            let v: serde_json::Value = r.json();
-            let whole = v["windows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|w| w["on_disk"] == true)
-                .count();
-            if whole >= 2 {
-                break v;
-            }
+        if let Some((2.., v)) = windows_listed(&addr) {
+            break v;
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -740,15 +731,22 @@ fn the_agent_neither_writes_nor_serves_through_links_planted_in_its_folders() {
     }
 }
 
-/// The windows `/api/windows` lists as written whole, 0 if the agent does
-/// not answer.
+/// The agent's `/api/windows` listing and how many windows it lists as
+/// written whole; `None` if the agent does not answer.
+fn windows_listed(addr: &str) -> Option<(usize, serde_json::Value)> {
+    let v: serde_json::Value = crossprof_tests::http::get(addr, "/api/windows", &[])?.json();
+    let whole = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["on_disk"] == true)
+        .count();
+    Some((whole, v))
+}
+
+/// [`windows_listed`]'s count, 0 if the agent does not answer.
 fn windows_on_disk(addr: &str) -> usize {
-    crossprof_tests::http::get(addr, "/api/windows", &[]).map_or(0, |r| {
-        let v: serde_json::Value = r.json();
-        v["windows"]
-            .as_array()
-            .map_or(0, |w| w.iter().filter(|w| w["on_disk"] == true).count())
-    })
+    windows_listed(addr).map_or(0, |(whole, _)| whole)
 }
 
 /// An assembly a root .NET process mapped from a folder another user can

@@ -275,22 +275,25 @@ fn apt_packages() -> Result<bool> {
 /// ../shared/ENVIRONMENT.md, or Ubuntu's archive) under [`Dotnet::root`] unless
 /// it is there. Returns whether it installed it.
 fn dotnet(runtime: Dotnet) -> Result<bool> {
-    let host = runtime.host();
-    let done = runtime.root().join(".installed");
-    match runtime.pip_requirement() {
-        Some(_) if host.is_file() => return Ok(false),
-        None if done.is_file() => return Ok(false),
-        Some(requirement) => pip_install(
-            &format!(".NET {} runtime", runtime.version()),
-            requirement,
-            &runtime.root(),
-        )?,
-        None => {
-            ubuntu_dotnet(runtime)?;
-            fs::write(&done, "")?;
-            return Ok(true);
+    let Some(requirement) = runtime.pip_requirement() else {
+        // Ubuntu's: marked done once patched and run.
+        let done = runtime.root().join(".installed");
+        if done.is_file() {
+            return Ok(false);
         }
+        ubuntu_dotnet(runtime)?;
+        fs::write(&done, "")?;
+        return Ok(true);
+    };
+    let host = runtime.host();
+    if host.is_file() {
+        return Ok(false);
     }
+    pip_install(
+        &format!(".NET {} runtime", runtime.version()),
+        requirement,
+        &runtime.root(),
+    )?;
     let mut perms = std::fs::metadata(&host)
         .with_context(|| format!("the .NET package has no host at {}", host.display()))?
         .permissions();

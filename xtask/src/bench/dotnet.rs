@@ -11,18 +11,19 @@
 //! `--no-dotnet-gc` (no GC event session: no connection to the runtime at all).
 //!
 //! - slowdown = median(work under crossprof) / median(plain work) - 1, for each way
-//!   of naming (and for the default way, two views less swayed by this VM:
-//!   the median of each round's ratio to that round's plain run, the machine's
-//!   speed drifting over minutes, and the fastest round against the fastest
-//!   plain round, interference only ever slowing a round);
-//! - the target's own CPU time in its work (all its threads, as the fixture
-//!   reads it from the runtime) under crossprof against plain, medians: what
-//!   naming costs the target itself, without the collector's CPU taking turns
-//!   with it on a machine whose cores the target keeps busy; With the perf map it includes the runtime writing its perf map and
+//!   of naming. With the perf map it includes the runtime writing its perf map and
 //!   jitdump, which crossprof turns on: for every method compiled the runtime
 //!   formats its name and writes it out. From memory the runtime does nothing for
 //!   crossprof: what is left is the sampling itself and crossprof's reads of its
-//!   memory (its mmap lock, taken for reading);
+//!   memory (its mmap lock, taken for reading). For the default way, two views
+//!   less swayed by this VM too: the median of each round's ratio to that
+//!   round's plain run (the machine's speed drifts over minutes), and the
+//!   fastest round against the fastest plain round (interference only ever
+//!   slows a round);
+//! - the target's own CPU time in its work (all its threads, as the fixture
+//!   reads it from the runtime) under crossprof against plain, medians: what
+//!   naming costs the target itself, without the collector's CPU taking turns
+//!   with it on a machine whose cores the target keeps busy;
 //! - the kernel program's cost per run while it walks .NET stacks itself;
 //! - share of the .NET samples whose every frame is named, and whose managed frames
 //!   (JIT code, ReadyToRun code, stubs) are: `[unknown]` and `[module+0x...]`
@@ -30,10 +31,10 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use crossprof_tests::{Dotnet, parse_folded, read_summary};
 
-use super::{Figure, Goal, Unit, check_interrupted, median, work_ns};
+use super::{Figure, Goal, Unit, check_interrupted, median, printed, work_ns};
 use crate::{cmd, say};
 
 const FIXTURE: &str = "jit_heavy";
@@ -57,7 +58,7 @@ pub fn figures(
     let plain = || -> Result<(u64, u64)> {
         let out = cmd::output(&mut runtime.command(&dll, &[]))?;
         check_interrupted()?;
-        Ok((work_ns(&out)?, cpu_ns(&out)?))
+        Ok((work_ns(&out)?, printed(&out, "cpu_ns")?))
     };
     let profiled = |flags: &[&str]| -> Result<Round> {
         let target = runtime.command(&dll, &[]);
@@ -86,7 +87,11 @@ pub fn figures(
                     .pointer("/kernel_program/run_count")
                     .and_then(serde_json::Value::as_f64),
             );
-        Ok(((work_ns(&out)?, cpu_ns(&out)?), Shares::of(&folded), kernel))
+        Ok((
+            (work_ns(&out)?, printed(&out, "cpu_ns")?),
+            Shares::of(&folded),
+            kernel,
+        ))
     };
 
     // The ways of naming measured: the default (memory, with the JIT event
@@ -178,10 +183,6 @@ pub fn figures(
             },
         })
         .collect();
-    // Interference on a shared machine only ever slows a round: the fastest
-    // round of each kind is the least disturbed estimate of its cost, a
-    // second view where the medians swing by more than the goal.
-    let fastest = |ns: &[u64]| ns.iter().min().map(|&n| n as f64);
     // Each round's run of way 1 against the same round's plain run: the
     // machine's speed drifts over minutes, and a pair shares its minute.
     figures.push(Figure {
@@ -197,6 +198,10 @@ pub fn figures(
         unit: Unit::Percent,
         goal: Goal::Info,
     });
+    // Interference on a shared machine only ever slows a round: the fastest
+    // round of each kind is the least disturbed estimate of its cost, a
+    // second view where the medians swing by more than the goal.
+    let fastest = |ns: &[u64]| ns.iter().min().map(|&n| n as f64);
     figures.push(Figure {
         name: format!(
             "JIT-heavy .NET slowdown at {FREQ} Hz, way 1, fastest round against fastest plain round"
@@ -247,15 +252,6 @@ pub fn figures(
 /// One run under crossprof: work time and CPU time, named shares, and the kernel program's
 /// `(run_time_ns, run_count)` when the kernel kept them.
 type Round = ((u64, u64), Shares, Option<(f64, f64)>);
-
-/// The `cpu_ns=N` the fixture prints: its process's CPU time in its work.
-fn cpu_ns(stdout: &str) -> Result<u64> {
-    stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("cpu_ns="))
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no cpu_ns=N in the fixture's output: {stdout:?}"))
-}
 
 /// How much of one profile's .NET samples is named.
 #[derive(Debug, Default, PartialEq)]

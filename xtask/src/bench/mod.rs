@@ -285,11 +285,16 @@ impl Bench<'_> {
 
 /// The fixture's `work_ns=N`.
 fn work_ns(stdout: &str) -> Result<u64> {
+    printed(stdout, "work_ns")
+}
+
+/// The `KEY=N` a fixture printed.
+fn printed(stdout: &str, key: &str) -> Result<u64> {
     stdout
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("work_ns="))
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no work_ns=N in the fixture's output: {stdout:?}"))
+        .with_context(|| format!("no {key}=N in the fixture's output: {stdout:?}"))
 }
 
 fn figures(plain: &[u64], profiled: &[Vec<Profiled>], missing: &mut Vec<String>) -> Vec<Figure> {
