@@ -198,6 +198,25 @@ fn csharp_to_go_to_c_to_go_is_one_stack_with_every_go_version() {
         target.env("LD_LIBRARY_PATH", lib.parent().unwrap_or(Path::new(".")));
         let measured = record_both(&name, &target, "dotnet", &chain);
         assert_one_stack(&name, &measured, 400);
+        // The Go library's own threads (sysmon, the garbage collector's) start
+        // in its runtime.mstart, under cgo's C thread entry: nothing past it
+        // (it was `[unknown]`, the entry, without rules). A sample taken in
+        // the moment between the library's loading and crossprof's reading
+        // of it keeps the walk's `[truncated: ...]` mark before the root.
+        let threads = measured[0]
+            .stacks
+            .iter()
+            .filter(|s| s.frames.iter().any(|f| f == "runtime.mstart"));
+        for stack in threads {
+            let outermost = stack.frames[1..]
+                .iter()
+                .find(|f| !f.starts_with("[truncated"));
+            assert_eq!(
+                outermost.map(String::as_str),
+                Some("runtime.mstart"),
+                "{name}: a Go thread of the library not rooted at runtime.mstart: {stack:?}"
+            );
+        }
         let table = &measured[0].run.stdout;
         for edge in [
             "Prog::Outer (managed) -> main.Compute (Go)",

@@ -34,6 +34,10 @@ pub struct DotnetTable {
     /// Per assembly file, its precompiled methods (`None`: IL only, or
     /// unreadable), decoded once.
     pub(super) precompiled: HashMap<ModuleId, Option<Arc<[super::Precompiled]>>>,
+    /// The thread that decodes them (started with the first assembly).
+    decoder: Option<Decoder>,
+    /// Notified by it after each assembly.
+    decoded: Arc<tokio::sync::Notify>,
     /// The managed frames named so far.
     managed: Interner<ManagedFrame>,
 }
@@ -72,6 +76,49 @@ impl DotnetTable {
         Some(FrameRef::Managed(self.managed.intern(&(name, None))))
     }
 
+    /// Notified whenever an assembly's precompiled methods are decoded: the
+    /// event loop then hands them to the kernel at once (not at the next
+    /// tick).
+    pub fn precompiled_read(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.decoded)
+    }
+
+    /// Takes in the assemblies decoded since the last call.
+    pub(super) fn take_decoded(&mut self) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        while let Ok((module, methods)) = decoder.done.try_recv() {
+            decoder.asked.remove(&module);
+            self.precompiled.insert(module, methods);
+        }
+    }
+
+    /// Asks for the precompiled methods of assembly `module`, read through
+    /// `file` (the handle opened when its mapping was first seen), to be
+    /// decoded off the event loop: reading and decoding CoreLib (12.7 MB)
+    /// took 50 ms, in which no maps were re-read and no rules placed (a Go
+    /// library loaded by a P/Invoke then was walked without its rules for as
+    /// long). Once per file; the answer comes through [`Self::take_decoded`].
+    pub(super) fn decode_later(
+        &mut self,
+        module: ModuleId,
+        open: impl FnOnce() -> Option<std::fs::File>,
+    ) {
+        let notify = Arc::clone(&self.decoded);
+        let decoder = self.decoder.get_or_insert_with(|| Decoder::spawn(notify));
+        if decoder.asked.contains(&module) {
+            return;
+        }
+        // Unreadable, or the thread is gone (it panicked): none.
+        let sent = open().is_some_and(|file| decoder.jobs.send((module, file)).is_ok());
+        if sent {
+            decoder.asked.insert(module);
+        } else {
+            self.precompiled.insert(module, None);
+        }
+    }
+
     /// The name behind a [`FrameRef::Managed`] id.
     pub fn name(&self, id: u32) -> &str {
         self.managed.item(id).map_or("[unknown]", |(name, _)| name)
@@ -81,6 +128,55 @@ impl DotnetTable {
     pub fn source(&self, id: u32) -> Option<&Source> {
         self.managed.item(id)?.1.as_ref()
     }
+}
+
+/// The thread that reads and decodes assemblies' precompiled methods (their
+/// frame shapes, for the kernel's walk), in the order asked.
+#[derive(Debug)]
+struct Decoder {
+    jobs: std::sync::mpsc::Sender<(ModuleId, std::fs::File)>,
+    done: std::sync::mpsc::Receiver<(ModuleId, Option<Arc<[super::Precompiled]>>)>,
+    /// Sent and not yet back.
+    asked: std::collections::HashSet<ModuleId>,
+}
+
+impl Decoder {
+    /// Starts the thread. It is never joined: when the table is dropped it
+    /// ends after the assembly it is reading. If it cannot start, every
+    /// assembly asked of it has no precompiled methods (walked by frame
+    /// pointers), as an unreadable one. `notify` is notified after each.
+    fn spawn(notify: Arc<tokio::sync::Notify>) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<(ModuleId, std::fs::File)>();
+        let (tx, done) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("crossprof-r2r".into())
+            .spawn(move || {
+                for (module, file) in rx {
+                    if tx.send((module, decode(&file))).is_err() {
+                        break;
+                    }
+                    notify.notify_one();
+                }
+            });
+        if let Err(e) = started {
+            log::warn!("cannot start the thread that reads ReadyToRun code: {e}");
+        }
+        Decoder {
+            jobs,
+            done,
+            asked: Default::default(),
+        }
+    }
+}
+
+/// The precompiled methods of the assembly open as `file`, read bounded by
+/// [`super::MAX_ASSEMBLY`] (never through its path again, which the file's
+/// owner may since have made a FIFO, an open that waits for ever, or a link
+/// to an endless file); `None` for IL only or unreadable (its code is JIT'd).
+fn decode(file: &std::fs::File) -> Option<Arc<[super::Precompiled]>> {
+    let data = crate::files::read_at_most(file, 0, super::MAX_ASSEMBLY).ok()?;
+    let image = super::r2r::R2rImage::parse(&data).ok()?;
+    Some(super::precompiled_shapes(&image, &data).into())
 }
 
 /// A process's maps were read (`entries`): the .NET state `slot` of process

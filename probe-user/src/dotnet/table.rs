@@ -47,12 +47,14 @@ impl ProcessTable {
     ) -> Result<(), super::unwind::TableError> {
         let mut result = Ok(());
         let (modules, table) = (&self.modules, &mut self.dotnet);
+        table.take_decoded();
         for p in self.procs.values_mut() {
             let Some(dn) = p.dotnet.as_mut() else {
                 continue;
             };
             let mut r = dn.poll_unwind(tables);
-            // Precompiled code, once per mapped assembly.
+            // Precompiled code, once per mapped assembly, decoded off the
+            // event loop (see `DotnetTable::decode_later`).
             let young = p.first_captured.elapsed() < table.precompiled_after;
             if table.lines && !young {
                 dn.follow_lines();
@@ -61,24 +63,18 @@ impl ProcessTable {
                 let Target::Assembly(module) = m.target else {
                     continue;
                 };
-                if !dn.r2r_done.insert(m.start) {
+                if dn.r2r_done.contains(&m.start) {
                     continue;
                 }
-                let methods = table.precompiled.entry(module).or_insert_with(|| {
-                    // Through the handle opened when the mapping was first
-                    // seen, bounded: never the path again, which the file's
-                    // owner may since have made a FIFO (an open that waits for
-                    // ever) or a link to an endless file.
-                    let file = modules.get(module).open()?;
-                    let data = crate::files::read_at_most(&file, 0, super::MAX_ASSEMBLY).ok()?;
-                    // IL only: its code is JIT'd, listed from the perf map.
-                    let image = super::r2r::R2rImage::parse(&data).ok()?;
-                    Some(super::precompiled_shapes(&image, &data).into())
-                });
+                let Some(methods) = table.precompiled.get(&module).cloned() else {
+                    table.decode_later(module, || modules.get(module).open());
+                    continue;
+                };
+                dn.r2r_done.insert(m.start);
                 let Some(methods) = methods else {
                     continue;
                 };
-                let added = dn.add_precompiled(methods, (m.start, m.end, m.offset), tables);
+                let added = dn.add_precompiled(&methods, (m.start, m.end, m.offset), tables);
                 if r.is_ok() {
                     r = added;
                 }

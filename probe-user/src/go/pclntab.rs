@@ -130,6 +130,8 @@ pub struct GoTable {
     pub version: Option<String>,
     /// Its goroutine layout from DWARF, read when first asked.
     dwarf: std::sync::OnceLock<Option<super::dwarf::Layout>>,
+    /// Its stack roots (see [`GoTable::roots`]), found when first asked.
+    roots: std::sync::OnceLock<Vec<(u64, u64)>>,
 }
 
 /// One frame a PC stands for: the function, and whether it was inlined into its
@@ -312,6 +314,7 @@ impl GoTable {
             elf,
             file,
             dwarf: std::sync::OnceLock::new(),
+            roots: std::sync::OnceLock::new(),
         }))
     }
 
@@ -687,6 +690,21 @@ impl GoTable {
         self.functions()
             .find(|(_, _, n)| n == name)
             .map(|(entry, end, _)| (entry, end))
+    }
+
+    /// The functions its stacks start in, which nothing calls (Go's
+    /// `TOPFRAME`s: `runtime.goexit` under every goroutine, `runtime.mstart`
+    /// under every thread's system stack, `runtime.rt0_go` under the first):
+    /// `(entry, end)` virtual addresses in address order.
+    pub fn roots(&self) -> &[(u64, u64)] {
+        self.roots.get_or_init(|| {
+            let mut v: Vec<(u64, u64)> = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]
+                .iter()
+                .filter_map(|name| self.function(name))
+                .collect();
+            v.sort_unstable();
+            v
+        })
     }
 
     /// The functions the Go toolchain generated and Go's own tracebacks and

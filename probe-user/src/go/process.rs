@@ -23,9 +23,10 @@ pub struct GoProcess {
     /// once it exited).
     pub sampling: Option<super::states::Sampling>,
     /// Where its Go stacks start (`runtime.goexit`, `runtime.mstart`,
-    /// `runtime.rt0_go`), as address ranges in the process: nothing is called
-    /// from outside them, so a frame-pointer walk that runs past one (a thread
-    /// whose first frame pointer was never zeroed) read junk. Like every set
+    /// `runtime.rt0_go`) in each Go object it maps (see [`Self::find_roots`]),
+    /// as address ranges in the process: nothing is called from outside them,
+    /// so a walk that runs past one (a thread whose first frame pointer was
+    /// never zeroed, cgo's C thread entry without unwind rules) read junk. Like every set
     /// of ranges here, in address order (see `super::table::holds`).
     pub(super) roots: Vec<(u64, u64)>,
     /// Its Go signal handlers' entries (`runtime.sigtramp`, `runtime.cgoSigtramp`)
@@ -72,6 +73,27 @@ impl GoProcess {
             .iter()
             .filter(|m| m.go.is_some())
             .try_fold(false, |any, m| Ok(any || tables.has_rules(m.path, m.go)?))
+    }
+
+    /// Finds its Go stacks' roots again in the Go objects it maps now
+    /// (`mappings`): its executable's, and those of Go libraries built with
+    /// `-buildmode=c-shared` that a C or .NET program loaded, whose threads
+    /// (`sysmon`, the garbage collector's) start in their own `runtime.mstart`.
+    pub(crate) fn find_roots(&mut self, mappings: &[ObjectMapping<'_>]) {
+        let mut roots: Vec<(u64, u64)> = mappings
+            .iter()
+            .filter_map(|m| Some((m, m.go?, m.go?.mapping_vaddr(m.offset)?)))
+            .flat_map(|(m, table, vaddr)| {
+                table.roots().iter().filter_map(move |&(start, end)| {
+                    let start = start.checked_sub(vaddr)?.checked_add(m.start)?;
+                    let end = end.checked_sub(vaddr)?.checked_add(m.start)?;
+                    (start >= m.start && end <= m.end).then_some((start, end))
+                })
+            })
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        self.roots = roots;
     }
 
     /// The value of pprof label `key` of the goroutine whose `g.labels` is

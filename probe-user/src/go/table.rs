@@ -102,7 +102,11 @@ impl ProcessTable {
                 v
             };
             let morestack = ranges(&["runtime.morestack", "runtime.morestack_noctxt"]);
-            let roots = ranges(&["runtime.goexit", "runtime.mstart", "runtime.rt0_go"]);
+            let roots = table
+                .roots()
+                .iter()
+                .map(|&(start, end)| (start.wrapping_add(bias), end.wrapping_add(bias)))
+                .collect();
             let panics = ranges(&["runtime.gopanic", "runtime.sigpanic", "runtime.panicwrap"]);
             let mut sigtramps: Vec<(u64, u64)> = sigtramp.into_iter().chain(cgo_sigtramp).collect();
             sigtramps.sort_unstable();

@@ -462,6 +462,7 @@ impl ProcessTable {
                     _ => None,
                 })
                 .collect();
+            p.go.find_roots(&mappings);
             match p.go.wants_rules(&mappings, tables) {
                 Ok(true) => {}
                 Ok(false) => continue,

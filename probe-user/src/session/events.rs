@@ -11,8 +11,8 @@ use crate::{error::Error, sampler::Sampler};
 /// The event loop's part every session shares: the ring buffer drained at
 /// each wakeup, every [`DRAIN_EVERY`], when a rate-limited maps re-read is
 /// due and when processes are announced (read on their own thread, see
-/// [`super::announce`]), unwind rules placed as soon as
-/// their files are read (off the loop), the Go poll after each, goroutine
+/// [`super::announce`]), unwind rules and .NET precompiled code placed as
+/// soon as their files are read (off the loop), the Go poll after each, goroutine
 /// states sampled (`--go-state-sampling`), the kernel programs' log
 /// flushed.
 pub(crate) struct Events {
@@ -20,6 +20,7 @@ pub(crate) struct Events {
     announcer: Announcer,
     tick: tokio::time::Interval,
     rules_read: Arc<tokio::sync::Notify>,
+    precompiled_read: Arc<tokio::sync::Notify>,
     /// `--go-state-sampling`'s rounds.
     go_sampling: Option<tokio::time::Interval>,
     log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -68,6 +69,7 @@ impl Events {
                 .as_ref()
                 .map(|k| k.unwind.rules_read())
                 .unwrap_or_default(),
+            precompiled_read: pipeline.procs.dotnet.precompiled_read(),
             log,
         })
     }
@@ -79,6 +81,10 @@ impl Events {
     pub(crate) async fn next(&mut self, pipeline: &mut Pipeline, sampler: &mut Sampler) -> bool {
         let tick = tokio::select! {
             () = self.rules_read.notified() => false,
+            () = self.precompiled_read.notified() => {
+                pipeline.poll_dotnet_unwind_now();
+                false
+            }
             () = self.announcer.notified() => {
                 pipeline.drain(self.ring.get_mut(), self.announcer.take());
                 false
