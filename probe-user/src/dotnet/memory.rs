@@ -519,9 +519,13 @@ pub trait Memory {
     /// with its bit-0 tag (the code-range map's) cleared if `tagged`.
     fn pointer(&self, addr: u64, tagged: bool) -> Option<u64> {
         let p = self.u64(addr)?;
-        let p = if tagged { p & !1 } else { p };
-        (p != 0 && p < 1 << 47).then_some(p)
+        user_pointer(if tagged { p & !1 } else { p })
     }
+}
+
+/// `p` if it is a user-space address (below 2^47) and not null.
+fn user_pointer(p: u64) -> Option<u64> {
+    (p != 0 && p < 1 << 47).then_some(p)
 }
 
 impl Memory for File {
@@ -857,13 +861,23 @@ impl<M: Memory> Runtime<M> {
                             pages.push((p, level + 1));
                             continue;
                         }
+                        // RangeSectionFragment {next, begin, end, section}:
+                        // one read each (a listing meets a fragment per
+                        // 128 KiB of every range, ten times a second).
                         let mut fragment = Some(p);
                         for _ in 0..MAX_LINKS {
                             let Some(f) = fragment else { break };
-                            if let Some(section) = m.pointer(f + 24, false) {
+                            let mut words = [0u8; 32];
+                            if !m.read(f, &mut words) {
+                                break;
+                            }
+                            let word = |at: usize| {
+                                u64::from_le_bytes(words[at..at + 8].try_into().unwrap_or_default())
+                            };
+                            if let Some(section) = user_pointer(word(24)) {
                                 sections.push(section);
                             }
-                            fragment = m.pointer(f, true);
+                            fragment = user_pointer(word(0) & !1);
                         }
                     }
                 }
@@ -879,13 +893,25 @@ impl<M: Memory> Runtime<M> {
         }
         sections.sort_unstable();
         sections.dedup();
+        // The flags and the heap list of each section in one read.
+        let (flags, heap) = (self.layout.section_flags, self.layout.section_heap_list);
+        let from = flags.min(heap);
+        let len = (flags.max(heap) + 8 - from) as usize;
+        let mut fields = vec![0u8; len];
+        let field = |fields: &[u8], at: u64| {
+            let at = (at - from) as usize;
+            u64::from_le_bytes(fields[at..at + 8].try_into().unwrap_or_default())
+        };
         sections
             .into_iter()
-            .filter(|&s| {
-                m.u32(s + self.layout.section_flags)
-                    .is_some_and(|f| f & RANGE_CODE_HEAP != 0)
+            .filter_map(|s| {
+                if !m.read(s + from, &mut fields) {
+                    return None;
+                }
+                // `_flags` is a u32 (the word's low half).
+                let code_heap = field(&fields, flags) as u32 & RANGE_CODE_HEAP != 0;
+                code_heap.then(|| user_pointer(field(&fields, heap)))?
             })
-            .filter_map(|s| m.pointer(s + self.layout.section_heap_list, false))
             .collect()
     }
 
