@@ -1193,8 +1193,10 @@ pub struct Namer<M> {
     assemblies: HashMap<String, Option<Arc<MethodNames>>>,
     /// When the address and method caches were last emptied.
     cached_since: std::time::Instant,
-    /// Methods listed by [`Namer::new_methods`]: start → end.
-    listed: HashMap<u64, u64>,
+    /// Methods listed by [`Namer::new_methods`]: `(start, end)`, sorted by
+    /// start (each listing is walked beside it, not looked up in it: a
+    /// JIT-heavy program's tens of thousands of methods, ten times a second).
+    listed: Vec<(u64, u64)>,
     /// Listed methods found freed since (see [`Namer::new_methods`]).
     pub freed: u64,
     /// Where addresses are in their methods' IL (see [`Namer::il_at`]).
@@ -1256,7 +1258,7 @@ impl<M: Memory> Namer<M> {
             modules: HashMap::new(),
             assemblies: HashMap::new(),
             cached_since: std::time::Instant::now(),
-            listed: HashMap::new(),
+            listed: Vec::new(),
             freed: 0,
             il_by_address: HashMap::new(),
             bounds: HashMap::new(),
@@ -1318,19 +1320,14 @@ impl<M: Memory> Namer<M> {
         }
     }
 
-    /// Forgets what was said of the code of the listed methods starting at
-    /// `starts` (freed): the names and IL places of addresses in them, their
-    /// bounds, names by MethodDesc; they are no longer listed.
-    fn forget_code(&mut self, starts: &[u64]) {
-        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(starts.len());
-        for start in starts {
-            if let Some(end) = self.listed.remove(start) {
-                ranges.push((*start, end));
-                self.bounds.remove(start);
-            }
+    /// Forgets what was said of the code of the methods at `ranges` (freed,
+    /// no longer listed; sorted): the names and IL places of addresses in
+    /// them, their bounds, names by MethodDesc.
+    fn forget_code(&mut self, ranges: &[(u64, u64)]) {
+        for (start, _) in ranges {
+            self.bounds.remove(start);
         }
         self.freed += ranges.len() as u64;
-        ranges.sort_unstable();
         let inside = |pc: &u64| {
             let i = ranges.partition_point(|&(start, _)| start <= *pc);
             i > 0 && *pc < ranges[i - 1].1
@@ -1422,21 +1419,11 @@ impl<M: Memory> Namer<M> {
     /// it).
     pub fn new_methods(&mut self) -> Vec<Listed> {
         let listing = self.runtime.jit_listing();
-        let freed = listing.freed(self.listed.keys().copied());
+        let Compared { kept, fresh, freed } = listing.compare(std::mem::take(&mut self.listed));
+        self.listed = kept;
         if !freed.is_empty() {
             self.forget_code(&freed);
         }
-        let fresh: Vec<(u64, u64)> = listing
-            .methods
-            .into_iter()
-            .filter(|&(start, end)| match self.listed.entry(start) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(end);
-                    true
-                }
-            })
-            .collect();
         let prolog_max = super::unwind::PROLOG_BYTES as u64;
         // The header word before each method's code, and its first bytes.
         let wants: Vec<(u64, usize)> = fresh
@@ -1472,15 +1459,17 @@ impl<M: Memory> Namer<M> {
         let count_at = (CODE_HEADER_UNWIND_COUNT - CODE_HEADER_METHOD_DESC) as usize;
         let infos_at = (CODE_HEADER_UNWIND_INFOS - CODE_HEADER_METHOD_DESC) as usize;
         let mut out = Vec::new();
+        let mut accepted = Vec::with_capacity(fresh.len());
         for (((start, end), head), real) in fresh.into_iter().zip(heads).zip(reals) {
             let Some((word, prolog)) = head.filter(|(word, _)| *word != 0) else {
-                // Not read, or its header not written yet: the next call
-                // tries again.
-                self.listed.remove(&start);
+                // Not read, or its header not written yet: not listed, the
+                // next call tries again.
                 continue;
             };
             if word <= STUB_CODE_BLOCK_LAST {
-                continue; // a stub's block
+                // A stub's block: listed, not read again, not a method.
+                accepted.push((start, end));
+                continue;
             }
             let header = real_header(word);
             let (md, code_size) = match real.as_deref() {
@@ -1503,7 +1492,7 @@ impl<M: Memory> Namer<M> {
                 ),
             };
             let end = code_size.map_or(end, |size| end.min(start + size));
-            self.listed.insert(start, end);
+            accepted.push((start, end));
             let key = match md {
                 Some(md) => format!("MethodDesc {md:#x}"),
                 None => format!("code at {start:#x}"),
@@ -1516,8 +1505,37 @@ impl<M: Memory> Namer<M> {
                 prolog,
             });
         }
+        self.listed = merge_sorted(std::mem::take(&mut self.listed), accepted);
         out
     }
+}
+
+/// Two lists sorted by start, as one.
+fn merge_sorted(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        out.push(if x.0 <= y.0 { a.next() } else { b.next() }.unwrap_or_default());
+    }
+    out.extend(a);
+    out.extend(b);
+    out
+}
+
+/// A listing beside an earlier one's methods (see [`JitListing::compare`]),
+/// `(start, end)` each, sorted by start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Compared {
+    /// The earlier ones still held, or in a heap not read whole (not seen,
+    /// not freed).
+    pub kept: Vec<(u64, u64)>,
+    /// This listing's methods the earlier one did not have.
+    pub fresh: Vec<(u64, u64)>,
+    /// The earlier ones freed since (as [`JitListing::freed`] says).
+    pub freed: Vec<(u64, u64)>,
 }
 
 /// What a listing of JIT code found (see [`Runtime::jit_listing`]).
@@ -1543,12 +1561,53 @@ impl JitListing {
                 self.methods
                     .binary_search_by_key(&start, |&(s, _)| s)
                     .is_err()
-                    && !self
-                        .heaps
-                        .iter()
-                        .any(|&(base, end, whole)| !whole && (base..end).contains(&start))
+                    && !self.in_unread_heap(start)
             })
             .collect()
+    }
+
+    /// Is `start` in a heap whose map was not read whole (its methods not
+    /// all seen)?
+    fn in_unread_heap(&self, start: u64) -> bool {
+        self.heaps
+            .iter()
+            .any(|&(base, end, whole)| !whole && (base..end).contains(&start))
+    }
+
+    /// This listing beside `listed`, an earlier one's methods (sorted by
+    /// start), in one walk of both (see [`Compared`]).
+    pub fn compare(&self, listed: Vec<(u64, u64)>) -> Compared {
+        if self.heaps.is_empty() {
+            // A listing that failed says nothing.
+            return Compared {
+                kept: listed,
+                ..Compared::default()
+            };
+        }
+        let (mut kept, mut fresh, mut freed) =
+            (Vec::with_capacity(listed.len()), Vec::new(), Vec::new());
+        let mut new = self.methods.iter().copied().peekable();
+        let mut last_fresh = None;
+        for old in listed {
+            while let Some(m) = new.next_if(|m| m.0 < old.0) {
+                if last_fresh.replace(m.0) != Some(m.0) {
+                    fresh.push(m);
+                }
+            }
+            if new.next_if(|m| m.0 == old.0).is_some() || self.in_unread_heap(old.0) {
+                kept.push(old);
+            } else {
+                freed.push(old);
+            }
+            // A start listed twice counts once.
+            while new.next_if(|m| m.0 == old.0).is_some() {}
+        }
+        for m in new {
+            if last_fresh.replace(m.0) != Some(m.0) {
+                fresh.push(m);
+            }
+        }
+        Compared { kept, fresh, freed }
     }
 }
 
@@ -1886,6 +1945,65 @@ pub(crate) mod tests {
             }]
         );
         assert!(namer.new_methods().is_empty(), "listed again");
+    }
+
+    /// A listing beside the earlier one, in one walk: kept, fresh and freed
+    /// as the lookups (`freed`, a start per method) say, for made-up lists.
+    #[test]
+    fn a_listing_compared_with_the_last_finds_what_lookups_find() {
+        let listing = |methods: Vec<(u64, u64)>, heaps| JitListing { methods, heaps };
+        let whole = vec![(0, 100, true)];
+        let l = listing(vec![(1, 2), (3, 4), (9, 10), (9, 10)], whole.clone());
+        let Compared { kept, fresh, freed } = l.compare(vec![(1, 2), (5, 6), (9, 10)]);
+        assert_eq!(kept, [(1, 2), (9, 10)]);
+        assert_eq!(fresh, [(3, 4)]);
+        assert_eq!(freed, [(5, 6)]);
+        // In a heap not read whole: not seen, not freed.
+        let l = listing(vec![(1, 2)], vec![(0, 4, true), (4, 8, false)]);
+        assert_eq!(l.compare(vec![(1, 2), (5, 6)]).kept, [(1, 2), (5, 6)]);
+        // No heap found: the listing says nothing.
+        let l = listing(Vec::new(), Vec::new());
+        let none = Compared {
+            kept: vec![(5, 6)],
+            ..Compared::default()
+        };
+        assert_eq!(l.compare(vec![(5, 6)]), none);
+        // Against lookups, on pseudo-random lists.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 64
+        };
+        for _ in 0..500 {
+            let mut old: Vec<(u64, u64)> =
+                (0..next()).map(|_| next()).map(|s| (s, s + 1)).collect();
+            old.sort_unstable();
+            old.dedup();
+            let mut new: Vec<(u64, u64)> =
+                (0..next()).map(|_| next()).map(|s| (s, s + 1)).collect();
+            new.sort_unstable();
+            let l = listing(
+                new.clone(),
+                vec![(0, 32, true), (32, 48, next() % 2 == 0), (48, 64, true)],
+            );
+            let Compared { kept, fresh, freed } = l.compare(old.clone());
+            let starts = |v: &[(u64, u64)]| v.iter().map(|m| m.0).collect::<Vec<_>>();
+            assert_eq!(starts(&freed), l.freed(old.iter().map(|m| m.0)));
+            let mut want_fresh = starts(&new);
+            want_fresh.dedup();
+            want_fresh.retain(|s| old.binary_search_by_key(s, |m| m.0).is_err());
+            assert_eq!(starts(&fresh), want_fresh);
+            assert_eq!(kept.len() + freed.len(), old.len());
+            assert_eq!(
+                merge_sorted(kept, fresh)
+                    .windows(2)
+                    .filter(|w| w[0].0 >= w[1].0)
+                    .count(),
+                0
+            );
+        }
     }
 
     /// A dynamic method's code freed, then another put at the same start:
