@@ -606,26 +606,28 @@ impl Runtime<File> {
         let bias = lib.start.wrapping_sub(elf.vaddr(0).unwrap_or(0));
         let mem =
             File::open(format!("/proc/{pid}/mem")).map_err(|e| MemoryError::Open(e.to_string()))?;
-        if let Some(expected) = layout.expected() {
-            let at = elf.symbol(d, "DotNetRuntimeContractDescriptor").ok_or_else(|| {
-                MemoryError::Descriptor(
-                    "its libcoreclr.so exports no DotNetRuntimeContractDescriptor to check crossprof's layout by".into(),
-                )
-            })?;
-            let mut head = [0u8; 40];
-            let json = (mem.read(bias.wrapping_add(at), &mut head))
-                .then(|| super::descriptor::json_text(&head, |a, buf| mem.read(a, buf)))
-                .flatten()
-                .ok_or_else(|| {
-                    MemoryError::Descriptor("its contract descriptor could not be read".into())
+        // Where its contract descriptor is, for a version crossprof checks
+        // its layout by: read once the runtime has started (see
+        // `Located::start`), not now — caught at its first mapping, the
+        // library's data may not be relocated yet (its pointers then lead
+        // nowhere: .NET 9 went unnamed in one test run of twenty).
+        let descriptor = match layout.expected() {
+            Some(_) => {
+                let at = elf.symbol(d, "DotNetRuntimeContractDescriptor").ok_or_else(|| {
+                    MemoryError::Descriptor(
+                        "its libcoreclr.so exports no DotNetRuntimeContractDescriptor to check crossprof's layout by".into(),
+                    )
                 })?;
-            super::descriptor::check(&json, &expected).map_err(MemoryError::Descriptor)?;
-        }
+                Some(bias.wrapping_add(at))
+            }
+            None => None,
+        };
         Ok(Located {
             mem,
             layout,
             bias,
             table: bias.wrapping_add(table),
+            descriptor,
         })
     }
 }
@@ -658,20 +660,38 @@ pub struct Located {
     layout: &'static Layout,
     bias: u64,
     table: u64,
+    /// Its contract descriptor's address, if its layout is checked by it.
+    descriptor: Option<u64>,
 }
 
 impl Located {
-    /// The runtime, once its DAC table is filled; else itself again, to be
-    /// asked later.
+    /// The runtime, once its DAC table is filled (and its layout checked
+    /// by its contract descriptor, where the version has one); else itself
+    /// again, to be asked later.
     pub fn start(self) -> Result<Runtime<File>, (Self, MemoryError)> {
-        match ranges_slot(&self.mem, self.layout, self.bias, self.table) {
-            Ok(ranges) => Ok(Runtime {
-                mem: self.mem,
-                layout: self.layout,
-                ranges,
-            }),
-            Err(e) => Err((self, e)),
+        let ranges = match ranges_slot(&self.mem, self.layout, self.bias, self.table) {
+            Ok(ranges) => ranges,
+            Err(e) => return Err((self, e)),
+        };
+        if let (Some(at), Some(expected)) = (self.descriptor, self.layout.expected()) {
+            let mut head = [0u8; 40];
+            let mem = &self.mem;
+            let json = (mem.read(at, &mut head))
+                .then(|| super::descriptor::json_text(&head, |a, buf| mem.read(a, buf)))
+                .flatten();
+            let checked = match json {
+                Some(json) => super::descriptor::check(&json, &expected),
+                None => Err("its contract descriptor could not be read".into()),
+            };
+            if let Err(why) = checked {
+                return Err((self, MemoryError::Descriptor(why)));
+            }
         }
+        Ok(Runtime {
+            mem: self.mem,
+            layout: self.layout,
+            ranges,
+        })
     }
 }
 
