@@ -86,6 +86,23 @@ pub enum MemoryError {
     Descriptor(String),
 }
 
+impl MemoryError {
+    /// May locating the runtime succeed later? Its library not mapped from
+    /// its start yet, or not openable or readable as mapped (the loader
+    /// moves its mappings while it loads it): yes; a version, symbol or
+    /// layout crossprof does not know: no.
+    pub fn may_pass(&self) -> bool {
+        matches!(
+            self,
+            MemoryError::NoCoreclr
+                | MemoryError::Open(_)
+                | MemoryError::NoDacTable(
+                    "libcoreclr.so could not be opened" | "libcoreclr.so could not be read"
+                )
+        )
+    }
+}
+
 /// Where a runtime version keeps what names its JIT code (x86-64 Linux,
 /// release builds).
 #[derive(Debug, PartialEq, Eq)]

@@ -345,6 +345,15 @@ enum MemoryNames {
     /// ([`memory::MemoryError::NotStarted`]) at the last try, then (where
     /// it was found: trying again is one read).
     Pending(Option<(Instant, Box<memory::Located>)>),
+    /// Its runtime could not be located, perhaps only for now (`last`: a
+    /// process caught while its loader maps libcoreclr, whose mapping of
+    /// offset 0 then moves, reads `libcoreclr.so could not be opened`):
+    /// located again at most every [`LOCATE_RETRY`], [`LOCATE_TRIES`] times.
+    Retrying {
+        at: Instant,
+        tries: u32,
+        last: memory::MemoryError,
+    },
     /// Names from memory.
     Ready(Box<memory::Namer<std::fs::File>>),
     /// Cannot be read: why.
@@ -355,6 +364,11 @@ enum MemoryNames {
 /// read of its DAC table's first slot).
 const MEMORY_RETRY: Duration = Duration::from_millis(10);
 
+/// A runtime that could not be located is located again at most this often,
+/// and at most [`LOCATE_TRIES`] times (5 s of a process's start).
+const LOCATE_RETRY: Duration = Duration::from_millis(100);
+const LOCATE_TRIES: u32 = 50;
+
 /// Without a perf map, the runtime's code heaps are listed for new methods
 /// at most this often (each listing reads every heap's nibble map: 4 bytes
 /// per 256 bytes of code).
@@ -363,6 +377,14 @@ const MEMORY_POLL: Duration = Duration::from_millis(100);
 impl MemoryNames {
     /// The namer of process `pid`'s runtime `clr`, found on first use.
     fn namer(&mut self, pid: u32, clr: &Clr) -> Option<&mut memory::Namer<std::fs::File>> {
+        let mut tries = 0;
+        if let MemoryNames::Retrying { at, tries: t, .. } = self {
+            if at.elapsed() < LOCATE_RETRY {
+                return None;
+            }
+            tries = *t;
+            *self = MemoryNames::Pending(None);
+        }
         if let MemoryNames::Pending(last) = self {
             if last
                 .as_ref()
@@ -379,6 +401,11 @@ impl MemoryNames {
                 Ok(Err((located, memory::MemoryError::NotStarted))) => {
                     MemoryNames::Pending(Some((Instant::now(), Box::new(located))))
                 }
+                Err(e) if e.may_pass() && tries < LOCATE_TRIES => MemoryNames::Retrying {
+                    at: Instant::now(),
+                    tries: tries + 1,
+                    last: e,
+                },
                 Ok(Err((_, e))) | Err(e) => MemoryNames::Failed(e),
             };
         }
@@ -967,7 +994,8 @@ impl DotnetProcess {
             // Named from memory: only why that could not be is worth a note
             // (a runtime that never finished starting ran no managed code:
             // nothing of it is unnamed).
-            let MemoryNames::Failed(e) = &self.memory else {
+            let (MemoryNames::Failed(e) | MemoryNames::Retrying { last: e, .. }) = &self.memory
+            else {
                 return None;
             };
             let why = e.to_string();
@@ -995,7 +1023,9 @@ impl DotnetProcess {
             // Named, and its methods' frame shapes listed, from the runtime's
             // memory: nothing is missing.
             MemoryNames::Ready(_) => return None,
-            MemoryNames::Failed(e) => format!("; its runtime's memory was not read: {e}"),
+            MemoryNames::Failed(e) | MemoryNames::Retrying { last: e, .. } => {
+                format!("; its runtime's memory was not read: {e}")
+            }
             MemoryNames::Pending(Some(_)) => format!("; {}", memory::MemoryError::NotStarted),
             MemoryNames::Pending(None) | MemoryNames::Off => String::new(),
         };
