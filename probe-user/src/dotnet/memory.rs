@@ -908,13 +908,10 @@ impl<M: Memory> Runtime<M> {
                             if !m.read(f, &mut words) {
                                 break;
                             }
-                            let word = |at: usize| {
-                                u64::from_le_bytes(words[at..at + 8].try_into().unwrap_or_default())
-                            };
-                            if let Some(section) = user_pointer(word(24)) {
+                            if let Some(section) = u64_at(&words, 24).and_then(user_pointer) {
                                 sections.push(section);
                             }
-                            fragment = user_pointer(word(0) & !1);
+                            fragment = u64_at(&words, 0).and_then(|p| user_pointer(p & !1));
                         }
                     }
                 }
@@ -935,10 +932,7 @@ impl<M: Memory> Runtime<M> {
         let from = flags.min(heap);
         let len = (flags.max(heap) + 8 - from) as usize;
         let mut fields = vec![0u8; len];
-        let field = |fields: &[u8], at: u64| {
-            let at = (at - from) as usize;
-            u64::from_le_bytes(fields[at..at + 8].try_into().unwrap_or_default())
-        };
+        let field = |fields: &[u8], at: u64| u64_at(fields, (at - from) as usize).unwrap_or(0);
         sections
             .into_iter()
             .filter_map(|s| {
@@ -1511,7 +1505,7 @@ impl<M: Memory> Namer<M> {
             let header = real_header(word);
             let (md, code_size) = match real.as_deref() {
                 Some(r) => (
-                    u64_at(r, 0).filter(|&md| md != 0 && md < 1 << 47),
+                    u64_at(r, 0).and_then(user_pointer),
                     match u32_at(r, count_at).map(|n| n as usize) {
                         Some(0) | None => None,
                         Some(n) if n <= INFOS => {
