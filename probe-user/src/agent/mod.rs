@@ -458,32 +458,16 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
     windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_exit_check = tokio::time::Instant::now();
     loop {
+        // Back to the scheduler at every turn (see `record`): the server's
+        // requests, the signals and the window's timer are seen now, not
+        // after a cooperative budget of turns.
+        tokio::task::yield_now().await;
         tokio::select! {
-            tick = events.next(&mut pipeline, &mut sampler) => {
-                if !tick {
-                    continue;
-                }
-                let now = tokio::time::Instant::now();
-                // A capture whose client hung up is dropped at once: its
-                // stacks are no one's (an abandoned 600 s capture kept every
-                // sample's frames and held back the agent's memory bounds).
-                while let Some(i) = captures.iter().position(|(_, _, c)| c.reply.is_closed()) {
-                    captures.remove(i);
-                    pipeline.taps.remove(i);
-                }
-                while let Some(i) = captures.iter().position(|(end, _, _)| *end <= now) {
-                    let (_, secs, capture) = captures.remove(i);
-                    let tap = pipeline.taps.remove(i);
-                    let data = cutter.capture(&mut pipeline, &tap, secs);
-                    let _ = capture.reply.send(data);
-                }
-                if now - last_exit_check >= EXIT_CHECK {
-                    last_exit_check = now;
-                    for pid in cutter.note_exits(&mut pipeline) {
-                        sampler.remove_target(pid);
-                    }
-                }
-            }
+            // The stops and the windows first, the samples' turn last.
+            biased;
+            _ = sighup.recv() => logfile::reopen(),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
             _ = windows.tick() => {
                 events.drain(&mut pipeline);
                 let lost = record::drops(&sampler.counters()) + pipeline.decode_errors;
@@ -515,9 +499,31 @@ pub async fn agent(args: AgentArgs) -> Result<i32, Error> {
                 pipeline.taps.push(Aggregator::default());
                 captures.push((end, capture.seconds, capture));
             }
-            _ = sighup.recv() => logfile::reopen(),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            tick = events.next(&mut pipeline, &mut sampler) => {
+                if !tick {
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                // A capture whose client hung up is dropped at once: its
+                // stacks are no one's (an abandoned 600 s capture kept every
+                // sample's frames and held back the agent's memory bounds).
+                while let Some(i) = captures.iter().position(|(_, _, c)| c.reply.is_closed()) {
+                    captures.remove(i);
+                    pipeline.taps.remove(i);
+                }
+                while let Some(i) = captures.iter().position(|(end, _, _)| *end <= now) {
+                    let (_, secs, capture) = captures.remove(i);
+                    let tap = pipeline.taps.remove(i);
+                    let data = cutter.capture(&mut pipeline, &tap, secs);
+                    let _ = capture.reply.send(data);
+                }
+                if now - last_exit_check >= EXIT_CHECK {
+                    last_exit_check = now;
+                    for pid in cutter.note_exits(&mut pipeline) {
+                        sampler.remove_target(pid);
+                    }
+                }
+            }
         }
     }
     // 5. The last window, partial, and what captures had.

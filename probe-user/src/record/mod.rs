@@ -496,7 +496,23 @@ async fn run(
     let follows = follows_children(&cfg, &pids, child.is_some());
     let mut last_prune = Instant::now();
     let stop = loop {
+        // Back to the scheduler at every turn: its drivers turned, the
+        // deadline's timer and the signals are seen now. Without it a turn
+        // that is always ready (a full ring at 100 kHz) kept them unseen for
+        // a whole cooperative budget of turns, seconds on a starved CPU.
+        tokio::task::yield_now().await;
         tokio::select! {
+            // The stops first: a turn late is a turn of samples too many.
+            biased;
+            () = &mut until_deadline => break Stop::Duration,
+            _ = sigint.recv() => break Stop::Signal(libc::SIGINT),
+            _ = sigterm.recv() => break Stop::Signal(libc::SIGTERM),
+            exit = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
+                match exit {
+                    Ok(st) => break Stop::CommandExited(st),
+                    Err(_) => break Stop::CommandExited(ExitStatus::from_raw(1 << 8)),
+                }
+            }
             tick = events.next(&mut pipeline, &mut sampler) => {
                 if !tick {
                     continue;
@@ -510,15 +526,6 @@ async fn run(
                 if follows && last_prune.elapsed() >= PRUNE_TARGETS_EVERY {
                     last_prune = Instant::now();
                     sampler.prune_targets();
-                }
-            }
-            () = &mut until_deadline => break Stop::Duration,
-            _ = sigint.recv() => break Stop::Signal(libc::SIGINT),
-            _ = sigterm.recv() => break Stop::Signal(libc::SIGTERM),
-            exit = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
-                match exit {
-                    Ok(st) => break Stop::CommandExited(st),
-                    Err(_) => break Stop::CommandExited(ExitStatus::from_raw(1 << 8)),
                 }
             }
         }
