@@ -25,6 +25,7 @@ use probe_common::{COUNTER_SLOTS, Config, go::GoOffsets, names, ring_bytes};
 
 pub use crate::kernel::error::SamplerError;
 use crate::kernel::error::{load_failed, program};
+use crate::sys::thread_cpu_ns;
 
 /// The kernel programs, built by `build.rs` from `probe-ebpf`.
 pub static PROBE_OBJECT: &[u8] =
@@ -806,17 +807,6 @@ fn load_one(
         _ => program::<UProbe>(ebpf, name)?.load(),
     };
     loaded.map_err(|source| load_failed(name, source))
-}
-
-/// This thread's CPU time, ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Tracepoints are attached by their ids under tracefs, which some systems

@@ -213,8 +213,12 @@ pub struct SampledStates {
     /// Goroutine readings not kept: more goroutines than crossprof keeps
     /// (`crate::go::states::MAX_SAMPLED`).
     pub missed: u64,
-    /// The collector's time per round, reading every goroutine (the
-    /// target runs nothing for it), in microseconds.
+    /// Rounds passed over to keep the collector's rounds under
+    /// `crate::go::states::MAX_CORE_SHARE` of a core (a process with many
+    /// goroutines is read less often than `hz`).
+    pub deferred: u64,
+    /// The collector's CPU time per round, reading and counting every
+    /// goroutine (the target runs nothing for it), in microseconds.
     pub round_us: f64,
 }
 

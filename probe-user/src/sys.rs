@@ -1,15 +1,26 @@
-//! The two system calls every stage asks: the clock samples are timed by, and
-//! whether a process still exists. A leaf (it imports nothing of the crate).
+//! The system calls every stage asks: the clock samples are timed by, the
+//! collector's own CPU time, and whether a process still exists. A leaf (it
+//! imports nothing of the crate).
 
-/// CLOCK_MONOTONIC now, in ns: the clock of sample times.
-pub fn monotonic_ns() -> u64 {
+/// `clock` now, in ns.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of sample times.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// The calling thread's CPU time, in ns.
+pub fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Does process `pid` exist (a process of another user too)?

@@ -564,6 +564,64 @@ fn sampled_goroutine_states_agree_with_the_followed_ones_in_every_version() {
     }
 }
 
+/// `--go-state-sampling` on a crowd (issue #21): 20,000 goroutines parked in
+/// a channel receive. Reading them all 10 times a second took a quarter of a
+/// core (a read per goroutine); now neighbours are read together and a
+/// process whose rounds would take more than 0.5% of a core is read less
+/// often. The rounds' CPU stays within that share of the run (the first
+/// round aside: nothing was known before it), the rate was lowered to keep
+/// it, and the crowd is still seen, all of it waiting in `main.parked`.
+#[test]
+fn a_crowd_of_goroutines_is_sampled_within_half_a_percent_of_a_core() {
+    let count = 20_000;
+    let bin = Go::Go123.fixture("crowd", GoBuild::Normal);
+    let dir = out_dir("go_state_sampling_crowd");
+    let run = record(
+        &dir,
+        &["--go-state-sampling", "10"],
+        &bin,
+        &[&count.to_string(), "3"],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("crowd 20000"), "{}", run.stdout);
+    let summary = read_summary(&dir);
+    let sampled = summary["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["comm"] == "crowd"))
+        .map(|p| p["goroutines_sampled"].clone())
+        .unwrap_or_else(|| panic!("no crowd process: {summary}"));
+    let stats = &sampled["sampled"];
+    let rounds = stats["rounds"].as_f64().unwrap_or(0.0);
+    let round_us = stats["round_us"].as_f64().unwrap_or(f64::MAX);
+    let secs = summary["duration_secs"].as_f64().unwrap_or(0.0);
+    println!("{rounds} rounds of {round_us:.0} us in {secs:.2} s: {stats}");
+    assert!(rounds >= 2.0, "{stats}");
+    assert!(
+        stats["deferred"].as_u64() > Some(0),
+        "the rate was not lowered: {stats}"
+    );
+    let spent_us = round_us * rounds;
+    let allowed_us = 0.005 * secs * 1e6 + round_us;
+    assert!(
+        spent_us <= allowed_us * 1.2,
+        "rounds took {spent_us:.0} us of CPU in {secs:.2} s (at most {allowed_us:.0}): {stats}"
+    );
+    let site = sampled["by_site"]
+        .as_array()
+        .and_then(|sites| sites.iter().find(|s| s["function"] == "main.parked"))
+        .unwrap_or_else(|| panic!("main.parked not sampled: {sampled}"));
+    assert!(
+        site["goroutines"].as_u64() >= Some(count),
+        "the crowd is not all seen: {site}"
+    );
+    let waiting = site["waiting_ms"]["chan receive"].as_f64().unwrap_or(0.0);
+    let lifetime = lifetime_ms(site);
+    assert!(
+        waiting >= 0.99 * lifetime && lifetime > 0.0,
+        "the crowd was not seen waiting on its channel: {site}"
+    );
+}
+
 /// `--mode goblock` (issue #6): each goroutine of the states fixture that
 /// parks for 1 s (channel receive, contended `sync.Mutex`, `time.Sleep`) has
 /// 1 s ± 10% of waiting under the stack it parked in, from `runtime.goexit`
