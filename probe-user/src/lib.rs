@@ -55,3 +55,4 @@ pub mod summary;
 pub mod symbolize;
 pub mod sys;
 pub mod timeline;
+pub mod worker;

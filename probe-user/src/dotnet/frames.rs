@@ -88,8 +88,7 @@ impl DotnetTable {
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
-        while let Ok((module, methods)) = decoder.done.try_recv() {
-            decoder.asked.remove(&module);
+        while let Some((module, methods)) = decoder.take() {
             self.precompiled.insert(module, methods);
         }
     }
@@ -106,15 +105,22 @@ impl DotnetTable {
         open: impl FnOnce() -> Option<std::fs::File>,
     ) {
         let notify = Arc::clone(&self.decoded);
-        let decoder = self.decoder.get_or_insert_with(|| Decoder::spawn(notify));
-        if decoder.asked.contains(&module) {
+        // Started with the first assembly; one that cannot start leaves
+        // every assembly without precompiled methods (walked by frame
+        // pointers), as an unreadable one.
+        let decoder = self.decoder.get_or_insert_with(|| {
+            Decoder::spawn(
+                "crossprof-r2r",
+                "reads ReadyToRun code",
+                notify,
+                |_: &ModuleId, file: std::fs::File| decode(&file),
+            )
+        });
+        if decoder.is_pending(&module) {
             return;
         }
         // Unreadable, or the thread is gone (it panicked): none.
-        let sent = open().is_some_and(|file| decoder.jobs.send((module, file)).is_ok());
-        if sent {
-            decoder.asked.insert(module);
-        } else {
+        if !open().is_some_and(|file| decoder.ask(module, file)) {
             self.precompiled.insert(module, None);
         }
     }
@@ -131,43 +137,9 @@ impl DotnetTable {
 }
 
 /// The thread that reads and decodes assemblies' precompiled methods (their
-/// frame shapes, for the kernel's walk), in the order asked.
-#[derive(Debug)]
-struct Decoder {
-    jobs: std::sync::mpsc::Sender<(ModuleId, std::fs::File)>,
-    done: std::sync::mpsc::Receiver<(ModuleId, Option<Arc<[super::Precompiled]>>)>,
-    /// Sent and not yet back.
-    asked: std::collections::HashSet<ModuleId>,
-}
-
-impl Decoder {
-    /// Starts the thread. It is never joined: when the table is dropped it
-    /// ends after the assembly it is reading. If it cannot start, every
-    /// assembly asked of it has no precompiled methods (walked by frame
-    /// pointers), as an unreadable one. `notify` is notified after each.
-    fn spawn(notify: Arc<tokio::sync::Notify>) -> Self {
-        let (jobs, rx) = std::sync::mpsc::channel::<(ModuleId, std::fs::File)>();
-        let (tx, done) = std::sync::mpsc::channel();
-        let started = std::thread::Builder::new()
-            .name("crossprof-r2r".into())
-            .spawn(move || {
-                for (module, file) in rx {
-                    if tx.send((module, decode(&file))).is_err() {
-                        break;
-                    }
-                    notify.notify_one();
-                }
-            });
-        if let Err(e) = started {
-            log::warn!("cannot start the thread that reads ReadyToRun code: {e}");
-        }
-        Decoder {
-            jobs,
-            done,
-            asked: Default::default(),
-        }
-    }
-}
+/// frame shapes, for the kernel's walk), in the order asked (see
+/// [`crate::worker`]).
+type Decoder = crate::worker::Worker<ModuleId, std::fs::File, Option<Arc<[super::Precompiled]>>>;
 
 /// The precompiled methods of the assembly open as `file`, read bounded by
 /// [`super::MAX_ASSEMBLY`] (never through its path again, which the file's

@@ -6,9 +6,8 @@
 //! kernel is [`super::unwind`].
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::Arc,
 };
 
 use probe_common::native::{
@@ -166,49 +165,21 @@ pub(super) fn vdso_rules() -> Option<(Parsed, u64)> {
     Some((parse_bytes(&image, Path::new(VDSO), None)?, len as u64))
 }
 
-/// A file for the parser thread.
-pub(super) struct ParseJob {
-    pub(super) path: PathBuf,
-    pub(super) go: Option<Arc<GoTable>>,
-}
+/// The parser thread: a file's path and its Go table (for its Go code's
+/// rules) in, its rules out (see [`crate::worker`]).
+pub(super) type Parser = crate::worker::Worker<PathBuf, Option<Arc<GoTable>>, Option<Parsed>>;
 
-/// The parser thread: files in, their rules out, in order.
-pub(super) struct Parser {
-    pub(super) jobs: mpsc::Sender<ParseJob>,
-    pub(super) done: mpsc::Receiver<(PathBuf, Option<Parsed>)>,
-    /// Sent and not yet back.
-    pub(super) pending: HashSet<PathBuf>,
-    /// Notified after each file: the event loop places its rules at once
-    /// (see [`UnwindTables::rules_read`]).
-    pub(super) read: Arc<tokio::sync::Notify>,
-}
-
-impl Parser {
-    /// Starts the thread. It is never joined: when the tables are dropped it
-    /// ends after the file it is reading, and the process may exit before.
-    pub(super) fn spawn() -> std::io::Result<Self> {
-        let (jobs, job_rx) = mpsc::channel::<ParseJob>();
-        let (done_tx, done) = mpsc::channel();
-        let read = Arc::new(tokio::sync::Notify::new());
-        let notify = Arc::clone(&read);
-        std::thread::Builder::new()
-            .name("crossprof-rules".into())
-            .spawn(move || {
-                for job in job_rx {
-                    let parsed = parse_object(&job.path, job.go.as_deref());
-                    if done_tx.send((job.path, parsed)).is_err() {
-                        break;
-                    }
-                    notify.notify_one();
-                }
-            })?;
-        Ok(Self {
-            jobs,
-            done,
-            pending: HashSet::new(),
-            read,
-        })
-    }
+/// Starts the parser thread; `notify` is notified after each file (the
+/// event loop places its rules at once, see [`super::unwind::UnwindTables::rules_read`]).
+/// One that cannot start leaves every file without rules (walked by frame
+/// pointers), logged.
+pub(super) fn spawn_parser(notify: Arc<tokio::sync::Notify>) -> Parser {
+    crate::worker::Worker::spawn(
+        "crossprof-rules",
+        "reads unwind rules",
+        notify,
+        |path: &PathBuf, go: Option<Arc<GoTable>>| parse_object(path, go.as_deref()),
+    )
 }
 
 /// The rules of `other` (rows sorted by PC) for the PCs `rows` has none for,

@@ -29,7 +29,7 @@ use probe_common::native::{
 use super::rules::VDSO;
 use super::{
     elf::Elf,
-    rules::{ParseJob, Parsed, Parser, vdso_rules},
+    rules::{Parsed, Parser, spawn_parser, vdso_rules},
 };
 use crate::go::pclntab::GoTable;
 
@@ -241,7 +241,7 @@ impl UnwindTables {
             free_pages: Vec::new(),
             refused: HashMap::new(),
             generation: 0,
-            parser: Parser::spawn()?,
+            parser: spawn_parser(Arc::new(tokio::sync::Notify::new())),
             parsed: HashMap::new(),
             wanted: HashSet::new(),
             early: HashSet::new(),
@@ -461,12 +461,12 @@ impl UnwindTables {
     /// then polls, so that a process's rules are in as soon as they are read
     /// (not at the next tick).
     pub fn rules_read(&self) -> Arc<tokio::sync::Notify> {
-        Arc::clone(&self.parser.read)
+        self.parser.notify()
     }
 
     /// Takes in the files the parser thread has read since the last poll.
     pub fn begin_poll(&mut self) {
-        while let Ok((path, parsed)) = self.parser.done.try_recv() {
+        while let Some((path, parsed)) = self.parser.take() {
             self.received(path, parsed);
         }
         self.wanted.clear();
@@ -474,7 +474,6 @@ impl UnwindTables {
 
     /// Keeps what the parser thread read of `path`.
     fn received(&mut self, path: PathBuf, parsed: Option<Parsed>) {
-        self.parser.pending.remove(&path);
         self.parsed.insert(path, parsed);
     }
 
@@ -512,7 +511,7 @@ impl UnwindTables {
         let mut read = paths.len() - waiting.len();
         while !waiting.is_empty() {
             let left = until.saturating_duration_since(std::time::Instant::now());
-            let Ok((path, parsed)) = self.parser.done.recv_timeout(left) else {
+            let Some((path, parsed)) = self.parser.take_within(left) else {
                 break;
             };
             if waiting.remove(&path) {
@@ -550,17 +549,10 @@ impl UnwindTables {
         if self.placed.contains_key(path) || self.parsed.contains_key(path) {
             return Ok(());
         }
-        if !self.parser.pending.contains(path) {
-            let job = ParseJob {
-                path: path.to_path_buf(),
-                go: go.cloned(),
-            };
-            if self.parser.jobs.send(job).is_err() {
-                // The thread is gone (it panicked): no rules for this file.
-                self.placed.insert(path.to_path_buf(), None);
-                return Ok(());
-            }
-            self.parser.pending.insert(path.to_path_buf());
+        if !self.parser.is_pending(path) && !self.parser.ask(path.to_path_buf(), go.cloned()) {
+            // The thread is gone (it panicked): no rules for this file.
+            self.placed.insert(path.to_path_buf(), None);
+            return Ok(());
         }
         Err(UnwindTableError::Pending)
     }
