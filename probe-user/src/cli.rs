@@ -239,7 +239,7 @@ pub struct AgentArgs {
     pub dotnet_perf_map: bool,
 
     /// Open no GC event session with .NET processes (over their diagnostics
-    /// socket): no [gc] marks and no GC figures; with their JIT code named
+    /// socket): no `[gc]` marks and no GC figures; with their JIT code named
     /// from memory (the default on .NET 10, 8 and 3.1) crossprof then makes no
     /// connection to the runtime at all.
     #[arg(long)]
@@ -411,7 +411,7 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    /// Its `--group-by` name (what [`parse_group_by`] reads).
+    /// Its `--group-by` name (what `parse_group_by` reads).
     pub fn name(&self) -> String {
         match self {
             GroupBy::Goroutine => "goroutine".into(),
@@ -684,7 +684,7 @@ pub struct RecordArgs {
     pub dotnet_perf_map: bool,
 
     /// Open no GC event session with .NET processes (over their diagnostics
-    /// socket): no [gc] marks and no GC figures; with their JIT code named
+    /// socket): no `[gc]` marks and no GC figures; with their JIT code named
     /// from memory (the default on .NET 10, 8 and 3.1) crossprof then makes no
     /// connection to the runtime at all.
     #[arg(long)]

@@ -123,7 +123,7 @@ struct RuntimeWalks {
     state: RuntimeWalkState,
 }
 
-/// Where [`RuntimeWalks`] stands.
+/// Where `RuntimeWalks` stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeWalkState {
     /// Not loaded (no Go or .NET process met yet).
@@ -267,7 +267,7 @@ impl Sampler {
     }
 
     /// Loads the Go and .NET walks and puts them in `cpu_sample`'s program
-    /// array (see [`RuntimeWalks`]), if this run's sampler uses them and
+    /// array (see `RuntimeWalks`), if this run's sampler uses them and
     /// they are not loaded yet. A refusal is kept (see
     /// [`Sampler::runtime_walks`]) and not tried again.
     pub fn load_runtime_walks(&mut self) {

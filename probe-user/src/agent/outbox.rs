@@ -46,7 +46,7 @@ pub enum BadRequestFile {
     /// Not a request file of this version.
     #[error("it does not start with {:?}", String::from_utf8_lossy(MAGIC))]
     Magic,
-    /// No end of the head within [`MAX_HEAD`].
+    /// No end of the head within `MAX_HEAD`.
     #[error("its head has no end within {MAX_HEAD} bytes")]
     Head,
     /// A line of the head is not `key value` of a known key.

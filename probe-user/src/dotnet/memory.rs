@@ -26,7 +26,7 @@
 //!    `bucket + (n - 1) * 4`. Before .NET 10 the start is the first such
 //!    nibble at or before the address (`EEJitManager::FindMethodCode`); from
 //!    10 a word inside one method holds a pointer to its start instead
-//!    ([`Nibbles::Constant`]).
+//!    (`Nibbles::Constant`).
 //! 4. **Code header → MethodDesc → token**: the 8 bytes before a method's code
 //!    point to its `RealCodeHeader`, whose `phdrMDesc` is the `MethodDesc`.
 //!    The MethodDef token is `0x06000000 | chunk token range << bits |
@@ -410,7 +410,7 @@ fn size_of_unwind_infos(infos: &[u8]) -> Option<u64> {
 }
 
 /// Reads each of `wants` (address, length), several at once where they lie
-/// close together: one read per run of requests within [`BATCH_SPAN`] bytes
+/// close together: one read per run of requests within `BATCH_SPAN` bytes
 /// (a JIT's methods, and their code headers, are allocated one after
 /// another: a read of /proc/PID/mem costs as much for 64 bytes as for
 /// kilobytes, and takes the target's memory-map lock each time). A run whose
@@ -794,7 +794,7 @@ impl<M: Memory> Runtime<M> {
     /// heap: each nibble the heap's map has set up to the heap's end of used
     /// code is a method's start; its code runs to the next one's header (8
     /// bytes before it) or to that end (what follows a method's code in its
-    /// block, read-only data, is never run). At most [`MAX_LISTED`] methods.
+    /// block, read-only data, is never run). At most `MAX_LISTED` methods.
     pub fn jit_methods(&self) -> Vec<(u64, u64)> {
         self.jit_listing().methods
     }

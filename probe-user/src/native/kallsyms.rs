@@ -150,7 +150,7 @@ pub struct Cached {
 }
 
 impl Cached {
-    /// The file: [`MAGIC`], the boot id and a newline, then little-endian
+    /// The file: `MAGIC`, the boot id and a newline, then little-endian
     /// `u64`s (core start, core end, symbol count), each symbol's address
     /// (`u64`) and name end (`u32`), and the names.
     pub fn encode(&self) -> Vec<u8> {

@@ -44,7 +44,7 @@ const MAX_RECORD: usize = 64 << 10;
 pub struct ProcRead {
     /// Its pid.
     pub pid: u32,
-    /// When it was made (see [`moment`]): a replay gives the last read
+    /// When it was made (see `moment`): a replay gives the last read
     /// made by then.
     #[serde(default)]
     pub at: u64,
@@ -530,7 +530,7 @@ impl Snapshot {
             .collect()
     }
 
-    /// The chunks of `runtime.bin` (see [`Capture::runtime_read`]), by
+    /// The chunks of `runtime.bin` (see `Capture::runtime_read`), by
     /// process and file.
     fn chunks(&self) -> Result<RuntimeReads, ReplayError> {
         let path = self.dir.join(RUNTIME);
@@ -688,7 +688,7 @@ pub fn parse_ring(data: &[u8]) -> Result<Vec<Vec<u8>>, (usize, &'static str)> {
     Ok(records)
 }
 
-/// The chunks of a `runtime.bin` (see [`Capture::runtime_read`]) by
+/// The chunks of a `runtime.bin` (see `Capture::runtime_read`) by
 /// process and file, or the chunk (from 1) that is malformed and why.
 pub fn parse_runtime(data: &[u8]) -> Result<RuntimeReads, (usize, &'static str)> {
     let mut out: HashMap<_, Vec<Chunk>> = HashMap::new();
