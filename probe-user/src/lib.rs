@@ -42,6 +42,7 @@ pub mod otlp;
 pub mod pprof;
 pub mod preflight;
 pub mod process;
+pub mod procmem;
 pub mod pyroscope;
 pub mod record;
 pub mod render;

@@ -55,9 +55,11 @@
 //! names nothing or, at worst, names an address as its neighbour was named
 //! a moment before.
 
-use std::{collections::HashMap, fs::File, os::unix::fs::FileExt as _, sync::Arc};
+use std::{collections::HashMap, fs::File, sync::Arc};
 
 use crate::le::{u32_at, u64_at};
+use crate::procmem::user_pointer;
+pub use crate::procmem::{Memory, read_batched};
 
 use super::{Clr, MAX_ASSEMBLY, r2r::MethodNames};
 use crate::native::maps::MapEntry;
@@ -409,52 +411,6 @@ fn size_of_unwind_infos(infos: &[u8]) -> Option<u64> {
     (size <= MAX_NIBBLE_WORDS * 256).then_some(size)
 }
 
-/// Reads each of `wants` (address, length), several at once where they lie
-/// close together: one read per run of requests within `BATCH_SPAN` bytes
-/// (a JIT's methods, and their code headers, are allocated one after
-/// another: a read of /proc/PID/mem costs as much for 64 bytes as for
-/// kilobytes, and takes the target's memory-map lock each time). A run whose
-/// read fails (a hole between its requests) is read request by request.
-/// `None` for a request that cannot be read; a request of 0 bytes is not
-/// read.
-pub fn read_batched(mem: &impl Memory, wants: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
-    let mut out = vec![None; wants.len()];
-    let mut order: Vec<usize> = (0..wants.len()).filter(|&i| wants[i].1 > 0).collect();
-    order.sort_unstable_by_key(|&i| wants[i].0);
-    let mut i = 0;
-    while i < order.len() {
-        let first = wants[order[i]].0;
-        let mut end = first.saturating_add(wants[order[i]].1 as u64);
-        let mut j = i + 1;
-        while j < order.len() {
-            let (a, n) = wants[order[j]];
-            let e = a.saturating_add(n as u64).max(end);
-            if e - first > BATCH_SPAN {
-                break;
-            }
-            end = e;
-            j += 1;
-        }
-        let mut buf = vec![0u8; (end - first) as usize];
-        let whole = mem.read(first, &mut buf);
-        for &k in &order[i..j] {
-            let (a, n) = wants[k];
-            out[k] = if whole {
-                let at = (a - first) as usize;
-                buf.get(at..at + n).map(<[u8]>::to_vec)
-            } else {
-                let mut one = vec![0u8; n];
-                mem.read(a, &mut one).then_some(one)
-            };
-        }
-        i = j;
-    }
-    out
-}
-
-/// The most bytes [`read_batched`] reads at once.
-const BATCH_SPAN: u64 = 64 << 10;
-
 /// A method listed by [`Namer::new_methods`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -513,43 +469,6 @@ const MAX_LINKS: usize = 4096;
 const MAX_LISTED: usize = 1 << 18;
 /// The longest path or method name read.
 const MAX_NAME: u32 = 4096;
-
-/// Reads of a process's memory (a trait so that the walks can be tested on
-/// made-up memory).
-pub trait Memory {
-    /// Fills `buf` from `addr`; false if any of it cannot be read.
-    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
-
-    /// The little-endian `u64` at `addr`.
-    fn u64(&self, addr: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b).then(|| u64::from_le_bytes(b))
-    }
-
-    /// The little-endian `u32` at `addr`.
-    fn u32(&self, addr: u64) -> Option<u32> {
-        let mut b = [0u8; 4];
-        self.read(addr, &mut b).then(|| u32::from_le_bytes(b))
-    }
-
-    /// A pointer at `addr`: a user-space address (below 2^47), not null,
-    /// with its bit-0 tag (the code-range map's) cleared if `tagged`.
-    fn pointer(&self, addr: u64, tagged: bool) -> Option<u64> {
-        let p = self.u64(addr)?;
-        user_pointer(if tagged { p & !1 } else { p })
-    }
-}
-
-/// `p` if it is a user-space address (below 2^47) and not null.
-fn user_pointer(p: u64) -> Option<u64> {
-    (p != 0 && p < 1 << 47).then_some(p)
-}
-
-impl Memory for File {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        self.read_exact_at(buf, addr).is_ok()
-    }
-}
 
 /// What the runtime says is at a code address.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -160,16 +160,13 @@ pub fn each_goroutine(
     layout: &super::dwarf::Layout,
     mut f: impl FnMut(u64, GoroutineRead),
 ) -> usize {
-    use std::os::unix::fs::FileExt as _;
+    use crate::procmem::Memory as _;
     let (offsets, Some((parent, gopc, startpc))) = (layout.offsets, layout.creation) else {
         return 0;
     };
-    let word = |addr: u64| -> Option<u64> {
-        let mut b = [0u8; 8];
-        mem.read_exact_at(&mut b, addr).ok()?;
-        Some(u64::from_le_bytes(b))
-    };
-    let (Some(ptr), Some(len), Some(cap)) = (word(allgs), word(allgs + 8), word(allgs + 16)) else {
+    let (Some(ptr), Some(len), Some(cap)) =
+        (mem.u64(allgs), mem.u64(allgs + 8), mem.u64(allgs + 16))
+    else {
         return 0;
     };
     // Not a slice of a sane size: the decoded address was wrong; say nothing.
@@ -177,7 +174,7 @@ pub fn each_goroutine(
         return 0;
     }
     let mut buf = vec![0u8; 8 * len as usize];
-    if mem.read_exact_at(&mut buf, ptr).is_err() {
+    if !mem.read(ptr, &mut buf) {
         return 0;
     }
     // Offsets come from the binary's DWARF: a `g` is a few hundred bytes.
@@ -191,8 +188,16 @@ pub fn each_goroutine(
         .collect();
     gs.sort_unstable();
     gs.dedup();
+    // Neighbouring `g`s in one read (the runtime allocates them side by
+    // side): a read per `g` made a round over 10,000 goroutines take 23 ms,
+    // a quarter of a core at 10 Hz.
+    let need = startpc as usize + 8;
+    let wants: Vec<(u64, usize)> = gs.iter().map(|&g| (g, need)).collect();
     let mut handed = 0;
-    read_each(mem, &gs, startpc as usize + 8, |g, g_bytes| {
+    crate::procmem::each_batched(mem, &wants, |k, g_bytes| {
+        let (g, Some(g_bytes)) = (wants[k].0, g_bytes) else {
+            return;
+        };
         // A field the DWARF places outside what was read reads as 0.
         let at = |off: u64, n: usize| -> u64 {
             let mut w = [0u8; 8];
@@ -227,53 +232,6 @@ pub fn each_goroutine(
         );
     });
     handed
-}
-
-/// Most bytes one read of neighbouring `g`s spans.
-const READ_SPAN: u64 = 64 * 1024;
-/// Largest gap between two `g`s read together: the runtime allocates `g`s
-/// from spans of one size class, so most lie side by side.
-const READ_GAP: u64 = 4096;
-
-/// Reads `need` bytes at each of `addrs` (sorted, no duplicates) through
-/// `mem` and hands each to `f`, neighbours in one read: a `pread` of
-/// `/proc/PID/mem` costs ~2 µs whatever its size up to a few pages, and a
-/// read per `g` made a round over 10,000 goroutines take 23 ms (a quarter of
-/// a core at 10 Hz). A read that fails (a hole between two `g`s) is made
-/// again one `g` at a time; an address that cannot be read is left out.
-fn read_each(mem: &std::fs::File, addrs: &[u64], need: usize, mut f: impl FnMut(u64, &[u8])) {
-    use std::os::unix::fs::FileExt as _;
-    let need64 = need as u64;
-    let mut buf = Vec::new();
-    let mut i = 0;
-    while i < addrs.len() {
-        let start = addrs[i];
-        let mut j = i + 1;
-        while j < addrs.len()
-            && addrs[j] - addrs[j - 1] <= READ_GAP + need64
-            && addrs[j].saturating_add(need64) - start <= READ_SPAN
-        {
-            j += 1;
-        }
-        let Some(end) = addrs[j - 1].checked_add(need64) else {
-            break; // the top of the address space: nothing there to read
-        };
-        buf.resize((end - start) as usize, 0);
-        if mem.read_exact_at(&mut buf, start).is_ok() {
-            for &a in &addrs[i..j] {
-                let at = (a - start) as usize;
-                f(a, &buf[at..at + need]);
-            }
-        } else {
-            let one = &mut buf[..need];
-            for &a in &addrs[i..j] {
-                if mem.read_exact_at(one, a).is_ok() {
-                    f(a, one);
-                }
-            }
-        }
-        i = j;
-    }
 }
 
 /// One process's goroutine states, as followed.
@@ -750,38 +708,6 @@ mod tests {
     use probe_common::go::{Creation, WAIT_SLOTS};
 
     use super::*;
-
-    /// Neighbouring `g`s are read together, far ones alone, and an address
-    /// that cannot be read (past the end of the "memory", here a file) is
-    /// left out without losing its neighbours: each reading is the bytes at
-    /// its address.
-    #[test]
-    fn goroutines_are_read_in_runs_of_neighbours_and_each_gets_its_bytes() {
-        let path = std::env::temp_dir().join(format!("crossprof-read-each-{}", std::process::id()));
-        let memory: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        std::fs::write(&path, &memory).unwrap();
-        let mem = std::fs::File::open(&path).unwrap();
-        let need = 400;
-        // A run of neighbours (one span), a gap too wide to read across,
-        // a run longer than READ_SPAN, a run whose last `g` is past the end
-        // (its first read alone), and one far past it.
-        let mut addrs: Vec<u64> = (0..18).map(|i| 1000 + i * 448).collect();
-        addrs.push(100_000);
-        addrs.extend((0..200).map(|i| 150_000 + i * 448));
-        addrs.extend([299_000, 299_800, 400_000]);
-        let mut seen = Vec::new();
-        read_each(&mem, &addrs, need, |a, bytes| {
-            assert_eq!(bytes, &memory[a as usize..a as usize + need], "at {a}");
-            seen.push(a);
-        });
-        std::fs::remove_file(&path).unwrap();
-        let readable: Vec<u64> = addrs
-            .iter()
-            .copied()
-            .filter(|&a| a as usize + need <= memory.len())
-            .collect();
-        assert_eq!(seen, readable);
-    }
 
     fn record() -> Goroutine {
         Goroutine {

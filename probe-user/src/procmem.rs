@@ -1,0 +1,147 @@
+//! A process's memory, read-only through its `/proc/PID/mem`: what the
+//! runtimes whose state crossprof reads there share (.NET's code heaps and
+//! method descriptors in `dotnet/memory.rs`, Go's goroutines in
+//! `go/states.rs`). A leaf (it imports nothing of the crate).
+
+use std::{fs::File, os::unix::fs::FileExt as _};
+
+/// Reads of a process's memory (a trait so that the walks can be tested on
+/// made-up memory).
+pub trait Memory {
+    /// Fills `buf` from `addr`; false if any of it cannot be read.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// The little-endian `u64` at `addr`.
+    fn u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// The little-endian `u32` at `addr`.
+    fn u32(&self, addr: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b).then(|| u32::from_le_bytes(b))
+    }
+
+    /// A pointer at `addr`: a user-space address (below 2^47), not null,
+    /// with its bit-0 tag (the code-range map's) cleared if `tagged`.
+    fn pointer(&self, addr: u64, tagged: bool) -> Option<u64> {
+        let p = self.u64(addr)?;
+        user_pointer(if tagged { p & !1 } else { p })
+    }
+}
+
+/// `p` if it is a user-space address (below 2^47) and not null.
+pub fn user_pointer(p: u64) -> Option<u64> {
+    (p != 0 && p < 1 << 47).then_some(p)
+}
+
+impl Memory for File {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.read_exact_at(buf, addr).is_ok()
+    }
+}
+
+/// Reads each of `wants` (address, length), several at once where they lie
+/// close together: one read per run of requests within `BATCH_SPAN` bytes
+/// (a JIT's methods and their code headers, and a Go program's `g`s, are
+/// allocated one after another: a read of /proc/PID/mem costs as much for 64
+/// bytes as for kilobytes, ~2 µs here, and takes the target's memory-map lock
+/// each time). A run whose read fails (a hole between its requests) is read
+/// request by request. `f` is handed each request's index in `wants` and its
+/// bytes, `None` for one that cannot be read, in address order; a request of
+/// 0 bytes is not read nor handed.
+pub fn each_batched(
+    mem: &impl Memory,
+    wants: &[(u64, usize)],
+    mut f: impl FnMut(usize, Option<&[u8]>),
+) {
+    let mut order: Vec<usize> = (0..wants.len()).filter(|&i| wants[i].1 > 0).collect();
+    order.sort_unstable_by_key(|&i| wants[i].0);
+    let mut buf = Vec::new();
+    let mut one = Vec::new();
+    let mut i = 0;
+    while i < order.len() {
+        let first = wants[order[i]].0;
+        let mut end = first.saturating_add(wants[order[i]].1 as u64);
+        let mut j = i + 1;
+        while j < order.len() {
+            let (a, n) = wants[order[j]];
+            let e = a.saturating_add(n as u64).max(end);
+            if e - first > BATCH_SPAN {
+                break;
+            }
+            end = e;
+            j += 1;
+        }
+        buf.clear();
+        buf.resize((end - first) as usize, 0);
+        let whole = mem.read(first, &mut buf);
+        for &k in &order[i..j] {
+            let (a, n) = wants[k];
+            if whole {
+                let at = (a - first) as usize;
+                f(k, buf.get(at..at + n));
+            } else {
+                one.clear();
+                one.resize(n, 0);
+                f(k, mem.read(a, &mut one).then_some(&one[..]));
+            }
+        }
+        i = j;
+    }
+}
+
+/// [`each_batched`]'s bytes, one owned copy per request (`None`: not read).
+pub fn read_batched(mem: &impl Memory, wants: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+    let mut out = vec![None; wants.len()];
+    each_batched(mem, wants, |k, bytes| out[k] = bytes.map(<[u8]>::to_vec));
+    out
+}
+
+/// The most bytes [`each_batched`] reads at once.
+const BATCH_SPAN: u64 = 64 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Through a file as the memory (what a `/proc/PID/mem` is): neighbours
+    /// (a Go program's `g`s, 448 bytes apart) read in runs, far ones alone,
+    /// and a request that cannot be read (past the end) handed as `None`
+    /// without losing the neighbours it was batched with; each reading is
+    /// the bytes at its address, in address order.
+    #[test]
+    fn batched_reads_of_a_file_hand_each_request_its_bytes() {
+        let path = std::env::temp_dir().join(format!("crossprof-procmem-{}", std::process::id()));
+        let memory: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &memory).unwrap();
+        let mem = File::open(&path).unwrap();
+        let need = 400;
+        // A run of neighbours (one read), one alone, a run longer than
+        // BATCH_SPAN, a run whose last request is past the end (its first
+        // then read alone), and one far past it.
+        let mut addrs: Vec<u64> = (0..18).map(|i| 1000 + i * 448).collect();
+        addrs.push(100_000);
+        addrs.extend((0..200).map(|i| 150_000 + i * 448));
+        addrs.extend([299_000, 299_800, 400_000]);
+        let wants: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, need)).collect();
+        let (mut seen, mut missing) = (Vec::new(), Vec::new());
+        each_batched(&mem, &wants, |k, bytes| {
+            let a = wants[k].0;
+            match bytes {
+                Some(bytes) => {
+                    assert_eq!(bytes, &memory[a as usize..a as usize + need], "at {a}");
+                    seen.push(a);
+                }
+                None => missing.push(a),
+            }
+        });
+        std::fs::remove_file(&path).unwrap();
+        let (readable, unreadable): (Vec<u64>, Vec<u64>) = addrs
+            .iter()
+            .partition(|&&a| a as usize + need <= memory.len());
+        assert_eq!(seen, readable);
+        assert_eq!(missing, unreadable);
+    }
+}
