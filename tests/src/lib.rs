@@ -53,6 +53,16 @@ pub fn emulated() -> bool {
     std::env::var_os("CROSSPROF_TEST_EMULATED").is_some_and(|v| !v.is_empty())
 }
 
+/// True in a VM-tier guest whose two CPUs are emulated on one host thread
+/// (`CROSSPROF_TEST_EMULATED=one-thread`: a guest booted again after an
+/// emulator fault, or `vmtest --single-thread`). There a CPU that spins on a
+/// lock spins until the host thread turns to the CPU holding it (the
+/// lock-holder preemption of a descheduled virtual CPU): a program's spin
+/// loops (Go's `runtime.lock2`) take a far larger share of its samples.
+pub fn emulated_on_one_thread() -> bool {
+    std::env::var_os("CROSSPROF_TEST_EMULATED").is_some_and(|v| v == "one-thread")
+}
+
 /// How long a fixture should run, as its argument: `secs`, three times as
 /// long under emulation (see [`emulated`]), so that its start-up stays a
 /// small share of the run.

@@ -6,8 +6,8 @@
 use std::process::Command;
 
 use crossprof_tests::{
-    Go, GoBuild, Run, count_where, crossprof_bin, emulated, fixture_secs, go_switching, out_dir,
-    read_folded, read_summary, record_command as record,
+    Go, GoBuild, Run, count_where, crossprof_bin, emulated, emulated_on_one_thread, fixture_secs,
+    go_switching, out_dir, read_folded, read_summary, record_command as record,
 };
 
 #[test]
@@ -238,7 +238,12 @@ fn each_sample_carries_its_goroutine_in_every_version_and_build() {
             // it there between fork and exec), not once crossprof has read the
             // binary after its first samples. Only a sample taken on the way
             // through the scheduler or a preemption signal's handler may lose
-            // it (under emulation, ~0.2% of them).
+            // it (under emulation, ~0.2% of them). On one host thread, 1-3%:
+            // a preempted goroutine's thread spins for `sched.lock` in
+            // `goschedImpl`, after `dropg` (no goroutine, as in Go's own
+            // profiles), while the CPU holding the lock waits for the host
+            // thread (measured: 18 of 631 busy samples, 13 of them in
+            // `runtime.lock2`'s `procyield`).
             let without = |in_runtime: bool| {
                 count_where(&stacks, "goroutines", |s| {
                     s.frames.iter().any(|f| f == "main.busy")
@@ -252,10 +257,19 @@ fn each_sample_carries_its_goroutine_in_every_version_and_build() {
                 0,
                 "{what}: busy samples without a goroutine (of {total})"
             );
+            let percent = if emulated_on_one_thread() { 5 } else { 1 };
             assert!(
-                without(true) * 100 <= total,
-                "{what}: {} of {total} busy samples in the runtime's switches without a goroutine",
-                without(true)
+                without(true) * 100 <= total * percent,
+                "{what}: {} of {total} busy samples in the runtime's switches without a goroutine:\n{}",
+                without(true),
+                stacks
+                    .iter()
+                    .filter(|s| s.frames[0] == "goroutines"
+                        && !s.frames[1].starts_with("goroutine ")
+                        && go_switching(&s.frames))
+                    .map(|s| format!("{} {}", s.frames.join(";"), s.count))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             // Each goroutine ran about a quarter of the busy time (2 cores, 4 busy
             // goroutines: each gets its share).

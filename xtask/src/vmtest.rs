@@ -441,7 +441,13 @@ fn run_tests(
         &[
             ("CROSSPROF_TEST_GO", GUEST_GO),
             ("CROSSPROF_TEST_GO_BUILDS", "normal"),
-            ("CROSSPROF_TEST_EMULATED", "1"),
+            (
+                "CROSSPROF_TEST_EMULATED",
+                match tcg {
+                    Tcg::Multi => "1",
+                    Tcg::Single => "one-thread",
+                },
+            ),
             (
                 "CROSSPROF_BIN",
                 &target_dir()
