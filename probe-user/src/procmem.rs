@@ -43,7 +43,8 @@ impl Memory for File {
 }
 
 /// Reads each of `wants` (address, length), several at once where they lie
-/// close together: one read per run of requests within `BATCH_SPAN` bytes
+/// close together: one read per run of requests within `BATCH_SPAN` bytes,
+/// none more than `BATCH_GAP` after the one before
 /// (a JIT's methods and their code headers, and a Go program's `g`s, are
 /// allocated one after another: a read of /proc/PID/mem costs as much for 64
 /// bytes as for kilobytes, ~2 µs here, and takes the target's memory-map lock
@@ -68,7 +69,7 @@ pub fn each_batched(
         while j < order.len() {
             let (a, n) = wants[order[j]];
             let e = a.saturating_add(n as u64).max(end);
-            if e - first > BATCH_SPAN {
+            if e - first > BATCH_SPAN || a > end.saturating_add(BATCH_GAP) {
                 break;
             }
             end = e;
@@ -101,6 +102,12 @@ pub fn read_batched(mem: &impl Memory, wants: &[(u64, usize)]) -> Vec<Option<Vec
 
 /// The most bytes [`each_batched`] reads at once.
 const BATCH_SPAN: u64 = 64 << 10;
+/// The widest gap [`each_batched`] reads through to join two requests: the
+/// kernel copies /proc/PID/mem a page at a time (a page looked up in the
+/// target's page tables, then copied twice), so a page of gap costs about
+/// what another read does; 64 KiB runs of sparse requests (.NET's code-range
+/// map pages and fragments) cost more than the reads they saved.
+const BATCH_GAP: u64 = 4 << 10;
 
 #[cfg(test)]
 mod tests {
@@ -143,5 +150,50 @@ mod tests {
             .partition(|&&a| a as usize + need <= memory.len());
         assert_eq!(seen, readable);
         assert_eq!(missing, unreadable);
+    }
+
+    /// Bytes in a vector, each read counted.
+    struct Counted(Vec<u8>, std::cell::Cell<u32>);
+
+    impl Memory for Counted {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            self.1.set(self.1.get() + 1);
+            let at = addr as usize;
+            match self.0.get(at..at + buf.len()) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// Requests join a run across gaps up to `BATCH_GAP` and within
+    /// `BATCH_SPAN`, never across a wider gap.
+    #[test]
+    fn runs_join_across_small_gaps_only() {
+        let mem = Counted(
+            (0..200_000u32).map(|i| i as u8).collect(),
+            Default::default(),
+        );
+        let reads = |addrs: &[u64]| {
+            mem.1.set(0);
+            let wants: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, 32)).collect();
+            let mut handed = 0;
+            each_batched(&mem, &wants, |k, bytes| {
+                let a = wants[k].0 as usize;
+                assert_eq!(bytes, Some(&mem.0[a..a + 32]));
+                handed += 1;
+            });
+            assert_eq!(handed, addrs.len());
+            mem.1.get()
+        };
+        let gap = BATCH_GAP;
+        assert_eq!(reads(&[0, 32 + gap, 64 + 2 * gap]), 1);
+        assert_eq!(reads(&[0, 33 + gap]), 2);
+        assert_eq!(reads(&[0, 40_000, 80_000, 120_000]), 4);
+        let steps: Vec<u64> = (0..40).map(|i| i * 2048).collect();
+        assert_eq!(reads(&steps), 2, "a run ends at BATCH_SPAN");
     }
 }

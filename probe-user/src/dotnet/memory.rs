@@ -58,8 +58,8 @@
 use std::{collections::HashMap, fs::File, sync::Arc};
 
 use crate::le::{u32_at, u64_at};
-use crate::procmem::user_pointer;
 pub use crate::procmem::{Memory, read_batched};
+use crate::procmem::{each_batched, user_pointer};
 
 use super::{Clr, MAX_ASSEMBLY, r2r::MethodNames};
 use crate::native::maps::MapEntry;
@@ -722,18 +722,31 @@ impl<M: Memory> Runtime<M> {
     /// was read whole (what a method missing from the listing says: freed,
     /// or only not seen).
     pub fn jit_listing(&self) -> JitListing {
+        self.jit_listing_in(&self.code_heaps())
+    }
+
+    /// [`Runtime::jit_listing`] of the code heaps `heaps` (`HeapList`s, as
+    /// [`Runtime::code_heaps`] found them).
+    fn jit_listing_in(&self, heaps: &[u64]) -> JitListing {
         let mut out = Vec::new();
-        let mut heaps = Vec::new();
         // What all heaps' maps may cost a listing (the target says how large
         // its heaps are): 4 MiB of map, 1 GiB of code.
         let mut budget: u64 = 4 << 20;
-        for heap in self.code_heaps() {
-            let m = &self.mem;
-            let (Some(end), Some(base), Some(map)) = (
-                m.pointer(heap + HEAP_END, false),
-                m.pointer(heap + HEAP_MAP_BASE, false),
-                m.pointer(heap + HEAP_NIBBLE_MAP, false),
-            ) else {
+        // Each heap's end, map base and map (three words in a row), all
+        // heaps' in one batched read.
+        let m = &self.mem;
+        let wants: Vec<(u64, usize)> = heaps.iter().map(|&heap| (heap + HEAP_END, 24)).collect();
+        let mut heaps = Vec::new();
+        for words in read_batched(m, &wants) {
+            let word = |at: u64| {
+                words
+                    .as_deref()
+                    .and_then(|w| u64_at(w, (at - HEAP_END) as usize))
+                    .and_then(user_pointer)
+            };
+            let (Some(end), Some(base), Some(map)) =
+                (word(HEAP_END), word(HEAP_MAP_BASE), word(HEAP_NIBBLE_MAP))
+            else {
                 continue;
             };
             let Some(map_bytes) = end.checked_sub(base).map(|u| u.div_ceil(256) * 4) else {
@@ -791,48 +804,66 @@ impl<M: Memory> Runtime<M> {
     }
 
     /// Every code heap's `HeapList`.
+    ///
+    /// Listed ten times a second (see `MEMORY_POLL`), so read in few reads:
+    /// the map level by level, each level's pages together, then every
+    /// fragment list a link at a time across all lists, then every section's
+    /// fields, each step one batched read ([`each_batched`]: the runtime
+    /// allocates a range's fragments as one array, its map pages and
+    /// sections near each other). A fragment read alone per map entry was
+    /// ~250 reads of /proc/PID/mem a listing for .NET 8's CoreLib alone (one
+    /// fragment per 128 KiB of every range), a third of the agent's CPU.
     fn code_heaps(&self) -> Vec<u64> {
         let m = &self.mem;
         let mut sections = Vec::new();
         match self.layout.ranges {
             Ranges::Map => {
-                // Depth first through the levels' pages, then each fragment list.
-                let mut pages = vec![(self.ranges, 0u32)];
-                let mut visited = 0;
-                while let Some((page, level)) = pages.pop() {
-                    visited += 1;
-                    if visited > MAX_LINKS {
-                        break;
-                    }
-                    let mut entries = vec![0u8; 256 * 8];
-                    if !m.read(page, &mut entries) {
-                        continue;
-                    }
-                    for e in entries.chunks_exact(8) {
-                        let p = u64::from_le_bytes(e.try_into().unwrap_or_default()) & !1;
-                        if p == 0 || p >= 1 << 47 {
-                            continue;
-                        }
-                        if level < 4 {
-                            pages.push((p, level + 1));
-                            continue;
-                        }
-                        // RangeSectionFragment {next, begin, end, section}:
-                        // one read each (a listing meets a fragment per
-                        // 128 KiB of every range, ten times a second).
-                        let mut fragment = Some(p);
-                        for _ in 0..MAX_LINKS {
-                            let Some(f) = fragment else { break };
-                            let mut words = [0u8; 32];
-                            if !m.read(f, &mut words) {
-                                break;
+                // The levels' pages: tagged pointers to the next level's
+                // pages, at the last level to fragment lists.
+                let mut pages = vec![self.ranges];
+                let mut fragments = Vec::new();
+                let mut read = 0;
+                for level in 0..5 {
+                    pages.truncate(MAX_LINKS.saturating_sub(read));
+                    read += pages.len();
+                    let wants: Vec<(u64, usize)> = pages.iter().map(|&p| (p, 256 * 8)).collect();
+                    let mut next = Vec::new();
+                    each_batched(m, &wants, |_, entries| {
+                        for e in entries.unwrap_or_default().chunks_exact(8) {
+                            let p = u64::from_le_bytes(e.try_into().unwrap_or_default()) & !1;
+                            if let Some(p) = user_pointer(p) {
+                                next.push(p);
                             }
-                            if let Some(section) = u64_at(&words, 24).and_then(user_pointer) {
-                                sections.push(section);
-                            }
-                            fragment = u64_at(&words, 0).and_then(|p| user_pointer(p & !1));
                         }
+                    });
+                    next.sort_unstable();
+                    next.dedup();
+                    if level < 4 {
+                        pages = next;
+                    } else {
+                        fragments = next;
                     }
+                }
+                // RangeSectionFragment {next, begin, end, section}: the
+                // lists' first links together, then their second ones...
+                let mut followed = 0;
+                while !fragments.is_empty() && followed < MAX_LINKS {
+                    fragments.truncate(MAX_LINKS - followed);
+                    followed += fragments.len();
+                    let wants: Vec<(u64, usize)> = fragments.iter().map(|&f| (f, 32)).collect();
+                    let mut next = Vec::new();
+                    each_batched(m, &wants, |_, words| {
+                        let Some(words) = words else { return };
+                        if let Some(section) = u64_at(words, 24).and_then(user_pointer) {
+                            sections.push(section);
+                        }
+                        if let Some(p) = u64_at(words, 0).and_then(|p| user_pointer(p & !1)) {
+                            next.push(p);
+                        }
+                    });
+                    next.sort_unstable();
+                    next.dedup();
+                    fragments = next;
                 }
             }
             Ranges::List { next } => {
@@ -846,23 +877,23 @@ impl<M: Memory> Runtime<M> {
         }
         sections.sort_unstable();
         sections.dedup();
-        // The flags and the heap list of each section in one read.
+        // The flags and the heap list of each section, read together.
         let (flags, heap) = (self.layout.section_flags, self.layout.section_heap_list);
         let from = flags.min(heap);
         let len = (flags.max(heap) + 8 - from) as usize;
-        let mut fields = vec![0u8; len];
         let field = |fields: &[u8], at: u64| u64_at(fields, (at - from) as usize).unwrap_or(0);
-        sections
-            .into_iter()
-            .filter_map(|s| {
-                if !m.read(s + from, &mut fields) {
-                    return None;
-                }
-                // `_flags` is a u32 (the word's low half).
-                let code_heap = field(&fields, flags) as u32 & RANGE_CODE_HEAP != 0;
-                code_heap.then(|| user_pointer(field(&fields, heap)))?
-            })
-            .collect()
+        let wants: Vec<(u64, usize)> = sections.iter().map(|&s| (s + from, len)).collect();
+        let mut heaps = Vec::new();
+        each_batched(m, &wants, |_, fields| {
+            let Some(fields) = fields else { return };
+            // `_flags` is a u32 (the word's low half).
+            if field(fields, flags) as u32 & RANGE_CODE_HEAP != 0
+                && let Some(heap) = user_pointer(field(fields, heap))
+            {
+                heaps.push(heap);
+            }
+        });
+        heaps
     }
 
     /// The JIT method holding `pc` in the code heap of `section`.
@@ -1127,6 +1158,22 @@ fn utf8(m: &impl Memory, p: u64) -> Option<String> {
 const MAX_CACHED: usize = 1 << 16;
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The code heaps one walk of the code-range map found (see
+/// [`Namer::listing`]).
+#[derive(Debug)]
+struct WalkedHeaps {
+    /// When.
+    at: std::time::Instant,
+    /// Their `HeapList`s.
+    heaps: Vec<u64>,
+    /// The base of each whose words were read then, in the listing's order.
+    bases: Vec<u64>,
+}
+
+/// How long the code heaps one walk of the code-range map found are listed
+/// without walking it again (when nothing says it changed).
+const HEAPS_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Names JIT code of one process from its runtime's memory, caching what it
 /// read: methods by their MethodDesc, assemblies' metadata by path.
 #[derive(Debug)]
@@ -1149,6 +1196,13 @@ pub struct Namer<M> {
     listed: Vec<(u64, u64)>,
     /// Listed methods found freed since (see [`Namer::new_methods`]).
     pub freed: u64,
+    /// The code heaps of the last walk of the code-range map, the bases
+    /// their listing read, and when (see [`Namer::listing`]).
+    heaps: Option<WalkedHeaps>,
+    /// Was JIT code named that no listing holds (a heap the last walk did
+    /// not find, or a method compiled since)? The next listing walks the
+    /// map again.
+    heaps_stale: bool,
     /// Where addresses are in their methods' IL (see [`Namer::il_at`]).
     il_by_address: HashMap<u64, Option<IlPlace>>,
     /// Bounds by method start (`None`: none read).
@@ -1210,6 +1264,8 @@ impl<M: Memory> Namer<M> {
             cached_since: std::time::Instant::now(),
             listed: Vec::new(),
             freed: 0,
+            heaps: None,
+            heaps_stale: false,
             il_by_address: HashMap::new(),
             bounds: HashMap::new(),
             named: 0,
@@ -1223,7 +1279,13 @@ impl<M: Memory> Namer<M> {
         if !self.by_address.contains_key(&pc) {
             self.expire();
             let name = match self.runtime.code_at(pc) {
-                Code::Method(method) => self.method_name(&method),
+                Code::Method(method) => {
+                    let i = self.listed.partition_point(|&(start, _)| start <= pc);
+                    if i == 0 || pc >= self.listed[i - 1].1 {
+                        self.heaps_stale = true;
+                    }
+                    self.method_name(&method)
+                }
                 // The kind of stub is in the range list's own object (not
                 // read): the perf map's `[stub: KIND]`, without the kind.
                 Code::Stub(Some(kind)) => Some(Arc::from(format!("[stub: {kind}]"))),
@@ -1354,6 +1416,41 @@ impl<M: Memory> Namer<M> {
         }
     }
 
+    /// This moment's JIT methods ([`Runtime::jit_listing`]), from the code
+    /// heaps an earlier walk of the code-range map found where it can: the
+    /// map is walked again at most every [`HEAPS_FOR`], or at once when JIT
+    /// code was named that no listing holds (`heaps_stale`: a heap created
+    /// since, or new code in a known one, see [`Namer::name`]) or a known
+    /// heap no longer reads as it did (its map's base changed or cannot be
+    /// read: freed). A steady process's listing is then three reads (its
+    /// heaps' words, their nibble maps), not the ~30 of the walk (pages,
+    /// fragments, sections: 70% of what listing cost).
+    fn listing(&mut self) -> JitListing {
+        if let Some(walked) = &self.heaps
+            && !self.heaps_stale
+            && walked.at.elapsed() < HEAPS_FOR
+        {
+            let listing = self.runtime.jit_listing_in(&walked.heaps);
+            if listing
+                .heaps
+                .iter()
+                .map(|h| h.0)
+                .eq(walked.bases.iter().copied())
+            {
+                return listing;
+            }
+        }
+        let heaps = self.runtime.code_heaps();
+        let listing = self.runtime.jit_listing_in(&heaps);
+        self.heaps = Some(WalkedHeaps {
+            at: std::time::Instant::now(),
+            bases: listing.heaps.iter().map(|h| h.0).collect(),
+            heaps,
+        });
+        self.heaps_stale = false;
+        listing
+    }
+
     /// The JIT methods not listed by an earlier call, with their keys and
     /// first bytes. A method ends where its code header says, if that is
     /// before the next one (what lies between is the runtime's: stubs);
@@ -1368,7 +1465,7 @@ impl<M: Memory> Namer<M> {
     /// start is listed again when a method is there (its frame shape with
     /// it).
     pub fn new_methods(&mut self) -> Vec<Listed> {
-        let listing = self.runtime.jit_listing();
+        let listing = self.listing();
         let Compared { kept, fresh, freed } = listing.compare(std::mem::take(&mut self.listed));
         self.listed = kept;
         if !freed.is_empty() {
@@ -1897,6 +1994,105 @@ pub(crate) mod tests {
         assert!(namer.new_methods().is_empty(), "listed again");
     }
 
+    /// [`net8`] with its code heap's used code ending at +0x400 (what a
+    /// listing reads to): the memory, the DAC table, the heap's `HeapList`
+    /// and its bytes.
+    fn net8_listable() -> (Fake, u64, u64, Vec<u8>) {
+        let (mut mem, table) = net8();
+        let heap = 0x1400_0000u64;
+        let mut h = mem.0[&heap].clone();
+        h[0x18..0x20].copy_from_slice(&(BASE + 0x400).to_le_bytes());
+        mem.put(heap, &h);
+        (mem, table, heap, h)
+    }
+
+    /// Counts the reads made of `M`.
+    struct Counting<M>(M, std::cell::Cell<u32>);
+
+    impl<M: Memory> Memory for Counting<M> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            self.1.set(self.1.get() + 1);
+            self.0.read(addr, buf)
+        }
+    }
+
+    /// A listing reads the code-range map in a few batched reads, however
+    /// many fragments its ranges have: here a 10 MiB precompiled range (80
+    /// fragments, one per 128 KiB, allocated as one array as .NET 8 does)
+    /// beside the code heap. Read a fragment at a time, this was ~90 reads.
+    #[test]
+    fn a_listing_reads_the_range_map_in_a_few_reads() {
+        let (mut mem, table, _, _) = net8_listable();
+        // The last level's page (the fourth below the root, see `net8`):
+        // entries 1-80 point into the array of the precompiled range's
+        // fragments; entry 0 is the code heap's list.
+        let leaf = 0x1200_3000u64;
+        let (array, section) = (0x1700_0000u64, 0x1300_2000u64);
+        let mut page = mem.0[&leaf].clone();
+        let mut fragments = Vec::new();
+        for i in 0..80u64 {
+            let at = array + i * 32;
+            page[((i + 1) * 8) as usize..((i + 2) * 8) as usize]
+                .copy_from_slice(&(at | 1).to_le_bytes());
+            for v in [0, 0x7e00_0000_0000, 0x7e00_00a0_0000, section] {
+                fragments.extend_from_slice(&u64::to_le_bytes(v));
+            }
+        }
+        mem.put(leaf, &page);
+        mem.put(array, &fragments);
+        // A precompiled image's section: not a code heap.
+        mem.put(section, &[0u8; 0x30]);
+        let rt = Runtime::at(Counting(mem, Default::default()), &NET8, 0x1000, table).unwrap();
+        rt.mem.1.set(0);
+        assert_eq!(rt.jit_methods(), vec![(BASE + 0x40, BASE + 0x400)]);
+        // 5 pages, the lists' first and second links, the sections' fields,
+        // the heap's words, its nibble map: a read each, and a read per
+        // request of a run that spans two made-up regions.
+        let reads = rt.mem.1.get();
+        assert!(reads <= 14, "{reads} reads for a listing");
+    }
+
+    /// A steady process's listings read its known heaps only; the map is
+    /// walked again once JIT code is named that no listing holds, or a known
+    /// heap's map base moves (freed, its memory reused).
+    #[test]
+    fn a_steady_listing_reads_its_known_heaps_only() {
+        let (mem, table, heap, mut h) = net8_listable();
+        let rt = Runtime::at(Counting(mem, Default::default()), &NET8, 0x1000, table).unwrap();
+        let mut namer = Namer::new(rt, 0);
+        let list = |namer: &mut Namer<Counting<Fake>>| {
+            namer.runtime.mem.1.set(0);
+            let fresh = namer.new_methods().len();
+            (namer.runtime.mem.1.get(), fresh)
+        };
+        let (walked, fresh) = list(&mut namer);
+        assert_eq!(fresh, 1);
+        // The heap's words and its nibble map.
+        assert_eq!(list(&mut namer), (2, 0));
+        assert_eq!(list(&mut namer), (2, 0));
+        // Listed code named (its assembly is not on this machine: the
+        // method is found, its name is not): nothing changes.
+        let _ = namer.name(BASE + 0x50);
+        assert!(!namer.heaps_stale);
+        assert_eq!(list(&mut namer), (2, 0));
+        // JIT code no listing holds (here: as if compiled since).
+        namer.listed.clear();
+        namer.by_address.clear();
+        let _ = namer.name(BASE + 0x50);
+        assert!(namer.heaps_stale);
+        let (reads, fresh) = list(&mut namer);
+        assert!(
+            reads >= walked - 4 && fresh == 1,
+            "walked again: {reads} reads"
+        );
+        assert_eq!(list(&mut namer), (2, 0));
+        // The heap's map base moved.
+        h[0x20..0x28].copy_from_slice(&(BASE + 0x1000).to_le_bytes());
+        namer.runtime.mem.0.put(heap, &h);
+        let (reads, _) = list(&mut namer);
+        assert!(reads > 2 + 5, "walked again: {reads} reads");
+    }
+
     /// A listing beside the earlier one, in one walk: kept, fresh and freed
     /// as the lookups (`freed`, a start per method) say, for made-up lists.
     #[test]
@@ -1962,11 +2158,7 @@ pub(crate) mod tests {
     /// could not be read frees nothing.
     #[test]
     fn freed_code_is_named_afresh_and_listed_again() {
-        let (mut mem, table) = net8();
-        let heap = 0x1400_0000u64;
-        let mut h = mem.0[&heap].clone();
-        h[0x18..0x20].copy_from_slice(&(BASE + 0x400).to_le_bytes());
-        mem.put(heap, &h);
+        let (mut mem, table, _, _) = net8_listable();
         // The method's MethodDesc made a dynamic method's, named by a string.
         let chunk = 0x1600_0040 - 2 * 8 - CHUNK_HEADER;
         let mut c = mem.0[&chunk].clone();
