@@ -1171,7 +1171,9 @@ struct WalkedHeaps {
 }
 
 /// How long the code heaps one walk of the code-range map found are listed
-/// without walking it again (when nothing says it changed).
+/// without walking it again (when nothing says it changed). Also how long a
+/// heap freed whole (a collectible assembly unloaded) whose memory still
+/// reads as it did may go on being listed, its methods not taken as freed.
 const HEAPS_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Names JIT code of one process from its runtime's memory, caching what it
