@@ -7,9 +7,10 @@
 //! counts, UTF-8) and a set that does not read whole is no labels, never a
 //! partial or wrong one.
 
-use std::{collections::HashMap, fs::File, os::unix::fs::FileExt as _, sync::Arc};
+use std::{collections::HashMap, fs::File, sync::Arc};
 
 use super::offsets::LabelLayout;
+use crate::procmem::Memory as _;
 use crate::replay::source::ProcSource;
 
 /// `(key, value)` pairs, sorted by key.
@@ -70,9 +71,7 @@ impl Labels {
     }
 
     fn word(&self, addr: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.mem.as_ref()?.read_exact_at(&mut b, addr).ok()?;
-        Some(u64::from_le_bytes(b))
+        self.mem.as_ref()?.u64(addr)
     }
 
     fn string(&self, ptr: u64, len: u64) -> Option<String> {
@@ -80,7 +79,7 @@ impl Labels {
             return None;
         }
         let mut b = vec![0u8; len as usize];
-        self.mem.as_ref()?.read_exact_at(&mut b, ptr).ok()?;
+        self.mem.as_ref()?.read(ptr, &mut b).then_some(())?;
         String::from_utf8(b).ok()
     }
 
@@ -124,8 +123,8 @@ impl Labels {
                         let mut tophash = [0u8; 8];
                         self.mem
                             .as_ref()?
-                            .read_exact_at(&mut tophash, bucket)
-                            .ok()?;
+                            .read(bucket, &mut tophash)
+                            .then_some(())?;
                         for (j, &t) in tophash.iter().enumerate() {
                             if t < 5 {
                                 continue;
