@@ -244,14 +244,13 @@ fn each_sample_carries_its_goroutine_in_every_version_and_build() {
             // profiles), while the CPU holding the lock waits for the host
             // thread (measured: 18 of 631 busy samples, 13 of them in
             // `runtime.lock2`'s `procyield`).
-            let without = |in_runtime: bool| {
-                count_where(&stacks, "goroutines", |s| {
-                    s.frames.iter().any(|f| f == "main.busy")
-                        && !s.frames[1].starts_with("goroutine ")
-                        && go_switching(&s.frames) == in_runtime
-                })
-                .0
+            let lost = |s: &crossprof_tests::FoldedStack, in_runtime: bool| {
+                s.frames.iter().any(|f| f == "main.busy")
+                    && !s.frames[1].starts_with("goroutine ")
+                    && go_switching(&s.frames) == in_runtime
             };
+            let without =
+                |in_runtime: bool| count_where(&stacks, "goroutines", |s| lost(s, in_runtime)).0;
             assert_eq!(
                 without(false),
                 0,
@@ -264,9 +263,7 @@ fn each_sample_carries_its_goroutine_in_every_version_and_build() {
                 without(true),
                 stacks
                     .iter()
-                    .filter(|s| s.frames[0] == "goroutines"
-                        && !s.frames[1].starts_with("goroutine ")
-                        && go_switching(&s.frames))
+                    .filter(|s| s.frames[0] == "goroutines" && lost(s, true))
                     .map(|s| format!("{} {}", s.frames.join(";"), s.count))
                     .collect::<Vec<_>>()
                     .join("\n")
