@@ -11,16 +11,26 @@ pub trait Memory {
     /// Fills `buf` from `addr`; false if any of it cannot be read.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
 
+    /// The `N` bytes at `addr`.
+    fn array<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.read(addr, &mut b).then_some(b)
+    }
+
+    /// The `len` bytes at `addr` (the caller bounds `len`).
+    fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        self.read(addr, &mut b).then_some(b)
+    }
+
     /// The little-endian `u64` at `addr`.
     fn u64(&self, addr: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+        self.array(addr).map(u64::from_le_bytes)
     }
 
     /// The little-endian `u32` at `addr`.
     fn u32(&self, addr: u64) -> Option<u32> {
-        let mut b = [0u8; 4];
-        self.read(addr, &mut b).then(|| u32::from_le_bytes(b))
+        self.array(addr).map(u32::from_le_bytes)
     }
 
     /// A pointer at `addr`: a user-space address (below 2^47), not null,
@@ -124,6 +134,39 @@ impl<M: Memory> Memory for Counting<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Through made-up memory with holes: requests in one run are read at
+    /// once; within a run that crosses a hole, each is read alone and the
+    /// one in the hole is `None`.
+    #[test]
+    fn batched_reads_read_runs_at_once_and_holes_one_by_one() {
+        let mut r = crate::dotnet::memory::Regions::default();
+        r.put(0x1000, &(0..=255).collect::<Vec<u8>>());
+        r.put(0x9000, &[7; 16]);
+        r.put(0x20000, &[9; 16]);
+        let mem = Counting(r, std::cell::Cell::new(0));
+        let got = read_batched(&mem, &[(0x1010, 2), (0x1000, 4), (0x20000, 2), (0x5000, 0)]);
+        assert_eq!(
+            got,
+            vec![
+                Some(vec![0x10, 0x11]),
+                Some(vec![0, 1, 2, 3]),
+                Some(vec![9, 9]),
+                None
+            ]
+        );
+        // One read for the first two, one for the third (over 64 KiB away:
+        // two runs), none for the empty one.
+        assert_eq!(mem.1.get(), 2);
+        // Within a run but across a hole: each read alone, the hole's None.
+        mem.1.set(0);
+        let got = read_batched(&mem, &[(0x10f0, 8), (0x2000, 4), (0x9008, 8)]);
+        assert_eq!(
+            got,
+            vec![Some((0xf0..0xf8).collect()), None, Some(vec![7; 8])]
+        );
+        assert_eq!(mem.1.get(), 4);
+    }
 
     /// Through a file as the memory (what a `/proc/PID/mem` is): neighbours
     /// (a Go program's `g`s, 448 bytes apart) read in runs, far ones alone,

@@ -610,11 +610,10 @@ impl Located {
             Err(e) => return Err((self, e)),
         };
         if let (Some(at), Some(expected)) = (self.descriptor, self.layout.expected()) {
-            let mut head = [0u8; 40];
             let mem = &self.mem;
-            let json = (mem.read(at, &mut head))
-                .then(|| super::descriptor::json_text(&head, |a, buf| mem.read(a, buf)))
-                .flatten();
+            let json = mem
+                .array::<40>(at)
+                .and_then(|head| super::descriptor::json_text(&head, |a, buf| mem.read(a, buf)));
             let checked = match json {
                 Some(json) => super::descriptor::check(&json, &expected),
                 None => Err("its contract descriptor could not be read".into()),
@@ -949,10 +948,7 @@ impl<M: Memory> Runtime<M> {
         if n == 0 || n > MAX_UNWIND_INFOS {
             return None;
         }
-        let mut infos = vec![0u8; n as usize * 12];
-        if !m.read(header + CODE_HEADER_UNWIND_INFOS, &mut infos) {
-            return None;
-        }
+        let infos = m.bytes(header + CODE_HEADER_UNWIND_INFOS, n as usize * 12)?;
         size_of_unwind_infos(&infos)
     }
 
@@ -977,21 +973,18 @@ impl<M: Memory> Runtime<M> {
     /// The method of MethodDesc `md`, whose code starts at `start`.
     fn method(&self, md: u64, start: u64) -> Option<Method> {
         let m = &self.mem;
-        let mut head = [0u8; 8];
-        if !md.is_multiple_of(8) || !m.read(md, &mut head) {
+        if !md.is_multiple_of(8) {
             return None;
         }
+        let head: [u8; 8] = m.array(md)?;
         let remainder = u16::from_le_bytes([head[0], head[1]]);
         let chunk_index = u64::from(head[2]);
         let classification = u16::from_le_bytes([head[6], head[7]]) & 7;
         let chunk = md.checked_sub(chunk_index * 8 + CHUNK_HEADER)?;
         let method_table = m.pointer(chunk, false)?;
         let bits = self.layout.token_remainder_bits;
-        let mut range = [0u8; 2];
-        if !m.read(chunk + CHUNK_TOKEN_RANGE, &mut range) {
-            return None;
-        }
-        let range = u32::from(u16::from_le_bytes(range)) & ((1 << (24 - bits)) - 1);
+        let range = u32::from(u16::from_le_bytes(m.array(chunk + CHUNK_TOKEN_RANGE)?))
+            & ((1 << (24 - bits)) - 1);
         let token = 0x0600_0000 | range << bits | (u32::from(remainder) & ((1 << bits) - 1));
         let module = m.pointer(method_table + METHOD_TABLE_MODULE, false)?;
         let dynamic = (classification == DYNAMIC)
@@ -1019,10 +1012,7 @@ impl<M: Memory> Runtime<M> {
             return None;
         }
         let buffer = m.pointer(image + SSTRING_BUFFER, false)?;
-        let mut bytes = vec![0u8; size as usize];
-        if !m.read(buffer, &mut bytes) {
-            return None;
-        }
+        let bytes = m.bytes(buffer, size as usize)?;
         let units: Vec<u16> = bytes
             .chunks_exact(2)
             .map(|u| u16::from_le_bytes([u[0], u[1]]))
@@ -1050,10 +1040,7 @@ fn method_start(m: &impl Memory, base: u64, map: u64, pc: u64) -> Option<Option<
     loop {
         let from = word_index.saturating_sub(CHUNK - 1).max(lowest);
         let n = (word_index - from + 1) as usize;
-        let mut words = vec![0u8; n * 4];
-        if !m.read(map.checked_add(from * 4)?, &mut words) {
-            return None;
-        }
+        let words = m.bytes(map.checked_add(from * 4)?, n * 4)?;
         for i in (0..n).rev() {
             let word = u32::from_le_bytes(words[i * 4..i * 4 + 4].try_into().ok()?);
             let index = from + i as u64;
@@ -2184,43 +2171,6 @@ pub(crate) mod tests {
         namer.runtime.mem.put(MAP, &map);
         assert_eq!(namer.new_methods().len(), 1, "not listed again");
         assert_eq!(namer.name(pc).map(|n| &**n), Some("dynamicClass::BetaHot"));
-    }
-
-    #[test]
-    fn batched_reads_read_runs_at_once_and_holes_one_by_one() {
-        struct Counting(Regions, std::cell::Cell<u32>);
-        impl Memory for Counting {
-            fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-                self.1.set(self.1.get() + 1);
-                self.0.read(addr, buf)
-            }
-        }
-        let mut r = Regions::default();
-        r.put(0x1000, &(0..=255).collect::<Vec<u8>>());
-        r.put(0x9000, &[7; 16]);
-        r.put(0x20000, &[9; 16]);
-        let mem = Counting(r, std::cell::Cell::new(0));
-        let got = read_batched(&mem, &[(0x1010, 2), (0x1000, 4), (0x20000, 2), (0x5000, 0)]);
-        assert_eq!(
-            got,
-            vec![
-                Some(vec![0x10, 0x11]),
-                Some(vec![0, 1, 2, 3]),
-                Some(vec![9, 9]),
-                None
-            ]
-        );
-        // One read for the first two, one for the third (over 64 KiB away:
-        // two runs), none for the empty one.
-        assert_eq!(mem.1.get(), 2);
-        // Within a run but across a hole: each read alone, the hole's None.
-        mem.1.set(0);
-        let got = read_batched(&mem, &[(0x10f0, 8), (0x2000, 4), (0x9008, 8)]);
-        assert_eq!(
-            got,
-            vec![Some((0xf0..0xf8).collect()), None, Some(vec![7; 8])]
-        );
-        assert_eq!(mem.1.get(), 4);
     }
 
     #[test]

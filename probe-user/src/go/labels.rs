@@ -78,9 +78,7 @@ impl Labels {
         if len > MAX_STRING || (len > 0 && ptr == 0) {
             return None;
         }
-        let mut b = vec![0u8; len as usize];
-        self.mem.as_ref()?.read(ptr, &mut b).then_some(())?;
-        String::from_utf8(b).ok()
+        String::from_utf8(self.mem.as_ref()?.bytes(ptr, len as usize)?).ok()
     }
 
     fn read(&self, ptr: u64) -> Option<Vec<(String, String)>> {
@@ -120,11 +118,7 @@ impl Labels {
                 for i in 0..(1u64 << b) {
                     let mut bucket = buckets + 272 * i;
                     for _ in 0..4 {
-                        let mut tophash = [0u8; 8];
-                        self.mem
-                            .as_ref()?
-                            .read(bucket, &mut tophash)
-                            .then_some(())?;
+                        let tophash: [u8; 8] = self.mem.as_ref()?.array(bucket)?;
                         for (j, &t) in tophash.iter().enumerate() {
                             if t < 5 {
                                 continue;

@@ -173,10 +173,9 @@ pub fn each_goroutine(
     if len == 0 || len > cap || cap > 10_000_000 {
         return 0;
     }
-    let mut buf = vec![0u8; 8 * len as usize];
-    if !mem.read(ptr, &mut buf) {
+    let Some(buf) = mem.bytes(ptr, 8 * len as usize) else {
         return 0;
-    }
+    };
     // Offsets come from the binary's DWARF: a `g` is a few hundred bytes.
     if startpc > MAX_G_BYTES {
         return 0;
