@@ -119,7 +119,7 @@ pub fn sample_frames(sample: &Sample, procs: &mut ProcessTable) -> Vec<FrameRef>
         for (i, &ip) in user.iter().enumerate().rev() {
             frames.push(procs.user_frame(sample.pid, call_site(i, ip)));
         }
-        // The walk's own word that the stack is whole (see `fold::completeness`).
+        // The walk's own word that the stack is whole (see `roots::completeness`).
         // Code in a file only: an `[unknown]` is no particular place.
         if sample.flags & FLAG_USER_OUTERMOST != 0
             && let Some(&outermost @ FrameRef::Elf { .. }) = frames.get(first)

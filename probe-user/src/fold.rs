@@ -23,7 +23,7 @@ use std::{
     io,
 };
 
-use crate::frame::{FrameKind, FrameRef, INLINE_SEPARATOR, Marker, is_root, sanitize};
+use crate::frame::{FrameKind, sanitize};
 use crate::{
     aggregate::StackKey,
     kinds::{Classifier, Crossing, count_edges},
@@ -132,49 +132,6 @@ pub fn fold_under<'a>(
     folded
 }
 
-/// Stack completeness per process: `(samples whose user stack starts at a
-/// thread root, samples with a user stack)`. A stack cut short (`[truncated:
-/// ...]`, `[unknown]` outermost) does not count as complete.
-pub fn completeness<'a>(
-    stacks: impl IntoIterator<Item = (&'a StackKey, u64)>,
-    names: &Names,
-    procs: &ProcessTable,
-) -> std::collections::BTreeMap<u32, (u64, u64)> {
-    let mut out = std::collections::BTreeMap::<u32, (u64, u64)>::new();
-    for (key, count) in stacks {
-        let outermost = key.frames.iter().find(|f| {
-            !matches!(
-                f,
-                FrameRef::Thread(_)
-                    | FrameRef::Goroutine(_)
-                    | FrameRef::Label(_)
-                    | FrameRef::Marker(Marker::Gc)
-            )
-        });
-        let Some(&frame) = outermost.filter(|f| !f.is_kernel()) else {
-            continue;
-        };
-        let e = out.entry(key.pid).or_default();
-        e.1 += count;
-        if frame_is_root(frame, names, procs) {
-            e.0 += count;
-        }
-    }
-    out
-}
-
-/// Is `frame` (a user stack's outermost) in a thread root function: one a
-/// walk ended at by its unwind rules (`DW_CFA_undefined rip`: glibc's
-/// `_start` and `clone3`, named or not), or one named as a root?
-pub fn frame_is_root(frame: FrameRef, names: &Names, procs: &ProcessTable) -> bool {
-    if procs.is_outermost(frame) {
-        return true;
-    }
-    let name = names.display(frame, procs);
-    let first = name.split(INLINE_SEPARATOR).next().unwrap_or("");
-    is_root(first.trim_end_matches("_[j]"))
-}
-
 /// Writes `folded` as text, one `stack COUNT` line each.
 pub fn write_folded(folded: &Folded, out: &mut impl io::Write) -> io::Result<()> {
     for (stack, count) in &folded.stacks {
@@ -239,12 +196,14 @@ mod tests {
             .map(|&f| names.display(f, &procs).into_owned())
             .collect();
         assert_eq!(shown[5], "cfunc", "C code named from the ELF symbols");
+        // Neither stack reaches a root (`runtime.goexit`): both marked so.
+        let cut = Marker::ShortOfRoot.label();
         let crossing = format!(
-            "cgo;{};[cgo];{}",
+            "cgo;{cut};{};[cgo];{}",
             shown[..5].join(";"),
             shown[5..].join(";")
         );
-        let plain = format!("cgo;{}", shown[..2].join(";"));
+        let plain = format!("cgo;{cut};{}", shown[..2].join(";"));
         assert_eq!(
             folded.stacks,
             BTreeMap::from([(crossing, 1), (plain, 1)]),
@@ -292,13 +251,18 @@ mod tests {
         );
         let mut out = Vec::new();
         write_folded(&folded, &mut out).unwrap();
+        // An `[unknown]` outermost frame is no root: those stacks are cut.
+        let cut = Marker::ShortOfRoot.label();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "app;[unknown];[unknown]_[k] 2\nother:x;[unknown] 1\n"
+            format!("app;{cut};[unknown];[unknown]_[k] 2\nother:x;{cut};[unknown] 1\n")
         );
         assert_eq!(
             lines(&folded),
-            vec!["app;[unknown];[unknown]_[k] 2", "other:x;[unknown] 1"]
+            vec![
+                format!("app;{cut};[unknown];[unknown]_[k] 2"),
+                format!("other:x;{cut};[unknown] 1")
+            ]
         );
     }
 }

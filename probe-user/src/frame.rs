@@ -40,6 +40,12 @@ pub enum Marker {
     /// A native frame with no `.eh_frame` rule and no usable frame pointer:
     /// the walk stopped there.
     NoUnwindInfo,
+    /// Inserted where a profile is shown ([`crate::roots::marked`]) before a
+    /// user stack whose walk ended, unmarked, at a frame that is no thread
+    /// root: a frame-pointer walk that met a zero or a bad frame pointer (code
+    /// built without frame pointers, walked before its object's unwind rules
+    /// were loaded), or a zero return address. Outer frames may be missing.
+    ShortOfRoot,
     /// Inserted by [`crate::fold`] where Go code calls native code or native
     /// code calls Go (see [`crate::kinds`]).
     Cgo,
@@ -49,6 +55,19 @@ pub enum Marker {
 }
 
 impl Marker {
+    /// Does the marker say the user stack is cut there (outer frames
+    /// missing)?
+    pub fn says_cut(self) -> bool {
+        matches!(
+            self,
+            Marker::UserStackError
+                | Marker::UserTruncated
+                | Marker::LeafEdge
+                | Marker::NoUnwindInfo
+                | Marker::ShortOfRoot
+        )
+    }
+
     /// How the marker reads in a profile.
     pub fn label(self) -> &'static str {
         match self {
@@ -61,6 +80,7 @@ impl Marker {
             Marker::Gc => "[gc]",
             Marker::LeafEdge => "[truncated: leaf in a managed prolog or epilog]",
             Marker::NoUnwindInfo => "[truncated: no unwind info]",
+            Marker::ShortOfRoot => "[truncated: walk ended short of a thread root]",
             Marker::Cgo => "[cgo]",
             Marker::PInvoke => "[P/Invoke]",
         }

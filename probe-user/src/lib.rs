@@ -47,6 +47,7 @@ pub mod pyroscope;
 pub mod record;
 pub mod render;
 pub mod replay;
+pub mod roots;
 pub mod runtime;
 pub mod sampler;
 pub mod session;

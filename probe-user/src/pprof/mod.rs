@@ -261,7 +261,8 @@ pub fn build<'a>(
                 ));
             }
         }
-        let code = &frames[levels..];
+        // A stack cut short with no mark of its own gets one.
+        let code = &crate::roots::marked(&frames[levels..], names, procs)[..];
         let leaf = code
             .last()
             .map(|&f| names.display(f, procs))

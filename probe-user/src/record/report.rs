@@ -144,14 +144,14 @@ pub(super) fn finish(pipeline: Pipeline, ended: Ended<'_>) -> Result<i32, Error>
             log::warn!("the capture is incomplete: {e}");
         }
     }
-    let complete = crate::fold::completeness(agg.stacks(), names, &procs);
+    let complete = crate::roots::completeness(agg.stacks(), names, &procs);
     // Per process: (rooted, walked) of the frame-pointer walks of the same run.
     let fp_complete: HashMap<u32, (u64, u64)> = fp_baseline
         .iter()
         .map(|(&pid, frames)| {
             let rooted = frames
                 .iter()
-                .filter(|(f, _)| crate::fold::frame_is_root(**f, names, &procs))
+                .filter(|(f, _)| crate::roots::frame_is_root(**f, names, &procs))
                 .map(|(_, n)| n)
                 .sum();
             (pid, (rooted, frames.values().sum()))
