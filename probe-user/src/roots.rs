@@ -3,8 +3,8 @@
 //! thread's `clone3`/`start_thread`, Go's `runtime.goexit`/`runtime.mstart`
 //! ([`crate::frame::is_root`]), or a frame the walk's unwind rules said has
 //! no caller. This module counts the stacks that do ([`completeness`], the
-//! summary's `stacks complete`) and marks the ones that do not, and say
-//! nothing of why, for every output ([`marked`]).
+//! summary's `stacks complete`) and, for every output, marks the ones that
+//! do not and carry no mark of the walk's saying why ([`marked`]).
 
 use crate::{
     aggregate::StackKey,
