@@ -180,8 +180,8 @@ impl<'a> Classifier<'a> {
     }
 
     /// `frames` as a profile shows them: names, annotations, kinds, and a
-    /// marker at each crossing.
-    /// A stack cut short with no mark of its own gets one first
+    /// marker at each crossing. A stack cut short with no mark of its own
+    /// gets one first
     /// ([`crate::roots::marked`]).
     pub fn show(&mut self, frames: &[FrameRef]) -> ShownStack {
         let frames = crate::roots::marked(frames, self.names, self.procs);
