@@ -58,8 +58,7 @@
 use std::{collections::HashMap, fs::File, sync::Arc};
 
 use crate::le::{u32_at, u64_at};
-pub use crate::procmem::{Memory, read_batched};
-use crate::procmem::{each_batched, user_pointer};
+use crate::procmem::{Memory, each_batched, read_batched, user_pointer};
 
 use super::{Clr, MAX_ASSEMBLY, r2r::MethodNames};
 use crate::native::maps::MapEntry;
@@ -819,50 +818,29 @@ impl<M: Memory> Runtime<M> {
             Ranges::Map => {
                 // The levels' pages: tagged pointers to the next level's
                 // pages, at the last level to fragment lists.
-                let mut pages = vec![self.ranges];
-                let mut fragments = Vec::new();
+                let mut links = vec![self.ranges];
                 let mut read = 0;
-                for level in 0..5 {
-                    pages.truncate(MAX_LINKS.saturating_sub(read));
-                    read += pages.len();
-                    let wants: Vec<(u64, usize)> = pages.iter().map(|&p| (p, 256 * 8)).collect();
-                    let mut next = Vec::new();
-                    each_batched(m, &wants, |_, entries| {
-                        for e in entries.unwrap_or_default().chunks_exact(8) {
-                            let p = u64::from_le_bytes(e.try_into().unwrap_or_default()) & !1;
-                            if let Some(p) = user_pointer(p) {
-                                next.push(p);
-                            }
-                        }
+                for _ in 0..5 {
+                    links.truncate(MAX_LINKS.saturating_sub(read));
+                    read += links.len();
+                    links = follow(m, &links, 256 * 8, |entries, next| {
+                        next.extend(
+                            entries
+                                .chunks_exact(8)
+                                .filter_map(|e| user_pointer(u64_at(e, 0)? & !1)),
+                        );
                     });
-                    next.sort_unstable();
-                    next.dedup();
-                    if level < 4 {
-                        pages = next;
-                    } else {
-                        fragments = next;
-                    }
                 }
                 // RangeSectionFragment {next, begin, end, section}: the
                 // lists' first links together, then their second ones...
                 let mut followed = 0;
-                while !fragments.is_empty() && followed < MAX_LINKS {
-                    fragments.truncate(MAX_LINKS - followed);
-                    followed += fragments.len();
-                    let wants: Vec<(u64, usize)> = fragments.iter().map(|&f| (f, 32)).collect();
-                    let mut next = Vec::new();
-                    each_batched(m, &wants, |_, words| {
-                        let Some(words) = words else { return };
-                        if let Some(section) = u64_at(words, 24).and_then(user_pointer) {
-                            sections.push(section);
-                        }
-                        if let Some(p) = u64_at(words, 0).and_then(|p| user_pointer(p & !1)) {
-                            next.push(p);
-                        }
+                while !links.is_empty() && followed < MAX_LINKS {
+                    links.truncate(MAX_LINKS - followed);
+                    followed += links.len();
+                    links = follow(m, &links, 32, |words, next| {
+                        sections.extend(u64_at(words, 24).and_then(user_pointer));
+                        next.extend(u64_at(words, 0).and_then(|p| user_pointer(p & !1)));
                     });
-                    next.sort_unstable();
-                    next.dedup();
-                    fragments = next;
                 }
             }
             Ranges::List { next } => {
@@ -1547,6 +1525,28 @@ impl<M: Memory> Namer<M> {
 fn in_ranges(ranges: &[(u64, u64)], pc: u64) -> bool {
     let i = ranges.partition_point(|&(start, _)| start <= pc);
     i > 0 && pc < ranges[i - 1].1
+}
+
+/// Reads `len` bytes at each of `at` in one batched read ([`each_batched`])
+/// and hands each that could be read to `each`, which pushes the pointers it
+/// finds there; returns them sorted, without repeats: the next step of a walk
+/// that follows many links at once.
+fn follow(
+    m: &impl Memory,
+    at: &[u64],
+    len: usize,
+    mut each: impl FnMut(&[u8], &mut Vec<u64>),
+) -> Vec<u64> {
+    let wants: Vec<(u64, usize)> = at.iter().map(|&a| (a, len)).collect();
+    let mut next = Vec::new();
+    each_batched(m, &wants, |_, bytes| {
+        if let Some(bytes) = bytes {
+            each(bytes, &mut next);
+        }
+    });
+    next.sort_unstable();
+    next.dedup();
+    next
 }
 
 /// Two lists sorted by start, as one.
